@@ -1,0 +1,556 @@
+"""A tiny asyncio HTTP/1.1 server on h11, shared by the DERP relay and the control server.
+
+Usage::
+
+    router = Router()
+    router.add("GET", "/key", key_handler)                # exact path
+    router.add_prefix("GET", "/api/v1/", api_handler)     # longest prefix wins
+    router.add_upgrade("/ts2021", ts2021_handler)         # HTTP Upgrade (101) endpoints
+    server = HTTPServer(router)
+    await server.start("127.0.0.1", 8080, ssl=None)       # -> asyncio.Server
+    ...
+    await server.close()
+
+Ordinary handlers are ``async def handler(req: Request) -> Response``. ``Request`` carries
+``method``, ``path`` (without the query), ``query`` (dict, last value wins), ``query_string``,
+``headers`` (case-insensitive ``get``), ``body`` (bounded by ``max_body``), ``client`` (peer
+address) and ``tls``. ``Response(status, body, headers, content_type)``; a body may also be
+an async iterable of bytes (sent chunked).
+
+Upgrade handlers are ``async def handler(req: Request, stream: UpgradeStream) -> Response | None``.
+The handler may refuse by returning a Response before touching the stream (e.g. 426). Otherwise
+it calls ``await stream.accept(headers)`` to write ``101 Switching Protocols`` (or
+``accept(write_response=False)`` for DERP fast start); reading or writing first accepts
+implicitly with no extra headers. After that ``stream`` is the raw byte stream:
+``await read(n)`` (b"" at EOF; returns the bytes h11 had already buffered first),
+``await readexactly(n)``, ``write(b)``, ``await drain()``, ``close()``, ``get_extra_info(k)``.
+The handler owns the connection until it returns; the server then closes it.
+
+Hardening (each bound names the attack it stops): header block size (memory exhaustion by
+endless headers), body size (same, via bodies), a deadline for a whole request once its first
+byte arrived (slowloris), an idle keep-alive timeout (idle socket hoarding), a TLS handshake
+timeout, and a write deadline (clients that never read). Malformed requests get a clean 400
+and a close; a handler exception gets a bare 500 and is logged here, never sent to the client.
+
+``close(grace)`` stops listening, closes idle keep-alive connections, lets in-flight ordinary
+requests finish for up to ``grace`` seconds and cancels upgraded (long-lived) connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as ssl_module
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import h11
+
+log = logging.getLogger(__name__)
+
+# Bounds; each names the attack it stops.
+MAX_HEADER_BYTES = 16 * 1024  # bytes: endless header lines exhausting memory
+MAX_BODY_BYTES = 1024 * 1024  # bytes: huge request bodies exhausting memory
+REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its end: slowloris
+KEEPALIVE_TIMEOUT = 60.0  # seconds idle between requests: socket hoarding
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds: half-open TLS handshakes
+WRITE_TIMEOUT = 30.0  # seconds a response write may block: clients that never read
+READ_CHUNK = 64 * 1024  # bytes per socket read
+
+
+class Headers:
+    """Request headers: ordered, names lower-cased, values decoded as latin-1."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Iterable[tuple[str, str]]) -> None:
+        self._items = [(k.lower(), v) for k, v in items]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for k, v in self._items:
+            if k == name:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self._items if k == name]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    query_string: str
+    query: dict[str, str]
+    headers: Headers
+    body: bytes = b""
+    client: tuple[str, int] | None = None
+    tls: bool = False
+    http_version: str = "1.1"
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes | AsyncIterable[bytes] = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str | None = None
+
+    @classmethod
+    def text(cls, status: int, text: str, headers: list[tuple[str, str]] | None = None) -> Response:
+        return cls(status, text.encode(), headers or [], "text/plain; charset=utf-8")
+
+    @classmethod
+    def json_bytes(cls, body: bytes, status: int = 200) -> Response:
+        return cls(status, body, [], "application/json")
+
+
+class UpgradeStream:
+    """The raw connection behind an Upgrade request; see the module docstring."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        buffered: bytes,
+        upgrade: str,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._buffered = buffered
+        self._upgrade = upgrade
+        self.accepted = False
+
+    @property
+    def buffered(self) -> bytes:
+        """Bytes received after the request head and not yet returned by read()."""
+        return self._buffered
+
+    async def accept(
+        self, headers: Iterable[tuple[str, str]] = (), *, write_response: bool = True
+    ) -> None:
+        """Switch protocols: write the 101 (unless ``write_response`` is False)."""
+        if self.accepted:
+            return
+        self.accepted = True
+        if not write_response:
+            return
+        lines = ["HTTP/1.1 101 Switching Protocols"]
+        names = set()
+        for k, v in headers:
+            _check_header(k, v)
+            names.add(k.lower())
+            lines.append(f"{k}: {v}")
+        if "upgrade" not in names and self._upgrade:
+            lines.insert(1, f"Upgrade: {self._upgrade}")
+        if "connection" not in names:
+            lines.insert(2 if "upgrade" not in names else 1, "Connection: Upgrade")
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await self.drain()
+
+    async def read(self, n: int = READ_CHUNK) -> bytes:
+        """Up to n bytes; b"" at EOF."""
+        if not self.accepted:
+            await self.accept()
+        if self._buffered:
+            out, self._buffered = self._buffered[:n], self._buffered[n:]
+            return out
+        return await self._reader.read(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly n bytes; raises asyncio.IncompleteReadError at EOF."""
+        if not self.accepted:
+            await self.accept()
+        if len(self._buffered) >= n:
+            out, self._buffered = self._buffered[:n], self._buffered[n:]
+            return out
+        head, self._buffered = self._buffered, b""
+        return head + await self._reader.readexactly(n - len(head))
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.accepted:
+            raise RuntimeError("UpgradeStream.write before accept()")
+        self._writer.write(data)
+
+    def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
+        if not self.accepted:
+            raise RuntimeError("UpgradeStream.writelines before accept()")
+        self._writer.writelines(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def is_closing(self) -> bool:
+        return self._writer.is_closing()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._writer.get_extra_info(name, default)
+
+    @property
+    def transport(self) -> asyncio.BaseTransport:
+        return self._writer.transport
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+UpgradeHandler = Callable[[Request, UpgradeStream], Awaitable[Response | None]]
+
+
+class Router:
+    """Route table: exact (method, path), longest (method, prefix), and upgrade paths.
+
+    Method ``"*"`` matches any method. A path that exists under another method gets 405.
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[tuple[str, str], Handler] = {}
+        self._prefix: list[tuple[str, str, Handler]] = []
+        self._upgrade: dict[str, UpgradeHandler] = {}
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self._exact[(method.upper(), path)] = handler
+
+    def add_prefix(self, method: str, prefix: str, handler: Handler) -> None:
+        self._prefix.append((method.upper(), prefix, handler))
+        self._prefix.sort(key=lambda t: len(t[1]), reverse=True)
+
+    def add_upgrade(self, path: str, handler: UpgradeHandler) -> None:
+        """Requests to ``path`` (any method, upgrade header or not) go to ``handler``."""
+        self._upgrade[path] = handler
+
+    def upgrade_handler(self, path: str) -> UpgradeHandler | None:
+        return self._upgrade.get(path)
+
+    def resolve(self, method: str, path: str) -> Handler | int:
+        """A handler, or the status to answer with (404 or 405)."""
+        h = self._exact.get((method, path)) or self._exact.get(("*", path))
+        if h is None and method == "HEAD":
+            h = self._exact.get(("GET", path))
+        if h is not None:
+            return h
+        path_known = any(p == path for (_, p) in self._exact)
+        for m, prefix, ph in self._prefix:
+            if path.startswith(prefix):
+                if m in (method, "*") or (method == "HEAD" and m == "GET"):
+                    return ph
+                path_known = True
+        return 405 if path_known else 404
+
+
+def _check_header(name: str, value: str) -> None:
+    if any(c in name + value for c in "\r\n\0") or not name:
+        raise ValueError(f"invalid response header {name!r}")
+
+
+class _Conn:
+    __slots__ = ("idle", "task", "upgraded")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.idle = True
+        self.upgraded = False
+
+
+class HTTPServer:
+    """HTTP/1.1 over asyncio streams; see the module docstring for the API and bounds."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_body: int = MAX_BODY_BYTES,
+        request_timeout: float = REQUEST_TIMEOUT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+        server_header: str | None = None,
+    ) -> None:
+        self.router = router
+        self.max_header_bytes = max_header_bytes
+        self.max_body = max_body
+        self.request_timeout = request_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.write_timeout = write_timeout
+        self.server_header = server_header
+        self._servers: list[asyncio.Server] = []
+        self._conns: set[_Conn] = set()
+        self._closing = False
+
+    async def start(
+        self, host: str | None, port: int, ssl: ssl_module.SSLContext | None = None
+    ) -> asyncio.Server:
+        """Listen on host:port (host None = all addresses); may be called for several ports."""
+        srv = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            ssl=ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
+            limit=READ_CHUNK,
+        )
+        self._servers.append(srv)
+        return srv
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop listening and shut connections down (see the module docstring)."""
+        self._closing = True
+        for srv in self._servers:
+            srv.close()
+        for c in list(self._conns):
+            if (c.idle or c.upgraded) and c.task is not None:
+                c.task.cancel()
+        tasks = [c.task for c in self._conns if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        for srv in self._servers:
+            with contextlib.suppress(Exception):
+                await srv.wait_closed()
+        self._servers.clear()
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(asyncio.current_task())
+        self._conns.add(conn)
+        try:
+            await self._serve(conn, reader, writer)
+        except (asyncio.CancelledError, ConnectionError, TimeoutError, ssl_module.SSLError):
+            pass
+        except Exception:
+            log.exception("http: connection failed")
+        finally:
+            self._conns.discard(conn)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _next_event(
+        self, h: h11.Connection, reader: asyncio.StreamReader
+    ) -> h11.Event | type[h11.PAUSED]:
+        while True:
+            ev = h.next_event()
+            if ev is h11.NEED_DATA:
+                h.receive_data(await reader.read(READ_CHUNK))
+                continue
+            return ev  # type: ignore[return-value]
+
+    async def _serve(
+        self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+        peer = writer.get_extra_info("peername")
+        client = (
+            (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
+        )
+        tls = writer.get_extra_info("sslcontext") is not None
+        while not self._closing:
+            conn.idle = True
+            try:
+                # Idle keep-alive wait for the first byte of the next request.
+                if not h.trailing_data[0]:
+                    async with asyncio.timeout(self.keepalive_timeout):
+                        first = await reader.read(READ_CHUNK)
+                    h.receive_data(first)
+                    if not first:
+                        return
+                conn.idle = False
+                async with asyncio.timeout(self.request_timeout):
+                    ev = await self._next_event(h, reader)
+                    if isinstance(ev, h11.ConnectionClosed):
+                        return
+                    if not isinstance(ev, h11.Request):
+                        raise h11.RemoteProtocolError("expected a request", 400)
+                    req_ev = ev
+                    if req_ev.http_version not in (b"1.0", b"1.1"):
+                        raise h11.RemoteProtocolError("unsupported HTTP version", 505)
+                    # h11 bounds only incomplete heads; a complete one arriving in one read
+                    # needs the same bound.
+                    head_size = len(req_ev.target) + sum(
+                        len(k) + len(v) + 4 for k, v in req_ev.headers
+                    )
+                    if head_size > self.max_header_bytes:
+                        raise h11.RemoteProtocolError("request header too large", 431)
+                    path_raw, _, qs = req_ev.target.decode("latin-1").partition("?")
+                    upgrade_handler = self.router.upgrade_handler(unquote(path_raw))
+                    body = await self._read_body(h, reader, req_ev)
+            except TimeoutError:
+                if not conn.idle:
+                    await self._send_error(h, writer, 408, "request timeout")
+                return
+            except h11.RemoteProtocolError as exc:
+                await self._send_error(h, writer, exc.error_status_hint or 400, "bad request")
+                return
+            except _BodyTooLarge:
+                await self._send_error(h, writer, 413, "request body too large")
+                return
+            req = Request(
+                method=req_ev.method.decode("ascii", "replace").upper(),
+                path=unquote(path_raw),
+                query_string=qs,
+                query=dict(parse_qsl(qs, keep_blank_values=True)),
+                headers=Headers(
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in req_ev.headers
+                ),
+                body=body,
+                client=client,
+                tls=tls,
+                http_version=req_ev.http_version.decode("ascii", "replace"),
+            )
+            if upgrade_handler is not None:
+                await self._run_upgrade(conn, h, reader, writer, req, upgrade_handler)
+                return
+            handler = self.router.resolve(req.method, req.path)
+            if isinstance(handler, int):
+                resp = Response.text(handler, "not found\n" if handler == 404 else "bad method\n")
+            else:
+                try:
+                    resp = await handler(req)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("http: handler for %s %s failed", req.method, req.path)
+                    resp = Response.text(500, "internal server error\n")
+            if not await self._send_response(h, writer, resp, req.method == "HEAD"):
+                return
+            if h.our_state is h11.MUST_CLOSE or h.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                h.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _read_body(
+        self, h: h11.Connection, reader: asyncio.StreamReader, req: h11.Request
+    ) -> bytes:
+        for k, v in req.headers:
+            if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
+                raise _BodyTooLarge
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            ev = await self._next_event(h, reader)
+            if isinstance(ev, h11.Data):
+                size += len(ev.data)
+                if size > self.max_body:
+                    raise _BodyTooLarge
+                chunks.append(bytes(ev.data))
+            elif isinstance(ev, h11.EndOfMessage) or ev is h11.PAUSED:
+                return b"".join(chunks)
+            elif isinstance(ev, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("connection closed mid-body", 400)
+            else:
+                raise h11.RemoteProtocolError("unexpected event", 400)
+
+    async def _run_upgrade(
+        self,
+        conn: _Conn,
+        h: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        req: Request,
+        handler: UpgradeHandler,
+    ) -> None:
+        conn.upgraded = True
+        stream = UpgradeStream(reader, writer, h.trailing_data[0], req.headers.get("upgrade") or "")
+        try:
+            resp = await handler(req, stream)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("http: upgrade handler for %s failed", req.path)
+            resp = None if stream.accepted else Response.text(500, "internal server error\n")
+        if resp is not None and not stream.accepted:
+            resp.headers = [*resp.headers, ("Connection", "close")]
+            await self._send_response(h, writer, resp, req.method == "HEAD")
+
+    async def _send_error(
+        self, h: h11.Connection, writer: asyncio.StreamWriter, status: int, text: str
+    ) -> None:
+        if h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        resp = Response.text(status, text + "\n", [("Connection", "close")])
+        with contextlib.suppress(Exception):
+            await self._send_response(h, writer, resp, False)
+
+    async def _send_response(
+        self, h: h11.Connection, writer: asyncio.StreamWriter, resp: Response, head: bool
+    ) -> bool:
+        """Send resp; False if the connection must be dropped."""
+        headers: list[tuple[str, str]] = []
+        if self.server_header:
+            headers.append(("Server", self.server_header))
+        if resp.content_type is not None:
+            headers.append(("Content-Type", resp.content_type))
+        streaming = not isinstance(resp.body, bytes)
+        if isinstance(resp.body, bytes):
+            headers.append(("Content-Length", str(len(resp.body))))
+        headers.extend(resp.headers)
+        try:
+            for k, v in headers:
+                _check_header(k, v)
+            out = [h.send(h11.Response(status_code=resp.status, headers=headers))]
+        except (h11.LocalProtocolError, ValueError):
+            log.exception("http: invalid response")
+            if h.our_state is h11.SEND_RESPONSE:
+                fallback = h11.Response(
+                    status_code=500, headers=[("Content-Length", "0"), ("Connection", "close")]
+                )
+                out = [h.send(fallback), h.send(h11.EndOfMessage())]
+                writer.writelines([b for b in out if b])
+                await self._drain(writer)
+            return False
+        try:
+            if isinstance(resp.body, bytes):
+                if resp.body and not head:
+                    out.append(h.send(h11.Data(data=resp.body)))
+                out.append(h.send(h11.EndOfMessage()))
+                writer.writelines([b for b in out if b])
+                await self._drain(writer)
+            else:
+                writer.writelines([b for b in out if b])
+                await self._drain(writer)
+                if not head:
+                    async for chunk in resp.body:
+                        if chunk:
+                            writer.write(h.send(h11.Data(data=chunk)) or b"")
+                            await self._drain(writer)
+                writer.write(h.send(h11.EndOfMessage()) or b"")
+                await self._drain(writer)
+        except h11.LocalProtocolError:
+            log.exception("http: response body does not match its headers")
+            return False
+        return not streaming or h.our_state is h11.DONE
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(self.write_timeout):
+            await writer.drain()
+
+
+class _BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,215 @@
+"""meshscale.io.http: routing, keep-alive, upgrades and hostile clients over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from meshscale.io.http import HTTPServer, Request, Response, Router, UpgradeStream
+
+
+async def _echo(req: Request) -> Response:
+    return Response.text(200, f"{req.method} {req.path} {req.query} {len(req.body)}")
+
+
+async def _boom(req: Request) -> Response:
+    raise RuntimeError("secret internal detail")
+
+
+async def _stream(req: Request) -> Response:
+    async def gen() -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield f"chunk{i}".encode()
+
+    return Response(200, gen(), content_type="text/plain")
+
+
+async def _upgrade(req: Request, stream: UpgradeStream) -> Response | None:
+    if (req.headers.get("upgrade") or "").lower() != "echo":
+        return Response.text(426, "need upgrade")
+    await stream.accept([("Echo-Version", "1")])
+    while True:
+        data = await stream.read(100)
+        if not data:
+            return None
+        stream.write(data.upper())
+        await stream.drain()
+
+
+def _router() -> Router:
+    r = Router()
+    r.add("GET", "/echo", _echo)
+    r.add("POST", "/echo", _echo)
+    r.add("GET", "/boom", _boom)
+    r.add("GET", "/stream", _stream)
+    r.add_prefix("GET", "/api/", _echo)
+    r.add_upgrade("/up", _upgrade)
+    return r
+
+
+def run(body: Callable[[int], Awaitable[Any]], **kw: Any) -> Any:
+    async def main() -> Any:
+        server = HTTPServer(_router(), **kw)
+        srv = await server.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        try:
+            return await asyncio.wait_for(body(port), 10)
+        finally:
+            await server.close(grace=1)
+
+    return asyncio.run(main())
+
+
+async def _exchange(port: int, raw: bytes) -> bytes:
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(raw)
+    await w.drain()
+    data = await r.read()  # until the server closes
+    w.close()
+    return data
+
+
+def test_get_query_and_close() -> None:
+    async def body(port: int) -> bytes:
+        return await _exchange(
+            port, b"GET /echo?a=1&b=x%20y HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+
+    out = run(body)
+    assert out.startswith(b"HTTP/1.1 200 ")
+    assert out.endswith(b"GET /echo {'a': '1', 'b': 'x y'} 0")
+
+
+def test_keepalive_two_requests_one_connection() -> None:
+    async def body(port: int) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+        w.write(b"GET /api/v1/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        await w.drain()
+        data = await r.read()
+        w.close()
+        return data
+
+    out = run(body)
+    assert out.count(b"HTTP/1.1 200") == 2
+    assert b"POST /echo {} 5" in out
+    assert b"GET /api/v1/x {} 0" in out
+
+
+def test_404_405_and_500_without_traceback() -> None:
+    async def body(port: int) -> list[bytes]:
+        return [
+            await _exchange(port, b"GET /nope HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+            await _exchange(port, b"DELETE /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+            await _exchange(port, b"GET /boom HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+        ]
+
+    nf, bad_method, boom = run(body)
+    assert nf.startswith(b"HTTP/1.1 404")
+    assert bad_method.startswith(b"HTTP/1.1 405")
+    assert boom.startswith(b"HTTP/1.1 500")
+    assert b"secret" not in boom
+    assert b"Traceback" not in boom
+
+
+def test_streaming_body_is_chunked() -> None:
+    async def body(port: int) -> bytes:
+        return await _exchange(
+            port, b"GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        )
+
+    out = run(body)
+    assert b"Transfer-Encoding: chunked" in out or b"transfer-encoding: chunked" in out.lower()
+    assert b"chunk0" in out
+    assert b"chunk2" in out
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\x01\x02garbage\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nBad Header\r\n\r\n",
+    ],
+)
+def test_garbage_gets_clean_400(garbage: bytes) -> None:
+    out = run(lambda port: _exchange(port, garbage))
+    assert out.startswith((b"HTTP/1.1 400", b"HTTP/1.1 505"))
+    assert b"Traceback" not in out
+
+
+def test_oversized_headers_rejected() -> None:
+    huge = b"GET /echo HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n"
+    out = run(lambda port: _exchange(port, huge), max_header_bytes=1024)
+    assert out.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400"))
+
+
+def test_oversized_body_rejected() -> None:
+    req = b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+    out = run(lambda port: _exchange(port, req), max_body=10)
+    assert out.startswith(b"HTTP/1.1 413")
+
+
+def test_slowloris_times_out_and_others_still_served() -> None:
+    async def body(port: int) -> tuple[bytes, bytes]:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"GET /echo HTTP/1.1\r\nHost: h\r\n")  # never finishes the head
+        await w.drain()
+        other = await _exchange(port, b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        slow = await r.read()
+        w.close()
+        return slow, other
+
+    slow, other = run(body, request_timeout=0.1)
+    assert other.startswith(b"HTTP/1.1 200")
+    assert slow.startswith(b"HTTP/1.1 408")
+
+
+def test_upgrade_switches_to_raw_stream_with_buffered_bytes() -> None:
+    async def body(port: int) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        # The first raw bytes arrive in the same segment as the request head.
+        w.write(b"GET /up HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nabc")
+        await w.drain()
+        head = await r.readuntil(b"\r\n\r\n")
+        got = await r.readexactly(3)
+        w.write(b"def")
+        await w.drain()
+        got += await r.readexactly(3)
+        w.close()
+        return head + got
+
+    out = run(body)
+    assert out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Upgrade: echo\r\n" in out
+    assert b"Echo-Version: 1\r\n" in out
+    assert out.endswith(b"ABCDEF")
+
+
+def test_upgrade_refused_with_response() -> None:
+    out = run(lambda port: _exchange(port, b"GET /up HTTP/1.1\r\nHost: h\r\n\r\n"))
+    assert out.startswith(b"HTTP/1.1 426")
+
+
+def test_close_cancels_upgraded_and_idle_connections() -> None:
+    async def main() -> None:
+        server = HTTPServer(_router())
+        srv = await server.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+        w1.write(b"GET /up HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        await r1.readuntil(b"\r\n\r\n")
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        w2.write(b"GET /echo HTTP/1.1\r\nHost: h\r\n\r\n")
+        await r2.readuntil(b"0")
+        assert server.connections == 2
+        await asyncio.wait_for(server.close(grace=1), 3)
+        assert await asyncio.wait_for(r1.read(), 2) == b""
+        assert server.connections == 0
+        w1.close()
+        w2.close()
+
+    asyncio.run(main())
