@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "meshscale"
-CORE_PACKAGES = ["packet", "wireguard", "derp", "controlbase", "tailcfg", "policy", "dns", "magicsock"]
+CORE_PACKAGES = [
+    "packet",
+    "wireguard",
+    "derp",
+    "controlbase",
+    "tailcfg",
+    "policy",
+    "dns",
+    "magicsock",
+]
 CORE_MODULES = ["key.py", "stun.py", "disco.py", "filter.py"]
 FORBIDDEN = {"asyncio", "socket", "threading", "subprocess", "sqlite3", "time", "random"}
 IO_PACKAGES = {"io", "wgdev", "relay", "control", "node", "cli", "lab", "testing"}
@@ -27,6 +36,7 @@ def core_files() -> list[Path]:
 
 
 def imported_modules(path: Path) -> set[str]:
+    package = ["meshscale", *path.relative_to(SRC).parent.parts]
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -34,8 +44,9 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
-        elif isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
-            names.add("meshscale." + node.module)  # relative: checked against IO_PACKAGES below
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = package[: len(package) - (node.level - 1)]
+            names.add(".".join([*base, node.module] if node.module else base))
     return names
 
 

@@ -1,0 +1,248 @@
+"""The transport hot path: seal TUN packets, open transport messages (spec sections 5.1-5.2).
+
+Written for throughput: batches in, per-peer grouping, bound methods in locals, no per-packet
+logging or events, timers and counters updated once per peer per batch. Bad packets are
+dropped and counted by reason in `drops`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+
+from .allowedips import AllowedIPs
+from .constants import MESSAGE_TRANSPORT, MIN_TRANSPORT_SIZE, REJECT_AFTER_TIME
+from .crypto import pack_nonce
+from .messages import TRANSPORT_HEADER
+from .peer import Endpoint, Keypair, Peer
+
+if TYPE_CHECKING:
+    from collections import deque
+
+_ZEROS = bytes(16)
+_pack_header = TRANSPORT_HEADER.pack
+_unpack_header = TRANSPORT_HEADER.unpack_from
+
+Message = list[bytes]  # [16-byte header, ciphertext]: sent as one datagram, never joined here
+
+
+def padding(length: int, mtu: int) -> int:
+    """Zero bytes to append so the plaintext is a multiple of 16, capped at the MTU
+    (wireguard-go send.go calculatePaddingSize)."""
+    if not mtu:
+        return (-length) & 15
+    last = length % mtu if length > mtu else length
+    padded = min((last + 15) & ~15, mtu)
+    return padded - last
+
+
+class DataPath:
+    """Mixin for Device: the per-packet paths. Attributes come from Device.__init__."""
+
+    mtu: int
+    allowed_ips: AllowedIPs[Peer]
+    keypairs: dict[int, Keypair]
+    drops: Counter[str]
+    lock: AbstractContextManager[object]
+    _out: deque[tuple[Endpoint, bytes]]
+
+    # Provided by Device.
+    def sendable(self, kp: Keypair | None, now: float) -> bool:
+        raise NotImplementedError
+
+    def send_initiation(self, peer: Peer, now: float, *, is_retry: bool = False) -> None: ...
+    def promote_next(self, peer: Peer, kp: Keypair, now: float) -> None: ...
+    def after_send(self, peer: Peer, kp: Keypair, now: float) -> None: ...
+    def after_receive(self, peer: Peer, kp: Keypair, now: float) -> None: ...
+    def _authenticated_sent(self, peer: Peer, now: float) -> None: ...
+    def _authenticated_received(self, peer: Peer, now: float) -> None: ...
+    def _data_sent(self, peer: Peer, now: float) -> None: ...
+    def _data_received(self, peer: Peer, now: float) -> None: ...
+    def _set_endpoint(self, peer: Peer, ep: Endpoint) -> None: ...
+
+    # ---- send ----------------------------------------------------------------------------
+
+    def seal_for_peer(
+        self, peer: Peer, kp: Keypair, packets: Sequence[bytes | memoryview], now: float
+    ) -> list[Message]:
+        """Encrypt packets under kp; returns [header, ciphertext] pairs. Updates counters."""
+        mtu = self.mtu
+        seal = kp.seal
+        counter = kp.send_counter
+        remote = kp.remote_index
+        out: list[Message] = []
+        append = out.append
+        nbytes = 0
+        n = kp.sent_hint
+        for pkt in packets:
+            n = next(counter)
+            length = len(pkt)
+            pad = (-length) & 15
+            if pad and length + pad > mtu:
+                pad = padding(length, mtu)
+            ct = seal(pack_nonce(n), bytes(pkt) + _ZEROS[:pad] if pad else pkt, None)
+            nbytes += len(ct) + 16
+            append([_pack_header(MESSAGE_TRANSPORT, remote, n), ct])
+        kp.sent_hint = n
+        peer.tx_bytes += nbytes
+        return out
+
+    def encrypt_packets(
+        self, packets: Sequence[bytes | memoryview], now: float
+    ) -> list[tuple[Endpoint, list[Message]]]:
+        """Route packets from the TUN by destination, encrypt per peer.
+
+        Packets for a peer without a usable session are staged and a handshake is started
+        (its initiation appears in datagrams_to_send()).
+        """
+        v4 = self.allowed_ips._v4
+        v6 = self.allowed_ips._v6
+        lookup4 = v4.lookup
+        lookup6 = v6.lookup
+        from_bytes = int.from_bytes
+        groups: dict[Peer, list[bytes | memoryview]] = {}
+        drops = 0
+        for pkt in packets:
+            if not pkt:
+                drops += 1
+                continue
+            version = pkt[0] >> 4
+            if version == 4 and len(pkt) >= 20:
+                peer = lookup4(from_bytes(pkt[16:20], "big"))
+            elif version == 6 and len(pkt) >= 40:
+                peer = lookup6(from_bytes(pkt[24:40], "big"))
+            else:
+                drops += 1
+                continue
+            if peer is None:
+                drops += 1
+                continue
+            group = groups.get(peer)
+            if group is None:
+                groups[peer] = [pkt]
+            else:
+                group.append(pkt)
+        if drops:
+            self.drops["tx_no_route"] += drops
+        result: list[tuple[Endpoint, list[Message]]] = []
+        for peer, group in groups.items():
+            kp = peer.current
+            if not self.sendable(kp, now) or peer.endpoint is None:
+                peer.staged.extend(bytes(p) for p in group)
+                self.send_initiation(peer, now)
+                continue
+            assert kp is not None
+            result.append((peer.endpoint, self.seal_for_peer(peer, kp, group, now)))
+            self._authenticated_sent(peer, now)
+            self._data_sent(peer, now)
+            self.after_send(peer, kp, now)
+        return result
+
+    def flush_staged(self, peer: Peer, now: float) -> None:
+        """Send packets staged while there was no session (into datagrams_to_send)."""
+        kp = peer.current
+        if not self.sendable(kp, now) or peer.endpoint is None:
+            return
+        assert kp is not None
+        staged = []
+        while peer.staged:
+            staged.append(peer.staged.popleft())
+        ep = peer.endpoint
+        for header, ct in self.seal_for_peer(peer, kp, staged, now):
+            self._out.append((ep, header + ct))
+        self._authenticated_sent(peer, now)
+        self._data_sent(peer, now)
+
+    # ---- receive -------------------------------------------------------------------------
+
+    def decrypt_transport(
+        self, batch: Sequence[tuple[bytes | memoryview, Endpoint]], now: float
+    ) -> tuple[list[bytes], list[tuple[bytes | memoryview, Endpoint]]]:
+        """Open transport messages; returns (inner packets, non-transport datagrams).
+
+        Order per wireguard-go receive.go: index lookup, age, AEAD, replay window (only after
+        authentication), key confirmation, roaming, keepalive, length, source address check.
+        """
+        keypairs = self.keypairs
+        v4 = self.allowed_ips._v4
+        v6 = self.allowed_ips._v6
+        from_bytes = int.from_bytes
+        packets: list[bytes] = []
+        others: list[tuple[bytes | memoryview, Endpoint]] = []
+        drops = self.drops
+        touched: dict[Peer, tuple[Keypair, Endpoint, int, bool]] = {}
+        for data, ep in batch:
+            if len(data) < MIN_TRANSPORT_SIZE:
+                if len(data) >= 4:
+                    others.append((data, ep))  # a handshake type is checked by its handler
+                else:
+                    drops["short"] += 1
+                continue
+            mtype, index, counter = _unpack_header(data)
+            if mtype != MESSAGE_TRANSPORT:
+                others.append((data, ep))
+                continue
+            kp = keypairs.get(index)
+            if kp is None:
+                drops["unknown_index"] += 1
+                continue
+            if now - kp.created >= REJECT_AFTER_TIME:
+                drops["expired_keypair"] += 1
+                continue
+            try:
+                pt = kp.open(pack_nonce(counter), data[16:], None)
+            except InvalidTag:
+                drops["auth"] += 1
+                continue
+            if not kp.replay.accept(counter):
+                drops["replay"] += 1
+                continue
+            peer = kp.peer
+            prev = touched.get(peer)
+            size = len(data)
+            if prev is None:
+                touched[peer] = (kp, ep, size, bool(pt))
+            else:
+                touched[peer] = (kp, ep, prev[2] + size, prev[3] or bool(pt))
+            if not pt:
+                continue  # keepalive
+            version = pt[0] >> 4
+            if version == 4:
+                if len(pt) < 20:
+                    drops["inner_short"] += 1
+                    continue
+                total = (pt[2] << 8) | pt[3]
+                if total < 20 or total > len(pt):
+                    drops["inner_length"] += 1
+                    continue
+                owner = v4.lookup(from_bytes(pt[12:16], "big"))
+            elif version == 6:
+                if len(pt) < 40:
+                    drops["inner_short"] += 1
+                    continue
+                total = ((pt[4] << 8) | pt[5]) + 40
+                if total > len(pt):
+                    drops["inner_length"] += 1
+                    continue
+                owner = v6.lookup(from_bytes(pt[8:24], "big"))
+            else:
+                drops["inner_version"] += 1
+                continue
+            if owner is not peer:
+                drops["source_check"] += 1
+                continue
+            packets.append(pt if total == len(pt) else pt[:total])
+        for peer, (kp, ep, size, had_data) in touched.items():
+            peer.rx_bytes += size
+            if kp is peer.next:
+                self.promote_next(peer, kp, now)
+            self._set_endpoint(peer, ep)
+            self._authenticated_received(peer, now)
+            if had_data:
+                self._data_received(peer, now)
+            self.after_receive(peer, kp, now)
+        return packets, others
