@@ -143,7 +143,7 @@ def test_tampered_record_is_fatal() -> None:
 
 
 def test_oversize_frame_rejected() -> None:
-    client, server = pair()
+    _client, server = pair()
     with pytest.raises(ParseError):
         server.receive_data(b"\x04\x10\x00")  # 3 + 4096 > 4096
 
@@ -182,14 +182,16 @@ def test_early_payload_roundtrip() -> None:
     r = EarlyPayloadReader()
     wire = encode_early_payload(body) + h2
     out = b"".join(r.feed(wire[i : i + 1]) for i in range(len(wire)))
-    assert r.payload == body and out == h2
+    assert r.payload == body
+    assert out == h2
 
 
 def test_no_early_payload_passes_through() -> None:
     r = EarlyPayloadReader()
     assert r.feed(b"PRI * HT") == b""
     assert r.feed(b"TP/2.0") == b"PRI * HTTP/2.0"
-    assert r.payload is None and r.feed(b"x") == b"x"
+    assert r.payload is None
+    assert r.feed(b"x") == b"x"
 
 
 def test_early_payload_too_large() -> None:

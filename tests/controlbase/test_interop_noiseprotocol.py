@@ -61,7 +61,8 @@ def test_their_client_our_server() -> None:
     assert len(msg) == 96
     init = struct.pack(">HBH", 131, 1, 96) + msg
     resp, peer, version, (tx, rx) = server_accept(init, SERVER, bytes([4]) * 32)
-    assert peer == CLIENT.public() and version == 131
+    assert peer == CLIENT.public()
+    assert version == 131
     cli.read_message(resp[3:])  # type: ignore[attr-defined]
     assert cli.handshake_finished  # type: ignore[attr-defined]
     server = Conn(tx, rx, peer, version)
