@@ -1,0 +1,76 @@
+-- 0001: users, pre-auth keys, API keys, nodes.
+
+CREATE TABLE users (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  name text NOT NULL,
+  display_name text NOT NULL DEFAULT '',
+  email text NOT NULL DEFAULT '',
+  -- NULL for local users; the OIDC issuer+subject for users from an identity provider.
+  provider_id text,
+  created_at text NOT NULL
+);
+-- A local user is identified by name: two local users can never share one. Users from
+-- an identity provider are identified by provider_id, so the same name may exist once
+-- locally and once per provider identity.
+CREATE UNIQUE INDEX users_local_name ON users(name) WHERE provider_id IS NULL;
+CREATE UNIQUE INDEX users_provider_id ON users(provider_id) WHERE provider_id IS NOT NULL;
+
+CREATE TABLE pre_auth_keys (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  user_id integer NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  -- The key is "hskey-auth-<prefix>-<secret>": prefix is the public lookup handle,
+  -- hash is sha256(secret). The secret is never stored.
+  prefix text NOT NULL,
+  hash blob NOT NULL,
+  reusable integer NOT NULL DEFAULT 0,
+  ephemeral integer NOT NULL DEFAULT 0,
+  -- A single-use key is consumed by "UPDATE ... SET used = 1 WHERE id = ? AND used = 0":
+  -- the row count decides which of two racing registrations wins.
+  used integer NOT NULL DEFAULT 0,
+  expiration text,
+  tags text NOT NULL DEFAULT '[]',
+  created_at text NOT NULL
+);
+-- Lookup of a presented key is by prefix, so a prefix names at most one key.
+CREATE UNIQUE INDEX pre_auth_keys_prefix ON pre_auth_keys(prefix);
+
+CREATE TABLE api_keys (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  prefix text NOT NULL,
+  hash blob NOT NULL,
+  expiration text,
+  last_seen text,
+  created_at text NOT NULL
+);
+-- As for pre-auth keys: the prefix is the lookup handle and must name one key.
+CREATE UNIQUE INDEX api_keys_prefix ON api_keys(prefix);
+
+CREATE TABLE nodes (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  machine_key text NOT NULL,
+  node_key text NOT NULL,
+  disco_key text,
+  user_id integer NOT NULL REFERENCES users(id),
+  hostname text NOT NULL DEFAULT '',
+  given_name text NOT NULL,
+  ipv4 text,
+  ipv6 text,
+  host_info text NOT NULL DEFAULT '{}',
+  endpoints text NOT NULL DEFAULT '[]',
+  last_seen text,
+  expiry text,
+  tags text NOT NULL DEFAULT '[]',
+  approved_routes text NOT NULL DEFAULT '[]',
+  register_method text NOT NULL,
+  auth_key_id integer REFERENCES pre_auth_keys(id) ON DELETE SET NULL,
+  ephemeral integer NOT NULL DEFAULT 0,
+  created_at text NOT NULL
+);
+-- The machine key (from the Noise handshake) identifies a device: one node per machine.
+CREATE UNIQUE INDEX nodes_machine_key ON nodes(machine_key);
+-- A node key is bound to exactly one node, so a lookup by node key is unambiguous
+-- (spec section 3.7: a NodeKey is bound 1:1 to the machine key that registered it).
+CREATE UNIQUE INDEX nodes_node_key ON nodes(node_key);
+-- MagicDNS names must resolve to one node.
+CREATE UNIQUE INDEX nodes_given_name ON nodes(given_name);
+CREATE INDEX nodes_user_id ON nodes(user_id);

@@ -1,0 +1,80 @@
+"""The storage interface State writes through.
+
+State keeps the live snapshot in memory; a Store only loads it at start and persists each
+change before State acknowledges it. The interface is small on purpose so a PostgreSQL
+store can sit next to :class:`~meshscale.control.db.sqlite.SQLiteStore` later: the SQL
+in ``schema.sql`` is portable and every method is one short statement or transaction.
+
+Ids are assigned by the database (``insert_*`` return them). ``consume_preauth_key`` is
+the only compare-and-set: it must be atomic across connections and processes.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from meshscale.control.models import (
+    APIKey,
+    APIKeyID,
+    Node,
+    NodeID,
+    PreAuthKey,
+    PreAuthKeyID,
+    User,
+    UserID,
+)
+
+
+class StoreError(Exception):
+    """The database failed or holds data this version cannot read."""
+
+
+class IntegrityError(StoreError):
+    """A write broke a uniqueness or reference rule the schema enforces."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    users: list[User]
+    nodes: list[Node]
+    preauth_keys: list[PreAuthKey]
+    api_keys: list[APIKey]
+    policy: str | None
+
+
+class Store(Protocol):
+    def load(self) -> Snapshot: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group writes: all of them commit together or none does. May nest."""
+        ...
+
+    def close(self) -> None: ...
+
+    # users
+    def insert_user(self, user: User) -> UserID: ...
+    def update_user(self, user: User) -> None: ...
+    def delete_user(self, user_id: UserID) -> None: ...
+
+    # nodes
+    def insert_node(self, node: Node) -> NodeID: ...
+    def update_node(self, node: Node) -> None: ...
+    def delete_node(self, node_id: NodeID) -> None: ...
+
+    # pre-auth keys
+    def insert_preauth_key(self, key: PreAuthKey) -> PreAuthKeyID: ...
+    def update_preauth_key(self, key: PreAuthKey) -> None: ...
+    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None: ...
+    def consume_preauth_key(self, key_id: PreAuthKeyID) -> bool:
+        """Mark a single-use key used if it is not yet; False if someone else did."""
+        ...
+
+    # API keys
+    def insert_api_key(self, key: APIKey) -> APIKeyID: ...
+    def update_api_key(self, key: APIKey) -> None: ...
+    def delete_api_key(self, key_id: APIKeyID) -> None: ...
+
+    # policy
+    def set_policy(self, data: str) -> None: ...

@@ -1,0 +1,98 @@
+-- meshscale-control database schema: the source of truth.
+--
+-- Every migration in migrations/ must end exactly here; tests/control/test_db.py builds a
+-- database from the migrations and one from this file and compares sqlite_master.
+-- The SQL is kept portable (no SQLite-only types or functions) so a PostgreSQL store can
+-- use the same tables: integer ids, text for keys/addresses/JSON, text timestamps in
+-- RFC 3339 UTC ("2026-01-02T03:04:05.123456Z"), integer 0/1 for booleans.
+
+CREATE TABLE schema_migrations (
+  version integer PRIMARY KEY,
+  name text NOT NULL,
+  applied_at text NOT NULL
+);
+
+CREATE TABLE users (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  name text NOT NULL,
+  display_name text NOT NULL DEFAULT '',
+  email text NOT NULL DEFAULT '',
+  -- NULL for local users; the OIDC issuer+subject for users from an identity provider.
+  provider_id text,
+  created_at text NOT NULL
+);
+-- A local user is identified by name: two local users can never share one. Users from
+-- an identity provider are identified by provider_id, so the same name may exist once
+-- locally and once per provider identity.
+CREATE UNIQUE INDEX users_local_name ON users(name) WHERE provider_id IS NULL;
+CREATE UNIQUE INDEX users_provider_id ON users(provider_id) WHERE provider_id IS NOT NULL;
+
+CREATE TABLE pre_auth_keys (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  user_id integer NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  -- The key is "hskey-auth-<prefix>-<secret>": prefix is the public lookup handle,
+  -- hash is sha256(secret). The secret is never stored.
+  prefix text NOT NULL,
+  hash blob NOT NULL,
+  reusable integer NOT NULL DEFAULT 0,
+  ephemeral integer NOT NULL DEFAULT 0,
+  -- A single-use key is consumed by "UPDATE ... SET used = 1 WHERE id = ? AND used = 0":
+  -- the row count decides which of two racing registrations wins.
+  used integer NOT NULL DEFAULT 0,
+  expiration text,
+  tags text NOT NULL DEFAULT '[]',
+  created_at text NOT NULL
+);
+-- Lookup of a presented key is by prefix, so a prefix names at most one key.
+CREATE UNIQUE INDEX pre_auth_keys_prefix ON pre_auth_keys(prefix);
+
+CREATE TABLE api_keys (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  prefix text NOT NULL,
+  hash blob NOT NULL,
+  expiration text,
+  last_seen text,
+  created_at text NOT NULL
+);
+-- As for pre-auth keys: the prefix is the lookup handle and must name one key.
+CREATE UNIQUE INDEX api_keys_prefix ON api_keys(prefix);
+
+CREATE TABLE nodes (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  machine_key text NOT NULL,
+  node_key text NOT NULL,
+  disco_key text,
+  user_id integer NOT NULL REFERENCES users(id),
+  hostname text NOT NULL DEFAULT '',
+  given_name text NOT NULL,
+  ipv4 text,
+  ipv6 text,
+  host_info text NOT NULL DEFAULT '{}',
+  endpoints text NOT NULL DEFAULT '[]',
+  last_seen text,
+  expiry text,
+  tags text NOT NULL DEFAULT '[]',
+  approved_routes text NOT NULL DEFAULT '[]',
+  register_method text NOT NULL,
+  auth_key_id integer REFERENCES pre_auth_keys(id) ON DELETE SET NULL,
+  ephemeral integer NOT NULL DEFAULT 0,
+  created_at text NOT NULL
+);
+-- The machine key (from the Noise handshake) identifies a device: one node per machine.
+CREATE UNIQUE INDEX nodes_machine_key ON nodes(machine_key);
+-- A node key is bound to exactly one node, so a lookup by node key is unambiguous
+-- (spec section 3.7: a NodeKey is bound 1:1 to the machine key that registered it).
+CREATE UNIQUE INDEX nodes_node_key ON nodes(node_key);
+-- MagicDNS names must resolve to one node.
+CREATE UNIQUE INDEX nodes_given_name ON nodes(given_name);
+-- Two nodes never share a tailnet address (NULL: that family is not configured).
+CREATE UNIQUE INDEX nodes_ipv4 ON nodes(ipv4) WHERE ipv4 IS NOT NULL;
+CREATE UNIQUE INDEX nodes_ipv6 ON nodes(ipv6) WHERE ipv6 IS NOT NULL;
+CREATE INDEX nodes_user_id ON nodes(user_id);
+
+-- The policy document (policy.mode = database); at most one row, id = 1.
+CREATE TABLE policies (
+  id integer PRIMARY KEY CHECK (id = 1),
+  data text NOT NULL,
+  updated_at text NOT NULL
+);

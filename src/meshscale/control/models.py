@@ -1,0 +1,445 @@
+"""The control server's entities and the change events State publishes.
+
+Every entity is a frozen dataclass: :class:`~meshscale.control.state.State` hands out
+snapshots, and a holder can keep one across awaits without it changing underneath. A
+write goes through State, which stores a *new* object (``dataclasses.replace``) and
+publishes a change event.
+
+Entities (persisted unless noted)::
+
+    User            id, name (unique among local users), display_name, email, provider_id
+    Node            machine_key (unique), node_key (unique), disco_key, ipv4/ipv6 (unique,
+                    kept for life), hostname, given_name (MagicDNS label, unique), user_id,
+                    hostinfo (JSON), endpoints, last_seen, expiry, tags, approved_routes, ...
+                    online (in memory only: a property of live map sessions)
+    PreAuthKey      prefix + sha256(secret); full key "hskey-auth-<prefix>-<secret>" shown once
+    APIKey          prefix + sha256(secret); full key "hskey-api-<prefix>-<secret>" shown once
+    PendingRegistration   in memory: registration id -> machine key, node key, hostinfo,
+                    and a completion the protocol layer awaits (interactive login, spec §3.4)
+
+Change events (a closed union, match on it and finish with ``assert_never``)::
+
+    NodeAdded(node_id)  NodeChanged(node_id, fields)  NodeRemoved(node_id)
+    UserChanged(user_id)  PolicyChanged()  DNSChanged()
+    ResyncRequired()    a subscriber fell behind and lost events: rebuild from the snapshot
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final, NewType
+
+from meshscale.key import DiscoPublic, MachinePublic, NodePublic
+
+UserID = NewType("UserID", int)
+NodeID = NewType("NodeID", int)
+PreAuthKeyID = NewType("PreAuthKeyID", int)
+APIKeyID = NewType("APIKeyID", int)
+RegistrationID = NewType("RegistrationID", str)
+
+IPPrefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Key text formats (Headscale >= 0.27 shape: a public lookup prefix, then the secret).
+PREAUTH_KEY_PREFIX: Final = "hskey-auth-"
+API_KEY_PREFIX: Final = "hskey-api-"
+KEY_PREFIX_LENGTH: Final = 12  # hex characters of the public lookup prefix
+KEY_SECRET_LENGTH: Final = 64  # hex characters of the secret (256 bits)
+
+
+class RegisterMethod(StrEnum):
+    """How a node was admitted (Headscale's register_method column values)."""
+
+    AUTH_KEY = "authkey"
+    CLI = "cli"
+    OIDC = "oidc"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: UserID
+    name: str
+    display_name: str = ""
+    email: str = ""
+    provider_id: str | None = None  # None for local users; set for OIDC users
+    created_at: datetime | None = None
+
+    @property
+    def login_name(self) -> str:
+        """The name shown as the login (tailcfg.Login.LoginName)."""
+        return self.email or self.name
+
+
+@dataclass(frozen=True, slots=True, eq=True)
+class Node:
+    id: NodeID
+    machine_key: MachinePublic
+    node_key: NodePublic
+    user_id: UserID
+    hostname: str
+    given_name: str
+    ipv4: ipaddress.IPv4Address | None = None
+    ipv6: ipaddress.IPv6Address | None = None
+    disco_key: DiscoPublic | None = None
+    hostinfo: dict[str, Any] = field(default_factory=dict, hash=False)
+    endpoints: tuple[str, ...] = ()
+    last_seen: datetime | None = None
+    expiry: datetime | None = None  # None: never expires
+    tags: tuple[str, ...] = ()
+    approved_routes: tuple[IPPrefix, ...] = ()
+    register_method: RegisterMethod = RegisterMethod.AUTH_KEY
+    auth_key_id: PreAuthKeyID | None = None
+    ephemeral: bool = False
+    created_at: datetime | None = None
+    online: bool = False  # not persisted
+
+    __hash__ = None  # type: ignore[assignment]  # hostinfo is a dict; nodes are not keys
+
+    def addresses(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+        """The node's tailnet addresses, IPv4 first."""
+        out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        if self.ipv4 is not None:
+            out.append(self.ipv4)
+        if self.ipv6 is not None:
+            out.append(self.ipv6)
+        return tuple(out)
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expiry is not None and self.expiry <= now
+
+    def announced_routes(self) -> tuple[IPPrefix, ...]:
+        """Routes the client announces in Hostinfo.RoutableIPs (invalid entries skipped)."""
+        raw = self.hostinfo.get("RoutableIPs") or []
+        out: list[IPPrefix] = []
+        if isinstance(raw, list):
+            for item in raw:
+                try:
+                    out.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError:
+                    continue
+        return tuple(out)
+
+    def primary_routes(self) -> tuple[IPPrefix, ...]:
+        """Announced routes an admin approved: the ones peers should route here."""
+        approved = set(self.approved_routes)
+        return tuple(r for r in self.announced_routes() if r in approved)
+
+
+@dataclass(frozen=True, slots=True)
+class PreAuthKey:
+    id: PreAuthKeyID
+    user_id: UserID
+    prefix: str
+    hash: bytes  # sha256 of the secret part; the secret itself is never stored
+    reusable: bool = False
+    ephemeral: bool = False
+    used: bool = False
+    expiration: datetime | None = None
+    tags: tuple[str, ...] = ()
+    created_at: datetime | None = None
+
+    def display(self) -> str:
+        """The redacted form shown in listings."""
+        return f"{PREAUTH_KEY_PREFIX}{self.prefix}-***"
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expiration is not None and self.expiration <= now
+
+
+@dataclass(frozen=True, slots=True)
+class NewPreAuthKey:
+    """Returned once by ``State.create_preauth_key``: the only time the full key exists."""
+
+    key: PreAuthKey
+    secret: str  # the full "hskey-auth-<prefix>-<secret>" text
+
+
+@dataclass(frozen=True, slots=True)
+class APIKey:
+    id: APIKeyID
+    prefix: str
+    hash: bytes
+    expiration: datetime | None = None
+    last_seen: datetime | None = None
+    created_at: datetime | None = None
+
+    def display(self) -> str:
+        return f"{API_KEY_PREFIX}{self.prefix}-***"
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expiration is not None and self.expiration <= now
+
+
+@dataclass(frozen=True, slots=True)
+class NewAPIKey:
+    key: APIKey
+    secret: str  # the full "hskey-api-<prefix>-<secret>" text
+
+
+class PendingRegistration:
+    """An interactive registration waiting for an admin (spec §3.4). In memory only.
+
+    The protocol layer returns ``AuthURL = <server_url>/register/<id>`` and then awaits
+    :meth:`wait` on the followup request. ``State.complete_registration`` (the CLI's
+    ``nodes register --key <id>``) resolves it with the new Node; expiry or
+    ``State.cancel_registration`` resolve it with an error.
+    """
+
+    __slots__ = (
+        "_done",
+        "_error",
+        "_node",
+        "ephemeral",
+        "expires_at",
+        "hostinfo",
+        "id",
+        "machine_key",
+        "node_key",
+    )
+
+    def __init__(
+        self,
+        id: RegistrationID,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        hostinfo: dict[str, Any],
+        expires_at: datetime,
+        ephemeral: bool = False,
+    ) -> None:
+        self.id = id
+        self.machine_key = machine_key
+        self.node_key = node_key
+        self.hostinfo = hostinfo
+        self.expires_at = expires_at
+        self.ephemeral = ephemeral
+        # asyncio.Event binds to a loop on first wait, so State can create this from
+        # synchronous code; it must be resolved from the loop thread.
+        self._done = asyncio.Event()
+        self._node: Node | None = None
+        self._error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def node(self) -> Node | None:
+        return self._node
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def resolve(self, node: Node) -> None:
+        if not self._done.is_set():
+            self._node = node
+            self._done.set()
+
+    def fail(self, message: str) -> None:
+        if not self._done.is_set():
+            self._error = message
+            self._done.set()
+
+    async def wait(self) -> Node:
+        """Wait until an admin completes the registration.
+
+        Raises :class:`RegistrationFailed` if it expired or was cancelled.
+        """
+        await self._done.wait()
+        if self._node is None:
+            raise RegistrationFailed(self._error or "registration failed")
+        return self._node
+
+
+# ---- errors ---------------------------------------------------------------------------
+#
+#   StateError (ValueError)
+#    +-- NotFound              no such user/node/key/registration
+#    +-- Conflict              a uniqueness rule would break (name taken, user has nodes)
+#    +-- InvalidArgument       a malformed name, tag, route or expiry
+#    +-- PreAuthKeyError       a pre-auth key is unknown, expired or already used
+#    +-- APIKeyError           an API key is unknown or expired
+#    +-- RegistrationFailed    a pending registration expired or was cancelled
+#    +-- AddressExhausted      no free address left in a prefix
+
+
+class StateError(ValueError):
+    """Base error of the control state. The message is safe to show to an operator."""
+
+
+class NotFound(StateError):
+    pass
+
+
+class Conflict(StateError):
+    pass
+
+
+class InvalidArgument(StateError):
+    pass
+
+
+class PreAuthKeyError(StateError):
+    """The text mirrors Headscale's (``invalid authkey``, ``authkey expired``, ...),
+    and is what RegisterResponse.Error carries."""
+
+
+class APIKeyError(StateError):
+    pass
+
+
+class RegistrationFailed(StateError):
+    pass
+
+
+class AddressExhausted(StateError):
+    pass
+
+
+# ---- change events --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAdded:
+    node_id: NodeID
+
+
+@dataclass(frozen=True, slots=True)
+class NodeChanged:
+    """``fields`` names the Node attributes that changed (``"endpoints"``, ``"online"``,
+    ``"hostinfo"``, ``"disco_key"``, ``"node_key"``, ``"expiry"``, ``"given_name"``,
+    ``"tags"``, ``"user_id"``, ``"approved_routes"``, ``"last_seen"``, ...)."""
+
+    node_id: NodeID
+    fields: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRemoved:
+    node_id: NodeID
+
+
+@dataclass(frozen=True, slots=True)
+class UserChanged:
+    user_id: UserID
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DNSChanged:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRequired:
+    """The subscriber's queue overflowed and events were dropped: send full maps."""
+
+
+Change = NodeAdded | NodeChanged | NodeRemoved | UserChanged | PolicyChanged | DNSChanged | (
+    ResyncRequired
+)
+
+
+class ChangeSubscription:
+    """One subscriber's queue of change events (``State.subscribe()``).
+
+    Use ``async for change in sub`` or ``await sub.get()``; ``drain()`` takes everything
+    queued without waiting (what a batcher does after its first wake-up). The queue is
+    bounded: on overflow it is replaced by a single :class:`ResyncRequired`.
+
+    Writes may come from any thread; the waiting side must run in one event loop.
+    """
+
+    def __init__(
+        self, max_queue: int, on_close: Callable[[ChangeSubscription], None] | None = None
+    ) -> None:
+        self.max_queue = max_queue
+        self._queue: deque[Change] = deque()
+        self._lock = threading.Lock()
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._on_close = on_close
+        self.dropped = 0  # events lost to overflow (statistics)
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put_many(self, events: list[Change]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if len(self._queue) + len(events) > self.max_queue:
+                self.dropped += len(self._queue) + len(events)
+                self._queue.clear()
+                self._queue.append(ResyncRequired())
+            else:
+                self._queue.extend(events)
+        self._wake()
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._wakeup.set()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wakeup.set()
+        else:
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    def get_nowait(self) -> Change | None:
+        with self._lock:
+            return self._queue.popleft() if self._queue else None
+
+    def drain(self) -> list[Change]:
+        with self._lock:
+            out = list(self._queue)
+            self._queue.clear()
+            return out
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def get(self) -> Change:
+        """Wait for the next event. Raises StopAsyncIteration once closed and empty."""
+        while True:
+            with self._lock:
+                if self._queue:
+                    return self._queue.popleft()
+                if self._closed:
+                    raise StopAsyncIteration
+                self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def __aiter__(self) -> ChangeSubscription:
+        return self
+
+    async def __anext__(self) -> Change:
+        return await self.get()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._on_close is not None:
+            self._on_close(self)
+        self._wake()

@@ -1,0 +1,908 @@
+"""State: the one owner of the control server's state (Headscale's state.go idea).
+
+Every write that crosses subsystems (protocol handlers, REST API, CLI, garbage
+collection) goes through a :class:`State` method. State keeps the live snapshot in
+memory, indexed by id, machine key, node key and given name, persists each write to the
+store *before* returning (so an acknowledged registration survives ``kill -9``), and then
+publishes change events to subscribers (the map batcher computes deltas from them).
+
+Theory of operation::
+
+    caller ──> State.method()            sync, fast: one short DB transaction
+                 │ with self._write():   lock + store transaction + event buffer
+                 │   store.insert/update/delete ...
+                 │   memory indexes updated
+                 │ commit ──> events published to every ChangeSubscription
+                 │ failure ─> rollback, memory reloaded from the store, error raised
+                 v
+               frozen snapshot objects returned (User, Node, PreAuthKey, ...)
+
+Methods are synchronous and thread-safe (one re-entrant lock). They are meant to be
+called from the event loop thread; a subscription created inside a running loop is
+woken thread-safely if a write happens on another thread. Time and randomness come from
+the ``clock`` and ``rand`` callables so tests are deterministic.
+
+Errors are :class:`~meshscale.control.models.StateError` subclasses whose message is safe
+to show (``RegisterResponse.Error``, REST error bodies, CLI output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from meshscale.control.db.repository import IntegrityError, Store
+from meshscale.control.ipalloc import AllocationStrategy, IPAllocator
+from meshscale.control.models import (
+    API_KEY_PREFIX,
+    KEY_PREFIX_LENGTH,
+    KEY_SECRET_LENGTH,
+    PREAUTH_KEY_PREFIX,
+    APIKey,
+    APIKeyError,
+    APIKeyID,
+    Change,
+    ChangeSubscription,
+    Conflict,
+    DNSChanged,
+    InvalidArgument,
+    IPPrefix,
+    NewAPIKey,
+    NewPreAuthKey,
+    Node,
+    NodeAdded,
+    NodeChanged,
+    NodeID,
+    NodeRemoved,
+    NotFound,
+    PendingRegistration,
+    PolicyChanged,
+    PreAuthKey,
+    PreAuthKeyError,
+    PreAuthKeyID,
+    RegisterMethod,
+    RegistrationID,
+    User,
+    UserChanged,
+    UserID,
+)
+from meshscale.control.names import (
+    InvalidName,
+    unique_given_name,
+    validate_given_name,
+)
+from meshscale.key import DiscoPublic, MachinePublic, NodePublic
+
+DEFAULT_PREAUTH_KEY_EXPIRATION: Final = timedelta(hours=1)  # Headscale CLI default
+DEFAULT_API_KEY_EXPIRATION: Final = timedelta(days=90)  # Headscale CLI default
+API_KEY_LAST_SEEN_PERSIST: Final = timedelta(minutes=1)  # coarser: no write per request
+DEFAULT_PREFIX_V4: Final = ipaddress.IPv4Network("100.64.0.0/10")  # Tailscale's CGNAT range
+DEFAULT_PREFIX_V6: Final = ipaddress.IPv6Network("fd7a:115c:a1e0::/48")  # Tailscale's ULA
+MAX_TAGS: Final = 64  # per node or key; bounds the policy work one node can cause
+MAX_ROUTES: Final = 1024  # approved routes per node
+MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are rejected
+
+_USER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
+_TAG_RE: Final = re.compile(r"^tag:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StateOptions:
+    """The parts of the configuration State needs (built from ControlConfig)."""
+
+    prefix_v4: ipaddress.IPv4Network | None = DEFAULT_PREFIX_V4
+    prefix_v6: ipaddress.IPv6Network | None = DEFAULT_PREFIX_V6
+    allocation: AllocationStrategy = AllocationStrategy.SEQUENTIAL
+    ephemeral_inactivity_timeout: timedelta = timedelta(minutes=30)
+    registration_ttl: timedelta = timedelta(minutes=15)  # a pending interactive login
+    node_expiry: timedelta | None = None  # None: node keys never expire (node.expiry: 0)
+
+
+@dataclass(frozen=True, slots=True)
+class GCResult:
+    removed_nodes: tuple[NodeID, ...]
+    expired_registrations: int
+
+
+def _hash_secret(secret: str) -> bytes:
+    # Secrets are 256 random bits, so a fast hash is as strong as bcrypt here: there is
+    # nothing to brute-force. Only the hash is stored.
+    return hashlib.sha256(secret.encode("ascii")).digest()
+
+
+def _split_key(text: str, kind: str) -> tuple[str, str] | None:
+    """``<kind><prefix>-<secret>`` -> (prefix, secret), or None if malformed."""
+    if not text.startswith(kind):
+        return None
+    rest = text[len(kind) :]
+    prefix, sep, secret = rest.partition("-")
+    if not sep or len(prefix) != KEY_PREFIX_LENGTH or len(secret) != KEY_SECRET_LENGTH:
+        return None
+    if not (prefix.isascii() and secret.isascii()):
+        return None
+    return prefix, secret
+
+
+def validate_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(dict.fromkeys(tags))
+    if len(out) > MAX_TAGS:
+        raise InvalidArgument(f"too many tags ({len(out)} > {MAX_TAGS})")
+    for tag in out:
+        if not _TAG_RE.match(tag):
+            raise InvalidArgument(f"invalid tag {tag[:70]!r}: tags look like 'tag:name'")
+    return tuple(sorted(out))
+
+
+def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
+    out: list[IPPrefix] = []
+    for r in routes:
+        try:
+            out.append(r if not isinstance(r, str) else ipaddress.ip_network(r, strict=True))
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid route {str(r)[:60]!r}: {exc}") from exc
+    if len(out) > MAX_ROUTES:
+        raise InvalidArgument(f"too many routes ({len(out)} > {MAX_ROUTES})")
+    return tuple(sorted(set(out), key=lambda n: (n.version, n)))
+
+
+class State:
+    """The control server's users, nodes, keys and pending registrations.
+
+    Parameters:
+      store: where writes are persisted (``SQLiteStore``); loaded once at construction.
+      options: address prefixes, allocation strategy and timeouts.
+      clock: returns the current UTC-aware datetime.
+      rand: ``rand(n)`` returns n random bytes (key secrets, registration ids).
+      randbelow: ``randbelow(n)`` for random address allocation.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        options: StateOptions | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        rand: Callable[[int], bytes] = os.urandom,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+    ) -> None:
+        self.store = store
+        self.options = options or StateOptions()
+        self.clock = clock
+        self.rand = rand
+        self.randbelow = randbelow
+        self._lock = threading.RLock()
+        self._subs: list[ChangeSubscription] = []
+        self._events: list[Change] | None = None  # buffered inside _write()
+        self._pending: dict[RegistrationID, PendingRegistration] = {}
+        self._online: dict[NodeID, bool] = {}
+        self.generation = 0  # bumped on every published change
+        self._load()
+
+    @classmethod
+    def open(cls, path: str | Path, options: StateOptions | None = None, **kw: Any) -> State:
+        """Open (creating and migrating if needed) an SQLite database at ``path``."""
+        from meshscale.control.db.sqlite import SQLiteStore
+
+        return cls(SQLiteStore(path), options, **kw)
+
+    def close(self) -> None:
+        with self._lock:
+            for sub in list(self._subs):
+                sub.close()
+            for reg in self._pending.values():
+                reg.fail("server shutting down")
+            self._pending.clear()
+            self.store.close()
+
+    # ---- snapshot and write plumbing ---------------------------------------------------
+
+    def _load(self) -> None:
+        snap = self.store.load()
+        self._users: dict[UserID, User] = {u.id: u for u in snap.users}
+        self._nodes: dict[NodeID, Node] = {}
+        self._by_machine: dict[MachinePublic, NodeID] = {}
+        self._by_node_key: dict[NodePublic, NodeID] = {}
+        self._by_name: dict[str, NodeID] = {}
+        self._alloc = IPAllocator(
+            self.options.prefix_v4, self.options.prefix_v6, self.options.allocation,
+            randbelow=self.randbelow,
+        )
+        for node in snap.nodes:
+            self._index(replace(node, online=self._online.get(node.id, False)))
+            for addr in node.addresses():
+                self._alloc.mark_used(addr)
+        self._paks: dict[PreAuthKeyID, PreAuthKey] = {k.id: k for k in snap.preauth_keys}
+        self._pak_by_prefix = {k.prefix: k.id for k in snap.preauth_keys}
+        self._api_keys: dict[APIKeyID, APIKey] = {k.id: k for k in snap.api_keys}
+        self._api_by_prefix = {k.prefix: k.id for k in snap.api_keys}
+        self._policy = snap.policy
+
+    def _index(self, node: Node) -> None:
+        old = self._nodes.get(node.id)
+        if old is not None:
+            self._unindex(old)
+        self._nodes[node.id] = node
+        self._by_machine[node.machine_key] = node.id
+        self._by_node_key[node.node_key] = node.id
+        self._by_name[node.given_name] = node.id
+
+    def _unindex(self, node: Node) -> None:
+        self._nodes.pop(node.id, None)
+        self._by_machine.pop(node.machine_key, None)
+        self._by_node_key.pop(node.node_key, None)
+        self._by_name.pop(node.given_name, None)
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """Lock, open a store transaction and buffer events; publish them on commit.
+
+        On any failure the transaction rolls back and the memory snapshot is rebuilt from
+        the store, so memory never holds a write the database does not.
+        """
+        with self._lock:
+            if self._events is not None:  # nested: the outer block commits
+                yield
+                return
+            self._events = []
+            try:
+                with self.store.transaction():
+                    yield
+            except BaseException:
+                self._events = None
+                allocs_before = self._alloc
+                try:
+                    self._load()
+                except Exception:  # pragma: no cover - the store is gone; keep old view
+                    self._alloc = allocs_before
+                raise
+            events, self._events = self._events, None
+            if events:
+                self.generation += 1
+                for sub in list(self._subs):
+                    sub.put_many(events)
+
+    def _emit(self, event: Change) -> None:
+        assert self._events is not None, "_emit outside _write"
+        self._events.append(event)
+
+    # ---- change bus --------------------------------------------------------------------
+
+    def subscribe(self, max_queue: int = 4096) -> ChangeSubscription:
+        """A new subscription to change events (see models.Change).
+
+        ``max_queue`` bounds memory per subscriber; past it the queue is replaced by one
+        ResyncRequired event (a stuck map session must not grow the server without limit).
+        """
+        with self._lock:
+            sub = ChangeSubscription(max_queue, on_close=self._unsubscribe)
+            self._subs.append(sub)
+            return sub
+
+    def _unsubscribe(self, sub: ChangeSubscription) -> None:
+        with self._lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def notify_dns_changed(self) -> None:
+        """Tell subscribers the DNS configuration changed (config reload)."""
+        with self._write():
+            self._emit(DNSChanged())
+
+    # ---- users -------------------------------------------------------------------------
+
+    def create_user(
+        self, name: str, *, display_name: str = "", email: str = "",
+        provider_id: str | None = None,
+    ) -> User:
+        if not _USER_NAME_RE.match(name):
+            raise InvalidArgument(
+                f"invalid user name {name[:70]!r}: 1-63 of letters, digits and ._@+- "
+                "starting with a letter or digit"
+            )
+        with self._write():
+            if provider_id is None and any(
+                u.name == name and u.provider_id is None for u in self._users.values()
+            ):
+                raise Conflict(f"user {name!r} already exists")
+            user = User(UserID(0), name, display_name, email, provider_id, self.clock())
+            try:
+                user = replace(user, id=self.store.insert_user(user))
+            except IntegrityError as exc:
+                raise Conflict(f"user {name!r} already exists") from exc
+            self._users[user.id] = user
+            self._emit(UserChanged(user.id))
+            return user
+
+    def get_user(self, user_id: UserID) -> User:
+        user = self._users.get(user_id)
+        if user is None:
+            raise NotFound(f"user {user_id} not found")
+        return user
+
+    def get_user_by_name(self, name: str) -> User:
+        """The local user called ``name`` (else the only user of that name)."""
+        matches = [u for u in self._users.values() if u.name == name]
+        local = [u for u in matches if u.provider_id is None]
+        if local:
+            return local[0]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise NotFound(f"user {name!r} not found")
+        raise Conflict(f"user name {name!r} is ambiguous; use the user id")
+
+    def list_users(self) -> list[User]:
+        with self._lock:
+            return sorted(self._users.values(), key=lambda u: u.id)
+
+    def rename_user(self, user_id: UserID, new_name: str) -> User:
+        if not _USER_NAME_RE.match(new_name):
+            raise InvalidArgument(f"invalid user name {new_name[:70]!r}")
+        with self._write():
+            user = self.get_user(user_id)
+            if user.provider_id is None and any(
+                u.name == new_name and u.provider_id is None and u.id != user_id
+                for u in self._users.values()
+            ):
+                raise Conflict(f"user {new_name!r} already exists")
+            user = replace(user, name=new_name)
+            self.store.update_user(user)
+            self._users[user.id] = user
+            self._emit(UserChanged(user.id))
+            return user
+
+    def delete_user(self, user_id: UserID) -> None:
+        """Delete a user and its pre-auth keys. Refused while the user owns nodes."""
+        with self._write():
+            self.get_user(user_id)
+            if any(n.user_id == user_id for n in self._nodes.values()):
+                raise Conflict("user still has nodes; delete or move them first")
+            for key in [k for k in self._paks.values() if k.user_id == user_id]:
+                self.store.delete_preauth_key(key.id)
+                self._drop_pak(key)
+            self.store.delete_user(user_id)
+            del self._users[user_id]
+            self._emit(UserChanged(user_id))
+
+    # ---- pre-auth keys -----------------------------------------------------------------
+
+    def create_preauth_key(
+        self, user_id: UserID, *, reusable: bool = False, ephemeral: bool = False,
+        expiration: datetime | None = None, tags: Iterable[str] = (),
+    ) -> NewPreAuthKey:
+        """Create a key; the returned ``secret`` is the only copy of the full key.
+
+        ``expiration`` defaults to one hour from now.
+        """
+        tag_tuple = validate_tags(tags)
+        now = self.clock()
+        exp = expiration if expiration is not None else now + DEFAULT_PREAUTH_KEY_EXPIRATION
+        with self._write():
+            self.get_user(user_id)
+            prefix, secret = self._new_secret(self._pak_by_prefix)
+            key = PreAuthKey(
+                PreAuthKeyID(0), user_id, prefix, _hash_secret(secret), reusable, ephemeral,
+                False, exp, tag_tuple, now,
+            )
+            key = replace(key, id=self.store.insert_preauth_key(key))
+            self._paks[key.id] = key
+            self._pak_by_prefix[prefix] = key.id
+            return NewPreAuthKey(key, f"{PREAUTH_KEY_PREFIX}{prefix}-{secret}")
+
+    def _new_secret(self, taken: dict[str, Any]) -> tuple[str, str]:
+        for _ in range(16):
+            prefix = self.rand(KEY_PREFIX_LENGTH // 2).hex()
+            if prefix not in taken:
+                return prefix, self.rand(KEY_SECRET_LENGTH // 2).hex()
+        raise Conflict("could not find a free key prefix")  # pragma: no cover
+
+    def list_preauth_keys(self, user_id: UserID | None = None) -> list[PreAuthKey]:
+        with self._lock:
+            keys = [k for k in self._paks.values() if user_id is None or k.user_id == user_id]
+            return sorted(keys, key=lambda k: k.id)
+
+    def get_preauth_key(self, key_id: PreAuthKeyID) -> PreAuthKey:
+        key = self._paks.get(key_id)
+        if key is None:
+            raise NotFound(f"pre-auth key {key_id} not found")
+        return key
+
+    def expire_preauth_key(self, key_id: PreAuthKeyID) -> PreAuthKey:
+        with self._write():
+            key = replace(self.get_preauth_key(key_id), expiration=self.clock())
+            self.store.update_preauth_key(key)
+            self._paks[key.id] = key
+            return key
+
+    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None:
+        with self._write():
+            key = self.get_preauth_key(key_id)
+            for node in self._nodes.values():
+                if node.auth_key_id == key_id:  # the schema's ON DELETE SET NULL, in memory
+                    self._nodes[node.id] = replace(node, auth_key_id=None)
+            self.store.delete_preauth_key(key_id)
+            self._drop_pak(key)
+
+    def _drop_pak(self, key: PreAuthKey) -> None:
+        self._paks.pop(key.id, None)
+        self._pak_by_prefix.pop(key.prefix, None)
+
+    def validate_preauth_key(self, secret: str) -> PreAuthKey:
+        """The key ``secret`` names, if it could admit a node now. Consumes nothing.
+
+        Raises PreAuthKeyError: ``invalid authkey``, ``authkey expired``,
+        ``authkey already used``.
+        """
+        with self._lock:
+            key = self._lookup_pak(secret)
+            self._check_pak(key)
+            return key
+
+    def _lookup_pak(self, secret: str) -> PreAuthKey:
+        parts = _split_key(secret, PREAUTH_KEY_PREFIX)
+        key_id = self._pak_by_prefix.get(parts[0]) if parts else None
+        key = self._paks.get(key_id) if key_id is not None else None
+        # Constant-time compare; an unknown prefix compares against a dummy so both
+        # paths cost the same.
+        want = key.hash if key is not None else b"\0" * 32
+        got = _hash_secret(parts[1]) if parts else b"\1" * 32
+        if not hmac.compare_digest(want, got) or key is None:
+            raise PreAuthKeyError("invalid authkey")
+        return key
+
+    def _check_pak(self, key: PreAuthKey) -> None:
+        if key.is_expired(self.clock()):
+            raise PreAuthKeyError("authkey expired")
+        if not key.reusable and key.used:
+            raise PreAuthKeyError("authkey already used")
+
+    def use_preauth_key(self, secret: str) -> PreAuthKey:
+        """Validate and consume a key atomically; of two racing callers on a single-use
+        key exactly one succeeds (also across processes sharing the database)."""
+        with self._write():
+            return self._consume_pak(secret)
+
+    def _consume_pak(self, secret: str) -> PreAuthKey:
+        key = self._lookup_pak(secret)
+        self._check_pak(key)
+        if not key.reusable:
+            if not self.store.consume_preauth_key(key.id):
+                raise PreAuthKeyError("authkey already used")
+            key = replace(key, used=True)
+            self._paks[key.id] = key
+        return key
+
+    # ---- API keys ----------------------------------------------------------------------
+
+    def create_api_key(self, expiration: datetime | None = None) -> NewAPIKey:
+        """Create an API key (default lifetime 90 days); ``secret`` is shown once."""
+        now = self.clock()
+        with self._write():
+            prefix, secret = self._new_secret(self._api_by_prefix)
+            key = APIKey(
+                APIKeyID(0), prefix, _hash_secret(secret),
+                expiration if expiration is not None else now + DEFAULT_API_KEY_EXPIRATION,
+                None, now,
+            )
+            key = replace(key, id=self.store.insert_api_key(key))
+            self._api_keys[key.id] = key
+            self._api_by_prefix[prefix] = key.id
+            return NewAPIKey(key, f"{API_KEY_PREFIX}{prefix}-{secret}")
+
+    def list_api_keys(self) -> list[APIKey]:
+        with self._lock:
+            return sorted(self._api_keys.values(), key=lambda k: k.id)
+
+    def get_api_key(self, key_id_or_prefix: APIKeyID | str) -> APIKey:
+        """By id, or by prefix (bare, ``hskey-api-<prefix>`` or ``...-***``)."""
+        with self._lock:
+            if isinstance(key_id_or_prefix, int):
+                key = self._api_keys.get(key_id_or_prefix)
+            else:
+                p = key_id_or_prefix.removeprefix(API_KEY_PREFIX)[:KEY_PREFIX_LENGTH]
+                kid = self._api_by_prefix.get(p)
+                key = self._api_keys.get(kid) if kid is not None else None
+            if key is None:
+                raise NotFound(f"API key {str(key_id_or_prefix)[:30]!r} not found")
+            return key
+
+    def expire_api_key(self, key_id_or_prefix: APIKeyID | str) -> APIKey:
+        with self._write():
+            key = replace(self.get_api_key(key_id_or_prefix), expiration=self.clock())
+            self.store.update_api_key(key)
+            self._api_keys[key.id] = key
+            return key
+
+    def delete_api_key(self, key_id_or_prefix: APIKeyID | str) -> None:
+        with self._write():
+            key = self.get_api_key(key_id_or_prefix)
+            self.store.delete_api_key(key.id)
+            self._api_keys.pop(key.id, None)
+            self._api_by_prefix.pop(key.prefix, None)
+
+    def verify_api_key(self, secret: str) -> APIKey:
+        """The API key ``secret`` names. Raises APIKeyError (``invalid API key`` or
+        ``API key expired``). Compares in constant time; records last_seen."""
+        with self._lock:
+            parts = _split_key(secret, API_KEY_PREFIX)
+            kid = self._api_by_prefix.get(parts[0]) if parts else None
+            key = self._api_keys.get(kid) if kid is not None else None
+            want = key.hash if key is not None else b"\0" * 32
+            got = _hash_secret(parts[1]) if parts else b"\1" * 32
+            if not hmac.compare_digest(want, got) or key is None:
+                raise APIKeyError("invalid API key")
+            now = self.clock()
+            if key.is_expired(now):
+                raise APIKeyError("API key expired")
+            persist = key.last_seen is None or now - key.last_seen >= API_KEY_LAST_SEEN_PERSIST
+            key = replace(key, last_seen=now)
+            if persist:
+                with self._write():
+                    self.store.update_api_key(key)
+            self._api_keys[key.id] = key
+            return key
+
+    # ---- nodes: lookups ----------------------------------------------------------------
+
+    def get_node(self, node_id: NodeID) -> Node:
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        return node
+
+    def get_node_by_machine_key(self, machine_key: MachinePublic) -> Node | None:
+        with self._lock:
+            nid = self._by_machine.get(machine_key)
+            return self._nodes.get(nid) if nid is not None else None
+
+    def get_node_by_node_key(self, node_key: NodePublic) -> Node | None:
+        with self._lock:
+            nid = self._by_node_key.get(node_key)
+            return self._nodes.get(nid) if nid is not None else None
+
+    def get_node_by_given_name(self, name: str) -> Node | None:
+        with self._lock:
+            nid = self._by_name.get(name)
+            return self._nodes.get(nid) if nid is not None else None
+
+    def list_nodes(self, user_id: UserID | None = None) -> list[Node]:
+        """All nodes (or one user's), sorted by id."""
+        with self._lock:
+            nodes = [n for n in self._nodes.values() if user_id is None or n.user_id == user_id]
+            return sorted(nodes, key=lambda n: n.id)
+
+    def peers_of(self, node_id: NodeID) -> list[Node]:
+        """Every other node, sorted by id (policy filtering happens in the mapper)."""
+        with self._lock:
+            return sorted((n for n in self._nodes.values() if n.id != node_id), key=lambda n: n.id)
+
+    @property
+    def policy(self) -> str | None:
+        return self._policy
+
+    def set_policy(self, data: str) -> None:
+        with self._write():
+            self.store.set_policy(data)
+            self._policy = data
+            self._emit(PolicyChanged())
+
+    # ---- nodes: registration -----------------------------------------------------------
+
+    def register_node(
+        self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
+        hostinfo: dict[str, Any] | None = None, *,
+        method: RegisterMethod = RegisterMethod.CLI, auth_key_id: PreAuthKeyID | None = None,
+        ephemeral: bool = False, tags: Iterable[str] = (),
+    ) -> Node:
+        """Admit a device for ``user_id``; returns the node (new or re-registered).
+
+        The machine key identifies the device (spec §3.7): a known machine keeps its id,
+        addresses and given name, and gets the new node key, Hostinfo and a fresh expiry.
+        A node key already bound to a *different* machine is refused (Conflict).
+        """
+        with self._write():
+            return self._register_locked(
+                machine_key, node_key, user_id, hostinfo or {}, method, auth_key_id,
+                ephemeral, validate_tags(tags),
+            )
+
+    def _register_locked(
+        self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
+        hostinfo: dict[str, Any], method: RegisterMethod, auth_key_id: PreAuthKeyID | None,
+        ephemeral: bool, tags: tuple[str, ...],
+    ) -> Node:
+        self.get_user(user_id)
+        _check_hostinfo(hostinfo)
+        bound = self.get_node_by_node_key(node_key)
+        if bound is not None and bound.machine_key != machine_key:
+            raise Conflict("node key is bound to a different machine key")
+        now = self.clock()
+        expiry = now + self.options.node_expiry if self.options.node_expiry else None
+        hostname = str(hostinfo.get("Hostname") or "")
+        existing = self.get_node_by_machine_key(machine_key)
+        if existing is not None:
+            node = replace(
+                existing, node_key=node_key, user_id=user_id, hostinfo=hostinfo,
+                hostname=hostname or existing.hostname, expiry=expiry, register_method=method,
+                auth_key_id=auth_key_id if auth_key_id is not None else existing.auth_key_id,
+                ephemeral=ephemeral, tags=tags or existing.tags,
+            )
+            self.store.update_node(node)
+            self._index(node)
+            changed = _diff(existing, node)
+            if changed:
+                self._emit(NodeChanged(node.id, changed))
+            return node
+        v4, v6 = self._alloc.allocate()
+        given = unique_given_name(hostname or "node", lambda n: n in self._by_name)
+        node = Node(
+            NodeID(0), machine_key, node_key, user_id, hostname, given, v4, v6, None,
+            hostinfo, (), now, expiry, tags, (), method, auth_key_id, ephemeral, now,
+        )
+        try:
+            node = replace(node, id=self.store.insert_node(node))
+        except IntegrityError as exc:
+            raise Conflict(f"cannot register node: {exc}") from exc
+        self._index(node)
+        self._emit(NodeAdded(node.id))
+        return node
+
+    def register_with_preauth_key(
+        self, secret: str, machine_key: MachinePublic, node_key: NodePublic,
+        hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
+    ) -> Node:
+        """The pre-auth key path of /machine/register (spec §3.3).
+
+        A machine already registered by this key's user with the same node key and not
+        expired is returned unchanged without consuming or re-checking the key: clients
+        re-send their auth key on every restart. Otherwise the key is validated and
+        consumed atomically with the node write. Raises PreAuthKeyError (the text goes in
+        RegisterResponse.Error) or Conflict.
+        """
+        with self._write():
+            existing = self.get_node_by_machine_key(machine_key)
+            key_id = self._pak_by_prefix.get((_split_key(secret, PREAUTH_KEY_PREFIX) or ("",))[0])
+            key = self._paks.get(key_id) if key_id is not None else None
+            if (
+                existing is not None and key is not None
+                and existing.user_id == key.user_id and existing.node_key == node_key
+                and not existing.is_expired(self.clock())
+            ):
+                self._lookup_pak(secret)  # still prove possession of the key
+                return existing
+            key = self._consume_pak(secret)
+            return self._register_locked(
+                machine_key, node_key, key.user_id, hostinfo or {}, RegisterMethod.AUTH_KEY,
+                key.id, key.ephemeral or ephemeral, key.tags,
+            )
+
+    def begin_registration(
+        self, machine_key: MachinePublic, node_key: NodePublic,
+        hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
+    ) -> PendingRegistration:
+        """Start an interactive registration (spec §3.4); in memory only.
+
+        The protocol layer answers ``AuthURL = <server_url>/register/<reg.id>`` and awaits
+        ``reg.wait()`` on the followup. An older pending registration of the same machine
+        is failed ("superseded").
+        """
+        hi = hostinfo or {}
+        _check_hostinfo(hi)
+        with self._lock:
+            self.expire_registrations()
+            for old in [r for r in self._pending.values() if r.machine_key == machine_key]:
+                old.fail("registration superseded")
+                del self._pending[old.id]
+            reg_id = RegistrationID(self.rand(18).hex())
+            reg = PendingRegistration(
+                reg_id, machine_key, node_key, hi, self.clock() + self.options.registration_ttl,
+                ephemeral,
+            )
+            self._pending[reg_id] = reg
+            return reg
+
+    def get_registration(self, reg_id: str) -> PendingRegistration | None:
+        with self._lock:
+            reg = self._pending.get(RegistrationID(reg_id))
+            if reg is not None and reg.expires_at <= self.clock():
+                reg.fail("registration expired")
+                del self._pending[reg.id]
+                return None
+            return reg
+
+    def list_registrations(self) -> list[PendingRegistration]:
+        with self._lock:
+            self.expire_registrations()
+            return list(self._pending.values())
+
+    def complete_registration(self, reg_id: str, user_id: UserID) -> Node:
+        """Admit a pending registration for ``user_id`` (``nodes register --key``)."""
+        with self._write():
+            reg = self.get_registration(reg_id)
+            if reg is None:
+                raise NotFound(f"registration {reg_id[:40]!r} not found or expired")
+            node = self._register_locked(
+                reg.machine_key, reg.node_key, user_id, reg.hostinfo, RegisterMethod.CLI,
+                None, reg.ephemeral, (),
+            )
+            del self._pending[reg.id]
+        reg.resolve(node)  # after commit: the waiter may answer the client right away
+        return node
+
+    def cancel_registration(self, reg_id: str, reason: str = "registration rejected") -> None:
+        with self._lock:
+            reg = self._pending.pop(RegistrationID(reg_id), None)
+            if reg is None:
+                raise NotFound(f"registration {reg_id[:40]!r} not found")
+            reg.fail(reason)
+
+    def expire_registrations(self) -> int:
+        with self._lock:
+            now = self.clock()
+            gone = [r for r in self._pending.values() if r.expires_at <= now]
+            for reg in gone:
+                reg.fail("registration expired")
+                del self._pending[reg.id]
+            return len(gone)
+
+    # ---- nodes: updates from the client ------------------------------------------------
+
+    def update_node(
+        self, node_id: NodeID, *, hostinfo: dict[str, Any] | None = None,
+        endpoints: Iterable[str] | None = None, disco_key: DiscoPublic | None = None,
+    ) -> Node:
+        """Apply what a MapRequest reports; publishes one NodeChanged naming what changed
+        (nothing is written or published when nothing changed)."""
+        with self._write():
+            old = self.get_node(node_id)
+            new = old
+            if hostinfo is not None:
+                _check_hostinfo(hostinfo)
+                new = replace(new, hostinfo=hostinfo,
+                              hostname=str(hostinfo.get("Hostname") or new.hostname))
+            if endpoints is not None:
+                new = replace(new, endpoints=tuple(endpoints))
+            if disco_key is not None:
+                new = replace(new, disco_key=disco_key)
+            changed = _diff(old, new)
+            if changed:
+                self.store.update_node(new)
+                self._index(new)
+                self._emit(NodeChanged(node_id, changed))
+            return new
+
+    def update_endpoints(self, node_id: NodeID, endpoints: Iterable[str]) -> Node:
+        return self.update_node(node_id, endpoints=endpoints)
+
+    def update_hostinfo(
+        self, node_id: NodeID, hostinfo: dict[str, Any], disco_key: DiscoPublic | None = None
+    ) -> Node:
+        return self.update_node(node_id, hostinfo=hostinfo, disco_key=disco_key)
+
+    def set_online(self, node_id: NodeID, online: bool) -> Node:
+        """Mark a node's map session up or down; last_seen is set (and persisted) on
+        every transition. Online state itself lives only in memory."""
+        with self._write():
+            old = self.get_node(node_id)
+            if old.online == online:
+                return old
+            node = replace(old, online=online, last_seen=self.clock())
+            self.store.update_node(node)
+            self._online[node_id] = online
+            self._index(node)
+            self._emit(NodeChanged(node_id, frozenset({"online", "last_seen"})))
+            return node
+
+    def logout(self, node_id: NodeID) -> Node | None:
+        """Client logout (spec §3.6): expire the node now; ephemeral nodes are deleted
+        (returns None then)."""
+        with self._write():
+            node = self.get_node(node_id)
+            if node.ephemeral:
+                self.delete_node(node_id)
+                return None
+            return self.expire_node(node_id)
+
+    # ---- nodes: admin ------------------------------------------------------------------
+
+    def expire_node(self, node_id: NodeID, at: datetime | None = None) -> Node:
+        """Set the node key's expiry (default: now). A past expiry logs the node out."""
+        return self._edit(node_id, expiry=at if at is not None else self.clock())
+
+    def delete_node(self, node_id: NodeID) -> None:
+        with self._write():
+            node = self.get_node(node_id)
+            self.store.delete_node(node_id)
+            self._unindex(node)
+            self._online.pop(node_id, None)
+            for addr in node.addresses():
+                self._alloc.release(addr)
+            self._emit(NodeRemoved(node_id))
+
+    def rename_node(self, node_id: NodeID, new_name: str) -> Node:
+        """Set the MagicDNS name; it must be a valid label no other node uses."""
+        try:
+            validate_given_name(new_name)
+        except InvalidName as exc:
+            raise InvalidArgument(str(exc)) from exc
+        with self._write():
+            other = self._by_name.get(new_name)
+            if other is not None and other != node_id:
+                raise Conflict(f"name {new_name!r} is used by node {other}")
+            return self._edit(node_id, given_name=new_name)
+
+    def set_tags(self, node_id: NodeID, tags: Iterable[str]) -> Node:
+        return self._edit(node_id, tags=validate_tags(tags))
+
+    def move_node(self, node_id: NodeID, user_id: UserID) -> Node:
+        self.get_user(user_id)
+        return self._edit(node_id, user_id=user_id)
+
+    def approve_routes(self, node_id: NodeID, routes: Iterable[str | IPPrefix]) -> Node:
+        """Replace the node's approved routes (an empty list withdraws approval)."""
+        return self._edit(node_id, approved_routes=parse_routes(routes))
+
+    def _edit(self, node_id: NodeID, **changes: Any) -> Node:
+        with self._write():
+            old = self.get_node(node_id)
+            new = replace(old, **changes)
+            changed = _diff(old, new)
+            if changed:
+                self.store.update_node(new)
+                self._index(new)
+                self._emit(NodeChanged(node_id, changed))
+            return new
+
+    # ---- maintenance -------------------------------------------------------------------
+
+    def gc(self) -> GCResult:
+        """Delete ephemeral nodes offline longer than the inactivity timeout, and drop
+        expired pending registrations. Call periodically (serve does, every few s)."""
+        with self._lock:
+            expired = self.expire_registrations()
+            cutoff = self.clock() - self.options.ephemeral_inactivity_timeout
+            stale = [
+                n.id for n in self._nodes.values()
+                if n.ephemeral and not n.online
+                and (n.last_seen or n.created_at or cutoff) <= cutoff
+            ]
+            for nid in stale:
+                self.delete_node(nid)
+            return GCResult(tuple(stale), expired)
+
+
+_DIFF_FIELDS: Final = (
+    "machine_key", "node_key", "disco_key", "ipv4", "ipv6", "hostname", "given_name",
+    "user_id", "hostinfo", "endpoints", "last_seen", "expiry", "tags", "approved_routes",
+    "register_method", "auth_key_id", "ephemeral", "online",
+)
+
+
+def _diff(old: Node, new: Node) -> frozenset[str]:
+    return frozenset(f for f in _DIFF_FIELDS if getattr(old, f) != getattr(new, f))
+
+
+def _check_hostinfo(hostinfo: dict[str, Any]) -> None:
+    import json
+
+    try:
+        size = len(json.dumps(hostinfo))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"hostinfo is not JSON: {exc}") from exc
+    if size > MAX_HOSTINFO_BYTES:
+        raise InvalidArgument(f"hostinfo too large ({size} > {MAX_HOSTINFO_BYTES} bytes)")
