@@ -1,0 +1,207 @@
+"""The official tailscaled and tailscale CLI, run inside a lab namespace.
+
+    node = TailscaleNode(host, "n1", ca_cert=ca.cert_path)  # starts tailscaled, waits
+    node.up(login_server="https://ctl.lab", authkey=key, hostname="n1")
+    node.ip4(); node.ping("100.64.0.2"); node.status_json()
+    node.stop()
+
+Everything the daemon writes stays in <lab workdir>/<name>/: state, logs (TS_LOGS_DIR) and HOME.
+`up` passes --accept-dns=false by default: with DNS accepted, tailscaled would manage
+/etc/resolv.conf, and only resolv.conf itself is per-namespace (a backup file would land in the
+machine's /etc).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshscale.lab.clients import client_path, clients_dir
+from meshscale.lab.lab import Host
+from meshscale.lab.netns import LabError
+from meshscale.lab.proc import Proc
+
+__all__ = ["TailscaleNode", "clients_dir"]
+
+DEFAULT_PORT = 41641
+START_TIMEOUT = 20.0  # seconds for tailscaled to answer on its socket
+# Unix socket paths are limited to 108 bytes (sun_path); longer ones go to a short directory.
+MAX_SOCKET_PATH = 100
+_tun_counter = 0
+
+
+def _tun_name(name: str) -> str:
+    global _tun_counter
+    _tun_counter += 1
+    return f"ts{_tun_counter}{re.sub(r'[^a-z0-9]', '', name.lower())}"[:15]
+
+
+class TailscaleNode:
+    """One tailscaled (official client) in `host`'s namespace, driven through its CLI."""
+
+    def __init__(
+        self,
+        host: Host,
+        name: str,
+        *,
+        ca_cert: Path | str | None = None,
+        port: int = DEFAULT_PORT,
+        tun: str | None = None,
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        start: bool = True,
+    ) -> None:
+        self.host = host
+        self.name = name
+        self.dir = host.lab.workdir / name
+        self.state_dir = self.dir / "state"
+        self.logs_dir = self.dir / "logs"
+        self.home = self.dir / "home"
+        for d in (self.state_dir, self.logs_dir, self.home):
+            d.mkdir(parents=True, exist_ok=True)
+        sock = self.dir / "tailscaled.sock"
+        if len(str(sock)) > MAX_SOCKET_PATH:
+            short = Path("/tmp") / f"{host.lab.name}-{name}"
+            short.mkdir(parents=True, exist_ok=True)
+            sock = short / "tailscaled.sock"
+        self.socket = sock
+        self.tun = tun or _tun_name(name)
+        self.port = port
+        self.env: dict[str, str] = {
+            "TS_NO_LOGS_NO_SUPPORT": "true",
+            "TS_LOGS_DIR": str(self.logs_dir),
+            "HOME": str(self.home),
+        }
+        if ca_cert is not None:
+            self.env["SSL_CERT_FILE"] = str(ca_cert)
+        if env:
+            self.env.update(env)
+        self.extra_args = list(extra_args)
+        self.tailscaled = str(client_path("tailscaled"))
+        self.tailscale = str(client_path("tailscale"))
+        self.proc: Proc | None = None
+        if start:
+            self.start()
+
+    def __repr__(self) -> str:
+        return f"<TailscaleNode {self.name} on {self.host.name}>"
+
+    def __enter__(self) -> TailscaleNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start tailscaled and wait until its local API answers."""
+        if self.proc is not None and self.proc.running:
+            return
+        argv = [
+            self.tailscaled,
+            f"--tun={self.tun}",
+            f"--statedir={self.state_dir}",
+            f"--socket={self.socket}",
+            f"--port={self.port}",
+            "--no-logs-no-support",
+            *self.extra_args,
+        ]
+        self.proc = self.host.spawn(argv, env=self.env, log_name=f"{self.name}-tailscaled")
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.proc.running:
+                raise LabError(f"tailscaled {self.name} exited:\n{self.proc.log_text()[-3000:]}")
+            if self.socket.exists():
+                res = self.cli("status", "--json", check=False, timeout=5.0)
+                if res.stdout.lstrip().startswith("{"):
+                    return
+            if time.monotonic() > deadline:
+                raise LabError(f"tailscaled {self.name} did not start:\n{self.log_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `tailscale --socket=... ARGS` in the node's namespace."""
+        return self.host.run(
+            [self.tailscale, f"--socket={self.socket}", *args],
+            timeout=timeout,
+            check=check,
+            env=self.env,
+        )
+
+    def up(
+        self,
+        login_server: str,
+        authkey: str,
+        hostname: str | None = None,
+        timeout: float = 60.0,
+        accept_dns: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> subprocess.CompletedProcess[str]:
+        """`tailscale up` against `login_server`; raises CalledProcessError on failure."""
+        args = [
+            "up",
+            f"--login-server={login_server}",
+            f"--authkey={authkey}",
+            f"--accept-dns={'true' if accept_dns else 'false'}",
+            f"--timeout={int(timeout)}s",
+        ]
+        if hostname is not None:
+            args.append(f"--hostname={hostname}")
+        args += extra_args
+        try:
+            return self.cli(*args, timeout=timeout + 15.0)
+        except subprocess.CalledProcessError as e:
+            raise LabError(
+                f"tailscale up ({self.name}) failed: {e.stderr}\n"
+                f"--- tailscaled log ---\n{self.log_text()[-4000:]}"
+            ) from e
+
+    def status_json(self) -> dict[str, Any]:
+        res = self.cli("status", "--json", timeout=10.0)
+        status: dict[str, Any] = json.loads(res.stdout)
+        return status
+
+    def backend_state(self) -> str:
+        return str(self.status_json().get("BackendState", ""))
+
+    def wait_backend_state(self, *states: str, timeout: float = 30.0) -> str:
+        """Poll until BackendState is one of `states`; return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.backend_state()
+            if state in states:
+                return state
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: BackendState {state!r}, wanted {states}")
+            time.sleep(0.2)
+
+    def ip4(self) -> str:
+        return self.cli("ip", "-4", timeout=10.0).stdout.strip()
+
+    def ip6(self) -> str:
+        return self.cli("ip", "-6", timeout=10.0).stdout.strip()
+
+    def ping(
+        self, target: str, args: Sequence[str] = (), timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """`tailscale ping ARGS TARGET`; not checked, so callers can look at the output."""
+        return self.cli("ping", *args, target, check=False, timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.proc.log_text() if self.proc is not None else ""
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.running
+
+    def stop(self) -> int | None:
+        """Stop tailscaled (SIGTERM, then SIGKILL); it removes its TUN and routes on SIGTERM."""
+        if self.proc is None:
+            return None
+        return self.proc.stop()
