@@ -1,1 +1,55 @@
-"""meshscale.magicsock."""
+"""meshscale.magicsock: NAT traversal cores (path choice, disco schedule, netcheck)."""
+
+from meshscale.magicsock.conn import (
+    Conn,
+    ConnStats,
+    PeerConfig,
+    PeerStatus,
+    WireGuardSource,
+    looks_like_stun,
+)
+from meshscale.magicsock.derpmap import DERP_MAGIC_IP, DERPMap, DERPNode, DERPRegion
+from meshscale.magicsock.endpoint import PeerEndpoint, better_addr
+from meshscale.magicsock.events import (
+    Endpoint,
+    EndpointsChanged,
+    EndpointType,
+    Event,
+    HomeDERPChanged,
+    NetcheckReportReady,
+    PeerPathChanged,
+)
+from meshscale.magicsock.netcheck import (
+    Netcheck,
+    Report,
+    STUNCodec,
+    TailscaleSTUN,
+    choose_preferred_derp,
+)
+
+__all__ = [
+    "DERP_MAGIC_IP",
+    "Conn",
+    "ConnStats",
+    "DERPMap",
+    "DERPNode",
+    "DERPRegion",
+    "Endpoint",
+    "EndpointType",
+    "EndpointsChanged",
+    "Event",
+    "HomeDERPChanged",
+    "Netcheck",
+    "NetcheckReportReady",
+    "PeerConfig",
+    "PeerEndpoint",
+    "PeerPathChanged",
+    "PeerStatus",
+    "Report",
+    "STUNCodec",
+    "TailscaleSTUN",
+    "WireGuardSource",
+    "better_addr",
+    "choose_preferred_derp",
+    "looks_like_stun",
+]

@@ -1,0 +1,515 @@
+"""The magicsock Conn core: one UDP socket shared by WireGuard, disco and STUN.
+
+Theory of operation (spec derp-disco-stun.md 4.4-4.6, 5, 6; tailscale magicsock.go)::
+
+    UDP datagram in --classify--> STUN      -> netcheck (our mapped address)
+                                  disco     -> open box -> Ping: Pong back, learn src
+                                                           Pong: path latency
+                                                           CallMeMaybe: ignored (DERP only)
+                                  otherwise -> WireGuard, attributed by source address
+    DERP packet in  ------------> disco     -> Ping: Pong via DERP; CallMeMaybe: ping all
+                                  otherwise -> WireGuard from the DERP source node key
+    send(peer, wg)  -> per-peer PeerEndpoint picks: best UDP addr, DERP region, or both
+
+Our endpoints (local addresses + STUN results) are recomputed after each netcheck
+report, re-STUN runs every 20-26 s while a session is active, and a CallMeMaybe
+waits for a re-STUN when our endpoints are older than 27 s.
+
+Performs no I/O. Driven by: datagrams from the UDP socket (``receive_datagram``),
+packets from DERP (``receive_derp``), WireGuard datagrams to send (``send``),
+configuration calls, and the timer. Outputs: ``datagrams_to_send``,
+``derp_to_send``, ``received_wireguard``, ``next_event``, ``get_timer``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from meshscale import disco
+from meshscale.disco import AddrPort, DiscoBox, IPAddress
+from meshscale.key import DiscoPrivate, DiscoPublic, NodePublic
+from meshscale.magicsock.derpmap import DERP_MAGIC_IP, DERPMap
+from meshscale.magicsock.endpoint import (
+    SESSION_ACTIVE_TIMEOUT,
+    BestAddrChanged,
+    PeerEndpoint,
+    SendCallMeMaybe,
+    SendPing,
+)
+from meshscale.magicsock.events import (
+    Endpoint,
+    EndpointsChanged,
+    EndpointType,
+    Event,
+    HomeDERPChanged,
+    NetcheckReportReady,
+    PeerPathChanged,
+)
+from meshscale.magicsock.netcheck import Netcheck, STUNCodec
+
+ENDPOINTS_FRESH_ENOUGH = 27.0  # seconds: older endpoints are re-STUNed before a CallMeMaybe
+RESTUN_MIN = 20.0  # seconds
+RESTUN_SPREAD = 6.0  # seconds: re-STUN every random 20-26 s while active
+STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
+# Source addresses bound to peers for WireGuard attribution; a flood of pings from
+# fresh ports must not grow this without limit.
+MAX_ADDR_BINDINGS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """What control tells us about a peer (tailcfg.Node, the parts magicsock uses)."""
+
+    node_key: NodePublic
+    disco_key: DiscoPublic
+    endpoints: tuple[AddrPort, ...] = ()
+    home_derp: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WireGuardSource:
+    """Where a received WireGuard datagram came from.
+
+    ``peer`` is None for a UDP source not yet tied to a peer: hand the datagram
+    to WireGuard anyway and call ``Conn.note_wireguard_source`` once it decrypts.
+    """
+
+    peer: NodePublic | None
+    addr: AddrPort | None  # UDP source, None if via DERP
+    region: int  # DERP region, 0 if via UDP
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    node_key: NodePublic
+    best: AddrPort | None
+    latency: float | None
+    trusted: bool
+    home_derp: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnStats:
+    counters: Mapping[str, int]
+
+
+def looks_like_stun(b: bytes | memoryview) -> bool:
+    """Spec 4.4 rule 1: a STUN binding message (request or response)."""
+    return len(b) >= 20 and b[0] & 0xC0 == 0 and b[1] == 0x01 and b[4:8] == STUN_MAGIC_COOKIE
+
+
+class Conn:
+    """magicsock: demultiplexes the shared socket and chooses each peer's path.
+
+    :param node_key: our WireGuard public key (sent in our Pings).
+    :param disco_private: this run's disco private key.
+    :param rand: ``rand(n)`` returns n random bytes (TxIDs, nonces, jitter).
+    :param local_port: the UDP socket's port (advertised with local addresses).
+    :param stun_codec: STUN request builder and response parser (default: meshscale.stun).
+    """
+
+    def __init__(
+        self,
+        node_key: NodePublic,
+        disco_private: DiscoPrivate,
+        *,
+        rand: Callable[[int], bytes],
+        local_port: int,
+        stun_codec: STUNCodec | None = None,
+    ) -> None:
+        self.node_key = node_key
+        self._disco = disco_private
+        self.disco_public = disco_private.public()
+        self._rand = rand
+        self.local_port = local_port
+        self.netcheck = Netcheck(rand, stun_codec)
+        self.derp_map = DERPMap()
+        self.home_derp = 0
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self._endpoints_at: float | None = None
+        self._local_ips: tuple[IPAddress, ...] = ()
+        self._peers: dict[NodePublic, PeerEndpoint] = {}
+        self._by_disco: dict[DiscoPublic, list[NodePublic]] = {}
+        self._boxes: dict[DiscoPublic, DiscoBox] = {}
+        self._addr_peer: dict[AddrPort, NodePublic] = {}
+        self._last_derp_region: dict[NodePublic, int] = {}
+        self._pending_cmm: dict[NodePublic, int] = {}
+        self._restun_at: float | None = None
+        self._udp_out: list[tuple[bytes, AddrPort]] = []
+        self._derp_out: list[tuple[int, NodePublic, bytes]] = []
+        self._wg_in: list[tuple[bytes, WireGuardSource]] = []
+        self._events: list[Event] = []
+        self._stats: Counter[str] = Counter()
+
+    # ---- configuration ----
+
+    def start(self, now: float) -> None:
+        """Begin: first netcheck (if a DERP map is set) and the re-STUN timer."""
+        self._restun(now, force_full=True)
+
+    def set_derp_map(self, derp_map: DERPMap, now: float) -> None:
+        changed = derp_map != self.derp_map
+        self.derp_map = derp_map
+        if changed and self._restun_at is not None:
+            self._restun(now, force_full=True)
+
+    def set_local_addresses(self, ips: Iterable[IPAddress], now: float) -> None:
+        """Addresses of our interfaces, advertised with our port as EndpointLocal."""
+        self._local_ips = tuple(ips)
+        self._recompute_endpoints(now, fresh=False)
+
+    def set_peers(self, peers: Iterable[PeerConfig], now: float) -> None:
+        """Install the netmap's peers; peers without a disco key must not be passed (spec 4.1)."""
+        want = {p.node_key: p for p in peers}
+        for key in list(self._peers):
+            if key not in want:
+                self._remove_peer(key)
+        for key, cfg in want.items():
+            ep = self._peers.get(key)
+            if ep is not None and ep.disco_key != cfg.disco_key:
+                self._remove_peer(key)  # new disco key = peer restarted: start afresh
+                ep = None
+            if ep is None:
+                ep = PeerEndpoint(key, cfg.disco_key, self._rand, home_derp=cfg.home_derp)
+                self._peers[key] = ep
+                self._by_disco.setdefault(cfg.disco_key, []).append(key)
+            ep.home_derp = cfg.home_derp
+            ep.set_endpoints(cfg.endpoints, now)
+            self._drain(ep, now)
+
+    def note_network_change(self, now: float, *, local_port: int | None = None) -> None:
+        """Link or route change (or a rebind): forget every path and re-STUN (spec 5.7)."""
+        if local_port is not None:
+            self.local_port = local_port
+        for ep in self._peers.values():
+            ep.note_connectivity_change()
+            self._drain(ep, now)
+        self._addr_peer.clear()
+        self._endpoints_at = None
+        self._restun(now, force_full=True)
+
+    def note_wireguard_source(self, peer: NodePublic, addr: AddrPort) -> None:
+        """WireGuard decrypted a datagram from ``addr`` as ``peer``: attribute that source."""
+        if peer in self._peers:
+            self._bind(addr, peer)
+
+    def note_send_error(self, peer: NodePublic, addr: AddrPort) -> None:
+        """A send to ``addr`` failed with an error that means the path is unusable."""
+        ep = self._peers.get(peer)
+        if ep is not None:
+            ep.note_bad_endpoint(addr)
+            self._drain(ep, 0.0)
+
+    # ---- data path ----
+
+    def send(self, peer: NodePublic, data: bytes, now: float) -> bool:
+        """Route one outgoing WireGuard datagram. Returns False if there is no path at all."""
+        ep = self._peers.get(peer)
+        if ep is None:
+            self._stats["send_unknown_peer"] += 1
+            return False
+        udp, region = ep.addr_for_send(now)
+        ep.note_send(now)
+        self._drain(ep, now)
+        if udp is None and region == 0:
+            region = self._last_derp_region.get(peer, 0)
+            if region == 0:
+                self._stats["send_no_udp_or_derp"] += 1
+                return False
+        if udp is not None:
+            self._udp_out.append((data, udp))
+            self._stats["send_udp"] += 1
+        if region:
+            self._derp_out.append((region, peer, data))
+            self._stats["send_derp"] += 1
+        return True
+
+    def receive_datagram(self, data: bytes, src: AddrPort, now: float) -> None:
+        """A datagram from the shared UDP socket."""
+        src = AddrPort(disco.unmap(src.ip), src.port)
+        if looks_like_stun(data):
+            if not self.netcheck.receive_stun(data, now):
+                self._stats["drop_stun_unmatched"] += 1
+            self._after_netcheck(now)
+            return
+        if disco.looks_like_disco(data):
+            self._receive_disco(data, src, None, 0, now)
+            return
+        peer = self._addr_peer.get(src)
+        self._wg_in.append((data, WireGuardSource(peer, src, 0)))
+
+    def receive_derp(self, data: bytes, src: NodePublic, region: int, now: float) -> None:
+        """A RecvPacket payload from DERP ``region``, sent by node key ``src``."""
+        self._last_derp_region[src] = region
+        self.netcheck.note_derp_frame(region, now)
+        if disco.looks_like_disco(data):
+            self._receive_disco(data, None, src, region, now)
+            return
+        self._wg_in.append((data, WireGuardSource(src, None, region)))
+
+    # ---- timer ----
+
+    def get_timer(self) -> float | None:
+        times = [t for t in (self.netcheck.get_timer(), self._restun_at) if t is not None]
+        times += [t for ep in self._peers.values() if (t := ep.get_timer()) is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        if (t := self.netcheck.get_timer()) is not None and t <= now:
+            self.netcheck.handle_timer(now)
+            self._after_netcheck(now)
+        for ep in list(self._peers.values()):
+            if (t := ep.get_timer()) is not None and t <= now:
+                ep.handle_timer(now)
+                self._drain(ep, now)
+        if self._restun_at is not None and self._restun_at <= now:
+            active = any(
+                ep.last_send is not None and now - ep.last_send <= SESSION_ACTIVE_TIMEOUT
+                for ep in self._peers.values()
+            )
+            self._restun_at = None
+            if active:
+                self._restun(now)
+            else:
+                self._schedule_restun(now)
+
+    # ---- outputs ----
+
+    def datagrams_to_send(self) -> list[tuple[bytes, AddrPort]]:
+        """UDP datagrams (WireGuard, disco, STUN) to send from the shared socket."""
+        self._udp_out += self.netcheck.datagrams_to_send()
+        out, self._udp_out = self._udp_out, []
+        return out
+
+    def derp_to_send(self) -> list[tuple[int, NodePublic, bytes]]:
+        """(region, destination node key, payload) for DERP SendPacket frames."""
+        out, self._derp_out = self._derp_out, []
+        return out
+
+    def received_wireguard(self) -> list[tuple[bytes, WireGuardSource]]:
+        """WireGuard datagrams to hand to the WireGuard device."""
+        out, self._wg_in = self._wg_in, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.pop(0) if self._events else None
+
+    def peer_status(self, peer: NodePublic, now: float) -> PeerStatus | None:
+        ep = self._peers.get(peer)
+        if ep is None:
+            return None
+        return PeerStatus(peer, ep.best, ep.best_latency, ep.trusted(now), ep.home_derp)
+
+    def statistics(self) -> ConnStats:
+        return ConnStats(dict(self._stats))
+
+    # ---- disco ----
+
+    def _box(self, key: DiscoPublic) -> DiscoBox | None:
+        box = self._boxes.get(key)
+        if box is None:
+            try:
+                box = DiscoBox(self._disco, key)
+            except Exception:  # a low-order key makes libsodium refuse the box
+                return None
+            self._boxes[key] = box
+        return box
+
+    def _send_disco_udp(self, peer: PeerEndpoint, msg: disco.Message, dst: AddrPort) -> None:
+        box = self._box(peer.disco_key)
+        if box is not None:
+            self._udp_out.append((box.seal(msg, self._rand(disco.NONCE_LEN)), dst))
+            self._stats[f"disco_tx_udp_{type(msg).__name__}"] += 1
+
+    def _send_disco_derp(self, peer: PeerEndpoint, msg: disco.Message, region: int) -> None:
+        box = self._box(peer.disco_key)
+        if box is not None and region:
+            payload = box.seal(msg, self._rand(disco.NONCE_LEN))
+            self._derp_out.append((region, peer.node_key, payload))
+            self._stats[f"disco_tx_derp_{type(msg).__name__}"] += 1
+
+    def _receive_disco(
+        self,
+        data: bytes,
+        src: AddrPort | None,
+        derp_src: NodePublic | None,
+        region: int,
+        now: float,
+    ) -> None:
+        sender = disco.source(data)
+        keys = self._by_disco.get(sender)
+        if not keys:
+            self._stats["drop_disco_unknown_sender"] += 1  # checked before decrypting (4.6)
+            return
+        box = self._box(sender)
+        if box is None:
+            self._stats["drop_disco_bad_key"] += 1
+            return
+        try:
+            msg = box.open(data)
+        except disco.OpenError:
+            self._stats["drop_disco_open"] += 1
+            return
+        except disco.ParseError:
+            self._stats["drop_disco_parse"] += 1
+            return
+        self._stats[f"disco_rx_{'derp' if src is None else 'udp'}_{type(msg).__name__}"] += 1
+        peers = [self._peers[k] for k in keys]
+        match msg:
+            case disco.Ping():
+                self._handle_ping(msg, peers, src, derp_src, region, now)
+            case disco.Pong():
+                for ep in peers:
+                    if ep.handle_pong(msg, src, now):
+                        if src is not None:
+                            self._bind(src, ep.node_key)
+                        self._drain(ep, now)
+                        break
+            case disco.CallMeMaybe():
+                target = self._peers.get(derp_src) if derp_src is not None else None
+                if src is not None or target is None or target.disco_key != sender:
+                    self._stats["drop_call_me_maybe"] += 1
+                    return
+                target.handle_call_me_maybe(msg, now)
+                self._drain(target, now)
+            case _:
+                self._stats["drop_disco_unhandled"] += 1  # peer relays are not offered
+
+    def _handle_ping(
+        self,
+        msg: disco.Ping,
+        peers: list[PeerEndpoint],
+        src: AddrPort | None,
+        derp_src: NodePublic | None,
+        region: int,
+        now: float,
+    ) -> None:
+        if src is None:
+            ep = self._peers.get(derp_src) if derp_src is not None else None
+            if ep is None or ep not in peers:
+                self._stats["drop_ping_derp_unknown"] += 1
+                return
+            pong = disco.Pong(msg.tx_id, AddrPort(DERP_MAGIC_IP, region))
+            self._send_disco_derp(ep, pong, region)
+            return
+        if msg.node_key is not None:
+            peers = [ep for ep in peers if ep.node_key == msg.node_key] or peers
+        dup = False
+        for ep in peers:
+            dup = ep.note_ping_from(src, msg.tx_id, now) or dup
+        if len(peers) == 1:
+            self._bind(src, peers[0].node_key)
+        if dup:
+            self._stats["drop_ping_duplicate"] += 1
+            return
+        self._send_disco_udp(peers[0], disco.Pong(msg.tx_id, src), src)
+
+    # ---- internals ----
+
+    def _bind(self, addr: AddrPort, peer: NodePublic) -> None:
+        if addr not in self._addr_peer and len(self._addr_peer) >= MAX_ADDR_BINDINGS:
+            self._addr_peer.pop(next(iter(self._addr_peer)))
+        self._addr_peer[addr] = peer
+
+    def _drain(self, ep: PeerEndpoint, now: float) -> None:
+        for action in ep.take_actions():
+            match action:
+                case SendPing(dst, tx_id):
+                    ping = disco.Ping(tx_id, self.node_key)
+                    self._send_disco_udp(ep, ping, dst)
+                case SendCallMeMaybe(region):
+                    self._queue_call_me_maybe(ep, region, now)
+                case BestAddrChanged(addr, latency):
+                    if addr is not None:
+                        self._bind(addr, ep.node_key)
+                    self._events.append(PeerPathChanged(ep.node_key, addr, latency))
+
+    def _queue_call_me_maybe(self, ep: PeerEndpoint, region: int, now: float) -> None:
+        fresh = (
+            self._endpoints_at is not None and now - self._endpoints_at <= ENDPOINTS_FRESH_ENOUGH
+        )
+        if fresh or not self.derp_map.regions:
+            self._send_call_me_maybe(ep, region)
+            return
+        self._pending_cmm[ep.node_key] = region
+        if not self.netcheck.running:
+            self._restun(now)
+
+    def _send_call_me_maybe(self, ep: PeerEndpoint, region: int) -> None:
+        eps = tuple(e.addr for e in self.endpoints)
+        self._send_disco_derp(ep, disco.CallMeMaybe(eps), region)
+
+    def _restun(self, now: float, *, force_full: bool = False) -> None:
+        self._schedule_restun(now)
+        if self.derp_map.regions:
+            self.netcheck.start_report(self.derp_map, now, force_full=force_full)
+            self._after_netcheck(now)
+        else:
+            self._recompute_endpoints(now)
+            self._flush_call_me_maybe()
+
+    def _schedule_restun(self, now: float) -> None:
+        jitter = int.from_bytes(self._rand(2), "big") / 65535
+        self._restun_at = now + RESTUN_MIN + RESTUN_SPREAD * jitter
+
+    def _after_netcheck(self, now: float) -> None:
+        while (report := self.netcheck.next_report()) is not None:
+            self._events.append(NetcheckReportReady(report))
+            self._recompute_endpoints(now)
+            self._set_home(report.preferred_derp)
+            self._flush_call_me_maybe()
+
+    def _flush_call_me_maybe(self) -> None:
+        pending, self._pending_cmm = self._pending_cmm, {}
+        for key, region in pending.items():
+            ep = self._peers.get(key)
+            if ep is not None:
+                self._send_call_me_maybe(ep, region)
+
+    def _set_home(self, preferred: int) -> None:
+        if preferred == 0:
+            if self.home_derp:
+                return  # no data: keep the current home (spec 2.3)
+            candidates = sorted(
+                r.region_id
+                for r in self.derp_map.regions.values()
+                if r.nodes and not r.no_measure_no_home
+            )
+            if not candidates:
+                return
+            preferred = candidates[int.from_bytes(self._rand(2), "big") % len(candidates)]
+        if preferred != self.home_derp:
+            prev, self.home_derp = self.home_derp, preferred
+            self._events.append(HomeDERPChanged(preferred, prev))
+
+    def _recompute_endpoints(self, now: float, *, fresh: bool = True) -> None:
+        report = self.netcheck.last_report
+        eps: list[Endpoint] = []
+        if report is not None:
+            eps += [Endpoint(a, EndpointType.STUN) for a in report.stun_endpoints]
+        seen = {e.addr for e in eps}
+        for ip in self._local_ips:
+            a = AddrPort(ip, self.local_port)
+            if a not in seen and not (isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local):
+                eps.append(Endpoint(a, EndpointType.LOCAL))
+                seen.add(a)
+        if fresh:
+            self._endpoints_at = now
+        if tuple(eps) != self.endpoints:
+            self.endpoints = tuple(eps)
+            self._events.append(EndpointsChanged(self.endpoints))
+
+    def _remove_peer(self, key: NodePublic) -> None:
+        ep = self._peers.pop(key)
+        keys = self._by_disco.get(ep.disco_key, [])
+        if key in keys:
+            keys.remove(key)
+        if not keys:
+            self._by_disco.pop(ep.disco_key, None)
+            self._boxes.pop(ep.disco_key, None)
+        for addr in [a for a, k in self._addr_peer.items() if k == key]:
+            del self._addr_peer[addr]
+        self._pending_cmm.pop(key, None)

@@ -1,0 +1,99 @@
+"""The parts of a DERPMap that NAT traversal needs (spec section 2.1).
+
+A small stand-in until ``meshscale.tailcfg`` grows its own DERPMap type; ``from_json``
+reads the tailcfg JSON form (Go field names), so control responses can be fed in as
+they are. Region 0 means "no region" everywhere in magicsock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_STUN_PORT = 3478  # spec 2.1: STUNPort 0 means 3478
+DERP_MAGIC_IP = ipaddress.IPv4Address("127.3.3.40")  # spec 8: the port is a region ID
+
+
+@dataclass(frozen=True, slots=True)
+class DERPNode:
+    name: str
+    region_id: int
+    host_name: str = ""
+    ipv4: str = ""  # "" = resolve host_name (not done here), "none" = disabled
+    ipv6: str = ""
+    stun_port: int = 0  # 0 = 3478, -1 = STUN disabled
+    stun_only: bool = False
+    derp_port: int = 0
+    stun_test_ip: str = ""
+
+    def stun_ip(self, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        """The literal IP to STUN for ``family`` (4 or 6), or None if there is none."""
+        if self.stun_port < 0:
+            return None
+        for text in (self.stun_test_ip, self.ipv4 if family == 4 else self.ipv6):
+            if not text:
+                continue
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                return None  # "none" or junk disables this family
+            return ip if ip.version == family else None
+        return None
+
+    def stun_port_or_default(self) -> int:
+        return self.stun_port or DEFAULT_STUN_PORT
+
+
+@dataclass(frozen=True, slots=True)
+class DERPRegion:
+    region_id: int
+    region_code: str = ""
+    region_name: str = ""
+    nodes: tuple[DERPNode, ...] = ()
+    avoid: bool = False
+    no_measure_no_home: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DERPMap:
+    regions: Mapping[int, DERPRegion] = field(default_factory=dict)
+    region_score: Mapping[int, float] = field(default_factory=dict)  # HomeParams.RegionScore
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> DERPMap:
+        """Read tailcfg.DERPMap JSON (already decoded). Raises ValueError on bad shapes."""
+        try:
+            regions: dict[int, DERPRegion] = {}
+            for rid_text, r in (obj.get("Regions") or {}).items():
+                if r is None:
+                    continue  # spec 2.2: null entries are deletions
+                rid = int(rid_text)
+                nodes = tuple(
+                    DERPNode(
+                        name=str(n["Name"]),
+                        region_id=int(n.get("RegionID", rid)),
+                        host_name=str(n.get("HostName", "")),
+                        ipv4=str(n.get("IPv4", "")),
+                        ipv6=str(n.get("IPv6", "")),
+                        stun_port=int(n.get("STUNPort", 0)),
+                        stun_only=bool(n.get("STUNOnly", False)),
+                        derp_port=int(n.get("DERPPort", 0)),
+                        stun_test_ip=str(n.get("STUNTestIP", "")),
+                    )
+                    for n in (r.get("Nodes") or [])
+                )
+                regions[rid] = DERPRegion(
+                    region_id=rid,
+                    region_code=str(r.get("RegionCode", "")),
+                    region_name=str(r.get("RegionName", "")),
+                    nodes=nodes,
+                    avoid=bool(r.get("Avoid", False)),
+                    no_measure_no_home=bool(r.get("NoMeasureNoHome", False)),
+                )
+            hp = obj.get("HomeParams") or {}
+            scores = {int(k): float(v) for k, v in (hp.get("RegionScore") or {}).items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"bad DERPMap JSON: {exc}") from exc
+        return cls(regions, scores)

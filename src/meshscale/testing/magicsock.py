@@ -1,0 +1,240 @@
+"""Drive magicsock Conn cores on SimNet: a thin driver per node plus a tiny "control".
+
+``SimNode`` is what the real node agent will be, minus sockets: after every input
+it feeds the Conn, flushes UDP and DERP output, and handles events (home DERP
+changes connect to the relay; endpoint changes go to ``SimControl``, which hands
+every other node the new peer list, as a control server's map poll would).
+
+WireGuard is faked: a datagram is ``04 00 00 00 | sender node key | payload`` so the
+receiver can "decrypt" a datagram from an unknown address and attribute it, as
+wireguard-go does for magicsock (spec 6.2).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meshscale.disco import AddrPort
+from meshscale.key import DiscoPrivate, NodePrivate, NodePublic
+from meshscale.magicsock import (
+    Conn,
+    DERPMap,
+    DERPNode,
+    DERPRegion,
+    EndpointsChanged,
+    HomeDERPChanged,
+    PeerConfig,
+    WireGuardSource,
+)
+from meshscale.testing.simnet import STUN_PORT, Host, Relay, SimNet
+
+FAKE_WG_TYPE = b"\x04\x00\x00\x00"
+WIREGUARD_PORT = 41641
+
+
+def derp_map_for(relays: list[Relay]) -> DERPMap:
+    """The DERPMap describing the net's relays (STUN on 3478 at the relay's IP)."""
+    regions = {
+        r.region_id: DERPRegion(
+            r.region_id,
+            f"r{r.region_id}",
+            f"Region {r.region_id}",
+            (DERPNode(f"{r.region_id}a", r.region_id, ipv4=str(r.ip), stun_port=STUN_PORT),),
+        )
+        for r in relays
+    }
+    return DERPMap(regions)
+
+
+@dataclass(slots=True)
+class Received:
+    payload: bytes
+    peer: NodePublic | None
+    via_udp: bool
+    at: float
+
+
+@dataclass(slots=True)
+class _Flow:
+    peer: NodePublic
+    interval: float
+    next_at: float
+    seq: int = 0
+
+
+class SimNode:
+    """One node: a Conn core, a UDP socket on a SimNet host, DERP connections, fake WireGuard."""
+
+    def __init__(
+        self,
+        net: SimNet,
+        host: Host,
+        name: str,
+        relays: list[Relay],
+        *,
+        seed: int,
+        port: int = WIREGUARD_PORT,
+    ) -> None:
+        self.net = net
+        self.host = host
+        self.name = name
+        rng = random.Random(seed)
+        self.rand: Callable[[int], bytes] = rng.randbytes
+        self.node_private = NodePrivate(self.rand(32))
+        self.node_key = self.node_private.public()
+        self.disco_private = DiscoPrivate(self.rand(32))
+        self.sock = host.bind(port)
+        self.sock.on_datagram = self._on_datagram
+        self.relays = {r.region_id: r for r in relays}
+        self.conn = Conn(self.node_key, self.disco_private, rand=self.rand, local_port=port)
+        self.control: SimControl | None = None
+        self.received: list[Received] = []
+        self.flows: list[_Flow] = []
+        self.events: list[object] = []
+        net.add_agent(self)
+
+    # ---- setup ----
+
+    def start(self) -> None:
+        now = self.net.clock.now()
+        self.conn.set_local_addresses([self.host.ip], now)
+        self.conn.set_derp_map(derp_map_for(list(self.relays.values())), now)
+        self.conn.start(now)
+        self.flush()
+
+    def send_wg(self, peer: NodePublic, payload: bytes) -> bool:
+        ok = self.conn.send(peer, FAKE_WG_TYPE + self.node_key.raw + payload, self.net.clock.now())
+        self.flush()
+        return ok
+
+    def start_flow(self, peer: NodePublic, interval: float = 0.5) -> None:
+        """Send a numbered WireGuard datagram to ``peer`` every ``interval`` seconds."""
+        self.flows.append(_Flow(peer, interval, self.net.clock.now()))
+
+    def stop_flows(self) -> None:
+        self.flows.clear()
+
+    def roam(self, host: Host) -> None:
+        """Move to another host (new LAN/IP): rebind there and tell the Conn."""
+        self.sock.close()
+        self.host = host
+        self.sock = host.bind(self.sock.port)
+        self.sock.on_datagram = self._on_datagram
+        now = self.net.clock.now()
+        self.conn.set_local_addresses([host.ip], now)
+        self.conn.note_network_change(now)
+        self.flush()
+
+    # ---- agent ----
+
+    def get_timer(self) -> float | None:
+        times = [f.next_at for f in self.flows]
+        if (t := self.conn.get_timer()) is not None:
+            times.append(t)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        for f in self.flows:
+            if f.next_at <= now:
+                f.next_at = now + f.interval
+                f.seq += 1
+                self.conn.send(
+                    f.peer,
+                    FAKE_WG_TYPE + self.node_key.raw + f"{self.name}#{f.seq}".encode(),
+                    now,
+                )
+        if (t := self.conn.get_timer()) is not None and t <= now:
+            self.conn.handle_timer(now)
+        self.flush()
+
+    # ---- driver ----
+
+    def _on_datagram(self, data: bytes, src: AddrPort, now: float) -> None:
+        self.conn.receive_datagram(data, src, now)
+        self.flush()
+
+    def _on_derp(self, data: bytes, src: NodePublic, region: int, now: float) -> None:
+        self.conn.receive_derp(data, src, region, now)
+        self.flush()
+
+    def flush(self) -> None:
+        now = self.net.clock.now()
+        for data, dst in self.conn.datagrams_to_send():
+            self.sock.sendto(data, dst)
+        for region, dst_key, payload in self.conn.derp_to_send():
+            relay = self.relays.get(region)
+            if relay is None:
+                continue
+            if not relay.connected(self.node_key):
+                relay.connect(self.node_key, self.host, self._on_derp)
+            relay.send(self.host, self.node_key, dst_key, payload)
+        for data, source in self.conn.received_wireguard():
+            self._deliver_wg(data, source, now)
+        while (ev := self.conn.next_event()) is not None:
+            self.events.append(ev)
+            match ev:
+                case HomeDERPChanged(region, _):
+                    relay = self.relays.get(region)
+                    if relay is not None:
+                        relay.connect(self.node_key, self.host, self._on_derp)
+                    if self.control is not None:
+                        self.control.publish(self)
+                case EndpointsChanged():
+                    if self.control is not None:
+                        self.control.publish(self)
+                case _:
+                    pass
+
+    def _deliver_wg(self, data: bytes, source: WireGuardSource, now: float) -> None:
+        if len(data) < 36 or data[:4] != FAKE_WG_TYPE:
+            return
+        sender = NodePublic(data[4:36])
+        peer = source.peer
+        if peer is None and source.addr is not None:
+            # "Decryption" identified the sender: attribute the source address.
+            self.conn.note_wireguard_source(sender, source.addr)
+            peer = sender
+        if peer != sender:
+            return  # attributed to the wrong peer: WireGuard would fail to decrypt
+        self.received.append(Received(data[36:], peer, source.addr is not None, now))
+
+    # ---- queries ----
+
+    def direct_to(self, peer: NodePublic) -> bool:
+        st = self.conn.peer_status(peer, self.net.clock.now())
+        return st is not None and st.best is not None and st.trusted
+
+    def received_from(self, peer: NodePublic, *, since: float = 0.0) -> list[Received]:
+        return [r for r in self.received if r.peer == peer and r.at >= since]
+
+
+@dataclass(slots=True)
+class SimControl:
+    """A minimal control plane: every node learns every other node's key, disco key,
+    home DERP and (if ``share_endpoints``) advertised endpoints."""
+
+    share_endpoints: bool = True
+    nodes: list[SimNode] = field(default_factory=list)
+
+    def add(self, node: SimNode) -> None:
+        self.nodes.append(node)
+        node.control = self
+
+    def publish(self, changed: SimNode | None = None) -> None:
+        now = changed.net.clock.now() if changed else 0.0
+        for node in self.nodes:
+            peers = [
+                PeerConfig(
+                    other.node_key,
+                    other.disco_private.public(),
+                    tuple(e.addr for e in other.conn.endpoints) if self.share_endpoints else (),
+                    other.conn.home_derp,
+                )
+                for other in self.nodes
+                if other is not node
+            ]
+            node.conn.set_peers(peers, now if changed else node.net.clock.now())
+            if node is not changed:
+                node.flush()
