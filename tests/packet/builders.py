@@ -1,0 +1,126 @@
+"""Packet builders and a slow, independent checksum reference for the packet tests."""
+
+from __future__ import annotations
+
+import struct
+
+from meshscale.packet.virtio import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VirtioNetHdr
+
+SRC4, DST4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+SRC6 = bytes.fromhex("fd000000000000000000000000000001")
+DST6 = bytes.fromhex("fd000000000000000000000000000002")
+
+
+def ref_sum(data: bytes) -> int:
+    """RFC 1071 end-around-carry sum, word by word (deliberately naive)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = 0
+    for (w,) in struct.iter_unpack("!H", data):
+        total += w
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ref_pseudo(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!IxxxB", length, proto)
+
+
+def l4_ok(pkt: bytes) -> bool:
+    """True if the packet's IPv4 header checksum and TCP/UDP checksum verify (slow path)."""
+    if pkt[0] >> 4 == 4:
+        ihl = (pkt[0] & 0xF) * 4
+        if ref_sum(pkt[:ihl]) != 0xFFFF:
+            return False
+        src, dst, proto, l4 = pkt[12:16], pkt[16:20], pkt[9], pkt[ihl:]
+    else:
+        src, dst, proto, l4 = pkt[8:24], pkt[24:40], pkt[6], pkt[40:]
+    if proto == 17 and struct.unpack("!H", l4[6:8])[0] == 0:
+        return False  # we always send UDP checksums
+    return ref_sum(ref_pseudo(src, dst, proto, len(l4)) + l4) == 0xFFFF
+
+
+def ip4(payload: bytes, proto: int, *, ident: int = 7, ttl: int = 64, tos: int = 0) -> bytes:
+    hdr = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s", 0x45, tos, 20 + len(payload), ident, 0x4000, ttl, proto, 0, SRC4, DST4
+        )
+    )
+    c = 0xFFFF - ref_sum(bytes(hdr))
+    struct.pack_into("!H", hdr, 10, c)
+    return bytes(hdr) + payload
+
+
+def ip6(payload: bytes, proto: int, *, hop: int = 64) -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), proto, hop, SRC6, DST6) + payload
+
+
+def tcp(
+    payload: bytes,
+    *,
+    seq: int,
+    flags: int = 0x10,
+    ack: int = 1000,
+    options: bytes = b"",
+    v6: bool = False,
+    csum: bool = True,
+    sport: int = 5000,
+    dport: int = 80,
+) -> bytes:
+    assert len(options) % 4 == 0
+    doff = (20 + len(options)) // 4
+    h = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, 500, 0, 0))
+    seg = bytes(h) + options + payload
+    src, dst = (SRC6, DST6) if v6 else (SRC4, DST4)
+    if csum:
+        c = 0xFFFF - ref_sum(ref_pseudo(src, dst, 6, len(seg)) + seg)
+        seg = seg[:16] + struct.pack("!H", c) + seg[18:]
+    return ip6(seg, 6) if v6 else ip4(seg, 6)
+
+
+def udp(payload: bytes, *, v6: bool = False, sport: int = 5000, dport: int = 53) -> bytes:
+    seg = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    src, dst = (SRC6, DST6) if v6 else (SRC4, DST4)
+    c = 0xFFFF - ref_sum(ref_pseudo(src, dst, 17, len(seg)) + seg)
+    seg = seg[:6] + struct.pack("!H", c or 0xFFFF) + seg[8:]
+    return ip6(seg, 17) if v6 else ip4(seg, 17)
+
+
+def partial(pkt: bytes) -> bytes:
+    """Put the folded pseudo-header sum (not complemented) in the L4 checksum field."""
+    b = bytearray(pkt)
+    if b[0] >> 4 == 4:
+        ihl = (b[0] & 0xF) * 4
+        src, dst, proto = b[12:16], b[16:20], b[9]
+    else:
+        ihl, src, dst, proto = 40, b[8:24], b[24:40], b[6]
+    at = ihl + (16 if proto == 6 else 6)
+    ps = ref_sum(ref_pseudo(bytes(src), bytes(dst), proto, len(b) - ihl))
+    struct.pack_into("!H", b, at, ps)
+    return bytes(b)
+
+
+def super_tcp(
+    payload: bytes,
+    gso: int,
+    *,
+    v6: bool = False,
+    seq: int = 1,
+    flags: int = 0x18,
+    options: bytes = b"",
+) -> bytes:
+    """A TSO frame as the kernel hands it over: vnet header + one big packet, CHECKSUM_PARTIAL."""
+    pkt = partial(tcp(payload, seq=seq, flags=flags, options=options, v6=v6))
+    iph = 40 if v6 else 20
+    hdr = VirtioNetHdr(
+        F_NEEDS_CSUM, GSO_TCPV6 if v6 else GSO_TCPV4, iph + 20 + len(options), gso, iph, 16
+    )
+    return hdr.pack() + pkt
+
+
+def super_udp(payload: bytes, gso: int, *, v6: bool = False) -> bytes:
+    pkt = partial(udp(payload, v6=v6))
+    iph = 40 if v6 else 20
+    return VirtioNetHdr(F_NEEDS_CSUM, GSO_UDP_L4, iph + 8, gso, iph, 6).pack() + pkt
