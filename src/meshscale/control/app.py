@@ -1,0 +1,249 @@
+"""Wiring of the control protocol: ``build_app(state, config, derp_map, ...)``.
+
+Public router (HTTP/1.1, plain or TLS, mounted by ``meshscale-control serve``)::
+
+    GET  /key?v=N          control key (spec 1.1)
+    *    /ts2021           Noise upgrade, then HTTP/2 inside (spec 2)
+    GET  /register/<id>    page telling the admin the ``nodes register`` command
+
+Noise router (HTTP/2 inside the Noise connection; every handler sees the machine key)::
+
+    POST /machine/register     register.RegisterHandler
+    POST /machine/map          poll.MapHandler
+    /machine/{set-dns,id-token,audit-log,set-device-attr,feature/query,update-health,whoami}
+                               501, as Headscale (spec 5)
+    anything else              404
+
+A background task (started by ``ControlApp.start`` or lazily by the first Noise request)
+pumps State change events into the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from meshscale.io.http import Request, Response, Router
+from meshscale.key import MachinePrivate
+from meshscale.tailcfg import DERPMap, DNSConfig, DNSRecord, Resolver
+
+from . import mapper
+from .batcher import Batcher, SnapshotSource
+from .models import DNSChanged
+from .noise import NoiseUpgrade, key_response
+from .poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE, MapHandler
+from .register import REGISTER_PATH, RegisterHandler, register_page
+from .transport import NoiseHandler, NoiseRequest, NoiseResponse
+
+log = logging.getLogger(__name__)
+
+NOT_IMPLEMENTED = frozenset(
+    {
+        "/machine/set-dns",
+        "/machine/id-token",
+        "/machine/audit-log",
+        "/machine/set-device-attr",
+        "/machine/feature/query",
+        "/machine/update-health",
+        "/machine/whoami",
+        "/machine/c2n",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    """The configuration the protocol layer reads (``from_config`` maps ControlConfig)."""
+
+    server_url: str
+    base_domain: str = ""
+    magic_dns: bool = True
+    nameservers: tuple[str, ...] = ()
+    split_nameservers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    search_domains: tuple[str, ...] = ()
+    override_local_dns: bool = False
+    extra_records: tuple[tuple[str, str, str], ...] = ()  # (name, type, value)
+    prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    keepalive_interval: float = KEEPALIVE_INTERVAL
+    offline_grace: float = OFFLINE_GRACE
+    batch_delay: float = BATCH_DELAY
+    send_early_payload: bool = True
+    logtail_enabled: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> AppSettings:
+        """From a meshscale.control.config.ControlConfig."""
+        dns = config.dns
+        prefixes = tuple(p for p in (config.prefixes.v4, config.prefixes.v6) if p is not None)
+        s = cls(
+            server_url=config.server_url,
+            base_domain=dns.base_domain,
+            magic_dns=dns.magic_dns,
+            nameservers=tuple(dns.nameservers_global),
+            split_nameservers={k: tuple(v) for k, v in dns.nameservers_split.items()},
+            search_domains=tuple(dns.search_domains),
+            override_local_dns=dns.override_local_dns,
+            extra_records=tuple((r.name, r.type, r.value) for r in dns.extra_records),
+            prefixes=prefixes,
+            logtail_enabled=bool(getattr(config, "logtail_enabled", False)),
+        )
+        return replace(s, **overrides)
+
+    def dns_config(self) -> DNSConfig:
+        cfg = mapper.build_dns_config(
+            self.base_domain,
+            magic_dns=self.magic_dns,
+            nameservers=self.nameservers,
+            search_domains=self.search_domains,
+            override_local_dns=self.override_local_dns,
+            prefixes=self.prefixes,
+        )
+        for suffix, servers in self.split_nameservers.items():
+            cfg.Routes[suffix] = [Resolver(Addr=a) for a in servers]
+        cfg.ExtraRecords = [DNSRecord(Name=n, Type=t, Value=v) for n, t, v in self.extra_records]
+        return cfg
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ControlApp:
+    """The protocol side of the control server. ``router`` is what ``serve`` mounts."""
+
+    def __init__(
+        self,
+        state: Any,
+        settings: AppSettings,
+        derp_map: DERPMap,
+        control_key: MachinePrivate,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        derp_map.validate()
+        self.state = state
+        self.settings = settings
+        self.derp_map = derp_map
+        self.control_key = control_key
+        self.clock = clock
+        self.rand = rand
+        self._dns = settings.dns_config()
+        self.batcher = Batcher(SnapshotSource(state), self.map_config)
+        self.register = RegisterHandler(state, settings.server_url, clock)
+        self.map = MapHandler(
+            state,
+            self.batcher,
+            clock,
+            jitter=lambda: int.from_bytes(rand(2), "big") / 65536,
+            keepalive_interval=settings.keepalive_interval,
+            offline_grace=settings.offline_grace,
+            batch_delay=settings.batch_delay,
+        )
+        self.noise = NoiseUpgrade(
+            control_key, self.dispatch, rand=rand, send_early_payload=settings.send_early_payload
+        )
+        self._routes: dict[tuple[str, str], NoiseHandler] = {
+            ("POST", "/machine/register"): self.register,
+            ("POST", "/machine/map"): self.map,
+        }
+        self._pump: asyncio.Task[None] | None = None
+        self._subscription: Any = None
+        self.router = Router()
+        self.mount(self.router)
+
+    def map_config(self) -> mapper.MapConfig:
+        return mapper.MapConfig(
+            base_domain=self.settings.base_domain,
+            domain=urlsplit(self.settings.server_url).hostname or self.settings.base_domain,
+            derp_map=self.derp_map,
+            dns_config=self._dns,
+            policy=self.state.policy,
+            disable_log_tail=not self.settings.logtail_enabled,
+        )
+
+    def set_derp_map(self, derp_map: DERPMap) -> None:
+        """Replace the DERP map; every session gets a full map."""
+        derp_map.validate()
+        self.derp_map = derp_map
+        self.batcher.handle(DNSChanged())
+
+    def mount(self, router: Router) -> None:
+        key = self.control_key.public()
+
+        async def key_handler(req: Request) -> Response:
+            return key_response(key, req.query.get("v"))
+
+        router.add("GET", "/key", key_handler)
+        router.add_upgrade("/ts2021", self.noise)
+        router.add_prefix("GET", REGISTER_PATH, register_page(self.state))
+
+    async def dispatch(self, req: NoiseRequest) -> NoiseResponse:
+        self._ensure_pump()
+        handler = self._routes.get((req.method, req.path))
+        if handler is not None:
+            return await handler(req)
+        if req.path in NOT_IMPLEMENTED:
+            return NoiseResponse.text(501, "not implemented\n")
+        if any(p == req.path for (_, p) in self._routes):
+            return NoiseResponse.text(405, "method not allowed\n")
+        return NoiseResponse.text(404, "not found\n")
+
+    # ---- change pump -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._ensure_pump()
+
+    def _ensure_pump(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._subscription = self.state.subscribe()
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    async def _run_pump(self) -> None:
+        sub = self._subscription
+        try:
+            async for event in sub:
+                try:
+                    self.batcher.handle(event)
+                except Exception:  # one bad event must not stop all updates
+                    log.exception("batcher failed on %r", event)
+        except asyncio.CancelledError:
+            raise
+
+    async def close(self) -> None:
+        self.map.close()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+            self._pump = None
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                self._subscription.close()
+            self._subscription = None
+
+
+def build_app(
+    state: Any,
+    config: Any,
+    derp_map: DERPMap,
+    *,
+    control_key: MachinePrivate,
+    clock: Callable[[], datetime] = utcnow,
+    rand: Callable[[int], bytes] = os.urandom,
+    **overrides: Any,
+) -> ControlApp:
+    """Everything the protocol side serves. ``config`` is a ControlConfig or AppSettings;
+    ``overrides`` replace AppSettings fields (timers in tests). Mount ``app.router``."""
+    settings = config if isinstance(config, AppSettings) else AppSettings.from_config(config)
+    if overrides:
+        settings = replace(settings, **overrides)
+    return ControlApp(state, settings, derp_map, control_key, clock=clock, rand=rand)

@@ -1,0 +1,262 @@
+"""Fan-out of state changes to map sessions, coalesced per session (Headscale's batcher).
+
+Theory of operation::
+
+    State change bus ──> Batcher.handle(event)        O(sessions) set updates, no encoding
+                           marks each affected session's Pending and wakes it
+    session task    ──> Batcher.build(session, now)   one message from everything pending:
+                           full map (first message, policy/DNS change, resync) or a delta
+                           (Node, PeersChanged, PeersChangedPatch, PeersRemoved)
+
+No change ever triggers a recomputation of every node's full map: a peer change becomes one
+entry in each session's pending set, and all sessions that wake for the same change share
+one encoded delta (``_shared``). Full maps are built only for the session that needs one.
+
+Sessions track the peer IDs their client knows, so that a full map with zero peers can
+say so with PeersRemoved (``Peers: []`` means "no change", spec section 4.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, assert_never
+
+from meshscale.control import mapper, models
+
+# Fields of the self node that do not change what the client shows about itself.
+_SELF_IRRELEVANT = frozenset({"last_seen", "online"})
+MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
+
+
+@dataclass(slots=True)
+class Pending:
+    full: bool = True  # the first message is always a full map
+    self_changed: bool = False
+    changed: set[int] = field(default_factory=set)
+    patched: dict[int, frozenset[str]] = field(default_factory=dict)
+    removed: set[int] = field(default_factory=set)
+    users: set[int] = field(default_factory=set)
+
+    def empty(self) -> bool:
+        return not (
+            self.full or self.self_changed or self.changed or self.patched or self.removed
+            or self.users
+        )  # fmt: skip
+
+
+class MapSession:
+    """One streaming map poll. The batcher fills ``pending``; the poll task drains it."""
+
+    __slots__ = ("closed", "known_peers", "node_id", "pending", "wake")
+
+    def __init__(self, node_id: models.NodeID) -> None:
+        self.node_id = node_id
+        self.pending = Pending()
+        self.known_peers: set[int] = set()
+        self.wake = asyncio.Event()
+        self.wake.set()
+        self.closed = False  # the node was deleted: the stream must end
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+
+class SnapshotSource:
+    """What the batcher reads from State (kept narrow so tests can pass a fake)."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def node(self, node_id: int) -> models.Node | None:
+        try:
+            n: models.Node = self._state.get_node(models.NodeID(node_id))
+        except models.NotFound:
+            return None
+        return n
+
+    def peers_of(self, node_id: int) -> list[models.Node]:
+        peers: list[models.Node] = self._state.peers_of(models.NodeID(node_id))
+        return peers
+
+    def users(self) -> dict[models.UserID, models.User]:
+        return {u.id: u for u in self._state.list_users()}
+
+    def policy(self) -> str | None:
+        p: str | None = self._state.policy
+        return p
+
+
+class Batcher:
+    """Coalesces change events into per-session pending deltas.
+
+    Parameters:
+      source: a SnapshotSource over State.
+      cfg: a callable returning the current MapConfig (DNS/DERP/policy may change).
+    """
+
+    def __init__(self, source: SnapshotSource, cfg: Callable[[], mapper.MapConfig]) -> None:
+        self.source = source
+        self.cfg = cfg
+        self.cache = mapper.NodeJSONCache()
+        self._sessions: dict[int, set[MapSession]] = {}
+        self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._encoded: dict[tuple[int, bool], tuple[dict[str, Any], bytes]] = {}
+        self.events_handled = 0
+        self.full_maps_built = 0
+        self.deltas_built = 0
+
+    # ---- sessions ----------------------------------------------------------------------
+
+    def add(self, session: MapSession) -> None:
+        self._sessions.setdefault(session.node_id, set()).add(session)
+
+    def remove(self, session: MapSession) -> None:
+        group = self._sessions.get(session.node_id)
+        if group is not None:
+            group.discard(session)
+            if not group:
+                del self._sessions[session.node_id]
+
+    def session_count(self, node_id: int | None = None) -> int:
+        if node_id is not None:
+            return len(self._sessions.get(node_id, ()))
+        return sum(len(g) for g in self._sessions.values())
+
+    def _all(self) -> list[MapSession]:
+        return [s for g in self._sessions.values() for s in g]
+
+    # ---- events ------------------------------------------------------------------------
+
+    def handle(self, event: models.Change) -> None:
+        """Mark what ``event`` means for every session. Cheap: no JSON is built here."""
+        self.events_handled += 1
+        self._shared.clear()
+        self._encoded.clear()
+        match event:
+            case models.NodeAdded(node_id=nid):
+                self.cache.forget(nid)
+                for s in self._all():
+                    if s.node_id != nid:
+                        self._mark_changed(s, nid)
+            case models.NodeChanged(node_id=nid, fields=fields):
+                self.cache.forget(nid)
+                patchable = fields <= mapper.PATCHABLE_FIELDS
+                for s in self._all():
+                    if s.node_id == nid:
+                        if fields - _SELF_IRRELEVANT:
+                            s.pending.self_changed = True
+                            s.wake.set()
+                    elif patchable and nid not in s.pending.changed:
+                        prev = s.pending.patched.get(nid, frozenset())
+                        s.pending.patched[nid] = prev | fields
+                        s.wake.set()
+                    else:
+                        self._mark_changed(s, nid)
+            case models.NodeRemoved(node_id=nid):
+                self.cache.forget(nid)
+                for s in self._all():
+                    if s.node_id == nid:
+                        s.close()
+                        continue
+                    p = s.pending
+                    p.changed.discard(nid)
+                    p.patched.pop(nid, None)
+                    p.removed.add(nid)
+                    s.wake.set()
+            case models.UserChanged(user_id=uid):
+                for s in self._all():
+                    s.pending.users.add(uid)
+                    s.wake.set()
+            case models.PolicyChanged() | models.DNSChanged() | models.ResyncRequired():
+                for s in self._all():
+                    s.pending.full = True
+                    s.wake.set()
+            case _:
+                assert_never(event)
+
+    @staticmethod
+    def _mark_changed(s: MapSession, nid: int) -> None:
+        p = s.pending
+        p.changed.add(nid)
+        p.patched.pop(nid, None)
+        p.removed.discard(nid)
+        s.wake.set()
+
+    # ---- building ----------------------------------------------------------------------
+
+    def build(self, session: MapSession, now: datetime) -> dict[str, Any] | None:
+        """Drain ``session.pending`` into one message (None if nothing is to be sent)."""
+        p = session.pending
+        session.pending = Pending(full=False)
+        if p.empty():
+            return None
+        cfg = self.cfg()
+        me = self.source.node(session.node_id)
+        if me is None:
+            session.close()
+            return None
+        if p.full:
+            peers = self.source.peers_of(session.node_id)
+            msg = mapper.full_map(me, peers, self.source.users(), cfg, now, self.cache)
+            ids = {int(n.id) for n in peers}
+            gone = session.known_peers - ids
+            if gone:
+                msg["PeersRemoved"] = sorted(gone)
+            session.known_peers = ids
+            self.full_maps_built += 1
+            return msg
+        key = (
+            tuple(sorted(p.changed)),
+            tuple(sorted(p.patched.items())),
+            tuple(sorted(p.removed)),
+            tuple(sorted(p.users)),
+        )
+        shared: dict[str, Any] | None = None if p.self_changed else self._shared.get(key)
+        if shared is None:
+            changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
+            patches = [
+                (n, f)
+                for i, f in sorted(p.patched.items())
+                if (n := self.source.node(i)) is not None
+            ]
+            removed = set(p.removed) | (set(p.changed) - {int(n.id) for n in changed})
+            delta = mapper.delta_map(
+                self_node=me if p.self_changed else None,
+                changed=changed,
+                patches=patches,
+                removed=removed,
+                users=self.source.users() if (changed or p.users) else {},
+                cfg=cfg,
+                now=now,
+                cache=self.cache,
+                new_users=[models.UserID(u) for u in p.users],
+            )
+            if delta is None:
+                return None
+            if not p.self_changed:
+                if len(self._shared) >= MAX_SHARED_CACHE:
+                    self._shared.clear()
+                self._shared[key] = delta
+            shared = delta
+            self.deltas_built += 1
+        session.known_peers |= p.changed
+        session.known_peers -= p.removed
+        return shared
+
+    def encode(
+        self, msg: dict[str, Any], compress: bool, framer: Callable[[bytes, bool], bytes]
+    ) -> bytes:
+        """``framer(json, compress)`` of ``msg``, shared by every session sending the same
+        delta object (one JSON encoding and one zstd compression per change)."""
+        key = (id(msg), compress)
+        hit = self._encoded.get(key)
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        out = framer(mapper.encode(msg), compress)
+        if any(msg is v for v in self._shared.values()):
+            self._encoded[key] = (msg, out)
+        return out

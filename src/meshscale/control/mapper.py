@@ -1,0 +1,277 @@
+"""Building MapResponses: pure functions of the state snapshot and the receiving node.
+
+Headscale's hscontrol/mapper idea (STYLE.md section 11): the long poll (poll.py) is only the
+driver; the batcher (batcher.py) decides *what* changed for whom; this module turns a
+snapshot into wire JSON (spec sections 4.3-4.5, 6):
+
+    full_map(self, peers, users)        first message: Node, DERPMap, Peers, PacketFilters,
+                                        UserProfiles, DNSConfig, Domain, Debug, ...
+    delta_map(self?, changed, patches,  later messages: PeersChanged / PeersChangedPatch /
+              removed, users)           PeersRemoved (+ self Node when it changed)
+
+The packet filter is computed in ONE place, ``packet_filter(policy, node, peers)``, so the
+policy engine can slot in there. Peer Node JSON is memoised per node snapshot object (State
+replaces a Node on every write), so a change costs one encoding, not one per receiver.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from meshscale.control import models
+from meshscale.tailcfg import (
+    PORT_RANGE_ANY,
+    DERPMap,
+    DNSConfig,
+    FilterRule,
+    NetPortRange,
+    Node,
+    PeerChange,
+    Resolver,
+    UserProfile,
+    format_time,
+    to_json,
+)
+
+# CapMap sent on the self node (Headscale's baseline; none of these need further protocol).
+SELF_CAP_MAP: dict[str, list[Any] | None] = {"https://tailscale.com/cap/is-admin": []}
+
+# NodeChanged fields a PeerChange patch can express; anything else sends the full node.
+PATCHABLE_FIELDS = frozenset({"endpoints", "online", "last_seen", "disco_key"})
+
+
+@dataclass(frozen=True, slots=True)
+class MapConfig:
+    """What the mapper needs from the server configuration."""
+
+    base_domain: str  # MagicDNS suffix, e.g. "tailnet.example"
+    domain: str  # MapResponse.Domain: the tailnet name (Headscale: server hostname)
+    derp_map: DERPMap
+    dns_config: DNSConfig | None = None
+    policy: str | None = None  # raw policy text; unused by the allow-all filter
+    disable_log_tail: bool = True
+
+
+def packet_filter(
+    policy: str | None, node: models.Node, peers: Sequence[models.Node]
+) -> list[FilterRule]:
+    """The inbound packet filter for ``node`` (spec section 6.3). The ONE place it is built.
+
+    Without a policy engine this is allow-all, what Headscale sends without a policy.
+    """
+    del policy, node, peers  # a policy engine will use these
+    return [FilterRule(SrcIPs=["*"], DstPorts=[NetPortRange(IP="*", Ports=PORT_RANGE_ANY)])]
+
+
+def build_dns_config(
+    base_domain: str,
+    *,
+    magic_dns: bool = True,
+    nameservers: Iterable[str] = (),
+    search_domains: Iterable[str] = (),
+    override_local_dns: bool = False,
+    prefixes: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+) -> DNSConfig:
+    """DNSConfig from configuration (spec section 6.2). Routes use [] (never null) for the
+    zones answered locally; nameservers become Resolvers only when overriding local DNS."""
+    resolvers = [Resolver(Addr=a) for a in nameservers]
+    cfg = DNSConfig(Proxied=magic_dns)
+    if override_local_dns:
+        cfg.Resolvers = resolvers
+    else:
+        cfg.FallbackResolvers = resolvers
+    domains = list(search_domains)
+    if magic_dns and base_domain:
+        cfg.Routes[base_domain] = []
+        domains.insert(0, base_domain)
+        for p in prefixes:
+            for zone in _reverse_zones(p):
+                cfg.Routes[zone] = []
+    cfg.Domains = domains
+    return cfg
+
+
+def _reverse_zones(prefix: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[str]:
+    if isinstance(prefix, ipaddress.IPv4Network):
+        # 100.64.0.0/10 -> 64.100 ... 127.100: one zone per /16.
+        if prefix.prefixlen > 16:
+            return [
+                ".".join(reversed(str(prefix.network_address).split(".")[:2])) + ".in-addr.arpa"
+            ]
+        subnets = prefix.subnets(new_prefix=16) if prefix.prefixlen < 16 else [prefix]
+        return [
+            ".".join(reversed(str(s.network_address).split(".")[:2])) + ".in-addr.arpa"
+            for s in subnets
+        ]
+    nibbles = prefix.prefixlen // 4
+    full = prefix.network_address.exploded.replace(":", "")
+    return [".".join(reversed(full[:nibbles])) + ".ip6.arpa"]
+
+
+def fqdn(node: models.Node, base_domain: str) -> str:
+    """MagicDNS name with the trailing dot the client requires."""
+    return f"{node.given_name}.{base_domain}." if base_domain else f"{node.given_name}."
+
+
+def home_derp(node: models.Node) -> int:
+    netinfo = node.hostinfo.get("NetInfo")
+    if isinstance(netinfo, dict):
+        derp = netinfo.get("PreferredDERP")
+        if isinstance(derp, int) and not isinstance(derp, bool) and derp > 0:
+            return derp
+    return 0
+
+
+def _prefixes(node: models.Node) -> list[str]:
+    return [f"{a}/{a.max_prefixlen}" for a in node.addresses()]
+
+
+def tail_node(node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool = False) -> Node:
+    """A models.Node as tailcfg.Node (spec section 4.5)."""
+    addrs = _prefixes(node)
+    primary = [str(r) for r in node.primary_routes()]
+    expired = node.is_expired(now)
+    n = Node(
+        ID=int(node.id),
+        StableID=str(node.id),
+        Name=fqdn(node, cfg.base_domain),
+        User=int(node.user_id),
+        Key=node.node_key,
+        KeyExpiry=node.expiry,
+        Machine=node.machine_key,
+        DiscoKey=node.disco_key,
+        Addresses=addrs,
+        AllowedIPs=addrs + primary,
+        Endpoints=list(node.endpoints),
+        HomeDERP=home_derp(node),
+        Hostinfo=node.hostinfo or {},
+        Created=node.created_at,
+        Tags=list(node.tags),
+        PrimaryRoutes=primary,
+        Online=node.online,
+        MachineAuthorized=not expired if is_self else True,
+        Expired=expired,
+    )
+    if not node.online and node.last_seen is not None:
+        n.LastSeen = node.last_seen  # only for offline peers (spec section 7.5)
+    if is_self:
+        n.CapMap = dict(SELF_CAP_MAP)
+    return n
+
+
+def user_profile(user: models.User) -> UserProfile:
+    return UserProfile(ID=int(user.id), LoginName=user.login_name,
+                       DisplayName=user.display_name or user.name)  # fmt: skip
+
+
+@dataclass(slots=True)
+class NodeJSONCache:
+    """Memoised peer JSON per node snapshot object (identity), bounded by the node count."""
+
+    _entries: dict[int, tuple[models.Node, dict[str, Any]]] = field(default_factory=dict)
+
+    def peer(self, node: models.Node, cfg: MapConfig, now: datetime) -> dict[str, Any]:
+        hit = self._entries.get(node.id)
+        # Expiry is time-dependent: recompute when the cached view went stale.
+        if (
+            hit is not None
+            and hit[0] is node
+            and (node.expiry is None or hit[1].get("Expired", False) == node.is_expired(now))
+        ):
+            return hit[1]
+        d = to_json(tail_node(node, cfg, now))
+        self._entries[node.id] = (node, d)
+        return d
+
+    def forget(self, node_id: int) -> None:
+        self._entries.pop(node_id, None)
+
+
+def _profiles(users: Iterable[models.User]) -> list[dict[str, Any]]:
+    return [to_json(user_profile(u)) for u in sorted(users, key=lambda u: u.id)]
+
+
+def full_map(
+    node: models.Node,
+    peers: Sequence[models.Node],
+    users: dict[models.UserID, models.User],
+    cfg: MapConfig,
+    now: datetime,
+    cache: NodeJSONCache | None = None,
+) -> dict[str, Any]:
+    """The first message of a map stream, as JSON-ready values."""
+    cache = cache or NodeJSONCache()
+    peer_json = [cache.peer(p, cfg, now) for p in sorted(peers, key=lambda p: p.id)]
+    user_ids = {node.user_id, *(p.user_id for p in peers)}
+    out: dict[str, Any] = {
+        "Node": to_json(tail_node(node, cfg, now, is_self=True)),
+        "DERPMap": to_json(cfg.derp_map),
+        "Domain": cfg.domain,
+        "CollectServices": False,
+        "PacketFilters": {"base": [to_json(r) for r in packet_filter(cfg.policy, node, peers)]},
+        "UserProfiles": _profiles(users[u] for u in user_ids if u in users),
+        "ControlTime": format_time(now),
+    }
+    if peer_json:
+        out["Peers"] = peer_json
+    if cfg.dns_config is not None:
+        out["DNSConfig"] = to_json(cfg.dns_config)
+    if cfg.disable_log_tail:
+        out["Debug"] = {"DisableLogTail": True}
+    return out
+
+
+def peer_patch(node: models.Node, fields: frozenset[str]) -> PeerChange:
+    """A PeersChangedPatch entry for changes in PATCHABLE_FIELDS (spec section 4.4)."""
+    pc = PeerChange(NodeID=int(node.id))
+    if "endpoints" in fields:
+        pc.Endpoints = list(node.endpoints)
+    if "disco_key" in fields and node.disco_key is not None:
+        pc.DiscoKey = node.disco_key
+    if fields & {"online", "last_seen"}:
+        pc.Online = node.online
+        if not node.online and node.last_seen is not None:
+            pc.LastSeen = node.last_seen
+    return pc
+
+
+def delta_map(
+    *,
+    self_node: models.Node | None,
+    changed: Sequence[models.Node],
+    patches: Sequence[tuple[models.Node, frozenset[str]]],
+    removed: Iterable[int],
+    users: dict[models.UserID, models.User],
+    cfg: MapConfig,
+    now: datetime,
+    cache: NodeJSONCache | None = None,
+    new_users: Iterable[models.UserID] = (),
+) -> dict[str, Any] | None:
+    """An incremental message; None when there is nothing to say."""
+    cache = cache or NodeJSONCache()
+    out: dict[str, Any] = {}
+    if self_node is not None:
+        out["Node"] = to_json(tail_node(self_node, cfg, now, is_self=True))
+    if changed:
+        out["PeersChanged"] = [cache.peer(p, cfg, now) for p in sorted(changed, key=lambda p: p.id)]
+    if patches:
+        out["PeersChangedPatch"] = [
+            to_json(peer_patch(n, f)) for n, f in sorted(patches, key=lambda t: t[0].id)
+        ]
+    gone = sorted(set(removed))
+    if gone:
+        out["PeersRemoved"] = gone
+    uids = set(new_users) | {p.user_id for p in changed}
+    if uids:
+        out["UserProfiles"] = _profiles(users[u] for u in uids if u in users)
+    return out or None
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Compact JSON bytes of a message built here."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()

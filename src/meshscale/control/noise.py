@@ -1,0 +1,130 @@
+"""``/key`` and the ``/ts2021`` upgrade: from an HTTP/1.1 request to HTTP/2 inside Noise.
+
+Flow (spec sections 1.1, 2.1-2.7)::
+
+    GET /key?v=N   -> {"legacyPublicKey":"mkey:0..0","publicKey":"mkey:<control key>"}
+    POST /ts2021   Upgrade: tailscale-control-protocol
+                   X-Tailscale-Handshake: base64(101-byte initiation)
+      checks: Upgrade value, header present and valid base64, handshake authenticates
+      <- 101 Switching Protocols (Upgrade: tailscale-control-protocol, Connection: upgrade)
+      <- 51-byte Noise response [+ early payload in the first record]
+      == HTTP/2 (h2c, prior knowledge) inside controlbase records ==
+
+A handshake that fails to parse or authenticate is refused with an HTTP 400 before the
+upgrade, so nothing is written on the raw stream. Clients older than
+MIN_SUPPORTED_CAPABILITY_VERSION get an error frame instead of the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+from collections.abc import Callable
+
+from meshscale.controlbase import (
+    Conn,
+    ControlBaseError,
+    encode_early_payload,
+    encode_error,
+    server_accept,
+)
+from meshscale.io.http import Request, Response, UpgradeStream
+from meshscale.key import MachinePrivate, MachinePublic
+from meshscale.tailcfg import (
+    MIN_SUPPORTED_CAPABILITY_VERSION,
+    NOISE_CAPABILITY_VERSION,
+    EarlyNoise,
+    OverTLSPublicKeyResponse,
+    dumps,
+)
+
+from .transport import H2Server, NoiseHandler, NoiseStream
+
+log = logging.getLogger(__name__)
+
+UPGRADE_PROTOCOL = "tailscale-control-protocol"
+HANDSHAKE_HEADER = "X-Tailscale-Handshake"
+MAX_HANDSHAKE_HEADER = 200  # base64 characters; the initiation is 136: header abuse
+
+
+def key_response(control_key: MachinePublic, version_query: str | None) -> Response:
+    """``GET /key?v=N``: 400 without a valid v, empty 200 for pre-Noise clients."""
+    try:
+        v = int(version_query or "")
+    except ValueError:
+        return Response.text(400, "missing or invalid v parameter\n")
+    if v < NOISE_CAPABILITY_VERSION:
+        return Response(200, b"")
+    return Response.json_bytes(dumps(OverTLSPublicKeyResponse(publicKey=control_key)))
+
+
+class NoiseUpgrade:
+    """The ``/ts2021`` upgrade handler.
+
+    Parameters:
+      control_key: the server's persistent Noise static key.
+      dispatch: serves the HTTP/2 requests of an established connection.
+      rand: ``rand(n)`` random bytes (ephemeral keys, early-noise challenge).
+      send_early_payload: write tailcfg.EarlyNoise before HTTP/2 (optional for clients).
+    """
+
+    def __init__(
+        self,
+        control_key: MachinePrivate,
+        dispatch: NoiseHandler,
+        *,
+        rand: Callable[[int], bytes] = os.urandom,
+        send_early_payload: bool = True,
+    ) -> None:
+        self.control_key = control_key
+        self.dispatch = dispatch
+        self.rand = rand
+        self.send_early_payload = send_early_payload
+        self.active = 0
+
+    async def __call__(self, req: Request, stream: UpgradeStream) -> Response | None:
+        upgrade = (req.headers.get("upgrade") or "").lower()
+        if not upgrade:
+            return Response.text(400, "missing Upgrade header\n")
+        if upgrade != UPGRADE_PROTOCOL:
+            return Response.text(400, "unsupported Upgrade protocol\n")
+        init_b64 = req.headers.get(HANDSHAKE_HEADER) or req.query.get(HANDSHAKE_HEADER) or ""
+        if not init_b64 or len(init_b64) > MAX_HANDSHAKE_HEADER:
+            return Response.text(400, "missing or invalid X-Tailscale-Handshake header\n")
+        try:
+            init = base64.b64decode(init_b64, validate=True)
+        except (binascii.Error, ValueError):
+            return Response.text(400, "invalid X-Tailscale-Handshake header\n")
+        try:
+            resp_frame, machine_key, version, (tx, rx) = server_accept(
+                init, self.control_key, self.rand(32)
+            )
+        except ControlBaseError as exc:
+            log.info("ts2021: handshake from %s failed: %s", req.client, exc)
+            return Response.text(400, "handshake failed\n")
+        await stream.accept([("Upgrade", UPGRADE_PROTOCOL), ("Connection", "upgrade")])
+        if version < MIN_SUPPORTED_CAPABILITY_VERSION:
+            # The client reports the error frame's text ("server error: ...").
+            stream.write(encode_error(f"unsupported client version {version}"))
+            await stream.drain()
+            return None
+        conn = Conn(tx, rx, machine_key, version)
+        out = resp_frame
+        if self.send_early_payload:
+            chal = "chalpub:" + MachinePrivate(self.rand(32)).public().hex()
+            out += conn.send(encode_early_payload(dumps(EarlyNoise(nodeKeyChallenge=chal))))
+        stream.write(out)  # corked: response and early payload in one write
+        await stream.drain()
+        noise = NoiseStream(stream, conn)
+        server = H2Server(noise, self.dispatch, machine_key, version)
+        self.active += 1
+        try:
+            await server.run()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.active -= 1
+        return None

@@ -1,0 +1,193 @@
+"""``POST /machine/map``: the map long poll and lite updates (spec section 4).
+
+Request shapes (spec 4.1)::
+
+    Stream  OmitPeers   what we do
+    true    false       apply endpoints/hostinfo/disco key, mark online, register with the
+                        batcher, send a full map, then deltas and keep-alives until the
+                        client goes away; then offline after a grace period
+    false   true        "lite" update: apply, fan out to peers, 200 with an empty body
+    false   false       one full map message, then end
+
+Body framing (spec 4.2): each message is ``u32 little-endian length | payload`` where the
+payload is a zstd frame of the JSON when the request asked for ``Compress: "zstd"``.
+Keep-alives go out after KEEPALIVE_INTERVAL (+ jitter) without another message; the client
+gives up after 120 s of silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import zstandard
+
+from meshscale.control import models
+from meshscale.control.batcher import Batcher, MapSession
+from meshscale.key import DiscoPublic
+from meshscale.tailcfg import MapRequest, ParseError, loads
+
+from .register import NodeBindingError, lookup_node, raw_field, unsupported
+from .transport import NoiseRequest, NoiseResponse
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL = 50.0  # seconds; the client's watchdog fires at 120 s (spec 4.2)
+KEEPALIVE_JITTER = 9.0  # seconds, spread so that keep-alives do not align
+OFFLINE_GRACE = 10.0  # seconds a node stays online after its last stream ends (spec 7.5)
+BATCH_DELAY = 0.005  # seconds to wait after a wake-up so bursts coalesce into one message
+MAX_ENDPOINTS = 64  # per node: a client reporting endless endpoints
+KEEPALIVE_JSON = b'{"KeepAlive":true}'
+
+
+def frame(payload_json: bytes, compress: bool) -> bytes:
+    """One map-stream message: little-endian length, then (zstd-compressed) JSON."""
+    body = zstandard.ZstdCompressor(level=3).compress(payload_json) if compress else payload_json
+    return struct.pack("<I", len(body)) + body
+
+
+class MapHandler:
+    """Serves /machine/map over Noise.
+
+    Parameters:
+      state: the State; batcher: the Batcher fed by the change pump.
+      clock: wall-clock UTC datetime; monotonic: seconds for timers;
+      jitter: returns a float in [0, 1) (keep-alive spread).
+    """
+
+    def __init__(
+        self,
+        state: Any,
+        batcher: Batcher,
+        clock: Callable[[], datetime],
+        *,
+        jitter: Callable[[], float],
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        offline_grace: float = OFFLINE_GRACE,
+        batch_delay: float = BATCH_DELAY,
+    ) -> None:
+        self.state = state
+        self.batcher = batcher
+        self.clock = clock
+        self.jitter = jitter
+        self.keepalive_interval = keepalive_interval
+        self.offline_grace = offline_grace
+        self.batch_delay = batch_delay
+        self._offline_timers: dict[int, asyncio.TimerHandle] = {}
+        self._keepalive_frames = {c: frame(KEEPALIVE_JSON, c) for c in (False, True)}
+        self.streams_open = 0
+
+    async def __call__(self, req: NoiseRequest) -> NoiseResponse:
+        try:
+            mr = loads(MapRequest, req.body)
+        except ParseError as exc:
+            return NoiseResponse.text(400, f"bad MapRequest: {exc}\n")
+        bad = unsupported(mr.Version)
+        if bad is not None:
+            return bad
+        if mr.NodeKey is None:
+            return NoiseResponse.text(400, "node key is required\n")
+        try:
+            node = lookup_node(self.state, req.machine_key, mr.NodeKey)
+        except NodeBindingError:
+            return NoiseResponse.text(
+                404, "node key in request does not match the one associated with this machine key\n"
+            )
+        if node is None:
+            return NoiseResponse.text(404, "node not found\n")
+        try:
+            node = self._apply(node, mr, req.body)
+        except models.StateError as exc:
+            return NoiseResponse.text(400, f"{exc}\n")
+        compress = mr.Compress == "zstd"
+        if not mr.Stream:
+            if mr.OmitPeers:
+                return NoiseResponse(200, b"")
+            session = MapSession(node.id)
+            msg = self.batcher.build(session, self.clock())
+            if msg is None:  # the node vanished between lookup and build
+                return NoiseResponse.text(404, "node not found\n")
+            return NoiseResponse(200, self.batcher.encode(msg, compress, frame))
+        return NoiseResponse(200, self._stream(node.id, compress))
+
+    def _apply(self, node: models.Node, mr: MapRequest, body: bytes) -> models.Node:
+        """Store what the client reports (Headscale applies this before the first map)."""
+        hostinfo = raw_field(body, "Hostinfo")
+        endpoints = mr.Endpoints[:MAX_ENDPOINTS] if mr.Endpoints else None
+        disco: DiscoPublic | None = mr.DiscoKey
+        updated: models.Node = self.state.update_node(
+            node.id,
+            hostinfo=hostinfo if isinstance(hostinfo, dict) else None,
+            endpoints=endpoints,
+            disco_key=disco,
+        )
+        return updated
+
+    async def _stream(self, node_id: models.NodeID, compress: bool) -> AsyncIterator[bytes]:
+        session = MapSession(node_id)
+        self.batcher.add(session)
+        self.streams_open += 1
+        timer = self._offline_timers.pop(node_id, None)
+        if timer is not None:
+            timer.cancel()
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                self.state.set_online(node_id, True)
+            except models.NotFound:
+                return
+            while not session.closed:
+                msg = self.batcher.build(session, self.clock())
+                if msg is not None:
+                    yield self.batcher.encode(msg, compress, frame)
+                if session.closed:
+                    break
+                interval = self.keepalive_interval + KEEPALIVE_JITTER * self.jitter()
+                deadline = loop.time() + interval
+                while True:
+                    session.wake.clear()
+                    if not session.pending.empty() or session.closed:
+                        break
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        yield self._keepalive_frames[compress]
+                        deadline = loop.time() + interval
+                        continue
+                    try:
+                        async with asyncio.timeout(remaining):
+                            await session.wake.wait()
+                    except TimeoutError:
+                        continue
+                if self.batch_delay > 0 and not session.closed:
+                    await asyncio.sleep(self.batch_delay)
+        finally:
+            self.batcher.remove(session)
+            self.streams_open -= 1
+            if self.batcher.session_count(node_id) == 0:
+                self._schedule_offline(node_id, loop)
+
+    def _schedule_offline(self, node_id: models.NodeID, loop: asyncio.AbstractEventLoop) -> None:
+        def offline() -> None:
+            self._offline_timers.pop(node_id, None)
+            if self.batcher.session_count(node_id) == 0:
+                try:
+                    self.state.set_online(node_id, False)
+                except models.NotFound:
+                    pass
+
+        if self.offline_grace <= 0:
+            offline()
+            return
+        old = self._offline_timers.pop(node_id, None)
+        if old is not None:
+            old.cancel()
+        self._offline_timers[node_id] = loop.call_later(self.offline_grace, offline)
+
+    def close(self) -> None:
+        for t in self._offline_timers.values():
+            t.cancel()
+        self._offline_timers.clear()

@@ -1,0 +1,293 @@
+"""The decrypted byte stream of a ts2021 connection, and HTTP/2 served over it.
+
+Layers (spec sections 2.4-2.7)::
+
+    UpgradeStream (raw TCP/TLS after the 101)
+      -> NoiseStream: controlbase records <-> plaintext (meshscale.controlbase.Conn)
+        -> H2Server: h2c with prior knowledge, one task per request stream
+
+``H2Server`` is the driver of the sans-IO ``h2`` state machine: after every input it feeds
+h2, handles the events and flushes ``data_to_send``. Handlers get a ``NoiseRequest`` (the
+Noise-authenticated machine key travels with it) and return a ``NoiseResponse`` whose body
+is bytes or an async iterator of chunks; each chunk is flushed as soon as it is produced,
+which is what the map long poll needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from meshscale.controlbase import Conn, ControlBaseError
+from meshscale.io.http import UpgradeStream
+from meshscale.key import MachinePublic
+
+log = logging.getLogger(__name__)
+
+MAX_NOISE_BODY = 1 << 20  # bytes per request body (Headscale's cap): memory exhaustion
+MAX_CONCURRENT_STREAMS = 100  # per connection: a client opening streams without end
+READ_CHUNK = 64 * 1024  # bytes per socket read
+# Our receive window per stream; clients send small JSON, the default 64 KiB suffices,
+# but a larger window avoids a round trip for a 1 MiB body.
+INITIAL_WINDOW = 1 << 20  # bytes
+
+
+class NoiseStream:
+    """Plaintext reads and writes over controlbase records on an upgraded connection."""
+
+    def __init__(self, raw: UpgradeStream, conn: Conn) -> None:
+        self.raw = raw
+        self.conn = conn
+        self._pending = b""
+
+    def push_front(self, plaintext: bytes) -> None:
+        """Plaintext already decrypted (records that arrived with the handshake)."""
+        self._pending = plaintext + self._pending
+
+    async def read(self) -> bytes:
+        """Some plaintext; b"" at EOF. Raises ControlBaseError on a bad record."""
+        if self._pending:
+            out, self._pending = self._pending, b""
+            return out
+        while True:
+            data = await self.raw.read(READ_CHUNK)
+            if not data:
+                return b""
+            out = self.conn.receive_data(data)
+            if out:
+                return out
+
+    def write(self, plaintext: bytes) -> None:
+        if plaintext:
+            self.raw.write(self.conn.send(plaintext))
+
+    async def drain(self) -> None:
+        await self.raw.drain()
+
+
+@dataclass(slots=True)
+class NoiseRequest:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    machine_key: MachinePublic
+    protocol_version: int
+
+
+@dataclass(slots=True)
+class NoiseResponse:
+    status: int = 200
+    body: bytes | AsyncIterator[bytes] = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str | None = None
+
+    @classmethod
+    def text(cls, status: int, text: str) -> NoiseResponse:
+        return cls(status, text.encode(), [], "text/plain; charset=utf-8")
+
+    @classmethod
+    def json(cls, body: bytes, status: int = 200) -> NoiseResponse:
+        return cls(status, body, [], "application/json")
+
+
+NoiseHandler = Callable[[NoiseRequest], Awaitable[NoiseResponse]]
+
+
+@dataclass(slots=True)
+class _Stream:
+    stream_id: int
+    headers: dict[str, str]
+    body: bytearray = field(default_factory=bytearray)
+    task: asyncio.Task[None] | None = None
+    too_large: bool = False
+
+
+class H2Server:
+    """HTTP/2 server over a NoiseStream. ``dispatch`` maps a request to a response."""
+
+    def __init__(
+        self,
+        stream: NoiseStream,
+        dispatch: NoiseHandler,
+        machine_key: MachinePublic,
+        protocol_version: int,
+    ) -> None:
+        self.stream = stream
+        self.dispatch = dispatch
+        self.machine_key = machine_key
+        self.protocol_version = protocol_version
+        cfg = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        self.h2 = h2.connection.H2Connection(config=cfg)
+        self._streams: dict[int, _Stream] = {}
+        self._window_open = asyncio.Event()
+        self._closed = False
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self._closed:
+            self.stream.write(data)
+
+    async def run(self) -> None:
+        """Serve until the peer goes away; cancels handler tasks on the way out."""
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: INITIAL_WINDOW,
+            },
+        )
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(INITIAL_WINDOW * 4)
+        self.flush()
+        try:
+            while True:
+                try:
+                    data = await self.stream.read()
+                except ControlBaseError as exc:
+                    log.info("ts2021 %s: %s", self.machine_key.short(), exc)
+                    return
+                if not data:
+                    return
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError as exc:
+                    log.info("ts2021 %s: HTTP/2 error: %s", self.machine_key.short(), exc)
+                    self.flush()
+                    return
+                for ev in events:
+                    self._handle(ev)
+                self.flush()
+                await self.stream.drain()
+        finally:
+            self._closed = True
+            self._window_open.set()
+            tasks = [s.task for s in self._streams.values() if s.task is not None]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _handle(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.RequestReceived):
+            hdrs = {str(k).lower(): str(v) for k, v in (ev.headers or [])}
+            sid = ev.stream_id
+            self._streams[sid] = _Stream(sid, hdrs)
+            if ev.stream_ended is not None:
+                self._start(sid)
+        elif isinstance(ev, h2.events.DataReceived):
+            s = self._streams.get(ev.stream_id)
+            data = ev.data or b""
+            if ev.flow_controlled_length:
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            if s is None:
+                return
+            if len(s.body) + len(data) > MAX_NOISE_BODY:
+                s.too_large = True
+            else:
+                s.body += data
+            if ev.stream_ended is not None:
+                self._start(ev.stream_id)
+        elif isinstance(ev, h2.events.StreamEnded):
+            self._start(ev.stream_id)
+        elif isinstance(ev, h2.events.StreamReset):
+            s = self._streams.pop(ev.stream_id, None)
+            if s is not None and s.task is not None:
+                s.task.cancel()
+        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self._window_open.set()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._closed = True
+
+    def _start(self, sid: int) -> None:
+        s = self._streams.get(sid)
+        if s is None or s.task is not None:
+            return
+        s.task = asyncio.get_running_loop().create_task(self._serve_stream(s))
+
+    async def _serve_stream(self, s: _Stream) -> None:
+        try:
+            if s.too_large:
+                resp = NoiseResponse.text(413, "request body too large\n")
+            else:
+                path, _, query = s.headers.get(":path", "/").partition("?")
+                req = NoiseRequest(
+                    method=s.headers.get(":method", "GET").upper(),
+                    path=path,
+                    query=query,
+                    headers=s.headers,
+                    body=bytes(s.body),
+                    machine_key=self.machine_key,
+                    protocol_version=self.protocol_version,
+                )
+                try:
+                    resp = await self.dispatch(req)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("ts2021: handler for %s failed", path)
+                    resp = NoiseResponse.text(500, "internal server error\n")
+            await self._send(s.stream_id, resp)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, h2.exceptions.H2Error):
+            pass
+        finally:
+            self._streams.pop(s.stream_id, None)
+
+    async def _send(self, sid: int, resp: NoiseResponse) -> None:
+        headers = [(":status", str(resp.status))]
+        if resp.content_type:
+            headers.append(("content-type", resp.content_type))
+        headers.extend((k.lower(), v) for k, v in resp.headers)
+        if isinstance(resp.body, bytes):
+            headers.append(("content-length", str(len(resp.body))))
+            self.h2.send_headers(sid, headers, end_stream=not resp.body)
+            self.flush()
+            if resp.body:
+                await self._send_data(sid, resp.body, end=True)
+            return
+        self.h2.send_headers(sid, headers)
+        self.flush()
+        body = resp.body
+        try:
+            async for chunk in body:
+                await self._send_data(sid, chunk, end=False)
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        if not self._closed:
+            self.h2.end_stream(sid)
+            self.flush()
+
+    async def _send_data(self, sid: int, data: bytes, end: bool) -> None:
+        view = memoryview(data)
+        while True:
+            if self._closed:
+                raise ConnectionError("connection closed")
+            window = self.h2.local_flow_control_window(sid)
+            n = min(len(view), window, self.h2.max_outbound_frame_size)
+            if n <= 0 and len(view) > 0:
+                self._window_open.clear()
+                await self._window_open.wait()
+                continue
+            last = n == len(view)
+            self.h2.send_data(sid, bytes(view[:n]), end_stream=end and last)
+            self.flush()
+            view = view[n:]
+            if last:
+                await self.stream.drain()
+                return
