@@ -120,7 +120,10 @@ def test_deprecated_ephemeral_key_still_works() -> None:
     assert cfg.ephemeral_node_inactivity_timeout == timedelta(minutes=5)
     assert any("deprecated" in w for w in cfg.warnings)
     both = config_from_mapping(
-        {"ephemeral_node_inactivity_timeout": "5m", "node": {"ephemeral": {"inactivity_timeout": "7m"}}},
+        {
+            "ephemeral_node_inactivity_timeout": "5m",
+            "node": {"ephemeral": {"inactivity_timeout": "7m"}},
+        },
         SD,
     )
     assert both.ephemeral_node_inactivity_timeout == timedelta(minutes=7)

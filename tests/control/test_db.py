@@ -104,7 +104,7 @@ def test_timestamps_round_trip() -> None:
     assert ts_from_db(ts_to_db(T0)) == T0
     assert ts_from_db(None) is None
     with pytest.raises(ValueError, match="naive"):
-        ts_to_db(datetime(2026, 1, 1))  # noqa: DTZ001
+        ts_to_db(datetime(2026, 1, 1))
 
 
 def _node(n: int, user: UserID, **kw: Any) -> Node:
@@ -189,9 +189,13 @@ def test_local_user_names_are_unique_but_providers_may_reuse_them() -> None:
 
 def test_transaction_rolls_back_everything() -> None:
     store = SQLiteStore(":memory:")
-    with pytest.raises(IntegrityError), store.transaction():
-        uid = store.insert_user(User(UserID(0), "alice", created_at=T0))
-        store.insert_user(User(UserID(0), "alice", created_at=T0))
+    def clash() -> None:
+        with store.transaction():
+            store.insert_user(User(UserID(0), "alice", created_at=T0))
+            store.insert_user(User(UserID(0), "alice", created_at=T0))
+
+    with pytest.raises(IntegrityError):
+        clash()
     assert store.load().users == []
     with store.transaction(), store.transaction():  # nesting commits once, at the outside
         uid = store.insert_user(User(UserID(0), "alice", created_at=T0))

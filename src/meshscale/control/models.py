@@ -383,7 +383,10 @@ class ChangeSubscription:
         with self._lock:
             if self._closed:
                 return
-            if len(self._queue) + len(events) > self.max_queue:
+            if self._queue and isinstance(self._queue[0], ResyncRequired):
+                # A pending resync rebuilds from the snapshot, which already holds these.
+                self.dropped += len(events)
+            elif len(self._queue) + len(events) > self.max_queue:
                 self.dropped += len(self._queue) + len(events)
                 self._queue.clear()
                 self._queue.append(ResyncRequired())
