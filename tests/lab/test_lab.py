@@ -6,6 +6,7 @@ import ipaddress
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from meshscale.lab import Host, Lab, NatKind, cleanup_stale
+from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.lab import INTERNET_GW4, INTERNET_GW6
 from meshscale.lab.netns import netns_list
 from meshscale.lab.owner import owner_path
@@ -361,3 +363,20 @@ def test_hosts_entries_resolve_everywhere(lab: Lab) -> None:
     # The machine's own /etc/hosts is untouched.
     assert "ctl.lab" not in Path("/etc/hosts").read_text()
     assert os.path.isfile(f"/etc/netns/{a.ns}/hosts")
+
+
+def test_in_process_socket_lives_in_the_namespace(lab: Lab) -> None:
+    a = lab.add_public_host("a")
+    c = lab.add_public_host("c")
+    start_echo(c)
+    with a.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((str(a.ip), 0))  # a.ip exists only in a's namespace
+        s.settimeout(5)
+        s.sendto(b"x", (str(c.ip), UDP_PORT))
+        data, _ = s.recvfrom(100)
+        assert data.decode() == f"{a.ip} {s.getsockname()[1]}"
+    # The process itself stays in the machine's namespace.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(OSError):
+        s.bind((str(a.ip), 0))
+    with pytest.raises(FileNotFoundError):
+        socket_in_netns(lab.name + "-nope")

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -28,6 +29,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 from meshscale.lab import netns, owner
+from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.nat import NatKind, nat_ruleset
 from meshscale.lab.proc import Proc
 
@@ -77,6 +79,12 @@ class Host:
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """The argv that runs `argv` in this namespace (for callers that manage processes)."""
         return netns.exec_argv(self.ns, argv)
+
+    def socket(
+        self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM, proto: int = 0
+    ) -> socket.socket:
+        """A socket created in this namespace, usable from any thread of this process."""
+        return socket_in_netns(self.ns, family, type, proto)
 
     def spawn(
         self,
