@@ -1,7 +1,7 @@
 """meshscale.testing: FakeClock, the in-memory SimNet, and magicsock nodes driven on it."""
 
 from meshscale.testing.clock import FakeClock
-from meshscale.testing.magicsock import Received, SimControl, SimNode, derp_map_for
+from meshscale.testing.magicsock import Received, SimControl, SimNode, add_node, derp_map_for
 from meshscale.testing.simnet import (
     NAT,
     Host,
@@ -29,6 +29,7 @@ __all__ = [
     "SimNode",
     "SimSocket",
     "SimStepLimit",
+    "add_node",
     "derp_map_for",
     "lossy",
 ]

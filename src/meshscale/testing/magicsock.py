@@ -28,7 +28,7 @@ from meshscale.magicsock import (
     PeerConfig,
     WireGuardSource,
 )
-from meshscale.testing.simnet import STUN_PORT, Host, Relay, SimNet
+from meshscale.testing.simnet import STUN_PORT, Host, NATType, Relay, SimNet
 
 FAKE_WG_TYPE = b"\x04\x00\x00\x00"
 WIREGUARD_PORT = 41641
@@ -92,6 +92,7 @@ class SimNode:
         self.control: SimControl | None = None
         self.received: list[Received] = []
         self.flows: list[_Flow] = []
+        self.flow_sent: dict[NodePublic, int] = {}
         self.events: list[object] = []
         net.add_agent(self)
 
@@ -111,7 +112,8 @@ class SimNode:
 
     def start_flow(self, peer: NodePublic, interval: float = 0.5) -> None:
         """Send a numbered WireGuard datagram to ``peer`` every ``interval`` seconds."""
-        self.flows.append(_Flow(peer, interval, self.net.clock.now()))
+        seq = self.flow_sent.get(peer, 0)
+        self.flows.append(_Flow(peer, interval, self.net.clock.now(), seq))
 
     def stop_flows(self) -> None:
         self.flows.clear()
@@ -140,6 +142,7 @@ class SimNode:
             if f.next_at <= now:
                 f.next_at = now + f.interval
                 f.seq += 1
+                self.flow_sent[f.peer] = self.flow_sent.get(f.peer, 0) + 1
                 self.conn.send(
                     f.peer,
                     FAKE_WG_TYPE + self.node_key.raw + f"{self.name}#{f.seq}".encode(),
@@ -206,6 +209,14 @@ class SimNode:
         st = self.conn.peer_status(peer, self.net.clock.now())
         return st is not None and st.best is not None and st.trusted
 
+    def expected_from(self, sender: SimNode) -> set[bytes]:
+        """Payloads ``sender``'s flows have sent to us so far."""
+        n = sender.flow_sent.get(self.node_key, 0)
+        return {f"{sender.name}#{i}".encode() for i in range(1, n + 1)}
+
+    def payloads_from(self, sender: SimNode) -> set[bytes]:
+        return {r.payload for r in self.received_from(sender.node_key)}
+
     def received_from(self, peer: NodePublic, *, since: float = 0.0) -> list[Received]:
         return [r for r in self.received if r.peer == peer and r.at >= since]
 
@@ -213,10 +224,12 @@ class SimNode:
 @dataclass(slots=True)
 class SimControl:
     """A minimal control plane: every node learns every other node's key, disco key,
-    home DERP and (if ``share_endpoints``) advertised endpoints."""
+    home DERP and advertised endpoints (unless ``share_endpoints`` is off, or the
+    node's key is in ``hidden``)."""
 
     share_endpoints: bool = True
     nodes: list[SimNode] = field(default_factory=list)
+    hidden: set[NodePublic] = field(default_factory=set)
 
     def add(self, node: SimNode) -> None:
         self.nodes.append(node)
@@ -229,7 +242,9 @@ class SimControl:
                 PeerConfig(
                     other.node_key,
                     other.disco_private.public(),
-                    tuple(e.addr for e in other.conn.endpoints) if self.share_endpoints else (),
+                    tuple(e.addr for e in other.conn.endpoints)
+                    if self.share_endpoints and other.node_key not in self.hidden
+                    else (),
                     other.conn.home_derp,
                 )
                 for other in self.nodes
@@ -238,3 +253,32 @@ class SimControl:
             node.conn.set_peers(peers, now if changed else node.net.clock.now())
             if node is not changed:
                 node.flush()
+
+
+NAT_KINDS = {"easy": NATType.EASY, "hard": NATType.HARD, "blocked": NATType.UDP_BLOCKED}
+
+
+def add_node(
+    net: SimNet,
+    kind: str,
+    index: int,
+    relays: list[Relay],
+    control: SimControl | None = None,
+    *,
+    seed: int | None = None,
+    latency: float = 0.0,
+) -> SimNode:
+    """A node on a fresh host: ``kind`` is "public" or a NAT kind ("easy", "hard", "blocked").
+
+    Public hosts get 203.0.113.<10+index>; NATed ones sit at 10.<index>.0.2 behind a
+    NAT whose public address is 198.18.0.<index+1>.
+    """
+    if kind == "public":
+        host = net.add_host(f"h{index}", f"203.0.113.{10 + index}", latency=latency)
+    else:
+        nat = net.add_nat(f"nat{index}", f"198.18.0.{index + 1}", NAT_KINDS[kind])
+        host = net.add_host(f"h{index}", f"10.{index}.0.2", nat=nat, latency=latency)
+    node = SimNode(net, host, f"n{index}-{kind}", relays, seed=index if seed is None else seed)
+    if control is not None:
+        control.add(node)
+    return node
