@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -203,7 +203,7 @@ class FrameBuffer:
     def __len__(self) -> int:
         return len(self._buf) - self._pos
 
-    def frames(self) -> Iterator[tuple[int, bytes]]:
+    def frames(self) -> Generator[tuple[int, bytes], None, None]:
         buf = self._buf
         try:
             while len(buf) - self._pos >= FRAME_HEADER_LEN:

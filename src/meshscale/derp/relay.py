@@ -453,6 +453,11 @@ class Relay:
         fwd = self.forwarders.get(cid)
         return fwd.queue if fwd is not None else None
 
+    @property
+    def has_output(self) -> bool:
+        """True if take_ready() or take_closes() has something."""
+        return bool(self._ready or self._closes)
+
     def take_ready(self) -> set[ConnID]:
         """Connections and forwarders whose queues gained frames since the last call."""
         ready, self._ready = self._ready, set()

@@ -208,7 +208,7 @@ class UpgradeStream:
         return self._writer.get_extra_info(name, default)
 
     @property
-    def transport(self) -> asyncio.BaseTransport:
+    def transport(self) -> asyncio.WriteTransport:
         return self._writer.transport
 
 

@@ -1,0 +1,415 @@
+"""The DERP relay driver: login, one reader and one writer task per client, mesh links.
+
+A driver with no protocol decisions: the routing core ``meshscale.derp.relay.Relay`` decides
+where frames go; this module moves bytes between the upgraded streams and the core's queues.
+
+Per client connection::
+
+    reader task:  stream.read -> FrameBuffer -> Relay.handle_frame -> wake ready writers
+    writer task:  wait for its queue (or the keep-alive timer) -> writelines -> drain (2 s)
+
+A slow or dead reader only ever fills its own bounded queue (head drop in the core) and is
+closed when one write blocks longer than ``write_timeout``; nobody else waits for it.
+
+Admission: a mesh key that matches is trusted; otherwise ``verify_client(key, info)`` (when
+set) must return True. The remote address of the client being verified is in the
+``CLIENT_SOURCE`` context variable (used by the verify-client URL hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import ipaddress
+import logging
+import os
+import random
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..derp import frames as F
+from ..derp.errors import AdmissionError, DERPError, HandshakeError
+from ..derp.info import ClientInfo
+from ..derp.relay import Relay
+from ..io.http import Request, Response, UpgradeStream
+from ..key import NodePrivate, NodePublic
+from .client import DERPClient
+
+log = logging.getLogger(__name__)
+
+VerifyClient = Callable[[NodePublic, ClientInfo], Awaitable[bool]]
+CLIENT_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "derp_client_source", default=""
+)
+
+LOGIN_TIMEOUT = 10.0  # seconds for ServerKey..ClientInfo: stops slowloris logins
+VERIFY_TIMEOUT = 5.0  # seconds for the admission hook
+WRITE_TIMEOUT = 2.0  # seconds one write may block: clients that never read are closed
+MESH_WRITE_TIMEOUT = 30.0  # seconds, for mesh peers
+MESH_RETRY = 5.0  # seconds between mesh reconnects
+READ_CHUNK = 64 * 1024  # bytes
+# Bytes a client's transport may buffer before its frames wait in the core's bounded queue
+# instead; stops one slow reader from growing our memory without bound.
+WRITE_HIGH_WATER = 256 * 1024
+
+
+class _Sink:
+    """Where one connection's frames go: a stream (client) or a mesh link (forwarder)."""
+
+    __slots__ = ("_write", "blocked", "close", "drain", "last_write", "transport", "wake")
+
+    def __init__(
+        self,
+        write: Callable[[list[bytes]], None],
+        transport: asyncio.WriteTransport,
+        drain: Callable[[], Awaitable[None]],
+        close: Callable[[], None],
+    ) -> None:
+        self._write = write
+        self.transport = transport
+        self.drain = drain
+        self.close = close
+        self.blocked = False
+        self.last_write = 0.0
+        self.wake = asyncio.Event()
+
+    def write(self, parts: list[bytes]) -> None:
+        self._write(parts)
+        self.last_write = asyncio.get_running_loop().time()
+
+
+@dataclass(slots=True)
+class ServerCounters:
+    accepts: int = 0
+    logins: int = 0
+    login_failures: dict[str, int] = field(default_factory=dict)
+    write_timeouts: int = 0
+    protocol_errors: int = 0
+    home_clients: int = 0
+
+    def fail(self, reason: str) -> None:
+        self.login_failures[reason] = self.login_failures.get(reason, 0) + 1
+
+
+class DERPServer:
+    """One DERP node: mount ``handle_upgrade`` on /derp (see ``relay.app.mount_derp``)."""
+
+    def __init__(
+        self,
+        private: NodePrivate,
+        *,
+        mesh_key: bytes | None = None,
+        verify_client: VerifyClient | None = None,
+        queue_depth: int = 32,
+        write_timeout: float = WRITE_TIMEOUT,
+        login_timeout: float = LOGIN_TIMEOUT,
+        keepalive: float = F.KEEP_ALIVE,
+        key_header_prefix: str = "",
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        """
+        :param private: the server key.
+        :param mesh_key: 32-byte mesh secret; enables mesh peers.
+        :param verify_client: admission hook; None admits every client with a valid box.
+        :param key_header_prefix: "" (derper) or "nodekey:" (Headscale) for Derp-Public-Key.
+        """
+        self.relay = Relay(private, mesh_key=mesh_key, queue_depth=queue_depth)
+        self.private = private
+        self.verify_client = verify_client
+        self.write_timeout = write_timeout
+        self.login_timeout = login_timeout
+        self.keepalive = keepalive
+        self.key_header_prefix = key_header_prefix
+        self.counters = ServerCounters()
+        self._rand = rand
+        self._sinks: dict[int, _Sink] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._mesh_tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def public(self) -> NodePublic:
+        return self.private.public()
+
+    # ---- HTTP entry point ---------------------------------------------------------------
+
+    async def handle_upgrade(self, req: Request, stream: UpgradeStream) -> Response | None:
+        """The /derp upgrade handler (derp-disco-stun.md 1.1)."""
+        if req.path in ("/derp/probe", "/derp/latency-check"):
+            return Response(200, b"", [("Access-Control-Allow-Origin", "*")])
+        upgrade = (req.headers.get("upgrade") or "").lower()
+        if upgrade not in ("derp", "websocket"):
+            return Response.text(426, "DERP requires connection upgrade")
+        protocols = req.headers.get("sec-websocket-protocol") or ""
+        if upgrade == "websocket" and "derp" in [p.strip() for p in protocols.split(",")]:
+            return Response.text(501, "DERP over WebSocket is not supported by this server\n")
+        if req.headers.get("derp-fast-start") == "1":
+            await stream.accept(write_response=False)
+        else:
+            await stream.accept(
+                [
+                    ("Upgrade", "DERP"),
+                    ("Connection", "Upgrade"),
+                    ("Derp-Version", str(F.PROTOCOL_VERSION)),
+                    ("Derp-Public-Key", self.key_header_prefix + self.public.hex()),
+                ]
+            )
+        remote = None
+        if req.client is not None:
+            with contextlib.suppress(ValueError):
+                remote = (ipaddress.ip_address(req.client[0]), req.client[1])
+        await self.serve_stream(stream, remote, not_ideal="ideal-node" in req.headers)
+        return None
+
+    # ---- one client ---------------------------------------------------------------------
+
+    async def serve_stream(
+        self,
+        stream: UpgradeStream,
+        remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
+        *,
+        not_ideal: bool = False,
+    ) -> None:
+        """Run a DERP connection on an already-upgraded stream until it closes."""
+        self.counters.accepts += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._serve(stream, remote, not_ideal)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+            stream.close()
+
+    async def _serve(
+        self,
+        stream: UpgradeStream,
+        remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
+        not_ideal: bool,
+    ) -> None:
+        fb = F.FrameBuffer(F.MAX_LOGIN_FRAME)
+        try:
+            async with asyncio.timeout(self.login_timeout):
+                stream.write(self.relay.server_key_frame())
+                await stream.drain()
+                ftype, payload = await _read_frame(stream, fb)
+                if ftype != F.FrameType.CLIENT_INFO:
+                    raise HandshakeError("first frame is not ClientInfo")
+                key, info = self.relay.open_client_info(payload)
+                mesh = self.relay.check_mesh_key(info)
+                if not mesh and self.verify_client is not None:
+                    await self._verify(key, info, remote)
+        except TimeoutError:
+            self.counters.fail("timeout")
+            return
+        except AdmissionError as exc:
+            self.counters.fail(exc.reason)
+            log.info("derp: refused %s: %s", NodePublic(key).short(), exc.reason)
+            return
+        except (DERPError, ValueError) as exc:
+            self.counters.fail("handshake")
+            log.debug("derp: login failed: %s", exc)
+            return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.counters.fail("eof")
+            return
+        conn = self.relay.add_conn(
+            key, mesh=mesh, prober=info.is_prober, not_ideal=not_ideal, remote=remote
+        )
+        self.counters.logins += 1
+        cid = conn.id
+        sink = _Sink(stream.writelines, stream.transport, stream.drain, stream.close)
+        self._sinks[cid] = sink
+        stream.write(self.relay.server_info_frame(key, self._rand(24)))
+        self._flush_ready()
+        timeout = MESH_WRITE_TIMEOUT if mesh else self.write_timeout
+        writer = asyncio.create_task(self._writer(cid, sink, timeout))
+        fb.max_frame = F.MAX_SERVER_FRAME
+        loop = asyncio.get_running_loop()
+        relay = self.relay
+        try:
+            # Frames that arrived with ClientInfo are already in fb.
+            while True:
+                now = loop.time()
+                for ftype, payload in fb.frames():
+                    relay.handle_frame(cid, ftype, payload, now)
+                    if relay.has_output:
+                        self._flush_ready()
+                if writer.done():
+                    return
+                data = await stream.read(READ_CHUNK)
+                if not data:
+                    return
+                fb.feed(data)
+        except DERPError as exc:
+            self.counters.protocol_errors += 1
+            log.debug("derp: closing %s: %s", NodePublic(key).short(), exc)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            self._sinks.pop(cid, None)
+            relay.remove_conn(cid)
+            self._flush_ready()
+
+    async def _verify(
+        self,
+        key: bytes,
+        info: ClientInfo,
+        remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
+    ) -> None:
+        assert self.verify_client is not None
+        token = CLIENT_SOURCE.set(str(remote[0]) if remote else "")
+        try:
+            async with asyncio.timeout(VERIFY_TIMEOUT):
+                ok = await self.verify_client(NodePublic(key), info)
+        except TimeoutError:
+            raise AdmissionError("verify_timeout") from None
+        except Exception as exc:  # a failing hook refuses: admission fails closed
+            log.warning("derp: verify_client failed: %r", exc)
+            raise AdmissionError("verify_error") from exc
+        finally:
+            CLIENT_SOURCE.reset(token)
+        if not ok:
+            raise AdmissionError("unknown_node")
+
+    async def _writer(self, cid: int, sink: _Sink, write_timeout: float) -> None:
+        """Drain a backed-up connection; send KeepAlive after ``keepalive`` + jitter of silence.
+
+        Frames are normally written straight from the reader that routed them (``_flush``);
+        this task only waits for a blocked transport, with a deadline, and keeps it alive.
+        """
+        interval = self.keepalive + random.random() * F.KEEP_ALIVE_JITTER
+        keep_alive = F.keep_alive()
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(interval):
+                        await sink.wake.wait()
+                except TimeoutError:
+                    if loop.time() - sink.last_write >= interval:
+                        sink.write([keep_alive])
+                sink.wake.clear()
+                async with asyncio.timeout(write_timeout):
+                    await sink.drain()
+                sink.blocked = False
+                self._flush(cid)
+        except TimeoutError:
+            self.counters.write_timeouts += 1
+            self.relay.stats.drop("write_timeout")
+            sink.close()
+        except (ConnectionError, OSError):
+            sink.close()
+
+    def _flush(self, cid: int) -> None:
+        """Write a connection's queued frames now unless its transport is backed up."""
+        sink = self._sinks.get(cid)
+        q = self.relay.queue_of(cid)
+        if sink is None or q is None:
+            return
+        if sink.blocked:
+            return  # the writer task will flush after drain
+        while len(q):
+            sink.write(q.pop_batch(256))
+            if sink.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                sink.blocked = True
+                sink.wake.set()
+                break
+        self.relay.pong_sent(cid)
+
+    def _flush_ready(self) -> None:
+        for cid in self.relay.take_ready():
+            self._flush(cid)
+        for cid in self.relay.take_closes():
+            sink = self._sinks.get(cid)
+            if sink is not None:
+                sink.close()
+
+    # ---- mesh ---------------------------------------------------------------------------
+
+    def add_mesh_peer(
+        self, url: str, *, ssl: ssl_module.SSLContext | None = None, server_name: str | None = None
+    ) -> None:
+        """Keep a watch-conns link to another relay of this region (needs the mesh key)."""
+        if self.relay.mesh_key is None:
+            raise ValueError("mesh peers need a mesh key")
+        self._mesh_tasks.append(
+            asyncio.create_task(self._mesh_link(url, ssl, server_name), name=f"derp-mesh {url}")
+        )
+
+    async def _mesh_link(
+        self, url: str, ssl: ssl_module.SSLContext | None, server_name: str | None
+    ) -> None:
+        assert self.relay.mesh_key is not None
+        info = ClientInfo(mesh_key=self.relay.mesh_key.hex())
+        while True:
+            client = DERPClient(self.private, url, ssl=ssl, server_name=server_name, info=info)
+            fwd = None
+            try:
+                await client.connect()
+                if client.server_key == self.public:
+                    log.info("derp: mesh peer %s is ourselves; not meshing", url)
+                    await client.close()
+                    return
+                client.watch_conns()
+                fwd = self.relay.add_forwarder()
+                assert client.transport is not None
+                sink = _Sink(client.write_raw, client.transport, client.drain, client.abort)
+                self._sinks[fwd.id] = sink
+                writer = asyncio.create_task(self._writer(fwd.id, sink, MESH_WRITE_TIMEOUT))
+                try:
+                    while True:
+                        ev = await client.recv()
+                        if isinstance(ev, F.PeerPresent):
+                            self.relay.forwarder_present(fwd.id, ev.key)
+                        elif isinstance(ev, F.PeerGone):
+                            self.relay.forwarder_gone(fwd.id, ev.key)
+                        self._flush_ready()
+                finally:
+                    writer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await writer
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("derp: mesh link to %s: %r", url, exc)
+            finally:
+                if fwd is not None:
+                    self._sinks.pop(fwd.id, None)
+                    self.relay.remove_forwarder(fwd.id)
+                    self._flush_ready()
+                await client.close()
+            await asyncio.sleep(MESH_RETRY)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop mesh links and close every client connection."""
+        for t in self._mesh_tasks:
+            t.cancel()
+        for sink in list(self._sinks.values()):
+            sink.close()
+        pending = [*self._mesh_tasks, *self._tasks]
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
+        self._mesh_tasks.clear()
+
+
+async def _read_frame(stream: UpgradeStream, fb: F.FrameBuffer) -> tuple[int, bytes]:
+    while True:
+        frames = fb.frames()
+        try:
+            frame = next(frames, None)
+        finally:
+            frames.close()
+        if frame is not None:
+            return frame
+        data = await stream.read(READ_CHUNK)
+        if not data:
+            raise asyncio.IncompleteReadError(b"", None)
+        fb.feed(data)
