@@ -206,6 +206,14 @@ class ControlApp:
         if self._pump is None or self._pump.done():
             self._subscription = self.state.subscribe()
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+            self.batcher.sync = self._drain
+
+    def _drain(self) -> None:
+        sub = self._subscription
+        if sub is None:
+            return
+        for event in sub.drain():
+            self.batcher.handle(event)
 
     async def _run_pump(self) -> None:
         sub = self._subscription

@@ -106,12 +106,17 @@ class Batcher:
         self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._encoded: dict[tuple[int, bool], tuple[dict[str, Any], bytes]] = {}
         self.events_handled = 0
+        self.sync: Callable[[], None] | None = None  # drains queued events into handle()
         self.full_maps_built = 0
         self.deltas_built = 0
 
     # ---- sessions ----------------------------------------------------------------------
 
     def add(self, session: MapSession) -> None:
+        # Apply events already published (the MapRequest's own endpoint/hostinfo write)
+        # so the new session does not receive them again right after its full map.
+        if self.sync is not None:
+            self.sync()
         self._sessions.setdefault(session.node_id, set()).add(session)
 
     def remove(self, session: MapSession) -> None:
