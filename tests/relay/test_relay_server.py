@@ -151,7 +151,7 @@ async def until(cond: Callable[[], bool], limit: int = 500) -> None:
     for _ in range(limit):
         if cond():
             return
-        await asyncio.sleep(0.01)  # noqa: ASYNC110 - state lives in another task's core
+        await asyncio.sleep(0.01)
     raise AssertionError("condition not reached")
 
 
@@ -162,8 +162,10 @@ def test_two_meshed_relays_forward() -> None:
         a = await connected(n1, key(1))
         b = await connected(n2, key(2))
         await until(
-            lambda: key(2).public_raw() in n1.derp.relay.forward_key
-            and key(1).public_raw() in n2.derp.relay.forward_key
+            lambda: (
+                key(2).public_raw() in n1.derp.relay.forward_key
+                and key(1).public_raw() in n2.derp.relay.forward_key
+            )
         )
         a.send(key(2).public(), b"over the mesh")
         got = await recv_packet(b)

@@ -1,0 +1,223 @@
+"""meshscale-derp: a standalone DERP relay + STUN server, with derper's flag names.
+
+    meshscale-derp -a :443 -hostname derp.example.com -certdir /etc/derp -c /var/lib/derper.json
+    meshscale-derp -dev                          # plain HTTP on :3340, STUN on 3478
+    meshscale-derp -a 127.0.0.1:8080 --plain-http --verify-client-url http://ctl/verify
+    meshscale-derp ... --mesh-psk-file /etc/derp/mesh.key --mesh-with derp1.x,derp2.x
+
+Flags take one or two dashes, as Go's flag package does. TLS uses ``<certdir>/<hostname>.crt``
+and ``.key`` (derper's manual cert mode). The server key is kept in the ``-c`` JSON file as
+``{"PrivateKey": "privkey:<hex>"}`` and created when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from ..io.http import HTTPServer, Router
+from ..key import NodePrivate
+from .app import generate_204, mount_derp
+from .metrics import mount_metrics
+from .server import DERPServer
+from .stun_server import STUNServer
+from .verify import URLVerifier
+
+log = logging.getLogger("meshscale.derp")
+
+
+def _flag(p: argparse.ArgumentParser, name: str, *alts: str, **kw: object) -> None:
+    """Register ``-name`` and ``--name`` (Go flag style)."""
+    p.add_argument(f"-{name}", f"--{name}", *alts, **kw)  # type: ignore[arg-type]
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "t", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "f", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshscale-derp", description=__doc__.split("\n")[0])
+    p.add_argument("-a", "--a", dest="a", default=":443", help="listen address (default :443)")
+    _flag(p, "hostname", default="derp.example.com", help="TLS host name (cert file stem)")
+    _flag(p, "certdir", default="", help="directory with <hostname>.crt and <hostname>.key")
+    _flag(p, "certmode", default="manual", choices=["manual"], help="only manual is supported")
+    _flag(p, "c", default="", help="JSON file holding the server private key")
+    _flag(p, "dev", action="store_true", help="plain HTTP on :3340 (development)")
+    _flag(p, "plain-http", action="store_true", help="serve plain HTTP (behind a TLS proxy)")
+    _flag(p, "stun", type=_bool, nargs="?", const=True, default=True, help="run STUN")
+    _flag(p, "stun-port", type=int, default=3478, help="STUN UDP port")
+    _flag(p, "http-port", type=int, default=-1, help="port for /generate_204 (-1 disables)")
+    _flag(p, "verify-clients", action="store_true", help="admit only verified nodes")
+    _flag(p, "verify-client-url", default="", help="admission URL (POST, JSON)")
+    _flag(p, "verify-client-url-fail-open", type=_bool, nargs="?", const=True, default=True)
+    _flag(p, "mesh-with", default="", help="comma-separated mesh peers (host or URL)")
+    _flag(p, "mesh-psk-file", default="", help="file with the 64-hex-digit mesh key")
+    _flag(p, "debug-addr", default="", help="host:port for Prometheus /debug/metrics")
+    _flag(p, "verbose", action="store_true", help="debug logging")
+    return p
+
+
+def split_addr(addr: str, default_port: int) -> tuple[str | None, int]:
+    host, _, port = addr.rpartition(":")
+    if not _:
+        return (addr or None), default_port
+    host = host.strip("[]")
+    return (host or None), int(port) if port else default_port
+
+
+def load_key(path: str) -> NodePrivate:
+    if not path:
+        return NodePrivate.generate(os.urandom(32))
+    p = Path(path)
+    if p.exists():
+        return NodePrivate.from_text(json.loads(p.read_text())["PrivateKey"])
+    key = NodePrivate.generate(os.urandom(32))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"PrivateKey": key.text()}, f)
+    return key
+
+
+def load_mesh_key(path: str) -> bytes | None:
+    if not path:
+        return None
+    text = Path(path).read_text().strip()
+    key = bytes.fromhex(text)
+    if len(key) != 32:
+        raise ValueError("mesh key must be 64 hex digits")
+    return key
+
+
+def tls_context(certdir: str, hostname: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # derper refuses older (1.1)
+    base = Path(certdir) / hostname
+    ctx.load_cert_chain(f"{base}.crt", f"{base}.key")
+    return ctx
+
+
+def mesh_url(entry: str, tls: bool, port: int) -> tuple[str, str | None]:
+    """(URL, TLS name) for a --mesh-with entry: ``host``, ``host/dialhost`` or a URL."""
+    if "://" in entry:
+        return entry, None
+    host, _, dial = entry.partition("/")
+    scheme = "https" if tls else "http"
+    default = 443 if tls else 80
+    target = dial or host
+    netloc = target if port == default else f"{target}:{port}"
+    return f"{scheme}://{netloc}/derp", host
+
+
+async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
+    if args.dev:
+        args.a = ":3340" if args.a == ":443" else args.a
+        args.plain_http = True
+    tls = not args.plain_http
+    if tls and not args.certdir:
+        raise SystemExit("meshscale-derp: TLS needs -certdir (or use --plain-http / -dev)")
+    if args.verify_clients and not args.verify_client_url:
+        raise SystemExit(
+            "meshscale-derp: --verify-clients needs --verify-client-url (there is no local "
+            "tailscaled to ask)"
+        )
+    key = load_key(args.c)
+    mesh_key = load_mesh_key(args.mesh_psk_file)
+    verifier = (
+        URLVerifier(args.verify_client_url, fail_open=args.verify_client_url_fail_open)
+        if args.verify_client_url
+        else None
+    )
+    derp = DERPServer(key, mesh_key=mesh_key, verify_client=verifier)
+    router = Router()
+    mount_derp(router, derp)
+    http = HTTPServer(router, server_header="meshscale-derp")
+    host, port = split_addr(args.a, 443)
+    ctx = tls_context(args.certdir, args.hostname) if tls else None
+    await http.start(host, port, ssl=ctx)
+    log.info(
+        "derp: serving %s on %s:%d, key %s",
+        "https" if tls else "http",
+        host,
+        port,
+        derp.public.text(),
+    )
+    extra: list[HTTPServer] = []
+    if tls and args.http_port > 0:
+        r80 = Router()
+        r80.add("*", "/generate_204", generate_204)
+        h80 = HTTPServer(r80)
+        await h80.start(host, args.http_port)
+        extra.append(h80)
+    stun_srv: STUNServer | None = None
+    if args.stun:
+        stun_srv = STUNServer()
+        bound = await stun_srv.start(host, args.stun_port)
+        log.info("stun: listening on %s", bound)
+    if args.debug_addr:
+        dr = Router()
+        mount_metrics(dr, derp, stun_srv)
+        dh = HTTPServer(dr)
+        dhost, dport = split_addr(args.debug_addr, 8081)
+        await dh.start(dhost, dport)
+        extra.append(dh)
+    if args.mesh_with:
+        if mesh_key is None:
+            raise SystemExit("meshscale-derp: --mesh-with needs --mesh-psk-file")
+        for entry in filter(None, (e.strip() for e in args.mesh_with.split(","))):
+            url, name = mesh_url(entry, tls, port)
+            if name == args.hostname:
+                continue  # derper lists itself in the mesh; skip it
+            derp.add_mesh_peer(
+                url, ssl=ssl.create_default_context() if tls else None, server_name=name
+            )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await derp.close()
+        await http.close(grace=2)
+        for h in extra:
+            await h.close(grace=1)
+        if stun_srv is not None:
+            stun_srv.close()
+        if verifier is not None:
+            await verifier.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(message)s",
+    )
+    try:
+        asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        pass
+    except (OSError, ValueError) as exc:
+        print(f"meshscale-derp: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""meshscale-derp as a program: flags, TLS, the verify-client URL and the metrics listener."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from meshscale.derp import frames as F
+from meshscale.derp.errors import HandshakeError
+from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.key import NodePrivate
+from meshscale.relay.client import DERPClient
+from meshscale.relay.main import build_parser, load_key, mesh_url, serve, split_addr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def key(n: int) -> NodePrivate:
+    return NodePrivate.generate(bytes([n]) * 32)
+
+
+def self_signed(tmp: Path, name: str) -> ssl.SSLContext:
+    k = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(k.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(k, hashes.SHA256())
+    )
+    (tmp / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / f"{name}.key").write_bytes(
+        k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.create_default_context(cafile=str(tmp / f"{name}.crt"))
+    return ctx
+
+
+def test_flag_parsing_like_derper() -> None:
+    a = build_parser().parse_args(
+        [
+            "-a",
+            ":8443",
+            "-stun-port",
+            "3479",
+            "--verify-clients",
+            "-hostname",
+            "d.example",
+            "--mesh-with",
+            "a,b",
+            "-stun=false",
+        ]
+    )
+    assert (a.a, a.stun_port, a.verify_clients, a.hostname, a.mesh_with) == (
+        ":8443",
+        3479,
+        True,
+        "d.example",
+        "a,b",
+    )
+    assert a.stun is False
+    assert split_addr(":443", 1) == (None, 443)
+    assert split_addr("[::1]:80", 1) == ("::1", 80)
+    assert mesh_url("d1.example", True, 443) == ("https://d1.example/derp", "d1.example")
+    assert mesh_url("d1.example/10.0.0.1", True, 8443) == (
+        "https://10.0.0.1:8443/derp",
+        "d1.example",
+    )
+
+
+def test_key_file_created_then_reused(tmp_path: Path) -> None:
+    path = tmp_path / "derper.json"
+    k1 = load_key(str(path))
+    assert json.loads(path.read_text())["PrivateKey"].startswith("privkey:")
+    assert load_key(str(path)).public() == k1.public()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.slow
+def test_standalone_tls_verify_url_and_metrics(tmp_path: Path) -> None:
+    client_ctx = self_signed(tmp_path, "derp.test")
+    derp_port, stun_port, debug_port = free_port(), free_port(), free_port()
+    asked: list[Any] = []
+
+    async def verify(req: Request) -> Response:
+        body = json.loads(req.body)
+        asked.append(body)
+        allow = body["NodePublic"] == key(1).public().text()
+        return Response.json_bytes(json.dumps({"Allow": allow}).encode())
+
+    async def main() -> str:
+        vr = Router()
+        vr.add("POST", "/verify", verify)
+        vsrv = HTTPServer(vr)
+        vs = await vsrv.start("127.0.0.1", 0)
+        vport = vs.sockets[0].getsockname()[1]
+        args = build_parser().parse_args(
+            [
+                "-a",
+                f"127.0.0.1:{derp_port}",
+                "-hostname",
+                "derp.test",
+                "-certdir",
+                str(tmp_path),
+                "-stun-port",
+                str(stun_port),
+                "--verify-clients",
+                "--verify-client-url",
+                f"http://127.0.0.1:{vport}/verify",
+                "--debug-addr",
+                f"127.0.0.1:{debug_port}",
+                "-c",
+                str(tmp_path / "k.json"),
+            ]
+        )
+        ready = asyncio.Event()
+        task = asyncio.create_task(serve(args, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 5)
+            url = f"https://derp.test:{derp_port}/derp"
+            a = DERPClient(key(1), url, ssl=client_ctx, host_addr="127.0.0.1")
+            await a.connect()
+            with pytest.raises((ConnectionError, HandshakeError)):
+                await DERPClient(key(2), url, ssl=client_ctx, host_addr="127.0.0.1").connect()
+            a.send(key(1).public(), b"to myself")
+            async with asyncio.timeout(3):
+                ev = await a.recv()
+            assert ev == F.RecvPacket(key(1).public_raw(), b"to myself")
+            await a.close()
+            r, w = await asyncio.open_connection("127.0.0.1", debug_port)
+            w.write(b"GET /debug/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            text = (await r.read()).decode()
+            w.close()
+            return text
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await vsrv.close()
+
+    text = asyncio.run(main())
+    assert 'derp_login_failures_total{reason="unknown_node"} 1' in text
+    assert "derp_packets_relayed_total 1" in text
+    assert [b["Source"] for b in asked] == ["127.0.0.1", "127.0.0.1"]
