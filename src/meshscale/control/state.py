@@ -824,6 +824,10 @@ class State:
         """Set the node key's expiry (default: now). A past expiry logs the node out."""
         return self._edit(node_id, expiry=at if at is not None else self.clock())
 
+    def set_expiry(self, node_id: NodeID, expiry: datetime | None) -> Node:
+        """Set (or with None, remove) the node key's expiry."""
+        return self._edit(node_id, expiry=expiry)
+
     def delete_node(self, node_id: NodeID) -> None:
         with self._write():
             node = self.get_node(node_id)

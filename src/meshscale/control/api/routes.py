@@ -1,0 +1,351 @@
+"""The /api/v1 operations: one function per route, over State.
+
+Paths, methods and JSON fields follow Headscale's v1 API where the operation exists
+(``GET /api/v1/node``, ``POST /api/v1/preauthkey``, ...). Each handler takes a
+:class:`Call` and returns the JSON body; errors are StateError subclasses (mapped to
+status codes by :mod:`meshscale.control.api.server`) or :class:`BadRequest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshscale.control.api.serialize import (
+    api_key_json,
+    node_json,
+    parse_ts,
+    preauth_key_json,
+    ts,
+    user_json,
+)
+from meshscale.control.models import (
+    PREAUTH_KEY_PREFIX,
+    InvalidArgument,
+    NodeID,
+    NotFound,
+    PreAuthKeyID,
+    User,
+    UserID,
+)
+from meshscale.control.state import State
+
+
+class BadRequest(InvalidArgument):
+    """A request parameter or body field is missing or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    state: State
+    params: dict[str, str]
+    query: dict[str, str]
+    body: dict[str, Any]
+
+
+Handler = Callable[[Call], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # with {param} segments
+    operation_id: str
+    summary: str
+    tag: str
+    handler: Handler
+    response: str  # the schema name of the response body (see openapi.py)
+    body: dict[str, str] = field(default_factory=dict)  # request field -> schema type
+    query: tuple[str, ...] = ()
+    public: bool = False  # no API key needed (health and the OpenAPI document)
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _id(text: str | None, what: str) -> int:
+    if text is None or not text.isdigit() or len(text) > 19:
+        raise BadRequest(f"invalid {what}: want a decimal id, got {str(text)[:30]!r}")
+    return int(text)
+
+
+def _user(state: State, ref: str | None) -> User:
+    """A user by id (digits) or by name."""
+    if not ref:
+        raise BadRequest("missing user")
+    if ref.isdigit():
+        return state.get_user(UserID(int(ref)))
+    return state.get_user_by_name(ref)
+
+
+def _str(body: dict[str, Any], key: str, default: str = "") -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str):
+        raise BadRequest(f"{key}: want a string")
+    return value
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key}: want true or false")
+    return value
+
+
+def _strs(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{key}: want a list of strings")
+    return value
+
+
+def _time(body: dict[str, Any], key: str) -> Any:
+    value = body.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{key}: want an RFC 3339 timestamp")
+    try:
+        return parse_ts(value)
+    except ValueError as exc:
+        raise BadRequest(f"{key}: {exc}") from exc
+
+
+# ---- handlers -----------------------------------------------------------------------------
+
+
+def health(c: Call) -> dict[str, Any]:
+    c.state.list_users()
+    return {"databaseConnectivity": True}
+
+
+def list_users(c: Call) -> dict[str, Any]:
+    users = c.state.list_users()
+    if c.query.get("id"):
+        uid = _id(c.query["id"], "id")
+        users = [u for u in users if u.id == uid]
+    if c.query.get("name"):
+        users = [u for u in users if u.name == c.query["name"]]
+    if c.query.get("email"):
+        users = [u for u in users if u.email == c.query["email"]]
+    return {"users": [user_json(u) for u in users]}
+
+
+def create_user(c: Call) -> dict[str, Any]:
+    user = c.state.create_user(
+        _str(c.body, "name"), display_name=_str(c.body, "displayName"),
+        email=_str(c.body, "email"),
+    )
+    return {"user": user_json(user)}
+
+
+def rename_user(c: Call) -> dict[str, Any]:
+    user = c.state.rename_user(UserID(_id(c.params["oldId"], "user id")), c.params["newName"])
+    return {"user": user_json(user)}
+
+
+def delete_user(c: Call) -> dict[str, Any]:
+    c.state.delete_user(UserID(_id(c.params["id"], "user id")))
+    return {}
+
+
+def list_nodes(c: Call) -> dict[str, Any]:
+    ref = c.query.get("user")
+    uid = _user(c.state, ref).id if ref else None
+    return {"nodes": [node_json(n, c.state) for n in c.state.list_nodes(uid)]}
+
+
+def _node_id(c: Call) -> NodeID:
+    return NodeID(_id(c.params["nodeId"], "node id"))
+
+
+def get_node(c: Call) -> dict[str, Any]:
+    return {"node": node_json(c.state.get_node(_node_id(c)), c.state)}
+
+
+def delete_node(c: Call) -> dict[str, Any]:
+    c.state.delete_node(_node_id(c))
+    return {}
+
+
+def expire_node(c: Call) -> dict[str, Any]:
+    if _bool(c.body, "disableExpiry"):
+        node = c.state.set_expiry(_node_id(c), None)
+    else:
+        node = c.state.expire_node(_node_id(c), _time(c.body, "expiry"))
+    return {"node": node_json(node, c.state)}
+
+
+def rename_node(c: Call) -> dict[str, Any]:
+    node = c.state.rename_node(_node_id(c), c.params["newName"])
+    return {"node": node_json(node, c.state)}
+
+
+def set_tags(c: Call) -> dict[str, Any]:
+    node = c.state.set_tags(_node_id(c), _strs(c.body, "tags"))
+    return {"node": node_json(node, c.state)}
+
+
+def approve_routes(c: Call) -> dict[str, Any]:
+    node = c.state.approve_routes(_node_id(c), _strs(c.body, "routes"))
+    return {"node": node_json(node, c.state)}
+
+
+def move_node(c: Call) -> dict[str, Any]:
+    user = _user(c.state, _str(c.body, "user"))
+    node = c.state.move_node(_node_id(c), user.id)
+    return {"node": node_json(node, c.state)}
+
+
+def register_node(c: Call) -> dict[str, Any]:
+    user = _user(c.state, c.query.get("user"))
+    key = c.query.get("key", "")
+    if not key:
+        raise BadRequest("missing key (the registration id from the AuthURL)")
+    node = c.state.complete_registration(key.rsplit("/", 1)[-1], user.id)
+    return {"node": node_json(node, c.state)}
+
+
+def list_registrations(c: Call) -> dict[str, Any]:
+    return {
+        "registrations": [
+            {"id": r.id, "nodeKey": r.node_key.text(), "machineKey": r.machine_key.text(),
+             "hostname": str(r.hostinfo.get("Hostname") or ""), "expiration": ts(r.expires_at)}
+            for r in c.state.list_registrations()
+        ]
+    }
+
+
+def list_preauth_keys(c: Call) -> dict[str, Any]:
+    ref = c.query.get("user")
+    uid = _user(c.state, ref).id if ref else None
+    keys = c.state.list_preauth_keys(uid)
+    return {"preAuthKeys": [preauth_key_json(k, c.state) for k in keys]}
+
+
+def create_preauth_key(c: Call) -> dict[str, Any]:
+    user = _user(c.state, _str(c.body, "user"))
+    new = c.state.create_preauth_key(
+        user.id, reusable=_bool(c.body, "reusable"), ephemeral=_bool(c.body, "ephemeral"),
+        expiration=_time(c.body, "expiration"), tags=_strs(c.body, "aclTags"),
+    )
+    return {"preAuthKey": preauth_key_json(new.key, c.state, full_key=new.secret)}
+
+
+def _preauth_key_id(c: Call, body: dict[str, Any]) -> PreAuthKeyID:
+    if body.get("id"):
+        return PreAuthKeyID(_id(str(body["id"]), "id"))
+    text = _str(body, "key")
+    prefix = text.removeprefix(PREAUTH_KEY_PREFIX)[:12]
+    for key in c.state.list_preauth_keys():
+        if key.prefix == prefix and prefix:
+            return key.id
+    raise NotFound("pre-auth key not found")
+
+
+def expire_preauth_key(c: Call) -> dict[str, Any]:
+    c.state.expire_preauth_key(_preauth_key_id(c, c.body))
+    return {}
+
+
+def delete_preauth_key(c: Call) -> dict[str, Any]:
+    c.state.delete_preauth_key(_preauth_key_id(c, dict(c.query)))
+    return {}
+
+
+def list_api_keys(c: Call) -> dict[str, Any]:
+    return {"apiKeys": [api_key_json(k) for k in c.state.list_api_keys()]}
+
+
+def create_api_key(c: Call) -> dict[str, Any]:
+    return {"apiKey": c.state.create_api_key(_time(c.body, "expiration")).secret}
+
+
+def _api_key_ref(body: dict[str, Any]) -> Any:
+    if body.get("id"):
+        return _id(str(body["id"]), "id")
+    prefix = _str(body, "prefix")
+    if not prefix:
+        raise BadRequest("missing prefix or id")
+    return prefix
+
+
+def expire_api_key(c: Call) -> dict[str, Any]:
+    c.state.expire_api_key(_api_key_ref(c.body))
+    return {}
+
+
+def delete_api_key(c: Call) -> dict[str, Any]:
+    c.state.delete_api_key(c.params["prefix"])
+    return {}
+
+
+def get_policy(c: Call) -> dict[str, Any]:
+    return {"policy": c.state.policy or ""}
+
+
+def set_policy(c: Call) -> dict[str, Any]:
+    c.state.set_policy(_str(c.body, "policy"))
+    return {"policy": c.state.policy or ""}
+
+
+def _r(method: str, path: str, op: str, summary: str, tag: str, handler: Handler,
+       response: str, **kw: Any) -> Route:
+    return Route(method, path, op, summary, tag, handler, response, **kw)
+
+
+V1 = "/api/v1"
+ROUTES: tuple[Route, ...] = (
+    _r("GET", f"{V1}/health", "health", "Health check", "Health", health, "Health",
+       public=True),
+    _r("GET", f"{V1}/user", "listUsers", "List users", "Users", list_users, "UserList",
+       query=("id", "name", "email")),
+    _r("POST", f"{V1}/user", "createUser", "Create user", "Users", create_user, "UserOne",
+       body={"name": "string", "displayName": "string", "email": "string",
+             "pictureUrl": "string"}),
+    _r("POST", f"{V1}/user/{{oldId}}/rename/{{newName}}", "renameUser", "Rename user",
+       "Users", rename_user, "UserOne"),
+    _r("DELETE", f"{V1}/user/{{id}}", "deleteUser", "Delete user", "Users", delete_user,
+       "Empty"),
+    _r("GET", f"{V1}/node", "listNodes", "List nodes", "Nodes", list_nodes, "NodeList",
+       query=("user",)),
+    _r("GET", f"{V1}/node/{{nodeId}}", "getNode", "Get node", "Nodes", get_node, "NodeOne"),
+    _r("DELETE", f"{V1}/node/{{nodeId}}", "deleteNode", "Delete node", "Nodes", delete_node,
+       "Empty"),
+    _r("POST", f"{V1}/node/{{nodeId}}/expire", "expireNode", "Expire node", "Nodes",
+       expire_node, "NodeOne", body={"expiry": "timestamp", "disableExpiry": "boolean"}),
+    _r("POST", f"{V1}/node/{{nodeId}}/rename/{{newName}}", "renameNode", "Rename node",
+       "Nodes", rename_node, "NodeOne"),
+    _r("POST", f"{V1}/node/{{nodeId}}/tags", "setTags", "Set tags", "Nodes", set_tags,
+       "NodeOne", body={"tags": "strings"}),
+    _r("POST", f"{V1}/node/{{nodeId}}/approve_routes", "setApprovedRoutes",
+       "Approve routes", "Nodes", approve_routes, "NodeOne", body={"routes": "strings"}),
+    _r("POST", f"{V1}/node/{{nodeId}}/user", "moveNode", "Move node to a user", "Nodes",
+       move_node, "NodeOne", body={"user": "string"}),
+    _r("POST", f"{V1}/node/register", "registerNode", "Complete a pending registration",
+       "Nodes", register_node, "NodeOne", query=("user", "key")),
+    _r("GET", f"{V1}/registration", "listRegistrations", "List pending registrations",
+       "Nodes", list_registrations, "RegistrationList"),
+    _r("GET", f"{V1}/preauthkey", "listPreAuthKeys", "List pre-auth keys", "PreAuthKeys",
+       list_preauth_keys, "PreAuthKeyList", query=("user",)),
+    _r("POST", f"{V1}/preauthkey", "createPreAuthKey", "Create pre-auth key", "PreAuthKeys",
+       create_preauth_key, "PreAuthKeyOne",
+       body={"user": "string", "reusable": "boolean", "ephemeral": "boolean",
+             "expiration": "timestamp", "aclTags": "strings"}),
+    _r("POST", f"{V1}/preauthkey/expire", "expirePreAuthKey", "Expire pre-auth key",
+       "PreAuthKeys", expire_preauth_key, "Empty", body={"id": "string", "key": "string"}),
+    _r("DELETE", f"{V1}/preauthkey", "deletePreAuthKey", "Delete pre-auth key",
+       "PreAuthKeys", delete_preauth_key, "Empty", query=("id", "key")),
+    _r("GET", f"{V1}/apikey", "listApiKeys", "List API keys", "ApiKeys", list_api_keys,
+       "ApiKeyList"),
+    _r("POST", f"{V1}/apikey", "createApiKey", "Create API key", "ApiKeys", create_api_key,
+       "ApiKeyCreated", body={"expiration": "timestamp"}),
+    _r("POST", f"{V1}/apikey/expire", "expireApiKey", "Expire API key", "ApiKeys",
+       expire_api_key, "Empty", body={"prefix": "string", "id": "string"}),
+    _r("DELETE", f"{V1}/apikey/{{prefix}}", "deleteApiKey", "Delete API key", "ApiKeys",
+       delete_api_key, "Empty"),
+    _r("GET", f"{V1}/policy", "getPolicy", "Get policy", "Policy", get_policy, "Policy"),
+    _r("PUT", f"{V1}/policy", "setPolicy", "Set policy", "Policy", set_policy, "Policy",
+       body={"policy": "string"}),
+)
