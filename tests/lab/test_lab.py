@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from meshscale.lab import Host, Lab, NatKind, cleanup_stale
+from meshscale.lab import Host, Lab, LabError, NatKind, cleanup_stale, netns
 from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.lab import INTERNET_GW4, INTERNET_GW6
 from meshscale.lab.netns import netns_list
@@ -262,6 +262,8 @@ def _crashing_lab_script(mode: str) -> str:
         print(lab.name, p.pid, flush=True)
         if "{mode}" == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if "{mode}" == "exit":
+            sys.exit(0)
         time.sleep(60)
     """)
 
@@ -380,3 +382,57 @@ def test_in_process_socket_lives_in_the_namespace(lab: Lab) -> None:
         s.bind((str(a.ip), 0))
     with pytest.raises(FileNotFoundError):
         socket_in_netns(lab.name + "-nope")
+
+
+def _punch(lab: Lab, k1: NatKind, k2: NatKind, timeout: float) -> tuple[Any, Any]:
+    r1 = lab.add_nat("nat1", k1)
+    r2 = lab.add_nat("nat2", k2)
+    b1 = lab.add_private_host("b1", behind=r1)
+    b2 = lab.add_private_host("b2", behind=r2)
+    base = [PY, "-m", "meshscale.lab.echo", "punch", "--bind-port", "40000"]
+    p = b1.spawn([*base, "--peer", f"{r2.ip}:40000", "--timeout", str(timeout)], log_name="p1")
+    res = b2.run([*base, "--peer", f"{r1.ip}:40000", "--timeout", str(timeout)], timeout=30)
+    assert p.wait(30) == 0
+    first = json.loads(p.log_text().strip().splitlines()[-1])["from"]
+    return first, json.loads(res.stdout)["from"]
+
+
+def test_hole_punching_through_two_easy_nats(lab: Lab) -> None:
+    got1, got2 = _punch(lab, NatKind.EASY, NatKind.EASY, timeout=5.0)
+    assert got1 == f"{lab.hosts['nat2'].ip} 40000"
+    assert got2 == f"{lab.hosts['nat1'].ip} 40000"
+
+
+def test_hole_punching_fails_between_hard_nats(lab: Lab) -> None:
+    assert _punch(lab, NatKind.HARD, NatKind.HARD, timeout=2.0) == (None, None)
+
+
+def test_atexit_tears_down_an_unclosed_lab(need_lab: None) -> None:
+    child, name, sleeper = _run_crashing_lab("exit")
+    try:
+        assert child.wait(30) == 0
+        assert not [ns for ns in netns_list() if ns.startswith(name + "-")]
+        assert not owner_path(name).exists()
+        assert _pid_gone(sleeper)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
+        cleanup_stale(prefix=name)
+
+
+def test_half_built_router_is_torn_down(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_nft(ns: str, ruleset: str) -> None:
+        raise LabError("nft exploded")
+
+    monkeypatch.setattr(netns, "ns_nft", broken_nft)
+    with pytest.raises(LabError, match="nft exploded"):
+        lab.add_nat("nat", NatKind.EASY)
+    half = f"{lab.name}-nat"
+    assert half in lab.namespaces
+    assert ns_exists(half)
+    lab.close()
+    assert not ns_exists(half)
+    assert not owner_path(lab.name).exists()

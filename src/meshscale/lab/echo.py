@@ -7,6 +7,10 @@ Probe: `python -m meshscale.lab.echo probe --bind-port P --udp HOST:PORT ... --t
 sends from one UDP socket bound to port P to every UDP target (retrying until an answer or the
 deadline, per target) and connects to every TCP target, then prints one JSON object:
 {"udp": {"HOST:PORT": "ip port" | null}, "tcp": {"HOST:PORT": "ip port" | null}}.
+
+Punch: `python -m meshscale.lab.echo punch --bind-port P --peer HOST:PORT --timeout T` sends to
+the peer every RETRY_INTERVAL from port P and prints {"from": "ip port" | null}: the first
+address a datagram arrived from. Run on both sides at once, it is UDP hole punching.
 """
 
 from __future__ import annotations
@@ -91,6 +95,28 @@ def probe(
     return result
 
 
+def punch(bind_port: int, peer: str, timeout: float) -> str | None:
+    addr = _split(peer)
+    deadline = time.monotonic() + timeout
+    got: str | None = None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", bind_port))
+        s.settimeout(RETRY_INTERVAL)
+        while time.monotonic() < deadline:
+            s.sendto(b"punch", addr)
+            if got is not None:
+                # Keep sending for a moment so the other side also gets through.
+                deadline = min(deadline, time.monotonic() + 1.0)
+                time.sleep(RETRY_INTERVAL)
+                continue
+            try:
+                _, src = s.recvfrom(2048)
+            except TimeoutError:
+                continue
+            got = f"{src[0]} {src[1]}"
+    return got
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m meshscale.lab.echo")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -102,9 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--udp", action="append", default=[])
     p.add_argument("--tcp", action="append", default=[])
     p.add_argument("--timeout", type=float, default=5.0)
+    u = sub.add_parser("punch")
+    u.add_argument("--bind-port", type=int, required=True)
+    u.add_argument("--peer", required=True)
+    u.add_argument("--timeout", type=float, default=5.0)
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         serve(args.udp, args.tcp)
+    elif args.cmd == "punch":
+        json.dump({"from": punch(args.bind_port, args.peer, args.timeout)}, sys.stdout)
+        print()
     else:
         json.dump(probe(args.bind_port, args.udp, args.tcp, args.timeout), sys.stdout)
         print()

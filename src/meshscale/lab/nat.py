@@ -10,6 +10,13 @@ ip:port by both: that is EASY. `fully-random` makes the kernel pick a random por
 conntrack entry, so each destination sees a different port: that is HARD. UDP_BLOCK masquerades
 and drops every forwarded UDP packet, the shape of a network that only lets TCP out (the case
 where clients must fall back to DERP over TCP).
+
+Every kind drops unsolicited UDP arriving on the WAN, as home routers do. Without that, a
+hole-punching packet that reaches the router before its inside host has sent anything would be
+taken by the router itself, and its conntrack entry (public ip:port <-> peer) would make the
+masquerade of the inside host's own packet to that peer pick another port: two easy NATs could
+then never punch through. Dropping the packet in prerouting, before conntrack confirms the new
+entry, leaves no entry behind.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ def nat_ruleset(kind: NatKind, wan: str) -> str:
 table ip meshscale_nat
 delete table ip meshscale_nat
 table ip meshscale_nat {{
+    chain prerouting {{
+        type filter hook prerouting priority -150; policy accept;
+        iifname "{wan}" ct state new meta l4proto udp drop
+    }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         oifname "{wan}" {masq}

@@ -1,0 +1,28 @@
+"""The NAT rulesets as text (no namespaces needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshscale.lab.nat import NatKind, nat_ruleset
+
+
+@pytest.mark.parametrize("kind", list(NatKind))
+def test_every_kind_masquerades_and_drops_unsolicited_udp(kind: NatKind) -> None:
+    rules = nat_ruleset(kind, "wan9")
+    assert 'oifname "wan9" masquerade' in rules
+    assert 'iifname "wan9" ct state new meta l4proto udp drop' in rules
+    assert rules.startswith("table ip meshscale_nat\ndelete table ip meshscale_nat\n")
+
+
+def test_only_hard_is_fully_random() -> None:
+    assert "fully-random" in nat_ruleset(NatKind.HARD, "eth0")
+    assert "fully-random" not in nat_ruleset(NatKind.EASY, "eth0")
+    assert "fully-random" not in nat_ruleset(NatKind.UDP_BLOCK, "eth0")
+
+
+def test_only_udp_block_drops_forwarded_udp() -> None:
+    forward_drop = "hook forward priority filter; policy accept;\n        meta l4proto udp drop"
+    assert forward_drop in nat_ruleset(NatKind.UDP_BLOCK, "eth0")
+    assert forward_drop not in nat_ruleset(NatKind.EASY, "eth0")
+    assert forward_drop not in nat_ruleset(NatKind.HARD, "eth0")
