@@ -1,0 +1,140 @@
+"""Data-plane benchmark: meshscale-wireguard vs Debian wireguard-go, same lab, same run.
+
+Two public lab hosts joined through the lab bridge; a tunnel between them run by either
+implementation at both ends. Rounds alternate (wireguard-go, meshscale, wireguard-go, ...) so
+that drift in the machine's load hits both alike. Per round: iperf3 TCP throughput A -> B and
+ping RTT through the tunnel. Prints every figure, the medians and the ratios. Then the idle RSS
+of meshscale-wireguard with 1,000 configured peers.
+
+    .venv/bin/python benchmarks/bench_wireguard.py [--rounds 3] [--seconds 10]
+
+Not a test: run it by hand (as root) and copy the figures into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+from pathlib import Path
+
+from meshscale.lab import Lab
+from meshscale.lab.wgpair import WGEnd, connect, start_end, wg_genkey
+
+
+def iperf(lab: Lab, a: WGEnd, b: WGEnd, seconds: int, reverse: bool = False) -> tuple[float, int]:
+    srv = b.host.spawn(["iperf3", "-s", "-1", "-B", b.tunnel_ip], log_name="iperf-s")
+    try:
+        time.sleep(0.3)
+        argv = ["iperf3", "-c", b.tunnel_ip, "-t", str(seconds), "-J", "-O", "1"]
+        res = a.host.run(argv + (["-R"] if reverse else []), timeout=seconds + 30, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(res.stdout[-1500:] + res.stderr)
+        end = json.loads(res.stdout)["end"]
+        return float(end["sum_received"]["bits_per_second"]), int(
+            end["sum_sent"].get("retransmits", 0)
+        )
+    finally:
+        srv.stop()
+
+
+def rtt_ms(a: WGEnd, b: WGEnd, count: int = 50) -> float:
+    res = a.host.run(["ping", "-c", str(count), "-i", "0.02", "-q", b.tunnel_ip], timeout=60)
+    m = re.search(r"= [\d.]+/([\d.]+)/", res.stdout)
+    if not m:
+        raise RuntimeError(res.stdout)
+    return float(m.group(1))
+
+
+def raw_rtt_ms(a: WGEnd, b: WGEnd, count: int = 50) -> float:
+    res = a.host.run(["ping", "-c", str(count), "-i", "0.02", "-q", str(b.host.ip)], timeout=60)
+    m = re.search(r"= [\d.]+/([\d.]+)/", res.stdout)
+    return float(m.group(1)) if m else float("nan")
+
+
+def one_round(lab: Lab, impl: str, seconds: int) -> dict[str, float]:
+    a_host, b_host = lab.hosts["a"], lab.hosts["b"]
+    a = start_end(a_host, impl, 1, log_dir=lab.workdir)
+    b = start_end(b_host, impl, 2, log_dir=lab.workdir)
+    try:
+        connect(a, b)
+        a.host.run(["ping", "-c", "2", "-W", "3", b.tunnel_ip], timeout=20)
+        bps, retr = iperf(lab, a, b, seconds)
+        rtt = rtt_ms(a, b)
+        return {"gbps": bps / 1e9, "retransmits": retr, "rtt_ms": rtt}
+    finally:
+        a.stop()
+        b.stop()
+
+
+def idle_rss_with_peers(lab: Lab, npeers: int) -> float:
+    """RSS (MiB) of an idle meshscale-wireguard holding npeers configured peers."""
+    host = lab.hosts["a"]
+    end = start_end(host, "meshscale", 1, port=51900, log_dir=lab.workdir)
+    try:
+        lines = []
+        for i in range(npeers):
+            _, pub = wg_genkey()
+            lines.append(
+                f"[Peer]\nPublicKey = {pub}\nAllowedIPs = 10.{100 + i // 65536}."
+                f"{(i // 256) % 256}.{i % 256}/32\nEndpoint = 203.0.113.250:{1000 + i}\n"
+            )
+        conf = Path(lab.workdir) / "peers.conf"
+        conf.write_text(
+            f"[Interface]\nPrivateKey = {end.private_key}\nListenPort = 51900\n\n"
+            + "\n".join(lines)
+        )
+        host.run(["wg", "setconf", end.ifname, str(conf)], timeout=120)
+        count = len(end.wg("show", end.ifname, "peers").split())
+        assert count == npeers, count
+        time.sleep(2.0)
+        status = Path(f"/proc/{end.proc.pid}/status").read_text()
+        kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        return kb / 1024
+    finally:
+        end.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--peers", type=int, default=1000)
+    args = ap.parse_args()
+    results: dict[str, list[dict[str, float]]] = {"wireguard-go": [], "meshscale": []}
+    with Lab(hint="bwg") as lab:
+        lab.add_public_host("a")
+        lab.add_public_host("b")
+        for r in range(args.rounds):
+            for impl in ("wireguard-go", "meshscale"):
+                res = one_round(lab, impl, args.seconds)
+                results[impl].append(res)
+                print(
+                    f"round {r + 1} {impl:13s} {res['gbps']:.3f} Gbit/s  "
+                    f"retransmits {int(res['retransmits'])}  rtt {res['rtt_ms']:.3f} ms",
+                    flush=True,
+                )
+        med = {
+            impl: {k: statistics.median(x[k] for x in rs) for k in rs[0]}
+            for impl, rs in results.items()
+        }
+        print()
+        for impl, m in med.items():
+            print(f"median {impl:13s} {m['gbps']:.3f} Gbit/s  rtt {m['rtt_ms']:.3f} ms")
+        print(
+            f"throughput ratio meshscale / wireguard-go: "
+            f"{med['meshscale']['gbps'] / med['wireguard-go']['gbps']:.2f}x"
+        )
+        print(
+            f"RTT ratio meshscale / wireguard-go: "
+            f"{med['meshscale']['rtt_ms'] / med['wireguard-go']['rtt_ms']:.2f}x"
+        )
+        if args.peers:
+            rss = idle_rss_with_peers(lab, args.peers)
+            print(f"idle RSS of meshscale-wireguard with {args.peers} peers: {rss:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

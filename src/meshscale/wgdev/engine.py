@@ -1,0 +1,316 @@
+"""The data-plane engine: a WireGuard Device core driven by a TUN device and a bind.
+
+Three OS threads (spec wireguard-dataplane.md section 15):
+
+    TX       TUN read_batch -> Device.encrypt_packets -> bind.send (UDP GSO)
+    RX       bind.receive (UDP GRO) -> Device.decrypt_transport -> TUN write_batch (TCP GRO)
+             handshake messages -> bounded queue -> control
+    control  handshakes (100-230 us of DH each, kept off the data path), timers, UAPI
+
+The GIL is released in every syscall, so TX and RX overlap; AEAD holds the GIL, so more data
+threads would not help. The engine makes no protocol decisions: it feeds the core, flushes
+its output and sleeps until the core's next deadline.
+
+Seams for the node agent: `bind` is pluggable (magicsock multiplexes disco and DERP on it), and
+`filter_in` / `filter_out` see every batch of inner packets after decryption / before
+encryption.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from meshscale.io.tun import TunClosedError, TunGoneError
+from meshscale.wireguard import Device, Endpoint
+from meshscale.wireguard.constants import DEFAULT_MTU, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_QUEUE
+from meshscale.wireguard.uapi import (
+    IPC_ERROR_INVALID,
+    IPC_ERROR_PORT_IN_USE,
+    UNSET,
+    DeviceSnapshot,
+    PeerSnapshot,
+    SetRequest,
+    UAPIError,
+)
+
+log = logging.getLogger("meshscale.wgdev")
+
+HANDSHAKE_QUEUE_SIZE = 1024  # wireguard-go QueueHandshakeSize: bounds memory under a flood
+TX_BATCH = 128  # packets per TUN read batch (conn.IdealBatchSize)
+RX_BATCH = 128  # datagrams per receive batch
+CONTROL_TICK = 0.25  # seconds: the control thread's longest sleep (timers are >= 5 s scale)
+
+PacketFilter = Callable[[list[bytes]], list[bytes]]
+
+
+class BindClosed(Exception):
+    """The bind was closed (or rebound) while a thread was blocked on it."""
+
+
+class Bind(Protocol):
+    """Where transport datagrams go: a UDP socket, or magicsock's multiplexer."""
+
+    def open(self, port: int) -> int:
+        """(Re)bind to port (0 = any); returns the bound port. Raises OSError."""
+        ...
+
+    def send(self, ep: Endpoint, messages: list[list[bytes]]) -> None: ...
+
+    def send_one(self, ep: Endpoint, data: bytes) -> None: ...
+
+    def receive(self) -> list[tuple[bytes | memoryview, Endpoint]]:
+        """Block for at least one datagram; raises BindClosed when closed or rebound."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Tun(Protocol):
+    name: str
+    mtu: int
+
+    def read_batch(self, max_packets: int) -> list[memoryview]: ...
+
+    def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Engine:
+    """A running WireGuard interface. Thread-safe UAPI entry points."""
+
+    def __init__(self, tun: Tun, bind: Bind, *, mtu: int = DEFAULT_MTU) -> None:
+        self.tun = tun
+        self.bind = bind
+        self.lock = threading.RLock()
+        self.device = Device(
+            rand=os.urandom,
+            lock=self.lock,
+            mtu=mtu,
+            wall_offset_ns=time.time_ns() - time.monotonic_ns(),
+        )
+        self.listen_port = 0
+        self.fwmark = 0
+        self.filter_in: PacketFilter | None = None
+        self.filter_out: PacketFilter | None = None
+        self._handshakes: queue.Queue[tuple[bytes, Endpoint]] = queue.Queue(HANDSHAKE_QUEUE_SIZE)
+        self._under_load_until = 0.0
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.errors: dict[str, int] = {}
+
+    @classmethod
+    def create(cls, ifname: str, *, tun_fd: int | None = None, mtu: int = DEFAULT_MTU) -> Engine:
+        """Open the TUN interface and a UDP bind (not yet listening)."""
+        from meshscale.io.tun import TunDevice
+        from meshscale.wgdev.udpbind import UDPBind
+
+        if tun_fd is not None:
+            # An inherited descriptor (WG_TUN_FD): we don't know its flags, so use it plainly.
+            os.set_blocking(tun_fd, False)
+            tun = TunDevice(tun_fd, ifname, mtu, vnet_hdr=False, uso=False)
+        else:
+            # WireGuard authenticated every packet, so GRO need not re-verify L4 checksums
+            # (the kernel implementation likewise trusts Poly1305; spec section 15 item 3).
+            tun = TunDevice.open(ifname, mtu=mtu, gro_verify=False)
+        return cls(tun, UDPBind(), mtu=mtu)
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self.lock:
+            self.listen_port = self.bind.open(self.listen_port)
+        for name, target in (("tx", self._tx_loop), ("rx", self._rx_loop), ("ctl", self._control)):
+            t = threading.Thread(target=target, name=f"wg-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._wake.set()
+        self.bind.close()
+        self.tun.close()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self._closed.wait(timeout)
+
+    def _count(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    # ---- threads -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        for ep, data in self.device.datagrams_to_send():
+            try:
+                self.bind.send_one(ep, data)
+            except OSError:
+                self._count("send")
+
+    def _tx_loop(self) -> None:
+        read = self.tun.read_batch
+        encrypt = self.device.encrypt_packets
+        send = self.bind.send
+        monotonic = time.monotonic
+        while not self._closed.is_set():
+            try:
+                packets: list[bytes] | list[memoryview] = read(TX_BATCH)
+            except (TunClosedError, TunGoneError) as exc:
+                log.info("TUN device closed or gone: %s", exc)
+                self.close()
+                return
+            except OSError:
+                self._count("tun_read")
+                continue
+            if self.filter_out is not None:
+                packets = self.filter_out([bytes(p) for p in packets])
+            for ep, msgs in encrypt(packets, monotonic()):
+                try:
+                    send(ep, msgs)
+                except OSError:
+                    self._count("send")
+            if self.device._out:
+                self._flush()
+                self._wake.set()
+
+    def _rx_loop(self) -> None:
+        decrypt = self.device.decrypt_transport
+        write = self.tun.write_batch
+        monotonic = time.monotonic
+        handshakes = self._handshakes
+        while not self._closed.is_set():
+            try:
+                batch = self.bind.receive()
+            except BindClosed:
+                continue
+            except OSError:
+                self._count("recv")
+                continue
+            packets, others = decrypt(batch, monotonic())
+            if others:
+                for data, ep in others:
+                    try:
+                        handshakes.put_nowait((bytes(data), ep))
+                    except queue.Full:
+                        self.device.drops["handshake_queue_full"] += 1
+                self._wake.set()
+            if packets:
+                if self.filter_in is not None:
+                    packets = self.filter_in(packets)
+                try:
+                    write(packets)
+                except (TunClosedError, TunGoneError):
+                    self.close()
+                    return
+                except OSError:
+                    self._count("tun_write")
+            if self.device._out:
+                self._flush()
+
+    def _control(self) -> None:
+        dev = self.device
+        while not self._closed.is_set():
+            now = time.monotonic()
+            deadline = dev.get_timer()
+            timeout = CONTROL_TICK if deadline is None else min(CONTROL_TICK, deadline - now)
+            if self._handshakes.empty() and timeout > 0:
+                self._wake.wait(timeout)
+            self._wake.clear()
+            # Under load (device.go IsUnderLoad): a deep queue now, or within the last second.
+            now = time.monotonic()
+            if self._handshakes.qsize() >= UNDER_LOAD_QUEUE:
+                self._under_load_until = now + UNDER_LOAD_AFTER_TIME
+            under_load = now < self._under_load_until
+            for _ in range(HANDSHAKE_QUEUE_SIZE):
+                try:
+                    data, ep = self._handshakes.get_nowait()
+                except queue.Empty:
+                    break
+                dev.receive_handshake(data, ep, time.monotonic(), under_load=under_load)
+                self._flush()
+            deadline = dev.get_timer()
+            now = time.monotonic()
+            if deadline is not None and deadline <= now:
+                dev.handle_timer(now)
+            self._flush()
+
+    # ---- UAPI ----------------------------------------------------------------------------
+
+    def uapi_get(self) -> DeviceSnapshot:
+        dev = self.device
+        with self.lock:
+            peers = [
+                PeerSnapshot(
+                    public_key=p.public_key,
+                    preshared_key=p.preshared_key,
+                    endpoint=p.endpoint,
+                    last_handshake_time_ns=p.last_handshake_ns,
+                    tx_bytes=p.tx_bytes,
+                    rx_bytes=p.rx_bytes,
+                    persistent_keepalive_interval=p.persistent_keepalive_interval,
+                    allowed_ips=dev.allowed_ips.prefixes(p),
+                )
+                for p in dev.peers.values()
+            ]
+            return DeviceSnapshot(
+                private_key=dev.private_key,
+                listen_port=self.listen_port,
+                fwmark=self.fwmark,
+                peers=peers,
+            )
+
+    def uapi_set(self, req: SetRequest) -> None:
+        dev = self.device
+        now = time.monotonic()
+        with self.lock:
+            if req.private_key is not UNSET:
+                dev.set_private_key(req.private_key)
+            if req.listen_port is not None and req.listen_port != self.listen_port:
+                if self._threads:
+                    try:
+                        self.listen_port = self.bind.open(req.listen_port)
+                    except OSError as exc:
+                        if exc.errno == errno.EADDRINUSE:
+                            raise UAPIError(IPC_ERROR_PORT_IN_USE, str(exc)) from exc
+                        raise UAPIError(IPC_ERROR_INVALID, str(exc)) from exc
+                else:
+                    self.listen_port = req.listen_port
+            if req.fwmark is not None:
+                self.fwmark = req.fwmark
+            if req.replace_peers:
+                for key in list(dev.peers):
+                    dev.remove_peer(key)
+            for change in req.peers:
+                if change.public_key == dev.public_key:
+                    continue  # wireguard-go ignores a peer equal to ourselves
+                if change.remove:
+                    dev.remove_peer(change.public_key)
+                    continue
+                peer = dev.peers.get(change.public_key)
+                if peer is None:
+                    if change.update_only:
+                        continue
+                    peer = dev.add_peer(change.public_key)
+                if change.preshared_key is not None:
+                    dev.set_preshared_key(peer, change.preshared_key)
+                if change.endpoint is not None:
+                    dev.set_endpoint(peer, change.endpoint)
+                if change.replace_allowed_ips:
+                    dev.allowed_ips.remove_peer(peer)
+                for net in change.allowed_ips_remove:
+                    dev.allowed_ips.remove(net, peer)
+                for net in change.allowed_ips_add:
+                    dev.allowed_ips.insert(net, peer)
+                if change.persistent_keepalive_interval is not None:
+                    dev.set_persistent_keepalive(peer, change.persistent_keepalive_interval, now)
+        self._flush()
+        self._wake.set()
