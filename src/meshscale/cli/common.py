@@ -1,0 +1,104 @@
+"""Helpers shared by the CLI verbs: Go-style flag values and peer lookup in a status."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from typing import Any
+
+from .localclient import CLIError
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+# Flags of tailscale's `up` that belong to later work. They are refused, never ignored.
+UNSUPPORTED_UP_FLAGS = {
+    "advertise-routes": "subnet routes",
+    "accept-routes": "subnet routes",
+    "snat-subnet-routes": "subnet routes",
+    "exit-node": "exit nodes",
+    "exit-node-allow-lan-access": "exit nodes",
+    "advertise-exit-node": "exit nodes",
+    "advertise-tags": "tags",
+    "ssh": "meshscale SSH",
+    "shields-up": "shields-up",
+    "operator": "operator users",
+    "netfilter-mode": "netfilter modes",
+    "advertise-connector": "app connectors",
+    "stateful-filtering": "stateful filtering",
+    "force-reauth": "forced reauthentication",
+    "qr": "QR codes",
+    "unattended": "unattended mode",
+    "nickname": "profile nicknames",
+}
+
+
+def parse_duration(text: str) -> float:
+    """A Go duration as the upstream CLI takes it ("30s", "2m", "500ms"; bare seconds too)."""
+    t = text.strip()
+    try:
+        v = float(t)
+    except ValueError:
+        m = _DURATION_RE.match(t)
+        if m is None:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (want e.g. 30s)") from None
+        v = float(m.group(1)) * _UNITS[m.group(2)]
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
+    return v
+
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "t", "true", "yes"):
+        return True
+    if t in ("0", "f", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (want true or false)")
+
+
+def add_bool_flag(p: argparse.ArgumentParser, name: str, default: bool | None, help: str) -> None:
+    """``--name``, ``--name=true`` and ``--name=false``, as Go's flag package accepts."""
+    p.add_argument(
+        f"--{name}", nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL",
+        help=help,
+    )  # fmt: skip
+
+
+def short_name(peer: dict[str, Any]) -> str:
+    dns = str(peer.get("DNSName") or "")
+    if dns:
+        return dns.split(".", 1)[0]
+    return str(peer.get("HostName") or "-")
+
+
+def find_peer(status: dict[str, Any], target: str) -> dict[str, Any]:
+    """A peer by IP, MagicDNS name (short or full) or host name."""
+    peers = list((status.get("Peer") or {}).values())
+    try:
+        ip = str(ipaddress.ip_address(target))
+    except ValueError:
+        ip = None
+    want = target.lower().rstrip(".")
+    for p in peers:
+        if ip is not None:
+            if ip in (p.get("TailscaleIPs") or []):
+                return dict(p)
+            continue
+        dns = str(p.get("DNSName") or "").lower().rstrip(".")
+        if want in (dns, dns.split(".", 1)[0], str(p.get("HostName") or "").lower()):
+            return dict(p)
+    raise CLIError(f"no peer found with name or IP {target!r}")
+
+
+def require_running(status: dict[str, Any]) -> None:
+    state = status.get("BackendState")
+    if state == "Running":
+        return
+    if state == "Stopped":
+        raise CLIError("meshscale is stopped (run: meshscale up)")
+    if state == "NeedsLogin":
+        url = status.get("AuthURL") or ""
+        raise CLIError("logged out" + (f"; log in at: {url}" if url else " (run: meshscale up)"))
+    raise CLIError(f"meshscale is not running (state {state})")

@@ -1,0 +1,66 @@
+"""``meshscale``: the command-line client. Each verb lives in its own module and talks to
+meshscaled only through the local API (``localclient``). Errors print one line and exit
+non-zero: 1 for failures, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from . import down, ip, netcheck, ping, status, up, version, whois
+from .localclient import DEFAULT_SOCKET, CLIError, LocalClient
+
+VERBS = (up, down, status, ip, ping, netcheck, whois, version)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{message} (see '{self.prog} --help')", code=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="meshscale", description="meshscale: control the meshscaled node agent")
+    p.add_argument(
+        "--socket",
+        default=os.environ.get("MESHSCALE_SOCKET", DEFAULT_SOCKET),
+        help=f"path to meshscaled's socket (default {DEFAULT_SOCKET})",
+    )
+    sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    for mod in VERBS:
+        mod.register(sub)
+    try:
+        from . import lab  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # pragma: no cover - the lab verb lands separately
+        pass
+    else:
+        lab.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.verb is None:
+            parser.print_help()
+            return 2
+        return int(args.run(args, LocalClient(args.socket)))
+    except CLIError as exc:
+        print(f"meshscale: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def _entry() -> NoReturn:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

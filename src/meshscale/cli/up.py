@@ -1,0 +1,87 @@
+"""``meshscale up``: set prefs, log in (auth key or interactive URL) and wait for Running."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .common import UNSUPPORTED_UP_FLAGS, add_bool_flag, parse_duration
+from .localclient import CLIError, LocalClient
+
+POLL_INTERVAL = 0.2  # seconds between status polls while waiting
+
+
+class _Unsupported(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        name = (option or "").lstrip("-")
+        raise CLIError(
+            f"--{name} is not supported yet ({UNSUPPORTED_UP_FLAGS.get(name, 'later work')})",
+            code=2,
+        )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("up", help="connect to the tailnet, logging in if needed")
+    p.add_argument("--login-server", default="", metavar="URL", help="control server URL")
+    p.add_argument("--authkey", "--auth-key", dest="authkey", default="", metavar="KEY",
+                   help="node authorization key")  # fmt: skip
+    p.add_argument("--hostname", default="", help="hostname to use instead of the OS's")
+    add_bool_flag(p, "accept-dns", None, "accept DNS configuration from the control server")
+    add_bool_flag(p, "reset", False, "reset unspecified settings to their defaults")
+    p.add_argument("--timeout", type=parse_duration, default=0.0,
+                   help="give up after this long (0 = wait forever), e.g. 30s")  # fmt: skip
+    add_bool_flag(p, "json", False, "print the result as JSON")
+    for name in UNSUPPORTED_UP_FLAGS:
+        p.add_argument(f"--{name}", nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, client: LocalClient) -> int:
+    if args.accept_dns:
+        print("warning: meshscale does not manage DNS yet; --accept-dns has no effect",
+              file=sys.stderr)  # fmt: skip
+    if args.login_server and not args.login_server.startswith(("http://", "https://")):
+        raise CLIError(f"--login-server must be an http:// or https:// URL: {args.login_server!r}")
+    current = client.get("prefs")
+    prefs: dict[str, Any] = {} if args.reset else dict(current)
+    prefs["WantRunning"] = True
+    if args.login_server or args.reset:
+        prefs["ControlURL"] = args.login_server
+    if args.hostname or args.reset:
+        prefs["Hostname"] = args.hostname
+    if args.accept_dns is not None:
+        prefs["CorpDNS"] = args.accept_dns
+    if not prefs.get("ControlURL"):
+        raise CLIError("no control server configured: pass --login-server=URL")
+    client.post("start", {"Prefs": prefs, "AuthKey": args.authkey, "Reset": bool(args.reset)})
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    printed_url = ""
+    while True:
+        st = client.get("status")
+        state = st.get("BackendState")
+        url = st.get("AuthURL") or ""
+        if state == "Running":
+            if args.json:
+                print(json.dumps({"BackendState": state}, indent=2))
+            elif printed_url:
+                print("Success.")
+            return 0
+        if url and url != printed_url and state in ("NeedsLogin", "NeedsMachineAuth"):
+            printed_url = url
+            if args.json:
+                print(json.dumps({"AuthURL": url, "BackendState": state}, indent=2))
+            else:
+                print(f"\nTo authenticate, visit:\n\n\t{url}\n", file=sys.stderr)
+        if state == "NeedsMachineAuth" and not url and not printed_url:
+            printed_url = "-"
+            print("Waiting for the node to be approved by an admin...", file=sys.stderr)
+        health = st.get("Health") or []
+        fatal = [h for h in health if str(h).startswith("login:")]
+        if fatal:
+            raise CLIError(str(fatal[0]))
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CLIError(f"timeout waiting for the node to come up (state {state})")
+        time.sleep(POLL_INTERVAL)

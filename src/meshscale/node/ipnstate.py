@@ -1,0 +1,148 @@
+"""Status types the local API returns and the CLI prints (tailscale ipn/ipnstate).
+
+``Status.to_json`` emits the same JSON keys as ``tailscale status --json``: ``BackendState``,
+``Self``, ``Peer`` keyed by node key text, ``TailscaleIPs``, ``User`` keyed by user ID, and per
+peer ``HostName``, ``DNSName``, ``CurAddr``, ``Relay``, ``Online``, ``RxBytes``, ``TxBytes``,
+``LastHandshake`` and friends. Times are Go RFC 3339 with the zero time for "never".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from meshscale.tailcfg import format_time
+
+# Backend states, named as upstream's ipn.State.
+NO_STATE = "NoState"
+NEEDS_LOGIN = "NeedsLogin"
+NEEDS_MACHINE_AUTH = "NeedsMachineAuth"
+STOPPED = "Stopped"
+STARTING = "Starting"
+RUNNING = "Running"
+
+ACTIVE_WINDOW = 120.0  # seconds: a peer with traffic this recent is "active" (status table)
+
+
+@dataclass(slots=True)
+class PeerStatus:
+    ID: str = ""
+    PublicKey: str = ""
+    HostName: str = ""
+    DNSName: str = ""
+    OS: str = ""
+    UserID: int = 0
+    TailscaleIPs: list[str] = field(default_factory=list)
+    AllowedIPs: list[str] = field(default_factory=list)
+    Addrs: list[str] = field(default_factory=list)
+    CurAddr: str = ""
+    Relay: str = ""
+    RxBytes: int = 0
+    TxBytes: int = 0
+    Created: datetime | None = None
+    LastWrite: datetime | None = None
+    LastSeen: datetime | None = None
+    LastHandshake: datetime | None = None
+    Online: bool = False
+    ExitNode: bool = False
+    ExitNodeOption: bool = False
+    Active: bool = False
+    InNetworkMap: bool = False
+    InMagicSock: bool = False
+    InEngine: bool = False
+    KeyExpiry: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.__slots__:
+            v = getattr(self, name)
+            if name in ("Created", "LastWrite", "LastSeen", "LastHandshake"):
+                out[name] = format_time(v)
+            elif name == "KeyExpiry":
+                if v is not None:
+                    out[name] = format_time(v)
+            elif name in ("Addrs", "AllowedIPs") and not v:
+                out[name] = None
+            else:
+                out[name] = v
+        return out
+
+
+@dataclass(slots=True)
+class UserProfile:
+    ID: int = 0
+    LoginName: str = ""
+    DisplayName: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ID": self.ID,
+            "LoginName": self.LoginName,
+            "DisplayName": self.DisplayName,
+            "ProfilePicURL": "",
+        }
+
+
+@dataclass(slots=True)
+class Status:
+    Version: str = ""
+    TUN: bool = True
+    BackendState: str = NO_STATE
+    HaveNodeKey: bool = False
+    AuthURL: str = ""
+    TailscaleIPs: list[str] = field(default_factory=list)
+    Self: PeerStatus | None = None
+    Health: list[str] = field(default_factory=list)
+    MagicDNSSuffix: str = ""
+    Peer: dict[str, PeerStatus] = field(default_factory=dict)
+    User: dict[int, UserProfile] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "Version": self.Version,
+            "TUN": self.TUN,
+            "BackendState": self.BackendState,
+            "HaveNodeKey": self.HaveNodeKey,
+            "AuthURL": self.AuthURL,
+            "TailscaleIPs": self.TailscaleIPs or None,
+            "Self": self.Self.to_json() if self.Self is not None else None,
+            "Health": self.Health or None,
+            "MagicDNSSuffix": self.MagicDNSSuffix,
+            "CurrentTailnet": (
+                {"Name": self.MagicDNSSuffix, "MagicDNSSuffix": self.MagicDNSSuffix,
+                 "MagicDNSEnabled": False}
+                if self.MagicDNSSuffix else None
+            ),
+            "Peer": {k: p.to_json() for k, p in self.Peer.items()} or None,
+            "User": {str(k): u.to_json() for k, u in self.User.items()} or None,
+        }  # fmt: skip
+
+
+@dataclass(slots=True)
+class PingResult:
+    """One disco ping's answer (tailscale ipnstate.PingResult, the fields we fill)."""
+
+    IP: str = ""
+    NodeIP: str = ""
+    NodeName: str = ""
+    Err: str = ""
+    LatencySeconds: float = 0.0
+    Endpoint: str = ""
+    DERPRegionID: int = 0
+    DERPRegionCode: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> PingResult:
+        out = cls()
+        if isinstance(obj, dict):
+            for name in cls.__slots__:
+                v = obj.get(name)
+                if v is not None and isinstance(v, type(getattr(out, name))):
+                    setattr(out, name, v)
+                elif name == "LatencySeconds" and isinstance(v, int):
+                    out.LatencySeconds = float(v)
+        return out

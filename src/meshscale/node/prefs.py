@@ -1,0 +1,43 @@
+"""Prefs: what the user asked for with ``meshscale up`` (tailscale ipn.Prefs, the subset we run).
+
+Stored in the state file and changed only through the local API. Field names follow
+upstream's JSON so ``meshscale debug prefs`` style output is familiar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+DEFAULT_CONTROL_URL = "http://127.0.0.1:8080"
+
+
+class PrefsError(ValueError):
+    """Stored or requested prefs are malformed."""
+
+
+@dataclass(slots=True)
+class Prefs:
+    ControlURL: str = ""
+    Hostname: str = ""
+    WantRunning: bool = False
+    LoggedOut: bool = False
+    CorpDNS: bool = True  # --accept-dns; no DNS is configured yet, the value is only kept
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Prefs:
+        if not isinstance(obj, dict):
+            raise PrefsError("prefs must be a JSON object")
+        out = cls()
+        for f in fields(cls):
+            if f.name not in obj:
+                continue
+            v = obj[f.name]
+            want = type(getattr(out, f.name))
+            if type(v) is not want:
+                raise PrefsError(f"prefs: {f.name} must be {want.__name__}")
+            setattr(out, f.name, v)
+        return out

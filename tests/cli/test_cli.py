@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meshscale.cli.main import main
+from meshscale.node.fake import FakeBackend, ThreadedLocalAPI
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    be = FakeBackend()
+    path = tmp_path / "ms.sock"
+    with ThreadedLocalAPI(be, path):
+        yield be, str(path)
+
+
+def run(capsys, sock, *argv):
+    code = main(["--socket", sock, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_up_with_key_then_status_table(daemon, capsys):
+    be, sock = daemon
+    code, out, err = run(capsys, sock, "up", "--login-server=http://ctl:8080", "--authkey", "k",
+                         "--hostname", "me", "--timeout=5s")  # fmt: skip
+    assert code == 0, err
+    prefs, key, reset = be.calls[0][1]
+    assert (prefs.ControlURL, prefs.Hostname, prefs.WantRunning, key, reset) == (
+        "http://ctl:8080", "me", True, "k", False)  # fmt: skip
+    code, out, err = run(capsys, sock, "status")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["100.64.0.1", "me", "alice@", "linux", "-"]
+    assert "alpha" in lines[1] and "active; direct 203.0.113.10:41641, tx 2000 rx 1000" in lines[1]
+    assert 'active; relay "lab", tx 20 rx 10' in lines[2]
+    assert lines[3].split()[-1] == "offline"
+
+
+def test_status_json_passthrough(daemon, capsys):
+    be, sock = daemon
+    be.state = "Running"
+    code, out, _ = run(capsys, sock, "status", "--json")
+    st = json.loads(out)
+    assert code == 0 and st["BackendState"] == "Running"
+    assert set(st["Peer"]) == {"nodekey:" + c * 64 for c in "234"}
+
+
+@pytest.mark.slow
+def test_up_interactive_prints_url_and_times_out(daemon, capsys):
+    be, sock = daemon
+    be.interactive = True
+    code, _out, err = run(capsys, sock, "up", "--login-server=http://ctl", "--timeout=0.5s")
+    assert code == 1
+    assert "To authenticate, visit:" in err and "http://ctl/register/abc" in err
+    assert err.strip().splitlines()[-1].startswith("meshscale: timeout waiting")
+
+
+@pytest.mark.slow
+def test_ping_direct_and_relay(daemon, capsys):
+    be, sock = daemon
+    be.state = "Running"
+    code, out, _ = run(capsys, sock, "ping", "alpha")
+    assert code == 0
+    assert out.strip() == "pong from alpha (100.64.0.2) via 203.0.113.10:41641 in 1ms"
+    code, out, err = run(capsys, sock, "ping", "-c", "1", "--until-direct=false", "100.64.0.3")
+    assert code == 0, err
+    assert out.strip() == "pong from beta (100.64.0.3) via DERP(lab) in 4ms"
+    code, out, err = run(capsys, sock, "ping", "-c", "1", "beta")
+    assert code == 1 and err.strip() == "meshscale: direct connection not established"
+
+
+def test_ip_whois_netcheck_down_logout(daemon, capsys):
+    be, sock = daemon
+    be.state = "Running"
+    assert run(capsys, sock, "ip")[1].split() == ["100.64.0.1", "fd7a:115c:a1e0::1"]
+    assert run(capsys, sock, "ip", "-4")[1].split() == ["100.64.0.1"]
+    assert run(capsys, sock, "ip", "-6", "alpha")[1].split() == ["fd7a:115c:a1e0::2"]
+    code, out, _ = run(capsys, sock, "whois", "100.64.0.2")
+    assert code == 0 and "alpha.lab.meshscale" in out and "alice@example.com" in out
+    code, out, _ = run(capsys, sock, "netcheck")
+    assert "IPv4: yes, 203.0.113.20:41641" in out and "Nearest DERP: lab" in out
+    assert run(capsys, sock, "down")[0] == 0
+    assert be.state == "Stopped"
+    code, _, err = run(capsys, sock, "status")
+    assert code == 1 and err == "meshscale: meshscale is stopped (run: meshscale up)\n"
+    assert run(capsys, sock, "logout")[0] == 0
+    assert [c[0] for c in be.calls] == ["down", "logout"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (["up", "--login-server=http://c", "--advertise-routes=10.0.0.0/8"], 2, "subnet routes"),
+        (["up", "--login-server=http://c", "--exit-node=100.64.0.2"], 2, "exit nodes"),
+        (["up", "--login-server=ftp://c"], 1, "--login-server must be"),
+        (["up", "--timeout=soon"], 2, "invalid duration"),
+        (["ping"], 2, "required"),
+        (["ping", "nosuchpeer"], 1, "no peer found"),
+        (["whois", "not-an-ip"], 1, "invalid IP address"),
+        (["whois", "100.64.0.77"], 1, "no peer found with IP 100.64.0.77"),
+        (["frobnicate"], 2, "invalid choice"),
+        (["ip", "-4", "-6"], 2, "not allowed"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(daemon, capsys, argv, code, needle):
+    be, sock = daemon
+    be.state = "Running"
+    got, _out, err = run(capsys, sock, *argv)
+    assert got == code
+    assert err.count("\n") == 1 and err.startswith("meshscale: ") and needle in err, err
+    assert be.calls == [] or argv[0] == "ping"
+
+
+def test_no_daemon_is_one_clear_line(tmp_path, capsys):
+    code, _out, err = run(capsys, str(tmp_path / "none.sock"), "status")
+    assert code == 1
+    assert err.startswith("meshscale: failed to connect to local meshscaled")
+    assert err.count("\n") == 1
+
+
+def test_version_needs_no_daemon(capsys):
+    code, out, _ = run(capsys, "/nonexistent", "version")
+    assert code == 0 and out.splitlines()[0] == "0.1.0"
