@@ -144,6 +144,11 @@ def test_map_response_delta_fields() -> None:
     assert back.PacketFilters["old"] is None
 
 
+def test_empty_bytes_are_omitted() -> None:
+    assert to_json(PeerChange(NodeID=4)) == {"NodeID": 4}
+    assert "KeySignature" not in to_json(Node(ID=1))
+
+
 def test_keepalive_is_exact() -> None:
     assert dumps(MapResponse(KeepAlive=True)) == b'{"KeepAlive":true}'
 

@@ -284,7 +284,7 @@ def to_json(obj: Any) -> dict[str, Any]:
             else:
                 out[f.key] = None
             continue
-        if f.omit and not f.optional and (v is False or v == 0 or v == "" or v == [] or v == {}):
+        if f.omit and not f.optional and not v:  # Go's zero value: 0, "", b"", false, empty
             continue
         out[f.key] = f.enc(v)
     return out

@@ -1,0 +1,204 @@
+"""batcher: per-session coalescing of change events, shared deltas, no full recomputation."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from meshscale.control import mapper
+from meshscale.control.batcher import Batcher, MapSession
+from meshscale.control.models import (
+    DNSChanged,
+    Node,
+    NodeAdded,
+    NodeChanged,
+    NodeID,
+    NodeRemoved,
+    User,
+    UserChanged,
+    UserID,
+)
+from meshscale.control.poll import frame
+from meshscale.key import DiscoPublic, MachinePublic, NodePublic
+from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+DERP = DERPMap(Regions={900: DERPRegion(900, "x", "X", Nodes=[DERPNode("900a", 900, "d")])})
+CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
+
+
+def node(i: int) -> Node:
+    return Node(
+        id=NodeID(i),
+        machine_key=MachinePublic(i.to_bytes(2, "big") * 16),
+        node_key=NodePublic((i + 1000).to_bytes(2, "big") * 16),
+        user_id=UserID(1),
+        hostname=f"h{i}",
+        given_name=f"h{i}",
+        ipv4=ipaddress.IPv4Address(0x64400000 + i),
+        disco_key=DiscoPublic((i + 2000).to_bytes(2, "big") * 16),
+        created_at=NOW,
+    )
+
+
+class FakeSource:
+    """A SnapshotSource over a dict, counting the expensive call."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = {int(n.id): n for n in nodes}
+        self.peers_calls = 0
+
+    def node(self, node_id: int) -> Node | None:
+        return self.nodes.get(node_id)
+
+    def peers_of(self, node_id: int) -> list[Node]:
+        self.peers_calls += 1
+        return sorted((n for i, n in self.nodes.items() if i != node_id), key=lambda n: n.id)
+
+    def users(self) -> dict[UserID, User]:
+        return {UserID(1): User(UserID(1), "alice")}
+
+    def policy(self) -> str | None:
+        return None
+
+
+def setup(n: int) -> tuple[FakeSource, Batcher, list[MapSession]]:
+    src = FakeSource([node(i) for i in range(1, n + 1)])
+    b = Batcher(src, lambda: CFG)  # type: ignore[arg-type]
+    sessions = [MapSession(NodeID(i)) for i in range(1, n + 1)]
+    for s in sessions:
+        b.add(s)
+        first = b.build(s, NOW)
+        assert first is not None
+        assert "Node" in first
+    return src, b, sessions
+
+
+def test_first_message_is_full_then_nothing() -> None:
+    _, b, sessions = setup(3)
+    assert sessions[0].known_peers == {2, 3}
+    assert b.build(sessions[0], NOW) is None
+
+
+def test_node_added_goes_to_everyone_else_as_peers_changed() -> None:
+    src, b, sessions = setup(3)
+    src.nodes[4] = node(4)
+    b.handle(NodeAdded(NodeID(4)))
+    for s in sessions:
+        assert s.wake.is_set()
+        msg = b.build(s, NOW)
+        assert msg is not None
+        assert [p["ID"] for p in msg["PeersChanged"]] == [4]
+        assert 4 in s.known_peers
+
+
+def test_changes_coalesce_and_patchable_fields_become_patches() -> None:
+    src, b, sessions = setup(3)
+    src.nodes[2] = replace(src.nodes[2], endpoints=("198.51.100.1:1",))
+    b.handle(NodeChanged(NodeID(2), frozenset({"endpoints"})))
+    src.nodes[2] = replace(src.nodes[2], online=True)
+    b.handle(NodeChanged(NodeID(2), frozenset({"online", "last_seen"})))
+    msg = b.build(sessions[0], NOW)
+    assert msg is not None
+    assert msg["PeersChangedPatch"] == [
+        {"NodeID": 2, "Endpoints": ["198.51.100.1:1"], "Online": True}
+    ]
+    assert "PeersChanged" not in msg
+    # The node itself sees its new endpoints in its self Node, and no peer fields.
+    me = b.build(sessions[1], NOW)
+    assert me is not None
+    assert set(me) == {"Node"}
+    assert me["Node"]["Endpoints"] == ["198.51.100.1:1"]
+    # An online flip alone is not echoed to the node itself.
+    src.nodes[2] = replace(src.nodes[2], online=False)
+    b.handle(NodeChanged(NodeID(2), frozenset({"online", "last_seen"})))
+    assert b.build(sessions[1], NOW) is None
+
+
+def test_non_patchable_change_sends_full_node_and_self_update() -> None:
+    src, b, sessions = setup(2)
+    src.nodes[2] = replace(src.nodes[2], given_name="renamed")
+    b.handle(NodeChanged(NodeID(2), frozenset({"given_name"})))
+    other = b.build(sessions[0], NOW)
+    assert other is not None
+    assert other["PeersChanged"][0]["Name"] == "renamed.ts.example."
+    me = b.build(sessions[1], NOW)
+    assert me is not None
+    assert me["Node"]["Name"] == "renamed.ts.example."
+
+
+def test_one_change_builds_one_shared_delta_and_no_full_maps() -> None:
+    src, b, sessions = setup(50)
+    calls_before, fulls_before = src.peers_calls, b.full_maps_built
+    src.nodes[7] = replace(src.nodes[7], endpoints=("203.0.113.9:9",))
+    b.handle(NodeChanged(NodeID(7), frozenset({"endpoints"})))
+    msgs = [b.build(s, NOW) for s in sessions if s.node_id != 7]
+    assert src.peers_calls == calls_before  # nobody's full map was recomputed
+    assert b.full_maps_built == fulls_before
+    assert b.deltas_built == 1
+    assert all(m is msgs[0] for m in msgs)
+    encoded = {id(b.encode(m, True, frame)) for m in msgs if m is not None}
+    assert len(encoded) == 1  # one JSON encoding and one compression for all 49
+
+
+def test_removed_node_closes_its_session_and_others_see_peers_removed() -> None:
+    src, b, sessions = setup(3)
+    del src.nodes[3]
+    b.handle(NodeRemoved(NodeID(3)))
+    assert sessions[2].closed
+    msg = b.build(sessions[0], NOW)
+    assert msg is not None
+    assert msg["PeersRemoved"] == [3]
+    assert 3 not in sessions[0].known_peers
+
+
+def test_added_then_removed_before_flush() -> None:
+    src, b, sessions = setup(2)
+    src.nodes[5] = node(5)
+    b.handle(NodeAdded(NodeID(5)))
+    del src.nodes[5]
+    b.handle(NodeRemoved(NodeID(5)))
+    msg = b.build(sessions[0], NOW)
+    assert msg == {"PeersRemoved": [5]}
+
+
+def test_full_resync_with_zero_peers_says_peers_removed() -> None:
+    src, b, sessions = setup(3)
+    del src.nodes[2], src.nodes[3]
+    b.handle(DNSChanged())
+    msg = b.build(sessions[0], NOW)
+    assert msg is not None
+    assert "Peers" not in msg
+    assert msg["PeersRemoved"] == [2, 3]  # Peers:[] could not say this (spec 4.3)
+
+
+def test_user_changed_sends_profiles() -> None:
+    _, b, sessions = setup(2)
+    b.handle(UserChanged(UserID(1)))
+    msg = b.build(sessions[0], NOW)
+    assert msg is not None
+    assert msg["UserProfiles"][0]["ID"] == 1
+
+
+def test_session_bookkeeping() -> None:
+    _, b, sessions = setup(2)
+    extra = MapSession(NodeID(1))
+    b.add(extra)
+    assert b.session_count(1) == 2
+    assert b.session_count() == 3
+    b.remove(extra)
+    b.remove(sessions[0])
+    assert b.session_count(1) == 0
+
+
+def test_mapper_config_reaches_messages() -> None:
+    src, _, _ = setup(1)
+    cfg2 = replace(CFG, domain="other.example")
+    b2 = Batcher(src, lambda: cfg2)  # type: ignore[arg-type]
+    s = MapSession(NodeID(1))
+    b2.add(s)
+    msg = b2.build(s, NOW)
+    assert msg is not None
+    assert msg["Domain"] == "other.example"
+    assert isinstance(mapper.encode(msg), bytes)

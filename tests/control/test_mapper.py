@@ -1,0 +1,156 @@
+"""mapper: MapResponse JSON as a pure function of nodes, users and config."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from meshscale.control import mapper
+from meshscale.control.models import Node, NodeID, User, UserID
+from meshscale.key import DiscoPublic, MachinePublic, NodePublic
+from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion, MapResponse, from_json
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+DERP = DERPMap(Regions={900: DERPRegion(900, "x", "X", Nodes=[DERPNode("900a", 900, "d")])})
+CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
+USERS = {UserID(1): User(UserID(1), "alice", email="alice@example.org")}
+
+
+def node(i: int, **kw: object) -> Node:
+    base = Node(
+        id=NodeID(i),
+        machine_key=MachinePublic(bytes([i]) * 32),
+        node_key=NodePublic(bytes([i + 100]) * 32),
+        user_id=UserID(1),
+        hostname=f"h{i}",
+        given_name=f"h{i}",
+        ipv4=ipaddress.IPv4Address(f"100.64.0.{i}"),
+        ipv6=ipaddress.IPv6Address(f"fd7a:115c:a1e0::{i}"),
+        disco_key=DiscoPublic(bytes([i + 50]) * 32),
+        hostinfo={"Hostname": f"h{i}", "NetInfo": {"PreferredDERP": 900}, "Future": [1]},
+        endpoints=("192.0.2.1:41641",),
+        created_at=NOW,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_tail_node_fields() -> None:
+    n = mapper.tail_node(node(3, online=True), CFG, NOW, is_self=True)
+    assert n.Name == "h3.ts.example."
+    assert n.Addresses == ["100.64.0.3/32", "fd7a:115c:a1e0::3/128"]
+    assert n.AllowedIPs == n.Addresses
+    assert n.HomeDERP == 900
+    assert n.MachineAuthorized
+    assert n.Online is True
+    assert n.LastSeen is None
+    assert n.Hostinfo["Future"] == [1]  # raw Hostinfo passes through
+
+
+def test_offline_peer_has_last_seen_and_expired_self_is_unauthorized() -> None:
+    seen = NOW - timedelta(minutes=5)
+    peer = mapper.tail_node(node(4, online=False, last_seen=seen), CFG, NOW)
+    assert peer.LastSeen == seen
+    assert peer.Online is False
+    me = mapper.tail_node(node(5, expiry=NOW - timedelta(seconds=1)), CFG, NOW, is_self=True)
+    assert not me.MachineAuthorized
+    assert me.Expired
+
+
+def test_primary_routes_join_allowed_ips() -> None:
+    r = ipaddress.ip_network("10.1.0.0/24")
+    n = node(6, hostinfo={"RoutableIPs": ["10.1.0.0/24", "10.2.0.0/24"]}, approved_routes=(r,))
+    t = mapper.tail_node(n, CFG, NOW)
+    assert t.PrimaryRoutes == ["10.1.0.0/24"]
+    assert t.AllowedIPs[-1] == "10.1.0.0/24"
+
+
+def test_full_map_shape() -> None:
+    peers = [node(9), node(2), node(5)]
+    msg = mapper.full_map(node(1), peers, USERS, CFG, NOW)
+    assert [p["ID"] for p in msg["Peers"]] == [2, 5, 9]  # sorted by ID
+    assert msg["Node"]["ID"] == 1
+    assert msg["Domain"] == "control.example"
+    assert msg["CollectServices"] is False
+    assert msg["PacketFilters"] == {
+        "base": [{"SrcIPs": ["*"], "DstPorts": [{"IP": "*", "Ports": {"First": 0, "Last": 65535}}]}]
+    }
+    assert msg["UserProfiles"] == [
+        {"ID": 1, "LoginName": "alice@example.org", "DisplayName": "alice"}
+    ]
+    assert msg["Debug"] == {"DisableLogTail": True}
+    decoded = from_json(MapResponse, msg)  # our own codec reads what we send
+    assert decoded.Node is not None
+    assert decoded.Node.Key == node(1).node_key
+
+
+def test_full_map_without_peers_has_no_peers_key() -> None:
+    assert "Peers" not in mapper.full_map(node(1), [], USERS, CFG, NOW)
+
+
+def test_packet_filter_is_allow_all_for_now() -> None:
+    rules = mapper.packet_filter(None, node(1), [])
+    assert rules[0].SrcIPs == ["*"]
+
+
+def test_dns_config() -> None:
+    cfg = mapper.build_dns_config(
+        "ts.example",
+        nameservers=["1.1.1.1"],
+        prefixes=[
+            ipaddress.ip_network("100.64.0.0/10"),
+            ipaddress.ip_network("fd7a:115c:a1e0::/48"),
+        ],
+    )
+    assert cfg.Routes["ts.example"] == []
+    assert "64.100.in-addr.arpa" in cfg.Routes
+    assert "127.100.in-addr.arpa" in cfg.Routes
+    assert "0.e.1.a.c.5.1.1.a.7.d.f.ip6.arpa" in cfg.Routes
+    assert cfg.Domains == ["ts.example"]
+    assert [r.Addr for r in cfg.FallbackResolvers] == ["1.1.1.1"]
+    assert cfg.Proxied
+    over = mapper.build_dns_config("ts.example", nameservers=["1.1.1.1"], override_local_dns=True)
+    assert [r.Addr for r in over.Resolvers] == ["1.1.1.1"]
+
+
+def test_peer_patch() -> None:
+    n = node(7, online=False, last_seen=NOW)
+    pc = mapper.peer_patch(n, frozenset({"online", "endpoints"}))
+    assert pc.Online is False
+    assert pc.LastSeen == NOW
+    assert pc.Endpoints == ["192.0.2.1:41641"]
+    assert pc.DiscoKey is None
+
+
+def test_delta_map() -> None:
+    assert (
+        mapper.delta_map(
+            self_node=None, changed=[], patches=[], removed=[], users=USERS, cfg=CFG, now=NOW
+        )
+        is None
+    )
+    msg = mapper.delta_map(
+        self_node=None, changed=[node(3)], patches=[(node(4), frozenset({"endpoints"}))],
+        removed=[8, 8], users=USERS, cfg=CFG, now=NOW,
+    )  # fmt: skip
+    assert msg is not None
+    assert [p["ID"] for p in msg["PeersChanged"]] == [3]
+    assert msg["PeersChangedPatch"] == [{"NodeID": 4, "Endpoints": ["192.0.2.1:41641"]}]
+    assert msg["PeersRemoved"] == [8]
+    assert "Node" not in msg
+
+
+def test_cache_is_keyed_by_snapshot_identity() -> None:
+    cache = mapper.NodeJSONCache()
+    n = node(3)
+    a = cache.peer(n, CFG, NOW)
+    assert cache.peer(n, CFG, NOW) is a
+    n2 = replace(n, endpoints=("198.51.100.1:1",))
+    b = cache.peer(n2, CFG, NOW)
+    assert b is not a
+    assert b["Endpoints"] == ["198.51.100.1:1"]
+    # A cached peer whose key expires later is recomputed once it has expired.
+    n3 = replace(n, expiry=NOW + timedelta(seconds=10))
+    c = cache.peer(n3, CFG, NOW)
+    assert "Expired" not in c
+    assert cache.peer(n3, CFG, NOW + timedelta(seconds=11))["Expired"] is True
