@@ -172,12 +172,21 @@ class DataPath:
         v6 = self.allowed_ips._v6
         from_bytes = int.from_bytes
         packets: list[bytes] = []
+        append = packets.append
         others: list[tuple[bytes | memoryview, Endpoint]] = []
         drops = self.drops
         touched: dict[Peer, tuple[Keypair, Endpoint, int, bool]] = {}
+        # Per-batch caches: consecutive packets almost always share keypair and inner source.
+        cur_kp: Keypair | None = None
+        cur_ep: Endpoint | None = None
+        cur_bytes = 0
+        cur_data = False
+        last_src: bytes = b""
+        last_owner: Peer | None = None
         for data, ep in batch:
-            if len(data) < MIN_TRANSPORT_SIZE:
-                if len(data) >= 4:
+            size = len(data)
+            if size < MIN_TRANSPORT_SIZE:
+                if size >= 4:
                     others.append((data, ep))  # a handshake type is checked by its handler
                 else:
                     drops["short"] += 1
@@ -190,7 +199,7 @@ class DataPath:
             if kp is None:
                 drops["unknown_index"] += 1
                 continue
-            if now - kp.created >= REJECT_AFTER_TIME:
+            if kp is not cur_kp and now - kp.created >= REJECT_AFTER_TIME:
                 drops["expired_keypair"] += 1
                 continue
             try:
@@ -201,15 +210,15 @@ class DataPath:
             if not kp.replay.accept(counter):
                 drops["replay"] += 1
                 continue
-            peer = kp.peer
-            prev = touched.get(peer)
-            size = len(data)
-            if prev is None:
-                touched[peer] = (kp, ep, size, bool(pt))
-            else:
-                touched[peer] = (kp, ep, prev[2] + size, prev[3] or bool(pt))
+            if kp is not cur_kp:
+                if cur_kp is not None:
+                    self._touch(touched, cur_kp, cur_ep, cur_bytes, cur_data)  # type: ignore[arg-type]
+                cur_kp, cur_bytes, cur_data = kp, 0, False
+            cur_ep = ep
+            cur_bytes += size
             if not pt:
                 continue  # keepalive
+            cur_data = True
             version = pt[0] >> 4
             if version == 4:
                 if len(pt) < 20:
@@ -219,7 +228,9 @@ class DataPath:
                 if total < 20 or total > len(pt):
                     drops["inner_length"] += 1
                     continue
-                owner = v4.lookup(from_bytes(pt[12:16], "big"))
+                src = pt[12:16]
+                if src != last_src:
+                    last_src, last_owner = src, v4.lookup(from_bytes(src, "big"))
             elif version == 6:
                 if len(pt) < 40:
                     drops["inner_short"] += 1
@@ -228,14 +239,18 @@ class DataPath:
                 if total > len(pt):
                     drops["inner_length"] += 1
                     continue
-                owner = v6.lookup(from_bytes(pt[8:24], "big"))
+                src = pt[8:24]
+                if src != last_src:
+                    last_src, last_owner = src, v6.lookup(from_bytes(src, "big"))
             else:
                 drops["inner_version"] += 1
                 continue
-            if owner is not peer:
+            if last_owner is not kp.peer:
                 drops["source_check"] += 1
                 continue
-            packets.append(pt if total == len(pt) else pt[:total])
+            append(pt if total == len(pt) else pt[:total])
+        if cur_kp is not None:
+            self._touch(touched, cur_kp, cur_ep, cur_bytes, cur_data)  # type: ignore[arg-type]
         for peer, (kp, ep, size, had_data) in touched.items():
             peer.rx_bytes += size
             if kp is peer.next:
@@ -246,3 +261,17 @@ class DataPath:
                 self._data_received(peer, now)
             self.after_receive(peer, kp, now)
         return packets, others
+
+    @staticmethod
+    def _touch(
+        touched: dict[Peer, tuple[Keypair, Endpoint, int, bool]],
+        kp: Keypair,
+        ep: Endpoint,
+        nbytes: int,
+        had_data: bool,
+    ) -> None:
+        prev = touched.get(kp.peer)
+        if prev is None:
+            touched[kp.peer] = (kp, ep, nbytes, had_data)
+        else:
+            touched[kp.peer] = (kp, ep, prev[2] + nbytes, prev[3] or had_data)
