@@ -1,0 +1,126 @@
+"""Acceptance: official tailscaled 1.96.4 against our control server in a lab.
+
+The control server (build_app + the embedded DERP and STUN of meshscale.relay) runs in a lab
+namespace on HTTPS 443 with a lab CA certificate and on plain HTTP 80. Two tailscaled nodes join
+with a pre-auth key, must reach Running with addresses from 100.64.0.0/10, see each other as
+peers, and ping each other through the tailnet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, logging, os, ssl, sys
+    from meshscale.control.app import AppSettings, build_app
+    from meshscale.control.state import State
+    from meshscale.io.http import HTTPServer
+    from meshscale.key import MachinePrivate, NodePrivate
+    from meshscale.relay.app import derp_region, mount_derp
+    from meshscale.relay.server import DERPServer
+    from meshscale.relay.stun_server import STUNServer
+    from meshscale.tailcfg import DERPMap, DERPRegion, from_json
+
+    async def main() -> None:
+        workdir, host, ip, cert, key = sys.argv[1:6]
+        logging.basicConfig(level=logging.INFO)
+        state = State.open(os.path.join(workdir, "ctl.db"))
+        user = state.create_user("lab")
+        secret = state.create_preauth_key(user.id, reusable=True).secret
+        region = from_json(DERPRegion, derp_region(900, "lab", "Lab DERP", host, 443, 3478, ipv4=ip))
+        app = build_app(
+            state, AppSettings(server_url=f"https://{host}", base_domain="ts.lab"),
+            DERPMap(Regions={900: region}), control_key=MachinePrivate(os.urandom(32)),
+        )
+        mount_derp(app.router, DERPServer(NodePrivate(os.urandom(32))))
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        server = HTTPServer(app.router)
+        await server.start(None, 443, ssl=ctx)
+        await server.start(None, 80)
+        await STUNServer().start(None, 3478)
+        await app.start()
+        with open(os.path.join(workdir, "authkey"), "w") as f:
+            f.write(secret)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _wait_file(path: Path, proc: object, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        if not proc.running:  # type: ignore[attr-defined]
+            break
+        time.sleep(0.1)
+    raise AssertionError("control server did not start:\n" + proc.log_text()[-4000:])  # type: ignore[attr-defined]
+
+
+def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    from meshscale.lab import Lab
+    from meshscale.lab.clients import missing_clients
+    from meshscale.lab.pki import LabCA
+    from meshscale.lab.tailscale import TailscaleNode
+
+    if missing_clients("tailscale", "tailscaled"):
+        pytest.skip("official clients not cached (scripts/fetch-clients)")
+    with Lab(hint="cts", workdir=tmp_path / "lab") as lab:
+        ctl = lab.add_public_host("ctl")
+        lab.add_hosts_entry("ctl.lab", ctl.ip)
+        ca = LabCA(tmp_path / "ca")
+        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
+        workdir = tmp_path / "ctl"
+        workdir.mkdir()
+        script = workdir / "server.py"
+        script.write_text(SERVER_SCRIPT)
+        srv = ctl.spawn(
+            [
+                sys.executable,
+                str(script),
+                str(workdir),
+                "ctl.lab",
+                str(ctl.ip),
+                str(cert),
+                str(key),
+            ],
+            log_name="control",
+        )
+        authkey = _wait_file(workdir / "authkey", srv)
+        nodes = []
+        for name in ("n1", "n2"):
+            host = lab.add_public_host(name)
+            node = TailscaleNode(host, name, ca_cert=ca.cert_path)
+            nodes.append(node)
+            try:
+                node.up("https://ctl.lab", authkey, hostname=name, timeout=45)
+            except Exception as exc:
+                raise AssertionError(f"{exc}\n--- control ---\n{srv.log_text()[-4000:]}") from exc
+        for node in nodes:
+            assert node.wait_backend_state("Running", timeout=30) == "Running"
+        ips = [node.ip4() for node in nodes]
+        for ip in ips:
+            assert ipaddress.ip_address(ip) in ipaddress.ip_network("100.64.0.0/10")
+        st = nodes[0].status_json()
+        peers = list((st.get("Peer") or {}).values())
+        assert [p["HostName"] for p in peers] == ["n2"], st
+        assert st["Self"]["DNSName"] == "n1.ts.lab."
+        res = nodes[0].ping(ips[1], args=["--c=10", "--timeout=5s"], timeout=60)
+        assert "pong from n2" in res.stdout, res.stdout + res.stderr + srv.log_text()[-3000:]
+        for node in nodes:
+            node.stop()
