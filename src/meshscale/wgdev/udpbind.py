@@ -1,7 +1,7 @@
 """The standard bind: one UDP socket (dual-stack where the host has IPv6) for the engine.
 
-Endpoints are (IP text, port) with IPv4 in dotted form even on a dual-stack socket, so the
-core and `wg show` see "10.99.0.1:51820", not "::ffff:10.99.0.1". Rebinding (a new
+Endpoints are (IP text, port) with IPv4 in dotted form even on a dual-stack socket (io.udp
+unmaps), so `wg show` says "10.99.0.1:51820", not "::ffff:10.99.0.1". Rebinding (a new
 listen-port) opens the new socket first, so a port in use fails without losing the old one;
 a thread blocked on the old socket gets BindClosed and moves to the new one.
 """
@@ -15,8 +15,6 @@ import threading
 from meshscale.io.udp import UDPSocket
 from meshscale.wgdev.engine import RX_BATCH, BindClosed
 from meshscale.wireguard import Endpoint
-
-_MAPPED = "::ffff:"
 
 
 class UDPBind:
@@ -43,21 +41,15 @@ class UDPBind:
             old.close()
         return int(new.getsockname()[1])
 
-    def _addr(self, ep: Endpoint) -> tuple[str, int]:
-        host = ep[0]
-        if self._dual and ":" not in host:
-            host = _MAPPED + host
-        return (host, ep[1])
-
     def send(self, ep: Endpoint, messages: list[list[bytes]]) -> None:
         sock = self._sock
         if sock is not None:
-            sock.send_batch(self._addr(ep), messages)
+            sock.send_batch(ep, messages)
 
     def send_one(self, ep: Endpoint, data: bytes) -> None:
         sock = self._sock
         if sock is not None:
-            sock.send_batch(self._addr(ep), [[data]])
+            sock.send_batch(ep, [[data]])
 
     def receive(self) -> list[tuple[bytes | memoryview, Endpoint]]:
         if not self._ready.wait(0.5):
@@ -73,13 +65,7 @@ class UDPBind:
             raise
         if sock is not self._sock:
             raise BindClosed
-        out: list[tuple[bytes | memoryview, Endpoint]] = []
-        for data, addr in batch:
-            host = addr[0]
-            if host.startswith(_MAPPED) and "." in host:
-                host = host[len(_MAPPED) :]
-            out.append((data, (host, int(addr[1]))))
-        return out
+        return batch  # type: ignore[return-value]  # io.udp already unmaps IPv4 peers
 
     def close(self) -> None:
         self._closed = True
