@@ -436,3 +436,31 @@ def test_half_built_router_is_torn_down(lab: Lab, monkeypatch: pytest.MonkeyPatc
     lab.close()
     assert not ns_exists(half)
     assert not owner_path(lab.name).exists()
+
+
+def test_loss_and_rate_impairments(lab: Lab) -> None:
+    a = lab.add_public_host("a")
+    c = lab.add_public_host("c")
+    a.set_loss(100.0)
+    assert a.run(["ping", "-c", "1", "-W", "1", str(c.ip)], check=False).returncode != 0
+    a.set_loss(0)
+    a.run(["ping", "-c", "1", "-W", "2", str(c.ip)])
+    a.set_rate("1mbit")
+    assert "tbf" in a.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    a.set_rate(None)
+    assert "tbf" not in a.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    a.set_rate(None)  # idempotent
+    with pytest.raises(ValueError):
+        a.set_loss(101)
+
+
+def test_describe_lists_hosts(lab: Lab) -> None:
+    a = lab.add_public_host("a")
+    r = lab.add_nat("nat", NatKind.UDP_BLOCK)
+    lab.add_private_host("b", behind=r)
+    lab.add_hosts_entry("ctl.lab", a.ip)
+    text = lab.describe()
+    assert lab.name in text
+    assert "udp_block" in text
+    assert "private behind nat  10.1.0.2" in text
+    assert f"ctl.lab      hosts-entry {a.ip}" in text

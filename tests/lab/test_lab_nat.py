@@ -1,9 +1,10 @@
-"""The NAT rulesets as text (no namespaces needed)."""
+"""The NAT and loss rulesets as text (no namespaces needed)."""
 
 from __future__ import annotations
 
 import pytest
 
+from meshscale.lab.impair import loss_ruleset
 from meshscale.lab.nat import NatKind, nat_ruleset
 
 
@@ -26,3 +27,11 @@ def test_only_udp_block_drops_forwarded_udp() -> None:
     assert forward_drop in nat_ruleset(NatKind.UDP_BLOCK, "eth0")
     assert forward_drop not in nat_ruleset(NatKind.EASY, "eth0")
     assert forward_drop not in nat_ruleset(NatKind.HARD, "eth0")
+
+
+def test_loss_ruleset() -> None:
+    assert "numgen random mod 10000 < 250 drop" in loss_ruleset(2.5, "eth0")
+    assert 'oifname "eth0" drop' in loss_ruleset(100, "eth0")
+    assert "drop" not in loss_ruleset(0, "eth0")
+    with pytest.raises(ValueError):
+        loss_ruleset(-1, "eth0")

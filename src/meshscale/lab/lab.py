@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
-from meshscale.lab import netns, owner
+from meshscale.lab import impair, netns, owner
 from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.nat import NatKind, nat_ruleset
 from meshscale.lab.proc import Proc
@@ -85,6 +85,14 @@ class Host:
     ) -> socket.socket:
         """A socket created in this namespace, usable from any thread of this process."""
         return socket_in_netns(self.ns, family, type, proto)
+
+    def set_loss(self, percent: float, iface: str = "eth0") -> None:
+        """Drop `percent`% of packets leaving `iface` at random (0 removes the loss)."""
+        impair.set_loss(self.ns, percent, iface)
+
+    def set_rate(self, rate: str | None, iface: str = "eth0") -> None:
+        """Limit egress of `iface` to `rate` ("10mbit"); None removes the limit."""
+        impair.set_rate(self.ns, rate, iface)
 
     def spawn(
         self,
@@ -360,6 +368,22 @@ class Lab:
         )
         self._procs.append(proc)
         return proc
+
+    def describe(self) -> str:
+        """A table of the lab's hosts and addresses, for logs and the `meshscale lab` command."""
+        rows = [f"lab {self.name}  workdir {self.workdir}"]
+        for h in self._hosts.values():
+            if isinstance(h, Router):
+                rows.append(
+                    f"  {h.name:<12} router {h.kind.value:<9} wan {h.public_ip} {h.public_ip6}"
+                    f"  lan {h.lan}"
+                )
+            elif h.behind is not None:
+                rows.append(f"  {h.name:<12} private behind {h.behind.name}  {h.ip}")
+            else:
+                rows.append(f"  {h.name:<12} public  {h.ip} {h.ip6}")
+        rows += [f"  {name:<12} hosts-entry {ip}" for name, ip in self._hosts_entries]
+        return "\n".join(rows)
 
     # ---- teardown ----
 
