@@ -70,6 +70,8 @@ def test_tailscaled_runs_in_a_namespace_and_stops_clean(lab: Lab) -> None:
         links = json.loads(host.run(["ip", "-j", "link", "show"]).stdout)
         assert node.tun in {link["ifname"] for link in links}
         assert node.state_dir.is_dir()
+        assert node.peers() == []
+        assert node.peer_ip("anything") is None
         assert node.logs_dir.is_dir()
     # The TUN exists only inside the namespace.
     root_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True)

@@ -181,6 +181,46 @@ class TailscaleNode:
                 raise LabError(f"{self.name}: BackendState {state!r}, wanted {states}")
             time.sleep(0.2)
 
+    def wait_running(self, timeout: float = 60.0) -> None:
+        """Wait until BackendState is Running (logged in, with a netmap)."""
+        self.wait_backend_state("Running", timeout=timeout)
+
+    def peers(self) -> list[dict[str, Any]]:
+        """The Peer entries of `tailscale status --json` (empty before login)."""
+        peers = self.status_json().get("Peer") or {}
+        return list(peers.values())
+
+    def peer_ip(self, hostname: str) -> str | None:
+        """The first tailnet address of the peer with this HostName, if it is in the netmap."""
+        for peer in self.peers():
+            if peer.get("HostName") == hostname or str(peer.get("DNSName", "")).startswith(
+                hostname + "."
+            ):
+                ips = peer.get("TailscaleIPs") or []
+                return str(ips[0]) if ips else None
+        return None
+
+    def wait_peers(self, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Poll until at least `count` peers are in the netmap; return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            peers = self.peers()
+            if len(peers) >= count:
+                return peers
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: {len(peers)} peers, wanted {count}")
+            time.sleep(0.2)
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        return self.cli("down", timeout=20.0)
+
+    def logout(self) -> subprocess.CompletedProcess[str]:
+        return self.cli("logout", timeout=30.0, check=False)
+
+    def netcheck(self) -> subprocess.CompletedProcess[str]:
+        """`tailscale netcheck --format=json` (needs a DERP map from control); not checked."""
+        return self.cli("netcheck", "--format=json", timeout=60.0, check=False)
+
     def ip4(self) -> str:
         return self.cli("ip", "-4", timeout=10.0).stdout.strip()
 
