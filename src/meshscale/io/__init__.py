@@ -1,1 +1,20 @@
-"""meshscale.io."""
+"""meshscale.io: the I/O layer under the sans-IO cores (TUN, UDP; HTTP in io.http).
+
+Data-plane I/O is batched and blocking, for dedicated threads: `TunDevice.read_batch` /
+`write_batch` and `UDPSocket.recv_batch` / `send_batch`.
+"""
+
+from .tun import TunClosedError, TunDevice, TunError, TunGoneError, TunStats
+from .udp import Address, UDPClosedError, UDPSocket, UDPStats
+
+__all__ = [
+    "Address",
+    "TunClosedError",
+    "TunDevice",
+    "TunError",
+    "TunGoneError",
+    "TunStats",
+    "UDPClosedError",
+    "UDPSocket",
+    "UDPStats",
+]
