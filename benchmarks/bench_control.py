@@ -1,0 +1,251 @@
+"""Control-server benchmark: N simulated clients holding map streams over the real protocol.
+
+Per N: the server (build_app on an in-memory State, plain HTTP on loopback) runs as a separate
+process; this process opens N clients (HTTP upgrade, Noise, HTTP/2), registers each with a
+reusable pre-auth key and holds its map stream. Then, K times, one client posts a lite endpoint
+update and we time how long until every other client has received the resulting
+PeersChangedPatch (p50/p99/max over all receivers), plus the same for a node joining
+(PeersChanged). Reports server RSS at idle with N streams, and the ramp-up time.
+
+    .venv/bin/python benchmarks/bench_control.py                    # N = 100, 1000
+    .venv/bin/python benchmarks/bench_control.py --sizes 100 1000 3000 --changes 5
+
+All clients live in this one process, so latency includes their own decode time; the figures
+are upper bounds for the server. Not a test: run by hand and copy the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from meshscale.control.testclient import ControlClient, MapStream
+from meshscale.key import MachinePublic
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# ---- server side (runs in a child process) ----------------------------------------------
+
+
+async def serve(port: int, batch_delay: float) -> None:
+    from meshscale.control.app import AppSettings, build_app
+    from meshscale.control.state import State
+    from meshscale.io.http import HTTPServer
+    from meshscale.key import MachinePrivate
+    from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+
+    state = State.open(":memory:")
+    user = state.create_user("bench")
+    secret = state.create_preauth_key(user.id, reusable=True).secret
+    derp = DERPMap(Regions={900: DERPRegion(900, "b", "Bench", Nodes=[DERPNode("900a", 900, "d")])})
+    key = MachinePrivate(os.urandom(32))
+    settings = AppSettings(
+        server_url=f"http://127.0.0.1:{port}", base_domain="bench.ts", batch_delay=batch_delay
+    )
+    app = build_app(state, settings, derp, control_key=key)
+    server = HTTPServer(app.router, keepalive_timeout=3600)
+    await server.start("127.0.0.1", port)
+    await app.start()
+    print(json.dumps({"key": key.public().text(), "authkey": secret}), flush=True)
+    await asyncio.Event().wait()
+
+
+# ---- client side --------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, port: int, control_key: MachinePublic, authkey: str) -> None:
+        self.port = port
+        self.control_key = control_key
+        self.authkey = authkey
+        self.clients: list[ControlClient] = []
+        self.streams: list[MapStream] = []
+        self.node_ids: list[int] = []
+
+    async def add_client(self, i: int) -> None:
+        c = ControlClient("127.0.0.1", self.port, control_key=self.control_key, hostname=f"n{i}")
+        await c.connect()
+        resp = await c.register(self.authkey)
+        if resp.Error:
+            raise RuntimeError(resp.Error)
+        s = await c.map_stream(endpoints=[f"192.0.2.{i % 250 + 1}:{10000 + i}"])
+        first = await s.next(wait=120)
+        self.clients.append(c)
+        self.streams.append(s)
+        self.node_ids.append(first["Node"]["ID"])
+
+    async def ramp(self, n: int, concurrency: int) -> float:
+        t0 = time.perf_counter()
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await self.add_client(i)
+
+        await asyncio.gather(*(one(len(self.clients) + i) for i in range(n)))
+        return time.perf_counter() - t0
+
+    async def drain(self, seconds: float) -> None:
+        """Swallow deltas still in flight from the ramp-up."""
+
+        async def one(s: MapStream) -> None:
+            while True:
+                try:
+                    await s.next(wait=seconds)
+                except TimeoutError:
+                    return
+
+        await asyncio.gather(*(one(s) for s in self.streams))
+
+    async def wait_all(self, pred: object, skip: int | None, wait: float) -> list[float]:
+        t0 = time.perf_counter()
+        out: list[float] = []
+
+        async def one(s: MapStream) -> None:
+            while True:
+                msg = await s.next(wait=wait)
+                if pred(msg):  # type: ignore[operator]
+                    out.append(time.perf_counter() - t0)
+                    return
+
+        await asyncio.gather(*(one(s) for i, s in enumerate(self.streams) if i != skip))
+        return out
+
+    async def endpoint_change(self, k: int, wait: float) -> list[float]:
+        idx = k % len(self.clients)
+        nid = self.node_ids[idx]
+        ep = f"198.51.100.{k % 250 + 1}:{20000 + k}"
+
+        def seen(msg: dict[str, object]) -> bool:
+            return any(
+                p.get("NodeID") == nid and p.get("Endpoints") == [ep]
+                for p in msg.get("PeersChangedPatch", [])  # type: ignore[union-attr]
+            )
+
+        waiter = asyncio.ensure_future(self.wait_all(seen, idx, wait))
+        await asyncio.sleep(0)
+        status = await self.clients[idx].lite_update([ep])
+        assert status == 200
+        return await waiter
+
+    async def join(self, k: int, wait: float) -> list[float]:
+        name = f"joiner{k}"
+
+        def seen(msg: dict[str, object]) -> bool:
+            return any(
+                str(p.get("Name", "")).startswith(name)
+                for p in msg.get("PeersChanged", [])  # type: ignore[union-attr]
+            )
+
+        waiter = asyncio.ensure_future(self.wait_all(seen, None, wait))
+        await asyncio.sleep(0)
+        c = ControlClient("127.0.0.1", self.port, control_key=self.control_key, hostname=name)
+        await c.connect()
+        await c.register(self.authkey)
+        try:
+            return await waiter
+        finally:
+            await c.close()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients))
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000
+
+
+async def measure(
+    port: int, pid: int, hello: dict[str, str], n: int, changes: int, concurrency: int
+) -> dict[str, object]:
+    rss0 = rss_kib(pid)
+    b = Bench(port, MachinePublic.from_text(hello["key"]), hello["authkey"])
+    ramp = await b.ramp(n, concurrency)
+    await b.drain(1.0)
+    rss_idle = rss_kib(pid)
+    ep_lat: list[float] = []
+    join_lat: list[float] = []
+    for k in range(changes):
+        ep_lat += await b.endpoint_change(k, wait=120)
+        await b.drain(0.2)
+        join_lat += await b.join(k, wait=120)
+        await b.drain(0.2)
+    await b.close()
+    return {
+        "N": n,
+        "ramp_s": round(ramp, 2),
+        "rss_start_mib": round(rss0 / 1024, 1),
+        "rss_idle_mib": round(rss_idle / 1024, 1),
+        "rss_per_stream_kib": round((rss_idle - rss0) / n, 1),
+        "endpoint_p50_ms": round(pct(ep_lat, 50), 1),
+        "endpoint_p99_ms": round(pct(ep_lat, 99), 1),
+        "endpoint_max_ms": round(max(ep_lat) * 1000, 1),
+        "join_p50_ms": round(pct(join_lat, 50), 1),
+        "join_p99_ms": round(pct(join_lat, 99), 1),
+        "samples": len(ep_lat) + len(join_lat),
+        "median_all_ms": round(statistics.median(ep_lat + join_lat) * 1000, 1),
+    }
+
+
+def run_size(n: int, changes: int, batch_delay: float, concurrency: int) -> dict[str, object]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--batch-delay", str(batch_delay)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        hello = json.loads(proc.stdout.readline())
+        return asyncio.run(measure(port, proc.pid, hello, n, changes, concurrency))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--changes", type=int, default=5)
+    ap.add_argument("--batch-delay", type=float, default=0.005)
+    ap.add_argument("--concurrency", type=int, default=32)
+    args = ap.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve, args.batch_delay))
+        return
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for n in args.sizes:
+        print(
+            json.dumps(run_size(n, args.changes, args.batch_delay, args.concurrency)),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""poll: /machine/map request shapes, framing, streaming, keep-alives, online/offline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+from datetime import UTC, datetime
+
+import pytest
+import zstandard
+
+from meshscale.control import mapper
+from meshscale.control.batcher import Batcher, SnapshotSource
+from meshscale.control.poll import MapHandler, frame
+from meshscale.control.state import State
+from meshscale.control.transport import NoiseRequest
+from meshscale.key import DiscoPrivate, MachinePrivate, MachinePublic, NodePrivate
+from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion, MapRequest, dumps
+
+DERP = DERPMap(Regions={900: DERPRegion(900, "x", "X", Nodes=[DERPNode("900a", 900, "d")])})
+CFG = mapper.MapConfig(base_domain="ts.example", domain="ctl.example", derp_map=DERP)
+MK = MachinePrivate(bytes([1]) * 32).public()
+NK = NodePrivate(bytes([2]) * 32).public()
+DK = DiscoPrivate(bytes([3]) * 32).public()
+
+
+def unframe(data: bytes) -> list[dict[str, object]]:
+    out = []
+    while data:
+        (n,) = struct.unpack_from("<I", data)
+        body = data[4 : 4 + n]
+        data = data[4 + n :]
+        out.append(json.loads(zstandard.ZstdDecompressor().decompress(body)))
+    return out
+
+
+def test_frame_is_little_endian_length_and_zstd() -> None:
+    f = frame(b'{"KeepAlive":true}', True)
+    (n,) = struct.unpack_from("<I", f)
+    assert n == len(f) - 4
+    assert zstandard.ZstdDecompressor().decompress(f[4:]) == b'{"KeepAlive":true}'
+    assert frame(b"{}", False) == b"\x02\x00\x00\x00{}"
+
+
+def make(**kw: float) -> tuple[State, MapHandler, Batcher]:
+    rng = random.Random(5)
+    state = State.open(":memory:", rand=rng.randbytes, randbelow=rng.randrange)
+    user = state.create_user("alice")
+    state.register_node(MK, NK, user.id, {"Hostname": "alpha"})
+    batcher = Batcher(SnapshotSource(state), lambda: CFG)
+    handler = MapHandler(
+        state, batcher, lambda: datetime(2026, 1, 1, tzinfo=UTC), jitter=lambda: 0.0, **kw
+    )
+    return state, handler, batcher
+
+
+def mreq(machine: MachinePublic = MK, **kw: object) -> NoiseRequest:
+    body = dumps(MapRequest(Version=130, Compress="zstd", NodeKey=NK, DiscoKey=DK, **kw))  # type: ignore[arg-type]
+    return NoiseRequest("POST", "/machine/map", "", {}, body, machine, 130)
+
+
+def test_lite_update_stores_and_answers_empty() -> None:
+    state, h, _ = make()
+    resp = asyncio.run(h(mreq(OmitPeers=True, Endpoints=["192.0.2.9:1"])))
+    assert resp.status == 200
+    assert resp.body == b""
+    node = state.get_node_by_node_key(NK)
+    assert node is not None
+    assert node.endpoints == ("192.0.2.9:1",)
+    assert node.disco_key == DK
+
+
+def test_one_shot_map_is_one_full_message() -> None:
+    _, h, _ = make()
+    resp = asyncio.run(h(mreq()))
+    assert resp.status == 200
+    assert isinstance(resp.body, bytes)
+    (msg,) = unframe(resp.body)
+    assert msg["Node"]["Name"] == "alpha.ts.example."  # type: ignore[index]
+
+
+def test_wrong_machine_and_unknown_node() -> None:
+    _, h, _ = make()
+    other = MachinePrivate(bytes([9]) * 32).public()
+    assert asyncio.run(h(mreq(machine=other))).status == 404
+    body = dumps(MapRequest(Version=130, NodeKey=NodePrivate(bytes([8]) * 32).public()))
+    resp = asyncio.run(h(NoiseRequest("POST", "/machine/map", "", {}, body, MK, 130)))
+    assert resp.status == 404
+    assert asyncio.run(h(NoiseRequest("POST", "/machine/map", "", {}, b"{", MK, 130))).status == 400
+    old = dumps(MapRequest(Version=90, NodeKey=NK))
+    assert asyncio.run(h(NoiseRequest("POST", "/machine/map", "", {}, old, MK, 90))).status == 400
+
+
+@pytest.mark.slow
+def test_stream_full_then_keepalive_then_offline_after_grace() -> None:
+    async def go() -> None:
+        state, h, batcher = make(keepalive_interval=0.05, offline_grace=0.05, batch_delay=0.0)
+        resp = await h(mreq(Stream=True))
+        assert resp.status == 200
+        assert not isinstance(resp.body, bytes)
+        it = resp.body.__aiter__()
+        first = unframe(await it.__anext__())[0]
+        assert "Node" in first
+        node = state.get_node_by_node_key(NK)
+        assert node is not None
+        assert node.online
+        assert batcher.session_count(node.id) == 1
+        ka = unframe(await asyncio.wait_for(it.__anext__(), 2))[0]
+        assert ka == {"KeepAlive": True}
+        await it.aclose()  # type: ignore[attr-defined]
+        assert batcher.session_count(node.id) == 0
+        assert state.get_node(node.id).online  # still within the grace period
+        await asyncio.sleep(0.15)
+        assert not state.get_node(node.id).online
+        h.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_stream_ends_when_node_deleted() -> None:
+    async def go() -> None:
+        state, h, batcher = make(keepalive_interval=5, offline_grace=0, batch_delay=0.0)
+        sub = state.subscribe()
+        resp = await h(mreq(Stream=True))
+        assert not isinstance(resp.body, bytes)
+        it = resp.body.__aiter__()
+        await it.__anext__()
+        node = state.get_node_by_node_key(NK)
+        assert node is not None
+        state.delete_node(node.id)
+        for ev in sub.drain():
+            batcher.handle(ev)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(it.__anext__(), 2)
+        sub.close()
+
+    asyncio.run(go())
