@@ -70,6 +70,8 @@ class DERPClient:
         self._writer: asyncio.StreamWriter | None = None
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self._rand = rand
+        self._flush_scheduled = False
+        self._pending_bytes = 0
 
     async def connect(self) -> None:
         """Dial, upgrade and log in; raises OSError, TimeoutError or a DERPError."""
@@ -131,9 +133,22 @@ class DERPClient:
             return ev
 
     def _flush(self) -> None:
+        self._pending_bytes = 0
         out = self.session.data_to_send()
         if out and self._writer is not None:
             self._writer.write(out)
+
+    def _flush_soon(self) -> None:
+        # Coalesce the frames queued in one event-loop turn into one write (one syscall).
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        w = self._writer
+        if w is not None and not w.is_closing():
+            self._flush()
 
     def send(self, dst: NodePublic | bytes, packet: bytes) -> bool:
         """Queue a packet; False (counted in ``dropped``) if the socket is backed up."""
@@ -141,11 +156,12 @@ class DERPClient:
         if w is None or w.is_closing():
             self.dropped += 1
             return False
-        if w.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+        if w.transport.get_write_buffer_size() + self._pending_bytes > MAX_WRITE_BUFFER:
             self.dropped += 1
             return False
         self.session.send_packet(dst, packet)
-        self._flush()
+        self._pending_bytes += F.FRAME_HEADER_LEN + F.KEY_LEN + len(packet)
+        self._flush_soon()
         return True
 
     @property
@@ -163,6 +179,7 @@ class DERPClient:
 
     async def drain(self) -> None:
         if self._writer is not None:
+            self._flush()
             await self._writer.drain()
 
     def note_preferred(self, preferred: bool) -> None:

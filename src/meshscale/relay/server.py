@@ -53,6 +53,10 @@ READ_CHUNK = 64 * 1024  # bytes
 # Bytes a client's transport may buffer before its frames wait in the core's bounded queue
 # instead; stops one slow reader from growing our memory without bound.
 WRITE_HIGH_WATER = 256 * 1024
+# Frames routed from one read before the queues are flushed to the sockets. Batching saves
+# a send() per packet; it stays below the queue depth (32) so a burst inside one read is
+# never head-dropped at a destination that is keeping up.
+FLUSH_EVERY = 16
 
 
 class _Sink:
@@ -233,10 +237,15 @@ class DERPServer:
             # Frames that arrived with ClientInfo are already in fb.
             while True:
                 now = loop.time()
+                n = 0
                 for ftype, payload in fb.frames():
                     relay.handle_frame(cid, ftype, payload, now)
-                    if relay.has_output:
+                    n += 1
+                    if n == FLUSH_EVERY:
                         self._flush_ready()
+                        n = 0
+                if relay.has_output:
+                    self._flush_ready()
                 if writer.done():
                     return
                 data = await stream.read(READ_CHUNK)

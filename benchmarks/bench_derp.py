@@ -1,0 +1,215 @@
+"""DERP relay benchmark over loopback: relayed throughput and packets/s vs raw TCP, and idle
+connections held (toward 10,000) with the relay's RSS per connection.
+
+    .venv/bin/python benchmarks/bench_derp.py                 # everything, default sizes
+    .venv/bin/python benchmarks/bench_derp.py --idle 2000 --seconds 3
+
+The relay runs as a separate process (``meshscale-derp -dev``), as in production; the clients
+run in this process. The raw-TCP baseline sends the same payloads, with the same 5-byte
+framing, from one socket to another in this process, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from meshscale.derp import frames as F
+from meshscale.key import NodePrivate
+from meshscale.relay.client import DERPClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        return soft
+    return want
+
+
+def start_relay(port: int) -> subprocess.Popen[bytes]:
+    code = (
+        "import resource,sys;"
+        "s,h=resource.getrlimit(resource.RLIMIT_NOFILE);"
+        "resource.setrlimit(resource.RLIMIT_NOFILE,(h,h));"
+        "from meshscale.relay.main import main;"
+        f"sys.exit(main(['-dev','-a','127.0.0.1:{port}','-stun=false']))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("relay did not start")
+
+
+async def relayed(url: str, size: int, seconds: float) -> tuple[float, float, int, int]:
+    """(packets/s, MB/s, sent, received) from A to B through the relay."""
+    a = DERPClient(NodePrivate.generate(os.urandom(32)), url)
+    b_key = NodePrivate.generate(os.urandom(32))
+    b = DERPClient(b_key, url)
+    await a.connect()
+    await b.connect()
+    payload = bytes(size)
+    received = 0
+
+    async def receiver() -> None:
+        nonlocal received
+        while True:
+            ev = await b.recv()
+            if isinstance(ev, F.RecvPacket):
+                received += 1
+
+    rt = asyncio.create_task(receiver())
+    sent = 0
+    dst = b_key.public()
+    start = time.perf_counter()
+    end = start + seconds
+    while time.perf_counter() < end:
+        for _ in range(64):
+            a.send(dst, payload)
+        sent += 64
+        await a.drain()
+        await asyncio.sleep(0)
+    # Let the tail arrive (bounded).
+    for _ in range(200):
+        if received >= sent:
+            break
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - start
+    rt.cancel()
+    await a.close()
+    await b.close()
+    return received / elapsed, received * size / elapsed / 1e6, sent, received
+
+
+async def raw_tcp(size: int, seconds: float) -> tuple[float, float]:
+    """(packets/s, MB/s) of framed payloads over one loopback TCP connection."""
+    got = 0
+    total_bytes = 0
+    finished = asyncio.Event()
+
+    async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal got, total_bytes
+        fb = F.FrameBuffer(F.MAX_SERVER_FRAME)
+        while data := await r.read(65536):
+            fb.feed(data)
+            for _, p in fb.frames():
+                got += 1
+                total_bytes += len(p)
+        w.close()
+        finished.set()
+
+    srv = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    _, w = await asyncio.open_connection("127.0.0.1", port)
+    frame = F.send_packet(bytes(32), bytes(size))
+    start = time.perf_counter()
+    end = start + seconds
+    while time.perf_counter() < end:
+        w.writelines([frame] * 64)
+        await w.drain()
+        await asyncio.sleep(0)
+    w.close()
+    await asyncio.wait_for(finished.wait(), 10)
+    elapsed = time.perf_counter() - start
+    srv.close()
+    return got / elapsed, total_bytes / elapsed / 1e6
+
+
+async def idle(url: str, pid: int, target: int, step: int) -> list[tuple[int, int]]:
+    """Open ``target`` logged-in idle clients; (connections, relay RSS KiB) at each step."""
+    base = rss_kib(pid)
+    points = [(0, base)]
+    clients: list[DERPClient] = []
+    sem = asyncio.Semaphore(100)
+
+    async def one() -> DERPClient | None:
+        async with sem:
+            c = DERPClient(NodePrivate.generate(os.urandom(32)), url, connect_timeout=30)
+            try:
+                await c.connect()
+                return c
+            except (OSError, TimeoutError) as exc:
+                print(f"  connect failed: {exc!r}")
+                return None
+
+    while len(clients) < target:
+        n = min(step, target - len(clients))
+        got = await asyncio.gather(*(one() for _ in range(n)))
+        ok = [c for c in got if c is not None]
+        clients.extend(ok)
+        await asyncio.sleep(0.5)
+        points.append((len(clients), rss_kib(pid)))
+        print(f"  {len(clients):6d} idle clients: relay RSS {points[-1][1] / 1024:.1f} MiB")
+        if len(ok) < n:
+            break
+    for c in clients:
+        await c.close()
+    return points
+
+
+async def amain(args: argparse.Namespace) -> None:
+    limit = raise_nofile()
+    port = free_port()
+    relay = start_relay(port)
+    url = f"http://127.0.0.1:{port}/derp"
+    try:
+        print(f"relay pid {relay.pid}, fd limit {limit}, {os.cpu_count()} CPUs")
+        for size in args.sizes:
+            pps, mbs, sent, recv = await relayed(url, size, args.seconds)
+            rpps, rmbs = await raw_tcp(size, args.seconds)
+            loss = 100 * (1 - recv / sent) if sent else 0.0
+            print(
+                f"size {size:5d} B  relayed {pps:9.0f} pkt/s {mbs:8.1f} MB/s (loss {loss:.1f}%)"
+                f"  | raw TCP {rpps:9.0f} pkt/s {rmbs:8.1f} MB/s"
+                f"  | relay/raw {100 * mbs / rmbs:5.1f}%"
+            )
+        if args.idle:
+            target = min(args.idle, limit - 200)  # the relay is another process
+            points = await idle(url, relay.pid, target, args.step)
+            n, rss = points[-1]
+            if n:
+                per = (rss - points[0][1]) / n
+                print(f"idle: {n} connections held, {per:.1f} KiB RSS per connection")
+    finally:
+        relay.terminate()
+        relay.wait(5)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 1280, 16000])
+    p.add_argument("--idle", type=int, default=10000)
+    p.add_argument("--step", type=int, default=2000)
+    asyncio.run(amain(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
