@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,3 +214,22 @@ def test_close_cancels_upgraded_and_idle_connections() -> None:
         w2.close()
 
     asyncio.run(main())
+
+
+def test_unix_socket_listener(tmp_path: Path) -> None:
+    async def main() -> bytes:
+        server = HTTPServer(_router())
+        path = str(tmp_path / "h.sock")
+        await server.start_unix(path)
+        try:
+            r, w = await asyncio.open_unix_connection(path)
+            w.write(b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            out = await r.read()
+            w.close()
+            return out
+        finally:
+            await server.close(grace=1)
+
+    out = asyncio.run(main())
+    assert out.startswith(b"HTTP/1.1 200")
+    assert out.endswith(b"GET /echo {} 0")

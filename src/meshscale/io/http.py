@@ -8,6 +8,7 @@ Usage::
     router.add_upgrade("/ts2021", ts2021_handler)         # HTTP Upgrade (101) endpoints
     server = HTTPServer(router)
     await server.start("127.0.0.1", 8080, ssl=None)       # -> asyncio.Server
+    await server.start_unix("/run/x.sock")                # unix socket listener
     ...
     await server.close()
 
@@ -308,6 +309,12 @@ class HTTPServer:
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
             limit=READ_CHUNK,
         )
+        self._servers.append(srv)
+        return srv
+
+    async def start_unix(self, path: str) -> asyncio.Server:
+        """Listen on a unix socket (the caller sets its permissions)."""
+        srv = await asyncio.start_unix_server(self._on_connect, path, limit=READ_CHUNK)
         self._servers.append(srv)
         return srv
 
