@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import tempfile
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from meshscale.lab import Lab, cleanup_stale
 from meshscale.wgdev.uapi_server import UAPIServer, open_uapi_listener, socket_path
 
 from .fakes import FakeBackend
@@ -94,3 +96,13 @@ def wg_server(backend: FakeBackend) -> Iterator[tuple[str, RunningServer]]:
     finally:
         server.stop()
         Path(socket_path(ifname)).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """A fresh meshscale.lab.Lab (root only), closed after the test."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("lab tests need root and the ip command")
+    cleanup_stale()
+    with Lab(hint="wgd", workdir=tmp_path / "lab") as the_lab:
+        yield the_lab

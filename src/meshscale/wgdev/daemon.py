@@ -85,6 +85,7 @@ def setup_logging(ifname: str, level: int) -> None:
     handler.setFormatter(_WGFormatter(ifname))
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("asyncio").setLevel(max(level, logging.INFO))  # not its selector choice
 
 
 # ---- daemonising ---------------------------------------------------------------------------------
