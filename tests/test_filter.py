@@ -419,6 +419,7 @@ def scenarios(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
     return outbound, inbound
 
 
+@pytest.mark.slow
 @given(rules_st, st.sampled_from(LOCALS), scenarios())
 def test_fast_matcher_agrees_with_reference(
     rules: list[FilterRule], local: list[str], scenario: tuple[list[bytes], list[bytes]]
