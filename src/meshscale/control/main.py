@@ -1,0 +1,378 @@
+"""``meshscale-control``: the coordination server and its admin CLI (Headscale's verbs).
+
+    meshscale-control [-c CONFIG] [-o table|json|json-line|yaml] [--state-dir DIR]
+                      [--url URL --api-key KEY | --socket PATH] COMMAND ...
+
+    serve | configtest
+    users create NAME | list | rename | delete
+    nodes list | register --user U --key K | delete | expire | rename | tag | move |
+          approve-routes
+    preauthkeys create --user U [--reusable --ephemeral --expiration 24h --tags tag:x]
+                | list | expire
+    apikeys create | list | expire | delete
+
+``serve`` opens State, and serves on ``listen_addr`` (TLS when tls_cert_path/key_path are
+set): the REST API (API key required), ``/health``, the ts2021 protocol routes from
+``meshscale.control.app`` and the embedded DERP from ``meshscale.relay`` (both mounted
+when importable); on ``unix_socket``: the REST API, trusted; on ``metrics_listen_addr``:
+``/metrics``. STUN listens on ``derp.server.stun_listen_addr``. A maintenance task
+collects ephemeral nodes and expired registrations every ``node_update_check_interval``.
+Admin verbs are in :mod:`meshscale.control.admin`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from meshscale.control import admin
+from meshscale.control.api import API
+from meshscale.control.config import ConfigError, ControlConfig, state_options
+from meshscale.control.state import State
+from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.key import MachinePrivate, NodePrivate
+
+log = logging.getLogger("meshscale.control")
+PROG = "meshscale-control"
+K = TypeVar("K", MachinePrivate, NodePrivate)
+
+
+def load_or_create_key(path: Path, cls: type[K]) -> K:
+    """A private key file (``privkey:<hex>``; derper's JSON form is read too), created
+    with mode 0600 if missing. The control key must never change (spec §1.1)."""
+    if path.exists():
+        text = path.read_text().strip()
+        if text.startswith("{"):
+            text = str(json.loads(text)["PrivateKey"])
+        return cls.from_text(text)
+    key = cls.generate(os.urandom(32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.text() + "\n")
+    return key
+
+
+async def _health(req: Request) -> Response:
+    return Response(200, b'{"status":"pass"}', [], "application/json")
+
+
+def _tls_context(cfg: ControlConfig) -> ssl.SSLContext | None:
+    if not cfg.tls_enabled:
+        return None
+    assert cfg.tls_cert_path is not None
+    assert cfg.tls_key_path is not None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cfg.tls_cert_path, cfg.tls_key_path)
+    return ctx
+
+
+def _server_port(cfg: ControlConfig) -> int:
+    parts = urlsplit(cfg.server_url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+class Server:
+    """Everything ``serve`` runs; ``start`` then ``close``. Used by tests in-process too."""
+
+    def __init__(self, cfg: ControlConfig) -> None:
+        self.cfg = cfg
+        self.state: State | None = None
+        self.app: Any = None
+        self.derp: Any = None
+        self.stun: Any = None
+        self.http: list[HTTPServer] = []
+        self.unix: asyncio.Server | None = None
+        self.bound: dict[str, Any] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cfg.database.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state = state = State.open(cfg.database.sqlite_path, state_options(cfg))
+        if cfg.policy.mode == "file" and cfg.policy.path is not None:
+            try:
+                text = cfg.policy.path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"config: policy.path: cannot read: {exc.strerror}") from exc
+            if text != state.policy:
+                state.set_policy(text)
+
+        public = Router()
+        API(state).mount(public)
+        public.add("GET", "/health", _health)
+        derp_map = await self._start_derp(public)
+        self._mount_protocol(public, derp_map)
+
+        server = HTTPServer(public, server_header=PROG)
+        host = cfg.listen_addr.host or None
+        srv = await server.start(host, cfg.listen_addr.port, ssl=_tls_context(cfg))
+        self.http.append(server)
+        self.bound["listen"] = srv.sockets[0].getsockname()[:2]
+        log.info("listening on %s://%s:%d (server_url %s)", "https" if cfg.tls_enabled
+                 else "http", *self.bound["listen"], cfg.server_url)
+
+        local = Router()
+        API(state, trusted=True).mount(local)
+        local.add("GET", "/health", _health)
+        self.unix = await self._start_unix(HTTPServer(local, server_header=PROG))
+
+        if cfg.metrics_listen_addr is not None:
+            metrics = Router()
+            metrics.add("GET", "/metrics", self._metrics)
+            mserver = HTTPServer(metrics)
+            msrv = await mserver.start(cfg.metrics_listen_addr.host or None,
+                                       cfg.metrics_listen_addr.port)
+            self.http.append(mserver)
+            self.bound["metrics"] = msrv.sockets[0].getsockname()[:2]
+        if self.app is not None and hasattr(self.app, "start"):
+            await self.app.start()
+        self._tasks.append(asyncio.create_task(self._maintenance()))
+
+    async def _start_unix(self, server: HTTPServer) -> asyncio.Server:
+        path = self.cfg.unix_socket
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale socket from a crashed run
+        start_unix = getattr(server, "start_unix", None)
+        if start_unix is not None:
+            usrv: asyncio.Server = await start_unix(str(path))
+        else:
+            # io.http has no unix listener yet: drive its connection handler directly.
+            usrv = await asyncio.start_unix_server(server._on_connect, str(path))
+        os.chmod(path, self.cfg.unix_socket_permission)
+        self.http.append(server)
+        self.bound["unix"] = str(path)
+        log.info("admin API on unix socket %s", path)
+        return usrv
+
+    async def _start_derp(self, router: Router) -> Any:
+        from meshscale.tailcfg import DERPMap
+
+        cfg = self.cfg
+        derp_map = DERPMap()
+        for path in cfg.derp.paths:
+            derp_map.Regions.update(load_derp_map_file(path).Regions)
+        if cfg.derp.urls:
+            log.warning("derp.urls: fetching remote DERP maps is not implemented; ignored")
+        if not cfg.derp.server.enabled:
+            return derp_map
+        try:
+            from meshscale.relay.app import derp_region, mount_derp
+            from meshscale.relay.server import DERPServer
+            from meshscale.relay.stun_server import STUNServer
+        except ImportError:  # pragma: no cover - the relay package is part of meshscale
+            log.warning("embedded DERP unavailable: meshscale.relay is missing")
+            return derp_map
+        ds = cfg.derp.server
+        key = load_or_create_key(ds.private_key_path, NodePrivate)
+        state = self.state
+        assert state is not None
+
+        async def verify(node_key: Any, info: Any) -> bool:
+            return state.get_node_by_node_key(node_key) is not None
+
+        self.derp = DERPServer(key, verify_client=verify if ds.verify_clients else None)
+        mount_derp(router, self.derp)
+        stun_port = 3478
+        if ds.stun_listen_addr is not None:
+            self.stun = STUNServer()
+            bound = await self.stun.start(ds.stun_listen_addr.host or None,
+                                          ds.stun_listen_addr.port)
+            self.bound["stun"] = bound
+            with contextlib.suppress(Exception):
+                stun_port = int(bound[1]) if isinstance(bound, tuple) else stun_port
+        if ds.automatically_add_embedded_derp_region:
+            from meshscale.tailcfg import DERPRegion, from_json
+
+            region = derp_region(
+                ds.region_id, ds.region_code, ds.region_name, cfg.server_host,
+                _server_port(cfg), stun_port,
+                ipv4=str(ds.ipv4) if ds.ipv4 else "", ipv6=str(ds.ipv6) if ds.ipv6 else "",
+            )
+            derp_map.Regions[ds.region_id] = from_json(DERPRegion, region)
+        return derp_map
+
+    def _mount_protocol(self, router: Router, derp_map: Any) -> None:
+        try:
+            from meshscale.control.app import build_app
+        except ImportError:
+            log.warning("control protocol not available; serving only the REST API")
+            return
+        key = load_or_create_key(self.cfg.noise.private_key_path, MachinePrivate)
+        if not derp_map.Regions:
+            log.warning("no DERP regions: clients will not reach the Running state")
+        self.app = build_app(self.state, self.cfg, derp_map, control_key=key)
+        self.app.mount(router)
+
+    async def _metrics(self, req: Request) -> Response:
+        assert self.state is not None
+        nodes = self.state.list_nodes()
+        lines = [
+            "# TYPE meshscale_control_nodes gauge",
+            f"meshscale_control_nodes {len(nodes)}",
+            "# TYPE meshscale_control_nodes_online gauge",
+            f"meshscale_control_nodes_online {sum(n.online for n in nodes)}",
+            "# TYPE meshscale_control_users gauge",
+            f"meshscale_control_users {len(self.state.list_users())}",
+        ]
+        text = "\n".join(lines) + "\n"
+        if self.derp is not None:
+            with contextlib.suppress(Exception):
+                from meshscale.relay.metrics import render
+
+                text += render(self.derp, self.stun)
+        return Response(200, text.encode(), [], "text/plain; version=0.0.4")
+
+    async def _maintenance(self) -> None:
+        interval = max(self.cfg.node_update_check_interval.total_seconds(), 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                assert self.state is not None
+                result = self.state.gc()
+                if result.removed_nodes:
+                    log.info("removed inactive ephemeral nodes %s", list(result.removed_nodes))
+            except Exception:
+                log.exception("maintenance failed")
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.app is not None and hasattr(self.app, "close"):
+            await self.app.close()
+        if self.unix is not None:
+            self.unix.close()
+        for server in self.http:
+            await server.close(grace=2)
+        if self.derp is not None:
+            await self.derp.close()
+        if self.stun is not None:
+            self.stun.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.cfg.unix_socket.unlink()
+        if self.state is not None:
+            self.state.close()
+
+
+def load_derp_map_file(path: Path) -> Any:
+    """A DERP map file (Headscale's derp.paths: YAML or JSON, ``regions`` keyed by id,
+    field names matched case-insensitively as Go does)."""
+    import yaml
+
+    from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config: derp.paths: cannot load {path}: {exc}") from exc
+    regions = _ci(data, "regions") if isinstance(data, dict) else None
+    if not isinstance(regions, dict):
+        raise ConfigError(f"config: derp.paths: {path} has no regions mapping")
+    out = DERPMap()
+    for rid, raw in regions.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: derp.paths: {path}: region {rid} is not a mapping")
+        nodes = [_fill(DERPNode(), n) for n in (_ci(raw, "nodes") or []) if isinstance(n, dict)]
+        region = _fill(DERPRegion(), {k: v for k, v in raw.items() if k.lower() != "nodes"})
+        region.Nodes = nodes
+        out.Regions[int(rid)] = region
+    try:
+        out.validate()
+    except ValueError as exc:
+        raise ConfigError(f"config: derp.paths: {path}: {exc}") from exc
+    return out
+
+
+def _ci(data: dict[str, Any], key: str) -> Any:
+    return next((v for k, v in data.items() if str(k).lower() == key), None)
+
+
+T = TypeVar("T")
+
+
+def _fill(obj: T, raw: dict[str, Any]) -> T:
+    names = {f.lower(): f for f in obj.__dataclass_fields__}  # type: ignore[attr-defined]
+    for key, value in raw.items():
+        name = names.get(str(key).lower())
+        if name is not None:
+            setattr(obj, name, value)
+    return obj
+
+
+def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> int:
+    """Run ``serve`` until SIGINT/SIGTERM. Returns the exit code."""
+
+    async def main() -> None:
+        server = Server(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await server.start()
+            if ready is not None:
+                ready(server)
+            await stop.wait()
+        finally:
+            await server.close()
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: cannot start: {exc}\n")
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = admin.build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = admin.load(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return 2 if args.command == "configtest" else 1
+    if args.command in ("serve", "configtest"):
+        debug = args.verbose or cfg.log_level in ("debug", "trace")
+        logging.basicConfig(
+            level=logging.DEBUG if debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        for warning in cfg.warnings:
+            log.warning("config: %s", warning)
+        if args.command == "configtest":
+            sys.stdout.write(
+                f"config OK ({cfg.source or 'defaults'}), {len(cfg.warnings)} warning(s)\n"
+            )
+            return 0
+        return run(cfg)
+    try:
+        admin.run_admin(args, cfg)
+    except admin.UsageError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc} (see --help)\n")
+        return 2
+    except (admin.AdminError, ValueError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
