@@ -354,3 +354,37 @@ def test_stun_server_loopback_v4_and_v6() -> None:
     assert got[0].addr == ipaddress.IPv4Address("127.0.0.1")
     if len(got) == 2:
         assert got[1].addr == ipaddress.IPv6Address("::1")
+
+
+def test_websocket_client_talks_to_plain_client() -> None:
+    async def body(node: Node) -> None:
+        ws_url = node.url.replace("http://", "ws://")
+        a = await connected(node, key(1))
+        w = DERPClient(key(2), ws_url)
+        await w.connect()
+        assert w.server_key == node.derp.public
+        big = bytes(range(256)) * 200  # spans several WebSocket messages' worth of stream
+        w.send(key(1).public(), big)
+        got = await recv_packet(a)
+        assert (got.src, got.packet) == (key(2).public_raw(), big)
+        a.send(key(2).public(), b"back over ws")
+        assert (await recv_packet(w)).packet == b"back over ws"
+        await w.close()
+        await a.close()
+
+    run(body, DERPServer(key(99)))
+
+
+def test_old_websocket_upgrade_without_subprotocol_is_raw_derp() -> None:
+    async def body(node: Node) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", node.port)
+        w.write(
+            b"GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await r.readuntil(b"\r\n\r\n")
+        first = await r.readexactly(45)
+        w.close()
+        return first
+
+    server = DERPServer(key(99))
+    assert run(body, server) == F.server_key(server.public.raw)

@@ -19,11 +19,14 @@ import ssl as ssl_module
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from wsproto.connection import ConnectionType
+
 from ..derp import frames as F
 from ..derp.client import ClientEvent, ClientSession, Connected
 from ..derp.errors import HandshakeError
 from ..derp.info import ClientInfo
 from ..key import NodePrivate, NodePublic
+from .websocket import WebSocketStream, client_handshake_headers
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +55,16 @@ class DERPClient:
         host_addr: str | None = None,
     ) -> None:
         u = urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
+        if u.scheme not in ("http", "https", "ws", "wss") or not u.hostname:
             raise ValueError(f"bad DERP URL {url!r}")
+        self.websocket = u.scheme in ("ws", "wss")
+        tls = u.scheme in ("https", "wss")
         self.url = url
         self.host = u.hostname
         self.dial_host = host_addr or u.hostname
-        self.port = u.port or (443 if u.scheme == "https" else 80)
+        self.port = u.port or (443 if tls else 80)
         self.path = u.path or "/derp"
-        self.ssl = ssl if ssl is not None else (True if u.scheme == "https" else None)
+        self.ssl = ssl if ssl is not None else (True if tls else None)
         self.server_name = server_name
         self.session = ClientSession(private, rand, info=info)
         self.connect_timeout = connect_timeout
@@ -68,6 +73,7 @@ class DERPClient:
         self.dropped = 0
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._ws: WebSocketStream | None = None
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self._rand = rand
         self._flush_scheduled = False
@@ -90,10 +96,14 @@ class DERPClient:
             reader, writer = await asyncio.open_connection(self.dial_host, self.port, **kw)  # type: ignore[arg-type]
             self._reader, self._writer = reader, writer
             host = self.host if ":" not in self.host else f"[{self.host}]"
-            writer.write(
-                f"GET {self.path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: DERP\r\n"
-                "Connection: Upgrade\r\nUser-Agent: meshscale\r\n\r\n".encode()
-            )
+            if self.websocket:
+                request, want_accept = client_handshake_headers(host, self.path)
+                writer.write(request)
+            else:
+                writer.write(
+                    f"GET {self.path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: DERP\r\n"
+                    "Connection: Upgrade\r\nUser-Agent: meshscale\r\n\r\n".encode()
+                )
             await writer.drain()
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -102,6 +112,16 @@ class DERPClient:
             status = head.split(b"\r\n", 1)[0].split(b" ")
             if len(status) < 2 or status[1] != b"101":
                 raise HandshakeError(f"DERP upgrade refused: {head[:80]!r}")
+            if self.websocket:
+                fields = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (
+                        ln.decode("latin-1").partition(":") for ln in head.split(b"\r\n")[1:]
+                    )
+                }
+                if fields.get("sec-websocket-accept") != want_accept:
+                    raise HandshakeError("bad Sec-WebSocket-Accept")
+                self._ws = WebSocketStream(_TCPStream(reader, writer), ConnectionType.CLIENT)
             while True:
                 ev = await self._next_event()
                 if isinstance(ev, Connected):
@@ -115,7 +135,10 @@ class DERPClient:
             if ev is not None:
                 return ev
             async with asyncio.timeout(self.read_timeout):
-                data = await self._reader.read(64 * 1024)
+                if self._ws is not None:
+                    data = await self._ws.read(64 * 1024)
+                else:
+                    data = await self._reader.read(64 * 1024)
             if not data:
                 raise ConnectionError("DERP server closed the connection")
             self.session.receive_data(data)
@@ -136,7 +159,10 @@ class DERPClient:
         self._pending_bytes = 0
         out = self.session.data_to_send()
         if out and self._writer is not None:
-            self._writer.write(out)
+            if self._ws is not None:
+                self._ws.write(out)
+            else:
+                self._writer.write(out)
 
     def _flush_soon(self) -> None:
         # Coalesce the frames queued in one event-loop turn into one write (one syscall).
@@ -174,7 +200,9 @@ class DERPClient:
 
     def write_raw(self, parts: list[bytes]) -> None:
         """Write pre-encoded frames (the relay's mesh forwarder queue)."""
-        if self._writer is not None:
+        if self._ws is not None:
+            self._ws.writelines(parts)
+        elif self._writer is not None:
             self._writer.writelines(parts)
 
     async def drain(self) -> None:
@@ -217,6 +245,33 @@ class DERPClient:
     @property
     def connected(self) -> bool:
         return self.session.connected and self._writer is not None
+
+
+class _TCPStream:
+    """asyncio streams as the byte-stream API WebSocketStream wraps."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def read(self, n: int = 64 * 1024) -> bytes:
+        return await self.reader.read(n)
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writer.writelines(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        return self.writer.transport
 
 
 def backoff_delay(failures: int, rng: random.Random) -> float:

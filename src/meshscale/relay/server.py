@@ -36,6 +36,7 @@ from ..derp.relay import Relay
 from ..io.http import Request, Response, UpgradeStream
 from ..key import NodePrivate, NodePublic
 from .client import DERPClient
+from .websocket import ByteStream, accept_websocket, wants_derp_websocket
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,16 @@ class DERPServer:
         upgrade = (req.headers.get("upgrade") or "").lower()
         if upgrade not in ("derp", "websocket"):
             return Response.text(426, "DERP requires connection upgrade")
-        protocols = req.headers.get("sec-websocket-protocol") or ""
-        if upgrade == "websocket" and "derp" in [p.strip() for p in protocols.split(",")]:
-            return Response.text(501, "DERP over WebSocket is not supported by this server\n")
+        remote = None
+        if req.client is not None:
+            with contextlib.suppress(ValueError):
+                remote = (ipaddress.ip_address(req.client[0]), req.client[1])
+        not_ideal = "ideal-node" in req.headers
+        if wants_derp_websocket(req):
+            ws = await accept_websocket(req, stream)
+            await self.serve_stream(ws, remote, not_ideal=not_ideal)
+            return None
+        # Very old clients sent "Upgrade: WebSocket" but spoke raw DERP (1.3).
         if req.headers.get("derp-fast-start") == "1":
             await stream.accept(write_response=False)
         else:
@@ -159,18 +167,14 @@ class DERPServer:
                     ("Derp-Public-Key", self.key_header_prefix + self.public.hex()),
                 ]
             )
-        remote = None
-        if req.client is not None:
-            with contextlib.suppress(ValueError):
-                remote = (ipaddress.ip_address(req.client[0]), req.client[1])
-        await self.serve_stream(stream, remote, not_ideal="ideal-node" in req.headers)
+        await self.serve_stream(stream, remote, not_ideal=not_ideal)
         return None
 
     # ---- one client ---------------------------------------------------------------------
 
     async def serve_stream(
         self,
-        stream: UpgradeStream,
+        stream: ByteStream,
         remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
         *,
         not_ideal: bool = False,
@@ -189,7 +193,7 @@ class DERPServer:
 
     async def _serve(
         self,
-        stream: UpgradeStream,
+        stream: ByteStream,
         remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
         not_ideal: bool,
     ) -> None:
@@ -409,7 +413,7 @@ class DERPServer:
         self._mesh_tasks.clear()
 
 
-async def _read_frame(stream: UpgradeStream, fb: F.FrameBuffer) -> tuple[int, bytes]:
+async def _read_frame(stream: ByteStream, fb: F.FrameBuffer) -> tuple[int, bytes]:
     while True:
         frames = fb.frames()
         try:
