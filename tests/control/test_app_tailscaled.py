@@ -37,7 +37,8 @@ SERVER_SCRIPT = textwrap.dedent(
         state = State.open(os.path.join(workdir, "ctl.db"))
         user = state.create_user("lab")
         secret = state.create_preauth_key(user.id, reusable=True).secret
-        region = from_json(DERPRegion, derp_region(900, "lab", "Lab DERP", host, 443, 3478, ipv4=ip))
+        region = derp_region(900, "lab", "Lab DERP", host, 443, 3478, ipv4=ip)
+        region = from_json(DERPRegion, region)
         app = build_app(
             state, AppSettings(server_url=f"https://{host}", base_domain="ts.lab"),
             DERPMap(Regions={900: region}), control_key=MachinePrivate(os.urandom(32)),
@@ -122,5 +123,25 @@ def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
         assert st["Self"]["DNSName"] == "n1.ts.lab."
         res = nodes[0].ping(ips[1], args=["--c=10", "--timeout=5s"], timeout=60)
         assert "pong from n2" in res.stdout, res.stdout + res.stderr + srv.log_text()[-3000:]
+
+        # A node joining later reaches n1 as a delta on its open map stream.
+        n3 = TailscaleNode(lab.add_public_host("n3"), "n3", ca_cert=ca.cert_path)
+        n3.up("https://ctl.lab", authkey, hostname="n3", timeout=45)
+        assert _wait_peers(nodes[0], lambda ps: sorted(p["HostName"] for p in ps) == ["n2", "n3"])
+        # A node going away is reported offline to its peers.
+        n3.stop()
+        assert _wait_peers(
+            nodes[0], lambda ps: any(p["HostName"] == "n3" and not p["Online"] for p in ps)
+        )
         for node in nodes:
             node.stop()
+
+
+def _wait_peers(node: object, pred: object, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = node.status_json()  # type: ignore[attr-defined]
+        if pred(list((st.get("Peer") or {}).values())):  # type: ignore[operator]
+            return True
+        time.sleep(0.3)
+    return False
