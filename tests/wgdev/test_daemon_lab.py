@@ -110,3 +110,31 @@ def test_wg_quick_up_and_down(host: Host, ifname: str, tmp_path: Path) -> None:
     host.run(["wg-quick", "down", str(conf)], env=env, timeout=30)
     assert not link_exists(host, ifname)
     assert wait_for(lambda: not os.path.exists(socket_path(ifname)))
+
+
+OPEN_TUN_THEN_EXEC = """
+import fcntl, os, struct, sys
+name, argv = sys.argv[1], sys.argv[2:]
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", name.encode(), 0x0001 | 0x1000))
+os.set_inheritable(fd, True)
+os.environ["WG_TUN_FD"] = str(fd)
+os.execv(argv[0], argv)
+"""
+
+
+@pytest.mark.parametrize(
+    "command", [pytest.param([DAEMON], id="engine"), pytest.param(TUN_FAKE, id="tunfake")]
+)
+def test_inherited_tun_fd_names_the_socket(host: Host, ifname: str, command: list[str]) -> None:
+    # Like wireguard-go, the daemon asks the TUN fd for its real name and ignores IFNAME.
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+    argv = [sys.executable, "-c", OPEN_TUN_THEN_EXEC, ifname, *command, "ignored0"]
+    started = host.run(argv, env=env, timeout=TIMEOUT)
+    assert started.returncode == 0, started.stderr
+    path = socket_path(ifname)
+    assert os.path.exists(path)
+    assert not os.path.exists(socket_path("ignored0"))
+    assert host.run(["wg", "show", ifname, "listen-port"]).stdout.strip().isdigit()
+    host.run(["ip", "link", "del", ifname])
+    assert wait_for(lambda: not os.path.exists(path)), "daemon did not notice the deleted link"
