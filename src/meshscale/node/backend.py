@@ -1,0 +1,401 @@
+"""The node backend (tailscale ipn/ipnlocal, in small pieces): prefs + netmap -> engine.
+
+    LocalAPI --start/down/logout/ping--> Backend --keys, prefs--> StateStore
+                                            |--> controlclient.Auto (register, map poll)
+    netmap --> peers: WireGuard device (synthetic endpoints, allowed IPs)
+                      magicsock core (disco keys, endpoints, home DERP)
+                      packet filter;  self addresses: Router (TUN addresses and routes)
+    magicsock events --> endpoints / home DERP reported to control
+
+Peer changes are applied as a diff: a peer whose key, endpoints or DERP changed is updated
+in place and the others are not touched, so their flows continue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from meshscale import __version__
+from meshscale.disco import AddrPort
+from meshscale.filter import Filter, FilterError
+from meshscale.key import DiscoPublic, NodePrivate, NodePublic
+from meshscale.magicsock import (
+    EndpointsChanged,
+    Event,
+    HomeDERPChanged,
+    NetcheckReportReady,
+    PeerConfig,
+)
+from meshscale.tailcfg import Hostinfo, Login, NetInfo, Node, to_json
+from meshscale.wireguard.uapi import PeerChange, SetRequest
+
+from . import ipnstate as S
+from .controlclient import Auto, Keys, NetworkMap
+from .localapi import BackendError
+from .magicsock import MagicBind, peer_endpoint
+from .prefs import Prefs
+from .router import Router
+from .store import LoginInfo, State, StateStore
+
+log = logging.getLogger("meshscale.backend")
+
+LINK_POLL = 1.0  # seconds between checks of local addresses (roaming detection)
+
+
+def _addr_text(a: AddrPort) -> str:
+    return f"[{a.ip}]:{a.port}" if a.ip.version == 6 else f"{a.ip}:{a.port}"
+
+
+def _ips(addresses: list[str]) -> list[str]:
+    return [a.split("/", 1)[0] for a in addresses]
+
+
+class Backend:
+    """Implements localapi.LocalBackend over a real engine (see the module docstring)."""
+
+    def __init__(
+        self, store: StateStore, state: State, *, engine: Any, bind: MagicBind, router: Router
+    ) -> None:
+        self.store = store
+        self.st = state
+        self.engine = engine
+        self.bind = bind
+        self.router = router
+        self.state = S.STOPPED if not state.prefs.WantRunning else S.STARTING
+        self.auth_url = ""
+        self.health: list[str] = []
+        self.netmap = NetworkMap()
+        self.auto: Auto | None = None
+        self._peer_keys: dict[int, NodePublic] = {}
+        self._peer_cfg: dict[NodePublic, tuple[Any, ...]] = {}
+        self._traffic: dict[bytes, tuple[int, int, float]] = {}
+        self._local_ips: list[Any] = []
+        self._link_task: asyncio.Task[None] | None = None
+        self._filter: Filter | None = None
+        self._filter_key: Any = None
+        engine.filter_in = self._filter_in
+        engine.filter_out = self._filter_out
+
+    # ---- lifecycle ----
+
+    async def run(self) -> None:
+        self._link_task = asyncio.get_running_loop().create_task(self._watch_links())
+        if self.st.prefs.WantRunning and self.st.prefs.ControlURL:
+            self._start_control("")
+
+    async def close(self) -> None:
+        if self._link_task is not None:
+            self._link_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._link_task
+        if self.auto is not None:
+            await self.auto.stop()
+
+    def _start_control(self, auth_key: str) -> None:
+        keys = Keys(self.st.machine_key, self.st.node_key, self.st.disco_key)
+        self.auto = Auto(
+            self.st.prefs.ControlURL, keys, hostinfo=self._hostinfo, on_netmap=self._on_netmap,
+            on_state=self._on_state, on_login=self._on_login,
+        )  # fmt: skip
+        eps = self.bind.core.endpoints
+        self.auto.update_endpoints([_addr_text(e.addr) for e in eps], [int(e.type) for e in eps])
+        self.state = S.STARTING
+        self.auto.start(auth_key)
+
+    # ---- LocalBackend ----
+
+    def prefs(self) -> Prefs:
+        return self.st.prefs
+
+    async def start(self, prefs: Prefs, auth_key: str, reset: bool) -> None:
+        if not prefs.ControlURL:
+            raise BackendError("no control server URL (use --login-server)")
+        from .controlclient import ControlURLError, parse_control_url
+
+        try:
+            parse_control_url(prefs.ControlURL)
+        except ControlURLError as exc:
+            raise BackendError(str(exc)) from exc
+        if self.auto is not None:
+            await self.auto.stop()
+            self.auto = None
+        prefs.WantRunning = True
+        prefs.LoggedOut = False
+        self.st.prefs = prefs
+        self.store.save(self.st)
+        self.health = []
+        self.auth_url = ""
+        self._start_control(auth_key)
+
+    async def down(self) -> None:
+        self.st.prefs.WantRunning = False
+        self.store.save(self.st)
+        if self.auto is not None:
+            await self.auto.stop()
+            self.auto = None
+        self.netmap = NetworkMap()
+        self._apply_peers()
+        self.state = S.STOPPED
+
+    async def logout(self) -> None:
+        if self.auto is not None:
+            await self.auto.logout()
+            self.auto = None
+        # A logged-out node key is expired on the server; the next login uses a fresh one.
+        self.st.old_node_key = self.st.node_key.public()
+        self.st.node_key = NodePrivate.generate(os.urandom(32))
+        self.st.prefs.WantRunning = False
+        self.st.prefs.LoggedOut = True
+        self.st.login = LoginInfo()
+        self.store.save(self.st)
+        self.netmap = NetworkMap()
+        self._apply_peers()
+        self.engine.uapi_set(SetRequest(private_key=self.st.node_key.raw))
+        await self.bind.set_node_key(self.st.node_key)
+        self.state = S.NEEDS_LOGIN
+
+    async def ping(self, ip: str, wait: float) -> S.PingResult:
+        peer = self.netmap.peer_by_ip(ip)
+        if peer is None or peer.Key is None:
+            raise BackendError(f"no peer with IP {ip}", 404)
+        if peer.DiscoKey is None:
+            return S.PingResult(IP=ip, NodeIP=ip, Err="peer has no disco key")
+        name = (peer.ComputedName or peer.Name.split(".", 1)[0]) or ip
+        try:
+            lat, via, region = await self.bind.ping(peer.Key, peer.DiscoKey, wait)
+        except TimeoutError:
+            return S.PingResult(IP=ip, NodeIP=ip, NodeName=name, Err="timed out")
+        return S.PingResult(
+            IP=ip, NodeIP=ip, NodeName=name, LatencySeconds=lat, Endpoint=via,
+            DERPRegionID=region, DERPRegionCode=self.bind.region_codes.get(region, ""),
+        )  # fmt: skip
+
+    async def netcheck(self) -> dict[str, Any]:
+        r = self.bind.report
+        names = {str(k): v for k, v in self.bind.region_codes.items()}
+        if r is None:
+            return {"UDP": False, "RegionNames": names, "PreferredDERP": self.bind.core.home_derp}
+        return {
+            "UDP": r.udp, "IPv4": r.ipv4, "IPv6": r.ipv6,
+            "GlobalV4": _addr_text(r.global_v4) if r.global_v4 else "",
+            "GlobalV6": _addr_text(r.global_v6) if r.global_v6 else "",
+            "MappingVariesByDestIP": r.mapping_varies_by_dest_ip,
+            "PreferredDERP": r.preferred_derp or self.bind.core.home_derp,
+            "RegionLatency": {str(k): v for k, v in r.region_latency.items()},
+            "RegionNames": names,
+        }  # fmt: skip
+
+    def whois(self, ip: str) -> dict[str, Any] | None:
+        node = self.netmap.peer_by_ip(ip)
+        me = self.netmap.self_node
+        if node is None and me is not None and ip in _ips(me.Addresses):
+            node = me
+        if node is None:
+            return None
+        up = self.netmap.user_profiles.get(node.User)
+        return {"Node": to_json(node), "UserProfile": to_json(up) if up else {"ID": node.User}}
+
+    def status(self) -> S.Status:
+        st = S.Status(Version=__version__, BackendState=self.state, AuthURL=self.auth_url)
+        st.HaveNodeKey = True
+        st.Health = list(self.health)
+        if self.auto is not None and self.auto.last_error and self.state == S.RUNNING:
+            st.Health.append(f"control: {self.auto.last_error}")
+        me = self.netmap.self_node
+        if me is None or self.state in (S.STOPPED, S.NEEDS_LOGIN):
+            return st
+        st.TailscaleIPs = _ips(me.Addresses)
+        st.MagicDNSSuffix = self.netmap.domain
+        st.Self = self._peer_status(me, is_self=True)
+        now = time.monotonic()
+        for p in self.netmap.peers.values():
+            if p.Key is None:
+                continue
+            st.Peer[p.Key.text()] = self._peer_status(p, now=now)
+        for uid, up in self.netmap.user_profiles.items():
+            st.User[uid] = S.UserProfile(uid, up.LoginName, up.DisplayName)
+        return st
+
+    def _peer_status(self, n: Node, *, is_self: bool = False, now: float = 0.0) -> S.PeerStatus:
+        hi = n.Hostinfo if isinstance(n.Hostinfo, dict) else {}
+        ps = S.PeerStatus(
+            ID=n.StableID or str(n.ID), PublicKey=n.Key.text() if n.Key else "",
+            HostName=str(hi.get("Hostname") or n.ComputedName or n.Name.split(".", 1)[0]),
+            DNSName=n.Name, OS=str(hi.get("OS") or ""), UserID=n.User,
+            TailscaleIPs=_ips(n.Addresses), AllowedIPs=list(n.AllowedIPs or n.Addresses),
+            Addrs=list(n.Endpoints), Created=n.Created, LastSeen=n.LastSeen, KeyExpiry=n.KeyExpiry,
+            InNetworkMap=True,
+        )  # fmt: skip
+        if is_self:
+            ps.Online = True
+            ps.Relay = self.bind.region_codes.get(self.bind.core.home_derp, "")
+            ps.OS = ps.OS or "linux"
+            return ps
+        ps.Online = n.Online is not False
+        ps.Relay = self.bind.region_codes.get(n.HomeDERP, str(n.HomeDERP) if n.HomeDERP else "")
+        if n.Key is None:
+            return ps
+        with self.bind.lock:
+            pst = self.bind.core.peer_status(n.Key, now)
+        ps.InMagicSock = pst is not None
+        if pst is not None and pst.best is not None and pst.trusted:
+            ps.CurAddr = _addr_text(pst.best)
+        dev_peer = self.engine.device.peers.get(n.Key.raw)
+        if dev_peer is not None:
+            ps.InEngine = True
+            ps.RxBytes, ps.TxBytes = int(dev_peer.rx_bytes), int(dev_peer.tx_bytes)
+            if dev_peer.last_handshake_ns:
+                ps.LastHandshake = datetime.fromtimestamp(dev_peer.last_handshake_ns / 1e9, UTC)
+            prev = self._traffic.get(n.Key.raw)
+            if prev is None or (prev[0], prev[1]) != (ps.RxBytes, ps.TxBytes):
+                changed_at = now if prev is not None or ps.RxBytes or ps.TxBytes else 0.0
+                self._traffic[n.Key.raw] = (ps.RxBytes, ps.TxBytes, changed_at)
+            last = self._traffic[n.Key.raw][2]
+            ps.Active = bool(last) and now - last < S.ACTIVE_WINDOW
+            if ps.Active:
+                ps.LastWrite = datetime.now(UTC)
+        return ps
+
+    # ---- control callbacks ----
+
+    def _hostinfo(self) -> Hostinfo:
+        r = self.bind.report
+        ni = NetInfo(PreferredDERP=self.bind.core.home_derp)
+        if r is not None:
+            ni.WorkingUDP = r.udp
+            ni.MappingVariesByDestIP = r.mapping_varies_by_dest_ip
+            ni.DERPLatency = {f"{k}-v4": v for k, v in r.region_v4_latency.items()}
+        name = self.st.prefs.Hostname or socket.gethostname()
+        return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni)
+
+    def _on_state(self, state: str, auth_url: str, error: str) -> None:
+        if error:
+            self.health = [error]
+        self.auth_url = auth_url
+        if state != S.STARTING or self.state != S.RUNNING:
+            self.state = state
+
+    def _on_login(self, login: Login) -> None:
+        self.st.login = LoginInfo(login.LoginName, login.DisplayName, login.ID)
+        self.store.save(self.st)
+
+    def _on_netmap(self, nm: NetworkMap) -> None:
+        self.netmap = nm
+        me = nm.self_node
+        if me is not None:
+            try:
+                self.router.set(me.Addresses)
+            except OSError as exc:
+                self.health = [f"router: {exc}"]
+                log.error("configuring %s: %s", self.router.ifname, exc)
+        self.bind.set_derp_map(nm.derp_map)
+        self._apply_peers()
+        self._apply_filter()
+        if me is not None and me.MachineAuthorized:
+            self.state = S.RUNNING
+            self.auth_url = ""
+            self.health = [h for h in self.health if not h.startswith("login:")]
+        elif me is not None:
+            self.state = S.NEEDS_MACHINE_AUTH
+
+    def _apply_peers(self) -> None:
+        """Diff the netmap's peers into the WireGuard device and the magicsock core."""
+        want: dict[NodePublic, tuple[Any, ...]] = {}
+        configs: list[PeerConfig] = []
+        for p in self.netmap.peers.values():
+            if p.Key is None:
+                continue
+            allowed = tuple(sorted(p.AllowedIPs if p.AllowedIPs is not None else p.Addresses))
+            want[p.Key] = allowed, p.DiscoKey
+            if p.DiscoKey is not None and not p.DiscoKey.is_zero():
+                eps = tuple(_parse_ap(e) for e in p.Endpoints)
+                configs.append(
+                    PeerConfig(p.Key, p.DiscoKey, tuple(e for e in eps if e), p.HomeDERP)
+                )
+        changes: list[PeerChange] = [
+            PeerChange(public_key=k.raw, remove=True) for k in self._peer_cfg if k not in want
+        ]
+        for k, cfg in want.items():
+            if self._peer_cfg.get(k) == cfg:
+                continue
+            nets = [ipaddress.ip_network(a, strict=False) for a in cfg[0]]
+            changes.append(PeerChange(
+                public_key=k.raw, endpoint=peer_endpoint(k), replace_allowed_ips=True,
+                allowed_ips_add=nets,
+            ))  # fmt: skip
+        self._peer_cfg = want
+        if changes:
+            self.engine.uapi_set(SetRequest(peers=changes))
+        self.bind.set_peers(configs)
+
+    def _apply_filter(self) -> None:
+        me = self.netmap.self_node
+        rules = self.netmap.filter_rules()
+        local = _ips(me.Addresses) if me is not None else []
+        key = (tuple(str(to_json(r)) for r in rules), tuple(local))
+        if key == self._filter_key:
+            return
+        self._filter_key = key
+        try:
+            self._filter = Filter(rules, [ipaddress.ip_network(a) for a in local])
+        except FilterError as exc:
+            log.error("packet filter refused: %s", exc)
+            self._filter = Filter([], [ipaddress.ip_network(a) for a in local])
+
+    def _filter_in(self, packets: list[bytes]) -> list[bytes]:
+        f = self._filter
+        if f is None:
+            return []
+        return [p for p in packets if f.run_in(p).accepted]
+
+    def _filter_out(self, packets: list[bytes]) -> list[bytes]:
+        f = self._filter
+        if f is not None:
+            for p in packets:
+                f.run_out(p)
+        return packets
+
+    # ---- magicsock events and links ----
+
+    def on_magicsock_event(self, ev: Event) -> None:
+        if isinstance(ev, EndpointsChanged | HomeDERPChanged | NetcheckReportReady):
+            eps = self.bind.core.endpoints
+            if self.auto is not None:
+                self.auto.update_endpoints(
+                    [_addr_text(e.addr) for e in eps], [int(e.type) for e in eps]
+                )
+
+    async def _watch_links(self) -> None:
+        while True:
+            try:
+                ips = await asyncio.to_thread(Router.local_addresses, self.router.ifname)
+            except OSError as exc:
+                log.debug("listing addresses: %s", exc)
+                ips = self._local_ips
+            if ips != self._local_ips:
+                first = not self._local_ips
+                self._local_ips = ips
+                self.bind.set_local_addresses(ips)
+                if not first:
+                    log.info("network changed: %s", [str(i) for i in ips])
+                    self.bind.note_network_change()
+            await asyncio.sleep(LINK_POLL)
+
+
+def _parse_ap(text: str) -> AddrPort | None:
+    try:
+        host, _, port = text.rpartition(":")
+        return AddrPort(ipaddress.ip_address(host.strip("[]")), int(port))
+    except ValueError:
+        return None
+
+
+__all__ = ["Backend", "DiscoPublic"]

@@ -1,0 +1,476 @@
+"""The magicsock driver: one UDP socket shared by WireGuard, disco and STUN, plus DERP.
+
+It is the WireGuard engine's ``Bind`` (wgdev.engine.Bind). The engine's threads call
+``send``/``receive``; the asyncio loop runs the core's timer and the DERP connections. All
+protocol decisions are in ``meshscale.magicsock.Conn`` (the core); this module only moves
+bytes and guards the core with one lock.
+
+Endpoints: WireGuard sees every peer at a synthetic endpoint ``("nodekey:<hex>", 0)``; the
+core picks the real path per datagram (best UDP address, DERP, or both while probing), like
+tailscale's magicsock does with its per-peer endpoint objects. A datagram from a source the
+core cannot attribute is handed up with its real address; once WireGuard's receiver index
+names the peer, the source is bound to it and the synthetic endpoint is used again.
+
+User pings (``meshscale ping``) are disco Pings with our own TxIDs; their Pongs are taken out
+of the stream before the core sees them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meshscale import disco
+from meshscale.derp import frames as F
+from meshscale.derp.client import ClientEvent
+from meshscale.disco import AddrPort
+from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
+from meshscale.magicsock import Conn, Event, PeerConfig
+from meshscale.magicsock import DERPMap as CoreDERPMap
+from meshscale.relay.client import DERPRegions
+from meshscale.tailcfg import DERPMap, to_json
+from meshscale.wgdev.engine import RX_BATCH, BindClosed
+
+log = logging.getLogger("meshscale.magicsock")
+
+SYNTHETIC_PREFIX = "nodekey:"
+TIMER_MAX_SLEEP = 0.1  # seconds: the core's deadlines are re-read at least this often
+MAX_DERP_QUEUE = 4096  # WireGuard datagrams from DERP waiting for the RX thread (memory bound)
+_MAPPED = "::ffff:"
+
+Endpoint = tuple[str, int]
+
+
+def peer_endpoint(key: NodePublic) -> Endpoint:
+    return (SYNTHETIC_PREFIX + key.hex(), 0)
+
+
+def endpoint_peer(ep: Endpoint) -> NodePublic | None:
+    if ep[0].startswith(SYNTHETIC_PREFIX):
+        return NodePublic.from_hex(ep[0][len(SYNTHETIC_PREFIX) :])
+    return None
+
+
+def derp_url(node: dict[str, Any]) -> str:
+    """Where to dial a DERP node. TLS unless TS_DEBUG_USE_DERP_HTTP is set (upstream's knob)."""
+    host = node.get("IPv4") or node.get("HostName") or ""
+    if ":" in host:
+        host = f"[{host}]"
+    plain = os.environ.get("TS_DEBUG_USE_DERP_HTTP", "") in ("1", "true")
+    port = int(node.get("DERPPort") or (80 if plain else 443))
+    return f"{'http' if plain else 'https'}://{host}:{port}/derp"
+
+
+@dataclass(slots=True)
+class _UserPing:
+    peer: NodePublic
+    started: float
+    future: asyncio.Future[tuple[float, str, int]]
+
+
+class MagicBind:
+    """See the module docstring. Create, ``start(loop)``, then hand to the Engine."""
+
+    def __init__(
+        self,
+        node_key: NodePrivate,
+        disco_key: DiscoPrivate,
+        *,
+        on_event: Callable[[Event], None],
+        rand: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.node_key = node_key
+        self.disco_key = disco_key
+        self.on_event = on_event
+        self.rand = rand
+        self.core = Conn(node_key.public(), disco_key, rand=rand, local_port=0)
+        self.lock = threading.RLock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.device: Any = None  # the engine's wireguard.Device, for receiver-index lookups
+        self._sock: socket.socket | None = None
+        self._dual = socket.has_ipv6
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+        self._derp_in: deque[tuple[bytes, Endpoint]] = deque()
+        self._derp_out: list[tuple[int, NodePublic, bytes]] = []
+        self._derp_flush_scheduled = False
+        self.derp: DERPRegions | None = None
+        self.derp_map = DERPMap()
+        self.derp_connected: set[int] = set()
+        self._timer_task: asyncio.Task[None] | None = None
+        self._pings: dict[bytes, _UserPing] = {}
+        self.region_codes: dict[int, str] = {}
+        self.report: Any = None
+
+    # ---- Bind protocol (engine threads) ----
+
+    def open(self, port: int) -> int:
+        new: socket.socket | None = None
+        if self._dual:
+            try:
+                new = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                new.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                new.bind(("::", port))
+            except OSError as exc:
+                if new is not None:
+                    new.close()
+                new = None
+                if exc.errno == 98:  # EADDRINUSE
+                    raise
+                self._dual = False
+        if new is None:
+            new = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            new.bind(("0.0.0.0", port))
+        new.setblocking(False)
+        with contextlib.suppress(OSError):
+            new.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            new.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        old, self._sock = self._sock, new
+        bound = int(new.getsockname()[1])
+        with self.lock:
+            self.core.note_network_change(time.monotonic(), local_port=bound)
+        if old is not None:
+            old.close()
+        self._wake()
+        return bound
+
+    def send(self, ep: Endpoint, messages: list[list[bytes]]) -> None:
+        peer = endpoint_peer(ep)
+        if peer is None:
+            for group in messages:
+                for d in group:
+                    self._sendto(d, ep)
+            return
+        now = time.monotonic()
+        with self.lock:
+            for group in messages:
+                for d in group:
+                    self.core.send(peer, d, now)
+            self._flush_locked()
+
+    def send_one(self, ep: Endpoint, data: bytes) -> None:
+        self.send(ep, [[data]])
+
+    def receive(self) -> list[tuple[bytes | memoryview, Endpoint]]:
+        while True:
+            if self._closed:
+                raise BindClosed
+            sock = self._sock
+            out = self._take_derp()
+            if sock is None:
+                select.select([self._wake_r], [], [], 0.5)
+                self._drain_wake()
+                if out:
+                    return out
+                continue
+            batch: list[tuple[bytes, Any]] = []
+            for _ in range(RX_BATCH):
+                try:
+                    batch.append(sock.recvfrom(65535))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    if self._closed or sock is not self._sock:
+                        raise BindClosed from None
+                    break
+            if batch:
+                out += self._classify(batch)
+            if out:
+                return out
+            if not batch:
+                with contextlib.suppress(OSError, ValueError):
+                    select.select([sock.fileno(), self._wake_r], [], [], 0.5)
+                self._drain_wake()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+        if self._sock is not None:
+            self._sock.close()
+
+    # ---- RX helpers ----
+
+    def _classify(
+        self, batch: list[tuple[bytes, Any]]
+    ) -> list[tuple[bytes | memoryview, Endpoint]]:
+        now = time.monotonic()
+        out: list[tuple[bytes | memoryview, Endpoint]] = []
+        with self.lock:
+            for data, addr in batch:
+                host = addr[0]
+                if host.startswith(_MAPPED) and "." in host:
+                    host = host[len(_MAPPED) :]
+                try:
+                    src = AddrPort(ipaddress.ip_address(host.split("%", 1)[0]), int(addr[1]))
+                except ValueError:
+                    continue
+                if disco.looks_like_disco(data) and self._user_pong(data, src, 0, now):
+                    continue
+                self.core.receive_datagram(data, src, now)
+            for data, wsrc in self.core.received_wireguard():
+                if wsrc.peer is not None:
+                    out.append((data, peer_endpoint(wsrc.peer)))
+                    continue
+                assert wsrc.addr is not None
+                peer = self._peer_by_index(data)
+                if peer is not None:
+                    self.core.note_wireguard_source(peer, wsrc.addr)
+                    out.append((data, peer_endpoint(peer)))
+                else:
+                    out.append((data, (str(wsrc.addr.ip), wsrc.addr.port)))
+            self._flush_locked()
+        return out
+
+    def _peer_by_index(self, data: bytes) -> NodePublic | None:
+        """The peer a transport or response message is for, by our receiver index."""
+        dev = self.device
+        if dev is None or len(data) < 16 or data[0] not in (2, 4):
+            return None
+        off = 4 if data[0] == 4 else 8
+        idx = int.from_bytes(data[off : off + 4], "little")
+        kp = dev.keypairs.get(idx) if data[0] == 4 else None
+        p = kp.peer if kp is not None else dev.handshakes.get(idx)
+        return NodePublic(p.public_key) if p is not None else None
+
+    def _take_derp(self) -> list[tuple[bytes | memoryview, Endpoint]]:
+        out: list[tuple[bytes | memoryview, Endpoint]] = []
+        while self._derp_in:
+            out.append(self._derp_in.popleft())
+        return out
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"x")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._wake_r, 4096)
+
+    # ---- TX helpers (any thread, lock held) ----
+
+    def _sendto(self, data: bytes, ep: Endpoint) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        host = ep[0]
+        if self._dual and ":" not in host:
+            host = _MAPPED + host
+        try:
+            sock.sendto(data, (host, ep[1]))
+        except OSError:
+            pass  # unreachable paths are the core's business (disco pings find new ones)
+
+    def _flush_locked(self) -> None:
+        for data, addr in self.core.datagrams_to_send():
+            self._sendto(data, (str(addr.ip), addr.port))
+        derp = self.core.derp_to_send()
+        if derp and self.loop is not None:
+            self._derp_out += derp
+            if not self._derp_flush_scheduled:
+                self._derp_flush_scheduled = True
+                self.loop.call_soon_threadsafe(self._flush_derp)
+        while (ev := self.core.next_event()) is not None:
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(self._handle_event, ev)
+
+    # ---- asyncio side ----
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        with self.lock:
+            self.core.start(time.monotonic())
+            self._flush_locked()
+        self._timer_task = loop.create_task(self._timer_loop(), name="magicsock timer")
+
+    async def stop(self) -> None:
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer_task
+        if self.derp is not None:
+            await self.derp.close()
+        for p in self._pings.values():
+            if not p.future.done():
+                p.future.cancel()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            with self.lock:
+                deadline = self.core.get_timer()
+            now = time.monotonic()
+            delay = TIMER_MAX_SLEEP if deadline is None else min(TIMER_MAX_SLEEP, deadline - now)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            with self.lock:
+                now = time.monotonic()
+                t = self.core.get_timer()
+                if t is not None and t <= now:
+                    self.core.handle_timer(now)
+                self._flush_locked()
+
+    def _flush_derp(self) -> None:
+        self._derp_flush_scheduled = False
+        with self.lock:
+            out, self._derp_out = self._derp_out, []
+        if self.derp is None:
+            return
+        for region, peer, payload in out:
+            if region in self.derp.urls:
+                self.derp.send(region, peer, payload)
+
+    def _handle_event(self, ev: Event) -> None:
+        from meshscale.magicsock import HomeDERPChanged, NetcheckReportReady
+
+        if (
+            isinstance(ev, HomeDERPChanged)
+            and self.derp is not None
+            and ev.region in self.derp.urls
+        ):
+            self.derp.set_home(ev.region)
+        if isinstance(ev, NetcheckReportReady):
+            self.report = ev.report
+        self.on_event(ev)
+
+    def _on_derp_event(self, region: int, ev: ClientEvent) -> None:
+        if isinstance(ev, F.RecvPacket):
+            src = NodePublic(ev.src)
+            now = time.monotonic()
+            with self.lock:
+                if disco.looks_like_disco(ev.packet) and self._user_pong(
+                    ev.packet, None, region, now
+                ):
+                    return
+                self.core.receive_derp(ev.packet, src, region, now)
+                wg = self.core.received_wireguard()
+                self._flush_locked()
+            for data, wsrc in wg:
+                if len(self._derp_in) < MAX_DERP_QUEUE and wsrc.peer is not None:
+                    self._derp_in.append((data, peer_endpoint(wsrc.peer)))
+            if wg:
+                self._wake()
+        else:
+            from meshscale.derp.client import Connected
+
+            if isinstance(ev, Connected):
+                self.derp_connected.add(region)
+            elif isinstance(ev, F.PeerGone):
+                pass
+
+    # ---- configuration (event loop) ----
+
+    def set_derp_map(self, dm: DERPMap) -> None:
+        if dm == self.derp_map:
+            return
+        self.derp_map = dm
+        raw = to_json(dm)
+        urls: dict[int, str] = {}
+        for rid, region in (raw.get("Regions") or {}).items():
+            nodes = [n for n in region.get("Nodes") or [] if not n.get("STUNOnly")]
+            if nodes:
+                urls[int(rid)] = derp_url(nodes[0])
+            self.region_codes[int(rid)] = str(region.get("RegionCode") or rid)
+        if self.derp is None:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # DERP frames are NaCl-boxed end to end
+            self.derp = DERPRegions(self.node_key, urls, self._on_derp_event, ssl=ctx)
+        else:
+            self.derp.urls = urls
+        with self.lock:
+            self.core.set_derp_map(CoreDERPMap.from_json(raw), time.monotonic())
+            self._flush_locked()
+
+    async def set_node_key(self, key: NodePrivate) -> None:
+        """A new node key (after logout): a fresh core and fresh DERP logins."""
+        if self.derp is not None:
+            await self.derp.close()
+            self.derp = None
+        self.derp_map = DERPMap()
+        with self.lock:
+            port = self.core.local_port
+            self.node_key = key
+            self.core = Conn(key.public(), self.disco_key, rand=self.rand, local_port=port)
+            self.core.start(time.monotonic())
+            self._flush_locked()
+
+    def set_peers(self, peers: list[PeerConfig]) -> None:
+        with self.lock:
+            self.core.set_peers(peers, time.monotonic())
+            self._flush_locked()
+
+    def set_local_addresses(self, ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
+        with self.lock:
+            self.core.set_local_addresses(ips, time.monotonic())
+            self._flush_locked()
+
+    def note_network_change(self) -> None:
+        with self.lock:
+            self.core.note_network_change(time.monotonic())
+            self._flush_locked()
+
+    # ---- user pings ----
+
+    async def ping(
+        self, peer: NodePublic, disco_key: DiscoPublic, wait: float
+    ) -> tuple[float, str, int]:
+        """Disco-ping ``peer``: (latency s, "ip:port" or "", DERP region or 0)."""
+        assert self.loop is not None
+        tx = self.rand(12)
+        fut: asyncio.Future[tuple[float, str, int]] = self.loop.create_future()
+        now = time.monotonic()
+        self._pings[tx] = _UserPing(peer, now, fut)
+        try:
+            box = disco.DiscoBox(self.disco_key, disco_key)
+            msg = disco.Ping(tx, self.node_key.public())
+            with self.lock:
+                st = self.core.peer_status(peer, now)
+            if st is not None and st.best is not None and st.trusted:
+                sealed = box.seal(msg, self.rand(disco.NONCE_LEN))
+                self._sendto(sealed, (str(st.best.ip), st.best.port))
+            else:
+                region = st.home_derp if st is not None else 0
+                if region and self.derp is not None and region in self.derp.urls:
+                    self.derp.send(region, peer, box.seal(msg, self.rand(disco.NONCE_LEN)))
+            async with asyncio.timeout(wait):
+                return await fut
+        finally:
+            self._pings.pop(tx, None)
+
+    def _user_pong(self, data: bytes, src: AddrPort | None, region: int, now: float) -> bool:
+        """True if ``data`` is the Pong to one of our user pings (consumed here)."""
+        if not self._pings:
+            return False
+        try:
+            _sender, msg = disco.open_packet(self.disco_key, data)
+        except disco.DiscoError:
+            return False
+        if not isinstance(msg, disco.Pong):
+            return False
+        p = self._pings.get(msg.tx_id)
+        if p is None:
+            return False
+        via = f"{src.ip}:{src.port}" if src is not None and src.ip.version == 4 else (
+            f"[{src.ip}]:{src.port}" if src is not None else "")  # fmt: skip
+        result = (now - p.started, via, region)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(_set_result, p.future, result)
+        return True
+
+
+def _set_result(fut: asyncio.Future[tuple[float, str, int]], value: tuple[float, str, int]) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -1,0 +1,136 @@
+"""``meshscaled``: the node agent (tailscaled's main flags).
+
+    meshscaled [--state FILE | --statedir DIR] [--socket PATH] [--tun NAME] [--port N]
+               [--verbose N]
+
+Loads (or creates) the node's keys and prefs, opens the TUN device, starts the WireGuard
+engine on the magicsock bind and serves the local API; if the prefs say so it reconnects to
+its control server at once. SIGINT/SIGTERM shut it down cleanly (the TUN device goes away).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from meshscale.io.tun import TunDevice
+from meshscale.wgdev.engine import Engine
+from meshscale.wireguard.uapi import SetRequest
+
+from .backend import Backend
+from .localapi import LocalAPI
+from .magicsock import MagicBind
+from .router import TUN_MTU, Router
+from .store import StateError, StateStore
+
+log = logging.getLogger("meshscaled")
+
+DEFAULT_STATEDIR = "/var/lib/meshscale"
+DEFAULT_SOCKET = "/var/run/meshscale/meshscaled.sock"
+DEFAULT_TUN = "meshscale0"
+DEFAULT_PORT = 41641
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"meshscaled: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="meshscaled", description="meshscale node agent")
+    p.add_argument("--state", default="", help="state file path")
+    p.add_argument(
+        "--statedir", default="", help="directory for state (default " + DEFAULT_STATEDIR + ")"
+    )
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help="local API unix socket path")
+    p.add_argument("--tun", default=DEFAULT_TUN, help="TUN interface name")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="UDP port (0 = automatic)")
+    p.add_argument("--verbose", type=int, default=0, help="log verbosity (0, 1 or 2)")
+    return p
+
+
+def state_path(args: argparse.Namespace) -> Path:
+    if args.state:
+        return Path(args.state)
+    return Path(args.statedir or DEFAULT_STATEDIR) / "meshscaled.state"
+
+
+async def run(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    store = StateStore(state_path(args))
+    st = store.load_or_create(os.urandom)
+    tun = TunDevice.open(args.tun, mtu=TUN_MTU)
+    router = Router(args.tun)
+    router.up()
+    backend: Backend | None = None
+
+    def on_event(ev: object) -> None:
+        if backend is not None:
+            backend.on_magicsock_event(ev)  # type: ignore[arg-type]
+
+    bind = MagicBind(st.node_key, st.disco_key, on_event=on_event)
+    engine = Engine(tun, bind, mtu=TUN_MTU)
+    bind.device = engine.device
+    engine.uapi_set(SetRequest(private_key=st.node_key.raw, listen_port=args.port))
+    bind.start(loop)
+    api: LocalAPI | None = None
+    try:
+        engine.start()
+        backend = Backend(store, st, engine=engine, bind=bind, router=router)
+        api = LocalAPI(backend)
+        await api.start(Path(args.socket))
+        await backend.run()
+        log.info("meshscaled up: tun %s, UDP port %d, socket %s", args.tun, engine.listen_port,
+                 args.socket)  # fmt: skip
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        closed: asyncio.Future[bool] = loop.run_in_executor(None, engine.wait_closed)
+        waiter: asyncio.Future[bool] = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiter, closed], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        return 0
+    finally:
+        if api is not None:
+            await api.close()
+        if backend is not None:
+            await backend.close()
+        await bind.stop()
+        engine.close()
+        with contextlib.suppress(OSError):
+            os.unlink(args.socket)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = (
+        logging.WARNING
+        if args.verbose <= 0
+        else logging.INFO
+        if args.verbose == 1
+        else logging.DEBUG
+    )
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run(args))
+    except StateError as exc:
+        print(f"meshscaled: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"meshscaled: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""OS network configuration for the TUN device through netlink (pyroute2).
+
+``Router.set(addresses)`` makes the interface carry exactly our Tailscale addresses and the
+routes to the whole tailnet (100.64.0.0/10 and fd7a:115c:a1e0::/48), with MTU 1280, and is
+idempotent: calling it with the same addresses changes nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger("meshscale.router")
+
+TAILNET_ROUTES = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
+TUN_MTU = 1280  # bytes: the IPv6 minimum, what tailscaled uses
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+EEXIST = 17
+ENOENT = 2
+ESRCH = 3
+EADDRNOTAVAIL = 99
+
+
+class RouterError(OSError):
+    """The interface could not be configured."""
+
+
+class Router:
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self._addrs: set[str] = set()
+        self._routes_done = False
+
+    def _index(self, ipr: IPRoute) -> int:
+        found = ipr.link_lookup(ifname=self.ifname)
+        if not found:
+            raise RouterError(f"interface {self.ifname} does not exist")
+        return int(found[0])
+
+    def up(self) -> None:
+        with IPRoute() as ipr:
+            idx = self._index(ipr)
+            ipr.link("set", index=idx, mtu=TUN_MTU, state="up")
+
+    def set(self, addresses: list[str]) -> None:
+        """Install ``addresses`` (``100.64.0.1/32`` or bare IPs) and the tailnet routes."""
+        want = {str(ipaddress.ip_interface(a).ip) for a in addresses}
+        with IPRoute() as ipr:
+            idx = self._index(ipr)
+            for a in sorted(self._addrs - want):
+                ip = ipaddress.ip_address(a)
+                try:
+                    ipr.addr("del", index=idx, address=a, prefixlen=ip.max_prefixlen)
+                except NetlinkError as exc:
+                    if exc.code not in (EADDRNOTAVAIL, ENOENT):
+                        raise RouterError(f"removing {a}: {exc}") from exc
+            for a in sorted(want - self._addrs):
+                ip = ipaddress.ip_address(a)
+                try:
+                    ipr.addr("add", index=idx, address=a, prefixlen=ip.max_prefixlen)
+                except NetlinkError as exc:
+                    if exc.code != EEXIST:
+                        raise RouterError(f"adding {a}: {exc}") from exc
+            self._addrs = want
+            if not self._routes_done and want:
+                for dst in TAILNET_ROUTES:
+                    try:
+                        ipr.route("replace", dst=dst, oif=idx)
+                    except NetlinkError as exc:
+                        # A namespace without IPv6 cannot take the v6 route; v4 still works.
+                        log.warning("route %s via %s: %s", dst, self.ifname, exc)
+                self._routes_done = True
+
+    @staticmethod
+    def local_addresses(exclude: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Addresses of the other interfaces, for endpoint discovery (not loopback)."""
+        out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        with IPRoute() as ipr:
+            names = {int(ln["index"]): ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
+            for a in ipr.get_addr():
+                if names.get(int(a["index"])) in (exclude, "lo"):
+                    continue
+                text = a.get_attr("IFA_ADDRESS")
+                if not text:
+                    continue
+                ip = ipaddress.ip_address(text)
+                if ip.is_loopback or ip.is_link_local or ip in CGNAT:
+                    continue
+                out.append(ip)
+        return sorted(out, key=lambda i: (i.version, int(i)))
