@@ -1,0 +1,259 @@
+"""Conn core: socket demultiplexing and the disco acceptance rules (spec 4.4-4.6, 5.3, 6.2)."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+
+import pytest
+
+from meshscale import disco, stun
+from meshscale.disco import AddrPort
+from meshscale.key import DiscoPrivate, NodePrivate
+from meshscale.magicsock import (
+    Conn,
+    DERPMap,
+    DERPNode,
+    DERPRegion,
+    EndpointsChanged,
+    PeerConfig,
+    PeerPathChanged,
+    WireGuardSource,
+    looks_like_stun,
+)
+from meshscale.magicsock.conn import ENDPOINTS_FRESH_ENOUGH
+
+A_ADDR = AddrPort.parse("10.0.0.1:41641")
+B_ADDR = AddrPort.parse("10.0.0.2:41641")
+WG = b"\x04\x00\x00\x00" + bytes(28)
+
+
+def rand(seed: int):
+    c = itertools.count(seed * 1_000_000)
+    return lambda n: next(c).to_bytes(8, "big").rjust(n, b"\x00")[-n:]
+
+
+class Node:
+    def __init__(self, seed: int, addr: AddrPort) -> None:
+        self.addr = addr
+        self.node = NodePrivate(bytes([seed]) * 32)
+        self.disco = DiscoPrivate(bytes([seed + 100]) * 32)
+        self.conn = Conn(self.node.public(), self.disco, rand=rand(seed), local_port=addr.port)
+        self.conn.set_local_addresses([addr.ip], 0.0)
+        self.conn.start(0.0)
+
+    def cfg(self, home: int = 900) -> PeerConfig:
+        return PeerConfig(self.node.public(), self.disco.public(), (self.addr,), home)
+
+
+@pytest.fixture
+def pair() -> tuple[Node, Node]:
+    a, b = Node(1, A_ADDR), Node(2, B_ADDR)
+    a.conn.set_peers([b.cfg()], 0.0)
+    b.conn.set_peers([a.cfg()], 0.0)
+    return a, b
+
+
+def deliver_udp(src: Node, dst: Node, now: float) -> int:
+    n = 0
+    for data, to in src.conn.datagrams_to_send():
+        if to == dst.addr:
+            dst.conn.receive_datagram(data, src.addr, now)
+            n += 1
+    return n
+
+
+def deliver_derp(src: Node, dst: Node, now: float) -> list[int]:
+    regions = []
+    for region, key, data in src.conn.derp_to_send():
+        if key == dst.node.public():
+            dst.conn.receive_derp(data, src.node.public(), region, now)
+            regions.append(region)
+    return regions
+
+
+def open_all(dst: Node, src: Node, out: list[tuple[bytes, AddrPort]]) -> list[disco.Message]:
+    box = disco.DiscoBox(dst.disco, src.disco.public())
+    return [box.open(d) for d, _ in out if disco.looks_like_disco(d)]
+
+
+def test_first_send_goes_via_derp_with_pings_and_call_me_maybe(pair) -> None:
+    a, b = pair
+    assert a.conn.send(b.node.public(), WG, 1.0)
+    out = a.conn.datagrams_to_send()
+    msgs = open_all(b, a, out)
+    assert [type(m) for m in msgs] == [disco.Ping]
+    assert msgs[0].node_key == a.node.public()  # our node key rides in every Ping
+    derp = a.conn.derp_to_send()
+    assert (900, b.node.public(), WG) in derp
+    cmm = [disco.DiscoBox(b.disco, a.disco.public()).open(d) for _, _, d in derp if d != WG]
+    assert cmm == [disco.CallMeMaybe((A_ADDR,))]
+
+
+def test_ping_pong_makes_direct_path(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    assert deliver_udp(a, b, 1.01) == 1  # ping
+    out = b.conn.datagrams_to_send()
+    (pong,) = open_all(a, b, out)
+    assert isinstance(pong, disco.Pong)
+    assert pong.src == A_ADDR
+    for data, _ in out:
+        a.conn.receive_datagram(data, B_ADDR, 1.02)
+    st = a.conn.peer_status(b.node.public(), 1.02)
+    assert st is not None
+    assert st.best == B_ADDR
+    assert st.trusted
+    assert st.latency == pytest.approx(0.02)
+    events = []
+    while (ev := a.conn.next_event()) is not None:
+        events.append(ev)
+    assert PeerPathChanged(b.node.public(), B_ADDR, pytest.approx(0.02)) in events
+    # Trusted: the next WireGuard packet goes only direct.
+    a.conn.derp_to_send()
+    a.conn.send(b.node.public(), WG, 1.5)
+    assert a.conn.datagrams_to_send() == [(WG, B_ADDR)]
+    assert a.conn.derp_to_send() == []
+
+
+def test_duplicate_ping_is_answered_once(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    (ping, _), *_ = [o for o in a.conn.datagrams_to_send() if disco.looks_like_disco(o[0])]
+    b.conn.receive_datagram(ping, A_ADDR, 1.01)
+    b.conn.receive_datagram(ping, A_ADDR, 1.02)
+    assert len(b.conn.datagrams_to_send()) == 1
+    assert b.conn.statistics().counters["drop_ping_duplicate"] == 1
+
+
+def test_ping_from_new_address_becomes_candidate_and_binds_wireguard(pair) -> None:
+    a, b = pair
+    roamed = AddrPort.parse("198.18.0.9:3333")
+    a.conn.send(b.node.public(), WG, 1.0)
+    (ping, _), *_ = [o for o in a.conn.datagrams_to_send() if disco.looks_like_disco(o[0])]
+    b.conn.receive_datagram(ping, roamed, 1.01)
+    assert [to for _, to in b.conn.datagrams_to_send()] == [roamed]  # pong to the source
+    b.conn.receive_datagram(WG, roamed, 1.02)
+    assert b.conn.received_wireguard() == [(WG, WireGuardSource(a.node.public(), roamed, 0))]
+    b.conn.send(a.node.public(), WG, 1.1)
+    pinged = {to for d, to in b.conn.datagrams_to_send() if disco.looks_like_disco(d)}
+    assert pinged == {A_ADDR, roamed}
+
+
+def test_ping_via_derp_is_answered_via_derp_with_magic_address(pair) -> None:
+    a, b = pair
+    box = disco.DiscoBox(a.disco, b.disco.public())
+    ping = box.seal(disco.Ping(b"t" * 12, a.node.public()), bytes(24))
+    b.conn.receive_derp(ping, a.node.public(), 901, 1.0)
+    ((region, key, data),) = b.conn.derp_to_send()
+    assert (region, key) == (901, a.node.public())
+    assert box.open(data) == disco.Pong(
+        b"t" * 12, AddrPort(ipaddress.ip_address("127.3.3.40"), 901)
+    )
+
+
+def test_call_me_maybe_only_via_derp_from_matching_peer(pair) -> None:
+    a, b = pair
+    cmm = disco.DiscoBox(a.disco, b.disco.public()).seal(
+        disco.CallMeMaybe((AddrPort.parse("198.18.0.1:7777"),)), bytes(24)
+    )
+    b.conn.receive_datagram(cmm, A_ADDR, 1.0)  # over UDP: ignored
+    stranger = NodePrivate(bytes([9]) * 32).public()
+    b.conn.receive_derp(cmm, stranger, 900, 1.0)  # wrong DERP sender: ignored
+    assert b.conn.datagrams_to_send() == []
+    assert b.conn.statistics().counters["drop_call_me_maybe"] == 2
+    b.conn.receive_derp(cmm, a.node.public(), 900, 1.0)
+    pinged = {to for _, to in b.conn.datagrams_to_send()}
+    assert pinged == {A_ADDR, AddrPort.parse("198.18.0.1:7777")}
+
+
+def test_unknown_sender_is_dropped_before_decrypting(pair) -> None:
+    _, b = pair
+    other = DiscoPrivate(bytes([77]) * 32)
+    pkt = disco.seal(other, b.disco.public(), disco.Ping(bytes(12)), bytes(24))
+    b.conn.receive_datagram(pkt, A_ADDR, 1.0)
+    assert b.conn.statistics().counters == {"drop_disco_unknown_sender": 1}
+
+
+def test_tampered_disco_is_dropped(pair) -> None:
+    a, b = pair
+    pkt = bytearray(disco.seal(a.disco, b.disco.public(), disco.Ping(bytes(12)), bytes(24)))
+    pkt[-1] ^= 0xFF
+    b.conn.receive_datagram(bytes(pkt), A_ADDR, 1.0)
+    assert b.conn.statistics().counters["drop_disco_open"] == 1
+    assert b.conn.datagrams_to_send() == []
+
+
+def test_wireguard_from_unknown_address_is_delivered_unattributed(pair) -> None:
+    _, b = pair
+    src = AddrPort.parse("203.0.113.5:999")
+    b.conn.receive_datagram(WG, src, 1.0)
+    assert b.conn.received_wireguard() == [(WG, WireGuardSource(None, src, 0))]
+
+
+def test_stun_classification() -> None:
+    req = stun.request(bytes(12))
+    assert looks_like_stun(req)
+    assert looks_like_stun(stun.response(bytes(12), ipaddress.ip_address("1.2.3.4"), 5))
+    assert not looks_like_stun(WG)
+    assert not looks_like_stun(disco.MAGIC + bytes(60))
+
+
+def test_send_without_any_path() -> None:
+    a, b = Node(1, A_ADDR), Node(2, B_ADDR)
+    a.conn.set_peers([PeerConfig(b.node.public(), b.disco.public())], 0.0)
+    assert not a.conn.send(b.node.public(), WG, 1.0)
+    assert not a.conn.send(NodePrivate(bytes([5]) * 32).public(), WG, 1.0)
+    # Once the peer has reached us over DERP, we answer on that region.
+    a.conn.receive_derp(WG, b.node.public(), 905, 1.1)
+    assert a.conn.send(b.node.public(), WG, 1.2)
+    assert (905, b.node.public(), WG) in a.conn.derp_to_send()
+
+
+def test_new_disco_key_resets_the_path(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    deliver_udp(a, b, 1.01)
+    deliver_udp(b, a, 1.02)
+    assert a.conn.peer_status(b.node.public(), 1.02).best == B_ADDR
+    new = PeerConfig(b.node.public(), DiscoPrivate(bytes([55]) * 32).public(), (B_ADDR,), 900)
+    a.conn.set_peers([new], 1.1)
+    assert a.conn.peer_status(b.node.public(), 1.1).best is None
+
+
+def test_call_me_maybe_waits_for_fresh_endpoints() -> None:
+    dm = DERPMap({900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))})
+    a, b = Node(1, A_ADDR), Node(2, B_ADDR)
+    a.conn.set_derp_map(dm, 0.0)
+    a.conn.set_peers([b.cfg()], 0.0)
+    a.conn.handle_timer(3.0)  # the first report times out without STUN answers
+    t = 3.0 + ENDPOINTS_FRESH_ENOUGH + 1.0
+    a.conn.send(b.node.public(), WG, t)
+    # Stale endpoints: a re-STUN starts, and the CallMeMaybe waits for it.
+    assert a.conn.netcheck.running
+    assert [d for _, _, d in a.conn.derp_to_send()] == [WG]
+    a.conn.handle_timer(t + 0.0)
+    requests = [(d, to) for d, to in a.conn.datagrams_to_send() if looks_like_stun(d)]
+    assert requests
+    txid = stun.parse_request(requests[-1][0])  # earlier ones belong to the first report
+    mapped = AddrPort.parse("198.18.0.1:4242")
+    a.conn.receive_datagram(stun.response(txid, mapped.ip, mapped.port), requests[-1][1], t + 0.02)
+    (cmm,) = [d for _, _, d in a.conn.derp_to_send()]
+    msg = disco.DiscoBox(b.disco, a.disco.public()).open(cmm)
+    assert msg == disco.CallMeMaybe((mapped, A_ADDR))
+    events = []
+    while (ev := a.conn.next_event()) is not None:
+        events.append(ev)
+    assert any(isinstance(e, EndpointsChanged) and e.endpoints[0].addr == mapped for e in events)
+
+
+def test_network_change_forgets_paths(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    deliver_udp(a, b, 1.01)
+    deliver_udp(b, a, 1.02)
+    assert a.conn.peer_status(b.node.public(), 1.03).trusted
+    a.conn.note_network_change(1.1)
+    st = a.conn.peer_status(b.node.public(), 1.1)
+    assert st is not None
+    assert st.best is None

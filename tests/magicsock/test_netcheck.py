@@ -1,0 +1,249 @@
+"""netcheck core: probe plans, mapping-varies detection, timeouts, home DERP hysteresis."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from meshscale import stun
+from meshscale.disco import AddrPort
+from meshscale.magicsock.derpmap import DERPMap, DERPNode, DERPRegion
+from meshscale.magicsock.netcheck import (
+    STUN_PROBE_TIMEOUT,
+    Netcheck,
+    Report,
+    choose_preferred_derp,
+)
+
+
+def rand():
+    c = itertools.count(1)
+    return lambda n: next(c).to_bytes(n, "big")
+
+
+def region(rid: int, *ips: str, **kw) -> DERPRegion:
+    nodes = tuple(DERPNode(f"{rid}{chr(97 + i)}", rid, ipv4=ip) for i, ip in enumerate(ips))
+    return DERPRegion(rid, f"r{rid}", f"Region {rid}", nodes, **kw)
+
+
+DM = DERPMap(
+    {
+        900: region(900, "192.0.2.1", "192.0.2.2"),
+        901: region(901, "192.0.2.3"),
+        902: region(902, "192.0.2.4", no_measure_no_home=True),
+    }
+)
+
+
+class Server:
+    """Answers STUN probes with a mapped address chosen per destination."""
+
+    def __init__(self, nc: Netcheck, mapped: dict[str, str], rtt: dict[str, float]):
+        self.nc, self.mapped, self.rtt = nc, mapped, rtt
+        self.sent: list[tuple[float, AddrPort]] = []
+
+    def run(self, start: float, until: float) -> None:
+        pending: list[tuple[float, bytes]] = []
+        t = start
+        for _ in range(1000):
+            for data, dst in self.nc.datagrams_to_send():
+                self.sent.append((t, dst))
+                ip = str(dst.ip)
+                if ip in self.mapped:
+                    txid = stun.parse_request(data, require_tailnode=True)
+                    m = AddrPort.parse(self.mapped[ip])
+                    pending.append((t + self.rtt[ip], stun.response(txid, m.ip, m.port)))
+            pending.sort(key=lambda p: p[0])
+            timer = self.nc.get_timer()
+            nxt = min(
+                [p[0] for p in pending] + ([timer] if timer is not None else []), default=None
+            )
+            if nxt is None or nxt > until:
+                return
+            t = nxt
+            if pending and pending[0][0] <= t:
+                self.nc.receive_stun(pending.pop(0)[1], t)
+            else:
+                self.nc.handle_timer(t)
+        raise AssertionError("netcheck did not settle")
+
+
+def test_full_plan_probes_each_measurable_region_three_times() -> None:
+    nc = Netcheck(rand())
+    nc.start_report(DM, 10.0)
+    srv = Server(nc, {}, {})
+    srv.run(10.0, 20.0)
+    by_region: dict[str, list[float]] = {}
+    for t, dst in srv.sent:
+        by_region.setdefault(str(dst.ip), []).append(round(t - 10.0, 3))
+    # Region 900 alternates its two nodes; 902 is NoMeasureNoHome; port 3478 by default.
+    assert by_region == {"192.0.2.1": [0.0, 0.2], "192.0.2.2": [0.1], "192.0.2.3": [0.0, 0.1, 0.2]}
+    assert all(dst.port == 3478 for _, dst in srv.sent)
+    r = nc.next_report()
+    assert r is not None
+    assert not r.udp
+    assert r.preferred_derp == 0
+    assert nc.get_timer() is None
+    assert not nc.running
+
+
+def test_report_times_out_at_stun_deadline() -> None:
+    nc = Netcheck(rand())
+    nc.start_report(DM, 0.0)
+    for t in (0.0, 0.1, 0.2):
+        nc.handle_timer(t)
+    assert nc.get_timer() == STUN_PROBE_TIMEOUT
+    nc.handle_timer(2.9)
+    assert nc.running
+    nc.handle_timer(STUN_PROBE_TIMEOUT)
+    assert not nc.running
+    r = nc.next_report()
+    assert r is not None
+    assert not r.udp
+    assert r.global_v4 is None
+
+
+def test_latency_mapping_and_preferred() -> None:
+    nc = Netcheck(rand())
+    nc.start_report(DM, 0.0)
+    srv = Server(
+        nc,
+        {
+            "192.0.2.1": "198.18.0.1:5000",
+            "192.0.2.2": "198.18.0.1:5000",
+            "192.0.2.3": "198.18.0.1:5000",
+        },
+        {"192.0.2.1": 0.040, "192.0.2.2": 0.040, "192.0.2.3": 0.015},
+    )
+    srv.run(0.0, 10.0)
+    r = nc.next_report()
+    assert r is not None
+    assert r.udp
+    assert r.ipv4
+    assert r.global_v4 == AddrPort.parse("198.18.0.1:5000")
+    assert r.mapping_varies_by_dest_ip is False
+    assert r.region_latency == {900: pytest.approx(0.040), 901: pytest.approx(0.015)}
+    assert r.preferred_derp == 901
+    assert r.stun_endpoints == (AddrPort.parse("198.18.0.1:5000"),)
+    # The first response in a set cancels the rest: one probe per region answered.
+    assert len(srv.sent) == 2
+
+
+def test_mapping_varies_by_destination() -> None:
+    nc = Netcheck(rand())
+    nc.start_report(DM, 0.0)
+    srv = Server(
+        nc,
+        {"192.0.2.1": "198.18.0.1:5000", "192.0.2.3": "198.18.0.1:5001"},
+        {"192.0.2.1": 0.010, "192.0.2.3": 0.020},
+    )
+    srv.run(0.0, 10.0)
+    r = nc.next_report()
+    assert r is not None
+    assert r.mapping_varies_by_dest_ip is True
+    # One-off addresses of a hard NAT are not advertised.
+    assert r.stun_endpoints == (AddrPort.parse("198.18.0.1:5000"),)
+
+
+def test_incremental_report_probes_home_hardest() -> None:
+    nc = Netcheck(rand())
+    answers = {"192.0.2.1": "198.18.0.1:5000", "192.0.2.3": "198.18.0.1:5000"}
+    rtt = {"192.0.2.1": 0.040, "192.0.2.3": 0.010}
+    nc.start_report(DM, 0.0)
+    Server(nc, answers, rtt).run(0.0, 10.0)
+    assert nc.next_report() is not None
+    nc.start_report(DM, 30.0)  # within 5 min: incremental
+    srv = Server(nc, {}, {})
+    srv.run(30.0, 40.0)
+    r = nc.next_report()
+    assert r is not None
+    assert not r.full
+    # Home 901 gets 4 tries at 0, 1.2x, 2x1.2x+0.1, 3x1.2x+0.15 of its 10 ms latency;
+    # the other region (in the fastest two) gets 2 tries.
+    times = [round(t - 30.0, 4) for t, dst in srv.sent if str(dst.ip) == "192.0.2.3"]
+    assert times == [0.0, 0.012, 0.124, 0.186]
+    assert len([d for _, d in srv.sent if str(d.ip).startswith("192.0.2.")]) == 6
+
+
+def test_unknown_or_garbage_stun_is_ignored() -> None:
+    nc = Netcheck(rand())
+    nc.start_report(DM, 0.0)
+    nc.handle_timer(0.0)
+    assert nc.datagrams_to_send()
+    assert not nc.receive_stun(stun.response(bytes(12), AddrPort.parse("1.2.3.4:5").ip, 5), 0.1)
+    assert not nc.receive_stun(b"junk", 0.1)
+
+
+def rep(lat: dict[int, float], started: float = 0.0) -> Report:
+    return Report(started, True, True, False, None, None, None, lat, lat, {}, 0, (), True)
+
+
+@pytest.mark.parametrize(
+    ("prev", "old_lat", "new_lat", "want"),
+    [
+        (0, None, 0.030, 901),  # no previous home: best wins
+        (900, 0.030, 0.025, 900),  # 5 ms better: under the 10 ms floor
+        (900, 0.030, 0.021, 900),  # 9 ms and 30 %: not enough
+        (900, 0.100, 0.080, 900),  # 20 ms but only 20 %
+        (900, 0.100, 0.060, 901),  # 40 ms and 40 %: switch
+        (900, None, 0.050, 901),  # old home not measured and not heard: switch
+    ],
+)
+def test_preferred_derp_hysteresis(prev, old_lat, new_lat, want) -> None:
+    lat = {901: new_lat}
+    if old_lat is not None:
+        lat[900] = old_lat
+    r = rep(lat, started=100.0)
+    assert choose_preferred_derp([r], r, prev, {}, None, 100.0) == want
+
+
+def test_preferred_derp_keeps_heard_home_without_latency() -> None:
+    r = rep({901: 0.050}, started=100.0)
+    # Heard a DERP frame from 900 since the report started: it stays accessible, and a
+    # 0-latency "current" means any candidate fails the 10 ms test against it.
+    assert choose_preferred_derp([r], r, 900, {}, 101.0, 102.0) == 900
+    empty = rep({}, started=200.0)
+    assert choose_preferred_derp([empty], empty, 900, {}, 150.0, 200.0) == 900
+    assert choose_preferred_derp([empty], empty, 900, {}, 10.0, 200.0) == 0
+
+
+def test_preferred_derp_uses_history_and_scores() -> None:
+    old = rep({900: 0.010, 901: 0.050}, started=0.0)
+    cur = rep({900: 0.080, 901: 0.050}, started=60.0)
+    # 900's best recent latency (10 ms) still wins although this report saw 80 ms.
+    assert choose_preferred_derp([old, cur], cur, 0, {}, None, 60.0) == 900
+    # A score of 10 makes 900 look 100 ms away.
+    assert choose_preferred_derp([old, cur], cur, 0, {900: 10.0}, None, 60.0) == 901
+
+
+def test_derpmap_from_json() -> None:
+    dm = DERPMap.from_json(
+        {
+            "Regions": {
+                "900": {
+                    "RegionID": 900,
+                    "RegionCode": "home",
+                    "Nodes": [
+                        {
+                            "Name": "900a",
+                            "RegionID": 900,
+                            "HostName": "d",
+                            "IPv4": "192.0.2.9",
+                            "STUNPort": 3479,
+                        }
+                    ],
+                },
+                "901": None,
+            },
+            "HomeParams": {"RegionScore": {"900": 0.5}},
+        }
+    )
+    assert list(dm.regions) == [900]
+    node = dm.regions[900].nodes[0]
+    assert str(node.stun_ip(4)) == "192.0.2.9"
+    assert node.stun_ip(6) is None
+    assert node.stun_port_or_default() == 3479
+    assert dm.region_score == {900: 0.5}
+    with pytest.raises(ValueError, match="DERPMap"):
+        DERPMap.from_json({"Regions": {"1": {"Nodes": [{}]}}})
