@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from meshscale.key import clamp
 from meshscale.wireguard.uapi import (
     IPC_ERROR_PORT_IN_USE,
     UNSET,
@@ -90,7 +91,8 @@ class FakeBackend:
             self.sets.append(request)
             self._maybe_fail()
             if request.private_key is not UNSET:
-                self.private_key = request.private_key
+                # wireguard-go clamps the scalar and reports the clamped key.
+                self.private_key = clamp(request.private_key) if request.private_key else None
             if request.listen_port is not None:
                 if request.listen_port in self.taken_ports:
                     raise UAPIError(IPC_ERROR_PORT_IN_USE, "address already in use")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from meshscale.key import clamp
 from meshscale.lab import Host, Lab
 from meshscale.wgdev.uapi_server import socket_path
 
@@ -70,7 +71,7 @@ def test_daemon_lifecycle_with_real_interface(host: Host, ifname: str, command: 
     path = socket_path(ifname)
     assert os.path.exists(path)  # both exist as soon as the parent returned
     assert link_exists(host, ifname)
-    key = base64.b64encode(bytes(range(1, 33))).decode()
+    key = base64.b64encode(bytes(range(1, 33))).decode()  # not clamped
     peer = base64.b64encode(bytes([7] * 32)).decode()
     host.run(["sh", "-c", f"echo {key} > /dev/shm/{ifname}.key"])
     try:
@@ -81,6 +82,7 @@ def test_daemon_lifecycle_with_real_interface(host: Host, ifname: str, command: 
     finally:
         os.unlink(f"/dev/shm/{ifname}.key")
     dump = host.run(["wg", "show", ifname, "dump"]).stdout.splitlines()
+    assert dump[0].split("\t")[0] == base64.b64encode(clamp(bytes(range(1, 33)))).decode()
     assert dump[0].split("\t")[2] == "51777"
     assert dump[1].split("\t")[:4] == [peer, "(none)", "203.0.113.99:51777", "10.88.0.2/32"]
     host.run(["ip", "link", "del", ifname])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from meshscale.key import clamp
 from meshscale.wireguard.uapi import UNSET, PeerChange, SetRequest
 
 from .conftest import RunningServer
@@ -19,7 +20,7 @@ from .fakes import FakeBackend, FakePeer, net, public_key
 
 pytestmark = pytest.mark.interop
 
-PRIV = bytes(range(1, 33))
+PRIV = clamp(bytes(range(1, 33)))  # as wg genkey makes them
 PEER1, PEER2, PEER3 = bytes([0x11] * 32), bytes([0x22] * 32), bytes([0x33] * 32)
 PSK = bytes([0x44] * 32)
 
