@@ -14,6 +14,7 @@ from meshscale.wireguard.uapi import (
     IPC_ERROR_IO,
     IPC_ERROR_PROTOCOL,
     MAX_LINE_SIZE,
+    MAX_REQUEST_SIZE,
     UNSET,
     DeviceSnapshot,
     GetRequest,
@@ -682,3 +683,17 @@ def test_get_round_trip(snapshot: DeviceSnapshot) -> None:
     text = format_get(snapshot)
     assert text.endswith(b"\nerrno=0\n\n") or text == b"errno=0\n\n"
     assert parse_get_response(text) == snapshot
+
+
+@pytest.mark.slow
+def test_large_get_answer_beyond_request_limit() -> None:
+    # Answers are bounded by MAX_ANSWER_SIZE, not by the (smaller) set request limit.
+    peers = [
+        PeerSnapshot(
+            public_key=i.to_bytes(32, "big"), allowed_ips=[net(f"10.{i >> 8}.{i & 255}.0/24")]
+        )
+        for i in range(16000)
+    ]
+    text = format_get(DeviceSnapshot(peers=peers))
+    assert len(text) > MAX_REQUEST_SIZE
+    assert parse_get_response(text).peers == peers

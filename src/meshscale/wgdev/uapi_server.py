@@ -32,6 +32,7 @@ from typing import Final, Protocol
 
 from meshscale.wireguard.uapi import (
     IPC_ERROR_UNKNOWN,
+    MAX_ANSWER_SIZE,
     DeviceSnapshot,
     GetRequest,
     Request,
@@ -294,12 +295,12 @@ def _call(path: str, request: Request, timeout: float) -> bytes:
         sock.connect(path)
         sock.sendall(format_request(request))
         answer = bytearray()
-        while not answer.endswith(b"\n\n"):
+        while not answer.endswith(b"\n\n") and len(answer) <= MAX_ANSWER_SIZE:
             chunk = sock.recv(READ_SIZE)
             if not chunk:
                 break
             answer += chunk
-        return bytes(answer)
+        return bytes(answer)  # the answer parser rejects a truncated or oversized one
 
 
 def query_device(path: str, *, timeout: float = 5.0) -> DeviceSnapshot:

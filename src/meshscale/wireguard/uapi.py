@@ -60,6 +60,8 @@ MAX_REQUEST_SIZE: Final = 4 * 1024 * 1024  # bytes per set request; about 20k pe
 MAX_REQUEST_LINES: Final = 65536  # lines per set request
 # The two request limits stop memory exhaustion: a set request is parsed whole before it is
 # applied, so its parsed objects (about 300 bytes per allowed IP) live until the blank line.
+MAX_ANSWER_SIZE: Final = 64 * 1024 * 1024  # bytes of a get answer a client accepts (~200k peers);
+# stops a broken or hostile daemon from growing a client's buffer without end.
 
 KEY_SIZE: Final = 32  # bytes
 _ZERO_KEY: Final = bytes(KEY_SIZE)
@@ -639,7 +641,7 @@ def _key_hex(key: bytes) -> str:
 
 
 def _answer_lines(data: bytes) -> list[tuple[bytes, bytes]]:
-    if not data.endswith(b"\n\n") or data.count(b"\n\n") != 1 or len(data) > MAX_REQUEST_SIZE:
+    if not data.endswith(b"\n\n") or data.count(b"\n\n") != 1 or len(data) > MAX_ANSWER_SIZE:
         raise UAPIError(IPC_ERROR_PROTOCOL, "answer must end with exactly one empty line")
     pairs = []
     for line in data[:-2].split(b"\n"):
