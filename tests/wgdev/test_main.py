@@ -321,3 +321,25 @@ def test_log_level_verbose_and_silent(
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert err == ""
+
+
+@slow
+def test_restart_after_crash_replaces_stale_socket(
+    foreground: Callable[..., subprocess.Popen[str]], sock_dir: Path
+) -> None:
+    path = socket_path("wgma", str(sock_dir))
+    crashed = foreground("wgma", "-f")
+    crashed.kill()  # SIGKILL: no clean-up, the socket file stays behind
+    crashed.wait(TIMEOUT)
+    assert os.path.exists(path)
+    restarted = foreground("wgma", "-f")  # returns at once: the stale file already exists
+
+    def serving() -> bool:
+        try:
+            return server_pid(path) == restarted.pid
+        except ConnectionRefusedError:
+            return False
+
+    assert wait_for(serving)
+    restarted.send_signal(signal.SIGTERM)
+    assert restarted.wait(TIMEOUT) == 0
