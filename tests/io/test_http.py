@@ -233,3 +233,41 @@ def test_unix_socket_listener(tmp_path: Path) -> None:
     out = asyncio.run(main())
     assert out.startswith(b"HTTP/1.1 200")
     assert out.endswith(b"GET /echo {} 0")
+
+
+@pytest.mark.slow
+def test_client_that_never_reads_is_dropped_after_write_timeout() -> None:
+    big = b"x" * (8 << 20)
+
+    async def huge(req: Request) -> Response:
+        return Response(200, big)
+
+    async def main() -> int:
+        import socket
+
+        r = Router()
+        r.add("GET", "/huge", huge)
+        server = HTTPServer(r, write_timeout=0.2)
+        srv = await server.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        await asyncio.get_running_loop().sock_sendall(
+            sock, b"GET /huge HTTP/1.1\r\nHost: h\r\n\r\n"
+        )
+        try:
+            seen = 0
+            for _ in range(300):  # bounded: 3 s
+                seen = max(seen, server.connections)
+                if seen and server.connections == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert seen == 1
+            return server.connections
+        finally:
+            sock.close()
+            await server.close(grace=0.5)
+
+    assert asyncio.run(main()) == 0

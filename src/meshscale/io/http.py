@@ -24,7 +24,8 @@ it calls ``await stream.accept(headers)`` to write ``101 Switching Protocols`` (
 ``accept(write_response=False)`` for DERP fast start); reading or writing first accepts
 implicitly with no extra headers. After that ``stream`` is the raw byte stream:
 ``await read(n)`` (b"" at EOF; returns the bytes h11 had already buffered first),
-``await readexactly(n)``, ``write(b)``, ``await drain()``, ``close()``, ``get_extra_info(k)``.
+``await readexactly(n)``, ``write(b)``, ``await drain()``, ``close()``, ``abort()``,
+``get_extra_info(k)``.
 The handler owns the connection until it returns; the server then closes it.
 
 Hardening (each bound names the attack it stops): header block size (memory exhaustion by
@@ -199,7 +200,12 @@ class UpgradeStream:
         return self._writer.is_closing()
 
     def close(self) -> None:
+        """Close after flushing what is buffered (graceful)."""
         self._writer.close()
+
+    def abort(self) -> None:
+        """Close at once, discarding buffered output (a peer that stopped reading)."""
+        self._writer.transport.abort()
 
     async def wait_closed(self) -> None:
         with contextlib.suppress(Exception):
@@ -347,7 +353,9 @@ class HTTPServer:
         self._conns.add(conn)
         try:
             await self._serve(conn, reader, writer)
-        except (asyncio.CancelledError, ConnectionError, TimeoutError, ssl_module.SSLError):
+        except TimeoutError:
+            writer.transport.abort()  # a write deadline passed: the buffer will never drain
+        except (asyncio.CancelledError, ConnectionError, ssl_module.SSLError):
             pass
         except Exception:
             log.exception("http: connection failed")

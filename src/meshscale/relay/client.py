@@ -196,7 +196,7 @@ class DERPClient:
 
     def abort(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._writer.transport.abort()
 
     def write_raw(self, parts: list[bytes]) -> None:
         """Write pre-encoded frames (the relay's mesh forwarder queue)."""
@@ -268,6 +268,9 @@ class _TCPStream:
 
     def close(self) -> None:
         self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
 
     @property
     def transport(self) -> asyncio.WriteTransport:

@@ -228,7 +228,7 @@ class DERPServer:
         )
         self.counters.logins += 1
         cid = conn.id
-        sink = _Sink(stream.writelines, stream.transport, stream.drain, stream.close)
+        sink = _Sink(stream.writelines, stream.transport, stream.drain, stream.abort)
         self._sinks[cid] = sink
         stream.write(self.relay.server_info_frame(key, self._rand(24)))
         self._flush_ready()

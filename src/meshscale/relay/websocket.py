@@ -29,6 +29,7 @@ class ByteStream(Protocol):
     def writelines(self, data: list[bytes]) -> None: ...
     async def drain(self) -> None: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
     @property
     def transport(self) -> asyncio.WriteTransport: ...
 
@@ -111,6 +112,9 @@ class WebSocketStream:
 
     def close(self) -> None:
         self.inner.close()
+
+    def abort(self) -> None:
+        self.inner.abort()
 
     @property
     def transport(self) -> asyncio.WriteTransport:
