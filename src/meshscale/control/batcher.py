@@ -261,7 +261,7 @@ class Batcher:
         hit = self._encoded.get(key)
         if hit is not None and hit[0] is msg:
             return hit[1]
-        out = framer(mapper.encode(msg), compress)
+        out = framer(mapper.encode(msg, self.cache), compress)
         if any(msg is v for v in self._shared.values()):
             self._encoded[key] = (msg, out)
         return out

@@ -171,9 +171,14 @@ def user_profile(user: models.User) -> UserProfile:
 
 @dataclass(slots=True)
 class NodeJSONCache:
-    """Memoised peer JSON per node snapshot object (identity), bounded by the node count."""
+    """Memoised peer JSON per node snapshot object (identity), bounded by the node count.
+
+    Holds each peer's JSON-ready dict and, once encoded, its bytes: ``encode`` splices those
+    bytes into Peers/PeersChanged, so a full map of N peers costs a join, not N encodings.
+    """
 
     _entries: dict[int, tuple[models.Node, dict[str, Any]]] = field(default_factory=dict)
+    _bytes: dict[int, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
 
     def peer(self, node: models.Node, cfg: MapConfig, now: datetime) -> dict[str, Any]:
         hit = self._entries.get(node.id)
@@ -185,11 +190,25 @@ class NodeJSONCache:
         ):
             return hit[1]
         d = to_json(tail_node(node, cfg, now))
+        self.forget(node.id)
         self._entries[node.id] = (node, d)
         return d
 
+    def encoded(self, d: dict[str, Any]) -> bytes:
+        """The JSON bytes of a dict returned by ``peer`` (encoded once)."""
+        hit = self._bytes.get(id(d))
+        if hit is not None and hit[0] is d:
+            return hit[1]
+        raw = json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
+        entry = self._entries.get(d.get("ID", -1))
+        if entry is not None and entry[1] is d:  # only cache what we own (bounded)
+            self._bytes[id(d)] = (d, raw)
+        return raw
+
     def forget(self, node_id: int) -> None:
-        self._entries.pop(node_id, None)
+        old = self._entries.pop(node_id, None)
+        if old is not None:
+            self._bytes.pop(id(old[1]), None)
 
 
 def _profiles(users: Iterable[models.User]) -> list[dict[str, Any]]:
@@ -272,6 +291,19 @@ def delta_map(
     return out or None
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    """Compact JSON bytes of a message built here."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+_SPLICED = ("Peers", "PeersChanged")
+
+
+def encode(message: dict[str, Any], cache: NodeJSONCache | None = None) -> bytes:
+    """Compact JSON bytes of a message built here; peer nodes come from ``cache`` bytes."""
+    if cache is None or not any(k in message for k in _SPLICED):
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    rest = {k: v for k, v in message.items() if k not in _SPLICED}
+    head = json.dumps(rest, separators=(",", ":"), ensure_ascii=False).encode()
+    parts = [
+        b'"' + k.encode() + b'":[' + b",".join(cache.encoded(d) for d in message[k]) + b"]"
+        for k in _SPLICED
+        if k in message
+    ]
+    sep = b"" if head == b"{}" else b","
+    return head[:-1] + sep + b",".join(parts) + b"}"
