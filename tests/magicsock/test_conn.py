@@ -257,3 +257,56 @@ def test_network_change_forgets_paths(pair) -> None:
     st = a.conn.peer_status(b.node.public(), 1.1)
     assert st is not None
     assert st.best is None
+
+
+def _stun_round(node: Node, now: float, mapped: AddrPort) -> None:
+    node.conn.handle_timer(now)
+    reqs = [(d, to) for d, to in node.conn.datagrams_to_send() if looks_like_stun(d)]
+    txid = stun.parse_request(reqs[-1][0])
+    node.conn.receive_datagram(stun.response(txid, mapped.ip, mapped.port), reqs[-1][1], now)
+
+
+def test_recent_endpoints_stay_advertised_for_310s() -> None:
+    dm = DERPMap({900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))})
+    a = Node(1, A_ADDR)
+    a.conn.set_derp_map(dm, 0.0)
+    first, second = AddrPort.parse("198.18.0.1:1000"), AddrPort.parse("198.18.0.1:2000")
+    _stun_round(a, 0.0, first)
+    a.conn.note_network_change(10.0)  # forces a new report
+    _stun_round(a, 10.0, second)
+    addrs = [e.addr for e in a.conn.endpoints]
+    assert addrs == [second, A_ADDR, first]  # fresh first, the cached one last
+    a.conn.note_network_change(320.0)
+    _stun_round(a, 320.0, second)
+    assert [e.addr for e in a.conn.endpoints] == [second, A_ADDR]
+
+
+def test_home_does_not_move_while_control_is_unreachable() -> None:
+    a = Node(1, A_ADDR)
+    a.conn._set_home(900)
+    a.conn.control_connected = False
+    a.conn._set_home(901)
+    assert a.conn.home_derp == 900
+    a.conn.control_connected = True
+    a.conn._set_home(901)
+    assert a.conn.home_derp == 901
+
+
+def test_derp_map_from_tailcfg() -> None:
+    from meshscale import tailcfg
+
+    m = tailcfg.DERPMap(
+        HomeParams=tailcfg.DERPHomeParams(RegionScore={900: 2.0}),
+        Regions={
+            900: tailcfg.DERPRegion(
+                RegionID=900,
+                RegionCode="x",
+                NoMeasureNoHome=True,
+                Nodes=[tailcfg.DERPNode(Name="900a", RegionID=900, IPv4="192.0.2.1")],
+            )
+        },
+    )
+    dm = DERPMap.from_tailcfg(m)
+    assert dm.region_score == {900: 2.0}
+    assert dm.regions[900].no_measure_no_home
+    assert dm.regions[900].nodes == (DERPNode("900a", 900, ipv4="192.0.2.1"),)

@@ -54,6 +54,8 @@ ENDPOINTS_FRESH_ENOUGH = 27.0  # seconds: older endpoints are re-STUNed before a
 RESTUN_MIN = 20.0  # seconds
 RESTUN_SPREAD = 6.0  # seconds: re-STUN every random 20-26 s while active
 STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
+ENDPOINT_CACHE_TIME = 310.0  # seconds: recently seen endpoints stay advertised (spec 5.1)
+ENDPOINT_CACHE_PER_IP = 6  # most recent endpoints kept per IP, so one NAT cannot grow it
 # Source addresses bound to peers for WireGuard attribution; a flood of pings from
 # fresh ports must not grow this without limit.
 MAX_ADDR_BINDINGS = 4096
@@ -131,6 +133,7 @@ class Conn:
         self.endpoints: tuple[Endpoint, ...] = ()
         self._endpoints_at: float | None = None
         self._local_ips: tuple[IPAddress, ...] = ()
+        self._ep_cache: dict[AddrPort, tuple[EndpointType, float]] = {}
         self._peers: dict[NodePublic, PeerEndpoint] = {}
         self._by_disco: dict[DiscoPublic, list[NodePublic]] = {}
         self._boxes: dict[DiscoPublic, DiscoBox] = {}
@@ -138,6 +141,7 @@ class Conn:
         self._last_derp_region: dict[NodePublic, int] = {}
         self._pending_cmm: dict[NodePublic, int] = {}
         self._restun_at: float | None = None
+        self.control_connected = True  # home changes wait while control cannot hear them
         self._udp_out: list[tuple[bytes, AddrPort]] = []
         self._derp_out: list[tuple[int, NodePublic, bytes]] = []
         self._wg_in: list[tuple[bytes, WireGuardSource]] = []
@@ -445,7 +449,14 @@ class Conn:
     def _restun(self, now: float, *, force_full: bool = False) -> None:
         self._schedule_restun(now)
         if self.derp_map.regions:
-            self.netcheck.start_report(self.derp_map, now, force_full=force_full)
+            have_v6 = any(
+                ip.version == 6 and not (ip.is_link_local or ip.is_loopback)
+                for ip in self._local_ips
+            )
+            have_v4 = any(ip.version == 4 for ip in self._local_ips) or not self._local_ips
+            self.netcheck.start_report(
+                self.derp_map, now, have_v4=have_v4, have_v6=have_v6, force_full=force_full
+            )
             self._after_netcheck(now)
         else:
             self._recompute_endpoints(now)
@@ -482,6 +493,8 @@ class Conn:
                 return
             preferred = candidates[int.from_bytes(self._rand(2), "big") % len(candidates)]
         if preferred != self.home_derp:
+            if self.home_derp and not self.control_connected:
+                return  # peers could not learn the move (spec 2.3)
             prev, self.home_derp = self.home_derp, preferred
             self._events.append(HomeDERPChanged(preferred, prev))
 
@@ -490,17 +503,34 @@ class Conn:
         eps: list[Endpoint] = []
         if report is not None:
             eps += [Endpoint(a, EndpointType.STUN) for a in report.stun_endpoints]
-        seen = {e.addr for e in eps}
         for ip in self._local_ips:
-            a = AddrPort(ip, self.local_port)
-            if a not in seen and not (isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local):
-                eps.append(Endpoint(a, EndpointType.LOCAL))
-                seen.add(a)
+            if not (isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local):
+                eps.append(Endpoint(AddrPort(ip, self.local_port), EndpointType.LOCAL))
         if fresh:
             self._endpoints_at = now
-        if tuple(eps) != self.endpoints:
-            self.endpoints = tuple(eps)
+            for e in eps:
+                self._ep_cache[e.addr] = (e.type, now)
+        eps += self._cached_endpoints(now)
+        first: dict[AddrPort, Endpoint] = {}
+        for e in eps:
+            first.setdefault(e.addr, e)
+        unique = list(first.values())
+        if tuple(unique) != self.endpoints:
+            self.endpoints = tuple(unique)
             self._events.append(EndpointsChanged(self.endpoints))
+
+    def _cached_endpoints(self, now: float) -> list[Endpoint]:
+        """Endpoints seen in the last 5 min 10 s, newest first, at most 6 per IP."""
+        per_ip: dict[IPAddress, int] = {}
+        out: list[Endpoint] = []
+        for addr, (typ, at) in sorted(self._ep_cache.items(), key=lambda kv: -kv[1][1]):
+            n = per_ip.get(addr.ip, 0)
+            if now - at > ENDPOINT_CACHE_TIME or n >= ENDPOINT_CACHE_PER_IP:
+                del self._ep_cache[addr]
+                continue
+            per_ip[addr.ip] = n + 1
+            out.append(Endpoint(addr, typ))
+        return out
 
     def _remove_peer(self, key: NodePublic) -> None:
         ep = self._peers.pop(key)

@@ -1,8 +1,8 @@
-"""The parts of a DERPMap that NAT traversal needs (spec section 2.1).
+"""The parts of a DERPMap that NAT traversal needs (spec section 2.1), frozen.
 
-A small stand-in until ``meshscale.tailcfg`` grows its own DERPMap type; ``from_json``
-reads the tailcfg JSON form (Go field names), so control responses can be fed in as
-they are. Region 0 means "no region" everywhere in magicsock.
+Built from control's ``meshscale.tailcfg.DERPMap`` with ``from_tailcfg`` (or from its
+JSON form with ``from_json``); frozen so that a Conn can compare maps and hold one
+without copying. Region 0 means "no region" everywhere in magicsock.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from meshscale import tailcfg
 
 DEFAULT_STUN_PORT = 3478  # spec 2.1: STUNPort 0 means 3478
 DERP_MAGIC_IP = ipaddress.IPv4Address("127.3.3.40")  # spec 8: the port is a region ID
@@ -60,6 +62,37 @@ class DERPRegion:
 class DERPMap:
     regions: Mapping[int, DERPRegion] = field(default_factory=dict)
     region_score: Mapping[int, float] = field(default_factory=dict)  # HomeParams.RegionScore
+
+    @classmethod
+    def from_tailcfg(cls, m: tailcfg.DERPMap) -> DERPMap:
+        """Convert control's DERPMap (null regions are skipped, spec 2.2)."""
+        regions = {
+            rid: DERPRegion(
+                region_id=rid,
+                region_code=r.RegionCode,
+                region_name=r.RegionName,
+                nodes=tuple(
+                    DERPNode(
+                        name=n.Name,
+                        region_id=n.RegionID or rid,
+                        host_name=n.HostName,
+                        ipv4=n.IPv4,
+                        ipv6=n.IPv6,
+                        stun_port=n.STUNPort,
+                        stun_only=n.STUNOnly,
+                        derp_port=n.DERPPort,
+                        stun_test_ip=n.STUNTestIP,
+                    )
+                    for n in r.Nodes
+                ),
+                avoid=r.Avoid,
+                no_measure_no_home=r.NoMeasureNoHome,
+            )
+            for rid, r in m.Regions.items()
+            if r is not None
+        }
+        scores = dict(m.HomeParams.RegionScore) if m.HomeParams is not None else {}
+        return cls(regions, scores)
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> DERPMap:
