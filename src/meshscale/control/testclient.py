@@ -232,7 +232,7 @@ class ControlClient:
                 if r is not None:
                     r.got_headers.set()
                     r.data.put_nowait(None)
-            elif isinstance(ev, h2.events.WindowUpdated):
+            elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
                 self._window.set()
         self._flush()
 
@@ -271,9 +271,27 @@ class ControlClient:
             ("ts-lb", self.node_key.public().text()),
         ]
         self._h2.send_headers(sid, headers, end_stream=not body)
-        if body:
-            self._h2.send_data(sid, body, end_stream=True)
         self._flush()
+        view = memoryview(body)
+        while view:
+            n = min(
+                len(view),
+                self._h2.local_flow_control_window(sid),
+                self._h2.max_outbound_frame_size,
+            )
+            if n <= 0:
+                if reply.got_headers.is_set():  # answered (or reset) before the body went out
+                    break
+                self._window.clear()
+                waiter = asyncio.ensure_future(self._window.wait())
+                headers_seen = asyncio.ensure_future(reply.got_headers.wait())
+                await asyncio.wait([waiter, headers_seen], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                headers_seen.cancel()
+                continue
+            self._h2.send_data(sid, bytes(view[:n]), end_stream=n == len(view))
+            self._flush()
+            view = view[n:]
         await reply.got_headers.wait()
         if reply.status == 0:
             raise ClientError("connection closed")

@@ -1,0 +1,103 @@
+"""transport: HTTP/2 inside Noise over loopback, with a custom dispatch (no control logic)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshscale.control.noise import NoiseUpgrade
+from meshscale.control.testclient import ControlClient
+from meshscale.control.transport import MAX_NOISE_BODY, NoiseRequest, NoiseResponse
+from meshscale.io.http import HTTPServer, Router
+from meshscale.key import MachinePrivate
+
+pytestmark = pytest.mark.slow
+
+
+async def _serve(dispatch, rng: random.Random) -> tuple[HTTPServer, int, MachinePrivate]:  # type: ignore[no-untyped-def]
+    key = MachinePrivate(rng.randbytes(32))
+    router = Router()
+    router.add_upgrade("/ts2021", NoiseUpgrade(key, dispatch, rand=rng.randbytes))
+    server = HTTPServer(router)
+    srv = await server.start("127.0.0.1", 0)
+    return server, srv.sockets[0].getsockname()[1], key
+
+
+def test_machine_key_body_limits_large_and_concurrent_responses() -> None:
+    seen: list[NoiseRequest] = []
+    release = asyncio.Event()
+
+    async def dispatch(req: NoiseRequest) -> NoiseResponse:
+        seen.append(req)
+        if req.path == "/big":
+            return NoiseResponse(200, bytes(range(256)) * 2000)  # 512000 B: flow control
+        if req.path == "/slow":
+
+            async def body() -> AsyncIterator[bytes]:
+                yield b"a"
+                await release.wait()
+                yield b"b"
+
+            return NoiseResponse(200, body())
+        if req.path == "/boom":
+            raise RuntimeError("handler bug")
+        return NoiseResponse.text(200, f"{req.method} {req.path} {len(req.body)}")
+
+    async def go() -> None:
+        rng = random.Random(1)
+        server, port, key = await _serve(dispatch, rng)
+        c = ControlClient("127.0.0.1", port, control_key=key.public(), rand=rng.randbytes)
+        try:
+            await c.connect()
+            slow = asyncio.create_task(c.request("POST", "/slow"))
+            status, body = await c.request("POST", "/echo", b"x" * 100_000)
+            assert (status, body) == (200, b"POST /echo 100000")
+            assert seen[-1].machine_key == c.machine_key.public()
+            assert seen[-1].protocol_version == c.version
+            status, body = await c.request("GET", "/big")
+            assert status == 200
+            assert body == bytes(range(256)) * 2000
+            status, _ = await c.request("POST", "/huge", b"y" * (MAX_NOISE_BODY + 1))
+            assert status == 413
+            assert (await c.request("GET", "/boom"))[0] == 500
+            assert not slow.done()  # a long response does not block other streams
+            release.set()
+            assert await asyncio.wait_for(slow, 5) == (200, b"ab")
+        finally:
+            await c.close()
+            await server.close(grace=0.5)
+
+    asyncio.run(asyncio.wait_for(go(), 20))
+
+
+def test_client_disconnect_cancels_streaming_handler() -> None:
+    closed = asyncio.Event()
+
+    async def dispatch(req: NoiseRequest) -> NoiseResponse:
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield b"x"
+                await asyncio.sleep(60)
+                yield b"y"
+            finally:
+                closed.set()
+
+        return NoiseResponse(200, body())
+
+    async def go() -> None:
+        rng = random.Random(2)
+        server, port, key = await _serve(dispatch, rng)
+        c = ControlClient("127.0.0.1", port, control_key=key.public(), rand=rng.randbytes)
+        await c.connect()
+        task = asyncio.create_task(c.request("POST", "/stream"))
+        await asyncio.sleep(0.05)
+        await c.close()
+        await asyncio.wait_for(closed.wait(), 5)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.close(grace=0.5)
+
+    asyncio.run(asyncio.wait_for(go(), 20))
