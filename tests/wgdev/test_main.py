@@ -337,7 +337,7 @@ def test_restart_after_crash_replaces_stale_socket(
     def serving() -> bool:
         try:
             return server_pid(path) == restarted.pid
-        except ConnectionRefusedError:
+        except OSError:  # refused (stale file) or missing (unlinked, not bound yet)
             return False
 
     assert wait_for(serving)
