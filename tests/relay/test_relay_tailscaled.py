@@ -1,0 +1,170 @@
+"""Acceptance: official tailscaled 1.96.4 nodes behind UDP-blocking NATs talk through our relay.
+
+The relay is embedded next to our control server (as ``meshscale-control serve`` does) with
+client verification on (the control server's node table). UDP cannot leave either node's
+LAN, so every packet between them must cross the relay: ``tailscale ping`` must answer via
+DERP, ICMP must cross the tunnel, the relay's metrics must count relayed packets, and an
+unregistered node key must be refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, logging, os, ssl, sys
+    from meshscale.control.app import AppSettings, build_app
+    from meshscale.control.state import State
+    from meshscale.io.http import HTTPServer, Router
+    from meshscale.key import MachinePrivate, NodePrivate
+    from meshscale.relay.app import derp_region, mount_derp
+    from meshscale.relay.metrics import mount_metrics
+    from meshscale.relay.server import DERPServer
+    from meshscale.relay.stun_server import STUNServer
+    from meshscale.tailcfg import DERPMap, DERPRegion, from_json
+
+    async def main() -> None:
+        workdir, host, ip, cert, key = sys.argv[1:6]
+        logging.basicConfig(level=logging.INFO)
+        state = State.open(os.path.join(workdir, "ctl.db"))
+        user = state.create_user("lab")
+        secret = state.create_preauth_key(user.id, reusable=True).secret
+        region = derp_region(900, "lab", "Lab DERP", host, 443, 3478, ipv4=ip)
+        region = from_json(DERPRegion, region)
+        app = build_app(
+            state, AppSettings(server_url=f"https://{host}", base_domain="ts.lab"),
+            DERPMap(Regions={900: region}), control_key=MachinePrivate(os.urandom(32)),
+        )
+
+        async def verify(node_key, info) -> bool:
+            return state.get_node_by_node_key(node_key) is not None
+
+        derp = DERPServer(NodePrivate(os.urandom(32)), verify_client=verify)
+        mount_derp(app.router, derp)
+        stun = STUNServer()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        server = HTTPServer(app.router)
+        await server.start(None, 443, ssl=ctx)
+        await stun.start(None, 3478)
+        debug = Router()
+        mount_metrics(debug, derp, stun)
+        await HTTPServer(debug).start(None, 8081)
+        await app.start()
+        with open(os.path.join(workdir, "authkey"), "w") as f:
+            f.write(secret)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _wait_file(path: Path, proc: object, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text():
+            return path.read_text()
+        if not proc.running:  # type: ignore[attr-defined]
+            break
+        time.sleep(0.1)
+    raise AssertionError("control server did not start:\n" + proc.log_text()[-4000:])  # type: ignore[attr-defined]
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_tailscaled_behind_udp_blocking_nats_ping_through_our_relay(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    from meshscale.lab import Lab, NatKind
+    from meshscale.lab.clients import missing_clients
+    from meshscale.lab.pki import LabCA
+    from meshscale.lab.tailscale import TailscaleNode
+
+    if missing_clients("tailscale", "tailscaled"):
+        pytest.skip("official clients not cached (scripts/fetch-clients)")
+    with Lab(hint="rts", workdir=tmp_path / "lab") as lab:
+        ctl = lab.add_public_host("ctl")
+        lab.add_hosts_entry("ctl.lab", ctl.ip)
+        ca = LabCA(tmp_path / "ca")
+        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
+        workdir = tmp_path / "ctl"
+        workdir.mkdir()
+        script = workdir / "server.py"
+        script.write_text(SERVER_SCRIPT)
+        srv = ctl.spawn(
+            [
+                sys.executable,
+                str(script),
+                str(workdir),
+                "ctl.lab",
+                str(ctl.ip),
+                str(cert),
+                str(key),
+            ],
+            log_name="control",
+        )
+        authkey = _wait_file(workdir / "authkey", srv)
+
+        def metrics() -> str:
+            return ctl.run(["curl", "-sf", "http://127.0.0.1:8081/debug/metrics"]).stdout
+
+        nodes = []
+        for name in ("n1", "n2"):
+            nat = lab.add_nat(f"r{name}", NatKind.UDP_BLOCK)
+            host = lab.add_private_host(name, behind=nat)
+            node = TailscaleNode(host, name, ca_cert=ca.cert_path)
+            nodes.append(node)
+            try:
+                node.up("https://ctl.lab", authkey, hostname=name, timeout=60)
+            except Exception as exc:
+                raise AssertionError(f"{exc}\n--- control ---\n{srv.log_text()[-4000:]}") from exc
+        for node in nodes:
+            assert node.wait_backend_state("Running", timeout=30) == "Running"
+        ips = [node.ip4() for node in nodes]
+
+        res = nodes[0].ping(ips[1], args=["--c=20", "--timeout=5s"], timeout=120)
+        out = res.stdout + res.stderr
+        assert "pong from n2" in out, out + srv.log_text()[-3000:]
+        assert "via DERP(lab)" in out, out
+        icmp = nodes[1].host.run(["ping", "-c", "3", "-W", "5", ips[0]], check=False, timeout=40)
+        assert icmp.returncode == 0, icmp.stdout + icmp.stderr
+
+        text = metrics()
+        assert _metric(text, "derp_clients") >= 2, text
+        assert _metric(text, "derp_packets_relayed_total") > 0, text
+
+        # An unregistered node key is refused (verification is on when embedded).
+        probe = nodes[0].host.run(
+            [
+                sys.executable,
+                "-m",
+                "meshscale.relay.probe",
+                "--timeout",
+                "5",
+                "recv",
+                "https://ctl.lab/derp",
+                "--key-seed",
+                "07",
+            ],
+            check=False,
+            env={"SSL_CERT_FILE": str(ca.cert_path)},
+            timeout=30,
+        )
+        assert probe.returncode != 0, probe.stdout + probe.stderr
+        assert 'derp_login_failures_total{reason="unknown_node"} 1' in metrics()
+        for node in nodes:
+            node.stop()
