@@ -168,3 +168,55 @@ def test_tailscaled_behind_udp_blocking_nats_ping_through_our_relay(tmp_path: Pa
         assert 'derp_login_failures_total{reason="unknown_node"} 1' in metrics()
         for node in nodes:
             node.stop()
+
+
+def test_tailscaled_netcheck_uses_our_stun_behind_easy_nat(tmp_path: Path) -> None:
+    """The official client's netcheck gets its public address from our STUN server."""
+    import json
+
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    from meshscale.lab import Lab, NatKind
+    from meshscale.lab.clients import missing_clients
+    from meshscale.lab.pki import LabCA
+    from meshscale.lab.tailscale import TailscaleNode
+
+    if missing_clients("tailscale", "tailscaled"):
+        pytest.skip("official clients not cached (scripts/fetch-clients)")
+    with Lab(hint="rnc", workdir=tmp_path / "lab") as lab:
+        ctl = lab.add_public_host("ctl")
+        lab.add_hosts_entry("ctl.lab", ctl.ip)
+        ca = LabCA(tmp_path / "ca")
+        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
+        workdir = tmp_path / "ctl"
+        workdir.mkdir()
+        script = workdir / "server.py"
+        script.write_text(SERVER_SCRIPT)
+        srv = ctl.spawn(
+            [
+                sys.executable,
+                str(script),
+                str(workdir),
+                "ctl.lab",
+                str(ctl.ip),
+                str(cert),
+                str(key),
+            ],
+            log_name="control",
+        )
+        authkey = _wait_file(workdir / "authkey", srv)
+        nat = lab.add_nat("easy", NatKind.EASY)
+        node = TailscaleNode(lab.add_private_host("n1", behind=nat), "n1", ca_cert=ca.cert_path)
+        node.up("https://ctl.lab", authkey, hostname="n1", timeout=60)
+        report: dict[str, object] = {}
+        for _ in range(3):  # bounded retries: the first netcheck may race the map
+            res = node.netcheck()
+            start = res.stdout.find("{")
+            report = json.loads(res.stdout[start:]) if start >= 0 else {}
+            if report.get("UDP"):
+                break
+        assert report.get("UDP") is True, report
+        assert str(report.get("GlobalV4", "")).startswith(f"{nat.public_ip}:"), report
+        assert report.get("PreferredDERP") == 900, report
+        assert "900" in (report.get("RegionV4Latency") or {}), report
+        node.stop()
