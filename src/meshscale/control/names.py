@@ -9,8 +9,10 @@ An admin may rename a node to any valid, unused label.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
+
+from meshscale.control.models import InvalidArgument
 
 MAX_LABEL_LENGTH: Final = 63  # RFC 1035 section 2.3.4, in characters
 FALLBACK_NAME: Final = "node"
@@ -19,8 +21,12 @@ _LABEL_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _INVALID_RUN: Final = re.compile(r"[^a-z0-9-]+")
 
 
-class InvalidName(ValueError):
-    """A given name is not a valid DNS label."""
+MAX_TAGS: Final = 64  # per node or key; bounds the policy work one node can cause
+_TAG_RE: Final = re.compile(r"^tag:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class InvalidName(InvalidArgument):
+    """A given name or tag is not valid."""
 
 
 def is_valid_label(name: str) -> bool:
@@ -63,3 +69,14 @@ def unique_given_name(base: str, taken: Callable[[str], bool], max_tries: int = 
         if not taken(candidate):
             return candidate
     raise InvalidName(f"no free name derived from {base!r}")
+
+
+def validate_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    """Sorted, de-duplicated ``tag:name`` strings; raises InvalidName."""
+    out = tuple(dict.fromkeys(tags))
+    if len(out) > MAX_TAGS:
+        raise InvalidName(f"too many tags ({len(out)} > {MAX_TAGS})")
+    for tag in out:
+        if not _TAG_RE.match(tag):
+            raise InvalidName(f"invalid tag {tag[:70]!r}: tags look like 'tag:name'")
+    return tuple(sorted(out))

@@ -22,14 +22,15 @@ called from the event loop thread; a subscription created inside a running loop 
 woken thread-safely if a write happens on another thread. Time and randomness come from
 the ``clock`` and ``rand`` callables so tests are deterministic.
 
+The pre-auth key and API key methods are written in :mod:`meshscale.control.keys` and
+mixed in; they use the same lock, transaction and event plumbing.
+
 Errors are :class:`~meshscale.control.models.StateError` subclasses whose message is safe
 to show (``RegisterResponse.Error``, REST error bodies, CLI output).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import os
 import re
@@ -44,13 +45,10 @@ from typing import Any, Final
 
 from meshscale.control.db.repository import IntegrityError, Store
 from meshscale.control.ipalloc import AllocationStrategy, IPAllocator
+from meshscale.control.keys import KeyMethods, split_key
 from meshscale.control.models import (
-    API_KEY_PREFIX,
-    KEY_PREFIX_LENGTH,
-    KEY_SECRET_LENGTH,
     PREAUTH_KEY_PREFIX,
     APIKey,
-    APIKeyError,
     APIKeyID,
     Change,
     ChangeSubscription,
@@ -58,8 +56,6 @@ from meshscale.control.models import (
     DNSChanged,
     InvalidArgument,
     IPPrefix,
-    NewAPIKey,
-    NewPreAuthKey,
     Node,
     NodeAdded,
     NodeChanged,
@@ -69,7 +65,6 @@ from meshscale.control.models import (
     PendingRegistration,
     PolicyChanged,
     PreAuthKey,
-    PreAuthKeyError,
     PreAuthKeyID,
     RegisterMethod,
     RegistrationID,
@@ -77,24 +72,15 @@ from meshscale.control.models import (
     UserChanged,
     UserID,
 )
-from meshscale.control.names import (
-    InvalidName,
-    unique_given_name,
-    validate_given_name,
-)
+from meshscale.control.names import unique_given_name, validate_given_name, validate_tags
 from meshscale.key import DiscoPublic, MachinePublic, NodePublic
 
-DEFAULT_PREAUTH_KEY_EXPIRATION: Final = timedelta(hours=1)  # Headscale CLI default
-DEFAULT_API_KEY_EXPIRATION: Final = timedelta(days=90)  # Headscale CLI default
-API_KEY_LAST_SEEN_PERSIST: Final = timedelta(minutes=1)  # coarser: no write per request
 DEFAULT_PREFIX_V4: Final = ipaddress.IPv4Network("100.64.0.0/10")  # Tailscale's CGNAT range
 DEFAULT_PREFIX_V6: Final = ipaddress.IPv6Network("fd7a:115c:a1e0::/48")  # Tailscale's ULA
-MAX_TAGS: Final = 64  # per node or key; bounds the policy work one node can cause
 MAX_ROUTES: Final = 1024  # approved routes per node
 MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are rejected
 
 _USER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
-_TAG_RE: Final = re.compile(r"^tag:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def utcnow() -> datetime:
@@ -119,35 +105,6 @@ class GCResult:
     expired_registrations: int
 
 
-def _hash_secret(secret: str) -> bytes:
-    # Secrets are 256 random bits, so a fast hash is as strong as bcrypt here: there is
-    # nothing to brute-force. Only the hash is stored.
-    return hashlib.sha256(secret.encode("ascii")).digest()
-
-
-def _split_key(text: str, kind: str) -> tuple[str, str] | None:
-    """``<kind><prefix>-<secret>`` -> (prefix, secret), or None if malformed."""
-    if not text.startswith(kind):
-        return None
-    rest = text[len(kind) :]
-    prefix, sep, secret = rest.partition("-")
-    if not sep or len(prefix) != KEY_PREFIX_LENGTH or len(secret) != KEY_SECRET_LENGTH:
-        return None
-    if not (prefix.isascii() and secret.isascii()):
-        return None
-    return prefix, secret
-
-
-def validate_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    out = tuple(dict.fromkeys(tags))
-    if len(out) > MAX_TAGS:
-        raise InvalidArgument(f"too many tags ({len(out)} > {MAX_TAGS})")
-    for tag in out:
-        if not _TAG_RE.match(tag):
-            raise InvalidArgument(f"invalid tag {tag[:70]!r}: tags look like 'tag:name'")
-    return tuple(sorted(out))
-
-
 def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
     out: list[IPPrefix] = []
     for r in routes:
@@ -160,7 +117,7 @@ def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
     return tuple(sorted(set(out), key=lambda n: (n.version, n)))
 
 
-class State:
+class State(KeyMethods):
     """The control server's users, nodes, keys and pending registrations.
 
     Parameters:
@@ -379,184 +336,6 @@ class State:
             del self._users[user_id]
             self._emit(UserChanged(user_id))
 
-    # ---- pre-auth keys -----------------------------------------------------------------
-
-    def create_preauth_key(
-        self, user_id: UserID, *, reusable: bool = False, ephemeral: bool = False,
-        expiration: datetime | None = None, tags: Iterable[str] = (),
-    ) -> NewPreAuthKey:
-        """Create a key; the returned ``secret`` is the only copy of the full key.
-
-        ``expiration`` defaults to one hour from now.
-        """
-        tag_tuple = validate_tags(tags)
-        now = self.clock()
-        exp = expiration if expiration is not None else now + DEFAULT_PREAUTH_KEY_EXPIRATION
-        with self._write():
-            self.get_user(user_id)
-            prefix, secret = self._new_secret(self._pak_by_prefix)
-            key = PreAuthKey(
-                PreAuthKeyID(0), user_id, prefix, _hash_secret(secret), reusable, ephemeral,
-                False, exp, tag_tuple, now,
-            )
-            key = replace(key, id=self.store.insert_preauth_key(key))
-            self._paks[key.id] = key
-            self._pak_by_prefix[prefix] = key.id
-            return NewPreAuthKey(key, f"{PREAUTH_KEY_PREFIX}{prefix}-{secret}")
-
-    def _new_secret(self, taken: dict[str, Any]) -> tuple[str, str]:
-        for _ in range(16):
-            prefix = self.rand(KEY_PREFIX_LENGTH // 2).hex()
-            if prefix not in taken:
-                return prefix, self.rand(KEY_SECRET_LENGTH // 2).hex()
-        raise Conflict("could not find a free key prefix")  # pragma: no cover
-
-    def list_preauth_keys(self, user_id: UserID | None = None) -> list[PreAuthKey]:
-        with self._lock:
-            keys = [k for k in self._paks.values() if user_id is None or k.user_id == user_id]
-            return sorted(keys, key=lambda k: k.id)
-
-    def get_preauth_key(self, key_id: PreAuthKeyID) -> PreAuthKey:
-        key = self._paks.get(key_id)
-        if key is None:
-            raise NotFound(f"pre-auth key {key_id} not found")
-        return key
-
-    def expire_preauth_key(self, key_id: PreAuthKeyID) -> PreAuthKey:
-        with self._write():
-            key = replace(self.get_preauth_key(key_id), expiration=self.clock())
-            self.store.update_preauth_key(key)
-            self._paks[key.id] = key
-            return key
-
-    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None:
-        with self._write():
-            key = self.get_preauth_key(key_id)
-            for node in self._nodes.values():
-                if node.auth_key_id == key_id:  # the schema's ON DELETE SET NULL, in memory
-                    self._nodes[node.id] = replace(node, auth_key_id=None)
-            self.store.delete_preauth_key(key_id)
-            self._drop_pak(key)
-
-    def _drop_pak(self, key: PreAuthKey) -> None:
-        self._paks.pop(key.id, None)
-        self._pak_by_prefix.pop(key.prefix, None)
-
-    def validate_preauth_key(self, secret: str) -> PreAuthKey:
-        """The key ``secret`` names, if it could admit a node now. Consumes nothing.
-
-        Raises PreAuthKeyError: ``invalid authkey``, ``authkey expired``,
-        ``authkey already used``.
-        """
-        with self._lock:
-            key = self._lookup_pak(secret)
-            self._check_pak(key)
-            return key
-
-    def _lookup_pak(self, secret: str) -> PreAuthKey:
-        parts = _split_key(secret, PREAUTH_KEY_PREFIX)
-        key_id = self._pak_by_prefix.get(parts[0]) if parts else None
-        key = self._paks.get(key_id) if key_id is not None else None
-        # Constant-time compare; an unknown prefix compares against a dummy so both
-        # paths cost the same.
-        want = key.hash if key is not None else b"\0" * 32
-        got = _hash_secret(parts[1]) if parts else b"\1" * 32
-        if not hmac.compare_digest(want, got) or key is None:
-            raise PreAuthKeyError("invalid authkey")
-        return key
-
-    def _check_pak(self, key: PreAuthKey) -> None:
-        if key.is_expired(self.clock()):
-            raise PreAuthKeyError("authkey expired")
-        if not key.reusable and key.used:
-            raise PreAuthKeyError("authkey already used")
-
-    def use_preauth_key(self, secret: str) -> PreAuthKey:
-        """Validate and consume a key atomically; of two racing callers on a single-use
-        key exactly one succeeds (also across processes sharing the database)."""
-        with self._write():
-            return self._consume_pak(secret)
-
-    def _consume_pak(self, secret: str) -> PreAuthKey:
-        key = self._lookup_pak(secret)
-        self._check_pak(key)
-        if not key.reusable:
-            if not self.store.consume_preauth_key(key.id):
-                raise PreAuthKeyError("authkey already used")
-            key = replace(key, used=True)
-            self._paks[key.id] = key
-        return key
-
-    # ---- API keys ----------------------------------------------------------------------
-
-    def create_api_key(self, expiration: datetime | None = None) -> NewAPIKey:
-        """Create an API key (default lifetime 90 days); ``secret`` is shown once."""
-        now = self.clock()
-        with self._write():
-            prefix, secret = self._new_secret(self._api_by_prefix)
-            key = APIKey(
-                APIKeyID(0), prefix, _hash_secret(secret),
-                expiration if expiration is not None else now + DEFAULT_API_KEY_EXPIRATION,
-                None, now,
-            )
-            key = replace(key, id=self.store.insert_api_key(key))
-            self._api_keys[key.id] = key
-            self._api_by_prefix[prefix] = key.id
-            return NewAPIKey(key, f"{API_KEY_PREFIX}{prefix}-{secret}")
-
-    def list_api_keys(self) -> list[APIKey]:
-        with self._lock:
-            return sorted(self._api_keys.values(), key=lambda k: k.id)
-
-    def get_api_key(self, key_id_or_prefix: APIKeyID | str) -> APIKey:
-        """By id, or by prefix (bare, ``hskey-api-<prefix>`` or ``...-***``)."""
-        with self._lock:
-            if isinstance(key_id_or_prefix, int):
-                key = self._api_keys.get(key_id_or_prefix)
-            else:
-                p = key_id_or_prefix.removeprefix(API_KEY_PREFIX)[:KEY_PREFIX_LENGTH]
-                kid = self._api_by_prefix.get(p)
-                key = self._api_keys.get(kid) if kid is not None else None
-            if key is None:
-                raise NotFound(f"API key {str(key_id_or_prefix)[:30]!r} not found")
-            return key
-
-    def expire_api_key(self, key_id_or_prefix: APIKeyID | str) -> APIKey:
-        with self._write():
-            key = replace(self.get_api_key(key_id_or_prefix), expiration=self.clock())
-            self.store.update_api_key(key)
-            self._api_keys[key.id] = key
-            return key
-
-    def delete_api_key(self, key_id_or_prefix: APIKeyID | str) -> None:
-        with self._write():
-            key = self.get_api_key(key_id_or_prefix)
-            self.store.delete_api_key(key.id)
-            self._api_keys.pop(key.id, None)
-            self._api_by_prefix.pop(key.prefix, None)
-
-    def verify_api_key(self, secret: str) -> APIKey:
-        """The API key ``secret`` names. Raises APIKeyError (``invalid API key`` or
-        ``API key expired``). Compares in constant time; records last_seen."""
-        with self._lock:
-            parts = _split_key(secret, API_KEY_PREFIX)
-            kid = self._api_by_prefix.get(parts[0]) if parts else None
-            key = self._api_keys.get(kid) if kid is not None else None
-            want = key.hash if key is not None else b"\0" * 32
-            got = _hash_secret(parts[1]) if parts else b"\1" * 32
-            if not hmac.compare_digest(want, got) or key is None:
-                raise APIKeyError("invalid API key")
-            now = self.clock()
-            if key.is_expired(now):
-                raise APIKeyError("API key expired")
-            persist = key.last_seen is None or now - key.last_seen >= API_KEY_LAST_SEEN_PERSIST
-            key = replace(key, last_seen=now)
-            if persist:
-                with self._write():
-                    self.store.update_api_key(key)
-            self._api_keys[key.id] = key
-            return key
-
     # ---- nodes: lookups ----------------------------------------------------------------
 
     def get_node(self, node_id: NodeID) -> Node:
@@ -676,7 +455,7 @@ class State:
         """
         with self._write():
             existing = self.get_node_by_machine_key(machine_key)
-            key_id = self._pak_by_prefix.get((_split_key(secret, PREAUTH_KEY_PREFIX) or ("",))[0])
+            key_id = self._pak_by_prefix.get((split_key(secret, PREAUTH_KEY_PREFIX) or ("",))[0])
             key = self._paks.get(key_id) if key_id is not None else None
             if (
                 existing is not None and key is not None
@@ -840,10 +619,7 @@ class State:
 
     def rename_node(self, node_id: NodeID, new_name: str) -> Node:
         """Set the MagicDNS name; it must be a valid label no other node uses."""
-        try:
-            validate_given_name(new_name)
-        except InvalidName as exc:
-            raise InvalidArgument(str(exc)) from exc
+        validate_given_name(new_name)
         with self._write():
             other = self._by_name.get(new_name)
             if other is not None and other != node_id:
