@@ -204,6 +204,14 @@ def test_open_rejects_wrong_recipient() -> None:
         disco.open_packet(DiscoPrivate(bytes([9]) * 32), pkt)
 
 
+def test_low_order_peer_key_is_refused() -> None:
+    with pytest.raises(OpenError):
+        DiscoBox(A_PRIV, DiscoPublic(bytes(32)))
+    pkt = disco.MAGIC + bytes(32) + bytes(24 + 16 + 2)
+    with pytest.raises(OpenError):
+        disco.open_packet(B_PRIV, pkt)
+
+
 def test_box_rejects_other_sender() -> None:
     pkt = disco.seal(A_PRIV, B_PRIV.public(), CallMeMaybe(), NONCE)
     with pytest.raises(OpenError):
@@ -284,6 +292,7 @@ def test_parse_marshal_round_trip(msg: disco.Message) -> None:
     assert disco.parse(msg.marshal()) == msg
 
 
+@pytest.mark.slow
 @given(messages, st.binary(min_size=24, max_size=24))
 def test_seal_open_round_trip(msg: disco.Message, nonce: bytes) -> None:
     pkt = disco.seal(A_PRIV, B_PRIV.public(), msg, nonce)

@@ -413,7 +413,8 @@ def source(datagram: bytes | memoryview) -> DiscoPublic:
 class DiscoBox:
     """The precomputed NaCl box between our disco key and one peer's (crypto_box_beforenm).
 
-    Build one per peer and keep it: the X25519 is done once here.
+    Build one per peer and keep it: the X25519 is done once here. A low-order peer
+    key raises OpenError.
     """
 
     __slots__ = ("_box", "own", "peer")
@@ -421,9 +422,13 @@ class DiscoBox:
     def __init__(self, own: DiscoPrivate, peer: DiscoPublic) -> None:
         self.own = own.public()
         self.peer = peer
-        self._box = nacl.public.Box(
-            nacl.public.PrivateKey(own.raw), nacl.public.PublicKey(peer.raw)
-        )
+        try:
+            self._box = nacl.public.Box(
+                nacl.public.PrivateKey(own.raw), nacl.public.PublicKey(peer.raw)
+            )
+        except nacl.exceptions.CryptoError as exc:
+            # libsodium refuses low-order points (an all-zero shared secret).
+            raise OpenError("unusable peer disco key") from exc
 
     def seal(self, message: Message, nonce: bytes) -> bytes:
         """The full disco packet for ``message``; ``nonce`` is 24 fresh random bytes."""
@@ -454,8 +459,4 @@ def seal(own: DiscoPrivate, peer: DiscoPublic, message: Message, nonce: bytes) -
 def open_packet(own: DiscoPrivate, datagram: bytes | memoryview) -> tuple[DiscoPublic, Message]:
     """One-shot open of a packet from whoever its header names. Raises ParseError or OpenError."""
     sender = source(datagram)
-    try:
-        box = DiscoBox(own, sender)
-    except (nacl.exceptions.CryptoError, ValueError) as exc:
-        raise OpenError("unusable sender disco key") from exc
-    return sender, box.open(datagram)
+    return sender, DiscoBox(own, sender).open(datagram)

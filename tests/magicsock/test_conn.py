@@ -310,3 +310,15 @@ def test_derp_map_from_tailcfg() -> None:
     assert dm.region_score == {900: 2.0}
     assert dm.regions[900].no_measure_no_home
     assert dm.regions[900].nodes == (DERPNode("900a", 900, ipv4="192.0.2.1"),)
+
+
+def test_low_order_disco_key_peer_is_harmless() -> None:
+    from meshscale.key import DiscoPublic
+
+    a, b = Node(1, A_ADDR), Node(2, B_ADDR)
+    bad = PeerConfig(b.node.public(), DiscoPublic(bytes(32)), (B_ADDR,), 900)
+    a.conn.set_peers([bad], 0.0)
+    assert a.conn.send(b.node.public(), WG, 1.0)  # data still goes via DERP
+    assert [d for d, _ in a.conn.datagrams_to_send() if disco.looks_like_disco(d)] == []
+    a.conn.receive_datagram(disco.MAGIC + bytes(32) + bytes(60), B_ADDR, 1.1)
+    assert a.conn.statistics().counters["drop_disco_bad_key"] == 1

@@ -247,3 +247,44 @@ def test_derpmap_from_json() -> None:
     assert dm.region_score == {900: 0.5}
     with pytest.raises(ValueError, match="DERPMap"):
         DERPMap.from_json({"Regions": {"1": {"Nodes": [{}]}}})
+
+
+def test_third_region_arms_the_enough_timer() -> None:
+    dm = DERPMap({900 + i: region(900 + i, f"192.0.2.{i + 1}") for i in range(5)})
+    nc = Netcheck(rand())
+    nc.start_report(dm, 0.0)
+    srv = Server(
+        nc,
+        {f"192.0.2.{i}": "198.18.0.1:5000" for i in (1, 2, 3)},  # two regions never answer
+        {"192.0.2.1": 0.010, "192.0.2.2": 0.020, "192.0.2.3": 0.030},
+    )
+    srv.run(0.0, 10.0)
+    r = nc.next_report()
+    assert r is not None
+    assert sorted(r.region_latency) == [900, 901, 902]
+    # Finished at 30 ms (third answer) + 2 x 30 ms (full report), not at the 3 s deadline.
+    assert max(t for t, _ in srv.sent) < 0.3
+    assert nc.get_timer() is None
+
+
+def test_ipv6_probes_and_global_v6() -> None:
+    dm = DERPMap(
+        {900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1", ipv6="2001:db8::1"),))}
+    )
+    nc = Netcheck(rand())
+    nc.start_report(dm, 0.0, have_v4=True, have_v6=True)
+    srv = Server(
+        nc,
+        {"192.0.2.1": "198.18.0.1:5000", "2001:db8::1": "[2001:db8:1::5]:6000"},
+        {"192.0.2.1": 0.010, "2001:db8::1": 0.012},
+    )
+    srv.run(0.0, 10.0)
+    r = nc.next_report()
+    assert r is not None
+    assert r.ipv6
+    assert r.global_v6 == AddrPort.parse("[2001:db8:1::5]:6000")
+    assert r.region_v6_latency == {900: pytest.approx(0.012)}
+    assert r.stun_endpoints == (AddrPort.parse("198.18.0.1:5000"), r.global_v6)
+    # v6-only STUN target skipped on a v4-only machine, and "none" disables a family.
+    assert DERPNode("x", 1, ipv4="none").stun_ip(4) is None
+    assert DERPNode("x", 1, ipv4="192.0.2.1", stun_port=-1).stun_ip(4) is None

@@ -317,7 +317,7 @@ class Conn:
         if box is None:
             try:
                 box = DiscoBox(self._disco, key)
-            except Exception:  # a low-order key makes libsodium refuse the box
+            except disco.OpenError:  # a low-order key: nothing can be sealed to it
                 return None
             self._boxes[key] = box
         return box
