@@ -271,3 +271,22 @@ def test_client_that_never_reads_is_dropped_after_write_timeout() -> None:
             await server.close(grace=0.5)
 
     assert asyncio.run(main()) == 0
+
+
+def test_expect_100_continue() -> None:
+    async def body(port: int) -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(
+            b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        interim = await r.readuntil(b"\r\n\r\n")
+        w.write(b"abc")
+        rest = await r.read()
+        w.close()
+        return interim + rest
+
+    out = run(body)
+    assert out.startswith(b"HTTP/1.1 100 ")
+    assert b"HTTP/1.1 200 " in out
+    assert out.endswith(b"POST /echo {} 3")

@@ -413,7 +413,7 @@ class HTTPServer:
                         raise h11.RemoteProtocolError("request header too large", 431)
                     path_raw, _, qs = req_ev.target.decode("latin-1").partition("?")
                     upgrade_handler = self.router.upgrade_handler(unquote(path_raw))
-                    body = await self._read_body(h, reader, req_ev)
+                    body = await self._read_body(h, reader, writer, req_ev)
             except TimeoutError:
                 if not conn.idle:
                     await self._send_error(h, writer, 408, "request timeout")
@@ -461,13 +461,19 @@ class HTTPServer:
                 return
 
     async def _read_body(
-        self, h: h11.Connection, reader: asyncio.StreamReader, req: h11.Request
+        self,
+        h: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        req: h11.Request,
     ) -> bytes:
         for k, v in req.headers:
             if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
                 raise _BodyTooLarge
         chunks: list[bytes] = []
         size = 0
+        if h.they_are_waiting_for_100_continue:  # curl sends Expect: 100-continue for big bodies
+            writer.write(h.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
         while True:
             ev = await self._next_event(h, reader)
             if isinstance(ev, h11.Data):
