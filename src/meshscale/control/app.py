@@ -45,6 +45,8 @@ from .transport import NoiseHandler, NoiseRequest, NoiseResponse
 
 log = logging.getLogger(__name__)
 
+SUBSCRIPTION_QUEUE = 1 << 16  # change events buffered between pump runs
+
 NOT_IMPLEMENTED = frozenset(
     {
         "/machine/set-dns",
@@ -204,7 +206,9 @@ class ControlApp:
 
     def _ensure_pump(self) -> None:
         if self._pump is None or self._pump.done():
-            self._subscription = self.state.subscribe()
+            # Sized for bursts (a restart reconnecting every node); overflow means a full map
+            # for every session, which at scale is the expensive path.
+            self._subscription = self.state.subscribe(max_queue=SUBSCRIPTION_QUEUE)
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
             self.batcher.sync = self._drain
 

@@ -40,6 +40,7 @@ READ_CHUNK = 64 * 1024  # bytes per socket read
 # Our receive window per stream; clients send small JSON, the default 64 KiB suffices,
 # but a larger window avoids a round trip for a 1 MiB body.
 INITIAL_WINDOW = 1 << 20  # bytes
+WRITE_TIMEOUT = 30.0  # seconds a write may wait for the peer to read: clients that never read
 
 
 class NoiseStream:
@@ -72,7 +73,14 @@ class NoiseStream:
             self.raw.write(self.conn.send(plaintext))
 
     async def drain(self) -> None:
-        await self.raw.drain()
+        """Wait for the socket buffer to empty; a peer that stops reading for WRITE_TIMEOUT
+        loses the connection (ConnectionError), so it cannot pin a session forever."""
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await self.raw.drain()
+        except TimeoutError:
+            self.raw.close()
+            raise ConnectionError("peer stopped reading") from None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,151 @@
+"""batcher against a model client: whatever the order of changes and flushes, a client that
+applies the messages as tailscale's controlclient does (spec 4.3) ends with the server's view."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshscale.control import mapper
+from meshscale.control.batcher import Batcher, MapSession
+from meshscale.control.models import (
+    DNSChanged,
+    Node,
+    NodeAdded,
+    NodeChanged,
+    NodeID,
+    NodeRemoved,
+    User,
+    UserID,
+)
+from meshscale.key import DiscoPublic, MachinePublic, NodePublic
+from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+DERP = DERPMap(Regions={900: DERPRegion(900, "x", "X", Nodes=[DERPNode("900a", 900, "d")])})
+CFG = mapper.MapConfig(base_domain="ts.example", domain="c", derp_map=DERP)
+
+
+def node(i: int) -> Node:
+    return Node(
+        id=NodeID(i),
+        machine_key=MachinePublic(i.to_bytes(2, "big") * 16),
+        node_key=NodePublic((i + 1000).to_bytes(2, "big") * 16),
+        user_id=UserID(1),
+        hostname=f"h{i}",
+        given_name=f"h{i}",
+        ipv4=ipaddress.IPv4Address(0x64400000 + i),
+        disco_key=DiscoPublic((i + 2000).to_bytes(2, "big") * 16),
+        created_at=NOW,
+    )
+
+
+class Source:
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+
+    def node(self, node_id: int) -> Node | None:
+        return self.nodes.get(node_id)
+
+    def peers_of(self, node_id: int) -> list[Node]:
+        return sorted((n for i, n in self.nodes.items() if i != node_id), key=lambda n: n.id)
+
+    def users(self) -> dict[UserID, User]:
+        return {UserID(1): User(UserID(1), "alice")}
+
+    def policy(self) -> str | None:
+        return None
+
+
+class ModelClient:
+    """controlclient's peer bookkeeping (map.go updatePeersStateFromResponse), reduced."""
+
+    def __init__(self) -> None:
+        self.peers: dict[int, dict[str, Any]] = {}
+
+    def apply(self, msg: dict[str, Any]) -> None:
+        if msg.get("Peers"):
+            self.peers = {p["ID"]: dict(p) for p in msg["Peers"]}
+            return
+        for nid in msg.get("PeersRemoved", []):
+            self.peers.pop(nid, None)
+        for p in msg.get("PeersChanged", []):
+            self.peers[p["ID"]] = dict(p)
+        for pc in msg.get("PeersChangedPatch", []):
+            p = self.peers.get(pc["NodeID"])
+            if p is None:
+                continue
+            if "Endpoints" in pc:
+                p["Endpoints"] = pc["Endpoints"]
+            if "Online" in pc:
+                p["Online"] = pc["Online"]
+            if "DiscoKey" in pc:
+                p["DiscoKey"] = pc["DiscoKey"]
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(2, 8)),
+        st.tuples(st.just("remove"), st.integers(2, 8)),
+        st.tuples(st.just("endpoints"), st.integers(2, 8), st.integers(1, 60000)),
+        st.tuples(st.just("online"), st.integers(2, 8), st.booleans()),
+        st.tuples(st.just("rename"), st.integers(2, 8), st.integers(0, 9)),
+        st.tuples(st.just("resync"), st.just(0)),
+        st.tuples(st.just("flush"), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=150)
+@given(ops)
+def test_client_view_converges_to_server_view(program: list[tuple[Any, ...]]) -> None:
+    src = Source()
+    src.nodes[1] = node(1)
+    b = Batcher(src, lambda: CFG)  # type: ignore[arg-type]
+    session = MapSession(NodeID(1))
+    b.add(session)
+    client = ModelClient()
+
+    def flush() -> None:
+        msg = b.build(session, NOW)
+        if msg is not None:
+            client.apply(msg)
+
+    flush()
+    for op in program:
+        kind, nid = op[0], op[1]
+        if kind == "add" and nid not in src.nodes:
+            src.nodes[nid] = node(nid)
+            b.handle(NodeAdded(NodeID(nid)))
+        elif kind == "remove" and nid in src.nodes:
+            del src.nodes[nid]
+            b.handle(NodeRemoved(NodeID(nid)))
+        elif kind == "endpoints" and nid in src.nodes:
+            src.nodes[nid] = replace(src.nodes[nid], endpoints=(f"192.0.2.1:{op[2]}",))
+            b.handle(NodeChanged(NodeID(nid), frozenset({"endpoints"})))
+        elif kind == "online" and nid in src.nodes:
+            src.nodes[nid] = replace(src.nodes[nid], online=op[2], last_seen=NOW)
+            b.handle(NodeChanged(NodeID(nid), frozenset({"online", "last_seen"})))
+        elif kind == "rename" and nid in src.nodes:
+            src.nodes[nid] = replace(src.nodes[nid], given_name=f"n{nid}x{op[2]}")
+            b.handle(NodeChanged(NodeID(nid), frozenset({"given_name"})))
+        elif kind == "resync":
+            b.handle(DNSChanged())
+        elif kind == "flush":
+            flush()
+    flush()
+    want = {
+        i: mapper.to_json(mapper.tail_node(n, CFG, NOW)) for i, n in src.nodes.items() if i != 1
+    }
+    assert set(client.peers) == set(want)
+    for i, p in client.peers.items():
+        for field in ("Name", "Endpoints", "Online", "Key", "DiscoKey"):
+            assert p.get(field) == want[i].get(field), (i, field)
