@@ -322,3 +322,23 @@ def test_low_order_disco_key_peer_is_harmless() -> None:
     assert [d for d, _ in a.conn.datagrams_to_send() if disco.looks_like_disco(d)] == []
     a.conn.receive_datagram(disco.MAGIC + bytes(32) + bytes(60), B_ADDR, 1.1)
     assert a.conn.statistics().counters["drop_disco_bad_key"] == 1
+
+
+def test_batches(pair) -> None:
+    a, b = pair
+    assert a.conn.send_batch(b.node.public(), [WG, WG + b"1"], 1.0)
+    derp = [d for _, key, d in a.conn.derp_to_send() if d.startswith(WG)]
+    assert derp == [WG, WG + b"1"]
+    deliver_udp(a, b, 1.01)
+    pongs = b.conn.datagrams_to_send()
+    src = AddrPort.parse("203.0.113.77:1")
+    a.conn.receive_datagrams([(d, B_ADDR) for d, _ in pongs] + [(WG, B_ADDR), (WG, src)], 1.02)
+    assert a.conn.received_wireguard() == [
+        (WG, WireGuardSource(b.node.public(), B_ADDR, 0)),
+        (WG, WireGuardSource(None, src, 0)),
+    ]
+    assert a.conn.send_batch(b.node.public(), [WG] * 3, 1.1)
+    assert a.conn.datagrams_to_send() == [(WG, B_ADDR)] * 3
+    assert a.conn.statistics().counters["send_udp"] == 3
+    assert not a.conn.send_batch(NodePrivate(bytes([8]) * 32).public(), [WG] * 2, 1.2)
+    assert a.conn.statistics().counters["send_unknown_peer"] == 2

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from meshscale import disco
@@ -137,7 +137,9 @@ class Conn:
         self._peers: dict[NodePublic, PeerEndpoint] = {}
         self._by_disco: dict[DiscoPublic, list[NodePublic]] = {}
         self._boxes: dict[DiscoPublic, DiscoBox] = {}
-        self._addr_peer: dict[AddrPort, NodePublic] = {}
+        self._addr_src: dict[AddrPort, WireGuardSource] = {}  # attribution of UDP sources
+        self._sent_udp = 0
+        self._sent_derp = 0
         self._last_derp_region: dict[NodePublic, int] = {}
         self._pending_cmm: dict[NodePublic, int] = {}
         self._restun_at: float | None = None
@@ -191,7 +193,7 @@ class Conn:
         for ep in self._peers.values():
             ep.note_connectivity_change()
             self._drain(ep, now)
-        self._addr_peer.clear()
+        self._addr_src.clear()
         self._endpoints_at = None
         self._restun(now, force_full=True)
 
@@ -212,38 +214,69 @@ class Conn:
     def send(self, peer: NodePublic, data: bytes, now: float) -> bool:
         """Route one outgoing WireGuard datagram. Returns False if there is no path at all."""
         ep = self._peers.get(peer)
+        if ep is not None and ep.best is not None and now <= ep.trust_until:
+            # Hot path: a trusted direct path; only the activity bookkeeping remains.
+            ep.last_send = now
+            if ep.heartbeat_at is None:
+                ep.note_send(now)
+            self._udp_out.append((data, ep.best))
+            self._sent_udp += 1
+            return True
+        return self.send_batch(peer, (data,), now)
+
+    def send_batch(self, peer: NodePublic, datagrams: Sequence[bytes], now: float) -> bool:
+        """Route WireGuard datagrams for one peer; the path is chosen once for the batch.
+
+        Returns False (and drops them) if the peer is unknown or has neither a UDP
+        path nor a DERP region.
+        """
+        ep = self._peers.get(peer)
         if ep is None:
-            self._stats["send_unknown_peer"] += 1
+            self._stats["send_unknown_peer"] += len(datagrams)
             return False
         udp, region = ep.addr_for_send(now)
         ep.note_send(now)
-        self._drain(ep, now)
+        if ep.has_actions():
+            self._drain(ep, now)
         if udp is None and region == 0:
             region = self._last_derp_region.get(peer, 0)
             if region == 0:
-                self._stats["send_no_udp_or_derp"] += 1
+                self._stats["send_no_udp_or_derp"] += len(datagrams)
                 return False
         if udp is not None:
-            self._udp_out.append((data, udp))
-            self._stats["send_udp"] += 1
+            self._udp_out += [(d, udp) for d in datagrams]
+            self._sent_udp += len(datagrams)
         if region:
-            self._derp_out.append((region, peer, data))
-            self._stats["send_derp"] += 1
+            self._derp_out += [(region, peer, d) for d in datagrams]
+            self._sent_derp += len(datagrams)
         return True
 
     def receive_datagram(self, data: bytes, src: AddrPort, now: float) -> None:
-        """A datagram from the shared UDP socket."""
-        src = AddrPort(disco.unmap(src.ip), src.port)
-        if looks_like_stun(data):
-            if not self.netcheck.receive_stun(data, now):
-                self._stats["drop_stun_unmatched"] += 1
-            self._after_netcheck(now)
+        """A datagram from the shared UDP socket; ``src`` must be unmapped (IPv4 as IPv4)."""
+        # Spec 4.4: WireGuard's byte 1 is 0 (STUN needs 0x01) and its byte 0 is 1-4
+        # (disco starts with 0x54), so the common case is decided on two bytes.
+        if len(data) >= 2 and data[1] != 0x01 and data[0] != 0x54:
+            wsrc = self._addr_src.get(src)
+            self._wg_in.append((data, wsrc or WireGuardSource(None, src, 0)))
             return
-        if disco.looks_like_disco(data):
-            self._receive_disco(data, src, None, 0, now)
-            return
-        peer = self._addr_peer.get(src)
-        self._wg_in.append((data, WireGuardSource(peer, src, 0)))
+        self.receive_datagrams(((data, src),), now)
+
+    def receive_datagrams(self, batch: Iterable[tuple[bytes, AddrPort]], now: float) -> None:
+        """A batch of datagrams from the shared UDP socket (see ``receive_datagram``)."""
+        addr_src, wg_in = self._addr_src, self._wg_in
+        for data, src in batch:
+            if len(data) >= 2 and data[1] != 0x01 and data[0] != 0x54:
+                wsrc = addr_src.get(src)
+                wg_in.append((data, wsrc or WireGuardSource(None, src, 0)))
+            elif looks_like_stun(data):
+                if not self.netcheck.receive_stun(data, now):
+                    self._stats["drop_stun_unmatched"] += 1
+                self._after_netcheck(now)
+            elif disco.looks_like_disco(data):
+                self._receive_disco(data, src, None, 0, now)
+            else:
+                wsrc = addr_src.get(src)
+                wg_in.append((data, wsrc or WireGuardSource(None, src, 0)))
 
     def receive_derp(self, data: bytes, src: NodePublic, region: int, now: float) -> None:
         """A RecvPacket payload from DERP ``region``, sent by node key ``src``."""
@@ -308,7 +341,12 @@ class Conn:
         return PeerStatus(peer, ep.best, ep.best_latency, ep.trusted(now), ep.home_derp)
 
     def statistics(self) -> ConnStats:
-        return ConnStats(dict(self._stats))
+        counters = dict(self._stats)
+        if self._sent_udp:
+            counters["send_udp"] = self._sent_udp
+        if self._sent_derp:
+            counters["send_derp"] = self._sent_derp
+        return ConnStats(counters)
 
     # ---- disco ----
 
@@ -414,9 +452,9 @@ class Conn:
     # ---- internals ----
 
     def _bind(self, addr: AddrPort, peer: NodePublic) -> None:
-        if addr not in self._addr_peer and len(self._addr_peer) >= MAX_ADDR_BINDINGS:
-            self._addr_peer.pop(next(iter(self._addr_peer)))
-        self._addr_peer[addr] = peer
+        if addr not in self._addr_src and len(self._addr_src) >= MAX_ADDR_BINDINGS:
+            self._addr_src.pop(next(iter(self._addr_src)))
+        self._addr_src[addr] = WireGuardSource(peer, addr, 0)
 
     def _drain(self, ep: PeerEndpoint, now: float) -> None:
         for action in ep.take_actions():
@@ -540,6 +578,6 @@ class Conn:
         if not keys:
             self._by_disco.pop(ep.disco_key, None)
             self._boxes.pop(ep.disco_key, None)
-        for addr in [a for a, k in self._addr_peer.items() if k == key]:
-            del self._addr_peer[addr]
+        for addr in [a for a, w in self._addr_src.items() if w.peer == key]:
+            del self._addr_src[addr]
         self._pending_cmm.pop(key, None)

@@ -292,6 +292,9 @@ class PeerEndpoint:
         if self.heartbeat_at is not None and now >= self.heartbeat_at:
             self._heartbeat(now)
 
+    def has_actions(self) -> bool:
+        return bool(self._actions)
+
     def take_actions(self) -> list[Action]:
         out, self._actions = self._actions, []
         return out
