@@ -193,6 +193,22 @@ class Backend:
             "RegionNames": names,
         }  # fmt: skip
 
+    def debug(self) -> dict[str, Any]:
+        with self.bind.lock:
+            ms = dict(self.bind.core.statistics().counters)
+        return {
+            "magicsock": ms,
+            "device_drops": dict(self.engine.device.drops),
+            "engine_errors": dict(self.engine.errors),
+            "home_derp": self.bind.core.home_derp,
+            "derp_connected": sorted(
+                r
+                for r, rc in (self.bind.derp.regions.items() if self.bind.derp else [])
+                if rc.client is not None and rc.client.connected
+            ),
+            "endpoints": [_addr_text(e.addr) for e in self.bind.core.endpoints],
+        }
+
     def whois(self, ip: str) -> dict[str, Any] | None:
         node = self.netmap.peer_by_ip(ip)
         me = self.netmap.self_node

@@ -6,6 +6,7 @@ Routes (all under ``/localapi/v0/``)::
     GET  prefs             -> Prefs JSON
     GET  netcheck          -> netcheck report JSON
     GET  whois?addr=IP     -> {"Node": {...}, "UserProfile": {...}}           (404 if unknown)
+    GET  debug             -> counters of magicsock, the WireGuard device and the engine
     POST start             {"Prefs": {...}, "AuthKey": "...", "Reset": bool}  -> {"BackendState"}
     POST down              -> {}
     POST logout            -> {}
@@ -96,6 +97,7 @@ class LocalAPI:
         r.add_get(PREFIX + "prefs", self._prefs)
         r.add_get(PREFIX + "netcheck", self._netcheck)
         r.add_get(PREFIX + "whois", self._whois)
+        r.add_get(PREFIX + "debug", self._debug)
         r.add_post(PREFIX + "start", self._start)
         r.add_post(PREFIX + "down", self._down)
         r.add_post(PREFIX + "logout", self._logout)
@@ -156,6 +158,10 @@ class LocalAPI:
 
     async def _netcheck(self, request: web.Request) -> web.Response:
         return web.json_response(await self.backend.netcheck())
+
+    async def _debug(self, request: web.Request) -> web.Response:
+        fn = getattr(self.backend, "debug", None)
+        return web.json_response(fn() if fn is not None else {})
 
     async def _whois(self, request: web.Request) -> web.Response:
         addr = _parse_ip(request.query.get("addr", ""))

@@ -149,17 +149,17 @@ class MagicBind:
         return bound
 
     def send(self, ep: Endpoint, messages: list[list[bytes]]) -> None:
+        # Each message is a list of buffers forming one datagram (scatter-gather).
         peer = endpoint_peer(ep)
         if peer is None:
-            for group in messages:
-                for d in group:
-                    self._sendto(d, ep)
+            for parts in messages:
+                self._sendto(parts[0] if len(parts) == 1 else b"".join(parts), ep)
             return
         now = time.monotonic()
         with self.lock:
-            for group in messages:
-                for d in group:
-                    self.core.send(peer, d, now)
+            send = self.core.send
+            for parts in messages:
+                send(peer, parts[0] if len(parts) == 1 else b"".join(parts), now)
             self._flush_locked()
 
     def send_one(self, ep: Endpoint, data: bytes) -> None:

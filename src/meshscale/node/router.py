@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 log = logging.getLogger("meshscale.router")
+T = TypeVar("T")
 
 TAILNET_ROUTES = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
 TUN_MTU = 1280  # bytes: the IPv6 minimum, what tailscaled uses
@@ -26,6 +30,26 @@ EADDRNOTAVAIL = 99
 
 class RouterError(OSError):
     """The interface could not be configured."""
+
+
+def _off_loop(fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a short-lived thread: pyroute2's synchronous IPRoute drives its own
+    asyncio loop and refuses to run on a thread whose loop is already running."""
+    box: list[T] = []
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:
+            err.append(exc)
+
+    t = threading.Thread(target=target, name="netlink")
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return box[0]
 
 
 class Router:
@@ -41,12 +65,18 @@ class Router:
         return int(found[0])
 
     def up(self) -> None:
+        _off_loop(self._up)
+
+    def _up(self) -> None:
         with IPRoute() as ipr:
             idx = self._index(ipr)
             ipr.link("set", index=idx, mtu=TUN_MTU, state="up")
 
     def set(self, addresses: list[str]) -> None:
         """Install ``addresses`` (``100.64.0.1/32`` or bare IPs) and the tailnet routes."""
+        _off_loop(lambda: self._set(addresses))
+
+    def _set(self, addresses: list[str]) -> None:
         want = {str(ipaddress.ip_interface(a).ip) for a in addresses}
         with IPRoute() as ipr:
             idx = self._index(ipr)
@@ -77,6 +107,10 @@ class Router:
     @staticmethod
     def local_addresses(exclude: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """Addresses of the other interfaces, for endpoint discovery (not loopback)."""
+        return _off_loop(lambda: Router._local_addresses(exclude))
+
+    @staticmethod
+    def _local_addresses(exclude: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
         with IPRoute() as ipr:
             names = {int(ln["index"]): ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
