@@ -6,6 +6,8 @@ import ipaddress
 import itertools
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshscale import disco, stun
 from meshscale.disco import AddrPort
@@ -342,3 +344,46 @@ def test_batches(pair) -> None:
     assert a.conn.statistics().counters["send_udp"] == 3
     assert not a.conn.send_batch(NodePrivate(bytes([8]) * 32).public(), [WG] * 2, 1.2)
     assert a.conn.statistics().counters["send_unknown_peer"] == 2
+
+
+def test_local_endpoint_rules() -> None:
+    a = Node(1, A_ADDR)
+    lo, ll = ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("fe80::1")
+    a.conn.set_local_addresses([lo, ll, A_ADDR.ip], 0.0)
+    assert [e.addr for e in a.conn.endpoints] == [A_ADDR]
+    a.conn.set_local_addresses([lo, ll], 0.0)
+    assert [e.addr for e in a.conn.endpoints] == [AddrPort(lo, 41641), A_ADDR]  # A_ADDR cached
+
+
+def test_vanished_home_region_is_rechosen() -> None:
+    r900 = DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))
+    r901 = DERPRegion(901, nodes=(DERPNode("901a", 901, ipv4="192.0.2.2"),))
+    a = Node(1, A_ADDR)
+    a.conn.set_derp_map(DERPMap({900: r900}), 0.0)
+    a.conn.handle_timer(3.0)  # no STUN answers: a pseudo-random home among {900}
+    assert a.conn.home_derp == 900
+    a.conn.set_derp_map(DERPMap({901: r901}), 10.0)
+    assert a.conn.home_derp == 0
+    a.conn.handle_timer(13.0)
+    assert a.conn.home_derp == 901
+
+
+@pytest.mark.slow
+@given(st.binary(max_size=200), st.integers(0, 2))
+def test_garbage_never_raises(data: bytes, where: int) -> None:
+    import nacl.public
+
+    a, b = Node(1, A_ADDR), Node(2, B_ADDR)
+    a.conn.set_peers([b.cfg()], 0.0)
+    box = nacl.public.Box(
+        nacl.public.PrivateKey(b.disco.raw), nacl.public.PublicKey(a.disco.public().raw)
+    )
+    # Random bytes, random bytes behind the magic, and a valid box around random plaintext.
+    sealed = disco.MAGIC + b.disco.public().raw + bytes(box.encrypt(data, bytes(24)))
+    for payload in (data, disco.MAGIC + b.disco.public().raw + data, sealed):
+        if where == 0:
+            a.conn.receive_datagram(payload, B_ADDR, 1.0)
+        elif where == 1:
+            a.conn.receive_derp(payload, b.node.public(), 900, 1.0)
+        else:
+            a.conn.receive_datagrams([(payload, B_ADDR)], 1.0)

@@ -159,6 +159,8 @@ class Conn:
     def set_derp_map(self, derp_map: DERPMap, now: float) -> None:
         changed = derp_map != self.derp_map
         self.derp_map = derp_map
+        if self.home_derp and self.home_derp not in derp_map.regions:
+            self.home_derp = 0  # spec 2.2: a vanished home is forgotten; re-chosen below
         if changed and self._restun_at is not None:
             self._restun(now, force_full=True)
 
@@ -541,9 +543,15 @@ class Conn:
         eps: list[Endpoint] = []
         if report is not None:
             eps += [Endpoint(a, EndpointType.STUN) for a in report.stun_endpoints]
-        for ip in self._local_ips:
-            if not (isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local):
-                eps.append(Endpoint(AddrPort(ip, self.local_port), EndpointType.LOCAL))
+        # Spec 5.1: loopback only when there is nothing else; IPv6 link-local never.
+        local = [
+            ip
+            for ip in self._local_ips
+            if not (isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local)
+        ]
+        if any(not ip.is_loopback for ip in local):
+            local = [ip for ip in local if not ip.is_loopback]
+        eps += [Endpoint(AddrPort(ip, self.local_port), EndpointType.LOCAL) for ip in local]
         if fresh:
             self._endpoints_at = now
             for e in eps:
