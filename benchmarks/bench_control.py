@@ -11,7 +11,9 @@ PeersChangedPatch (p50/p99/max over all receivers), plus the same for a node joi
     .venv/bin/python benchmarks/bench_control.py --sizes 100 1000 3000 --changes 5
 
 All clients live in this one process, so latency includes their own decode time; the figures
-are upper bounds for the server. Not a test: run by hand and copy the figures.
+are upper bounds for the server. The server's CPU time per change (from /proc, 10 ms ticks) is
+the figure least disturbed by other load on the machine.
+Not a test: run by hand and copy the figures.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -187,11 +195,18 @@ async def measure(
     rss_idle = rss_kib(pid)
     ep_lat: list[float] = []
     join_lat: list[float] = []
+    ep_cpu = join_cpu = 0.0
     for k in range(changes):
+        c0 = cpu_seconds(pid)
         ep_lat += await b.endpoint_change(k, wait=120)
+        c1 = cpu_seconds(pid)
         await b.drain(0.2)
+        c2 = cpu_seconds(pid)
         join_lat += await b.join(k, wait=120)
+        c3 = cpu_seconds(pid)
         await b.drain(0.2)
+        ep_cpu += c1 - c0
+        join_cpu += c3 - c2
     await b.close()
     return {
         "N": n,
@@ -204,6 +219,8 @@ async def measure(
         "endpoint_max_ms": round(max(ep_lat) * 1000, 1),
         "join_p50_ms": round(pct(join_lat, 50), 1),
         "join_p99_ms": round(pct(join_lat, 99), 1),
+        "server_cpu_ms_per_endpoint_change": round(ep_cpu / changes * 1000, 1),
+        "server_cpu_ms_per_join": round(join_cpu / changes * 1000, 1),
         "samples": len(ep_lat) + len(join_lat),
         "median_all_ms": round(statistics.median(ep_lat + join_lat) * 1000, 1),
     }
