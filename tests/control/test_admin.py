@@ -269,3 +269,62 @@ def test_parser_knows_headscale_verbs() -> None:
         "alice", True, True, "24h", ["tag:x"])
     args = parser.parse_args(["nodes", "register", "--user", "u", "--key", "k"])
     assert (args.user, args.key) == ("u", "k")
+
+
+def test_server_in_process_wiring(tmp_path: Path) -> None:
+    """serve's wiring without a subprocess: unix socket (trusted), TCP (API key), /health,
+    /metrics, /key, the embedded DERP probe, the DERP map, and policy reload."""
+    from meshscale.control.admin import AdminClient, AdminError
+    from meshscale.control.config import load_config
+    from meshscale.control.main import Server
+
+    policy = tmp_path / "policy.hujson"
+    policy.write_text('{"acls": []}')
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(
+        "server_url: https://ctl.example.test\nlisten_addr: 127.0.0.1:0\n"
+        "metrics_listen_addr: 127.0.0.1:0\nunix_socket: s/ctl.sock\n"
+        f"policy:\n  mode: file\n  path: {policy}\n"
+        "derp:\n  server:\n    region_id: 901\n    stun_listen_addr: 127.0.0.1:0\n"
+    )
+    cfg = load_config(cfg_path, state_dir=tmp_path / "state")
+
+    async def fetch(port: int, path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        await writer.wait_closed()
+        return data
+
+    async def main() -> str:
+        server = Server(cfg)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        try:
+            port = server.bound["listen"][1]
+            local = AdminClient(unix_socket=server.bound["unix"])
+            got = await loop.run_in_executor(None, local.request, "GET", "/api/v1/policy")
+            assert got == {"policy": '{"acls": []}'}
+            remote = AdminClient(url=f"http://127.0.0.1:{port}", api_key="hskey-api-nope")
+            with pytest.raises(AdminError, match="invalid API key"):
+                await loop.run_in_executor(None, remote.request, "GET", "/api/v1/user")
+            assert (await fetch(port, "/health")).startswith(b"HTTP/1.1 200")
+            assert b'"publicKey":"mkey:' in await fetch(port, "/key?v=130")
+            assert (await fetch(port, "/derp/probe")).startswith(b"HTTP/1.1 200")
+            metrics = await fetch(server.bound["metrics"][1], "/metrics")
+            assert b"meshscale_control_nodes 0" in metrics
+            region = server.app.derp_map.Regions[901]
+            assert region.Nodes[0].HostName == "ctl.example.test"
+            assert region.Nodes[0].STUNPort == server.bound["stun"][1]
+            policy.write_text('{"acls": [{"action": "accept"}]}')
+            assert server.state is not None
+            sub = server.state.subscribe()
+            assert server.reload_policy()
+            assert not server.reload_policy()  # unchanged
+            assert [type(c).__name__ for c in sub.drain()] == ["PolicyChanged"]
+        finally:
+            await server.close()
+        return str(server.bound["unix"])
+
+    assert not Path(asyncio.run(main())).exists()

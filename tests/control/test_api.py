@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
 from meshscale.control.api import API, MAX_API_BODY, ROUTES, openapi_document
@@ -214,3 +216,42 @@ def test_over_real_http(state: State) -> None:
     assert denied.startswith(b"HTTP/1.1 401")
     assert created.startswith(b"HTTP/1.1 200")
     assert b'"name":"alice"' in created
+
+
+_SEGMENTS = st.sampled_from(
+    ["user", "node", "preauthkey", "apikey", "1", "2", "0", "rename", "x", "expire", "tags",
+     "register", "approve_routes", "policy", "health", "%2F", "", "..", "99999999999999999999"]
+)
+_BODIES = st.one_of(
+    st.binary(max_size=64),
+    st.dictionaries(
+        st.sampled_from(["name", "user", "id", "key", "prefix", "tags", "routes", "expiration",
+                         "expiry", "reusable", "ephemeral", "aclTags", "disableExpiry"]),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12),
+                  st.lists(st.text(max_size=12), max_size=3)),
+        max_size=4,
+    ).map(lambda d: json.dumps(d).encode()),
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH"]),
+    st.lists(_SEGMENTS, max_size=4),
+    _BODIES,
+    st.dictionaries(st.sampled_from(["user", "id", "key", "name"]), st.text(max_size=8),
+                    max_size=2),
+)
+def test_any_request_gets_a_clean_answer(
+    method: str, segments: list[str], body: bytes, query: dict[str, str]
+) -> None:
+    state = State.open(":memory:", clock=lambda: T0)
+    state.create_user("alice")
+    state.create_preauth_key(state.get_user_by_name("alice").id)
+    api = API(state, trusted=True)
+    path = "/api/v1/" + "/".join(segments)
+    status, payload = call(api, method, path, raw=body, query=query)
+    assert status in (200, 400, 404, 405, 409, 413), (status, payload)
+    assert isinstance(payload, dict)
+    state.close()

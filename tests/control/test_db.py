@@ -231,3 +231,13 @@ def test_deleting_a_user_cascades_to_its_keys() -> None:
     store.insert_preauth_key(PreAuthKey(PreAuthKeyID(0), uid, "p" * 12, b"h", created_at=T0))
     store.delete_user(uid)
     assert store.load().preauth_keys == []
+
+
+def test_database_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    store = SQLiteStore(path)
+    store.insert_user(User(UserID(0), "alice", created_at=T0))
+    assert path.stat().st_mode & 0o777 == 0o600
+    wal = tmp_path / "db.sqlite-wal"
+    assert wal.exists() and wal.stat().st_mode & 0o777 == 0o600
+    store.close()

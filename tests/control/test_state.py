@@ -455,3 +455,18 @@ def test_state_survives_reopen(tmp_path: Path, clock: FakeClock) -> None:
     # The allocator learned the used addresses: the next node gets the next one.
     m = s2.register_node(mk(2), nk(2), u.id)
     assert m.ipv4 == ipaddress.IPv4Address("100.64.0.2")
+
+
+def test_touch_updates_last_seen_without_events(state: State, clock: FakeClock) -> None:
+    u = state.create_user("alice")
+    n = state.register_node(mk(1), nk(1), u.id)
+    sub = state.subscribe()
+    clock.advance(seconds=30)
+    state.touch(n.id)
+    state.touch(NodeID(999))  # unknown: ignored
+    assert state.get_node(n.id).last_seen == T0 + timedelta(seconds=30)
+    assert sub.drain() == []
+    assert state.store.load().nodes[0].last_seen == T0  # not persisted yet
+    state.set_online(n.id, True)
+    state.set_online(n.id, False)
+    assert state.store.load().nodes[0].last_seen == T0 + timedelta(seconds=30)

@@ -101,13 +101,7 @@ class Server:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         cfg.database.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = state = State.open(cfg.database.sqlite_path, state_options(cfg))
-        if cfg.policy.mode == "file" and cfg.policy.path is not None:
-            try:
-                text = cfg.policy.path.read_text()
-            except OSError as exc:
-                raise ConfigError(f"config: policy.path: cannot read: {exc.strerror}") from exc
-            if text != state.policy:
-                state.set_policy(text)
+        self.reload_policy()
 
         public = Router()
         API(state).mount(public)
@@ -120,8 +114,10 @@ class Server:
         srv = await server.start(host, cfg.listen_addr.port, ssl=_tls_context(cfg))
         self.http.append(server)
         self.bound["listen"] = srv.sockets[0].getsockname()[:2]
-        log.info("listening on %s://%s:%d (server_url %s)", "https" if cfg.tls_enabled
-                 else "http", *self.bound["listen"], cfg.server_url)
+        scheme = "https" if cfg.tls_enabled else "http"
+        for sock in srv.sockets:
+            log.info("listening on %s %s", scheme, sock.getsockname()[:2])
+        log.info("server_url is %s", cfg.server_url)
 
         local = Router()
         API(state, trusted=True).mount(local)
@@ -139,6 +135,25 @@ class Server:
         if self.app is not None and hasattr(self.app, "start"):
             await self.app.start()
         self._tasks.append(asyncio.create_task(self._maintenance()))
+
+    def reload_policy(self) -> bool:
+        """Load ``policy.path`` (policy.mode file) into State; True if it changed.
+
+        Called at start and on SIGHUP. State publishes PolicyChanged, and the map
+        batcher then sends every node new packet filters.
+        """
+        cfg, state = self.cfg, self.state
+        if state is None or cfg.policy.mode != "file" or cfg.policy.path is None:
+            return False
+        try:
+            text = cfg.policy.path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"config: policy.path: cannot read: {exc.strerror}") from exc
+        if text == state.policy:
+            return False
+        state.set_policy(text)
+        log.info("policy loaded from %s", cfg.policy.path)
+        return True
 
     async def _start_unix(self, server: HTTPServer) -> asyncio.Server:
         path = self.cfg.unix_socket
@@ -190,9 +205,8 @@ class Server:
             self.stun = STUNServer()
             bound = await self.stun.start(ds.stun_listen_addr.host or None,
                                           ds.stun_listen_addr.port)
-            self.bound["stun"] = bound
-            with contextlib.suppress(Exception):
-                stun_port = int(bound[1]) if isinstance(bound, tuple) else stun_port
+            self.bound["stun"] = bound[0]  # [(host, port), ...]: one per address family
+            stun_port = int(bound[0][1])
         if ds.automatically_add_embedded_derp_region:
             from meshscale.tailcfg import DERPRegion, from_json
 
@@ -323,6 +337,15 @@ def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> in
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+
+        def on_hup() -> None:
+            try:
+                server.reload_policy()
+            except ConfigError as exc:  # keep serving the old policy
+                log.error("%s", exc)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await server.start()
             if ready is not None:

@@ -587,6 +587,16 @@ class State(KeyMethods):
             self._emit(NodeChanged(node_id, frozenset({"online", "last_seen"})))
             return node
 
+    def touch(self, node_id: NodeID) -> None:
+        """Record activity (last_seen = now) in memory only: no write and no event.
+
+        Map sessions call this on keep-alives; the value is persisted at the next real
+        write of the node (set_online(False) at the latest)."""
+        with self._lock:
+            node = self._nodes.get(node_id)
+            if node is not None:
+                self._nodes[node_id] = replace(node, last_seen=self.clock())
+
     def logout(self, node_id: NodeID) -> Node | None:
         """Client logout (spec §3.6): expire the node now; ephemeral nodes are deleted
         (returns None then)."""

@@ -19,6 +19,7 @@ code (an unknown version) is refused rather than guessed at.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import threading
@@ -127,6 +128,10 @@ class SQLiteStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = path
+        if str(path) != ":memory:" and not Path(path).exists():
+            # Create it private: it holds key hashes and the tailnet's membership. SQLite
+            # gives the -wal and -shm files the database file's mode.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
             self.conn = connect(path)
             migrate(self.conn)
