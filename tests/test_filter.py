@@ -12,9 +12,16 @@ from hypothesis import strategies as st
 
 from meshscale.filter import (
     FLOW_CACHE_SIZE,
+    REJECT_ACL,
+    REJECT_SHIELDS_UP,
     Filter,
     FilterError,
+    TSMPMessage,
     parse,
+    tsmp_message,
+    tsmp_ping,
+    tsmp_pong,
+    tsmp_rejected,
 )
 from meshscale.tailcfg import FilterRule, NetPortRange, PortRange
 
@@ -446,3 +453,80 @@ def test_fast_matcher_agrees_with_reference(
 def test_parse_never_raises(data: bytes) -> None:
     parse(data)
     Filter.allow_all(LOCAL).run_in(data)
+
+
+# ---- TSMP ----
+
+
+def _checksum_ok(hdr: bytes) -> bool:
+    total = sum(int.from_bytes(hdr[i : i + 2], "big") for i in range(0, 20, 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def test_tsmp_ping_pong_v4() -> None:
+    ping = tsmp_ping(PEER4, ME4, b"12345678", ident=0x1234)
+    assert len(ping) == 20 + 9
+    assert ping[9] == TSMP and ping[8] == 64 and _checksum_ok(ping[:20])
+    assert tsmp_message(ping) == TSMPMessage(ord("p"), b"12345678")
+    pong = tsmp_pong(ping, peerapi_port=0xBEEF)
+    assert pong is not None
+    assert pong[12:16] == ipaddress.ip_address(ME4).packed  # swapped
+    assert pong[16:20] == ipaddress.ip_address(PEER4).packed
+    assert pong[4:6] == (0x1234 ^ 0xFFFF).to_bytes(2, "big")  # inverted ID
+    assert pong[20:] == b"o12345678\xbe\xef"
+    assert _checksum_ok(pong[:20])
+    msg = tsmp_message(pong)
+    assert msg is not None
+    assert (msg.type, msg.ping_data, msg.peerapi_port) == (ord("o"), b"12345678", 0xBEEF)
+    # The filter accepts TSMP whatever the rules; the node answers it before the OS.
+    assert Filter([], LOCAL).run_in(ping).reason == "tsmp ok"
+
+
+def test_tsmp_ping_pong_v6() -> None:
+    ping = tsmp_ping(PEER6, ME6, b"abcdefgh", ident=0x12345)
+    pong = tsmp_pong(ping)
+    assert pong is not None
+    assert pong[0] >> 4 == 6
+    assert int.from_bytes(pong[0:4], "big") & 0xFFFFF == (~0x12345) & 0xFFFFF
+    assert pong[6:8] == bytes((TSMP, 64))
+    assert pong[8:24] == ipaddress.ip_address(ME6).packed
+    assert int.from_bytes(pong[4:6], "big") == 11
+    assert pong[40:] == b"oabcdefgh\x00\x00"
+
+
+def test_tsmp_short_and_other_messages() -> None:
+    short_pong = tsmp_ping(PEER4, ME4, b"12345678")
+    short_pong = short_pong[:20] + b"o" + short_pong[21:]
+    msg = tsmp_message(short_pong)
+    assert msg is not None
+    assert msg.peerapi_port == 0  # 9-byte pong: no PeerAPI port
+    assert tsmp_pong(short_pong) is None  # not a ping
+    assert tsmp_pong(packet(PEER4, ME4, UDP)) is None
+    assert tsmp_message(packet(PEER4, ME4, TCP)) is None
+    with pytest.raises(ValueError, match="8 bytes"):
+        tsmp_ping(PEER4, ME4, b"short")
+
+
+def test_tsmp_rejected_for_dropped_syn() -> None:
+    f = Filter.allow_all(LOCAL)
+    syn = packet(PEER4, ME4, TCP, sport=40000, dport=22)
+    assert f.run_in(syn).accepted
+    shielded = Filter([], LOCAL, shields_up=True)
+    assert not shielded.run_in(syn).accepted
+    rej = tsmp_rejected(syn, REJECT_SHIELDS_UP)
+    assert rej is not None
+    assert rej[12:16] == ipaddress.ip_address(ME4).packed  # from the rejecting node
+    assert rej[16:20] == ipaddress.ip_address(PEER4).packed
+    assert rej[20:] == b"!\x06S" + (40000).to_bytes(2, "big") + (22).to_bytes(2, "big")
+    assert _checksum_ok(rej[:20])
+    assert tsmp_rejected(packet(PEER4, ME4, TCP, flags=ACK)) is None
+    assert tsmp_rejected(packet(PEER6, ME6, TCP)) is None  # IPv4 only, as upstream
+    assert tsmp_rejected(syn)[22] == REJECT_ACL  # type: ignore[index]
+
+
+def test_shields_up_ignores_rules() -> None:
+    rules = [rule(["*"], [("*", 0, 65535)])]
+    assert Filter(rules, LOCAL).run_in(packet(PEER4, ME4, TCP)).accepted
+    assert not Filter(rules, LOCAL, shields_up=True).run_in(packet(PEER4, ME4, TCP)).accepted

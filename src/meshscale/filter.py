@@ -17,6 +17,16 @@ Outbound packets are never filtered by rules; UDP/SCTP ones record their reverse
 every new inbound flow (shields up is the same); ``Filter.allow_all`` is the
 allow-all sentinel.
 
+TSMP (section 7.4), IP protocol 99, lives inside the tunnel and never reaches the OS::
+
+    '!' rejected   proto(1) reason(1) src_port(2) dst_port(2) [flags(1)]
+    'p' ping       data(8)                  -> answered with 'o' data(8) peerapi_port(2)
+    'a' disco key  key(32)  [newer, capability version >= 144]
+
+``tsmp_pong`` builds the answer to a ping (header copied with source and destination
+swapped and the IPv4 ID / IPv6 flow label inverted); ``tsmp_rejected`` builds the
+notice for a dropped IPv4 TCP SYN.
+
 Errors::
 
     FilterError (ValueError)   a FilterRule that cannot be compiled (the whole filter
@@ -28,6 +38,7 @@ Performs no I/O; the flow cache is the only state.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -235,6 +246,111 @@ def _transport(
     return Parsed(v, proto, src, dst, 0, 0, 0)
 
 
+# ---- TSMP ----
+
+TSMP_REJECTED, TSMP_PING, TSMP_PONG, TSMP_DISCO_KEY = 0x21, 0x70, 0x6F, 0x61  # ! p o a
+REJECT_ACL, REJECT_SHIELDS_UP = ord("A"), ord("S")
+_TTL = 64
+
+
+@dataclass(frozen=True, slots=True)
+class TSMPMessage:
+    """A parsed TSMP payload; ``body`` is everything after the type byte."""
+
+    type: int
+    body: bytes
+
+    @property
+    def ping_data(self) -> bytes:
+        return self.body[:8]
+
+    @property
+    def peerapi_port(self) -> int:
+        """The PeerAPI port of a pong (0 when the 9-byte form omits it)."""
+        return int.from_bytes(self.body[8:10], "big") if len(self.body) >= 10 else 0
+
+
+def _ip_header(src: bytes, dst: bytes, payload_len: int, ident: int) -> bytes:
+    if len(src) == 4:
+        hdr = bytearray(20)
+        hdr[0], hdr[8], hdr[9] = 0x45, _TTL, PROTO_TSMP
+        hdr[2:4] = (20 + payload_len).to_bytes(2, "big")
+        hdr[4:6] = (ident & 0xFFFF).to_bytes(2, "big")
+        hdr[12:16], hdr[16:20] = src, dst
+        total = sum(int.from_bytes(hdr[i : i + 2], "big") for i in range(0, 20, 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        hdr[10:12] = (~total & 0xFFFF).to_bytes(2, "big")
+        return bytes(hdr)
+    first = (6 << 28) | (ident & 0xFFFFF)
+    return (
+        first.to_bytes(4, "big")
+        + payload_len.to_bytes(2, "big")
+        + bytes((PROTO_TSMP, _TTL))
+        + src
+        + dst
+    )
+
+
+def _tsmp_payload(b: bytes | memoryview) -> tuple[int, bytes, bytes, int, bytes] | None:
+    """(version, src, dst, ident, payload) of an unfragmented TSMP packet, else None."""
+    q = parse(b)
+    if q is None or q.proto != PROTO_TSMP:
+        return None
+    raw = bytes(b)
+    if q.version == 4:
+        ihl = (raw[0] & 0x0F) << 2
+        total = int.from_bytes(raw[2:4], "big")
+        return 4, raw[12:16], raw[16:20], int.from_bytes(raw[4:6], "big"), raw[ihl:total]
+    total = 40 + int.from_bytes(raw[4:6], "big")
+    label = int.from_bytes(raw[0:4], "big") & 0xFFFFF
+    return 6, raw[8:24], raw[24:40], label, raw[40:total]
+
+
+def tsmp_message(packet: bytes | memoryview) -> TSMPMessage | None:
+    """The TSMP message in an IP packet, or None if it is not (well-formed) TSMP."""
+    parts = _tsmp_payload(packet)
+    if parts is None or not parts[4]:
+        return None
+    payload = parts[4]
+    return TSMPMessage(payload[0], payload[1:])
+
+
+def tsmp_pong(packet: bytes | memoryview, peerapi_port: int = 0) -> bytes | None:
+    """The pong answering a TSMP ping packet, or None if ``packet`` is not a TSMP ping."""
+    parts = _tsmp_payload(packet)
+    if parts is None or len(parts[4]) < 9 or parts[4][0] != TSMP_PING:
+        return None
+    _, src, dst, ident, payload = parts
+    body = bytes((TSMP_PONG,)) + payload[1:9] + peerapi_port.to_bytes(2, "big")
+    return _ip_header(dst, src, len(body), ~ident) + body
+
+
+def tsmp_ping(src: str, dst: str, data: bytes, ident: int = 0) -> bytes:
+    """A TSMP ping packet from ``src`` to ``dst`` (both Tailscale addresses, one family)."""
+    if len(data) != 8:
+        raise ValueError("TSMP ping data is 8 bytes")
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    body = bytes((TSMP_PING,)) + data
+    return _ip_header(s.packed, d.packed, len(body), ident) + body
+
+
+def tsmp_rejected(packet: bytes | memoryview, reason: int = REJECT_ACL) -> bytes | None:
+    """The TSMP notice for a dropped IPv4 TCP SYN (spec 7.2 step 7), else None.
+
+    IP source is the rejecting node (the SYN's destination); the ports are the
+    initiator's source port and the refused destination port.
+    """
+    q = parse(packet)
+    if q is None or q.version != 4 or q.proto != PROTO_TCP:
+        return None
+    if q.tcp_flags & (_TCP_SYN | _TCP_ACK) != _TCP_SYN:
+        return None
+    raw = bytes(packet)
+    body = bytes((TSMP_REJECTED, PROTO_TCP, reason)) + struct.pack(">HH", q.sport, q.dport)
+    return _ip_header(raw[16:20], raw[12:16], len(body), 0) + body
+
+
 class Filter:
     """Inbound packet filter plus the outbound flow cache. Performs no I/O.
 
@@ -244,6 +360,7 @@ class Filter:
     :param rules: control's PacketFilter; an empty list denies every new flow.
     :param local_nets: our Tailscale addresses and advertised routes (as networks).
     :param has_cap: optional test for ``cap:`` sources.
+    :param shields_up: refuse every new inbound flow whatever the rules say.
     """
 
     def __init__(
@@ -252,7 +369,11 @@ class Filter:
         local_nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network | str],
         *,
         has_cap: CapTest | None = None,
+        shields_up: bool = False,
     ) -> None:
+        self.shields_up = shields_up
+        if shields_up:
+            rules = []  # shields up: no new inbound flows at all (spec 7.2 step 5)
         self._m = {4: compile_rules(rules, 4), 6: compile_rules(rules, 6)}
         self._local: dict[int, list[_Range]] = {4: [], 6: []}
         for n in local_nets:
