@@ -126,3 +126,45 @@ def test_parsers_on_stun_shaped_garbage(tail: bytes) -> None:
                 fn(data)
             except stun.ParseError:
                 pass
+
+
+def test_builders_refuse_misuse() -> None:
+    with pytest.raises(ValueError):
+        stun.request(b"short")
+    with pytest.raises(ValueError):
+        stun.response(bytes(12), ipaddress.IPv4Address("1.2.3.4"), 70000)
+
+
+def _msg(typ: int, attrs: bytes, txid: bytes = bytes(12)) -> bytes:
+    return struct.pack("!HH", typ, len(attrs)) + stun.MAGIC_COOKIE + txid + attrs
+
+
+@pytest.mark.parametrize(
+    ("data", "fn"),
+    [
+        (_msg(0x0001, b"")[:20] + b"\x00\x00\x00", stun.parse_request),  # trailing junk is fine
+        (b"\x00\x01\x00\x05" + stun.MAGIC_COOKIE + bytes(12) + bytes(8), stun.parse_request),
+        (b"\x00\x01\x00\x08" + stun.MAGIC_COOKIE + bytes(12), stun.parse_request),
+        (_msg(0x0101, b""), stun.parse_request),
+        (_msg(0x0001, b""), stun.parse_response),
+        (_msg(0x0101, struct.pack("!HH", 0x0020, 2) + b"\x00\x01\x00\x00"), stun.parse_response),
+        (_msg(0x0101, struct.pack("!HH", 0x0020, 8) + b"\x00\x03" + bytes(6)), stun.parse_response),
+        (
+            _msg(0x0001, struct.pack("!HHI", 0x8028, 4, 0) + struct.pack("!HH", 0x8022, 0)),
+            stun.parse_request,
+        ),
+    ],
+)
+def test_malformed_messages(data: bytes, fn: object) -> None:
+    if data.endswith(b"\x00\x00\x00") and len(data) == 23:
+        assert stun.parse_request(data) == bytes(12)
+        return
+    with pytest.raises(stun.ParseError):
+        fn(data)  # type: ignore[operator]
+
+
+def test_mapped_address_attribute_with_mapped_ipv6_is_unmapped() -> None:
+    v6 = ipaddress.IPv6Address("::ffff:9.8.7.6").packed
+    attr = struct.pack("!HH", 0x0001, 20) + b"\x00\x02" + struct.pack("!H", 5) + v6
+    got = stun.parse_response(_msg(0x0101, attr))
+    assert (got.addr, got.port) == (ipaddress.IPv4Address("9.8.7.6"), 5)

@@ -107,9 +107,7 @@ def _header(data: bytes) -> tuple[int, bytes, list[tuple[int, int, bytes]]]:
     attrs: list[tuple[int, int, bytes]] = []
     off = HEADER_LEN
     end = HEADER_LEN + length  # trailing bytes beyond the header length are ignored
-    while off < end:
-        if off + 4 > end:
-            raise ParseError("truncated STUN attribute header")
+    while off < end:  # both are multiples of 4, so an attribute header always fits
         atype, alen = struct.unpack_from("!HH", data, off)
         if off + 4 + alen > end:
             raise ParseError("truncated STUN attribute")
