@@ -332,3 +332,33 @@ def test_expired_node_self_view() -> None:
             await a.close()
 
     run(body)
+
+
+def test_key_expiry_reaches_node_and_peers() -> None:
+    async def body() -> None:
+        async with control_env(expiry_check_interval=0.05) as env:
+            a, b = env.client("alpha"), env.client("bravo")
+            for c in (a, b):
+                await c.connect()
+                await c.register(env.key)
+            sa = await a.map_stream()
+            sb = await b.map_stream()
+            await sa.next()
+            await sb.next()
+            node = env.state.get_node_by_machine_key(b.machine_key.public())
+            assert node is not None
+            env.state.set_expiry(node.id, datetime.now(UTC) + timedelta(seconds=0.3))
+            # The write itself is one delta; the expiry passing later is another.
+            seen_expired = False
+            while not seen_expired:
+                msg = await sa.next(wait=5)
+                seen_expired = any(p.get("Expired") for p in msg.get("PeersChanged", []))
+            self_expired = False
+            while not self_expired:
+                msg = await sb.next(wait=5)
+                self_expired = msg.get("Node", {}).get("Expired", False)
+            assert "MachineAuthorized" not in msg["Node"]
+            await a.close()
+            await b.close()
+
+    run(body)

@@ -37,7 +37,7 @@ from meshscale.tailcfg import DERPMap, DNSConfig, DNSRecord, Resolver
 
 from . import mapper
 from .batcher import Batcher, SnapshotSource
-from .models import DNSChanged
+from .models import DNSChanged, NodeChanged
 from .noise import NoiseUpgrade, key_response
 from .poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE, MapHandler
 from .register import REGISTER_PATH, RegisterHandler, register_page
@@ -78,6 +78,7 @@ class AppSettings:
     offline_grace: float = OFFLINE_GRACE
     batch_delay: float = BATCH_DELAY
     send_early_payload: bool = True
+    expiry_check_interval: float = 5.0  # seconds between key-expiry sweeps
     logtail_enabled: bool = False
 
     @classmethod
@@ -158,6 +159,7 @@ class ControlApp:
             ("POST", "/machine/map"): self.map,
         }
         self._pump: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
         self._subscription: Any = None
         self.router = Router()
         self.mount(self.router)
@@ -206,11 +208,16 @@ class ControlApp:
 
     def _ensure_pump(self) -> None:
         if self._pump is None or self._pump.done():
+            if self._subscription is not None:
+                self._subscription.close()
             # Sized for bursts (a restart reconnecting every node); overflow means a full map
             # for every session, which at scale is the expensive path.
             self._subscription = self.state.subscribe(max_queue=SUBSCRIPTION_QUEUE)
-            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+            loop = asyncio.get_running_loop()
+            self._pump = loop.create_task(self._run_pump())
             self.batcher.sync = self._drain
+        if self._expiry_task is None or self._expiry_task.done():
+            self._expiry_task = asyncio.get_running_loop().create_task(self._watch_expiry())
 
     def _drain(self) -> None:
         sub = self._subscription
@@ -230,8 +237,25 @@ class ControlApp:
         except asyncio.CancelledError:
             raise
 
+    async def _watch_expiry(self) -> None:
+        """Key expiry is a point in time, not a write: tell sessions when a key passes it, so
+        the node sees NeedsLogin and its peers mark it expired (spec 4.5)."""
+        last = self.clock()
+        while True:
+            await asyncio.sleep(self.settings.expiry_check_interval)
+            now = self.clock()
+            for n in self.state.list_nodes():
+                if n.expiry is not None and last < n.expiry <= now:
+                    self.batcher.handle(NodeChanged(n.id, frozenset({"expiry"})))
+            last = now
+
     async def close(self) -> None:
         self.map.close()
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._expiry_task
+            self._expiry_task = None
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
