@@ -23,6 +23,14 @@ def lab_skip_reason() -> str | None:
     return None
 
 
+@pytest.fixture(scope="session")
+def lab_possible() -> None:
+    """Session-scoped twin of need_lab, for module-scoped fixtures that build a Lab."""
+    reason = lab_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
 @pytest.fixture
 def need_lab() -> None:
     """Skip unless lab tests can run (for tests that build their own Lab)."""
