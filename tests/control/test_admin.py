@@ -120,24 +120,24 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, *served.cli("users", "create", "bob"))[0] == 0
     code, out, _ = run(capsys, *served.cli("users", "list"))
     assert code == 0 and "alice" in out and "a@x.org" in out and "bob" in out
-    users = run_json(capsys, served, "users", "list")["users"]
+    users = run_json(capsys, served, "users", "list")
     assert [u["name"] for u in users] == ["alice", "bob"]
     code, _, err = run(capsys, *served.cli("users", "create", "alice"))
     assert code == 1 and err.count("\n") == 1 and "already exists" in err
     assert run(capsys, *served.cli("users", "rename", "-n", "bob", "-r", "robert"))[0] == 0
     # json-line and yaml outputs
     code, out, _ = run(capsys, *served.cli("-o", "json-line", "users", "list"))
-    assert out.count("\n") == 1 and json.loads(out)["users"][1]["name"] == "robert"
+    assert out.count("\n") == 1 and json.loads(out)[1]["name"] == "robert"
     code, out, _ = run(capsys, *served.cli("-o", "yaml", "users", "list"))
     assert "name: robert" in out
 
     # pre-auth keys
     key = run_json(capsys, served, "preauthkeys", "create", "-u", "alice", "--reusable",
-                   "--expiration", "24h", "--tags", "tag:ci")["preAuthKey"]
+                   "--expiration", "24h", "--tags", "tag:ci")
     assert key["key"].startswith("hskey-auth-") and key["aclTags"] == ["tag:ci"]
     code, out, _ = run(capsys, *served.cli("preauthkeys", "list", "-u", "alice"))
     assert code == 0 and key["key"][:23] in out and key["key"] not in out
-    single = run_json(capsys, served, "preauthkeys", "create", "-u", "robert")["preAuthKey"]
+    single = run_json(capsys, served, "preauthkeys", "create", "-u", "robert")
 
     # nodes: one by pre-auth key, one by interactive registration completed from the CLI
     async def register() -> tuple[str, str]:
@@ -173,7 +173,7 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     refused, registered = asyncio.run(register())
     assert refused == "authkey already used"
     assert "laptop" in registered
-    nodes = run_json(capsys, served, "nodes", "list")["nodes"]
+    nodes = run_json(capsys, served, "nodes", "list")
     assert [n["givenName"] for n in nodes] == ["ci-runner", "laptop", "other"]
     assert nodes[0]["tags"] == ["tag:ci"] and nodes[0]["user"]["name"] == "alice"
     assert nodes[1]["registerMethod"] == "REGISTER_METHOD_CLI"
@@ -186,7 +186,7 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, *served.cli("nodes", "approve-routes", "-i", nid, "-r",
                                    "10.1.0.0/16"))[0] == 0
     assert run(capsys, *served.cli("nodes", "expire", "-i", nid))[0] == 0
-    node = run_json(capsys, served, "nodes", "list")["nodes"][1]
+    node = run_json(capsys, served, "nodes", "list")[1]
     assert (node["givenName"], node["tags"], node["user"]["name"]) == (
         "work-laptop", ["tag:a", "tag:b"], "alice")
     assert node["approvedRoutes"] == ["10.1.0.0/16"] and node["expiry"] is not None
@@ -194,7 +194,7 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 1 and "still has nodes" in err
     for n in nodes:
         assert run(capsys, *served.cli("nodes", "delete", "-i", n["id"]))[0] == 0
-    assert run_json(capsys, served, "nodes", "list") == {"nodes": []}
+    assert run_json(capsys, served, "nodes", "list") == []
     code, _, err = run(capsys, *served.cli("nodes", "delete", "-i", nid))
     assert code == 1 and "not found" in err
 
@@ -214,17 +214,17 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, *served.cli("apikeys", "expire", "-p", prefix))[0] == 0
     code, _, err = run(capsys, *served.cli("--url", url, "--api-key", secret, "users", "list"))
     assert code == 1 and "expired" in err
-    keys = run_json(capsys, served, "apikeys", "list")["apiKeys"]
+    keys = run_json(capsys, served, "apikeys", "list")
     assert [k["prefix"] for k in keys] == [prefix]
 
 
 def test_state_survives_restart(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, *served.cli("users", "create", "alice"))[0] == 0
-    key = run_json(capsys, served, "preauthkeys", "create", "-u", "alice")["preAuthKey"]
+    key = run_json(capsys, served, "preauthkeys", "create", "-u", "alice")
     assert stop_server(served.proc) == 0  # SIGTERM is a clean shutdown
     assert not (served.dir / "ctl.sock").exists()
     served.proc = start_server(served.dir, served.port)
-    keys = run_json(capsys, served, "preauthkeys", "list")["preAuthKeys"]
+    keys = run_json(capsys, served, "preauthkeys", "list")
     assert [k["id"] for k in keys] == [key["id"]]
     assert not keys[0]["used"]
 

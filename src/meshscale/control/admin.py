@@ -199,7 +199,8 @@ class Output:
         return True
 
     def table(self, payload: Any, rows: Sequence[dict[str, Any]], columns: list[Column]) -> None:
-        if self.data(payload):
+        # Machine formats print the list itself, as Headscale's CLI does.
+        if self.data(list(rows)):
             return
         table = Table(box=None, header_style="bold", pad_edge=False)
         for name, _ in columns:
@@ -209,6 +210,9 @@ class Output:
         Console(file=self.out, width=200, no_color=not self.out.isatty()).print(table)
 
     def message(self, payload: Any, text: str) -> None:
+        # Machine formats print the object itself ({"user": {...}} -> {...}).
+        if isinstance(payload, dict) and len(payload) == 1:
+            payload = next(iter(payload.values()))
         if not self.data(payload):
             self.out.write(text + "\n")
 
