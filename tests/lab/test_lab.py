@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from meshscale.lab import Host, Lab, LabError, NatKind, cleanup_stale, netns
+from meshscale.lab import lab as lab_module
 from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.lab import INTERNET_GW4, INTERNET_GW6
 from meshscale.lab.netns import netns_list
@@ -255,6 +256,11 @@ def _crashing_lab_script(mode: str) -> str:
     return textwrap.dedent(f"""
         import os, signal, sys, time
         from meshscale.lab import Lab, NatKind
+        if "{mode}" == "chain":
+            def earlier(signum, frame):
+                print("earlier handler ran", flush=True)
+                sys.exit(7)
+            signal.signal(signal.SIGTERM, earlier)
         lab = Lab(hint="cr")
         r = lab.add_nat("nat", NatKind.EASY)
         b = lab.add_private_host("b", behind=r)
@@ -464,3 +470,31 @@ def test_describe_lists_hosts(lab: Lab) -> None:
     assert "udp_block" in text
     assert "private behind nat  10.1.0.2" in text
     assert f"ctl.lab      hosts-entry {a.ip}" in text
+
+
+def test_sigterm_chains_to_an_earlier_handler(need_lab: None) -> None:
+    child, name, sleeper = _run_crashing_lab("chain")
+    try:
+        child.terminate()
+        assert child.wait(20) == 7  # the earlier handler ran after the lab closed
+        assert child.stdout is not None
+        assert "earlier handler ran" in child.stdout.read()
+        assert not [ns for ns in netns_list() if ns.startswith(name + "-")]
+        assert _pid_gone(sleeper)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
+        cleanup_stale(prefix=name)
+
+
+def test_name_clash_is_retried(
+    need_lab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = iter(["abcdef", "abcdef", "123456"])
+    monkeypatch.setattr(lab_module.secrets, "token_hex", lambda n: next(tokens))
+    with Lab(hint="nc", workdir=tmp_path / "1") as l1, Lab(hint="nc", workdir=tmp_path / "2") as l2:
+        assert l1.name == "msncabcdef"
+        assert l2.name == "msnc123456"
