@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import shlex
 import socket
 import subprocess
@@ -17,7 +18,6 @@ from typing import Any
 import pytest
 
 from meshscale.lab import Host, Lab, LabError, NatKind, cleanup_stale, netns
-from meshscale.lab import lab as lab_module
 from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.lab import INTERNET_GW4, INTERNET_GW6
 from meshscale.lab.netns import netns_list
@@ -494,7 +494,7 @@ def test_name_clash_is_retried(
     need_lab: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokens = iter(["abcdef", "abcdef", "123456"])
-    monkeypatch.setattr(lab_module.secrets, "token_hex", lambda n: next(tokens))
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(tokens))
     with Lab(hint="nc", workdir=tmp_path / "1") as l1, Lab(hint="nc", workdir=tmp_path / "2") as l2:
         assert l1.name == "msncabcdef"
         assert l2.name == "msnc123456"
