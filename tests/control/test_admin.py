@@ -280,12 +280,23 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
 
     policy = tmp_path / "policy.hujson"
     policy.write_text('{"acls": []}')
+    # A DERP map file in Headscale's derp.paths form (lower-case keys, as Go accepts).
+    (tmp_path / "derp.yaml").write_text(
+        "regions:\n  902:\n    regionid: 902\n    regioncode: file\n    nodes:\n"
+        "      - name: 902a\n        regionid: 902\n        hostname: derp2.example.test\n"
+    )
+    remote_map = {"Regions": {"903": {"RegionID": 903, "RegionCode": "url", "Nodes": [
+        {"Name": "903a", "RegionID": 903, "HostName": "derp3.example.test"}]}}}
+    derp_port = free_port()
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(
         "server_url: https://ctl.example.test\nlisten_addr: 127.0.0.1:0\n"
         "metrics_listen_addr: 127.0.0.1:0\nunix_socket: s/ctl.sock\n"
         f"policy:\n  mode: file\n  path: {policy}\n"
         "derp:\n  server:\n    region_id: 901\n    stun_listen_addr: 127.0.0.1:0\n"
+        f"  urls: [http://127.0.0.1:{derp_port}/derpmap/default,"
+        f" http://127.0.0.1:{derp_port}/missing]\n"
+        f"  paths: [{tmp_path / 'derp.yaml'}]\n"
     )
     cfg = load_config(cfg_path, state_dir=tmp_path / "state")
 
@@ -298,8 +309,20 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
         return data
 
     async def main() -> str:
+        from meshscale.io.http import HTTPServer, Response, Router
+
+        async def derpmap(req: object) -> Response:
+            return Response.json_bytes(json.dumps(remote_map).encode())
+
+        r = Router()
+        r.add("GET", "/derpmap/default", derpmap)
+        map_server = HTTPServer(r)
+        await map_server.start("127.0.0.1", derp_port)
         server = Server(cfg)
-        await server.start()
+        try:
+            await server.start()
+        finally:
+            await map_server.close()
         loop = asyncio.get_running_loop()
         try:
             port = server.bound["listen"][1]
@@ -314,6 +337,8 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
             assert (await fetch(port, "/derp/probe")).startswith(b"HTTP/1.1 200")
             metrics = await fetch(server.bound["metrics"][1], "/metrics")
             assert b"meshscale_control_nodes 0" in metrics
+            assert sorted(server.app.derp_map.Regions) == [901, 902, 903]
+            assert server.app.derp_map.Regions[902].Nodes[0].HostName == "derp2.example.test"
             region = server.app.derp_map.Regions[901]
             assert region.Nodes[0].HostName == "ctl.example.test"
             assert region.Nodes[0].STUNPort == server.bound["stun"][1]

@@ -95,6 +95,7 @@ class Server:
         self.unix: asyncio.Server | None = None
         self.bound: dict[str, Any] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._embedded_region: Any = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -135,6 +136,8 @@ class Server:
         if self.app is not None and hasattr(self.app, "start"):
             await self.app.start()
         self._tasks.append(asyncio.create_task(self._maintenance()))
+        if cfg.derp.urls and cfg.derp.auto_update_enabled:
+            self._tasks.append(asyncio.create_task(self._refresh_derp_map()))
 
     def reload_policy(self) -> bool:
         """Load ``policy.path`` (policy.mode file) into State; True if it changed.
@@ -173,14 +176,9 @@ class Server:
         return usrv
 
     async def _start_derp(self, router: Router) -> Any:
-        from meshscale.tailcfg import DERPMap
 
         cfg = self.cfg
-        derp_map = DERPMap()
-        for path in cfg.derp.paths:
-            derp_map.Regions.update(load_derp_map_file(path).Regions)
-        if cfg.derp.urls:
-            log.warning("derp.urls: fetching remote DERP maps is not implemented; ignored")
+        derp_map = await self.build_derp_map()
         if not cfg.derp.server.enabled:
             return derp_map
         try:
@@ -215,8 +213,39 @@ class Server:
                 _server_port(cfg), stun_port,
                 ipv4=str(ds.ipv4) if ds.ipv4 else "", ipv6=str(ds.ipv6) if ds.ipv6 else "",
             )
-            derp_map.Regions[ds.region_id] = from_json(DERPRegion, region)
+            self._embedded_region = from_json(DERPRegion, region)
+            derp_map.Regions[ds.region_id] = self._embedded_region
         return derp_map
+
+    async def build_derp_map(self) -> Any:
+        """The DERP map: regions from ``derp.urls``, then ``derp.paths``, then the embedded
+        region; a later source replaces a region of the same id (Headscale's order).
+        An unreachable URL is logged and skipped."""
+        from meshscale.tailcfg import DERPMap
+
+        derp_map = DERPMap()
+        for url in self.cfg.derp.urls:
+            try:
+                derp_map.Regions.update((await fetch_derp_map(url)).Regions)
+            except (TimeoutError, OSError, ValueError) as exc:
+                log.warning("derp.urls: cannot load %s: %s", url, exc)
+        for path in self.cfg.derp.paths:
+            derp_map.Regions.update(load_derp_map_file(path).Regions)
+        if self._embedded_region is not None:
+            derp_map.Regions[self._embedded_region.RegionID] = self._embedded_region
+        return derp_map
+
+    async def _refresh_derp_map(self) -> None:
+        interval = max(self.cfg.derp.update_frequency.total_seconds(), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                fresh = await self.build_derp_map()
+                if self.app is not None and fresh != self.app.derp_map and fresh.Regions:
+                    self.app.set_derp_map(fresh)
+                    log.info("DERP map updated: regions %s", sorted(fresh.Regions))
+            except Exception:
+                log.exception("DERP map refresh failed")
 
     def _mount_protocol(self, router: Router, derp_map: Any) -> None:
         try:
@@ -280,6 +309,33 @@ class Server:
             self.cfg.unix_socket.unlink()
         if self.state is not None:
             self.state.close()
+
+
+MAX_DERP_MAP_BYTES = 4 << 20  # a remote DERP map larger than this is refused
+
+
+async def fetch_derp_map(url: str, time_limit: float = 10.0) -> Any:
+    """GET a DERP map (tailcfg.DERPMap JSON, e.g. a derper's or control's /derpmap/default).
+    Raises OSError/ValueError/TimeoutError."""
+    import aiohttp
+
+    from meshscale.tailcfg import DERPMap, from_json
+
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=time_limit)) as session,
+            session.get(url) as resp,
+        ):
+            if resp.status != 200:
+                raise ValueError(f"http {resp.status}")
+            raw = await resp.content.read(MAX_DERP_MAP_BYTES + 1)
+    except aiohttp.ClientError as exc:
+        raise OSError(str(exc)) from exc
+    if len(raw) > MAX_DERP_MAP_BYTES:
+        raise ValueError("DERP map too large")
+    derp_map = from_json(DERPMap, json.loads(raw))
+    derp_map.validate()
+    return derp_map
 
 
 def load_derp_map_file(path: Path) -> Any:
