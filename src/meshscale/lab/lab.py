@@ -182,6 +182,7 @@ class Lab:
             raise netns.LabError("could not claim a unique lab name")
         self.name: str = name
         self._claimed = True
+        netns.log.info("lab %s: created (owner pid %d)", name, os.getpid())
         _register(self)
         if workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp"))
@@ -392,6 +393,7 @@ class Lab:
         if self._closed:
             return
         self._closed = True
+        netns.log.info("lab %s: closing (%d processes)", self.name, len(self._procs))
         try:
             for proc in self._procs:
                 with contextlib.suppress(Exception):

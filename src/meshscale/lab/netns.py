@@ -11,11 +11,14 @@ per-namespace /etc/hosts.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+
+log = logging.getLogger("meshscale.lab")
 
 NETNS_RUN_DIR = Path("/run/netns")
 NETNS_ETC_DIR = Path("/etc/netns")
@@ -31,6 +34,7 @@ def run_cmd(
     argv: Sequence[str], *, input: str | None = None, timeout: float = COMMAND_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     """Run a helper command in the current namespace; raise LabError on failure."""
+    log.debug("lab: %s", " ".join(argv))
     try:
         res = subprocess.run(
             list(argv),
