@@ -470,3 +470,14 @@ def test_touch_updates_last_seen_without_events(state: State, clock: FakeClock) 
     state.set_online(n.id, True)
     state.set_online(n.id, False)
     assert state.store.load().nodes[0].last_seen == T0 + timedelta(seconds=30)
+
+
+def test_deleting_keys_clears_node_references_in_memory_and_db(state: State) -> None:
+    alice, bob = state.create_user("alice"), state.create_user("bob")
+    secret = state.create_preauth_key(alice.id).secret
+    n = state.register_with_preauth_key(secret, mk(1), nk(1))
+    assert n.auth_key_id is not None
+    state.move_node(n.id, bob.id)
+    state.delete_user(alice.id)  # its key goes, the node (now bob's) stays
+    assert state.get_node(n.id).auth_key_id is None
+    assert state.store.load().nodes[0].auth_key_id is None

@@ -130,6 +130,22 @@ class StateMachine(RuleBasedStateMachine):
         except ValueError:
             assert not is_valid_label(new)
 
+    @precondition(lambda self: bool(self.model_nodes) and bool(self.model_users))
+    @rule(data=st.data())
+    def move(self, data: st.DataObject) -> None:
+        machine = data.draw(st.sampled_from(sorted(self.model_nodes)))
+        name = data.draw(st.sampled_from(sorted(self.model_users)))
+        node = self.state.get_node_by_machine_key(MachinePublic(machine.to_bytes(32, "big")))
+        assert node is not None
+        self.state.move_node(node.id, self.model_users[name])
+        self.model_nodes[machine] = (self.model_users[name], self.model_nodes[machine][1])
+
+    @rule(data=st.data())
+    def delete_key(self, data: st.DataObject) -> None:
+        keys = self.state.list_preauth_keys()
+        if keys:
+            self.state.delete_preauth_key(data.draw(st.sampled_from(keys)).id)
+
     @invariant()
     def matches_model(self) -> None:
         nodes = self.state.list_nodes()

@@ -330,8 +330,7 @@ class State(KeyMethods):
             if any(n.user_id == user_id for n in self._nodes.values()):
                 raise Conflict("user still has nodes; delete or move them first")
             for key in [k for k in self._paks.values() if k.user_id == user_id]:
-                self.store.delete_preauth_key(key.id)
-                self._drop_pak(key)
+                self.delete_preauth_key(key.id)  # nodes moved elsewhere may reference it
             self.store.delete_user(user_id)
             del self._users[user_id]
             self._emit(UserChanged(user_id))
