@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import shutil
 import socket
 import ssl
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,14 @@ from meshscale.derp.errors import HandshakeError
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.key import NodePrivate
 from meshscale.relay.client import DERPClient
-from meshscale.relay.main import build_parser, load_key, mesh_url, serve, split_addr
+from meshscale.relay.main import (
+    build_parser,
+    load_key,
+    mesh_url,
+    serve,
+    split_addr,
+    tls_context,
+)
 
 
 def free_port() -> int:
@@ -167,3 +176,47 @@ def test_standalone_tls_verify_url_and_metrics(tmp_path: Path) -> None:
     assert 'derp_login_failures_total{reason="unknown_node"} 1' in text
     assert "derp_packets_relayed_total 1" in text
     assert [b["Source"] for b in asked] == ["127.0.0.1", "127.0.0.1"]
+
+
+def test_meta_certificate_fields() -> None:
+    from meshscale.relay.metacert import meta_certificate
+
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = x509.load_pem_x509_certificate(meta_certificate(key(5).public(), now))
+    with warnings.catch_warnings():  # cryptography warns: the CN is longer than 64, as derper's
+        warnings.simplefilter("ignore", UserWarning)
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert cn == "derpkey" + key(5).public().hex()
+    assert cert.serial_number == 2
+    assert cert.not_valid_before_utc == now - datetime.timedelta(days=30)
+    assert cert.not_valid_after_utc == now + datetime.timedelta(days=30)
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_chain_ends_with_meta_certificate(tmp_path: Path) -> None:
+    self_signed(tmp_path, "derp.test")
+    server_key = key(9).public()
+    ctx = tls_context(str(tmp_path), "derp.test", server_key)
+
+    async def main() -> str:
+        srv = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=ctx)
+        port = srv.sockets[0].getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            "openssl",
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            "-showcerts",
+            "-tls1_3",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        srv.close()
+        return out.decode()
+
+    out = asyncio.run(main())
+    assert "CN = derp.test" in out or "CN=derp.test" in out
+    assert "derpkey" + server_key.hex() in out

@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 from ..io.http import HTTPServer, Router
-from ..key import NodePrivate
+from ..key import NodePrivate, NodePublic
 from .app import generate_204, mount_derp
+from .metacert import load_chain_with_meta
 from .metrics import mount_metrics
 from .server import DERPServer
 from .stun_server import STUNServer
@@ -64,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "verify-client-url-fail-open", type=_bool, nargs="?", const=True, default=True)
     _flag(p, "mesh-with", default="", help="comma-separated mesh peers (host or URL)")
     _flag(p, "mesh-psk-file", default="", help="file with the 64-hex-digit mesh key")
+    _flag(
+        p,
+        "meta-cert",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="append the DERP key certificate to the TLS chain (enables fast start)",
+    )
     _flag(p, "debug-addr", default="", help="host:port for Prometheus /debug/metrics")
     _flag(p, "verbose", action="store_true", help="debug logging")
     return p
@@ -101,11 +111,15 @@ def load_mesh_key(path: str) -> bytes | None:
     return key
 
 
-def tls_context(certdir: str, hostname: str) -> ssl.SSLContext:
+def tls_context(certdir: str, hostname: str, meta_key: NodePublic | None) -> ssl.SSLContext:
+    """TLS 1.2+ with ``<certdir>/<hostname>.crt|.key``, plus the meta certificate (1.2)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # derper refuses older (1.1)
     base = Path(certdir) / hostname
-    ctx.load_cert_chain(f"{base}.crt", f"{base}.key")
+    if meta_key is None:
+        ctx.load_cert_chain(f"{base}.crt", f"{base}.key")
+    else:
+        load_chain_with_meta(ctx, f"{base}.crt", f"{base}.key", meta_key)
     return ctx
 
 
@@ -145,7 +159,8 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     mount_derp(router, derp)
     http = HTTPServer(router, server_header="meshscale-derp")
     host, port = split_addr(args.a, 443)
-    ctx = tls_context(args.certdir, args.hostname) if tls else None
+    meta = derp.public if args.meta_cert else None
+    ctx = tls_context(args.certdir, args.hostname, meta) if tls else None
     await http.start(host, port, ssl=ctx)
     log.info(
         "derp: serving %s on %s:%d, key %s",
