@@ -350,6 +350,13 @@ def test_proc_stop_log_and_wait(lab: Lab) -> None:
         p.wait(0.05)
     assert p.stop() == -15
     assert not p.running
+    stubborn = a.spawn(["sh", "-c", "trap '' TERM; echo armed; while :; do sleep 0.05; done"])
+    deadline = time.monotonic() + 5
+    while "armed" not in stubborn.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    assert stubborn.stop(grace=0.3) == -9  # SIGTERM ignored, SIGKILL after the grace
+    assert time.monotonic() - t0 < 3
     q = a.spawn(["sh", "-c", "exit 3"])
     assert q.wait(5) == 3
     res = a.run(["cat"], input="piped")
