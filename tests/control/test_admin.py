@@ -4,6 +4,7 @@ and over HTTP with an API key, and a ts2021 test client registering nodes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -353,3 +354,41 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
         return str(server.bound["unix"])
 
     assert not Path(asyncio.run(main())).exists()
+
+
+def test_server_serves_tls(tmp_path: Path) -> None:
+    import ssl
+
+    from meshscale.control.config import load_config
+    from meshscale.control.main import Server
+    from meshscale.lab.pki import LabCA
+
+    ca = LabCA(tmp_path / "pki")
+    cert, key = ca.issue(["ctl.test"])
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(
+        "server_url: https://ctl.test\nlisten_addr: 127.0.0.1:0\nunix_socket: ctl.sock\n"
+        f"tls_cert_path: {cert}\ntls_key_path: {key}\n"
+        "derp:\n  server:\n    enabled: false\n"
+    )
+    cfg = load_config(cfg_path, state_dir=tmp_path / "state")
+    assert cfg.tls_enabled
+
+    async def main() -> bytes:
+        server = Server(cfg)
+        await server.start()
+        try:
+            ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", server.bound["listen"][1], ssl=ctx, server_hostname="ctl.test")
+            writer.write(b"GET /health HTTP/1.1\r\nHost: ctl.test\r\nConnection: close\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            with contextlib.suppress(ssl.SSLError, ConnectionError):
+                await writer.wait_closed()
+            return data
+        finally:
+            await server.close()
+
+    reply = asyncio.run(main())
+    assert reply.startswith(b"HTTP/1.1 200") and b'"status":"pass"' in reply
