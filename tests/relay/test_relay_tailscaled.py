@@ -220,3 +220,167 @@ def test_tailscaled_netcheck_uses_our_stun_behind_easy_nat(tmp_path: Path) -> No
         assert report.get("PreferredDERP") == 900, report
         assert "900" in (report.get("RegionV4Latency") or {}), report
         node.stop()
+
+
+MESH_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, logging, os, ssl, sys
+    from meshscale.control.app import AppSettings, build_app
+    from meshscale.control.state import State
+    from meshscale.io.http import HTTPServer, Response
+    from meshscale.key import MachinePrivate, NodePublic
+    from meshscale.relay.app import derp_region
+    from meshscale.tailcfg import DERPMap, DERPRegion, from_json
+
+    async def main() -> None:
+        workdir, cert, key, d1, d2 = sys.argv[1:6]
+        logging.basicConfig(level=logging.INFO)
+        state = State.open(os.path.join(workdir, "ctl.db"))
+        user = state.create_user("lab")
+        secret = state.create_preauth_key(user.id, reusable=True).secret
+        region = derp_region(900, "lab", "Lab DERP", "derp1.lab", 443, 3478, ipv4=d1,
+                             node_name="900a")
+        second = derp_region(900, "lab", "Lab DERP", "derp2.lab", 443, 3478, ipv4=d2,
+                             node_name="900b")
+        region["Nodes"] += second["Nodes"]
+        app = build_app(
+            state, AppSettings(server_url="https://ctl.lab", base_domain="ts.lab"),
+            DERPMap(Regions={900: from_json(DERPRegion, region)}),
+            control_key=MachinePrivate(os.urandom(32)),
+        )
+
+        async def verify(req):  # derper's --verify-client-url protocol (Headscale's /verify)
+            body = json.loads(req.body)
+            known = state.get_node_by_node_key(NodePublic.from_text(body["NodePublic"]))
+            return Response.json_bytes(json.dumps({"Allow": known is not None}).encode())
+
+        app.router.add("POST", "/verify", verify)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        await HTTPServer(app.router).start(None, 443, ssl=ctx)
+        await app.start()
+        with open(os.path.join(workdir, "authkey"), "w") as f:
+            f.write(secret)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
+    """n1 and n2 (UDP blocked) sit on different meshscale-derp nodes of one region; their
+    packets cross the mesh. TLS with the meta certificate; admission via the verify URL."""
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    from meshscale.lab import Lab, NatKind
+    from meshscale.lab.clients import missing_clients
+    from meshscale.lab.pki import LabCA
+    from meshscale.lab.tailscale import TailscaleNode
+
+    if missing_clients("tailscale", "tailscaled"):
+        pytest.skip("official clients not cached (scripts/fetch-clients)")
+    with Lab(hint="rms", workdir=tmp_path / "lab") as lab:
+        ctl = lab.add_public_host("ctl")
+        d1, d2 = lab.add_public_host("derp1"), lab.add_public_host("derp2")
+        for name, host in (("ctl.lab", ctl), ("derp1.lab", d1), ("derp2.lab", d2)):
+            lab.add_hosts_entry(name, host.ip)
+        ca = LabCA(tmp_path / "ca")
+        env = {"SSL_CERT_FILE": str(ca.cert_path)}
+        psk = tmp_path / "mesh.key"
+        psk.write_text(os.urandom(32).hex() + "\n")
+        derpers = []
+        for name, host in (("derp1.lab", d1), ("derp2.lab", d2)):
+            certdir = tmp_path / name
+            certdir.mkdir()
+            cert, key = ca.issue([name], [host.ip])
+            shutil.copy(cert, certdir / f"{name}.crt")
+            shutil.copy(key, certdir / f"{name}.key")
+            derpers.append(
+                host.spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "meshscale.relay.main",
+                        "-a",
+                        ":443",
+                        "-hostname",
+                        name,
+                        "-certdir",
+                        str(certdir),
+                        "--mesh-psk-file",
+                        str(psk),
+                        "--mesh-with",
+                        "derp1.lab,derp2.lab",
+                        "--verify-clients",
+                        "--verify-client-url",
+                        "https://ctl.lab/verify",
+                        "--verify-client-url-fail-open=false",
+                        "--debug-addr",
+                        "127.0.0.1:8081",
+                    ],
+                    env=env,
+                    log_name=name,
+                )
+            )
+        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
+        workdir = tmp_path / "ctl"
+        workdir.mkdir()
+        script = workdir / "server.py"
+        script.write_text(MESH_SERVER_SCRIPT)
+        srv = ctl.spawn(
+            [
+                sys.executable,
+                str(script),
+                str(workdir),
+                str(cert),
+                str(key),
+                str(d1.ip),
+                str(d2.ip),
+            ],
+            log_name="control",
+        )
+        authkey = _wait_file(workdir / "authkey", srv)
+
+        def metrics(host: object) -> str:
+            return host.run(["curl", "-sf", "http://127.0.0.1:8081/debug/metrics"]).stdout  # type: ignore[attr-defined]
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(
+            _metric(metrics(h), "derp_mesh_peers") == 1 for h in (d1, d2)
+        ):
+            time.sleep(0.2)
+        logs = "\n".join(p.log_text()[-2000:] for p in derpers)
+        assert all(_metric(metrics(h), "derp_mesh_peers") == 1 for h in (d1, d2)), logs
+
+        nodes = []
+        for name in ("n1", "n2"):
+            nat = lab.add_nat(f"r{name}", NatKind.UDP_BLOCK)
+            host = lab.add_private_host(name, behind=nat)
+            if name == "n2":  # n2 cannot reach derp1, so it homes on the region's second node
+                host.run(
+                    ["nft", "-f", "-"],
+                    input=(
+                        "table inet blk {\n chain out {\n  type filter hook output priority 0;\n"
+                        f"  ip daddr {d1.ip} tcp dport 443 reject with tcp reset\n }}\n}}\n"
+                    ),
+                )
+            node = TailscaleNode(host, name, ca_cert=ca.cert_path)
+            nodes.append(node)
+            node.up("https://ctl.lab", authkey, hostname=name, timeout=60)
+        for node in nodes:
+            assert node.wait_backend_state("Running", timeout=30) == "Running"
+        ips = [node.ip4() for node in nodes]
+        res = nodes[0].ping(ips[1], args=["--c=20", "--timeout=5s"], timeout=150)
+        out = res.stdout + res.stderr
+        assert "pong from n2" in out, out + logs
+        assert "via DERP(lab)" in out, out
+        m1, m2 = metrics(d1), metrics(d2)
+        assert _metric(m1, "derp_clients") >= 2, m1  # n1 + derp2's mesh link
+        assert _metric(m2, "derp_clients") >= 2, m2  # n2 + derp1's mesh link
+        assert _metric(m1, "derp_packets_forwarded_total") > 0, m1
+        assert _metric(m2, "derp_packets_forwarded_total") > 0, m2
+        for node in nodes:
+            node.stop()
