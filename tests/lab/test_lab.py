@@ -20,7 +20,7 @@ import pytest
 from meshscale.lab import Host, Lab, LabError, NatKind, cleanup_stale, netns
 from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.lab import INTERNET_GW4, INTERNET_GW6
-from meshscale.lab.netns import netns_list
+from meshscale.lab.netns import netns_list, netns_pids
 from meshscale.lab.owner import owner_path
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -505,3 +505,13 @@ def test_name_clash_is_retried(
     with Lab(hint="nc", workdir=tmp_path / "1") as l1, Lab(hint="nc", workdir=tmp_path / "2") as l2:
         assert l1.name == "msncabcdef"
         assert l2.name == "msnc123456"
+
+
+def test_run_timeout_is_bounded_even_with_a_lingering_grandchild(lab: Lab) -> None:
+    a = lab.add_public_host("a")
+    t0 = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        # The background sleep holds stdout open; subprocess.run would wait for it forever.
+        a.run(["sh", "-c", "sleep 300 & echo started; sleep 300"], timeout=0.5)
+    assert time.monotonic() - t0 < 4
+    assert netns_pids(a.ns) == []  # the whole group was killed

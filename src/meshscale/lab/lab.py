@@ -31,7 +31,7 @@ from pathlib import Path
 from meshscale.lab import impair, netns, owner
 from meshscale.lab.insocket import socket_in_netns
 from meshscale.lab.nat import NatKind, nat_ruleset
-from meshscale.lab.proc import Proc
+from meshscale.lab.proc import Proc, run_bounded
 
 INTERNET_V4 = IPv4Network("203.0.113.0/24")  # RFC 5737 TEST-NET-3
 INTERNET_V6 = IPv6Network("2001:db8:1::/64")  # RFC 3849 documentation prefix
@@ -115,20 +115,12 @@ class Host:
         input: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run `argv` to completion in this namespace and capture its output as text."""
-        full_env = None
-        if env is not None:
-            full_env = {**os.environ, **env}
-        return subprocess.run(
-            self.exec_argv(argv),
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=check,
-            env=full_env,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
+        """Run `argv` to completion in this namespace and capture its output as text.
+
+        Bounded by `timeout` even if the command leaves children behind (see run_bounded);
+        `env` is added to the current environment.
+        """
+        return run_bounded(self.exec_argv(argv), timeout=timeout, check=check, input=input, env=env)
 
 
 class Router(Host):

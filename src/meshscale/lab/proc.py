@@ -111,3 +111,52 @@ class Proc:
             return self.popen.wait(KILL_WAIT)
         except subprocess.TimeoutExpired:
             return None
+
+
+# After a timeout, how long to wait for the killed group's output pipes to close.
+DRAIN_WAIT = 5.0  # seconds
+
+
+def run_bounded(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    check: bool = True,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Like subprocess.run(capture_output=True, text=True), but truly bounded by `timeout`.
+
+    subprocess.run kills only its direct child on timeout and then waits, without a bound, for
+    the output pipes to close; a grandchild holding them (a shell's background job) would hang
+    it. Here the command leads its own process group, the whole group gets SIGKILL on timeout,
+    and draining the pipes afterwards is bounded too. Raises subprocess.TimeoutExpired or, with
+    `check`, subprocess.CalledProcessError.
+    """
+    full_env = None if env is None else {**os.environ, **env}
+    argv = list(argv)
+    with subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        start_new_session=True,
+    ) as p:
+        try:
+            out, err = p.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # The leader is not reaped yet, so its group id cannot have been reused.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            try:
+                out, err = p.communicate(timeout=DRAIN_WAIT)
+            except subprocess.TimeoutExpired:
+                out, err = "", ""  # A process outside the group still holds the pipes.
+            raise subprocess.TimeoutExpired(argv, timeout, out, err) from None
+        rc = p.poll()
+    assert rc is not None
+    if check and rc != 0:
+        raise subprocess.CalledProcessError(rc, argv, out, err)
+    return subprocess.CompletedProcess(argv, rc, out, err)
