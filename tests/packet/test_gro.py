@@ -190,3 +190,34 @@ def test_memoryview_input_and_stats() -> None:
 def test_coalesce_never_raises_and_keeps_every_byte(pkts: list[bytes]) -> None:
     outs = coalesce(pkts, udp=True)
     assert sum(1 if o[0] == ZERO_HDR else len(o) - 2 for o in outs) == len(pkts)
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 300), st.booleans()), min_size=1, max_size=30),
+    st.booleans(),
+)
+def test_corrupt_packets_are_never_merged(spec: list[tuple[int, bool]], v6: bool) -> None:
+    # Odd and even sizes, some packets with a wrong checksum: a merged (NEEDS_CSUM) write would
+    # make the kernel accept corrupt data, so those must only ever go out alone.
+    pkts, corrupt, seq = [], set(), 1
+    size0 = max(s for s, _ in spec)
+    for i, (size, bad) in enumerate(spec):
+        size = size0 if i < len(spec) - 1 else size  # equal sizes, last may be smaller
+        payload = bytes([i]) * size
+        pkts.append(tcp(payload, seq=seq, v6=v6, csum=not bad))
+        if bad:
+            corrupt.add(payload)
+        seq += size
+    outs = coalesce(pkts)
+    seen = []
+    for o in outs:
+        if o[0] == ZERO_HDR:
+            seen.append(bytes(o[1])[(60 if v6 else 40) :])
+        else:
+            parts = [bytes(b) for b in o[2:]]
+            assert not corrupt & set(parts)
+            kernel_receive(o)
+            seen += parts
+    assert seen == [
+        bytes([i]) * (size0 if i < len(spec) - 1 else spec[-1][0]) for i in range(len(spec))
+    ]

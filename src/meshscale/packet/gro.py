@@ -32,6 +32,7 @@ sum, not complemented (CHECKSUM_PARTIAL: the kernel finishes it). Each entry is 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,12 @@ __all__ = ["Coalescer", "GROStats", "Packet", "coalesce"]
 Packet = bytes | bytearray | memoryview
 
 _M = 0xFFFF
+# IPv4 + TCP: ver/ihl, tos, total length, (id), flags/frag, ttl, protocol, (csum),
+# addresses + ports, seq, ack, data offset, flags.
+_V4 = struct.Struct("!BBHxxHBBxx12sIIBB")
+# IPv6 + TCP: ver/tc/flow, payload length, next header, hop limit, addresses + ports, seq,
+# ack, data offset, flags.
+_V6 = struct.Struct("!IHBB36sIIBB")
 _SWAP = 8 if np.little_endian else 0
 MAX_IP_PACKET = 65535  # in bytes: IPv4 total length / IPv6 payload length field limit
 
@@ -60,6 +67,7 @@ class GROStats:
 
 class _Item:
     __slots__ = (
+        "ack",
         "closed",
         "count",
         "first",
@@ -69,6 +77,7 @@ class _Item:
         "iph",
         "ipkey",
         "next_seq",
+        "opts",
         "pkts",
         "psh",
         "size",
@@ -85,9 +94,13 @@ class _Item:
         gso: int,
         tcp: bool,
         ipkey: int,
+        ack: int,
+        opts: Packet,
     ) -> None:
         self.first = first
         self.ipkey = ipkey
+        self.ack = ack
+        self.opts = opts
         self.pkts = [first]
         self.iov = iov
         self.iph = iph
@@ -143,71 +156,67 @@ class Coalescer:
         self, packets: Sequence[Packet], check: bool
     ) -> tuple[list[list[Buffer]], list[_Item]]:
         outs: list[list[Buffer]] = []
+        # Flow = addresses + ports (one bytes key); the ACK number, TCP options and IP fields
+        # are compared against the flow's newest item, and a mismatch starts a new item.
         flows: dict[bytes, _Item] = {}
         merged: list[_Item] = []
         udp = self.udp
+        v4, v6 = _V4.unpack_from, _V6.unpack_from
         bad = 0
         for p in packets:
             n = len(p)
-            if n < 28:
+            if n < 40:
                 outs.append([ZERO_HDR, p])
                 continue
             b0 = p[0]
             if b0 == 0x45:
+                _, tos, tot, ff, ttl, proto, ap, seq, ack, doff, fl = v4(p)
+                # No fragments (MF or offset); DF, TOS and TTL must match within a flow.
+                if tot != n or ff & 0x3FFF:
+                    outs.append([ZERO_HDR, p])
+                    continue
                 iph = 20
-                proto = p[9]
-                if ((p[2] << 8) | p[3]) != n or p[6] & 0x3F or p[7]:
+                ipkey = (tos << 16) | (ff & 0xE000) | ttl
+            elif b0 >> 4 == 6 and n >= 60:
+                vtf, plen6, proto, hop, ap, seq, ack, doff, fl = v6(p)
+                if plen6 != n - 40:
                     outs.append([ZERO_HDR, p])
                     continue
-                ipkey = (p[1] << 16) | ((p[6] & 0xE0) << 8) | p[8]
-                akey = bytes(p[12:24])
-            elif b0 >> 4 == 6 and n >= 48:
                 iph = 40
-                proto = p[6]
-                if ((p[4] << 8) | p[5]) != n - 40:
-                    outs.append([ZERO_HDR, p])
-                    continue
-                ipkey = (b0 << 16) | ((p[1] & 0xF0) << 8) | p[7]
-                akey = bytes(p[8:44])
+                ipkey = ((vtf >> 20) << 8) | hop  # version + traffic class, hop limit
             else:
                 outs.append([ZERO_HDR, p])
                 continue
 
             if proto == 6:
-                if n < iph + 20:
-                    outs.append([ZERO_HDR, p])
-                    continue
-                hl = iph + (p[iph + 12] >> 4) * 4
-                fl = p[iph + 13]
+                hl = iph + (doff >> 4) * 4
                 if hl < iph + 20 or n <= hl or (fl != 0x10 and fl != 0x18):
                     outs.append([ZERO_HDR, p])
                     continue
-                key = akey + bytes(p[iph + 8 : iph + 12]) + bytes(p[iph + 20 : hl])
-                seq = int.from_bytes(p[iph + 4 : iph + 8], "big")
+                opts = p[iph + 20 : hl] if hl > iph + 20 else b""
                 tcp = True
             elif proto == 17 and udp:
                 hl = iph + 8
-                if n <= hl:
-                    outs.append([ZERO_HDR, p])
-                    continue
-                key = akey
-                seq = fl = 0
+                seq = ack = fl = 0
+                opts = b""
                 tcp = False
             else:
                 outs.append([ZERO_HDR, p])
                 continue
 
             plen = n - hl
-            item = flows.get(key)
+            item = flows.get(ap)
             if (
                 item is not None
-                and not item.closed
                 and item.next_seq == seq
+                and not item.closed
                 and plen <= item.gso
                 and item.size + plen <= MAX_IP_PACKET - hl
+                and item.ack == ack
                 and item.ipkey == ipkey
                 and item.hl == hl
-                and item.tcp == tcp
+                and item.tcp is tcp
+                and item.opts == opts
             ):
                 ok = True
                 if check:
@@ -223,9 +232,9 @@ class Coalescer:
                 if ok:
                     iov = item.iov
                     if item.count == 1:
-                        iov.append(memoryview(item.first)[hl:])
+                        iov.append(item.first[hl:])
                         merged.append(item)
-                    iov.append(memoryview(p)[hl:])
+                    iov.append(p[hl:])  # a copy for bytes (cheaper than a view), else a view
                     item.pkts.append(p)
                     item.count += 1
                     item.size += plen
@@ -239,11 +248,11 @@ class Coalescer:
 
             iov = [ZERO_HDR, p]
             outs.append(iov)
-            item = _Item(p, iov, iph, hl, plen, tcp, ipkey)
+            item = _Item(p, iov, iph, hl, plen, tcp, ipkey, ack, opts)
             if tcp:
                 item.next_seq = (seq + plen) & 0xFFFFFFFF
-            item.closed = fl == 0x18
-            flows[key] = item
+                item.closed = fl == 0x18
+            flows[ap] = item
         self.stats.bad_checksum += bad
         return outs, merged
 
@@ -251,32 +260,36 @@ class Coalescer:
 def _all_valid(merged: list[_Item]) -> bool:
     """Verify the L4 checksum of every packet in `merged` with one numpy pass.
 
-    Each packet contributes its addresses + L4 bytes (contiguous from offset 12 or 8), padded
-    to even length, to one joined buffer; np.add.reduceat sums each packet's words.
+    The packets are joined into one buffer; np.add.reduceat sums each packet's addresses + L4
+    bytes (contiguous from offset 12 in IPv4, 8 in IPv6) as 16-bit words.
     """
-    parts: list[Buffer] = []
-    words: list[int] = []
-    extra: list[int] = []
+    pkts: list[Packet] = []
+    starts: list[int] = []
+    adds: list[int] = []
     for item in merged:
-        iph = item.iph
-        start = 12 if iph == 20 else 8
-        add = (6 if item.tcp else 17) - iph
-        for p in item.pkts:
-            n = len(p)
-            parts.append(memoryview(p)[start:])
-            ln = n - start
-            if ln & 1:
+        k = len(item.pkts)
+        pkts += item.pkts
+        starts += [12 if item.iph == 20 else 8] * k
+        adds += [(6 if item.tcp else 17) - item.iph] * k
+    lens = np.fromiter(map(len, pkts), dtype=np.intp, count=len(pkts))
+    if (lens & 1).any():  # an odd packet would misalign the words after it: pad each one
+        parts: list[Packet] = []
+        for p in pkts:
+            parts.append(p)
+            if len(p) & 1:
                 parts.append(b"\0")
-                ln += 1
-            words.append(ln >> 1)
-            extra.append(add + n)
-    arr = np.frombuffer(b"".join(parts), dtype=np.uint16)
-    idx = np.zeros(len(words), dtype=np.intp)
-    np.cumsum(words[:-1], out=idx[1:])
-    sums = np.add.reduceat(arr, idx, dtype=np.uint32)
+        padded = lens + (lens & 1)
+    else:
+        parts, padded = pkts, lens
+    arr = np.frombuffer(b"".join(parts) + b"\0\0", dtype=np.uint16)
+    ends = np.cumsum(padded)
+    idx = np.empty(2 * len(pkts), dtype=np.intp)
+    idx[0::2] = (ends - padded + np.array(starts)) >> 1
+    idx[1::2] = ends >> 1
+    sums = np.add.reduceat(arr, idx, dtype=np.uint32)[0::2]
     # Host-order words give the sum times 256 on little-endian hosts (see tso.py).
-    sums += np.array(extra, dtype=np.uint32) << np.uint32(_SWAP)
-    return not np.any(sums % np.uint32(_M))
+    sums += ((lens + np.array(adds)) << _SWAP).astype(np.uint32)
+    return not (sums % np.uint32(_M)).any()
 
 
 def _finish(item: _Item) -> None:
