@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import signal
 import socket
 import struct
 import threading
@@ -155,6 +156,9 @@ class FakeEngine(FakeBackend):
 
     def start(self) -> None:
         self.started = True
+        if os.environ.get("FAKE_ENGINE_SIGNAL_ON_START"):
+            # SIGTERM after the socket is bound but before the event loop owns the signals.
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def close(self) -> None:
         self._closed.set()

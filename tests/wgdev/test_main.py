@@ -343,3 +343,18 @@ def test_restart_after_crash_replaces_stale_socket(
     assert wait_for(serving)
     restarted.send_signal(signal.SIGTERM)
     assert restarted.wait(TIMEOUT) == 0
+
+
+@slow
+def test_signal_during_startup_still_cleans_up(sock_dir: Path) -> None:
+    result = subprocess.run(
+        launcher("fake", sock_dir, "-f", "wgmb"),
+        env=child_env(FAKE_ENGINE_SIGNAL_ON_START="1", LOG_LEVEL="verbose"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Stopped: signal" in result.stderr
+    assert not os.path.exists(socket_path("wgmb", str(sock_dir)))

@@ -30,6 +30,7 @@ from meshscale.wgdev.uapi_server import UAPIBackend, UAPIServer
 
 log = logging.getLogger(__name__)
 
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 READY_TIMEOUT: Final = 30.0  # seconds the parent waits for the daemon to come up
 ENGINE_POLL_INTERVAL: Final = 0.5  # seconds per engine.wait_closed() call in the watcher thread
 
@@ -144,11 +145,33 @@ def _parent_wait(pid: int, read_fd: int, timeout: float) -> int:
 # ---- running -------------------------------------------------------------------------------------
 
 
+class EarlyStop:
+    """Records a stop signal that arrives while the daemon is still starting.
+
+    Without it, SIGTERM between binding the socket and the event loop taking the signals over
+    would kill the process by default and leave a stale socket. Create it first thing; ``serve``
+    then stops at once, cleanly, if a signal came in.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous = {signum: signal.signal(signum, self._record) for signum in STOP_SIGNALS}
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (for in-process callers and tests)."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 async def serve(
     engine: DeviceEngine,
     server: UAPIServer,
     *,
     handle_signals: bool = True,
+    early_stop: EarlyStop | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> str:
     """Serve the UAPI until a stop condition; then close the server and the engine.
@@ -166,8 +189,10 @@ async def serve(
         stop.set()
 
     if handle_signals:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, stop_because, "signal")
+    if early_stop is not None and early_stop.signum is not None:
+        stop_because("signal")  # it came during start-up; serve nothing, clean up
     halt_watcher = threading.Event()
 
     def watch_engine() -> None:
@@ -191,7 +216,7 @@ async def serve(
     finally:
         halt_watcher.set()
         if handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
         server.close()
         engine.close()

@@ -29,6 +29,7 @@ from typing import Final, NoReturn, Protocol
 from meshscale import __version__
 from meshscale.wgdev.daemon import (
     DeviceEngine,
+    EarlyStop,
     daemonize,
     log_level_from_env,
     serve,
@@ -166,6 +167,24 @@ def _run(
     socket_dir: str,
     ready: Callable[[], None] | None,
 ) -> int:
+    early_stop = EarlyStop()  # from here on, SIGTERM/SIGINT/SIGHUP end in a clean shutdown
+    try:
+        return _start_and_serve(
+            ifname, tun_fd, uapi_fd, engine_factory, socket_dir, ready, early_stop
+        )
+    finally:
+        early_stop.restore()
+
+
+def _start_and_serve(
+    ifname: str,
+    tun_fd: int | None,
+    uapi_fd: int | None,
+    engine_factory: EngineFactory | None,
+    socket_dir: str,
+    ready: Callable[[], None] | None,
+    early_stop: EarlyStop,
+) -> int:
     log.debug("Starting %s version %s", PROG, __version__)
     try:
         factory = engine_factory or _default_engine_factory()
@@ -196,7 +215,7 @@ def _run(
         return 1
     log.debug("Device started")
     try:
-        reason = asyncio.run(serve(engine, server, on_ready=ready))
+        reason = asyncio.run(serve(engine, server, early_stop=early_stop, on_ready=ready))
     except Exception:
         log.exception("The daemon failed")
         with contextlib.suppress(Exception):
