@@ -515,3 +515,13 @@ def test_run_timeout_is_bounded_even_with_a_lingering_grandchild(lab: Lab) -> No
         a.run(["sh", "-c", "sleep 300 & echo started; sleep 300"], timeout=0.5)
     assert time.monotonic() - t0 < 4
     assert netns_pids(a.ns) == []  # the whole group was killed
+
+
+def test_on_close_runs_after_processes_stop(need_lab: None, tmp_path: Path) -> None:
+    order: list[str] = []
+    with Lab(hint="oc", workdir=tmp_path) as lab:
+        p = lab.add_public_host("a").spawn(["sleep", "300"])
+        lab.on_close(lambda: order.append(f"first running={p.running}"))
+        lab.on_close(lambda: 1 / 0)  # swallowed
+        lab.on_close(lambda: order.append("second"))
+    assert order == ["second", "first running=False"]

@@ -169,3 +169,16 @@ def test_tailscaled_behind_nat_reaches_lab_https_by_name(lab: Lab) -> None:
     assert "GET /key?v=" in srv.log_text(), srv.log_text() + node.log_text()[-3000:]
     assert "certificate" not in res.stderr.lower(), res.stderr
     node.stop()
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.usefixtures("need_lab", "need_clients")
+def test_long_workdir_gets_a_short_socket_removed_at_close(tmp_path: Path) -> None:
+    with Lab(hint="ls", workdir=tmp_path / ("x" * 90)) as lab:
+        node = TailscaleNode(lab.add_public_host("a"), "na")
+        assert len(str(node.socket)) <= 100
+        assert node.socket.parent != node.dir
+        assert node.backend_state() in {"NeedsLogin", "Stopped"}
+        short_dir = node.socket.parent
+    assert not short_dir.exists()

@@ -12,7 +12,9 @@ Admin commands run the same program's CLI over its unix socket.
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +79,7 @@ class ControlServer:
         if len(str(sock)) > MAX_SOCKET_PATH:
             short = Path("/tmp") / f"{host.lab.name}-ctl-{host.name}"
             short.mkdir(parents=True, exist_ok=True)
+            host.lab.on_close(functools.partial(shutil.rmtree, short, ignore_errors=True))
             sock = short / "control.sock"
         self.socket = sock
         derp_server: dict[str, Any] = {

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
@@ -161,6 +161,7 @@ class Lab:
         self._next_lan = 1
         self._next_link = 0
         self._log_counter = 0
+        self._on_close: list[Callable[[], object]] = []
         self._claimed = False
         safe_hint = re.sub(r"[^a-z0-9]", "", hint.lower())[:3]
         for _ in range(MAX_CLAIM_ATTEMPTS):
@@ -380,6 +381,14 @@ class Lab:
 
     # ---- teardown ----
 
+    def on_close(self, fn: Callable[[], object]) -> None:
+        """Call `fn` at teardown, after every process is stopped (last registered, first run).
+
+        For quick cleanups outside the namespaces, e.g. removing a short socket directory.
+        Exceptions are swallowed so that teardown always completes.
+        """
+        self._on_close.append(fn)
+
     def close(self) -> None:
         """Stop every process, delete every namespace and /etc/netns dir. Idempotent."""
         if self._closed:
@@ -397,6 +406,9 @@ class Lab:
             for ns in reversed(self._namespaces):
                 with contextlib.suppress(Exception):
                     owner.destroy_namespace(ns)
+            for fn in reversed(self._on_close):
+                with contextlib.suppress(Exception):
+                    fn()
         finally:
             if self._claimed and not any(ns in netns.netns_list() for ns in self._namespaces):
                 owner.release(self.name)

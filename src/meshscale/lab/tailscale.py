@@ -13,8 +13,10 @@ machine's /etc).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -68,6 +70,7 @@ class TailscaleNode:
         if len(str(sock)) > MAX_SOCKET_PATH:
             short = Path("/tmp") / f"{host.lab.name}-{name}"
             short.mkdir(parents=True, exist_ok=True)
+            host.lab.on_close(functools.partial(shutil.rmtree, short, ignore_errors=True))
             sock = short / "tailscaled.sock"
         self.socket = sock
         self.tun = tun or _tun_name(name)
