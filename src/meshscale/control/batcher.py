@@ -103,6 +103,7 @@ class Batcher:
         self.cfg = cfg
         self.cache = mapper.NodeJSONCache()
         self._sessions: dict[int, set[MapSession]] = {}
+        self._count = 0
         self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._encoded: dict[tuple[int, bool], tuple[dict[str, Any], bytes]] = {}
         self.events_handled = 0
@@ -117,19 +118,23 @@ class Batcher:
         # so the new session does not receive them again right after its full map.
         if self.sync is not None:
             self.sync()
-        self._sessions.setdefault(session.node_id, set()).add(session)
+        group = self._sessions.setdefault(session.node_id, set())
+        if session not in group:
+            group.add(session)
+            self._count += 1
 
     def remove(self, session: MapSession) -> None:
         group = self._sessions.get(session.node_id)
-        if group is not None:
+        if group is not None and session in group:
             group.discard(session)
+            self._count -= 1
             if not group:
                 del self._sessions[session.node_id]
 
     def session_count(self, node_id: int | None = None) -> int:
         if node_id is not None:
             return len(self._sessions.get(node_id, ()))
-        return sum(len(g) for g in self._sessions.values())
+        return self._count
 
     def _all(self) -> list[MapSession]:
         return [s for g in self._sessions.values() for s in g]
