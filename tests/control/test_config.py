@@ -141,7 +141,9 @@ def test_deprecated_ephemeral_key_still_works() -> None:
         ({"prefixes": {"v6": "100.64.0.0/10"}}, "prefixes.v6"),
         ({"prefixes": {"allocation": "clever"}}, "prefixes.allocation"),
         ({"prefixes": {"v4": "", "v6": ""}}, "prefixes"),
-        ({"database": {"type": "postgres"}}, "database.type"),
+        ({"database": {"type": "postgres", "postgres": {"ssl": "maybe"}}},
+         "database.postgres.ssl"),
+        ({"database": {"type": "postgres", "postgres": {"port": 0}}}, "database.postgres.port"),
         ({"database": {"type": "mysql"}}, "database.type"),
         ({"derp": {"server": {"enabled": "yes"}}}, "derp.server.enabled"),
         ({"derp": {"server": {"region_id": 0}}}, "derp.server.region_id"),
@@ -243,3 +245,17 @@ def test_parse_yaml_only_raises_config_error(text: str) -> None:
         config_from_mapping(data, SD)
     except ConfigError:
         pass
+
+
+def test_postgres_settings_become_a_dsn() -> None:
+    cfg = config_from_mapping({"database": {"type": "postgres", "postgres": {
+        "host": "db.internal", "port": 5433, "name": "ctl", "user": "ms", "pass": "it's secret",
+        "ssl": True, "max_open_conns": 10}}}, SD)
+    assert cfg.database.type == "postgres"
+    assert cfg.database.postgres_dsn == (
+        "host=db.internal port=5433 dbname=ctl user=ms password='it\\'s secret' sslmode=require"
+    )
+    assert "secret" not in repr(cfg.database)
+    assert cfg.warnings == ()
+    sqlite = config_from_mapping({"database": {"postgres": {"host": "x"}}}, SD)
+    assert "database.postgres: ignored while database.type is sqlite" in sqlite.warnings

@@ -54,7 +54,6 @@ _UNSUPPORTED: Final = {
     "tls_letsencrypt_listen": "Let's Encrypt is not supported",
     "database.debug": "ignored (Headscale GORM setting)",
     "database.gorm": "ignored (Headscale GORM settings)",
-    "database.postgres": "ignored while database.type is sqlite",
     "tuning": "ignored (Headscale batcher tuning)",
     "node.routes": "ignored (HA route probing is not implemented)",
     "auto_update": "ignored",
@@ -89,9 +88,10 @@ class PrefixesConfig:
 
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    type: Literal["sqlite"]
+    type: Literal["sqlite", "postgres"]
     sqlite_path: Path
     write_ahead_log: bool = True
+    postgres_dsn: str | None = field(default=None, repr=False)  # may hold a password
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,15 +552,46 @@ def _prefixes(r: _Reader) -> PrefixesConfig:
 def _database(r: _Reader, sd: Path) -> DatabaseConfig:
     kind = r.text("database.type", "sqlite")
     if kind in ("postgres", "postgresql"):
-        raise ConfigError("config: database.type: postgres is not yet supported; use sqlite")
+        return DatabaseConfig("postgres", sd / "db.sqlite", postgres_dsn=_postgres_dsn(r))
     if kind not in ("sqlite", "sqlite3"):
-        raise ConfigError(f"config: database.type: want sqlite, got {kind!r}")
+        raise ConfigError(f"config: database.type: want sqlite or postgres, got {kind!r}")
+    if r.has("database.postgres"):
+        r.read.add("database.postgres")
+        r.warnings.append("database.postgres: ignored while database.type is sqlite")
     r.integer("database.sqlite.wal_autocheckpoint", 1000, 0, 1 << 30)
     return DatabaseConfig(
         "sqlite",
         r.path("database.sqlite.path", "db.sqlite", sd),
         r.flag("database.sqlite.write_ahead_log", True),
     )
+
+
+def _postgres_dsn(r: _Reader) -> str:
+    """A libpq DSN from Headscale's database.postgres.* keys."""
+    parts = {
+        "host": r.text("database.postgres.host", "localhost"),
+        "port": str(r.integer("database.postgres.port", 5432, 1, 65535)),
+        "dbname": r.text("database.postgres.name", "meshscale"),
+        "user": r.text("database.postgres.user", "meshscale"),
+        "password": r.text("database.postgres.pass", ""),
+    }
+    ssl = r.raw("database.postgres.ssl", False)
+    if isinstance(ssl, bool):
+        parts["sslmode"] = "require" if ssl else "disable"
+    elif isinstance(ssl, str) and ssl in ("disable", "allow", "prefer", "require",
+                                          "verify-ca", "verify-full"):
+        parts["sslmode"] = ssl
+    else:
+        raise ConfigError("config: database.postgres.ssl: want true, false or a libpq sslmode")
+    for key in ("max_open_conns", "max_idle_conns", "conn_max_idle_time_secs"):
+        r.read.add(f"database.postgres.{key}")  # pool sizing: one connection is used
+    return " ".join(f"{k}={_dsn_quote(v)}" for k, v in parts.items() if v != "")
+
+
+def _dsn_quote(value: str) -> str:
+    if value and not re.search(r"[\s'\\]", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _derp(r: _Reader, sd: Path) -> DERPConfig:

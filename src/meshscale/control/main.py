@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from meshscale.control import admin
 from meshscale.control.api import API
 from meshscale.control.config import ConfigError, ControlConfig, state_options
+from meshscale.control.db import StoreError, open_store
 from meshscale.control.state import State
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.key import MachinePrivate, NodePrivate
@@ -100,8 +101,14 @@ class Server:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cfg.database.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.state = state = State.open(cfg.database.sqlite_path, state_options(cfg))
+        db = cfg.database
+        if db.type == "sqlite":
+            db.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            store = open_store(db.type, path=db.sqlite_path, dsn=db.postgres_dsn)
+        except StoreError as exc:
+            raise ConfigError(f"database: {exc}") from exc
+        self.state = state = State(store, state_options(cfg))
         self.reload_policy()
 
         public = Router()
