@@ -20,6 +20,7 @@ from meshscale.magicsock import (
     EndpointsChanged,
     PeerConfig,
     PeerPathChanged,
+    PingResult,
     WireGuardSource,
     looks_like_stun,
 )
@@ -387,3 +388,58 @@ def test_garbage_never_raises(data: bytes, where: int) -> None:
             a.conn.receive_derp(payload, b.node.public(), 900, 1.0)
         else:
             a.conn.receive_datagrams([(payload, B_ADDR)], 1.0)
+
+
+def _events(node: Node) -> list:
+    out = []
+    while (ev := node.conn.next_event()) is not None:
+        out.append(ev)
+    return out
+
+
+def test_user_ping_via_derp_and_all_candidates(pair) -> None:
+    a, b = pair
+    ping_id = a.conn.ping(b.node.public(), 1.0)
+    assert ping_id is not None
+    udp = a.conn.datagrams_to_send()
+    assert [to for _, to in udp] == [B_ADDR]  # every candidate, no rate limit
+    deliver_derp(a, b, 1.05)  # b answers the DERP copy first
+    ((region, _, pong),) = b.conn.derp_to_send()
+    a.conn.receive_derp(pong, b.node.public(), region, 1.1)
+    results = [e for e in _events(a) if isinstance(e, PingResult)]
+    assert results == [PingResult(b.node.public(), ping_id, pytest.approx(0.1), None, 900)]
+    # The UDP answer arriving later still teaches the path but is not a second result.
+    for data, _ in udp:
+        b.conn.receive_datagram(data, A_ADDR, 1.11)
+    deliver_udp(b, a, 1.12)
+    assert not [e for e in _events(a) if isinstance(e, PingResult)]
+    assert a.conn.peer_status(b.node.public(), 1.12).best == B_ADDR
+
+
+def test_user_ping_on_trusted_path_and_timeout(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    deliver_udp(a, b, 1.01)
+    deliver_udp(b, a, 1.02)
+    a.conn.derp_to_send()
+    ping_id = a.conn.ping(b.node.public(), 2.0)
+    assert a.conn.derp_to_send() == []  # trusted: no DERP copy
+    deliver_udp(a, b, 2.01)
+    deliver_udp(b, a, 2.02)
+    (res,) = [e for e in _events(a) if isinstance(e, PingResult)]
+    assert (res.ping_id, res.addr, res.region) == (ping_id, B_ADDR, 0)
+    assert res.latency == pytest.approx(0.02)
+    lost = a.conn.ping(b.node.public(), 3.0)
+    a.conn.datagrams_to_send()
+    a.conn.handle_timer(8.0)
+    (res,) = [e for e in _events(a) if isinstance(e, PingResult)]
+    assert (res.ping_id, res.latency) == (lost, None)
+
+
+def test_user_ping_without_any_path() -> None:
+    a, b = Node(1, A_ADDR), Node(2, B_ADDR)
+    assert a.conn.ping(b.node.public(), 1.0) is None
+    a.conn.set_peers([PeerConfig(b.node.public(), b.disco.public())], 0.0)
+    ping_id = a.conn.ping(b.node.public(), 1.0)
+    (res,) = [e for e in _events(a) if isinstance(e, PingResult)]
+    assert (res.ping_id, res.latency) == (ping_id, None)

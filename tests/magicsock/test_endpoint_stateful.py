@@ -13,11 +13,14 @@ from meshscale.disco import AddrPort, CallMeMaybe, Pong
 from meshscale.key import DiscoPublic, NodePublic
 from meshscale.magicsock.endpoint import (
     MAX_SENT_PINGS,
+    PING_TIMEOUT,
     TRUST_UDP_ADDR_DURATION,
     BestAddrChanged,
     PeerEndpoint,
     SendCallMeMaybe,
     SendPing,
+    SendPingDERP,
+    UserPingDone,
 )
 
 POOL = [
@@ -39,14 +42,23 @@ class EndpointMachine(RuleBasedStateMachine):
             endpoints=POOL[:2],
         )
         self.now = 0.0
-        self.outstanding: list[SendPing] = []
+        self.outstanding: list[SendPing | SendPingDERP] = []
         self.best_events: list[AddrPort | None] = []
+        self.user_started: dict[bytes, float] = {}
+        self.user_done: list[bytes] = []
+        self.handled_until = 0.0
 
     def _collect(self) -> None:
         for a in self.ep.take_actions():
             if isinstance(a, SendPing):
-                assert a.dst in self.ep.candidates()
+                # (A heartbeat may ping a best address that the same call then prunes.)
                 self.outstanding.append(a)
+            elif isinstance(a, SendPingDERP):
+                assert a.region == 900
+                self.outstanding.append(a)
+            elif isinstance(a, UserPingDone):
+                assert a.ping_id not in self.user_done, "one result per user ping"
+                self.user_done.append(a.ping_id)
             elif isinstance(a, BestAddrChanged):
                 self.best_events.append(a.addr)
             else:
@@ -65,6 +77,7 @@ class EndpointMachine(RuleBasedStateMachine):
             t = nxt
             steps += 1
             assert steps < 1000
+        self.handled_until = self.now
         self._collect()
 
     @rule()
@@ -81,6 +94,10 @@ class EndpointMachine(RuleBasedStateMachine):
     def pong(self, i: int, latency: float, via_derp: bool) -> None:
         p = self.outstanding.pop(i % len(self.outstanding))
         self.now += latency
+        if isinstance(p, SendPingDERP):
+            self.ep.handle_pong(Pong(p.tx_id, POOL[0]), None, self.now, 900)
+            self._collect()
+            return
         known = self.ep.handle_pong(Pong(p.tx_id, p.dst), None if via_derp else p.dst, self.now)
         if known and not via_derp and p.dst in self.ep.candidates() and self.ep.best == p.dst:
             assert self.ep.trust_until == self.now + TRUST_UDP_ADDR_DURATION
@@ -100,6 +117,18 @@ class EndpointMachine(RuleBasedStateMachine):
     def netmap(self, eps: list[AddrPort]) -> None:
         self.ep.set_endpoints(eps, self.now)
         self._collect()
+
+    @rule()
+    def user_ping(self) -> None:
+        self.user_started[self.ep.start_user_ping(self.now)] = self.now
+        self._collect()
+
+    @invariant()
+    def user_pings_resolve_within_timeout(self) -> None:
+        # advance() handles every timer up to its end, so older pings have a result.
+        for ping_id, at in self.user_started.items():
+            if at + PING_TIMEOUT <= self.handled_until:
+                assert ping_id in self.user_done
 
     @rule()
     def link_change(self) -> None:

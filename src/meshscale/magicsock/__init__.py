@@ -18,6 +18,7 @@ from meshscale.magicsock.events import (
     HomeDERPChanged,
     NetcheckReportReady,
     PeerPathChanged,
+    PingResult,
 )
 from meshscale.magicsock.netcheck import (
     Netcheck,
@@ -45,6 +46,7 @@ __all__ = [
     "PeerEndpoint",
     "PeerPathChanged",
     "PeerStatus",
+    "PingResult",
     "Report",
     "STUNCodec",
     "TailscaleSTUN",

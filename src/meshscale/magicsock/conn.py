@@ -38,6 +38,8 @@ from meshscale.magicsock.endpoint import (
     PeerEndpoint,
     SendCallMeMaybe,
     SendPing,
+    SendPingDERP,
+    UserPingDone,
 )
 from meshscale.magicsock.events import (
     Endpoint,
@@ -47,6 +49,7 @@ from meshscale.magicsock.events import (
     HomeDERPChanged,
     NetcheckReportReady,
     PeerPathChanged,
+    PingResult,
 )
 from meshscale.magicsock.netcheck import Netcheck, STUNCodec
 
@@ -210,6 +213,18 @@ class Conn:
         if ep is not None:
             ep.note_bad_endpoint(addr)
             self._drain(ep, 0.0)
+
+    def ping(self, peer: NodePublic, now: float) -> bytes | None:
+        """Start a user ping (``tailscale ping``); the answer is a PingResult event.
+
+        Returns the ping's ID, or None if ``peer`` is unknown.
+        """
+        ep = self._peers.get(peer)
+        if ep is None:
+            return None
+        ping_id = ep.start_user_ping(now)
+        self._drain(ep, now)
+        return ping_id
 
     # ---- data path ----
 
@@ -407,7 +422,7 @@ class Conn:
                 self._handle_ping(msg, peers, src, derp_src, region, now)
             case disco.Pong():
                 for ep in peers:
-                    if ep.handle_pong(msg, src, now):
+                    if ep.handle_pong(msg, src, now, region):
                         if src is not None:
                             self._bind(src, ep.node_key)
                         self._drain(ep, now)
@@ -464,8 +479,12 @@ class Conn:
                 case SendPing(dst, tx_id):
                     ping = disco.Ping(tx_id, self.node_key)
                     self._send_disco_udp(ep, ping, dst)
+                case SendPingDERP(region, tx_id):
+                    self._send_disco_derp(ep, disco.Ping(tx_id, self.node_key), region)
                 case SendCallMeMaybe(region):
                     self._queue_call_me_maybe(ep, region, now)
+                case UserPingDone(ping_id, latency, addr, region):
+                    self._events.append(PingResult(ep.node_key, ping_id, latency, addr, region))
                 case BestAddrChanged(addr, latency):
                     if addr is not None:
                         self._bind(addr, ep.node_key)

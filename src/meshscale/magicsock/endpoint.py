@@ -61,6 +61,24 @@ class SendCallMeMaybe:
 
 
 @dataclass(frozen=True, slots=True)
+class SendPingDERP:
+    """Send a disco Ping with this TxID via DERP ``region`` (user pings only)."""
+
+    region: int
+    tx_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UserPingDone:
+    """A user ping got its first Pong (``latency`` set) or timed out (None)."""
+
+    ping_id: bytes
+    latency: float | None
+    addr: AddrPort | None  # the pinged UDP address, None if answered via DERP
+    region: int  # DERP region of a DERP answer, else 0
+
+
+@dataclass(frozen=True, slots=True)
 class BestAddrChanged:
     """The direct path changed; None means DERP only."""
 
@@ -68,7 +86,7 @@ class BestAddrChanged:
     latency: float | None
 
 
-Action = SendPing | SendCallMeMaybe | BestAddrChanged
+Action = SendPing | SendPingDERP | SendCallMeMaybe | BestAddrChanged | UserPingDone
 
 
 @dataclass(slots=True)
@@ -94,9 +112,10 @@ class _Candidate:
 
 @dataclass(slots=True)
 class _SentPing:
-    to: AddrPort
+    to: AddrPort | None  # None: sent via DERP
     at: float
     heartbeat: bool
+    user: bytes = b""  # the user ping this belongs to (its first TxID), or b""
 
 
 def _points(addr: AddrPort) -> int:
@@ -165,6 +184,7 @@ class PeerEndpoint:
         self._rand = rand
         self._eps: dict[AddrPort, _Candidate] = {}
         self._sent: dict[bytes, _SentPing] = {}
+        self._user_pings: set[bytes] = set()  # unanswered user pings
         self._actions: list[Action] = []
         self.best: AddrPort | None = None
         self.best_latency: float | None = None
@@ -206,6 +226,36 @@ class PeerEndpoint:
         if self.heartbeat_at is None:
             self.heartbeat_at = now + HEARTBEAT_INTERVAL
 
+    def start_user_ping(self, now: float) -> bytes:
+        """A ``tailscale ping``: returns its ID; the answer comes as a UserPingDone action.
+
+        As upstream's discoPing: via DERP unless the direct path is trusted, and to
+        the trusted best address only, or else to every candidate at once (no rate
+        limit). It counts as traffic, so heartbeats start.
+        """
+        ping_id = b""
+        trusted = self.trusted(now)
+        targets: list[AddrPort | None] = [] if trusted or not self.home_derp else [None]
+        targets += [self.best] if trusted else list(self._eps)
+        for to in targets:
+            tx = self._rand(12)
+            ping_id = ping_id or tx
+            self._sent[tx] = _SentPing(to, now, False, ping_id)
+            if to is None:
+                self._actions.append(SendPingDERP(self.home_derp, tx))
+            else:
+                self._eps[to].last_ping = now
+                self._actions.append(SendPing(to, tx))
+        if not ping_id:  # no path at all: report the failure at once
+            ping_id = self._rand(12)
+            self._actions.append(UserPingDone(ping_id, None, None, 0))
+            return ping_id
+        self._user_pings.add(ping_id)
+        if self.heartbeat_at is None:
+            self.heartbeat_at = now + HEARTBEAT_INTERVAL
+        self.last_send = now
+        return ping_id
+
     # ---- disco input ----
 
     def note_ping_from(self, src: AddrPort, tx_id: bytes, now: float) -> bool:
@@ -224,14 +274,20 @@ class PeerEndpoint:
         self._eps[src] = _Candidate(last_got_ping=now, last_got_ping_tx=tx_id)
         return False
 
-    def handle_pong(self, pong: Pong, src: AddrPort | None, now: float) -> bool:
-        """A Pong arrived (``src`` None if via DERP). Returns True if it answered our ping."""
+    def handle_pong(self, pong: Pong, src: AddrPort | None, now: float, region: int = 0) -> bool:
+        """A Pong arrived (``src`` None if via DERP ``region``). True if it answered our ping."""
         sp = self._sent.pop(pong.tx_id, None)
         if sp is None:
             return False
-        if src is None:
-            return True  # pongs via DERP never change the path (spec 5.5)
         latency = max(now - sp.at, 0.0)
+        if sp.user and sp.user in self._user_pings:
+            # The first answer to a user ping wins; its other probes are forgotten.
+            self._user_pings.discard(sp.user)
+            self._actions.append(
+                UserPingDone(sp.user, latency, sp.to, region if src is None else 0)
+            )
+        if src is None or sp.to is None:
+            return True  # pongs via DERP never change the path (spec 5.5)
         c = self._eps.get(sp.to)
         if c is None:
             return True  # no longer a candidate we care about
@@ -286,6 +342,11 @@ class PeerEndpoint:
         for tx, sp in list(self._sent.items()):
             if now >= sp.at + PING_TIMEOUT:
                 del self._sent[tx]
+                if sp.user in self._user_pings and not any(
+                    o.user == sp.user for o in self._sent.values()
+                ):
+                    self._user_pings.discard(sp.user)
+                    self._actions.append(UserPingDone(sp.user, None, None, 0))
                 # Newer upstream: a timed-out ping to an untrusted best drops it.
                 if sp.to == self.best and now > self.trust_until:
                     self._clear_best()

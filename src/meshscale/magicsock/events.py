@@ -58,4 +58,19 @@ class PeerPathChanged:
     latency: float | None
 
 
-Event = EndpointsChanged | HomeDERPChanged | NetcheckReportReady | PeerPathChanged
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    """Answer to ``Conn.ping``: ``latency`` None means no Pong within 5 s.
+
+    ``addr`` is the UDP address that answered; ``region`` the DERP region if the
+    answer came via DERP (then ``addr`` is None).
+    """
+
+    peer: NodePublic
+    ping_id: bytes
+    latency: float | None
+    addr: AddrPort | None
+    region: int
+
+
+Event = EndpointsChanged | HomeDERPChanged | NetcheckReportReady | PeerPathChanged | PingResult
