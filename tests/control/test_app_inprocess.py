@@ -148,9 +148,9 @@ def test_register_and_map_deltas() -> None:
 
             await b.close()
             off = await sa.next()
-            while not any(p.get("Online") is False for p in off.get("PeersChangedPatch", [])):
+            while off.get("OnlineChange", {}).get(str(b_id)) is not False:
                 off = await sa.next()
-            assert "LastSeen" in off["PeersChangedPatch"][0]
+            assert off["PeerSeenChange"] == {str(b_id): True}
 
             env.state.delete_node(b_id)
             gone = await sa.next()

@@ -77,6 +77,17 @@ class ModelClient:
             self.peers.pop(nid, None)
         for p in msg.get("PeersChanged", []):
             self.peers[p["ID"]] = dict(p)
+        for nid, seen in msg.get("PeerSeenChange", {}).items():
+            p = self.peers.get(int(nid))
+            if p is not None:
+                if seen:
+                    p["LastSeen"] = "client-now"
+                else:
+                    p.pop("LastSeen", None)
+        for nid, online in msg.get("OnlineChange", {}).items():
+            p = self.peers.get(int(nid))
+            if p is not None:
+                p["Online"] = online
         for pc in msg.get("PeersChangedPatch", []):
             p = self.peers.get(pc["NodeID"])
             if p is None:
@@ -87,6 +98,8 @@ class ModelClient:
                 p["Online"] = pc["Online"]
             if "DiscoKey" in pc:
                 p["DiscoKey"] = pc["DiscoKey"]
+            if "LastSeen" in pc:
+                p["LastSeen"] = pc["LastSeen"]
 
 
 ops = st.lists(
@@ -149,3 +162,5 @@ def test_client_view_converges_to_server_view(program: list[tuple[Any, ...]]) ->
     for i, p in client.peers.items():
         for field in ("Name", "Endpoints", "Online", "Key", "DiscoKey"):
             assert p.get(field) == want[i].get(field), (i, field)
+        # LastSeen is present exactly for offline peers (its value may be the client's clock).
+        assert ("LastSeen" in p) == ("LastSeen" in want[i]), (i, p, want[i])

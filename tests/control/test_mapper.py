@@ -167,3 +167,17 @@ def test_spliced_encoding_equals_plain_json() -> None:
     delta = {"PeersChanged": [cache.peer(node(2), CFG, NOW)]}
     assert json.loads(mapper.encode(delta, cache)) == delta
     assert mapper.encode({"KeepAlive": True}, cache) == b'{"KeepAlive":true}'
+
+
+def test_online_flips_use_online_change() -> None:
+    msg = mapper.delta_map(
+        self_node=None, changed=[], removed=[], users=USERS, cfg=CFG, now=NOW,
+        patches=[
+            (node(4, online=False, last_seen=NOW), frozenset({"online", "last_seen"})),
+            (node(5, online=True), frozenset({"online"})),
+        ],
+    )  # fmt: skip
+    assert msg == {
+        "OnlineChange": {"4": False, "5": True},
+        "PeerSeenChange": {"4": True, "5": False},
+    }

@@ -7,7 +7,8 @@ snapshot into wire JSON (spec sections 4.3-4.5, 6):
     full_map(self, peers, users)        first message: Node, DERPMap, Peers, PacketFilters,
                                         UserProfiles, DNSConfig, Domain, Debug, ...
     delta_map(self?, changed, patches,  later messages: PeersChanged / PeersChangedPatch /
-              removed, users)           PeersRemoved (+ self Node when it changed)
+              removed, users)           OnlineChange / PeerSeenChange / PeersRemoved
+                                        (+ self Node when it changed)
 
 The packet filter is computed in ONE place, ``packet_filter(policy, node, peers)``, so the
 policy engine can slot in there. Peer Node JSON is memoised per node snapshot object (State
@@ -43,6 +44,7 @@ SELF_CAP_MAP: dict[str, list[Any] | None] = {"https://tailscale.com/cap/is-admin
 
 # NodeChanged fields a PeerChange patch can express; anything else sends the full node.
 PATCHABLE_FIELDS = frozenset({"endpoints", "online", "last_seen", "disco_key"})
+ONLINE_FIELDS = frozenset({"online", "last_seen"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,10 +280,18 @@ def delta_map(
         out["Node"] = to_json(tail_node(self_node, cfg, now, is_self=True))
     if changed:
         out["PeersChanged"] = [cache.peer(p, cfg, now) for p in sorted(changed, key=lambda p: p.id)]
-    if patches:
-        out["PeersChangedPatch"] = [
-            to_json(peer_patch(n, f)) for n, f in sorted(patches, key=lambda t: t[0].id)
-        ]
+    # Pure online/offline flips travel in OnlineChange and PeerSeenChange (the client sets
+    # LastSeen from its own clock; we show LastSeen only for offline peers, spec 7.5);
+    # anything else patchable goes in PeersChangedPatch.
+    full_patches = []
+    for n, f in sorted(patches, key=lambda t: t[0].id):
+        if f <= ONLINE_FIELDS:
+            out.setdefault("OnlineChange", {})[str(n.id)] = n.online
+            out.setdefault("PeerSeenChange", {})[str(n.id)] = not n.online
+        else:
+            full_patches.append(to_json(peer_patch(n, f)))
+    if full_patches:
+        out["PeersChangedPatch"] = full_patches
     gone = sorted(set(removed))
     if gone:
         out["PeersRemoved"] = gone
