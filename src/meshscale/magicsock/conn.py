@@ -19,11 +19,29 @@ Performs no I/O. Driven by: datagrams from the UDP socket (``receive_datagram``)
 packets from DERP (``receive_derp``), WireGuard datagrams to send (``send``),
 configuration calls, and the timer. Outputs: ``datagrams_to_send``,
 ``derp_to_send``, ``received_wireguard``, ``next_event``, ``get_timer``.
+
+Driving it (``meshscale.testing.magicsock.SimNode`` is a complete small driver)::
+
+    conn = Conn(node_key, disco_private, rand=os.urandom, local_port=bound_port)
+    conn.set_local_addresses(interface_ips, now); conn.set_derp_map(dm, now)
+    conn.start(now)
+    on netmap:        conn.set_peers([PeerConfig(key, disco, endpoints, home)], now)
+    on UDP read:      conn.receive_datagram(data, src, now)       (src unmapped)
+    on DERP packet:   conn.receive_derp(payload, src_key, region, now)
+    on WG output:     conn.send(peer_key, datagram, now)
+    on link change:   conn.note_network_change(now, local_port=...)
+    after each input and at get_timer(): handle_timer(now), then flush:
+        datagrams_to_send()  -> sendto on the shared socket
+        derp_to_send()       -> SendPacket(dst) on that region (connect if needed)
+        received_wireguard() -> the WireGuard device; for a source with peer None,
+                                call note_wireguard_source(peer, addr) once it decrypts
+        next_event()         -> EndpointsChanged / HomeDERPChanged / NetcheckReportReady
+                                go to control (MapRequest); PeerPathChanged and
+                                PingResult to status and the CLI
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +49,7 @@ from dataclasses import dataclass
 from meshscale import disco
 from meshscale.disco import AddrPort, DiscoBox, IPAddress
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePublic
+from meshscale.magicsock.advertise import EndpointAdvertiser
 from meshscale.magicsock.derpmap import DERP_MAGIC_IP, DERPMap
 from meshscale.magicsock.endpoint import (
     SESSION_ACTIVE_TIMEOUT,
@@ -44,7 +63,6 @@ from meshscale.magicsock.endpoint import (
 from meshscale.magicsock.events import (
     Endpoint,
     EndpointsChanged,
-    EndpointType,
     Event,
     HomeDERPChanged,
     NetcheckReportReady,
@@ -57,8 +75,6 @@ ENDPOINTS_FRESH_ENOUGH = 27.0  # seconds: older endpoints are re-STUNed before a
 RESTUN_MIN = 20.0  # seconds
 RESTUN_SPREAD = 6.0  # seconds: re-STUN every random 20-26 s while active
 STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
-ENDPOINT_CACHE_TIME = 310.0  # seconds: recently seen endpoints stay advertised (spec 5.1)
-ENDPOINT_CACHE_PER_IP = 6  # most recent endpoints kept per IP, so one NAT cannot grow it
 # Source addresses bound to peers for WireGuard attribution; a flood of pings from
 # fresh ports must not grow this without limit.
 MAX_ADDR_BINDINGS = 4096
@@ -136,7 +152,7 @@ class Conn:
         self.endpoints: tuple[Endpoint, ...] = ()
         self._endpoints_at: float | None = None
         self._local_ips: tuple[IPAddress, ...] = ()
-        self._ep_cache: dict[AddrPort, tuple[EndpointType, float]] = {}
+        self._advertiser = EndpointAdvertiser()
         self._peers: dict[NodePublic, PeerEndpoint] = {}
         self._by_disco: dict[DiscoPublic, list[NodePublic]] = {}
         self._boxes: dict[DiscoPublic, DiscoBox] = {}
@@ -559,43 +575,18 @@ class Conn:
 
     def _recompute_endpoints(self, now: float, *, fresh: bool = True) -> None:
         report = self.netcheck.last_report
-        eps: list[Endpoint] = []
-        if report is not None:
-            eps += [Endpoint(a, EndpointType.STUN) for a in report.stun_endpoints]
-        # Spec 5.1: loopback only when there is nothing else; IPv6 link-local never.
-        local = [
-            ip
-            for ip in self._local_ips
-            if not (isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local)
-        ]
-        if any(not ip.is_loopback for ip in local):
-            local = [ip for ip in local if not ip.is_loopback]
-        eps += [Endpoint(AddrPort(ip, self.local_port), EndpointType.LOCAL) for ip in local]
+        eps = self._advertiser.compute(
+            report.stun_endpoints if report is not None else (),
+            self._local_ips,
+            self.local_port,
+            now,
+            fresh=fresh,
+        )
         if fresh:
             self._endpoints_at = now
-            for e in eps:
-                self._ep_cache[e.addr] = (e.type, now)
-        eps += self._cached_endpoints(now)
-        first: dict[AddrPort, Endpoint] = {}
-        for e in eps:
-            first.setdefault(e.addr, e)
-        unique = list(first.values())
-        if tuple(unique) != self.endpoints:
-            self.endpoints = tuple(unique)
-            self._events.append(EndpointsChanged(self.endpoints))
-
-    def _cached_endpoints(self, now: float) -> list[Endpoint]:
-        """Endpoints seen in the last 5 min 10 s, newest first, at most 6 per IP."""
-        per_ip: dict[IPAddress, int] = {}
-        out: list[Endpoint] = []
-        for addr, (typ, at) in sorted(self._ep_cache.items(), key=lambda kv: -kv[1][1]):
-            n = per_ip.get(addr.ip, 0)
-            if now - at > ENDPOINT_CACHE_TIME or n >= ENDPOINT_CACHE_PER_IP:
-                del self._ep_cache[addr]
-                continue
-            per_ip[addr.ip] = n + 1
-            out.append(Endpoint(addr, typ))
-        return out
+        if eps != self.endpoints:
+            self.endpoints = eps
+            self._events.append(EndpointsChanged(eps))
 
     def _remove_peer(self, key: NodePublic) -> None:
         ep = self._peers.pop(key)
