@@ -47,7 +47,7 @@ from .store import LoginInfo, State, StateStore
 
 log = logging.getLogger("meshscale.backend")
 
-LINK_POLL = 1.0  # seconds between checks of local addresses (roaming detection)
+LINK_POLL = 0.5  # seconds between checks of local addresses (roaming detection)
 
 
 def _addr_text(a: AddrPort) -> str:
@@ -340,8 +340,13 @@ class Backend:
             PeerChange(public_key=k.raw, remove=True) for k in self._peer_cfg if k not in want
         ]
         for k, cfg in want.items():
-            if self._peer_cfg.get(k) == cfg:
+            prev = self._peer_cfg.get(k)
+            if prev == cfg:
                 continue
+            if prev is not None and prev[1] != cfg[1]:
+                # A new disco key means the peer restarted and lost its sessions: drop ours
+                # so the next packet starts a fresh handshake (tailscale does the same).
+                changes.append(PeerChange(public_key=k.raw, remove=True))
             nets = [ipaddress.ip_network(a, strict=False) for a in cfg[0]]
             changes.append(PeerChange(
                 public_key=k.raw, endpoint=peer_endpoint(k), replace_allowed_ips=True,

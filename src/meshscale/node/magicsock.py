@@ -418,9 +418,17 @@ class MagicBind:
             self._flush_locked()
 
     def note_network_change(self) -> None:
+        """Our addresses changed (roaming): forget paths, re-STUN, and redial DERP at once,
+        since its TCP connections may still be bound to an address we no longer have."""
         with self.lock:
             self.core.note_network_change(time.monotonic())
             self._flush_locked()
+        old = self.derp
+        if old is not None and self.loop is not None:
+            self.derp = DERPRegions(self.node_key, dict(old.urls), self._on_derp_event, ssl=old.ssl)
+            if self.core.home_derp in old.urls:
+                self.derp.set_home(self.core.home_derp)
+            self.loop.create_task(old.close())
 
     # ---- user pings ----
 

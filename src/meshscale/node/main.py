@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from meshscale.io.tun import TunDevice
+from meshscale.key import DiscoPrivate
 from meshscale.wgdev.engine import Engine
 from meshscale.wireguard.uapi import SetRequest
 
@@ -68,6 +69,10 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     store = StateStore(state_path(args))
     st = store.load_or_create(os.urandom)
+    # The disco key is per run, as tailscaled's: peers see it change and drop their stale
+    # WireGuard sessions with us. The current one is kept in the state file for inspection.
+    st.disco_key = DiscoPrivate.generate(os.urandom(32))
+    store.save(st)
     tun = TunDevice.open(args.tun, mtu=TUN_MTU)
     router = Router(args.tun)
     router.up()
