@@ -75,8 +75,9 @@ def open_tun_side(ns: str, name: str, idx: int, offload: bool, **kw: bool) -> Si
 class Forwarder:
     """Two threads moving batches a -> b and b -> a until the devices are closed."""
 
-    def __init__(self, a: TunDevice, b: TunDevice) -> None:
+    def __init__(self, a: TunDevice, b: TunDevice, pad: bool = False) -> None:
         self.a, self.b = a, b
+        self.pad = pad
         self.errors: list[BaseException] = []
         self.threads = [
             threading.Thread(target=self._pump, args=(a, b), daemon=True),
@@ -84,10 +85,10 @@ class Forwarder:
         ]
 
     def _pump(self, src: TunDevice, dst: TunDevice) -> None:
-        read, write = src.read_batch, dst.write_batch
+        read, write, pad = src.read_batch, dst.write_batch, self.pad
         try:
             while True:
-                write(read())
+                write(read(pad=pad))
         except TunError:
             return  # closed (or gone): the normal way out
         except BaseException as e:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -221,3 +222,15 @@ def test_corrupt_packets_are_never_merged(spec: list[tuple[int, bool]], v6: bool
     assert seen == [
         bytes([i]) * (size0 if i < len(spec) - 1 else spec[-1][0]) for i in range(len(spec))
     ]
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_wireguard_padding_is_trimmed(v6: bool) -> None:
+    pkts = stream(4, 1001, v6=v6)
+    padded = [p + bytes(-len(p) % 16) for p in pkts]
+    (entry,) = coalesce(padded)
+    whole = kernel_receive(entry)
+    assert len(whole) == len(pkts[0]) + 3 * 1001
+    (single,) = coalesce(padded[:1])
+    assert single == [ZERO_HDR, pkts[0]]
+    assert len(coalesce([tcp(b"x", seq=1)[:-1]])[0]) == 2  # shorter than its IP length

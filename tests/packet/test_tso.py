@@ -165,3 +165,20 @@ def test_malformed_frames_are_counted() -> None:
     assert gso_split(tiny_gso)[1].dropped == {"too_many_segments": 1}
     assert gso_split(tiny_gso, max_segments=3000)[0][0][28:] == b"y"
     assert GSO_UDP_L4 == 5
+
+
+def test_padding_to_wireguard_lengths() -> None:
+    # pad_mtu extends views with zeros to min(roundup16(len), mtu) (spec section 5.1).
+    pkt = tcp(b"q" * 44, seq=1)  # 84 bytes -> 96
+    frames = [bytes(10) + pkt, super_tcp(b"r" * 3000, 1380)]  # segments 1420 (cap) and 280
+    for frame, want in zip(frames, [[96], [1420, 1420, 288]], strict=True):
+        arena = bytearray(b"\xee" * (len(frame) + split_room(len(frame))))
+        arena[: len(frame)] = frame
+        out: list[memoryview] = []
+        end = Splitter(arena).split(0, len(frame), len(frame), out, pad_mtu=1420)
+        assert [len(v) for v in out] == want
+        for v in out:
+            ip_len = parse_ip(v).total_length
+            assert bytes(v[ip_len:]) == bytes(len(v) - ip_len)
+            assert l4_ok(bytes(v[:ip_len]))
+        assert set(arena[end:]) == {0xEE}  # nothing written past the returned offset

@@ -80,6 +80,7 @@ READ_SIZE = 65536 + VIRTIO_NET_HDR_LEN + 64
 READ_ARENA = 2 * 1024 * 1024
 DEFAULT_BATCH = 128  # packets per read_batch, as wireguard-go (conn.IdealBatchSize)
 _ALIGN = 16
+_ZEROS = bytes(_ALIGN)
 
 
 class TunError(OSError):
@@ -235,13 +236,19 @@ class TunDevice:
 
     # ---- data path ---------------------------------------------------------------------
 
-    def read_batch(self, max_packets: int = DEFAULT_BATCH) -> list[memoryview]:
+    def read_batch(
+        self, max_packets: int = DEFAULT_BATCH, *, pad: bool = False
+    ) -> list[memoryview]:
         """Block until at least one packet is available, then drain up to `max_packets`.
 
         Returns plain IP packets (super-packets already split, checksums complete). The views
         point into a buffer reused by the next read_batch call: copy what must outlive it.
         A super-packet is never split across calls, so a batch may exceed `max_packets` by up
         to one super-packet's segments. Raises TunClosedError or TunGoneError.
+
+        pad: extend each view with zero bytes to WireGuard's padded plaintext length,
+        min(roundup16(len), mtu), ready to encrypt without a copy. The IP header still gives
+        the packet's own length.
         """
         with self._rlock:
             if self._closed:
@@ -263,14 +270,18 @@ class TunDevice:
                 except OSError as e:
                     self._read_failed(e)
             split = self._splitter.split if self.offload else None
+            pad_mtu = self.mtu if pad else 0
             while True:
                 reads += 1
                 if n >= size:  # truncated: the kernel had more than we can hold
                     dropped += 1
                 elif split is not None:
-                    end = split(pos, n, pos + n, out)
-                    pos = end if end > pos + n else pos + n
+                    pos = split(pos, n, pos + n, out, pad_mtu)
                 else:
+                    if pad_mtu and n <= pad_mtu:
+                        padded = min((n + 15) & -16, pad_mtu)
+                        amv[pos + n : pos + padded] = _ZEROS[: padded - n]
+                        n = padded
                     out.append(amv[pos : pos + n])
                     pos += n
                 pos = (pos + _ALIGN - 1) & -_ALIGN

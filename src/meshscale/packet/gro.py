@@ -7,7 +7,8 @@ the flow's newest item when:
 - TCP flow = addresses, ports, ACK number and TCP option bytes (so the TCP header length and
   options are equal); UDP flow = addresses and ports;
 - IPv4 TOS, TTL and DF (IPv6 traffic class and hop limit) equal the item's; no IPv4 options or
-  fragments, no IPv6 extension headers; the IP length field matches the buffer;
+  fragments, no IPv6 extension headers; the IP length field is not beyond the buffer (bytes past
+  it, such as WireGuard padding, are trimmed);
 - TCP flags are exactly ACK or ACK|PSH, the payload is non-empty, the sequence number follows
   the item's last byte, the item has no PSH yet (PSH may only end a group);
 - the payload is not larger than the item's first payload (gso_size), and a smaller one closes
@@ -171,17 +172,26 @@ class Coalescer:
             b0 = p[0]
             if b0 == 0x45:
                 _, tos, tot, ff, ttl, proto, ap, seq, ack, doff, fl = v4(p)
+                if tot != n:  # WireGuard padding left on: trim it (spec section 5.2 step 8)
+                    if not 40 <= tot < n:
+                        outs.append([ZERO_HDR, p])
+                        continue
+                    p = p[:tot]
+                    n = tot
                 # No fragments (MF or offset); DF, TOS and TTL must match within a flow.
-                if tot != n or ff & 0x3FFF:
+                if ff & 0x3FFF:
                     outs.append([ZERO_HDR, p])
                     continue
                 iph = 20
                 ipkey = (tos << 16) | (ff & 0xE000) | ttl
             elif b0 >> 4 == 6 and n >= 60:
                 vtf, plen6, proto, hop, ap, seq, ack, doff, fl = v6(p)
-                if plen6 != n - 40:
-                    outs.append([ZERO_HDR, p])
-                    continue
+                if plen6 + 40 != n:
+                    if not 20 <= plen6 < n - 40:
+                        outs.append([ZERO_HDR, p])
+                        continue
+                    p = p[: plen6 + 40]
+                    n = plen6 + 40
                 iph = 40
                 ipkey = ((vtf >> 20) << 8) | hop  # version + traffic class, hop limit
             else:

@@ -51,6 +51,7 @@ _U32_M = np.uint32(_M)
 _SWAP = 8 if np.little_endian else 0
 
 _TCP_FIN_PSH = 0x09
+_ZEROS = bytes(_ROW_ALIGN)
 
 
 def split_room(frame_len: int, max_segments: int = MAX_SEGMENTS) -> int:
@@ -85,13 +86,18 @@ class Splitter:
         d = self.stats.dropped
         d[reason] = d.get(reason, 0) + 1
 
-    def split(self, start: int, length: int, out_offset: int, out: list[memoryview]) -> int:
+    def split(
+        self, start: int, length: int, out_offset: int, out: list[memoryview], pad_mtu: int = 0
+    ) -> int:
         """Split the frame at arena[start:start+length] (vnet header included).
 
         Appends the IP packets to `out`. Plain packets are returned in place (their checksum
         finished if the kernel asked for it); segments are written from `out_offset` (rounded up
         to 16). Returns the next free arena offset; the caller must leave
-        `split_room(length)` bytes free from `out_offset`.
+        `split_room(length)` bytes free from `out_offset`, which must be >= the frame's end.
+
+        pad_mtu: if set, each view is extended with zero bytes to WireGuard's padded length,
+        min(roundup16(len), pad_mtu) (spec section 5.1), so it can be encrypted as it is.
         """
         a = self._mv
         if length <= VIRTIO_NET_HDR_LEN:
@@ -112,6 +118,13 @@ class Splitter:
                 c = _M - ones_sum(a[p + cstart : end])
                 a[at] = c >> 8
                 a[at + 1] = c & 0xFF
+            if pad_mtu and n <= pad_mtu:
+                padded = min((n + 15) & -16, pad_mtu)
+                if padded > n:
+                    a[end : p + padded] = _ZEROS[: padded - n]
+                    end = p + padded
+                    out.append(a[p:end])
+                    return end if end > out_offset else out_offset
             out.append(a[p:end])
             return out_offset
 
@@ -229,6 +242,11 @@ class Splitter:
             sums[nseg - 1] += np.uint32(((rem - gso) << _SWAP) % _M)
         h16[:, (iph + coff) >> 1] = _U32_M - sums % _U32_M
 
+        if pad_mtu:  # rows are zero-padded to 16 already; views may show it up to the MTU
+            if seg_len <= pad_mtu:
+                seg_len = min(stride, pad_mtu)
+            if last_len <= pad_mtu:
+                last_len = min((last_len + 15) & -16, pad_mtu)
         o = off
         for _ in range(nfull):
             out.append(a[o : o + seg_len])
