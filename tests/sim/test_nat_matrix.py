@@ -146,3 +146,32 @@ def test_idle_session_stops_heartbeats() -> None:
     net.run(30.0)
     assert a.conn.statistics().counters["disco_tx_udp_Ping"] == pings
     assert not a.direct_to(b.node_key)  # trust lapsed without heartbeats
+
+
+# Looser filters open more pairs: a symmetric NAT's fresh mapping toward the peer gets
+# through an address-dependent (or no) filter, because that side already sent to the
+# symmetric NAT's IP; the pong then teaches both sides the working pair.
+WIDER = [
+    ("restricted", "hard", True),
+    ("cone", "hard", True),
+    ("restricted", "restricted", True),
+    ("cone", "easy", True),
+    ("cone", "blocked", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind_a", "kind_b", "direct"), WIDER, ids=[f"{a}-{b}" for a, b, _ in WIDER]
+)
+def test_wider_nat_kinds(kind_a: str, kind_b: str, direct: bool) -> None:
+    net, a, b = make_pair(kind_a, kind_b)
+    a.start_flow(b.node_key, FLOW_INTERVAL)
+    b.start_flow(a.node_key, FLOW_INTERVAL)
+    reached = net.run_until(
+        lambda: a.direct_to(b.node_key) and b.direct_to(a.node_key), 30.0, max_steps=50_000
+    )
+    assert reached is direct
+    a.stop_flows()
+    b.stop_flows()
+    net.run(2.0)
+    assert b.payloads_from(a) == b.expected_from(a)

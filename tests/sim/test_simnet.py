@@ -201,3 +201,24 @@ def test_addresses_are_unique() -> None:
     host.bind(5)
     with pytest.raises(OSError, match="in use"):
         host.bind(5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "same_ip_other_port", "stranger"),
+    [
+        (NATType.EASY, False, False),
+        (NATType.RESTRICTED, True, False),
+        (NATType.FULL_CONE, True, True),
+    ],
+)
+def test_filtering_kinds(kind: NATType, same_ip_other_port: bool, stranger: bool) -> None:
+    net, _, inside, s1, _ = lan_and_servers(kind)
+    inside.sendto(b"a", s1.local)
+    net.run(1.0)
+    mapped = s1.received[0][1]
+    s1.host.bind(7001).sendto(b"port", mapped)
+    net.add_host("s3", "203.0.113.3").bind(7000).sendto(b"stranger", mapped)
+    net.run(1.0)
+    got = {d for d, _ in inside.received}
+    assert ("port" in {g.decode() for g in got}) is same_ip_other_port
+    assert (b"stranger" in got) is stranger

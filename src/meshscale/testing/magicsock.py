@@ -255,7 +255,13 @@ class SimControl:
                 node.flush()
 
 
-NAT_KINDS = {"easy": NATType.EASY, "hard": NATType.HARD, "blocked": NATType.UDP_BLOCKED}
+NAT_KINDS = {
+    "easy": NATType.EASY,
+    "hard": NATType.HARD,
+    "restricted": NATType.RESTRICTED,
+    "cone": NATType.FULL_CONE,
+    "blocked": NATType.UDP_BLOCKED,
+}
 
 
 def add_node(
@@ -268,7 +274,7 @@ def add_node(
     seed: int | None = None,
     latency: float = 0.0,
 ) -> SimNode:
-    """A node on a fresh host: ``kind`` is "public" or a NAT kind ("easy", "hard", "blocked").
+    """A node on a fresh host: ``kind`` is "public" or a NAT_KINDS key ("easy", "hard", ...).
 
     Public hosts get 203.0.113.<10+index>; NATed ones sit at 10.<index>.0.2 behind a
     NAT whose public address is 198.18.0.<index+1>.

@@ -11,6 +11,9 @@ Topology::
                                    address-and-port-dependent filtering
                            HARD  = endpoint-dependent ("symmetric") mapping,
                                    address-and-port-dependent filtering
+                           RESTRICTED = endpoint-independent mapping,
+                                   address-dependent filtering
+                           FULL_CONE = endpoint-independent mapping and filtering
                            UDP_BLOCKED = drops every UDP packet (DERP still works)
 
 Run loop (trio's autojump, STYLE.md section 7): deliver every packet that is due;
@@ -50,6 +53,8 @@ class SimStepLimit(RuntimeError):
 class NATType(enum.Enum):
     EASY = "easy"
     HARD = "hard"
+    RESTRICTED = "restricted"
+    FULL_CONE = "full-cone"
     UDP_BLOCKED = "udp-blocked"
 
 
@@ -148,6 +153,7 @@ class _Mapping:
     internal: AddrPort
     last_out: float
     allowed: set[AddrPort] = field(default_factory=set)  # remotes we sent to (APDF)
+    allowed_ips: set[IPAddress] = field(default_factory=set)  # their IPs (ADF)
 
 
 class NAT:
@@ -183,7 +189,7 @@ class NAT:
     def outbound(self, pkt: Packet, now: float) -> Packet | None:
         if self.kind is NATType.UDP_BLOCKED:
             return None
-        key = (pkt.src, None if self.kind is NATType.EASY else pkt.dst)
+        key = (pkt.src, pkt.dst if self.kind is NATType.HARD else None)
         m = self._by_key.get(key)
         if m is not None and now - m.last_out > self.mapping_timeout:
             self._drop(key, m)
@@ -194,6 +200,7 @@ class NAT:
             self._by_port[m.public_port] = m
         m.last_out = now
         m.allowed.add(pkt.dst)
+        m.allowed_ips.add(pkt.dst.ip)
         return Packet(AddrPort(self.public_ip, m.public_port), pkt.dst, pkt.payload)
 
     def inbound(self, pkt: Packet, now: float) -> Packet | None:
@@ -202,7 +209,10 @@ class NAT:
         m = self._by_port.get(pkt.dst.port)
         if m is None or now - m.last_out > self.mapping_timeout:
             return None
-        if pkt.src not in m.allowed:
+        if self.kind is NATType.RESTRICTED:
+            if pkt.src.ip not in m.allowed_ips:
+                return None  # address-dependent filtering
+        elif self.kind is not NATType.FULL_CONE and pkt.src not in m.allowed:
             return None  # address-and-port-dependent filtering
         return Packet(pkt.src, m.internal, pkt.payload)
 
