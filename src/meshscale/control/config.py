@@ -28,10 +28,39 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-import yaml
-
 from meshscale.control.ipalloc import AllocationStrategy
 from meshscale.control.state import StateOptions
+from meshscale.control.yamlkeys import (
+    MISSING,
+    ConfigError,
+    HostPort,
+    Reader,
+    parse_duration,
+    parse_host_port,
+    parse_yaml,
+)
+
+__all__ = [
+    "CLIConfig",
+    "ConfigError",
+    "ControlConfig",
+    "DERPConfig",
+    "DERPServerConfig",
+    "DNSConfig",
+    "DatabaseConfig",
+    "ExtraRecord",
+    "HostPort",
+    "NoiseConfig",
+    "OIDCConfig",
+    "PolicyConfig",
+    "PrefixesConfig",
+    "config_from_mapping",
+    "load_config",
+    "parse_duration",
+    "parse_host_port",
+    "parse_yaml",
+    "state_options",
+]
 
 DEFAULT_STATE_DIR: Final = Path("/var/lib/meshscale-control")
 STATE_DIR_ENV: Final = "MESHSCALE_CONTROL_STATE_DIR"
@@ -59,19 +88,6 @@ _UNSUPPORTED: Final = {
     "auto_update": "ignored",
     "preauth_keys": "ignored",
 }
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used. The message is one line naming the key."""
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    host: str  # "" means every address
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,153 +232,6 @@ class ControlConfig:
         return urlsplit(self.server_url).hostname or ""
 
 
-# ---- parsing helpers ----------------------------------------------------------------------
-
-_DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
-_DURATION_UNITS: Final = {
-    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
-    "d": 86400.0,
-}
-
-
-def parse_duration(text: str) -> timedelta:
-    """Go-style durations (``90s``, ``30m``, ``1h30m``, ``0``), plus ``d`` for days."""
-    text = text.strip()
-    if text in ("0", ""):
-        return timedelta(0)
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or pos == 0:
-        raise ValueError(f"invalid duration {text[:40]!r} (want e.g. 30s, 15m, 1h30m)")
-    return timedelta(seconds=total)
-
-
-def parse_host_port(text: str, default_port: int | None = None) -> HostPort:
-    """``host:port``, ``:port``, ``[v6]:port`` (or a bare host with ``default_port``)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":") if sep and rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    elif ":" not in text:
-        host, port_text = text, ""
-    else:
-        raise ValueError(f"invalid address {text[:60]!r}: write IPv6 hosts as [addr]:port")
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"missing port in {text[:60]!r}")
-        port_text = str(default_port)
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid port in {text[:60]!r}")
-    return HostPort(host, int(port_text))
-
-
-class _Reader:
-    """Typed access to the YAML tree; remembers which keys were read."""
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self.data = data
-        self.read: set[str] = set()
-        self.warnings: list[str] = []
-
-    def has(self, key: str) -> bool:
-        return self._get(key) is not _MISSING
-
-    def _get(self, key: str) -> Any:
-        node: Any = self.data
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return _MISSING
-            node = node[part]
-        return node
-
-    def raw(self, key: str, default: Any) -> Any:
-        self.read.add(key)
-        value = self._get(key)
-        return default if value is _MISSING or value is None else value
-
-    def text(self, key: str, default: str) -> str:
-        value = self.raw(key, default)
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(f"config: {key}: want a string, got {_kind(value)}")
-        return str(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"config: {key}: want true or false, got {value!r:.40}")
-        return value
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        value = self.raw(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ConfigError(f"config: {key}: want an integer in {lo}..{hi}, got {value!r:.40}")
-        return value
-
-    def duration(self, key: str, default: str) -> timedelta:
-        value = self.raw(key, default)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return timedelta(seconds=value)  # a bare number is seconds
-        try:
-            return parse_duration(self.text(key, default))
-        except ValueError as exc:
-            raise ConfigError(f"config: {key}: {exc}") from exc
-
-    def strs(self, key: str) -> tuple[str, ...]:
-        value = self.raw(key, [])
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config: {key}: want a list of strings, got {_kind(value)}")
-        return tuple(value)
-
-    def path(self, key: str, default: str, base: Path) -> Path:
-        return base / Path(self.text(key, default)).expanduser()
-
-    def opt_path(self, key: str, base: Path) -> Path | None:
-        text = self.text(key, "")
-        return base / Path(text).expanduser() if text else None
-
-    def convert(self, key: str, fn: Any, value: Any) -> Any:
-        try:
-            return fn(value)
-        except ValueError as exc:
-            raise ConfigError(f"config: {key}: {exc}") from exc
-
-    def unknown_keys(self) -> list[str]:
-        out: list[str] = []
-
-        def walk(node: Any, prefix: str) -> None:
-            if prefix and (
-                prefix in self.read or prefix in _UNSUPPORTED or _under(prefix, _UNSUPPORTED)
-            ):
-                return
-            if isinstance(node, Mapping) and node:
-                for k, v in node.items():
-                    walk(v, f"{prefix}.{k}" if prefix else str(k))
-            elif prefix and not any(r.startswith(prefix + ".") for r in self.read):
-                out.append(prefix)
-
-        walk(self.data, "")
-        return out
-
-
-_MISSING: Final = object()
-
-
-def _under(key: str, table: Mapping[str, str]) -> bool:
-    return any(key.startswith(k + ".") for k in table)
-
-
-def _kind(value: Any) -> str:
-    return type(value).__name__ if value is not None else "nothing"
-
-
 # ---- loading ------------------------------------------------------------------------------
 
 
@@ -396,29 +265,14 @@ def load_config(
     return config_from_mapping(data, sdir, source)
 
 
-def parse_yaml(raw: bytes | str, name: str = "<config>") -> Mapping[str, Any]:
-    try:
-        loaded = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config: {name}{where}: {problem}") from exc
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, Mapping):
-        raise ConfigError(f"config: {name}: the top level must be a mapping of keys")
-    return loaded
-
-
 def config_from_mapping(
     data: Mapping[str, Any], state_dir: Path, source: Path | None = None
 ) -> ControlConfig:
-    r = _Reader(data)
+    r = Reader(data)
     sd = state_dir
     for key, note in _UNSUPPORTED.items():
-        value = r._get(key)
-        if value is not _MISSING and value not in (None, "", [], {}, False):
+        value = r.get(key)
+        if value is not MISSING and value not in (None, "", [], {}, False):
             r.warnings.append(f"{key}: not supported by meshscale; {note}")
 
     server_url = r.text("server_url", "http://127.0.0.1:8080").rstrip("/")
@@ -522,7 +376,7 @@ def config_from_mapping(
         source=source,
     )
     warnings = list(r.warnings)
-    warnings.extend(f"{k}: unknown key, ignored" for k in r.unknown_keys())
+    warnings.extend(f"{k}: unknown key, ignored" for k in r.unknown_keys(_UNSUPPORTED))
     return _with_warnings(cfg, tuple(warnings))
 
 
@@ -530,7 +384,7 @@ def _with_warnings(cfg: ControlConfig, warnings: tuple[str, ...]) -> ControlConf
     return replace(cfg, warnings=warnings)
 
 
-def _prefixes(r: _Reader) -> PrefixesConfig:
+def _prefixes(r: Reader) -> PrefixesConfig:
     v4_text = r.text("prefixes.v4", "100.64.0.0/10")
     v6_text = r.text("prefixes.v6", "fd7a:115c:a1e0::/48")
     v4 = r.convert("prefixes.v4", ipaddress.IPv4Network, v4_text) if v4_text else None
@@ -549,7 +403,7 @@ def _prefixes(r: _Reader) -> PrefixesConfig:
     return PrefixesConfig(v4, v6, strategy)
 
 
-def _database(r: _Reader, sd: Path) -> DatabaseConfig:
+def _database(r: Reader, sd: Path) -> DatabaseConfig:
     kind = r.text("database.type", "sqlite")
     if kind in ("postgres", "postgresql"):
         return DatabaseConfig("postgres", sd / "db.sqlite", postgres_dsn=_postgres_dsn(r))
@@ -566,7 +420,7 @@ def _database(r: _Reader, sd: Path) -> DatabaseConfig:
     )
 
 
-def _postgres_dsn(r: _Reader) -> str:
+def _postgres_dsn(r: Reader) -> str:
     """A libpq DSN from Headscale's database.postgres.* keys."""
     parts = {
         "host": r.text("database.postgres.host", "localhost"),
@@ -594,7 +448,7 @@ def _dsn_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _derp(r: _Reader, sd: Path) -> DERPConfig:
+def _derp(r: Reader, sd: Path) -> DERPConfig:
     stun_text = r.text("derp.server.stun_listen_addr", "0.0.0.0:3478")
     v4_text = r.text("derp.server.ipv4", "")
     v6_text = r.text("derp.server.ipv6", "")
@@ -629,7 +483,7 @@ def _derp(r: _Reader, sd: Path) -> DERPConfig:
     )
 
 
-def _dns(r: _Reader, server_host: str) -> DNSConfig:
+def _dns(r: Reader, server_host: str) -> DNSConfig:
     magic = r.flag("dns.magic_dns", True)
     base = r.text("dns.base_domain", "meshscale.internal").strip(".").lower()
     if magic and not base:
@@ -678,7 +532,7 @@ def _dns(r: _Reader, server_host: str) -> DNSConfig:
     )
 
 
-def _oidc(r: _Reader, sd: Path) -> OIDCConfig:
+def _oidc(r: Reader, sd: Path) -> OIDCConfig:
     extra = r.raw("oidc.extra_params", {})
     if not isinstance(extra, Mapping):
         raise ConfigError("config: oidc.extra_params: want a mapping")

@@ -22,7 +22,8 @@ called from the event loop thread; a subscription created inside a running loop 
 woken thread-safely if a write happens on another thread. Time and randomness come from
 the ``clock`` and ``rand`` callables so tests are deterministic.
 
-The pre-auth key and API key methods are written in :mod:`meshscale.control.keys` and
+The pre-auth key and API key methods (:mod:`meshscale.control.keys`) and the pending
+registration methods (:mod:`meshscale.control.registrations`) are written apart and
 mixed in; they use the same lock, transaction and event plumbing.
 
 Errors are :class:`~meshscale.control.models.StateError` subclasses whose message is safe
@@ -73,12 +74,12 @@ from meshscale.control.models import (
     UserID,
 )
 from meshscale.control.names import unique_given_name, validate_given_name, validate_tags
+from meshscale.control.registrations import RegistrationMethods, check_hostinfo
 from meshscale.key import DiscoPublic, MachinePublic, NodePublic
 
 DEFAULT_PREFIX_V4: Final = ipaddress.IPv4Network("100.64.0.0/10")  # Tailscale's CGNAT range
 DEFAULT_PREFIX_V6: Final = ipaddress.IPv6Network("fd7a:115c:a1e0::/48")  # Tailscale's ULA
 MAX_ROUTES: Final = 1024  # approved routes per node
-MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are rejected
 
 _USER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
 
@@ -117,7 +118,7 @@ def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
     return tuple(sorted(set(out), key=lambda n: (n.version, n)))
 
 
-class State(KeyMethods):
+class State(KeyMethods, RegistrationMethods):
     """The control server's users, nodes, keys and pending registrations.
 
     Parameters:
@@ -405,7 +406,7 @@ class State(KeyMethods):
         ephemeral: bool, tags: tuple[str, ...],
     ) -> Node:
         self.get_user(user_id)
-        _check_hostinfo(hostinfo)
+        check_hostinfo(hostinfo)
         bound = self.get_node_by_node_key(node_key)
         if bound is not None and bound.machine_key != machine_key:
             raise Conflict("node key is bound to a different machine key")
@@ -469,75 +470,6 @@ class State(KeyMethods):
                 key.id, key.ephemeral or ephemeral, key.tags,
             )
 
-    def begin_registration(
-        self, machine_key: MachinePublic, node_key: NodePublic,
-        hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
-    ) -> PendingRegistration:
-        """Start an interactive registration (spec §3.4); in memory only.
-
-        The protocol layer answers ``AuthURL = <server_url>/register/<reg.id>`` and awaits
-        ``reg.wait()`` on the followup. An older pending registration of the same machine
-        is failed ("superseded").
-        """
-        hi = hostinfo or {}
-        _check_hostinfo(hi)
-        with self._lock:
-            self.expire_registrations()
-            for old in [r for r in self._pending.values() if r.machine_key == machine_key]:
-                old.fail("registration superseded")
-                del self._pending[old.id]
-            reg_id = RegistrationID(self.rand(18).hex())
-            reg = PendingRegistration(
-                reg_id, machine_key, node_key, hi, self.clock() + self.options.registration_ttl,
-                ephemeral,
-            )
-            self._pending[reg_id] = reg
-            return reg
-
-    def get_registration(self, reg_id: str) -> PendingRegistration | None:
-        with self._lock:
-            reg = self._pending.get(RegistrationID(reg_id))
-            if reg is not None and reg.expires_at <= self.clock():
-                reg.fail("registration expired")
-                del self._pending[reg.id]
-                return None
-            return reg
-
-    def list_registrations(self) -> list[PendingRegistration]:
-        with self._lock:
-            self.expire_registrations()
-            return list(self._pending.values())
-
-    def complete_registration(self, reg_id: str, user_id: UserID) -> Node:
-        """Admit a pending registration for ``user_id`` (``nodes register --key``)."""
-        with self._write():
-            reg = self.get_registration(reg_id)
-            if reg is None:
-                raise NotFound(f"registration {reg_id[:40]!r} not found or expired")
-            node = self._register_locked(
-                reg.machine_key, reg.node_key, user_id, reg.hostinfo, RegisterMethod.CLI,
-                None, reg.ephemeral, (),
-            )
-            del self._pending[reg.id]
-        reg.resolve(node)  # after commit: the waiter may answer the client right away
-        return node
-
-    def cancel_registration(self, reg_id: str, reason: str = "registration rejected") -> None:
-        with self._lock:
-            reg = self._pending.pop(RegistrationID(reg_id), None)
-            if reg is None:
-                raise NotFound(f"registration {reg_id[:40]!r} not found")
-            reg.fail(reason)
-
-    def expire_registrations(self) -> int:
-        with self._lock:
-            now = self.clock()
-            gone = [r for r in self._pending.values() if r.expires_at <= now]
-            for reg in gone:
-                reg.fail("registration expired")
-                del self._pending[reg.id]
-            return len(gone)
-
     # ---- nodes: updates from the client ------------------------------------------------
 
     def update_node(
@@ -550,7 +482,7 @@ class State(KeyMethods):
             old = self.get_node(node_id)
             new = old
             if hostinfo is not None:
-                _check_hostinfo(hostinfo)
+                check_hostinfo(hostinfo)
                 new = replace(new, hostinfo=hostinfo,
                               hostname=str(hostinfo.get("Hostname") or new.hostname))
             if endpoints is not None:
@@ -684,14 +616,3 @@ _DIFF_FIELDS: Final = (
 
 def _diff(old: Node, new: Node) -> frozenset[str]:
     return frozenset(f for f in _DIFF_FIELDS if getattr(old, f) != getattr(new, f))
-
-
-def _check_hostinfo(hostinfo: dict[str, Any]) -> None:
-    import json
-
-    try:
-        size = len(json.dumps(hostinfo))
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"hostinfo is not JSON: {exc}") from exc
-    if size > MAX_HOSTINFO_BYTES:
-        raise InvalidArgument(f"hostinfo too large ({size} > {MAX_HOSTINFO_BYTES} bytes)")

@@ -1,0 +1,132 @@
+"""Interactive registrations (spec §3.4): State's methods for pending logins.
+
+A client without an auth key gets ``AuthURL = <server_url>/register/<id>`` and then
+long-polls with ``Followup``; the protocol layer awaits ``PendingRegistration.wait()``.
+An admin completes it (``meshscale-control nodes register --user U --key <id>``) or it
+expires after ``StateOptions.registration_ttl``. Pending registrations live in memory
+only: a server restart drops them and the client simply starts a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from meshscale.control.models import (
+    InvalidArgument,
+    Node,
+    NotFound,
+    PendingRegistration,
+    PreAuthKeyID,
+    RegisterMethod,
+    RegistrationID,
+    UserID,
+)
+from meshscale.key import MachinePublic, NodePublic
+
+if TYPE_CHECKING:
+    from meshscale.control.state import StateOptions
+
+MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are rejected
+
+
+def check_hostinfo(hostinfo: dict[str, Any]) -> None:
+    try:
+        size = len(json.dumps(hostinfo))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"hostinfo is not JSON: {exc}") from exc
+    if size > MAX_HOSTINFO_BYTES:
+        raise InvalidArgument(f"hostinfo too large ({size} > {MAX_HOSTINFO_BYTES} bytes)")
+
+
+class RegistrationMethods:
+    """State's pending-registration methods (see the module docstring)."""
+
+    # Provided by State.
+    options: StateOptions
+    clock: Callable[[], datetime]
+    rand: Callable[[int], bytes]
+    _lock: threading.RLock
+    _pending: dict[RegistrationID, PendingRegistration]
+
+    if TYPE_CHECKING:
+
+        def _write(self) -> AbstractContextManager[None]: ...
+        def _register_locked(
+            self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
+            hostinfo: dict[str, Any], method: RegisterMethod,
+            auth_key_id: PreAuthKeyID | None, ephemeral: bool, tags: tuple[str, ...],
+        ) -> Node: ...
+
+    def begin_registration(
+        self, machine_key: MachinePublic, node_key: NodePublic,
+        hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
+    ) -> PendingRegistration:
+        """Start an interactive registration (spec §3.4); in memory only.
+
+        The protocol layer answers ``AuthURL = <server_url>/register/<reg.id>`` and awaits
+        ``reg.wait()`` on the followup. An older pending registration of the same machine
+        is failed ("superseded").
+        """
+        hi = hostinfo or {}
+        check_hostinfo(hi)
+        with self._lock:
+            self.expire_registrations()
+            for old in [r for r in self._pending.values() if r.machine_key == machine_key]:
+                old.fail("registration superseded")
+                del self._pending[old.id]
+            reg_id = RegistrationID(self.rand(18).hex())
+            reg = PendingRegistration(
+                reg_id, machine_key, node_key, hi, self.clock() + self.options.registration_ttl,
+                ephemeral,
+            )
+            self._pending[reg_id] = reg
+            return reg
+
+    def get_registration(self, reg_id: str) -> PendingRegistration | None:
+        with self._lock:
+            reg = self._pending.get(RegistrationID(reg_id))
+            if reg is not None and reg.expires_at <= self.clock():
+                reg.fail("registration expired")
+                del self._pending[reg.id]
+                return None
+            return reg
+
+    def list_registrations(self) -> list[PendingRegistration]:
+        with self._lock:
+            self.expire_registrations()
+            return list(self._pending.values())
+
+    def complete_registration(self, reg_id: str, user_id: UserID) -> Node:
+        """Admit a pending registration for ``user_id`` (``nodes register --key``)."""
+        with self._write():
+            reg = self.get_registration(reg_id)
+            if reg is None:
+                raise NotFound(f"registration {reg_id[:40]!r} not found or expired")
+            node = self._register_locked(
+                reg.machine_key, reg.node_key, user_id, reg.hostinfo, RegisterMethod.CLI,
+                None, reg.ephemeral, (),
+            )
+            del self._pending[reg.id]
+        reg.resolve(node)  # after commit: the waiter may answer the client right away
+        return node
+
+    def cancel_registration(self, reg_id: str, reason: str = "registration rejected") -> None:
+        with self._lock:
+            reg = self._pending.pop(RegistrationID(reg_id), None)
+            if reg is None:
+                raise NotFound(f"registration {reg_id[:40]!r} not found")
+            reg.fail(reason)
+
+    def expire_registrations(self) -> int:
+        with self._lock:
+            now = self.clock()
+            gone = [r for r in self._pending.values() if r.expires_at <= now]
+            for reg in gone:
+                reg.fail("registration expired")
+                del self._pending[reg.id]
+            return len(gone)
