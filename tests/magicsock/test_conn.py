@@ -443,3 +443,13 @@ def test_user_ping_without_any_path() -> None:
     ping_id = a.conn.ping(b.node.public(), 1.0)
     (res,) = [e for e in _events(a) if isinstance(e, PingResult)]
     assert (res.ping_id, res.latency) == (ping_id, None)
+
+
+def test_tables_fed_by_strangers_are_bounded(pair) -> None:
+    from meshscale.magicsock.conn import MAX_ADDR_BINDINGS
+
+    a, _ = pair
+    for i in range(MAX_ADDR_BINDINGS + 50):
+        key = NodePrivate(i.to_bytes(4, "big") + bytes(28)).public()
+        a.conn.receive_derp(WG, key, 900, 1.0)
+    assert len(a.conn._last_derp_region) == MAX_ADDR_BINDINGS

@@ -75,8 +75,8 @@ ENDPOINTS_FRESH_ENOUGH = 27.0  # seconds: older endpoints are re-STUNed before a
 RESTUN_MIN = 20.0  # seconds
 RESTUN_SPREAD = 6.0  # seconds: re-STUN every random 20-26 s while active
 STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
-# Source addresses bound to peers for WireGuard attribution; a flood of pings from
-# fresh ports must not grow this without limit.
+# Source addresses bound to peers for WireGuard attribution, and DERP regions senders
+# were last heard on; floods from fresh ports or keys must not grow these without limit.
 MAX_ADDR_BINDINGS = 4096
 
 
@@ -313,7 +313,10 @@ class Conn:
 
     def receive_derp(self, data: bytes, src: NodePublic, region: int, now: float) -> None:
         """A RecvPacket payload from DERP ``region``, sent by node key ``src``."""
-        self._last_derp_region[src] = region
+        last = self._last_derp_region
+        if src not in last and len(last) >= MAX_ADDR_BINDINGS:
+            last.pop(next(iter(last)))  # anyone can DERP us: keep the table bounded
+        last[src] = region
         self.netcheck.note_derp_frame(region, now)
         if disco.looks_like_disco(data):
             self._receive_disco(data, None, src, region, now)
