@@ -229,3 +229,35 @@ def test_conn_receive_only_raises_controlbase_errors(data: bytes) -> None:
     _, server = pair()
     with contextlib.suppress(ControlBaseError):
         server.receive_data(data)
+
+
+def test_low_order_ephemeral_is_refused() -> None:
+    init = bytearray(ClientHandshake(CLIENT, SERVER.public(), 130, E_CLIENT).initiation)
+    init[5:37] = bytes(32)  # the all-zero point: X25519 gives the all-zero secret
+    with pytest.raises(HandshakeError, match="low-order"):
+        server_accept(bytes(init), SERVER, E_SERVER)
+
+
+def test_local_misuse() -> None:
+    with pytest.raises(LocalProtocolError):
+        ClientHandshake(CLIENT, SERVER.public(), 1 << 16, E_CLIENT)
+    hs = ClientHandshake(CLIENT, SERVER.public(), 130, E_CLIENT)
+    resp, *_ = server_accept(hs.initiation, SERVER, E_SERVER)
+    hs.receive_response(resp)
+    with pytest.raises(LocalProtocolError):
+        hs.receive_response(resp)
+    from meshscale.controlbase.messages import encode_record_header
+
+    with pytest.raises(LocalProtocolError):
+        encode_record_header(4094)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"\x02\x00", b"\x04\x00\x30" + bytes(48), b"\x02\x00\x2f" + bytes(47), b"\x02\x00\x30"],
+)
+def test_bad_response_frames(frame: bytes) -> None:
+    from meshscale.controlbase import parse_response
+
+    with pytest.raises(ParseError):
+        parse_response(frame)

@@ -252,3 +252,25 @@ def test_decoders_only_raise_parse_error_on_bytes(raw: bytes) -> None:
 def test_time_roundtrip(t: datetime) -> None:
     t = t.replace(tzinfo=UTC)
     assert parse_time(format_time(t)) == t
+
+
+def test_naive_and_offset_datetimes_encode_in_utc() -> None:
+    naive = datetime(2025, 1, 2, 3, 4, 5)
+    assert format_time(naive) == "2025-01-02T03:04:05Z"
+    assert format_time(None) == "0001-01-01T00:00:00Z"
+    with pytest.raises(ParseError):
+        parse_time("2025-13-02T03:04:05Z")
+
+
+def test_numbers_follow_go() -> None:
+    assert loads(MapRequest, b'{"Version":130.0}').Version == 130
+    with pytest.raises(ParseError):
+        loads(MapRequest, b'{"Version":1.5}')
+    assert loads(DERPMap, b'{"HomeParams":{"RegionScore":{"900":2}}}').HomeParams.RegionScore == {
+        900: 2.0
+    }
+    with pytest.raises(ParseError):
+        loads(DERPMap, b'{"HomeParams":{"RegionScore":{"900":true}}}')
+    with pytest.raises(ParseError):
+        loads(DERPMap, b'{"Regions":{"x":{}}}')
+    assert to_json(Node(ID=1, KeySignature=b"\x01"))["KeySignature"] == "AQ=="

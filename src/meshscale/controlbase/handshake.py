@@ -20,7 +20,7 @@ import hmac
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from meshscale.key import KeyError_, MachinePrivate, MachinePublic
+from meshscale.key import MachinePrivate, MachinePublic
 
 from .messages import (
     KEY_LEN,
@@ -65,7 +65,7 @@ class _SymmetricState:
     def mix_dh(self, priv: MachinePrivate, pub: bytes) -> bytes:
         try:
             shared = priv.shared(pub)
-        except KeyError_ as exc:
+        except ValueError as exc:  # KeyError_, or cryptography refusing an all-zero result
             raise HandshakeError("X25519 with a low-order point") from exc
         self.ck, k = hkdf2(self.ck, shared)
         return k

@@ -149,9 +149,6 @@ class FrameBuffer:
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
 
-    def pending(self) -> int:
-        return len(self._buf)
-
     def next_frame(self) -> tuple[int, bytes] | None:
         """Return the next complete frame, or None if more bytes are needed."""
         if len(self._buf) < HEADER_LEN:
@@ -167,11 +164,3 @@ class FrameBuffer:
         payload = bytes(self._buf[HEADER_LEN : HEADER_LEN + length])
         del self._buf[: HEADER_LEN + length]
         return mtype, payload
-
-    def take_raw(self, n: int) -> bytes | None:
-        """Remove and return exactly ``n`` raw bytes (for the fixed-size response frame)."""
-        if len(self._buf) < n:
-            return None
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
