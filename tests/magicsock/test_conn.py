@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from meshscale import disco, stun
 from meshscale.disco import AddrPort
-from meshscale.key import DiscoPrivate, NodePrivate
+from meshscale.key import DiscoPrivate, NodePrivate, NodePublic
 from meshscale.magicsock import (
     Conn,
     DERPMap,
@@ -450,6 +450,6 @@ def test_tables_fed_by_strangers_are_bounded(pair) -> None:
 
     a, _ = pair
     for i in range(MAX_ADDR_BINDINGS + 50):
-        key = NodePrivate(i.to_bytes(4, "big") + bytes(28)).public()
+        key = NodePublic(i.to_bytes(4, "big") + bytes(28))
         a.conn.receive_derp(WG, key, 900, 1.0)
     assert len(a.conn._last_derp_region) == MAX_ADDR_BINDINGS
