@@ -288,3 +288,31 @@ def test_ipv6_probes_and_global_v6() -> None:
     # v6-only STUN target skipped on a v4-only machine, and "none" disables a family.
     assert DERPNode("x", 1, ipv4="none").stun_ip(4) is None
     assert DERPNode("x", 1, ipv4="192.0.2.1", stun_port=-1).stun_ip(4) is None
+
+
+def test_net_info() -> None:
+    from meshscale.magicsock import net_info
+    from meshscale.tailcfg import to_json
+
+    assert net_info(None, 900).PreferredDERP == 900
+    r = Report(
+        0.0,
+        True,
+        True,
+        True,
+        None,
+        None,
+        False,
+        {900: 0.01},
+        {900: 0.01},
+        {900: 0.02},
+        900,
+        (),
+        True,
+    )
+    ni = net_info(r, 901, os_has_ipv6=True)
+    assert ni.PreferredDERP == 901  # the Conn's home, not the report's suggestion
+    assert ni.DERPLatency == {"900-v4": 0.01, "900-v6": 0.02}
+    js = to_json(ni)
+    assert js["WorkingUDP"] is True
+    assert js["MappingVariesByDestIP"] is False

@@ -26,6 +26,7 @@ from meshscale.magicsock.netcheck import (
     STUNCodec,
     TailscaleSTUN,
     choose_preferred_derp,
+    net_info,
 )
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "better_addr",
     "choose_preferred_derp",
     "looks_like_stun",
+    "net_info",
 ]

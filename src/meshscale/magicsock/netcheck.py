@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from meshscale import stun
+from meshscale import stun, tailcfg
 from meshscale.disco import AddrPort
 from meshscale.magicsock.derpmap import DERPMap, DERPRegion
 
@@ -309,6 +309,22 @@ class Netcheck:
         self._history[-1] = report
         self._last = report
         self._reports.append(report)
+
+
+def net_info(
+    report: Report | None, home_derp: int, *, os_has_ipv6: bool = False
+) -> tailcfg.NetInfo:
+    """The NetInfo to send in Hostinfo (spec 3.7); ``home_derp`` is the Conn's actual home."""
+    ni = tailcfg.NetInfo(PreferredDERP=home_derp, OSHasIPv6=os_has_ipv6)
+    if report is None:
+        return ni
+    ni.WorkingUDP = report.udp
+    ni.WorkingIPv6 = report.ipv6
+    ni.MappingVariesByDestIP = report.mapping_varies_by_dest_ip
+    latency = {f"{r}-v4": v for r, v in report.region_v4_latency.items()}
+    latency |= {f"{r}-v6": v for r, v in report.region_v6_latency.items()}
+    ni.DERPLatency = latency
+    return ni
 
 
 def _with_preferred(r: Report, preferred: int) -> Report:
