@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -166,3 +168,28 @@ def test_forwarder_carries_udp_gso(lab: Lab, v6: bool) -> None:
     assert not fwd.errors
     assert got == [b"".join(m) for m in msgs]
     assert sa.super_packets > 0 and sb.coalesced > 0
+
+
+@pytest.mark.parametrize("vnet", [True, False], ids=["vnet", "plain"])
+def test_adopted_descriptor(lab: Lab, vnet: bool) -> None:
+    # A descriptor attached by someone else (WG_TUN_FD): flags and name come from TUNGETIFF.
+    ha, hb = lab.add_public_host("a"), lab.add_public_host("b")
+    flags = 0x0001 | 0x1000 | (0x4000 if vnet else 0)  # IFF_TUN | IFF_NO_PI [| IFF_VNET_HDR]
+
+    def attach() -> int:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+        fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", b"mst4", flags))  # TUNSETIFF
+        return fd
+
+    fd = call_in_netns(hb.ns, attach)
+    ns_ip(hb.ns, "link", "set", "mst4", "mtu", "1380", "up")
+    tun_b = call_in_netns(hb.ns, lambda: TunDevice.from_fd(fd))
+    assert (tun_b.name, tun_b.mtu, tun_b.offload, tun_b.uso) == ("mst4", 1380, vnet, vnet)
+    ns_ip(hb.ns, "addr", "add", "10.77.0.2/24", "dev", "mst4")
+    ns_ip(hb.ns, "-6", "addr", "add", "fd77::2/64", "dev", "mst4", "nodad")
+    a = open_tun_side(ha.ns, "mst0", 1, True)
+    b = Side(hb.ns, tun_b, "10.77.0.2", "fd77::2")
+    with Forwarder(a.tun, b.tun) as fwd:
+        transfer(a, b, False)
+        transfer(b, a, True)
+    assert not fwd.errors

@@ -55,6 +55,7 @@ __all__ = [
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNGETIFF = 0x800454D2
+TUNSETVNETHDRSZ = 0x400454D8
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -67,6 +68,7 @@ TCP_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
 UDP_OFFLOADS = TUN_F_USO4 | TUN_F_USO6
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCGIFMTU = 0x8921
 SIOCSIFMTU = 0x8922
 IFF_UP = 0x1
 IFNAMSIZ = 16
@@ -197,6 +199,39 @@ class TunDevice:
         except BaseException:
             os.close(fd)
             raise
+
+    @classmethod
+    def from_fd(cls, fd: int, mtu: int | None = None, *, gro_verify: bool = True) -> TunDevice:
+        """Adopt an already attached TUN descriptor (e.g. WG_TUN_FD from a parent process).
+
+        Its name and flags come from TUNGETIFF (wireguard-go initFromFlags): with IFF_VNET_HDR
+        the offloads are (re)enabled as in `open`; otherwise it is used plainly. `mtu` defaults
+        to the interface's current MTU. The descriptor is made non-blocking and owned by the
+        returned device.
+        """
+        ifr = bytearray(_IFREQ_LEN)
+        try:
+            fcntl.ioctl(fd, TUNGETIFF, ifr)
+        except OSError as e:
+            raise TunError(e.errno, f"TUNGETIFF: {e.strerror}") from e
+        name = bytes(ifr[:IFNAMSIZ]).rstrip(b"\0").decode()
+        (flags,) = struct.unpack_from("H", ifr, IFNAMSIZ)
+        vnet = uso = False
+        if flags & IFF_VNET_HDR:
+            vnet = True
+            # Another program may have changed the header size (e.g. 12 for MRG_RXBUF).
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VIRTIO_NET_HDR_LEN))
+            if _set_offload(fd, TCP_OFFLOADS | UDP_OFFLOADS):
+                uso = True
+            else:
+                _set_offload(fd, TCP_OFFLOADS)  # without TSO frames just arrive unsegmented
+        if mtu is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                ifr = _ifreq(name)
+                fcntl.ioctl(s, SIOCGIFMTU, ifr)  # a mutable buffer is filled in place
+                (mtu,) = struct.unpack_from("i", ifr, IFNAMSIZ)
+        os.set_blocking(fd, False)
+        return cls(fd, name, mtu, vnet_hdr=vnet, uso=uso, gro_verify=gro_verify)
 
     def fileno(self) -> int:
         return self._fd
