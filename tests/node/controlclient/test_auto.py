@@ -105,3 +105,21 @@ def test_bad_auth_key_reports_login_error():
             assert err.startswith("login: ") and "\n" not in err
 
     asyncio.run(asyncio.wait_for(body(), 20))
+
+
+def test_interactive_login_waits_for_approval():
+    async def body():
+        async with control() as (state, _key, port):
+            n = Node("i", f"http://127.0.0.1:{port}", random.Random(4))
+            n.auto.start("")
+            await n.wait_for(lambda: any(s[0] == "NeedsLogin" and s[1] for s in n.states))
+            url = next(s[1] for s in n.states if s[1])
+            assert url.startswith("http://127.0.0.1:1/register/")
+            await asyncio.sleep(0.1)
+            assert not n.auto.connected and n.auto.netmap.self_node is None
+            state.complete_registration(url.rsplit("/", 1)[1], state.get_user_by_name("alice").id)
+            await n.wait_for(lambda: n.auto.netmap.self_node is not None)
+            assert n.auto.netmap.self_node.MachineAuthorized
+            await n.auto.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 20))
