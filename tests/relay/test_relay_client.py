@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from collections.abc import Callable
 
 from meshscale.derp import frames as F
@@ -89,6 +90,34 @@ def test_regions_home_switching_and_idle_close() -> None:
             await until(lambda: d1.relay.client_count == 0)
             assert d2.relay.client_count == 1
         finally:
+            await regions.close()
+            for d, h in ((d1, h1), (d2, h2)):
+                await d.close()
+                await h.close(grace=0.5)
+
+    asyncio.run(main())
+
+
+def test_region_tries_nodes_in_order_and_map_change_reconnects() -> None:
+    async def main() -> None:
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+        dead_url = f"http://127.0.0.1:{dead.getsockname()[1]}/derp"
+        d1, d2 = DERPServer(key(91)), DERPServer(key(92))
+        (h1, u1), (h2, u2) = await start(d1), await start(d2)
+        regions = DERPRegions(key(1), {9: [dead_url, u1]}, lambda r, ev: None)
+        try:
+            rc = regions.set_home(9)
+            await asyncio.wait_for(rc.wait_connected(), 5)
+            assert rc.url == u1
+            assert rc.failures == 0
+            await until(lambda: d1.relay.client_count == 1)
+            regions.urls = {9: [u2]}  # the region's nodes changed: reconnect there
+            await until(lambda: 9 in regions.regions and regions.regions[9].client is not None)
+            await until(lambda: d1.relay.client_count == 0 and d2.relay.client_count == 1)
+            await until(lambda: [c.preferred for c in d2.relay.conns.values()] == [True])
+        finally:
+            dead.close()
             await regions.close()
             for d, h in ((d1, h1), (d2, h2)):
                 await d.close()

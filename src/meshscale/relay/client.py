@@ -16,14 +16,14 @@ import logging
 import os
 import random
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from wsproto.connection import ConnectionType
 
 from ..derp import frames as F
 from ..derp.client import ClientEvent, ClientSession, Connected
-from ..derp.errors import HandshakeError
+from ..derp.errors import DERPError, HandshakeError
 from ..derp.info import ClientInfo
 from ..key import NodePrivate, NodePublic
 from .websocket import WebSocketStream, client_handshake_headers
@@ -36,6 +36,7 @@ MAX_RESPONSE_HEAD = 16 * 1024  # bytes of HTTP response head: a hostile server's
 MAX_WRITE_BUFFER = 1 << 20  # bytes buffered in the transport before send() drops
 BACKOFF_MAX = 5.0  # seconds
 IDLE_REGION_TIMEOUT = 60.0  # seconds without writes before a non-home region is closed
+NODE_DIAL_TIMEOUT = 1.5  # seconds per region node (TCP + TLS) when the region has others
 
 
 class DERPClient:
@@ -53,6 +54,7 @@ class DERPClient:
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
         host_addr: str | None = None,
+        dial_timeout: float | None = None,
     ) -> None:
         u = urlsplit(url)
         if u.scheme not in ("http", "https", "ws", "wss") or not u.hostname:
@@ -68,6 +70,7 @@ class DERPClient:
         self.server_name = server_name
         self.session = ClientSession(private, rand, info=info)
         self.connect_timeout = connect_timeout
+        self.dial_timeout = dial_timeout
         self.read_timeout = read_timeout
         self.server_key: NodePublic | None = None
         self.dropped = 0
@@ -93,7 +96,8 @@ class DERPClient:
             if self.ssl is not None:
                 kw["ssl"] = self.ssl
                 kw["server_hostname"] = self.server_name or self.host
-            reader, writer = await asyncio.open_connection(self.dial_host, self.port, **kw)  # type: ignore[arg-type]
+            async with asyncio.timeout(self.dial_timeout):
+                reader, writer = await asyncio.open_connection(self.dial_host, self.port, **kw)  # type: ignore[arg-type]
             self._reader, self._writer = reader, writer
             host = self.host if ":" not in self.host else f"[{self.host}]"
             if self.websocket:
@@ -283,12 +287,14 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
 
 
 class RegionClient:
-    """Keeps one DERP connection up, reconnecting with back-off, and reports its events."""
+    """Keeps one DERP connection to a region up, reconnecting with back-off, and reports its
+    events. A region's nodes are tried in map order (1.1); each gets NODE_DIAL_TIMEOUT to
+    answer when there is another to fall back to."""
 
     def __init__(
         self,
         private: NodePrivate,
-        url: str,
+        url: str | Sequence[str],
         on_event: Callable[[ClientEvent], None],
         *,
         ssl: ssl_module.SSLContext | None = None,
@@ -297,7 +303,9 @@ class RegionClient:
         rng: random.Random | None = None,
     ) -> None:
         self.private = private
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("a region needs at least one DERP URL")
         self.on_event = on_event
         self.ssl = ssl
         self.server_name = server_name
@@ -310,9 +318,14 @@ class RegionClient:
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
 
+    @property
+    def url(self) -> str:
+        """The URL of the connected node (or of the first node)."""
+        return self.client.url if self.client is not None else self.urls[0]
+
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"derp {self.url}")
+            self._task = asyncio.create_task(self._run(), name=f"derp {self.urls[0]}")
 
     async def wait_connected(self) -> None:
         await self._up.wait()
@@ -327,11 +340,27 @@ class RegionClient:
         c = self.client
         return c is not None and c.connected and c.send(dst, packet)
 
-    async def _run(self) -> None:
-        while True:
-            client = DERPClient(self.private, self.url, ssl=self.ssl, server_name=self.server_name)
+    async def _connect_any(self) -> DERPClient:
+        dial = NODE_DIAL_TIMEOUT if len(self.urls) > 1 else None
+        last: Exception | None = None
+        for url in self.urls:
+            client = DERPClient(
+                self.private, url, ssl=self.ssl, server_name=self.server_name, dial_timeout=dial
+            )
             try:
                 await client.connect()
+                return client
+            except (OSError, TimeoutError, DERPError, ValueError) as exc:
+                log.debug("derp %s: %r", url, exc)
+                last = exc
+        assert last is not None
+        raise last
+
+    async def _run(self) -> None:
+        while True:
+            client: DERPClient | None = None
+            try:
+                client = await self._connect_any()
                 self.client = client
                 self.failures = 0
                 self.connects += 1
@@ -341,13 +370,15 @@ class RegionClient:
                 while True:
                     self.on_event(await client.recv())
             except asyncio.CancelledError:
-                await client.close()
+                if client is not None:
+                    await client.close()
                 raise
             except Exception as exc:
                 log.debug("derp %s: %r", self.url, exc)
             self._up.clear()
             self.client = None
-            await client.close()
+            if client is not None:
+                await client.close()
             self.failures += 1
             await asyncio.sleep(backoff_delay(self.failures, self._rng))
 
@@ -364,27 +395,51 @@ class RegionClient:
 
 class DERPRegions:
     """DERP connections by region: the home region is kept forever and told NotePreferred;
-    others are opened on demand and closed after ``IDLE_REGION_TIMEOUT`` without writes."""
+    others are opened on demand and closed after ``IDLE_REGION_TIMEOUT`` without writes.
+
+    ``urls`` maps a region ID to its node URLs in map order (or one URL). Assigning a new
+    mapping closes the connections of regions whose nodes changed or vanished (2.2); they
+    reconnect on next use.
+    """
 
     def __init__(
         self,
         private: NodePrivate,
-        urls: dict[int, str],
+        urls: Mapping[int, str | Sequence[str]],
         on_event: Callable[[int, ClientEvent], None],
         *,
         ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.private = private
-        self.urls = dict(urls)
+        self._urls: dict[int, list[str]] = {}
         self.on_event = on_event
         self.ssl = ssl
         self.home: int | None = None
         self.regions: dict[int, RegionClient] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.urls = urls  # type: ignore[assignment]
+
+    @property
+    def urls(self) -> dict[int, list[str]]:
+        return dict(self._urls)
+
+    @urls.setter
+    def urls(self, urls: Mapping[int, str | Sequence[str]]) -> None:
+        new = {r: [u] if isinstance(u, str) else list(u) for r, u in urls.items()}
+        changed = [r for r in self.regions if new.get(r) != self._urls.get(r)]
+        self._urls = new
+        for r in changed:
+            rc = self.regions.pop(r)
+            task = asyncio.get_running_loop().create_task(rc.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            if r == self.home and r in new:
+                self._region(r).set_preferred(True)
 
     def _region(self, region: int) -> RegionClient:
         rc = self.regions.get(region)
         if rc is None:
-            url = self.urls[region]
+            url = self._urls[region]
             rc = RegionClient(self.private, url, lambda ev: self.on_event(region, ev), ssl=self.ssl)
             self.regions[region] = rc
             rc.start()
@@ -417,3 +472,5 @@ class DERPRegions:
         for rc in list(self.regions.values()):
             await rc.close()
         self.regions.clear()
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=2.0)

@@ -33,9 +33,7 @@ def meta_certificate(server_key: NodePublic, now: datetime.datetime) -> bytes:
     # 71 characters: longer than RFC 5280's 64 for a CN, as derper's; Go does not check it.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Attribute's length", UserWarning)
-        cn = x509.NameAttribute(
-            NameOID.COMMON_NAME, "derpkey" + server_key.hex(), _validate=False
-        )
+        cn = x509.NameAttribute(NameOID.COMMON_NAME, "derpkey" + server_key.hex(), _validate=False)
     name = x509.Name([cn])
     cert = (
         x509.CertificateBuilder()
