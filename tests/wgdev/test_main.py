@@ -358,3 +358,39 @@ def test_signal_during_startup_still_cleans_up(sock_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Stopped: signal" in result.stderr
     assert not os.path.exists(socket_path("wgmb", str(sock_dir)))
+
+
+@slow
+def test_main_imports_without_the_engine() -> None:
+    code = (
+        "import sys, meshscale.wgdev.main\n"
+        "assert 'meshscale.wgdev.engine' not in sys.modules, 'engine imported eagerly'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=TIMEOUT)
+
+
+@slow
+def test_daemon_keeps_stderr_when_log_level_set(
+    sock_dir: Path, pids: list[int], tmp_path: Path
+) -> None:
+    log_file = tmp_path / "daemon.log"
+    with log_file.open("w") as out:
+        result = subprocess.run(
+            launcher("fake", sock_dir, "wgmc"),
+            env=child_env(LOG_LEVEL="error"),
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            timeout=TIMEOUT,
+        )
+    assert result.returncode == 0
+    path = socket_path("wgmc", str(sock_dir))
+    daemon = server_pid(path)
+    pids.append(daemon)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:  # the daemon logs an error
+        s.connect(path)
+        s.sendall(b"bogus\n")
+        assert s.recv(100) == b"errno=-71\n\n"
+    assert wait_for(lambda: "ERROR: (wgmc) " in log_file.read_text())
+    os.kill(daemon, signal.SIGTERM)
+    assert wait_for(lambda: not os.path.exists(path))
