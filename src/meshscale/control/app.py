@@ -140,6 +140,7 @@ class ControlApp:
         self.clock = clock
         self.rand = rand
         self._dns = settings.dns_config()
+        self._map_config: mapper.MapConfig | None = None
         self.batcher = Batcher(SnapshotSource(state), self.map_config)
         self.register = RegisterHandler(state, settings.server_url, clock)
         self.map = MapHandler(
@@ -165,14 +166,20 @@ class ControlApp:
         self.mount(self.router)
 
     def map_config(self) -> mapper.MapConfig:
-        return mapper.MapConfig(
+        """The current MapConfig; rebuilt only when the policy text or DERP map changes."""
+        policy = self.state.policy
+        cached = self._map_config
+        if cached is not None and cached.policy is policy and cached.derp_map is self.derp_map:
+            return cached
+        self._map_config = mapper.MapConfig(
             base_domain=self.settings.base_domain,
             domain=urlsplit(self.settings.server_url).hostname or self.settings.base_domain,
             derp_map=self.derp_map,
             dns_config=self._dns,
-            policy=self.state.policy,
+            policy=policy,
             disable_log_tail=not self.settings.logtail_enabled,
         )
+        return self._map_config
 
     def set_derp_map(self, derp_map: DERPMap) -> None:
         """Replace the DERP map; every session gets a full map."""

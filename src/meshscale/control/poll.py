@@ -140,6 +140,23 @@ class MapHandler:
         if timer is not None:
             timer.cancel()
         loop = asyncio.get_running_loop()
+        interval = self.keepalive_interval + KEEPALIVE_JITTER * self.jitter()
+        last_write = loop.time()
+        keepalive_due = False
+        handle: asyncio.TimerHandle | None = None
+
+        # One timer per keep-alive interval (not one timeout per wait): it fires, and either
+        # asks for a keep-alive or, if a message went out meanwhile, re-arms from that write.
+        def on_timer() -> None:
+            nonlocal keepalive_due, handle
+            due = last_write + interval
+            if loop.time() >= due - 0.001:
+                keepalive_due = True
+                session.wake.set()
+                due = loop.time() + interval
+            handle = loop.call_at(due, on_timer)
+
+        handle = loop.call_at(last_write + interval, on_timer)
         try:
             try:
                 self.state.set_online(node_id, True)
@@ -149,28 +166,23 @@ class MapHandler:
                 msg = self.batcher.build(session, self.clock())
                 if msg is not None:
                     yield self.batcher.encode(msg, compress, frame)
-                if session.closed:
-                    break
-                interval = self.keepalive_interval + KEEPALIVE_JITTER * self.jitter()
-                deadline = loop.time() + interval
-                while True:
+                    last_write = loop.time()
+                while not session.closed:
                     session.wake.clear()
-                    if not session.pending.empty() or session.closed:
+                    if not session.pending.empty():
                         break
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
+                    if keepalive_due:
+                        keepalive_due = False
                         yield self._keepalive_frames[compress]
-                        deadline = loop.time() + interval
+                        last_write = loop.time()
                         continue
-                    try:
-                        async with asyncio.timeout(remaining):
-                            await session.wake.wait()
-                    except TimeoutError:
-                        continue
+                    await session.wake.wait()
                 delay = self.coalesce_delay()
                 if delay > 0 and not session.closed:
                     await asyncio.sleep(delay)
         finally:
+            if handle is not None:
+                handle.cancel()
             self.batcher.remove(session)
             self.streams_open -= 1
             if self.batcher.session_count(node_id) == 0:
