@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from meshscale.derp import frames as F
 from meshscale.derp.errors import HandshakeError
+from meshscale.derp.info import ClientInfo
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.key import NodePrivate
 from meshscale.relay.client import DERPClient
@@ -220,3 +221,41 @@ def test_tls_chain_ends_with_meta_certificate(tmp_path: Path) -> None:
     out = asyncio.run(main())
     assert "CN = derp.test" in out or "CN=derp.test" in out
     assert "derpkey" + server_key.hex() in out
+
+
+def test_local_api_verifier_asks_whois_over_the_unix_socket(tmp_path: Path) -> None:
+    from meshscale.relay.verify import LocalAPIVerifier
+
+    asked: list[tuple[str, str | None, str | None]] = []
+    known = key(1).public().text()
+
+    async def whois(req: Request) -> Response:
+        asked.append(
+            (req.query.get("addr", ""), req.headers.get("host"), req.headers.get("sec-tailscale"))
+        )
+        if req.query.get("addr") == known:
+            return Response.json_bytes(b'{"Node":{}}')
+        return Response.text(404, "no match for IP:port\n")
+
+    async def main() -> list[bool]:
+        r = Router()
+        r.add("GET", "/localapi/v0/whois", whois)
+        srv = HTTPServer(r)
+        path = str(tmp_path / "ts.sock")
+        await srv.start_unix(path)
+        v = LocalAPIVerifier(path)
+        missing = LocalAPIVerifier(str(tmp_path / "absent.sock"))
+        try:
+            info = ClientInfo()
+            return [
+                await v(key(1).public(), info),
+                await v(key(2).public(), info),
+                await missing(key(1).public(), info),  # no tailscaled: refuse
+            ]
+        finally:
+            await v.close()
+            await missing.close()
+            await srv.close(grace=0.5)
+
+    assert asyncio.run(main()) == [True, False, False]
+    assert asked[0] == (known, "local-tailscaled.sock", "localapi")

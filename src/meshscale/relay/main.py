@@ -30,7 +30,7 @@ from .metacert import load_chain_with_meta
 from .metrics import mount_metrics
 from .server import DERPServer
 from .stun_server import STUNServer
-from .verify import URLVerifier
+from .verify import DEFAULT_TAILSCALED_SOCKET, LocalAPIVerifier, URLVerifier
 
 log = logging.getLogger("meshscale.derp")
 
@@ -60,7 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "stun", type=_bool, nargs="?", const=True, default=True, help="run STUN")
     _flag(p, "stun-port", type=int, default=3478, help="STUN UDP port")
     _flag(p, "http-port", type=int, default=-1, help="port for /generate_204 (-1 disables)")
-    _flag(p, "verify-clients", action="store_true", help="admit only verified nodes")
+    _flag(
+        p,
+        "verify-clients",
+        action="store_true",
+        help="admit only peers of the local tailscaled's tailnet (or use the URL)",
+    )
+    _flag(p, "socket", default="", help="tailscaled socket for --verify-clients")
     _flag(p, "verify-client-url", default="", help="admission URL (POST, JSON)")
     _flag(p, "verify-client-url-fail-open", type=_bool, nargs="?", const=True, default=True)
     _flag(p, "mesh-with", default="", help="comma-separated mesh peers (host or URL)")
@@ -142,18 +148,13 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     tls = not args.plain_http
     if tls and not args.certdir:
         raise SystemExit("meshscale-derp: TLS needs -certdir (or use --plain-http / -dev)")
-    if args.verify_clients and not args.verify_client_url:
-        raise SystemExit(
-            "meshscale-derp: --verify-clients needs --verify-client-url (there is no local "
-            "tailscaled to ask)"
-        )
     key = load_key(args.c)
     mesh_key = load_mesh_key(args.mesh_psk_file)
-    verifier = (
-        URLVerifier(args.verify_client_url, fail_open=args.verify_client_url_fail_open)
-        if args.verify_client_url
-        else None
-    )
+    verifier: URLVerifier | LocalAPIVerifier | None = None
+    if args.verify_client_url:
+        verifier = URLVerifier(args.verify_client_url, fail_open=args.verify_client_url_fail_open)
+    elif args.verify_clients:
+        verifier = LocalAPIVerifier(args.socket or DEFAULT_TAILSCALED_SOCKET)
     derp = DERPServer(key, mesh_key=mesh_key, verify_client=verifier)
     router = Router()
     mount_derp(router, derp)

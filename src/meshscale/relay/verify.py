@@ -1,8 +1,12 @@
-"""Admission through an HTTP endpoint, as derper's --verify-client-url (1.9).
+"""Admission hooks for DERPServer: derper's --verify-client-url and --verify-clients (1.9).
 
-POSTs ``{"NodePublic": "nodekey:<hex>", "Source": "<client IP>"}`` and admits the client iff
-the answer is 200 with JSON ``{"Allow": true}`` (body read up to 4 KiB). An unreachable
-endpoint admits when ``fail_open`` (derper's default) and refuses otherwise.
+``URLVerifier`` POSTs ``{"NodePublic": "nodekey:<hex>", "Source": "<client IP>"}`` and admits
+the client iff the answer is 200 with JSON ``{"Allow": true}`` (body read up to 4 KiB). An
+unreachable endpoint admits when ``fail_open`` (derper's default) and refuses otherwise.
+
+``LocalAPIVerifier`` asks the tailscaled (or meshscaled) on the relay's own host, over its
+unix socket, ``GET /localapi/v0/whois?addr=nodekey:<hex>``: 200 admits, anything else (404 =
+not a peer of this tailnet, or no answer) refuses.
 """
 
 from __future__ import annotations
@@ -52,6 +56,38 @@ class URLVerifier:
         except ValueError:
             return False
         return isinstance(answer, dict) and answer.get("Allow") is True
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+DEFAULT_TAILSCALED_SOCKET = "/var/run/tailscale/tailscaled.sock"
+
+
+class LocalAPIVerifier:
+    """A ``verify_client`` hook that admits only peers of the local node's tailnet."""
+
+    def __init__(self, socket_path: str = DEFAULT_TAILSCALED_SOCKET) -> None:
+        self.socket_path = socket_path
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, key: NodePublic, info: ClientInfo) -> bool:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=self.socket_path),
+                timeout=aiohttp.ClientTimeout(total=VERIFY_URL_TIMEOUT),
+            )
+        url = "http://local-tailscaled.sock/localapi/v0/whois"
+        headers = {"Sec-Tailscale": "localapi"}
+        try:
+            async with self._session.get(url, params={"addr": key.text()}, headers=headers) as r:
+                await r.content.read(MAX_VERIFY_BODY)
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("derp verify: local API at %s: %r", self.socket_path, exc)
+            return False
 
     async def close(self) -> None:
         if self._session is not None:
