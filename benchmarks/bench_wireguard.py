@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import time
@@ -54,6 +55,12 @@ def raw_rtt_ms(a: WGEnd, b: WGEnd, count: int = 50) -> float:
     return float(m.group(1)) if m else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one_round(lab: Lab, impl: str, seconds: int) -> dict[str, float]:
     a_host, b_host = lab.hosts["a"], lab.hosts["b"]
     a = start_end(a_host, impl, 1, log_dir=lab.workdir)
@@ -61,9 +68,13 @@ def one_round(lab: Lab, impl: str, seconds: int) -> dict[str, float]:
     try:
         connect(a, b)
         a.host.run(["ping", "-c", "2", "-W", "3", b.tunnel_ip], timeout=20)
+        cpu0 = cpu_seconds(a.proc.pid) + cpu_seconds(b.proc.pid)
         bps, retr = iperf(lab, a, b, seconds)
+        cpu = cpu_seconds(a.proc.pid) + cpu_seconds(b.proc.pid) - cpu0
         rtt = rtt_ms(a, b)
-        return {"gbps": bps / 1e9, "retransmits": retr, "rtt_ms": rtt}
+        # CPU per gigabyte moved (both ends): less sensitive to other load on the machine.
+        gbytes = bps * (seconds + 1) / 8e9
+        return {"gbps": bps / 1e9, "retransmits": retr, "rtt_ms": rtt, "cpu_s_per_gb": cpu / gbytes}
     finally:
         a.stop()
         b.stop()
@@ -122,7 +133,10 @@ def main() -> None:
         }
         print()
         for impl, m in med.items():
-            print(f"median {impl:13s} {m['gbps']:.3f} Gbit/s  rtt {m['rtt_ms']:.3f} ms")
+            print(
+                f"median {impl:13s} {m['gbps']:.3f} Gbit/s  rtt {m['rtt_ms']:.3f} ms  "
+                f"cpu {m['cpu_s_per_gb']:.2f} s/GB"
+            )
         print(
             f"throughput ratio meshscale / wireguard-go: "
             f"{med['meshscale']['gbps'] / med['wireguard-go']['gbps']:.2f}x"
