@@ -63,7 +63,7 @@ def mreq(machine: MachinePublic = MK, **kw: object) -> NoiseRequest:
 
 def test_lite_update_stores_and_answers_empty() -> None:
     state, h, _ = make()
-    resp = asyncio.run(h(mreq(OmitPeers=True, Endpoints=["192.0.2.9:1"])))
+    resp = asyncio.run(h(mreq(OmitPeers=True, Endpoints=["192.0.2.9:1", "bogus", "1.2.3.4"])))
     assert resp.status == 200
     assert resp.body == b""
     node = state.get_node_by_node_key(NK)

@@ -9,7 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from meshscale.control.register import RegisterHandler, raw_field
+from meshscale.control.register import (
+    RegisterHandler,
+    raw_field,
+    sanitize_hostinfo,
+    valid_addrport,
+)
 from meshscale.control.state import State
 from meshscale.control.transport import NoiseRequest
 from meshscale.key import MachinePrivate, MachinePublic, NodePrivate, NodePublic
@@ -197,3 +202,40 @@ def test_raw_field_is_case_insensitive_and_total() -> None:
     assert raw_field(json.dumps({"hostinfo": {"a": 1}}).encode(), "Hostinfo") == {"a": 1}
     assert raw_field(b"nope", "Hostinfo") is None
     assert raw_field(b"[1]", "Hostinfo") is None
+
+
+def test_valid_addrport() -> None:
+    for ok in ("1.2.3.4:41641", "[2001:db8::1]:0", "[fe80::1%eth0]:5"):
+        assert valid_addrport(ok), ok
+    for bad in (
+        "",
+        "1.2.3.4",
+        "1.2.3.4:70000",
+        "2001:db8::1:5",
+        "[1.2.3.4]:5",
+        "x:1",
+        "1.2.3.4:-1",
+    ):
+        assert not valid_addrport(bad), bad
+
+
+def test_sanitize_hostinfo_keeps_peers_decodable() -> None:
+    raw = {
+        "Hostname": "h",
+        "OS": "linux",
+        "RoutableIPs": ["10.0.0.0/24", "garbage", "10.1.0.1"],
+        "Services": [{"Proto": "tcp", "Port": 22}, {"Proto": "tcp", "Port": 70000}],
+        "TPM": {"Manufacturer": 5},
+        "SomethingNew": {"x": 1},
+        "NetInfo": {"PreferredDERP": 900},
+    }
+    out = sanitize_hostinfo(raw)
+    assert out == {
+        "OS": "linux",
+        "Hostname": "h",
+        "RoutableIPs": ["10.0.0.0/24"],
+        "Services": [{"Proto": "tcp", "Port": 22}],
+        "NetInfo": {"PreferredDERP": 900},
+    }
+    assert sanitize_hostinfo({"OS": 5}) is None
+    assert sanitize_hostinfo([1]) is None

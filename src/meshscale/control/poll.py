@@ -31,7 +31,14 @@ from meshscale.control.batcher import Batcher, MapSession
 from meshscale.key import DiscoPublic
 from meshscale.tailcfg import MapRequest, ParseError, loads
 
-from .register import NodeBindingError, lookup_node, raw_field, unsupported
+from .register import (
+    NodeBindingError,
+    lookup_node,
+    raw_field,
+    sanitize_hostinfo,
+    unsupported,
+    valid_addrport,
+)
 from .transport import NoiseRequest, NoiseResponse
 
 log = logging.getLogger(__name__)
@@ -121,12 +128,15 @@ class MapHandler:
 
     def _apply(self, node: models.Node, mr: MapRequest, body: bytes) -> models.Node:
         """Store what the client reports (Headscale applies this before the first map)."""
-        hostinfo = raw_field(body, "Hostinfo")
-        endpoints = mr.Endpoints[:MAX_ENDPOINTS] if mr.Endpoints else None
+        hostinfo = sanitize_hostinfo(raw_field(body, "Hostinfo"))
+        # Peers parse every endpoint as netip.AddrPort: one bad string would break their maps.
+        endpoints = (
+            [e for e in mr.Endpoints if valid_addrport(e)][:MAX_ENDPOINTS] if mr.Endpoints else None
+        )
         disco: DiscoPublic | None = mr.DiscoKey
         updated: models.Node = self.state.update_node(
             node.id,
-            hostinfo=hostinfo if isinstance(hostinfo, dict) else None,
+            hostinfo=hostinfo,
             endpoints=endpoints,
             disco_key=disco,
         )

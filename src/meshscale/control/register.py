@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import ipaddress
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -30,18 +31,22 @@ from meshscale.io.http import Request, Response
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.tailcfg import (
     MIN_SUPPORTED_CAPABILITY_VERSION,
+    Hostinfo,
     Login,
     ParseError,
     RegisterRequest,
     RegisterResponse,
     User,
     dumps,
+    from_json,
     loads,
+    to_json,
 )
 
 from .transport import NoiseRequest, NoiseResponse
 
 REGISTER_PATH = "/register/"
+MAX_ROUTES = 1024  # RoutableIPs kept per Hostinfo: a client announcing endless routes
 
 
 class NodeBindingError(Exception):
@@ -70,6 +75,49 @@ def raw_field(body: bytes, name: str) -> Any:
         if k.lower() == lname:
             return v
     return None
+
+
+def valid_addrport(text: str) -> bool:
+    """Go's netip.ParseAddrPort accepts it: ``1.2.3.4:5`` or ``[v6]:5`` (no zone checks)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return False
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1].split("%", 1)[0]
+        version = 6
+    else:
+        version = 4
+    try:
+        return ipaddress.ip_address(host).version == version
+    except ValueError:
+        return False
+
+
+def _valid_prefix(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+def sanitize_hostinfo(raw: Any) -> dict[str, Any] | None:
+    """The client's Hostinfo as we store it and show it to peers.
+
+    It goes through the typed tailcfg.Hostinfo, so every field a peer's decoder reads has
+    the right type (a bad value would make every peer's netmap fail to decode), fields we do
+    not model are dropped, and RoutableIPs keeps only valid prefixes.
+    """
+    if not isinstance(raw, dict):
+        return None
+    try:
+        hi = from_json(Hostinfo, raw)
+    except ParseError:
+        return None
+    hi.TPM = None
+    hi.Services = [sv for sv in hi.Services if 0 <= sv.Port <= 0xFFFF][:MAX_ROUTES]  # uint16
+    hi.RoutableIPs = [p for p in hi.RoutableIPs if _valid_prefix(p)][:MAX_ROUTES]
+    return to_json(hi)
 
 
 def unsupported(version: int) -> NoiseResponse | None:
@@ -102,8 +150,7 @@ class RegisterHandler:
             return bad
         if rr.NodeKey is None:
             return self._error("node key is required")
-        hostinfo = raw_field(req.body, "Hostinfo")
-        hostinfo = hostinfo if isinstance(hostinfo, dict) else {}
+        hostinfo = sanitize_hostinfo(raw_field(req.body, "Hostinfo")) or {}
         try:
             resp = await self._register(req.machine_key, rr, rr.NodeKey, hostinfo)
         except NodeBindingError:
