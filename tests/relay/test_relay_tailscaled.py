@@ -70,6 +70,24 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
+WHOIS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from meshscale.derp.info import ClientInfo
+    from meshscale.key import NodePublic
+    from meshscale.relay.verify import LocalAPIVerifier
+
+    async def main() -> None:
+        v = LocalAPIVerifier(sys.argv[1])
+        for text in sys.argv[2:]:
+            print(await v(NodePublic.from_text(text), ClientInfo()))
+        await v.close()
+
+    asyncio.run(main())
+    """
+)
+
+
 def _wait_file(path: Path, proc: object, timeout: float = 20.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,6 +184,23 @@ def test_tailscaled_behind_udp_blocking_nats_ping_through_our_relay(tmp_path: Pa
         )
         assert probe.returncode != 0, probe.stdout + probe.stderr
         assert 'derp_login_failures_total{reason="unknown_node"} 1' in metrics()
+
+        # derper's --verify-clients path: the real tailscaled LocalAPI whois answers our
+        # LocalAPIVerifier (admit its peer n2, refuse a stranger).
+        peer_key = nodes[0].status_json()["Peer"]
+        n2_key = next(k for k, p in peer_key.items() if p["HostName"] == "n2")
+        check = nodes[0].host.run(
+            [
+                sys.executable,
+                "-c",
+                WHOIS_SCRIPT,
+                str(nodes[0].socket),
+                n2_key,
+                "nodekey:" + "ab" * 32,
+            ],
+            timeout=30,
+        )
+        assert check.stdout.split() == ["True", "False"], check.stdout + check.stderr
         for node in nodes:
             node.stop()
 
