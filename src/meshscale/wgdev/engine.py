@@ -114,9 +114,8 @@ class Engine:
         from meshscale.wgdev.udpbind import UDPBind
 
         if tun_fd is not None:
-            # An inherited descriptor (WG_TUN_FD): we don't know its flags, so use it plainly.
-            os.set_blocking(tun_fd, False)
-            tun = TunDevice(tun_fd, ifname, mtu, vnet_hdr=False, uso=False)
+            # An inherited descriptor (WG_TUN_FD): its name and offload flags come from the fd.
+            tun = TunDevice.from_fd(tun_fd, gro_verify=False)
         else:
             # WireGuard authenticated every packet, so GRO need not re-verify L4 checksums
             # (the kernel implementation likewise trusts Poly1305; spec section 15 item 3).
