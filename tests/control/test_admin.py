@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from meshscale.control.admin import build_parser
+from meshscale.control.admin import AdminClient, AdminError, build_parser
 from meshscale.control.main import main
 
 pytestmark = pytest.mark.slow
@@ -58,9 +58,11 @@ def start_server(tmp: Path, port: int) -> subprocess.Popen[bytes]:
         try:
             with socket.create_connection(("127.0.0.1", port), 0.2):
                 pass
-            if (tmp / "ctl.sock").exists():
-                return proc
-        except OSError:
+            # The unix socket answers (a stale one from a killed run refuses).
+            AdminClient(unix_socket=str(tmp / "ctl.sock"), timeout=1).request(
+                "GET", "/api/v1/health")
+            return proc
+        except (OSError, AdminError):
             pass
         time.sleep(0.05)
     proc.kill()
@@ -275,7 +277,6 @@ def test_parser_knows_headscale_verbs() -> None:
 def test_server_in_process_wiring(tmp_path: Path) -> None:
     """serve's wiring without a subprocess: unix socket (trusted), TCP (API key), /health,
     /metrics, /key, the embedded DERP probe, the DERP map, and policy reload."""
-    from meshscale.control.admin import AdminClient, AdminError
     from meshscale.control.config import load_config
     from meshscale.control.main import Server
 
@@ -392,3 +393,32 @@ def test_server_serves_tls(tmp_path: Path) -> None:
 
     reply = asyncio.run(main())
     assert reply.startswith(b"HTTP/1.1 200") and b'"status":"pass"' in reply
+
+
+def test_sigkill_after_acknowledged_registration(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node the server acknowledged over ts2021 is still there after kill -9."""
+    from meshscale.control.testclient import ControlClient
+
+    assert run(capsys, *served.cli("users", "create", "alice"))[0] == 0
+    key = run_json(capsys, served, "preauthkeys", "create", "-u", "alice", "--reusable")
+
+    async def register() -> list[str]:
+        names = []
+        for i in range(3):
+            c = ControlClient("127.0.0.1", served.port, hostname=f"k{i}")
+            await c.connect()
+            resp = await c.register(auth_key=key["key"])
+            assert resp.MachineAuthorized and not resp.Error
+            names.append(f"k{i}")
+            await c.close()
+        return names
+
+    acked = asyncio.run(register())
+    served.proc.kill()  # SIGKILL: no shutdown code runs
+    served.proc.wait(10)
+    assert served.proc.returncode == -signal.SIGKILL
+    served.proc = start_server(served.dir, served.port)  # also replaces the stale socket
+    nodes = run_json(capsys, served, "nodes", "list")
+    assert [n["givenName"] for n in nodes] == acked

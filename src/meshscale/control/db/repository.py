@@ -1,9 +1,10 @@
 """The storage interface State writes through.
 
 State keeps the live snapshot in memory; a Store only loads it at start and persists each
-change before State acknowledges it. The interface is small on purpose so a PostgreSQL
-store can sit next to :class:`~meshscale.control.db.sqlite.SQLiteStore` later: the SQL
-in ``schema.sql`` is portable and every method is one short statement or transaction.
+change before State acknowledges it. Two implementations share ``schema.sql`` and the
+migrations: :class:`~meshscale.control.db.sqlite.SQLiteStore` and
+:class:`~meshscale.control.db.postgres.PostgresStore`. Every method is one short
+statement or transaction.
 
 Ids are assigned by the database (``insert_*`` return them). ``consume_preauth_key`` is
 the only compare-and-set: it must be atomic across connections and processes.

@@ -1,10 +1,12 @@
 -- meshscale-control database schema: the source of truth.
 --
--- Every migration in migrations/ must end exactly here; tests/control/test_db.py builds a
--- database from the migrations and one from this file and compares sqlite_master.
--- The SQL is kept portable (no SQLite-only types or functions) so a PostgreSQL store can
--- use the same tables: integer ids, text for keys/addresses/JSON, text timestamps in
--- RFC 3339 UTC ("2026-01-02T03:04:05.123456Z"), integer 0/1 for booleans.
+-- Every migration in migrations/ must end exactly here; tests/control/test_db.py (SQLite)
+-- and test_db_postgres.py (PostgreSQL) build a database from the migrations and one from
+-- this file and compare their structure.
+-- The SQL is kept portable so the PostgreSQL store runs the same files: integer ids, text
+-- for keys/addresses/JSON, text timestamps in RFC 3339 UTC ("2026-01-02T03:04:05.123456Z"),
+-- integer 0/1 for booleans. The only two spellings that differ, "integer PRIMARY KEY
+-- AUTOINCREMENT" and "blob", are translated by db/postgres.py (to_postgres).
 
 CREATE TABLE schema_migrations (
   version integer PRIMARY KEY,
