@@ -39,6 +39,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
@@ -68,8 +74,15 @@ def start_relay(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("relay did not start")
 
 
-async def relayed(url: str, size: int, seconds: float) -> tuple[float, float, int, int]:
-    """(packets/s, MB/s, sent, received) from A to B through the relay."""
+async def relayed(
+    url: str, size: int, seconds: float, lean: bool = False
+) -> tuple[float, float, int, int]:
+    """(packets/s, MB/s, sent, received) from A to B through the relay.
+
+    With ``lean`` the two clients log in with DERPClient and then write pre-encoded frames
+    and count received frames without decoding them, so the relay, not the Python client
+    library, is the bottleneck being measured.
+    """
     a = DERPClient(NodePrivate.generate(os.urandom(32)), url)
     b_key = NodePrivate.generate(os.urandom(32))
     b = DERPClient(b_key, url)
@@ -80,6 +93,13 @@ async def relayed(url: str, size: int, seconds: float) -> tuple[float, float, in
 
     async def receiver() -> None:
         nonlocal received
+        if lean:
+            fb = F.FrameBuffer(F.MAX_CLIENT_FRAME)
+            reader = b._reader  # the bench reads the raw stream after login
+            assert reader is not None
+            while data := await reader.read(1 << 18):
+                fb.feed(data)
+                received += sum(1 for t, _ in fb.frames() if t == F.FrameType.RECV_PACKET)
         while True:
             ev = await b.recv()
             if isinstance(ev, F.RecvPacket):
@@ -93,9 +113,13 @@ async def relayed(url: str, size: int, seconds: float) -> tuple[float, float, in
     # About 64 KiB per burst between drains, like a windowed sender (the WireGuard traffic
     # DERP carries is paced by the TCP inside it); DERP drops what a receiver cannot take.
     burst = min(64, max(4, 65536 // size))
+    frames = [F.send_packet(dst.raw, payload)] * burst
     while time.perf_counter() < end:
-        for _ in range(burst):
-            a.send(dst, payload)
+        if lean:
+            a.write_raw(frames)
+        else:
+            for _ in range(burst):
+                a.send(dst, payload)
         sent += burst
         await a.drain()
         await asyncio.sleep(0)
@@ -186,14 +210,19 @@ async def amain(args: argparse.Namespace) -> None:
     try:
         print(f"relay pid {relay.pid}, fd limit {limit}, {os.cpu_count()} CPUs")
         for size in args.sizes:
-            pps, mbs, sent, recv = await relayed(url, size, args.seconds)
             rpps, rmbs = await raw_tcp(size, args.seconds)
-            loss = 100 * (1 - recv / sent) if sent else 0.0
-            print(
-                f"size {size:5d} B  relayed {pps:9.0f} pkt/s {mbs:8.1f} MB/s (loss {loss:.1f}%)"
-                f"  | raw TCP {rpps:9.0f} pkt/s {rmbs:8.1f} MB/s"
-                f"  | relay/raw {100 * mbs / rmbs:5.1f}%"
-            )
+            print(f"size {size:5d} B  raw TCP        {rpps:9.0f} pkt/s {rmbs:8.1f} MB/s")
+            for lean in (False, True):
+                cpu0 = cpu_seconds(relay.pid)
+                pps, mbs, sent, recv = await relayed(url, size, args.seconds, lean)
+                cpu = cpu_seconds(relay.pid) - cpu0
+                loss = 100 * (1 - recv / sent) if sent else 0.0
+                label = "relayed (lean)" if lean else "relayed (lib) "
+                print(
+                    f"size {size:5d} B  {label} {pps:9.0f} pkt/s {mbs:8.1f} MB/s"
+                    f"  {100 * mbs / rmbs:5.1f}% of raw  loss {loss:4.1f}%"
+                    f"  relay CPU {1e6 * cpu / max(recv, 1):5.1f} us/pkt"
+                )
         if args.idle:
             target = min(args.idle, limit - 200)  # the relay is another process
             points = await idle(url, relay.pid, target, args.step)
