@@ -116,3 +116,24 @@ def test_gso_gro_between_namespaces(lab: Lab) -> None:
             assert {h for _, (h, _) in got} == {str(a.ip6) if v6 else str(a.ip)}
             assert tx.statistics().send_calls <= 2 * 10
             assert rx.statistics().recv_calls < 640
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_gso_refused_falls_back_to_plain_sends(lab: Lab) -> None:
+    # A GSO segment above the path MTU (veth, 1500) makes the kernel refuse (EMSGSIZE): those
+    # datagrams are resent one by one (the kernel fragments them), and after three refusals in
+    # a row the socket stops trying GSO.
+    a, b = lab.add_public_host("a"), lab.add_public_host("b")
+    rx = call_in_netns(b.ns, lambda: UDPSocket.bind(str(b.ip), 0))
+    tx = call_in_netns(a.ns, lambda: UDPSocket.bind(str(a.ip), 0))
+    with rx, tx:
+        assert tx.gso
+        for round_ in range(3):
+            msgs = messages(4, 2000)
+            assert tx.send_batch(rx.getsockname(), msgs) == 4
+            assert [d for d, _ in receive(rx, 4)] == [b"".join(m) for m in msgs]
+            assert tx.gso is (round_ < 2)
+        assert tx.send_batch(rx.getsockname(), messages(5, 1000)) == 5
+        assert len(receive(rx, 5)) == 5
+        assert tx.statistics().send_calls == 3 * (1 + 4) + 5

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from meshscale.packet import (
     F_NEEDS_CSUM,
+    GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
     GSO_UDP_L4,
@@ -182,3 +183,11 @@ def test_padding_to_wireguard_lengths() -> None:
             assert bytes(v[ip_len:]) == bytes(len(v) - ip_len)
             assert l4_ok(bytes(v[:ip_len]))
         assert set(arena[end:]) == {0xEE}  # nothing written past the returned offset
+
+
+def test_ecn_cwr_only_on_first_segment() -> None:
+    frame = bytearray(super_tcp(b"e" * 3000, 1000, flags=0x90))  # CWR | ACK
+    frame[1] |= GSO_ECN
+    segs, _ = gso_split(bytes(frame))
+    assert [TCPHeader.parse(s[20:]).flags for s in segs] == [0x90, 0x10, 0x10]
+    assert all(l4_ok(s) for s in segs)

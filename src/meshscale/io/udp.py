@@ -11,8 +11,8 @@
 
 (spec section 12 item 5 and 15 item 3; wireguard-go conn/bind_std.go, conn/gso_linux.go.)
 Python has no sendmmsg/recvmmsg; GSO/GRO give the same batching with one syscall. If the
-kernel refuses GSO for a send (EIO: the egress device cannot checksum; EINVAL), GSO is turned
-off for this socket and the batch is resent datagram by datagram.
+kernel refuses GSO for a send (EIO: the egress device cannot checksum; EINVAL or EMSGSIZE three
+times in a row), GSO is turned off for this socket; refused datagrams are resent one by one.
 
 The socket is blocking, for use from dedicated threads (the GIL is released in the syscalls).
 `close()` shuts the socket down first, which wakes a thread blocked in recv_batch; that thread
@@ -54,8 +54,9 @@ _ALIGN = 16
 _ANC_SIZE = socket.CMSG_SPACE(4)  # UDP_GRO delivers the segment size as an int
 _U16 = struct.Struct("=H")
 _I32 = struct.Struct("=i")
-# Send errors after which GSO is given up for this socket (wireguard-go errShouldDisableUDPGSO).
-_GSO_ERRNOS = (errno.EIO, errno.EINVAL)
+# GSO is given up for good on EIO (no checksum offload on the egress device; wireguard-go
+# errShouldDisableUDPGSO) or after this many EINVAL/EMSGSIZE refusals in a row.
+GSO_EINVAL_LIMIT = 3
 
 
 class UDPClosedError(OSError):
@@ -81,6 +82,7 @@ class UDPSocket:
         self._max_bytes = MAX_GSO_BYTES_V4 if sock.family == socket.AF_INET else MAX_GSO_BYTES_V6
         self.gso = _probe_gso(sock)
         self.gro = _enable_gro(sock)
+        self._gso_einval = 0
         self._closed = False
         self._rlock = threading.Lock()
         self._wlock = threading.Lock()
@@ -212,11 +214,24 @@ class UDPSocket:
                                 cm = anc[size] = [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))]
                             sendmsg(bufs, cm, 0, dst)
                         sent += j - i
+                        self._gso_einval = 0
                     except OSError as e:
                         self._check_closed(e)
-                        if e.errno in _GSO_ERRNOS and j - i > 1:
-                            self.gso = False
+                        if e.errno == errno.EIO and j - i > 1:
+                            self.gso = False  # the egress device cannot do it: for good
                             break
+                        if e.errno in (errno.EINVAL, errno.EMSGSIZE) and j - i > 1:
+                            # Maybe just this group (a segment above the path MTU, which plain
+                            # sends may still fragment): resend it one by one, and give up on
+                            # GSO only if it keeps happening.
+                            self._gso_einval += 1
+                            if self._gso_einval >= GSO_EINVAL_LIMIT:
+                                self.gso = False
+                            for k in range(i, j):
+                                calls += 1
+                                with contextlib.suppress(OSError):
+                                    sendmsg(messages[k], (), 0, dst)
+                                    sent += 1
                     i = j
             for k in range(i, total):  # no GSO (or it just failed): one datagram per call
                 calls += 1

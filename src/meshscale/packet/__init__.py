@@ -20,6 +20,7 @@ from .tso import MAX_SEGMENTS, SplitStats, Splitter, gso_split, split_room
 from .virtio import (
     F_DATA_VALID,
     F_NEEDS_CSUM,
+    GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
@@ -32,6 +33,7 @@ from .virtio import (
 __all__ = [
     "F_DATA_VALID",
     "F_NEEDS_CSUM",
+    "GSO_ECN",
     "GSO_NONE",
     "GSO_TCPV4",
     "GSO_TCPV6",

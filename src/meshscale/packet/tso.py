@@ -32,6 +32,7 @@ from typing_extensions import Buffer
 from .checksum import ones_sum
 from .virtio import (
     F_NEEDS_CSUM,
+    GSO_ECN,
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
@@ -107,7 +108,7 @@ class Splitter:
         p = start + VIRTIO_NET_HDR_LEN
         n = length - VIRTIO_NET_HDR_LEN
         end = p + n
-        gt = gso_type & 0x7F  # ECN (0x80) is never requested: TUN_F_TSO_ECN stays off
+        gt = gso_type & ~GSO_ECN
         if gt == GSO_NONE:
             if flags & F_NEEDS_CSUM:
                 at = p + cstart + coff
@@ -224,6 +225,10 @@ class Splitter:
         if proto == 6:
             rows.view(">u4")[:, (iph + 4) >> 2] = idx * np.uint32(gso) + np.uint32(seq0)
             last[iph + 13] = last_flags
+            if gso_type & GSO_ECN and nseg > 1:
+                # CWR belongs to the first segment only (RFC 3168 section 6.1.2; the kernel's
+                # tcp_gso_segment). TUN_F_TSO_ECN stays off, so this is defensive.
+                rows[1:, iph + 13] &= 0x7F
         if ver == 4:
             rows.view(">u2")[:, 2] = idx + np.uint32(ip_id)
             ipsum = h16[:, 2].astype(np.uint32) + np.uint32(
