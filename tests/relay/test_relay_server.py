@@ -433,3 +433,16 @@ def test_random_garbage_after_login_never_hurts_others() -> None:
         await b.close()
 
     run(body, DERPServer(key(99)))
+
+
+def test_accept_rate_limit_closes_excess_connections() -> None:
+    async def body(node: Node) -> None:
+        a, b = await connected(node, key(1)), await connected(node, key(2))
+        with pytest.raises((ConnectionError, HandshakeError, asyncio.IncompleteReadError)):
+            await connected(node, key(3))
+        assert node.derp.counters.login_failures == {"accept_rate": 1}
+        assert node.derp.relay.client_count == 2
+        await a.close()
+        await b.close()
+
+    run(body, DERPServer(key(99), accept_limit=1e-6, accept_burst=2))

@@ -17,13 +17,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import ssl
 import sys
 from pathlib import Path
 
-from ..io.http import HTTPServer, Router
+from ..io.http import HTTPServer, Request, Response, Router
 from ..key import NodePrivate, NodePublic
 from .app import generate_204, mount_derp
 from .metacert import load_chain_with_meta
@@ -80,9 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="append the DERP key certificate to the TLS chain (enables fast start)",
     )
+    _flag(
+        p,
+        "accept-connection-limit",
+        type=float,
+        default=math.inf,
+        help="rate limit for accepting new connections (per second)",
+    )
+    _flag(
+        p,
+        "accept-connection-burst",
+        type=int,
+        default=1 << 62,
+        help="burst limit for accepting new connections",
+    )
     _flag(p, "debug-addr", default="", help="host:port for Prometheus /debug/metrics")
     _flag(p, "verbose", action="store_true", help="debug logging")
     return p
+
+
+HOME_PAGE = (
+    b"<!doctype html><html><body><h1>meshscale-derp</h1><p>This is a DERP relay for "
+    b"<a href='https://tailscale.com/kb/1232/derp-servers'>Tailscale</a>-compatible "
+    b"clients (meshscale).</p></body></html>\n"
+)
+
+
+async def home_page(req: Request) -> Response:
+    return Response(200, HOME_PAGE, content_type="text/html; charset=utf-8")
 
 
 def split_addr(addr: str, default_port: int) -> tuple[str | None, int]:
@@ -155,9 +181,16 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
         verifier = URLVerifier(args.verify_client_url, fail_open=args.verify_client_url_fail_open)
     elif args.verify_clients:
         verifier = LocalAPIVerifier(args.socket or DEFAULT_TAILSCALED_SOCKET)
-    derp = DERPServer(key, mesh_key=mesh_key, verify_client=verifier)
+    derp = DERPServer(
+        key,
+        mesh_key=mesh_key,
+        verify_client=verifier,
+        accept_limit=args.accept_connection_limit,
+        accept_burst=args.accept_connection_burst,
+    )
     router = Router()
     mount_derp(router, derp)
+    router.add("GET", "/", home_page)
     http = HTTPServer(router, server_header="meshscale-derp")
     host, port = split_addr(args.a, 443)
     meta = derp.public if args.meta_cert else None

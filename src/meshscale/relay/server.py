@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
+import math
 import os
 import random
 import ssl as ssl_module
@@ -113,12 +114,17 @@ class DERPServer:
         keepalive: float = F.KEEP_ALIVE,
         key_header_prefix: str = "",
         rand: Callable[[int], bytes] = os.urandom,
+        accept_limit: float = math.inf,
+        accept_burst: int = 1 << 62,
     ) -> None:
         """
         :param private: the server key.
         :param mesh_key: 32-byte mesh secret; enables mesh peers.
         :param verify_client: admission hook; None admits every client with a valid box.
         :param key_header_prefix: "" (derper) or "nodekey:" (Headscale) for Derp-Public-Key.
+        :param accept_limit: new connections per second (token bucket, derper's
+            --accept-connection-limit); over-limit connections are closed at once.
+        :param accept_burst: the bucket's size (--accept-connection-burst).
         """
         self.relay = Relay(private, mesh_key=mesh_key, queue_depth=queue_depth)
         self.private = private
@@ -129,6 +135,10 @@ class DERPServer:
         self.key_header_prefix = key_header_prefix
         self.counters = ServerCounters()
         self._rand = rand
+        self.accept_limit = accept_limit
+        self.accept_burst = accept_burst
+        self._accept_tokens = float(min(accept_burst, 1 << 62))
+        self._accept_at: float | None = None
         self._sinks: dict[int, _Sink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._mesh_tasks: list[asyncio.Task[None]] = []
@@ -180,6 +190,10 @@ class DERPServer:
         not_ideal: bool = False,
     ) -> None:
         """Run a DERP connection on an already-upgraded stream until it closes."""
+        if not self._admit_rate():
+            self.counters.fail("accept_rate")
+            stream.abort()
+            return
         self.counters.accepts += 1
         task = asyncio.current_task()
         if task is not None:
@@ -190,6 +204,22 @@ class DERPServer:
             if task is not None:
                 self._tasks.discard(task)
             stream.close()
+
+    def _admit_rate(self) -> bool:
+        """Token bucket over new connections; stops connection floods from costing logins."""
+        if math.isinf(self.accept_limit):
+            return True
+        now = asyncio.get_running_loop().time()
+        if self._accept_at is not None:
+            self._accept_tokens = min(
+                float(self.accept_burst),
+                self._accept_tokens + (now - self._accept_at) * self.accept_limit,
+            )
+        self._accept_at = now
+        if self._accept_tokens < 1.0:
+            return False
+        self._accept_tokens -= 1.0
+        return True
 
     async def _serve(
         self,
