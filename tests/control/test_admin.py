@@ -422,3 +422,15 @@ def test_sigkill_after_acknowledged_registration(
     served.proc = start_server(served.dir, served.port)  # also replaces the stale socket
     nodes = run_json(capsys, served, "nodes", "list")
     assert [n["givenName"] for n in nodes] == acked
+
+
+def test_json_log_format(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("log:\n  level: warn\n  format: json\nfoo: 1\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "meshscale.control.main", "-c", str(cfg), "--state-dir",
+         str(tmp_path), "configtest"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0
+    line = json.loads(out.stderr.strip().splitlines()[0])
+    assert line["level"] == "warn"
+    assert line["message"] == "config: foo: unknown key, ignored"

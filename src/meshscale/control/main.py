@@ -428,6 +428,41 @@ def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> in
     return 0
 
 
+# Headscale's log.level names (zerolog) -> logging levels.
+_LOG_LEVELS = {
+    "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+    "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL, "disabled": logging.CRITICAL + 10,
+}
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line (log.format: json), zerolog's field names."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower().replace("warning", "warn"),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(cfg: ControlConfig, *, verbose: bool = False) -> None:
+    handler = logging.StreamHandler()
+    if cfg.log_format == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    if not any(type(h) is logging.StreamHandler for h in root.handlers):
+        root.addHandler(handler)  # (an embedding program's or pytest's handlers stay)
+    root.setLevel(logging.DEBUG if verbose else _LOG_LEVELS[cfg.log_level])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = admin.build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
@@ -436,11 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 2 if args.command == "configtest" else 1
     if args.command in ("serve", "configtest"):
-        debug = args.verbose or cfg.log_level in ("debug", "trace")
-        logging.basicConfig(
-            level=logging.DEBUG if debug else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        setup_logging(cfg, verbose=args.verbose)
         for warning in cfg.warnings:
             log.warning("config: %s", warning)
         if args.command == "configtest":
