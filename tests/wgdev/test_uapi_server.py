@@ -29,8 +29,8 @@ from meshscale.wireguard.uapi import (
     PeerChange,
     SetRequest,
     UAPIError,
-    parse_get_response,
 )
+from meshscale.wireguard.uapi_client import parse_get_response
 
 from .conftest import ANSWER_TIMEOUT, RunningServer
 from .fakes import FakeBackend, FakePeer, net

@@ -27,12 +27,10 @@ from meshscale.wireguard.uapi import (
     format_endpoint,
     format_errno,
     format_get,
-    format_request,
     parse_endpoint,
-    parse_get_response,
     parse_requests,
-    parse_set_response,
 )
+from meshscale.wireguard.uapi_client import format_request, parse_get_response, parse_set_response
 
 K1 = bytes(range(32))
 K2 = bytes(range(32, 64))

@@ -26,8 +26,8 @@ from meshscale.wireguard.uapi import (
     UAPIError,
     UAPIParser,
     format_get,
-    parse_get_response,
 )
+from meshscale.wireguard.uapi_client import parse_get_response
 
 pytestmark = [
     pytest.mark.lab,

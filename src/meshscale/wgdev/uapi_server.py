@@ -41,10 +41,8 @@ from meshscale.wireguard.uapi import (
     UAPIParser,
     format_errno,
     format_get,
-    format_request,
-    parse_get_response,
-    parse_set_response,
 )
+from meshscale.wireguard.uapi_client import format_request, parse_get_response, parse_set_response
 
 log = logging.getLogger(__name__)
 
