@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
 import select
-import socket
 import ssl
 import threading
 import time
@@ -36,6 +36,7 @@ from meshscale import disco
 from meshscale.derp import frames as F
 from meshscale.derp.client import ClientEvent
 from meshscale.disco import AddrPort
+from meshscale.io.udp import UDPSocket
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import Conn, Event, PeerConfig
 from meshscale.magicsock import DERPMap as CoreDERPMap
@@ -47,8 +48,8 @@ log = logging.getLogger("meshscale.magicsock")
 
 SYNTHETIC_PREFIX = "nodekey:"
 TIMER_MAX_SLEEP = 0.1  # seconds: the core's deadlines are re-read at least this often
+MAX_SRC_CACHE = 4096  # parsed source addresses kept (a flood of sources only resets it)
 MAX_DERP_QUEUE = 4096  # WireGuard datagrams from DERP waiting for the RX thread (memory bound)
-_MAPPED = "::ffff:"
 
 Endpoint = tuple[str, int]
 
@@ -99,8 +100,8 @@ class MagicBind:
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.device: Any = None  # the engine's wireguard.Device, for receiver-index lookups
-        self._sock: socket.socket | None = None
-        self._dual = socket.has_ipv6
+        self._sock: UDPSocket | None = None
+        self._src_cache: dict[tuple[str, int], AddrPort] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -119,26 +120,14 @@ class MagicBind:
     # ---- Bind protocol (engine threads) ----
 
     def open(self, port: int) -> int:
-        new: socket.socket | None = None
-        if self._dual:
-            try:
-                new = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-                new.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                new.bind(("::", port))
-            except OSError as exc:
-                if new is not None:
-                    new.close()
-                new = None
-                if exc.errno == 98:  # EADDRINUSE
-                    raise
-                self._dual = False
-        if new is None:
-            new = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            new.bind(("0.0.0.0", port))
-        new.setblocking(False)
-        with contextlib.suppress(OSError):
-            new.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            new.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        new: UDPSocket | None = None
+        try:
+            new = UDPSocket.bind("::", port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise
+        if new is None:  # no IPv6 in this namespace: plain IPv4
+            new = UDPSocket.bind("0.0.0.0", port)
         old, self._sock = self._sock, new
         bound = int(new.getsockname()[1])
         with self.lock:
@@ -171,30 +160,31 @@ class MagicBind:
                 raise BindClosed
             sock = self._sock
             out = self._take_derp()
+            if out:
+                return out
             if sock is None:
                 select.select([self._wake_r], [], [], 0.5)
                 self._drain_wake()
-                if out:
-                    return out
                 continue
-            batch: list[tuple[bytes, Any]] = []
-            for _ in range(RX_BATCH):
-                try:
-                    batch.append(sock.recvfrom(65535))
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    if self._closed or sock is not self._sock:
-                        raise BindClosed from None
-                    break
-            if batch:
-                out += self._classify(batch)
+            try:
+                ready, _, _ = select.select([sock.fileno(), self._wake_r], [], [], 0.5)
+            except (OSError, ValueError):
+                ready = []
+                if self._closed or sock is not self._sock:
+                    raise BindClosed from None
+            if self._wake_r in ready:
+                self._drain_wake()
+            if sock.fileno() not in ready:
+                continue
+            try:
+                batch = sock.recv_batch(RX_BATCH)  # does not block: the socket is readable
+            except OSError:
+                if self._closed or sock is not self._sock:
+                    raise BindClosed from None
+                continue
+            out = self._classify(batch)
             if out:
                 return out
-            if not batch:
-                with contextlib.suppress(OSError, ValueError):
-                    select.select([sock.fileno(), self._wake_r], [], [], 0.5)
-                self._drain_wake()
 
     def close(self) -> None:
         self._closed = True
@@ -205,19 +195,24 @@ class MagicBind:
     # ---- RX helpers ----
 
     def _classify(
-        self, batch: list[tuple[bytes, Any]]
+        self, batch: list[tuple[memoryview, tuple[str, int]]]
     ) -> list[tuple[bytes | memoryview, Endpoint]]:
         now = time.monotonic()
         out: list[tuple[bytes | memoryview, Endpoint]] = []
+        srcs = self._src_cache
         with self.lock:
-            for data, addr in batch:
-                host = addr[0]
-                if host.startswith(_MAPPED) and "." in host:
-                    host = host[len(_MAPPED) :]
-                try:
-                    src = AddrPort(ipaddress.ip_address(host.split("%", 1)[0]), int(addr[1]))
-                except ValueError:
-                    continue
+            for view, addr in batch:
+                data = bytes(view)  # the socket reuses its receive buffer
+                src = srcs.get(addr)
+                if src is None:
+                    try:
+                        ip = ipaddress.ip_address(addr[0].split("%", 1)[0])
+                    except ValueError:
+                        continue
+                    src = AddrPort(ip, int(addr[1]))
+                    if len(srcs) >= MAX_SRC_CACHE:
+                        srcs.clear()
+                    srcs[addr] = src
                 if disco.looks_like_disco(data) and self._user_pong(data, src, 0, now):
                     continue
                 self.core.receive_datagram(data, src, now)
@@ -266,17 +261,27 @@ class MagicBind:
         sock = self._sock
         if sock is None:
             return
-        host = ep[0]
-        if self._dual and ":" not in host:
-            host = _MAPPED + host
         try:
-            sock.sendto(data, (host, ep[1]))
+            sock.send_batch(ep, [[data]])
         except OSError:
             pass  # unreachable paths are the core's business (disco pings find new ones)
 
     def _flush_locked(self) -> None:
-        for data, addr in self.core.datagrams_to_send():
-            self._sendto(data, (str(addr.ip), addr.port))
+        out = self.core.datagrams_to_send()
+        sock = self._sock
+        if out and sock is not None:
+            # Consecutive datagrams to one address go out in one GSO send.
+            i = 0
+            while i < len(out):
+                addr = out[i][1]
+                j = i + 1
+                while j < len(out) and out[j][1] == addr:
+                    j += 1
+                try:
+                    sock.send_batch((str(addr.ip), addr.port), [[d] for d, _ in out[i:j]])
+                except OSError:
+                    pass
+                i = j
         derp = self.core.derp_to_send()
         if derp and self.loop is not None:
             self._derp_out += derp
