@@ -56,7 +56,7 @@ def test_stun_and_derp_across_lab_nats(tmp_path: Path) -> None:
                 "meshscale.relay.main",
                 "-dev",
                 "-a",
-                f"{pub.ip}:3340",
+                ":3340",  # all addresses: STUN on both the IPv4 and the IPv6 socket
                 "-stun-port",
                 "3478",
                 "--verbose",
@@ -70,6 +70,12 @@ def test_stun_and_derp_across_lab_nats(tmp_path: Path) -> None:
         ip, port = out.stdout.split()
         assert ip == str(easy.public_ip)
         assert 0 < int(port) < 65536
+
+        # IPv6 (no NAT on the lab internet): a public host sees its own address.
+        cli = lab.add_public_host("cli")
+        assert cli.ip6 is not None
+        out6 = cli.run([PY, "-m", "meshscale.relay.probe", "stun", f"[{pub.ip6}]:3478"])
+        assert out6.stdout.split()[0] == str(cli.ip6)
 
         # UDP is blocked behind blk1/blk2: STUN fails, DERP over TCP still relays.
         blocked = h1.run(
