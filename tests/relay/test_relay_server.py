@@ -345,6 +345,7 @@ def test_stun_server_loopback_v4_and_v6() -> None:
         srv = STUNServer()
         bound = await srv.start(None, 0)
         port = bound[0][1]
+        assert srv.port == port
         loop = asyncio.get_running_loop()
         out = []
         families = [(socket.AF_INET, "127.0.0.1")]

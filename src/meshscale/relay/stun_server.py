@@ -92,6 +92,13 @@ class STUNServer:
             port = port or int(name[1])  # the v6 socket takes the same ephemeral port
         return bound
 
+    @property
+    def port(self) -> int | None:
+        """The bound UDP port (useful after ``start(host, 0)``), or None before start."""
+        if not self.transports:
+            return None
+        return int(self.transports[0].get_extra_info("sockname")[1])
+
     def close(self) -> None:
         for t in self.transports:
             t.close()
