@@ -193,3 +193,24 @@ def test_adopted_descriptor(lab: Lab, vnet: bool) -> None:
         transfer(a, b, False)
         transfer(b, a, True)
     assert not fwd.errors
+
+
+def test_capability_ladder(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend the kernel refuses USO, then all offloads: open() steps down a rung each time.
+    import meshscale.io.tun as tun_mod
+
+    ns = lab.add_public_host("a").ns
+    real = tun_mod._set_offload
+    monkeypatch.setattr(
+        tun_mod,
+        "_set_offload",
+        lambda fd, flags: not flags & tun_mod.UDP_OFFLOADS and real(fd, flags),
+    )
+    with call_in_netns(ns, lambda: TunDevice.open("mst5")) as t:
+        assert (t.offload, t.uso) == (True, False)
+        assert "vnet_hdr on" in lab.hosts["a"].run(["ip", "-d", "link", "show", "mst5"]).stdout
+    monkeypatch.setattr(tun_mod, "_set_offload", lambda fd, flags: False)
+    with call_in_netns(ns, lambda: TunDevice.open("mst5")) as t:
+        assert (t.offload, t.uso) == (False, False)
+        flags = lab.hosts["a"].run(["ip", "-d", "link", "show", "mst5"]).stdout
+        assert "vnet_hdr off" in flags and "tun" in flags
