@@ -241,3 +241,29 @@ def test_database_file_is_private(tmp_path: Path) -> None:
     wal = tmp_path / "db.sqlite-wal"
     assert wal.exists() and wal.stat().st_mode & 0o777 == 0o600
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value", "where"),
+    [
+        ("nodes", "machine_key", "mkey:zz", "nodes row"),
+        ("nodes", "host_info", "[1]", "nodes row"),
+        ("nodes", "approved_routes", '["not-a-net"]', "nodes row"),
+        ("users", "created_at", "yesterday", "users row"),
+        ("pre_auth_keys", "tags", "{}", "pre_auth_keys row"),
+        ("api_keys", "expiration", "soon", "api_keys row"),
+    ],
+)
+def test_unreadable_rows_name_table_and_id(
+    tmp_path: Path, table: str, column: str, value: str, where: str
+) -> None:
+    path = tmp_path / "db.sqlite"
+    store = SQLiteStore(path)
+    uid = store.insert_user(User(UserID(0), "alice", created_at=T0))
+    store.insert_node(_node(1, uid))
+    store.insert_preauth_key(PreAuthKey(PreAuthKeyID(0), uid, "p" * 12, b"h", created_at=T0))
+    store.insert_api_key(APIKey(APIKeyID(0), "a" * 12, b"h", created_at=T0))
+    store.conn.execute(f"UPDATE {table} SET {column} = ?", (value,))
+    with pytest.raises(StoreError, match=f"^{where} 1: "):
+        store.load()
+    store.close()

@@ -481,3 +481,26 @@ def test_deleting_keys_clears_node_references_in_memory_and_db(state: State) -> 
     state.delete_user(alice.id)  # its key goes, the node (now bob's) stays
     assert state.get_node(n.id).auth_key_id is None
     assert state.store.load().nodes[0].auth_key_id is None
+
+
+def test_cancelled_registration_fails_the_waiter(state: State) -> None:
+    async def main() -> None:
+        reg = state.begin_registration(mk(1), nk(1), {"Hostname": "x"})
+        assert [r.id for r in state.list_registrations()] == [reg.id]
+        state.cancel_registration(reg.id)
+        with pytest.raises(RegistrationFailed, match="rejected"):
+            await reg.wait()
+        with pytest.raises(NotFound):
+            state.cancel_registration(reg.id)
+        assert state.list_registrations() == []
+
+    asyncio.run(main())
+
+
+def test_hostinfo_is_bounded(state: State) -> None:
+    u = state.create_user("alice")
+    with pytest.raises(InvalidArgument, match="too large"):
+        state.register_node(mk(1), nk(1), u.id, {"Hostname": "x" * 70000})
+    with pytest.raises(InvalidArgument, match="not JSON"):
+        state.begin_registration(mk(1), nk(1), {"Hostname": object()})
+    assert state.list_nodes() == []
