@@ -113,7 +113,7 @@ async def relayed(
     # About 64 KiB per burst between drains, like a windowed sender (the WireGuard traffic
     # DERP carries is paced by the TCP inside it); DERP drops what a receiver cannot take.
     burst = min(64, max(4, 65536 // size))
-    frames = [F.send_packet(dst.raw, payload)] * burst
+    frames: list[bytes | memoryview] = [F.send_packet(dst.raw, payload)] * burst
     while time.perf_counter() < end:
         if lean:
             a.write_raw(frames)

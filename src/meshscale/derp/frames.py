@@ -204,7 +204,9 @@ class FrameBuffer:
         return len(self._buf) - self._pos
 
     def frames(self) -> Generator[tuple[int, bytes], None, None]:
+        """Complete frames; ``feed`` only between iterations, never during one."""
         buf = self._buf
+        view = memoryview(buf)  # one copy per payload instead of two (slice, then bytes)
         try:
             while len(buf) - self._pos >= FRAME_HEADER_LEN:
                 ftype, length = _HDR.unpack_from(buf, self._pos)
@@ -217,8 +219,9 @@ class FrameBuffer:
                 if end > len(buf):
                     return
                 self._pos = end
-                yield ftype, bytes(buf[start:end])
+                yield ftype, view[start:end].tobytes()
         finally:
+            view.release()
             # Compact so the buffer never holds more than one partial frame.
             if self._pos:
                 del buf[: self._pos]

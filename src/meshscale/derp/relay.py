@@ -45,7 +45,8 @@ NOT_HERE_RATE = 1.0  # per second
 
 ConnID = int
 Addr = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
-Item = tuple[bytes, ...]  # frame parts, written back to back
+Packet = bytes | memoryview
+Item = tuple[Packet, ...]  # frame parts, written back to back
 
 
 class SendQueue:
@@ -80,9 +81,9 @@ class SendQueue:
         self.ctrl.append(item)
         return True
 
-    def pop_batch(self, max_items: int = 64) -> list[bytes]:
+    def pop_batch(self, max_items: int = 64) -> list[Packet]:
         """Frame parts for up to ``max_items`` frames, control first, then disco, then data."""
-        out: list[bytes] = []
+        out: list[Packet] = []
         n = 0
         for q in (self.ctrl, self.disco, self.data):
             while q and n < max_items:
@@ -299,7 +300,8 @@ class Relay:
             if ids[-1] != cid:  # a duplicate that writes becomes the active one
                 ids.remove(cid)
                 ids.append(cid)
-            self._route(conn, payload[: F.KEY_LEN], payload[F.KEY_LEN :], now)
+            # The packet is a view: queued and written without another copy.
+            self._route(conn, payload[: F.KEY_LEN], memoryview(payload)[F.KEY_LEN :], now)
             return
         frame = F.decode(ftype, payload)
         match frame:
@@ -340,7 +342,7 @@ class Relay:
             c = self.conns[ids[-1]]
             self._ctrl(conn, F.peer_present(c.key, c.remote, c.flags))
 
-    def _route(self, src: Conn, dst: bytes, packet: bytes, now: float) -> None:
+    def _route(self, src: Conn, dst: bytes, packet: Packet, now: float) -> None:
         ids = self.by_key.get(dst)
         if ids:
             self._deliver(src.key, self.conns[ids[-1]], packet)
@@ -359,7 +361,7 @@ class Relay:
         self._unknown_dest(src, dst, packet, now)
 
     def _deliver_local(
-        self, via: Conn, src: bytes, dst: bytes, packet: bytes, now: float, forwarded: bool
+        self, via: Conn, src: bytes, dst: bytes, packet: Packet, now: float, forwarded: bool
     ) -> None:
         ids = self.by_key.get(dst)
         if ids:
@@ -367,18 +369,22 @@ class Relay:
             return
         self._unknown_dest(via, dst, packet, now)
 
-    def _deliver(self, src_key: bytes, dst: Conn, packet: bytes) -> None:
-        hdr = F.recv_packet_header(src_key, len(packet))
-        if dst.queue.push_packet((hdr, packet), F.looks_like_disco(packet)):
+    def _deliver(self, src_key: bytes, dst: Conn, packet: Packet) -> None:
+        n = len(packet)
+        hdr = F.recv_packet_header(src_key, n)
+        disco = n >= F.DISCO_MIN_LEN and packet[:6] == F.DISCO_MAGIC
+        if dst.queue.push_packet((hdr, packet), disco):
             self.stats.drop("queue_head")
-        self.stats.packets_relayed += 1
-        self.stats.bytes_relayed += len(packet)
-        heard = self.sent_to.setdefault(src_key, {})
-        if heard.get(dst.key) != dst.id:
-            heard[dst.key] = dst.id
+        stats = self.stats
+        stats.packets_relayed += 1
+        stats.bytes_relayed += n
+        heard = self.sent_to.get(src_key)
+        if heard is None:
+            heard = self.sent_to[src_key] = {}
+        heard[dst.key] = dst.id
         self._ready.add(dst.id)
 
-    def _unknown_dest(self, src: Conn, dst: bytes, packet: bytes, now: float) -> None:
+    def _unknown_dest(self, src: Conn, dst: bytes, packet: Packet, now: float) -> None:
         self.stats.drop("unknown_dest")
         if not F.looks_like_disco(packet):
             return

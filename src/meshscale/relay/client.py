@@ -202,7 +202,7 @@ class DERPClient:
         if self._writer is not None:
             self._writer.transport.abort()
 
-    def write_raw(self, parts: list[bytes]) -> None:
+    def write_raw(self, parts: list[bytes | memoryview]) -> None:
         """Write pre-encoded frames (the relay's mesh forwarder queue)."""
         if self._ws is not None:
             self._ws.writelines(parts)
@@ -264,7 +264,7 @@ class _TCPStream:
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
-    def writelines(self, data: list[bytes]) -> None:
+    def writelines(self, data: list[bytes | memoryview]) -> None:
         self.writer.writelines(data)
 
     async def drain(self) -> None:

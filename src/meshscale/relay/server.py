@@ -68,7 +68,7 @@ class _Sink:
 
     def __init__(
         self,
-        write: Callable[[list[bytes]], None],
+        write: Callable[[list[bytes | memoryview]], None],
         transport: asyncio.WriteTransport,
         drain: Callable[[], Awaitable[None]],
         close: Callable[[], None],
@@ -81,7 +81,7 @@ class _Sink:
         self.last_write = 0.0
         self.wake = asyncio.Event()
 
-    def write(self, parts: list[bytes]) -> None:
+    def write(self, parts: list[bytes | memoryview]) -> None:
         self._write(parts)
         self.last_write = asyncio.get_running_loop().time()
 
