@@ -80,14 +80,12 @@ def test_two_binds_find_the_direct_path_and_carry_datagrams():
         assert data == payload
         assert ep == peer_endpoint(a.node.public())
         assert any(isinstance(e, PeerPathChanged) and e.addr is not None for e in a.events)
-        fut = asyncio.run_coroutine_threadsafe(
-            a.bind.ping(b.node.public(), b.disco.public(), 2.0), loop
-        )
+        fut = asyncio.run_coroutine_threadsafe(a.bind.ping(b.node.public(), 2.0), loop)
         latency, via, region = fut.result(5)
         assert via == f"127.0.0.1:{b.port}" and region == 0 and 0 <= latency < 1
         timeout = asyncio.run_coroutine_threadsafe(
-            a.bind.ping(NodePrivate(os.urandom(32)).public(), DiscoPrivate(os.urandom(32)).public(),
-                        0.2), loop)  # fmt: skip
+            a.bind.ping(NodePrivate(os.urandom(32)).public(), 0.2), loop
+        )
         with pytest.raises(TimeoutError):
             timeout.result(5)
     finally:

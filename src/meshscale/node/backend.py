@@ -34,7 +34,8 @@ from meshscale.magicsock import (
     NetcheckReportReady,
     PeerConfig,
 )
-from meshscale.tailcfg import Hostinfo, Login, NetInfo, Node, to_json
+from meshscale.magicsock.netcheck import net_info
+from meshscale.tailcfg import Hostinfo, Login, Node, to_json
 from meshscale.wireguard.uapi import PeerChange, SetRequest
 
 from . import ipnstate as S
@@ -170,7 +171,7 @@ class Backend:
             return S.PingResult(IP=ip, NodeIP=ip, Err="peer has no disco key")
         name = (peer.ComputedName or peer.Name.split(".", 1)[0]) or ip
         try:
-            lat, via, region = await self.bind.ping(peer.Key, peer.DiscoKey, wait)
+            lat, via, region = await self.bind.ping(peer.Key, wait)
         except TimeoutError:
             return S.PingResult(IP=ip, NodeIP=ip, NodeName=name, Err="timed out")
         return S.PingResult(
@@ -283,12 +284,7 @@ class Backend:
     # ---- control callbacks ----
 
     def _hostinfo(self) -> Hostinfo:
-        r = self.bind.report
-        ni = NetInfo(PreferredDERP=self.bind.core.home_derp)
-        if r is not None:
-            ni.WorkingUDP = r.udp
-            ni.MappingVariesByDestIP = r.mapping_varies_by_dest_ip
-            ni.DERPLatency = {f"{k}-v4": v for k, v in r.region_v4_latency.items()}
+        ni = net_info(self.bind.report, self.bind.core.home_derp)
         name = self.st.prefs.Hostname or socket.gethostname()
         return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni)
 

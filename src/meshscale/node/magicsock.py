@@ -11,8 +11,7 @@ tailscale's magicsock does with its per-peer endpoint objects. A datagram from a
 core cannot attribute is handed up with its real address; once WireGuard's receiver index
 names the peer, the source is bound to it and the synthetic endpoint is used again.
 
-User pings (``meshscale ping``) are disco Pings with our own TxIDs; their Pongs are taken out
-of the stream before the core sees them.
+User pings (``meshscale ping``) are the core's (``Conn.ping`` -> ``PingResult`` event).
 """
 
 from __future__ import annotations
@@ -29,16 +28,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from meshscale import disco
 from meshscale.derp import frames as F
 from meshscale.derp.client import ClientEvent
 from meshscale.disco import AddrPort
 from meshscale.io.udp import UDPSocket
-from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
-from meshscale.magicsock import Conn, Event, PeerConfig
+from meshscale.key import DiscoPrivate, NodePrivate, NodePublic
+from meshscale.magicsock import Conn, Event, PeerConfig, PingResult
 from meshscale.magicsock import DERPMap as CoreDERPMap
 from meshscale.relay.client import DERPRegions
 from meshscale.tailcfg import DERPMap, to_json
@@ -74,13 +71,6 @@ def derp_url(node: dict[str, Any]) -> str:
     return f"{'http' if plain else 'https'}://{host}:{port}/derp"
 
 
-@dataclass(slots=True)
-class _UserPing:
-    peer: NodePublic
-    started: float
-    future: asyncio.Future[tuple[float, str, int]]
-
-
 class MagicBind:
     """See the module docstring. Create, ``start(loop)``, then hand to the Engine."""
 
@@ -113,7 +103,7 @@ class MagicBind:
         self.derp_map = DERPMap()
         self.derp_connected: set[int] = set()
         self._timer_task: asyncio.Task[None] | None = None
-        self._pings: dict[bytes, _UserPing] = {}
+        self._pings: dict[bytes, asyncio.Future[tuple[float, str, int]]] = {}
         self.region_codes: dict[int, str] = {}
         self.report: Any = None
 
@@ -213,8 +203,6 @@ class MagicBind:
                     if len(srcs) >= MAX_SRC_CACHE:
                         srcs.clear()
                     srcs[addr] = src
-                if disco.looks_like_disco(data) and self._user_pong(data, src, 0, now):
-                    continue
                 self.core.receive_datagram(data, src, now)
             for data, wsrc in self.core.received_wireguard():
                 if wsrc.peer is not None:
@@ -308,9 +296,9 @@ class MagicBind:
                 await self._timer_task
         if self.derp is not None:
             await self.derp.close()
-        for p in self._pings.values():
-            if not p.future.done():
-                p.future.cancel()
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.cancel()
 
     async def _timer_loop(self) -> None:
         while True:
@@ -348,6 +336,9 @@ class MagicBind:
             self.derp.set_home(ev.region)
         if isinstance(ev, NetcheckReportReady):
             self.report = ev.report
+        if isinstance(ev, PingResult):
+            self._ping_result(ev)
+            return
         self.on_event(ev)
 
     def _on_derp_event(self, region: int, ev: ClientEvent) -> None:
@@ -355,10 +346,6 @@ class MagicBind:
             src = NodePublic(ev.src)
             now = time.monotonic()
             with self.lock:
-                if disco.looks_like_disco(ev.packet) and self._user_pong(
-                    ev.packet, None, region, now
-                ):
-                    return
                 self.core.receive_derp(ev.packet, src, region, now)
                 wg = self.core.received_wireguard()
                 self._flush_locked()
@@ -437,53 +424,35 @@ class MagicBind:
 
     # ---- user pings ----
 
-    async def ping(
-        self, peer: NodePublic, disco_key: DiscoPublic, wait: float
-    ) -> tuple[float, str, int]:
-        """Disco-ping ``peer``: (latency s, "ip:port" or "", DERP region or 0)."""
+    async def ping(self, peer: NodePublic, wait: float) -> tuple[float, str, int]:
+        """Disco-ping ``peer`` (the core probes DERP and every candidate, as upstream's
+        ``tailscale ping``): (latency s, "ip:port" or "", DERP region or 0).
+
+        Raises TimeoutError when no Pong came in ``wait`` seconds (or the core gave up).
+        """
         assert self.loop is not None
-        tx = self.rand(12)
+        with self.lock:
+            ping_id = self.core.ping(peer, time.monotonic())
+            self._flush_locked()
+        if ping_id is None:
+            raise TimeoutError
         fut: asyncio.Future[tuple[float, str, int]] = self.loop.create_future()
-        now = time.monotonic()
-        self._pings[tx] = _UserPing(peer, now, fut)
+        self._pings[ping_id] = fut
         try:
-            box = disco.DiscoBox(self.disco_key, disco_key)
-            msg = disco.Ping(tx, self.node_key.public())
-            with self.lock:
-                st = self.core.peer_status(peer, now)
-            if st is not None and st.best is not None and st.trusted:
-                sealed = box.seal(msg, self.rand(disco.NONCE_LEN))
-                self._sendto(sealed, (str(st.best.ip), st.best.port))
-            else:
-                region = st.home_derp if st is not None else 0
-                if region and self.derp is not None and region in self.derp.urls:
-                    self.derp.send(region, peer, box.seal(msg, self.rand(disco.NONCE_LEN)))
             async with asyncio.timeout(wait):
                 return await fut
         finally:
-            self._pings.pop(tx, None)
+            self._pings.pop(ping_id, None)
 
-    def _user_pong(self, data: bytes, src: AddrPort | None, region: int, now: float) -> bool:
-        """True if ``data`` is the Pong to one of our user pings (consumed here)."""
-        if not self._pings:
-            return False
-        try:
-            _sender, msg = disco.open_packet(self.disco_key, data)
-        except disco.DiscoError:
-            return False
-        if not isinstance(msg, disco.Pong):
-            return False
-        p = self._pings.get(msg.tx_id)
-        if p is None:
-            return False
-        via = f"{src.ip}:{src.port}" if src is not None and src.ip.version == 4 else (
-            f"[{src.ip}]:{src.port}" if src is not None else "")  # fmt: skip
-        result = (now - p.started, via, region)
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(_set_result, p.future, result)
-        return True
-
-
-def _set_result(fut: asyncio.Future[tuple[float, str, int]], value: tuple[float, str, int]) -> None:
-    if not fut.done():
-        fut.set_result(value)
+    def _ping_result(self, ev: PingResult) -> None:
+        fut = self._pings.get(ev.ping_id)
+        if fut is None or fut.done():
+            return
+        if ev.latency is None:
+            fut.set_exception(TimeoutError())
+            return
+        via = ""
+        if ev.addr is not None:
+            via = f"[{ev.addr.ip}]:{ev.addr.port}" if ev.addr.ip.version == 6 else (
+                f"{ev.addr.ip}:{ev.addr.port}")  # fmt: skip
+        fut.set_result((ev.latency, via, ev.region))
