@@ -156,6 +156,9 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
         followup = asyncio.create_task(b.register(followup=first.AuthURL))
         await asyncio.sleep(0.2)
         loop = asyncio.get_running_loop()
+        code, out, _ = await loop.run_in_executor(None, run, capsys,
+                                                  *served.cli("nodes", "pending"))
+        assert code == 0 and reg_id in out and "laptop" in out
         code, out, err = await loop.run_in_executor(
             None, run, capsys, *served.cli("nodes", "register", "--user", "robert", "--key",
                                            reg_id))

@@ -276,6 +276,19 @@ def nodes_register(c: AdminClient, o: Output, user: str, key: str) -> None:
                        f"{', '.join(node['ipAddresses'])})")
 
 
+PENDING_COLUMNS: Final[list[Column]] = [
+    ("Key", lambda r: r["id"]),
+    ("Hostname", lambda r: r["hostname"]),
+    ("Node key", lambda r: r["nodeKey"]),
+    ("Expiration", lambda r: _when(r["expiration"])),
+]
+
+
+def nodes_pending(c: AdminClient, o: Output) -> None:
+    payload = c.request("GET", "/api/v1/registration")
+    o.table(payload, payload["registrations"], PENDING_COLUMNS)
+
+
 def node_action(
     c: AdminClient, o: Output, node_id: str, method: str, suffix: str, done: str,
     body: dict[str, Any] | None = None,
@@ -370,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = us.add_parser("create")
     c.add_argument("name")
     c.add_argument("-d", "--display-name", default="")
-    c.add_argument("--email", default="")
+    c.add_argument("-e", "--email", default="")
     c = us.add_parser("list", aliases=["ls"])
     c.add_argument("-n", "--name")
     c.add_argument("-i", "--identifier")
@@ -390,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     ns = nodes.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     c = ns.add_parser("list", aliases=["ls"])
     c.add_argument("-u", "--user")
+    ns.add_parser("pending", help="list registrations waiting for `nodes register`")
     c = ns.add_parser("register")
     c.add_argument("-u", "--user", required=True)
     c.add_argument("-k", "--key", required=True, help="registration id (or the AuthURL)")
@@ -490,7 +504,7 @@ def run_admin(args: argparse.Namespace, cfg: ControlConfig) -> None:
     elif cmd == "preauthkeys":
         if verb == "create":
             preauthkeys_create(c, o, args.user, args.reusable, args.ephemeral,
-                                     args.expiration, _split(args.tags))
+                               args.expiration, _split(args.tags))
         elif verb == "list":
             preauthkeys_list(c, o, args.user)
         else:
@@ -513,6 +527,9 @@ def _run_nodes(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -
     if verb == "register":
         nodes_register(c, o, args.user, args.key)
         return
+    if verb == "pending":
+        nodes_pending(c, o)
+        return
     nid = args.identifier
     if verb == "delete":
         node_action(c, o, nid, "DELETE", "", f"Node {nid} deleted")
@@ -521,13 +538,13 @@ def _run_nodes(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -
         node_action(c, o, nid, "POST", "/expire", f"Node {nid} expired", body)
     elif verb == "rename":
         node_action(c, o, nid, "POST", f"/rename/{quote(args.new_name, safe='')}",
-                          f"Node {nid} renamed to {args.new_name!r}")
+                    f"Node {nid} renamed to {args.new_name!r}")
     elif verb == "tag":
         node_action(c, o, nid, "POST", "/tags", f"Node {nid} tagged",
-                          {"tags": _split(args.tags)})
+                    {"tags": _split(args.tags)})
     elif verb == "move":
         node_action(c, o, nid, "POST", "/user", f"Node {nid} moved to {args.user!r}",
-                          {"user": args.user})
+                    {"user": args.user})
     elif verb == "approve-routes":
         node_action(c, o, nid, "POST", "/approve_routes", f"Routes of node {nid} set",
-                          {"routes": _split([args.routes])})
+                    {"routes": _split([args.routes])})

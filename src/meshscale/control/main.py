@@ -5,7 +5,7 @@
 
     serve | configtest
     users create NAME | list | rename | delete
-    nodes list | register --user U --key K | delete | expire | rename | tag | move |
+    nodes list | pending | register --user U --key K | delete | expire | rename | tag | move |
           approve-routes
     preauthkeys create --user U [--reusable --ephemeral --expiration 24h --tags tag:x]
                 | list | expire
