@@ -16,8 +16,7 @@ import pytest
 from meshscale.io.tun import READ_SIZE, TunClosedError, TunDevice
 from meshscale.packet import ZERO_HDR, VirtioNetHdr, gso_split, parse_ip
 
-from ..packet.builders import l4_ok, super_tcp, super_udp, tcp, udp
-from ..packet.test_gro import kernel_receive
+from ..packet.builders import kernel_receive, l4_ok, super_tcp, super_udp, tcp, udp
 
 
 @pytest.fixture(params=[True, False], ids=["vnet", "plain"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+from meshscale.packet import parse_ip
 from meshscale.packet.virtio import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, VirtioNetHdr
 
 SRC4, DST4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
@@ -124,3 +126,20 @@ def super_udp(payload: bytes, gso: int, *, v6: bool = False) -> bytes:
     pkt = partial(udp(payload, v6=v6))
     iph = 40 if v6 else 20
     return VirtioNetHdr(F_NEEDS_CSUM, GSO_UDP_L4, iph + 8, gso, iph, 6).pack() + pkt
+
+
+def kernel_receive(entry: list[Any]) -> bytes:
+    """What the kernel makes of one TUN write: finish CHECKSUM_PARTIAL, then it must verify."""
+    frame = bytearray(b"".join(bytes(b) for b in entry))
+    hdr = VirtioNetHdr.unpack(frame)
+    pkt = frame[10:]
+    if hdr.flags & F_NEEDS_CSUM:
+        at = hdr.csum_start + hdr.csum_offset
+        c = 0xFFFF - ref_sum(bytes(pkt[hdr.csum_start :]))
+        struct.pack_into("!H", pkt, at, c or 0xFFFF)
+    else:
+        assert hdr == VirtioNetHdr()
+    assert l4_ok(bytes(pkt))
+    ip = parse_ip(pkt)
+    assert ip.total_length == len(pkt)
+    return bytes(pkt)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import pytest
@@ -18,29 +17,11 @@ from meshscale.packet import (
     VirtioNetHdr,
     coalesce,
     gso_split,
-    parse_ip,
 )
 
-from .builders import l4_ok, ref_sum, super_tcp, super_udp, tcp, udp
+from .builders import kernel_receive, l4_ok, ref_sum, super_tcp, super_udp, tcp, udp
 
 TS = b"\x01\x01\x08\x0a" + bytes(range(8))
-
-
-def kernel_receive(entry: list[Any]) -> bytes:
-    """What the kernel makes of one TUN write: finish CHECKSUM_PARTIAL, then it must verify."""
-    frame = bytearray(b"".join(bytes(b) for b in entry))
-    hdr = VirtioNetHdr.unpack(frame)
-    pkt = frame[10:]
-    if hdr.flags & F_NEEDS_CSUM:
-        at = hdr.csum_start + hdr.csum_offset
-        c = 0xFFFF - ref_sum(bytes(pkt[hdr.csum_start :]))
-        struct.pack_into("!H", pkt, at, c or 0xFFFF)
-    else:
-        assert hdr == VirtioNetHdr()
-    assert l4_ok(bytes(pkt))
-    ip = parse_ip(pkt)
-    assert ip.total_length == len(pkt)
-    return bytes(pkt)
 
 
 def stream(
