@@ -200,6 +200,7 @@ def test_early_payload_too_large() -> None:
         r.feed(b"\xff\xff\xffTS" + struct.pack(">I", (10 << 20) + 1))
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=300))
 def test_frame_buffer_only_raises_parse_error(data: bytes) -> None:
     for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
@@ -211,12 +212,14 @@ def test_frame_buffer_only_raises_parse_error(data: bytes) -> None:
                     pass
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=200))
 def test_server_accept_only_raises_controlbase_errors(data: bytes) -> None:
     with contextlib.suppress(ControlBaseError):
         server_accept(data, SERVER, E_SERVER)
 
 
+@pytest.mark.slow
 @given(st.binary(min_size=0, max_size=200))
 def test_client_conn_only_raises_controlbase_errors(data: bytes) -> None:
     cc = ClientConn(ClientHandshake(CLIENT, SERVER.public(), 130, E_CLIENT), SERVER.public())
@@ -224,6 +227,7 @@ def test_client_conn_only_raises_controlbase_errors(data: bytes) -> None:
         cc.receive_data(data)
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=600))
 def test_conn_receive_only_raises_controlbase_errors(data: bytes) -> None:
     _, server = pair()

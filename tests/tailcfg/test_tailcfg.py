@@ -232,6 +232,7 @@ _keys = st.sampled_from(
 )  # fmt: skip
 
 
+@pytest.mark.slow
 @given(st.dictionaries(_keys, _json, max_size=5))
 def test_decoders_only_raise_parse_error_on_json(data: dict) -> None:
     raw = json.dumps(data)
@@ -241,6 +242,7 @@ def test_decoders_only_raise_parse_error_on_json(data: dict) -> None:
             loads(cls, dumps(obj))  # whatever decodes re-encodes and decodes again
 
 
+@pytest.mark.slow
 @given(st.binary(max_size=200))
 def test_decoders_only_raise_parse_error_on_bytes(raw: bytes) -> None:
     for cls in (RegisterRequest, MapResponse):
@@ -248,6 +250,7 @@ def test_decoders_only_raise_parse_error_on_bytes(raw: bytes) -> None:
             loads(cls, raw)
 
 
+@pytest.mark.slow
 @given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 1, 1)))
 def test_time_roundtrip(t: datetime) -> None:
     t = t.replace(tzinfo=UTC)

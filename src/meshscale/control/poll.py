@@ -44,7 +44,8 @@ from .transport import NoiseRequest, NoiseResponse
 log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL = 50.0  # seconds; the client's watchdog fires at 120 s (spec 4.2)
-KEEPALIVE_JITTER = 9.0  # seconds, spread so that keep-alives do not align
+# Fraction of the interval added at random (Headscale: 0-9 s on 50 s) so streams do not align.
+KEEPALIVE_JITTER = 0.18
 OFFLINE_GRACE = 10.0  # seconds a node stays online after its last stream ends (spec 7.5)
 BATCH_DELAY = 0.005  # seconds to wait after a wake-up so bursts coalesce into one message
 # The wait grows with the number of open streams: one change costs every stream a message
@@ -150,7 +151,7 @@ class MapHandler:
         if timer is not None:
             timer.cancel()
         loop = asyncio.get_running_loop()
-        interval = self.keepalive_interval + KEEPALIVE_JITTER * self.jitter()
+        interval = self.keepalive_interval * (1 + KEEPALIVE_JITTER * self.jitter())
         last_write = loop.time()
         keepalive_due = False
         handle: asyncio.TimerHandle | None = None
