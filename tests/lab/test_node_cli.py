@@ -1,0 +1,57 @@
+"""The CLI against real meshscaled nodes: ip, whois, netcheck, down/up, logout/up, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshscale.cli.labnet import MeshNet
+from meshscale.lab import Lab
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+
+def test_cli_verbs_on_real_nodes(need_lab: None, tmp_path: Path) -> None:
+    with Lab(hint="ncli", workdir=tmp_path / "lab") as lab:
+        net = MeshNet(lab, tmp_path / "net")
+        net.start_control()
+        a = net.add_node("a", lab.add_public_host("a"))
+        b = net.add_node("b", lab.add_public_host("b"))
+        try:
+            a.up()
+            b.up()
+            ip_a, ip_b = a.ip4(), b.ip4()
+            assert a.cli("ip", "-4", "b").stdout.strip() == ip_b
+            six = a.cli("ip", "-6").stdout.strip()
+            assert six.startswith("fd7a:115c:a1e0:")
+            who = a.cli("whois", ip_b).stdout
+            assert "b.ms.lab" in who and "lab@meshscale.lab" in who
+            nc = a.cli("netcheck").stdout
+            assert "UDP: true" in nc and f"IPv4: yes, {a.host.ip}:" in nc, nc
+            st = a.status()
+            assert st["Self"]["HostName"] == "a" and st["Self"]["DNSName"] == "a.ms.lab."
+            assert set(st["TailscaleIPs"]) == {ip_a, six}
+
+            a.cli("down")
+            res = a.cli("status", check=False)
+            assert res.returncode == 1
+            assert res.stderr.strip().endswith("stopped (run: meshscale up)")
+            a.cli("up", "--timeout=20s")  # the login is kept: no key needed
+            assert a.ip4() == ip_a
+            res = a.host.run(["ping", "-c", "2", "-W", "3", ip_b], check=False, timeout=20)
+            assert res.returncode == 0, res.stdout
+
+            key = a.status()["Self"]["PublicKey"]
+            a.cli("logout")
+            assert a.status()["BackendState"] == "NeedsLogin"
+            a.up()
+            assert a.status()["Self"]["PublicKey"] != key
+
+            bad = a.cli("ping", "--c=x", "b", check=False)
+            assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+            bad = a.cli("up", "--exit-node=100.64.0.9", check=False)
+            assert bad.returncode == 2 and "exit nodes" in bad.stderr
+        except BaseException:
+            print("--- a ---\n" + a.log()[-3000:])
+            raise
