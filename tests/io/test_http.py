@@ -290,3 +290,36 @@ def test_expect_100_continue() -> None:
     assert out.startswith(b"HTTP/1.1 100 ")
     assert b"HTTP/1.1 200 " in out
     assert out.endswith(b"POST /echo {} 3")
+
+
+def test_seeded_garbage_never_breaks_the_server(caplog: pytest.LogCaptureFixture) -> None:
+    """Random bytes and mangled requests: each gets a 4xx/5xx or a close, never a traceback,
+    and the server keeps serving."""
+    import random
+
+    rng = random.Random(11)
+    valid = b"GET /echo?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+
+    def mangle() -> bytes:
+        if rng.random() < 0.4:
+            return rng.randbytes(rng.randrange(1, 200)) + b"\r\n\r\n"
+        data = bytearray(valid)
+        for _ in range(rng.randrange(1, 6)):
+            i = rng.randrange(len(data))
+            data[i] = rng.randrange(256)
+        return bytes(data) + b"\r\n\r\n"
+
+    async def body(port: int) -> None:
+        for _ in range(60):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(mangle())
+            w.write_eof()
+            out = await asyncio.wait_for(r.read(), 5)
+            w.close()
+            assert b"Traceback" not in out
+            assert out == b"" or out.startswith(b"HTTP/1.1 ")
+        ok = await _exchange(port, valid.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert ok.startswith(b"HTTP/1.1 200")
+
+    run(body, request_timeout=1.0)
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
