@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import sys
 import textwrap
 import time
@@ -56,7 +57,16 @@ SERVER_SCRIPT = textwrap.dedent(
         await app.start()
         with open(os.path.join(workdir, "authkey"), "w") as f:
             f.write(secret)
-        await asyncio.Event().wait()
+        # The test approves interactive registrations by writing their id to this file (what
+        # `meshscale-control nodes register --key <id>` does through the API).
+        approve = os.path.join(workdir, "approve")
+        while True:
+            await asyncio.sleep(0.2)
+            if os.path.exists(approve):
+                with open(approve) as f:
+                    reg_id = f.read().strip()
+                os.unlink(approve)
+                state.complete_registration(reg_id, user.id)
 
     asyncio.run(main())
     """
@@ -110,6 +120,36 @@ def control_lab(tmp_path: Path, hint: str) -> Iterator[tuple[Any, Any, str, Any]
         )
         authkey = _wait_file(workdir / "authkey", srv)
         yield lab, ca, authkey, srv
+
+
+def test_interactive_login_with_tailscale_up(tmp_path: Path) -> None:
+    """`tailscale up` without a key prints our AuthURL, long-polls the followup, and reaches
+    Running once an admin approves the registration."""
+    from meshscale.lab.tailscale import TailscaleNode
+
+    with control_lab(tmp_path, "cti") as (lab, ca, _authkey, srv):
+        host = lab.add_public_host("n4")
+        node = TailscaleNode(host, "n4", ca_cert=ca.cert_path)
+        up = host.spawn(
+            [node.tailscale, f"--socket={node.socket}", "up", "--login-server=https://ctl.lab",
+             "--accept-dns=false", "--hostname=n4", "--timeout=60s"],
+            env=node.env, log_name="n4-up",
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        match = None
+        while match is None and time.monotonic() < deadline:
+            match = re.search(r"https://ctl\.lab/register/([0-9a-f]+)", up.log_text())
+            time.sleep(0.2)
+        assert match is not None, up.log_text() + node.log_text()[-3000:]
+        assert node.backend_state() == "NeedsLogin"
+        (tmp_path / "ctl" / "approve").write_text(match.group(1))
+        try:
+            node.wait_backend_state("Running", timeout=40)
+        except Exception as exc:
+            raise AssertionError(srv.log_text()[-3000:] + node.log_text()[-3000:]) from exc
+        assert up.wait(timeout=30) == 0
+        assert ipaddress.ip_address(node.ip4()) in ipaddress.ip_network("100.64.0.0/10")
+        node.stop()
 
 
 def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
