@@ -408,7 +408,9 @@ def test_old_websocket_upgrade_without_subprotocol_is_raw_derp() -> None:
     assert run(body, server) == F.server_key(server.public.raw)
 
 
-def test_random_garbage_after_login_never_hurts_others() -> None:
+def test_random_garbage_after_login_never_hurts_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Seeded fuzz through real sockets: random frames and bytes from logged-in clients."""
     import random
 
@@ -434,6 +436,7 @@ def test_random_garbage_after_login_never_hurts_others() -> None:
         await b.close()
 
     run(body, DERPServer(key(99)))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
 
 
 def test_accept_rate_limit_closes_excess_connections() -> None:
