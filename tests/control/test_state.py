@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from meshscale.control.db import Snapshot
 from meshscale.control.ipalloc import AllocationStrategy
 from meshscale.control.models import (
     APIKeyError,
@@ -504,3 +505,33 @@ def test_hostinfo_is_bounded(state: State) -> None:
     with pytest.raises(InvalidArgument, match="not JSON"):
         state.begin_registration(mk(1), nk(1), {"Hostname": object()})
     assert state.list_nodes() == []
+
+
+def test_client_caused_failures_do_not_reload_the_snapshot(state: State) -> None:
+    """A bad auth key costs a lookup, not a reload of every table (a cheap DoS otherwise);
+    a failure after a database write still reloads, keeping memory equal to the DB."""
+    u = state.create_user("alice")
+    secret = state.create_preauth_key(u.id).secret
+    state.register_node(mk(1), nk(1), u.id)
+    loads = 0
+    real_load = state._counter.inner.load
+
+    def counting_load() -> Snapshot:
+        nonlocal loads
+        loads += 1
+        return real_load()
+
+    state._counter.inner.load = counting_load  # type: ignore[method-assign]  # a spy
+    for i in range(50):
+        with pytest.raises(PreAuthKeyError):
+            state.register_with_preauth_key(secret[:-4] + f"{i:04d}", mk(2), nk(2))
+    with pytest.raises(Conflict):
+        state.create_user("alice")
+    assert loads == 0
+    # The key is consumed, then the node write is refused (node key of another machine):
+    # the consume rolls back and memory is reloaded to match.
+    with pytest.raises(Conflict):
+        state.register_with_preauth_key(secret, mk(3), nk(1))
+    assert loads == 1
+    assert not state.validate_preauth_key(secret).used
+    assert state.store.load().preauth_keys[0].used is False

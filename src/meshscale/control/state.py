@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from meshscale.control.db.repository import IntegrityError, Store
 from meshscale.control.ipalloc import AllocationStrategy, IPAllocator
@@ -100,6 +100,32 @@ class StateOptions:
     node_expiry: timedelta | None = None  # None: node keys never expire (node.expiry: 0)
 
 
+class _CountingStore:
+    """A Store that counts the calls that may change the database (see State._write)."""
+
+    MUTATORS: Final = frozenset({
+        "insert_user", "update_user", "delete_user", "insert_node", "update_node",
+        "delete_node", "insert_preauth_key", "update_preauth_key", "delete_preauth_key",
+        "consume_preauth_key", "insert_api_key", "update_api_key", "delete_api_key",
+        "set_policy",
+    })
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in self.MUTATORS:
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.writes += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
 @dataclass(frozen=True, slots=True)
 class GCResult:
     removed_nodes: tuple[NodeID, ...]
@@ -138,7 +164,8 @@ class State(KeyMethods, RegistrationMethods):
         rand: Callable[[int], bytes] = os.urandom,
         randbelow: Callable[[int], int] = secrets.randbelow,
     ) -> None:
-        self.store = store
+        self._counter = _CountingStore(store)
+        self.store: Store = cast(Store, self._counter)
         self.options = options or StateOptions()
         self.clock = clock
         self.rand = rand
@@ -209,24 +236,28 @@ class State(KeyMethods, RegistrationMethods):
     def _write(self) -> Iterator[None]:
         """Lock, open a store transaction and buffer events; publish them on commit.
 
-        On any failure the transaction rolls back and the memory snapshot is rebuilt from
-        the store, so memory never holds a write the database does not.
+        On a failure after a store write the transaction rolls back and the memory
+        snapshot is rebuilt from the store, so memory never holds a write the database
+        does not. A failure before any write (a bad key, a name taken: what a client can
+        cause at will) costs no reload; those paths check before they mutate memory.
         """
         with self._lock:
             if self._events is not None:  # nested: the outer block commits
                 yield
                 return
             self._events = []
+            writes = self._counter.writes
             try:
                 with self.store.transaction():
                     yield
             except BaseException:
                 self._events = None
-                allocs_before = self._alloc
-                try:
-                    self._load()
-                except Exception:  # pragma: no cover - the store is gone; keep old view
-                    self._alloc = allocs_before
+                if self._counter.writes != writes:
+                    allocs_before = self._alloc
+                    try:
+                        self._load()
+                    except Exception:  # pragma: no cover - the store is gone; keep old view
+                        self._alloc = allocs_before
                 raise
             events, self._events = self._events, None
             if events:
@@ -427,8 +458,8 @@ class State(KeyMethods, RegistrationMethods):
             if changed:
                 self._emit(NodeChanged(node.id, changed))
             return node
-        v4, v6 = self._alloc.allocate()
         given = unique_given_name(hostname or "node", lambda n: n in self._by_name)
+        v4, v6 = self._alloc.allocate()  # last check before the write: it takes addresses
         node = Node(
             NodeID(0), machine_key, node_key, user_id, hostname, given, v4, v6, None,
             hostinfo, (), now, expiry, tags, (), method, auth_key_id, ephemeral, now,
