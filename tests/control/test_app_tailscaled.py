@@ -186,6 +186,12 @@ def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
         assert _wait_peers(
             nodes[0], lambda ps: any(p["HostName"] == "n3" and not p["Online"] for p in ps)
         )
+        # Logout expires n2's key: n2 needs a new login, n1 sees n2 as expired.
+        nodes[1].cli("logout", timeout=30)
+        assert nodes[1].wait_backend_state("NeedsLogin", timeout=30) == "NeedsLogin"
+        assert _wait_peers(
+            nodes[0], lambda ps: any(p["HostName"] == "n2" and p.get("Expired") for p in ps)
+        ), nodes[0].status_json()
         for node in nodes:
             node.stop()
 
