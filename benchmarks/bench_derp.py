@@ -101,9 +101,7 @@ async def relayed(
                 fb.feed(data)
                 received += sum(1 for t, _ in fb.frames() if t == F.FrameType.RECV_PACKET)
         while True:
-            ev = await b.recv()
-            if isinstance(ev, F.RecvPacket):
-                received += 1
+            received += sum(isinstance(ev, F.RecvPacket) for ev in await b.recv_many())
 
     rt = asyncio.create_task(receiver())
     sent = 0

@@ -450,3 +450,19 @@ def test_accept_rate_limit_closes_excess_connections() -> None:
         await b.close()
 
     run(body, DERPServer(key(99), accept_limit=1e-6, accept_burst=2))
+
+
+def test_recv_many_returns_a_burst_in_order() -> None:
+    async def body(node: Node) -> None:
+        a, b = await connected(node, key(1)), await connected(node, key(2))
+        for i in range(20):
+            a.send(key(2).public(), b"%d" % i)
+        got: list[bytes] = []
+        async with asyncio.timeout(3):
+            while len(got) < 20:
+                got += [e.packet for e in await b.recv_many() if isinstance(e, F.RecvPacket)]
+        assert got == [b"%d" % i for i in range(20)]
+        await a.close()
+        await b.close()
+
+    run(body, DERPServer(key(99)))

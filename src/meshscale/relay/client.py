@@ -159,6 +159,19 @@ class DERPClient:
                     continue
             return ev
 
+    async def recv_many(self) -> list[ClientEvent]:
+        """Every event available now (at least one): one await per socket read, not per packet."""
+        first = await self.recv()
+        out = [first]
+        while (ev := self.session.next_event()) is not None:
+            if isinstance(ev, F.Pong):
+                fut = self._pings.pop(ev.data, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+                    continue
+            out.append(ev)
+        return out
+
     def _flush(self) -> None:
         self._pending_bytes = 0
         out = self.session.data_to_send()
@@ -368,7 +381,8 @@ class RegionClient:
                     client.note_preferred(True)
                 self._up.set()
                 while True:
-                    self.on_event(await client.recv())
+                    for ev in await client.recv_many():
+                        self.on_event(ev)
             except asyncio.CancelledError:
                 if client is not None:
                     await client.close()
