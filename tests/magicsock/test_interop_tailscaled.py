@@ -38,6 +38,17 @@ def _skip_reason() -> str | None:
     return None
 
 
+def _metrics(t: object) -> dict[str, int]:
+    """The official client's clientmetrics (``tailscale debug metrics``)."""
+    out = t.cli("debug", "metrics", check=False, timeout=10).stdout  # type: ignore[attr-defined]
+    found: dict[str, int] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#") and parts[1].isdigit():
+            found[parts[0]] = int(parts[1])
+    return found
+
+
 CASES = [
     ("public", "public", True),
     ("easy", "easy", True),
@@ -95,6 +106,53 @@ def test_official_client_pings_us(ours: str, theirs: str, direct: bool, tmp_path
                 assert m.peer("t").get("CurAddr"), m.peer("t")
             else:
                 assert not m.peer("t").get("CurAddr")
+        except BaseException:
+            print(f"--- meshscaled ---\n{m.log()[-3000:]}")
+            print(f"--- tailscaled ---\n{t.log_text()[-3000:]}")
+            raise
+        finally:
+            t.stop()
+
+
+def test_official_client_accepts_our_call_me_maybe(tmp_path: Path) -> None:
+    """We start the traffic (ICMP through our TUN) towards an idle official client behind
+    an easy NAT: our CallMeMaybe must be accepted on its side (its client metrics count it,
+    and none as bad) and both sides must end up direct."""
+    reason = _skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    from meshscale.cli.labnet import MeshNet
+    from meshscale.lab import Lab, NatKind, cleanup_stale
+    from meshscale.lab.tailscale import TailscaleNode
+
+    cleanup_stale()
+    with Lab(hint="msc", workdir=tmp_path / "lab") as lab:
+        net = MeshNet(lab, tmp_path / "net")
+        net.start_control()
+        assert net.ca is not None
+        m = net.add_node("m", lab.add_private_host("m", lab.add_nat("rm", NatKind.EASY)))
+        t_host = lab.add_private_host("t", lab.add_nat("rt", NatKind.EASY))
+        t = TailscaleNode(t_host, "t", ca_cert=net.ca.cert_path)
+        try:
+            m.up()
+            t.up(login_server=net.control_url, authkey=net.authkey, hostname="t")
+            t.wait_peers(1, timeout=30.0)
+            t_ip = t.ip4()
+            m.host.spawn(["ping", "-q", "-i", "0.25", "-c", "160", t_ip], log_name="ping-m-t")
+            deadline = time.monotonic() + DIRECT_DEADLINE
+            metrics: dict[str, int] = {}
+            while time.monotonic() < deadline:
+                metrics = _metrics(t)
+                if metrics.get("magicsock_disco_recv_callmemaybe") and m.peer("t").get("CurAddr"):
+                    break
+                time.sleep(0.5)
+            assert metrics.get("magicsock_disco_recv_callmemaybe", 0) >= 1, metrics
+            assert metrics.get("magicsock_disco_recv_callmemaybe_bad_disco", 0) == 0
+            assert metrics.get("magicsock_disco_recv_callmemaybe_bad_node", 0) == 0
+            assert metrics.get("magicsock_disco_recv_pong", 0) >= 1  # our pongs parsed
+            assert m.peer("t").get("CurAddr"), m.peer("t")
+            mine = next(p for p in t.peers() if p.get("HostName") == "m")
+            assert mine.get("CurAddr"), mine
         except BaseException:
             print(f"--- meshscaled ---\n{m.log()[-3000:]}")
             print(f"--- tailscaled ---\n{t.log_text()[-3000:]}")
