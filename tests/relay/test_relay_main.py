@@ -259,3 +259,34 @@ def test_local_api_verifier_asks_whois_over_the_unix_socket(tmp_path: Path) -> N
 
     assert asyncio.run(main()) == [True, False, False]
     assert asked[0] == (known, "local-tailscaled.sock", "localapi")
+
+
+def test_derp_region_json() -> None:
+    from meshscale.relay.app import derp_node, derp_region
+
+    r = derp_region(
+        900,
+        "lab",
+        "Lab",
+        "d1.lab",
+        8443,
+        3479,
+        ipv4="10.0.0.1",
+        extra_nodes=[derp_node(900, "900b", "d2.lab", can_port80=True)],
+    )
+    assert r == {
+        "RegionID": 900,
+        "RegionCode": "lab",
+        "RegionName": "Lab",
+        "Nodes": [
+            {
+                "Name": "900",
+                "RegionID": 900,
+                "HostName": "d1.lab",
+                "IPv4": "10.0.0.1",
+                "STUNPort": 3479,
+                "DERPPort": 8443,
+            },
+            {"Name": "900b", "RegionID": 900, "HostName": "d2.lab", "CanPort80": True},
+        ],
+    }

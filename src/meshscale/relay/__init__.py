@@ -1,6 +1,6 @@
 """meshscale.relay: the DERP relay and STUN server programs (see README.md)."""
 
-from .app import derp_region, mount_derp
+from .app import derp_node, derp_region, mount_derp
 from .client import DERPClient, DERPRegions, RegionClient
 from .server import CLIENT_SOURCE, DERPServer, VerifyClient
 from .stun_server import STUNServer
@@ -15,6 +15,7 @@ __all__ = [
     "STUNServer",
     "URLVerifier",
     "VerifyClient",
+    "derp_node",
     "derp_region",
     "mount_derp",
 ]

@@ -47,6 +47,35 @@ def mount_derp(router: Router, server: DERPServer, *, generate_204_route: bool =
         router.add("*", "/generate_204", generate_204)
 
 
+def derp_node(
+    region_id: int,
+    name: str,
+    hostname: str,
+    derp_port: int = 443,
+    stun_port: int = 3478,
+    *,
+    ipv4: str = "",
+    ipv6: str = "",
+    insecure_for_tests: bool = False,
+    can_port80: bool = False,
+) -> dict[str, Any]:
+    """One DERPNode as JSON; zero-valued optional fields are omitted, as Go's omitempty."""
+    node: dict[str, Any] = {"Name": name, "RegionID": region_id, "HostName": hostname}
+    if ipv4:
+        node["IPv4"] = ipv4
+    if ipv6:
+        node["IPv6"] = ipv6
+    if stun_port != 3478:
+        node["STUNPort"] = stun_port
+    if derp_port != 443:
+        node["DERPPort"] = derp_port
+    if insecure_for_tests:
+        node["InsecureForTests"] = True
+    if can_port80:
+        node["CanPort80"] = True
+    return node
+
+
 def derp_region(
     region_id: int,
     region_code: str,
@@ -60,28 +89,25 @@ def derp_region(
     node_name: str | None = None,
     insecure_for_tests: bool = False,
     can_port80: bool = False,
+    extra_nodes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """One-node DERPRegion as JSON (node name defaults to the region ID, as Headscale)."""
-    node: dict[str, Any] = {
-        "Name": node_name or str(region_id),
-        "RegionID": region_id,
-        "HostName": hostname,
-    }
-    if ipv4:
-        node["IPv4"] = ipv4
-    if ipv6:
-        node["IPv6"] = ipv6
-    if stun_port != 3478:
-        node["STUNPort"] = stun_port
-    if derp_port != 443:
-        node["DERPPort"] = derp_port
-    if insecure_for_tests:
-        node["InsecureForTests"] = True
-    if can_port80:
-        node["CanPort80"] = True
+    """A DERPRegion as JSON: its first node from the arguments (named after the region ID
+    unless ``node_name``, as Headscale), then ``extra_nodes`` (``derp_node``) for a meshed
+    region, in the order clients should try them."""
+    first = derp_node(
+        region_id,
+        node_name or str(region_id),
+        hostname,
+        derp_port,
+        stun_port,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        insecure_for_tests=insecure_for_tests,
+        can_port80=can_port80,
+    )
     return {
         "RegionID": region_id,
         "RegionCode": region_code,
         "RegionName": region_name,
-        "Nodes": [node],
+        "Nodes": [first, *(extra_nodes or [])],
     }
