@@ -159,7 +159,10 @@ class DERPServer:
         remote = None
         if req.client is not None:
             with contextlib.suppress(ValueError):
-                remote = (ipaddress.ip_address(req.client[0]), req.client[1])
+                ip = ipaddress.ip_address(req.client[0].split("%", 1)[0])
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped  # a dual-stack listener reports IPv4 peers mapped
+                remote = (ip, req.client[1])
         not_ideal = "ideal-node" in req.headers
         if wants_derp_websocket(req):
             ws = await accept_websocket(req, stream)
