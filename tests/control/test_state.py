@@ -535,3 +535,17 @@ def test_client_caused_failures_do_not_reload_the_snapshot(state: State) -> None
     assert loads == 1
     assert not state.validate_preauth_key(secret).used
     assert state.store.load().preauth_keys[0].used is False
+
+
+def test_pending_registrations_are_bounded(state: State, clock: FakeClock) -> None:
+    from meshscale.control.models import LimitExceeded
+    from meshscale.control.registrations import MAX_PENDING_REGISTRATIONS
+
+    for i in range(MAX_PENDING_REGISTRATIONS):
+        state.begin_registration(mk(i), nk(i))
+    with pytest.raises(LimitExceeded):
+        state.begin_registration(mk(60000), nk(60000))
+    state.begin_registration(mk(5), nk(5))  # a machine may restart its own login
+    clock.advance(minutes=15)  # they expire, and room comes back
+    state.begin_registration(mk(60000), nk(60000))
+    assert len(state.list_registrations()) == 1

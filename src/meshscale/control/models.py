@@ -268,6 +268,7 @@ class PendingRegistration:
 #    +-- APIKeyError           an API key is unknown or expired
 #    +-- RegistrationFailed    a pending registration expired or was cancelled
 #    +-- AddressExhausted      no free address left in a prefix
+#    +-- LimitExceeded         a bounded table (pending registrations) is full
 
 
 class StateError(ValueError):
@@ -300,6 +301,10 @@ class RegistrationFailed(StateError):
 
 
 class AddressExhausted(StateError):
+    pass
+
+
+class LimitExceeded(StateError):
     pass
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from meshscale.control.models import (
     InvalidArgument,
+    LimitExceeded,
     Node,
     NotFound,
     PendingRegistration,
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from meshscale.control.state import StateOptions
 
 MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are rejected
+# Interactive logins waiting at once. Anyone who can reach the server can start one (a
+# fresh machine key each time), so the table is bounded: at most 1024 x 64 KiB of memory.
+MAX_PENDING_REGISTRATIONS: Final = 1024
 
 
 def check_hostinfo(hostinfo: dict[str, Any]) -> None:
@@ -79,6 +83,8 @@ class RegistrationMethods:
             for old in [r for r in self._pending.values() if r.machine_key == machine_key]:
                 old.fail("registration superseded")
                 del self._pending[old.id]
+            if len(self._pending) >= MAX_PENDING_REGISTRATIONS:
+                raise LimitExceeded("too many pending registrations; try again later")
             reg_id = RegistrationID(self.rand(18).hex())
             reg = PendingRegistration(
                 reg_id, machine_key, node_key, hi, self.clock() + self.options.registration_ttl,

@@ -23,6 +23,7 @@ from meshscale.control.models import (
     APIKeyError,
     Conflict,
     InvalidArgument,
+    LimitExceeded,
     NotFound,
     PreAuthKeyError,
     StateError,
@@ -42,6 +43,7 @@ _ERROR_MAP: Final[tuple[tuple[type[Exception], int, int], ...]] = (
     (PreAuthKeyError, 400, 3),
     (InvalidArgument, 400, 3),
     (AddressExhausted, 503, 8),
+    (LimitExceeded, 503, 8),
     (StateError, 400, 9),
 )
 
