@@ -290,3 +290,28 @@ def test_derp_region_json() -> None:
             {"Name": "900b", "RegionID": 900, "HostName": "d2.lab", "CanPort80": True},
         ],
     }
+
+
+def test_bootstrap_dns_answers_published_and_asked_names() -> None:
+    from meshscale.relay.bootstrap_dns import BootstrapDNS
+
+    def req(q: str | None) -> Request:
+        from meshscale.io.http import Headers
+
+        query = {} if q is None else {"q": q}
+        return Request("GET", "/bootstrap-dns", "", query, Headers([]))
+
+    async def main() -> list[dict[str, list[str]]]:
+        b = BootstrapDNS(["localhost"], ["localhost6", ""])
+        out = []
+        for q in (None, "localhost6", "example.invalid"):
+            resp = await b.handle(req(q))
+            assert isinstance(resp.body, bytes)
+            out.append(json.loads(resp.body))
+        return out
+
+    published, unpublished, unknown = asyncio.run(main())
+    assert list(published) == ["localhost"]
+    assert "127.0.0.1" in published["localhost"]
+    assert list(unpublished) == ["localhost6"]
+    assert unknown == {}

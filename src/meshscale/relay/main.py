@@ -27,6 +27,7 @@ from pathlib import Path
 from ..io.http import HTTPServer, Request, Response, Router
 from ..key import NodePrivate, NodePublic
 from .app import generate_204, mount_derp
+from .bootstrap_dns import BootstrapDNS
 from .metacert import load_chain_with_meta
 from .metrics import mount_metrics
 from .server import DERPServer
@@ -94,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1 << 62,
         help="burst limit for accepting new connections",
+    )
+    _flag(
+        p,
+        "bootstrap-dns-names",
+        default="",
+        help="comma-separated names to answer at /bootstrap-dns",
+    )
+    _flag(
+        p,
+        "unpublished-bootstrap-dns-names",
+        default="",
+        help="names answered at /bootstrap-dns only when asked for with ?q=",
     )
     _flag(p, "debug-addr", default="", help="host:port for Prometheus /debug/metrics")
     _flag(p, "verbose", action="store_true", help="debug logging")
@@ -191,6 +204,10 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     router = Router()
     mount_derp(router, derp)
     router.add("GET", "/", home_page)
+    bootstrap = BootstrapDNS(
+        args.bootstrap_dns_names.split(","), args.unpublished_bootstrap_dns_names.split(",")
+    )
+    router.add("GET", "/bootstrap-dns", bootstrap.handle)
     http = HTTPServer(router, server_header="meshscale-derp")
     host, port = split_addr(args.a, 443)
     meta = derp.public if args.meta_cert else None
