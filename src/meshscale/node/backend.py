@@ -40,6 +40,7 @@ from meshscale.wireguard.uapi import PeerChange, SetRequest
 
 from . import ipnstate as S
 from .controlclient import Auto, Keys, NetworkMap
+from .fastfilter import filter_inbound, note_outbound
 from .localapi import BackendError
 from .magicsock import MagicBind, peer_endpoint
 from .prefs import Prefs
@@ -82,6 +83,8 @@ class Backend:
         self._link_task: asyncio.Task[None] | None = None
         self._filter: Filter | None = None
         self._filter_key: Any = None
+        self._local4: frozenset[bytes] = frozenset()
+        self._local6: frozenset[bytes] = frozenset()
         engine.filter_in = self._filter_in
         engine.filter_out = self._filter_out
 
@@ -361,6 +364,8 @@ class Backend:
         if key == self._filter_key:
             return
         self._filter_key = key
+        self._local4 = frozenset(ipaddress.ip_address(a).packed for a in local if "." in a)
+        self._local6 = frozenset(ipaddress.ip_address(a).packed for a in local if ":" in a)
         try:
             self._filter = Filter(rules, [ipaddress.ip_network(a) for a in local])
         except FilterError as exc:
@@ -371,13 +376,12 @@ class Backend:
         f = self._filter
         if f is None:
             return []
-        return [p for p in packets if f.run_in(p).accepted]
+        return filter_inbound(f, self._local4, self._local6, packets)
 
     def _filter_out(self, packets: list[bytes]) -> list[bytes]:
         f = self._filter
         if f is not None:
-            for p in packets:
-                f.run_out(p)
+            note_outbound(f, packets)
         return packets
 
     # ---- magicsock events and links ----
