@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshscale.derp import frames as F
 from meshscale.derp.client import ClientSession, ClientState, Connected
-from meshscale.derp.errors import HandshakeError, LocalDERPError
+from meshscale.derp.errors import HandshakeError, LocalDERPError, RemoteDERPError
 from meshscale.derp.info import (
     ClientInfo,
     ServerInfo,
@@ -125,3 +128,36 @@ def test_box_errors() -> None:
         open_server_info(CLIENT, SERVER.public_raw(), bytes(24 + (1 << 20) + 1))
     with pytest.raises(HandshakeError):
         seal(CLIENT, b"bad key", b"x", bytes(24))
+
+
+@given(st.binary(max_size=600))
+def test_relay_open_client_info_only_raises_derp_errors(payload: bytes) -> None:
+    relay = Relay(SERVER)
+    with contextlib.suppress(RemoteDERPError):
+        relay.open_client_info(payload)
+
+
+@pytest.mark.slow
+@given(st.binary(max_size=2000))
+def test_session_on_garbage_only_raises_remote_errors(data: bytes) -> None:
+    """Whole, then byte by byte, after login: only RemoteDERPError, never anything else."""
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+        s, _ = logged_in()
+        with contextlib.suppress(RemoteDERPError):
+            for c in chunks:
+                s.receive_data(c)
+        while s.next_event() is not None:
+            pass
+
+
+@pytest.mark.slow
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 0x20), st.binary(max_size=120)),
+        max_size=12,
+    )
+)
+def test_session_on_random_frames_only_raises_remote_errors(items: list[tuple[int, bytes]]) -> None:
+    s, _ = logged_in()
+    with contextlib.suppress(RemoteDERPError):
+        s.receive_data(b"".join(F.encode(t, p) for t, p in items))
