@@ -362,3 +362,31 @@ def test_key_expiry_reaches_node_and_peers() -> None:
             await b.close()
 
     run(body)
+
+
+def test_settings_from_control_config(tmp_path) -> None:
+    from meshscale.control.config import load_config
+
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(
+        "server_url: https://ctl.example.com\n"
+        "dns:\n"
+        "  magic_dns: true\n"
+        "  base_domain: tail.example\n"
+        "  nameservers:\n"
+        "    global: [192.0.2.53]\n"
+        "    split:\n"
+        "      corp.example: [10.0.0.53]\n"
+        "  extra_records:\n"
+        "    - {name: app.tail.example, type: A, value: 100.64.0.9}\n"
+    )
+    cfg = load_config(cfg_file, state_dir=tmp_path)
+    s = AppSettings.from_config(cfg, offline_grace=0.0)
+    assert s.server_url == "https://ctl.example.com"
+    assert s.offline_grace == 0.0
+    dns = s.dns_config()
+    assert dns.Routes["tail.example"] == []
+    assert [r.Addr for r in dns.Routes["corp.example"]] == ["10.0.0.53"]
+    assert [r.Addr for r in dns.Resolvers] == ["192.0.2.53"]  # override_local_dns defaults on
+    assert dns.ExtraRecords[0].Value == "100.64.0.9"
+    assert "64.100.in-addr.arpa" in dns.Routes
