@@ -437,3 +437,26 @@ def test_json_log_format(tmp_path: Path) -> None:
     line = json.loads(out.stderr.strip().splitlines()[0])
     assert line["level"] == "warn"
     assert line["message"] == "config: foo: unknown key, ignored"
+
+
+def test_startup_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from meshscale.control.config import config_from_mapping
+    from meshscale.control.main import run as run_server
+
+    base: dict[str, Any] = {"listen_addr": "127.0.0.1:0", "unix_socket": "ctl.sock",
+                            "derp": {"server": {"enabled": False}}}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"tls_cert_path": "/nope/c.pem", "tls_key_path": "/nope/k.pem"},
+         "config: tls_cert_path/tls_key_path: cannot load /nope/c.pem"),
+        ({"policy": {"mode": "file", "path": "/nope/policy.hujson"}},
+         "config: policy.path: cannot read"),
+    ]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases.append(({"listen_addr": f"127.0.0.1:{busy.getsockname()[1]}"}, "cannot start:"))
+        for extra, want in cases:
+            cfg = config_from_mapping({**base, **extra}, tmp_path)
+            assert run_server(cfg) == 1
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert err.startswith(f"meshscale-control: {want}"), err

@@ -74,7 +74,13 @@ def _tls_context(cfg: ControlConfig) -> ssl.SSLContext | None:
     assert cfg.tls_cert_path is not None
     assert cfg.tls_key_path is not None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cfg.tls_cert_path, cfg.tls_key_path)
+    try:
+        ctx.load_cert_chain(cfg.tls_cert_path, cfg.tls_key_path)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise ConfigError(
+            f"config: tls_cert_path/tls_key_path: cannot load {cfg.tls_cert_path} and "
+            f"{cfg.tls_key_path}: {exc.strerror or exc}"
+        ) from exc
     return ctx
 
 

@@ -49,6 +49,11 @@ def to_postgres(sql: str) -> str:
     return _BLOB.sub("bytea", sql)
 
 
+def _one_line(exc: BaseException) -> str:
+    """libpq messages span lines (DETAIL, HINT); operators get one."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _psycopg() -> Any:
     try:
         import psycopg
@@ -99,14 +104,14 @@ class PostgresStore:
         try:
             self.conn = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open the PostgreSQL database: {exc}".strip()) from exc
+            raise StoreError(f"cannot open the PostgreSQL database: {_one_line(exc)}") from exc
         try:
             migrate_postgres(self.conn)
         except (psycopg.Error, StoreError) as exc:
             self.conn.close()
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"PostgreSQL migration failed: {exc}".strip()) from exc
+            raise StoreError(f"PostgreSQL migration failed: {_one_line(exc)}") from exc
         from psycopg.rows import dict_row
 
         self.conn.row_factory = dict_row
@@ -139,9 +144,9 @@ class PostgresStore:
             try:
                 return self.conn.execute(sql, params)
             except self._errors.IntegrityError as exc:
-                raise IntegrityError(str(exc).splitlines()[0]) from exc
+                raise IntegrityError(_one_line(exc)) from exc
             except self._errors.Error as exc:
-                raise StoreError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+                raise StoreError(_one_line(exc)) from exc
 
     def _insert(self, table: str, row: dict[str, Any]) -> int:
         cols = ", ".join(row)
