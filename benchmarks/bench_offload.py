@@ -178,6 +178,8 @@ def forwarder(seconds: float) -> dict[str, float]:
             cpu = (t1.user - t0.user) + (t1.system - t0.system)
             results[f"forwarder {label} Gbit/s"] = bps / 1e9
             results[f"forwarder {label} CPU s per s"] = cpu / seconds
+            # Robust to a busy machine: forwarder CPU (user + kernel) per GB moved A -> B.
+            results[f"forwarder {label} CPU s per GB"] = cpu / (bps * seconds / 8e9)
             results[f"forwarder {label} packets per read"] = st_a.packets_read / max(st_a.reads, 1)
             results[f"forwarder {label} packets per write"] = st_b.packets_written / max(
                 st_b.writes, 1
