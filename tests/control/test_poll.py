@@ -138,3 +138,19 @@ def test_stream_ends_when_node_deleted() -> None:
         sub.close()
 
     asyncio.run(go())
+
+
+def test_stream_for_a_node_deleted_before_it_starts_is_an_error_not_an_empty_200() -> None:
+    from meshscale.control.transport import StreamAborted
+
+    async def go() -> None:
+        state, h, _ = make(offline_grace=0, batch_delay=0.0)
+        resp = await h(mreq(Stream=True))
+        assert not isinstance(resp.body, bytes)
+        node = state.get_node_by_node_key(NK)
+        assert node is not None
+        state.delete_node(node.id)
+        with pytest.raises(StreamAborted):
+            await resp.body.__anext__()
+
+    asyncio.run(go())

@@ -10,7 +10,12 @@ import pytest
 
 from meshscale.control.noise import NoiseUpgrade
 from meshscale.control.testclient import ControlClient
-from meshscale.control.transport import MAX_NOISE_BODY, NoiseRequest, NoiseResponse
+from meshscale.control.transport import (
+    MAX_NOISE_BODY,
+    NoiseRequest,
+    NoiseResponse,
+    StreamAborted,
+)
 from meshscale.io.http import HTTPServer, Router
 from meshscale.key import MachinePrivate
 
@@ -42,6 +47,15 @@ def test_machine_key_body_limits_large_and_concurrent_responses() -> None:
                 yield b"b"
 
             return NoiseResponse(200, body())
+        if req.path in ("/abort", "/empty"):
+
+            async def failing() -> AsyncIterator[bytes]:
+                if req.path == "/abort":
+                    raise StreamAborted(404, "gone\n")
+                return
+                yield b""  # an async generator that yields nothing
+
+            return NoiseResponse(200, failing())
         if req.path == "/boom":
             raise RuntimeError("handler bug")
         return NoiseResponse.text(200, f"{req.method} {req.path} {len(req.body)}")
@@ -63,6 +77,8 @@ def test_machine_key_body_limits_large_and_concurrent_responses() -> None:
             status, _ = await c.request("POST", "/huge", b"y" * (MAX_NOISE_BODY + 1))
             assert status == 413
             assert (await c.request("GET", "/boom"))[0] == 500
+            assert await c.request("POST", "/abort") == (404, b"gone\n")
+            assert await c.request("POST", "/empty") == (200, b"")
             assert not slow.done()  # a long response does not block other streams
             release.set()
             assert await asyncio.wait_for(slow, 5) == (200, b"ab")

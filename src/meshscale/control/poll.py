@@ -39,7 +39,7 @@ from .register import (
     unsupported,
     valid_addrport,
 )
-from .transport import NoiseRequest, NoiseResponse
+from .transport import NoiseRequest, NoiseResponse, StreamAborted
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,7 @@ class MapHandler:
         interval = self.keepalive_interval * (1 + KEEPALIVE_JITTER * self.jitter())
         last_write = loop.time()
         keepalive_due = False
+        sent = 0.0  # time of the first message; 0 while nothing went out
         handle: asyncio.TimerHandle | None = None
 
         # One timer per keep-alive interval (not one timeout per wait): it fires, and either
@@ -172,12 +173,14 @@ class MapHandler:
             try:
                 self.state.set_online(node_id, True)
             except models.NotFound:
-                return
+                raise StreamAborted(404, "node not found\n") from None
             while not session.closed:
                 msg = self.batcher.build(session, self.clock())
                 if msg is not None:
                     yield self.batcher.encode(msg, compress, frame)
-                    last_write = loop.time()
+                    last_write = sent = loop.time()
+                elif not sent and session.closed:
+                    raise StreamAborted(404, "node not found\n")
                 while not session.closed:
                     session.wake.clear()
                     if not session.pending.empty():

@@ -113,6 +113,15 @@ class NoiseResponse:
 NoiseHandler = Callable[[NoiseRequest], Awaitable[NoiseResponse]]
 
 
+class StreamAborted(Exception):
+    """Raised by a streaming body before its first chunk: answer ``status`` instead."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
 @dataclass(slots=True)
 class _Stream:
     stream_id: int
@@ -255,23 +264,29 @@ class H2Server:
             self._streams.pop(s.stream_id, None)
 
     async def _send(self, sid: int, resp: NoiseResponse) -> None:
-        headers = [(":status", str(resp.status))]
-        if resp.content_type:
-            headers.append(("content-type", resp.content_type))
-        headers.extend((k.lower(), v) for k, v in resp.headers)
         if isinstance(resp.body, bytes):
-            headers.append(("content-length", str(len(resp.body))))
-            self.h2.send_headers(sid, headers, end_stream=not resp.body)
-            self.flush()
+            self._send_headers(sid, resp, len(resp.body))
             if resp.body:
                 await self._send_data(sid, resp.body, end=True)
             return
-        self.h2.send_headers(sid, headers)
-        self.flush()
         body = resp.body
         try:
-            async for chunk in body:
-                await self._send_data(sid, chunk, end=False)
+            # Headers go out with the first chunk, so a stream that fails before producing
+            # anything can still answer with an error status: an empty 200 on the map poll
+            # makes the client retry forever (spec 7.4).
+            try:
+                first: bytes | None = await body.__anext__()
+            except StopAsyncIteration:
+                first = None
+            except StreamAborted as exc:
+                await self._send(sid, NoiseResponse.text(exc.status, exc.text))
+                return
+            self._send_headers(sid, resp, None)
+            if first:
+                await self._send_data(sid, first, end=False)
+            if first is not None:
+                async for chunk in body:
+                    await self._send_data(sid, chunk, end=False)
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
@@ -280,6 +295,16 @@ class H2Server:
         if not self._closed:
             self.h2.end_stream(sid)
             self.flush()
+
+    def _send_headers(self, sid: int, resp: NoiseResponse, length: int | None) -> None:
+        headers = [(":status", str(resp.status))]
+        if resp.content_type:
+            headers.append(("content-type", resp.content_type))
+        headers.extend((k.lower(), v) for k, v in resp.headers)
+        if length is not None:
+            headers.append(("content-length", str(length)))
+        self.h2.send_headers(sid, headers, end_stream=length == 0)
+        self.flush()
 
     async def _send_data(self, sid: int, data: bytes, end: bool) -> None:
         view = memoryview(data)
