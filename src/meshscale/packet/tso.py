@@ -252,10 +252,8 @@ class Splitter:
                 seg_len = min(stride, pad_mtu)
             if last_len <= pad_mtu:
                 last_len = min((last_len + 15) & -16, pad_mtu)
-        o = off
-        for _ in range(nfull):
-            out.append(a[o : o + seg_len])
-            o += stride
+        o: int = off + nfull * stride
+        out.extend([a[i : i + seg_len] for i in range(off, o, stride)])
         if rem:
             out.append(a[o : o + last_len])
             o += stride
