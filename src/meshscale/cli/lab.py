@@ -68,9 +68,8 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
                     host = lab.add_private_host(name, router)
                     where = f"{kind} NAT {router.ip} -> {host.ip}"
                 print(f"starting meshscaled {name:9} ({where})", flush=True)
-                nodes.append(net.add_node(name, host))
-            for n in nodes:
-                n.up()
+                nodes.append(net.add_node(name, host, wait=False))
+            net.up_all(nodes)
             ips = {n.name: n.ip4() for n in nodes}
             print(f"all {len(nodes)} nodes Running after {time.monotonic() - t0:.1f}s; "
                   f"warming up paths for {WARMUP:g}s ...", flush=True)  # fmt: skip
@@ -91,8 +90,12 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
                     res = a.cli("ping", "-c", "1", "--until-direct=false", b.name, check=False)
                     line = (res.stdout.strip() or res.stderr.strip()).splitlines()[-1:]
                     print(f"  {a.name:9} -> {line[0] if line else '?'}")
-            print(f"\nlogs: {workdir}\nsockets: " + ", ".join(n.socket for n in nodes))
+            if not args.once or args.workdir:
+                print(f"\nlogs: {workdir}")
             if not args.once:
+                print("sockets (meshscale --socket PATH status):")
+                for n in nodes:
+                    print(f"  {n.name:9} {n.socket}")
                 print("running; press Ctrl-C to tear down", flush=True)
                 while not stop.wait(1.0):
                     if net.ctl_proc is None or not net.ctl_proc.running:

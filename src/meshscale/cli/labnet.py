@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ class MeshNode:
         self.socket = str(self.dir / "meshscaled.sock")
         self.proc: Proc | None = None
 
-    def start(self, port: int = 41641) -> None:
+    def start(self, port: int = 41641, wait: bool = True) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -55,6 +56,11 @@ class MeshNode:
             "1",
         ]
         self.proc = self.host.spawn(argv, log_name=f"meshscaled-{self.name}")
+        if wait:
+            self.wait_started()
+
+    def wait_started(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + 15
         while not Path(self.socket).exists():
             if not self.proc.running or time.monotonic() > deadline:
@@ -140,8 +146,28 @@ class MeshNet:
             self.ctl_proc.stop()
             self.ctl_proc = None
 
-    def add_node(self, name: str, host: Host) -> MeshNode:
+    def add_node(self, name: str, host: Host, *, wait: bool = True) -> MeshNode:
         node = MeshNode(self, name, host)
         self.nodes[name] = node
-        node.start()
+        node.start(wait=wait)
         return node
+
+    def up_all(self, nodes: list[MeshNode]) -> None:
+        """Wait for the daemons, then ``meshscale up`` on all of them at once."""
+        for n in nodes:
+            n.wait_started()
+        errors: list[BaseException] = []
+
+        def up(n: MeshNode) -> None:
+            try:
+                n.up()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=up, args=(n,)) for n in nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]

@@ -40,9 +40,11 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         t0 = time.monotonic()
         res = client.post("ping", query={"ip": ip, "timeout": f"{args.timeout:g}"},
                           timeout=args.timeout + 5)  # fmt: skip
+        last = args.count != 0 and n >= args.count
         if res.get("Err"):
             print(f"ping {ip!r} {res['Err']}")
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+            if not last:
+                time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
             continue
         ms = float(res.get("LatencySeconds") or 0) * 1000
         if res.get("Endpoint"):
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         print(f"pong from {who} via {via} in {ms:.0f}ms")
         if res.get("Endpoint") and args.until_direct:
             return 0
-        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+        if not last:
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
     if args.until_direct:
         raise CLIError("direct connection not established")
     return 0

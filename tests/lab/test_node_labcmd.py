@@ -1,0 +1,27 @@
+"""The README's main command: ``meshscale lab --once`` shows direct and relayed paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+
+def test_meshscale_lab_once_shows_direct_and_relay(need_lab: None) -> None:
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "meshscale.cli.main", "lab", "--once"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "all 5 nodes Running" in out
+    assert out.count("$ meshscale status") == 5
+    assert "active; direct 203.0.113." in out and 'active; relay "lab"' in out
+    assert "via DERP(lab)" in out and "pong from easy2" in out
+    assert took < 60, f"the demo took {took:.0f}s"
