@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from meshscale.io.tun import TunClosedError, TunDevice, TunGoneError
+from meshscale.io.tun import TunClosedError, TunDevice, TunError, TunGoneError
 from meshscale.io.udp import UDPSocket
 from meshscale.lab import Lab
 
@@ -214,6 +215,26 @@ def test_capability_ladder(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
         assert (t.offload, t.uso) == (False, False)
         flags = lab.hosts["a"].run(["ip", "-d", "link", "show", "mst5"]).stdout
         assert "vnet_hdr off" in flags and "tun" in flags
+    # A kernel without IFF_VNET_HDR rejects the flag itself (EINVAL).
+    monkeypatch.setattr(tun_mod, "_set_offload", real)
+    real_create = tun_mod._create
+
+    def no_vnet(name: str, flags: int) -> tuple[int, str]:
+        if flags & tun_mod.IFF_VNET_HDR:
+            raise TunError(errno.EINVAL, "no vnet header here")
+        return real_create(name, flags)
+
+    monkeypatch.setattr(tun_mod, "_create", no_vnet)
+    with call_in_netns(ns, lambda: TunDevice.open("mst5")) as t:
+        assert (t.offload, t.uso) == (False, False)
+
+
+def test_open_errors(lab: Lab) -> None:
+    ns = lab.add_public_host("a").ns
+    with pytest.raises(TunError):
+        call_in_netns(ns, lambda: TunDevice.open("eth0"))  # exists and is not a TUN
+    with pytest.raises(ValueError, match="interface name"):
+        TunDevice.open("x" * 16)
 
 
 def test_udp_gro_output_reaches_a_plain_socket(lab: Lab) -> None:

@@ -181,7 +181,12 @@ class TunDevice:
         vnet = uso = False
         fd = -1
         if offload:
-            fd, actual = _create(name, IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
+            try:
+                fd, actual = _create(name, IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
+            except TunError as e:
+                if e.errno != errno.EINVAL:  # EPERM, EBUSY...: the plain rung would fail too
+                    raise
+        if fd >= 0:
             if udp_offload and _set_offload(fd, TCP_OFFLOADS | UDP_OFFLOADS):
                 vnet = uso = True
             elif _set_offload(fd, TCP_OFFLOADS):
