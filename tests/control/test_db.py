@@ -267,3 +267,30 @@ def test_unreadable_rows_name_table_and_id(
     with pytest.raises(StoreError, match=f"^{where} 1: "):
         store.load()
     store.close()
+
+
+def test_soft_transactions_skip_the_flush_and_restore_it(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite")
+
+    def sync() -> int:
+        return int(store.conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    with store.transaction(durable=False):
+        store.insert_user(User(UserID(0), "alice", created_at=T0))
+        with store.transaction():  # nested: follows the outermost
+            pass
+    assert sync() == 2  # FULL again
+    inside: list[int] = []
+
+    def failing() -> None:
+        with store.transaction(durable=False):
+            inside.append(int(store.conn.execute("PRAGMA synchronous").fetchone()[0]))
+            store.insert_user(User(UserID(0), "alice", created_at=T0))
+
+    with pytest.raises(IntegrityError):
+        failing()
+    assert inside == [1] and sync() == 2  # NORMAL inside, FULL after a rollback too
+    with store.transaction():
+        assert sync() == 2
+    store.close()
+

@@ -281,7 +281,9 @@ _CHILD = textwrap.dedent(
             secret, MachinePublic(i.to_bytes(32, "big")), NodePublic(i.to_bytes(32, "big")),
             {"Hostname": f"n{i}"},
         )
-        # Only after register_with_preauth_key returned is the registration acknowledged.
+        # Soft state (no fsync) must survive a process crash too.
+        state.update_node(node.id, endpoints=[f"192.0.2.1:{i}"])
+        # Only after the calls returned is the registration acknowledged.
         print(node.id, node.ipv4, flush=True)
     """
 )
@@ -316,9 +318,9 @@ def test_sigkill_mid_registration_loses_nothing_acknowledged(tmp_path: Path) -> 
     assert proc.returncode == -signal.SIGKILL
     assert len(acked) == 40
     state = State.open(path)
-    stored = {n.id: str(n.ipv4) for n in state.list_nodes()}
-    for node_id, ipv4 in acked:
-        assert stored.get(node_id) == ipv4
+    stored = {n.id: (str(n.ipv4), n.endpoints) for n in state.list_nodes()}
+    for i, (node_id, ipv4) in enumerate(acked, start=1):
+        assert stored.get(node_id) == (ipv4, (f"192.0.2.1:{i}",))
     # The database is consistent after the crash: registration continues.
     fresh = state.register_with_preauth_key(secret, MachinePublic(b"\xff" * 32),
                                             NodePublic(b"\xff" * 32))

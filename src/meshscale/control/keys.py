@@ -87,7 +87,7 @@ class KeyMethods:
 
     if TYPE_CHECKING:
 
-        def _write(self) -> AbstractContextManager[None]: ...
+        def _write(self, durable: bool = True) -> AbstractContextManager[None]: ...
         def get_user(self, user_id: UserID) -> User: ...
 
     # ---- pre-auth keys -----------------------------------------------------------------
@@ -263,7 +263,7 @@ class KeyMethods:
             persist = key.last_seen is None or now - key.last_seen >= API_KEY_LAST_SEEN_PERSIST
             key = replace(key, last_seen=now)
             if persist:
-                with self._write():
+                with self._write(durable=False):  # bookkeeping: no flush needed
                     self.store.update_api_key(key)
             self._api_keys[key.id] = key
             return key

@@ -59,7 +59,7 @@ class RegistrationMethods:
 
     if TYPE_CHECKING:
 
-        def _write(self) -> AbstractContextManager[None]: ...
+        def _write(self, durable: bool = True) -> AbstractContextManager[None]: ...
         def _register_locked(
             self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
             hostinfo: dict[str, Any], method: RegisterMethod,

@@ -233,7 +233,7 @@ class State(KeyMethods, RegistrationMethods):
         self._by_name.pop(node.given_name, None)
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def _write(self, durable: bool = True) -> Iterator[None]:
         """Lock, open a store transaction and buffer events; publish them on commit.
 
         On a failure after a store write the transaction rolls back and the memory
@@ -248,7 +248,7 @@ class State(KeyMethods, RegistrationMethods):
             self._events = []
             writes = self._counter.writes
             try:
-                with self.store.transaction():
+                with self.store.transaction(durable):
                     yield
             except BaseException:
                 self._events = None
@@ -508,8 +508,9 @@ class State(KeyMethods, RegistrationMethods):
         endpoints: Iterable[str] | None = None, disco_key: DiscoPublic | None = None,
     ) -> Node:
         """Apply what a MapRequest reports; publishes one NodeChanged naming what changed
-        (nothing is written or published when nothing changed)."""
-        with self._write():
+        (nothing is written or published when nothing changed). Soft state: committed
+        without a disk flush (see db/sqlite.py)."""
+        with self._write(durable=False):
             old = self.get_node(node_id)
             new = old
             if hostinfo is not None:
@@ -537,8 +538,9 @@ class State(KeyMethods, RegistrationMethods):
 
     def set_online(self, node_id: NodeID, online: bool) -> Node:
         """Mark a node's map session up or down; last_seen is set (and persisted) on
-        every transition. Online state itself lives only in memory."""
-        with self._write():
+        every transition (soft state, like update_node). Online state itself lives only in
+        memory."""
+        with self._write(durable=False):
             old = self.get_node(node_id)
             if old.online == online:
                 return old

@@ -122,11 +122,13 @@ class PostgresStore:
         self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, durable: bool = True) -> Iterator[None]:
         with self._lock:
             outer = self._depth == 0
             if outer:
                 self.conn.execute("BEGIN")
+                if not durable:  # soft state: do not wait for the WAL flush
+                    self.conn.execute("SET LOCAL synchronous_commit = off")
             self._depth += 1
             try:
                 yield

@@ -48,8 +48,13 @@ class Snapshot:
 class Store(Protocol):
     def load(self) -> Snapshot: ...
 
-    def transaction(self) -> AbstractContextManager[None]:
-        """Group writes: all of them commit together or none does. May nest."""
+    def transaction(self, durable: bool = True) -> AbstractContextManager[None]:
+        """Group writes: all of them commit together or none does. May nest.
+
+        ``durable=False`` is for soft state that clients send again on every reconnect
+        (endpoints, Hostinfo, online/last_seen): the commit may skip the disk flush, so a
+        power loss can lose it, a process crash cannot. Nested blocks follow the outermost.
+        """
         ...
 
     def close(self) -> None: ...
