@@ -262,6 +262,8 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     out = subprocess.run([exe, "--state-dir", str(tmp_path), "configtest"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0 and "config OK (defaults)" in out.stdout
+    out = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("meshscale-control 0.")
     out = subprocess.run([exe, "users", "frobnicate"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2 and out.stderr.count("\n") == 1

@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     sub.add_parser("serve", help="run the control server")
+    sub.add_parser("version", help="print the version")
     sub.add_parser("configtest", help="check the configuration")
 
     users = sub.add_parser("users", aliases=["user"], help="manage users")

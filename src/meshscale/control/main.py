@@ -3,7 +3,7 @@
     meshscale-control [-c CONFIG] [-o table|json|json-line|yaml] [--state-dir DIR]
                       [--url URL --api-key KEY | --socket PATH] COMMAND ...
 
-    serve | configtest
+    serve | configtest | version
     users create NAME | list | rename | delete
     nodes list | pending | register --user U --key K | delete | expire | rename | tag | move |
           approve-routes
@@ -471,6 +471,14 @@ def setup_logging(cfg: ControlConfig, *, verbose: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = admin.build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "version":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            sys.stdout.write(f"meshscale-control {version('meshscale')}\n")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            sys.stdout.write("meshscale-control (unknown version)\n")
+        return 0
     try:
         cfg = admin.load(args)
     except ConfigError as exc:
