@@ -38,6 +38,7 @@ DEFAULT_STATEDIR = "/var/lib/meshscale"
 DEFAULT_SOCKET = "/var/run/meshscale/meshscaled.sock"
 DEFAULT_TUN = "meshscale0"
 DEFAULT_PORT = 41641
+IFNAMSIZ = 15  # characters in a Linux interface name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,8 +116,25 @@ async def run(args: argparse.Namespace) -> int:
             os.unlink(args.socket)
 
 
+def check_args(args: argparse.Namespace) -> str | None:
+    """A one-line complaint about flags we cannot honour, or None."""
+    if args.tun == "userspace-networking":
+        return "--tun=userspace-networking is not supported: meshscaled needs a TUN device"
+    if not 0 < len(args.tun) <= IFNAMSIZ or "/" in args.tun or " " in args.tun:
+        return f"--tun: invalid interface name {args.tun!r}"
+    if args.state.startswith(("mem:", "kube:", "arn:")):
+        return f"--state: only file paths are supported, not {args.state.split(':', 1)[0]}:"
+    if not 0 <= args.port <= 65535:
+        return f"--port: {args.port} is not a UDP port"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problem = check_args(args)
+    if problem is not None:
+        print(f"meshscaled: {problem}", file=sys.stderr)
+        return 2
     level = (
         logging.WARNING
         if args.verbose <= 0
