@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from meshscale.control.models import (
     User,
     UserID,
 )
-from meshscale.control.state import State
+from meshscale.control.state import State, StateOptions
 from meshscale.key import MachinePublic, NodePublic
 
 pytestmark = pytest.mark.slow
@@ -177,7 +178,11 @@ def test_two_servers_race_on_one_single_use_key(postgres: Callable[[], str]) -> 
     uid = setup.create_user("alice").id
     secrets = [setup.create_preauth_key(uid).secret for _ in range(5)]
     setup.close()
-    a, b = State(PostgresStore(dsn)), State(PostgresStore(dsn))
+    # Disjoint address pools: the two States do not share memory (see the SQLite test).
+    a = State(PostgresStore(dsn), StateOptions(prefix_v4=IPv4Network("100.64.0.0/24"),
+                                               prefix_v6=None))
+    b = State(PostgresStore(dsn), StateOptions(prefix_v4=IPv4Network("100.64.1.0/24"),
+                                               prefix_v6=None))
     for round_, secret in enumerate(secrets):
         barrier = threading.Barrier(2)
         results: list[bool] = []
@@ -189,7 +194,8 @@ def test_two_servers_race_on_one_single_use_key(postgres: Callable[[], str]) -> 
             barrier.wait()
             try:
                 state.register_with_preauth_key(
-                    secret, MachinePublic(bytes([n]) * 32), NodePublic(bytes([n]) * 32))
+                    secret, MachinePublic(bytes([n]) * 32), NodePublic(bytes([n]) * 32),
+                    {"Hostname": f"n{n}"})
                 results.append(True)
             except PreAuthKeyError:
                 results.append(False)

@@ -233,7 +233,12 @@ def test_two_servers_racing_on_one_single_use_key(tmp_path: Path) -> None:
     uid = setup.create_user("alice").id
     secrets = [setup.create_preauth_key(uid).secret for _ in range(10)]
     setup.close()
-    a, b = State.open(path), State.open(path)
+    # Two servers on one database do not share memory: give them disjoint address
+    # pools so only the key decides (State is meant to be the one owner).
+    a = State.open(path, StateOptions(prefix_v4=ipaddress.IPv4Network("100.64.0.0/24"),
+                                      prefix_v6=None))
+    b = State.open(path, StateOptions(prefix_v4=ipaddress.IPv4Network("100.64.1.0/24"),
+                                      prefix_v6=None))
     for round_, secret in enumerate(secrets):
         barrier = threading.Barrier(2)
         results: list[bool] = []
@@ -245,7 +250,8 @@ def test_two_servers_racing_on_one_single_use_key(tmp_path: Path) -> None:
             barrier.wait()
             try:
                 state.register_with_preauth_key(
-                    secret, MachinePublic(bytes([n]) * 32), NodePublic(bytes([n]) * 32)
+                    secret, MachinePublic(bytes([n]) * 32), NodePublic(bytes([n]) * 32),
+                    {"Hostname": f"n{n}"}
                 )
                 results.append(True)
             except PreAuthKeyError:
