@@ -12,13 +12,15 @@ No change ever triggers a recomputation of every node's full map: a peer change 
 entry in each session's pending set, and all sessions that wake for the same change share
 one encoded delta (``_shared``). Full maps are built only for the session that needs one.
 
-Sessions track the peer IDs their client knows, so that a full map with zero peers can
-say so with PeersRemoved (``Peers: []`` means "no change", spec section 4.3).
+A full map with zero peers must still remove what the client holds (``Peers: []`` means
+"no change", spec section 4.3): the batcher keeps a bounded log of removed node IDs for that,
+rather than a peer set per session (which would be O(nodes^2) memory).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +31,7 @@ from meshscale.control import mapper, models
 # Fields of the self node that do not change what the client shows about itself.
 _SELF_IRRELEVANT = frozenset({"last_seen", "online"})
 MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
+REMOVED_LOG = 65536  # node IDs remembered as removed (for zero-peer full maps)
 
 
 @dataclass(slots=True)
@@ -50,12 +53,12 @@ class Pending:
 class MapSession:
     """One streaming map poll. The batcher fills ``pending``; the poll task drains it."""
 
-    __slots__ = ("closed", "known_peers", "node_id", "pending", "wake")
+    __slots__ = ("closed", "node_id", "pending", "started", "wake")
 
     def __init__(self, node_id: models.NodeID) -> None:
         self.node_id = node_id
         self.pending = Pending()
-        self.known_peers: set[int] = set()
+        self.started = False  # the first (full) message went out
         self.wake = asyncio.Event()
         self.wake.set()
         self.closed = False  # the node was deleted: the stream must end
@@ -104,6 +107,9 @@ class Batcher:
         self.cache = mapper.NodeJSONCache()
         self._sessions: dict[int, set[MapSession]] = {}
         self._count = 0
+        # Node IDs removed lately, for full maps that end up with zero peers. Per-session
+        # peer sets would cost O(nodes) memory per stream, O(nodes^2) in all.
+        self._recently_removed: deque[int] = deque(maxlen=REMOVED_LOG)
         self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._encoded: dict[tuple[int, bool], tuple[dict[str, Any], bytes]] = {}
         self.events_handled = 0
@@ -168,6 +174,7 @@ class Batcher:
                         self._mark_changed(s, nid)
             case models.NodeRemoved(node_id=nid):
                 self.cache.forget(nid)
+                self._recently_removed.append(nid)
                 for s in self._all():
                     if s.node_id == nid:
                         s.close()
@@ -212,11 +219,14 @@ class Batcher:
         if p.full:
             peers = self.source.peers_of(session.node_id)
             msg = mapper.full_map(me, peers, self.source.users(), cfg, now, self.cache)
-            ids = {int(n.id) for n in peers}
-            gone = session.known_peers - ids
-            if gone:
-                msg["PeersRemoved"] = sorted(gone)
-            session.known_peers = ids
+            if not peers and session.started:
+                # An empty Peers means "no change", so a later full map with no peers must
+                # remove what the client holds: every peer removed recently (unknown IDs are
+                # ignored by clients). A policy engine hiding live peers must add their IDs.
+                gone = set(self._recently_removed) - {int(session.node_id)}
+                if gone:
+                    msg["PeersRemoved"] = sorted(gone)
+            session.started = True
             self.full_maps_built += 1
             return msg
         key = (
@@ -253,8 +263,6 @@ class Batcher:
                 self._shared[key] = delta
             shared = delta
             self.deltas_built += 1
-        session.known_peers |= p.changed
-        session.known_peers -= p.removed
         return shared
 
     def encode(
