@@ -42,6 +42,10 @@ def test_cli_verbs_on_real_nodes(need_lab: None, tmp_path: Path) -> None:
             res = a.host.run(["ping", "-c", "2", "-W", "3", ip_b], check=False, timeout=20)
             assert res.returncode == 0, res.stdout
 
+            six_b = b.cli("ip", "-6").stdout.strip()
+            res = a.host.run(["ping", "-6", "-c", "2", "-W", "3", six_b], check=False, timeout=20)
+            assert res.returncode == 0, res.stdout + res.stderr
+
             key = a.status()["Self"]["PublicKey"]
             a.cli("logout")
             assert a.status()["BackendState"] == "NeedsLogin"
