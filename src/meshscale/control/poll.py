@@ -57,9 +57,21 @@ MAX_ENDPOINTS = 64  # per node: a client reporting endless endpoints
 KEEPALIVE_JSON = b'{"KeepAlive":true}'
 
 
+_compressor: zstandard.ZstdCompressor | None = None
+
+
 def frame(payload_json: bytes, compress: bool) -> bytes:
-    """One map-stream message: little-endian length, then (zstd-compressed) JSON."""
-    body = zstandard.ZstdCompressor(level=3).compress(payload_json) if compress else payload_json
+    """One map-stream message: little-endian length, then (zstd-compressed) JSON.
+
+    One compressor is reused (each call emits a complete, independent frame); creating a
+    zstd context per message costs more than compressing a small delta."""
+    global _compressor
+    if compress:
+        if _compressor is None:
+            _compressor = zstandard.ZstdCompressor(level=3)
+        body = _compressor.compress(payload_json)
+    else:
+        body = payload_json
     return struct.pack("<I", len(body)) + body
 
 
