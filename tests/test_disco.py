@@ -316,3 +316,25 @@ def test_open_only_raises_disco_errors(data: bytes) -> None:
     for datagram in (data, disco.MAGIC + data):
         with contextlib.suppress(ParseError, OpenError):
             disco.open_packet(B_PRIV, datagram)
+
+
+def test_addr_port_text() -> None:
+    assert str(AP("[2001:db8::1]:80")) == "[2001:db8::1]:80"
+    assert str(AP("[::ffff:1.2.3.4]:5")) == "1.2.3.4:5"  # unmapped on parse
+    with pytest.raises(ValueError, match="port"):
+        AP("1.2.3.4")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Ping(bytes(11)),
+        lambda: Ping(bytes(12), None, -1),
+        lambda: Ping(bytes(12), None, disco.MAX_PING_PADDING + 1),
+        lambda: Pong(bytes(13), AP("1.2.3.4:5")),
+        lambda: BindUDPRelayEndpoint(1, 2, DK1, bytes(31)),
+    ],
+)
+def test_constructors_validate(build) -> None:
+    with pytest.raises(ValueError):
+        build()

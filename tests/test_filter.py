@@ -530,3 +530,39 @@ def test_shields_up_ignores_rules() -> None:
     rules = [rule(["*"], [("*", 0, 65535)])]
     assert Filter(rules, LOCAL).run_in(packet(PEER4, ME4, TCP)).accepted
     assert not Filter(rules, LOCAL, shields_up=True).run_in(packet(PEER4, ME4, TCP)).accepted
+
+
+@pytest.mark.parametrize(
+    ("pkt", "reason"),
+    [
+        (packet(PEER6, ME6, UDP, frag=100)[:44], "unknown proto"),  # cut fragment header
+        (packet(PEER4, ME4, ICMP4)[:23], "unknown proto"),  # ICMP shorter than 4 bytes
+        (packet(PEER4, ME4, TCP)[:39], "unknown proto"),
+        (packet(PEER4, ME4, TSMP)[:26], "unknown proto"),
+        (packet(PEER4, ME4, 2)[:27], "unknown proto"),  # IGMP
+        (packet(PEER4, ME4, 255), "unknown proto"),  # literal "fragment" protocol
+    ],
+)
+def test_truncated_transport_headers(pkt: bytes, reason: str) -> None:
+    # Shorten the IP length fields too, so that only the transport header is short.
+    b = bytearray(pkt)
+    if b[0] >> 4 == 4:
+        b[2:4] = len(b).to_bytes(2, "big")
+    else:
+        b[4:6] = (len(b) - 40).to_bytes(2, "big")
+    assert Filter.allow_all(LOCAL).run_in(bytes(b)).reason == reason
+
+
+def test_short_icmp_counts_as_a_request() -> None:
+    b = bytearray(packet(PEER4, ME4, ICMP4, icmp=(0, 0))[:26])  # 6 bytes: no echo test
+    b[2:4] = len(b).to_bytes(2, "big")
+    assert not Filter([], LOCAL).run_in(bytes(b)).accepted
+    assert Filter.allow_all(LOCAL).run_in(bytes(b)).reason == "icmp ok"
+
+
+def test_outbound_keepalive_and_cap_icmp() -> None:
+    assert Filter([], LOCAL).run_out(b"").reason == "keepalive"
+    r = rule(["cap:ping"], [(ME4, 22, 22)])
+    f = Filter([r], LOCAL, has_cap=lambda ip, cap: str(ip) == PEER4 and cap == "ping")
+    assert f.run_in(packet(PEER4, ME4, ICMP4, icmp=(8, 0))).reason == "icmp ok"
+    assert not f.run_in(packet("100.64.0.9", ME4, ICMP4, icmp=(8, 0))).accepted

@@ -453,3 +453,132 @@ def test_tables_fed_by_strangers_are_bounded(pair) -> None:
         key = NodePublic(i.to_bytes(4, "big") + bytes(28))
         a.conn.receive_derp(WG, key, 900, 1.0)
     assert len(a.conn._last_derp_region) == MAX_ADDR_BINDINGS
+
+
+def test_peer_removal_and_unknowns(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    deliver_udp(a, b, 1.01)
+    deliver_udp(b, a, 1.02)
+    a.conn.set_peers([], 2.0)
+    assert a.conn.peer_status(b.node.public(), 2.0) is None
+    # Its address no longer attributes WireGuard datagrams; its disco is unknown now.
+    a.conn.receive_datagram(WG, B_ADDR, 2.1)
+    assert a.conn.received_wireguard() == [(WG, WireGuardSource(None, B_ADDR, 0))]
+    a.conn.note_wireguard_source(b.node.public(), B_ADDR)  # not a peer: ignored
+    a.conn.receive_datagram(WG, B_ADDR, 2.2)
+    assert a.conn.received_wireguard()[0][1].peer is None
+    a.conn.note_send_error(b.node.public(), B_ADDR)  # unknown peer: no-op
+
+
+def test_send_error_drops_the_path(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    deliver_udp(a, b, 1.01)
+    deliver_udp(b, a, 1.02)
+    a.conn.note_send_error(b.node.public(), B_ADDR)
+    assert a.conn.peer_status(b.node.public(), 1.03).best is None
+
+
+def test_rebind_changes_advertised_port(pair) -> None:
+    a, _ = pair
+    a.conn.note_network_change(1.0, local_port=5555)
+    assert AddrPort(A_ADDR.ip, 5555) in [e.addr for e in a.conn.endpoints]
+
+
+def test_ping_over_derp_from_a_stranger_is_ignored(pair) -> None:
+    a, b = pair
+    ping = disco.DiscoBox(a.disco, b.disco.public()).seal(disco.Ping(b"t" * 12), bytes(24))
+    stranger = NodePrivate(bytes([9]) * 32).public()
+    b.conn.receive_derp(ping, stranger, 900, 1.0)
+    assert b.conn.derp_to_send() == []
+    assert b.conn.statistics().counters["drop_ping_derp_unknown"] == 1
+
+
+def test_relay_messages_are_counted_and_ignored(pair) -> None:
+    a, b = pair
+    msg = disco.BindUDPRelayEndpointChallenge(1, 2, a.disco.public())
+    b.conn.receive_datagram(disco.seal(a.disco, b.disco.public(), msg, bytes(24)), A_ADDR, 1.0)
+    assert b.conn.statistics().counters["drop_disco_unhandled"] == 1
+
+
+def test_heartbeats_resume_on_the_hot_path_after_idle(pair) -> None:
+    a, b = pair
+    a.conn.send(b.node.public(), WG, 1.0)
+    deliver_udp(a, b, 1.01)
+    deliver_udp(b, a, 1.02)
+    ep = a.conn._peers[b.node.public()]
+    ep.heartbeat_at = None  # as after a 45 s idle stop, but trust still fresh
+    assert a.conn.send(b.node.public(), WG, 1.5)
+    assert ep.heartbeat_at is not None
+
+
+def test_two_peers_sharing_a_disco_key() -> None:
+    a = Node(1, A_ADDR)
+    b, c = Node(2, B_ADDR), Node(3, AddrPort.parse("10.0.0.3:41641"))
+    c.disco = b.disco  # upstream allows N node keys per disco key
+    a.conn.set_peers([b.cfg(), c.cfg()], 0.0)
+    box = disco.DiscoBox(b.disco, a.disco.public())
+    src = AddrPort.parse("198.18.0.7:1")
+    # Without a node key the source becomes a candidate of both, but binds to neither.
+    a.conn.receive_datagram(box.seal(disco.Ping(b"1" * 12), bytes(24)), src, 1.0)
+    a.conn.receive_datagram(WG, src, 1.0)
+    assert a.conn.received_wireguard()[-1][1].peer is None
+    # With c's node key it binds to c only.
+    a.conn.receive_datagram(box.seal(disco.Ping(b"2" * 12, c.node.public()), bytes(24)), src, 1.1)
+    a.conn.receive_datagram(WG, src, 1.1)
+    assert a.conn.received_wireguard()[-1][1].peer == c.node.public()
+    # c's pong is matched by TxID across both peers sharing the key.
+    a.conn.send(c.node.public(), WG, 2.0)
+    tx_to_c = [d for d, to in a.conn.datagrams_to_send() if to == c.addr]
+    (ping,) = tx_to_c
+    msg = disco.DiscoBox(c.disco, a.disco.public()).open(ping)
+    pong = box.seal(disco.Pong(msg.tx_id, A_ADDR), bytes(24))
+    a.conn.receive_datagram(pong, c.addr, 2.01)
+    assert a.conn.peer_status(c.node.public(), 2.01).best == c.addr
+    assert a.conn.peer_status(b.node.public(), 2.01).best is None
+    # Removing one keeps the shared key (and its box) for the other.
+    a.conn.set_peers([b.cfg()], 3.0)
+    a.conn.receive_datagram(box.seal(disco.Ping(b"3" * 12), bytes(24)), src, 3.0)
+    assert a.conn.datagrams_to_send()  # still answered
+
+
+def test_attribution_table_is_bounded(pair) -> None:
+    from meshscale.magicsock.conn import MAX_ADDR_BINDINGS
+
+    a, b = pair
+    for port in range(MAX_ADDR_BINDINGS + 10):
+        a.conn.note_wireguard_source(b.node.public(), AddrPort(A_ADDR.ip, port))
+    assert len(a.conn._addr_src) == MAX_ADDR_BINDINGS
+    a.conn.receive_datagram(WG, AddrPort(A_ADDR.ip, 0), 1.0)  # the oldest was evicted
+    assert a.conn.received_wireguard()[0][1].peer is None
+
+
+def test_pending_call_me_maybe_for_a_removed_peer_is_dropped() -> None:
+    dm = DERPMap({900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))})
+    a, b, c = Node(1, A_ADDR), Node(2, B_ADDR), Node(3, AddrPort.parse("10.0.0.3:41641"))
+    a.conn.set_derp_map(dm, 0.0)
+    a.conn.set_peers([b.cfg(), c.cfg()], 0.0)
+    a.conn.handle_timer(3.0)
+    t = 40.0
+    a.conn.send(b.node.public(), WG, t)  # stale endpoints: CMM waits, netcheck starts
+    a.conn.send(c.node.public(), WG, t)  # netcheck already running: just queued
+    a.conn._pending_cmm[NodePrivate(bytes([7]) * 32).public()] = 900  # gone meanwhile
+    a.conn.derp_to_send()
+    a.conn.handle_timer(t + 3.0)  # report ends (no answers): CMMs flush
+    cmms = [k for _, k, d in a.conn.derp_to_send() if disco.looks_like_disco(d)]
+    assert sorted(k.raw for k in cmms) == sorted([b.node.public().raw, c.node.public().raw])
+
+
+def test_no_home_candidates() -> None:
+    a = Node(1, A_ADDR)
+    dm = DERPMap(
+        {
+            900: DERPRegion(
+                900, nodes=(DERPNode("x", 900, ipv4="192.0.2.1"),), no_measure_no_home=True
+            )
+        }
+    )
+    a.conn.set_derp_map(dm, 0.0)
+    a.conn.handle_timer(3.0)
+    assert a.conn.home_derp == 0

@@ -12,6 +12,7 @@ from meshscale.magicsock.endpoint import (
     DISCO_PING_INTERVAL,
     HEARTBEAT_INTERVAL,
     MAX_CANDIDATES,
+    MAX_SENT_PINGS,
     PING_TIMEOUT,
     SESSION_ACTIVE_TIMEOUT,
     TRUST_UDP_ADDR_DURATION,
@@ -227,3 +228,56 @@ def test_bad_endpoint_clears_best() -> None:
     assert ep.best is not None
     ep.note_bad_endpoint(ep.best)
     assert ep.best is None
+
+
+def test_better_addr_with_zero_latencies() -> None:
+    assert not better_addr(PUB1, 0.0, PUB2, 0.0)  # 0 vs 0 points: keep
+    assert better_addr(V6, 0.0, PUB2, 0.0)  # only the IPv6 bonus decides
+
+
+def test_pong_for_a_candidate_gone_meanwhile() -> None:
+    ep = make()
+    ep.note_send(0.0)
+    sent = pings(ep)
+    ep.set_endpoints([], 0.01)  # both netmap endpoints removed before the pongs
+    for p in sent:
+        assert ep.handle_pong(Pong(p.tx_id, p.dst), p.dst, 0.02)
+    assert ep.best is None
+    ep.note_bad_endpoint(PUB1)  # not a candidate any more: only clears best
+
+
+def test_full_ping_schedule_by_latency() -> None:
+    fast, slow = make(), make()
+    for ep, lat in ((fast, 0.002), (slow, 0.040)):
+        ep.note_send(0.0)
+        sent = pings(ep)
+        for p in sent:
+            ep.handle_pong(Pong(p.tx_id, p.dst), p.dst, lat)
+    # Both stay active; heartbeat every 3 s. A good-enough path (<= 5 ms) never
+    # re-probes everyone, a slow one does so once a minute.
+    full_fast = full_slow = 0
+    t = 0.0
+    while t < 130.0:
+        t += HEARTBEAT_INTERVAL
+        for ep in (fast, slow):
+            ep.note_send(t)
+            ep.handle_timer(t)
+            sent = pings(ep)
+            for p in sent:
+                ep.handle_pong(Pong(p.tx_id, p.dst), p.dst, t + (0.002 if ep is fast else 0.04))
+            if len(sent) > 1:
+                if ep is fast:
+                    full_fast += 1
+                else:
+                    full_slow += 1
+    assert full_fast == 0
+    assert full_slow == 2  # at about 60 s and 120 s
+
+
+def test_sent_pings_are_bounded() -> None:
+    many = [AP(f"203.0.113.{i // 200 + 1}:{i % 200 + 1000}") for i in range(MAX_CANDIDATES)]
+    ep = make(endpoints=many)
+    for k in range(6):  # each CallMeMaybe re-pings every candidate at once
+        ep.handle_call_me_maybe(CallMeMaybe(()), float(k) * 0.1)
+        ep.take_actions()
+    assert len(ep._sent) == MAX_SENT_PINGS  # 600 pings were wanted

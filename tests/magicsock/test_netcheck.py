@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -316,3 +317,119 @@ def test_net_info() -> None:
     js = to_json(ni)
     assert js["WorkingUDP"] is True
     assert js["MappingVariesByDestIP"] is False
+
+
+def test_empty_map_finishes_at_once_and_idle_calls_are_harmless() -> None:
+    nc = Netcheck(rand())
+    nc.handle_timer(0.0)  # nothing running
+    assert not nc.receive_stun(b"x" * 20, 0.0)
+    assert nc.get_timer() is None
+    nc.start_report(DERPMap(), 0.0)
+    r = nc.next_report()
+    assert r is not None
+    assert not r.udp
+    assert nc.next_report() is None
+
+
+def test_probes_that_add_nothing_are_skipped() -> None:
+    # Two nodes answer the same mapping: the second try of region 900 is not needed
+    # once latency and "mapping varies" are known, so only one probe per set leaves.
+    dm = DERPMap({900: region(900, "192.0.2.1", "192.0.2.2"), 901: region(901, "192.0.2.3")})
+    nc = Netcheck(rand())
+    nc.start_report(dm, 0.0)
+    srv = Server(
+        nc,
+        dict.fromkeys(("192.0.2.1", "192.0.2.2", "192.0.2.3"), "198.18.0.1:5000"),
+        {"192.0.2.1": 0.150, "192.0.2.2": 0.150, "192.0.2.3": 0.001},
+    )
+    srv.run(0.0, 10.0)
+    r = nc.next_report()
+    assert r is not None
+    assert r.mapping_varies_by_dest_ip is False
+    # 900 needs 150 ms: its second try (t=100 ms) leaves before the first answer.
+    assert [str(d.ip) for _, d in srv.sent].count("192.0.2.3") == 1
+
+
+def test_incremental_plan_dual_stack_and_home_outside_top3() -> None:
+    dm = DERPMap(
+        {
+            900 + i: DERPRegion(
+                900 + i,
+                nodes=(
+                    DERPNode(f"{i}a", 900 + i, ipv4=f"192.0.2.{i + 1}", ipv6=f"2001:db8::{i + 1}"),
+                ),
+            )
+            for i in range(6)
+        }
+    )
+    nc = Netcheck(rand())
+    answers = {f"192.0.2.{i + 1}": "198.18.0.1:5000" for i in range(6)}
+    answers |= {f"2001:db8::{i + 1}": "[2001:db8:9::1]:5000" for i in range(6)}
+    rtt = {ip: 0.010 * (int(ip.rsplit(".", 1)[-1].rsplit(":", 1)[-1]) + 1) for ip in answers}
+    nc.start_report(dm, 0.0, have_v6=True)
+    Server(nc, answers, rtt).run(0.0, 10.0)
+    first = nc.next_report()
+    assert first is not None
+    assert first.preferred_derp == 900
+    # Pretend the home is the slowest region: it is probed although outside the top 3.
+    nc._last = replace(first, preferred_derp=905)
+    nc.start_report(dm, 30.0, have_v6=True)
+    srv = Server(nc, {}, {})
+    srv.run(30.0, 40.0)
+    probed = {(str(d.ip)) for _, d in srv.sent}
+    assert "192.0.2.6" in probed and "2001:db8::6" in probed  # home, both families
+    assert "192.0.2.5" not in probed  # 5th region: neither top 3 nor home
+    # The third region alternates to one family only on dual-stack machines.
+    assert ("192.0.2.3" in probed) != ("2001:db8::3" in probed)
+
+
+def test_retries_without_new_information_are_skipped() -> None:
+    dm = DERPMap(
+        {
+            900: DERPRegion(900, nodes=(DERPNode("a", 900, ipv4="192.0.2.1", ipv6="2001:db8::1"),)),
+            901: DERPRegion(901, nodes=(DERPNode("b", 901, ipv4="192.0.2.2", ipv6="2001:db8::2"),)),
+            902: DERPRegion(902, nodes=(DERPNode("c", 902, ipv4="192.0.2.3"),)),  # no IPv6
+            903: DERPRegion(903, nodes=(DERPNode("d", 903, ipv4="192.0.2.4", ipv6="2001:db8::4"),)),
+        }
+    )
+    nc = Netcheck(rand())
+    nc.start_report(dm, 0.0, have_v6=True)
+    answers = {
+        "192.0.2.1": "198.18.0.1:5000",
+        "2001:db8::1": "[2001:db8:9::1]:5000",
+        "192.0.2.2": "198.18.0.1:5000",
+        "2001:db8::4": "[2001:db8:9::1]:5000",
+    }
+    rtt = dict.fromkeys(answers, 0.010) | {"2001:db8::4": 0.060}
+    srv = Server(nc, answers, rtt)
+    srv.run(0.0, 10.0)
+    assert nc.last_report is not None
+    # 901's IPv6 never answers, but once 901 has a latency and some region gave an
+    # IPv6 mapping, its retries would teach nothing: only the first try left.
+    assert [str(d.ip) for _, d in srv.sent].count("2001:db8::2") == 1
+    assert "2001:db8::3" not in {str(d.ip) for _, d in srv.sent}
+    # Region 902 never answers: retried at 100 ms; the third region to answer (903 at
+    # 60 ms) ends the report at 60 + 2 x 60 ms, before the 200 ms try.
+    assert [str(d.ip) for _, d in srv.sent].count("192.0.2.3") == 2
+    # Likewise 903's IPv4 retries: measured over IPv6, and "mapping varies" is settled.
+    assert [str(d.ip) for _, d in srv.sent].count("192.0.2.4") == 1
+
+
+def test_incremental_without_ipv6_history_and_break_after_top3() -> None:
+    dm = DERPMap({900 + i: region(900 + i, f"192.0.2.{i + 1}") for i in range(5)})
+    nc = Netcheck(rand())
+    nc.note_derp_frame(900, 0.0)
+    answers = {f"192.0.2.{i + 1}": "198.18.0.1:5000" for i in range(5)}
+    rtt = {f"192.0.2.{i + 1}": 0.010 * (i + 1) for i in range(5)}
+    nc.start_report(dm, 0.0)
+    Server(nc, answers, rtt).run(0.0, 10.0)
+    assert nc.next_report().preferred_derp == 900  # type: ignore[union-attr]
+    nc.start_report(dm, 30.0, have_v6=True)  # the machine gained IPv6 since
+    srv = Server(nc, {}, {})
+    srv.run(30.0, 40.0)
+    probed = [str(d.ip) for _, d in srv.sent]
+    # Home (fastest) 4 tries, the runner-up 2, the third 1; no IPv6 without IPv6 history.
+    assert sorted(set(probed)) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert probed.count("192.0.2.1") == 4
+    assert probed.count("192.0.2.2") == 2
+    assert probed.count("192.0.2.3") == 1

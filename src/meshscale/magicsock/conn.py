@@ -593,9 +593,8 @@ class Conn:
 
     def _remove_peer(self, key: NodePublic) -> None:
         ep = self._peers.pop(key)
-        keys = self._by_disco.get(ep.disco_key, [])
-        if key in keys:
-            keys.remove(key)
+        keys = self._by_disco[ep.disco_key]
+        keys.remove(key)
         if not keys:
             self._by_disco.pop(ep.disco_key, None)
             self._boxes.pop(ep.disco_key, None)

@@ -394,10 +394,7 @@ class PeerEndpoint:
             self._actions.append(SendCallMeMaybe(self.home_derp))
 
     def _start_ping(self, ep: AddrPort, now: float, *, heartbeat: bool) -> None:
-        c = self._eps.get(ep)
-        if c is None:
-            return
-        c.last_ping = now
+        self._eps[ep].last_ping = now  # callers pass candidates only (best is one)
         if len(self._sent) >= MAX_SENT_PINGS:
             return
         tx = self._rand(12)

@@ -263,8 +263,7 @@ class Netcheck:
 
     def _maybe_finish(self, now: float) -> None:
         run = self._run
-        if run is None:
-            return
+        assert run is not None  # only called while a report runs
         all_done = not run.sets_left or (not run.pending and not run.inflight)
         if (
             all_done
