@@ -7,6 +7,9 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from meshscale.control.noise import NoiseUpgrade
 from meshscale.control.testclient import ControlClient
@@ -117,3 +120,54 @@ def test_client_disconnect_cancels_streaming_handler() -> None:
         await server.close(grace=0.5)
 
     asyncio.run(asyncio.wait_for(go(), 20))
+
+
+class _FakeRaw:
+    """An UpgradeStream stand-in fed from a list of chunks; records what is written."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.written = bytearray()
+
+    async def read(self, n: int = 65536) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _pair() -> tuple[object, object]:
+    from meshscale.controlbase import ClientConn, ClientHandshake, Conn, server_accept
+
+    s, c = MachinePrivate(bytes([1]) * 32), MachinePrivate(bytes([2]) * 32)
+    hs = ClientHandshake(c, s.public(), 130, bytes([3]) * 32)
+    cc = ClientConn(hs, s.public())
+    resp, peer, v, (tx, rx) = server_accept(cc.initiation, s, bytes([4]) * 32)
+    cc.receive_data(resp)
+    return cc.conn, Conn(tx, rx, peer, v)
+
+
+@hsettings(max_examples=60)
+@given(st.binary(max_size=300), st.booleans())
+def test_h2server_survives_garbage(data: bytes, with_preface: bool) -> None:
+    """Whatever arrives inside valid records, the server ends cleanly (no exception)."""
+    from meshscale.control.transport import H2Server, NoiseStream
+
+    client, server = _pair()
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" if with_preface else b""
+    raw = _FakeRaw([client.send(preface + data)])  # type: ignore[attr-defined]
+
+    async def dispatch(req: NoiseRequest) -> NoiseResponse:
+        return NoiseResponse()
+
+    async def go() -> None:
+        srv = H2Server(NoiseStream(raw, server), dispatch, server.peer, 130)  # type: ignore[arg-type, attr-defined]
+        await asyncio.wait_for(srv.run(), 5)
+
+    asyncio.run(go())
