@@ -549,3 +549,17 @@ def test_pending_registrations_are_bounded(state: State, clock: FakeClock) -> No
     clock.advance(minutes=15)  # they expire, and room comes back
     state.begin_registration(mk(60000), nk(60000))
     assert len(state.list_registrations()) == 1
+
+
+def test_restart_after_admin_move_keeps_the_move(state: State, clock: FakeClock) -> None:
+    alice, bob = state.create_user("alice"), state.create_user("bob")
+    secret = state.create_preauth_key(alice.id).secret
+    n = state.register_with_preauth_key(secret, mk(1), nk(1))
+    state.move_node(n.id, bob.id)
+    clock.advance(hours=2)  # the key has expired meanwhile
+    again = state.register_with_preauth_key(secret, mk(1), nk(1))
+    assert again.user_id == bob.id
+    # An expired node must present a valid key again.
+    state.expire_node(n.id)
+    with pytest.raises(PreAuthKeyError, match="expired"):
+        state.register_with_preauth_key(secret, mk(1), nk(1))

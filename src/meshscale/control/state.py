@@ -46,9 +46,8 @@ from typing import Any, Final, cast
 
 from meshscale.control.db.repository import IntegrityError, Store
 from meshscale.control.ipalloc import AllocationStrategy, IPAllocator
-from meshscale.control.keys import KeyMethods, split_key
+from meshscale.control.keys import KeyMethods
 from meshscale.control.models import (
-    PREAUTH_KEY_PREFIX,
     APIKey,
     APIKeyID,
     Change,
@@ -478,22 +477,22 @@ class State(KeyMethods, RegistrationMethods):
     ) -> Node:
         """The pre-auth key path of /machine/register (spec §3.3).
 
-        A machine already registered by this key's user with the same node key and not
-        expired is returned unchanged without consuming or re-checking the key: clients
-        re-send their auth key on every restart. Otherwise the key is validated and
+        A machine already registered with the same node key and not expired is returned
+        unchanged, without consuming or re-validating the key (it must still be a key that
+        exists): clients re-send their auth key on every restart, possibly a used or
+        expired one. Unlike Headscale, the key's user need not own the node, because a
+        machine is one node here: an admin's ``move_node`` must survive a client restart.
+        A new machine, a rotated node key or an expired node needs a valid key, which is
         consumed atomically with the node write. Raises PreAuthKeyError (the text goes in
         RegisterResponse.Error) or Conflict.
         """
         with self._write():
             existing = self.get_node_by_machine_key(machine_key)
-            key_id = self._pak_by_prefix.get((split_key(secret, PREAUTH_KEY_PREFIX) or ("",))[0])
-            key = self._paks.get(key_id) if key_id is not None else None
             if (
-                existing is not None and key is not None
-                and existing.user_id == key.user_id and existing.node_key == node_key
+                existing is not None and existing.node_key == node_key
                 and not existing.is_expired(self.clock())
             ):
-                self._lookup_pak(secret)  # still prove possession of the key
+                self._lookup_pak(secret)  # prove possession of a real key
                 return existing
             key = self._consume_pak(secret)
             return self._register_locked(
