@@ -18,6 +18,7 @@ from meshscale.filter import (
     FilterError,
     TSMPMessage,
     parse,
+    tsmp_disco_advertisement,
     tsmp_message,
     tsmp_ping,
     tsmp_pong,
@@ -566,3 +567,16 @@ def test_outbound_keepalive_and_cap_icmp() -> None:
     f = Filter([r], LOCAL, has_cap=lambda ip, cap: str(ip) == PEER4 and cap == "ping")
     assert f.run_in(packet(PEER4, ME4, ICMP4, icmp=(8, 0))).reason == "icmp ok"
     assert not f.run_in(packet("100.64.0.9", ME4, ICMP4, icmp=(8, 0))).accepted
+
+
+def test_tsmp_disco_advertisement() -> None:
+    key = bytes(range(32))
+    pkt = tsmp_disco_advertisement(PEER6, ME6, key)
+    assert pkt[6] == TSMP
+    assert int.from_bytes(pkt[4:6], "big") == 33  # spec 7.4: 33-byte payload
+    msg = tsmp_message(pkt)
+    assert msg is not None
+    assert msg.disco_key == key
+    assert tsmp_message(tsmp_ping(PEER4, ME4, bytes(8))).disco_key is None  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="32"):
+        tsmp_disco_advertisement(PEER4, ME4, bytes(31))

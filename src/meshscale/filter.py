@@ -265,6 +265,13 @@ class TSMPMessage:
         return self.body[:8]
 
     @property
+    def disco_key(self) -> bytes | None:
+        """The announced disco key of an 'a' message, else None."""
+        if self.type != TSMP_DISCO_KEY or len(self.body) < 32:
+            return None
+        return self.body[:32]
+
+    @property
     def peerapi_port(self) -> int:
         """The PeerAPI port of a pong (0 when the 9-byte form omits it)."""
         return int.from_bytes(self.body[8:10], "big") if len(self.body) >= 10 else 0
@@ -333,6 +340,15 @@ def tsmp_ping(src: str, dst: str, data: bytes, ident: int = 0) -> bytes:
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     body = bytes((TSMP_PING,)) + data
     return _ip_header(s.packed, d.packed, len(body), ident) + body
+
+
+def tsmp_disco_advertisement(src: str, dst: str, disco_key: bytes) -> bytes:
+    """A TSMP 'a' packet announcing our 32-byte disco key (capability version >= 144)."""
+    if len(disco_key) != 32:
+        raise ValueError("disco key is 32 bytes")
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    body = bytes((TSMP_DISCO_KEY,)) + disco_key
+    return _ip_header(s.packed, d.packed, len(body), 0) + body
 
 
 def tsmp_rejected(packet: bytes | memoryview, reason: int = REJECT_ACL) -> bytes | None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from meshscale import disco, stun
 from meshscale.disco import AddrPort
-from meshscale.key import DiscoPrivate, NodePrivate, NodePublic
+from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import (
     Conn,
     DERPMap,
@@ -582,3 +582,29 @@ def test_no_home_candidates() -> None:
     a.conn.set_derp_map(dm, 0.0)
     a.conn.handle_timer(3.0)
     assert a.conn.home_derp == 0
+
+
+def test_disco_key_announced_in_the_tunnel(pair) -> None:
+    from meshscale.filter import tsmp_disco_advertisement, tsmp_message
+
+    a, b = pair
+    new = DiscoPrivate(bytes([66]) * 32)
+    pkt = tsmp_disco_advertisement("100.64.0.2", "100.64.0.1", new.public().raw)
+    msg = tsmp_message(pkt)
+    assert msg is not None
+    assert msg.disco_key == new.public().raw
+    a.conn.note_disco_key(b.node.public(), DiscoPublic(msg.disco_key), 1.0)
+    a.conn.note_disco_key(b.node.public(), DiscoPublic(msg.disco_key), 1.0)  # same: no-op
+    a.conn.note_disco_key(NodePrivate(bytes([9]) * 32).public(), new.public(), 1.0)  # unknown
+    # The old key is forgotten; the new one is answered.
+    old_ping = disco.seal(b.disco, a.disco.public(), disco.Ping(b"o" * 12), bytes(24))
+    a.conn.receive_datagram(old_ping, B_ADDR, 1.1)
+    assert a.conn.datagrams_to_send() == []
+    new_ping = disco.seal(new, a.disco.public(), disco.Ping(b"n" * 12), bytes(24))
+    a.conn.receive_datagram(new_ping, B_ADDR, 1.2)
+    ((pong, to),) = a.conn.datagrams_to_send()
+    assert to == B_ADDR
+    assert disco.open_packet(new, pong)[1] == disco.Pong(b"n" * 12, B_ADDR)
+    # Netmap endpoints survive the switch.
+    a.conn.send(b.node.public(), WG, 2.0)
+    assert B_ADDR in {to for d, to in a.conn.datagrams_to_send() if disco.looks_like_disco(d)}

@@ -207,6 +207,23 @@ class Conn:
             ep.set_endpoints(cfg.endpoints, now)
             self._drain(ep, now)
 
+    def note_disco_key(self, peer: NodePublic, disco_key: DiscoPublic, now: float) -> None:
+        """A peer announced its disco key inside the tunnel (TSMP 'a', spec 4.7).
+
+        A different key means the peer restarted: its path state starts afresh, as
+        when control reports the new key. (A later netmap still carrying the old key
+        would switch back; control normally catches up within seconds.)
+        """
+        ep = self._peers.get(peer)
+        if ep is None or ep.disco_key == disco_key:
+            return
+        self._remove_peer(peer)
+        new = PeerEndpoint(
+            peer, disco_key, self._rand, home_derp=ep.home_derp, endpoints=ep.netmap_endpoints()
+        )
+        self._peers[peer] = new
+        self._by_disco.setdefault(disco_key, []).append(peer)
+
     def note_network_change(self, now: float, *, local_port: int | None = None) -> None:
         """Link or route change (or a rebind): forget every path and re-STUN (spec 5.7)."""
         if local_port is not None:

@@ -204,6 +204,9 @@ class PeerEndpoint:
             self._eps.setdefault(ep, _Candidate()).in_netmap = True
         self._prune(now)
 
+    def netmap_endpoints(self) -> list[AddrPort]:
+        return [ep for ep, c in self._eps.items() if c.in_netmap]
+
     def candidates(self) -> list[AddrPort]:
         return list(self._eps)
 
