@@ -9,13 +9,18 @@ publishes change events to subscribers (the map batcher computes deltas from the
 Theory of operation::
 
     caller ──> State.method()            sync, fast: one short DB transaction
+                 │ checks (may raise; nothing written yet)
                  │ with self._write():   lock + store transaction + event buffer
                  │   store.insert/update/delete ...
                  │   memory indexes updated
                  │ commit ──> events published to every ChangeSubscription
-                 │ failure ─> rollback, memory reloaded from the store, error raised
+                 │ failure after a write ─> rollback, memory reloaded from the store
                  v
                frozen snapshot objects returned (User, Node, PreAuthKey, ...)
+
+Durable writes (users, keys, registrations, admin edits) are flushed to disk before
+returning; soft state (endpoints, Hostinfo, online) is committed without a flush
+(``_write(durable=False)``), see :mod:`meshscale.control.db.sqlite`.
 
 Methods are synchronous and thread-safe (one re-entrant lock). They are meant to be
 called from the event loop thread; a subscription created inside a running loop is
