@@ -247,8 +247,11 @@ def test_any_request_gets_a_clean_answer(
     method: str, segments: list[str], body: bytes, query: dict[str, str]
 ) -> None:
     state = State.open(":memory:", clock=lambda: T0)
-    state.create_user("alice")
-    state.create_preauth_key(state.get_user_by_name("alice").id)
+    uid = state.create_user("alice").id
+    state.create_preauth_key(uid)
+    state.register_node(MachinePublic(b"m" * 32), NodePublic(b"n" * 32), uid,
+                        {"Hostname": "x", "RoutableIPs": ["10.0.0.0/8"]})
+    state.create_api_key()
     api = API(state, trusted=True)
     path = "/api/v1/" + "/".join(segments)
     status, payload = call(api, method, path, raw=body, query=query)
