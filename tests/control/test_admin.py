@@ -224,6 +224,18 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     assert [k["prefix"] for k in keys] == [prefix]
 
 
+def test_policy_cli_in_file_mode(
+    served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert run(capsys, *served.cli("policy", "get")) == (0, "\n", "")
+    pol = tmp_path / "p.hujson"
+    pol.write_text('{"acls": []}')
+    code, _, err = run(capsys, *served.cli("policy", "set", "-f", str(pol)))
+    assert code == 1 and "policy.mode is file" in err and err.count("\n") == 1
+    code, _, err = run(capsys, *served.cli("policy", "set", "-f", str(tmp_path / "nope")))
+    assert code == 2 and "cannot read" in err
+
+
 def test_state_survives_restart(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, *served.cli("users", "create", "alice"))[0] == 0
     key = run_json(capsys, served, "preauthkeys", "create", "-u", "alice")

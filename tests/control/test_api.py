@@ -258,3 +258,15 @@ def test_any_request_gets_a_clean_answer(
     assert status in (200, 400, 404, 405, 409, 413), (status, payload)
     assert isinstance(payload, dict)
     state.close()
+
+
+def test_policy_routes(state: State) -> None:
+    api = API(state, trusted=True)
+    assert call(api, "GET", "/api/v1/policy") == (200, {"policy": ""})
+    sub = state.subscribe()
+    assert call(api, "PUT", "/api/v1/policy", {"policy": '{"acls": []}'})[0] == 200
+    assert call(api, "GET", "/api/v1/policy")[1] == {"policy": '{"acls": []}'}
+    assert [type(c).__name__ for c in sub.drain()] == ["PolicyChanged"]
+    file_mode = API(state, trusted=True, policy_writable=False)
+    status, body = call(file_mode, "PUT", "/api/v1/policy", {"policy": "{}"})
+    assert status == 400 and "policy.mode is file" in body["message"]

@@ -440,6 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--id")
     c.add_argument("-u", "--user", help="accepted for Headscale parity")
 
+    pol = sub.add_parser("policy", help="get or set the policy (policy.mode database)")
+    pos = pol.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    pos.add_parser("get")
+    c = pos.add_parser("set")
+    c.add_argument("-f", "--file", required=True, help="policy file (HuJSON), - for stdin")
+
     apis = sub.add_parser("apikeys", aliases=["apikey"], help="manage API keys")
     aps = apis.add_subparsers(dest="verb", required=True, parser_class=_Parser)
     c = aps.add_parser("create")
@@ -472,6 +478,14 @@ def _client(args: argparse.Namespace, cfg: ControlConfig) -> AdminClient:
                                  timeout=max(cfg.cli.timeout.total_seconds(), 1.0))
     sock = args.socket or str(cfg.unix_socket)
     return AdminClient(unix_socket=sock, timeout=max(cfg.cli.timeout.total_seconds(), 1.0))
+
+
+def _read_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
 
 
 def _pick(*values: str | None, what: str) -> str:
@@ -512,6 +526,14 @@ def run_admin(args: argparse.Namespace, cfg: ControlConfig) -> None:
             if not (args.id or args.key):
                 raise UsageError("preauthkeys expire needs --id ID or the KEY")
             preauthkeys_expire(c, o, args.id, args.key)
+    elif cmd == "policy":
+        if verb == "get":
+            payload = c.request("GET", "/api/v1/policy")
+            o.message(payload, payload["policy"])
+        else:
+            text = sys.stdin.read() if args.file == "-" else _read_file(args.file)
+            payload = c.request("PUT", "/api/v1/policy", {"policy": text})
+            o.message(payload, "Policy updated")
     elif cmd == "apikeys":
         if verb == "create":
             apikeys_create(c, o, args.expiration)

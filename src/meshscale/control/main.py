@@ -10,6 +10,7 @@
     preauthkeys create --user U [--reusable --ephemeral --expiration 24h --tags tag:x]
                 | list | expire
     apikeys create | list | expire | delete
+    policy get | set -f FILE                (policy.mode database)
 
 ``serve`` opens State, and serves on ``listen_addr`` (TLS when tls_cert_path/key_path are
 set): the REST API (API key required), ``/health``, the ts2021 protocol routes from
@@ -118,7 +119,8 @@ class Server:
         self.reload_policy()
 
         public = Router()
-        API(state).mount(public)
+        writable = cfg.policy.mode == "database"
+        API(state, policy_writable=writable).mount(public)
         public.add("GET", "/health", _health)
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
@@ -134,7 +136,7 @@ class Server:
         log.info("server_url is %s", cfg.server_url)
 
         local = Router()
-        API(state, trusted=True).mount(local)
+        API(state, trusted=True, policy_writable=writable).mount(local)
         local.add("GET", "/health", _health)
         self.unix = await self._start_unix(HTTPServer(local, server_header=PROG))
 

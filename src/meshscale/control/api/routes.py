@@ -42,6 +42,7 @@ class Call:
     params: dict[str, str]
     query: dict[str, str]
     body: dict[str, Any]
+    policy_writable: bool = True  # False with policy.mode: file (the file is the source)
 
 
 Handler = Callable[[Call], dict[str, Any]]
@@ -286,6 +287,10 @@ def get_policy(c: Call) -> dict[str, Any]:
 
 
 def set_policy(c: Call) -> dict[str, Any]:
+    if not c.policy_writable:
+        raise BadRequest(
+            "policy.mode is file: edit the policy file and send SIGHUP to the server"
+        )
     c.state.set_policy(_str(c.body, "policy"))
     return {"policy": c.state.policy or ""}
 

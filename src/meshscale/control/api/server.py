@@ -64,11 +64,15 @@ class API:
     Parameters:
       state: the one State.
       trusted: skip API-key checks (the unix socket).
+      policy_writable: accept PUT /api/v1/policy (policy.mode database).
     """
 
-    def __init__(self, state: State, *, trusted: bool = False) -> None:
+    def __init__(
+        self, state: State, *, trusted: bool = False, policy_writable: bool = True
+    ) -> None:
         self.state = state
         self.trusted = trusted
+        self.policy_writable = policy_writable
         self._routes = [(r, r.path.strip("/").split("/")) for r in ROUTES]
         self._openapi = json.dumps(openapi_document()).encode()
 
@@ -122,7 +126,8 @@ class API:
             if not isinstance(body, dict):
                 return error_response(400, 3, "request body must be a JSON object")
         try:
-            return json_response(route.handler(Call(self.state, params, dict(req.query), body)))
+            call = Call(self.state, params, dict(req.query), body, self.policy_writable)
+            return json_response(route.handler(call))
         except StateError as exc:
             for cls, status, code in _ERROR_MAP:
                 if isinstance(exc, cls):
