@@ -20,7 +20,7 @@ def test_cli_verbs_on_real_nodes(need_lab: None, tmp_path: Path) -> None:
         b = net.add_node("b", lab.add_public_host("b"))
         try:
             a.up()
-            b.up()
+            b.up(https=True)  # ts2021 inside TLS, /key verified against the lab CA
             ip_a, ip_b = a.ip4(), b.ip4()
             assert a.cli("ip", "-4", "b").stdout.strip() == ip_b
             six = a.cli("ip", "-6").stdout.strip()

@@ -55,7 +55,8 @@ class MeshNode:
             "--verbose",
             "1",
         ]
-        self.proc = self.host.spawn(argv, log_name=f"meshscaled-{self.name}")
+        env = {"SSL_CERT_FILE": str(self.net.ca.cert_path)} if self.net.ca is not None else None
+        self.proc = self.host.spawn(argv, env=env, log_name=f"meshscaled-{self.name}")
         if wait:
             self.wait_started()
 
@@ -84,10 +85,11 @@ class MeshNode:
             raise MeshLabError(f"{self.name}: meshscale {' '.join(args)}: {res.stderr.strip()}")
         return res
 
-    def up(self, timeout: float = 30.0) -> None:
+    def up(self, timeout: float = 30.0, *, https: bool = False) -> None:
+        url = "https://ctl.lab" if https else self.net.control_url
         self.cli(
             "up",
-            f"--login-server={self.net.control_url}",
+            f"--login-server={url}",
             f"--authkey={self.net.authkey}",
             f"--hostname={self.name}",
             f"--timeout={timeout:g}s",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from contextlib import asynccontextmanager
 
 import pytest
@@ -23,7 +24,7 @@ DERP = DERPMap(
 
 
 @asynccontextmanager
-async def control(port: int = 0):
+async def control(port: int = 0, tls: ssl.SSLContext | None = None):
     rng = random.Random(3)
     state = State.open(":memory:", rand=rng.randbytes, randbelow=rng.randrange)
     alice = state.create_user("alice", email="alice@example.org")
@@ -33,7 +34,7 @@ async def control(port: int = 0):
     app = build_app(state, settings, DERP, control_key=MachinePrivate(b"\x05" * 32),
                     rand=rng.randbytes)  # type: ignore[arg-type]  # fmt: skip
     server = HTTPServer(app.router)
-    srv = await server.start("127.0.0.1", port)
+    srv = await server.start("127.0.0.1", port, ssl=tls)
     await app.start()
     try:
         yield state, key, srv.sockets[0].getsockname()[1]
@@ -121,5 +122,32 @@ def test_interactive_login_waits_for_approval():
             await n.wait_for(lambda: n.auto.netmap.self_node is not None)
             assert n.auto.netmap.self_node.MachineAuthorized
             await n.auto.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 20))
+
+
+def test_https_control_url(tmp_path, monkeypatch):
+    from meshscale.lab.pki import LabCA
+
+    ca = LabCA(tmp_path / "ca")
+    cert, key = ca.issue(["localhost"], [])
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_path))
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+
+    async def body():
+        async with control(tls=tls) as (_state, key_, port):
+            n = Node("t", f"https://localhost:{port}", random.Random(5))
+            n.auto.start(key_)
+            await n.wait_for(lambda: n.auto.netmap.self_node is not None)
+            assert n.auto.connected
+            await n.auto.stop()
+            # /key must be verified: without the lab CA the login fails cleanly.
+            monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent")
+            m = Node("u", f"https://localhost:{port}", random.Random(6))
+            m.auto.start(key_)
+            await asyncio.sleep(0.5)
+            assert m.auto.netmap.self_node is None and "CERTIFICATE" in m.auto.last_error.upper()
+            await m.auto.stop()
 
     asyncio.run(asyncio.wait_for(body(), 20))
