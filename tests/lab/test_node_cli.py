@@ -59,3 +59,31 @@ def test_cli_verbs_on_real_nodes(need_lab: None, tmp_path: Path) -> None:
         except BaseException:
             print("--- a ---\n" + a.log()[-3000:])
             raise
+
+
+def test_interactive_up_prints_url_and_waits_for_approval(need_lab: None, tmp_path: Path) -> None:
+    import re
+    import sys
+    import time
+
+    with Lab(hint="nint", workdir=tmp_path / "lab") as lab:
+        net = MeshNet(lab, tmp_path / "net")
+        net.start_control()
+        a = net.add_node("a", lab.add_public_host("a"))
+        argv = [sys.executable, "-m", "meshscale.cli.main", "--socket", a.socket, "up",
+                f"--login-server={net.control_url}", "--timeout=40s"]  # fmt: skip
+        up = a.host.spawn(argv, log_name="up-interactive")
+        url = None
+        deadline = time.monotonic() + 20
+        while url is None and time.monotonic() < deadline:
+            m = re.search(r"To authenticate, visit:\s+(\S+/register/\S+)", up.log_text())
+            url = m.group(1) if m else None
+            time.sleep(0.1)
+        assert url is not None, up.log_text()
+        time.sleep(0.5)
+        assert up.running, "up must wait for the approval"
+        assert a.status()["BackendState"] == "NeedsLogin"
+        net.approve(url)
+        assert up.wait(30) == 0, up.log_text()
+        assert "Success." in up.log_text()
+        assert a.status()["BackendState"] == "Running"

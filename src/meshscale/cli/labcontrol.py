@@ -4,6 +4,8 @@
 
 Serves ts2021 + DERP on HTTPS 443 (lab CA certificate) and plain HTTP 80, STUN on 3478, one
 DERP region (900 "lab"), and writes a reusable pre-auth key to WORKDIR/authkey once ready.
+An empty file WORKDIR/approve/<registration id> approves that interactive login (the lab's
+stand-in for ``meshscale-control nodes register``).
 Used by ``meshscale lab`` and the node lab tests.
 """
 
@@ -25,6 +27,7 @@ from meshscale.relay.stun_server import STUNServer
 from meshscale.tailcfg import DERPMap, DERPRegion, from_json
 
 REGION_ID = 900
+APPROVE_POLL = 0.2  # seconds between looks at WORKDIR/approve/
 
 
 def _control_key(path: str) -> MachinePrivate:
@@ -67,7 +70,16 @@ async def serve(workdir: str, host: str, ip: str, cert: str, key: str) -> None:
     await STUNServer().start(None, 3478)
     await app.start()
     _write_atomic(os.path.join(workdir, "authkey"), secret)
-    await asyncio.Event().wait()
+    approve_dir = os.path.join(workdir, "approve")
+    os.makedirs(approve_dir, exist_ok=True)
+    while True:  # the lab's "admin": approve interactive logins named by a file
+        for name in os.listdir(approve_dir):
+            try:
+                state.complete_registration(name, user.id)
+            except Exception as exc:
+                logging.warning("approve %s: %s", name[:40], exc)
+            os.unlink(os.path.join(approve_dir, name))
+        await asyncio.sleep(APPROVE_POLL)
 
 
 def main() -> None:

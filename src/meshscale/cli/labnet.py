@@ -143,6 +143,11 @@ class MeshNet:
         self.authkey = (cdir / "authkey").read_text().strip()
         self.control_url = f"http://{self.ctl.ip}"
 
+    def approve(self, auth_url: str) -> None:
+        """Approve an interactive login by its AuthURL (as an admin would)."""
+        reg_id = auth_url.rstrip("/").rsplit("/", 1)[-1]
+        (self.workdir / "ctl" / "approve" / reg_id).touch()
+
     def stop_control(self) -> None:
         if self.ctl_proc is not None:
             self.ctl_proc.stop()
