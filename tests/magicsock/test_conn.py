@@ -316,14 +316,14 @@ def test_derp_map_from_tailcfg() -> None:
 
 
 def test_low_order_disco_key_peer_is_harmless() -> None:
-    from meshscale.key import DiscoPublic
 
     a, b = Node(1, A_ADDR), Node(2, B_ADDR)
-    bad = PeerConfig(b.node.public(), DiscoPublic(bytes(32)), (B_ADDR,), 900)
+    low_order = DiscoPublic(bytes([1]) + bytes(31))  # the point of order 1: not zero
+    bad = PeerConfig(b.node.public(), low_order, (B_ADDR,), 900)
     a.conn.set_peers([bad], 0.0)
     assert a.conn.send(b.node.public(), WG, 1.0)  # data still goes via DERP
     assert [d for d, _ in a.conn.datagrams_to_send() if disco.looks_like_disco(d)] == []
-    a.conn.receive_datagram(disco.MAGIC + bytes(32) + bytes(60), B_ADDR, 1.1)
+    a.conn.receive_datagram(disco.MAGIC + low_order.raw + bytes(60), B_ADDR, 1.1)
     assert a.conn.statistics().counters["drop_disco_bad_key"] == 1
 
 
@@ -608,3 +608,10 @@ def test_disco_key_announced_in_the_tunnel(pair) -> None:
     # Netmap endpoints survive the switch.
     a.conn.send(b.node.public(), WG, 2.0)
     assert B_ADDR in {to for d, to in a.conn.datagrams_to_send() if disco.looks_like_disco(d)}
+
+
+def test_peer_with_zero_disco_key_is_left_out() -> None:
+    a, b = Node(1, A_ADDR), Node(2, B_ADDR)
+    a.conn.set_peers([PeerConfig(b.node.public(), DiscoPublic(bytes(32)), (B_ADDR,), 900)], 0.0)
+    assert a.conn.peer_status(b.node.public(), 0.0) is None
+    assert not a.conn.send(b.node.public(), WG, 1.0)

@@ -189,8 +189,9 @@ class Conn:
         self._recompute_endpoints(now, fresh=False)
 
     def set_peers(self, peers: Iterable[PeerConfig], now: float) -> None:
-        """Install the netmap's peers; peers without a disco key must not be passed (spec 4.1)."""
-        want = {p.node_key: p for p in peers}
+        """Install the netmap's peers. Peers with a zero disco key are left out, as the
+        official client does (spec 4.1): they are unreachable, even over DERP."""
+        want = {p.node_key: p for p in peers if not p.disco_key.is_zero()}
         for key in list(self._peers):
             if key not in want:
                 self._remove_peer(key)
