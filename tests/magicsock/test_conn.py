@@ -316,7 +316,6 @@ def test_derp_map_from_tailcfg() -> None:
 
 
 def test_low_order_disco_key_peer_is_harmless() -> None:
-
     a, b = Node(1, A_ADDR), Node(2, B_ADDR)
     low_order = DiscoPublic(bytes([1]) + bytes(31))  # the point of order 1: not zero
     bad = PeerConfig(b.node.public(), low_order, (B_ADDR,), 900)
