@@ -466,3 +466,17 @@ def test_recv_many_returns_a_burst_in_order() -> None:
         await b.close()
 
     run(body, DERPServer(key(99)))
+
+
+def test_health_broadcast_reaches_clients() -> None:
+    async def body(node: Node) -> None:
+        a = await connected(node, key(1))
+        node.derp.broadcast_health("maintenance at noon")
+        async with asyncio.timeout(3):
+            assert await a.recv() == F.Health("maintenance at noon")
+        node.derp.broadcast_health("")
+        async with asyncio.timeout(3):
+            assert await a.recv() == F.Health("")
+        await a.close()
+
+    run(body, DERPServer(key(99)))

@@ -402,6 +402,13 @@ class Relay:
         else:
             self.stats.drop("ctrl_queue_full")
 
+    def broadcast_health(self, problem: str) -> None:
+        """Queue a Health frame for every client ("" clears the problem); mesh peers skip it."""
+        frame = F.health(problem)
+        for conn in self.conns.values():
+            if not conn.mesh:
+                self._ctrl(conn, frame)
+
     # ---- mesh forwarders (our client links to other relays of the region) ---------------
 
     def add_forwarder(self) -> Forwarder:

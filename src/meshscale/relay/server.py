@@ -376,6 +376,11 @@ class DERPServer:
             if sink is not None:
                 sink.close()
 
+    def broadcast_health(self, problem: str) -> None:
+        """Show ``problem`` as a health warning on every connected client ("" clears it)."""
+        self.relay.broadcast_health(problem)
+        self._flush_ready()
+
     # ---- mesh ---------------------------------------------------------------------------
 
     def add_mesh_peer(
