@@ -70,7 +70,6 @@ class _Item:
     __slots__ = (
         "ack",
         "closed",
-        "count",
         "first",
         "gso",
         "hl",
@@ -109,7 +108,6 @@ class _Item:
         self.gso = gso
         self.tcp = tcp
         self.size = gso  # payload bytes so far
-        self.count = 1
         self.next_seq = 0
         self.psh = False
         self.closed = False
@@ -240,13 +238,10 @@ class Coalescer:
                         outs.append([ZERO_HDR, p])
                         continue
                 if ok:
-                    iov = item.iov
-                    if item.count == 1:
-                        iov.append(item.first[hl:])
+                    pk = item.pkts
+                    if len(pk) == 1:
                         merged.append(item)
-                    iov.append(p[hl:])  # a copy for bytes (cheaper than a view), else a view
-                    item.pkts.append(p)
-                    item.count += 1
+                    pk.append(p)
                     item.size += plen
                     if tcp:
                         item.next_seq = (seq + plen) & 0xFFFFFFFF
@@ -256,7 +251,7 @@ class Coalescer:
                     continue
                 bad += 1
 
-            iov = [ZERO_HDR, p]
+            iov: list[Buffer] = [ZERO_HDR, p]
             outs.append(iov)
             item = _Item(p, iov, iph, hl, plen, tcp, ipkey, ack, opts)
             if tcp:
@@ -337,8 +332,9 @@ def _finish(item: _Item) -> None:
         h[iph + 7] = ps & 0xFF
         gso_type = GSO_UDP_L4
         coff = 6
-    item.iov[0] = HDR_STRUCT.pack(F_NEEDS_CSUM, gso_type, hl, item.gso, iph, coff)
-    item.iov[1] = h
+    # Payload slices: a copy for bytes (cheaper than creating a view), a view for memoryviews.
+    item.iov[:] = [HDR_STRUCT.pack(F_NEEDS_CSUM, gso_type, hl, item.gso, iph, coff), h]
+    item.iov += [p[hl:] for p in item.pkts]
 
 
 def coalesce(
