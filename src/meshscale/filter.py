@@ -43,6 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from meshscale.tailcfg import PORT_RANGE_ANY, FilterRule, NetPortRange
 
@@ -70,6 +71,9 @@ _TCP_SYN, _TCP_ACK = 0x02, 0x10
 ICMP4_ERRORS = frozenset({3, 11, 0x12})  # 0x12 as coded upstream (RFC 792 says 12)
 ICMP6_ERRORS = frozenset({1, 2, 3, 4})
 _GCP_METADATA = int(ipaddress.IPv4Address("169.254.169.254"))
+_MIN_TRANSPORT = {PROTO_TCP: 20, PROTO_UDP: 8, PROTO_SCTP: 12}  # header bytes with ports
+# version/IHL, total length, flags+offset, protocol, source, destination
+_IP4 = struct.Struct("!BxHxxHxBxxII")
 
 
 class FilterError(ValueError):
@@ -91,6 +95,17 @@ class Decision:
         return self.response is Response.ACCEPT
 
 
+_DECISIONS: dict[tuple[Response, str], Decision] = {}
+
+
+def _decide(response: Response, reason: str) -> Decision:
+    """Decisions are immutable, so the hot path shares one object per (response, reason)."""
+    d = _DECISIONS.get((response, reason))
+    if d is None:
+        d = _DECISIONS.setdefault((response, reason), Decision(response, reason))
+    return d
+
+
 _Range = tuple[int, int]  # inclusive integer address range
 
 
@@ -103,17 +118,11 @@ class Match:
     src_caps: tuple[str, ...]
     dsts: tuple[tuple[int, int, int, int], ...]  # (ip_lo, ip_hi, port_lo, port_hi)
 
-    def src_ok(self, ip: int, ip_obj: Callable[[], object], has_cap: CapTest | None) -> bool:
-        if any(lo <= ip <= hi for lo, hi in self.srcs):
-            return True
-        return has_cap is not None and any(has_cap(ip_obj(), c) for c in self.src_caps)
-
 
 CapTest = Callable[[object, str], bool]  # (source ip_address, capability) -> granted
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
+class Parsed(NamedTuple):
     """The fields the filter reads from an IP packet (upstream packet.Parsed)."""
 
     version: int
@@ -185,13 +194,10 @@ def parse(b: bytes | memoryview) -> Parsed | None:
         return None
     version = b[0] >> 4
     if version == 4:
-        proto = b[9]
-        total = (b[2] << 8) | b[3]
-        ihl = (b[0] & 0x0F) << 2
-        src, dst = int.from_bytes(b[12:16], "big"), int.from_bytes(b[16:20], "big")
+        b0, total, frag, proto, src, dst = _IP4.unpack_from(b)
+        ihl = (b0 & 0x0F) << 2
         if n < total or ihl < 20 or ihl > total:
             return Parsed(4, PROTO_UNKNOWN, src, dst, 0, 0, 0)
-        frag = (b[6] << 8) | b[7]
         more, offset = frag & 0x2000, frag & 0x1FFF
         if offset:
             proto = PROTO_FRAGMENT if offset >= MIN_FRAG_BLOCKS else PROTO_UNKNOWN
@@ -232,7 +238,7 @@ def _transport(
             return Parsed(v, proto, src, dst, 0, 0, 0)
         return Parsed(v, proto, src, dst, 0, 0, 0, b[off], b[off + 1])
     if proto in (PROTO_TCP, PROTO_UDP, PROTO_SCTP):
-        if sub < {PROTO_TCP: 20, PROTO_UDP: 8, PROTO_SCTP: 12}[proto]:
+        if sub < _MIN_TRANSPORT[proto]:
             return unknown
         sport, dport = (b[off] << 8) | b[off + 1], (b[off + 2] << 8) | b[off + 3]
         flags = b[off + 13] if proto == PROTO_TCP else 0
@@ -410,51 +416,55 @@ class Filter:
     def run_in(self, packet: bytes | memoryview) -> Decision:
         """Decide on a packet arriving from a peer."""
         if len(packet) == 0:
-            return Decision(Response.ACCEPT, "keepalive")
+            return _decide(Response.ACCEPT, "keepalive")
         q = parse(packet)
         if q is None:
-            return Decision(Response.DROP, "too short" if len(packet) < 20 else "not ip")
+            return _decide(Response.DROP, "too short" if len(packet) < 20 else "not ip")
         pre = self._pre(q)
         if pre is not None:
             return pre
-        if not any(lo <= q.dst <= hi for lo, hi in self._local[q.version]):
-            return Decision(Response.DROP, "destination not allowed")
+        dst = q.dst
+        for lo, hi in self._local[q.version]:
+            if lo <= dst <= hi:
+                break
+        else:
+            return _decide(Response.DROP, "destination not allowed")
         ms = self._m[q.version]
         p = q.proto
         if p == (PROTO_ICMP4 if q.version == 4 else PROTO_ICMP6):
             errors = ICMP4_ERRORS if p == PROTO_ICMP4 else ICMP6_ERRORS
             reply = 0 if p == PROTO_ICMP4 else 129
             if (q.icmp_type == reply and q.icmp_code == 0) or q.icmp_type in errors:
-                return Decision(Response.ACCEPT, "icmp response ok")
+                return _decide(Response.ACCEPT, "icmp response ok")
             if self._match_ips_only(ms, q):
-                return Decision(Response.ACCEPT, "icmp ok")
+                return _decide(Response.ACCEPT, "icmp ok")
         elif p == PROTO_TCP:
             if q.tcp_flags & (_TCP_SYN | _TCP_ACK) != _TCP_SYN:
-                return Decision(Response.ACCEPT, "tcp non-syn")
+                return _decide(Response.ACCEPT, "tcp non-syn")
             if self._match(ms, q):
-                return Decision(Response.ACCEPT, "tcp ok")
+                return _decide(Response.ACCEPT, "tcp ok")
         elif p in (PROTO_UDP, PROTO_SCTP):
             key = (p, q.src, q.sport, q.dst, q.dport)
             if key in self._flows:
                 self._flows.move_to_end(key)
-                return Decision(Response.ACCEPT, "cached")
+                return _decide(Response.ACCEPT, "cached")
             if self._match(ms, q):
-                return Decision(Response.ACCEPT, "ok")
+                return _decide(Response.ACCEPT, "ok")
         elif p == PROTO_TSMP:
-            return Decision(Response.ACCEPT, "tsmp ok")
+            return _decide(Response.ACCEPT, "tsmp ok")
         else:
             if self._match_all_ports(ms, q):
-                return Decision(Response.ACCEPT, "other-portless ok")
-            return Decision(Response.DROP, f"unknown-protocol-{p}")
-        return Decision(Response.DROP, "no rules matched")
+                return _decide(Response.ACCEPT, "other-portless ok")
+            return _decide(Response.DROP, f"unknown-protocol-{p}")
+        return _decide(Response.DROP, "no rules matched")
 
     def run_out(self, packet: bytes | memoryview) -> Decision:
         """Decide on a packet we are sending; UDP/SCTP flows are remembered for replies."""
         if len(packet) == 0:
-            return Decision(Response.ACCEPT, "keepalive")
+            return _decide(Response.ACCEPT, "keepalive")
         q = parse(packet)
         if q is None:
-            return Decision(Response.DROP, "too short" if len(packet) < 20 else "not ip")
+            return _decide(Response.DROP, "too short" if len(packet) < 20 else "not ip")
         pre = self._pre(q)
         if pre is not None:
             return pre
@@ -464,7 +474,7 @@ class Filter:
             self._flows.move_to_end(key)
             while len(self._flows) > FLOW_CACHE_SIZE:
                 self._flows.popitem(last=False)
-        return Decision(Response.ACCEPT, "ok out")
+        return _decide(Response.ACCEPT, "ok out")
 
     def check(self, src: str, dst: str, dst_port: int, proto: int) -> bool:
         """Whether rules alone allow a new flow (tailscale Filter.Check, for whois/tests)."""
@@ -480,46 +490,52 @@ class Filter:
     @staticmethod
     def _pre(q: Parsed) -> Decision | None:
         if q.proto == PROTO_UNKNOWN:
-            return Decision(Response.DROP, "unknown proto")
+            return _decide(Response.DROP, "unknown proto")
         if q.version == 4:
             if q.dst >> 28 == 0xE:
-                return Decision(Response.DROP, "multicast")
+                return _decide(Response.DROP, "multicast")
             if q.dst >> 16 == 0xA9FE and q.dst != _GCP_METADATA:
-                return Decision(Response.DROP, "link-local-unicast")
+                return _decide(Response.DROP, "link-local-unicast")
         else:
             if q.dst >> 120 == 0xFF:
-                return Decision(Response.DROP, "multicast")
+                return _decide(Response.DROP, "multicast")
             if q.dst >> 118 == 0x3FA:  # fe80::/10
-                return Decision(Response.DROP, "link-local-unicast")
+                return _decide(Response.DROP, "link-local-unicast")
         if q.proto == PROTO_FRAGMENT:
-            return Decision(Response.ACCEPT, "fragment")
+            return _decide(Response.ACCEPT, "fragment")
         return None
 
-    @staticmethod
-    def _src_obj(q: Parsed) -> Callable[[], object]:
-        cls = ipaddress.IPv4Address if q.version == 4 else ipaddress.IPv6Address
-        return lambda: cls(q.src)
+    def _cap_ok(self, q: Parsed, caps: Iterable[str]) -> bool:
+        has_cap = self._has_cap
+        if has_cap is None:
+            return False
+        ip = ipaddress.IPv4Address(q.src) if q.version == 4 else ipaddress.IPv6Address(q.src)
+        return any(has_cap(ip, c) for c in caps)
 
     def _match(self, ms: list[Match], q: Parsed) -> bool:
-        obj = self._src_obj(q)
+        proto, src, dst, dport = q.proto, q.src, q.dst, q.dport
         for m in ms:
-            if q.proto not in m.protos or not m.src_ok(q.src, obj, self._has_cap):
+            if proto not in m.protos:
                 continue
+            for lo, hi in m.srcs:
+                if lo <= src <= hi:
+                    break
+            else:
+                if not (m.src_caps and self._cap_ok(q, m.src_caps)):
+                    continue
             for lo, hi, plo, phi in m.dsts:
-                if lo <= q.dst <= hi and plo <= q.dport <= phi:
+                if lo <= dst <= hi and plo <= dport <= phi:
                     return True
         return False
 
     def _match_ips_only(self, ms: list[Match], q: Parsed) -> bool:
+        src, dst = q.src, q.dst
         for m in ms:
-            if any(lo <= q.src <= hi for lo, hi in m.srcs) and any(
-                lo <= q.dst <= hi for lo, hi, _, _ in m.dsts
+            if any(lo <= src <= hi for lo, hi in m.srcs) and any(
+                lo <= dst <= hi for lo, hi, _, _ in m.dsts
             ):
                 return True
-        if self._has_cap is not None:
-            obj = self._src_obj(q)()
-            return any(self._has_cap(obj, c) for m in ms for c in m.src_caps)
-        return False
+        return self._cap_ok(q, [c for m in ms for c in m.src_caps])
 
     def _match_all_ports(self, ms: list[Match], q: Parsed) -> bool:
         for m in ms:
