@@ -77,6 +77,7 @@ def test_headscale_shaped_file_loads() -> None:
     assert cfg.ephemeral_node_inactivity_timeout == timedelta(minutes=10)
     assert cfg.node_update_check_interval == timedelta(seconds=15)
     assert cfg.database.sqlite_path == SD / "data/control.sqlite"
+    assert cfg.database.wal_autocheckpoint == 500
     assert cfg.log_level == "debug"
     assert cfg.log_format == "json"
     assert cfg.policy.mode == "database"

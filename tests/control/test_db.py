@@ -294,3 +294,17 @@ def test_soft_transactions_skip_the_flush_and_restore_it(tmp_path: Path) -> None
         assert sync() == 2
     store.close()
 
+
+
+def test_rollback_journal_when_wal_is_off(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite", wal=False, wal_autocheckpoint=500)
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    store.insert_user(User(UserID(0), "alice", created_at=T0))
+    with store.transaction(durable=False):
+        store.insert_user(User(UserID(0), "bob", created_at=T0))
+    assert len(store.load().users) == 2
+    assert not (tmp_path / "db.sqlite-wal").exists()
+    store.close()
+    wal = SQLiteStore(tmp_path / "w.sqlite", wal_autocheckpoint=500)
+    assert wal.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 500
+    wal.close()

@@ -107,6 +107,7 @@ class DatabaseConfig:
     type: Literal["sqlite", "postgres"]
     sqlite_path: Path
     write_ahead_log: bool = True
+    wal_autocheckpoint: int = 1000  # pages; SQLite's default
     postgres_dsn: str | None = field(default=None, repr=False)  # may hold a password
 
 
@@ -412,11 +413,11 @@ def _database(r: Reader, sd: Path) -> DatabaseConfig:
     if r.has("database.postgres"):
         r.read.add("database.postgres")
         r.warnings.append("database.postgres: ignored while database.type is sqlite")
-    r.integer("database.sqlite.wal_autocheckpoint", 1000, 0, 1 << 30)
     return DatabaseConfig(
         "sqlite",
         r.path("database.sqlite.path", "db.sqlite", sd),
         r.flag("database.sqlite.write_ahead_log", True),
+        r.integer("database.sqlite.wal_autocheckpoint", 1000, 0, 1 << 30),
     )
 
 

@@ -112,7 +112,8 @@ class Server:
         if db.type == "sqlite":
             db.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            store = open_store(db.type, path=db.sqlite_path, dsn=db.postgres_dsn)
+            store = open_store(db.type, path=db.sqlite_path, dsn=db.postgres_dsn,
+                               wal=db.write_ahead_log, wal_autocheckpoint=db.wal_autocheckpoint)
         except StoreError as exc:
             raise ConfigError(f"database: {exc}") from exc
         self.state = state = State(store, state_options(cfg))

@@ -77,15 +77,23 @@ def schema_sql() -> str:
     return resources.files("meshscale.control.db").joinpath("schema.sql").read_text("utf-8")
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """Open a connection with the pragmas every meshscale connection uses."""
+def connect(
+    path: str | Path, wal: bool = True, wal_autocheckpoint: int = 1000
+) -> sqlite3.Connection:
+    """Open a connection with the pragmas every meshscale connection uses.
+
+    ``wal=False`` (database.sqlite.write_ahead_log: false) uses a rollback journal, for
+    file systems without shared memory; soft-state commits then still survive a process
+    crash, and only soft state is at risk on power loss, as with WAL.
+    """
     conn = sqlite3.connect(
         str(path), timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
     )
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")
     if str(path) != ":memory:":
-        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(wal_autocheckpoint)}")
     conn.execute("PRAGMA synchronous = FULL")
     return conn
 
@@ -131,14 +139,14 @@ def split_statements(sql: str) -> list[str]:
 class SQLiteStore:
     """:class:`~meshscale.control.db.repository.Store` on one SQLite file."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, wal: bool = True, wal_autocheckpoint: int = 1000) -> None:
         self.path = path
         if str(path) != ":memory:" and not Path(path).exists():
             # Create it private: it holds key hashes and the tailnet's membership. SQLite
             # gives the -wal and -shm files the database file's mode.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
-            self.conn = connect(path)
+            self.conn = connect(path, wal, wal_autocheckpoint)
             migrate(self.conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
