@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 
@@ -137,3 +139,12 @@ def test_gso_refused_falls_back_to_plain_sends(lab: Lab) -> None:
         assert tx.send_batch(rx.getsockname(), messages(5, 1000)) == 5
         assert len(receive(rx, 5)) == 5
         assert tx.statistics().send_calls == 3 * (1 + 4) + 5
+
+
+def test_set_mark() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("SO_MARK needs CAP_NET_ADMIN")
+    with UDPSocket.bind("127.0.0.1", 0) as s:
+        s.set_mark(0x51820)
+        with socket.socket(fileno=os.dup(s.fileno())) as view:
+            assert view.getsockopt(socket.SOL_SOCKET, 36) == 0x51820

@@ -42,6 +42,7 @@ SOL_UDP = 17
 UDP_SEGMENT = 103
 UDP_GRO = 104
 SO_SNDBUFFORCE = 32
+SO_MARK = 36
 SO_RCVBUFFORCE = 33
 SOCKET_BUFFER = 7 * 1024 * 1024  # in bytes, as wireguard-go (socketBufferSize)
 MAX_GSO_SEGMENTS = 64  # kernel limit (UDP_MAX_SEGMENTS)
@@ -122,6 +123,10 @@ class UDPSocket:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    def set_mark(self, mark: int) -> None:
+        """Set SO_MARK (WireGuard's fwmark) on outgoing packets; 0 clears it. Needs root."""
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
 
     def getsockname(self) -> Address:
         host, port = self._sock.getsockname()[:2]
