@@ -614,3 +614,27 @@ def test_peer_with_zero_disco_key_is_left_out() -> None:
     a.conn.set_peers([PeerConfig(b.node.public(), DiscoPublic(bytes(32)), (B_ADDR,), 900)], 0.0)
     assert a.conn.peer_status(b.node.public(), 0.0) is None
     assert not a.conn.send(b.node.public(), WG, 1.0)
+
+
+def test_https_fallback_through_conn() -> None:
+    dm = DERPMap(
+        {
+            900: DERPRegion(900, nodes=(DERPNode("a", 900, ipv4="192.0.2.1"),)),
+            901: DERPRegion(901, nodes=(DERPNode("b", 901, ipv4="192.0.2.2"),)),
+        }
+    )
+    node = NodePrivate(bytes([1]) * 32)
+    conn = Conn(
+        node.public(),
+        DiscoPrivate(bytes([2]) * 32),
+        rand=rand(1),
+        local_port=1,
+        https_fallback=True,
+    )
+    conn.set_derp_map(dm, 0.0)
+    conn.start(0.0)
+    conn.handle_timer(3.0)
+    assert conn.https_probes_to_send() == [900, 901]
+    conn.receive_https_latency(900, 0.2, 3.1)
+    conn.receive_https_latency(901, 0.02, 3.2)
+    assert conn.home_derp == 901

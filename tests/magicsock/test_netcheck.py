@@ -433,3 +433,52 @@ def test_incremental_without_ipv6_history_and_break_after_top3() -> None:
     assert probed.count("192.0.2.1") == 4
     assert probed.count("192.0.2.2") == 2
     assert probed.count("192.0.2.3") == 1
+
+
+def test_https_fallback_when_udp_is_blocked() -> None:
+    dm = DERPMap(
+        {
+            900: region(900, "192.0.2.1"),
+            901: region(901, "192.0.2.2"),
+            902: region(902, "192.0.2.3", avoid=True),  # never measured over HTTPS
+            903: DERPRegion(903, nodes=(DERPNode("s", 903, ipv4="192.0.2.4", stun_only=True),)),
+        }
+    )
+    nc = Netcheck(rand(), https_fallback=True)
+    nc.start_report(dm, 0.0)
+    for t in (0.0, 0.1, 0.2):
+        nc.handle_timer(t)
+    nc.handle_timer(STUN_PROBE_TIMEOUT)  # STUN phase over, nothing answered
+    assert nc.running
+    assert nc.https_probes_to_send() == [900, 901]
+    assert nc.get_timer() == 5.0
+    nc.receive_stun(b"late", 3.1)  # ignored
+    nc.receive_https_latency(902, 0.001, 3.1)  # not asked for: ignored
+    nc.receive_https_latency(900, 0.080, 3.2)
+    assert nc.running
+    nc.receive_https_latency(901, 0.030, 3.3)
+    r = nc.next_report()
+    assert r is not None
+    assert not r.udp
+    assert r.region_latency == {900: 0.080, 901: 0.030}
+    assert r.region_v4_latency == {}
+    assert r.preferred_derp == 901
+
+
+def test_https_fallback_deadline_and_failures() -> None:
+    nc = Netcheck(rand(), https_fallback=True)
+    nc.start_report(DERPMap({900: region(900, "192.0.2.1")}), 0.0)
+    nc.handle_timer(STUN_PROBE_TIMEOUT)
+    assert nc.https_probes_to_send() == [900]
+    nc.handle_timer(4.0)
+    assert nc.running
+    nc.handle_timer(5.0)  # the whole-report deadline
+    r = nc.next_report()
+    assert r is not None
+    assert r.region_latency == {}
+    nc.start_report(DERPMap({900: region(900, "192.0.2.1")}), 10.0)
+    nc.handle_timer(13.0)
+    nc.receive_https_latency(900, None, 13.1)  # failed probe: no latency, report done
+    r = nc.next_report()
+    assert r is not None
+    assert r.region_latency == {}

@@ -130,6 +130,8 @@ class Conn:
     :param rand: ``rand(n)`` returns n random bytes (TxIDs, nonces, jitter).
     :param local_port: the UDP socket's port (advertised with local addresses).
     :param stun_codec: STUN request builder and response parser (default: meshscale.stun).
+    :param https_fallback: measure regions over HTTPS when STUN gets no answer (the
+        driver then serves ``https_probes_to_send`` / ``receive_https_latency``).
     """
 
     def __init__(
@@ -140,13 +142,14 @@ class Conn:
         rand: Callable[[int], bytes],
         local_port: int,
         stun_codec: STUNCodec | None = None,
+        https_fallback: bool = False,
     ) -> None:
         self.node_key = node_key
         self._disco = disco_private
         self.disco_public = disco_private.public()
         self._rand = rand
         self.local_port = local_port
-        self.netcheck = Netcheck(rand, stun_codec)
+        self.netcheck = Netcheck(rand, stun_codec, https_fallback=https_fallback)
         self.derp_map = DERPMap()
         self.home_derp = 0
         self.endpoints: tuple[Endpoint, ...] = ()
@@ -340,6 +343,15 @@ class Conn:
             self._receive_disco(data, None, src, region, now)
             return
         self._wg_in.append((data, WireGuardSource(src, None, region)))
+
+    def https_probes_to_send(self) -> list[int]:
+        """DERP regions to time with ``GET /derp/latency-check`` (only with https_fallback)."""
+        return self.netcheck.https_probes_to_send()
+
+    def receive_https_latency(self, region: int, latency: float | None, now: float) -> None:
+        """The result of one HTTPS latency probe (None if it failed)."""
+        self.netcheck.receive_https_latency(region, latency, now)
+        self._after_netcheck(now)
 
     # ---- timer ----
 

@@ -110,6 +110,7 @@ class _Run:
     mapping_varies: bool | None = None
     seen: Counter[AddrPort] = field(default_factory=Counter)
     enough_at: float | None = None
+    https_wait: set[int] | None = None  # regions owing an HTTPS latency (fallback phase)
 
 
 class Netcheck:
@@ -119,10 +120,22 @@ class Netcheck:
 
     :param rand: ``rand(n)`` returns n random bytes (transaction IDs).
     :param codec: builds STUN requests and parses responses (default: meshscale.stun).
+    :param https_fallback: when no STUN answer came, ask the driver (``https_probes_to_send``)
+        to time ``GET /derp/latency-check`` per region and wait for ``receive_https_latency``
+        until the 5 s report deadline (spec 3.5), so a UDP-blocked node still picks a
+        near home.
     """
 
-    def __init__(self, rand: Callable[[int], bytes], codec: STUNCodec | None = None) -> None:
+    def __init__(
+        self,
+        rand: Callable[[int], bytes],
+        codec: STUNCodec | None = None,
+        *,
+        https_fallback: bool = False,
+    ) -> None:
         self._codec: STUNCodec = codec or TailscaleSTUN()
+        self.https_fallback = https_fallback
+        self._https_out: list[int] = []
         self._rand = rand
         self._run: _Run | None = None
         self._out: list[tuple[bytes, AddrPort]] = []
@@ -218,12 +231,29 @@ class Netcheck:
         run = self._run
         if run is None:
             return None
+        if run.https_wait is not None:
+            return run.start + REPORT_TIMEOUT
         t = min(run.start + STUN_PROBE_TIMEOUT, run.start + REPORT_TIMEOUT)
         if run.pending:
             t = min(t, run.pending[0].at)
         if run.enough_at is not None:
             t = min(t, run.enough_at)
         return t
+
+    def https_probes_to_send(self) -> list[int]:
+        """Regions whose HTTPS latency the driver should measure now (fallback phase)."""
+        out, self._https_out = self._https_out, []
+        return out
+
+    def receive_https_latency(self, region: int, latency: float | None, now: float) -> None:
+        """The driver's HTTPS measurement for ``region`` (None: it failed)."""
+        run = self._run
+        if run is None or run.https_wait is None or region not in run.https_wait:
+            return
+        run.https_wait.discard(region)
+        if latency is not None:
+            run.latency[region] = min(latency, run.latency.get(region, latency))
+        self._maybe_finish(now)
 
     def datagrams_to_send(self) -> list[tuple[bytes, AddrPort]]:
         out, self._out = self._out, []
@@ -264,13 +294,29 @@ class Netcheck:
     def _maybe_finish(self, now: float) -> None:
         run = self._run
         assert run is not None  # only called while a report runs
+        if run.https_wait is not None:
+            if not run.https_wait or now >= run.start + REPORT_TIMEOUT:
+                self._finish(now)
+            return
         all_done = not run.sets_left or (not run.pending and not run.inflight)
-        if (
+        if not (
             all_done
             or (run.enough_at is not None and now >= run.enough_at)
             or now >= run.start + STUN_PROBE_TIMEOUT
         ):
-            self._finish(now)
+            return
+        regions = [
+            r.region_id
+            for r in run.derp_map.regions.values()
+            if not (r.avoid or r.no_measure_no_home) and any(not n.stun_only for n in r.nodes)
+        ]
+        if self.https_fallback and not run.seen and regions:
+            # No UDP at all: measure the regions over HTTPS instead (spec 3.5).
+            run.pending.clear()
+            run.https_wait = set(regions)
+            self._https_out += sorted(regions)
+            return
+        self._finish(now)
 
     def _finish(self, now: float) -> None:
         run = self._run

@@ -88,7 +88,9 @@ class SimNode:
         self.sock = host.bind(port)
         self.sock.on_datagram = self._on_datagram
         self.relays = {r.region_id: r for r in relays}
-        self.conn = Conn(self.node_key, self.disco_private, rand=self.rand, local_port=port)
+        self.conn = Conn(
+            self.node_key, self.disco_private, rand=self.rand, local_port=port, https_fallback=True
+        )
         self.control: SimControl | None = None
         self.received: list[Received] = []
         self.flows: list[_Flow] = []
@@ -173,6 +175,8 @@ class SimNode:
             if not relay.connected(self.node_key):
                 relay.connect(self.node_key, self.host, self._on_derp)
             relay.send(self.host, self.node_key, dst_key, payload)
+        for region in self.conn.https_probes_to_send():
+            self._https_probe(region)
         for data, source in self.conn.received_wireguard():
             self._deliver_wg(data, source, now)
         while (ev := self.conn.next_event()) is not None:
@@ -189,6 +193,20 @@ class SimNode:
                         self.control.publish(self)
                 case _:
                     pass
+
+    def _https_probe(self, region: int) -> None:
+        """Time a TLS request to the region: one TCP round trip, never blocked by NAT."""
+        relay = self.relays.get(region)
+        if relay is None:
+            self.conn.receive_https_latency(region, None, self.net.clock.now())
+            return
+        rtt = 2 * (self.net.link_latency + self.host.latency + relay.latency)
+
+        def done(now: float) -> None:
+            self.conn.receive_https_latency(region, rtt, now)
+            self.flush()
+
+        self.net._schedule(rtt, done)
 
     def _deliver_wg(self, data: bytes, source: WireGuardSource, now: float) -> None:
         if len(data) < 36 or data[:4] != FAKE_WG_TYPE:
