@@ -377,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the control server")
     sub.add_parser("version", help="print the version")
+    c = sub.add_parser("import-headscale",
+                       help="copy users and nodes from a Headscale SQLite database (offline)")
+    c.add_argument("--db", required=True, help="Headscale's db.sqlite")
+    c.add_argument("--noise-key", help="Headscale's noise_private.key (keeps the control key)")
+    c.add_argument("--derp-key", help="Headscale's derp_server_private.key")
     sub.add_parser("configtest", help="check the configuration")
 
     users = sub.add_parser("users", aliases=["user"], help="manage users")

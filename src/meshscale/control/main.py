@@ -11,6 +11,7 @@
                 | list | expire
     apikeys create | list | expire | delete
     policy get | set -f FILE                (policy.mode database)
+    import-headscale --db db.sqlite [--noise-key K --derp-key K]   (offline, empty state)
 
 ``serve`` opens State, and serves on ``listen_addr`` (TLS when tls_cert_path/key_path are
 set): the REST API (API key required), ``/health``, the ts2021 protocol routes from
@@ -472,6 +473,53 @@ def setup_logging(cfg: ControlConfig, *, verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else _LOG_LEVELS[cfg.log_level])
 
 
+def import_headscale(cfg: ControlConfig, args: Any) -> str:
+    """``import-headscale``: offline, into an empty state. Returns the summary line."""
+    from meshscale.control.db.headscale import import_headscale as run_import
+
+    try:
+        admin.AdminClient(unix_socket=str(cfg.unix_socket), timeout=1).request(
+            "GET", "/api/v1/health")
+    except admin.AdminError:
+        pass
+    else:
+        raise admin.UsageError("the server is running: stop meshscale-control serve first")
+    copies = [(args.noise_key, cfg.noise.private_key_path, MachinePrivate),
+              (args.derp_key, cfg.derp.server.private_key_path, NodePrivate)]
+    keys: list[tuple[Path, str]] = []
+    for src, dst, cls in copies:
+        if not src:
+            continue
+        try:
+            text = Path(src).read_text().strip()
+            cls.from_text(text)
+        except (OSError, ValueError) as exc:
+            raise admin.UsageError(f"{src}: not a private key file ({exc})") from exc
+        if dst.exists() and dst.read_text().strip() != text:
+            raise admin.UsageError(f"{dst} exists with another key; remove it to import")
+        keys.append((dst, text))
+    db = cfg.database
+    if db.type == "sqlite":
+        db.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = State(open_store(db.type, path=db.sqlite_path, dsn=db.postgres_dsn),
+                  state_options(cfg))
+    try:
+        report = run_import(state, args.db)
+    finally:
+        state.close()
+    for dst, text in keys:
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+    for line in report.skipped:
+        log.warning("import: skipped %s", line)
+    return (f"imported {report.users} users and {report.nodes} nodes"
+            + (f", skipped {len(report.skipped)}" if report.skipped else "")
+            + (f"; copied {len(keys)} key file(s)" if keys else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = admin.build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command == "version":
@@ -498,11 +546,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return run(cfg)
     try:
-        admin.run_admin(args, cfg)
+        if args.command == "import-headscale":
+            sys.stdout.write(import_headscale(cfg, args) + "\n")
+        else:
+            admin.run_admin(args, cfg)
     except admin.UsageError as exc:
         sys.stderr.write(f"{PROG}: error: {exc} (see --help)\n")
         return 2
-    except (admin.AdminError, ValueError) as exc:
+    except (admin.AdminError, ValueError, StoreError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 1
     return 0

@@ -615,6 +615,42 @@ class State(KeyMethods, RegistrationMethods):
         """Replace the node's approved routes (an empty list withdraws approval)."""
         return self._edit(node_id, approved_routes=parse_routes(routes))
 
+    def restore_node(
+        self, node_id: NodeID, *, ipv4: ipaddress.IPv4Address | None,
+        ipv6: ipaddress.IPv6Address | None, hostname: str | None = None,
+        disco_key: DiscoPublic | None = None,
+        endpoints: Iterable[str] = (), expiry: datetime | None = None,
+        last_seen: datetime | None = None, created_at: datetime | None = None,
+        approved_routes: Iterable[str | IPPrefix] = (),
+    ) -> Node:
+        """Set what an import carries verbatim, addresses included (db/headscale.py).
+
+        Not for running servers: a node's addresses otherwise never change. Raises
+        Conflict if another node holds one of the addresses.
+        """
+        routes = parse_routes(approved_routes)
+        with self._write():
+            old = self.get_node(node_id)
+            for addr in (ipv4, ipv6):
+                holder = next((n.id for n in self._nodes.values()
+                               if addr is not None and addr in n.addresses()), None)
+                if holder is not None and holder != node_id:
+                    raise Conflict(f"address {addr} is held by node {holder}")
+            new = replace(
+                old, ipv4=ipv4, ipv6=ipv6, hostname=hostname or old.hostname,
+                disco_key=disco_key, endpoints=tuple(endpoints),
+                expiry=expiry, last_seen=last_seen or old.last_seen,
+                created_at=created_at or old.created_at, approved_routes=routes,
+            )
+            self.store.update_node(new)
+            for addr in old.addresses():
+                self._alloc.release(addr)
+            for addr in new.addresses():
+                self._alloc.mark_used(addr)
+            self._index(new)
+            self._emit(NodeChanged(node_id, _diff(old, new)))
+            return new
+
     def _edit(self, node_id: NodeID, **changes: Any) -> Node:
         with self._write():
             old = self.get_node(node_id)
