@@ -638,3 +638,17 @@ def test_https_fallback_through_conn() -> None:
     conn.receive_https_latency(900, 0.2, 3.1)
     conn.receive_https_latency(901, 0.02, 3.2)
     assert conn.home_derp == 901
+
+
+def test_unread_events_are_bounded(pair) -> None:
+    from meshscale.magicsock.conn import MAX_PENDING_EVENTS
+
+    a, b = pair
+    for i in range(MAX_PENDING_EVENTS + 5):
+        t = 10.0 * (i + 1)
+        a.conn.ping(b.node.public(), t)
+        a.conn.datagrams_to_send()
+        a.conn.derp_to_send()
+        a.conn.handle_timer(t + 6.0)  # every ping times out: one PingResult each
+    assert len(_events(a)) == MAX_PENDING_EVENTS
+    assert a.conn.statistics().counters["events_dropped"] >= 5

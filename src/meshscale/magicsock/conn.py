@@ -78,6 +78,9 @@ STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
 # Source addresses bound to peers for WireGuard attribution, and DERP regions senders
 # were last heard on; floods from fresh ports or keys must not grow these without limit.
 MAX_ADDR_BINDINGS = 4096
+# Events waiting for next_event(); a driver that stops reading them (a bug) must not
+# make the core grow without limit, so the oldest are dropped and counted.
+MAX_PENDING_EVENTS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +520,12 @@ class Conn:
 
     # ---- internals ----
 
+    def _emit(self, ev: Event) -> None:
+        if len(self._events) >= MAX_PENDING_EVENTS:
+            self._events.pop(0)
+            self._stats["events_dropped"] += 1
+        self._events.append(ev)
+
     def _bind(self, addr: AddrPort, peer: NodePublic) -> None:
         if addr not in self._addr_src and len(self._addr_src) >= MAX_ADDR_BINDINGS:
             self._addr_src.pop(next(iter(self._addr_src)))
@@ -533,11 +542,11 @@ class Conn:
                 case SendCallMeMaybe(region):
                     self._queue_call_me_maybe(ep, region, now)
                 case UserPingDone(ping_id, latency, addr, region):
-                    self._events.append(PingResult(ep.node_key, ping_id, latency, addr, region))
+                    self._emit(PingResult(ep.node_key, ping_id, latency, addr, region))
                 case BestAddrChanged(addr, latency):
                     if addr is not None:
                         self._bind(addr, ep.node_key)
-                    self._events.append(PeerPathChanged(ep.node_key, addr, latency))
+                    self._emit(PeerPathChanged(ep.node_key, addr, latency))
 
     def _queue_call_me_maybe(self, ep: PeerEndpoint, region: int, now: float) -> None:
         fresh = (
@@ -576,7 +585,7 @@ class Conn:
 
     def _after_netcheck(self, now: float) -> None:
         while (report := self.netcheck.next_report()) is not None:
-            self._events.append(NetcheckReportReady(report))
+            self._emit(NetcheckReportReady(report))
             self._recompute_endpoints(now)
             self._set_home(report.preferred_derp)
             self._flush_call_me_maybe()
@@ -604,7 +613,7 @@ class Conn:
             if self.home_derp and not self.control_connected:
                 return  # peers could not learn the move (spec 2.3)
             prev, self.home_derp = self.home_derp, preferred
-            self._events.append(HomeDERPChanged(preferred, prev))
+            self._emit(HomeDERPChanged(preferred, prev))
 
     def _recompute_endpoints(self, now: float, *, fresh: bool = True) -> None:
         report = self.netcheck.last_report
@@ -619,7 +628,7 @@ class Conn:
             self._endpoints_at = now
         if eps != self.endpoints:
             self.endpoints = eps
-            self._events.append(EndpointsChanged(eps))
+            self._emit(EndpointsChanged(eps))
 
     def _remove_peer(self, key: NodePublic) -> None:
         ep = self._peers.pop(key)
