@@ -352,7 +352,11 @@ class HTTPServer:
         conn = _Conn(asyncio.current_task())
         self._conns.add(conn)
         try:
-            await self._serve(conn, reader, writer)
+            upgrade = await self._serve(conn, reader, writer)
+            if upgrade is not None:
+                # _serve has returned, so its h11 state is garbage now: a long-lived upgraded
+                # connection keeps only what the handler needs.
+                await self._run_upgrade(conn, reader, writer, *upgrade)
         except TimeoutError:
             writer.transport.abort()  # a write deadline passed: the buffer will never drain
         except (asyncio.CancelledError, ConnectionError, ssl_module.SSLError):
@@ -377,7 +381,8 @@ class HTTPServer:
 
     async def _serve(
         self, conn: _Conn, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    ) -> tuple[Request, UpgradeHandler, bytes] | None:
+        """Serve ordinary requests; return (request, handler, buffered bytes) to upgrade."""
         h = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
         peer = writer.get_extra_info("peername")
         client = (
@@ -393,12 +398,12 @@ class HTTPServer:
                         first = await reader.read(READ_CHUNK)
                     h.receive_data(first)
                     if not first:
-                        return
+                        return None
                 conn.idle = False
                 async with asyncio.timeout(self.request_timeout):
                     ev = await self._next_event(h, reader)
                     if isinstance(ev, h11.ConnectionClosed):
-                        return
+                        return None
                     if not isinstance(ev, h11.Request):
                         raise h11.RemoteProtocolError("expected a request", 400)
                     req_ev = ev
@@ -417,13 +422,13 @@ class HTTPServer:
             except TimeoutError:
                 if not conn.idle:
                     await self._send_error(h, writer, 408, "request timeout")
-                return
+                return None
             except h11.RemoteProtocolError as exc:
                 await self._send_error(h, writer, exc.error_status_hint or 400, "bad request")
-                return
+                return None
             except _BodyTooLarge:
                 await self._send_error(h, writer, 413, "request body too large")
-                return
+                return None
             req = Request(
                 method=req_ev.method.decode("ascii", "replace").upper(),
                 path=unquote(path_raw),
@@ -438,8 +443,7 @@ class HTTPServer:
                 http_version=req_ev.http_version.decode("ascii", "replace"),
             )
             if upgrade_handler is not None:
-                await self._run_upgrade(conn, h, reader, writer, req, upgrade_handler)
-                return
+                return req, upgrade_handler, h.trailing_data[0]
             handler = self.router.resolve(req.method, req.path)
             if isinstance(handler, int):
                 resp = Response.text(handler, "not found\n" if handler == 404 else "bad method\n")
@@ -452,13 +456,14 @@ class HTTPServer:
                     log.exception("http: handler for %s %s failed", req.method, req.path)
                     resp = Response.text(500, "internal server error\n")
             if not await self._send_response(h, writer, resp, req.method == "HEAD"):
-                return
+                return None
             if h.our_state is h11.MUST_CLOSE or h.their_state is h11.MUST_CLOSE:
-                return
+                return None
             try:
                 h.start_next_cycle()
             except h11.LocalProtocolError:
-                return
+                return None
+        return None
 
     async def _read_body(
         self,
@@ -491,14 +496,14 @@ class HTTPServer:
     async def _run_upgrade(
         self,
         conn: _Conn,
-        h: h11.Connection,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         req: Request,
         handler: UpgradeHandler,
+        buffered: bytes,
     ) -> None:
         conn.upgraded = True
-        stream = UpgradeStream(reader, writer, h.trailing_data[0], req.headers.get("upgrade") or "")
+        stream = UpgradeStream(reader, writer, buffered, req.headers.get("upgrade") or "")
         try:
             resp = await handler(req, stream)
         except (asyncio.CancelledError, ConnectionError):
@@ -508,6 +513,12 @@ class HTTPServer:
             resp = None if stream.accepted else Response.text(500, "internal server error\n")
         if resp is not None and not stream.accepted:
             resp.headers = [*resp.headers, ("Connection", "close")]
+            # A fresh h11 state that has just read a request of the same method.
+            h = h11.Connection(h11.SERVER)
+            method = "HEAD" if req.method == "HEAD" else "GET"
+            h.receive_data(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            while h.next_event() is not h11.NEED_DATA and h.their_state is not h11.DONE:
+                pass
             await self._send_response(h, writer, resp, req.method == "HEAD")
 
     async def _send_error(
