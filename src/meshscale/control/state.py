@@ -27,9 +27,10 @@ called from the event loop thread; a subscription created inside a running loop 
 woken thread-safely if a write happens on another thread. Time and randomness come from
 the ``clock`` and ``rand`` callables so tests are deterministic.
 
-The pre-auth key and API key methods (:mod:`meshscale.control.keys`) and the pending
-registration methods (:mod:`meshscale.control.registrations`) are written apart and
-mixed in; they use the same lock, transaction and event plumbing.
+The user methods (:mod:`meshscale.control.users`), the pre-auth key and API key methods
+(:mod:`meshscale.control.keys`) and the pending registration methods
+(:mod:`meshscale.control.registrations`) are written apart and mixed in; they use the
+same lock, transaction and event plumbing.
 
 Errors are :class:`~meshscale.control.models.StateError` subclasses whose message is safe
 to show (``RegisterResponse.Error``, REST error bodies, CLI output).
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -74,18 +74,17 @@ from meshscale.control.models import (
     RegisterMethod,
     RegistrationID,
     User,
-    UserChanged,
     UserID,
 )
 from meshscale.control.names import unique_given_name, validate_given_name, validate_tags
 from meshscale.control.registrations import RegistrationMethods, check_hostinfo
+from meshscale.control.users import UserMethods
 from meshscale.key import DiscoPublic, MachinePublic, NodePublic
 
 DEFAULT_PREFIX_V4: Final = ipaddress.IPv4Network("100.64.0.0/10")  # Tailscale's CGNAT range
 DEFAULT_PREFIX_V6: Final = ipaddress.IPv6Network("fd7a:115c:a1e0::/48")  # Tailscale's ULA
 MAX_ROUTES: Final = 1024  # approved routes per node
 
-_USER_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,62}$")
 
 
 def utcnow() -> datetime:
@@ -148,7 +147,7 @@ def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
     return tuple(sorted(set(out), key=lambda n: (n.version, n)))
 
 
-class State(KeyMethods, RegistrationMethods):
+class State(UserMethods, KeyMethods, RegistrationMethods):
     """The control server's users, nodes, keys and pending registrations.
 
     Parameters:
@@ -295,81 +294,6 @@ class State(KeyMethods, RegistrationMethods):
         """Tell subscribers the DNS configuration changed (config reload)."""
         with self._write():
             self._emit(DNSChanged())
-
-    # ---- users -------------------------------------------------------------------------
-
-    def create_user(
-        self, name: str, *, display_name: str = "", email: str = "",
-        provider_id: str | None = None,
-    ) -> User:
-        if not _USER_NAME_RE.match(name):
-            raise InvalidArgument(
-                f"invalid user name {name[:70]!r}: 1-63 of letters, digits and ._@+- "
-                "starting with a letter or digit"
-            )
-        with self._write():
-            if provider_id is None and any(
-                u.name == name and u.provider_id is None for u in self._users.values()
-            ):
-                raise Conflict(f"user {name!r} already exists")
-            user = User(UserID(0), name, display_name, email, provider_id, self.clock())
-            try:
-                user = replace(user, id=self.store.insert_user(user))
-            except IntegrityError as exc:
-                raise Conflict(f"user {name!r} already exists") from exc
-            self._users[user.id] = user
-            self._emit(UserChanged(user.id))
-            return user
-
-    def get_user(self, user_id: UserID) -> User:
-        user = self._users.get(user_id)
-        if user is None:
-            raise NotFound(f"user {user_id} not found")
-        return user
-
-    def get_user_by_name(self, name: str) -> User:
-        """The local user called ``name`` (else the only user of that name)."""
-        matches = [u for u in self._users.values() if u.name == name]
-        local = [u for u in matches if u.provider_id is None]
-        if local:
-            return local[0]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise NotFound(f"user {name!r} not found")
-        raise Conflict(f"user name {name!r} is ambiguous; use the user id")
-
-    def list_users(self) -> list[User]:
-        with self._lock:
-            return sorted(self._users.values(), key=lambda u: u.id)
-
-    def rename_user(self, user_id: UserID, new_name: str) -> User:
-        if not _USER_NAME_RE.match(new_name):
-            raise InvalidArgument(f"invalid user name {new_name[:70]!r}")
-        with self._write():
-            user = self.get_user(user_id)
-            if user.provider_id is None and any(
-                u.name == new_name and u.provider_id is None and u.id != user_id
-                for u in self._users.values()
-            ):
-                raise Conflict(f"user {new_name!r} already exists")
-            user = replace(user, name=new_name)
-            self.store.update_user(user)
-            self._users[user.id] = user
-            self._emit(UserChanged(user.id))
-            return user
-
-    def delete_user(self, user_id: UserID) -> None:
-        """Delete a user and its pre-auth keys. Refused while the user owns nodes."""
-        with self._write():
-            self.get_user(user_id)
-            if any(n.user_id == user_id for n in self._nodes.values()):
-                raise Conflict("user still has nodes; delete or move them first")
-            for key in [k for k in self._paks.values() if k.user_id == user_id]:
-                self.delete_preauth_key(key.id)  # nodes moved elsewhere may reference it
-            self.store.delete_user(user_id)
-            del self._users[user_id]
-            self._emit(UserChanged(user_id))
 
     # ---- nodes: lookups ----------------------------------------------------------------
 
