@@ -220,6 +220,7 @@ def test_parse_host_port(text: str, want: HostPort) -> None:
     assert parse_host_port(text) == want
 
 
+@pytest.mark.slow
 @given(st.text(max_size=40))
 def test_parse_host_port_only_raises_value_error(text: str) -> None:
     try:

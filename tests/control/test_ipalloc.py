@@ -65,6 +65,7 @@ def test_needs_a_prefix() -> None:
         IPAllocator(None, None)
 
 
+@pytest.mark.slow
 @given(
     st.sampled_from(list(AllocationStrategy)),
     st.integers(0, 2**32),

@@ -43,6 +43,7 @@ def test_sanitize_always_gives_a_valid_label(hostname: str) -> None:
     assert len(label) <= MAX_LABEL_LENGTH
 
 
+@pytest.mark.slow
 @given(st.text(max_size=80), st.sets(st.text(max_size=70), max_size=20))
 def test_unique_given_name_is_valid_and_free(hostname: str, taken: set[str]) -> None:
     name = unique_given_name(hostname, taken.__contains__)
