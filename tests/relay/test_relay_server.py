@@ -480,3 +480,20 @@ def test_health_broadcast_reaches_clients() -> None:
         await a.close()
 
     run(body, DERPServer(key(99)))
+
+
+def test_keepalive_sent_when_idle() -> None:
+    async def body(node: Node) -> bytes:
+        r, w = await raw_login(node, key(3))
+        fb = F.FrameBuffer(F.MAX_CLIENT_FRAME)
+        types: list[int] = []
+        async with asyncio.timeout(3):
+            while types.count(F.FrameType.KEEP_ALIVE) < 2:
+                fb.feed(await r.read(65536))
+                types += [t for t, _ in fb.frames()]
+        w.close()
+        return bytes(types)
+
+    types = run(body, DERPServer(key(99), keepalive=0.05))
+    assert types[0] == F.FrameType.SERVER_INFO  # raw_login consumed the ServerKey
+    assert set(types[1:]) == {F.FrameType.KEEP_ALIVE}

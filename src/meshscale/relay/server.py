@@ -329,7 +329,8 @@ class DERPServer:
         Frames are normally written straight from the reader that routed them (``_flush``);
         this task only waits for a blocked transport, with a deadline, and keeps it alive.
         """
-        interval = self.keepalive + random.random() * F.KEEP_ALIVE_JITTER
+        # 60 s plus up to 5 s of per-connection jitter, scaled if keepalive is changed.
+        interval = self.keepalive * (1 + random.random() * F.KEEP_ALIVE_JITTER / F.KEEP_ALIVE)
         keep_alive = F.keep_alive()
         loop = asyncio.get_running_loop()
         try:
