@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # pragma: no cover - the lab verb lands separately
         pass
     else:
-        lab.register(sub)
+        lab.register(sub)  # type: ignore[arg-type]  # _Parser subclasses ArgumentParser
     return p
 
 
