@@ -563,3 +563,20 @@ def test_restart_after_admin_move_keeps_the_move(state: State, clock: FakeClock)
     state.expire_node(n.id)
     with pytest.raises(PreAuthKeyError, match="expired"):
         state.register_with_preauth_key(secret, mk(1), nk(1))
+
+
+def test_gc_announces_keys_that_expire(state: State, clock: FakeClock) -> None:
+    u = state.create_user("alice")
+    a = state.register_node(mk(1), nk(1), u.id)
+    b = state.register_node(mk(2), nk(2), u.id)
+    state.expire_node(a.id, at=T0 + timedelta(minutes=5))
+    state.expire_node(b.id, at=T0 - timedelta(minutes=1))  # already expired: no news
+    sub = state.subscribe()
+    assert state.gc().expired_nodes == ()  # the first call only sets the mark
+    clock.advance(minutes=4)
+    assert state.gc().expired_nodes == ()
+    clock.advance(minutes=1)
+    assert state.gc().expired_nodes == (a.id,)
+    clock.advance(minutes=1)
+    assert state.gc().expired_nodes == ()  # announced once
+    assert sub.drain() == [NodeChanged(a.id, frozenset({"expiry"}))]

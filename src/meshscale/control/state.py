@@ -133,6 +133,7 @@ class _CountingStore:
 class GCResult:
     removed_nodes: tuple[NodeID, ...]
     expired_registrations: int
+    expired_nodes: tuple[NodeID, ...] = ()  # keys that expired since the previous gc
 
 
 def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
@@ -179,6 +180,7 @@ class State(UserMethods, KeyMethods, RegistrationMethods):
         self._pending: dict[RegistrationID, PendingRegistration] = {}
         self._online: dict[NodeID, bool] = {}
         self.generation = 0  # bumped on every published change
+        self._last_gc: datetime | None = None
         self._load()
 
     @classmethod
@@ -589,11 +591,17 @@ class State(UserMethods, KeyMethods, RegistrationMethods):
     # ---- maintenance -------------------------------------------------------------------
 
     def gc(self) -> GCResult:
-        """Delete ephemeral nodes offline longer than the inactivity timeout, and drop
-        expired pending registrations. Call periodically (serve does, every few s)."""
+        """Periodic upkeep; serve calls it every ``node_update_check_interval``.
+
+        Deletes ephemeral nodes offline longer than the inactivity timeout, drops expired
+        pending registrations, and publishes ``NodeChanged(fields={"expiry"})`` for every
+        node whose key expired since the previous call: nothing is written when a key
+        expires, yet peers must learn it (Headscale issues #2033, #3470).
+        """
         with self._lock:
+            now = self.clock()
             expired = self.expire_registrations()
-            cutoff = self.clock() - self.options.ephemeral_inactivity_timeout
+            cutoff = now - self.options.ephemeral_inactivity_timeout
             stale = [
                 n.id for n in self._nodes.values()
                 if n.ephemeral and not n.online
@@ -601,7 +609,17 @@ class State(UserMethods, KeyMethods, RegistrationMethods):
             ]
             for nid in stale:
                 self.delete_node(nid)
-            return GCResult(tuple(stale), expired)
+            since = self._last_gc if self._last_gc is not None else now
+            crossed = sorted(
+                n.id for n in self._nodes.values()
+                if n.expiry is not None and since < n.expiry <= now
+            )
+            self._last_gc = now
+            if crossed:
+                with self._write(durable=False):
+                    for nid in crossed:
+                        self._emit(NodeChanged(nid, frozenset({"expiry"})))
+            return GCResult(tuple(stale), expired, tuple(crossed))
 
 
 _DIFF_FIELDS: Final = (
