@@ -474,3 +474,28 @@ def test_startup_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
             assert run_server(cfg) == 1
             err = capsys.readouterr().err.strip().splitlines()[-1]
             assert err.startswith(f"meshscale-control: {want}"), err
+
+
+def test_client_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshscale.control.admin import UsageError, _client, load
+    from meshscale.control.admin import build_parser as parser
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("cli:\n  address: ctl.example:50443\n  api_key: hskey-api-x\n"
+                        "unix_socket: my.sock\n")
+
+    def client(*argv: str) -> AdminClient:
+        args = parser().parse_args(["-c", str(cfg_path), "--state-dir", str(tmp_path), *argv,
+                                    "users", "list"])
+        return _client(args, load(args))
+
+    monkeypatch.delenv("MESHSCALE_CONTROL_URL", raising=False)
+    remote = client()
+    assert (remote.url, remote.api_key) == ("https://ctl.example:50443", "hskey-api-x")
+    assert client("--socket", "/x.sock").unix_socket == "/x.sock"
+    assert client("--url", "http://h:1", "--api-key", "k").url == "http://h:1"
+    cfg_path.write_text("unix_socket: my.sock\n")
+    assert client().unix_socket == str(tmp_path / "my.sock")
+    monkeypatch.setenv("MESHSCALE_CONTROL_URL", "http://env:2")
+    with pytest.raises(UsageError, match="--api-key"):
+        client()

@@ -472,7 +472,8 @@ def load(args: argparse.Namespace) -> ControlConfig:
 
 
 def _client(args: argparse.Namespace, cfg: ControlConfig) -> AdminClient:
-    url = args.url or os.environ.get(URL_ENV) or cfg.cli.address or None
+    # An explicit --socket wins over a remote address from the environment or config.
+    url = args.url or (None if args.socket else os.environ.get(URL_ENV) or cfg.cli.address)
     if url:
         if "://" not in url:
             url = f"https://{url}"  # cli.address is host:port in Headscale
@@ -480,7 +481,7 @@ def _client(args: argparse.Namespace, cfg: ControlConfig) -> AdminClient:
         if not key:
             raise UsageError("--url needs --api-key (or $MESHSCALE_CONTROL_API_KEY)")
         return AdminClient(url=url, api_key=key, insecure=cfg.cli.insecure,
-                                 timeout=max(cfg.cli.timeout.total_seconds(), 1.0))
+                           timeout=max(cfg.cli.timeout.total_seconds(), 1.0))
     sock = args.socket or str(cfg.unix_socket)
     return AdminClient(unix_socket=sock, timeout=max(cfg.cli.timeout.total_seconds(), 1.0))
 
