@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshscale.control.db import Snapshot
 from meshscale.control.ipalloc import AllocationStrategy
@@ -580,3 +582,17 @@ def test_gc_announces_keys_that_expire(state: State, clock: FakeClock) -> None:
     clock.advance(minutes=1)
     assert state.gc().expired_nodes == ()  # announced once
     assert sub.drain() == [NodeChanged(a.id, frozenset({"expiry"}))]
+
+
+@pytest.mark.slow
+@given(st.text(max_size=120))
+def test_key_parsing_only_raises_key_errors(text: str) -> None:
+    state = make_state()
+    u = state.create_user("alice")
+    good = state.create_preauth_key(u.id).secret
+    for candidate in (text, good[:11] + text, good[:24] + text):
+        with pytest.raises(PreAuthKeyError):
+            state.validate_preauth_key(candidate)
+        with pytest.raises(APIKeyError):
+            state.verify_api_key(candidate.replace("hskey-auth-", "hskey-api-"))
+    state.close()
