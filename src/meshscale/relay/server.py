@@ -3,13 +3,16 @@
 A driver with no protocol decisions: the routing core ``meshscale.derp.relay.Relay`` decides
 where frames go; this module moves bytes between the upgraded streams and the core's queues.
 
-Per client connection::
+Per client connection, one task::
 
-    reader task:  stream.read -> FrameBuffer -> Relay.handle_frame -> wake ready writers
-    writer task:  wait for its queue (or the keep-alive timer) -> writelines -> drain (2 s)
+    reader:  stream.read -> FrameBuffer -> Relay.handle_frame -> every 16 frames, write the
+             ready queues straight to their transports (one send per batch)
+    drain:   a task that exists only while a transport holds > 256 KiB; it waits (2 s
+             deadline) and flushes the queue the core kept meanwhile
+    timer:   KeepAlive after 60 s (+ jitter) without a write
 
 A slow or dead reader only ever fills its own bounded queue (head drop in the core) and is
-closed when one write blocks longer than ``write_timeout``; nobody else waits for it.
+closed when one drain takes longer than ``write_timeout``; nobody else waits for it.
 
 Admission: a mesh key that matches is trusted; otherwise ``verify_client(key, info)`` (when
 set) must return True. The remote address of the client being verified is in the
@@ -59,12 +62,29 @@ WRITE_HIGH_WATER = 256 * 1024
 # a send() per packet; it stays below the queue depth (32) so a burst inside one read is
 # never head-dropped at a destination that is keeping up.
 FLUSH_EVERY = 16
+KEEP_ALIVE_FRAME = F.keep_alive()
 
 
 class _Sink:
-    """Where one connection's frames go: a stream (client) or a mesh link (forwarder)."""
+    """Where one connection's frames go: a stream (client) or a mesh link (forwarder).
 
-    __slots__ = ("_write", "blocked", "close", "drain", "last_write", "transport", "wake")
+    No task per connection: frames are written by whoever routed them; a drain task exists
+    only while the transport is backed up, and keep-alives come from a timer handle.
+    """
+
+    __slots__ = (
+        "_write",
+        "blocked",
+        "close",
+        "dead",
+        "drain",
+        "drainer",
+        "interval",
+        "last_write",
+        "timer",
+        "transport",
+        "write_timeout",
+    )
 
     def __init__(
         self,
@@ -72,14 +92,20 @@ class _Sink:
         transport: asyncio.WriteTransport,
         drain: Callable[[], Awaitable[None]],
         close: Callable[[], None],
+        write_timeout: float,
+        interval: float | None,
     ) -> None:
         self._write = write
         self.transport = transport
         self.drain = drain
         self.close = close
+        self.write_timeout = write_timeout
+        self.interval = interval  # keep-alive period, None for none
         self.blocked = False
+        self.dead = False
         self.last_write = 0.0
-        self.wake = asyncio.Event()
+        self.timer: asyncio.TimerHandle | None = None
+        self.drainer: asyncio.Task[None] | None = None
 
     def write(self, parts: list[bytes | memoryview]) -> None:
         self._write(parts)
@@ -261,12 +287,21 @@ class DERPServer:
         )
         self.counters.logins += 1
         cid = conn.id
-        sink = _Sink(stream.writelines, stream.transport, stream.drain, stream.abort)
+        # 60 s plus up to 5 s of per-connection jitter, scaled if keepalive is changed.
+        interval = self.keepalive * (1 + random.random() * F.KEEP_ALIVE_JITTER / F.KEEP_ALIVE)
+        sink = _Sink(
+            stream.writelines,
+            stream.transport,
+            stream.drain,
+            stream.abort,
+            MESH_WRITE_TIMEOUT if mesh else self.write_timeout,
+            interval,
+        )
         self._sinks[cid] = sink
-        stream.write(self.relay.server_info_frame(key, self._rand(24)))
+        sink.write([self.relay.server_info_frame(key, self._rand(24))])
+        self._check_blocked(cid, sink)
+        self._arm_keepalive(cid, sink)
         self._flush_ready()
-        timeout = MESH_WRITE_TIMEOUT if mesh else self.write_timeout
-        writer = asyncio.create_task(self._writer(cid, sink, timeout))
         fb.max_frame = F.MAX_SERVER_FRAME
         loop = asyncio.get_running_loop()
         relay = self.relay
@@ -283,7 +318,7 @@ class DERPServer:
                         n = 0
                 if relay.has_output:
                     self._flush_ready()
-                if writer.done():
+                if sink.dead:
                     return
                 data = await stream.read(READ_CHUNK)
                 if not data:
@@ -295,10 +330,7 @@ class DERPServer:
         except (ConnectionError, OSError):
             pass
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            self._sinks.pop(cid, None)
+            await self._stop_sink(cid)
             relay.remove_conn(cid)
             self._flush_ready()
 
@@ -323,35 +355,66 @@ class DERPServer:
         if not ok:
             raise AdmissionError("unknown_node")
 
-    async def _writer(self, cid: int, sink: _Sink, write_timeout: float) -> None:
-        """Drain a backed-up connection; send KeepAlive after ``keepalive`` + jitter of silence.
-
-        Frames are normally written straight from the reader that routed them (``_flush``);
-        this task only waits for a blocked transport, with a deadline, and keeps it alive.
-        """
-        # 60 s plus up to 5 s of per-connection jitter, scaled if keepalive is changed.
-        interval = self.keepalive * (1 + random.random() * F.KEEP_ALIVE_JITTER / F.KEEP_ALIVE)
-        keep_alive = F.keep_alive()
+    def _arm_keepalive(self, cid: int, sink: _Sink, delay: float | None = None) -> None:
+        if sink.interval is None:
+            return
         loop = asyncio.get_running_loop()
+        sink.timer = loop.call_later(
+            sink.interval if delay is None else delay, self._keepalive, cid
+        )
+
+    def _keepalive(self, cid: int) -> None:
+        """Timer: send KeepAlive after ``interval`` of silence toward the client (1.5)."""
+        sink = self._sinks.get(cid)
+        if sink is None or sink.dead or sink.interval is None:
+            return
+        idle = asyncio.get_running_loop().time() - sink.last_write
+        if idle >= sink.interval:
+            sink.write([KEEP_ALIVE_FRAME])
+            self._check_blocked(cid, sink)
+            idle = 0.0
+        self._arm_keepalive(cid, sink, sink.interval - idle)
+
+    def _check_blocked(self, cid: int, sink: _Sink) -> bool:
+        """Start draining, with a deadline, once the transport holds too much."""
+        if sink.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            return False
+        sink.blocked = True
+        if sink.drainer is None:
+            sink.drainer = asyncio.create_task(self._drain(cid, sink))
+        return True
+
+    async def _drain(self, cid: int, sink: _Sink) -> None:
+        """Wait for a backed-up transport; a client that stops reading is closed."""
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(interval):
-                        await sink.wake.wait()
-                except TimeoutError:
-                    if loop.time() - sink.last_write >= interval:
-                        sink.write([keep_alive])
-                sink.wake.clear()
-                async with asyncio.timeout(write_timeout):
-                    await sink.drain()
-                sink.blocked = False
-                self._flush(cid)
+            async with asyncio.timeout(sink.write_timeout):
+                await sink.drain()
         except TimeoutError:
             self.counters.write_timeouts += 1
             self.relay.stats.drop("write_timeout")
+            sink.dead = True
             sink.close()
+            return
         except (ConnectionError, OSError):
+            sink.dead = True
             sink.close()
+            return
+        finally:
+            sink.drainer = None
+        sink.blocked = False
+        self._flush(cid)
+
+    async def _stop_sink(self, cid: int) -> None:
+        sink = self._sinks.pop(cid, None)
+        if sink is None:
+            return
+        if sink.timer is not None:
+            sink.timer.cancel()
+        task = sink.drainer
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _flush(self, cid: int) -> None:
         """Write a connection's queued frames now unless its transport is backed up."""
@@ -360,12 +423,10 @@ class DERPServer:
         if sink is None or q is None:
             return
         if sink.blocked:
-            return  # the writer task will flush after drain
+            return  # the drain task flushes once the transport has room
         while len(q):
             sink.write(q.pop_batch(256))
-            if sink.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
-                sink.blocked = True
-                sink.wake.set()
+            if self._check_blocked(cid, sink):
                 break
         self.relay.pong_sent(cid)
 
@@ -411,9 +472,15 @@ class DERPServer:
                 client.watch_conns()
                 fwd = self.relay.add_forwarder()
                 assert client.transport is not None
-                sink = _Sink(client.write_raw, client.transport, client.drain, client.abort)
+                sink = _Sink(
+                    client.write_raw,
+                    client.transport,
+                    client.drain,
+                    client.abort,
+                    MESH_WRITE_TIMEOUT,
+                    None,  # the peer relay keeps this link alive, as for any client
+                )
                 self._sinks[fwd.id] = sink
-                writer = asyncio.create_task(self._writer(fwd.id, sink, MESH_WRITE_TIMEOUT))
                 try:
                     while True:
                         ev = await client.recv()
@@ -422,17 +489,17 @@ class DERPServer:
                         elif isinstance(ev, F.PeerGone):
                             self.relay.forwarder_gone(fwd.id, ev.key)
                         self._flush_ready()
+                        if sink.dead:
+                            break
                 finally:
-                    writer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await writer
+                    await self._stop_sink(fwd.id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.info("derp: mesh link to %s: %r", url, exc)
             finally:
                 if fwd is not None:
-                    self._sinks.pop(fwd.id, None)
+                    await self._stop_sink(fwd.id)
                     self.relay.remove_forwarder(fwd.id)
                     self._flush_ready()
                 await client.close()
