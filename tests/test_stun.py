@@ -90,6 +90,7 @@ def test_is_stun() -> None:
     assert not stun.is_stun(b"\x80" + ZERO_TXID_REQUEST[1:])
 
 
+@pytest.mark.slow
 @given(
     st.binary(min_size=12, max_size=12),
     st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)),

@@ -145,6 +145,7 @@ def test_decode_only_raises_frame_error(ftype: int, payload: bytes) -> None:
         F.decode(ftype, payload)
 
 
+@pytest.mark.slow
 @given(
     st.lists(st.tuples(st.sampled_from(list(F.FrameType)), st.binary(max_size=300)), max_size=20)
 )
