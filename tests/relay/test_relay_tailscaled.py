@@ -9,6 +9,7 @@ unregistered node key must be refused.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from meshscale.relay.app import derp_node, derp_region
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
 
@@ -257,27 +260,23 @@ def test_tailscaled_netcheck_uses_our_stun_behind_easy_nat(tmp_path: Path) -> No
         node.stop()
 
 
-MESH_SERVER_SCRIPT = textwrap.dedent(
+STANDALONE_CONTROL_SCRIPT = textwrap.dedent(
     """
     import asyncio, json, logging, os, ssl, sys
     from meshscale.control.app import AppSettings, build_app
     from meshscale.control.state import State
     from meshscale.io.http import HTTPServer, Response
     from meshscale.key import MachinePrivate, NodePublic
-    from meshscale.relay.app import derp_region
     from meshscale.tailcfg import DERPMap, DERPRegion, from_json
 
     async def main() -> None:
-        workdir, cert, key, d1, d2 = sys.argv[1:6]
+        workdir, cert, key, region_file = sys.argv[1:5]
         logging.basicConfig(level=logging.INFO)
         state = State.open(os.path.join(workdir, "ctl.db"))
         user = state.create_user("lab")
         secret = state.create_preauth_key(user.id, reusable=True).secret
-        region = derp_region(900, "lab", "Lab DERP", "derp1.lab", 443, 3478, ipv4=d1,
-                             node_name="900a")
-        second = derp_region(900, "lab", "Lab DERP", "derp2.lab", 443, 3478, ipv4=d2,
-                             node_name="900b")
-        region["Nodes"] += second["Nodes"]
+        with open(region_file) as f:
+            region = json.load(f)
         app = build_app(
             state, AppSettings(server_url="https://ctl.lab", base_domain="ts.lab"),
             DERPMap(Regions={900: from_json(DERPRegion, region)}),
@@ -364,7 +363,17 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
         workdir = tmp_path / "ctl"
         workdir.mkdir()
         script = workdir / "server.py"
-        script.write_text(MESH_SERVER_SCRIPT)
+        script.write_text(STANDALONE_CONTROL_SCRIPT)
+        region = derp_region(
+            900,
+            "lab",
+            "Lab DERP",
+            "derp1.lab",
+            ipv4=str(d1.ip),
+            node_name="900a",
+            extra_nodes=[derp_node(900, "900b", "derp2.lab", ipv4=str(d2.ip))],
+        )
+        (workdir / "region.json").write_text(json.dumps(region))
         srv = ctl.spawn(
             [
                 sys.executable,
@@ -372,15 +381,15 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
                 str(workdir),
                 str(cert),
                 str(key),
-                str(d1.ip),
-                str(d2.ip),
+                str(workdir / "region.json"),
             ],
             log_name="control",
         )
         authkey = _wait_file(workdir / "authkey", srv)
 
         def metrics(host: object) -> str:
-            return host.run(["curl", "-sf", "http://127.0.0.1:8081/debug/metrics"]).stdout  # type: ignore[attr-defined]
+            cmd = ["curl", "-sf", "http://127.0.0.1:8081/debug/metrics"]
+            return host.run(cmd, check=False).stdout  # type: ignore[attr-defined]
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not all(
@@ -419,3 +428,87 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
         assert _metric(m2, "derp_packets_forwarded_total") > 0, m2
         for node in nodes:
             node.stop()
+
+
+def test_tailscale_debug_derp_finds_no_errors(tmp_path: Path) -> None:
+    """The official client's own DERP checker (`tailscale debug derp`) against a standalone
+    meshscale-derp: TLS with the meta certificate, DERP over IPv4 and IPv6, STUN, port 80."""
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    from meshscale.lab import Lab
+    from meshscale.lab.clients import missing_clients
+    from meshscale.lab.pki import LabCA
+    from meshscale.lab.tailscale import TailscaleNode
+
+    if missing_clients("tailscale", "tailscaled"):
+        pytest.skip("official clients not cached (scripts/fetch-clients)")
+    with Lab(hint="rdd", workdir=tmp_path / "lab") as lab:
+        ctl, d1 = lab.add_public_host("ctl"), lab.add_public_host("derp1")
+        lab.add_hosts_entry("ctl.lab", ctl.ip)
+        lab.add_hosts_entry("derp1.lab", d1.ip)
+        assert d1.ip6 is not None
+        ca = LabCA(tmp_path / "ca")
+        certdir = tmp_path / "certs"
+        certdir.mkdir()
+        cert, key = ca.issue(["derp1.lab"], [d1.ip, d1.ip6])
+        shutil.copy(cert, certdir / "derp1.lab.crt")
+        shutil.copy(key, certdir / "derp1.lab.key")
+        derper = d1.spawn(
+            [
+                sys.executable,
+                "-m",
+                "meshscale.relay.main",
+                "-a",
+                ":443",
+                "-hostname",
+                "derp1.lab",
+                "-certdir",
+                str(certdir),
+                "-http-port",
+                "80",
+            ],
+            log_name="derper",
+        )
+        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
+        workdir = tmp_path / "ctl"
+        workdir.mkdir()
+        script = workdir / "server.py"
+        script.write_text(STANDALONE_CONTROL_SCRIPT)
+        region = derp_region(
+            900,
+            "lab",
+            "Lab DERP",
+            "derp1.lab",
+            ipv4=str(d1.ip),
+            ipv6=str(d1.ip6),
+            node_name="900a",
+            can_port80=True,
+        )
+        (workdir / "region.json").write_text(json.dumps(region))
+        srv = ctl.spawn(
+            [
+                sys.executable,
+                str(script),
+                str(workdir),
+                str(cert),
+                str(key),
+                str(workdir / "region.json"),
+            ],
+            log_name="control",
+        )
+        authkey = _wait_file(workdir / "authkey", srv)
+        n1 = TailscaleNode(lab.add_public_host("n1"), "n1", ca_cert=ca.cert_path)
+        n1.up("https://ctl.lab", authkey, hostname="n1", timeout=60)
+        res = n1.cli("debug", "derp", "900", check=False, timeout=90)
+        report = json.loads(res.stdout[res.stdout.find("{") :])
+        logs = derper.log_text()[-3000:]
+        assert report.get("Errors") in (None, []), json.dumps(report, indent=1) + logs
+        info = "\n".join(report.get("Info") or [])
+        assert 'Node "derp1.lab" has working IPv4 and IPv6 connectivity' in info, info
+        assert 'Successfully established a DERP connection with node "derp1.lab"' in info, info
+        assert "returned IPv4 STUN response" in info, info  # the checker only STUNs over IPv4
+        warnings = report.get("Warnings") or []
+        assert not any("captive portal" in w for w in warnings), warnings
+        n1.stop()
