@@ -499,3 +499,19 @@ def test_client_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("MESHSCALE_CONTROL_URL", "http://env:2")
     with pytest.raises(UsageError, match="--api-key"):
         client()
+
+
+def test_second_server_on_the_same_socket_is_refused(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshscale.control.config import load_config
+    from meshscale.control.main import run as run_server
+
+    other = tmp_path / "other.yaml"
+    other.write_text(served.config.read_text().replace(
+        f"listen_addr: 127.0.0.1:{served.port}", "listen_addr: 127.0.0.1:0"))
+    cfg = load_config(other, state_dir=served.dir)
+    assert run_server(cfg) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "another server is running" in err
+    assert run(capsys, *served.cli("users", "list"))[0] == 0  # the first one is unharmed

@@ -108,6 +108,7 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.cfg
+        await self._check_socket_free()  # before touching the state
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = cfg.database
         if db.type == "sqlite":
@@ -175,9 +176,22 @@ class Server:
         log.info("policy loaded from %s", cfg.policy.path)
         return True
 
+    async def _check_socket_free(self) -> None:
+        """Refuse to run beside a live server on the same socket (and state)."""
+        path = self.cfg.unix_socket
+        if not path.exists():
+            return
+        try:  # a live server answers; a stale socket from a crashed run refuses
+            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+        except (OSError, TimeoutError):
+            return
+        writer.close()
+        raise ConfigError(f"unix_socket: another server is running on {path}")
+
     async def _start_unix(self, server: HTTPServer) -> asyncio.Server:
         path = self.cfg.unix_socket
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self._check_socket_free()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()  # a stale socket from a crashed run
         start_unix = getattr(server, "start_unix", None)
@@ -193,7 +207,6 @@ class Server:
         return usrv
 
     async def _start_derp(self, router: Router) -> Any:
-
         cfg = self.cfg
         derp_map = await self.build_derp_map()
         if not cfg.derp.server.enabled:
@@ -322,8 +335,9 @@ class Server:
             await self.derp.close()
         if self.stun is not None:
             self.stun.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.cfg.unix_socket.unlink()
+        if self.unix is not None:  # only a socket this server created
+            with contextlib.suppress(FileNotFoundError):
+                self.cfg.unix_socket.unlink()
         if self.state is not None:
             self.state.close()
 
