@@ -468,6 +468,8 @@ def test_tailscale_debug_derp_finds_no_errors(tmp_path: Path) -> None:
                 str(certdir),
                 "-http-port",
                 "80",
+                "--debug-addr",
+                "127.0.0.1:8081",
             ],
             log_name="derper",
         )
@@ -511,4 +513,8 @@ def test_tailscale_debug_derp_finds_no_errors(tmp_path: Path) -> None:
         assert "returned IPv4 STUN response" in info, info  # the checker only STUNs over IPv4
         warnings = report.get("Warnings") or []
         assert not any("captive portal" in w for w in warnings), warnings
+        # The official client found our key in the TLS meta certificate and skipped the 101.
+        res = d1.run(["curl", "-sS", "http://127.0.0.1:8081/debug/metrics"], check=False)
+        m = res.stdout
+        assert _metric(m, "derp_fast_starts_total") >= 1, m + res.stderr + derper.log_text()[-3000:]
         n1.stop()

@@ -32,6 +32,18 @@ def render(derp: DERPServer, stun: STUNServer | None = None) -> str:
     out += _metric("derp_accepts_total", "counter", "Upgraded connections.", [("", c.accepts)])
     out += _metric("derp_logins_total", "counter", "Completed logins.", [("", c.logins)])
     out += _metric(
+        "derp_fast_starts_total",
+        "counter",
+        "Upgrades without the 101 (fast start).",
+        [("", c.fast_starts)],
+    )
+    out += _metric(
+        "derp_websocket_accepts_total",
+        "counter",
+        "DERP-over-WebSocket upgrades.",
+        [("", c.websockets)],
+    )
+    out += _metric(
         "derp_login_failures_total",
         "counter",
         "Refused or failed logins by reason.",

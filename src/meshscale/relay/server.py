@@ -119,6 +119,8 @@ class ServerCounters:
     login_failures: dict[str, int] = field(default_factory=dict)
     write_timeouts: int = 0
     protocol_errors: int = 0
+    fast_starts: int = 0
+    websockets: int = 0
     home_clients: int = 0
 
     def fail(self, reason: str) -> None:
@@ -191,11 +193,13 @@ class DERPServer:
                 remote = (ip, req.client[1])
         not_ideal = "ideal-node" in req.headers
         if wants_derp_websocket(req):
+            self.counters.websockets += 1
             ws = await accept_websocket(req, stream)
             await self.serve_stream(ws, remote, not_ideal=not_ideal)
             return None
         # Very old clients sent "Upgrade: WebSocket" but spoke raw DERP (1.3).
         if req.headers.get("derp-fast-start") == "1":
+            self.counters.fast_starts += 1  # the client took our key from the meta cert
             await stream.accept(write_response=False)
         else:
             await stream.accept(
