@@ -315,3 +315,28 @@ def test_bootstrap_dns_answers_published_and_asked_names() -> None:
     assert "127.0.0.1" in published["localhost"]
     assert list(unpublished) == ["localhost6"]
     assert unknown == {}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-a", "127.0.0.1:0"], "TLS needs -certdir"),
+        (["-dev", "-a", "127.0.0.1:0", "-stun=false", "--mesh-with", "x"], "needs --mesh-psk-file"),
+    ],
+)
+def test_main_refuses_incomplete_configuration(argv: list[str], message: str) -> None:
+    from meshscale.relay.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert message in str(exc.value.code)
+
+
+def test_main_reports_a_busy_port() -> None:
+    from meshscale.relay.main import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["-dev", "-a", f"127.0.0.1:{port}", "-stun=false"]) == 1
