@@ -189,7 +189,10 @@ class MapHandler:
             while not session.closed:
                 msg = self.batcher.build(session, self.clock())
                 if msg is not None:
-                    yield self.batcher.encode(msg, compress, frame)
+                    data = self.batcher.encode(msg, compress, frame)
+                    msg = None  # do not pin the message while the stream idles
+                    yield data
+                    data = b""
                     last_write = sent = loop.time()
                 elif not sent and session.closed:
                     raise StreamAborted(404, "node not found\n")

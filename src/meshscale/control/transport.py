@@ -282,11 +282,14 @@ class H2Server:
                 await self._send(sid, NoiseResponse.text(exc.status, exc.text))
                 return
             self._send_headers(sid, resp, None)
+            more = first is not None
             if first:
                 await self._send_data(sid, first, end=False)
-            if first is not None:
+            first = None  # a long stream must not pin its first (full map) message
+            if more:
                 async for chunk in body:
                     await self._send_data(sid, chunk, end=False)
+                    chunk = b""  # release it while waiting for the next one
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
