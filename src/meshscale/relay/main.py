@@ -181,14 +181,18 @@ def mesh_url(entry: str, tls: bool, port: int) -> tuple[str, str | None]:
 
 
 async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or cancellation); every listener is closed on the way out."""
     if args.dev:
         args.a = ":3340" if args.a == ":443" else args.a
         args.plain_http = True
     tls = not args.plain_http
+    # Refuse incomplete configurations before anything listens.
     if tls and not args.certdir:
         raise SystemExit("meshscale-derp: TLS needs -certdir (or use --plain-http / -dev)")
-    key = load_key(args.c)
     mesh_key = load_mesh_key(args.mesh_psk_file)
+    if args.mesh_with and mesh_key is None:
+        raise SystemExit("meshscale-derp: --mesh-with needs --mesh-psk-file")
+    key = load_key(args.c)
     verifier: URLVerifier | LocalAPIVerifier | None = None
     if args.verify_client_url:
         verifier = URLVerifier(args.verify_client_url, fail_open=args.verify_client_url_fail_open)
@@ -208,40 +212,37 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
         args.bootstrap_dns_names.split(","), args.unpublished_bootstrap_dns_names.split(",")
     )
     router.add("GET", "/bootstrap-dns", bootstrap.handle)
-    http = HTTPServer(router, server_header="meshscale-derp")
     host, port = split_addr(args.a, 443)
     meta = derp.public if args.meta_cert else None
     ctx = tls_context(args.certdir, args.hostname, meta) if tls else None
-    await http.start(host, port, ssl=ctx)
-    log.info(
-        "derp: serving %s on %s:%d, key %s",
-        "https" if tls else "http",
-        host,
-        port,
-        derp.public.text(),
-    )
-    extra: list[HTTPServer] = []
-    if tls and args.http_port > 0:
-        r80 = Router()
-        r80.add("*", "/generate_204", generate_204)
-        h80 = HTTPServer(r80)
-        await h80.start(host, args.http_port)
-        extra.append(h80)
+    servers: list[HTTPServer] = []
     stun_srv: STUNServer | None = None
-    if args.stun:
-        stun_srv = STUNServer()
-        bound = await stun_srv.start(host, args.stun_port)
-        log.info("stun: listening on %s", bound)
-    if args.debug_addr:
-        dr = Router()
-        mount_metrics(dr, derp, stun_srv)
-        dh = HTTPServer(dr)
-        dhost, dport = split_addr(args.debug_addr, 8081)
-        await dh.start(dhost, dport)
-        extra.append(dh)
-    if args.mesh_with:
-        if mesh_key is None:
-            raise SystemExit("meshscale-derp: --mesh-with needs --mesh-psk-file")
+    try:
+        http = HTTPServer(router, server_header="meshscale-derp")
+        servers.append(http)
+        await http.start(host, port, ssl=ctx)
+        log.info(
+            "derp: serving %s on %s:%d, key %s",
+            "https" if tls else "http",
+            host,
+            port,
+            derp.public.text(),
+        )
+        if tls and args.http_port > 0:
+            r80 = Router()
+            r80.add("*", "/generate_204", generate_204)
+            servers.append(HTTPServer(r80))
+            await servers[-1].start(host, args.http_port)
+        if args.stun:
+            stun_srv = STUNServer()
+            bound = await stun_srv.start(host, args.stun_port)
+            log.info("stun: listening on %s", bound)
+        if args.debug_addr:
+            dr = Router()
+            mount_metrics(dr, derp, stun_srv)
+            servers.append(HTTPServer(dr))
+            dhost, dport = split_addr(args.debug_addr, 8081)
+            await servers[-1].start(dhost, dport)
         for entry in filter(None, (e.strip() for e in args.mesh_with.split(","))):
             url, name = mesh_url(entry, tls, port)
             if name == args.hostname:
@@ -249,20 +250,18 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
             derp.add_mesh_peer(
                 url, ssl=ssl.create_default_context() if tls else None, server_name=name
             )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
-    try:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
         await stop.wait()
     finally:
         await derp.close()
-        await http.close(grace=2)
-        for h in extra:
-            await h.close(grace=1)
+        for h in servers:
+            await h.close(grace=2)
         if stun_srv is not None:
             stun_srv.close()
         if verifier is not None:
