@@ -34,6 +34,7 @@ def test_cli_verbs_on_real_nodes(need_lab: None, tmp_path: Path) -> None:
             assert set(st["TailscaleIPs"]) == {ip_a, six}
 
             a.cli("down")
+            assert ip_a not in a.host.run(["ip", "addr", "show", "ms0"]).stdout
             res = a.cli("status", check=False)
             assert res.returncode == 1
             assert res.stderr.strip().endswith("stopped (run: meshscale up)")

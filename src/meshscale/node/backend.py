@@ -147,6 +147,7 @@ class Backend:
             self.auto = None
         self.netmap = NetworkMap()
         self._apply_peers()
+        self._clear_addresses()
         self.state = S.STOPPED
 
     async def logout(self) -> None:
@@ -162,6 +163,7 @@ class Backend:
         self.store.save(self.st)
         self.netmap = NetworkMap()
         self._apply_peers()
+        self._clear_addresses()
         self.engine.uapi_set(SetRequest(private_key=self.st.node_key.raw))
         await self.bind.set_node_key(self.st.node_key)
         self.state = S.NEEDS_LOGIN
@@ -320,6 +322,13 @@ class Backend:
             self.health = [h for h in self.health if not h.startswith("login:")]
         elif me is not None:
             self.state = S.NEEDS_MACHINE_AUTH
+
+    def _clear_addresses(self) -> None:
+        """Down or logged out: the interface stays, without tailnet addresses."""
+        try:
+            self.router.set([])
+        except OSError as exc:
+            log.warning("clearing %s: %s", self.router.ifname, exc)
 
     def _apply_peers(self) -> None:
         """Diff the netmap's peers into the WireGuard device and the magicsock core."""

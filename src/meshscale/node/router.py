@@ -94,8 +94,10 @@ class Router:
                 except NetlinkError as exc:
                     if exc.code != EEXIST:
                         raise RouterError(f"adding {a}: {exc}") from exc
+            changed = want != self._addrs
             self._addrs = want
-            if not self._routes_done and want:
+            # The kernel may drop the device routes with the last address: re-add them.
+            if want and (changed or not self._routes_done):
                 for dst in TAILNET_ROUTES:
                     try:
                         ipr.route("replace", dst=dst, oif=idx)
