@@ -30,11 +30,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from meshscale import disco
 from meshscale.derp import frames as F
 from meshscale.derp.client import ClientEvent
 from meshscale.disco import AddrPort
 from meshscale.io.udp import UDPSocket
-from meshscale.key import DiscoPrivate, NodePrivate, NodePublic
+from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import Conn, Event, PeerConfig, PingResult
 from meshscale.magicsock import DERPMap as CoreDERPMap
 from meshscale.relay.client import DERPRegions
@@ -45,6 +46,7 @@ log = logging.getLogger("meshscale.magicsock")
 
 SYNTHETIC_PREFIX = "nodekey:"
 TIMER_MAX_SLEEP = 0.1  # seconds: the core's deadlines are re-read at least this often
+PROBE_INTERVAL = 1.0  # seconds between early probes of one peer (see _maybe_probe)
 MAX_SRC_CACHE = 4096  # parsed source addresses kept (a flood of sources only resets it)
 MAX_DERP_QUEUE = 4096  # WireGuard datagrams from DERP waiting for the RX thread (memory bound)
 
@@ -92,6 +94,8 @@ class MagicBind:
         self.device: Any = None  # the engine's wireguard.Device, for receiver-index lookups
         self._sock: UDPSocket | None = None
         self._src_cache: dict[tuple[str, int], AddrPort] = {}
+        self._disco_peers: dict[DiscoPublic, NodePublic] = {}
+        self._probed: dict[NodePublic, float] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -204,6 +208,8 @@ class MagicBind:
                         srcs.clear()
                     srcs[addr] = src
                 self.core.receive_datagram(data, src, now)
+                if disco.looks_like_disco(data):
+                    self._maybe_probe(data, now)
             for data, wsrc in self.core.received_wireguard():
                 if wsrc.peer is not None:
                     out.append((data, peer_endpoint(wsrc.peer)))
@@ -217,6 +223,22 @@ class MagicBind:
                     out.append((data, (str(wsrc.addr.ip), wsrc.addr.port)))
             self._flush_locked()
         return out
+
+    def _maybe_probe(self, data: bytes, now: float) -> None:
+        """A peer without a trusted direct path reached us over UDP: its NAT is open towards
+        us now, so probe all its candidates at once instead of waiting out the 5 s
+        discovery interval. At most once per PROBE_INTERVAL per peer (lock held)."""
+        try:
+            peer = self._disco_peers.get(disco.source(data))
+        except ValueError:
+            return
+        if peer is None or now - self._probed.get(peer, -PROBE_INTERVAL) < PROBE_INTERVAL:
+            return
+        st = self.core.peer_status(peer, now)
+        if st is None or st.trusted:
+            return
+        self._probed[peer] = now
+        self.core.ping(peer, now)  # its PingResult has no waiter and is dropped
 
     def _peer_by_index(self, data: bytes) -> NodePublic | None:
         """The peer a transport or response message is for, by our receiver index."""
@@ -400,6 +422,7 @@ class MagicBind:
             self._flush_locked()
 
     def set_peers(self, peers: list[PeerConfig]) -> None:
+        self._disco_peers = {p.disco_key: p.node_key for p in peers}
         with self.lock:
             self.core.set_peers(peers, time.monotonic())
             self._flush_locked()
