@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -185,9 +186,10 @@ def test_padding_to_wireguard_lengths() -> None:
         assert set(arena[end:]) == {0xEE}  # nothing written past the returned offset
 
 
-def test_ecn_cwr_only_on_first_segment() -> None:
-    frame = bytearray(super_tcp(b"e" * 3000, 1000, flags=0x90))  # CWR | ACK
+@pytest.mark.parametrize("nseg", [2, 6])  # the scalar and the numpy path
+def test_ecn_cwr_only_on_first_segment(nseg: int) -> None:
+    frame = bytearray(super_tcp(b"e" * 1000 * nseg, 1000, flags=0x90))  # CWR | ACK
     frame[1] |= GSO_ECN
     segs, _ = gso_split(bytes(frame))
-    assert [TCPHeader.parse(s[20:]).flags for s in segs] == [0x90, 0x10, 0x10]
+    assert [TCPHeader.parse(s[20:]).flags for s in segs] == [0x90] + [0x10] * (nseg - 1)
     assert all(l4_ok(s) for s in segs)
