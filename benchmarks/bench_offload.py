@@ -72,6 +72,13 @@ def micro() -> dict[str, float]:
             r[f"coalesce tcp{'6' if v6 else '4'} verify={verify} us/packet"] = (
                 best(partial(c.coalesce, segs), 300) / SEGMENTS * 1e6
             )
+    for nseg in (2, 4, 8):
+        frame = super_tcp(os.urandom(MSS * nseg), MSS, options=TS)
+        arena = bytearray(len(frame) + split_room(len(frame)))
+        arena[: len(frame)] = frame
+        r[f"split tcp4 {nseg}-segment frame us/segment"] = (
+            best(_splitter(arena, len(frame)), 1000) / nseg * 1e6
+        )
     pkt = os.urandom(1388)
     r["ones_sum int.from_bytes 1388 B us"] = best(lambda: ones_sum(pkt), 20000) * 1e6
     segs, _ = gso_split(super_tcp(os.urandom(MSS * SEGMENTS), MSS, options=TS))
