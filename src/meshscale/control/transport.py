@@ -40,6 +40,7 @@ READ_CHUNK = 64 * 1024  # bytes per socket read
 # Our receive window per stream; clients send small JSON, the default 64 KiB suffices,
 # but a larger window avoids a round trip for a 1 MiB body.
 INITIAL_WINDOW = 1 << 20  # bytes
+DRAIN_THRESHOLD = 64 * 1024  # bytes queued in the socket buffer before a write waits
 WRITE_TIMEOUT = 30.0  # seconds a write may wait for the peer to read: clients that never read
 
 
@@ -75,6 +76,11 @@ class NoiseStream:
     async def drain(self) -> None:
         """Wait for the socket buffer to empty; a peer that stops reading for WRITE_TIMEOUT
         loses the connection (ConnectionError), so it cannot pin a session forever."""
+        transport = getattr(self.raw, "transport", None)
+        if transport is not None and transport.get_write_buffer_size() < DRAIN_THRESHOLD:
+            if transport.is_closing():
+                raise ConnectionError("connection closed")
+            return  # the common case: nothing queued, no need to set up a deadline
         try:
             async with asyncio.timeout(WRITE_TIMEOUT):
                 await self.raw.drain()
