@@ -187,4 +187,12 @@ class Auto:
         while True:
             await self._update_pending.wait()
             self._update_pending.clear()
-            await d.send_lite_update(self.endpoints, self.endpoint_types)
+            try:
+                await d.send_lite_update(self.endpoints, self.endpoint_types)
+            except (OSError, ClientError, ValueError) as exc:
+                # The session is broken: closing it ends the map stream, and the run loop
+                # reconnects and sends the endpoints with its new map request.
+                log.info("control: endpoint update failed: %s", exc)
+                self._update_pending.set()
+                await d.close()
+                return
