@@ -43,6 +43,16 @@ def test_meshscaled_and_tailscaled_ping_both_ways(need_lab: None, tmp_path: Path
                 time.sleep(0.2)
             assert m.peer("t")["TailscaleIPs"][0] == ip_t
 
+            # Our status --json speaks tailscale's shape: every key we emit exists there too,
+            # with a value of the same JSON type.
+            ours, theirs = m.status(), t.status_json()
+            _same_shape(ours, theirs, "status")
+            _same_shape(ours["Self"], theirs["Self"], "Self")
+            our_peer = next(iter(ours["Peer"].values()))
+            their_peer = next(iter(theirs["Peer"].values()))
+            _same_shape(our_peer, their_peer, "Peer")
+            assert set(ours["Peer"]) == {t.status_json()["Self"]["PublicKey"]}
+
             res = t.ping(ip_m, args=["--c=5", "--until-direct=false", "--timeout=5s"], timeout=60)
             assert "pong from m" in res.stdout, res.stdout + res.stderr
             res = m.cli("ping", "-c", "5", "--until-direct=false", "t", check=False)
@@ -72,3 +82,14 @@ def test_meshscaled_and_tailscaled_ping_both_ways(need_lab: None, tmp_path: Path
             raise
         finally:
             t.stop()
+
+
+def _kind(v: object) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _same_shape(ours: dict, theirs: dict, where: str) -> None:
+    for k, v in ours.items():
+        assert k in theirs, f"{where}.{k} is not a key of tailscale status --json"
+        if v is not None and theirs[k] is not None:
+            assert _kind(v) == _kind(theirs[k]), f"{where}.{k}: {_kind(v)} vs {_kind(theirs[k])}"
