@@ -50,6 +50,7 @@ from .store import LoginInfo, State, StateStore
 log = logging.getLogger("meshscale.backend")
 
 LINK_POLL = 0.5  # seconds between checks of local addresses (roaming detection)
+TRAFFIC_POLL = 1.0  # seconds between samples of per-peer byte counters
 
 
 def _addr_text(a: AddrPort) -> str:
@@ -81,6 +82,7 @@ class Backend:
         self._traffic: dict[bytes, tuple[int, int, float]] = {}
         self._local_ips: list[Any] = []
         self._link_task: asyncio.Task[None] | None = None
+        self._traffic_task: asyncio.Task[None] | None = None
         self._filter: Filter | None = None
         self._filter_key: Any = None
         self._local4: frozenset[bytes] = frozenset()
@@ -91,15 +93,18 @@ class Backend:
     # ---- lifecycle ----
 
     async def run(self) -> None:
-        self._link_task = asyncio.get_running_loop().create_task(self._watch_links())
+        loop = asyncio.get_running_loop()
+        self._link_task = loop.create_task(self._watch_links())
+        self._traffic_task = loop.create_task(self._watch_traffic())
         if self.st.prefs.WantRunning and self.st.prefs.ControlURL:
             self._start_control("")
 
     async def close(self) -> None:
-        if self._link_task is not None:
-            self._link_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._link_task
+        for task in (self._link_task, self._traffic_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.auto is not None:
             await self.auto.stop()
 
@@ -276,15 +281,29 @@ class Backend:
             ps.RxBytes, ps.TxBytes = int(dev_peer.rx_bytes), int(dev_peer.tx_bytes)
             if dev_peer.last_handshake_ns:
                 ps.LastHandshake = datetime.fromtimestamp(dev_peer.last_handshake_ns / 1e9, UTC)
-            prev = self._traffic.get(n.Key.raw)
-            if prev is None or (prev[0], prev[1]) != (ps.RxBytes, ps.TxBytes):
-                changed_at = now if prev is not None or ps.RxBytes or ps.TxBytes else 0.0
-                self._traffic[n.Key.raw] = (ps.RxBytes, ps.TxBytes, changed_at)
+            self._note_traffic(n.Key.raw, ps.RxBytes, ps.TxBytes, now)
             last = self._traffic[n.Key.raw][2]
             ps.Active = bool(last) and now - last < S.ACTIVE_WINDOW
             if ps.Active:
                 ps.LastWrite = datetime.now(UTC)
         return ps
+
+    def _note_traffic(self, key: bytes, rx: int, tx: int, now: float) -> None:
+        prev = self._traffic.get(key)
+        if prev is None or (prev[0], prev[1]) != (rx, tx):
+            changed_at = now if prev is not None or rx or tx else 0.0
+            self._traffic[key] = (rx, tx, changed_at)
+
+    async def _watch_traffic(self) -> None:
+        """Sample byte counters so "active" means traffic in the last ACTIVE_WINDOW seconds,
+        however rarely status is asked for."""
+        while True:
+            now = time.monotonic()
+            for key, p in list(self.engine.device.peers.items()):
+                self._note_traffic(key, int(p.rx_bytes), int(p.tx_bytes), now)
+            for key in [k for k in self._traffic if k not in self.engine.device.peers]:
+                del self._traffic[key]
+            await asyncio.sleep(TRAFFIC_POLL)
 
     # ---- control callbacks ----
 
