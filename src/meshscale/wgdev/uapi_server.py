@@ -52,6 +52,7 @@ READ_SIZE: Final = 64 * 1024  # bytes per read
 # A client that opens connections and never speaks holds one fd each; past this many the
 # newest is closed at once, so a stuck or hostile client cannot exhaust the daemon's fds.
 MAX_CONNECTIONS: Final = 64
+CLOSE_TURNS: Final = 8  # loop turns wait_closed gives late-accepted connections to close
 SOCKET_CHECK_INTERVAL: Final = 1.0  # seconds between checks that our socket file still exists
 
 
@@ -160,6 +161,7 @@ class UAPIServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uapi-backend")
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._watch: asyncio.Task[None] | None = None
         self.socket_gone = asyncio.Event()
         self._connections = self._rejected = self._requests = self._errors = 0
@@ -175,6 +177,7 @@ class UAPIServer:
 
     def close(self) -> None:
         """Stop accepting, drop open connections and unlink the socket file if it is ours."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         else:
@@ -191,8 +194,17 @@ class UAPIServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def wait_closed(self) -> None:
-        tasks = [*self._handlers, *([self._watch] if self._watch else [])]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # A connection accepted just before close() gets its handler task on a later loop
+        # turn (asyncio.Server.close does not drop accepted connections on 3.11): let those
+        # start, see _closing and close their transports, then wait for every handler.
+        for _ in range(CLOSE_TURNS):
+            await asyncio.sleep(0)
+            tasks = [*self._handlers, *([self._watch] if self._watch else [])]
+            for task in self._handlers:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not self._handlers:
+                break
 
     async def _watch_socket_file(self) -> None:
         assert self.path is not None
@@ -206,6 +218,11 @@ class UAPIServer:
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections += 1
+        if self._closing:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            return
         if len(self._handlers) >= self._max_connections:
             self._rejected += 1
             log.error("UAPI: too many connections, closing a new one")
