@@ -137,6 +137,9 @@ class Auto:
             except (OSError, TimeoutError, ClientError, ValueError, EOFError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 log.info("control: %s; retrying in %.1fs", self.last_error, backoff)
+            except Exception as exc:  # h2/zstd/protocol surprises must not end the loop
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("control: unexpected %s; retrying in %.1fs", self.last_error, backoff)
             finally:
                 self.connected = False
                 await self._close_direct()
