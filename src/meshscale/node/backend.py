@@ -426,7 +426,7 @@ class Backend:
         while True:
             try:
                 ips = await asyncio.to_thread(Router.local_addresses, self.router.ifname)
-            except OSError as exc:
+            except Exception as exc:  # netlink trouble must not end roaming detection
                 log.debug("listing addresses: %s", exc)
                 ips = self._local_ips
             if ips != self._local_ips:

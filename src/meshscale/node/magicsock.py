@@ -348,12 +348,15 @@ class MagicBind:
             delay = TIMER_MAX_SLEEP if deadline is None else min(TIMER_MAX_SLEEP, deadline - now)
             if delay > 0:
                 await asyncio.sleep(delay)
-            with self.lock:
-                now = time.monotonic()
-                t = self.core.get_timer()
-                if t is not None and t <= now:
-                    self.core.handle_timer(now)
-                self._flush_locked()
+            try:
+                with self.lock:
+                    now = time.monotonic()
+                    t = self.core.get_timer()
+                    if t is not None and t <= now:
+                        self.core.handle_timer(now)
+                    self._flush_locked()
+            except Exception:  # a bug in one round must not stop path maintenance
+                log.exception("magicsock timer")
 
     def _flush_derp(self) -> None:
         self._derp_flush_scheduled = False
