@@ -211,6 +211,7 @@ class Backend:
             "magicsock": ms,
             "device_drops": dict(self.engine.device.drops),
             "engine_errors": dict(self.engine.errors),
+            "magicsock_errors": dict(self.bind.errors),
             "home_derp": self.bind.core.home_derp,
             "derp_connected": sorted(
                 r

@@ -96,6 +96,7 @@ class MagicBind:
         self._src_cache: dict[tuple[str, int], AddrPort] = {}
         self._disco_peers: dict[DiscoPublic, NodePublic] = {}
         self._probed: dict[NodePublic, float] = {}
+        self.errors: dict[str, int] = {}  # unexpected failures by place (debug API)
         self._peer_eps: dict[bytes, Endpoint] = {}  # node key bytes -> synthetic endpoint
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -140,9 +141,14 @@ class MagicBind:
                 self._sendto(parts[0] if len(parts) == 1 else b"".join(parts), ep)
             return
         datagrams = [parts[0] if len(parts) == 1 else b"".join(parts) for parts in messages]
-        with self.lock:
-            self.core.send_batch(peer, datagrams, time.monotonic())
-            self._flush_locked()
+        try:
+            with self.lock:
+                self.core.send_batch(peer, datagrams, time.monotonic())
+                self._flush_locked()
+        except Exception:  # never let one bad batch kill the engine's TX thread
+            self.errors["send"] = self.errors.get("send", 0) + 1
+            if self.errors["send"] == 1:
+                log.exception("magicsock: send")
 
     def send_one(self, ep: Endpoint, data: bytes) -> None:
         self.send(ep, [[data]])
@@ -175,7 +181,13 @@ class MagicBind:
                 if self._closed or sock is not self._sock:
                     raise BindClosed from None
                 continue
-            out = self._classify(batch)
+            try:
+                out = self._classify(batch)
+            except Exception:  # never let one bad batch kill the engine's RX thread
+                self.errors["classify"] = self.errors.get("classify", 0) + 1
+                if self.errors["classify"] == 1:
+                    log.exception("magicsock: receive")
+                continue
             if out:
                 return out
 
