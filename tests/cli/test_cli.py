@@ -124,3 +124,15 @@ def test_no_daemon_is_one_clear_line(tmp_path, capsys):
 def test_version_needs_no_daemon(capsys):
     code, out, _ = run(capsys, "/nonexistent", "version")
     assert code == 0 and out.splitlines()[0] == "0.1.0"
+
+
+def test_up_reads_the_key_from_a_file(daemon, capsys, tmp_path):
+    be, sock = daemon
+    (tmp_path / "key").write_text("secret-key\n")
+    code, _, err = run(
+        capsys, sock, "up", "--login-server=http://c", f"--auth-key=file:{tmp_path}/key"
+    )
+    assert code == 0, err
+    assert be.calls[0][1][1] == "secret-key"
+    code, _, err = run(capsys, sock, "up", "--login-server=http://c", "--authkey=file:/nonexistent")
+    assert code == 1 and err.startswith("meshscale: --authkey: cannot read /nonexistent")

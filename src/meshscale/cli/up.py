@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("up", help="connect to the tailnet, logging in if needed")
     p.add_argument("--login-server", default="", metavar="URL", help="control server URL")
     p.add_argument("--authkey", "--auth-key", dest="authkey", default="", metavar="KEY",
-                   help="node authorization key")  # fmt: skip
+                   help="node authorization key, or file:PATH to read it")  # fmt: skip
     p.add_argument("--hostname", default="", help="hostname to use instead of the OS's")
     add_bool_flag(p, "accept-dns", None, "accept DNS configuration from the control server")
     add_bool_flag(p, "reset", False, "reset unspecified settings to their defaults")
@@ -45,6 +45,13 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
               file=sys.stderr)  # fmt: skip
     if args.login_server and not args.login_server.startswith(("http://", "https://")):
         raise CLIError(f"--login-server must be an http:// or https:// URL: {args.login_server!r}")
+    auth_key = args.authkey
+    if auth_key.startswith("file:"):  # as upstream: read the key from a file
+        try:
+            with open(auth_key[5:]) as f:
+                auth_key = f.read().strip()
+        except OSError as exc:
+            raise CLIError(f"--authkey: cannot read {auth_key[5:]}: {exc.strerror}") from exc
     current = client.get("prefs")
     prefs: dict[str, Any] = {} if args.reset else dict(current)
     prefs["WantRunning"] = True
@@ -56,7 +63,7 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         prefs["CorpDNS"] = args.accept_dns
     if not prefs.get("ControlURL"):
         raise CLIError("no control server configured: pass --login-server=URL")
-    client.post("start", {"Prefs": prefs, "AuthKey": args.authkey, "Reset": bool(args.reset)})
+    client.post("start", {"Prefs": prefs, "AuthKey": auth_key, "Reset": bool(args.reset)})
     deadline = time.monotonic() + args.timeout if args.timeout else None
     printed_url = ""
     while True:
