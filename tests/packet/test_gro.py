@@ -174,6 +174,7 @@ def test_coalesce_never_raises_and_keeps_every_byte(pkts: list[bytes]) -> None:
     assert sum(1 if o[0] == ZERO_HDR else len(o) - 2 for o in outs) == len(pkts)
 
 
+@pytest.mark.slow
 @given(
     st.lists(st.tuples(st.integers(1, 300), st.booleans()), min_size=1, max_size=30),
     st.booleans(),
