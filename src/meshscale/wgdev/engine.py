@@ -76,7 +76,7 @@ class Tun(Protocol):
     name: str
     mtu: int
 
-    def read_batch(self, max_packets: int) -> list[memoryview]: ...
+    def read_batch(self, max_packets: int = ..., *, pad: bool = ...) -> list[memoryview]: ...
 
     def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
 
@@ -162,7 +162,9 @@ class Engine:
         monotonic = time.monotonic
         while not self._closed.is_set():
             try:
-                packets: list[bytes] | list[memoryview] = read(TX_BATCH)
+                # pad=True: packets arrive zero-padded to WireGuard's length, so sealing
+                # needs no copy (the IP header still carries the real length).
+                packets: list[bytes] | list[memoryview] = read(TX_BATCH, pad=True)
             except (TunClosedError, TunGoneError) as exc:
                 log.info("TUN device closed or gone: %s", exc)
                 self.close()
