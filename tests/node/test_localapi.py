@@ -150,3 +150,23 @@ def test_peer_uid_of_socketpair_is_ours():
         a.close()
         b.close()
     assert peer_uid(None) is None
+
+
+def test_garbage_and_oversized_requests_are_refused(api_path):
+    async def body():
+        api = await _serve(api_path, FakeBackend())
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(api_path))
+            writer.write(b"\x00\x01garbage\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert raw.startswith(b"HTTP/1.") and b" 400 " in raw.split(b"\r\n", 1)[0]
+            big = json.dumps({"Prefs": {}, "AuthKey": "k" * 100_000}).encode()
+            status, _ = await _request(api_path, "POST", "/localapi/v0/start", big)
+            assert status == 413
+            status, _ = await _request(api_path, "GET", "/localapi/v0/status")
+            assert status == 200  # still serving
+        finally:
+            await api.close()
+
+    asyncio.run(body())
