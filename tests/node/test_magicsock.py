@@ -97,3 +97,56 @@ def test_two_binds_find_the_direct_path_and_carry_datagrams():
         loop.call_soon_threadsafe(loop.stop)
         t.join(5)
         loop.close()
+
+
+@pytest.mark.slow
+def test_two_binds_talk_through_derp_when_there_is_no_udp_path(monkeypatch):
+    """No endpoints at all: WireGuard datagrams and user pings go through a real DERP
+    server (in process, plain HTTP on loopback)."""
+    from meshscale.io.http import HTTPServer, Router
+    from meshscale.relay.app import mount_derp
+    from meshscale.relay.server import DERPServer
+    from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+
+    monkeypatch.setenv("TS_DEBUG_USE_DERP_HTTP", "1")
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever, daemon=True)
+    t.start()
+    a = b = None
+    relay = DERPServer(NodePrivate(os.urandom(32)))
+    router = Router()
+    mount_derp(router, relay)
+    server = HTTPServer(router)
+    try:
+        srv = asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), loop).result(5)
+        port = srv.sockets[0].getsockname()[1]
+        node = DERPNode("900a", 900, "127.0.0.1", IPv4="127.0.0.1", DERPPort=port, STUNPort=-1)
+        dm = DERPMap(Regions={900: DERPRegion(900, "lab", Nodes=[node])})
+        a, b = _Side(loop), _Side(loop)
+        for me, other in ((a, b), (b, a)):
+            cfg = PeerConfig(other.node.public(), other.disco.public(), (), 900)
+            loop.call_soon_threadsafe(me.bind.set_derp_map, dm)
+            loop.call_soon_threadsafe(me.bind.set_peers, [cfg])
+        payload = b"\x04\x00\x00\x00" + b"y" * 60
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not b.got:
+            a.bind.send(peer_endpoint(b.node.public()), [[payload]])
+            time.sleep(0.1)
+        regions = {r: rc.client is not None and rc.client.connected
+                   for r, rc in (a.bind.derp.regions.items() if a.bind.derp else [])}  # fmt: skip
+        assert b.got, (a.bind.core.statistics(), b.bind.core.statistics(), regions)
+        assert b.got[0] == (payload, peer_endpoint(a.node.public()))
+        fut = asyncio.run_coroutine_threadsafe(a.bind.ping(b.node.public(), 3.0), loop)
+        _latency, via, region = fut.result(5)
+        assert (via, region) == ("", 900)
+    finally:
+        for s in (a, b):
+            if s is not None:
+                asyncio.run_coroutine_threadsafe(s.bind.stop(), loop).result(5)
+                s.bind.close()
+                s.thread.join(5)
+        asyncio.run_coroutine_threadsafe(server.close(0.5), loop).result(5)
+        asyncio.run_coroutine_threadsafe(relay.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(5)
+        loop.close()

@@ -63,12 +63,28 @@ def endpoint_peer(ep: Endpoint) -> NodePublic | None:
     return None
 
 
+def _plain_derp() -> bool:
+    return os.environ.get("TS_DEBUG_USE_DERP_HTTP", "") in ("1", "true")
+
+
+def _derp_tls() -> ssl.SSLContext | None:
+    """TLS for DERP connections (None when plain HTTP is forced). The certificate is not
+    verified: we dial the region's IP literal, and what crosses DERP is WireGuard- or
+    disco-encrypted end to end, so a false relay can only drop it."""
+    if _plain_derp():
+        return None
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def derp_url(node: dict[str, Any]) -> str:
     """Where to dial a DERP node. TLS unless TS_DEBUG_USE_DERP_HTTP is set (upstream's knob)."""
     host = node.get("IPv4") or node.get("HostName") or ""
     if ":" in host:
         host = f"[{host}]"
-    plain = os.environ.get("TS_DEBUG_USE_DERP_HTTP", "") in ("1", "true")
+    plain = _plain_derp()
     port = int(node.get("DERPPort") or (80 if plain else 443))
     return f"{'http' if plain else 'https'}://{host}:{port}/derp"
 
@@ -431,10 +447,7 @@ class MagicBind:
                 urls[int(rid)] = derp_url(nodes[0])
             self.region_codes[int(rid)] = str(region.get("RegionCode") or rid)
         if self.derp is None:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE  # DERP frames are NaCl-boxed end to end
-            self.derp = DERPRegions(self.node_key, urls, self._on_derp_event, ssl=ctx)
+            self.derp = DERPRegions(self.node_key, urls, self._on_derp_event, ssl=_derp_tls())
         else:
             self.derp.urls = urls
         with self.lock:
@@ -473,7 +486,9 @@ class MagicBind:
             self._flush_locked()
         old = self.derp
         if old is not None and self.loop is not None:
-            self.derp = DERPRegions(self.node_key, dict(old.urls), self._on_derp_event, ssl=old.ssl)
+            self.derp = DERPRegions(
+                self.node_key, dict(old.urls), self._on_derp_event, ssl=_derp_tls()
+            )
             if self.core.home_derp in old.urls:
                 self.derp.set_home(self.core.home_derp)
             self.loop.create_task(old.close())
