@@ -18,25 +18,13 @@ Connection settings are Headscale's ``database.postgres.*`` keys, as a libpq DSN
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from meshscale.control.db import codec
-from meshscale.control.db.repository import IntegrityError, Snapshot, StoreError
-from meshscale.control.db.sqlite import migrations, split_statements
-from meshscale.control.models import (
-    APIKey,
-    APIKeyID,
-    Node,
-    NodeID,
-    PreAuthKey,
-    PreAuthKeyID,
-    User,
-    UserID,
-)
+from meshscale.control.db.repository import StoreError
+from meshscale.control.db.sqlite import pending_migrations, split_statements
+from meshscale.control.db.sqlstore import SQLStore
 
 MIGRATION_LOCK_ID: Final = 0x6D73_6374  # "msct": the advisory lock migrations hold
 _AUTOINCREMENT: Final = re.compile(r"\binteger PRIMARY KEY AUTOINCREMENT\b", re.IGNORECASE)
@@ -66,8 +54,6 @@ def _psycopg() -> Any:
 
 def migrate_postgres(conn: Any, now: datetime | None = None) -> list[int]:
     """Apply pending migrations (translated) on a psycopg connection in autocommit mode."""
-    known = migrations()
-    newest = max((v for v, _, _ in known), default=0)
     stamp = codec.ts_to_db(now or datetime.now(UTC))
     done: list[int] = []
     with conn.transaction():
@@ -77,14 +63,7 @@ def migrate_postgres(conn: Any, now: datetime | None = None) -> list[int]:
             "name text NOT NULL, applied_at text NOT NULL)"
         )
         applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
-        if applied and max(applied) > newest:
-            raise StoreError(
-                f"database schema version {max(applied)} is newer than this meshscale "
-                f"(knows up to {newest}); refusing to open it"
-            )
-        for version, name, sql in known:
-            if version in applied:
-                continue
+        for version, name, sql in pending_migrations(applied):
             for statement in split_statements(to_postgres(sql)):
                 conn.execute(statement)
             conn.execute(
@@ -95,12 +74,14 @@ def migrate_postgres(conn: Any, now: datetime | None = None) -> list[int]:
     return done
 
 
-class PostgresStore:
+class PostgresStore(SQLStore):
     """:class:`~meshscale.control.db.repository.Store` on a PostgreSQL database."""
 
     def __init__(self, dsn: str) -> None:
+        super().__init__()
         psycopg = _psycopg()
-        self._errors = psycopg.errors
+        self._integrity_error = psycopg.errors.IntegrityError
+        self._db_error = psycopg.errors.Error
         try:
             self.conn = psycopg.connect(dsn, autocommit=True)
         except psycopg.Error as exc:
@@ -115,115 +96,23 @@ class PostgresStore:
         from psycopg.rows import dict_row
 
         self.conn.row_factory = dict_row
-        self._depth = 0
-        self._lock = threading.RLock()
 
-    def close(self) -> None:
-        self.conn.close()
+    @staticmethod
+    def _param(name: str) -> str:
+        return f"%({name})s"
 
-    @contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
-        with self._lock:
-            outer = self._depth == 0
-            if outer:
-                self.conn.execute("BEGIN")
-                if not durable:  # soft state: do not wait for the WAL flush
-                    self.conn.execute("SET LOCAL synchronous_commit = off")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if outer:
-                    self.conn.execute("ROLLBACK")
-                raise
-            self._depth -= 1
-            if outer:
-                self.conn.execute("COMMIT")
+    @staticmethod
+    def _describe(exc: BaseException) -> str:
+        return _one_line(exc)
 
-    def _exec(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> Any:
-        with self._lock:
-            try:
-                return self.conn.execute(sql, params)
-            except self._errors.IntegrityError as exc:
-                raise IntegrityError(_one_line(exc)) from exc
-            except self._errors.Error as exc:
-                raise StoreError(_one_line(exc)) from exc
+    def _begin(self, durable: bool) -> None:
+        self.conn.execute("BEGIN")
+        if not durable:  # soft state: do not wait for the WAL flush
+            self.conn.execute("SET LOCAL synchronous_commit = off")
+
+    def _end(self, statement: str, durable: bool) -> None:
+        self.conn.execute(statement)
 
     def _insert(self, table: str, row: dict[str, Any]) -> int:
-        cols = ", ".join(row)
-        marks = ", ".join(f"%({c})s" for c in row)
-        cur = self._exec(f"INSERT INTO {table} ({cols}) VALUES ({marks}) RETURNING id", row)
+        cur = self._exec(self._insert_sql(table, row) + " RETURNING id", row)
         return int(cur.fetchone()["id"])
-
-    def _update(self, table: str, row_id: int, row: dict[str, Any]) -> None:
-        sets = ", ".join(f"{c} = %({c})s" for c in row)
-        cur = self._exec(f"UPDATE {table} SET {sets} WHERE id = %(id)s", {**row, "id": row_id})
-        if cur.rowcount != 1:
-            raise StoreError(f"{table} row {row_id} vanished")
-
-    def _delete(self, table: str, row_id: int) -> None:
-        self._exec(f"DELETE FROM {table} WHERE id = %s", (row_id,))
-
-    def load(self) -> Snapshot:
-        with self._lock:
-            users = [codec.user_from_row(r) for r in self._exec("SELECT * FROM users")]
-            nodes = [codec.node_from_row(r) for r in self._exec("SELECT * FROM nodes")]
-            paks = [
-                codec.preauth_key_from_row(r) for r in self._exec("SELECT * FROM pre_auth_keys")
-            ]
-            apis = [codec.api_key_from_row(r) for r in self._exec("SELECT * FROM api_keys")]
-            row = self._exec("SELECT data FROM policies WHERE id = 1").fetchone()
-        return Snapshot(users, nodes, paks, apis, None if row is None else str(row["data"]))
-
-    def insert_user(self, user: User) -> UserID:
-        return UserID(self._insert("users", codec.user_to_row(user)))
-
-    def update_user(self, user: User) -> None:
-        self._update("users", user.id, codec.user_to_row(user))
-
-    def delete_user(self, user_id: UserID) -> None:
-        self._delete("users", user_id)
-
-    def insert_node(self, node: Node) -> NodeID:
-        return NodeID(self._insert("nodes", codec.node_to_row(node)))
-
-    def update_node(self, node: Node) -> None:
-        self._update("nodes", node.id, codec.node_to_row(node))
-
-    def delete_node(self, node_id: NodeID) -> None:
-        self._delete("nodes", node_id)
-
-    def insert_preauth_key(self, key: PreAuthKey) -> PreAuthKeyID:
-        return PreAuthKeyID(self._insert("pre_auth_keys", codec.preauth_key_to_row(key)))
-
-    def update_preauth_key(self, key: PreAuthKey) -> None:
-        self._update("pre_auth_keys", key.id, codec.preauth_key_to_row(key))
-
-    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None:
-        self._delete("pre_auth_keys", key_id)
-
-    def consume_preauth_key(self, key_id: PreAuthKeyID) -> bool:
-        # The same compare-and-set as SQLite: row locks make the second UPDATE wait for
-        # the first and then see used = 1.
-        cur = self._exec(
-            "UPDATE pre_auth_keys SET used = 1 WHERE id = %s AND used = 0 AND reusable = 0",
-            (key_id,),
-        )
-        return bool(cur.rowcount == 1)
-
-    def insert_api_key(self, key: APIKey) -> APIKeyID:
-        return APIKeyID(self._insert("api_keys", codec.api_key_to_row(key)))
-
-    def update_api_key(self, key: APIKey) -> None:
-        self._update("api_keys", key.id, codec.api_key_to_row(key))
-
-    def delete_api_key(self, key_id: APIKeyID) -> None:
-        self._delete("api_keys", key_id)
-
-    def set_policy(self, data: str) -> None:
-        self._exec(
-            "INSERT INTO policies(id, data, updated_at) VALUES (1, %s, %s) "
-            "ON CONFLICT(id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-            (data, codec.ts_to_db(datetime.now(UTC))),
-        )

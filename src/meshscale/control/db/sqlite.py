@@ -27,26 +27,14 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
 from meshscale.control.db import codec
-from meshscale.control.db.repository import IntegrityError, Snapshot, StoreError
-from meshscale.control.models import (
-    APIKey,
-    APIKeyID,
-    Node,
-    NodeID,
-    PreAuthKey,
-    PreAuthKeyID,
-    User,
-    UserID,
-)
+from meshscale.control.db.repository import StoreError
+from meshscale.control.db.sqlstore import SQLStore
 
 BUSY_TIMEOUT: Final = 5.0  # seconds a writer waits for another connection's lock
 _MIGRATION_RE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -71,6 +59,21 @@ def migrations() -> list[tuple[int, str, str]]:
     if versions != list(range(1, len(out) + 1)):
         raise StoreError(f"migrations are not numbered 1..n: {versions}")
     return out
+
+
+def pending_migrations(applied: set[int]) -> list[tuple[int, str, str]]:
+    """The bundled migrations not yet in ``applied``, in order.
+
+    A database that has a version this code does not know is refused, not guessed at.
+    """
+    known = migrations()
+    newest = max((v for v, _, _ in known), default=0)
+    if applied and max(applied) > newest:
+        raise StoreError(
+            f"database schema version {max(applied)} is newer than this meshscale "
+            f"(knows up to {newest}); refusing to open it"
+        )
+    return [m for m in known if m[0] not in applied]
 
 
 def schema_sql() -> str:
@@ -102,18 +105,9 @@ def migrate(conn: sqlite3.Connection, now: datetime | None = None) -> list[int]:
     """Apply pending migrations; return the versions applied."""
     conn.execute(SCHEMA_MIGRATIONS_DDL.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
     applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
-    known = migrations()
-    newest = max((v for v, _, _ in known), default=0)
-    if applied and max(applied) > newest:
-        raise StoreError(
-            f"database schema version {max(applied)} is newer than this meshscale "
-            f"(knows up to {newest}); refusing to open it"
-        )
     done: list[int] = []
     stamp = codec.ts_to_db(now or datetime.now(UTC))
-    for version, name, sql in known:
-        if version in applied:
-            continue
+    for version, name, sql in pending_migrations(applied):
         try:
             conn.execute("BEGIN IMMEDIATE")
             for statement in split_statements(sql):
@@ -136,10 +130,14 @@ def split_statements(sql: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     """:class:`~meshscale.control.db.repository.Store` on one SQLite file."""
 
+    _integrity_error = sqlite3.IntegrityError
+    _db_error = sqlite3.Error
+
     def __init__(self, path: str | Path, wal: bool = True, wal_autocheckpoint: int = 1000) -> None:
+        super().__init__()
         self.path = path
         if str(path) != ":memory:" and not Path(path).exists():
             # Create it private: it holds key hashes and the tailnet's membership. SQLite
@@ -150,123 +148,26 @@ class SQLiteStore:
             migrate(self.conn)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
-        self._depth = 0
-        self._lock = threading.RLock()
 
-    def close(self) -> None:
-        self.conn.close()
+    @staticmethod
+    def _param(name: str) -> str:
+        return f":{name}"
 
-    @contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
-        with self._lock:
-            outer = self._depth == 0
-            soft = outer and not durable
-            if soft:
-                # WAL + NORMAL: the commit is not fsynced; the next FULL commit's fsync
-                # covers it. Survives kill -9, not power loss (see the module docstring).
-                self.conn.execute("PRAGMA synchronous = NORMAL")
-            if outer:
-                self.conn.execute("BEGIN IMMEDIATE")
-            self._depth += 1
-            try:
-                yield
-            except BaseException:
-                self._depth -= 1
-                if outer:
-                    self.conn.execute("ROLLBACK")
-                raise
-            else:
-                self._depth -= 1
-                if outer:
-                    self.conn.execute("COMMIT")
-            finally:
-                if soft:
-                    self.conn.execute("PRAGMA synchronous = FULL")
+    def _begin(self, durable: bool) -> None:
+        if not durable:
+            # WAL + NORMAL: the commit is not fsynced; the next FULL commit's fsync
+            # covers it. Survives kill -9, not power loss (see the module docstring).
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.conn.execute("BEGIN IMMEDIATE")
 
-    def _exec(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Cursor:
-        with self._lock:
-            try:
-                return self.conn.execute(sql, params)
-            except sqlite3.IntegrityError as exc:
-                raise IntegrityError(str(exc)) from exc
-            except sqlite3.Error as exc:
-                raise StoreError(str(exc)) from exc
+    def _end(self, statement: str, durable: bool) -> None:
+        try:
+            self.conn.execute(statement)
+        finally:
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = FULL")
 
     def _insert(self, table: str, row: dict[str, Any]) -> int:
-        cols = ", ".join(row)
-        marks = ", ".join(f":{c}" for c in row)
-        cur = self._exec(f"INSERT INTO {table} ({cols}) VALUES ({marks})", row)
+        cur = self._exec(self._insert_sql(table, row), row)
         assert cur.lastrowid is not None
         return int(cur.lastrowid)
-
-    def _update(self, table: str, row_id: int, row: dict[str, Any]) -> None:
-        sets = ", ".join(f"{c} = :{c}" for c in row)
-        cur = self._exec(f"UPDATE {table} SET {sets} WHERE id = :id", {**row, "id": row_id})
-        if cur.rowcount != 1:
-            raise StoreError(f"{table} row {row_id} vanished")
-
-    def _delete(self, table: str, row_id: int) -> None:
-        self._exec(f"DELETE FROM {table} WHERE id = ?", (row_id,))
-
-    def load(self) -> Snapshot:
-        with self._lock:
-            users = [codec.user_from_row(r) for r in self._exec("SELECT * FROM users")]
-            nodes = [codec.node_from_row(r) for r in self._exec("SELECT * FROM nodes")]
-            paks = [
-                codec.preauth_key_from_row(r) for r in self._exec("SELECT * FROM pre_auth_keys")
-            ]
-            apis = [codec.api_key_from_row(r) for r in self._exec("SELECT * FROM api_keys")]
-            row = self._exec("SELECT data FROM policies WHERE id = 1").fetchone()
-        return Snapshot(users, nodes, paks, apis, None if row is None else str(row[0]))
-
-    def insert_user(self, user: User) -> UserID:
-        return UserID(self._insert("users", codec.user_to_row(user)))
-
-    def update_user(self, user: User) -> None:
-        self._update("users", user.id, codec.user_to_row(user))
-
-    def delete_user(self, user_id: UserID) -> None:
-        self._delete("users", user_id)
-
-    def insert_node(self, node: Node) -> NodeID:
-        return NodeID(self._insert("nodes", codec.node_to_row(node)))
-
-    def update_node(self, node: Node) -> None:
-        self._update("nodes", node.id, codec.node_to_row(node))
-
-    def delete_node(self, node_id: NodeID) -> None:
-        self._delete("nodes", node_id)
-
-    def insert_preauth_key(self, key: PreAuthKey) -> PreAuthKeyID:
-        return PreAuthKeyID(self._insert("pre_auth_keys", codec.preauth_key_to_row(key)))
-
-    def update_preauth_key(self, key: PreAuthKey) -> None:
-        self._update("pre_auth_keys", key.id, codec.preauth_key_to_row(key))
-
-    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None:
-        self._delete("pre_auth_keys", key_id)
-
-    def consume_preauth_key(self, key_id: PreAuthKeyID) -> bool:
-        # The conditional UPDATE is the arbiter between racing registrations, also across
-        # processes: SQLite serialises writers, and only one sees used = 0.
-        cur = self._exec(
-            "UPDATE pre_auth_keys SET used = 1 WHERE id = ? AND used = 0 AND reusable = 0",
-            (key_id,),
-        )
-        return cur.rowcount == 1
-
-    def insert_api_key(self, key: APIKey) -> APIKeyID:
-        return APIKeyID(self._insert("api_keys", codec.api_key_to_row(key)))
-
-    def update_api_key(self, key: APIKey) -> None:
-        self._update("api_keys", key.id, codec.api_key_to_row(key))
-
-    def delete_api_key(self, key_id: APIKeyID) -> None:
-        self._delete("api_keys", key_id)
-
-    def set_policy(self, data: str) -> None:
-        self._exec(
-            "INSERT INTO policies(id, data, updated_at) VALUES (1, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-            (data, codec.ts_to_db(datetime.now(UTC))),
-        )

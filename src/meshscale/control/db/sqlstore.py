@@ -1,0 +1,174 @@
+"""What the SQLite and PostgreSQL stores share: the repository methods and nesting of
+transactions, written once in portable SQL.
+
+A backend supplies the connection (``self.conn``, rows readable by column name), its
+named-parameter spelling (:meth:`SQLStore._param`), its error classes, how a new row's id
+comes back (:meth:`SQLStore._insert`) and how an outermost transaction begins and ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from meshscale.control.db import codec
+from meshscale.control.db.repository import IntegrityError, Snapshot, StoreError
+from meshscale.control.models import (
+    APIKey,
+    APIKeyID,
+    Node,
+    NodeID,
+    PreAuthKey,
+    PreAuthKeyID,
+    User,
+    UserID,
+)
+
+
+class SQLStore:
+    """:class:`~meshscale.control.db.repository.Store` over a DB-API style connection."""
+
+    conn: Any
+    # Set by the backend: its driver's integrity error and base error classes.
+    _integrity_error: type[BaseException]
+    _db_error: type[BaseException]
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._lock = threading.RLock()
+
+    # -- what a backend provides --------------------------------------------------------
+
+    @staticmethod
+    def _param(name: str) -> str:
+        """The driver's spelling of the named parameter ``name``."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _describe(exc: BaseException) -> str:
+        return str(exc)
+
+    def _begin(self, durable: bool) -> None:
+        raise NotImplementedError
+
+    def _end(self, statement: str, durable: bool) -> None:
+        """Run ``COMMIT`` or ``ROLLBACK`` for the outermost transaction."""
+        raise NotImplementedError
+
+    def _insert(self, table: str, row: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._begin(durable)
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._end("ROLLBACK", durable)
+                raise
+            self._depth -= 1
+            if outer:
+                self._end("COMMIT", durable)
+
+    def _exec(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> Any:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, params)
+            except self._integrity_error as exc:
+                raise IntegrityError(self._describe(exc)) from exc
+            except self._db_error as exc:
+                raise StoreError(self._describe(exc)) from exc
+
+    def _insert_sql(self, table: str, row: dict[str, Any]) -> str:
+        marks = ", ".join(self._param(c) for c in row)
+        return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})"
+
+    def _update(self, table: str, row_id: int, row: dict[str, Any]) -> None:
+        p = self._param
+        sets = ", ".join(f"{c} = {p(c)}" for c in row)
+        cur = self._exec(f"UPDATE {table} SET {sets} WHERE id = {p('id')}", {**row, "id": row_id})
+        if cur.rowcount != 1:
+            raise StoreError(f"{table} row {row_id} vanished")
+
+    def _delete(self, table: str, row_id: int) -> None:
+        self._exec(f"DELETE FROM {table} WHERE id = {self._param('id')}", {"id": row_id})
+
+    def load(self) -> Snapshot:
+        with self._lock:
+            users = [codec.user_from_row(r) for r in self._exec("SELECT * FROM users")]
+            nodes = [codec.node_from_row(r) for r in self._exec("SELECT * FROM nodes")]
+            paks = [
+                codec.preauth_key_from_row(r) for r in self._exec("SELECT * FROM pre_auth_keys")
+            ]
+            apis = [codec.api_key_from_row(r) for r in self._exec("SELECT * FROM api_keys")]
+            row = self._exec("SELECT data FROM policies WHERE id = 1").fetchone()
+        return Snapshot(users, nodes, paks, apis, None if row is None else str(row["data"]))
+
+    def insert_user(self, user: User) -> UserID:
+        return UserID(self._insert("users", codec.user_to_row(user)))
+
+    def update_user(self, user: User) -> None:
+        self._update("users", user.id, codec.user_to_row(user))
+
+    def delete_user(self, user_id: UserID) -> None:
+        self._delete("users", user_id)
+
+    def insert_node(self, node: Node) -> NodeID:
+        return NodeID(self._insert("nodes", codec.node_to_row(node)))
+
+    def update_node(self, node: Node) -> None:
+        self._update("nodes", node.id, codec.node_to_row(node))
+
+    def delete_node(self, node_id: NodeID) -> None:
+        self._delete("nodes", node_id)
+
+    def insert_preauth_key(self, key: PreAuthKey) -> PreAuthKeyID:
+        return PreAuthKeyID(self._insert("pre_auth_keys", codec.preauth_key_to_row(key)))
+
+    def update_preauth_key(self, key: PreAuthKey) -> None:
+        self._update("pre_auth_keys", key.id, codec.preauth_key_to_row(key))
+
+    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None:
+        self._delete("pre_auth_keys", key_id)
+
+    def consume_preauth_key(self, key_id: PreAuthKeyID) -> bool:
+        # The conditional UPDATE is the arbiter between racing registrations, also across
+        # processes: SQLite serialises writers, PostgreSQL's row lock makes the second
+        # UPDATE wait for the first; either way only one sees used = 0.
+        cur = self._exec(
+            "UPDATE pre_auth_keys SET used = 1 "
+            f"WHERE id = {self._param('id')} AND used = 0 AND reusable = 0",
+            {"id": key_id},
+        )
+        return bool(cur.rowcount == 1)
+
+    def insert_api_key(self, key: APIKey) -> APIKeyID:
+        return APIKeyID(self._insert("api_keys", codec.api_key_to_row(key)))
+
+    def update_api_key(self, key: APIKey) -> None:
+        self._update("api_keys", key.id, codec.api_key_to_row(key))
+
+    def delete_api_key(self, key_id: APIKeyID) -> None:
+        self._delete("api_keys", key_id)
+
+    def set_policy(self, data: str) -> None:
+        p = self._param
+        self._exec(
+            f"INSERT INTO policies(id, data, updated_at) VALUES (1, {p('data')}, {p('at')}) "
+            "ON CONFLICT(id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+            {"data": data, "at": codec.ts_to_db(datetime.now(UTC))},
+        )
