@@ -202,3 +202,23 @@ def test_mapper_config_reaches_messages() -> None:
     assert msg is not None
     assert msg["Domain"] == "other.example"
     assert isinstance(mapper.encode(msg), bytes)
+
+
+def test_home_derp_move_is_a_patch_and_unchanged_hostinfo_is_nothing() -> None:
+    src, b, sessions = setup(2)
+    src.nodes[2] = replace(src.nodes[2], hostinfo={"NetInfo": {"PreferredDERP": 901}})
+    b.handle(NodeChanged(NodeID(2), frozenset({"hostinfo"})))  # first time: full node
+    msg = b.build(sessions[0], NOW)
+    assert msg is not None
+    assert msg["PeersChanged"][0]["HomeDERP"] == 901
+    src.nodes[2] = replace(src.nodes[2], hostinfo={"NetInfo": {"PreferredDERP": 902}})
+    b.handle(NodeChanged(NodeID(2), frozenset({"hostinfo"})))
+    msg = b.build(sessions[0], NOW)
+    assert msg == {"PeersChangedPatch": [{"NodeID": 2, "DERPRegion": 902}]}
+    me = b.build(sessions[1], NOW)
+    assert me is not None
+    assert me["Node"]["HomeDERP"] == 902
+    # An equal Hostinfo (a new object) produces no message at all.
+    src.nodes[2] = replace(src.nodes[2], hostinfo={"NetInfo": {"PreferredDERP": 902}})
+    b.handle(NodeChanged(NodeID(2), frozenset({"hostinfo"})))
+    assert b.build(sessions[0], NOW) is None

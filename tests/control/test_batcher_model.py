@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from meshscale.control import mapper
@@ -42,6 +42,7 @@ def node(i: int) -> Node:
         given_name=f"h{i}",
         ipv4=ipaddress.IPv4Address(0x64400000 + i),
         disco_key=DiscoPublic((i + 2000).to_bytes(2, "big") * 16),
+        hostinfo={"Hostname": f"h{i}"},
         created_at=NOW,
     )
 
@@ -94,6 +95,8 @@ class ModelClient:
                 continue
             if "Endpoints" in pc:
                 p["Endpoints"] = pc["Endpoints"]
+            if "DERPRegion" in pc:
+                p["HomeDERP"] = pc["DERPRegion"]
             if "Online" in pc:
                 p["Online"] = pc["Online"]
             if "DiscoKey" in pc:
@@ -109,6 +112,7 @@ ops = st.lists(
         st.tuples(st.just("endpoints"), st.integers(2, 8), st.integers(1, 60000)),
         st.tuples(st.just("online"), st.integers(2, 8), st.booleans()),
         st.tuples(st.just("rename"), st.integers(2, 8), st.integers(0, 9)),
+        st.tuples(st.just("derp"), st.integers(2, 8), st.integers(0, 3)),
         st.tuples(st.just("resync"), st.just(0)),
         st.tuples(st.just("flush"), st.just(0)),
     ),
@@ -119,6 +123,8 @@ ops = st.lists(
 @pytest.mark.slow
 @settings(max_examples=150)
 @given(ops)
+@example([("add", 2), ("flush", 0), ("derp", 2, 1), ("flush", 0), ("derp", 2, 2), ("flush", 0)])
+@example([("add", 3), ("online", 3, False), ("remove", 3), ("resync", 0)])
 def test_client_view_converges_to_server_view(program: list[tuple[Any, ...]]) -> None:
     src = Source()
     src.nodes[1] = node(1)
@@ -150,6 +156,12 @@ def test_client_view_converges_to_server_view(program: list[tuple[Any, ...]]) ->
         elif kind == "rename" and nid in src.nodes:
             src.nodes[nid] = replace(src.nodes[nid], given_name=f"n{nid}x{op[2]}")
             b.handle(NodeChanged(NodeID(nid), frozenset({"given_name"})))
+        elif kind == "derp" and nid in src.nodes:
+            hi = {"Hostname": f"h{nid}", "NetInfo": {"PreferredDERP": 900 + op[2]}}
+            if op[2] == 0:
+                hi = {"Hostname": f"h{nid}"}  # no home region: not patchable
+            src.nodes[nid] = replace(src.nodes[nid], hostinfo=hi)
+            b.handle(NodeChanged(NodeID(nid), frozenset({"hostinfo"})))
         elif kind == "resync":
             b.handle(DNSChanged())
         elif kind == "flush":
@@ -160,7 +172,7 @@ def test_client_view_converges_to_server_view(program: list[tuple[Any, ...]]) ->
     }
     assert set(client.peers) == set(want)
     for i, p in client.peers.items():
-        for field in ("Name", "Endpoints", "Online", "Key", "DiscoKey"):
+        for field in ("Name", "Endpoints", "Online", "Key", "DiscoKey", "HomeDERP"):
             assert p.get(field) == want[i].get(field), (i, field)
         # LastSeen is present exactly for offline peers (its value may be the client's clock).
         assert ("LastSeen" in p) == ("LastSeen" in want[i]), (i, p, want[i])

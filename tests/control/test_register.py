@@ -227,7 +227,7 @@ def test_sanitize_hostinfo_keeps_peers_decodable() -> None:
         "Services": [{"Proto": "tcp", "Port": 22}, {"Proto": "tcp", "Port": 70000}],
         "TPM": {"Manufacturer": 5},
         "SomethingNew": {"x": 1},
-        "NetInfo": {"PreferredDERP": 900},
+        "NetInfo": {"PreferredDERP": 900, "DERPLatency": {"900-v4": 0.01}},
     }
     out = sanitize_hostinfo(raw)
     assert out == {

@@ -154,13 +154,27 @@ class Batcher:
         self._encoded.clear()
         match event:
             case models.NodeAdded(node_id=nid):
-                self.cache.forget(nid)
+                self.cache.drop(nid)
                 for s in self._all():
                     if s.node_id != nid:
                         self._mark_changed(s, nid)
             case models.NodeChanged(node_id=nid, fields=fields):
+                if "hostinfo" in fields:
+                    # Clients re-send Hostinfo on every home-DERP move; compare with what
+                    # peers were last sent and patch the region instead of the whole node.
+                    old, new = self.cache.snapshot(nid), self.source.node(nid)
+                    if old is not None and new is not None:
+                        if mapper.only_home_derp_changed(old, new):
+                            fields = (fields - {"hostinfo"}) | {"home_derp"}
+                        elif old.hostinfo == new.hostinfo:
+                            fields = fields - {"hostinfo"}
+                    if not fields:
+                        return
                 self.cache.forget(nid)
                 patchable = fields <= mapper.PATCHABLE_FIELDS
+                current = self.source.node(nid)
+                if patchable and current is not None:
+                    self.cache.remember(current)
                 for s in self._all():
                     if s.node_id == nid:
                         if fields - _SELF_IRRELEVANT:
@@ -173,7 +187,7 @@ class Batcher:
                     else:
                         self._mark_changed(s, nid)
             case models.NodeRemoved(node_id=nid):
-                self.cache.forget(nid)
+                self.cache.drop(nid)
                 self._recently_removed.append(nid)
                 for s in self._all():
                     if s.node_id == nid:

@@ -43,7 +43,7 @@ from meshscale.tailcfg import (
 SELF_CAP_MAP: dict[str, list[Any] | None] = {"https://tailscale.com/cap/is-admin": []}
 
 # NodeChanged fields a PeerChange patch can express; anything else sends the full node.
-PATCHABLE_FIELDS = frozenset({"endpoints", "online", "last_seen", "disco_key"})
+PATCHABLE_FIELDS = frozenset({"endpoints", "online", "last_seen", "disco_key", "home_derp"})
 ONLINE_FIELDS = frozenset({"online", "last_seen"})
 
 
@@ -129,6 +129,22 @@ def home_derp(node: models.Node) -> int:
     return 0
 
 
+def only_home_derp_changed(old: models.Node, new: models.Node) -> bool:
+    """True when two Hostinfos differ only in NetInfo.PreferredDERP (to a non-zero region),
+    which a PeerChange can carry instead of the whole node (a patch cannot say 0)."""
+    if home_derp(new) == 0 or home_derp(old) == home_derp(new):
+        return False
+
+    def strip(hi: dict[str, Any]) -> dict[str, Any]:
+        out = dict(hi)
+        netinfo = out.get("NetInfo")
+        if isinstance(netinfo, dict):
+            out["NetInfo"] = {k: v for k, v in netinfo.items() if k != "PreferredDERP"}
+        return out
+
+    return strip(old.hostinfo) == strip(new.hostinfo)
+
+
 def _prefixes(node: models.Node) -> list[str]:
     return [f"{a}/{a.max_prefixlen}" for a in node.addresses()]
 
@@ -181,6 +197,7 @@ class NodeJSONCache:
 
     _entries: dict[int, tuple[models.Node, dict[str, Any]]] = field(default_factory=dict)
     _bytes: dict[int, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
+    _known: dict[int, models.Node] = field(default_factory=dict)
 
     def peer(self, node: models.Node, cfg: MapConfig, now: datetime) -> dict[str, Any]:
         hit = self._entries.get(node.id)
@@ -194,6 +211,7 @@ class NodeJSONCache:
         d = to_json(tail_node(node, cfg, now))
         self.forget(node.id)
         self._entries[node.id] = (node, d)
+        self._known[node.id] = node
         return d
 
     def encoded(self, d: dict[str, Any]) -> bytes:
@@ -206,6 +224,19 @@ class NodeJSONCache:
         if entry is not None and entry[1] is d:  # only cache what we own (bounded)
             self._bytes[id(d)] = (d, raw)
         return raw
+
+    def snapshot(self, node_id: int) -> models.Node | None:
+        """The node as peers' clients last learnt it (full node or patch), if known."""
+        return self._known.get(node_id)
+
+    def remember(self, node: models.Node) -> None:
+        """Record that peers were told about ``node`` (by a patch)."""
+        self._known[node.id] = node
+
+    def drop(self, node_id: int) -> None:
+        """The node is gone: forget everything about it."""
+        self.forget(node_id)
+        self._known.pop(node_id, None)
 
     def forget(self, node_id: int) -> None:
         old = self._entries.pop(node_id, None)
@@ -250,6 +281,8 @@ def full_map(
 def peer_patch(node: models.Node, fields: frozenset[str]) -> PeerChange:
     """A PeersChangedPatch entry for changes in PATCHABLE_FIELDS (spec section 4.4)."""
     pc = PeerChange(NodeID=int(node.id))
+    if "home_derp" in fields:
+        pc.DERPRegion = home_derp(node)
     if "endpoints" in fields:
         pc.Endpoints = list(node.endpoints)
     if "disco_key" in fields and node.disco_key is not None:

@@ -115,6 +115,10 @@ def sanitize_hostinfo(raw: Any) -> dict[str, Any] | None:
     except ParseError:
         return None
     hi.TPM = None
+    if hi.NetInfo is not None:
+        # Latencies change on every netcheck; peers do not use them, and storing them would
+        # turn each netcheck into a fan-out to every peer.
+        hi.NetInfo.DERPLatency = {}
     hi.Services = [sv for sv in hi.Services if 0 <= sv.Port <= 0xFFFF][:MAX_ROUTES]  # uint16
     hi.RoutableIPs = [p for p in hi.RoutableIPs if _valid_prefix(p)][:MAX_ROUTES]
     return to_json(hi)
