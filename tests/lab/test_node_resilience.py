@@ -68,7 +68,9 @@ def test_control_outage_restart_and_roaming(need_lab: None, tmp_path: Path) -> N
 
             # 1. Control (and its embedded DERP) goes away: established peers keep talking.
             net.stop_control()
-            assert _tcp(a, ip_b) and _tcp(b, ip_a)
+            # Each probe is a fresh TCP connection; allow it a 3 s window, not one shot.
+            assert _until(lambda: _tcp(a, ip_b, timeout=1.0), 3) is not None
+            assert _until(lambda: _tcp(b, ip_a, timeout=1.0), 3) is not None
             res = a.cli("ping", "-c", "3", "--until-direct=false", "b")
             assert "pong from b" in res.stdout
 
