@@ -136,3 +136,12 @@ def test_up_reads_the_key_from_a_file(daemon, capsys, tmp_path):
     assert be.calls[0][1][1] == "secret-key"
     code, _, err = run(capsys, sock, "up", "--login-server=http://c", "--authkey=file:/nonexistent")
     assert code == 1 and err.startswith("meshscale: --authkey: cannot read /nonexistent")
+
+
+def test_status_prints_health_after_the_table(daemon, capsys):
+    be, sock = daemon
+    be.state = "Running"
+    be.health = ["control: connection refused"]
+    code, out, _ = run(capsys, sock, "status")
+    assert code == 0
+    assert out.rstrip().endswith("# Health check:\n#     - control: connection refused")

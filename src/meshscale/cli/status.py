@@ -84,4 +84,9 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
     for r in rows(st, peers=args.peers, self_=args.self, active=args.active):
         table.add_row(*(Text(c) for c in r))
     Console(highlight=False, soft_wrap=True, width=200).print(table)
+    health = st.get("Health") or []
+    if health:  # as upstream: problems the user should know about, after the table
+        print("\n# Health check:")
+        for h in health:
+            print(f"#     - {h}")
     return 0

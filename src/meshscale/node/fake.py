@@ -19,10 +19,12 @@ class FakeBackend:
         self.auth_url = ""
         self.calls: list[tuple[str, Any]] = []
         self.interactive = False  # start() without a key waits at NeedsLogin
+        self.health: list[str] = []
 
     def status(self) -> Status:
         st = Status(Version="0.1.0", BackendState=self.state, AuthURL=self.auth_url)
         st.HaveNodeKey = True
+        st.Health = list(self.health)
         if self.state != RUNNING:
             return st
         st.TailscaleIPs = ["100.64.0.1", "fd7a:115c:a1e0::1"]
