@@ -14,8 +14,18 @@ Noise router (HTTP/2 inside the Noise connection; every handler sees the machine
                                501, as Headscale (spec 5)
     anything else              404
 
-A background task (started by ``ControlApp.start`` or lazily by the first Noise request)
-pumps State change events into the batcher.
+Usage (what ``meshscale-control serve`` does)::
+
+    app = build_app(state, control_config, derp_map, control_key=machine_private_key)
+    app.mount(router)            # or serve app.router directly
+    await app.start()            # change pump + key-expiry watcher
+    ...
+    app.set_derp_map(new_map)    # every session gets a full map
+    await app.close()
+
+Background tasks (started by ``start`` or lazily by the first Noise request): the pump that
+feeds State change events to the batcher, and a watcher that announces key expiries as they
+pass (an expiry is a point in time, not a write).
 """
 
 from __future__ import annotations
