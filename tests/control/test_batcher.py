@@ -2,69 +2,28 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from meshscale.control import mapper
 from meshscale.control.batcher import Batcher, MapSession
 from meshscale.control.models import (
     DNSChanged,
-    Node,
     NodeAdded,
     NodeChanged,
     NodeID,
     NodeRemoved,
-    User,
     UserChanged,
     UserID,
 )
 from meshscale.control.poll import frame
-from meshscale.key import DiscoPublic, MachinePublic, NodePublic
-from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+from meshscale.testing.mapsource import DERP, NOW, DictSource, numbered_node
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-DERP = DERPMap(Regions={900: DERPRegion(900, "x", "X", Nodes=[DERPNode("900a", 900, "d")])})
 CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
+node = numbered_node
 
 
-def node(i: int) -> Node:
-    return Node(
-        id=NodeID(i),
-        machine_key=MachinePublic(i.to_bytes(2, "big") * 16),
-        node_key=NodePublic((i + 1000).to_bytes(2, "big") * 16),
-        user_id=UserID(1),
-        hostname=f"h{i}",
-        given_name=f"h{i}",
-        ipv4=ipaddress.IPv4Address(0x64400000 + i),
-        disco_key=DiscoPublic((i + 2000).to_bytes(2, "big") * 16),
-        created_at=NOW,
-    )
-
-
-class FakeSource:
-    """A SnapshotSource over a dict, counting the expensive call."""
-
-    def __init__(self, nodes: list[Node]) -> None:
-        self.nodes = {int(n.id): n for n in nodes}
-        self.peers_calls = 0
-
-    def node(self, node_id: int) -> Node | None:
-        return self.nodes.get(node_id)
-
-    def peers_of(self, node_id: int) -> list[Node]:
-        self.peers_calls += 1
-        return sorted((n for i, n in self.nodes.items() if i != node_id), key=lambda n: n.id)
-
-    def users(self) -> dict[UserID, User]:
-        return {UserID(1): User(UserID(1), "alice")}
-
-    def policy(self) -> str | None:
-        return None
-
-
-def setup(n: int) -> tuple[FakeSource, Batcher, list[MapSession]]:
-    src = FakeSource([node(i) for i in range(1, n + 1)])
+def setup(n: int) -> tuple[DictSource, Batcher, list[MapSession]]:
+    src = DictSource([node(i) for i in range(1, n + 1)])
     b = Batcher(src, lambda: CFG)  # type: ignore[arg-type]
     sessions = [MapSession(NodeID(i)) for i in range(1, n + 1)]
     for s in sessions:

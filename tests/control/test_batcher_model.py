@@ -3,9 +3,7 @@ applies the messages as tailscale's controlclient does (spec 4.3) ends with the 
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -21,47 +19,14 @@ from meshscale.control.models import (
     NodeChanged,
     NodeID,
     NodeRemoved,
-    User,
-    UserID,
 )
-from meshscale.key import DiscoPublic, MachinePublic, NodePublic
-from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+from meshscale.testing.mapsource import DERP, NOW, DictSource, numbered_node
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-DERP = DERPMap(Regions={900: DERPRegion(900, "x", "X", Nodes=[DERPNode("900a", 900, "d")])})
 CFG = mapper.MapConfig(base_domain="ts.example", domain="c", derp_map=DERP)
 
 
 def node(i: int) -> Node:
-    return Node(
-        id=NodeID(i),
-        machine_key=MachinePublic(i.to_bytes(2, "big") * 16),
-        node_key=NodePublic((i + 1000).to_bytes(2, "big") * 16),
-        user_id=UserID(1),
-        hostname=f"h{i}",
-        given_name=f"h{i}",
-        ipv4=ipaddress.IPv4Address(0x64400000 + i),
-        disco_key=DiscoPublic((i + 2000).to_bytes(2, "big") * 16),
-        hostinfo={"Hostname": f"h{i}"},
-        created_at=NOW,
-    )
-
-
-class Source:
-    def __init__(self) -> None:
-        self.nodes: dict[int, Node] = {}
-
-    def node(self, node_id: int) -> Node | None:
-        return self.nodes.get(node_id)
-
-    def peers_of(self, node_id: int) -> list[Node]:
-        return sorted((n for i, n in self.nodes.items() if i != node_id), key=lambda n: n.id)
-
-    def users(self) -> dict[UserID, User]:
-        return {UserID(1): User(UserID(1), "alice")}
-
-    def policy(self) -> str | None:
-        return None
+    return numbered_node(i, hostinfo={"Hostname": f"h{i}"})
 
 
 class ModelClient:
@@ -126,7 +91,7 @@ ops = st.lists(
 @example([("add", 2), ("flush", 0), ("derp", 2, 1), ("flush", 0), ("derp", 2, 2), ("flush", 0)])
 @example([("add", 3), ("online", 3, False), ("remove", 3), ("resync", 0)])
 def test_client_view_converges_to_server_view(program: list[tuple[Any, ...]]) -> None:
-    src = Source()
+    src = DictSource()
     src.nodes[1] = node(1)
     b = Batcher(src, lambda: CFG)  # type: ignore[arg-type]
     session = MapSession(NodeID(1))
