@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import os
 import re
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -73,53 +71,18 @@ SERVER_SCRIPT = textwrap.dedent(
 )
 
 
-def _wait_file(path: Path, proc: object, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text():
-            return path.read_text()
-        if not proc.running:  # type: ignore[attr-defined]
-            break
-        time.sleep(0.1)
-    raise AssertionError("control server did not start:\n" + proc.log_text()[-4000:])  # type: ignore[attr-defined]
-
-
 @contextlib.contextmanager
 def control_lab(tmp_path: Path, hint: str) -> Iterator[tuple[Any, Any, str, Any]]:
     """A lab with our control server on ctl.lab (HTTPS 443 + HTTP 80 + STUN 3478).
 
     Yields (lab, ca, authkey, server process)."""
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root")
-    from meshscale.lab import Lab
-    from meshscale.lab.clients import missing_clients
-    from meshscale.lab.pki import LabCA
+    from meshscale.lab.scriptserver import script_control_lab, skip_reason
 
-    if missing_clients("tailscale", "tailscaled", "caddy"):
-        pytest.skip("official clients not cached (scripts/fetch-clients)")
-    with Lab(hint=hint, workdir=tmp_path / "lab") as lab:
-        ctl = lab.add_public_host("ctl")
-        lab.add_hosts_entry("ctl.lab", ctl.ip)
-        ca = LabCA(tmp_path / "ca")
-        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
-        workdir = tmp_path / "ctl"
-        workdir.mkdir()
-        script = workdir / "server.py"
-        script.write_text(SERVER_SCRIPT)
-        srv = ctl.spawn(
-            [
-                sys.executable,
-                str(script),
-                str(workdir),
-                "ctl.lab",
-                str(ctl.ip),
-                str(cert),
-                str(key),
-            ],
-            log_name="control",
-        )
-        authkey = _wait_file(workdir / "authkey", srv)
-        yield lab, ca, authkey, srv
+    reason = skip_reason("tailscale", "tailscaled", "caddy")
+    if reason is not None:
+        pytest.skip(reason)
+    with script_control_lab(tmp_path, hint, SERVER_SCRIPT) as sl:
+        yield sl.lab, sl.ca, sl.authkey, sl.srv
 
 
 def test_interactive_login_with_tailscale_up(tmp_path: Path) -> None:
@@ -153,20 +116,12 @@ def test_interactive_login_with_tailscale_up(tmp_path: Path) -> None:
 
 
 def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
+    from meshscale.lab.scriptserver import join_tailscaled
     from meshscale.lab.tailscale import TailscaleNode
 
     with control_lab(tmp_path, "cts") as (lab, ca, authkey, srv):
-        nodes = []
-        for name in ("n1", "n2"):
-            host = lab.add_public_host(name)
-            node = TailscaleNode(host, name, ca_cert=ca.cert_path)
-            nodes.append(node)
-            try:
-                node.up("https://ctl.lab", authkey, hostname=name, timeout=45)
-            except Exception as exc:
-                raise AssertionError(f"{exc}\n--- control ---\n{srv.log_text()[-4000:]}") from exc
-        for node in nodes:
-            assert node.wait_backend_state("Running", timeout=30) == "Running"
+        hosts = [lab.add_public_host(name) for name in ("n1", "n2")]
+        nodes = join_tailscaled(hosts, ca, authkey, srv, timeout=45)
         ips = [node.ip4() for node in nodes]
         for ip in ips:
             assert ipaddress.ip_address(ip) in ipaddress.ip_network("100.64.0.0/10")

@@ -12,14 +12,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from meshscale.relay.app import derp_node, derp_region
+
+if TYPE_CHECKING:
+    from meshscale.lab import Host, LabCA, Proc
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
 
@@ -91,15 +98,13 @@ WHOIS_SCRIPT = textwrap.dedent(
 )
 
 
-def _wait_file(path: Path, proc: object, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text():
-            return path.read_text()
-        if not proc.running:  # type: ignore[attr-defined]
-            break
-        time.sleep(0.1)
-    raise AssertionError("control server did not start:\n" + proc.log_text()[-4000:])  # type: ignore[attr-defined]
+@pytest.fixture
+def need_tailscaled() -> None:
+    from meshscale.lab.scriptserver import skip_reason
+
+    reason = skip_reason("tailscale", "tailscaled")
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def _metric(text: str, name: str) -> float:
@@ -107,54 +112,57 @@ def _metric(text: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_tailscaled_behind_udp_blocking_nats_ping_through_our_relay(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root")
-    from meshscale.lab import Lab, NatKind
-    from meshscale.lab.clients import missing_clients
-    from meshscale.lab.pki import LabCA
-    from meshscale.lab.tailscale import TailscaleNode
+def _spawn_derper(
+    host: Host,
+    ca: LabCA,
+    name: str,
+    ips: Sequence[IPv4Address | IPv6Address],
+    certdir: Path,
+    extra: Sequence[str],
+    env: dict[str, str] | None = None,
+    log_name: str = "derper",
+) -> Proc:
+    """meshscale-derp on `host` as `name` on :443, with a lab CA certificate in `certdir`
+    and its debug listener on 127.0.0.1:8081."""
+    certdir.mkdir()
+    cert, key = ca.issue([name], ips)
+    shutil.copy(cert, certdir / f"{name}.crt")
+    shutil.copy(key, certdir / f"{name}.key")
+    argv = [sys.executable, "-m", "meshscale.relay.main", "-a", ":443", "-hostname", name,
+            "-certdir", str(certdir), *extra, "--debug-addr", "127.0.0.1:8081"]  # fmt: skip
+    return host.spawn(argv, env=env, log_name=log_name)
 
-    if missing_clients("tailscale", "tailscaled"):
-        pytest.skip("official clients not cached (scripts/fetch-clients)")
-    with Lab(hint="rts", workdir=tmp_path / "lab") as lab:
-        ctl = lab.add_public_host("ctl")
-        lab.add_hosts_entry("ctl.lab", ctl.ip)
-        ca = LabCA(tmp_path / "ca")
-        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
-        workdir = tmp_path / "ctl"
-        workdir.mkdir()
-        script = workdir / "server.py"
-        script.write_text(SERVER_SCRIPT)
-        srv = ctl.spawn(
-            [
-                sys.executable,
-                str(script),
-                str(workdir),
-                "ctl.lab",
-                str(ctl.ip),
-                str(cert),
-                str(key),
-            ],
-            log_name="control",
-        )
-        authkey = _wait_file(workdir / "authkey", srv)
+
+def _start_standalone_control(
+    ctl: Host, ca: LabCA, tmp_path: Path, region: dict[str, Any]
+) -> tuple[Proc, str]:
+    """STANDALONE_CONTROL_SCRIPT on `ctl` as https://ctl.lab with DERP `region`; (proc, authkey)."""
+    from meshscale.lab.scriptserver import start_script_server
+
+    cert, key = ca.issue(["ctl.lab"], [ctl.ip])
+    region_file = tmp_path / "region.json"
+    region_file.write_text(json.dumps(region))
+    args = [str(cert), str(key), str(region_file)]
+    return start_script_server(ctl, tmp_path / "ctl", STANDALONE_CONTROL_SCRIPT, args)
+
+
+def test_tailscaled_behind_udp_blocking_nats_ping_through_our_relay(
+    tmp_path: Path, need_tailscaled: None
+) -> None:
+    from meshscale.lab import NatKind
+    from meshscale.lab.scriptserver import join_tailscaled, script_control_lab
+
+    with script_control_lab(tmp_path, "rts", SERVER_SCRIPT) as sl:
+        lab, ca, ctl, srv, authkey = sl.lab, sl.ca, sl.ctl, sl.srv, sl.authkey
 
         def metrics() -> str:
             return ctl.run(["curl", "-sf", "http://127.0.0.1:8081/debug/metrics"]).stdout
 
-        nodes = []
-        for name in ("n1", "n2"):
-            nat = lab.add_nat(f"r{name}", NatKind.UDP_BLOCK)
-            host = lab.add_private_host(name, behind=nat)
-            node = TailscaleNode(host, name, ca_cert=ca.cert_path)
-            nodes.append(node)
-            try:
-                node.up("https://ctl.lab", authkey, hostname=name, timeout=60)
-            except Exception as exc:
-                raise AssertionError(f"{exc}\n--- control ---\n{srv.log_text()[-4000:]}") from exc
-        for node in nodes:
-            assert node.wait_backend_state("Running", timeout=30) == "Running"
+        hosts = [
+            lab.add_private_host(name, behind=lab.add_nat(f"r{name}", NatKind.UDP_BLOCK))
+            for name in ("n1", "n2")
+        ]
+        nodes = join_tailscaled(hosts, ca, authkey, srv, timeout=60)
         ips = [node.ip4() for node in nodes]
 
         res = nodes[0].ping(ips[1], args=["--c=20", "--timeout=5s"], timeout=120)
@@ -208,41 +216,16 @@ def test_tailscaled_behind_udp_blocking_nats_ping_through_our_relay(tmp_path: Pa
             node.stop()
 
 
-def test_tailscaled_netcheck_uses_our_stun_behind_easy_nat(tmp_path: Path) -> None:
+def test_tailscaled_netcheck_uses_our_stun_behind_easy_nat(
+    tmp_path: Path, need_tailscaled: None
+) -> None:
     """The official client's netcheck gets its public address from our STUN server."""
-    import json
-
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root")
-    from meshscale.lab import Lab, NatKind
-    from meshscale.lab.clients import missing_clients
-    from meshscale.lab.pki import LabCA
+    from meshscale.lab import NatKind
+    from meshscale.lab.scriptserver import script_control_lab
     from meshscale.lab.tailscale import TailscaleNode
 
-    if missing_clients("tailscale", "tailscaled"):
-        pytest.skip("official clients not cached (scripts/fetch-clients)")
-    with Lab(hint="rnc", workdir=tmp_path / "lab") as lab:
-        ctl = lab.add_public_host("ctl")
-        lab.add_hosts_entry("ctl.lab", ctl.ip)
-        ca = LabCA(tmp_path / "ca")
-        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
-        workdir = tmp_path / "ctl"
-        workdir.mkdir()
-        script = workdir / "server.py"
-        script.write_text(SERVER_SCRIPT)
-        srv = ctl.spawn(
-            [
-                sys.executable,
-                str(script),
-                str(workdir),
-                "ctl.lab",
-                str(ctl.ip),
-                str(cert),
-                str(key),
-            ],
-            log_name="control",
-        )
-        authkey = _wait_file(workdir / "authkey", srv)
+    with script_control_lab(tmp_path, "rnc", SERVER_SCRIPT) as sl:
+        lab, ca, authkey = sl.lab, sl.ca, sl.authkey
         nat = lab.add_nat("easy", NatKind.EASY)
         node = TailscaleNode(lab.add_private_host("n1", behind=nat), "n1", ca_cert=ca.cert_path)
         node.up("https://ctl.lab", authkey, hostname="n1", timeout=60)
@@ -302,20 +285,12 @@ STANDALONE_CONTROL_SCRIPT = textwrap.dedent(
 )
 
 
-def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
+def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path, need_tailscaled: None) -> None:
     """n1 and n2 (UDP blocked) sit on different meshscale-derp nodes of one region; their
     packets cross the mesh. TLS with the meta certificate; admission via the verify URL."""
-    import shutil
+    from meshscale.lab import Lab, LabCA, NatKind
+    from meshscale.lab.scriptserver import join_tailscaled
 
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root")
-    from meshscale.lab import Lab, NatKind
-    from meshscale.lab.clients import missing_clients
-    from meshscale.lab.pki import LabCA
-    from meshscale.lab.tailscale import TailscaleNode
-
-    if missing_clients("tailscale", "tailscaled"):
-        pytest.skip("official clients not cached (scripts/fetch-clients)")
     with Lab(hint="rms", workdir=tmp_path / "lab") as lab:
         ctl = lab.add_public_host("ctl")
         d1, d2 = lab.add_public_host("derp1"), lab.add_public_host("derp2")
@@ -325,45 +300,13 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
         env = {"SSL_CERT_FILE": str(ca.cert_path)}
         psk = tmp_path / "mesh.key"
         psk.write_text(os.urandom(32).hex() + "\n")
-        derpers = []
-        for name, host in (("derp1.lab", d1), ("derp2.lab", d2)):
-            certdir = tmp_path / name
-            certdir.mkdir()
-            cert, key = ca.issue([name], [host.ip])
-            shutil.copy(cert, certdir / f"{name}.crt")
-            shutil.copy(key, certdir / f"{name}.key")
-            derpers.append(
-                host.spawn(
-                    [
-                        sys.executable,
-                        "-m",
-                        "meshscale.relay.main",
-                        "-a",
-                        ":443",
-                        "-hostname",
-                        name,
-                        "-certdir",
-                        str(certdir),
-                        "--mesh-psk-file",
-                        str(psk),
-                        "--mesh-with",
-                        "derp1.lab,derp2.lab",
-                        "--verify-clients",
-                        "--verify-client-url",
-                        "https://ctl.lab/verify",
-                        "--verify-client-url-fail-open=false",
-                        "--debug-addr",
-                        "127.0.0.1:8081",
-                    ],
-                    env=env,
-                    log_name=name,
-                )
-            )
-        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
-        workdir = tmp_path / "ctl"
-        workdir.mkdir()
-        script = workdir / "server.py"
-        script.write_text(STANDALONE_CONTROL_SCRIPT)
+        mesh_args = ["--mesh-psk-file", str(psk), "--mesh-with", "derp1.lab,derp2.lab",
+                     "--verify-clients", "--verify-client-url", "https://ctl.lab/verify",
+                     "--verify-client-url-fail-open=false"]  # fmt: skip
+        derpers = [
+            _spawn_derper(host, ca, name, [host.ip], tmp_path / name, mesh_args, env, name)
+            for name, host in (("derp1.lab", d1), ("derp2.lab", d2))
+        ]
         region = derp_region(
             900,
             "lab",
@@ -373,19 +316,7 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
             node_name="900a",
             extra_nodes=[derp_node(900, "900b", "derp2.lab", ipv4=str(d2.ip))],
         )
-        (workdir / "region.json").write_text(json.dumps(region))
-        srv = ctl.spawn(
-            [
-                sys.executable,
-                str(script),
-                str(workdir),
-                str(cert),
-                str(key),
-                str(workdir / "region.json"),
-            ],
-            log_name="control",
-        )
-        authkey = _wait_file(workdir / "authkey", srv)
+        srv, authkey = _start_standalone_control(ctl, ca, tmp_path, region)
 
         def metrics(host: object) -> str:
             cmd = ["curl", "-sf", "http://127.0.0.1:8081/debug/metrics"]
@@ -399,23 +330,19 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
         logs = "\n".join(p.log_text()[-2000:] for p in derpers)
         assert all(_metric(metrics(h), "derp_mesh_peers") == 1 for h in (d1, d2)), logs
 
-        nodes = []
-        for name in ("n1", "n2"):
-            nat = lab.add_nat(f"r{name}", NatKind.UDP_BLOCK)
-            host = lab.add_private_host(name, behind=nat)
-            if name == "n2":  # n2 cannot reach derp1, so it homes on the region's second node
-                host.run(
-                    ["nft", "-f", "-"],
-                    input=(
-                        "table inet blk {\n chain out {\n  type filter hook output priority 0;\n"
-                        f"  ip daddr {d1.ip} tcp dport 443 reject with tcp reset\n }}\n}}\n"
-                    ),
-                )
-            node = TailscaleNode(host, name, ca_cert=ca.cert_path)
-            nodes.append(node)
-            node.up("https://ctl.lab", authkey, hostname=name, timeout=60)
-        for node in nodes:
-            assert node.wait_backend_state("Running", timeout=30) == "Running"
+        hosts = [
+            lab.add_private_host(name, behind=lab.add_nat(f"r{name}", NatKind.UDP_BLOCK))
+            for name in ("n1", "n2")
+        ]
+        # n2 cannot reach derp1, so it homes on the region's second node.
+        hosts[1].run(
+            ["nft", "-f", "-"],
+            input=(
+                "table inet blk {\n chain out {\n  type filter hook output priority 0;\n"
+                f"  ip daddr {d1.ip} tcp dport 443 reject with tcp reset\n }}\n}}\n"
+            ),
+        )
+        nodes = join_tailscaled(hosts, ca, authkey, srv, timeout=60)
         ips = [node.ip4() for node in nodes]
         res = nodes[0].ping(ips[1], args=["--c=20", "--timeout=5s"], timeout=150)
         out = res.stdout + res.stderr
@@ -430,54 +357,22 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path) -> None:
             node.stop()
 
 
-def test_tailscale_debug_derp_finds_no_errors(tmp_path: Path) -> None:
+def test_tailscale_debug_derp_finds_no_errors(tmp_path: Path, need_tailscaled: None) -> None:
     """The official client's own DERP checker (`tailscale debug derp`) against a standalone
     meshscale-derp: TLS with the meta certificate, DERP over IPv4 and IPv6, STUN, port 80."""
-    import shutil
-
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root")
-    from meshscale.lab import Lab
-    from meshscale.lab.clients import missing_clients
-    from meshscale.lab.pki import LabCA
+    from meshscale.lab import Lab, LabCA
     from meshscale.lab.tailscale import TailscaleNode
 
-    if missing_clients("tailscale", "tailscaled"):
-        pytest.skip("official clients not cached (scripts/fetch-clients)")
     with Lab(hint="rdd", workdir=tmp_path / "lab") as lab:
         ctl, d1 = lab.add_public_host("ctl"), lab.add_public_host("derp1")
         lab.add_hosts_entry("ctl.lab", ctl.ip)
         lab.add_hosts_entry("derp1.lab", d1.ip)
         assert d1.ip6 is not None
         ca = LabCA(tmp_path / "ca")
-        certdir = tmp_path / "certs"
-        certdir.mkdir()
-        cert, key = ca.issue(["derp1.lab"], [d1.ip, d1.ip6])
-        shutil.copy(cert, certdir / "derp1.lab.crt")
-        shutil.copy(key, certdir / "derp1.lab.key")
-        derper = d1.spawn(
-            [
-                sys.executable,
-                "-m",
-                "meshscale.relay.main",
-                "-a",
-                ":443",
-                "-hostname",
-                "derp1.lab",
-                "-certdir",
-                str(certdir),
-                "-http-port",
-                "80",
-                "--debug-addr",
-                "127.0.0.1:8081",
-            ],
+        derper = _spawn_derper(
+            d1, ca, "derp1.lab", [d1.ip, d1.ip6], tmp_path / "certs", ["-http-port", "80"],
             log_name="derper",
         )
-        cert, key = ca.issue(["ctl.lab"], [ctl.ip])
-        workdir = tmp_path / "ctl"
-        workdir.mkdir()
-        script = workdir / "server.py"
-        script.write_text(STANDALONE_CONTROL_SCRIPT)
         region = derp_region(
             900,
             "lab",
@@ -488,19 +383,7 @@ def test_tailscale_debug_derp_finds_no_errors(tmp_path: Path) -> None:
             node_name="900a",
             can_port80=True,
         )
-        (workdir / "region.json").write_text(json.dumps(region))
-        srv = ctl.spawn(
-            [
-                sys.executable,
-                str(script),
-                str(workdir),
-                str(cert),
-                str(key),
-                str(workdir / "region.json"),
-            ],
-            log_name="control",
-        )
-        authkey = _wait_file(workdir / "authkey", srv)
+        _srv, authkey = _start_standalone_control(ctl, ca, tmp_path, region)
         n1 = TailscaleNode(lab.add_public_host("n1"), "n1", ca_cert=ca.cert_path)
         n1.up("https://ctl.lab", authkey, hostname="n1", timeout=60)
         res = n1.cli("debug", "derp", "900", check=False, timeout=90)
