@@ -14,18 +14,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from meshscale.control import models
 from meshscale.control.db import codec
 from meshscale.control.db.repository import IntegrityError, Snapshot, StoreError
-from meshscale.control.models import (
-    APIKey,
-    APIKeyID,
-    Node,
-    NodeID,
-    PreAuthKey,
-    PreAuthKeyID,
-    User,
-    UserID,
-)
 
 
 class SQLStore:
@@ -118,34 +109,34 @@ class SQLStore:
             row = self._exec("SELECT data FROM policies WHERE id = 1").fetchone()
         return Snapshot(users, nodes, paks, apis, None if row is None else str(row["data"]))
 
-    def insert_user(self, user: User) -> UserID:
-        return UserID(self._insert("users", codec.user_to_row(user)))
+    def insert_user(self, user: models.User) -> models.UserID:
+        return models.UserID(self._insert("users", codec.user_to_row(user)))
 
-    def update_user(self, user: User) -> None:
+    def update_user(self, user: models.User) -> None:
         self._update("users", user.id, codec.user_to_row(user))
 
-    def delete_user(self, user_id: UserID) -> None:
+    def delete_user(self, user_id: models.UserID) -> None:
         self._delete("users", user_id)
 
-    def insert_node(self, node: Node) -> NodeID:
-        return NodeID(self._insert("nodes", codec.node_to_row(node)))
+    def insert_node(self, node: models.Node) -> models.NodeID:
+        return models.NodeID(self._insert("nodes", codec.node_to_row(node)))
 
-    def update_node(self, node: Node) -> None:
+    def update_node(self, node: models.Node) -> None:
         self._update("nodes", node.id, codec.node_to_row(node))
 
-    def delete_node(self, node_id: NodeID) -> None:
+    def delete_node(self, node_id: models.NodeID) -> None:
         self._delete("nodes", node_id)
 
-    def insert_preauth_key(self, key: PreAuthKey) -> PreAuthKeyID:
-        return PreAuthKeyID(self._insert("pre_auth_keys", codec.preauth_key_to_row(key)))
+    def insert_preauth_key(self, key: models.PreAuthKey) -> models.PreAuthKeyID:
+        return models.PreAuthKeyID(self._insert("pre_auth_keys", codec.preauth_key_to_row(key)))
 
-    def update_preauth_key(self, key: PreAuthKey) -> None:
+    def update_preauth_key(self, key: models.PreAuthKey) -> None:
         self._update("pre_auth_keys", key.id, codec.preauth_key_to_row(key))
 
-    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None:
+    def delete_preauth_key(self, key_id: models.PreAuthKeyID) -> None:
         self._delete("pre_auth_keys", key_id)
 
-    def consume_preauth_key(self, key_id: PreAuthKeyID) -> bool:
+    def consume_preauth_key(self, key_id: models.PreAuthKeyID) -> bool:
         # The conditional UPDATE is the arbiter between racing registrations, also across
         # processes: SQLite serialises writers, PostgreSQL's row lock makes the second
         # UPDATE wait for the first; either way only one sees used = 0.
@@ -156,13 +147,13 @@ class SQLStore:
         )
         return bool(cur.rowcount == 1)
 
-    def insert_api_key(self, key: APIKey) -> APIKeyID:
-        return APIKeyID(self._insert("api_keys", codec.api_key_to_row(key)))
+    def insert_api_key(self, key: models.APIKey) -> models.APIKeyID:
+        return models.APIKeyID(self._insert("api_keys", codec.api_key_to_row(key)))
 
-    def update_api_key(self, key: APIKey) -> None:
+    def update_api_key(self, key: models.APIKey) -> None:
         self._update("api_keys", key.id, codec.api_key_to_row(key))
 
-    def delete_api_key(self, key_id: APIKeyID) -> None:
+    def delete_api_key(self, key_id: models.APIKeyID) -> None:
         self._delete("api_keys", key_id)
 
     def set_policy(self, data: str) -> None:
