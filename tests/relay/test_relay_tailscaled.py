@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from meshscale.lab.scriptserver import EMBEDDED_CONTROL_PRELUDE
 from meshscale.relay.app import derp_node, derp_region
 
 if TYPE_CHECKING:
@@ -30,31 +31,12 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
 
-SERVER_SCRIPT = textwrap.dedent(
+SERVER_SCRIPT = EMBEDDED_CONTROL_PRELUDE + textwrap.dedent(
     """
-    import asyncio, logging, os, ssl, sys
-    from meshscale.control.app import AppSettings, build_app
-    from meshscale.control.state import State
-    from meshscale.io.http import HTTPServer, Router
-    from meshscale.key import MachinePrivate, NodePrivate
-    from meshscale.relay.app import derp_region, mount_derp
     from meshscale.relay.metrics import mount_metrics
-    from meshscale.relay.server import DERPServer
-    from meshscale.relay.stun_server import STUNServer
-    from meshscale.tailcfg import DERPMap, DERPRegion, from_json
 
     async def main() -> None:
-        workdir, host, ip, cert, key = sys.argv[1:6]
-        logging.basicConfig(level=logging.INFO)
-        state = State.open(os.path.join(workdir, "ctl.db"))
-        user = state.create_user("lab")
-        secret = state.create_preauth_key(user.id, reusable=True).secret
-        region = derp_region(900, "lab", "Lab DERP", host, 443, 3478, ipv4=ip)
-        region = from_json(DERPRegion, region)
-        app = build_app(
-            state, AppSettings(server_url=f"https://{host}", base_domain="ts.lab"),
-            DERPMap(Regions={900: region}), control_key=MachinePrivate(os.urandom(32)),
-        )
+        state, _user, secret, app = control_app()
 
         async def verify(node_key, info) -> bool:
             return state.get_node_by_node_key(node_key) is not None
@@ -62,17 +44,14 @@ SERVER_SCRIPT = textwrap.dedent(
         derp = DERPServer(NodePrivate(os.urandom(32)), verify_client=verify)
         mount_derp(app.router, derp)
         stun = STUNServer()
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert, key)
         server = HTTPServer(app.router)
-        await server.start(None, 443, ssl=ctx)
+        await server.start(None, 443, ssl=tls_context())
         await stun.start(None, 3478)
         debug = Router()
         mount_metrics(debug, derp, stun)
         await HTTPServer(debug).start(None, 8081)
         await app.start()
-        with open(os.path.join(workdir, "authkey"), "w") as f:
-            f.write(secret)
+        ready(secret)
         await asyncio.Event().wait()
 
     asyncio.run(main())

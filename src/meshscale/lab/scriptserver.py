@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,48 @@ from meshscale.lab.tailscale import TailscaleNode
 CONTROL_NAME = "ctl.lab"
 CONTROL_URL = f"https://{CONTROL_NAME}"
 START_TIMEOUT = 20.0  # seconds for the script to write its authkey
+
+# The start of a script for script_control_lab: our control app (build_app) for
+# https://HOST with DERP region 900 ("lab") on HOST:443 and STUN on 3478, and a reusable
+# pre-auth key of user "lab". The script goes on to mount and start what it needs, then
+# calls ready(secret).
+EMBEDDED_CONTROL_PRELUDE = textwrap.dedent(
+    """
+    import asyncio, logging, os, ssl, sys
+    from meshscale.control.app import AppSettings, build_app
+    from meshscale.control.state import State
+    from meshscale.io.http import HTTPServer, Router
+    from meshscale.key import MachinePrivate, NodePrivate
+    from meshscale.relay.app import derp_region, mount_derp
+    from meshscale.relay.server import DERPServer
+    from meshscale.relay.stun_server import STUNServer
+    from meshscale.tailcfg import DERPMap, DERPRegion, from_json
+
+    workdir, host, ip, cert, key = sys.argv[1:6]
+
+    def control_app():  # -> (state, user, pre-auth key secret, app)
+        logging.basicConfig(level=logging.INFO)
+        state = State.open(os.path.join(workdir, "ctl.db"))
+        user = state.create_user("lab")
+        secret = state.create_preauth_key(user.id, reusable=True).secret
+        region = derp_region(900, "lab", "Lab DERP", host, 443, 3478, ipv4=ip)
+        region = from_json(DERPRegion, region)
+        app = build_app(
+            state, AppSettings(server_url=f"https://{host}", base_domain="ts.lab"),
+            DERPMap(Regions={900: region}), control_key=MachinePrivate(os.urandom(32)),
+        )
+        return state, user, secret, app
+
+    def tls_context():
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        return ctx
+
+    def ready(secret):
+        with open(os.path.join(workdir, "authkey"), "w") as f:
+            f.write(secret)
+    """
+)
 
 
 def skip_reason(*clients: str) -> str | None:
