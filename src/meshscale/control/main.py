@@ -42,6 +42,7 @@ from meshscale.control.api import API
 from meshscale.control.config import ConfigError, ControlConfig, state_options
 from meshscale.control.db import StoreError, open_store
 from meshscale.control.state import State
+from meshscale.control.verify import mount_verify
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.key import MachinePrivate, NodePrivate
 
@@ -125,6 +126,7 @@ class Server:
         writable = cfg.policy.mode == "database"
         API(state, policy_writable=writable).mount(public)
         public.add("GET", "/health", _health)
+        mount_verify(public, state)  # for standalone relays' --verify-client-url
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
 
