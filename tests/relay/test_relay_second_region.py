@@ -49,15 +49,17 @@ def need_tailscaled() -> None:
 
 def _spawn_standalone_derp(host: Host, ca: LabCA, certdir: Path) -> Proc:
     """meshscale-derp on `host` as DERP_NAME on :443 with a lab CA certificate; debug
-    metrics on 127.0.0.1:8081. No client verification: ``meshscale-control serve`` has no
-    derper verify endpoint to point ``--verify-client-url`` at."""
+    metrics on 127.0.0.1:8081. Clients are admitted by the control server's POST /verify
+    (derper's ``--verify-client-url``), failing closed."""
     certdir.mkdir()
     cert, key = ca.issue([DERP_NAME], [host.ip])
     shutil.copy(cert, certdir / f"{DERP_NAME}.crt")
     shutil.copy(key, certdir / f"{DERP_NAME}.key")
     argv = [sys.executable, "-m", "meshscale.relay.main", "-a", ":443", "-hostname", DERP_NAME,
-            "-certdir", str(certdir), "--debug-addr", "127.0.0.1:8081"]  # fmt: skip
-    return host.spawn(argv, log_name="derp2")
+            "-certdir", str(certdir), "--debug-addr", "127.0.0.1:8081",
+            "--verify-client-url", "https://ctl.lab/verify",
+            "--verify-client-url-fail-open=false"]  # fmt: skip
+    return host.spawn(argv, log_name="derp2", env={"SSL_CERT_FILE": str(ca.cert_path)})
 
 
 def _wait_https(host: Host, url: str, ca: LabCA, proc: Proc, timeout: float = 20.0) -> None:
