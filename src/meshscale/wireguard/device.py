@@ -57,6 +57,9 @@ from .peer import Endpoint, Keypair, Peer
 from .ratelimiter import RateLimiter
 from .tai64n import tai64n
 
+JITTER_POOL = 256  # rekey-timeout jitter values drawn per rand() call
+_JITTER_MS = int(REKEY_TIMEOUT_JITTER_MAX * 1000)
+
 
 class DeviceError(Exception):
     """Base of the device's errors."""
@@ -114,6 +117,7 @@ class Device(DataPath):
         self.drops: Counter[str] = Counter()
         self._out: deque[tuple[Endpoint, bytes]] = deque()
         self._events: deque[Event] = deque()
+        self._jitter_pool: list[float] = []
 
     # ---- configuration -------------------------------------------------------------------
 
@@ -202,7 +206,15 @@ class Device(DataPath):
         return int(now * 1e9) + self.wall_offset_ns
 
     def _jitter(self) -> float:
-        return int.from_bytes(self.rand(2), "little") % int(REKEY_TIMEOUT_JITTER_MAX * 1000) / 1000
+        """Uniform 0..333 ms. Drawn from a pool: the data path arms a timer with jitter on
+        almost every batch, and one rand() call (a getrandom syscall) per batch adds up."""
+        if not self._jitter_pool:
+            raw = self.rand(2 * JITTER_POOL)
+            self._jitter_pool = [
+                int.from_bytes(raw[i : i + 2], "little") % _JITTER_MS / 1000
+                for i in range(0, len(raw), 2)
+            ]
+        return self._jitter_pool.pop()
 
     def _new_index(self) -> int:
         while True:
