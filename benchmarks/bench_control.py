@@ -22,11 +22,13 @@ Figures of 2026-11-25 (2 shared cores, load ~5 from other work; --changes 3, 2 a
     1000    21 s     106 MiB          55 KiB          52 /  106 ms              67 ms  (*)
     3000   266 s     227 MiB          60 KiB         405 / 1064 ms             217 ms
     5000   575 s     341 MiB          59 KiB         701 / 1009 ms             385 ms
+   10000  1644 s     671 MiB          63 KiB        2200 / 2607 ms         910-2060 ms  (*)
 
 The fan-out costs about 75 us of server CPU per open stream and change (h2 framing, Noise
 record, socket write); the ramp is dominated by full maps (O(N) each, O(N^2) in all) and by
-this process decoding them. 10,000 was not run (ramp extrapolates to ~40 min here).
-(*) after the drain fast path; the 3000/5000 rows predate it (p50 then 124 ms at 1000).
+this process decoding them (8 GiB of client RSS at 10,000).
+(*) after the drain fast path and the per-stream message gap; the 3000/5000 rows predate them
+(p50 then 124 ms at 1000). At 10,000 only two changes of each kind were timed.
 """
 
 from __future__ import annotations
