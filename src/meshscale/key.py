@@ -143,9 +143,12 @@ class _Private:
 
     def shared(self, peer_public: bytes) -> bytes:
         """X25519 with a peer's public key; all-zero results (low-order points) raise."""
-        out = X25519PrivateKey.from_private_bytes(self._raw).exchange(
-            X25519PublicKey.from_public_bytes(peer_public)
-        )
+        try:
+            out = X25519PrivateKey.from_private_bytes(self._raw).exchange(
+                X25519PublicKey.from_public_bytes(peer_public)
+            )
+        except ValueError as exc:  # cryptography refuses low-order points itself
+            raise KeyError_("X25519 with a low-order or malformed public key") from exc
         if not any(out):
             raise KeyError_("X25519 produced the all-zero shared secret")
         return out

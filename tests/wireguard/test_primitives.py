@@ -127,3 +127,11 @@ def test_allowed_ips_moves_prefix_and_removes_peer() -> None:
     t.remove_peer("a")
     assert t.lookup(ipaddress.IPv6Address("2001:db8::1").packed) is None
     assert t.lookup(ipaddress.IPv4Address("10.0.0.1").packed) == "b"
+
+
+def test_node_key_shared_with_low_order_point_raises_key_error() -> None:
+    from meshscale.key import KeyError_, NodePrivate
+
+    k = NodePrivate(b"\x01" * 32)
+    with pytest.raises(KeyError_):
+        k.shared(bytes(32))  # the all-zero point: low order
