@@ -15,14 +15,15 @@ Usage::
 Ordinary handlers are ``async def handler(req: Request) -> Response``. ``Request`` carries
 ``method``, ``path`` (without the query), ``query`` (dict, last value wins), ``query_string``,
 ``headers`` (case-insensitive ``get``), ``body`` (bounded by ``max_body``), ``client`` (peer
-address) and ``tls``. ``Response(status, body, headers, content_type)``; a body may also be
-an async iterable of bytes (sent chunked).
+address), ``tls`` and, on a unix socket, ``peer_uid`` (the connecting process's uid from
+SO_PEERCRED: the kernel's word, never the request's). ``Response(status, body, headers,
+content_type)``; a body may also be an async iterable of bytes (sent chunked).
 
 Upgrade handlers are ``async def handler(req: Request, stream: UpgradeStream) -> Response | None``.
 The handler may refuse by returning a Response before touching the stream (e.g. 426). Otherwise
 it calls ``await stream.accept(headers)`` to write ``101 Switching Protocols`` (or
-``accept(write_response=False)`` for DERP fast start); reading or writing first accepts
-implicitly with no extra headers. After that ``stream`` is the raw byte stream:
+``accept(write_response=False)`` for DERP fast start); reading first accepts implicitly
+with no extra headers. After that ``stream`` is the raw byte stream (io.stream.RawStream):
 ``await read(n)`` (b"" at EOF; returns the bytes h11 had already buffered first),
 ``await readexactly(n)``, ``write(b)``, ``await drain()``, ``close()``, ``abort()``,
 ``get_extra_info(k)``.
@@ -43,13 +44,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl as ssl_module
+import struct
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import h11
+
+from .stream import READ_CHUNK, RawStream
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,6 @@ REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its end: slowlo
 KEEPALIVE_TIMEOUT = 60.0  # seconds idle between requests: socket hoarding
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds: half-open TLS handshakes
 WRITE_TIMEOUT = 30.0  # seconds a response write may block: clients that never read
-READ_CHUNK = 64 * 1024  # bytes per socket read
 
 
 class Headers:
@@ -103,6 +107,22 @@ class Request:
     client: tuple[str, int] | None = None
     tls: bool = False
     http_version: str = "1.1"
+    peer_uid: int | None = None
+
+
+def peer_uid(sock: Any) -> int | None:
+    """The uid of the process at the other end of a unix socket (SO_PEERCRED), else None.
+
+    ``sock`` is a socket or asyncio's TransportSocket (``get_extra_info("socket")``).
+    """
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
 
 
 @dataclass(slots=True)
@@ -121,7 +141,7 @@ class Response:
         return cls(status, body, [], "application/json")
 
 
-class UpgradeStream:
+class UpgradeStream(RawStream):
     """The raw connection behind an Upgrade request; see the module docstring."""
 
     def __init__(
@@ -131,16 +151,9 @@ class UpgradeStream:
         buffered: bytes,
         upgrade: str,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._buffered = buffered
+        super().__init__(reader, writer, buffered)
         self._upgrade = upgrade
         self.accepted = False
-
-    @property
-    def buffered(self) -> bytes:
-        """Bytes received after the request head and not yet returned by read()."""
-        return self._buffered
 
     async def accept(
         self, headers: Iterable[tuple[str, str]] = (), *, write_response: bool = True
@@ -165,23 +178,16 @@ class UpgradeStream:
         await self.drain()
 
     async def read(self, n: int = READ_CHUNK) -> bytes:
-        """Up to n bytes; b"" at EOF."""
+        """Up to n bytes; b"" at EOF. Accepts first (no extra headers) if not yet done."""
         if not self.accepted:
             await self.accept()
-        if self._buffered:
-            out, self._buffered = self._buffered[:n], self._buffered[n:]
-            return out
-        return await self._reader.read(n)
+        return await super().read(n)
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly n bytes; raises asyncio.IncompleteReadError at EOF."""
         if not self.accepted:
             await self.accept()
-        if len(self._buffered) >= n:
-            out, self._buffered = self._buffered[:n], self._buffered[n:]
-            return out
-        head, self._buffered = self._buffered, b""
-        return head + await self._reader.readexactly(n - len(head))
+        return await super().readexactly(n)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.accepted:
@@ -192,31 +198,6 @@ class UpgradeStream:
         if not self.accepted:
             raise RuntimeError("UpgradeStream.writelines before accept()")
         self._writer.writelines(data)
-
-    async def drain(self) -> None:
-        await self._writer.drain()
-
-    def is_closing(self) -> bool:
-        return self._writer.is_closing()
-
-    def close(self) -> None:
-        """Close after flushing what is buffered (graceful)."""
-        self._writer.close()
-
-    def abort(self) -> None:
-        """Close at once, discarding buffered output (a peer that stopped reading)."""
-        self._writer.transport.abort()
-
-    async def wait_closed(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._writer.get_extra_info(name, default)
-
-    @property
-    def transport(self) -> asyncio.WriteTransport:
-        return self._writer.transport
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -389,6 +370,7 @@ class HTTPServer:
             (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and len(peer) >= 2 else None
         )
         tls = writer.get_extra_info("sslcontext") is not None
+        uid = peer_uid(writer.get_extra_info("socket"))
         while not self._closing:
             conn.idle = True
             try:
@@ -441,6 +423,7 @@ class HTTPServer:
                 client=client,
                 tls=tls,
                 http_version=req_ev.http_version.decode("ascii", "replace"),
+                peer_uid=uid,
             )
             if upgrade_handler is not None:
                 return req, upgrade_handler, h.trailing_data[0]
