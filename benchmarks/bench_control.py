@@ -44,8 +44,8 @@ import sys
 import time
 from pathlib import Path
 
-from meshscale.control.testclient import ControlClient, MapStream
 from meshscale.key import MachinePublic
+from meshscale.testing.controlclient import ControlClient, MapStream
 
 
 def free_port() -> int:

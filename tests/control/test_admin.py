@@ -115,7 +115,7 @@ def run_json(capsys: pytest.CaptureFixture[str], served: Served, *argv: str) -> 
 
 
 def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
-    from meshscale.control.testclient import ControlClient
+    from meshscale.testing.controlclient import ControlClient
 
     # users
     code, out, _ = run(capsys, *served.cli("users", "create", "alice", "--email", "a@x.org"))
@@ -416,7 +416,7 @@ def test_sigkill_after_acknowledged_registration(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A node the server acknowledged over ts2021 is still there after kill -9."""
-    from meshscale.control.testclient import ControlClient
+    from meshscale.testing.controlclient import ControlClient
 
     assert run(capsys, *served.cli("users", "create", "alice"))[0] == 0
     key = run_json(capsys, served, "preauthkeys", "create", "-u", "alice", "--reusable")

@@ -17,10 +17,11 @@ import pytest
 
 from meshscale.control.app import AppSettings, ControlApp, build_app
 from meshscale.control.state import State
-from meshscale.control.testclient import ClientError, ControlClient, _http_get
 from meshscale.io.http import HTTPServer
 from meshscale.key import MachinePrivate
 from meshscale.tailcfg import LOGOUT_EXPIRY, DERPMap, DERPNode, DERPRegion
+from meshscale.testing.controlclient import ClientError, ControlClient
+from meshscale.testing.controlclient import http_get as _http_get
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from meshscale.control import mapper
 from meshscale.control.batcher import Batcher, SnapshotSource
 from meshscale.control.poll import MapHandler, frame
 from meshscale.control.state import State
-from meshscale.control.transport import NoiseRequest
+from meshscale.controlhttp import NoiseRequest
 from meshscale.key import DiscoPrivate, MachinePrivate, MachinePublic, NodePrivate
 from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion, MapRequest, dumps
 
@@ -141,7 +141,7 @@ def test_stream_ends_when_node_deleted() -> None:
 
 
 def test_stream_for_a_node_deleted_before_it_starts_is_an_error_not_an_empty_200() -> None:
-    from meshscale.control.transport import StreamAborted
+    from meshscale.controlhttp import StreamAborted
 
     async def go() -> None:
         state, h, _ = make(offline_grace=0, batch_delay=0.0)

@@ -16,7 +16,7 @@ from meshscale.control.register import (
     valid_addrport,
 )
 from meshscale.control.state import State
-from meshscale.control.transport import NoiseRequest
+from meshscale.controlhttp import NoiseRequest
 from meshscale.key import MachinePrivate, MachinePublic, NodePrivate, NodePublic
 from meshscale.tailcfg import (
     LOGOUT_EXPIRY,

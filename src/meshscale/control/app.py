@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from meshscale.controlhttp import NoiseHandler, NoiseRequest, NoiseUpgrade, key_response
 from meshscale.io.http import Request, Response, Router
 from meshscale.key import MachinePrivate
 from meshscale.tailcfg import DERPMap, DNSConfig, DNSRecord, Resolver
@@ -48,10 +49,8 @@ from meshscale.tailcfg import DERPMap, DNSConfig, DNSRecord, Resolver
 from . import mapper
 from .batcher import Batcher, SnapshotSource
 from .models import DNSChanged, NodeChanged
-from .noise import NoiseUpgrade, key_response
 from .poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE, MapHandler
 from .register import REGISTER_PATH, RegisterHandler, register_page
-from .transport import NoiseHandler, NoiseRequest, NoiseResponse
 
 log = logging.getLogger(__name__)
 
@@ -207,16 +206,16 @@ class ControlApp:
         router.add_upgrade("/ts2021", self.noise)
         router.add_prefix("GET", REGISTER_PATH, register_page(self.state))
 
-    async def dispatch(self, req: NoiseRequest) -> NoiseResponse:
+    async def dispatch(self, req: NoiseRequest) -> Response:
         self._ensure_pump()
         handler = self._routes.get((req.method, req.path))
         if handler is not None:
             return await handler(req)
         if req.path in NOT_IMPLEMENTED:
-            return NoiseResponse.text(501, "not implemented\n")
+            return Response.text(501, "not implemented\n")
         if any(p == req.path for (_, p) in self._routes):
-            return NoiseResponse.text(405, "method not allowed\n")
-        return NoiseResponse.text(404, "not found\n")
+            return Response.text(405, "method not allowed\n")
+        return Response.text(404, "not found\n")
 
     # ---- change pump -------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ import zstandard
 
 from meshscale.control import models
 from meshscale.control.batcher import Batcher, MapSession
+from meshscale.controlhttp import NoiseRequest, StreamAborted
+from meshscale.io.http import Response as NoiseResponse
 from meshscale.key import DiscoPublic
 from meshscale.tailcfg import MapRequest, ParseError, loads
 
@@ -39,7 +41,6 @@ from .register import (
     unsupported,
     valid_addrport,
 )
-from .transport import NoiseRequest, NoiseResponse, StreamAborted
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,9 @@ from datetime import datetime
 from typing import Any
 
 from meshscale.control import models
+from meshscale.controlhttp import NoiseRequest
 from meshscale.io.http import Request, Response
+from meshscale.io.http import Response as NoiseResponse
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.tailcfg import (
     MIN_SUPPORTED_CAPABILITY_VERSION,
@@ -42,8 +44,6 @@ from meshscale.tailcfg import (
     loads,
     to_json,
 )
-
-from .transport import NoiseRequest, NoiseResponse
 
 REGISTER_PATH = "/register/"
 MAX_ROUTES = 1024  # RoutableIPs kept per Hostinfo: a client announcing endless routes
@@ -161,10 +161,10 @@ class RegisterHandler:
             return NoiseResponse.text(401, "node exists with a different machine key\n")
         except models.StateError as exc:
             resp = RegisterResponse(Error=str(exc))
-        return NoiseResponse.json(dumps(resp))
+        return NoiseResponse.json_bytes(dumps(resp))
 
     def _error(self, msg: str) -> NoiseResponse:
-        return NoiseResponse.json(dumps(RegisterResponse(Error=msg)))
+        return NoiseResponse.json_bytes(dumps(RegisterResponse(Error=msg)))
 
     async def _register(
         self, mkey: MachinePublic, rr: RegisterRequest, nkey: NodePublic, hostinfo: dict[str, Any]

@@ -1,42 +1,60 @@
 """One ts2021 session with the control server: dial, register, map, lite updates.
 
-The transport (``/key``, the ``/ts2021`` upgrade, Noise, HTTP/2 and the zstd-framed map
-stream) is ``meshscale.control.testclient.ControlClient``; ``Direct`` adapts it to the node:
-its Hostinfo and MapRequests carry what the backend reports (NetInfo, endpoint types), and
-map messages come out decoded as ``tailcfg.MapResponse``.
+The transport (``/key``, the ``/ts2021`` upgrade, Noise and HTTP/2) is
+``meshscale.controlhttp``; ``Direct`` speaks the control protocol over it: RegisterRequests
+and MapRequests carrying what the backend reports (Hostinfo with NetInfo, endpoints and their
+types), and the zstd-framed map stream (spec 4.1) decoded as ``tailcfg.MapResponse``::
+
+    d = Direct("https://ctl.example.com", machine_key=..., node_key=..., disco_key=...,
+               hostinfo=backend.hostinfo)
+    await d.connect()                               # fetches /key when no control key given
+    resp = await d.register(auth_key="hskey-auth-...")
+    stream = await d.open_map(endpoints, endpoint_types)
+    msg = await stream.next(wait=130)               # tailcfg.MapResponse
+    await d.send_lite_update(endpoints, endpoint_types)
+    await d.close()
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
-import ssl
+import struct
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
-import h2.config
-import h2.connection
+import zstandard
 
-from meshscale.control.testclient import ClientError, ControlClient, MapStream
-from meshscale.controlbase import ClientConn, ClientHandshake, EarlyPayloadReader
+from meshscale.controlhttp import ClientError, H2Client, Reply, dial, fetch_key
 from meshscale.key import DiscoPrivate, MachinePrivate, MachinePublic, NodePrivate
 from meshscale.tailcfg import (
     CURRENT_CAPABILITY_VERSION,
     Hostinfo,
     MapRequest,
     MapResponse,
-    OverTLSPublicKeyResponse,
     ParseError,
+    RegisterRequest,
+    RegisterResponse,
+    RegisterResponseAuth,
+    dumps,
     from_json,
     loads,
     to_json,
 )
 
-MAX_KEY_RESPONSE = 64 * 1024  # bytes: what the official client reads of /key
+MAX_MESSAGE = 16 << 20  # bytes per map message accepted: a hostile server's endless message
 
-__all__ = ["ClientError", "Direct", "MapMessages", "parse_control_url"]
+__all__ = [
+    "ClientError",
+    "ControlURLError",
+    "Direct",
+    "MapMessages",
+    "MapStream",
+    "parse_control_url",
+]
 
 
 class ControlURLError(ValueError):
@@ -55,6 +73,42 @@ def parse_control_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+class MapStream:
+    """Messages of one streaming map response (u32 little-endian length, then zstd JSON),
+    decoded to JSON dicts."""
+
+    def __init__(self, reply: Reply, compressed: bool) -> None:
+        self._reply = reply
+        self._buf = bytearray()
+        self._compressed = compressed
+        self._dctx = zstandard.ZstdDecompressor()
+        self.keepalives = 0
+
+    async def next(self, wait: float = 10.0, skip_keepalive: bool = True) -> dict[str, Any]:
+        """The next message; raises TimeoutError after ``wait`` seconds."""
+        async with asyncio.timeout(wait):
+            while True:
+                if len(self._buf) >= 4:
+                    (n,) = struct.unpack_from("<I", self._buf)
+                    if n > MAX_MESSAGE:
+                        raise ClientError(f"map message of {n} bytes")
+                    if len(self._buf) >= 4 + n:
+                        body = bytes(self._buf[4 : 4 + n])
+                        del self._buf[: 4 + n]
+                        if self._compressed:
+                            body = self._dctx.decompress(body, max_output_size=MAX_MESSAGE)
+                        msg: dict[str, Any] = json.loads(body)
+                        if msg == {"KeepAlive": True}:
+                            self.keepalives += 1
+                            if skip_keepalive:
+                                continue
+                        return msg
+                chunk = await self._reply.next_chunk()
+                if chunk is None:
+                    raise ClientError("map stream ended")
+                self._buf += chunk
+
+
 class MapMessages:
     """The decoded messages of one map stream (keep-alives included)."""
 
@@ -70,8 +124,9 @@ class MapMessages:
             raise ClientError(f"malformed map message: {exc}") from exc
 
 
-class Direct(ControlClient):
-    """A control session for one node; see the module docstring."""
+class Direct:
+    """A control session for one node; see the module docstring. ``node_key`` may be
+    replaced between requests (key rotation: register with ``old_node_key``)."""
 
     def __init__(
         self,
@@ -81,108 +136,88 @@ class Direct(ControlClient):
         node_key: NodePrivate,
         disco_key: DiscoPrivate,
         hostinfo: Callable[[], Hostinfo],
+        control_key: MachinePublic | None = None,
+        version: int = CURRENT_CAPABILITY_VERSION,
         rand: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        host, port = parse_control_url(url)
+        self.host, self.port = parse_control_url(url)
         self.tls = url.startswith("https://")
-        super().__init__(
-            host, port, machine_key=machine_key, node_key=node_key, disco_key=disco_key,
-            version=CURRENT_CAPABILITY_VERSION, rand=rand,
-        )  # fmt: skip
+        self.machine_key = machine_key
+        self.node_key = node_key
+        self.disco_key = disco_key
+        self.control_key = control_key
+        self.version = version
+        self.rand = rand
         self._hostinfo = hostinfo
+        self.early_payload: bytes | None = None
+        self.closed = asyncio.Event()
+        self._conn: H2Client | None = None
 
-    # ---- TLS (https:// control URLs) ----
-
-    def _verified_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context()  # honours SSL_CERT_FILE, as the Go client does
+    # ---- session ----
 
     async def fetch_key(self) -> MachinePublic:
-        """``GET /key`` over the URL as given; over TLS it is verified, since this key is
-        what authenticates the server to the Noise handshake (spec 1.1)."""
-        if not self.tls:
-            return await super().fetch_key()
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self._verified_context(), server_hostname=self.host
-        )
-        try:
-            writer.write(
-                f"GET /key?v={self.version} HTTP/1.1\r\nHost: {self.host}\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            raw = await reader.read(MAX_KEY_RESPONSE)
-        finally:
-            writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        parts = head.split(b" ", 2)
-        if len(parts) < 2 or parts[1] != b"200":
-            raise ClientError(f"/key: {head[:80]!r}")
-        if b"chunked" in head.lower():
-            body = _dechunk(body)
-        key = loads(OverTLSPublicKeyResponse, body).publicKey
-        if key is None:
-            raise ClientError("control server is too old; no noise key")
-        return key
+        """``GET /key``: over https verified, since this key is what authenticates the
+        server to the Noise handshake (spec 1.1)."""
+        return await fetch_key(self.host, self.port, tls=self.tls, version=self.version)
 
     async def connect(self) -> None:
-        if not self.tls:
-            return await super().connect()
-        # Over https the upgrade runs inside TLS. The Noise layer authenticates the server,
-        # so, as upstream, certificate problems there are not fatal (spec 2.3).
         if self.control_key is None:
             self.control_key = await self.fetch_key()
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        hs = ClientHandshake(self.machine_key, self.control_key, self.version, self.rand(32))
-        noise = ClientConn(hs, self.control_key)
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=ctx, server_hostname=self.host
-        )
-        try:
-            writer.write(
-                f"POST /ts2021 HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                "Upgrade: tailscale-control-protocol\r\nConnection: upgrade\r\n"
-                f"X-Tailscale-Handshake: {base64.b64encode(noise.initiation).decode()}\r\n"
-                "Content-Length: 0\r\n\r\n".encode()
-            )
-            await writer.drain()
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            status = head[0].split(" ")
-            if len(status) < 2 or status[1] != "101":
-                raise ClientError(f"upgrade refused: {head[0][:80]}")
-            upgrade = [ln.partition(":")[2].strip() for ln in head[1:]
-                       if ln.lower().startswith("upgrade:")]  # fmt: skip
-            if upgrade != ["tailscale-control-protocol"]:
-                raise ClientError("bad Upgrade header in 101")
-            early = EarlyPayloadReader()
-            initial = b""
-            while noise.conn is None or not early.done:
-                data = await reader.read(65536)
-                if not data:
-                    raise ClientError("connection closed during handshake")
-                initial += early.feed(noise.receive_data(data))
-        except BaseException:
-            writer.close()
-            raise
-        self.early_payload = early.payload
-        self._writer = writer
-        self._noise = noise
-        cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        self._h2 = h2.connection.H2Connection(config=cfg)
-        self._h2.initiate_connection()
-        self._h2.increment_flow_control_window(1 << 24)
-        self._flush()
-        if initial:
-            self._feed(initial)
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
+        self._conn = await dial(
+            self.host, self.port, tls=self.tls, machine_key=self.machine_key,
+            control_key=self.control_key, version=self.version, rand=self.rand,
+        )  # fmt: skip
+        self.early_payload = self._conn.early_payload
+        self.closed = self._conn.closed
 
-    def hostinfo(self, preferred_derp: int = 0) -> Hostinfo:
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def start(self, method: str, path: str, body: bytes = b"") -> Reply:
+        """Send a request on the session; returns once the response headers arrived."""
+        if self._conn is None:
+            raise ClientError("not connected")
+        headers = [("content-type", "application/json"), ("ts-lb", self.node_key.public().text())]
+        return await self._conn.start(method, path, body, headers)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        reply = await self.start(method, path, body)
+        return reply.status, await reply.body()
+
+    # ---- the control protocol ----
+
+    def hostinfo(self) -> Hostinfo:
         return self._hostinfo()
+
+    async def register(
+        self,
+        auth_key: str = "",
+        *,
+        followup: str = "",
+        expiry: datetime | None = None,
+        ephemeral: bool = False,
+        old_node_key: NodePrivate | None = None,
+    ) -> RegisterResponse:
+        rr = RegisterRequest(
+            Version=self.version,
+            NodeKey=self.node_key.public(),
+            OldNodeKey=old_node_key.public() if old_node_key else None,
+            NLKey="nlpub:" + "00" * 32,
+            Auth=RegisterResponseAuth(AuthKey=auth_key) if auth_key else None,
+            Expiry=expiry,
+            Followup=followup,
+            Hostinfo=self.hostinfo(),
+            Ephemeral=ephemeral,
+        )
+        status, body = await self.request("POST", "/machine/register", dumps(rr))
+        if status != 200:
+            raise ClientError(f"register request: http {status}: {body[:200]!r}")
+        return loads(RegisterResponse, body)
 
     def node_map_request(
         self, *, stream: bool, endpoints: list[str], endpoint_types: list[int],
-        omit_peers: bool = False,
+        omit_peers: bool = False, hostinfo: Hostinfo | None = None,
     ) -> bytes:  # fmt: skip
         mr = MapRequest(
             Version=self.version,
@@ -192,23 +227,25 @@ class Direct(ControlClient):
             DiscoKey=self.disco_key.public(),
             Stream=stream,
             OmitPeers=omit_peers,
-            Hostinfo=self._hostinfo(),
+            Hostinfo=hostinfo or self.hostinfo(),
             Endpoints=endpoints,
             EndpointTypes=endpoint_types,
         )
         return json.dumps(to_json(mr)).encode()
 
+    async def open_map_stream(self, body: bytes) -> MapStream:
+        """POST a streaming MapRequest; the messages come out as JSON dicts."""
+        reply = await self.start("POST", "/machine/map", body)
+        if reply.status != 200:
+            err = await reply.body()
+            raise ClientError(f"map: http {reply.status}: {err[:200]!r}")
+        return MapStream(reply, compressed=True)
+
     async def open_map(self, endpoints: list[str], endpoint_types: list[int]) -> MapMessages:
         body = self.node_map_request(
             stream=True, endpoints=endpoints, endpoint_types=endpoint_types
         )
-        reply = await self._start("POST", "/machine/map", body)
-        if reply.status != 200:
-            err = bytearray()
-            while (chunk := await reply.data.get()) is not None:
-                err += chunk
-            raise ClientError(f"map: http {reply.status}: {bytes(err)[:200]!r}")
-        return MapMessages(MapStream(reply, compressed=True))
+        return MapMessages(await self.open_map_stream(body))
 
     async def send_lite_update(self, endpoints: list[str], endpoint_types: list[int]) -> None:
         body = self.node_map_request(
@@ -217,18 +254,3 @@ class Direct(ControlClient):
         status, text = await self.request("POST", "/machine/map", body)
         if status != 200:
             raise ClientError(f"endpoint update: http {status}: {text[:200]!r}")
-
-
-def _dechunk(b: bytes) -> bytes:
-    out = bytearray()
-    while b:
-        size, _, rest = b.partition(b"\r\n")
-        try:
-            n = int(size.split(b";")[0], 16)
-        except ValueError as exc:
-            raise ClientError("/key: bad chunked body") from exc
-        if n == 0:
-            break
-        out += rest[:n]
-        b = rest[n + 2 :]
-    return bytes(out)

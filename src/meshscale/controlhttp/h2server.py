@@ -1,16 +1,16 @@
-"""The decrypted byte stream of a ts2021 connection, and HTTP/2 served over it.
+"""HTTP/2 served inside a ts2021 connection: the control server's side.
 
 Layers (spec sections 2.4-2.7)::
 
     UpgradeStream (raw TCP/TLS after the 101)
-      -> NoiseStream: controlbase records <-> plaintext (meshscale.controlbase.Conn)
+      -> NoiseStream: controlbase records <-> plaintext (noisestream.py)
         -> H2Server: h2c with prior knowledge, one task per request stream
 
 ``H2Server`` is the driver of the sans-IO ``h2`` state machine: after every input it feeds
 h2, handles the events and flushes ``data_to_send``. Handlers get a ``NoiseRequest`` (the
-Noise-authenticated machine key travels with it) and return a ``NoiseResponse`` whose body
-is bytes or an async iterator of chunks; each chunk is flushed as soon as it is produced,
-which is what the map long poll needs.
+Noise-authenticated machine key travels with it) and return the same ``io.http.Response``
+the HTTP/1.1 server takes: its body is bytes or an async iterable of chunks; each chunk is
+flushed as soon as it is produced, which is what the map long poll needs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import h2.config
@@ -28,65 +28,19 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from meshscale.controlbase import Conn, ControlBaseError
-from meshscale.io.http import UpgradeStream
+from meshscale.controlbase import ControlBaseError
+from meshscale.io.http import Response
 from meshscale.key import MachinePublic
+
+from .noisestream import NoiseStream
 
 log = logging.getLogger(__name__)
 
 MAX_NOISE_BODY = 1 << 20  # bytes per request body (Headscale's cap): memory exhaustion
 MAX_CONCURRENT_STREAMS = 100  # per connection: a client opening streams without end
-READ_CHUNK = 64 * 1024  # bytes per socket read
 # Our receive window per stream; clients send small JSON, the default 64 KiB suffices,
 # but a larger window avoids a round trip for a 1 MiB body.
 INITIAL_WINDOW = 1 << 20  # bytes
-DRAIN_THRESHOLD = 64 * 1024  # bytes queued in the socket buffer before a write waits
-WRITE_TIMEOUT = 30.0  # seconds a write may wait for the peer to read: clients that never read
-
-
-class NoiseStream:
-    """Plaintext reads and writes over controlbase records on an upgraded connection."""
-
-    def __init__(self, raw: UpgradeStream, conn: Conn) -> None:
-        self.raw = raw
-        self.conn = conn
-        self._pending = b""
-
-    def push_front(self, plaintext: bytes) -> None:
-        """Plaintext already decrypted (records that arrived with the handshake)."""
-        self._pending = plaintext + self._pending
-
-    async def read(self) -> bytes:
-        """Some plaintext; b"" at EOF. Raises ControlBaseError on a bad record."""
-        if self._pending:
-            out, self._pending = self._pending, b""
-            return out
-        while True:
-            data = await self.raw.read(READ_CHUNK)
-            if not data:
-                return b""
-            out = self.conn.receive_data(data)
-            if out:
-                return out
-
-    def write(self, plaintext: bytes) -> None:
-        if plaintext:
-            self.raw.write(self.conn.send(plaintext))
-
-    async def drain(self) -> None:
-        """Wait for the socket buffer to empty; a peer that stops reading for WRITE_TIMEOUT
-        loses the connection (ConnectionError), so it cannot pin a session forever."""
-        transport = getattr(self.raw, "transport", None)
-        if transport is not None and transport.get_write_buffer_size() < DRAIN_THRESHOLD:
-            if transport.is_closing():
-                raise ConnectionError("connection closed")
-            return  # the common case: nothing queued, no need to set up a deadline
-        try:
-            async with asyncio.timeout(WRITE_TIMEOUT):
-                await self.raw.drain()
-        except TimeoutError:
-            self.raw.close()
-            raise ConnectionError("peer stopped reading") from None
 
 
 @dataclass(slots=True)
@@ -100,23 +54,7 @@ class NoiseRequest:
     protocol_version: int
 
 
-@dataclass(slots=True)
-class NoiseResponse:
-    status: int = 200
-    body: bytes | AsyncIterator[bytes] = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    content_type: str | None = None
-
-    @classmethod
-    def text(cls, status: int, text: str) -> NoiseResponse:
-        return cls(status, text.encode(), [], "text/plain; charset=utf-8")
-
-    @classmethod
-    def json(cls, body: bytes, status: int = 200) -> NoiseResponse:
-        return cls(status, body, [], "application/json")
-
-
-NoiseHandler = Callable[[NoiseRequest], Awaitable[NoiseResponse]]
+NoiseHandler = Callable[[NoiseRequest], Awaitable[Response]]
 
 
 class StreamAborted(Exception):
@@ -242,7 +180,7 @@ class H2Server:
     async def _serve_stream(self, s: _Stream) -> None:
         try:
             if s.too_large:
-                resp = NoiseResponse.text(413, "request body too large\n")
+                resp = Response.text(413, "request body too large\n")
             else:
                 path, _, query = s.headers.get(":path", "/").partition("?")
                 req = NoiseRequest(
@@ -260,7 +198,7 @@ class H2Server:
                     raise
                 except Exception:
                     log.exception("ts2021: handler for %s failed", path)
-                    resp = NoiseResponse.text(500, "internal server error\n")
+                    resp = Response.text(500, "internal server error\n")
             await self._send(s.stream_id, resp)
         except asyncio.CancelledError:
             pass
@@ -269,23 +207,23 @@ class H2Server:
         finally:
             self._streams.pop(s.stream_id, None)
 
-    async def _send(self, sid: int, resp: NoiseResponse) -> None:
+    async def _send(self, sid: int, resp: Response) -> None:
         if isinstance(resp.body, bytes):
             self._send_headers(sid, resp, len(resp.body))
             if resp.body:
                 await self._send_data(sid, resp.body, end=True)
             return
-        body = resp.body
+        body = aiter(resp.body)
         try:
             # Headers go out with the first chunk, so a stream that fails before producing
             # anything can still answer with an error status: an empty 200 on the map poll
             # makes the client retry forever (spec 7.4).
             try:
-                first: bytes | None = await body.__anext__()
+                first: bytes | None = await anext(body)
             except StopAsyncIteration:
                 first = None
             except StreamAborted as exc:
-                await self._send(sid, NoiseResponse.text(exc.status, exc.text))
+                await self._send(sid, Response.text(exc.status, exc.text))
                 return
             self._send_headers(sid, resp, None)
             more = first is not None
@@ -305,7 +243,7 @@ class H2Server:
             self.h2.end_stream(sid)
             self.flush()
 
-    def _send_headers(self, sid: int, resp: NoiseResponse, length: int | None) -> None:
+    def _send_headers(self, sid: int, resp: Response, length: int | None) -> None:
         headers = [(":status", str(resp.status))]
         if resp.content_type:
             headers.append(("content-type", resp.content_type))

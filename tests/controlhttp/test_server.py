@@ -1,4 +1,4 @@
-"""noise: /key answers and the /ts2021 upgrade's refusals."""
+"""controlhttp server side: /key answers and the /ts2021 upgrade's refusals."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import random
 
 import pytest
 
-from meshscale.control.noise import NoiseUpgrade, key_response
-from meshscale.control.transport import NoiseRequest, NoiseResponse
 from meshscale.controlbase import ClientHandshake
-from meshscale.io.http import Headers, Request, UpgradeStream
+from meshscale.controlhttp import NoiseRequest, NoiseUpgrade, key_response
+from meshscale.io.http import Headers, Request, Response, UpgradeStream
 from meshscale.key import MachinePrivate
 
 KEY = MachinePrivate(bytes([4]) * 32)
@@ -41,8 +40,8 @@ class _NoStream:
         raise AssertionError(f"stream.{name} used on a refused upgrade")
 
 
-async def _dispatch(req: NoiseRequest) -> NoiseResponse:
-    return NoiseResponse()
+async def _dispatch(req: NoiseRequest) -> Response:
+    return Response()
 
 
 def _req(headers: list[tuple[str, str]]) -> Request:

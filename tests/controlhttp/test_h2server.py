@@ -1,4 +1,4 @@
-"""transport: HTTP/2 inside Noise over loopback, with a custom dispatch (no control logic)."""
+"""controlhttp: HTTP/2 inside Noise over loopback, with a custom dispatch (no control logic)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from meshscale.control.noise import NoiseUpgrade
-from meshscale.control.testclient import ControlClient
-from meshscale.control.transport import (
-    MAX_NOISE_BODY,
-    NoiseRequest,
-    NoiseResponse,
-    StreamAborted,
-)
-from meshscale.io.http import HTTPServer, Router
+from meshscale.controlhttp import MAX_NOISE_BODY, NoiseRequest, NoiseUpgrade, StreamAborted
+from meshscale.io.http import HTTPServer, Response, Router
 from meshscale.key import MachinePrivate
+from meshscale.testing.controlclient import ControlClient
 
 pytestmark = pytest.mark.slow
 
@@ -38,10 +32,10 @@ def test_machine_key_body_limits_large_and_concurrent_responses() -> None:
     seen: list[NoiseRequest] = []
     release = asyncio.Event()
 
-    async def dispatch(req: NoiseRequest) -> NoiseResponse:
+    async def dispatch(req: NoiseRequest) -> Response:
         seen.append(req)
         if req.path == "/big":
-            return NoiseResponse(200, bytes(range(256)) * 2000)  # 512000 B: flow control
+            return Response(200, bytes(range(256)) * 2000)  # 512000 B: flow control
         if req.path == "/slow":
 
             async def body() -> AsyncIterator[bytes]:
@@ -49,7 +43,7 @@ def test_machine_key_body_limits_large_and_concurrent_responses() -> None:
                 await release.wait()
                 yield b"b"
 
-            return NoiseResponse(200, body())
+            return Response(200, body())
         if req.path in ("/abort", "/empty"):
 
             async def failing() -> AsyncIterator[bytes]:
@@ -58,10 +52,10 @@ def test_machine_key_body_limits_large_and_concurrent_responses() -> None:
                 return
                 yield b""  # an async generator that yields nothing
 
-            return NoiseResponse(200, failing())
+            return Response(200, failing())
         if req.path == "/boom":
             raise RuntimeError("handler bug")
-        return NoiseResponse.text(200, f"{req.method} {req.path} {len(req.body)}")
+        return Response.text(200, f"{req.method} {req.path} {len(req.body)}")
 
     async def go() -> None:
         rng = random.Random(1)
@@ -95,7 +89,7 @@ def test_machine_key_body_limits_large_and_concurrent_responses() -> None:
 def test_client_disconnect_cancels_streaming_handler() -> None:
     closed = asyncio.Event()
 
-    async def dispatch(req: NoiseRequest) -> NoiseResponse:
+    async def dispatch(req: NoiseRequest) -> Response:
         async def body() -> AsyncIterator[bytes]:
             try:
                 yield b"x"
@@ -104,7 +98,7 @@ def test_client_disconnect_cancels_streaming_handler() -> None:
             finally:
                 closed.set()
 
-        return NoiseResponse(200, body())
+        return Response(200, body())
 
     async def go() -> None:
         rng = random.Random(2)
@@ -157,14 +151,14 @@ def _pair() -> tuple[object, object]:
 @given(st.binary(max_size=300), st.booleans())
 def test_h2server_survives_garbage(data: bytes, with_preface: bool) -> None:
     """Whatever arrives inside valid records, the server ends cleanly (no exception)."""
-    from meshscale.control.transport import H2Server, NoiseStream
+    from meshscale.controlhttp import H2Server, NoiseStream
 
     client, server = _pair()
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" if with_preface else b""
     raw = _FakeRaw([client.send(preface + data)])  # type: ignore[attr-defined]
 
-    async def dispatch(req: NoiseRequest) -> NoiseResponse:
-        return NoiseResponse()
+    async def dispatch(req: NoiseRequest) -> Response:
+        return Response()
 
     async def go() -> None:
         srv = H2Server(NoiseStream(raw, server), dispatch, server.peer, 130)  # type: ignore[arg-type, attr-defined]

@@ -1,4 +1,5 @@
-"""``/key`` and the ``/ts2021`` upgrade: from an HTTP/1.1 request to HTTP/2 inside Noise.
+"""The control server's side of ``/key`` and the ``/ts2021`` upgrade: from an HTTP/1.1
+request to HTTP/2 inside Noise (the client's side is client.py).
 
 Flow (spec sections 1.1, 2.1-2.7)::
 
@@ -41,7 +42,8 @@ from meshscale.tailcfg import (
     dumps,
 )
 
-from .transport import H2Server, NoiseHandler, NoiseStream
+from .h2server import H2Server, NoiseHandler
+from .noisestream import NoiseStream
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,129 @@
+"""controlhttp client side: /key and /ts2021 against servers that misbehave, and a real one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshscale.controlbase import HandshakeError
+from meshscale.controlhttp import ClientError, NoiseRequest, NoiseUpgrade, dial, fetch_key
+from meshscale.io.http import HTTPServer, Response, Router
+from meshscale.key import MachinePrivate
+
+KEY = MachinePrivate(bytes([4]) * 32)
+CLIENT = MachinePrivate(bytes([5]) * 32)
+
+
+@contextlib.asynccontextmanager
+async def canned(answer: bytes) -> AsyncIterator[int]:
+    """A raw TCP server: reads one request head, writes ``answer``, closes."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        with contextlib.suppress(Exception):
+            await r.readuntil(b"\r\n\r\n")
+            w.write(answer)
+            await w.drain()
+        w.close()
+        with contextlib.suppress(Exception):
+            await w.wait_closed()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield srv.sockets[0].getsockname()[1]
+    finally:
+        srv.close()
+        await srv.wait_closed()
+        if handlers:
+            await asyncio.wait(handlers, timeout=2)
+
+
+async def _dial(port: int, version: int = 130) -> None:
+    conn = await dial(
+        "127.0.0.1", port, tls=False, machine_key=CLIENT, control_key=KEY.public(),
+        version=version, rand=random.Random(1).randbytes,
+    )  # fmt: skip
+    await conn.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1\r\n\r\n",  # the short status line that crashed the old test client
+        b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nno\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: tailscale-control-protocol\r\n\r\n",
+        b"garbage",
+        b"",
+    ],
+)
+def test_bad_upgrade_answers_are_client_errors(answer: bytes) -> None:
+    async def body() -> None:
+        async with canned(answer) as port:
+            with pytest.raises(ClientError):
+                await _dial(port)
+
+    asyncio.run(asyncio.wait_for(body(), 5))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",  # a pre-Noise server: no key
+    ],
+)
+def test_bad_key_answers_are_client_errors(answer: bytes) -> None:
+    async def body() -> None:
+        async with canned(answer) as port:
+            with pytest.raises(ClientError):
+                await fetch_key("127.0.0.1", port, tls=False, version=130)
+
+    asyncio.run(asyncio.wait_for(body(), 5))
+
+
+def test_key_is_read_chunked_and_dial_reaches_http2() -> None:
+    async def dispatch(req: NoiseRequest) -> Response:
+        return Response.text(200, f"{req.method} {req.path} {req.headers.get('x-a')}")
+
+    async def key(req: object) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            yield b'{"publicKey":'
+            yield f'"{KEY.public().text()}"}}'.encode()
+
+        return Response(200, gen(), content_type="application/json")
+
+    async def body() -> None:
+        router = Router()
+        router.add("GET", "/key", key)  # type: ignore[arg-type]
+        router.add_upgrade("/ts2021", NoiseUpgrade(KEY, dispatch, rand=random.Random(2).randbytes))
+        server = HTTPServer(router)
+        port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
+        try:
+            assert await fetch_key("127.0.0.1", port, tls=False, version=130) == KEY.public()
+            conn = await dial(
+                "127.0.0.1", port, tls=False, machine_key=CLIENT, control_key=KEY.public(),
+                version=130, rand=random.Random(3).randbytes,
+            )  # fmt: skip
+            try:
+                assert conn.early_payload is not None and b"chalpub:" in conn.early_payload
+                got = await conn.request("POST", "/x", b"{}", [("x-a", "b")])
+                assert got == (200, b"POST /x b")
+            finally:
+                await conn.close()
+            await asyncio.wait_for(conn.closed.wait(), 5)
+            with pytest.raises(ClientError):
+                await conn.request("GET", "/after-close")
+            # An unsupported version: the server's error frame, not a hang.
+            with pytest.raises(HandshakeError, match="unsupported client"):
+                await _dial(port, version=100)
+        finally:
+            await server.close(grace=0.5)
+
+    asyncio.run(asyncio.wait_for(body(), 10))
