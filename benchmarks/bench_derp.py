@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from meshscale.derp import frames as F
+from meshscale.derphttp import DERPClient
 from meshscale.key import NodePrivate
-from meshscale.relay.client import DERPClient
 
 
 def free_port() -> int:
@@ -95,7 +95,7 @@ async def relayed(
         nonlocal received
         if lean:
             fb = F.FrameBuffer(F.MAX_CLIENT_FRAME)
-            reader = b._reader  # the bench reads the raw stream after login
+            reader = b._stream  # the bench reads the raw stream after login
             assert reader is not None
             while data := await reader.read(1 << 18):
                 fb.feed(data)

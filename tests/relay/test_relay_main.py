@@ -21,9 +21,9 @@ from cryptography.x509.oid import NameOID
 from meshscale.derp import frames as F
 from meshscale.derp.errors import HandshakeError
 from meshscale.derp.info import ClientInfo
+from meshscale.derphttp import DERPClient
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.key import NodePrivate
-from meshscale.relay.client import DERPClient
 from meshscale.relay.main import (
     build_parser,
     load_key,

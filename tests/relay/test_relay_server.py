@@ -15,10 +15,10 @@ from meshscale.derp import frames as F
 from meshscale.derp.client import ClientSession
 from meshscale.derp.errors import HandshakeError
 from meshscale.derp.info import ClientInfo
+from meshscale.derphttp import DERPClient
 from meshscale.io.http import HTTPServer, Router
 from meshscale.key import NodePrivate, NodePublic
 from meshscale.relay.app import mount_derp
-from meshscale.relay.client import DERPClient
 from meshscale.relay.metrics import render
 from meshscale.relay.server import DERPServer
 from meshscale.relay.stun_server import STUNServer

@@ -33,12 +33,12 @@ from typing import Any
 from meshscale import disco
 from meshscale.derp import frames as F
 from meshscale.derp.client import ClientEvent
+from meshscale.derphttp import DERPRegions
 from meshscale.disco import AddrPort
 from meshscale.io.udp import UDPSocket
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import Conn, Event, PeerConfig, PingResult
 from meshscale.magicsock import DERPMap as CoreDERPMap
-from meshscale.relay.client import DERPRegions
 from meshscale.tailcfg import DERPMap, to_json
 from meshscale.wgdev.engine import RX_BATCH, BindClosed
 

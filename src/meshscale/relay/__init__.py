@@ -1,17 +1,13 @@
 """meshscale.relay: the DERP relay and STUN server programs (see README.md)."""
 
 from .app import derp_node, derp_region, mount_derp
-from .client import DERPClient, DERPRegions, RegionClient
 from .server import CLIENT_SOURCE, DERPServer, VerifyClient
 from .stun_server import STUNServer
 from .verify import URLVerifier
 
 __all__ = [
     "CLIENT_SOURCE",
-    "DERPClient",
-    "DERPRegions",
     "DERPServer",
-    "RegionClient",
     "STUNServer",
     "URLVerifier",
     "VerifyClient",

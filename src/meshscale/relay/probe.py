@@ -18,8 +18,8 @@ import sys
 
 from .. import stun
 from ..derp import frames as F
+from ..derphttp import DERPClient
 from ..key import NodePrivate, NodePublic
-from .client import DERPClient
 
 
 def _key(seed: str) -> NodePrivate:

@@ -37,10 +37,11 @@ from ..derp import frames as F
 from ..derp.errors import AdmissionError, DERPError, HandshakeError
 from ..derp.info import ClientInfo
 from ..derp.relay import Relay
+from ..derphttp import DERPClient
+from ..derphttp.websocket import ByteStream
 from ..io.http import Request, Response, UpgradeStream
 from ..key import NodePrivate, NodePublic
-from .client import DERPClient
-from .websocket import ByteStream, accept_websocket, wants_derp_websocket
+from .websocket import accept_websocket, wants_derp_websocket
 
 log = logging.getLogger(__name__)
 

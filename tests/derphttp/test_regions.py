@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from meshscale.derp import frames as F
 from meshscale.derp.client import ClientEvent
+from meshscale.derphttp import BACKOFF_MAX, DERPRegions, RegionClient, backoff_delay
 from meshscale.io.http import HTTPServer, Router
 from meshscale.key import NodePrivate
 from meshscale.relay.app import mount_derp
-from meshscale.relay.client import BACKOFF_MAX, DERPRegions, RegionClient, backoff_delay
 from meshscale.relay.server import DERPServer
 
 
