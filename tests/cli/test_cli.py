@@ -5,7 +5,7 @@ import json
 import pytest
 
 from meshscale.cli.main import main
-from meshscale.node.fake import FakeBackend, ThreadedLocalAPI
+from meshscale.testing.fakebackend import FakeBackend, ThreadedLocalAPI
 
 
 @pytest.fixture

@@ -323,3 +323,38 @@ def test_seeded_garbage_never_breaks_the_server(caplog: pytest.LogCaptureFixture
 
     run(body, request_timeout=1.0)
     assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def test_peer_uid_of_socketpair_is_ours() -> None:
+    import os
+    import socket
+
+    from meshscale.io.http import peer_uid
+
+    a, b = socket.socketpair()
+    try:
+        assert peer_uid(a) == os.geteuid()
+    finally:
+        a.close()
+        b.close()
+    assert peer_uid(None) is None
+    with socket.socket() as tcp:
+        assert peer_uid(tcp) is None  # not a unix socket
+
+
+def test_error_response_hook_shapes_the_servers_own_answers() -> None:
+    def json_error(status: int, text: str) -> Response:
+        return Response.json_bytes(b'{"error": "%s"}' % text.encode(), status)
+
+    async def body(port: int) -> list[bytes]:
+        return [
+            await _exchange(port, b"\x00garbage\r\n\r\n"),
+            await _exchange(port, b"GET /nope HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+            await _exchange(port, b"GET /boom HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+        ]
+
+    garbage, missing, boom = run(body, error_response=json_error)
+    assert garbage.startswith(b"HTTP/1.1 400") and garbage.endswith(b'{"error": "bad request"}')
+    assert missing.startswith(b"HTTP/1.1 404") and missing.endswith(b'{"error": "not found"}')
+    assert boom.startswith(b"HTTP/1.1 500") and b"internal server error" in boom
+    assert b"application/json" in garbage

@@ -5,15 +5,14 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from meshscale.node.fake import FakeBackend, ThreadedLocalAPI
 from meshscale.node.localapi import LocalAPI
+from meshscale.testing.fakebackend import FakeBackend, ThreadedLocalAPI
 
 
 async def _request(path, method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
@@ -138,18 +137,6 @@ def test_non_root_cannot_change_state_but_can_read(tmp_path):
     out = proc.stdout
     assert out.split() == [b"200", b"403"]
     assert be.calls == []
-
-
-def test_peer_uid_of_socketpair_is_ours():
-    from meshscale.node.localapi import peer_uid
-
-    a, b = socket.socketpair()
-    try:
-        assert peer_uid(a) == os.geteuid()
-    finally:
-        a.close()
-        b.close()
-    assert peer_uid(None) is None
 
 
 def test_garbage_and_oversized_requests_are_refused(api_path):

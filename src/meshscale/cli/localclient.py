@@ -1,16 +1,16 @@
 """A small synchronous client for meshscaled's local API (unix socket, JSON).
 
-The CLI talks to the daemon only through this. Every failure becomes a ``CLIError`` with a
-one-line message that ``main`` prints as ``meshscale: <message>``.
+The CLI talks to the daemon only through this (on io.httpclient). Every failure becomes a
+``CLIError`` with a one-line message that ``main`` prints as ``meshscale: <message>``.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from typing import Any
 from urllib.parse import urlencode
+
+from meshscale.io import httpclient
 
 DEFAULT_SOCKET = "/var/run/meshscale/meshscaled.sock"
 MAX_RESPONSE = 16 << 20  # bytes: a status with thousands of peers stays far below this
@@ -22,22 +22,6 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("local-meshscaled.sock", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
 
 
 class LocalClient:
@@ -57,13 +41,14 @@ class LocalClient:
         path = "/localapi/v0/" + endpoint
         if query:
             path += "?" + urlencode(query)
-        conn = _UnixHTTPConnection(self.socket_path, timeout or self.timeout)
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = [("Content-Type", "application/json")] if body is not None else []
         try:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if data is not None else {}
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read(MAX_RESPONSE)
+            resp = httpclient.request_sync(
+                method, "http://local-meshscaled.sock" + path, unix_socket=self.socket_path,
+                headers=headers, body=data, max_body=MAX_RESPONSE,
+                time_limit=timeout or self.timeout,
+            )  # fmt: skip
         except FileNotFoundError as exc:
             raise CLIError(
                 f"failed to connect to local meshscaled (is it running?): "
@@ -77,12 +62,10 @@ class LocalClient:
             raise CLIError(f"permission denied opening {self.socket_path}") from exc
         except TimeoutError as exc:
             raise CLIError("timed out waiting for meshscaled") from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, httpclient.HTTPClientError) as exc:
             raise CLIError(f"talking to meshscaled: {exc}") from exc
-        finally:
-            conn.close()
         try:
-            obj = json.loads(raw) if raw else {}
+            obj = json.loads(resp.body) if resp.body else {}
         except ValueError as exc:
             raise CLIError(f"meshscaled sent a malformed answer (HTTP {resp.status})") from exc
         if resp.status >= 400:

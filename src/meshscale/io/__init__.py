@@ -1,4 +1,5 @@
-"""meshscale.io: the I/O layer under the sans-IO cores (TUN, UDP; HTTP in io.http).
+"""meshscale.io: the I/O layer under the sans-IO cores (TUN, UDP; HTTP/1.1 on h11: the server
+in io.http, the one client in io.httpclient, the raw stream after an upgrade in io.stream).
 
 Data-plane I/O is batched and blocking, for dedicated threads: `TunDevice.read_batch` /
 `write_batch` and `UDPSocket.recv_batch` / `send_batch`.

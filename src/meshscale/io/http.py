@@ -29,6 +29,10 @@ with no extra headers. After that ``stream`` is the raw byte stream (io.stream.R
 ``get_extra_info(k)``.
 The handler owns the connection until it returns; the server then closes it.
 
+The server's own answers (400 for a malformed request, 404, 405, 408, 413, 431, a bare 500)
+come from ``error_response(status, text)``: plain text unless the application gives its own
+(the local API answers JSON).
+
 Hardening (each bound names the attack it stops): header block size (memory exhaustion by
 endless headers), body size (same, via bodies), a deadline for a whole request once its first
 byte arrived (slowloris), an idle keep-alive timeout (idle socket hoarding), a TLS handshake
@@ -245,6 +249,10 @@ class Router:
         return 405 if path_known else 404
 
 
+def _text_error(status: int, text: str) -> Response:
+    return Response.text(status, text + "\n")
+
+
 def _check_header(name: str, value: str) -> None:
     if any(c in name + value for c in "\r\n\0") or not name:
         raise ValueError(f"invalid response header {name!r}")
@@ -272,8 +280,10 @@ class HTTPServer:
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         server_header: str | None = None,
+        error_response: Callable[[int, str], Response] | None = None,
     ) -> None:
         self.router = router
+        self.error_response = error_response or _text_error
         self.max_header_bytes = max_header_bytes
         self.max_body = max_body
         self.request_timeout = request_timeout
@@ -429,7 +439,7 @@ class HTTPServer:
                 return req, upgrade_handler, h.trailing_data[0]
             handler = self.router.resolve(req.method, req.path)
             if isinstance(handler, int):
-                resp = Response.text(handler, "not found\n" if handler == 404 else "bad method\n")
+                resp = self.error_response(handler, "not found" if handler == 404 else "bad method")
             else:
                 try:
                     resp = await handler(req)
@@ -437,7 +447,7 @@ class HTTPServer:
                     raise
                 except Exception:
                     log.exception("http: handler for %s %s failed", req.method, req.path)
-                    resp = Response.text(500, "internal server error\n")
+                    resp = self.error_response(500, "internal server error")
             if not await self._send_response(h, writer, resp, req.method == "HEAD"):
                 return None
             if h.our_state is h11.MUST_CLOSE or h.their_state is h11.MUST_CLOSE:
@@ -493,7 +503,7 @@ class HTTPServer:
             raise
         except Exception:
             log.exception("http: upgrade handler for %s failed", req.path)
-            resp = None if stream.accepted else Response.text(500, "internal server error\n")
+            resp = None if stream.accepted else self.error_response(500, "internal server error")
         if resp is not None and not stream.accepted:
             resp.headers = [*resp.headers, ("Connection", "close")]
             # A fresh h11 state that has just read a request of the same method.
@@ -509,7 +519,8 @@ class HTTPServer:
     ) -> None:
         if h.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        resp = Response.text(status, text + "\n", [("Connection", "close")])
+        resp = self.error_response(status, text)
+        resp.headers = [*resp.headers, ("Connection", "close")]
         with contextlib.suppress(Exception):
             await self._send_response(h, writer, resp, False)
 

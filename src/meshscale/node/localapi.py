@@ -14,7 +14,8 @@ Routes (all under ``/localapi/v0/``)::
 
 Anyone who can open the socket may read; only root (uid 0, checked with SO_PEERCRED on the
 connection, never trusted from the request) may change state. Errors are
-``{"error": "one line"}`` with 400 (bad request), 403 (permission), 404 or 500.
+``{"error": "one line"}`` with 400 (bad request), 403 (permission), 404, 405, 413 (a body
+over MAX_REQUEST_BODY) or 500; malformed HTTP gets 400 from io.http before any handler.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ import ipaddress
 import json
 import logging
 import os
-import socket
-import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiohttp import web
+from meshscale.io.http import HTTPServer, Request, Response, Router
 
 from .ipnstate import PingResult, Status
 from .prefs import Prefs, PrefsError
@@ -69,109 +69,105 @@ class LocalBackend(Protocol):
     def whois(self, ip: str) -> dict[str, Any] | None: ...
 
 
-def peer_uid(sock: socket.socket | None) -> int | None:
-    """The connecting process's uid from SO_PEERCRED, or None if unavailable."""
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except OSError:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response.json_bytes(json.dumps(obj).encode(), status)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class LocalAPI:
-    """An aiohttp application over a LocalBackend, served on a unix socket."""
+    """The local API over a LocalBackend, served by io.http on a unix socket."""
 
     def __init__(self, backend: LocalBackend, *, admin_uids: frozenset[int] = frozenset({0})):
         self.backend = backend
         self.admin_uids = admin_uids
-        self.app = web.Application(client_max_size=MAX_REQUEST_BODY, middlewares=[self._guard])
-        r = self.app.router
-        r.add_get(PREFIX + "status", self._status)
-        r.add_get(PREFIX + "prefs", self._prefs)
-        r.add_get(PREFIX + "netcheck", self._netcheck)
-        r.add_get(PREFIX + "whois", self._whois)
-        r.add_get(PREFIX + "debug", self._debug)
-        r.add_post(PREFIX + "start", self._start)
-        r.add_post(PREFIX + "down", self._down)
-        r.add_post(PREFIX + "logout", self._logout)
-        r.add_post(PREFIX + "ping", self._ping)
-        self._runner: web.AppRunner | None = None
+        self._routes: dict[tuple[str, str], Handler] = {
+            ("GET", "status"): self._status,
+            ("GET", "prefs"): self._prefs,
+            ("GET", "netcheck"): self._netcheck,
+            ("GET", "whois"): self._whois,
+            ("GET", "debug"): self._debug,
+            ("POST", "start"): self._start,
+            ("POST", "down"): self._down,
+            ("POST", "logout"): self._logout,
+            ("POST", "ping"): self._ping,
+        }
+        # Every path comes to _dispatch, so that even a 404 is the API's JSON error.
+        self.router = Router()
+        self.router.add_prefix("*", "/", self._dispatch)
+        self._server: HTTPServer | None = None
 
     async def start(self, path: Path) -> None:
         _prepare_socket_path(path)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.UnixSite(self._runner, str(path))
-        await site.start()
+        server = HTTPServer(self.router, max_body=MAX_REQUEST_BODY, error_response=_error)
+        await server.start_unix(str(path))
+        self._server = server
         # Readable by everyone (status), changes are gated by SO_PEERCRED per connection.
         os.chmod(path, 0o666)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
 
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            sock = request.transport.get_extra_info("socket") if request.transport else None
-            uid = peer_uid(sock)
-            if uid is None or uid not in self.admin_uids:
-                return _error(403, "access denied: only root may change meshscaled's state")
+    async def _dispatch(self, req: Request) -> Response:
+        if req.method not in ("GET", "HEAD") and (
+            req.peer_uid is None or req.peer_uid not in self.admin_uids
+        ):
+            return _error(403, "access denied: only root may change meshscaled's state")
+        endpoint = req.path.removeprefix(PREFIX) if req.path.startswith(PREFIX) else None
+        method = "GET" if req.method == "HEAD" else req.method
+        handler = self._routes.get((method, endpoint or ""))
+        if handler is None:
+            if endpoint and any(e == endpoint for (_, e) in self._routes):
+                return _error(405, "Method Not Allowed")
+            return _error(404, "Not Found")
         try:
-            resp: web.StreamResponse = await handler(request)
-            return resp
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return _error(exc.status, exc.reason)
-            raise
+            return await handler(req)
         except BackendError as exc:
             return _error(exc.status, str(exc))
         except Exception as exc:  # a bug must not kill the daemon or leak a traceback
-            log.exception("localapi: %s %s failed", request.method, request.path)
+            log.exception("localapi: %s %s failed", req.method, req.path)
             return _error(500, f"internal error: {type(exc).__name__}")
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.read()
-        if not raw:
+    def _body(self, req: Request) -> dict[str, Any]:
+        if not req.body:
             return {}
         try:
-            obj = json.loads(raw)
+            obj = json.loads(req.body)
         except ValueError as exc:
             raise BackendError("request body is not valid JSON") from exc
         if not isinstance(obj, dict):
             raise BackendError("request body must be a JSON object")
         return obj
 
-    async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.backend.status().to_json())
+    async def _status(self, req: Request) -> Response:
+        return _json(self.backend.status().to_json())
 
-    async def _prefs(self, request: web.Request) -> web.Response:
-        return web.json_response(self.backend.prefs().to_json())
+    async def _prefs(self, req: Request) -> Response:
+        return _json(self.backend.prefs().to_json())
 
-    async def _netcheck(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.backend.netcheck())
+    async def _netcheck(self, req: Request) -> Response:
+        return _json(await self.backend.netcheck())
 
-    async def _debug(self, request: web.Request) -> web.Response:
+    async def _debug(self, req: Request) -> Response:
         fn = getattr(self.backend, "debug", None)
-        return web.json_response(fn() if fn is not None else {})
+        return _json(fn() if fn is not None else {})
 
-    async def _whois(self, request: web.Request) -> web.Response:
-        addr = _parse_ip(request.query.get("addr", ""))
+    async def _whois(self, req: Request) -> Response:
+        addr = _parse_ip(req.query.get("addr", ""))
         who = self.backend.whois(addr)
         if who is None:
             return _error(404, f"no peer found with IP {addr}")
-        return web.json_response(who)
+        return _json(who)
 
-    async def _start(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
+    async def _start(self, req: Request) -> Response:
+        body = self._body(req)
         try:
             prefs = Prefs.from_json(body.get("Prefs", {}))
         except PrefsError as exc:
@@ -181,26 +177,26 @@ class LocalAPI:
         if not isinstance(auth_key, str) or not isinstance(reset, bool):
             raise BackendError("AuthKey must be a string and Reset a boolean")
         await self.backend.start(prefs, auth_key, reset)
-        return web.json_response({"BackendState": self.backend.status().BackendState})
+        return _json({"BackendState": self.backend.status().BackendState})
 
-    async def _down(self, request: web.Request) -> web.Response:
+    async def _down(self, req: Request) -> Response:
         await self.backend.down()
-        return web.json_response({})
+        return _json({})
 
-    async def _logout(self, request: web.Request) -> web.Response:
+    async def _logout(self, req: Request) -> Response:
         await self.backend.logout()
-        return web.json_response({})
+        return _json({})
 
-    async def _ping(self, request: web.Request) -> web.Response:
-        ip = _parse_ip(request.query.get("ip", ""))
+    async def _ping(self, req: Request) -> Response:
+        ip = _parse_ip(req.query.get("ip", ""))
         try:
-            timeout = float(request.query.get("timeout", "5"))
+            timeout = float(req.query.get("timeout", "5"))
         except ValueError as exc:
             raise BackendError("timeout must be a number of seconds") from exc
         if not 0 < timeout <= PING_TIMEOUT_MAX:
             raise BackendError(f"timeout must be in (0, {PING_TIMEOUT_MAX:g}] seconds")
         res = await self.backend.ping(ip, timeout)
-        return web.json_response(res.to_json())
+        return _json(res.to_json())
 
 
 def _prepare_socket_path(path: Path) -> None:

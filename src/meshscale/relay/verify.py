@@ -7,16 +7,18 @@ unreachable endpoint admits when ``fail_open`` (derper's default) and refuses ot
 ``LocalAPIVerifier`` asks the tailscaled (or meshscaled) on the relay's own host, over its
 unix socket, ``GET /localapi/v0/whois?addr=nodekey:<hex>``: 200 admits, anything else (404 =
 not a peer of this tailnet, or no answer) refuses.
+
+Both speak through io.httpclient, one connection per question.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-
-import aiohttp
+from urllib.parse import urlencode
 
 from ..derp.info import ClientInfo
+from ..io import httpclient
 from ..key import NodePublic
 from .server import CLIENT_SOURCE
 
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 
 VERIFY_URL_TIMEOUT = 5.0  # seconds per request
 MAX_VERIFY_BODY = 4096  # bytes read from the answer: a hostile endpoint's endless body
+# A whois answer (node, Hostinfo, user profile) of a real tailscaled runs to several KiB; only
+# its status matters, the bound only caps memory.
+MAX_WHOIS_BODY = 1 << 20  # bytes
 
 
 class URLVerifier:
@@ -32,35 +37,33 @@ class URLVerifier:
     def __init__(self, url: str, *, fail_open: bool = True) -> None:
         self.url = url
         self.fail_open = fail_open
-        self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self, key: NodePublic, info: ClientInfo) -> bool:
-        body = {"NodePublic": key.text(), "Source": CLIENT_SOURCE.get()}
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=VERIFY_URL_TIMEOUT)
-            )
+        body = json.dumps({"NodePublic": key.text(), "Source": CLIENT_SOURCE.get()}).encode()
         try:
-            async with self._session.post(self.url, json=body) as resp:
-                raw = await resp.content.read(MAX_VERIFY_BODY)
-                if resp.status != 200:
-                    log.info("derp verify: %s answered %d", self.url, resp.status)
-                    return False
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            resp = await httpclient.request(
+                "POST", self.url, headers=[("Content-Type", "application/json")], body=body,
+                max_body=MAX_VERIFY_BODY, time_limit=VERIFY_URL_TIMEOUT,
+            )  # fmt: skip
+        except httpclient.ResponseTooLarge:
+            log.info("derp verify: %s answered more than %d bytes", self.url, MAX_VERIFY_BODY)
+            return False  # it answered, just not with a verdict we can read
+        except (TimeoutError, httpclient.HTTPClientError, OSError) as exc:
             log.warning(
                 "derp verify: %s unreachable (%r); fail_open=%s", self.url, exc, self.fail_open
             )
             return self.fail_open
+        if resp.status != 200:
+            log.info("derp verify: %s answered %d", self.url, resp.status)
+            return False
         try:
-            answer = json.loads(raw)
+            answer = resp.json()
         except ValueError:
             return False
         return isinstance(answer, dict) and answer.get("Allow") is True
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Nothing to release: each question has its own connection."""
 
 
 DEFAULT_TAILSCALED_SOCKET = "/var/run/tailscale/tailscaled.sock"
@@ -71,25 +74,19 @@ class LocalAPIVerifier:
 
     def __init__(self, socket_path: str = DEFAULT_TAILSCALED_SOCKET) -> None:
         self.socket_path = socket_path
-        self._session: aiohttp.ClientSession | None = None
 
     async def __call__(self, key: NodePublic, info: ClientInfo) -> bool:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket_path),
-                timeout=aiohttp.ClientTimeout(total=VERIFY_URL_TIMEOUT),
-            )
-        url = "http://local-tailscaled.sock/localapi/v0/whois"
-        headers = {"Sec-Tailscale": "localapi"}
+        url = "http://local-tailscaled.sock/localapi/v0/whois?" + urlencode({"addr": key.text()})
         try:
-            async with self._session.get(url, params={"addr": key.text()}, headers=headers) as r:
-                await r.content.read(MAX_VERIFY_BODY)
-                return r.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            resp = await httpclient.request(
+                "GET", url, unix_socket=self.socket_path,
+                headers=[("Sec-Tailscale", "localapi")], max_body=MAX_WHOIS_BODY,
+                time_limit=VERIFY_URL_TIMEOUT,
+            )  # fmt: skip
+        except (httpclient.HTTPClientError, TimeoutError, OSError) as exc:
             log.warning("derp verify: local API at %s: %r", self.socket_path, exc)
             return False
+        return resp.status == 200
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Nothing to release: each question has its own connection."""

@@ -1,13 +1,25 @@
-"""A scripted LocalBackend for tests of the local API and the CLI (no network, no TUN)."""
+"""A scripted LocalBackend for tests of the local API and the CLI (no network, no TUN), and
+a local API served from a background thread for synchronous tests."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from .ipnstate import NEEDS_LOGIN, RUNNING, STOPPED, PeerStatus, PingResult, Status, UserProfile
-from .localapi import BackendError
-from .prefs import Prefs
+from meshscale.node.ipnstate import (
+    NEEDS_LOGIN,
+    RUNNING,
+    STOPPED,
+    PeerStatus,
+    PingResult,
+    Status,
+    UserProfile,
+)
+from meshscale.node.localapi import BackendError, LocalAPI, LocalBackend
+from meshscale.node.prefs import Prefs
 
 
 class FakeBackend:
@@ -103,29 +115,19 @@ class ThreadedLocalAPI:
     Use as a context manager; the server is up when ``__enter__`` returns.
     """
 
-    def __init__(self, backend: Any, path: Any) -> None:
-        import asyncio
-        import threading
-
+    def __init__(self, backend: LocalBackend, path: Path) -> None:
         self.backend = backend
         self.path = path
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._api: Any = None
+        self._api = LocalAPI(backend)
 
     def __enter__(self) -> ThreadedLocalAPI:
-        import asyncio
-
-        from .localapi import LocalAPI
-
         self._thread.start()
-        self._api = LocalAPI(self.backend)
         asyncio.run_coroutine_threadsafe(self._api.start(self.path), self._loop).result(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import asyncio
-
         asyncio.run_coroutine_threadsafe(self._api.close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
