@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncIterator
 
@@ -13,34 +12,10 @@ from meshscale.controlbase import HandshakeError
 from meshscale.controlhttp import ClientError, NoiseRequest, NoiseUpgrade, dial, fetch_key
 from meshscale.io.http import HTTPServer, Response, Router
 from meshscale.key import MachinePrivate
+from meshscale.testing.rawserver import canned_server
 
 KEY = MachinePrivate(bytes([4]) * 32)
 CLIENT = MachinePrivate(bytes([5]) * 32)
-
-
-@contextlib.asynccontextmanager
-async def canned(answer: bytes) -> AsyncIterator[int]:
-    """A raw TCP server: reads one request head, writes ``answer``, closes."""
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-        with contextlib.suppress(Exception):
-            await r.readuntil(b"\r\n\r\n")
-            w.write(answer)
-            await w.drain()
-        w.close()
-        with contextlib.suppress(Exception):
-            await w.wait_closed()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-        await srv.wait_closed()
-        if handlers:
-            await asyncio.wait(handlers, timeout=2)
 
 
 async def _dial(port: int, version: int = 130) -> None:
@@ -64,7 +39,7 @@ async def _dial(port: int, version: int = 130) -> None:
 )
 def test_bad_upgrade_answers_are_client_errors(answer: bytes) -> None:
     async def body() -> None:
-        async with canned(answer) as port:
+        async with canned_server(answer) as port:
             with pytest.raises(ClientError):
                 await _dial(port)
 
@@ -81,7 +56,7 @@ def test_bad_upgrade_answers_are_client_errors(answer: bytes) -> None:
 )
 def test_bad_key_answers_are_client_errors(answer: bytes) -> None:
     async def body() -> None:
-        async with canned(answer) as port:
+        async with canned_server(answer) as port:
             with pytest.raises(ClientError):
                 await fetch_key("127.0.0.1", port, tls=False, version=130)
 

@@ -3,39 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 
 from meshscale.derp.errors import HandshakeError
 from meshscale.derphttp import DERPClient
 from meshscale.key import NodePrivate
-
-
-@contextlib.asynccontextmanager
-async def canned(answer: bytes) -> AsyncIterator[int]:
-    """A raw TCP server: reads one request head, writes ``answer``, closes."""
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-        with contextlib.suppress(Exception):
-            await r.readuntil(b"\r\n\r\n")
-            w.write(answer)
-            await w.drain()
-        w.close()
-        with contextlib.suppress(Exception):
-            await w.wait_closed()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-        await srv.wait_closed()
-        if handlers:
-            await asyncio.wait(handlers, timeout=2)
+from meshscale.testing.rawserver import canned_server
 
 
 @pytest.mark.parametrize(
@@ -51,7 +25,7 @@ async def canned(answer: bytes) -> AsyncIterator[int]:
 )  # fmt: skip
 def test_bad_upgrade_answers_are_handshake_errors(scheme: str, answer: bytes, match: str) -> None:
     async def body() -> None:
-        async with canned(answer) as port:
+        async with canned_server(answer) as port:
             c = DERPClient(
                 NodePrivate.generate(bytes([1]) * 32), f"{scheme}://127.0.0.1:{port}/derp"
             )
@@ -65,7 +39,7 @@ def test_bad_upgrade_answers_are_handshake_errors(scheme: str, answer: bytes, ma
 def test_101_then_close_is_a_connection_error() -> None:
     async def body() -> None:
         answer = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"
-        async with canned(answer) as port:
+        async with canned_server(answer) as port:
             c = DERPClient(NodePrivate.generate(bytes([1]) * 32), f"http://127.0.0.1:{port}/derp")
             with pytest.raises(ConnectionError):
                 await c.connect()

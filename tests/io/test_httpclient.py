@@ -24,6 +24,7 @@ from meshscale.io.httpclient import (
     ResponseTooLarge,
     UpgradeRefused,
 )
+from meshscale.testing.rawserver import canned_server
 
 
 async def _echo(req: Request) -> Response:
@@ -79,34 +80,6 @@ def run(body: Callable[[str], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-@contextlib.asynccontextmanager
-async def canned(answer: bytes, seen: list[bytes] | None = None) -> AsyncIterator[int]:
-    """A raw TCP server that reads one request head, writes ``answer`` and closes."""
-
-    handlers: set[asyncio.Task[Any]] = set()
-
-    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-        with contextlib.suppress(Exception):
-            head = await r.readuntil(b"\r\n\r\n")
-            if seen is not None:
-                seen.append(head)
-            w.write(answer)
-            await w.drain()
-        w.close()
-        with contextlib.suppress(Exception):
-            await w.wait_closed()
-
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-        await srv.wait_closed()
-        if handlers:
-            await asyncio.wait(handlers, timeout=2)
-
-
 def test_get_post_and_default_headers() -> None:
     async def body(base: str) -> list[httpclient.Response]:
         return [
@@ -159,7 +132,7 @@ def test_response_head_bound() -> None:
     async def body() -> None:
         answer = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 3000 + b"\r\nContent-Length: 0\r\n\r\n"
         async with (
-            canned(answer) as port,
+            canned_server(answer) as port,
             await httpclient.connect("127.0.0.1", port, max_head=1024) as conn,
         ):
             with pytest.raises(ResponseTooLarge):
@@ -203,7 +176,7 @@ def test_time_limit_covers_a_silent_server() -> None:
 )
 def test_malformed_responses_raise_remote_protocol_error(answer: bytes) -> None:
     async def body() -> None:
-        async with canned(answer) as port:
+        async with canned_server(answer) as port:
             with pytest.raises(RemoteProtocolError):
                 await httpclient.request("GET", f"http://127.0.0.1:{port}/")
 
@@ -214,7 +187,7 @@ def test_request_head_as_sent() -> None:
     seen: list[bytes] = []
 
     async def body() -> httpclient.Response:
-        async with canned(b"HTTP/1.1 204 No Content\r\n\r\n", seen) as port:
+        async with canned_server(b"HTTP/1.1 204 No Content\r\n\r\n", seen) as port:
             return await httpclient.request(
                 "POST", f"http://127.0.0.1:{port}/p?q=1", headers=[("X-A", "b")]
             )

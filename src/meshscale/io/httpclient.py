@@ -39,17 +39,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import ssl as ssl_module
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import h11
 
 from .http import Headers
 from .stream import READ_CHUNK, RawStream
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 # Bounds; each names the attack it stops.
 MAX_HEAD_BYTES = 16 * 1024  # bytes of response head: a hostile server's endless headers
@@ -364,22 +368,14 @@ async def request(
             await conn.close()
 
 
-def request_sync(
-    method: str,
-    url: str,
-    *,
-    headers: Iterable[tuple[str, str]] = (),
-    body: bytes = b"",
-    unix_socket: str | None = None,
-    tls: ssl_module.SSLContext | None = None,
-    verify: bool = True,
-    max_body: int = MAX_BODY_BYTES,
-    time_limit: float | None = TIMEOUT,
-) -> Response:
-    """``request`` for synchronous callers (the CLIs): runs it on a private event loop.
-    Not for use inside a running loop (RuntimeError)."""
-    coro = request(
-        method, url, headers=headers, body=body, unix_socket=unix_socket, tls=tls,
-        verify=verify, max_body=max_body, time_limit=time_limit,
-    )  # fmt: skip
-    return asyncio.run(coro)
+def _blocking(fn: Callable[_P, Coroutine[Any, Any, _T]]) -> Callable[_P, _T]:
+    @functools.wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+request_sync = _blocking(request)
+request_sync.__doc__ = """``request`` for synchronous callers (the CLIs), same arguments: it runs on
+a private event loop, so not from inside a running one (RuntimeError)."""
