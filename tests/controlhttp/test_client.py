@@ -102,3 +102,18 @@ def test_key_is_read_chunked_and_dial_reaches_http2() -> None:
             await server.close(grace=0.5)
 
     asyncio.run(asyncio.wait_for(body(), 10))
+
+
+def test_issue_8_short_status_line_is_a_client_error_not_index_error() -> None:
+    """The old test client split the status line by hand and raised IndexError on this."""
+    from meshscale.testing.controlclient import ControlClient
+
+    async def body() -> None:
+        async with canned_server(b"HTTP/1.1\r\n\r\n") as port:
+            c = ControlClient("127.0.0.1", port, control_key=KEY.public())
+            with pytest.raises(ClientError, match="bad HTTP response"):
+                await c.connect()
+            with pytest.raises(ClientError, match="bad HTTP response"):
+                await c.fetch_key()
+
+    asyncio.run(asyncio.wait_for(body(), 5))
