@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 from meshscale.control.db.repository import IntegrityError
 from meshscale.control.models import (
@@ -46,6 +46,16 @@ _DIFF_FIELDS: Final = (
     "user_id", "hostinfo", "endpoints", "last_seen", "expiry", "tags", "approved_routes",
     "register_method", "auth_key_id", "ephemeral", "online",
 )
+
+
+class _AdminEdit(TypedDict, total=False):
+    """The Node fields an admin edit (``Nodes._edit``) may set."""
+
+    expiry: datetime | None
+    given_name: str
+    tags: tuple[str, ...]
+    user_id: UserID
+    approved_routes: tuple[IPPrefix, ...]
 
 
 def diff(old: Node, new: Node) -> frozenset[str]:
@@ -362,7 +372,7 @@ class Nodes:
             core.emit(NodeChanged(node_id, diff(old, new)))
             return new
 
-    def _edit(self, node_id: NodeID, **changes: Any) -> Node:
+    def _edit(self, node_id: NodeID, **changes: Unpack[_AdminEdit]) -> Node:
         with self.core.write():
             old = self.core.get_node(node_id)
             return self._commit(old, replace(old, **changes))

@@ -22,24 +22,22 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
 
 import zstandard
 
 from meshscale.control import models
-from meshscale.control.batcher import Batcher, MapSession
-from meshscale.key import DiscoPublic
-from meshscale.tailcfg import MapRequest, ParseError, loads
-
-from .register import (
+from meshscale.control.auth.request import (
     NodeBindingError,
+    decode_request,
     lookup_node,
     raw_field,
     sanitize_hostinfo,
-    unsupported,
     valid_addrport,
 )
-from .transport import NoiseRequest, NoiseResponse, StreamAborted
+from meshscale.control.mapper.batcher import Batcher, MapSession
+from meshscale.control.state import State
+from meshscale.control.transport import NoiseRequest, NoiseResponse, StreamAborted
+from meshscale.tailcfg import MapRequest
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +86,7 @@ class MapHandler:
 
     def __init__(
         self,
-        state: Any,
+        state: State,
         batcher: Batcher,
         clock: Callable[[], datetime],
         *,
@@ -109,13 +107,9 @@ class MapHandler:
         self.streams_open = 0
 
     async def __call__(self, req: NoiseRequest) -> NoiseResponse:
-        try:
-            mr = loads(MapRequest, req.body)
-        except ParseError as exc:
-            return NoiseResponse.text(400, f"bad MapRequest: {exc}\n")
-        bad = unsupported(mr.Version)
-        if bad is not None:
-            return bad
+        mr = decode_request(MapRequest, req)
+        if isinstance(mr, NoiseResponse):
+            return mr
         if mr.NodeKey is None:
             return NoiseResponse.text(400, "node key is required\n")
         try:
@@ -148,14 +142,9 @@ class MapHandler:
         endpoints = (
             [e for e in mr.Endpoints if valid_addrport(e)][:MAX_ENDPOINTS] if mr.Endpoints else None
         )
-        disco: DiscoPublic | None = mr.DiscoKey
-        updated: models.Node = self.state.update_node(
-            node.id,
-            hostinfo=hostinfo,
-            endpoints=endpoints,
-            disco_key=disco,
+        return self.state.update_node(
+            node.id, hostinfo=hostinfo, endpoints=endpoints, disco_key=mr.DiscoKey
         )
-        return updated
 
     async def _stream(self, node_id: models.NodeID, compress: bool) -> AsyncIterator[bytes]:
         session = MapSession(node_id)
