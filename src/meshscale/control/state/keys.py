@@ -141,7 +141,9 @@ class Keys:
         with core.write():
             key = self.get_preauth_key(key_id)
             for node in core.nodes.values():
-                if node.auth_key_id == key_id:  # the schema's ON DELETE SET NULL, in memory
+                # The schema's ON DELETE SET NULL, in memory (not put_node: no policy
+                # reads auth_key_id).
+                if node.auth_key_id == key_id:
                     core.nodes[node.id] = replace(node, auth_key_id=None)
             core.store.delete_preauth_key(key_id)
             core.paks.pop(key.id, None)

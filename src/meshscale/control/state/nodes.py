@@ -270,7 +270,7 @@ class Nodes:
         core = self.core
         with core.lock:
             node = core.nodes.get(node_id)
-            if node is not None:
+            if node is not None:  # not put_node: no policy reads last_seen
                 core.nodes[node_id] = replace(node, last_seen=core.clock())
 
     def logout(self, node_id: NodeID) -> Node | None:
