@@ -232,9 +232,9 @@ def test_state_on_postgres_survives_reopen(postgres: Callable[[], str]) -> None:
 def test_serve_with_postgres(postgres: Callable[[], str], tmp_path: Path) -> None:
     import asyncio
 
-    from meshscale.control.admin import AdminClient
+    from meshscale.control.cli import AdminClient
     from meshscale.control.config import config_from_mapping
-    from meshscale.control.main import Server
+    from meshscale.control.server import Server
 
     dsn = dict(p.split("=", 1) for p in postgres().split())
     cfg = config_from_mapping({

@@ -14,7 +14,7 @@ from meshscale.control.state import State
 from meshscale.control.verify import verify_handler
 from meshscale.io.http import Headers, Request
 
-from .test_state import FakeClock, make_state, mk, nk
+from .state.test_state import FakeClock, make_state, mk, nk
 
 
 def ask(state: State, body: bytes) -> tuple[int, object]:

@@ -38,19 +38,20 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict, Unpack
 from urllib.parse import urlsplit
 
+from meshscale.control.auth import REGISTER_PATH, RegisterHandler, register_page
+from meshscale.control.config import ControlConfig
+from meshscale.control.mapper import Batcher, MapHandler, SnapshotSource, mapper
+from meshscale.control.mapper.poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE
+from meshscale.control.models import ChangeSubscription, DNSChanged, NodeChanged
+from meshscale.control.state import State
 from meshscale.controlhttp import NoiseHandler, NoiseRequest, NoiseUpgrade, key_response
 from meshscale.io.http import Request, Response, Router
 from meshscale.key import MachinePrivate
 from meshscale.tailcfg import DERPMap, DNSConfig, DNSRecord, Resolver
 
-from . import mapper
-from .batcher import Batcher, SnapshotSource
-from .models import DNSChanged, NodeChanged
-from .poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE, MapHandler
-from .register import REGISTER_PATH, RegisterHandler, register_page
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,16 @@ NOT_IMPLEMENTED = frozenset(
         "/machine/c2n",
     }
 )
+
+
+class Timers(TypedDict, total=False):
+    """The AppSettings a caller may override by keyword (tests shorten the timers)."""
+
+    keepalive_interval: float
+    offline_grace: float
+    batch_delay: float
+    expiry_check_interval: float
+    send_early_payload: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +102,8 @@ class AppSettings:
     logtail_enabled: bool = False
 
     @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> AppSettings:
-        """From a meshscale.control.config.ControlConfig."""
+    def from_config(cls, config: ControlConfig, **overrides: Unpack[Timers]) -> AppSettings:
+        """From the server configuration; ``overrides`` replace fields (timers in tests)."""
         dns = config.dns
         prefixes = tuple(p for p in (config.prefixes.v4, config.prefixes.v6) if p is not None)
         s = cls(
@@ -105,7 +116,7 @@ class AppSettings:
             override_local_dns=dns.override_local_dns,
             extra_records=tuple((r.name, r.type, r.value) for r in dns.extra_records),
             prefixes=prefixes,
-            logtail_enabled=bool(getattr(config, "logtail_enabled", False)),
+            logtail_enabled=config.logtail_enabled,
         )
         return replace(s, **overrides)
 
@@ -133,7 +144,7 @@ class ControlApp:
 
     def __init__(
         self,
-        state: Any,
+        state: State,
         settings: AppSettings,
         derp_map: DERPMap,
         control_key: MachinePrivate,
@@ -170,22 +181,20 @@ class ControlApp:
         }
         self._pump: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
-        self._subscription: Any = None
+        self._subscription: ChangeSubscription | None = None
         self.router = Router()
         self.mount(self.router)
 
     def map_config(self) -> mapper.MapConfig:
-        """The current MapConfig; rebuilt only when the policy text or DERP map changes."""
-        policy = self.state.policy
+        """The current MapConfig; rebuilt only when the DERP map changes."""
         cached = self._map_config
-        if cached is not None and cached.policy is policy and cached.derp_map is self.derp_map:
+        if cached is not None and cached.derp_map is self.derp_map:
             return cached
         self._map_config = mapper.MapConfig(
             base_domain=self.settings.base_domain,
             domain=urlsplit(self.settings.server_url).hostname or self.settings.base_domain,
             derp_map=self.derp_map,
             dns_config=self._dns,
-            policy=policy,
             disable_log_tail=not self.settings.logtail_enabled,
         )
         return self._map_config
@@ -244,6 +253,7 @@ class ControlApp:
 
     async def _run_pump(self) -> None:
         sub = self._subscription
+        assert sub is not None, "the pump runs only with a subscription"
         try:
             async for event in sub:
                 try:
@@ -284,14 +294,14 @@ class ControlApp:
 
 
 def build_app(
-    state: Any,
-    config: Any,
+    state: State,
+    config: ControlConfig | AppSettings,
     derp_map: DERPMap,
     *,
     control_key: MachinePrivate,
     clock: Callable[[], datetime] = utcnow,
     rand: Callable[[int], bytes] = os.urandom,
-    **overrides: Any,
+    **overrides: Unpack[Timers],
 ) -> ControlApp:
     """Everything the protocol side serves. ``config`` is a ControlConfig or AppSettings;
     ``overrides`` replace AppSettings fields (timers in tests). Mount ``app.router``."""

@@ -20,7 +20,7 @@ Entities (persisted unless noted)::
 Change events (a closed union, match on it and finish with ``assert_never``)::
 
     NodeAdded(node_id)  NodeChanged(node_id, fields)  NodeRemoved(node_id)
-    UserChanged(user_id)  PolicyChanged()  DNSChanged()
+    UserChanged(user_id)  PolicyChanged(nodes)  DNSChanged()
     ResyncRequired()    a subscriber fell behind and lost events: rebuild from the snapshot
 """
 
@@ -338,7 +338,10 @@ class UserChanged:
 
 @dataclass(frozen=True, slots=True)
 class PolicyChanged:
-    pass
+    """The policy's answers changed: for every node (``nodes`` None: a new policy text), or
+    for the nodes listed (what a node or user write altered for others)."""
+
+    nodes: frozenset[NodeID] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 
-from meshscale.control.state import State
+from meshscale.control.state import StateReader
 from meshscale.io.http import Request, Response, Router
 from meshscale.key import KeyError_, NodePublic
 
 MAX_VERIFY_BODY = 4096  # bytes: the request is one small JSON object
 
 
-def verify_handler(state: State) -> Callable[[Request], Awaitable[Response]]:
+def verify_handler(state: StateReader) -> Callable[[Request], Awaitable[Response]]:
     async def verify(req: Request) -> Response:
         if len(req.body) > MAX_VERIFY_BODY:
             return Response.text(413, "request too large")
@@ -35,5 +35,5 @@ def verify_handler(state: State) -> Callable[[Request], Awaitable[Response]]:
     return verify
 
 
-def mount_verify(router: Router, state: State) -> None:
+def mount_verify(router: Router, state: StateReader) -> None:
     router.add("POST", "/verify", verify_handler(state))

@@ -1,17 +1,18 @@
 """Fixtures for tests of the control server's map building: numbered nodes of one user and
-an in-memory stand-in for :class:`~meshscale.control.batcher.SnapshotSource`."""
+an in-memory stand-in for :class:`~meshscale.control.mapper.batcher.SnapshotSource`."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from meshscale.control.models import Node, NodeID, User, UserID
 from meshscale.key import DiscoPublic, MachinePublic, NodePublic
-from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
+from meshscale.policy import AllowAll
+from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion, FilterRule
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DERP = DERPMap(Regions={900: DERPRegion(900, "x", "X", Nodes=[DERPNode("900a", 900, "d")])})
@@ -34,7 +35,7 @@ def numbered_node(i: int, **fields: Any) -> Node:
 
 
 class DictSource:
-    """A SnapshotSource over a dict of nodes (one user, no policy), counting the expensive
+    """A MapSource over a dict of nodes (one user, allow-all policy), counting the expensive
     call (``peers_of``) in ``peers_calls``."""
 
     def __init__(self, nodes: Iterable[Node] = ()) -> None:
@@ -51,5 +52,5 @@ class DictSource:
     def users(self) -> dict[UserID, User]:
         return {UserID(1): User(UserID(1), "alice")}
 
-    def policy(self) -> str | None:
-        return None
+    def packet_filter(self, node_id: int) -> Sequence[FilterRule]:
+        return AllowAll().filter_for(self.nodes[node_id])

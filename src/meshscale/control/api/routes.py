@@ -296,8 +296,9 @@ def set_policy(c: Call) -> dict[str, Any]:
 
 
 def _r(method: str, path: str, op: str, summary: str, tag: str, handler: Handler,
-       response: str, **kw: Any) -> Route:
-    return Route(method, path, op, summary, tag, handler, response, **kw)
+       response: str, *, body: dict[str, str] | None = None, query: tuple[str, ...] = (),
+       public: bool = False) -> Route:  # fmt: skip
+    return Route(method, path, op, summary, tag, handler, response, body or {}, query, public)
 
 
 V1 = "/api/v1"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from meshscale.control.models import APIKey, Node, PreAuthKey, RegisterMethod, User
+from meshscale.control.models import APIKey, Node, PreAuthKey, RegisterMethod, User, UserID
 from meshscale.control.state import State
 
 _REGISTER_METHOD = {
@@ -107,7 +107,7 @@ def node_json(node: Node, state: State) -> dict[str, Any]:
     }
 
 
-def _user_or_none(state: State, user_id: Any) -> User | None:
+def _user_or_none(state: State, user_id: UserID) -> User | None:
     try:
         return state.get_user(user_id)
     except ValueError:

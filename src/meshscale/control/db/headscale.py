@@ -35,6 +35,7 @@ from typing import Any, Final
 
 from meshscale.control.models import NodeID, RegisterMethod, StateError, UserID
 from meshscale.control.names import is_valid_label, unique_given_name
+from meshscale.control.state import State
 from meshscale.key import DiscoPublic, MachinePublic, NodePublic
 
 TAGGED_DEVICES_USER: Final = "tagged-devices"  # Headscale's owner name for tagged nodes
@@ -83,7 +84,7 @@ def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
 
 
-def import_headscale(state: Any, path: str | Path) -> ImportReport:
+def import_headscale(state: State, path: str | Path) -> ImportReport:
     """Copy users and nodes from Headscale's SQLite database at ``path`` into ``state``
     (a :class:`~meshscale.control.state.State`, which must hold no users or nodes)."""
     if state.list_users() or state.list_nodes():
@@ -101,7 +102,7 @@ def import_headscale(state: Any, path: str | Path) -> ImportReport:
         src.close()
 
 
-def _import(state: Any, src: sqlite3.Connection) -> ImportReport:
+def _import(state: State, src: sqlite3.Connection) -> ImportReport:
     report = ImportReport()
     user_cols = _columns(src, "users")
     if not {"id", "name"} <= user_cols or "machine_key" not in _columns(src, "nodes"):
@@ -140,7 +141,7 @@ def _import(state: Any, src: sqlite3.Connection) -> ImportReport:
 
 
 def _import_node(
-    state: Any, row: sqlite3.Row, owner: UserID, cols: set[str], ephemeral_keys: set[int]
+    state: State, row: sqlite3.Row, owner: UserID, cols: set[str], ephemeral_keys: set[int]
 ) -> None:
     hostinfo = json.loads(row["host_info"] or "{}") if "host_info" in cols else {}
     if not isinstance(hostinfo, dict):

@@ -1,4 +1,4 @@
-"""Interactive registrations (spec §3.4): State's methods for pending logins.
+"""Interactive registrations (spec §3.4): State's part for pending logins.
 
 A client without an auth key gets ``AuthURL = <server_url>/register/<id>`` and then
 long-polls with ``Followup``; the protocol layer awaits ``PendingRegistration.wait()``.
@@ -9,62 +9,34 @@ only: a server restart drops them and the client simply starts a new one.
 
 from __future__ import annotations
 
-import json
-import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from meshscale.control.models import (
-    InvalidArgument,
     LimitExceeded,
     Node,
     NotFound,
     PendingRegistration,
-    PreAuthKeyID,
     RegisterMethod,
     RegistrationID,
     UserID,
 )
+from meshscale.control.state.core import StateCore
+from meshscale.control.state.nodes import Nodes, check_hostinfo
 from meshscale.key import MachinePublic, NodePublic
 
-if TYPE_CHECKING:
-    from meshscale.control.state import StateOptions
-
-MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are rejected
 # Interactive logins waiting at once. Anyone who can reach the server can start one (a
 # fresh machine key each time), so the table is bounded: at most 1024 x 64 KiB of memory.
 MAX_PENDING_REGISTRATIONS: Final = 1024
 
 
-def check_hostinfo(hostinfo: dict[str, Any]) -> None:
-    try:
-        size = len(json.dumps(hostinfo))
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"hostinfo is not JSON: {exc}") from exc
-    if size > MAX_HOSTINFO_BYTES:
-        raise InvalidArgument(f"hostinfo too large ({size} > {MAX_HOSTINFO_BYTES} bytes)")
+class Registrations:
+    """State's pending-registration methods, over the shared core (and the nodes, which a
+    completed registration admits)."""
 
-
-class RegistrationMethods:
-    """State's pending-registration methods (see the module docstring)."""
-
-    # Provided by State.
-    options: StateOptions
-    clock: Callable[[], datetime]
-    rand: Callable[[int], bytes]
-    _lock: threading.RLock
-    _pending: dict[RegistrationID, PendingRegistration]
-
-    if TYPE_CHECKING:
-
-        def _write(self, durable: bool = True) -> AbstractContextManager[None]: ...
-        def _register_locked(
-            self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
-            hostinfo: dict[str, Any], method: RegisterMethod,
-            auth_key_id: PreAuthKeyID | None, ephemeral: bool, tags: tuple[str, ...],
-        ) -> Node: ...
+    def __init__(self, core: StateCore, nodes: Nodes) -> None:
+        self.core = core
+        self.nodes = nodes
+        self._pending: dict[RegistrationID, PendingRegistration] = {}
 
     def begin_registration(
         self, machine_key: MachinePublic, node_key: NodePublic,
@@ -76,44 +48,45 @@ class RegistrationMethods:
         ``reg.wait()`` on the followup. An older pending registration of the same machine
         is failed ("superseded").
         """
+        core = self.core
         hi = hostinfo or {}
         check_hostinfo(hi)
-        with self._lock:
+        with core.lock:
             self.expire_registrations()
             for old in [r for r in self._pending.values() if r.machine_key == machine_key]:
                 old.fail("registration superseded")
                 del self._pending[old.id]
             if len(self._pending) >= MAX_PENDING_REGISTRATIONS:
                 raise LimitExceeded("too many pending registrations; try again later")
-            reg_id = RegistrationID(self.rand(18).hex())
+            reg_id = RegistrationID(core.rand(18).hex())
             reg = PendingRegistration(
-                reg_id, machine_key, node_key, hi, self.clock() + self.options.registration_ttl,
+                reg_id, machine_key, node_key, hi, core.clock() + core.options.registration_ttl,
                 ephemeral,
             )
             self._pending[reg_id] = reg
             return reg
 
     def get_registration(self, reg_id: str) -> PendingRegistration | None:
-        with self._lock:
+        with self.core.lock:
             reg = self._pending.get(RegistrationID(reg_id))
-            if reg is not None and reg.expires_at <= self.clock():
+            if reg is not None and reg.expires_at <= self.core.clock():
                 reg.fail("registration expired")
                 del self._pending[reg.id]
                 return None
             return reg
 
     def list_registrations(self) -> list[PendingRegistration]:
-        with self._lock:
+        with self.core.lock:
             self.expire_registrations()
             return list(self._pending.values())
 
     def complete_registration(self, reg_id: str, user_id: UserID) -> Node:
         """Admit a pending registration for ``user_id`` (``nodes register --key``)."""
-        with self._write():
+        with self.core.write():
             reg = self.get_registration(reg_id)
             if reg is None:
                 raise NotFound(f"registration {reg_id[:40]!r} not found or expired")
-            node = self._register_locked(
+            node = self.nodes.register_locked(
                 reg.machine_key, reg.node_key, user_id, reg.hostinfo, RegisterMethod.CLI,
                 None, reg.ephemeral, (),
             )
@@ -122,17 +95,24 @@ class RegistrationMethods:
         return node
 
     def cancel_registration(self, reg_id: str, reason: str = "registration rejected") -> None:
-        with self._lock:
+        with self.core.lock:
             reg = self._pending.pop(RegistrationID(reg_id), None)
             if reg is None:
                 raise NotFound(f"registration {reg_id[:40]!r} not found")
             reg.fail(reason)
 
     def expire_registrations(self) -> int:
-        with self._lock:
-            now = self.clock()
+        with self.core.lock:
+            now = self.core.clock()
             gone = [r for r in self._pending.values() if r.expires_at <= now]
             for reg in gone:
                 reg.fail("registration expired")
                 del self._pending[reg.id]
             return len(gone)
+
+    def close(self) -> None:
+        """Fail every pending registration (the server is shutting down)."""
+        with self.core.lock:
+            for reg in self._pending.values():
+                reg.fail("server shutting down")
+            self._pending.clear()

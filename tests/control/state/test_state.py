@@ -516,14 +516,14 @@ def test_client_caused_failures_do_not_reload_the_snapshot(state: State) -> None
     secret = state.create_preauth_key(u.id).secret
     state.register_node(mk(1), nk(1), u.id)
     loads = 0
-    real_load = state._counter.inner.load
+    real_load = state.store.inner.load
 
     def counting_load() -> Snapshot:
         nonlocal loads
         loads += 1
         return real_load()
 
-    state._counter.inner.load = counting_load  # type: ignore[method-assign]  # a spy
+    state.store.inner.load = counting_load  # type: ignore[method-assign]  # a spy
     for i in range(50):
         with pytest.raises(PreAuthKeyError):
             state.register_with_preauth_key(secret[:-4] + f"{i:04d}", mk(2), nk(2))
@@ -541,7 +541,7 @@ def test_client_caused_failures_do_not_reload_the_snapshot(state: State) -> None
 
 def test_pending_registrations_are_bounded(state: State, clock: FakeClock) -> None:
     from meshscale.control.models import LimitExceeded
-    from meshscale.control.registrations import MAX_PENDING_REGISTRATIONS
+    from meshscale.control.state import MAX_PENDING_REGISTRATIONS
 
     for i in range(MAX_PENDING_REGISTRATIONS):
         state.begin_registration(mk(i), nk(i))

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 import zstandard
 
-from meshscale.control import mapper
-from meshscale.control.batcher import Batcher, SnapshotSource
-from meshscale.control.poll import MapHandler, frame
+from meshscale.control.mapper import mapper
+from meshscale.control.mapper.batcher import Batcher, SnapshotSource
+from meshscale.control.mapper.poll import MapHandler, frame
 from meshscale.control.state import State
 from meshscale.controlhttp import NoiseRequest
 from meshscale.key import DiscoPrivate, MachinePrivate, MachinePublic, NodePrivate
@@ -157,7 +157,7 @@ def test_stream_for_a_node_deleted_before_it_starts_is_an_error_not_an_empty_200
 
 
 def test_coalesce_delay_rate_limits_busy_streams_only() -> None:
-    from meshscale.control.batcher import MapSession
+    from meshscale.control.mapper.batcher import MapSession
     from meshscale.control.models import NodeID
 
     _, h, batcher = make(batch_delay=0.005)

@@ -4,15 +4,16 @@ Headscale's hscontrol/mapper idea (STYLE.md section 11): the long poll (poll.py)
 driver; the batcher (batcher.py) decides *what* changed for whom; this module turns a
 snapshot into wire JSON (spec sections 4.3-4.5, 6):
 
-    full_map(self, peers, users)        first message: Node, DERPMap, Peers, PacketFilters,
-                                        UserProfiles, DNSConfig, Domain, Debug, ...
+    full_map(self, peers, users,        first message: Node, DERPMap, Peers, PacketFilters,
+             packet_filter=)            UserProfiles, DNSConfig, Domain, Debug, ...
     delta_map(self?, changed, patches,  later messages: PeersChanged / PeersChangedPatch /
               removed, users)           OnlineChange / PeerSeenChange / PeersRemoved
                                         (+ self Node when it changed)
 
-The packet filter is computed in ONE place, ``packet_filter(policy, node, peers)``, so the
-policy engine can slot in there. Peer Node JSON is memoised per node snapshot object (State
-replaces a Node on every write), so a change costs one encoding, not one per receiver.
+The peer list and the packet filter are the policy's answers for the receiving node
+(:class:`~meshscale.policy.PolicyManager`, asked through State); the mapper only encodes
+them. Peer Node JSON is memoised per node snapshot object (State replaces a Node on every
+write), so a change costs one encoding, not one per receiver.
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ from typing import Any
 
 from meshscale.control import models
 from meshscale.tailcfg import (
-    PORT_RANGE_ANY,
     DERPMap,
     DNSConfig,
     FilterRule,
-    NetPortRange,
     Node,
     PeerChange,
     Resolver,
@@ -55,19 +54,7 @@ class MapConfig:
     domain: str  # MapResponse.Domain: the tailnet name (Headscale: server hostname)
     derp_map: DERPMap
     dns_config: DNSConfig | None = None
-    policy: str | None = None  # raw policy text; unused by the allow-all filter
     disable_log_tail: bool = True
-
-
-def packet_filter(
-    policy: str | None, node: models.Node, peers: Sequence[models.Node]
-) -> list[FilterRule]:
-    """The inbound packet filter for ``node`` (spec section 6.3). The ONE place it is built.
-
-    Without a policy engine this is allow-all, what Headscale sends without a policy.
-    """
-    del policy, node, peers  # a policy engine will use these
-    return [FilterRule(SrcIPs=["*"], DstPorts=[NetPortRange(IP="*", Ports=PORT_RANGE_ANY)])]
 
 
 def build_dns_config(
@@ -255,8 +242,11 @@ def full_map(
     cfg: MapConfig,
     now: datetime,
     cache: NodeJSONCache | None = None,
+    *,
+    packet_filter: Sequence[FilterRule],
 ) -> dict[str, Any]:
-    """The first message of a map stream, as JSON-ready values."""
+    """The first message of a map stream, as JSON-ready values. ``peers`` and
+    ``packet_filter`` are the policy's answers for ``node`` (spec section 6.3)."""
     cache = cache or NodeJSONCache()
     peer_json = [cache.peer(p, cfg, now) for p in sorted(peers, key=lambda p: p.id)]
     user_ids = {node.user_id, *(p.user_id for p in peers)}
@@ -265,7 +255,7 @@ def full_map(
         "DERPMap": to_json(cfg.derp_map),
         "Domain": cfg.domain,
         "CollectServices": False,
-        "PacketFilters": {"base": [to_json(r) for r in packet_filter(cfg.policy, node, peers)]},
+        "PacketFilters": {"base": [to_json(r) for r in packet_filter]},
         "UserProfiles": _profiles(users[u] for u in user_ids if u in users),
         "ControlTime": format_time(now),
     }

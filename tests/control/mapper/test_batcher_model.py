@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from meshscale.control import mapper
-from meshscale.control.batcher import Batcher, MapSession
+from meshscale.control.mapper import mapper
+from meshscale.control.mapper.batcher import Batcher, MapSession
 from meshscale.control.models import (
     DNSChanged,
     Node,

@@ -8,6 +8,9 @@ Theory of operation::
                            full map (first message, policy/DNS change, resync) or a delta
                            (Node, PeersChanged, PeersChangedPatch, PeersRemoved)
 
+A policy change reaches only the sessions whose answers changed: ``PolicyChanged(nodes)``
+names them (the policy manager says so, through State); ``PolicyChanged()`` means all.
+
 No change ever triggers a recomputation of every node's full map: a peer change becomes one
 entry in each session's pending set, and all sessions that wake for the same change share
 one encoded delta (``_shared``). Full maps are built only for the session that needs one.
@@ -21,17 +24,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, assert_never
+from typing import Any, Protocol, assert_never
 
-from meshscale.control import mapper, models
+from meshscale.control import models
+from meshscale.control.mapper import mapper
+from meshscale.control.state import StateReader
+from meshscale.tailcfg import FilterRule
 
 # Fields of the self node that do not change what the client shows about itself.
 _SELF_IRRELEVANT = frozenset({"last_seen", "online"})
 MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
 REMOVED_LOG = 65536  # node IDs remembered as removed (for zero-peer full maps)
+
+# What a delta is built from (changed, patched, removed, users): sessions with equal keys
+# share one message.
+_DeltaKey = tuple[
+    tuple[int, ...], tuple[tuple[int, frozenset[str]], ...], tuple[int, ...], tuple[int, ...]
+]
 
 
 @dataclass(slots=True)
@@ -68,40 +80,46 @@ class MapSession:
         self.wake.set()
 
 
-class SnapshotSource:
-    """What the batcher reads from State (kept narrow so tests can pass a fake)."""
+class MapSource(Protocol):
+    """What the batcher reads (kept narrow so tests can pass a fake)."""
 
-    def __init__(self, state: Any) -> None:
+    def node(self, node_id: int) -> models.Node | None: ...
+    def peers_of(self, node_id: int) -> list[models.Node]: ...
+    def users(self) -> dict[models.UserID, models.User]: ...
+    def packet_filter(self, node_id: int) -> Sequence[FilterRule]: ...
+
+
+class SnapshotSource:
+    """The MapSource over State: nodes, users, and the policy's peers and filter."""
+
+    def __init__(self, state: StateReader) -> None:
         self._state = state
 
     def node(self, node_id: int) -> models.Node | None:
         try:
-            n: models.Node = self._state.get_node(models.NodeID(node_id))
+            return self._state.get_node(models.NodeID(node_id))
         except models.NotFound:
             return None
-        return n
 
     def peers_of(self, node_id: int) -> list[models.Node]:
-        peers: list[models.Node] = self._state.peers_of(models.NodeID(node_id))
-        return peers
+        return self._state.peers_of(models.NodeID(node_id))
 
     def users(self) -> dict[models.UserID, models.User]:
         return {u.id: u for u in self._state.list_users()}
 
-    def policy(self) -> str | None:
-        p: str | None = self._state.policy
-        return p
+    def packet_filter(self, node_id: int) -> Sequence[FilterRule]:
+        return self._state.packet_filter(models.NodeID(node_id))
 
 
 class Batcher:
     """Coalesces change events into per-session pending deltas.
 
     Parameters:
-      source: a SnapshotSource over State.
-      cfg: a callable returning the current MapConfig (DNS/DERP/policy may change).
+      source: a MapSource (SnapshotSource over State).
+      cfg: a callable returning the current MapConfig (DNS/DERP may change).
     """
 
-    def __init__(self, source: SnapshotSource, cfg: Callable[[], mapper.MapConfig]) -> None:
+    def __init__(self, source: MapSource, cfg: Callable[[], mapper.MapConfig]) -> None:
         self.source = source
         self.cfg = cfg
         self.cache = mapper.NodeJSONCache()
@@ -110,7 +128,7 @@ class Batcher:
         # Node IDs removed lately, for full maps that end up with zero peers. Per-session
         # peer sets would cost O(nodes) memory per stream, O(nodes^2) in all.
         self._recently_removed: deque[int] = deque(maxlen=REMOVED_LOG)
-        self._shared: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._shared: dict[_DeltaKey, dict[str, Any]] = {}
         self._encoded: dict[tuple[int, bool], tuple[dict[str, Any], bytes]] = {}
         self.events_handled = 0
         self.sync: Callable[[], None] | None = None  # drains queued events into handle()
@@ -202,6 +220,11 @@ class Batcher:
                 for s in self._all():
                     s.pending.users.add(uid)
                     s.wake.set()
+            case models.PolicyChanged(nodes=nids) if nids is not None:
+                for nid in nids:
+                    for s in self._sessions.get(nid, ()):
+                        s.pending.full = True
+                        s.wake.set()
             case models.PolicyChanged() | models.DNSChanged() | models.ResyncRequired():
                 for s in self._all():
                     s.pending.full = True
@@ -232,7 +255,10 @@ class Batcher:
             return None
         if p.full:
             peers = self.source.peers_of(session.node_id)
-            msg = mapper.full_map(me, peers, self.source.users(), cfg, now, self.cache)
+            msg = mapper.full_map(
+                me, peers, self.source.users(), cfg, now, self.cache,
+                packet_filter=self.source.packet_filter(session.node_id),
+            )
             if not peers and session.started:
                 # An empty Peers means "no change", so a later full map with no peers must
                 # remove what the client holds: every peer removed recently (unknown IDs are
@@ -243,7 +269,7 @@ class Batcher:
             session.started = True
             self.full_maps_built += 1
             return msg
-        key = (
+        key: _DeltaKey = (
             tuple(sorted(p.changed)),
             tuple(sorted(p.patched.items())),
             tuple(sorted(p.removed)),

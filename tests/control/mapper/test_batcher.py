@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from meshscale.control import mapper
-from meshscale.control.batcher import Batcher, MapSession
+from meshscale.control.mapper import mapper
+from meshscale.control.mapper.batcher import Batcher, MapSession
+from meshscale.control.mapper.poll import frame
 from meshscale.control.models import (
     DNSChanged,
     NodeAdded,
     NodeChanged,
     NodeID,
     NodeRemoved,
+    PolicyChanged,
     UserChanged,
     UserID,
 )
-from meshscale.control.poll import frame
 from meshscale.testing.mapsource import DERP, NOW, DictSource, numbered_node
 
 CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
@@ -181,3 +182,16 @@ def test_home_derp_move_is_a_patch_and_unchanged_hostinfo_is_nothing() -> None:
     src.nodes[2] = replace(src.nodes[2], hostinfo={"NetInfo": {"PreferredDERP": 902}})
     b.handle(NodeChanged(NodeID(2), frozenset({"hostinfo"})))
     assert b.build(sessions[0], NOW) is None
+
+
+def test_policy_change_for_some_nodes_gives_only_them_full_maps() -> None:
+    _, b, sessions = setup(3)
+    b.handle(PolicyChanged(frozenset({NodeID(2)})))
+    assert [s.pending.full for s in sessions] == [False, True, False]
+    full = b.build(sessions[1], NOW)
+    assert full is not None and "PacketFilters" in full and "Peers" in full
+    assert b.build(sessions[0], NOW) is None and b.build(sessions[2], NOW) is None
+    b.handle(PolicyChanged())  # a new policy text: everyone
+    for s in sessions:
+        msg = b.build(s, NOW)
+        assert msg is not None and "PacketFilters" in msg

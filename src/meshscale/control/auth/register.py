@@ -20,114 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import html
-import ipaddress
-import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from meshscale.control import models
+from meshscale.control.auth.request import (
+    NodeBindingError,
+    decode_request,
+    lookup_node,
+    raw_field,
+    sanitize_hostinfo,
+)
+from meshscale.control.state import State, StateReader
 from meshscale.controlhttp import NoiseRequest
 from meshscale.io.http import Request, Response
-from meshscale.io.http import Response as NoiseResponse
 from meshscale.key import MachinePublic, NodePublic
-from meshscale.tailcfg import (
-    MIN_SUPPORTED_CAPABILITY_VERSION,
-    Hostinfo,
-    Login,
-    ParseError,
-    RegisterRequest,
-    RegisterResponse,
-    User,
-    dumps,
-    from_json,
-    loads,
-    to_json,
-)
+from meshscale.tailcfg import Login, RegisterRequest, RegisterResponse, User, dumps
 
 REGISTER_PATH = "/register/"
-MAX_ROUTES = 1024  # RoutableIPs kept per Hostinfo: a client announcing endless routes
-
-
-class NodeBindingError(Exception):
-    """The NodeKey belongs to a different machine key than the Noise peer."""
-
-
-def lookup_node(state: Any, machine_key: MachinePublic, node_key: NodePublic) -> models.Node | None:
-    """The node ``node_key`` names, checked against the Noise peer (spec 3.7 and 7.2)."""
-    node: models.Node | None = state.get_node_by_node_key(node_key)
-    if node is not None and node.machine_key != machine_key:
-        raise NodeBindingError("node key is bound to a different machine key")
-    return node
-
-
-def raw_field(body: bytes, name: str) -> Any:
-    """One top-level field of a JSON object body, as raw JSON values (Go matches keys
-    case-insensitively). Hostinfo is stored raw so peers see every field the client sent."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    lname = name.lower()
-    for k, v in data.items():
-        if k.lower() == lname:
-            return v
-    return None
-
-
-def valid_addrport(text: str) -> bool:
-    """Go's netip.ParseAddrPort accepts it: ``1.2.3.4:5`` or ``[v6]:5`` (no zone checks)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        return False
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1].split("%", 1)[0]
-        version = 6
-    else:
-        version = 4
-    try:
-        return ipaddress.ip_address(host).version == version
-    except ValueError:
-        return False
-
-
-def _valid_prefix(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return False
-    return "/" in text
-
-
-def sanitize_hostinfo(raw: Any) -> dict[str, Any] | None:
-    """The client's Hostinfo as we store it and show it to peers.
-
-    It goes through the typed tailcfg.Hostinfo, so every field a peer's decoder reads has
-    the right type (a bad value would make every peer's netmap fail to decode), fields we do
-    not model are dropped, and RoutableIPs keeps only valid prefixes.
-    """
-    if not isinstance(raw, dict):
-        return None
-    try:
-        hi = from_json(Hostinfo, raw)
-    except ParseError:
-        return None
-    hi.TPM = None
-    if hi.NetInfo is not None:
-        # Latencies change on every netcheck; peers do not use them, and storing them would
-        # turn each netcheck into a fan-out to every peer.
-        hi.NetInfo.DERPLatency = {}
-    hi.Services = [sv for sv in hi.Services if 0 <= sv.Port <= 0xFFFF][:MAX_ROUTES]  # uint16
-    hi.RoutableIPs = [p for p in hi.RoutableIPs if _valid_prefix(p)][:MAX_ROUTES]
-    return to_json(hi)
-
-
-def unsupported(version: int) -> NoiseResponse | None:
-    if version < MIN_SUPPORTED_CAPABILITY_VERSION:
-        return NoiseResponse.text(400, f"unsupported client capability version {version}\n")
-    return None
 
 
 class RegisterHandler:
@@ -139,32 +50,28 @@ class RegisterHandler:
       clock: wall-clock UTC datetime.
     """
 
-    def __init__(self, state: Any, server_url: str, clock: Callable[[], datetime]) -> None:
+    def __init__(self, state: State, server_url: str, clock: Callable[[], datetime]) -> None:
         self.state = state
         self.server_url = server_url.rstrip("/")
         self.clock = clock
 
-    async def __call__(self, req: NoiseRequest) -> NoiseResponse:
-        try:
-            rr = loads(RegisterRequest, req.body)
-        except ParseError as exc:
-            return NoiseResponse.text(400, f"bad RegisterRequest: {exc}\n")
-        bad = unsupported(rr.Version)
-        if bad is not None:
-            return bad
+    async def __call__(self, req: NoiseRequest) -> Response:
+        rr = decode_request(RegisterRequest, req)
+        if isinstance(rr, Response):
+            return rr
         if rr.NodeKey is None:
             return self._error("node key is required")
         hostinfo = sanitize_hostinfo(raw_field(req.body, "Hostinfo")) or {}
         try:
             resp = await self._register(req.machine_key, rr, rr.NodeKey, hostinfo)
         except NodeBindingError:
-            return NoiseResponse.text(401, "node exists with a different machine key\n")
+            return Response.text(401, "node exists with a different machine key\n")
         except models.StateError as exc:
             resp = RegisterResponse(Error=str(exc))
-        return NoiseResponse.json_bytes(dumps(resp))
+        return Response.json_bytes(dumps(resp))
 
-    def _error(self, msg: str) -> NoiseResponse:
-        return NoiseResponse.json_bytes(dumps(RegisterResponse(Error=msg)))
+    def _error(self, msg: str) -> Response:
+        return Response.json_bytes(dumps(RegisterResponse(Error=msg)))
 
     async def _register(
         self, mkey: MachinePublic, rr: RegisterRequest, nkey: NodePublic, hostinfo: dict[str, Any]
@@ -193,7 +100,7 @@ class RegisterHandler:
                 return RegisterResponse(NodeKeyExpired=True, User=self._user(node)[0],
                                         Login=self._user(node)[1])  # fmt: skip
             return self._success(node)
-        existing: models.Node | None = self.state.get_node_by_machine_key(mkey)
+        existing = self.state.get_node_by_machine_key(mkey)
         if (
             existing is not None
             and rr.OldNodeKey is not None
@@ -234,7 +141,7 @@ class RegisterHandler:
 
     def _user(self, node: models.Node) -> tuple[User, Login]:
         try:
-            u: models.User = self.state.get_user(node.user_id)
+            u = self.state.get_user(node.user_id)
         except models.NotFound:
             return User(ID=int(node.user_id)), Login(ID=int(node.user_id))
         user = User(ID=int(u.id), DisplayName=u.display_name or u.name, Created=u.created_at)
@@ -249,7 +156,7 @@ class RegisterHandler:
         )
 
 
-def register_page(state: Any) -> Callable[[Request], Any]:
+def register_page(state: StateReader) -> Callable[[Request], Awaitable[Response]]:
     """``GET /register/<id>``: tells the admin the command that admits the node."""
 
     async def page(req: Request) -> Response:

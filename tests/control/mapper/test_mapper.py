@@ -6,9 +6,10 @@ import ipaddress
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from meshscale.control import mapper
+from meshscale.control.mapper import mapper
 from meshscale.control.models import Node, NodeID, User, UserID
 from meshscale.key import DiscoPublic, MachinePublic, NodePublic
+from meshscale.policy import AllowAll
 from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion, MapResponse, from_json
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -33,6 +34,9 @@ def node(i: int, **kw: object) -> Node:
         created_at=NOW,
     )
     return replace(base, **kw)  # type: ignore[arg-type]
+
+
+ALLOW_ALL = AllowAll().filter_for(node(1))  # what a server without a policy sends
 
 
 def test_tail_node_fields() -> None:
@@ -67,7 +71,7 @@ def test_primary_routes_join_allowed_ips() -> None:
 
 def test_full_map_shape() -> None:
     peers = [node(9), node(2), node(5)]
-    msg = mapper.full_map(node(1), peers, USERS, CFG, NOW)
+    msg = mapper.full_map(node(1), peers, USERS, CFG, NOW, packet_filter=ALLOW_ALL)
     assert [p["ID"] for p in msg["Peers"]] == [2, 5, 9]  # sorted by ID
     assert msg["Node"]["ID"] == 1
     assert msg["Domain"] == "control.example"
@@ -85,12 +89,7 @@ def test_full_map_shape() -> None:
 
 
 def test_full_map_without_peers_has_no_peers_key() -> None:
-    assert "Peers" not in mapper.full_map(node(1), [], USERS, CFG, NOW)
-
-
-def test_packet_filter_is_allow_all_for_now() -> None:
-    rules = mapper.packet_filter(None, node(1), [])
-    assert rules[0].SrcIPs == ["*"]
+    assert "Peers" not in mapper.full_map(node(1), [], USERS, CFG, NOW, packet_filter=ALLOW_ALL)
 
 
 def test_dns_config() -> None:
@@ -160,7 +159,8 @@ def test_spliced_encoding_equals_plain_json() -> None:
     import json
 
     cache = mapper.NodeJSONCache()
-    msg = mapper.full_map(node(1), [node(2), node(3)], USERS, CFG, NOW, cache)
+    msg = mapper.full_map(node(1), [node(2), node(3)], USERS, CFG, NOW, cache,
+                          packet_filter=ALLOW_ALL)
     plain = json.loads(mapper.encode(msg))
     assert json.loads(mapper.encode(msg, cache)) == plain
     assert json.loads(mapper.encode(msg, cache)) == plain  # from cached bytes

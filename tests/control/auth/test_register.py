@@ -9,12 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from meshscale.control.register import (
-    RegisterHandler,
-    raw_field,
-    sanitize_hostinfo,
-    valid_addrport,
-)
+from meshscale.control.auth.register import RegisterHandler
+from meshscale.control.auth.request import raw_field, sanitize_hostinfo, valid_addrport
 from meshscale.control.state import State
 from meshscale.controlhttp import NoiseRequest
 from meshscale.key import MachinePrivate, MachinePublic, NodePrivate, NodePublic

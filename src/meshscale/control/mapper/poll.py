@@ -22,25 +22,22 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
 
 import zstandard
 
 from meshscale.control import models
-from meshscale.control.batcher import Batcher, MapSession
-from meshscale.controlhttp import NoiseRequest, StreamAborted
-from meshscale.io.http import Response as NoiseResponse
-from meshscale.key import DiscoPublic
-from meshscale.tailcfg import MapRequest, ParseError, loads
-
-from .register import (
+from meshscale.control.auth.request import (
     NodeBindingError,
+    decode_request,
     lookup_node,
     raw_field,
     sanitize_hostinfo,
-    unsupported,
     valid_addrport,
 )
+from meshscale.control.mapper.batcher import Batcher, MapSession
+from meshscale.control.state import State
+from meshscale.controlhttp import NoiseRequest, StreamAborted
+from meshscale.tailcfg import MapRequest
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +86,7 @@ class MapHandler:
 
     def __init__(
         self,
-        state: Any,
+        state: State,
         batcher: Batcher,
         clock: Callable[[], datetime],
         *,
@@ -109,38 +106,34 @@ class MapHandler:
         self._keepalive_frames = {c: frame(KEEPALIVE_JSON, c) for c in (False, True)}
         self.streams_open = 0
 
-    async def __call__(self, req: NoiseRequest) -> NoiseResponse:
-        try:
-            mr = loads(MapRequest, req.body)
-        except ParseError as exc:
-            return NoiseResponse.text(400, f"bad MapRequest: {exc}\n")
-        bad = unsupported(mr.Version)
-        if bad is not None:
-            return bad
+    async def __call__(self, req: NoiseRequest) -> Response:
+        mr = decode_request(MapRequest, req)
+        if isinstance(mr, Response):
+            return mr
         if mr.NodeKey is None:
-            return NoiseResponse.text(400, "node key is required\n")
+            return Response.text(400, "node key is required\n")
         try:
             node = lookup_node(self.state, req.machine_key, mr.NodeKey)
         except NodeBindingError:
-            return NoiseResponse.text(
+            return Response.text(
                 404, "node key in request does not match the one associated with this machine key\n"
             )
         if node is None:
-            return NoiseResponse.text(404, "node not found\n")
+            return Response.text(404, "node not found\n")
         try:
             node = self._apply(node, mr, req.body)
         except models.StateError as exc:
-            return NoiseResponse.text(400, f"{exc}\n")
+            return Response.text(400, f"{exc}\n")
         compress = mr.Compress == "zstd"
         if not mr.Stream:
             if mr.OmitPeers:
-                return NoiseResponse(200, b"")
+                return Response(200, b"")
             session = MapSession(node.id)
             msg = self.batcher.build(session, self.clock())
             if msg is None:  # the node vanished between lookup and build
-                return NoiseResponse.text(404, "node not found\n")
-            return NoiseResponse(200, self.batcher.encode(msg, compress, frame))
-        return NoiseResponse(200, self._stream(node.id, compress))
+                return Response.text(404, "node not found\n")
+            return Response(200, self.batcher.encode(msg, compress, frame))
+        return Response(200, self._stream(node.id, compress))
 
     def _apply(self, node: models.Node, mr: MapRequest, body: bytes) -> models.Node:
         """Store what the client reports (Headscale applies this before the first map)."""
@@ -149,14 +142,9 @@ class MapHandler:
         endpoints = (
             [e for e in mr.Endpoints if valid_addrport(e)][:MAX_ENDPOINTS] if mr.Endpoints else None
         )
-        disco: DiscoPublic | None = mr.DiscoKey
-        updated: models.Node = self.state.update_node(
-            node.id,
-            hostinfo=hostinfo,
-            endpoints=endpoints,
-            disco_key=disco,
+        return self.state.update_node(
+            node.id, hostinfo=hostinfo, endpoints=endpoints, disco_key=mr.DiscoKey
         )
-        return updated
 
     async def _stream(self, node_id: models.NodeID, compress: bool) -> AsyncIterator[bytes]:
         session = MapSession(node_id)

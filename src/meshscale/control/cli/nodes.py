@@ -1,0 +1,114 @@
+"""``meshscale-control nodes``: list, pending, register, and the per-node admin edits."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Final
+from urllib.parse import quote
+
+from meshscale.control.cli.client import AdminClient, AdminError
+from meshscale.control.cli.common import Noun, Parser, Subparsers, split
+from meshscale.control.cli.output import Column, Output, expired, when, yes
+
+NODE_COLUMNS: Final[list[Column]] = [
+    ("ID", lambda n: n["id"]),
+    ("Hostname", lambda n: n["name"]),
+    ("Name", lambda n: n["givenName"]),
+    ("User", lambda n: (n.get("user") or {}).get("name", "")),
+    ("IP addresses", lambda n: ", ".join(n["ipAddresses"])),
+    ("Tags", lambda n: ", ".join(n["tags"])),
+    ("Online", lambda n: "online" if n["online"] else "offline"),
+    ("Last seen", lambda n: when(n["lastSeen"])),
+    ("Expired", lambda n: yes(expired(n["expiry"]))),
+]
+PENDING_COLUMNS: Final[list[Column]] = [
+    ("Key", lambda r: r["id"]),
+    ("Hostname", lambda r: r["hostname"]),
+    ("Node key", lambda r: r["nodeKey"]),
+    ("Expiration", lambda r: when(r["expiration"])),
+]
+
+
+def nodes_list(c: AdminClient, o: Output, user: str | None) -> None:
+    payload = c.request("GET", "/api/v1/node", query={"user": user} if user else None)
+    o.table(payload, payload["nodes"], NODE_COLUMNS)
+
+
+def nodes_register(c: AdminClient, o: Output, user: str, key: str) -> None:
+    payload = c.request("POST", "/api/v1/node/register", query={"user": user, "key": key})
+    node = payload["node"]
+    o.message(payload, f"Node {node['givenName']!r} registered (id {node['id']}, "
+                       f"{', '.join(node['ipAddresses'])})")
+
+
+def nodes_pending(c: AdminClient, o: Output) -> None:
+    payload = c.request("GET", "/api/v1/registration")
+    o.table(payload, payload["registrations"], PENDING_COLUMNS)
+
+
+def node_action(
+    c: AdminClient, o: Output, node_id: str, method: str, suffix: str, done: str,
+    body: dict[str, Any] | None = None,
+) -> None:
+    if not node_id.isdigit():
+        raise AdminError(f"node identifier must be a number, got {node_id[:30]!r}")
+    payload = c.request(method, f"/api/v1/node/{node_id}{suffix}", body)
+    o.message(payload, done)
+
+
+def add_verbs(ns: Subparsers[Parser]) -> None:
+    c = ns.add_parser("list", aliases=["ls"])
+    c.add_argument("-u", "--user")
+    ns.add_parser("pending", help="list registrations waiting for `nodes register`")
+    c = ns.add_parser("register")
+    c.add_argument("-u", "--user", required=True)
+    c.add_argument("-k", "--key", required=True, help="registration id (or the AuthURL)")
+    for verb in ("delete", "expire", "rename", "tag", "move", "approve-routes"):
+        c = ns.add_parser(verb)
+        c.add_argument("-i", "--identifier", required=True, help="node id")
+        if verb == "delete":
+            c.add_argument("--force", action="store_true")
+        elif verb == "rename":
+            c.add_argument("new_name")
+        elif verb == "tag":
+            c.add_argument("-t", "--tags", action="append", default=[],
+                           help="tag:name (repeat or comma-separate; none clears)")
+        elif verb == "move":
+            c.add_argument("-u", "--user", required=True)
+        elif verb == "approve-routes":
+            c.add_argument("-r", "--routes", default="", help="comma-separated prefixes")
+        elif verb == "expire":
+            c.add_argument("-e", "--expiry", help="RFC 3339 time (default now)")
+
+
+def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
+    if verb == "list":
+        nodes_list(c, o, args.user)
+        return
+    if verb == "register":
+        nodes_register(c, o, args.user, args.key)
+        return
+    if verb == "pending":
+        nodes_pending(c, o)
+        return
+    nid = args.identifier
+    if verb == "delete":
+        node_action(c, o, nid, "DELETE", "", f"Node {nid} deleted")
+    elif verb == "expire":
+        body = {"expiry": args.expiry} if args.expiry else {}
+        node_action(c, o, nid, "POST", "/expire", f"Node {nid} expired", body)
+    elif verb == "rename":
+        node_action(c, o, nid, "POST", f"/rename/{quote(args.new_name, safe='')}",
+                    f"Node {nid} renamed to {args.new_name!r}")
+    elif verb == "tag":
+        node_action(c, o, nid, "POST", "/tags", f"Node {nid} tagged",
+                    {"tags": split(args.tags)})
+    elif verb == "move":
+        node_action(c, o, nid, "POST", "/user", f"Node {nid} moved to {args.user!r}",
+                    {"user": args.user})
+    elif verb == "approve-routes":
+        node_action(c, o, nid, "POST", "/approve_routes", f"Routes of node {nid} set",
+                    {"routes": split([args.routes])})
+
+
+NOUN: Final = Noun("nodes", ("node",), "manage nodes", add_verbs, run)

@@ -1,0 +1,90 @@
+"""``meshscale-control users``: create, list, rename, delete."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Final
+from urllib.parse import quote
+
+from meshscale.control.cli.client import AdminClient, AdminError
+from meshscale.control.cli.common import Noun, Parser, Subparsers, pick
+from meshscale.control.cli.output import Column, Output, when
+
+USER_COLUMNS: Final[list[Column]] = [
+    ("ID", lambda u: u["id"]),
+    ("Name", lambda u: u["name"]),
+    ("Display name", lambda u: u["displayName"]),
+    ("Email", lambda u: u["email"]),
+    ("Created", lambda u: when(u["createdAt"])),
+]
+
+
+def users_list(c: AdminClient, o: Output, name: str | None, ident: str | None) -> None:
+    query = {k: v for k, v in (("name", name), ("id", ident)) if v}
+    payload = c.request("GET", "/api/v1/user", query=query)
+    o.table(payload, payload["users"], USER_COLUMNS)
+
+
+def user_id(c: AdminClient, ref: str) -> str:
+    """Resolve a user name (or id) to the id the path-based routes take."""
+    if ref.isdigit():
+        return ref
+    users = c.request("GET", "/api/v1/user", query={"name": ref})["users"]
+    if not users:
+        raise AdminError(f"user {ref!r} not found")
+    return str(users[0]["id"])
+
+
+def users_create(c: AdminClient, o: Output, name: str, display: str, email: str) -> None:
+    payload = c.request("POST", "/api/v1/user",
+                        {"name": name, "displayName": display, "email": email})
+    o.message(payload, f"User {payload['user']['name']!r} created (id {payload['user']['id']})")
+
+
+def users_rename(c: AdminClient, o: Output, ref: str, new: str) -> None:
+    uid = user_id(c, ref)
+    payload = c.request("POST", f"/api/v1/user/{uid}/rename/{quote(new, safe='')}")
+    o.message(payload, f"User {uid} renamed to {new!r}")
+
+
+def users_delete(c: AdminClient, o: Output, ref: str) -> None:
+    uid = user_id(c, ref)
+    payload = c.request("DELETE", f"/api/v1/user/{uid}")
+    o.message(payload, f"User {ref!r} deleted")
+
+
+def add_verbs(us: Subparsers[Parser]) -> None:
+    c = us.add_parser("create")
+    c.add_argument("name")
+    c.add_argument("-d", "--display-name", default="")
+    c.add_argument("-e", "--email", default="")
+    c = us.add_parser("list", aliases=["ls"])
+    c.add_argument("-n", "--name")
+    c.add_argument("-i", "--identifier")
+    c = us.add_parser("rename")
+    c.add_argument("old", nargs="?", help="current name or id")
+    c.add_argument("new", nargs="?")
+    c.add_argument("-i", "--identifier")
+    c.add_argument("-n", "--name")
+    c.add_argument("-r", "--new-name")
+    c = us.add_parser("delete", aliases=["destroy"])
+    c.add_argument("user", nargs="?", help="name or id")
+    c.add_argument("-i", "--identifier")
+    c.add_argument("-n", "--name")
+    c.add_argument("--force", action="store_true", help="accepted for Headscale parity")
+
+
+def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
+    if verb == "create":
+        users_create(c, o, args.name, args.display_name, args.email)
+    elif verb == "list":
+        users_list(c, o, args.name, args.identifier)
+    elif verb == "rename":
+        old = pick(args.identifier, args.name, args.old, what="user (-i ID or -n NAME)")
+        new = pick(args.new_name, args.new, what="new name (-r NAME)")
+        users_rename(c, o, old, new)
+    else:
+        users_delete(c, o, pick(args.identifier, args.name, args.user, what="user (-i or -n)"))
+
+
+NOUN: Final = Noun("users", ("user",), "manage users", add_verbs, run)

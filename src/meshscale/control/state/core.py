@@ -1,0 +1,232 @@
+"""StateCore: the lock, the write block, the change bus and the in-memory tables.
+
+State's parts (:mod:`.users`, :mod:`.keys`, :mod:`.nodes`, :mod:`.registrations`) share
+one core. Theory of operation of a write::
+
+    part.method()                      sync, fast: one short DB transaction
+      │ checks (may raise; nothing written yet)
+      │ with core.write():             lock + store transaction + event buffer
+      │   core.store.insert/update/delete ...
+      │   core tables updated (put_node / drop_node keep the indexes and the policy)
+      │ commit ──> events published to every ChangeSubscription
+      │ failure after a store write ─> rollback, tables reloaded from the store
+      v
+    frozen snapshot objects returned (User, Node, PreAuthKey, ...)
+
+The tables are plain dicts owned by the core; parts read and replace entries only inside
+``write()`` (or under ``lock`` for memory-only bookkeeping). Node writes go through
+:meth:`StateCore.put_node` and :meth:`StateCore.drop_node`, which keep the indexes by
+machine key, node key and given name, and feed the policy manager; the nodes whose policy
+answers a write altered are published as one ``PolicyChanged(nodes)`` at commit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+
+from meshscale.control.db.repository import Store
+from meshscale.control.ipalloc import IPAllocator
+from meshscale.control.models import (
+    APIKey,
+    APIKeyID,
+    Change,
+    ChangeSubscription,
+    Node,
+    NodeID,
+    NotFound,
+    PolicyChanged,
+    PreAuthKey,
+    PreAuthKeyID,
+    User,
+    UserID,
+)
+from meshscale.control.state.options import StateOptions
+from meshscale.control.state.store import CountingStore
+from meshscale.key import MachinePublic, NodePublic
+from meshscale.policy import NO_CHANGE, PolicyChange, PolicyManager
+
+
+class StateCore:
+    """What every part of State shares (see the module docstring).
+
+    Parameters:
+      store: where writes are persisted; loaded once here.
+      options: address prefixes, allocation strategy and timeouts.
+      clock: returns the current UTC-aware datetime.
+      rand: ``rand(n)`` returns n random bytes.
+      randbelow: ``randbelow(n)`` for random address allocation.
+      policy: the policy manager; fed every node, user and policy write.
+    """
+
+    def __init__(
+        self, store: Store, options: StateOptions, *, clock: Callable[[], datetime],
+        rand: Callable[[int], bytes], randbelow: Callable[[int], int], policy: PolicyManager,
+    ) -> None:
+        self.store = CountingStore(store)
+        self.options = options
+        self.clock = clock
+        self.rand = rand
+        self.randbelow = randbelow
+        self.policy = policy
+        self.lock = threading.RLock()
+        self.generation = 0  # bumped on every published change
+        self._subs: list[ChangeSubscription] = []
+        self._events: list[Change] | None = None  # buffered inside write()
+        self._policy_change: PolicyChange = NO_CHANGE  # gathered inside write()
+        self.online: dict[NodeID, bool] = {}  # memory only; survives a reload
+        self.load()
+
+    # ---- tables ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """(Re)build every table from the store, and the policy manager's view."""
+        snap = self.store.load()
+        self.users: dict[UserID, User] = {u.id: u for u in snap.users}
+        self.nodes: dict[NodeID, Node] = {}
+        self.by_machine: dict[MachinePublic, NodeID] = {}
+        self.by_node_key: dict[NodePublic, NodeID] = {}
+        self.by_name: dict[str, NodeID] = {}
+        self.alloc = IPAllocator(
+            self.options.prefix_v4, self.options.prefix_v6, self.options.allocation,
+            randbelow=self.randbelow,
+        )
+        for node in snap.nodes:
+            self._index(replace(node, online=self.online.get(node.id, False)))
+            for addr in node.addresses():
+                self.alloc.mark_used(addr)
+        self.paks: dict[PreAuthKeyID, PreAuthKey] = {k.id: k for k in snap.preauth_keys}
+        self.pak_by_prefix: dict[str, PreAuthKeyID] = {k.prefix: k.id for k in snap.preauth_keys}
+        self.api_keys: dict[APIKeyID, APIKey] = {k.id: k for k in snap.api_keys}
+        self.api_by_prefix: dict[str, APIKeyID] = {k.prefix: k.id for k in snap.api_keys}
+        self.policy_text = snap.policy
+        self.policy.set_policy(snap.policy)
+        self.policy.set_users(self.users.values())
+        self.policy.set_nodes(self.nodes.values())
+
+    def get_user(self, user_id: UserID) -> User:
+        user = self.users.get(user_id)
+        if user is None:
+            raise NotFound(f"user {user_id} not found")
+        return user
+
+    def get_node(self, node_id: NodeID) -> Node:
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        return node
+
+    def node_by_machine_key(self, machine_key: MachinePublic) -> Node | None:
+        with self.lock:
+            nid = self.by_machine.get(machine_key)
+            return self.nodes.get(nid) if nid is not None else None
+
+    def node_by_node_key(self, node_key: NodePublic) -> Node | None:
+        with self.lock:
+            nid = self.by_node_key.get(node_key)
+            return self.nodes.get(nid) if nid is not None else None
+
+    def node_by_name(self, name: str) -> Node | None:
+        with self.lock:
+            nid = self.by_name.get(name)
+            return self.nodes.get(nid) if nid is not None else None
+
+    def put_node(self, node: Node) -> None:
+        """Store ``node`` (new or a new version) in the tables; inside ``write()``."""
+        self._index(node)
+        self._policy_change |= self.policy.update_node(node)
+
+    def drop_node(self, node: Node) -> None:
+        """Remove ``node`` from the tables; inside ``write()``."""
+        self._unindex(node)
+        self.online.pop(node.id, None)
+        self._policy_change |= self.policy.remove_node(node.id)
+
+    def users_changed(self) -> None:
+        """Tell the policy manager the user table changed; inside ``write()``."""
+        self._policy_change |= self.policy.set_users(self.users.values())
+
+    def policy_changed(self, change: PolicyChange) -> None:
+        """Publish ``change`` (the manager's answer to a new input) at commit."""
+        self._policy_change |= change
+
+    def _index(self, node: Node) -> None:
+        old = self.nodes.get(node.id)
+        if old is not None:
+            self._unindex(old)
+        self.nodes[node.id] = node
+        self.by_machine[node.machine_key] = node.id
+        self.by_node_key[node.node_key] = node.id
+        self.by_name[node.given_name] = node.id
+
+    def _unindex(self, node: Node) -> None:
+        self.nodes.pop(node.id, None)
+        self.by_machine.pop(node.machine_key, None)
+        self.by_node_key.pop(node.node_key, None)
+        self.by_name.pop(node.given_name, None)
+
+    # ---- the write block ---------------------------------------------------------------
+
+    @contextmanager
+    def write(self, durable: bool = True) -> Iterator[None]:
+        """Lock, open a store transaction and buffer events; publish them on commit.
+
+        On a failure after a store write the transaction rolls back and the tables are
+        rebuilt from the store, so memory never holds a write the database does not. A
+        failure before any write costs no reload; parts check before they mutate memory.
+        ``durable=False`` is for soft state (see :mod:`meshscale.control.db.sqlite`).
+        """
+        with self.lock:
+            if self._events is not None:  # nested: the outer block commits
+                yield
+                return
+            self._events = []
+            self._policy_change = NO_CHANGE
+            writes = self.store.writes
+            try:
+                with self.store.transaction(durable):
+                    yield
+            except BaseException:
+                self._events = None
+                if self.store.writes != writes:
+                    allocs_before = self.alloc
+                    try:
+                        self.load()
+                    except Exception:  # pragma: no cover - the store is gone; keep old view
+                        self.alloc = allocs_before
+                raise
+            events, self._events = self._events, None
+            change, self._policy_change = self._policy_change, NO_CHANGE
+            if change:
+                nodes = None if change.everyone else frozenset(NodeID(n) for n in change.nodes)
+                events.append(PolicyChanged(nodes))
+            if events:
+                self.generation += 1
+                for sub in list(self._subs):
+                    sub.put_many(events)
+
+    def emit(self, event: Change) -> None:
+        assert self._events is not None, "emit outside write()"
+        self._events.append(event)
+
+    # ---- change bus --------------------------------------------------------------------
+
+    def subscribe(self, max_queue: int) -> ChangeSubscription:
+        with self.lock:
+            sub = ChangeSubscription(max_queue, on_close=self._unsubscribe)
+            self._subs.append(sub)
+            return sub
+
+    def _unsubscribe(self, sub: ChangeSubscription) -> None:
+        with self.lock:
+            if sub in self._subs:
+                self._subs.remove(sub)
+
+    def close(self) -> None:
+        with self.lock:
+            for sub in list(self._subs):
+                sub.close()
+            self.store.close()

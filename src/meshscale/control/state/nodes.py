@@ -1,0 +1,387 @@
+"""Nodes: State's part for them (registration, client updates, admin edits, lookups).
+
+The machine key identifies a device (spec §3.7): one node per machine key, and a node
+keeps its id, addresses and given name through re-registration, node-key rotation and
+logout. Addresses are freed only when the node is deleted.
+
+The policy manager is asked here, before a write, whether a node may carry a tag or have
+a route approved, and which peers a node sees and which packet filter it gets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Final, TypedDict, Unpack
+
+from meshscale.control.db.repository import IntegrityError
+from meshscale.control.models import (
+    Conflict,
+    InvalidArgument,
+    IPPrefix,
+    Node,
+    NodeAdded,
+    NodeChanged,
+    NodeID,
+    NodeRemoved,
+    PreAuthKeyID,
+    RegisterMethod,
+    UserID,
+)
+from meshscale.control.names import unique_given_name, validate_given_name, validate_tags
+from meshscale.control.state.core import StateCore
+from meshscale.control.state.keys import Keys
+from meshscale.key import DiscoPublic, MachinePublic, NodePublic
+from meshscale.tailcfg import FilterRule
+
+MAX_ROUTES: Final = 1024  # approved routes per node
+MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are rejected
+
+# The Node fields NodeChanged.fields may name.
+_DIFF_FIELDS: Final = (
+    "machine_key", "node_key", "disco_key", "ipv4", "ipv6", "hostname", "given_name",
+    "user_id", "hostinfo", "endpoints", "last_seen", "expiry", "tags", "approved_routes",
+    "register_method", "auth_key_id", "ephemeral", "online",
+)
+
+
+class _AdminEdit(TypedDict, total=False):
+    """The Node fields an admin edit (``Nodes._edit``) may set."""
+
+    expiry: datetime | None
+    given_name: str
+    tags: tuple[str, ...]
+    user_id: UserID
+    approved_routes: tuple[IPPrefix, ...]
+
+
+def diff(old: Node, new: Node) -> frozenset[str]:
+    return frozenset(f for f in _DIFF_FIELDS if getattr(old, f) != getattr(new, f))
+
+
+def check_hostinfo(hostinfo: dict[str, Any]) -> None:
+    try:
+        size = len(json.dumps(hostinfo))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"hostinfo is not JSON: {exc}") from exc
+    if size > MAX_HOSTINFO_BYTES:
+        raise InvalidArgument(f"hostinfo too large ({size} > {MAX_HOSTINFO_BYTES} bytes)")
+
+
+def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
+    out: list[IPPrefix] = []
+    for r in routes:
+        try:
+            out.append(r if not isinstance(r, str) else ipaddress.ip_network(r, strict=True))
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid route {str(r)[:60]!r}: {exc}") from exc
+    if len(out) > MAX_ROUTES:
+        raise InvalidArgument(f"too many routes ({len(out)} > {MAX_ROUTES})")
+    return tuple(sorted(set(out), key=lambda n: (n.version, n)))
+
+
+class Nodes:
+    """State's node methods, over the shared core (and the keys, for auth-key logins)."""
+
+    def __init__(self, core: StateCore, keys: Keys) -> None:
+        self.core = core
+        self.keys = keys
+
+    # ---- lookups and policy answers ----------------------------------------------------
+
+    def list_nodes(self, user_id: UserID | None = None) -> list[Node]:
+        """All nodes (or one user's), sorted by id."""
+        with self.core.lock:
+            nodes = [n for n in self.core.nodes.values() if user_id is None or n.user_id == user_id]
+            return sorted(nodes, key=lambda n: n.id)
+
+    def peers_of(self, node_id: NodeID) -> list[Node]:
+        """The nodes the policy lets ``node_id`` see, sorted by id."""
+        core = self.core
+        with core.lock:
+            me = core.get_node(node_id)
+            peers = (
+                n for n in core.nodes.values() if n.id != node_id and core.policy.can_see(me, n)
+            )
+            return sorted(peers, key=lambda n: n.id)
+
+    def packet_filter(self, node_id: NodeID) -> Sequence[FilterRule]:
+        """The inbound packet filter of ``node_id``, from the policy."""
+        with self.core.lock:
+            return self.core.policy.filter_for(self.core.get_node(node_id))
+
+    def _check_tags(self, node: Node, before: Iterable[str] = ()) -> None:
+        """Ask the policy about every tag ``node`` would newly carry."""
+        for tag in sorted(set(node.tags) - set(before)):
+            if not self.core.policy.may_tag(node, tag):
+                raise InvalidArgument(f"tag {tag!r} is not permitted for this node")
+
+    # ---- registration ------------------------------------------------------------------
+
+    def register_node(
+        self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
+        hostinfo: dict[str, Any] | None = None, *,
+        method: RegisterMethod = RegisterMethod.CLI, auth_key_id: PreAuthKeyID | None = None,
+        ephemeral: bool = False, tags: Iterable[str] = (),
+    ) -> Node:
+        """Admit a device for ``user_id``; returns the node (new or re-registered).
+
+        The machine key identifies the device (spec §3.7): a known machine keeps its id,
+        addresses and given name, and gets the new node key, Hostinfo and a fresh expiry.
+        A node key already bound to a *different* machine is refused (Conflict).
+        """
+        with self.core.write():
+            return self.register_locked(
+                machine_key, node_key, user_id, hostinfo or {}, method, auth_key_id,
+                ephemeral, validate_tags(tags),
+            )
+
+    def register_locked(
+        self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
+        hostinfo: dict[str, Any], method: RegisterMethod, auth_key_id: PreAuthKeyID | None,
+        ephemeral: bool, tags: tuple[str, ...],
+    ) -> Node:
+        """``register_node`` inside a write the caller holds."""
+        core = self.core
+        core.get_user(user_id)
+        check_hostinfo(hostinfo)
+        bound = core.node_by_node_key(node_key)
+        if bound is not None and bound.machine_key != machine_key:
+            raise Conflict("node key is bound to a different machine key")
+        now = core.clock()
+        expiry = now + core.options.node_expiry if core.options.node_expiry else None
+        hostname = str(hostinfo.get("Hostname") or "")
+        existing = core.node_by_machine_key(machine_key)
+        if existing is not None:
+            node = replace(
+                existing, node_key=node_key, user_id=user_id, hostinfo=hostinfo,
+                hostname=hostname or existing.hostname, expiry=expiry, register_method=method,
+                auth_key_id=auth_key_id if auth_key_id is not None else existing.auth_key_id,
+                ephemeral=ephemeral, tags=tags or existing.tags,
+            )
+            self._check_tags(node, existing.tags)
+            core.store.update_node(node)
+            core.put_node(node)
+            changed = diff(existing, node)
+            if changed:
+                core.emit(NodeChanged(node.id, changed))
+            return node
+        given = unique_given_name(hostname or "node", lambda n: n in core.by_name)
+        node = Node(
+            NodeID(0), machine_key, node_key, user_id, hostname, given, None, None, None,
+            hostinfo, (), now, expiry, tags, (), method, auth_key_id, ephemeral, now,
+        )
+        self._check_tags(node)
+        v4, v6 = core.alloc.allocate()  # last check before the write: it takes addresses
+        node = replace(node, ipv4=v4, ipv6=v6)
+        try:
+            node = replace(node, id=core.store.insert_node(node))
+        except IntegrityError as exc:
+            raise Conflict(f"cannot register node: {exc}") from exc
+        core.put_node(node)
+        core.emit(NodeAdded(node.id))
+        return node
+
+    def register_with_preauth_key(
+        self, secret: str, machine_key: MachinePublic, node_key: NodePublic,
+        hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
+    ) -> Node:
+        """The pre-auth key path of /machine/register (spec §3.3).
+
+        A machine already registered with the same node key and not expired is returned
+        unchanged, without consuming or re-validating the key (it must still be a key that
+        exists): clients re-send their auth key on every restart, possibly a used or
+        expired one. Unlike Headscale, the key's user need not own the node, because a
+        machine is one node here: an admin's ``move_node`` must survive a client restart.
+        A new machine, a rotated node key or an expired node needs a valid key, which is
+        consumed atomically with the node write. Raises PreAuthKeyError (the text goes in
+        RegisterResponse.Error) or Conflict.
+        """
+        core = self.core
+        with core.write():
+            existing = core.node_by_machine_key(machine_key)
+            if (
+                existing is not None and existing.node_key == node_key
+                and not existing.is_expired(core.clock())
+            ):
+                self.keys.lookup_preauth_key(secret)  # prove possession of a real key
+                return existing
+            key = self.keys.consume_preauth_key(secret)
+            return self.register_locked(
+                machine_key, node_key, key.user_id, hostinfo or {}, RegisterMethod.AUTH_KEY,
+                key.id, key.ephemeral or ephemeral, key.tags,
+            )
+
+    # ---- updates from the client -------------------------------------------------------
+
+    def update_node(
+        self, node_id: NodeID, *, hostinfo: dict[str, Any] | None = None,
+        endpoints: Iterable[str] | None = None, disco_key: DiscoPublic | None = None,
+    ) -> Node:
+        """Apply what a MapRequest reports; publishes one NodeChanged naming what changed
+        (nothing is written or published when nothing changed). Soft state: committed
+        without a disk flush (see db/sqlite.py)."""
+        core = self.core
+        with core.write(durable=False):
+            old = core.get_node(node_id)
+            new = old
+            if hostinfo is not None:
+                check_hostinfo(hostinfo)
+                new = replace(new, hostinfo=hostinfo,
+                              hostname=str(hostinfo.get("Hostname") or new.hostname))
+            if endpoints is not None:
+                new = replace(new, endpoints=tuple(endpoints))
+            if disco_key is not None:
+                new = replace(new, disco_key=disco_key)
+            return self._commit(old, new)
+
+    def update_endpoints(self, node_id: NodeID, endpoints: Iterable[str]) -> Node:
+        return self.update_node(node_id, endpoints=endpoints)
+
+    def update_hostinfo(
+        self, node_id: NodeID, hostinfo: dict[str, Any], disco_key: DiscoPublic | None = None
+    ) -> Node:
+        return self.update_node(node_id, hostinfo=hostinfo, disco_key=disco_key)
+
+    def set_online(self, node_id: NodeID, online: bool) -> Node:
+        """Mark a node's map session up or down; last_seen is set (and persisted) on
+        every transition (soft state, like update_node). Online state itself lives only in
+        memory."""
+        core = self.core
+        with core.write(durable=False):
+            old = core.get_node(node_id)
+            if old.online == online:
+                return old
+            node = replace(old, online=online, last_seen=core.clock())
+            core.store.update_node(node)
+            core.online[node_id] = online
+            core.put_node(node)
+            core.emit(NodeChanged(node_id, frozenset({"online", "last_seen"})))
+            return node
+
+    def touch(self, node_id: NodeID) -> None:
+        """Record activity (last_seen = now) in memory only: no write and no event.
+
+        Map sessions call this on keep-alives; the value is persisted at the next real
+        write of the node (set_online(False) at the latest)."""
+        core = self.core
+        with core.lock:
+            node = core.nodes.get(node_id)
+            if node is not None:  # not put_node: no policy reads last_seen
+                core.nodes[node_id] = replace(node, last_seen=core.clock())
+
+    def logout(self, node_id: NodeID) -> Node | None:
+        """Client logout (spec §3.6): expire the node now; ephemeral nodes are deleted
+        (returns None then)."""
+        with self.core.write():
+            node = self.core.get_node(node_id)
+            if node.ephemeral:
+                self.delete_node(node_id)
+                return None
+            return self.expire_node(node_id)
+
+    # ---- admin -------------------------------------------------------------------------
+
+    def expire_node(self, node_id: NodeID, at: datetime | None = None) -> Node:
+        """Set the node key's expiry (default: now). A past expiry logs the node out."""
+        return self._edit(node_id, expiry=at if at is not None else self.core.clock())
+
+    def set_expiry(self, node_id: NodeID, expiry: datetime | None) -> Node:
+        """Set (or with None, remove) the node key's expiry."""
+        return self._edit(node_id, expiry=expiry)
+
+    def delete_node(self, node_id: NodeID) -> None:
+        core = self.core
+        with core.write():
+            node = core.get_node(node_id)
+            core.store.delete_node(node_id)
+            core.drop_node(node)
+            for addr in node.addresses():
+                core.alloc.release(addr)
+            core.emit(NodeRemoved(node_id))
+
+    def rename_node(self, node_id: NodeID, new_name: str) -> Node:
+        """Set the MagicDNS name; it must be a valid label no other node uses."""
+        validate_given_name(new_name)
+        with self.core.write():
+            other = self.core.by_name.get(new_name)
+            if other is not None and other != node_id:
+                raise Conflict(f"name {new_name!r} is used by node {other}")
+            return self._edit(node_id, given_name=new_name)
+
+    def set_tags(self, node_id: NodeID, tags: Iterable[str]) -> Node:
+        tag_tuple = validate_tags(tags)
+        with self.core.write():
+            old = self.core.get_node(node_id)
+            self._check_tags(replace(old, tags=tag_tuple), old.tags)
+            return self._edit(node_id, tags=tag_tuple)
+
+    def move_node(self, node_id: NodeID, user_id: UserID) -> Node:
+        self.core.get_user(user_id)
+        return self._edit(node_id, user_id=user_id)
+
+    def approve_routes(self, node_id: NodeID, routes: Iterable[str | IPPrefix]) -> Node:
+        """Replace the node's approved routes (an empty list withdraws approval)."""
+        parsed = parse_routes(routes)
+        with self.core.write():
+            old = self.core.get_node(node_id)
+            for route in parsed:
+                if route not in old.approved_routes and not self.core.policy.may_approve_route(
+                    old, route
+                ):
+                    raise InvalidArgument(f"route {route} may not be approved for this node")
+            return self._edit(node_id, approved_routes=parsed)
+
+    def restore_node(
+        self, node_id: NodeID, *, ipv4: ipaddress.IPv4Address | None,
+        ipv6: ipaddress.IPv6Address | None, hostname: str | None = None,
+        disco_key: DiscoPublic | None = None,
+        endpoints: Iterable[str] = (), expiry: datetime | None = None,
+        last_seen: datetime | None = None, created_at: datetime | None = None,
+        approved_routes: Iterable[str | IPPrefix] = (),
+    ) -> Node:
+        """Set what an import carries verbatim, addresses included (db/headscale.py).
+
+        Not for running servers: a node's addresses otherwise never change. Raises
+        Conflict if another node holds one of the addresses.
+        """
+        routes = parse_routes(approved_routes)
+        core = self.core
+        with core.write():
+            old = core.get_node(node_id)
+            for addr in (ipv4, ipv6):
+                holder = next((n.id for n in core.nodes.values()
+                               if addr is not None and addr in n.addresses()), None)
+                if holder is not None and holder != node_id:
+                    raise Conflict(f"address {addr} is held by node {holder}")
+            new = replace(
+                old, ipv4=ipv4, ipv6=ipv6, hostname=hostname or old.hostname,
+                disco_key=disco_key, endpoints=tuple(endpoints),
+                expiry=expiry, last_seen=last_seen or old.last_seen,
+                created_at=created_at or old.created_at, approved_routes=routes,
+            )
+            core.store.update_node(new)
+            for addr in old.addresses():
+                core.alloc.release(addr)
+            for addr in new.addresses():
+                core.alloc.mark_used(addr)
+            core.put_node(new)
+            core.emit(NodeChanged(node_id, diff(old, new)))
+            return new
+
+    def _edit(self, node_id: NodeID, **changes: Unpack[_AdminEdit]) -> Node:
+        with self.core.write():
+            old = self.core.get_node(node_id)
+            return self._commit(old, replace(old, **changes))
+
+    def _commit(self, old: Node, new: Node) -> Node:
+        """Write ``new`` if it differs from ``old``, with one NodeChanged; inside a write."""
+        changed = diff(old, new)
+        if changed:
+            self.core.store.update_node(new)
+            self.core.put_node(new)
+            self.core.emit(NodeChanged(new.id, changed))
+        return new

@@ -1,0 +1,244 @@
+"""State: the one owner of the control server's state (Headscale's state.go idea).
+
+Every write that crosses subsystems (protocol handlers, REST API, CLI, garbage
+collection) goes through a State method. State keeps the live snapshot in memory, indexed
+by id, machine key, node key and given name, persists each write to the store *before*
+returning (so an acknowledged registration survives ``kill -9``), and then publishes
+change events to subscribers (the map batcher computes deltas from them).
+
+State is a composition: one :class:`~.core.StateCore` (lock, write block, change bus,
+tables, policy manager) shared by four parts, each written once::
+
+    Keys            pre-auth keys and API keys                (keys.py)
+    Users           users; deleting one deletes its keys      (users.py)
+    Nodes           registration, client updates, admin edits (nodes.py)
+    Registrations   pending interactive logins                (registrations.py)
+
+State's API is those parts' methods, bound as State attributes (see ``__init__``), plus
+what crosses parts: the policy text, DNS notices, garbage collection and closing.
+
+Methods are synchronous and thread-safe (one re-entrant lock). They are meant to be
+called from the event loop thread; a subscription created inside a running loop is
+woken thread-safely if a write happens on another thread. Time and randomness come from
+the ``clock`` and ``rand`` callables so tests are deterministic.
+
+Durable writes (users, keys, registrations, admin edits) are flushed to disk before
+returning; soft state (endpoints, Hostinfo, online) is committed without a flush, see
+:mod:`meshscale.control.db.sqlite`.
+
+Errors are :class:`~meshscale.control.models.StateError` subclasses whose message is safe
+to show (``RegisterResponse.Error``, REST error bodies, CLI output).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from meshscale.control.db.repository import Store
+from meshscale.control.models import (
+    ChangeSubscription,
+    DNSChanged,
+    InvalidArgument,
+    NodeChanged,
+    NodeID,
+)
+from meshscale.control.state.core import StateCore
+from meshscale.control.state.keys import Keys
+from meshscale.control.state.nodes import Nodes
+from meshscale.control.state.options import StateOptions, utcnow
+from meshscale.control.state.registrations import Registrations
+from meshscale.control.state.users import Users
+from meshscale.policy import AllowAll, PolicyError, PolicyManager
+
+
+@dataclass(frozen=True, slots=True)
+class GCResult:
+    removed_nodes: tuple[NodeID, ...]
+    expired_registrations: int
+    expired_nodes: tuple[NodeID, ...] = ()  # keys that expired since the previous gc
+
+
+class State:
+    """The control server's users, nodes, keys and pending registrations.
+
+    Parameters:
+      store: where writes are persisted (``SQLiteStore``); loaded once at construction.
+      options: address prefixes, allocation strategy and timeouts.
+      clock: returns the current UTC-aware datetime.
+      rand: ``rand(n)`` returns n random bytes (key secrets, registration ids).
+      randbelow: ``randbelow(n)`` for random address allocation.
+      policy: the policy manager (default :class:`~meshscale.policy.AllowAll`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        options: StateOptions | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        rand: Callable[[int], bytes] = os.urandom,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+        policy: PolicyManager | None = None,
+    ) -> None:
+        self.core = core = StateCore(
+            store, options or StateOptions(), clock=clock, rand=rand, randbelow=randbelow,
+            policy=policy or AllowAll(),
+        )
+        self.store = core.store
+        self.options = core.options
+        self.clock = clock
+        self.rand = rand
+        self.randbelow = randbelow
+        self._last_gc: datetime | None = None
+        self.keys = keys = Keys(core)
+        self.users = users = Users(core, keys)
+        self.nodes = nodes = Nodes(core, keys)
+        self.registrations = regs = Registrations(core, nodes)
+        # The API. Each method lives in the part that owns its tables.
+        self.create_user = users.create_user
+        self.get_user = core.get_user
+        self.get_user_by_name = users.get_user_by_name
+        self.list_users = users.list_users
+        self.rename_user = users.rename_user
+        self.delete_user = users.delete_user
+
+        self.create_preauth_key = keys.create_preauth_key
+        self.list_preauth_keys = keys.list_preauth_keys
+        self.get_preauth_key = keys.get_preauth_key
+        self.expire_preauth_key = keys.expire_preauth_key
+        self.delete_preauth_key = keys.delete_preauth_key
+        self.validate_preauth_key = keys.validate_preauth_key
+        self.use_preauth_key = keys.use_preauth_key  # atomic consume
+        self.create_api_key = keys.create_api_key
+        self.list_api_keys = keys.list_api_keys
+        self.get_api_key = keys.get_api_key
+        self.expire_api_key = keys.expire_api_key
+        self.delete_api_key = keys.delete_api_key
+        self.verify_api_key = keys.verify_api_key  # constant time
+
+        self.register_with_preauth_key = nodes.register_with_preauth_key
+        self.register_node = nodes.register_node
+        self.begin_registration = regs.begin_registration
+        self.get_registration = regs.get_registration
+        self.list_registrations = regs.list_registrations
+        self.complete_registration = regs.complete_registration
+        self.cancel_registration = regs.cancel_registration
+        self.expire_registrations = regs.expire_registrations
+
+        self.get_node = core.get_node
+        self.get_node_by_machine_key = core.node_by_machine_key
+        self.get_node_by_node_key = core.node_by_node_key
+        self.get_node_by_given_name = core.node_by_name
+        self.list_nodes = nodes.list_nodes
+        self.peers_of = nodes.peers_of
+        self.packet_filter = nodes.packet_filter
+
+        self.update_node = nodes.update_node
+        self.update_endpoints = nodes.update_endpoints
+        self.update_hostinfo = nodes.update_hostinfo
+        self.set_online = nodes.set_online
+        self.touch = nodes.touch
+        self.logout = nodes.logout
+
+        self.expire_node = nodes.expire_node
+        self.set_expiry = nodes.set_expiry
+        self.delete_node = nodes.delete_node
+        self.rename_node = nodes.rename_node
+        self.set_tags = nodes.set_tags
+        self.move_node = nodes.move_node
+        self.approve_routes = nodes.approve_routes
+        self.restore_node = nodes.restore_node
+
+    @classmethod
+    def open(
+        cls, path: str | Path, options: StateOptions | None = None, *,
+        clock: Callable[[], datetime] = utcnow, rand: Callable[[int], bytes] = os.urandom,
+        randbelow: Callable[[int], int] = secrets.randbelow, policy: PolicyManager | None = None,
+    ) -> State:
+        """Open (creating and migrating if needed) an SQLite database at ``path``."""
+        from meshscale.control.db.sqlite import SQLiteStore
+
+        return cls(SQLiteStore(path), options, clock=clock, rand=rand, randbelow=randbelow,
+                   policy=policy)  # fmt: skip
+
+    @property
+    def generation(self) -> int:
+        """Bumped on every published change."""
+        return self.core.generation
+
+    def close(self) -> None:
+        with self.core.lock:
+            self.registrations.close()
+            self.core.close()
+
+    def subscribe(self, max_queue: int = 4096) -> ChangeSubscription:
+        """A new subscription to change events (see models.Change).
+
+        ``max_queue`` bounds memory per subscriber; past it the queue is replaced by one
+        ResyncRequired event (a stuck map session must not grow the server without limit).
+        """
+        return self.core.subscribe(max_queue)
+
+    # ---- policy and DNS ----------------------------------------------------------------
+
+    @property
+    def policy(self) -> str | None:
+        """The policy text (None: none was ever set)."""
+        return self.core.policy_text
+
+    def set_policy(self, data: str) -> None:
+        """Store a new policy text; the policy manager checks it first (InvalidArgument if
+        it cannot be used, and nothing changes). Publishes PolicyChanged."""
+        core = self.core
+        with core.write():
+            try:
+                change = core.policy.set_policy(data)
+            except PolicyError as exc:
+                raise InvalidArgument(f"policy: {exc}") from exc
+            core.store.set_policy(data)
+            core.policy_text = data
+            core.policy_changed(change)
+
+    def notify_dns_changed(self) -> None:
+        """Tell subscribers the DNS configuration changed (config reload)."""
+        with self.core.write():
+            self.core.emit(DNSChanged())
+
+    # ---- maintenance -------------------------------------------------------------------
+
+    def gc(self) -> GCResult:
+        """Periodic upkeep; serve calls it every ``node_update_check_interval``.
+
+        Deletes ephemeral nodes offline longer than the inactivity timeout, drops expired
+        pending registrations, and publishes ``NodeChanged(fields={"expiry"})`` for every
+        node whose key expired since the previous call: nothing is written when a key
+        expires, yet peers must learn it (Headscale issues #2033, #3470).
+        """
+        core = self.core
+        with core.lock:
+            now = core.clock()
+            expired = self.registrations.expire_registrations()
+            cutoff = now - core.options.ephemeral_inactivity_timeout
+            stale = [
+                n.id for n in core.nodes.values()
+                if n.ephemeral and not n.online
+                and (n.last_seen or n.created_at or cutoff) <= cutoff
+            ]
+            for nid in stale:
+                self.nodes.delete_node(nid)
+            since = self._last_gc if self._last_gc is not None else now
+            crossed = sorted(
+                n.id for n in core.nodes.values()
+                if n.expiry is not None and since < n.expiry <= now
+            )
+            self._last_gc = now
+            if crossed:
+                with core.write(durable=False):
+                    for nid in crossed:
+                        core.emit(NodeChanged(nid, frozenset({"expiry"})))
+            return GCResult(tuple(stale), expired, tuple(crossed))

@@ -1,0 +1,96 @@
+"""CountingStore: a Store that counts the calls that may change the database.
+
+State's write block (:meth:`~meshscale.control.state.core.StateCore.write`) compares the
+count before and after a failed block: a failure before any store write (a bad key, a name
+taken: what a client can cause at will) needs no reload of the in-memory snapshot; a
+failure after one does, because the transaction rolled back what memory already holds.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from meshscale.control.db.repository import Snapshot, Store
+from meshscale.control.models import (
+    APIKey,
+    APIKeyID,
+    Node,
+    NodeID,
+    PreAuthKey,
+    PreAuthKeyID,
+    User,
+    UserID,
+)
+
+
+class CountingStore:
+    """Wraps ``inner``; ``writes`` counts the mutating calls made through it."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.writes = 0
+
+    def load(self) -> Snapshot:
+        return self.inner.load()
+
+    def transaction(self, durable: bool = True) -> AbstractContextManager[None]:
+        return self.inner.transaction(durable)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def insert_user(self, user: User) -> UserID:
+        self.writes += 1
+        return self.inner.insert_user(user)
+
+    def update_user(self, user: User) -> None:
+        self.writes += 1
+        self.inner.update_user(user)
+
+    def delete_user(self, user_id: UserID) -> None:
+        self.writes += 1
+        self.inner.delete_user(user_id)
+
+    def insert_node(self, node: Node) -> NodeID:
+        self.writes += 1
+        return self.inner.insert_node(node)
+
+    def update_node(self, node: Node) -> None:
+        self.writes += 1
+        self.inner.update_node(node)
+
+    def delete_node(self, node_id: NodeID) -> None:
+        self.writes += 1
+        self.inner.delete_node(node_id)
+
+    def insert_preauth_key(self, key: PreAuthKey) -> PreAuthKeyID:
+        self.writes += 1
+        return self.inner.insert_preauth_key(key)
+
+    def update_preauth_key(self, key: PreAuthKey) -> None:
+        self.writes += 1
+        self.inner.update_preauth_key(key)
+
+    def delete_preauth_key(self, key_id: PreAuthKeyID) -> None:
+        self.writes += 1
+        self.inner.delete_preauth_key(key_id)
+
+    def consume_preauth_key(self, key_id: PreAuthKeyID) -> bool:
+        self.writes += 1
+        return self.inner.consume_preauth_key(key_id)
+
+    def insert_api_key(self, key: APIKey) -> APIKeyID:
+        self.writes += 1
+        return self.inner.insert_api_key(key)
+
+    def update_api_key(self, key: APIKey) -> None:
+        self.writes += 1
+        self.inner.update_api_key(key)
+
+    def delete_api_key(self, key_id: APIKeyID) -> None:
+        self.writes += 1
+        self.inner.delete_api_key(key_id)
+
+    def set_policy(self, data: str) -> None:
+        self.writes += 1
+        self.inner.set_policy(data)
