@@ -52,7 +52,6 @@ from meshscale.io.http import Request, Response, Router
 from meshscale.key import MachinePrivate
 from meshscale.tailcfg import DERPMap, DNSConfig, DNSRecord, Resolver
 
-
 log = logging.getLogger(__name__)
 
 SUBSCRIPTION_QUEUE = 1 << 16  # change events buffered between pump runs

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from meshscale.control.config import ConfigError, DERPConfig
+from meshscale.io import httpclient
 from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion, from_json
 
 log = logging.getLogger(__name__)
@@ -28,20 +29,17 @@ MAX_DERP_MAP_BYTES: Final = 4 << 20  # a remote DERP map larger than this is ref
 async def fetch_derp_map(url: str, time_limit: float = 10.0) -> DERPMap:
     """GET a DERP map (tailcfg.DERPMap JSON, e.g. a derper's or control's /derpmap/default).
     Raises OSError/ValueError/TimeoutError."""
-    import aiohttp
-
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=time_limit)) as session,
-            session.get(url) as resp,
-        ):
-            if resp.status != 200:
-                raise ValueError(f"http {resp.status}")
-            raw = await resp.content.read(MAX_DERP_MAP_BYTES + 1)
-    except aiohttp.ClientError as exc:
+        resp = await httpclient.request(
+            "GET", url, max_body=MAX_DERP_MAP_BYTES, time_limit=time_limit
+        )
+    except httpclient.ResponseTooLarge as exc:
+        raise ValueError("DERP map too large") from exc
+    except httpclient.HTTPClientError as exc:
         raise OSError(str(exc)) from exc
-    if len(raw) > MAX_DERP_MAP_BYTES:
-        raise ValueError("DERP map too large")
+    if resp.status != 200:
+        raise ValueError(f"http {resp.status}")
+    raw = resp.body
     derp_map = from_json(DERPMap, json.loads(raw))
     derp_map.validate()
     return derp_map

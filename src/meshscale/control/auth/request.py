@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 from meshscale.control import models
 from meshscale.control.state import StateReader
 from meshscale.controlhttp import NoiseRequest
+from meshscale.io.http import Response
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.tailcfg import (
     MIN_SUPPORTED_CAPABILITY_VERSION,

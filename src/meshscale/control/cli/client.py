@@ -7,34 +7,17 @@ key (``--url`` + ``--api-key``, or ``cli.address`` / ``cli.api_key`` in the conf
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
-import ssl
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
+
+from meshscale.io import httpclient
 
 MAX_RESPONSE_BYTES: Final = 16 << 20  # a listing larger than this is refused, not buffered
 
 
 class AdminError(Exception):
     """A request failed; the message is one line for the operator."""
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class AdminClient:
@@ -52,45 +35,32 @@ class AdminClient:
         self.timeout = timeout
         self.insecure = insecure
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.url is None:
-            assert self.unix_socket is not None
-            return _UnixHTTPConnection(self.unix_socket, self.timeout)
-        parts = urlsplit(self.url)
-        if parts.scheme == "https":
-            ctx = ssl.create_default_context()
-            if self.insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            return http.client.HTTPSConnection(parts.netloc, timeout=self.timeout, context=ctx)
-        if parts.scheme == "http":
-            return http.client.HTTPConnection(parts.netloc, timeout=self.timeout)
-        raise AdminError(f"--url must be http:// or https://, got {self.url[:60]!r}")
-
     def request(
         self, method: str, path: str, body: dict[str, Any] | None = None,
         query: dict[str, str] | None = None,
     ) -> Any:
         target = path + ("?" + urlencode(query) if query else "")
-        headers = {"Accept": "application/json"}
-        data = None
+        headers = [("Accept", "application/json")]
+        data = b""
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            headers.append(("Content-Type", "application/json"))
         if self.url is not None and self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+            headers.append(("Authorization", f"Bearer {self.api_key}"))
+        if self.url is not None and urlsplit(self.url).scheme not in ("http", "https"):
+            raise AdminError(f"--url must be http:// or https://, got {self.url[:60]!r}")
         where = self.url or self.unix_socket
-        conn = self._connection()
         try:
-            conn.request(method, target, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read(MAX_RESPONSE_BYTES + 1)
-        except (OSError, http.client.HTTPException) as exc:
-            raise AdminError(f"cannot reach the server at {where}: {exc}") from exc
-        finally:
-            conn.close()
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise AdminError("response too large")
+            resp = httpclient.request_sync(
+                method, (self.url or "http://localhost") + target,
+                unix_socket=None if self.url else self.unix_socket, headers=headers, body=data,
+                verify=not self.insecure, max_body=MAX_RESPONSE_BYTES, time_limit=self.timeout,
+            )  # fmt: skip
+        except httpclient.ResponseTooLarge as exc:
+            raise AdminError("response too large") from exc
+        except (OSError, TimeoutError, httpclient.HTTPClientError) as exc:
+            raise AdminError(f"cannot reach the server at {where}: {exc or 'timed out'}") from exc
+        raw = resp.body
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:

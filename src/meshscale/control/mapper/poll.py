@@ -37,6 +37,7 @@ from meshscale.control.auth.request import (
 from meshscale.control.mapper.batcher import Batcher, MapSession
 from meshscale.control.state import State
 from meshscale.controlhttp import NoiseRequest, StreamAborted
+from meshscale.io.http import Response
 from meshscale.tailcfg import MapRequest
 
 log = logging.getLogger(__name__)
