@@ -4,10 +4,14 @@
     ctl = ControlServer(lab.add_public_host("ctl"), ca)     # https://ctl.lab, DERP + STUN embedded
     key = ctl.authkey()                                     # a reusable pre-auth key for user "lab"
     TailscaleNode(host, "n1", ca_cert=ca.cert_path).up(ctl.url, key, hostname="n1")
+    ctl.register(reg_id)                                    # approve an interactive login
 
 The server gets a certificate from the lab CA for its name and addresses, a hosts entry in every
 lab namespace, HTTPS on 443, the embedded DERP region 900 on the same port and STUN on 3478.
-Admin commands run the same program's CLI over its unix socket.
+`config` is merged into the generated config.yaml, for variants the tests need (metrics on a
+debug port, no embedded DERP but a region file, ...). Admin commands run the same program's CLI
+over its unix socket. This is the lab's only control server: the demo (`python -m
+meshscale.lab`), MeshNet and the acceptance tests with official clients all use it.
 """
 
 from __future__ import annotations
@@ -138,18 +142,27 @@ class ControlServer:
             time.sleep(0.1)
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `meshscale-control ARGS` (the admin CLI, over the unix socket)."""
-        return self.host.run([*self._base_argv(), *args], timeout=30.0, check=check)
+        """Run `meshscale-control ARGS` (the admin CLI, over the unix socket); with `check`,
+        a failure raises LabError carrying the CLI's error line."""
+        res = self.host.run([*self._base_argv(), *args], timeout=30.0, check=False)
+        if check and res.returncode != 0:
+            raise LabError(f"meshscale-control {' '.join(args)}: {res.stderr.strip()[-2000:]}")
+        return res
 
     def admin_json(self, *args: str) -> Any:
         return json.loads(self.admin("-o", "json", *args).stdout)
 
-    def create_user(self, user: str) -> None:
+    def create_user(self, user: str, *, email: str = "") -> None:
         """Create `user` unless it exists."""
         users = self.admin_json("users", "list")
         rows = users if isinstance(users, list) else users.get("users", [])
         if not any(u.get("name") == user for u in rows):
-            self.admin("users", "create", user)
+            self.admin("users", "create", user, *(["--email", email] if email else []))
+
+    def register(self, reg_id: str, user: str = "lab") -> None:
+        """Approve the interactive login `reg_id` (the last part of its AuthURL) for `user`,
+        as an admin does with `meshscale-control nodes register`."""
+        self.admin("nodes", "register", "--user", user, "--key", reg_id)
 
     def authkey(
         self, user: str = "lab", *, reusable: bool = True, ephemeral: bool = False,
@@ -169,6 +182,7 @@ class ControlServer:
         return str(key)
 
     def nodes(self) -> list[dict[str, Any]]:
+        """The admin CLI's `nodes list`, as JSON rows."""
         out = self.admin_json("nodes", "list")
         rows = out if isinstance(out, list) else out.get("nodes", [])
         return list(rows)
