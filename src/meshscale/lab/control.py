@@ -91,7 +91,9 @@ class ControlServer:
             "region_id": DERP_REGION_ID,
             "region_code": "lab",
             "region_name": "lab DERP",
-            "stun_listen_addr": "0.0.0.0:3478",
+            # Every address family: the region names both of the host's addresses, and an
+            # unanswered IPv6 probe would hold each netcheck report to its deadline.
+            "stun_listen_addr": ":3478",
             "ipv4": str(host.ip),
             "automatically_add_embedded_derp_region": True,
         }
@@ -99,7 +101,7 @@ class ControlServer:
             derp_server["ipv6"] = str(host.ip6)
         cfg: dict[str, Any] = {
             "server_url": self.url,
-            "listen_addr": "0.0.0.0:443",
+            "listen_addr": ":443",  # IPv4 and IPv6, as the DERP region advertises both
             "tls_cert_path": str(self.cert_path),
             "tls_key_path": str(self.key_path),
             "unix_socket": str(self.socket),
