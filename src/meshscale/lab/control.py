@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,50 @@ def control_argv() -> list[str]:
             "sys.exit(main())"]  # fmt: skip
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in, mappings key by key (for ControlServer(config=...))."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_config(out[k], v)
         else:
             out[k] = v
     return out
+
+
+def lab_config(
+    name: str,
+    ipv4: IPv4Address,
+    ipv6: IPv6Address | None,
+    cert: Path,
+    key: Path,
+    socket: Path,
+    *,
+    base_domain: str = "ts.lab",
+) -> dict[str, Any]:
+    """The config.yaml (Headscale's keys) of a lab control server at https://`name`."""
+    derp_server: dict[str, Any] = {
+        "enabled": True,
+        "region_id": DERP_REGION_ID,
+        "region_code": "lab",
+        "region_name": "lab DERP",
+        # Every address family: the region names both of the host's addresses, and an
+        # unanswered IPv6 probe would hold each netcheck report to its deadline.
+        "stun_listen_addr": ":3478",
+        "ipv4": str(ipv4),
+        "automatically_add_embedded_derp_region": True,
+    }
+    if ipv6 is not None:
+        derp_server["ipv6"] = str(ipv6)
+    return {
+        "server_url": f"https://{name}",
+        "listen_addr": ":443",  # IPv4 and IPv6, as the DERP region advertises both
+        "tls_cert_path": str(cert),
+        "tls_key_path": str(key),
+        "unix_socket": str(socket),
+        "derp": {"server": derp_server, "urls": []},
+        "dns": {"base_domain": base_domain, "magic_dns": True},
+    }
 
 
 class ControlServer:
@@ -86,30 +123,12 @@ class ControlServer:
             host.lab.on_close(functools.partial(shutil.rmtree, short, ignore_errors=True))
             sock = short / "control.sock"
         self.socket = sock
-        derp_server: dict[str, Any] = {
-            "enabled": True,
-            "region_id": DERP_REGION_ID,
-            "region_code": "lab",
-            "region_name": "lab DERP",
-            # Every address family: the region names both of the host's addresses, and an
-            # unanswered IPv6 probe would hold each netcheck report to its deadline.
-            "stun_listen_addr": ":3478",
-            "ipv4": str(host.ip),
-            "automatically_add_embedded_derp_region": True,
-        }
-        if host.ip6 is not None:
-            derp_server["ipv6"] = str(host.ip6)
-        cfg: dict[str, Any] = {
-            "server_url": self.url,
-            "listen_addr": ":443",  # IPv4 and IPv6, as the DERP region advertises both
-            "tls_cert_path": str(self.cert_path),
-            "tls_key_path": str(self.key_path),
-            "unix_socket": str(self.socket),
-            "derp": {"server": derp_server, "urls": []},
-            "dns": {"base_domain": base_domain, "magic_dns": True},
-        }
+        cfg = lab_config(
+            name, host.ip, host.ip6, self.cert_path, self.key_path, self.socket,
+            base_domain=base_domain,
+        )  # fmt: skip
         if config:
-            cfg = _merge(cfg, config)
+            cfg = merge_config(cfg, config)
         self.config_path = self.dir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.proc: Proc | None = None
