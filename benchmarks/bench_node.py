@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from meshscale.cli.labnet import MeshNet, MeshNode
 from meshscale.lab import Host, Lab, NatKind
+from meshscale.lab.meshnet import MeshNet, MeshNode
 from meshscale.lab.wgpair import connect, start_end
 
 MTU = 1280  # bytes: meshscaled's TUN MTU; the raw pair uses the same

@@ -1,7 +1,7 @@
 """Acceptance: official tailscaled 1.96.4 against our control server in a lab.
 
-The control server (build_app + the embedded DERP and STUN of meshscale.relay) runs in a lab
-namespace on HTTPS 443 with a lab CA certificate and on plain HTTP 80. Two tailscaled nodes join
+The control server (the real ``meshscale-control serve``, with its embedded DERP and STUN)
+runs in a lab namespace as https://ctl.lab with a lab CA certificate. Two tailscaled nodes join
 with a pre-auth key, must reach Running with addresses from 100.64.0.0/10, see each other as
 peers, and ping each other through the tailnet.
 """
@@ -11,57 +11,34 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
-from meshscale.lab.scriptserver import EMBEDDED_CONTROL_PRELUDE
+if TYPE_CHECKING:
+    from meshscale.lab import ControlServer, Lab, LabCA
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
 
-SERVER_SCRIPT = EMBEDDED_CONTROL_PRELUDE + textwrap.dedent(
-    """
-    async def main() -> None:
-        state, user, secret, app = control_app()
-        mount_derp(app.router, DERPServer(NodePrivate(os.urandom(32))))
-        server = HTTPServer(app.router)
-        await server.start(None, 443, ssl=tls_context())
-        await server.start(None, 80)
-        await STUNServer().start(None, 3478)
-        await app.start()
-        ready(secret)
-        # The test approves interactive registrations by writing their id to this file (what
-        # `meshscale-control nodes register --key <id>` does through the API).
-        approve = os.path.join(workdir, "approve")
-        while True:
-            await asyncio.sleep(0.2)
-            if os.path.exists(approve):
-                with open(approve) as f:
-                    reg_id = f.read().strip()
-                os.unlink(approve)
-                state.complete_registration(reg_id, user.id)
-
-    asyncio.run(main())
-    """
-)
-
 
 @contextlib.contextmanager
-def control_lab(tmp_path: Path, hint: str) -> Iterator[tuple[Any, Any, str, Any]]:
-    """A lab with our control server on ctl.lab (HTTPS 443 + HTTP 80 + STUN 3478).
+def control_lab(tmp_path: Path, hint: str) -> Iterator[tuple[Lab, LabCA, str, ControlServer]]:
+    """A lab with our control server on ctl.lab (HTTPS 443 + STUN 3478).
 
-    Yields (lab, ca, authkey, server process)."""
-    from meshscale.lab.scriptserver import script_control_lab, skip_reason
+    Yields (lab, ca, authkey, server)."""
+    from meshscale.lab import ControlServer, Lab, LabCA
+    from meshscale.lab.clients import skip_reason
 
     reason = skip_reason("tailscale", "tailscaled", "caddy")
     if reason is not None:
         pytest.skip(reason)
-    with script_control_lab(tmp_path, hint, SERVER_SCRIPT) as sl:
-        yield sl.lab, sl.ca, sl.authkey, sl.srv
+    with Lab(hint=hint, workdir=tmp_path / "lab") as lab:
+        ca = LabCA(tmp_path / "ca")
+        srv = ControlServer(lab.add_public_host("ctl"), ca)
+        yield lab, ca, srv.authkey(), srv
 
 
 def test_interactive_login_with_tailscale_up(tmp_path: Path) -> None:
@@ -84,7 +61,7 @@ def test_interactive_login_with_tailscale_up(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert match is not None, up.log_text() + node.log_text()[-3000:]
         assert node.backend_state() == "NeedsLogin"
-        (tmp_path / "ctl" / "approve").write_text(match.group(1))
+        srv.register(match.group(1))  # what an admin does: meshscale-control nodes register
         try:
             node.wait_backend_state("Running", timeout=40)
         except Exception as exc:
@@ -95,12 +72,11 @@ def test_interactive_login_with_tailscale_up(tmp_path: Path) -> None:
 
 
 def test_two_tailscaled_nodes_join_and_ping(tmp_path: Path) -> None:
-    from meshscale.lab.scriptserver import join_tailscaled
-    from meshscale.lab.tailscale import TailscaleNode
+    from meshscale.lab.tailscale import TailscaleNode, join_tailscaled
 
     with control_lab(tmp_path, "cts") as (lab, ca, authkey, srv):
         hosts = [lab.add_public_host(name) for name in ("n1", "n2")]
-        nodes = join_tailscaled(hosts, ca, authkey, srv, timeout=45)
+        nodes = join_tailscaled(hosts, ca, srv, authkey, timeout=45)
         ips = [node.ip4() for node in nodes]
         for ip in ips:
             assert ipaddress.ip_address(ip) in ipaddress.ip_network("100.64.0.0/10")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from meshscale.cli.labnet import MeshNet
 from meshscale.lab import Lab
+from meshscale.lab.meshnet import MeshNet
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -19,8 +19,8 @@ def test_cli_verbs_on_real_nodes(need_lab: None, tmp_path: Path) -> None:
         a = net.add_node("a", lab.add_public_host("a"))
         b = net.add_node("b", lab.add_public_host("b"))
         try:
-            a.up()
-            b.up(https=True)  # ts2021 inside TLS, /key verified against the lab CA
+            a.up()  # https://ctl.lab: /key verified against the lab CA, ts2021 inside TLS
+            b.up()
             ip_a, ip_b = a.ip4(), b.ip4()
             assert a.cli("ip", "-4", "b").stdout.strip() == ip_b
             six = a.cli("ip", "-6").stdout.strip()

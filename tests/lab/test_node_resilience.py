@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from meshscale.cli.labnet import MeshNet, MeshNode
 from meshscale.lab import Lab, NatKind
+from meshscale.lab.meshnet import MeshNet, MeshNode
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

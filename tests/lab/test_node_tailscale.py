@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from meshscale.cli.labnet import MeshNet
 from meshscale.lab import Lab, NatKind
+from meshscale.lab.meshnet import MeshNet
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
 

@@ -64,8 +64,8 @@ def test_official_client_pings_us(ours: str, theirs: str, direct: bool, tmp_path
     reason = _skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    from meshscale.cli.labnet import MeshNet
     from meshscale.lab import Lab, NatKind, cleanup_stale
+    from meshscale.lab.meshnet import MeshNet
     from meshscale.lab.tailscale import TailscaleNode
 
     kinds = {"easy": NatKind.EASY, "hard": NatKind.HARD, "blocked": NatKind.UDP_BLOCK}
@@ -121,8 +121,8 @@ def test_official_client_accepts_our_call_me_maybe(tmp_path: Path) -> None:
     reason = _skip_reason()
     if reason is not None:
         pytest.skip(reason)
-    from meshscale.cli.labnet import MeshNet
     from meshscale.lab import Lab, NatKind, cleanup_stale
+    from meshscale.lab.meshnet import MeshNet
     from meshscale.lab.tailscale import TailscaleNode
 
     cleanup_stale()

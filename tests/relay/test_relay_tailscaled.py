@@ -1,14 +1,15 @@
 """Acceptance: official tailscaled 1.96.4 nodes behind UDP-blocking NATs talk through our relay.
 
-The relay is embedded next to our control server (as ``meshscale-control serve`` does) with
-client verification on (the control server's node table). UDP cannot leave either node's
-LAN, so every packet between them must cross the relay: ``tailscale ping`` must answer via
+The relay is the one embedded in ``meshscale-control serve``, with client verification on
+(the control server's node table). UDP cannot leave either node's LAN, so every packet
+between them must cross the relay: ``tailscale ping`` must answer via
 DERP, ICMP must cross the tunnel, the relay's metrics must count relayed packets, and an
 unregistered node key must be refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,47 +17,23 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from meshscale.lab.scriptserver import EMBEDDED_CONTROL_PRELUDE
 from meshscale.relay.app import derp_node, derp_region
 
 if TYPE_CHECKING:
-    from meshscale.lab import Host, LabCA, Proc
+    from meshscale.lab import ControlServer, Host, Lab, LabCA, Proc
 
 pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
 
-SERVER_SCRIPT = EMBEDDED_CONTROL_PRELUDE + textwrap.dedent(
-    """
-    from meshscale.relay.metrics import mount_metrics
-
-    async def main() -> None:
-        state, _user, secret, app = control_app()
-
-        async def verify(node_key, info) -> bool:
-            return state.get_node_by_node_key(node_key) is not None
-
-        derp = DERPServer(NodePrivate(os.urandom(32)), verify_client=verify)
-        mount_derp(app.router, derp)
-        stun = STUNServer()
-        server = HTTPServer(app.router)
-        await server.start(None, 443, ssl=tls_context())
-        await stun.start(None, 3478)
-        debug = Router()
-        mount_metrics(debug, derp, stun)
-        await HTTPServer(debug).start(None, 8081)
-        await app.start()
-        ready(secret)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-    """
-)
+# The embedded relay's metrics (DERP and STUN counters after the control server's own) on a
+# debug listener inside the control host's namespace.
+METRICS_ADDR = "127.0.0.1:8081"
 
 
 WHOIS_SCRIPT = textwrap.dedent(
@@ -79,7 +56,7 @@ WHOIS_SCRIPT = textwrap.dedent(
 
 @pytest.fixture
 def need_tailscaled() -> None:
-    from meshscale.lab.scriptserver import skip_reason
+    from meshscale.lab.clients import skip_reason
 
     reason = skip_reason("tailscale", "tailscaled")
     if reason is not None:
@@ -114,34 +91,50 @@ def _spawn_derper(
 
 def _start_standalone_control(
     ctl: Host, ca: LabCA, tmp_path: Path, region: dict[str, Any]
-) -> tuple[Proc, str]:
-    """STANDALONE_CONTROL_SCRIPT on `ctl` as https://ctl.lab with DERP `region`; (proc, authkey)."""
-    from meshscale.lab.scriptserver import start_script_server
+) -> tuple[ControlServer, str]:
+    """meshscale-control on `ctl` as https://ctl.lab without its embedded relay, DERP region
+    `region` from a derp.paths file, /verify for the relays; (server, authkey)."""
+    from meshscale.lab import ControlServer
 
-    cert, key = ca.issue(["ctl.lab"], [ctl.ip])
-    region_file = tmp_path / "region.json"
-    region_file.write_text(json.dumps(region))
-    args = [str(cert), str(key), str(region_file)]
-    return start_script_server(ctl, tmp_path / "ctl", STANDALONE_CONTROL_SCRIPT, args)
+    region_file = tmp_path / "derpmap.json"
+    region_file.write_text(json.dumps({"Regions": {str(region["RegionID"]): region}}))
+    derp = {"server": {"enabled": False}, "paths": [str(region_file)]}
+    srv = ControlServer(ctl, ca, config={"derp": derp})
+    return srv, srv.authkey()
+
+
+@contextlib.contextmanager
+def _embedded_relay_lab(
+    tmp_path: Path, hint: str
+) -> Iterator[tuple[Lab, LabCA, Host, ControlServer]]:
+    """A lab whose host "ctl" runs meshscale-control (https://ctl.lab, embedded DERP with
+    client verification, STUN, metrics on METRICS_ADDR); (lab, ca, ctl host, server)."""
+    from meshscale.lab import ControlServer, Lab, LabCA
+
+    with Lab(hint=hint, workdir=tmp_path / "lab") as lab:
+        ca = LabCA(tmp_path / "ca")
+        ctl = lab.add_public_host("ctl")
+        srv = ControlServer(ctl, ca, config={"metrics_listen_addr": METRICS_ADDR})
+        yield lab, ca, ctl, srv
 
 
 def test_tailscaled_behind_udp_blocking_nats_ping_through_our_relay(
     tmp_path: Path, need_tailscaled: None
 ) -> None:
     from meshscale.lab import NatKind
-    from meshscale.lab.scriptserver import join_tailscaled, script_control_lab
+    from meshscale.lab.tailscale import join_tailscaled
 
-    with script_control_lab(tmp_path, "rts", SERVER_SCRIPT) as sl:
-        lab, ca, ctl, srv, authkey = sl.lab, sl.ca, sl.ctl, sl.srv, sl.authkey
+    with _embedded_relay_lab(tmp_path, "rts") as (lab, ca, ctl, srv):
+        authkey = srv.authkey()
 
         def metrics() -> str:
-            return ctl.run(["curl", "-sf", "http://127.0.0.1:8081/debug/metrics"]).stdout
+            return ctl.run(["curl", "-sf", f"http://{METRICS_ADDR}/metrics"]).stdout
 
         hosts = [
             lab.add_private_host(name, behind=lab.add_nat(f"r{name}", NatKind.UDP_BLOCK))
             for name in ("n1", "n2")
         ]
-        nodes = join_tailscaled(hosts, ca, authkey, srv, timeout=60)
+        nodes = join_tailscaled(hosts, ca, srv, authkey, timeout=60)
         ips = [node.ip4() for node in nodes]
 
         res = nodes[0].ping(ips[1], args=["--c=20", "--timeout=5s"], timeout=120)
@@ -200,11 +193,10 @@ def test_tailscaled_netcheck_uses_our_stun_behind_easy_nat(
 ) -> None:
     """The official client's netcheck gets its public address from our STUN server."""
     from meshscale.lab import NatKind
-    from meshscale.lab.scriptserver import script_control_lab
     from meshscale.lab.tailscale import TailscaleNode
 
-    with script_control_lab(tmp_path, "rnc", SERVER_SCRIPT) as sl:
-        lab, ca, authkey = sl.lab, sl.ca, sl.authkey
+    with _embedded_relay_lab(tmp_path, "rnc") as (lab, ca, _ctl, srv):
+        authkey = srv.authkey()
         nat = lab.add_nat("easy", NatKind.EASY)
         node = TailscaleNode(lab.add_private_host("n1", behind=nat), "n1", ca_cert=ca.cert_path)
         node.up("https://ctl.lab", authkey, hostname="n1", timeout=60)
@@ -222,59 +214,17 @@ def test_tailscaled_netcheck_uses_our_stun_behind_easy_nat(
         node.stop()
 
 
-STANDALONE_CONTROL_SCRIPT = textwrap.dedent(
-    """
-    import asyncio, json, logging, os, ssl, sys
-    from meshscale.control.app import AppSettings, build_app
-    from meshscale.control.state import State
-    from meshscale.io.http import HTTPServer, Response
-    from meshscale.key import MachinePrivate, NodePublic
-    from meshscale.tailcfg import DERPMap, DERPRegion, from_json
-
-    async def main() -> None:
-        workdir, cert, key, region_file = sys.argv[1:5]
-        logging.basicConfig(level=logging.INFO)
-        state = State.open(os.path.join(workdir, "ctl.db"))
-        user = state.create_user("lab")
-        secret = state.create_preauth_key(user.id, reusable=True).secret
-        with open(region_file) as f:
-            region = json.load(f)
-        app = build_app(
-            state, AppSettings(server_url="https://ctl.lab", base_domain="ts.lab"),
-            DERPMap(Regions={900: from_json(DERPRegion, region)}),
-            control_key=MachinePrivate(os.urandom(32)),
-        )
-
-        async def verify(req):  # derper's --verify-client-url protocol (Headscale's /verify)
-            body = json.loads(req.body)
-            known = state.get_node_by_node_key(NodePublic.from_text(body["NodePublic"]))
-            return Response.json_bytes(json.dumps({"Allow": known is not None}).encode())
-
-        app.router.add("POST", "/verify", verify)
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(cert, key)
-        await HTTPServer(app.router).start(None, 443, ssl=ctx)
-        await app.start()
-        with open(os.path.join(workdir, "authkey"), "w") as f:
-            f.write(secret)
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
-    """
-)
-
-
 def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path, need_tailscaled: None) -> None:
     """n1 and n2 (UDP blocked) sit on different meshscale-derp nodes of one region; their
     packets cross the mesh. TLS with the meta certificate; admission via the verify URL."""
     from meshscale.lab import Lab, LabCA, NatKind
-    from meshscale.lab.scriptserver import join_tailscaled
+    from meshscale.lab.tailscale import join_tailscaled
 
     with Lab(hint="rms", workdir=tmp_path / "lab") as lab:
         ctl = lab.add_public_host("ctl")
         d1, d2 = lab.add_public_host("derp1"), lab.add_public_host("derp2")
-        for name, host in (("ctl.lab", ctl), ("derp1.lab", d1), ("derp2.lab", d2)):
-            lab.add_hosts_entry(name, host.ip)
+        for name, host in (("derp1.lab", d1), ("derp2.lab", d2)):
+            lab.add_hosts_entry(name, host.ip)  # ctl.lab: ControlServer adds its own
         ca = LabCA(tmp_path / "ca")
         env = {"SSL_CERT_FILE": str(ca.cert_path)}
         psk = tmp_path / "mesh.key"
@@ -321,7 +271,7 @@ def test_tailscaled_on_two_meshed_standalone_relays(tmp_path: Path, need_tailsca
                 f"  ip daddr {d1.ip} tcp dport 443 reject with tcp reset\n }}\n}}\n"
             ),
         )
-        nodes = join_tailscaled(hosts, ca, authkey, srv, timeout=60)
+        nodes = join_tailscaled(hosts, ca, srv, authkey, timeout=60)
         ips = [node.ip4() for node in nodes]
         res = nodes[0].ping(ips[1], args=["--c=20", "--timeout=5s"], timeout=150)
         out = res.stdout + res.stderr
@@ -344,12 +294,16 @@ def test_tailscale_debug_derp_finds_no_errors(tmp_path: Path, need_tailscaled: N
 
     with Lab(hint="rdd", workdir=tmp_path / "lab") as lab:
         ctl, d1 = lab.add_public_host("ctl"), lab.add_public_host("derp1")
-        lab.add_hosts_entry("ctl.lab", ctl.ip)
         lab.add_hosts_entry("derp1.lab", d1.ip)
         assert d1.ip6 is not None
         ca = LabCA(tmp_path / "ca")
         derper = _spawn_derper(
-            d1, ca, "derp1.lab", [d1.ip, d1.ip6], tmp_path / "certs", ["-http-port", "80"],
+            d1,
+            ca,
+            "derp1.lab",
+            [d1.ip, d1.ip6],
+            tmp_path / "certs",
+            ["-http-port", "80"],
             log_name="derper",
         )
         region = derp_region(

@@ -32,12 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     for mod in VERBS:
         mod.register(sub)
-    try:
-        from . import lab  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:  # pragma: no cover - the lab verb lands separately
-        pass
-    else:
-        lab.register(sub)  # type: ignore[arg-type]  # _Parser subclasses ArgumentParser
     return p
 
 

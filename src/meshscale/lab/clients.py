@@ -29,3 +29,12 @@ def client_path(name: str) -> Path:
 def missing_clients(*names: str) -> list[str]:
     """Which of the named binaries are absent or not executable."""
     return [n for n in names if not os.access(client_path(n), os.X_OK)]
+
+
+def skip_reason(*clients: str) -> str | None:
+    """Why a lab test with official `clients` cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "lab tests need root"
+    if missing_clients(*clients):
+        return "official clients not cached (scripts/fetch-clients)"
+    return None

@@ -4,10 +4,14 @@
     ctl = ControlServer(lab.add_public_host("ctl"), ca)     # https://ctl.lab, DERP + STUN embedded
     key = ctl.authkey()                                     # a reusable pre-auth key for user "lab"
     TailscaleNode(host, "n1", ca_cert=ca.cert_path).up(ctl.url, key, hostname="n1")
+    ctl.register(reg_id)                                    # approve an interactive login
 
 The server gets a certificate from the lab CA for its name and addresses, a hosts entry in every
 lab namespace, HTTPS on 443, the embedded DERP region 900 on the same port and STUN on 3478.
-Admin commands run the same program's CLI over its unix socket.
+`config` is merged into the generated config.yaml, for variants the tests need (metrics on a
+debug port, no embedded DERP but a region file, ...). Admin commands run the same program's CLI
+over its unix socket. This is the lab's only control server: the demo (`python -m
+meshscale.lab`), MeshNet and the acceptance tests with official clients all use it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +48,50 @@ def control_argv() -> list[str]:
             "sys.exit(main())"]  # fmt: skip
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` merged in, mappings key by key (for ControlServer(config=...))."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_config(out[k], v)
         else:
             out[k] = v
     return out
+
+
+def lab_config(
+    name: str,
+    ipv4: IPv4Address,
+    ipv6: IPv6Address | None,
+    cert: Path,
+    key: Path,
+    socket: Path,
+    *,
+    base_domain: str = "ts.lab",
+) -> dict[str, Any]:
+    """The config.yaml (Headscale's keys) of a lab control server at https://`name`."""
+    derp_server: dict[str, Any] = {
+        "enabled": True,
+        "region_id": DERP_REGION_ID,
+        "region_code": "lab",
+        "region_name": "lab DERP",
+        # Every address family: the region names both of the host's addresses, and an
+        # unanswered IPv6 probe would hold each netcheck report to its deadline.
+        "stun_listen_addr": ":3478",
+        "ipv4": str(ipv4),
+        "automatically_add_embedded_derp_region": True,
+    }
+    if ipv6 is not None:
+        derp_server["ipv6"] = str(ipv6)
+    return {
+        "server_url": f"https://{name}",
+        "listen_addr": ":443",  # IPv4 and IPv6, as the DERP region advertises both
+        "tls_cert_path": str(cert),
+        "tls_key_path": str(key),
+        "unix_socket": str(socket),
+        "derp": {"server": derp_server, "urls": []},
+        "dns": {"base_domain": base_domain, "magic_dns": True},
+    }
 
 
 class ControlServer:
@@ -82,28 +123,12 @@ class ControlServer:
             host.lab.on_close(functools.partial(shutil.rmtree, short, ignore_errors=True))
             sock = short / "control.sock"
         self.socket = sock
-        derp_server: dict[str, Any] = {
-            "enabled": True,
-            "region_id": DERP_REGION_ID,
-            "region_code": "lab",
-            "region_name": "lab DERP",
-            "stun_listen_addr": "0.0.0.0:3478",
-            "ipv4": str(host.ip),
-            "automatically_add_embedded_derp_region": True,
-        }
-        if host.ip6 is not None:
-            derp_server["ipv6"] = str(host.ip6)
-        cfg: dict[str, Any] = {
-            "server_url": self.url,
-            "listen_addr": "0.0.0.0:443",
-            "tls_cert_path": str(self.cert_path),
-            "tls_key_path": str(self.key_path),
-            "unix_socket": str(self.socket),
-            "derp": {"server": derp_server, "urls": []},
-            "dns": {"base_domain": base_domain, "magic_dns": True},
-        }
+        cfg = lab_config(
+            name, host.ip, host.ip6, self.cert_path, self.key_path, self.socket,
+            base_domain=base_domain,
+        )  # fmt: skip
         if config:
-            cfg = _merge(cfg, config)
+            cfg = merge_config(cfg, config)
         self.config_path = self.dir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.proc: Proc | None = None
@@ -138,18 +163,27 @@ class ControlServer:
             time.sleep(0.1)
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run `meshscale-control ARGS` (the admin CLI, over the unix socket)."""
-        return self.host.run([*self._base_argv(), *args], timeout=30.0, check=check)
+        """Run `meshscale-control ARGS` (the admin CLI, over the unix socket); with `check`,
+        a failure raises LabError carrying the CLI's error line."""
+        res = self.host.run([*self._base_argv(), *args], timeout=30.0, check=False)
+        if check and res.returncode != 0:
+            raise LabError(f"meshscale-control {' '.join(args)}: {res.stderr.strip()[-2000:]}")
+        return res
 
     def admin_json(self, *args: str) -> Any:
         return json.loads(self.admin("-o", "json", *args).stdout)
 
-    def create_user(self, user: str) -> None:
+    def create_user(self, user: str, *, email: str = "") -> None:
         """Create `user` unless it exists."""
         users = self.admin_json("users", "list")
         rows = users if isinstance(users, list) else users.get("users", [])
         if not any(u.get("name") == user for u in rows):
-            self.admin("users", "create", user)
+            self.admin("users", "create", user, *(["--email", email] if email else []))
+
+    def register(self, reg_id: str, user: str = "lab") -> None:
+        """Approve the interactive login `reg_id` (the last part of its AuthURL) for `user`,
+        as an admin does with `meshscale-control nodes register`."""
+        self.admin("nodes", "register", "--user", user, "--key", reg_id)
 
     def authkey(
         self, user: str = "lab", *, reusable: bool = True, ephemeral: bool = False,
@@ -169,6 +203,7 @@ class ControlServer:
         return str(key)
 
     def nodes(self) -> list[dict[str, Any]]:
+        """The admin CLI's `nodes list`, as JSON rows."""
         out = self.admin_json("nodes", "list")
         rows = out if isinstance(out, list) else out.get("nodes", [])
         return list(rows)

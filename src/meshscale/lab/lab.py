@@ -364,7 +364,7 @@ class Lab:
         return proc
 
     def describe(self) -> str:
-        """A table of the lab's hosts and addresses, for logs and the `meshscale lab` command."""
+        """A table of the lab's hosts and addresses, for logs and the demo (`scripts/lab`)."""
         rows = [f"lab {self.name}  workdir {self.workdir}"]
         for h in self._hosts.values():
             if isinstance(h, Router):

@@ -21,14 +21,18 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshscale.lab.clients import client_path, clients_dir
 from meshscale.lab.lab import Host
 from meshscale.lab.netns import LabError
 from meshscale.lab.proc import Proc
 
-__all__ = ["TailscaleNode", "clients_dir"]
+if TYPE_CHECKING:
+    from meshscale.lab.control import ControlServer
+    from meshscale.lab.pki import LabCA
+
+__all__ = ["TailscaleNode", "clients_dir", "join_tailscaled"]
 
 DEFAULT_PORT = 41641
 START_TIMEOUT = 20.0  # seconds for tailscaled to answer on its socket
@@ -248,3 +252,21 @@ class TailscaleNode:
         if self.proc is None:
             return None
         return self.proc.stop()
+
+
+def join_tailscaled(
+    hosts: Sequence[Host], ca: LabCA, control: ControlServer, authkey: str, timeout: float
+) -> list[TailscaleNode]:
+    """One tailscaled per host (named after it) logged in to `control` with `authkey`, all
+    Running. A failed login carries the tail of the control server's log."""
+    nodes = []
+    for host in hosts:
+        node = TailscaleNode(host, host.name, ca_cert=ca.cert_path)
+        nodes.append(node)
+        try:
+            node.up(control.url, authkey, hostname=host.name, timeout=timeout)
+        except Exception as exc:
+            raise LabError(f"{exc}\n--- control ---\n{control.log_text()[-4000:]}") from exc
+    for node in nodes:
+        node.wait_running(timeout=30)
+    return nodes

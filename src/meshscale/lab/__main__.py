@@ -1,9 +1,13 @@
-"""``meshscale lab``: a whole tailnet on this machine, in network namespaces.
+"""The demo behind ``scripts/lab``: a whole tailnet on this machine, in network namespaces.
 
-Starts our control server (with its embedded DERP and STUN) and one meshscaled node per kind
-of network: public, two behind easy NATs, one behind a hard NAT, one behind a NAT that drops
-UDP. Brings them up, drives a little traffic, prints every node's ``meshscale status`` and a
-ping matrix, then keeps running until Ctrl-C and tears everything down. Needs root.
+    python -m meshscale.lab [--nodes N] [--workdir DIR] [--once]
+
+Starts our control server (``meshscale-control serve`` with its embedded DERP and STUN) and
+one meshscaled node per kind of network: public, two behind easy NATs, one behind a hard NAT,
+one behind a NAT that drops UDP. Brings them up, drives a little traffic, prints every node's
+``meshscale status`` and a ping matrix, then keeps running until Ctrl-C and tears everything
+down. Needs root. It lives in the lab, not in the ``meshscale`` CLI: product code never
+imports the lab.
 """
 
 from __future__ import annotations
@@ -16,9 +20,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from .localclient import CLIError, LocalClient
+from meshscale.lab.lab import Lab
+from meshscale.lab.meshnet import MeshLabError, MeshNet
+from meshscale.lab.nat import NatKind
+from meshscale.lab.netns import LabError
+
+PROG = "scripts/lab"
 
 NODES = (
     ("public", None),
@@ -30,22 +40,24 @@ NODES = (
 WARMUP = 8.0  # seconds of traffic before the status tables: enough for direct paths
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("lab", help="run a demo tailnet behind different NATs on this machine")
+class DemoError(Exception):
+    """A failure of the demo, printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="run a demo tailnet behind different NATs on this machine"
+    )
     p.add_argument("--nodes", type=int, default=len(NODES), choices=range(2, len(NODES) + 1),
                    metavar="N", help=f"how many nodes (2-{len(NODES)})")  # fmt: skip
     p.add_argument("--workdir", default="", help="keep logs here (default: a temporary dir)")
     p.add_argument("--once", action="store_true", help="exit after printing instead of waiting")
-    p.set_defaults(run=run)
+    return p
 
 
-def run(args: argparse.Namespace, client: LocalClient) -> int:
+def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
-        raise CLIError("meshscale lab needs root (it creates network namespaces)")
-    from meshscale.lab import Lab, LabError, NatKind
-
-    from .labnet import MeshLabError, MeshNet
-
+        raise DemoError("needs root (it creates network namespaces)")
     workdir = (
         Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="meshscale-lab-"))
     )
@@ -99,15 +111,26 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
                 print("running; press Ctrl-C to tear down", flush=True)
                 while not stop.wait(1.0):
                     if net.ctl_proc is None or not net.ctl_proc.running:
-                        raise CLIError("the control server exited; see " + str(workdir))
+                        raise DemoError("the control server exited; see " + str(workdir))
             print("tearing down ...", flush=True)
     except (LabError, MeshLabError) as exc:
-        raise CLIError(str(exc).splitlines()[0]) from exc
+        raise DemoError(str(exc).splitlines()[0]) from exc
     finally:
         if not args.workdir and args.once:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(1)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except DemoError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

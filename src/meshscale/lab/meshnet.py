@@ -2,12 +2,14 @@
 
     with Lab(hint="demo") as lab:
         net = MeshNet(lab, workdir)
-        net.start_control()                      # ctl host: ts2021 + DERP + STUN
+        net.start_control()                      # ctl host: https://ctl.lab, DERP + STUN
         a = net.add_node("a", lab.add_public_host("a"))
         a.up()                                   # meshscale up --login-server --authkey
         a.cli("status", "--json")
 
-Every process runs in its lab namespace and is stopped with the lab.
+The control server is the real `meshscale-control serve` (:class:`ControlServer`) with a lab
+CA certificate; user "lab" (lab@meshscale.lab), MagicDNS domain ms.lab. Every process runs in
+its lab namespace and is stopped with the lab.
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshscale.lab import Host, Lab, LabCA, Proc
+from meshscale.lab.control import ControlServer
+from meshscale.lab.lab import Host, Lab
+from meshscale.lab.pki import LabCA
+from meshscale.lab.proc import Proc
 
-CONTROL_START_TIMEOUT = 30.0  # seconds
+CONTROL_NAME = "ctl.lab"
+LAB_USER = "lab"
+LAB_EMAIL = "lab@meshscale.lab"
+BASE_DOMAIN = "ms.lab"
 
 
 class MeshLabError(RuntimeError):
@@ -55,7 +63,7 @@ class MeshNode:
             "--verbose",
             "1",
         ]
-        env = {"SSL_CERT_FILE": str(self.net.ca.cert_path)} if self.net.ca is not None else None
+        env = {"SSL_CERT_FILE": str(self.net.ca.cert_path)}
         self.proc = self.host.spawn(argv, env=env, log_name=f"meshscaled-{self.name}")
         if wait:
             self.wait_started()
@@ -85,11 +93,10 @@ class MeshNode:
             raise MeshLabError(f"{self.name}: meshscale {' '.join(args)}: {res.stderr.strip()}")
         return res
 
-    def up(self, timeout: float = 30.0, *, https: bool = False) -> None:
-        url = "https://ctl.lab" if https else self.net.control_url
+    def up(self, timeout: float = 30.0) -> None:
         self.cli(
             "up",
-            f"--login-server={url}",
+            f"--login-server={self.net.control_url}",
             f"--authkey={self.net.authkey}",
             f"--hostname={self.name}",
             f"--timeout={timeout:g}s",
@@ -115,43 +122,44 @@ class MeshNet:
         self.lab = lab
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.ctl: Host | None = None
-        self.ctl_proc: Proc | None = None
+        self.ca = LabCA(self.workdir / "ca")
+        self.control: ControlServer | None = None
         self.authkey = ""
-        self.control_url = ""
-        self.ca: LabCA | None = None
+        self.control_url = f"https://{CONTROL_NAME}"
         self.nodes: dict[str, MeshNode] = {}
 
+    @property
+    def ctl(self) -> Host | None:
+        return self.control.host if self.control is not None else None
+
+    @property
+    def ctl_proc(self) -> Proc | None:
+        return self.control.proc if self.control is not None else None
+
     def start_control(self) -> None:
-        if self.ctl is None:
-            self.ctl = self.lab.add_public_host("ctl")
-            self.lab.add_hosts_entry("ctl.lab", self.ctl.ip)
-            self.ca = LabCA(self.workdir / "ca")
-        assert self.ca is not None
-        cert, key = self.ca.issue(["ctl.lab"], [self.ctl.ip])
-        cdir = self.workdir / "ctl"
-        cdir.mkdir(exist_ok=True)
-        (cdir / "authkey").unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "meshscale.cli.labcontrol", str(cdir), "ctl.lab",
-                str(self.ctl.ip), str(cert), str(key)]  # fmt: skip
-        self.ctl_proc = self.ctl.spawn(argv, log_name="control")
-        deadline = time.monotonic() + CONTROL_START_TIMEOUT
-        while not (cdir / "authkey").exists():
-            if not self.ctl_proc.running or time.monotonic() > deadline:
-                raise MeshLabError("control did not start:\n" + self.ctl_proc.log_text()[-3000:])
-            time.sleep(0.05)
-        self.authkey = (cdir / "authkey").read_text().strip()
-        self.control_url = f"http://{self.ctl.ip}"
+        """Start the control server on host "ctl" (again after stop_control: same state,
+        same keys) and make a reusable pre-auth key the first time."""
+        if self.control is None:
+            host = self.lab.add_public_host("ctl")
+            self.control = ControlServer(
+                host, self.ca, name=CONTROL_NAME, base_domain=BASE_DOMAIN, start=False
+            )
+        try:
+            self.control.start()
+            if not self.authkey:
+                self.control.create_user(LAB_USER, email=LAB_EMAIL)
+                self.authkey = self.control.authkey(LAB_USER)
+        except Exception as exc:
+            raise MeshLabError(f"control did not start: {exc}") from exc
 
     def approve(self, auth_url: str) -> None:
         """Approve an interactive login by its AuthURL (as an admin would)."""
-        reg_id = auth_url.rstrip("/").rsplit("/", 1)[-1]
-        (self.workdir / "ctl" / "approve" / reg_id).touch()
+        assert self.control is not None
+        self.control.register(auth_url.rstrip("/").rsplit("/", 1)[-1], LAB_USER)
 
     def stop_control(self) -> None:
-        if self.ctl_proc is not None:
-            self.ctl_proc.stop()
-            self.ctl_proc = None
+        if self.control is not None:
+            self.control.stop()
 
     def add_node(self, name: str, host: Host, *, wait: bool = True) -> MeshNode:
         node = MeshNode(self, name, host)
