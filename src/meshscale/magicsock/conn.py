@@ -50,7 +50,7 @@ from meshscale import disco
 from meshscale.disco import AddrPort, DiscoBox, IPAddress
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePublic
 from meshscale.magicsock.advertise import EndpointAdvertiser
-from meshscale.magicsock.derpmap import DERP_MAGIC_IP, DERPMap
+from meshscale.magicsock.derpmap import DERP_MAGIC_IP, FrozenDERPMap
 from meshscale.magicsock.endpoint import (
     SESSION_ACTIVE_TIMEOUT,
     BestAddrChanged,
@@ -61,7 +61,7 @@ from meshscale.magicsock.endpoint import (
     UserPingDone,
 )
 from meshscale.magicsock.events import (
-    Endpoint,
+    AdvertisedEndpoint,
     EndpointsChanged,
     Event,
     HomeDERPChanged,
@@ -153,9 +153,9 @@ class Conn:
         self._rand = rand
         self.local_port = local_port
         self.netcheck = Netcheck(rand, stun_codec, https_fallback=https_fallback)
-        self.derp_map = DERPMap()
+        self.derp_map = FrozenDERPMap()
         self.home_derp = 0
-        self.endpoints: tuple[Endpoint, ...] = ()
+        self.endpoints: tuple[AdvertisedEndpoint, ...] = ()
         self._endpoints_at: float | None = None
         self._local_ips: tuple[IPAddress, ...] = ()
         self._advertiser = EndpointAdvertiser()
@@ -181,7 +181,7 @@ class Conn:
         """Begin: first netcheck (if a DERP map is set) and the re-STUN timer."""
         self._restun(now, force_full=True)
 
-    def set_derp_map(self, derp_map: DERPMap, now: float) -> None:
+    def set_derp_map(self, derp_map: FrozenDERPMap, now: float) -> None:
         changed = derp_map != self.derp_map
         self.derp_map = derp_map
         if self.home_derp and self.home_derp not in derp_map.regions:

@@ -36,8 +36,7 @@ from meshscale.derp.client import ClientEvent
 from meshscale.disco import AddrPort
 from meshscale.io.udp import UDPSocket
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
-from meshscale.magicsock import Conn, Event, PeerConfig, PingResult
-from meshscale.magicsock import DERPMap as CoreDERPMap
+from meshscale.magicsock import Conn, Event, FrozenDERPMap, PeerConfig, PingResult
 from meshscale.relay.client import DERPRegions
 from meshscale.tailcfg import DERPMap, to_json
 from meshscale.wgdev.engine import RX_BATCH, BindClosed
@@ -451,7 +450,7 @@ class MagicBind:
         else:
             self.derp.urls = urls
         with self.lock:
-            self.core.set_derp_map(CoreDERPMap.from_json(raw), time.monotonic())
+            self.core.set_derp_map(FrozenDERPMap.from_json(raw), time.monotonic())
             self._flush_locked()
 
     async def set_node_key(self, key: NodePrivate) -> None:
