@@ -590,7 +590,7 @@ def test_no_home_candidates() -> None:
 
 
 def test_disco_key_announced_in_the_tunnel(pair) -> None:
-    from meshscale.filter import tsmp_disco_advertisement, tsmp_message
+    from meshscale.packet.tsmp import tsmp_disco_advertisement, tsmp_message
 
     a, b = pair
     new = DiscoPrivate(bytes([66]) * 32)

@@ -25,7 +25,7 @@ from typing import Any
 
 from meshscale import __version__
 from meshscale.disco import AddrPort
-from meshscale.filter import Filter, FilterError
+from meshscale.filter import Filter, FilterError, filter_inbound, note_outbound
 from meshscale.key import DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import (
     EndpointsChanged,
@@ -40,7 +40,6 @@ from meshscale.wireguard.uapi import PeerChange, SetRequest
 
 from . import ipnstate as S
 from .controlclient import Auto, Keys, NetworkMap
-from .fastfilter import filter_inbound, note_outbound
 from .localapi import BackendError
 from .magicsock import MagicBind, peer_endpoint
 from .prefs import Prefs
