@@ -11,9 +11,10 @@ The GIL is released in every syscall, so TX and RX overlap; AEAD holds the GIL, 
 threads would not help. The engine makes no protocol decisions: it feeds the core, flushes
 its output and sleeps until the core's next deadline.
 
-Seams for the node agent: `bind` is pluggable (magicsock multiplexes disco and DERP on it), and
-`filter_in` / `filter_out` see every batch of inner packets after decryption / before
-encryption.
+Seams for the node agent: `bind` is pluggable (`bind.Bind`; magicbind multiplexes disco and
+DERP on it), and `filter_in` / `filter_out` see every batch of inner packets after
+decryption / before encryption. The UAPI entry points (`uapi_get`, `uapi_set`) serve both
+meshscale-wireguard's socket and meshscaled's backend.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from meshscale.io.tun import TunClosedError, TunGoneError
+from meshscale.io.tun import TunClosedError, TunDevice, TunGoneError
 from meshscale.wireguard import Device, Endpoint
 from meshscale.wireguard.constants import DEFAULT_MTU, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_QUEUE
 from meshscale.wireguard.uapi import (
@@ -40,36 +41,16 @@ from meshscale.wireguard.uapi import (
     UAPIError,
 )
 
-log = logging.getLogger("meshscale.wgdev")
+from .bind import Bind, BindClosed
+from .udpbind import UDPBind
+
+log = logging.getLogger("meshscale.wgengine")
 
 HANDSHAKE_QUEUE_SIZE = 1024  # wireguard-go QueueHandshakeSize: bounds memory under a flood
 TX_BATCH = 128  # packets per TUN read batch (conn.IdealBatchSize)
-RX_BATCH = 128  # datagrams per receive batch
 CONTROL_TICK = 0.25  # seconds: the control thread's longest sleep (timers are >= 5 s scale)
 
 PacketFilter = Callable[[list[bytes]], list[bytes]]
-
-
-class BindClosed(Exception):
-    """The bind was closed (or rebound) while a thread was blocked on it."""
-
-
-class Bind(Protocol):
-    """Where transport datagrams go: a UDP socket, or magicsock's multiplexer."""
-
-    def open(self, port: int) -> int:
-        """(Re)bind to port (0 = any); returns the bound port. Raises OSError."""
-        ...
-
-    def send(self, ep: Endpoint, messages: list[list[bytes]]) -> None: ...
-
-    def send_one(self, ep: Endpoint, data: bytes) -> None: ...
-
-    def receive(self) -> list[tuple[bytes | memoryview, Endpoint]]:
-        """Block for at least one datagram; raises BindClosed when closed or rebound."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class Tun(Protocol):
@@ -110,9 +91,6 @@ class Engine:
     @classmethod
     def create(cls, ifname: str, *, tun_fd: int | None = None, mtu: int = DEFAULT_MTU) -> Engine:
         """Open the TUN interface and a UDP bind (not yet listening)."""
-        from meshscale.io.tun import TunDevice
-        from meshscale.wgdev.udpbind import UDPBind
-
         if tun_fd is not None:
             # An inherited descriptor (WG_TUN_FD): its name and offload flags come from the fd.
             tun = TunDevice.from_fd(tun_fd, gro_verify=False)

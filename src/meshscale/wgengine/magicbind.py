@@ -1,6 +1,6 @@
-"""The magicsock driver: one UDP socket shared by WireGuard, disco and STUN, plus DERP.
+"""MagicBind, the magicsock driver: one UDP socket shared by WireGuard, disco and STUN, plus DERP.
 
-It is the WireGuard engine's ``Bind`` (wgdev.engine.Bind). The engine's threads call
+It is the WireGuard engine's ``Bind`` (``bind.Bind``). The engine's threads call
 ``send``/``receive``; the asyncio loop runs the core's timer and the DERP connections. All
 protocol decisions are in ``meshscale.magicsock.Conn`` (the core); this module only moves
 bytes and guards the core with one lock.
@@ -36,10 +36,12 @@ from meshscale.derp.client import ClientEvent
 from meshscale.disco import AddrPort
 from meshscale.io.udp import UDPSocket
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
-from meshscale.magicsock import Conn, Event, FrozenDERPMap, PeerConfig, PingResult
+from meshscale.magicsock import Conn, Event, FrozenDERPMap, PeerConfig, PingResult, Report
 from meshscale.relay.client import DERPRegions
 from meshscale.tailcfg import DERPMap, to_json
-from meshscale.wgdev.engine import RX_BATCH, BindClosed
+from meshscale.wireguard import Device, Endpoint
+
+from .bind import RX_BATCH, BindClosed
 
 log = logging.getLogger("meshscale.magicsock")
 
@@ -48,9 +50,6 @@ TIMER_MAX_SLEEP = 0.1  # seconds: the core's deadlines are re-read at least this
 PROBE_INTERVAL = 1.0  # seconds between early probes of one peer (see _maybe_probe)
 MAX_SRC_CACHE = 4096  # parsed source addresses kept (a flood of sources only resets it)
 MAX_DERP_QUEUE = 4096  # WireGuard datagrams from DERP waiting for the RX thread (memory bound)
-
-Endpoint = tuple[str, int]
-
 
 def peer_endpoint(key: NodePublic) -> Endpoint:
     return (SYNTHETIC_PREFIX + key.hex(), 0)
@@ -106,7 +105,7 @@ class MagicBind:
         self.core = Conn(node_key.public(), disco_key, rand=rand, local_port=0)
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.device: Any = None  # the engine's wireguard.Device, for receiver-index lookups
+        self.device: Device | None = None  # the engine's, for receiver-index lookups
         self._sock: UDPSocket | None = None
         self._src_cache: dict[tuple[str, int], AddrPort] = {}
         self._disco_peers: dict[DiscoPublic, NodePublic] = {}
@@ -126,7 +125,7 @@ class MagicBind:
         self._timer_task: asyncio.Task[None] | None = None
         self._pings: dict[bytes, asyncio.Future[tuple[float, str, int]]] = {}
         self.region_codes: dict[int, str] = {}
-        self.report: Any = None
+        self.report: Report | None = None
 
     # ---- Bind protocol (engine threads) ----
 

@@ -1,4 +1,4 @@
-"""The magicsock driver over real loopback UDP sockets (no DERP, no engine)."""
+"""MagicBind, the magicsock driver, over real loopback UDP sockets (no engine)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from meshscale.disco import AddrPort
 from meshscale.key import DiscoPrivate, NodePrivate
 from meshscale.magicsock import PeerConfig, PeerPathChanged
-from meshscale.node.magicsock import MagicBind, derp_url, endpoint_peer, peer_endpoint
-from meshscale.wgdev.engine import BindClosed
+from meshscale.wgengine import BindClosed
+from meshscale.wgengine.magicbind import MagicBind, derp_url, endpoint_peer, peer_endpoint
 
 
 def test_synthetic_endpoints_round_trip():
