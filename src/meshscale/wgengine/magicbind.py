@@ -51,6 +51,7 @@ PROBE_INTERVAL = 1.0  # seconds between early probes of one peer (see _maybe_pro
 MAX_SRC_CACHE = 4096  # parsed source addresses kept (a flood of sources only resets it)
 MAX_DERP_QUEUE = 4096  # WireGuard datagrams from DERP waiting for the RX thread (memory bound)
 
+
 def peer_endpoint(key: NodePublic) -> Endpoint:
     return (SYNTHETIC_PREFIX + key.hex(), 0)
 

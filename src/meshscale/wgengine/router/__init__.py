@@ -1,8 +1,8 @@
 """meshscale.wgengine.router: the OS side of the tailnet (tailscale wgengine/router).
 
-    config   Config (addresses, routes) and the Router protocol: the seam for subnet
-             routes and exit nodes
-    netlink  NetlinkRouter: Linux addresses, routes and MTU through pyroute2
+config   Config (addresses, routes) and the Router protocol: the seam for subnet
+         routes and exit nodes
+netlink  NetlinkRouter: Linux addresses, routes and MTU through pyroute2
 """
 
 from .config import TAILNET_ROUTES, TUN_MTU, Config, Router
