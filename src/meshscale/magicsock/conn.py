@@ -20,7 +20,7 @@ packets from DERP (``receive_derp``), WireGuard datagrams to send (``send``),
 configuration calls, and the timer. Outputs: ``datagrams_to_send``,
 ``derp_to_send``, ``received_wireguard``, ``next_event``, ``get_timer``.
 
-Driving it (``meshscale.testing.magicsock.SimNode`` is a complete small driver)::
+Driving it (``meshscale.testing.magicsim.SimNode`` is a complete small driver)::
 
     conn = Conn(node_key, disco_private, rand=os.urandom, local_port=bound_port)
     conn.set_local_addresses(interface_ips, now); conn.set_derp_map(dm, now)

@@ -1,6 +1,6 @@
-"""Drive magicsock Conn cores on SimNet: a thin driver per node plus a tiny "control".
+"""magicsim: magicsock Conn cores driven on SimNet, a thin driver per node plus a tiny "control".
 
-``SimNode`` is what the real node agent will be, minus sockets: after every input
+``SimNode`` is the in-memory twin of ``meshscale.wgengine.magicbind.MagicBind``: after every input
 it feeds the Conn, flushes UDP and DERP output, and handles events (home DERP
 changes connect to the relay; endpoint changes go to ``SimControl``, which hands
 every other node the new peer list, as a control server's map poll would).
