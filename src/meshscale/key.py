@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 KEY_SIZE = 32  # bytes
 
 
-class KeyError_(ValueError):
+class InvalidKeyError(ValueError):
     """A key's text or bytes are malformed."""
 
 
@@ -44,31 +44,35 @@ class _Public:
 
     def __post_init__(self) -> None:
         if len(self.raw) != KEY_SIZE:
-            raise KeyError_(f"{type(self).__name__}: want {KEY_SIZE} bytes, got {len(self.raw)}")
+            raise InvalidKeyError(
+                f"{type(self).__name__}: want {KEY_SIZE} bytes, got {len(self.raw)}"
+            )
 
     @classmethod
     def from_text(cls, text: str) -> Self:
         """Parse ``prefix:hex``."""
         prefix, sep, hexpart = text.partition(":")
         if not sep or prefix != cls.PREFIX:
-            raise KeyError_(f"{cls.__name__}: expected prefix {cls.PREFIX!r} in {text[:16]!r}")
+            raise InvalidKeyError(
+                f"{cls.__name__}: expected prefix {cls.PREFIX!r} in {text[:16]!r}"
+            )
         return cls.from_hex(hexpart)
 
     @classmethod
     def from_hex(cls, hexpart: str) -> Self:
         if len(hexpart) != 2 * KEY_SIZE:
-            raise KeyError_(f"{cls.__name__}: want {2 * KEY_SIZE} hex digits")
+            raise InvalidKeyError(f"{cls.__name__}: want {2 * KEY_SIZE} hex digits")
         try:
             return cls(bytes.fromhex(hexpart))
         except ValueError as exc:
-            raise KeyError_(f"{cls.__name__}: bad hex") from exc
+            raise InvalidKeyError(f"{cls.__name__}: bad hex") from exc
 
     @classmethod
     def from_base64(cls, text: str) -> Self:
         try:
             raw = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise KeyError_(f"{cls.__name__}: bad base64") from exc
+            raise InvalidKeyError(f"{cls.__name__}: bad base64") from exc
         return cls(raw)
 
     def text(self) -> str:
@@ -112,7 +116,7 @@ class _Private:
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_SIZE:
-            raise KeyError_(f"private key: want {KEY_SIZE} bytes")
+            raise InvalidKeyError(f"private key: want {KEY_SIZE} bytes")
         self._raw = clamp(raw)
         self._pub = X25519PrivateKey.from_private_bytes(self._raw).public_key().public_bytes_raw()
 
@@ -125,11 +129,11 @@ class _Private:
     def from_text(cls, text: str) -> Self:
         prefix, sep, hexpart = text.partition(":")
         if not sep or prefix != cls.PREFIX or len(hexpart) != 2 * KEY_SIZE:
-            raise KeyError_(f"expected {cls.PREFIX}:<64 hex>")
+            raise InvalidKeyError(f"expected {cls.PREFIX}:<64 hex>")
         try:
             return cls(bytes.fromhex(hexpart))
         except ValueError as exc:
-            raise KeyError_("bad hex in private key") from exc
+            raise InvalidKeyError("bad hex in private key") from exc
 
     def text(self) -> str:
         return f"{self.PREFIX}:{self._raw.hex()}"
@@ -148,9 +152,9 @@ class _Private:
                 X25519PublicKey.from_public_bytes(peer_public)
             )
         except ValueError as exc:  # cryptography refuses low-order points itself
-            raise KeyError_("X25519 with a low-order or malformed public key") from exc
+            raise InvalidKeyError("X25519 with a low-order or malformed public key") from exc
         if not any(out):
-            raise KeyError_("X25519 produced the all-zero shared secret")
+            raise InvalidKeyError("X25519 produced the all-zero shared secret")
         return out
 
     def __eq__(self, other: object) -> bool:

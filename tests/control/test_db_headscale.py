@@ -135,17 +135,17 @@ def test_import_users_and_nodes(tmp_path: Path) -> None:
 
 
 def test_import_refuses_a_non_empty_state_and_non_headscale_files(tmp_path: Path) -> None:
-    from meshscale.control.db.headscale import ImportError_
+    from meshscale.control.db.headscale import HeadscaleImportError
 
     build_headscale_db(tmp_path / "hs.sqlite")
     state = State(SQLiteStore(":memory:"))
     state.create_user("someone")
-    with pytest.raises(ImportError_, match="not empty"):
+    with pytest.raises(HeadscaleImportError, match="not empty"):
         import_headscale(state, tmp_path / "hs.sqlite")
     empty = State(SQLiteStore(":memory:"))
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE x(y)").connection.close()
-    with pytest.raises(ImportError_, match="not a Headscale database"):
+    with pytest.raises(HeadscaleImportError, match="not a Headscale database"):
         import_headscale(empty, other)
 
 

@@ -14,10 +14,10 @@ from meshscale.disco import AddrPort
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import (
     Conn,
-    DERPMap,
-    DERPNode,
-    DERPRegion,
     EndpointsChanged,
+    FrozenDERPMap,
+    FrozenDERPNode,
+    FrozenDERPRegion,
     PeerConfig,
     PeerPathChanged,
     PingResult,
@@ -225,7 +225,9 @@ def test_new_disco_key_resets_the_path(pair) -> None:
 
 
 def test_call_me_maybe_waits_for_fresh_endpoints() -> None:
-    dm = DERPMap({900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))})
+    dm = FrozenDERPMap(
+        {900: FrozenDERPRegion(900, nodes=(FrozenDERPNode("900a", 900, ipv4="192.0.2.1"),))}
+    )
     a, b = Node(1, A_ADDR), Node(2, B_ADDR)
     a.conn.set_derp_map(dm, 0.0)
     a.conn.set_peers([b.cfg()], 0.0)
@@ -270,7 +272,9 @@ def _stun_round(node: Node, now: float, mapped: AddrPort) -> None:
 
 
 def test_recent_endpoints_stay_advertised_for_310s() -> None:
-    dm = DERPMap({900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))})
+    dm = FrozenDERPMap(
+        {900: FrozenDERPRegion(900, nodes=(FrozenDERPNode("900a", 900, ipv4="192.0.2.1"),))}
+    )
     a = Node(1, A_ADDR)
     a.conn.set_derp_map(dm, 0.0)
     first, second = AddrPort.parse("198.18.0.1:1000"), AddrPort.parse("198.18.0.1:2000")
@@ -309,10 +313,10 @@ def test_derp_map_from_tailcfg() -> None:
             )
         },
     )
-    dm = DERPMap.from_tailcfg(m)
+    dm = FrozenDERPMap.from_tailcfg(m)
     assert dm.region_score == {900: 2.0}
     assert dm.regions[900].no_measure_no_home
-    assert dm.regions[900].nodes == (DERPNode("900a", 900, ipv4="192.0.2.1"),)
+    assert dm.regions[900].nodes == (FrozenDERPNode("900a", 900, ipv4="192.0.2.1"),)
 
 
 def test_low_order_disco_key_peer_is_harmless() -> None:
@@ -356,13 +360,13 @@ def test_local_endpoint_rules() -> None:
 
 
 def test_vanished_home_region_is_rechosen() -> None:
-    r900 = DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))
-    r901 = DERPRegion(901, nodes=(DERPNode("901a", 901, ipv4="192.0.2.2"),))
+    r900 = FrozenDERPRegion(900, nodes=(FrozenDERPNode("900a", 900, ipv4="192.0.2.1"),))
+    r901 = FrozenDERPRegion(901, nodes=(FrozenDERPNode("901a", 901, ipv4="192.0.2.2"),))
     a = Node(1, A_ADDR)
-    a.conn.set_derp_map(DERPMap({900: r900}), 0.0)
+    a.conn.set_derp_map(FrozenDERPMap({900: r900}), 0.0)
     a.conn.handle_timer(3.0)  # no STUN answers: a pseudo-random home among {900}
     assert a.conn.home_derp == 900
-    a.conn.set_derp_map(DERPMap({901: r901}), 10.0)
+    a.conn.set_derp_map(FrozenDERPMap({901: r901}), 10.0)
     assert a.conn.home_derp == 0
     a.conn.handle_timer(13.0)
     assert a.conn.home_derp == 901
@@ -554,7 +558,9 @@ def test_attribution_table_is_bounded(pair) -> None:
 
 
 def test_pending_call_me_maybe_for_a_removed_peer_is_dropped() -> None:
-    dm = DERPMap({900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1"),))})
+    dm = FrozenDERPMap(
+        {900: FrozenDERPRegion(900, nodes=(FrozenDERPNode("900a", 900, ipv4="192.0.2.1"),))}
+    )
     a, b, c = Node(1, A_ADDR), Node(2, B_ADDR), Node(3, AddrPort.parse("10.0.0.3:41641"))
     a.conn.set_derp_map(dm, 0.0)
     a.conn.set_peers([b.cfg(), c.cfg()], 0.0)
@@ -571,10 +577,10 @@ def test_pending_call_me_maybe_for_a_removed_peer_is_dropped() -> None:
 
 def test_no_home_candidates() -> None:
     a = Node(1, A_ADDR)
-    dm = DERPMap(
+    dm = FrozenDERPMap(
         {
-            900: DERPRegion(
-                900, nodes=(DERPNode("x", 900, ipv4="192.0.2.1"),), no_measure_no_home=True
+            900: FrozenDERPRegion(
+                900, nodes=(FrozenDERPNode("x", 900, ipv4="192.0.2.1"),), no_measure_no_home=True
             )
         }
     )
@@ -584,7 +590,7 @@ def test_no_home_candidates() -> None:
 
 
 def test_disco_key_announced_in_the_tunnel(pair) -> None:
-    from meshscale.filter import tsmp_disco_advertisement, tsmp_message
+    from meshscale.packet.tsmp import tsmp_disco_advertisement, tsmp_message
 
     a, b = pair
     new = DiscoPrivate(bytes([66]) * 32)
@@ -617,10 +623,10 @@ def test_peer_with_zero_disco_key_is_left_out() -> None:
 
 
 def test_https_fallback_through_conn() -> None:
-    dm = DERPMap(
+    dm = FrozenDERPMap(
         {
-            900: DERPRegion(900, nodes=(DERPNode("a", 900, ipv4="192.0.2.1"),)),
-            901: DERPRegion(901, nodes=(DERPNode("b", 901, ipv4="192.0.2.2"),)),
+            900: FrozenDERPRegion(900, nodes=(FrozenDERPNode("a", 900, ipv4="192.0.2.1"),)),
+            901: FrozenDERPRegion(901, nodes=(FrozenDERPNode("b", 901, ipv4="192.0.2.2"),)),
         }
     )
     node = NodePrivate(bytes([1]) * 32)

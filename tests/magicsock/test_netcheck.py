@@ -9,7 +9,7 @@ import pytest
 
 from meshscale import stun
 from meshscale.disco import AddrPort
-from meshscale.magicsock.derpmap import DERPMap, DERPNode, DERPRegion
+from meshscale.magicsock.derpmap import FrozenDERPMap, FrozenDERPNode, FrozenDERPRegion
 from meshscale.magicsock.netcheck import (
     STUN_PROBE_TIMEOUT,
     Netcheck,
@@ -23,12 +23,12 @@ def rand():
     return lambda n: next(c).to_bytes(n, "big")
 
 
-def region(rid: int, *ips: str, **kw) -> DERPRegion:
-    nodes = tuple(DERPNode(f"{rid}{chr(97 + i)}", rid, ipv4=ip) for i, ip in enumerate(ips))
-    return DERPRegion(rid, f"r{rid}", f"Region {rid}", nodes, **kw)
+def region(rid: int, *ips: str, **kw) -> FrozenDERPRegion:
+    nodes = tuple(FrozenDERPNode(f"{rid}{chr(97 + i)}", rid, ipv4=ip) for i, ip in enumerate(ips))
+    return FrozenDERPRegion(rid, f"r{rid}", f"Region {rid}", nodes, **kw)
 
 
-DM = DERPMap(
+DM = FrozenDERPMap(
     {
         900: region(900, "192.0.2.1", "192.0.2.2"),
         901: region(901, "192.0.2.3"),
@@ -219,7 +219,7 @@ def test_preferred_derp_uses_history_and_scores() -> None:
 
 
 def test_derpmap_from_json() -> None:
-    dm = DERPMap.from_json(
+    dm = FrozenDERPMap.from_json(
         {
             "Regions": {
                 "900": {
@@ -247,11 +247,11 @@ def test_derpmap_from_json() -> None:
     assert node.stun_port_or_default() == 3479
     assert dm.region_score == {900: 0.5}
     with pytest.raises(ValueError, match="DERPMap"):
-        DERPMap.from_json({"Regions": {"1": {"Nodes": [{}]}}})
+        FrozenDERPMap.from_json({"Regions": {"1": {"Nodes": [{}]}}})
 
 
 def test_third_region_arms_the_enough_timer() -> None:
-    dm = DERPMap({900 + i: region(900 + i, f"192.0.2.{i + 1}") for i in range(5)})
+    dm = FrozenDERPMap({900 + i: region(900 + i, f"192.0.2.{i + 1}") for i in range(5)})
     nc = Netcheck(rand())
     nc.start_report(dm, 0.0)
     srv = Server(
@@ -269,8 +269,12 @@ def test_third_region_arms_the_enough_timer() -> None:
 
 
 def test_ipv6_probes_and_global_v6() -> None:
-    dm = DERPMap(
-        {900: DERPRegion(900, nodes=(DERPNode("900a", 900, ipv4="192.0.2.1", ipv6="2001:db8::1"),))}
+    dm = FrozenDERPMap(
+        {
+            900: FrozenDERPRegion(
+                900, nodes=(FrozenDERPNode("900a", 900, ipv4="192.0.2.1", ipv6="2001:db8::1"),)
+            )
+        }
     )
     nc = Netcheck(rand())
     nc.start_report(dm, 0.0, have_v4=True, have_v6=True)
@@ -287,8 +291,8 @@ def test_ipv6_probes_and_global_v6() -> None:
     assert r.region_v6_latency == {900: pytest.approx(0.012)}
     assert r.stun_endpoints == (AddrPort.parse("198.18.0.1:5000"), r.global_v6)
     # v6-only STUN target skipped on a v4-only machine, and "none" disables a family.
-    assert DERPNode("x", 1, ipv4="none").stun_ip(4) is None
-    assert DERPNode("x", 1, ipv4="192.0.2.1", stun_port=-1).stun_ip(4) is None
+    assert FrozenDERPNode("x", 1, ipv4="none").stun_ip(4) is None
+    assert FrozenDERPNode("x", 1, ipv4="192.0.2.1", stun_port=-1).stun_ip(4) is None
 
 
 def test_net_info() -> None:
@@ -324,7 +328,7 @@ def test_empty_map_finishes_at_once_and_idle_calls_are_harmless() -> None:
     nc.handle_timer(0.0)  # nothing running
     assert not nc.receive_stun(b"x" * 20, 0.0)
     assert nc.get_timer() is None
-    nc.start_report(DERPMap(), 0.0)
+    nc.start_report(FrozenDERPMap(), 0.0)
     r = nc.next_report()
     assert r is not None
     assert not r.udp
@@ -334,7 +338,7 @@ def test_empty_map_finishes_at_once_and_idle_calls_are_harmless() -> None:
 def test_probes_that_add_nothing_are_skipped() -> None:
     # Two nodes answer the same mapping: the second try of region 900 is not needed
     # once latency and "mapping varies" are known, so only one probe per set leaves.
-    dm = DERPMap({900: region(900, "192.0.2.1", "192.0.2.2"), 901: region(901, "192.0.2.3")})
+    dm = FrozenDERPMap({900: region(900, "192.0.2.1", "192.0.2.2"), 901: region(901, "192.0.2.3")})
     nc = Netcheck(rand())
     nc.start_report(dm, 0.0)
     srv = Server(
@@ -351,12 +355,14 @@ def test_probes_that_add_nothing_are_skipped() -> None:
 
 
 def test_incremental_plan_dual_stack_and_home_outside_top3() -> None:
-    dm = DERPMap(
+    dm = FrozenDERPMap(
         {
-            900 + i: DERPRegion(
+            900 + i: FrozenDERPRegion(
                 900 + i,
                 nodes=(
-                    DERPNode(f"{i}a", 900 + i, ipv4=f"192.0.2.{i + 1}", ipv6=f"2001:db8::{i + 1}"),
+                    FrozenDERPNode(
+                        f"{i}a", 900 + i, ipv4=f"192.0.2.{i + 1}", ipv6=f"2001:db8::{i + 1}"
+                    ),
                 ),
             )
             for i in range(6)
@@ -384,12 +390,20 @@ def test_incremental_plan_dual_stack_and_home_outside_top3() -> None:
 
 
 def test_retries_without_new_information_are_skipped() -> None:
-    dm = DERPMap(
+    dm = FrozenDERPMap(
         {
-            900: DERPRegion(900, nodes=(DERPNode("a", 900, ipv4="192.0.2.1", ipv6="2001:db8::1"),)),
-            901: DERPRegion(901, nodes=(DERPNode("b", 901, ipv4="192.0.2.2", ipv6="2001:db8::2"),)),
-            902: DERPRegion(902, nodes=(DERPNode("c", 902, ipv4="192.0.2.3"),)),  # no IPv6
-            903: DERPRegion(903, nodes=(DERPNode("d", 903, ipv4="192.0.2.4", ipv6="2001:db8::4"),)),
+            900: FrozenDERPRegion(
+                900, nodes=(FrozenDERPNode("a", 900, ipv4="192.0.2.1", ipv6="2001:db8::1"),)
+            ),
+            901: FrozenDERPRegion(
+                901, nodes=(FrozenDERPNode("b", 901, ipv4="192.0.2.2", ipv6="2001:db8::2"),)
+            ),
+            902: FrozenDERPRegion(
+                902, nodes=(FrozenDERPNode("c", 902, ipv4="192.0.2.3"),)
+            ),  # no IPv6
+            903: FrozenDERPRegion(
+                903, nodes=(FrozenDERPNode("d", 903, ipv4="192.0.2.4", ipv6="2001:db8::4"),)
+            ),
         }
     )
     nc = Netcheck(rand())
@@ -416,7 +430,7 @@ def test_retries_without_new_information_are_skipped() -> None:
 
 
 def test_incremental_without_ipv6_history_and_break_after_top3() -> None:
-    dm = DERPMap({900 + i: region(900 + i, f"192.0.2.{i + 1}") for i in range(5)})
+    dm = FrozenDERPMap({900 + i: region(900 + i, f"192.0.2.{i + 1}") for i in range(5)})
     nc = Netcheck(rand())
     nc.note_derp_frame(900, 0.0)
     answers = {f"192.0.2.{i + 1}": "198.18.0.1:5000" for i in range(5)}
@@ -436,12 +450,14 @@ def test_incremental_without_ipv6_history_and_break_after_top3() -> None:
 
 
 def test_https_fallback_when_udp_is_blocked() -> None:
-    dm = DERPMap(
+    dm = FrozenDERPMap(
         {
             900: region(900, "192.0.2.1"),
             901: region(901, "192.0.2.2"),
             902: region(902, "192.0.2.3", avoid=True),  # never measured over HTTPS
-            903: DERPRegion(903, nodes=(DERPNode("s", 903, ipv4="192.0.2.4", stun_only=True),)),
+            903: FrozenDERPRegion(
+                903, nodes=(FrozenDERPNode("s", 903, ipv4="192.0.2.4", stun_only=True),)
+            ),
         }
     )
     nc = Netcheck(rand(), https_fallback=True)
@@ -467,7 +483,7 @@ def test_https_fallback_when_udp_is_blocked() -> None:
 
 def test_https_fallback_deadline_and_failures() -> None:
     nc = Netcheck(rand(), https_fallback=True)
-    nc.start_report(DERPMap({900: region(900, "192.0.2.1")}), 0.0)
+    nc.start_report(FrozenDERPMap({900: region(900, "192.0.2.1")}), 0.0)
     nc.handle_timer(STUN_PROBE_TIMEOUT)
     assert nc.https_probes_to_send() == [900]
     nc.handle_timer(4.0)
@@ -476,7 +492,7 @@ def test_https_fallback_deadline_and_failures() -> None:
     r = nc.next_report()
     assert r is not None
     assert r.region_latency == {}
-    nc.start_report(DERPMap({900: region(900, "192.0.2.1")}), 10.0)
+    nc.start_report(FrozenDERPMap({900: region(900, "192.0.2.1")}), 10.0)
     nc.handle_timer(13.0)
     nc.receive_https_latency(900, None, 13.1)  # failed probe: no latency, report done
     r = nc.next_report()

@@ -11,7 +11,6 @@ import pytest
 from meshscale.key import DiscoPrivate, NodePrivate
 from meshscale.node.backend import Backend
 from meshscale.node.controlclient import NetworkMap
-from meshscale.node.magicsock import MagicBind, peer_endpoint
 from meshscale.node.store import State, StateStore
 from meshscale.tailcfg import (
     DERPMap,
@@ -23,6 +22,8 @@ from meshscale.tailcfg import (
     PeerChange,
     UserProfile,
 )
+from meshscale.wgengine.magicbind import MagicBind, peer_endpoint
+from meshscale.wgengine.router import Config
 from meshscale.wireguard.uapi import SetRequest
 
 
@@ -65,8 +66,8 @@ class FakeRouter:
     def __init__(self) -> None:
         self.addresses: list[list[str]] = []
 
-    def set(self, addresses: list[str]) -> None:
-        self.addresses.append(list(addresses))
+    def set(self, config: Config) -> None:
+        self.addresses.append([f"{a}/{a.max_prefixlen}" for a in config.local_addrs])
 
 
 def _key(i: int) -> NodePrivate:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from typing import Any
 
@@ -143,3 +144,52 @@ def kernel_receive(entry: list[Any]) -> bytes:
     ip = parse_ip(pkt)
     assert ip.total_length == len(pkt)
     return bytes(pkt)
+
+
+# IP protocol numbers and TCP flags, written out here rather than taken from the code.
+TCP, UDP, ICMP4, ICMP6, SCTP, TSMP = 6, 17, 1, 58, 132, 99
+SYN, ACK = 0x02, 0x10
+
+
+def ip_packet(
+    src: str,
+    dst: str,
+    proto: int,
+    *,
+    sport: int = 40000,
+    dport: int = 80,
+    flags: int = SYN,
+    icmp: tuple[int, int] = (8, 0),
+    frag: int = 0,
+    more: bool = False,
+    payload: bytes = b"",
+    truncate: int | None = None,
+) -> bytes:
+    """An IPv4/IPv6 packet of ``proto`` with a minimal transport header (fragments: ``frag``
+    in 8-byte blocks, ``more`` = MF; IPv6 fragments get a fragment extension header)."""
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if proto == TCP:
+        body = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 0x50, flags, 0, 0, 0)
+    elif proto == UDP:
+        body = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0)
+    elif proto == SCTP:
+        body = struct.pack("!HHII", sport, dport, 0, 0)
+    elif proto in (ICMP4, ICMP6):
+        body = struct.pack("!BBHHH", icmp[0], icmp[1], 0, 0, 0)
+    elif proto == TSMP:
+        body = b"p" + bytes(8)
+    else:
+        body = bytes(8)
+    body += payload
+    if s.version == 4:
+        fl = (0x2000 if more else 0) | frag
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 0, fl, 64, proto, 0,
+                          s.packed, d.packed)  # fmt: skip
+    else:
+        nh = proto
+        if frag or more:
+            body = struct.pack("!BBHI", proto, 0, (frag << 3) | int(more), 0) + body
+            nh = 44
+        hdr = struct.pack("!IHBB16s16s", 6 << 28, len(body), nh, 64, s.packed, d.packed)
+    out = hdr + body
+    return out[:truncate] if truncate is not None else out

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from meshscale.key import clamp
+from meshscale.wireguard import Endpoint
 from meshscale.wireguard.uapi import (
     IPC_ERROR_PORT_IN_USE,
     UNSET,
     DeviceSnapshot,
-    Endpoint,
     IPNetwork,
     PeerSnapshot,
     SetRequest,

@@ -3,7 +3,7 @@
     python -m tests.wgdev.launcher {fake|tun|real} SOCKET_DIR [meshscale-wireguard args...]
 
 ``fake``: FakeEngine (no TUN); ``tun``: TunFakeEngine (a real TUN, no data plane);
-``real``: the default factory (meshscale.wgdev.engine.Engine.create).
+``real``: the default factory (meshscale.wgengine.Engine.create).
 """
 
 from __future__ import annotations

@@ -364,7 +364,7 @@ def test_signal_during_startup_still_cleans_up(sock_dir: Path) -> None:
 def test_main_imports_without_the_engine() -> None:
     code = (
         "import sys, meshscale.wgdev.main\n"
-        "assert 'meshscale.wgdev.engine' not in sys.modules, 'engine imported eagerly'\n"
+        "assert 'meshscale.wgengine.engine' not in sys.modules, 'engine imported eagerly'\n"
     )
     subprocess.run([sys.executable, "-c", code], env=child_env(), check=True, timeout=TIMEOUT)
 

@@ -130,8 +130,8 @@ def test_allowed_ips_moves_prefix_and_removes_peer() -> None:
 
 
 def test_node_key_shared_with_low_order_point_raises_key_error() -> None:
-    from meshscale.key import KeyError_, NodePrivate
+    from meshscale.key import InvalidKeyError, NodePrivate
 
     k = NodePrivate(b"\x01" * 32)
-    with pytest.raises(KeyError_):
+    with pytest.raises(InvalidKeyError):
         k.shared(bytes(32))  # the all-zero point: low order

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from meshscale.control.state import StateReader
 from meshscale.io.http import Request, Response, Router
-from meshscale.key import KeyError_, NodePublic
+from meshscale.key import InvalidKeyError, NodePublic
 
 MAX_VERIFY_BODY = 4096  # bytes: the request is one small JSON object
 
@@ -25,7 +25,7 @@ def verify_handler(state: StateReader) -> Callable[[Request], Awaitable[Response
         try:
             body = json.loads(req.body)
             key = NodePublic.from_text(body["NodePublic"])
-        except (ValueError, KeyError, TypeError, KeyError_):
+        except (ValueError, KeyError, TypeError, InvalidKeyError):
             return Response.text(400, "want a JSON DERPAdmitClientRequest")
         node = state.get_node_by_node_key(key)
         now = state.clock()

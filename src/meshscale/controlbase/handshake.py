@@ -65,7 +65,7 @@ class _SymmetricState:
     def mix_dh(self, priv: MachinePrivate, pub: bytes) -> bytes:
         try:
             shared = priv.shared(pub)
-        except ValueError as exc:  # KeyError_, or cryptography refusing an all-zero result
+        except ValueError as exc:  # InvalidKeyError, or cryptography refusing an all-zero result
             raise HandshakeError("X25519 with a low-order point") from exc
         self.ck, k = hkdf2(self.ck, shared)
         return k

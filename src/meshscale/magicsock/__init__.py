@@ -8,10 +8,15 @@ from meshscale.magicsock.conn import (
     WireGuardSource,
     looks_like_stun,
 )
-from meshscale.magicsock.derpmap import DERP_MAGIC_IP, DERPMap, DERPNode, DERPRegion
+from meshscale.magicsock.derpmap import (
+    DERP_MAGIC_IP,
+    FrozenDERPMap,
+    FrozenDERPNode,
+    FrozenDERPRegion,
+)
 from meshscale.magicsock.endpoint import PeerEndpoint, better_addr
 from meshscale.magicsock.events import (
-    Endpoint,
+    AdvertisedEndpoint,
     EndpointsChanged,
     EndpointType,
     Event,
@@ -31,15 +36,15 @@ from meshscale.magicsock.netcheck import (
 
 __all__ = [
     "DERP_MAGIC_IP",
+    "AdvertisedEndpoint",
     "Conn",
     "ConnStats",
-    "DERPMap",
-    "DERPNode",
-    "DERPRegion",
-    "Endpoint",
     "EndpointType",
     "EndpointsChanged",
     "Event",
+    "FrozenDERPMap",
+    "FrozenDERPNode",
+    "FrozenDERPRegion",
     "HomeDERPChanged",
     "Netcheck",
     "NetcheckReportReady",

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from meshscale.disco import AddrPort, IPAddress
-from meshscale.magicsock.events import Endpoint, EndpointType
+from meshscale.magicsock.events import AdvertisedEndpoint, EndpointType
 
 ENDPOINT_CACHE_TIME = 310.0  # seconds: recently seen endpoints stay advertised
 ENDPOINT_CACHE_PER_IP = 6  # most recent endpoints kept per IP, so one NAT cannot grow it
@@ -33,9 +33,9 @@ class EndpointAdvertiser:
         now: float,
         *,
         fresh: bool,
-    ) -> tuple[Endpoint, ...]:
+    ) -> tuple[AdvertisedEndpoint, ...]:
         """The list to advertise; ``fresh`` marks this round's addresses as just seen."""
-        eps = [Endpoint(a, EndpointType.STUN) for a in stun]
+        eps = [AdvertisedEndpoint(a, EndpointType.STUN) for a in stun]
         local = [
             ip
             for ip in local_ips
@@ -43,24 +43,24 @@ class EndpointAdvertiser:
         ]
         if any(not ip.is_loopback for ip in local):
             local = [ip for ip in local if not ip.is_loopback]
-        eps += [Endpoint(AddrPort(ip, port), EndpointType.LOCAL) for ip in local]
+        eps += [AdvertisedEndpoint(AddrPort(ip, port), EndpointType.LOCAL) for ip in local]
         if fresh:
             for e in eps:
                 self._cache[e.addr] = (e.type, now)
         eps += self._recent(now)
-        first: dict[AddrPort, Endpoint] = {}
+        first: dict[AddrPort, AdvertisedEndpoint] = {}
         for e in eps:
             first.setdefault(e.addr, e)
         return tuple(first.values())
 
-    def _recent(self, now: float) -> list[Endpoint]:
+    def _recent(self, now: float) -> list[AdvertisedEndpoint]:
         per_ip: dict[IPAddress, int] = {}
-        out: list[Endpoint] = []
+        out: list[AdvertisedEndpoint] = []
         for addr, (typ, at) in sorted(self._cache.items(), key=lambda kv: -kv[1][1]):
             n = per_ip.get(addr.ip, 0)
             if now - at > ENDPOINT_CACHE_TIME or n >= ENDPOINT_CACHE_PER_IP:
                 del self._cache[addr]
                 continue
             per_ip[addr.ip] = n + 1
-            out.append(Endpoint(addr, typ))
+            out.append(AdvertisedEndpoint(addr, typ))
         return out

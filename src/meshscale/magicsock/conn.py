@@ -20,7 +20,7 @@ packets from DERP (``receive_derp``), WireGuard datagrams to send (``send``),
 configuration calls, and the timer. Outputs: ``datagrams_to_send``,
 ``derp_to_send``, ``received_wireguard``, ``next_event``, ``get_timer``.
 
-Driving it (``meshscale.testing.magicsock.SimNode`` is a complete small driver)::
+Driving it (``meshscale.testing.magicsim.SimNode`` is a complete small driver)::
 
     conn = Conn(node_key, disco_private, rand=os.urandom, local_port=bound_port)
     conn.set_local_addresses(interface_ips, now); conn.set_derp_map(dm, now)
@@ -50,7 +50,7 @@ from meshscale import disco
 from meshscale.disco import AddrPort, DiscoBox, IPAddress
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePublic
 from meshscale.magicsock.advertise import EndpointAdvertiser
-from meshscale.magicsock.derpmap import DERP_MAGIC_IP, DERPMap
+from meshscale.magicsock.derpmap import DERP_MAGIC_IP, FrozenDERPMap
 from meshscale.magicsock.endpoint import (
     SESSION_ACTIVE_TIMEOUT,
     BestAddrChanged,
@@ -61,7 +61,7 @@ from meshscale.magicsock.endpoint import (
     UserPingDone,
 )
 from meshscale.magicsock.events import (
-    Endpoint,
+    AdvertisedEndpoint,
     EndpointsChanged,
     Event,
     HomeDERPChanged,
@@ -153,9 +153,9 @@ class Conn:
         self._rand = rand
         self.local_port = local_port
         self.netcheck = Netcheck(rand, stun_codec, https_fallback=https_fallback)
-        self.derp_map = DERPMap()
+        self.derp_map = FrozenDERPMap()
         self.home_derp = 0
-        self.endpoints: tuple[Endpoint, ...] = ()
+        self.endpoints: tuple[AdvertisedEndpoint, ...] = ()
         self._endpoints_at: float | None = None
         self._local_ips: tuple[IPAddress, ...] = ()
         self._advertiser = EndpointAdvertiser()
@@ -181,7 +181,7 @@ class Conn:
         """Begin: first netcheck (if a DERP map is set) and the re-STUN timer."""
         self._restun(now, force_full=True)
 
-    def set_derp_map(self, derp_map: DERPMap, now: float) -> None:
+    def set_derp_map(self, derp_map: FrozenDERPMap, now: float) -> None:
         changed = derp_map != self.derp_map
         self.derp_map = derp_map
         if self.home_derp and self.home_derp not in derp_map.regions:

@@ -2,7 +2,8 @@
 
 Built from control's ``meshscale.tailcfg.DERPMap`` with ``from_tailcfg`` (or from its
 JSON form with ``from_json``); frozen so that a Conn can compare maps and hold one
-without copying. Region 0 means "no region" everywhere in magicsock.
+without copying. Region 0 means "no region" everywhere in magicsock. The ``Frozen`` prefix
+keeps these apart from the wire types ``tailcfg.DERPMap``/``DERPRegion``/``DERPNode``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ DERP_MAGIC_IP = ipaddress.IPv4Address("127.3.3.40")  # spec 8: the port is a reg
 
 
 @dataclass(frozen=True, slots=True)
-class DERPNode:
+class FrozenDERPNode:
     name: str
     region_id: int
     host_name: str = ""
@@ -49,30 +50,30 @@ class DERPNode:
 
 
 @dataclass(frozen=True, slots=True)
-class DERPRegion:
+class FrozenDERPRegion:
     region_id: int
     region_code: str = ""
     region_name: str = ""
-    nodes: tuple[DERPNode, ...] = ()
+    nodes: tuple[FrozenDERPNode, ...] = ()
     avoid: bool = False
     no_measure_no_home: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class DERPMap:
-    regions: Mapping[int, DERPRegion] = field(default_factory=dict)
+class FrozenDERPMap:
+    regions: Mapping[int, FrozenDERPRegion] = field(default_factory=dict)
     region_score: Mapping[int, float] = field(default_factory=dict)  # HomeParams.RegionScore
 
     @classmethod
-    def from_tailcfg(cls, m: tailcfg.DERPMap) -> DERPMap:
+    def from_tailcfg(cls, m: tailcfg.DERPMap) -> FrozenDERPMap:
         """Convert control's DERPMap (null regions are skipped, spec 2.2)."""
         regions = {
-            rid: DERPRegion(
+            rid: FrozenDERPRegion(
                 region_id=rid,
                 region_code=r.RegionCode,
                 region_name=r.RegionName,
                 nodes=tuple(
-                    DERPNode(
+                    FrozenDERPNode(
                         name=n.Name,
                         region_id=n.RegionID or rid,
                         host_name=n.HostName,
@@ -95,16 +96,16 @@ class DERPMap:
         return cls(regions, scores)
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> DERPMap:
+    def from_json(cls, obj: Mapping[str, Any]) -> FrozenDERPMap:
         """Read tailcfg.DERPMap JSON (already decoded). Raises ValueError on bad shapes."""
         try:
-            regions: dict[int, DERPRegion] = {}
+            regions: dict[int, FrozenDERPRegion] = {}
             for rid_text, r in (obj.get("Regions") or {}).items():
                 if r is None:
                     continue  # spec 2.2: null entries are deletions
                 rid = int(rid_text)
                 nodes = tuple(
-                    DERPNode(
+                    FrozenDERPNode(
                         name=str(n["Name"]),
                         region_id=int(n.get("RegionID", rid)),
                         host_name=str(n.get("HostName", "")),
@@ -117,7 +118,7 @@ class DERPMap:
                     )
                     for n in (r.get("Nodes") or [])
                 )
-                regions[rid] = DERPRegion(
+                regions[rid] = FrozenDERPRegion(
                     region_id=rid,
                     region_code=str(r.get("RegionCode", "")),
                     region_name=str(r.get("RegionName", "")),

@@ -22,7 +22,7 @@ class EndpointType(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class AdvertisedEndpoint:
     addr: AddrPort
     type: EndpointType
 
@@ -31,7 +31,7 @@ class Endpoint:
 class EndpointsChanged:
     """Our advertised endpoints changed: send them to control (MapRequest.Endpoints)."""
 
-    endpoints: tuple[Endpoint, ...]
+    endpoints: tuple[AdvertisedEndpoint, ...]
 
 
 @dataclass(frozen=True, slots=True)

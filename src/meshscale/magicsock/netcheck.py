@@ -28,7 +28,7 @@ from typing import Protocol
 
 from meshscale import stun, tailcfg
 from meshscale.disco import AddrPort
-from meshscale.magicsock.derpmap import DERPMap, DERPRegion
+from meshscale.magicsock.derpmap import FrozenDERPMap, FrozenDERPRegion
 
 REPORT_TIMEOUT = 5.0  # seconds, whole report
 STUN_PROBE_TIMEOUT = 3.0  # seconds, STUN phase
@@ -98,7 +98,7 @@ class _Probe:
 class _Run:
     start: float
     full: bool
-    derp_map: DERPMap
+    derp_map: FrozenDERPMap
     pending: list[_Probe]
     inflight: dict[bytes, tuple[_Probe, float]] = field(default_factory=dict)
     sets_left: set[tuple[int, int]] = field(default_factory=set)
@@ -157,7 +157,7 @@ class Netcheck:
 
     def start_report(
         self,
-        derp_map: DERPMap,
+        derp_map: FrozenDERPMap,
         now: float,
         *,
         have_v4: bool = True,
@@ -426,11 +426,11 @@ def choose_preferred_derp(
     return preferred
 
 
-def _measurable(dm: DERPMap) -> list[DERPRegion]:
+def _measurable(dm: FrozenDERPMap) -> list[FrozenDERPRegion]:
     return [r for _, r in sorted(dm.regions.items()) if r.nodes and not r.no_measure_no_home]
 
 
-def _probe(region: DERPRegion, t: int, family: int, at: float) -> _Probe | None:
+def _probe(region: FrozenDERPRegion, t: int, family: int, at: float) -> _Probe | None:
     node = region.nodes[t % len(region.nodes)]
     ip = node.stun_ip(family)
     if ip is None:
@@ -439,7 +439,7 @@ def _probe(region: DERPRegion, t: int, family: int, at: float) -> _Probe | None:
     return _Probe(at, region.region_id, node.name, family, dst)
 
 
-def _plan_initial(dm: DERPMap, now: float, v4: bool, v6: bool) -> list[_Probe]:
+def _plan_initial(dm: FrozenDERPMap, now: float, v4: bool, v6: bool) -> list[_Probe]:
     out: list[_Probe] = []
     for region in _measurable(dm):
         for t in range(3):
@@ -451,7 +451,7 @@ def _plan_initial(dm: DERPMap, now: float, v4: bool, v6: bool) -> list[_Probe]:
 
 
 def _plan_incremental(
-    dm: DERPMap, now: float, last: Report, home: int, have4: bool, have6: bool
+    dm: FrozenDERPMap, now: float, last: Report, home: int, have4: bool, have6: bool
 ) -> list[_Probe]:
     regions = [r for r in _measurable(dm) if not r.avoid or r.region_id == home]
     regions.sort(

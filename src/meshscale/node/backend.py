@@ -25,7 +25,7 @@ from typing import Any
 
 from meshscale import __version__
 from meshscale.disco import AddrPort
-from meshscale.filter import Filter, FilterError
+from meshscale.filter import Filter, FilterError, filter_inbound, note_outbound
 from meshscale.key import DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import (
     EndpointsChanged,
@@ -36,15 +36,15 @@ from meshscale.magicsock import (
 )
 from meshscale.magicsock.netcheck import net_info
 from meshscale.tailcfg import Hostinfo, Login, Node, to_json
+from meshscale.wgengine import Engine
+from meshscale.wgengine.magicbind import MagicBind, peer_endpoint
+from meshscale.wgengine.router import Config, NetlinkRouter, Router
 from meshscale.wireguard.uapi import PeerChange, SetRequest
 
 from . import ipnstate as S
 from .controlclient import Auto, Keys, NetworkMap
-from .fastfilter import filter_inbound, note_outbound
 from .localapi import BackendError
-from .magicsock import MagicBind, peer_endpoint
 from .prefs import Prefs
-from .router import Router
 from .store import LoginInfo, State, StateStore
 
 log = logging.getLogger("meshscale.backend")
@@ -65,7 +65,7 @@ class Backend:
     """Implements localapi.LocalBackend over a real engine (see the module docstring)."""
 
     def __init__(
-        self, store: StateStore, state: State, *, engine: Any, bind: MagicBind, router: Router
+        self, store: StateStore, state: State, *, engine: Engine, bind: MagicBind, router: Router
     ) -> None:
         self.store = store
         self.st = state
@@ -329,7 +329,7 @@ class Backend:
         me = nm.self_node
         if me is not None:
             try:
-                self.router.set(me.Addresses)
+                self.router.set(Config.for_addresses(me.Addresses))
             except OSError as exc:
                 self.health = [f"router: {exc}"]
                 log.error("configuring %s: %s", self.router.ifname, exc)
@@ -346,7 +346,7 @@ class Backend:
     def _clear_addresses(self) -> None:
         """Down or logged out: the interface stays, without tailnet addresses."""
         try:
-            self.router.set([])
+            self.router.set(Config())
         except OSError as exc:
             log.warning("clearing %s: %s", self.router.ifname, exc)
 
@@ -426,7 +426,7 @@ class Backend:
     async def _watch_links(self) -> None:
         while True:
             try:
-                ips = await asyncio.to_thread(Router.local_addresses, self.router.ifname)
+                ips = await asyncio.to_thread(NetlinkRouter.local_addresses, self.router.ifname)
             except Exception as exc:  # netlink trouble must not end roaming detection
                 log.debug("listing addresses: %s", exc)
                 ips = self._local_ips

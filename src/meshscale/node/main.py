@@ -23,13 +23,13 @@ from typing import NoReturn
 
 from meshscale.io.tun import TunDevice
 from meshscale.key import DiscoPrivate
-from meshscale.wgdev.engine import Engine
+from meshscale.wgengine import Engine
+from meshscale.wgengine.magicbind import MagicBind
+from meshscale.wgengine.router import TUN_MTU, NetlinkRouter
 from meshscale.wireguard.uapi import SetRequest
 
 from .backend import Backend
 from .localapi import LocalAPI
-from .magicsock import MagicBind
-from .router import TUN_MTU, Router
 from .store import StateError, StateStore
 
 log = logging.getLogger("meshscaled")
@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace) -> int:
     st.disco_key = DiscoPrivate.generate(os.urandom(32))
     store.save(st)
     tun = TunDevice.open(args.tun, mtu=TUN_MTU)
-    router = Router(args.tun)
+    router = NetlinkRouter(args.tun)
     router.up()
     backend: Backend | None = None
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshscale.key import DiscoPrivate, KeyError_, MachinePrivate, NodePrivate, NodePublic
+from meshscale.key import DiscoPrivate, InvalidKeyError, MachinePrivate, NodePrivate, NodePublic
 
 from .prefs import Prefs, PrefsError
 
@@ -86,7 +86,7 @@ class State:
             if "OldNodeKey" in obj:
                 st.old_node_key = NodePublic.from_text(_str(obj, "OldNodeKey"))
             st.prefs = Prefs.from_json(obj.get("Prefs", {}))
-        except (KeyError_, PrefsError) as exc:
+        except (InvalidKeyError, PrefsError) as exc:
             raise StateError(f"state file: {exc}") from exc
         login = obj.get("Login", {})
         if isinstance(login, dict):

@@ -1,4 +1,5 @@
-"""meshscale.packet: IP/TCP/UDP header views, checksums and TUN offload (GSO split, GRO).
+"""meshscale.packet: IP/TCP/UDP header views, the filter's packet summary, TSMP, checksums
+and TUN offload (GSO split, GRO).
 
 Sans-IO: nothing here reads a device or a clock.
 """
@@ -7,7 +8,13 @@ from .checksum import checksum, fold, ones_sum, pseudo_header_sum, segment_sums,
 from .errors import ParseError
 from .gro import Coalescer, GROStats, Packet, coalesce
 from .ip import (
+    IPPROTO_FRAGMENT,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_IGMP,
+    IPPROTO_SCTP,
     IPPROTO_TCP,
+    IPPROTO_TSMP,
     IPPROTO_UDP,
     IPv4Header,
     IPv6Header,
@@ -16,6 +23,7 @@ from .ip import (
     addresses,
     parse_ip,
 )
+from .parsed import PROTO_FRAGMENT, PROTO_UNKNOWN, Parsed, decode
 from .tso import MAX_SEGMENTS, SplitStats, Splitter, gso_split, split_room
 from .virtio import (
     F_DATA_VALID,
@@ -38,9 +46,17 @@ __all__ = [
     "GSO_TCPV4",
     "GSO_TCPV6",
     "GSO_UDP_L4",
+    "IPPROTO_FRAGMENT",
+    "IPPROTO_ICMP",
+    "IPPROTO_ICMPV6",
+    "IPPROTO_IGMP",
+    "IPPROTO_SCTP",
     "IPPROTO_TCP",
+    "IPPROTO_TSMP",
     "IPPROTO_UDP",
     "MAX_SEGMENTS",
+    "PROTO_FRAGMENT",
+    "PROTO_UNKNOWN",
     "VIRTIO_NET_HDR_LEN",
     "ZERO_HDR",
     "Coalescer",
@@ -49,6 +65,7 @@ __all__ = [
     "IPv6Header",
     "Packet",
     "ParseError",
+    "Parsed",
     "SplitStats",
     "Splitter",
     "TCPHeader",
@@ -57,6 +74,7 @@ __all__ = [
     "addresses",
     "checksum",
     "coalesce",
+    "decode",
     "fold",
     "gso_split",
     "ones_sum",

@@ -21,7 +21,13 @@ from typing_extensions import Buffer
 from .errors import ParseError
 
 __all__ = [
+    "IPPROTO_FRAGMENT",
+    "IPPROTO_ICMP",
+    "IPPROTO_ICMPV6",
+    "IPPROTO_IGMP",
+    "IPPROTO_SCTP",
     "IPPROTO_TCP",
+    "IPPROTO_TSMP",
     "IPPROTO_UDP",
     "IPv4Header",
     "IPv6Header",
@@ -31,8 +37,15 @@ __all__ = [
     "parse_ip",
 ]
 
+# IP protocol numbers (IANA "Assigned Internet Protocol Numbers").
+IPPROTO_ICMP = 1
+IPPROTO_IGMP = 2
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_FRAGMENT = 44  # the IPv6 fragment extension header (RFC 8200 section 4.5)
+IPPROTO_ICMPV6 = 58
+IPPROTO_TSMP = 99  # IANA "any private encryption scheme"; Tailscale runs TSMP on it (tsmp.py)
+IPPROTO_SCTP = 132
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from meshscale.key import DiscoPublic, KeyError_, MachinePublic, NodePublic
+from meshscale.key import DiscoPublic, InvalidKeyError, MachinePublic, NodePublic
 
 T = TypeVar("T")
 
@@ -155,7 +155,7 @@ def _key_decoder(cls: type[Any]) -> Decoder:
         s = _dec_str(v, path)
         try:
             k = cls.from_text(s)
-        except KeyError_ as exc:
+        except InvalidKeyError as exc:
             raise ParseError(f"{path}: {exc}") from exc
         return None if k.is_zero() else k
 

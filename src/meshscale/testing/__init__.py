@@ -1,7 +1,7 @@
 """meshscale.testing: FakeClock, the in-memory SimNet, and magicsock nodes driven on it."""
 
 from meshscale.testing.clock import FakeClock
-from meshscale.testing.magicsock import Received, SimControl, SimNode, add_node, derp_map_for
+from meshscale.testing.magicsim import Received, SimControl, SimNode, add_node, derp_map_for
 from meshscale.testing.simnet import (
     NAT,
     Host,

@@ -36,7 +36,7 @@ ENGINE_POLL_INTERVAL: Final = 0.5  # seconds per engine.wait_closed() call in th
 
 
 class DeviceEngine(UAPIBackend, Protocol):
-    """What the daemon runs: meshscale.wgdev.engine.Engine."""
+    """What the daemon runs: meshscale.wgengine.Engine."""
 
     def start(self) -> None: ...
 

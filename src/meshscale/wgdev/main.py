@@ -113,7 +113,7 @@ def _tun_name(fd: int) -> str | None:
 
 def _default_engine_factory() -> EngineFactory:
     # Imported here so that this module (and --help) works without the data plane.
-    from meshscale.wgdev.engine import Engine
+    from meshscale.wgengine.engine import Engine
 
     return Engine.create
 

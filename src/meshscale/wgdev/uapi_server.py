@@ -57,7 +57,7 @@ SOCKET_CHECK_INTERVAL: Final = 1.0  # seconds between checks that our socket fil
 
 
 class UAPIBackend(Protocol):
-    """What the server drives: the WireGuard device (meshscale.wgdev.engine.Engine)."""
+    """What the server drives: the WireGuard device (meshscale.wgengine.Engine)."""
 
     def uapi_get(self) -> DeviceSnapshot: ...
 

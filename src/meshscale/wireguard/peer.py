@@ -19,6 +19,8 @@ from .cookie import CookieGenerator
 from .noise import InitiatorState, SessionKeys
 from .replay import ReplayFilter
 
+# Where a peer is reached: (IP text, IPv6 scope kept as "%zone"; port), or a synthetic
+# ("nodekey:<hex>", 0) that the node's bind maps to a real path (wireguard-go conn.Endpoint).
 Endpoint = tuple[str, int]
 
 

@@ -44,6 +44,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
+from .peer import Endpoint
+
 # The errno values wireguard-go answers with (ipc/uapi_unix.go), negated as on the wire.
 IPC_ERROR_IO: Final = -_errno.EIO  # -5: a read failed or a line was too long
 IPC_ERROR_PROTOCOL: Final = -_errno.EPROTO  # -71: a line without '=', an unknown operation
@@ -66,7 +68,6 @@ KEY_SIZE: Final = 32  # bytes
 _ZERO_KEY: Final = bytes(KEY_SIZE)
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-Endpoint: TypeAlias = tuple[str, int]  # (IP text, IPv6 scope kept as "%zone"; port)
 
 
 class Unset(enum.Enum):

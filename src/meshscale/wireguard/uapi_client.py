@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Final
 
+from .peer import Endpoint
 from .uapi import (
     _ZERO_KEY,
     IPC_ERROR_PROTOCOL,
     MAX_ANSWER_SIZE,
     UNSET,
     DeviceSnapshot,
-    Endpoint,
     GetRequest,
     IPNetwork,
     PeerSnapshot,

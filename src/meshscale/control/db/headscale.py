@@ -41,7 +41,7 @@ from meshscale.key import DiscoPublic, MachinePublic, NodePublic
 TAGGED_DEVICES_USER: Final = "tagged-devices"  # Headscale's owner name for tagged nodes
 
 
-class ImportError_(StateError):
+class HeadscaleImportError(StateError):
     """The Headscale database cannot be imported; the message says why."""
 
 
@@ -88,16 +88,18 @@ def import_headscale(state: State, path: str | Path) -> ImportReport:
     """Copy users and nodes from Headscale's SQLite database at ``path`` into ``state``
     (a :class:`~meshscale.control.state.State`, which must hold no users or nodes)."""
     if state.list_users() or state.list_nodes():
-        raise ImportError_("the meshscale-control state is not empty; import into a new one")
+        raise HeadscaleImportError(
+            "the meshscale-control state is not empty; import into a new one"
+        )
     try:
         src = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
     except sqlite3.Error as exc:
-        raise ImportError_(f"cannot open {path}: {exc}") from exc
+        raise HeadscaleImportError(f"cannot open {path}: {exc}") from exc
     src.row_factory = sqlite3.Row
     try:
         return _import(state, src)
     except sqlite3.Error as exc:
-        raise ImportError_(f"{path} is not a Headscale database: {exc}") from exc
+        raise HeadscaleImportError(f"{path} is not a Headscale database: {exc}") from exc
     finally:
         src.close()
 
@@ -106,7 +108,7 @@ def _import(state: State, src: sqlite3.Connection) -> ImportReport:
     report = ImportReport()
     user_cols = _columns(src, "users")
     if not {"id", "name"} <= user_cols or "machine_key" not in _columns(src, "nodes"):
-        raise ImportError_("not a Headscale database: no users/nodes tables")
+        raise HeadscaleImportError("not a Headscale database: no users/nodes tables")
     live = " WHERE deleted_at IS NULL" if "deleted_at" in user_cols else ""
     users: dict[int, UserID] = {}
     for row in src.execute(f"SELECT * FROM users{live} ORDER BY id"):

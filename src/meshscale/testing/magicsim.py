@@ -1,6 +1,6 @@
-"""Drive magicsock Conn cores on SimNet: a thin driver per node plus a tiny "control".
+"""magicsim: magicsock Conn cores driven on SimNet, a thin driver per node plus a tiny "control".
 
-``SimNode`` is what the real node agent will be, minus sockets: after every input
+``SimNode`` is the in-memory twin of ``meshscale.wgengine.magicbind.MagicBind``: after every input
 it feeds the Conn, flushes UDP and DERP output, and handles events (home DERP
 changes connect to the relay; endpoint changes go to ``SimControl``, which hands
 every other node the new peer list, as a control server's map poll would).
@@ -20,10 +20,10 @@ from meshscale.disco import AddrPort
 from meshscale.key import DiscoPrivate, NodePrivate, NodePublic
 from meshscale.magicsock import (
     Conn,
-    DERPMap,
-    DERPNode,
-    DERPRegion,
     EndpointsChanged,
+    FrozenDERPMap,
+    FrozenDERPNode,
+    FrozenDERPRegion,
     HomeDERPChanged,
     PeerConfig,
     WireGuardSource,
@@ -34,18 +34,18 @@ FAKE_WG_TYPE = b"\x04\x00\x00\x00"
 WIREGUARD_PORT = 41641
 
 
-def derp_map_for(relays: list[Relay]) -> DERPMap:
-    """The DERPMap describing the net's relays (STUN on 3478 at the relay's IP)."""
+def derp_map_for(relays: list[Relay]) -> FrozenDERPMap:
+    """The DERP map describing the net's relays (STUN on 3478 at the relay's IP)."""
     regions = {
-        r.region_id: DERPRegion(
+        r.region_id: FrozenDERPRegion(
             r.region_id,
             f"r{r.region_id}",
             f"Region {r.region_id}",
-            (DERPNode(f"{r.region_id}a", r.region_id, ipv4=str(r.ip), stun_port=STUN_PORT),),
+            (FrozenDERPNode(f"{r.region_id}a", r.region_id, ipv4=str(r.ip), stun_port=STUN_PORT),),
         )
         for r in relays
     }
-    return DERPMap(regions)
+    return FrozenDERPMap(regions)
 
 
 @dataclass(slots=True)

@@ -9,11 +9,14 @@ Three OS threads (spec wireguard-dataplane.md section 15):
 
 The GIL is released in every syscall, so TX and RX overlap; AEAD holds the GIL, so more data
 threads would not help. The engine makes no protocol decisions: it feeds the core, flushes
-its output and sleeps until the core's next deadline.
+its output and sleeps until the core's next deadline (``io.timer.ThreadTimer``): the control
+thread wakes for a queued handshake, a UAPI change, a due timer, or a poke from the data
+path (rate-limited, see ``POKE_INTERVAL``), and an idle interface wakes nobody.
 
-Seams for the node agent: `bind` is pluggable (magicsock multiplexes disco and DERP on it), and
-`filter_in` / `filter_out` see every batch of inner packets after decryption / before
-encryption.
+Seams for the node agent: `bind` is pluggable (`bind.Bind`; magicbind multiplexes disco and
+DERP on it), and `filter_in` / `filter_out` see every batch of inner packets after
+decryption / before encryption. The UAPI entry points (`uapi_get`, `uapi_set`) serve both
+meshscale-wireguard's socket and meshscaled's backend.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from meshscale.io.tun import TunClosedError, TunGoneError
+from meshscale.io.timer import ThreadTimer
+from meshscale.io.tun import TunClosedError, TunDevice, TunGoneError
 from meshscale.wireguard import Device, Endpoint
 from meshscale.wireguard.constants import DEFAULT_MTU, UNDER_LOAD_AFTER_TIME, UNDER_LOAD_QUEUE
 from meshscale.wireguard.uapi import (
@@ -40,36 +44,18 @@ from meshscale.wireguard.uapi import (
     UAPIError,
 )
 
-log = logging.getLogger("meshscale.wgdev")
+from .bind import Bind, BindClosed
+from .udpbind import UDPBind
+
+log = logging.getLogger("meshscale.wgengine")
 
 HANDSHAKE_QUEUE_SIZE = 1024  # wireguard-go QueueHandshakeSize: bounds memory under a flood
 TX_BATCH = 128  # packets per TUN read batch (conn.IdealBatchSize)
-RX_BATCH = 128  # datagrams per receive batch
-CONTROL_TICK = 0.25  # seconds: the control thread's longest sleep (timers are >= 5 s scale)
+# Seconds a deadline armed on the TX/RX threads may wait to be seen by the control thread
+# (io.timer): the data path arms none less than a second away.
+POKE_INTERVAL = 0.25
 
 PacketFilter = Callable[[list[bytes]], list[bytes]]
-
-
-class BindClosed(Exception):
-    """The bind was closed (or rebound) while a thread was blocked on it."""
-
-
-class Bind(Protocol):
-    """Where transport datagrams go: a UDP socket, or magicsock's multiplexer."""
-
-    def open(self, port: int) -> int:
-        """(Re)bind to port (0 = any); returns the bound port. Raises OSError."""
-        ...
-
-    def send(self, ep: Endpoint, messages: list[list[bytes]]) -> None: ...
-
-    def send_one(self, ep: Endpoint, data: bytes) -> None: ...
-
-    def receive(self) -> list[tuple[bytes | memoryview, Endpoint]]:
-        """Block for at least one datagram; raises BindClosed when closed or rebound."""
-        ...
-
-    def close(self) -> None: ...
 
 
 class Tun(Protocol):
@@ -86,15 +72,29 @@ class Tun(Protocol):
 class Engine:
     """A running WireGuard interface. Thread-safe UAPI entry points."""
 
-    def __init__(self, tun: Tun, bind: Bind, *, mtu: int = DEFAULT_MTU) -> None:
+    def __init__(
+        self,
+        tun: Tun,
+        bind: Bind,
+        *,
+        mtu: int = DEFAULT_MTU,
+        clock: Callable[[], float] = time.monotonic,
+        timer: ThreadTimer | None = None,
+    ) -> None:
+        """``clock`` (monotonic seconds) and ``timer`` (the control thread's sleep) are
+        injectable so that tests can run the control loop on a fake clock."""
         self.tun = tun
         self.bind = bind
         self.lock = threading.RLock()
+        self._clock = clock
         self.device = Device(
             rand=os.urandom,
             lock=self.lock,
             mtu=mtu,
-            wall_offset_ns=time.time_ns() - time.monotonic_ns(),
+            wall_offset_ns=time.time_ns() - int(clock() * 1e9),
+        )
+        self.timer = (
+            timer if timer is not None else ThreadTimer(interval=POKE_INTERVAL, clock=clock)
         )
         self.listen_port = 0
         self.fwmark = 0
@@ -102,7 +102,6 @@ class Engine:
         self.filter_out: PacketFilter | None = None
         self._handshakes: queue.Queue[tuple[bytes, Endpoint]] = queue.Queue(HANDSHAKE_QUEUE_SIZE)
         self._under_load_until = 0.0
-        self._wake = threading.Event()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: dict[str, int] = {}
@@ -110,9 +109,6 @@ class Engine:
     @classmethod
     def create(cls, ifname: str, *, tun_fd: int | None = None, mtu: int = DEFAULT_MTU) -> Engine:
         """Open the TUN interface and a UDP bind (not yet listening)."""
-        from meshscale.io.tun import TunDevice
-        from meshscale.wgdev.udpbind import UDPBind
-
         if tun_fd is not None:
             # An inherited descriptor (WG_TUN_FD): its name and offload flags come from the fd.
             tun = TunDevice.from_fd(tun_fd, gro_verify=False)
@@ -136,7 +132,7 @@ class Engine:
         if self._closed.is_set():
             return
         self._closed.set()
-        self._wake.set()
+        self.timer.wake()
         self.bind.close()
         self.tun.close()
 
@@ -157,9 +153,6 @@ class Engine:
 
     def _tx_loop(self) -> None:
         read = self.tun.read_batch
-        encrypt = self.device.encrypt_packets
-        send = self.bind.send
-        monotonic = time.monotonic
         while not self._closed.is_set():
             try:
                 # pad=True: packets arrive zero-padded to WireGuard's length, so sealing
@@ -172,22 +165,24 @@ class Engine:
             except OSError:
                 self._count("tun_read")
                 continue
-            if self.filter_out is not None:
-                packets = self.filter_out([bytes(p) for p in packets])
-            for ep, msgs in encrypt(packets, monotonic()):
-                try:
-                    send(ep, msgs)
-                except OSError:
-                    self._count("send")
-            if self.device._out:
-                self._flush()
-                self._wake.set()
+            self._tx_batch(packets)
+
+    def _tx_batch(self, packets: list[bytes] | list[memoryview]) -> None:
+        """Packets from the TUN: filter, seal, send; then tell the timer (TX thread)."""
+        if self.filter_out is not None:
+            packets = self.filter_out([bytes(p) for p in packets])
+        send = self.bind.send
+        for ep, msgs in self.device.encrypt_packets(packets, self._clock()):
+            try:
+                send(ep, msgs)
+            except OSError:
+                self._count("send")
+        if self.device._out:
+            self._flush()
+        # Sending data may have armed a timer (new handshake, initiation retransmit).
+        self.timer.poke()
 
     def _rx_loop(self) -> None:
-        decrypt = self.device.decrypt_transport
-        write = self.tun.write_batch
-        monotonic = time.monotonic
-        handshakes = self._handshakes
         while not self._closed.is_set():
             try:
                 batch = self.bind.receive()
@@ -196,38 +191,47 @@ class Engine:
             except OSError:
                 self._count("recv")
                 continue
-            packets, others = decrypt(batch, monotonic())
-            if others:
-                for data, ep in others:
-                    try:
-                        handshakes.put_nowait((bytes(data), ep))
-                    except queue.Full:
-                        self.device.drops["handshake_queue_full"] += 1
-                self._wake.set()
-            if packets:
-                if self.filter_in is not None:
-                    packets = self.filter_in(packets)
+            if not self._rx_batch(batch):
+                return
+
+    def _rx_batch(self, batch: Sequence[tuple[bytes | memoryview, Endpoint]]) -> bool:
+        """Datagrams from the bind: open, filter, write to the TUN; handshakes to the control
+        thread (RX thread). False when the TUN is gone."""
+        packets, others = self.device.decrypt_transport(batch, self._clock())
+        if others:
+            handshakes = self._handshakes
+            for data, ep in others:
                 try:
-                    write(packets)
-                except (TunClosedError, TunGoneError):
-                    self.close()
-                    return
-                except OSError:
-                    self._count("tun_write")
-            if self.device._out:
-                self._flush()
+                    handshakes.put_nowait((bytes(data), ep))
+                except queue.Full:
+                    self.device.drops["handshake_queue_full"] += 1
+            self.timer.wake()
+        if packets:
+            if self.filter_in is not None:
+                packets = self.filter_in(packets)
+            try:
+                self.tun.write_batch(packets)
+            except (TunClosedError, TunGoneError):
+                self.close()
+                return False
+            except OSError:
+                self._count("tun_write")
+        if self.device._out:
+            self._flush()
+        # Receiving data may have armed a timer (passive keepalive, rekey on receive).
+        self.timer.poke()
+        return True
 
     def _control(self) -> None:
+        """Handshakes and timers: sleeps until the device's next deadline, a queued
+        handshake (wake) or a data-path poke; never on a tick."""
         dev = self.device
+        clock = self._clock
         while not self._closed.is_set():
-            now = time.monotonic()
-            deadline = dev.get_timer()
-            timeout = CONTROL_TICK if deadline is None else min(CONTROL_TICK, deadline - now)
-            if self._handshakes.empty() and timeout > 0:
-                self._wake.wait(timeout)
-            self._wake.clear()
+            if self._handshakes.empty():
+                self.timer.wait(dev.get_timer())
             # Under load (device.go IsUnderLoad): a deep queue now, or within the last second.
-            now = time.monotonic()
+            now = clock()
             if self._handshakes.qsize() >= UNDER_LOAD_QUEUE:
                 self._under_load_until = now + UNDER_LOAD_AFTER_TIME
             under_load = now < self._under_load_until
@@ -236,10 +240,10 @@ class Engine:
                     data, ep = self._handshakes.get_nowait()
                 except queue.Empty:
                     break
-                dev.receive_handshake(data, ep, time.monotonic(), under_load=under_load)
+                dev.receive_handshake(data, ep, clock(), under_load=under_load)
                 self._flush()
             deadline = dev.get_timer()
-            now = time.monotonic()
+            now = clock()
             if deadline is not None and deadline <= now:
                 dev.handle_timer(now)
             self._flush()
@@ -271,7 +275,7 @@ class Engine:
 
     def uapi_set(self, req: SetRequest) -> None:
         dev = self.device
-        now = time.monotonic()
+        now = self._clock()
         with self.lock:
             if req.private_key is not UNSET:
                 dev.set_private_key(req.private_key)
@@ -314,4 +318,4 @@ class Engine:
                 if change.persistent_keepalive_interval is not None:
                     dev.set_persistent_keepalive(peer, change.persistent_keepalive_interval, now)
         self._flush()
-        self._wake.set()
+        self.timer.wake()

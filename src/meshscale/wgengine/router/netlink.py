@@ -1,8 +1,10 @@
-"""OS network configuration for the TUN device through netlink (pyroute2).
+"""The Linux router: TUN addresses and routes through netlink (pyroute2).
 
-``Router.set(addresses)`` makes the interface carry exactly our Tailscale addresses and the
-routes to the whole tailnet (100.64.0.0/10 and fd7a:115c:a1e0::/48), with MTU 1280, and is
-idempotent: calling it with the same addresses changes nothing.
+``NetlinkRouter.set(config)`` makes the interface carry exactly the Config's addresses (as
+host prefixes) and its routes (today the whole tailnet, 100.64.0.0/10 and
+fd7a:115c:a1e0::/48), with MTU 1280, and is idempotent: the same Config changes nothing.
+Routes are added with ``replace`` and never deleted; the kernel may drop them with the last
+address, so they are added again with the next one.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .config import TUN_MTU, Config, IPNetwork
+
 log = logging.getLogger("meshscale.router")
 T = TypeVar("T")
 
-TAILNET_ROUTES = ("100.64.0.0/10", "fd7a:115c:a1e0::/48")
-TUN_MTU = 1280  # bytes: the IPv6 minimum, what tailscaled uses
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
 EEXIST = 17
 ENOENT = 2
@@ -52,10 +54,13 @@ def _off_loop(fn: Callable[[], T]) -> T:
     return box[0]
 
 
-class Router:
+class NetlinkRouter:
+    """``config.Router`` for one Linux interface."""
+
     def __init__(self, ifname: str) -> None:
         self.ifname = ifname
         self._addrs: set[str] = set()
+        self._routes: tuple[IPNetwork, ...] = ()
         self._routes_done = False
 
     def _index(self, ipr: IPRoute) -> int:
@@ -72,12 +77,11 @@ class Router:
             idx = self._index(ipr)
             ipr.link("set", index=idx, mtu=TUN_MTU, state="up")
 
-    def set(self, addresses: list[str]) -> None:
-        """Install ``addresses`` (``100.64.0.1/32`` or bare IPs) and the tailnet routes."""
-        _off_loop(lambda: self._set(addresses))
+    def set(self, config: Config) -> None:
+        _off_loop(lambda: self._set(config))
 
-    def _set(self, addresses: list[str]) -> None:
-        want = {str(ipaddress.ip_interface(a).ip) for a in addresses}
+    def _set(self, config: Config) -> None:
+        want = {str(ip) for ip in config.local_addrs}
         with IPRoute() as ipr:
             idx = self._index(ipr)
             for a in sorted(self._addrs - want):
@@ -94,11 +98,13 @@ class Router:
                 except NetlinkError as exc:
                     if exc.code != EEXIST:
                         raise RouterError(f"adding {a}: {exc}") from exc
-            changed = want != self._addrs
+            changed = want != self._addrs or config.routes != self._routes
             self._addrs = want
             # The kernel may drop the device routes with the last address: re-add them.
             if want and (changed or not self._routes_done):
-                for dst in TAILNET_ROUTES:
+                self._routes = config.routes
+                for net in config.routes:
+                    dst = str(net)
                     try:
                         ipr.route("replace", dst=dst, oif=idx)
                     except NetlinkError as exc:
@@ -109,7 +115,7 @@ class Router:
     @staticmethod
     def local_addresses(exclude: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
         """Addresses of the other interfaces, for endpoint discovery (not loopback)."""
-        return _off_loop(lambda: Router._local_addresses(exclude))
+        return _off_loop(lambda: NetlinkRouter._local_addresses(exclude))
 
     @staticmethod
     def _local_addresses(exclude: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:

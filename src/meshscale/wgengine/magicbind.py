@@ -1,6 +1,6 @@
-"""The magicsock driver: one UDP socket shared by WireGuard, disco and STUN, plus DERP.
+"""MagicBind, the magicsock driver: one UDP socket shared by WireGuard, disco and STUN, plus DERP.
 
-It is the WireGuard engine's ``Bind`` (wgdev.engine.Bind). The engine's threads call
+It is the WireGuard engine's ``Bind`` (``bind.Bind``). The engine's threads call
 ``send``/``receive``; the asyncio loop runs the core's timer and the DERP connections. All
 protocol decisions are in ``meshscale.magicsock.Conn`` (the core); this module only moves
 bytes and guards the core with one lock.
@@ -35,22 +35,24 @@ from meshscale.derp import frames as F
 from meshscale.derp.client import ClientEvent
 from meshscale.derphttp import DERPRegions
 from meshscale.disco import AddrPort
+from meshscale.io.timer import LoopTimer
 from meshscale.io.udp import UDPSocket
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
-from meshscale.magicsock import Conn, Event, PeerConfig, PingResult
-from meshscale.magicsock import DERPMap as CoreDERPMap
+from meshscale.magicsock import Conn, Event, FrozenDERPMap, PeerConfig, PingResult, Report
 from meshscale.tailcfg import DERPMap, to_json
-from meshscale.wgdev.engine import RX_BATCH, BindClosed
+from meshscale.wireguard import Device, Endpoint
+
+from .bind import RX_BATCH, BindClosed
 
 log = logging.getLogger("meshscale.magicsock")
 
 SYNTHETIC_PREFIX = "nodekey:"
-TIMER_MAX_SLEEP = 0.1  # seconds: the core's deadlines are re-read at least this often
+# Seconds a deadline armed by the engine's threads may wait to be seen (io.timer): the old
+# tick's period, for the STUN answers that end a netcheck early.
+POKE_INTERVAL = 0.1
 PROBE_INTERVAL = 1.0  # seconds between early probes of one peer (see _maybe_probe)
 MAX_SRC_CACHE = 4096  # parsed source addresses kept (a flood of sources only resets it)
 MAX_DERP_QUEUE = 4096  # WireGuard datagrams from DERP waiting for the RX thread (memory bound)
-
-Endpoint = tuple[str, int]
 
 
 def peer_endpoint(key: NodePublic) -> Endpoint:
@@ -99,15 +101,18 @@ class MagicBind:
         *,
         on_event: Callable[[Event], None],
         rand: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock``: monotonic seconds, the event loop's (``loop.time()``) in production."""
         self.node_key = node_key
         self.disco_key = disco_key
         self.on_event = on_event
         self.rand = rand
+        self._clock = clock
         self.core = Conn(node_key.public(), disco_key, rand=rand, local_port=0)
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.device: Any = None  # the engine's wireguard.Device, for receiver-index lookups
+        self.device: Device | None = None  # the engine's, for receiver-index lookups
         self._sock: UDPSocket | None = None
         self._src_cache: dict[tuple[str, int], AddrPort] = {}
         self._disco_peers: dict[DiscoPublic, NodePublic] = {}
@@ -124,10 +129,10 @@ class MagicBind:
         self.derp: DERPRegions | None = None
         self.derp_map = DERPMap()
         self.derp_connected: set[int] = set()
-        self._timer_task: asyncio.Task[None] | None = None
+        self._timer: LoopTimer | None = None
         self._pings: dict[bytes, asyncio.Future[tuple[float, str, int]]] = {}
         self.region_codes: dict[int, str] = {}
-        self.report: Any = None
+        self.report: Report | None = None
 
     # ---- Bind protocol (engine threads) ----
 
@@ -143,10 +148,12 @@ class MagicBind:
         old, self._sock = self._sock, new
         bound = int(new.getsockname()[1])
         with self.lock:
-            self.core.note_network_change(time.monotonic(), local_port=bound)
+            self.core.note_network_change(self._clock(), local_port=bound)
+            self._flush_locked()
         if old is not None:
             old.close()
         self._wake()
+        self._poke()
         return bound
 
     def send(self, ep: Endpoint, messages: list[list[bytes]]) -> None:
@@ -159,8 +166,9 @@ class MagicBind:
         datagrams = [parts[0] if len(parts) == 1 else b"".join(parts) for parts in messages]
         try:
             with self.lock:
-                self.core.send_batch(peer, datagrams, time.monotonic())
+                self.core.send_batch(peer, datagrams, self._clock())
                 self._flush_locked()
+            self._poke()  # sending arms the heartbeat and discovery pings
         except Exception:  # never let one bad batch kill the engine's TX thread
             self.errors["send"] = self.errors.get("send", 0) + 1
             if self.errors["send"] == 1:
@@ -218,7 +226,7 @@ class MagicBind:
     def _classify(
         self, batch: list[tuple[memoryview, tuple[str, int]]]
     ) -> list[tuple[bytes | memoryview, Endpoint]]:
-        now = time.monotonic()
+        now = self._clock()
         out: list[tuple[bytes | memoryview, Endpoint]] = []
         srcs = self._src_cache
         rest: list[tuple[memoryview, tuple[str, int]]] = []
@@ -268,6 +276,7 @@ class MagicBind:
                 else:
                     out.append((data, (str(wsrc.addr.ip), wsrc.addr.port)))
             self._flush_locked()
+        self._poke()  # disco and STUN answers move the core's deadlines
         return out
 
     def _maybe_probe(self, data: bytes, now: float) -> None:
@@ -351,40 +360,46 @@ class MagicBind:
     # ---- asyncio side ----
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the core and its timer on ``loop`` (call on the loop's thread)."""
         self.loop = loop
+        self._timer = LoopTimer(loop, self._get_timer, self._on_timer, interval=POKE_INTERVAL)
         with self.lock:
-            self.core.start(time.monotonic())
+            self.core.start(self._clock())
             self._flush_locked()
-        self._timer_task = loop.create_task(self._timer_loop(), name="magicsock timer")
+        self._rearm()
 
     async def stop(self) -> None:
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
+        if self._timer is not None:
+            self._timer.cancel()
         if self.derp is not None:
             await self.derp.close()
         for fut in self._pings.values():
             if not fut.done():
                 fut.cancel()
 
-    async def _timer_loop(self) -> None:
-        while True:
+    def _get_timer(self) -> float | None:
+        with self.lock:
+            return self.core.get_timer()
+
+    def _on_timer(self, now: float) -> None:
+        try:
             with self.lock:
-                deadline = self.core.get_timer()
-            now = time.monotonic()
-            delay = TIMER_MAX_SLEEP if deadline is None else min(TIMER_MAX_SLEEP, deadline - now)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                with self.lock:
-                    now = time.monotonic()
-                    t = self.core.get_timer()
-                    if t is not None and t <= now:
-                        self.core.handle_timer(now)
-                    self._flush_locked()
-            except Exception:  # a bug in one round must not stop path maintenance
-                log.exception("magicsock timer")
+                t = self.core.get_timer()
+                if t is not None and t <= now:
+                    self.core.handle_timer(now)
+                self._flush_locked()
+        except Exception:  # a bug in one round must not stop path maintenance
+            log.exception("magicsock timer")
+
+    def _rearm(self) -> None:
+        """After an input on the loop's thread: the timer at the core's next deadline."""
+        if self._timer is not None:
+            self._timer.rearm()
+
+    def _poke(self) -> None:
+        """After an input on an engine thread (cheap; see io.timer)."""
+        if self._timer is not None:
+            self._timer.poke()
 
     def _flush_derp(self) -> None:
         self._derp_flush_scheduled = False
@@ -415,11 +430,12 @@ class MagicBind:
     def _on_derp_event(self, region: int, ev: ClientEvent) -> None:
         if isinstance(ev, F.RecvPacket):
             src = NodePublic(ev.src)
-            now = time.monotonic()
+            now = self._clock()
             with self.lock:
                 self.core.receive_derp(ev.packet, src, region, now)
                 wg = self.core.received_wireguard()
                 self._flush_locked()
+            self._rearm()
             for data, wsrc in wg:
                 if len(self._derp_in) < MAX_DERP_QUEUE and wsrc.peer is not None:
                     self._derp_in.append((data, peer_endpoint(wsrc.peer)))
@@ -451,8 +467,9 @@ class MagicBind:
         else:
             self.derp.urls = urls
         with self.lock:
-            self.core.set_derp_map(CoreDERPMap.from_json(raw), time.monotonic())
+            self.core.set_derp_map(FrozenDERPMap.from_json(raw), self._clock())
             self._flush_locked()
+        self._rearm()
 
     async def set_node_key(self, key: NodePrivate) -> None:
         """A new node key (after logout): a fresh core and fresh DERP logins."""
@@ -464,26 +481,30 @@ class MagicBind:
             port = self.core.local_port
             self.node_key = key
             self.core = Conn(key.public(), self.disco_key, rand=self.rand, local_port=port)
-            self.core.start(time.monotonic())
+            self.core.start(self._clock())
             self._flush_locked()
+        self._rearm()
 
     def set_peers(self, peers: list[PeerConfig]) -> None:
         self._disco_peers = {p.disco_key: p.node_key for p in peers}
         with self.lock:
-            self.core.set_peers(peers, time.monotonic())
+            self.core.set_peers(peers, self._clock())
             self._flush_locked()
+        self._rearm()
 
     def set_local_addresses(self, ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> None:
         with self.lock:
-            self.core.set_local_addresses(ips, time.monotonic())
+            self.core.set_local_addresses(ips, self._clock())
             self._flush_locked()
+        self._rearm()
 
     def note_network_change(self) -> None:
         """Our addresses changed (roaming): forget paths, re-STUN, and redial DERP at once,
         since its TCP connections may still be bound to an address we no longer have."""
         with self.lock:
-            self.core.note_network_change(time.monotonic())
+            self.core.note_network_change(self._clock())
             self._flush_locked()
+        self._rearm()
         old = self.derp
         if old is not None and self.loop is not None:
             self.derp = DERPRegions(
@@ -503,8 +524,9 @@ class MagicBind:
         """
         assert self.loop is not None
         with self.lock:
-            ping_id = self.core.ping(peer, time.monotonic())
+            ping_id = self.core.ping(peer, self._clock())
             self._flush_locked()
+        self._rearm()
         if ping_id is None:
             raise TimeoutError
         fut: asyncio.Future[tuple[float, str, int]] = self.loop.create_future()

@@ -8,8 +8,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshscale.filter import Filter
-from meshscale.node.fastfilter import filter_inbound, note_outbound
+from meshscale.filter import Filter, filter_inbound, note_outbound
 from meshscale.tailcfg import FilterRule, NetPortRange, PortRange
 
 ME4, ME6 = "100.64.0.2", "fd7a:115c:a1e0::2"

@@ -13,8 +13,9 @@ import socket
 import threading
 
 from meshscale.io.udp import UDPSocket
-from meshscale.wgdev.engine import RX_BATCH, BindClosed
 from meshscale.wireguard import Endpoint
+
+from .bind import RX_BATCH, BindClosed
 
 
 class UDPBind:

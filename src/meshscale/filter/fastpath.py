@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Set
 
-from meshscale.filter import Filter
+from meshscale.packet.ip import IPPROTO_TCP as _TCP
+from meshscale.packet.ip import TCP_ACK as _ACK
+from meshscale.packet.ip import TCP_SYN as _SYN
 
-_SYN, _ACK = 0x02, 0x10
-_TCP = 6
+from .filter import Filter
 
 
 def _not_pure_syn(flags: int) -> bool:
