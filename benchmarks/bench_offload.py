@@ -5,7 +5,7 @@ and TUN<->TUN forwarder throughput with offloads on and off.
 
 The forwarder part needs root: it builds a lab (two namespaces), joins two TunDevices with two
 threads (read_batch -> write_batch, no crypto) and runs iperf3 TCP through them. CPU figures are
-process CPU time per operation (best of 5), as in spec section 13.
+process CPU time per operation (best of 5), as in docs/protocol/wireguard.md §13.
 """
 
 from __future__ import annotations

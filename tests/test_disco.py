@@ -35,7 +35,7 @@ DK2 = DiscoPublic(bytes([0x22]) * 32)
 AP = AddrPort.parse
 
 # Message -> plaintext hex. Source: computed by meshscale.disco and checked by hand
-# against the layouts in spec derp-disco-stun.md section 4.3 (type, version 0,
+# against the layouts in docs/protocol/derp-disco-stun.md §4.3 (type, version 0,
 # big-endian fields, IPv4 as ::ffff:a.b.c.d; 41641 = a2a9, 443 = 01bb, 1025 = 0401).
 VECTORS: list[tuple[str, disco.Message, str]] = [
     ("ping", Ping(TX), "0100 a0a1a2a3a4a5a6a7a8a9aaab"),
@@ -163,7 +163,8 @@ NONCE = bytes(range(100, 124))
 
 def test_seal_layout_and_open() -> None:
     pkt = disco.seal(A_PRIV, B_PRIV.public(), Ping(TX, NK), NONCE)
-    # 6 magic + 32 key + 24 nonce + 16 tag + 2 + 12 + 32 = 124 bytes (spec 4.3).
+    # 6 magic + 32 key + 24 nonce + 16 tag + 2 + 12 + 32 = 124 bytes
+    # (docs/protocol/derp-disco-stun.md §4.3).
     assert len(pkt) == 124
     assert pkt[:6] == bytes.fromhex("5453f09f92ac")
     assert pkt[6:38] == A_PRIV.public().raw
@@ -177,7 +178,8 @@ def test_seal_layout_and_open() -> None:
 def test_sealed_vector_is_stable() -> None:
     # Regression vector: keys bytes(0..31)/bytes(32..63) (clamped), nonce bytes(100..123).
     pkt = disco.seal(A_PRIV, B_PRIV.public(), Pong(TX, AP("10.1.2.3:41641")), NONCE)
-    assert len(pkt) == 110  # spec 4.3: a whole Pong packet is 110 bytes
+    # docs/protocol/derp-disco-stun.md §4.3: a whole Pong packet is 110 bytes
+    assert len(pkt) == 110
     box = DiscoBox(B_PRIV, A_PRIV.public())
     assert box.open(pkt) == Pong(TX, AP("10.1.2.3:41641"))
     assert pkt.hex() == SEALED_PONG_HEX

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from meshscale import stun
 
-# Spec derp-disco-stun.md 3.1: Tailscale's request with an all-zero transaction ID,
+# docs/protocol/derp-disco-stun.md §3.1: Tailscale's request with an all-zero transaction ID,
 # computed from the field description (not from captured traffic).
 ZERO_TXID_REQUEST = bytes.fromhex(
     "000100142112a442000000000000000000000000802200087461696c6e6f6465802800042a804712"

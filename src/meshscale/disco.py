@@ -1,6 +1,6 @@
 """Disco: the NAT-traversal discovery messages and their NaCl-box envelope.
 
-Wire format of one disco packet (spec derp-disco-stun.md section 4.2)::
+Wire format of one disco packet (docs/protocol/derp-disco-stun.md §4.2)::
 
     magic "TS\\U0001f4ac" (6)  54 53 f0 9f 92 ac
     sender disco public key (32)

@@ -2,8 +2,8 @@
 
 Both directions: our initiator against its responder, its initiator against our responder.
 Only the first transport record is compared through the library, because it encodes the
-nonce little-endian and ts2021 uses big-endian (spec section 2.4); from the second record on
-the two must differ, which the last test pins down.
+nonce little-endian and ts2021 uses big-endian (docs/protocol/control.md §2.4); from the second
+record on the two must differ, which the last test pins down.
 """
 
 from __future__ import annotations

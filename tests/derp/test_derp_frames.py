@@ -17,7 +17,7 @@ KEY2 = bytes(range(32, 64))
 
 
 def test_wire_vectors_from_spec() -> None:
-    # derp-disco-stun.md 1.5: ServerKey prefix, KeepAlive and NotePreferred(home).
+    # docs/protocol/derp-disco-stun.md §1.5: ServerKey prefix, KeepAlive and NotePreferred(home).
     assert F.server_key(KEY)[:13] == bytes.fromhex("010000002844455250f09f9491")
     assert F.server_key(KEY)[13:] == KEY
     assert F.keep_alive() == bytes.fromhex("0600000000")

@@ -1,4 +1,5 @@
-"""Packet filter: spec 7.2/7.3 behaviours, and the fast matcher against a slow reference."""
+"""Packet filter: docs/protocol/derp-disco-stun.md §7.2/7.3 behaviours, and the fast matcher against
+a slow reference."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def test_allow_all_accepts_new_flows() -> None:
     f = Filter.allow_all(LOCAL)
     assert f.run_in(packet(PEER4, ME4, TCP, dport=22)).accepted
     assert f.run_in(packet(PEER6, ME6, UDP, dport=53)).accepted
-    # Empty IPProto means TCP, UDP and ICMP only (spec 7.1), even for the allow-all.
+    # Empty IPProto means TCP, UDP and ICMP only (docs/protocol/derp-disco-stun.md §7.1), even for
+    # the allow-all.
     assert not f.run_in(packet(PEER4, ME4, GRE)).accepted
 
 

@@ -1,4 +1,5 @@
-"""Conn core: socket demultiplexing and the disco acceptance rules (spec 4.4-4.6, 5.3, 6.2)."""
+"""Conn core: socket demultiplexing and the disco acceptance rules
+(docs/protocol/derp-disco-stun.md §4.4-4.6, 5.3, 6.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PeerEndpoint: path choice, trust, discovery schedule (spec 5.2-5.6)."""
+"""PeerEndpoint: path choice, trust, discovery schedule
+(docs/protocol/derp-disco-stun.md §5.2-5.6)."""
 
 from __future__ import annotations
 

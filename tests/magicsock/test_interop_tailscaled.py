@@ -3,8 +3,8 @@
 One tailnet on our control server (with its DERP region and STUN) in the network lab: a
 meshscaled node and an official tailscaled node, behind a pair of NAT kinds. ``tailscale
 ping`` from the official client uses disco Pings and only reports a direct path after our
-Pongs validate it (spec 9.3); the reverse direction is read from our own status. Hard NATs
-on both sides, or UDP blocked on one, must stay on DERP and still answer.
+Pongs validate it (docs/protocol/derp-disco-stun.md §9.3); the reverse direction is read from our
+own status. Hard NATs on both sides, or UDP blocked on one, must stay on DERP and still answer.
 """
 
 from __future__ import annotations

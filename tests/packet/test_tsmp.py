@@ -1,4 +1,5 @@
-"""TSMP (spec 7.4): ping/pong, rejections, disco-key advertisements, built and read back."""
+"""TSMP (docs/protocol/derp-disco-stun.md §7.4): ping/pong, rejections, disco-key advertisements,
+built and read back."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def test_tsmp_disco_advertisement() -> None:
     key = bytes(range(32))
     pkt = tsmp_disco_advertisement(PEER6, ME6, key)
     assert pkt[6] == TSMP
-    assert int.from_bytes(pkt[4:6], "big") == 33  # spec 7.4: 33-byte payload
+    # docs/protocol/derp-disco-stun.md §7.4: 33-byte payload
+    assert int.from_bytes(pkt[4:6], "big") == 33
     msg = tsmp_message(pkt)
     assert msg is not None
     assert msg.disco_key == key

@@ -170,7 +170,8 @@ def test_malformed_frames_are_counted() -> None:
 
 
 def test_padding_to_wireguard_lengths() -> None:
-    # pad_mtu extends views with zeros to min(roundup16(len), mtu) (spec section 5.1).
+    # pad_mtu extends views with zeros to min(roundup16(len), mtu)
+    # (docs/protocol/wireguard.md §5.1).
     pkt = tcp(b"q" * 44, seq=1)  # 84 bytes -> 96
     frames = [bytes(10) + pkt, super_tcp(b"r" * 3000, 1380)]  # segments 1420 (cap) and 280
     for frame, want in zip(frames, [[96], [1420, 1420, 288]], strict=True):

@@ -50,7 +50,7 @@ def test_five_node_mesh() -> None:
         a, b = nodes[i], nodes[j]
         assert a.direct_to(b.node_key) is direct_expected(KINDS[i], KINDS[j]), (a.name, b.name)
     # Everyone picked the nearer region: by STUN latency, or over HTTPS when UDP is
-    # blocked (netcheck's fallback, spec 3.5).
+    # blocked (netcheck's fallback, docs/protocol/derp-disco-stun.md §3.5).
     for n in nodes:
         assert n.conn.home_derp == 901, n.name
     for n in nodes:

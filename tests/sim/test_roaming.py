@@ -1,4 +1,5 @@
-"""Roaming: a NAT forgets its mappings, or a node moves to another network (spec 5.7)."""
+"""Roaming: a NAT forgets its mappings, or a node moves to another network
+(docs/protocol/derp-disco-stun.md §5.7)."""
 
 from __future__ import annotations
 

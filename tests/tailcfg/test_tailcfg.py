@@ -1,4 +1,5 @@
-"""tailcfg codec: Go encoding/json behaviour the clients rely on (spec sections 0, 4, 6)."""
+"""tailcfg codec: Go encoding/json behaviour the clients rely on (docs/protocol/control.md §0, 4,
+6)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Public router (HTTP/1.1, plain or TLS, mounted by ``meshscale-control serve``)::
 
-    GET  /key?v=N          control key (spec 1.1)
-    *    /ts2021           Noise upgrade, then HTTP/2 inside (spec 2)
+    GET  /key?v=N          control key (docs/protocol/control.md §1.1)
+    *    /ts2021           Noise upgrade, then HTTP/2 inside (docs/protocol/control.md §2)
     GET  /register/<id>    page telling the admin the ``nodes register`` command
 
 Noise router (HTTP/2 inside the Noise connection; every handler sees the machine key)::
@@ -11,7 +11,7 @@ Noise router (HTTP/2 inside the Noise connection; every handler sees the machine
     POST /machine/register     register.RegisterHandler
     POST /machine/map          poll.MapHandler
     /machine/{set-dns,id-token,audit-log,set-device-attr,feature/query,update-health,whoami}
-                               501, as Headscale (spec 5)
+                               501, as Headscale (docs/protocol/control.md §5)
     anything else              404
 
 Usage (what ``meshscale-control serve`` does)::
@@ -264,7 +264,7 @@ class ControlApp:
 
     async def _watch_expiry(self) -> None:
         """Key expiry is a point in time, not a write: tell sessions when a key passes it, so
-        the node sees NeedsLogin and its peers mark it expired (spec 4.5)."""
+        the node sees NeedsLogin and its peers mark it expired (docs/protocol/control.md §4.5)."""
         last = self.clock()
         while True:
             await asyncio.sleep(self.settings.expiry_check_interval)

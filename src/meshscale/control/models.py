@@ -15,7 +15,8 @@ Entities (persisted unless noted)::
     PreAuthKey      prefix + sha256(secret); full key "hskey-auth-<prefix>-<secret>" shown once
     APIKey          prefix + sha256(secret); full key "hskey-api-<prefix>-<secret>" shown once
     PendingRegistration   in memory: registration id -> machine key, node key, hostinfo,
-                    and a completion the protocol layer awaits (interactive login, spec §3.4)
+                    and a completion the protocol layer awaits (interactive login,
+                    docs/protocol/control.md §3.4)
 
 Change events (a closed union, match on it and finish with ``assert_never``)::
 
@@ -184,7 +185,8 @@ class NewAPIKey:
 
 
 class PendingRegistration:
-    """An interactive registration waiting for an admin (spec §3.4). In memory only.
+    """An interactive registration waiting for an admin (docs/protocol/control.md §3.4). In memory
+    only.
 
     The protocol layer returns ``AuthURL = <server_url>/register/<id>`` and then awaits
     :meth:`wait` on the followup request. ``State.complete_registration`` (the CLI's

@@ -45,7 +45,7 @@ K = TypeVar("K", MachinePrivate, NodePrivate)
 
 def load_or_create_key(path: Path, cls: type[K]) -> K:
     """A private key file (``privkey:<hex>``; derper's JSON form is read too), created
-    with mode 0600 if missing. The control key must never change (spec §1.1)."""
+    with mode 0600 if missing. The control key must never change (docs/protocol/control.md §1.1)."""
     if path.exists():
         text = path.read_text().strip()
         if text.startswith("{"):

@@ -4,8 +4,8 @@ Driven by: ``receive_data`` with bytes from the socket and ``send`` with plainte
 application. ``send`` returns wire bytes; ``receive_data`` returns decrypted plaintext.
 
 Records carry at most MAX_PLAINTEXT_SIZE (4077) bytes of plaintext. The nonce is 4 zero
-bytes followed by a **big-endian** u64 counter per direction (spec section 2.4): this is where
-ts2021 departs from the Noise specification, which is little-endian. AD is empty.
+bytes followed by a **big-endian** u64 counter per direction (docs/protocol/control.md §2.4): this
+is where ts2021 departs from the Noise specification, which is little-endian. AD is empty.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Inside the first Noise record(s)::
     "\\xff\\xff\\xffTS" | u32 big-endian N | N bytes JSON tailcfg.EarlyNoise
 
 The client peeks at the first 9 plaintext bytes; an HTTP/2 frame header is also 9 bytes
-and can never start with the magic, so the payload is unambiguous (spec section 2.6).
+and can never start with the magic, so the payload is unambiguous (docs/protocol/control.md §2.6).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Noise_IK_25519_ChaChaPoly_BLAKE2s as ts2021 uses it (tailscale control/controlbase/handshake.go).
 
-Flow (spec section 2.5; ``S`` server static, ``s`` client machine key, ``e``/``e'`` ephemerals)::
+Flow (docs/protocol/control.md §2.5; ``S`` server static, ``s`` client machine key, ``e``/``e'``
+ephemerals)::
 
     h = ck = BLAKE2s("Noise_IK_25519_ChaChaPoly_BLAKE2s")
     MixHash("Tailscale Control Protocol v<version>"); MixHash(S)

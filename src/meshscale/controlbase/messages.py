@@ -8,7 +8,7 @@ alone is preceded by the client's u16 protocol version::
     error       0x03 | u16 n  | n bytes UTF-8 (unauthenticated)
     record      0x04 | u16 n  | n bytes ChaCha20-Poly1305 ciphertext (plaintext + 16-byte tag)
 
-A frame is at most MAX_MESSAGE_SIZE bytes including its header (spec section 2.4).
+A frame is at most MAX_MESSAGE_SIZE bytes including its header (docs/protocol/control.md §2.4).
 
 Error tree::
 

@@ -1,6 +1,6 @@
 """The client's side of ts2021: ``/key``, the ``/ts2021`` upgrade, Noise, then HTTP/2.
 
-Flow (spec sections 1.1, 2.1-2.7; the server's side is server.py)::
+Flow (docs/protocol/control.md §1.1, 2.1-2.7; the server's side is server.py)::
 
     key = await fetch_key(host, port, tls=True, version=130)     # GET /key?v=130
     conn = await dial(host, port, tls=True, machine_key=..., control_key=key, version=130)
@@ -12,8 +12,9 @@ Flow (spec sections 1.1, 2.1-2.7; the server's side is server.py)::
     await conn.close()
 
 Over https ``/key`` is fetched with the certificate verified: that key is what authenticates
-the server to the Noise handshake (spec 1.1). The upgrade itself runs inside TLS that is not
-verified, as upstream does, since Noise authenticates the server there (spec 2.3).
+the server to the Noise handshake (docs/protocol/control.md §1.1). The upgrade itself runs inside
+TLS that is not verified, as upstream does, since Noise authenticates the server there
+(docs/protocol/control.md §2.3).
 
 Errors: ``ClientError`` for a refusal or a broken session; OSError (ssl.SSLError included)
 and TimeoutError from the transport; controlbase's HandshakeError (a ValueError) when the

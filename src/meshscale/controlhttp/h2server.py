@@ -1,6 +1,6 @@
 """HTTP/2 served inside a ts2021 connection: the control server's side.
 
-Layers (spec sections 2.4-2.7)::
+Layers (docs/protocol/control.md §2.4-2.7)::
 
     UpgradeStream (raw TCP/TLS after the 101)
       -> NoiseStream: controlbase records <-> plaintext (noisestream.py)
@@ -217,7 +217,7 @@ class H2Server:
         try:
             # Headers go out with the first chunk, so a stream that fails before producing
             # anything can still answer with an error status: an empty 200 on the map poll
-            # makes the client retry forever (spec 7.4).
+            # makes the client retry forever (docs/protocol/control.md §7.4).
             try:
                 first: bytes | None = await anext(body)
             except StopAsyncIteration:

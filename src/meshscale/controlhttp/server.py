@@ -1,7 +1,7 @@
 """The control server's side of ``/key`` and the ``/ts2021`` upgrade: from an HTTP/1.1
 request to HTTP/2 inside Noise (the client's side is client.py).
 
-Flow (spec sections 1.1, 2.1-2.7)::
+Flow (docs/protocol/control.md §1.1, 2.1-2.7)::
 
     GET /key?v=N   -> {"legacyPublicKey":"mkey:0..0","publicKey":"mkey:<control key>"}
     POST /ts2021   Upgrade: tailscale-control-protocol

@@ -4,7 +4,7 @@ Driven by: bytes read from the upgraded stream (``receive_data``) and user calls
 (``send_packet``, ``note_preferred``, ``ping``, ...). Randomness (box nonces) comes from the
 ``rand`` callable given at construction. Output: ``data_to_send()`` and ``next_event()``.
 
-Theory of operation (derp-disco-stun.md 1.4)::
+Theory of operation (docs/protocol/derp-disco-stun.md §1.4)::
 
     AWAIT_SERVER_KEY --ServerKey/send ClientInfo--> AWAIT_SERVER_INFO --ServerInfo--> CONNECTED
     (fast start: the server key is known up front, ClientInfo is sent at once and the

@@ -1,6 +1,6 @@
 """DERP frames: types, encoders, a bounded FrameBuffer and the payload decoder.
 
-Every frame (derp-disco-stun.md 1.4)::
+Every frame (docs/protocol/derp-disco-stun.md §1.4)::
 
     | type (1) | length (u32 BE, payload only) | payload |
 

@@ -2,8 +2,8 @@
 
 ClientInfo payload: ``client key (32) || nonce (24) || box(JSON)``, sealed with the client's
 node private key to the server's public key. ServerInfo payload: ``nonce (24) || box(JSON)``,
-sealed the other way (derp-disco-stun.md 1.5). The box is NaCl ``crypto_box``; the nonce is
-passed in. JSON keys are matched case-insensitively and unknown keys ignored, as Go does.
+sealed the other way (docs/protocol/derp-disco-stun.md §1.5). The box is NaCl ``crypto_box``; the
+nonce is passed in. JSON keys are matched case-insensitively and unknown keys ignored, as Go does.
 Opening raises ``HandshakeError``.
 """
 

@@ -6,7 +6,7 @@ from logged-in clients (``handle_frame``, with ``now`` for rate limits), and mes
 each connection's ``SendQueue`` (frames as data, drained by the driver's writer for that
 connection), ``take_ready()`` (queues that became non-empty) and ``take_closes()``.
 
-Routing (derp-disco-stun.md 1.6, 1.10)::
+Routing (docs/protocol/derp-disco-stun.md §1.6, 1.10)::
 
     SendPacket(dst) from C:  local active conn for dst?  -> its queue as RecvPacket(C.key)
                              else a mesh forwarder?      -> forwarder queue as ForwardPacket

@@ -1,8 +1,8 @@
 """One DERP connection over HTTP (tailscale derp/derphttp): dial, upgrade, log in, move bytes.
 
 The protocol lives in the sans-IO ``meshscale.derp.client.ClientSession``; this module only
-dials, performs the HTTP upgrade (derp-disco-stun.md 1.1: ``Upgrade: DERP``, or a WebSocket
-with subprotocol ``derp``, 1.3) with io.httpclient, and moves bytes. Reconnecting regions
+dials, performs the HTTP upgrade (docs/protocol/derp-disco-stun.md §1.1: ``Upgrade: DERP``, or a
+WebSocket with subprotocol ``derp``, 1.3) with io.httpclient, and moves bytes. Reconnecting regions
 and home switching are regions.py.
 
 ``DERPClient.recv()`` must be running (in one task) for pongs and server pings to be handled;

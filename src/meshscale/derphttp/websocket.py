@@ -1,4 +1,5 @@
-"""DERP over WebSocket (derp-disco-stun.md 1.3): the DERP byte stream inside binary messages.
+"""DERP over WebSocket (docs/protocol/derp-disco-stun.md §1.3): the DERP byte stream inside binary
+messages.
 
 Message boundaries carry no meaning: both directions are one continuous byte stream, exactly
 the frames of 1.4, starting with ServerKey. Framing is wsproto's (sans-IO); this module only

@@ -1,6 +1,6 @@
 """The packet filter: compiled rules matched against raw IP packets, plus the flow cache.
 
-Inbound evaluation (spec derp-disco-stun.md 7.2, tailscale wgengine/filter)::
+Inbound evaluation (docs/protocol/derp-disco-stun.md §7.2, tailscale wgengine/filter)::
 
     pre:   empty -> accept (WireGuard keepalive); < 20 bytes, unknown protocol,
            multicast or link-local destination (but 169.254.169.254) -> drop;
@@ -44,8 +44,8 @@ from meshscale.tailcfg import PORT_RANGE_ANY, FilterRule, NetPortRange
 
 from .rules import ALL_PORTS, Match, Range, compile_rules
 
-# Reverse flows remembered for UDP/SCTP return traffic (spec 7.3); an LRU so that a
-# flood of outbound flows only evicts the oldest.
+# Reverse flows remembered for UDP/SCTP return traffic (docs/protocol/derp-disco-stun.md §7.3); an
+# LRU so that a flood of outbound flows only evicts the oldest.
 FLOW_CACHE_SIZE = 512
 ICMP4_ERRORS = frozenset({3, 11, 0x12})  # 0x12 as coded upstream (RFC 792 says 12)
 ICMP6_ERRORS = frozenset({1, 2, 3, 4})
@@ -103,7 +103,8 @@ class Filter:
     ) -> None:
         self.shields_up = shields_up
         if shields_up:
-            rules = []  # shields up: no new inbound flows at all (spec 7.2 step 5)
+            # shields up: no new inbound flows at all (docs/protocol/derp-disco-stun.md §7.2 step 5)
+            rules = []
         self._m = {4: compile_rules(rules, 4), 6: compile_rules(rules, 6)}
         self._local: dict[int, list[Range]] = {4: [], 6: []}
         for n in local_nets:

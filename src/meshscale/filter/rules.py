@@ -1,6 +1,6 @@
 """Control's FilterRules compiled to integer ranges, one list of matches per address family.
 
-A rule (tailcfg.FilterRule, spec derp-disco-stun.md 7.1) names sources (IPs, CIDRs, ranges
+A rule (tailcfg.FilterRule, docs/protocol/derp-disco-stun.md §7.1) names sources (IPs, CIDRs, ranges
 ``a-b``, ``*``, or ``cap:<name>``), destinations with port ranges, and IP protocols (none
 means TCP, UDP, ICMPv4 and ICMPv6). Entries of the other family are skipped, not refused.
 

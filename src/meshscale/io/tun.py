@@ -8,8 +8,8 @@
                    super-packet of up to 64 KB, split into MTU-sized IP packets (packet.tso)
     write_batch()  packets coalesced per flow (packet.gro), one os.writev per result
 
-Capability ladder, probed at open (spec section 15 item 6): offload with USO -> offload
-(TCP only) -> plain (no vnet header, one packet per read and write). `offload` on the device
+Capability ladder, probed at open (docs/protocol/wireguard.md §15 item 6): offload with USO ->
+offload (TCP only) -> plain (no vnet header, one packet per read and write). `offload` on the device
 says which one is in use; the packets going in and out look the same in every mode.
 
 Threading: one thread may read while another writes (the data plane's TX and RX threads). The

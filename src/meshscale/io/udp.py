@@ -9,10 +9,11 @@
            sender glued together, with a cmsg (SOL_UDP, UDP_GRO, int size) saying where to cut;
            then more calls with MSG_DONTWAIT until ~64 datagrams or nothing is queued.
 
-(spec section 12 item 5 and 15 item 3; wireguard-go conn/bind_std.go, conn/gso_linux.go.)
-Python has no sendmmsg/recvmmsg; GSO/GRO give the same batching with one syscall. If the
-kernel refuses GSO for a send (EIO: the egress device cannot checksum; EINVAL or EMSGSIZE three
-times in a row), GSO is turned off for this socket; refused datagrams are resent one by one.
+(docs/protocol/wireguard.md §12 item 5 and 15 item 3; wireguard-go conn/bind_std.go,
+conn/gso_linux.go.) Python has no sendmmsg/recvmmsg; GSO/GRO give the same batching with one
+syscall. If the kernel refuses GSO for a send (EIO: the egress device cannot checksum; EINVAL or
+EMSGSIZE three times in a row), GSO is turned off for this socket; refused datagrams are resent one
+by one.
 
 The socket is blocking, for use from dedicated threads (the GIL is released in the syscalls).
 `close()` shuts the socket down first, which wakes a thread blocked in recv_batch; that thread

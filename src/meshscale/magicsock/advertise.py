@@ -1,4 +1,5 @@
-"""Which endpoints a node advertises to control and in CallMeMaybe (spec 5.1).
+"""Which endpoints a node advertises to control and in CallMeMaybe
+(docs/protocol/derp-disco-stun.md §5.1).
 
 STUN-mapped addresses (from the latest netcheck report), then local interface
 addresses with the socket's port (loopback only when there is nothing else,

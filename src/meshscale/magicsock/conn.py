@@ -1,6 +1,6 @@
 """The magicsock Conn core: one UDP socket shared by WireGuard, disco and STUN.
 
-Theory of operation (spec derp-disco-stun.md 4.4-4.6, 5, 6; tailscale magicsock.go)::
+Theory of operation (docs/protocol/derp-disco-stun.md §4.4-4.6, 5, 6; tailscale magicsock.go)::
 
     UDP datagram in --classify--> STUN      -> netcheck (our mapped address)
                                   disco     -> open box -> Ping: Pong back, learn src
@@ -121,7 +121,8 @@ class ConnStats:
 
 
 def looks_like_stun(b: bytes | memoryview) -> bool:
-    """Spec 4.4 rule 1: a STUN binding message (request or response)."""
+    """docs/protocol/derp-disco-stun.md §4.4 rule 1: a STUN binding message (request or
+    response)."""
     return len(b) >= 20 and b[0] & 0xC0 == 0 and b[1] == 0x01 and b[4:8] == STUN_MAGIC_COOKIE
 
 
@@ -185,7 +186,8 @@ class Conn:
         changed = derp_map != self.derp_map
         self.derp_map = derp_map
         if self.home_derp and self.home_derp not in derp_map.regions:
-            self.home_derp = 0  # spec 2.2: a vanished home is forgotten; re-chosen below
+            # docs/protocol/derp-disco-stun.md §2.2: a vanished home is forgotten; re-chosen below
+            self.home_derp = 0
         if changed and self._restun_at is not None:
             self._restun(now, force_full=True)
 
@@ -196,7 +198,8 @@ class Conn:
 
     def set_peers(self, peers: Iterable[PeerConfig], now: float) -> None:
         """Install the netmap's peers. Peers with a zero disco key are left out, as the
-        official client does (spec 4.1): they are unreachable, even over DERP."""
+        official client does (docs/protocol/derp-disco-stun.md §4.1): they are unreachable, even
+        over DERP."""
         want = {p.node_key: p for p in peers if not p.disco_key.is_zero()}
         for key in list(self._peers):
             if key not in want:
@@ -215,7 +218,8 @@ class Conn:
             self._drain(ep, now)
 
     def note_disco_key(self, peer: NodePublic, disco_key: DiscoPublic, now: float) -> None:
-        """A peer announced its disco key inside the tunnel (TSMP 'a', spec 4.7).
+        """A peer announced its disco key inside the tunnel (TSMP 'a',
+        docs/protocol/derp-disco-stun.md §4.7).
 
         A different key means the peer restarted: its path state starts afresh, as
         when control reports the new key. (A later netmap still carrying the old key
@@ -232,7 +236,8 @@ class Conn:
         self._by_disco.setdefault(disco_key, []).append(peer)
 
     def note_network_change(self, now: float, *, local_port: int | None = None) -> None:
-        """Link or route change (or a rebind): forget every path and re-STUN (spec 5.7)."""
+        """Link or route change (or a rebind): forget every path and re-STUN
+        (docs/protocol/derp-disco-stun.md §5.7)."""
         if local_port is not None:
             self.local_port = local_port
         for ep in self._peers.values():
@@ -310,8 +315,8 @@ class Conn:
 
     def receive_datagram(self, data: bytes, src: AddrPort, now: float) -> None:
         """A datagram from the shared UDP socket; ``src`` must be unmapped (IPv4 as IPv4)."""
-        # Spec 4.4: WireGuard's byte 1 is 0 (STUN needs 0x01) and its byte 0 is 1-4
-        # (disco starts with 0x54), so the common case is decided on two bytes.
+        # docs/protocol/derp-disco-stun.md §4.4: WireGuard's byte 1 is 0 (STUN needs 0x01) and its
+        # byte 0 is 1-4 (disco starts with 0x54), so the common case is decided on two bytes.
         if len(data) >= 2 and data[1] != 0x01 and data[0] != 0x54:
             wsrc = self._addr_src.get(src)
             self._wg_in.append((data, wsrc or WireGuardSource(None, src, 0)))
@@ -600,7 +605,7 @@ class Conn:
     def _set_home(self, preferred: int) -> None:
         if preferred == 0:
             if self.home_derp:
-                return  # no data: keep the current home (spec 2.3)
+                return  # no data: keep the current home (docs/protocol/derp-disco-stun.md §2.3)
             candidates = sorted(
                 r.region_id
                 for r in self.derp_map.regions.values()
@@ -611,7 +616,7 @@ class Conn:
             preferred = candidates[int.from_bytes(self._rand(2), "big") % len(candidates)]
         if preferred != self.home_derp:
             if self.home_derp and not self.control_connected:
-                return  # peers could not learn the move (spec 2.3)
+                return  # peers could not learn the move (docs/protocol/derp-disco-stun.md §2.3)
             prev, self.home_derp = self.home_derp, preferred
             self._emit(HomeDERPChanged(preferred, prev))
 

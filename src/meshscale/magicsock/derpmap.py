@@ -1,4 +1,4 @@
-"""The parts of a DERPMap that NAT traversal needs (spec section 2.1), frozen.
+"""The parts of a DERPMap that NAT traversal needs (docs/protocol/derp-disco-stun.md §2.1), frozen.
 
 Built from control's ``meshscale.tailcfg.DERPMap`` with ``from_tailcfg`` (or from its
 JSON form with ``from_json``); frozen so that a Conn can compare maps and hold one
@@ -15,8 +15,9 @@ from typing import Any
 
 from meshscale import tailcfg
 
-DEFAULT_STUN_PORT = 3478  # spec 2.1: STUNPort 0 means 3478
-DERP_MAGIC_IP = ipaddress.IPv4Address("127.3.3.40")  # spec 8: the port is a region ID
+DEFAULT_STUN_PORT = 3478  # docs/protocol/derp-disco-stun.md §2.1: STUNPort 0 means 3478
+# docs/protocol/derp-disco-stun.md §8: the port is a region ID
+DERP_MAGIC_IP = ipaddress.IPv4Address("127.3.3.40")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,8 @@ class FrozenDERPMap:
 
     @classmethod
     def from_tailcfg(cls, m: tailcfg.DERPMap) -> FrozenDERPMap:
-        """Convert control's DERPMap (null regions are skipped, spec 2.2)."""
+        """Convert control's DERPMap (null regions are skipped,
+        docs/protocol/derp-disco-stun.md §2.2)."""
         regions = {
             rid: FrozenDERPRegion(
                 region_id=rid,
@@ -102,7 +104,7 @@ class FrozenDERPMap:
             regions: dict[int, FrozenDERPRegion] = {}
             for rid_text, r in (obj.get("Regions") or {}).items():
                 if r is None:
-                    continue  # spec 2.2: null entries are deletions
+                    continue  # docs/protocol/derp-disco-stun.md §2.2: null entries are deletions
                 rid = int(rid_text)
                 nodes = tuple(
                     FrozenDERPNode(

@@ -1,6 +1,6 @@
 """Per-peer path state: candidate endpoints, disco ping schedule, best address, trust.
 
-Theory of operation (spec derp-disco-stun.md 5.2-5.6, tailscale magicsock/endpoint.go)::
+Theory of operation (docs/protocol/derp-disco-stun.md §5.2-5.6, tailscale magicsock/endpoint.go)::
 
     candidates  <- netmap Endpoints | CallMeMaybe list (replaced each time)
                  | sources of pings we received (expire 45 s after the last one)
@@ -38,8 +38,8 @@ UPGRADE_UDP_DIRECT_INTERVAL = 60.0  # seconds
 GOOD_ENOUGH_LATENCY = 0.005  # seconds
 
 # A peer can add candidates by pinging us from many source ports; past this many
-# the expired ones are pruned (spec 5.2), and past twice this new ones are refused
-# (stops memory growth from a peer spraying pings from random ports).
+# the expired ones are pruned (docs/protocol/derp-disco-stun.md §5.2), and past twice this new ones
+# are refused (stops memory growth from a peer spraying pings from random ports).
 MAX_CANDIDATES = 100
 # Outstanding pings per peer; each full discovery adds one per candidate.
 MAX_SENT_PINGS = 4 * MAX_CANDIDATES
@@ -142,7 +142,8 @@ def _is_private(addr: AddrPort) -> bool:
 
 
 def better_addr(a: AddrPort | None, a_latency: float, b: AddrPort | None, b_latency: float) -> bool:
-    """Whether path ``a`` beats the current path ``b`` (spec 5.5, upstream betterAddr)."""
+    """Whether path ``a`` beats the current path ``b`` (docs/protocol/derp-disco-stun.md §5.5,
+    upstream betterAddr)."""
     if a == b:
         return False
     if b is None:
@@ -216,7 +217,8 @@ class PeerEndpoint:
     # ---- the send path ----
 
     def addr_for_send(self, now: float) -> tuple[AddrPort | None, int]:
-        """(direct address or None, DERP region or 0) for the next data packet (spec 5.6)."""
+        """(direct address or None, DERP region or 0) for the next data packet
+        (docs/protocol/derp-disco-stun.md §5.6)."""
         if self.best is not None and now <= self.trust_until:
             return self.best, 0
         return self.best, self.home_derp
@@ -290,7 +292,8 @@ class PeerEndpoint:
                 UserPingDone(sp.user, latency, sp.to, region if src is None else 0)
             )
         if src is None or sp.to is None:
-            return True  # pongs via DERP never change the path (spec 5.5)
+            # pongs via DERP never change the path (docs/protocol/derp-disco-stun.md §5.5)
+            return True
         c = self._eps.get(sp.to)
         if c is None:
             return True  # no longer a candidate we care about
@@ -321,7 +324,8 @@ class PeerEndpoint:
     # ---- resets ----
 
     def note_connectivity_change(self) -> None:
-        """Our network changed: forget the best path and all probe history (spec 5.7)."""
+        """Our network changed: forget the best path and all probe history
+        (docs/protocol/derp-disco-stun.md §5.7)."""
         self._clear_best()
         for c in self._eps.values():
             c.clear()

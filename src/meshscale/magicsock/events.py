@@ -11,7 +11,8 @@ from meshscale.magicsock.netcheck import Report
 
 
 class EndpointType(IntEnum):
-    """tailcfg.EndpointType values sent in MapRequest.EndpointTypes (spec 5.1)."""
+    """tailcfg.EndpointType values sent in MapRequest.EndpointTypes
+    (docs/protocol/derp-disco-stun.md §5.1)."""
 
     UNKNOWN = 0
     LOCAL = 1

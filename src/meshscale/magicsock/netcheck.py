@@ -1,6 +1,6 @@
 """netcheck: STUN every DERP region, learn our public address, choose a home region.
 
-Theory of operation (spec derp-disco-stun.md 3.4-3.6, tailscale net/netcheck)::
+Theory of operation (docs/protocol/derp-disco-stun.md §3.4-3.6, tailscale net/netcheck)::
 
     start_report --plan--> probes (region x family sets, each with a delay)
        timer: send each probe when due, unless it would add no information
@@ -13,7 +13,7 @@ Theory of operation (spec derp-disco-stun.md 3.4-3.6, tailscale net/netcheck)::
 Performs no I/O. Driven by: ``start_report``, STUN responses passed to
 ``receive_stun``, and the timer. STUN requests come out of ``datagrams_to_send``
 and must leave through the WireGuard socket, so that the mapped address learnt is
-the NAT mapping of that socket (spec 3.3).
+the NAT mapping of that socket (docs/protocol/derp-disco-stun.md §3.3).
 
 HTTPS/ICMP latency fallbacks, captive-portal and port-mapping probes need I/O of
 their own and are left to the driver.
@@ -122,8 +122,8 @@ class Netcheck:
     :param codec: builds STUN requests and parses responses (default: meshscale.stun).
     :param https_fallback: when no STUN answer came, ask the driver (``https_probes_to_send``)
         to time ``GET /derp/latency-check`` per region and wait for ``receive_https_latency``
-        until the 5 s report deadline (spec 3.5), so a UDP-blocked node still picks a
-        near home.
+        until the 5 s report deadline (docs/protocol/derp-disco-stun.md §3.5), so a UDP-blocked node
+        still picks a near home.
     """
 
     def __init__(
@@ -164,7 +164,8 @@ class Netcheck:
         have_v6: bool = False,
         force_full: bool = False,
     ) -> None:
-        """Begin a report; a running one is abandoned. Full or incremental per spec 3.4."""
+        """Begin a report; a running one is abandoned. Full or incremental per
+        docs/protocol/derp-disco-stun.md §3.4."""
         full = (
             force_full
             or self._last is None
@@ -201,7 +202,7 @@ class Netcheck:
             return False
         entry = run.inflight.pop(tx_id, None)
         if entry is None:
-            return False  # unknown or late: ignored (spec 3.3)
+            return False  # unknown or late: ignored (docs/protocol/derp-disco-stun.md §3.3)
         probe, sent = entry
         latency = max(now - sent, 0.0)
         self._record(run, probe, mapped, latency, now)
@@ -311,7 +312,8 @@ class Netcheck:
             if not (r.avoid or r.no_measure_no_home) and any(not n.stun_only for n in r.nodes)
         ]
         if self.https_fallback and not run.seen and regions:
-            # No UDP at all: measure the regions over HTTPS instead (spec 3.5).
+            # No UDP at all: measure the regions over HTTPS instead
+            # (docs/protocol/derp-disco-stun.md §3.5).
             run.pending.clear()
             run.https_wait = set(regions)
             self._https_out += sorted(regions)
@@ -359,7 +361,8 @@ class Netcheck:
 def net_info(
     report: Report | None, home_derp: int, *, os_has_ipv6: bool = False
 ) -> tailcfg.NetInfo:
-    """The NetInfo to send in Hostinfo (spec 3.7); ``home_derp`` is the Conn's actual home."""
+    """The NetInfo to send in Hostinfo (docs/protocol/derp-disco-stun.md §3.7); ``home_derp`` is the
+    Conn's actual home."""
     ni = tailcfg.NetInfo(PreferredDERP=home_derp, OSHasIPv6=os_has_ipv6)
     if report is None:
         return ni
@@ -384,7 +387,7 @@ def choose_preferred_derp(
     prev_last_heard: float | None,
     now: float,
 ) -> int:
-    """Home region selection with hysteresis (spec 3.6).
+    """Home region selection with hysteresis (docs/protocol/derp-disco-stun.md §3.6).
 
     :param history: recent reports (within the history age), ``report`` included.
     :param prev: the previous home region, 0 for none.
@@ -410,7 +413,8 @@ def choose_preferred_derp(
     heard = prev_last_heard is not None and (
         prev_last_heard >= report.started or now - prev_last_heard <= PREFERRED_DERP_FRAME_TIME
     )
-    # Keep an accessible old home unless the gain is >= 10 ms and >= 1/3 (spec 3.6).
+    # Keep an accessible old home unless the gain is >= 10 ms and >= 1/3
+    # (docs/protocol/derp-disco-stun.md §3.6).
     if (
         changing
         and (old_cur != 0 or heard)

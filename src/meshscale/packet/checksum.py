@@ -2,9 +2,9 @@
 
 Partial sums are kept as integers reduced modulo 0xFFFF, in the range [0, 0xFFFE]. This is the
 ones' complement sum: 2**16 == 1 (mod 0xFFFF), so a buffer read as one big-endian integer is
-congruent to the sum of its 16-bit words (spec section 13.3, the `int.from_bytes` trick, about
-2.6 us for 1388 bytes against 13 us for struct.unpack + sum). In this representation ones'
-complement zero has the single value 0, so the transmitted checksum `0xFFFF - sum` is never 0:
+congruent to the sum of its 16-bit words (docs/protocol/wireguard.md §13.3, the `int.from_bytes`
+trick, about 2.6 us for 1388 bytes against 13 us for struct.unpack + sum). In this representation
+ones' complement zero has the single value 0, so the transmitted checksum `0xFFFF - sum` is never 0:
 that is exactly the UDP rule (RFC 768: a computed 0 is sent as 0xFFFF), and for TCP and IPv4 both
 encodings of zero verify.
 

@@ -4,7 +4,7 @@
      └── ParseError   a header or frame is malformed (too short, wrong version, bad lengths)
 
 Parsers raise ParseError. The hot-path splitter (tso) and coalescer (gro) never raise on bad
-input: they drop the packet and count the reason (STYLE.md section 6).
+input: they drop the packet and count the reason (docs/style.md §6).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Write side of TUN offloads: coalesce decrypted packets into TCP/UDP super-packets (GRO).
 
-One TUN write per coalesced packet instead of one per packet (spec section 12 item 4;
+One TUN write per coalesced packet instead of one per packet (docs/protocol/wireguard.md §12 item 4;
 wireguard-go tun/offload_linux.go handleGRO). Over one batch, per flow, a packet is appended to
 the flow's newest item when:
 
@@ -170,7 +170,8 @@ class Coalescer:
             b0 = p[0]
             if b0 == 0x45:
                 _, tos, tot, ff, ttl, proto, ap, seq, ack, doff, fl = v4(p)
-                if tot != n:  # WireGuard padding left on: trim it (spec section 5.2 step 8)
+                # WireGuard padding left on: trim it (docs/protocol/wireguard.md §5.2 step 8)
+                if tot != n:
                     if not 40 <= tot < n:
                         outs.append([ZERO_HDR, p])
                         continue

@@ -1,6 +1,6 @@
 """TSMP, Tailscale's in-tunnel message protocol: IP protocol 99, never handed to the OS.
 
-Payloads (spec derp-disco-stun.md section 7.4; tailscale net/packet/tsmp.go)::
+Payloads (docs/protocol/derp-disco-stun.md §7.4; tailscale net/packet/tsmp.go)::
 
     '!' rejected   proto(1) reason(1) src_port(2) dst_port(2) [flags(1)]
     'p' ping       data(8)                  -> answered with 'o' data(8) peerapi_port(2)
@@ -138,7 +138,8 @@ def tsmp_disco_advertisement(src: str, dst: str, disco_key: bytes) -> bytes:
 
 
 def tsmp_rejected(packet: bytes | memoryview, reason: int = REJECT_ACL) -> bytes | None:
-    """The TSMP notice for a dropped IPv4 TCP SYN (spec 7.2 step 7), else None.
+    """The TSMP notice for a dropped IPv4 TCP SYN (docs/protocol/derp-disco-stun.md §7.2 step 7),
+    else None.
 
     IP source is the rejecting node (the SYN's destination); the ports are the
     initiator's source port and the refused destination port.

@@ -2,8 +2,9 @@
 
 With IFF_VNET_HDR every TUN read is `virtio_net_hdr + IP packet`. The packet is either plain
 (gso_type NONE, perhaps with its L4 checksum left unfinished: F_NEEDS_CSUM) or a TCP/UDP
-"super-packet" of up to 64 KB that we must cut into gso_size segments (spec section 12 item 3;
-wireguard-go tun/offload_linux.go gsoSplit and tun/tun_linux.go handleVirtioRead):
+"super-packet" of up to 64 KB that we must cut into gso_size segments
+(docs/protocol/wireguard.md §12 item 3; wireguard-go tun/offload_linux.go gsoSplit and
+tun/tun_linux.go handleVirtioRead):
 
     super-packet:  [IP hdr][TCP hdr][payload ............................................]
     segment i:     [IP hdr: id+i, total len, hdr csum][TCP hdr: seq+i*gso, csum][payload i]
@@ -100,7 +101,8 @@ class Splitter:
         `split_room(length)` bytes free from `out_offset`, which must be >= the frame's end.
 
         pad_mtu: if set, each view is extended with zero bytes to WireGuard's padded length,
-        min(roundup16(len), pad_mtu) (spec section 5.1), so it can be encrypted as it is.
+        min(roundup16(len), pad_mtu) (docs/protocol/wireguard.md §5.1), so it can be encrypted as it
+        is.
         """
         a = self._mv
         if length <= VIRTIO_NET_HDR_LEN:

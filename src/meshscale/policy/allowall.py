@@ -1,4 +1,5 @@
-"""AllowAll: the policy of a server without one (spec §2.1, Headscale's ``FilterAllowAll``).
+"""AllowAll: the policy of a server without one (docs/protocol/policy.md §2.1, Headscale's
+``FilterAllowAll``).
 
 Every node accepts every packet (``SrcIPs: ["*"]`` to every port of every address), every
 node sees every other node, and no tag or route is refused. Its answers depend on no

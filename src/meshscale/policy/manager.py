@@ -4,16 +4,19 @@ The control server's State owns one :class:`PolicyManager`. It feeds the manager
 tailnet as it changes (the policy text, the users, every node write) and asks it four
 questions, each about one node::
 
-    filter_for(node)                the inbound packet filter ``node`` enforces (spec §3)
+    filter_for(node)                the inbound packet filter ``node`` enforces
+                                    (docs/protocol/policy.md §3)
     can_see(viewer, peer)           whether ``peer`` belongs in ``viewer``'s netmap
-    may_tag(node, tag)              whether ``node`` may carry ``tag`` (tagOwners, spec §2.5)
-    may_approve_route(node, route)  whether ``route`` may be approved for ``node`` (spec §5)
+    may_tag(node, tag)              whether ``node`` may carry ``tag`` (tagOwners,
+                                    docs/protocol/policy.md §2.5)
+    may_approve_route(node, route)  whether ``route`` may be approved for ``node``
+                                    (docs/protocol/policy.md §5)
 
 Every feed returns a :class:`PolicyChange`: the nodes whose answers the input altered,
 other than through the changed node's own appearance, change or removal (the server tells
 every peer about those anyway). The server then rebuilds only those nodes' maps, so an
 endpoint change recompiles nothing and a new device of one user touches only what its
-rules reach (spec §7 item 16).
+rules reach (docs/protocol/policy.md §7 item 16).
 
 A manager is a sans-IO core: it never reads the clock or does I/O, and State calls it
 under its lock, inside the write it is committing. ``set_policy`` must be atomic: it

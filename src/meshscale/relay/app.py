@@ -6,8 +6,8 @@
     stun = STUNServer(); await stun.start(None, 3478)
     region = derp_region(999, "headscale", "Embedded DERP", "ctl.example.com", 443, 3478)
 
-``derp_region`` builds the DERPMap region JSON object (tailcfg field names, derp-disco-stun.md
-2.1, 2.4) that the control server publishes.
+``derp_region`` builds the DERPMap region JSON object (tailcfg field names,
+docs/protocol/derp-disco-stun.md §2.1, 2.4) that the control server publishes.
 """
 
 from __future__ import annotations

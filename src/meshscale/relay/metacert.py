@@ -1,10 +1,11 @@
 """derper's TLS "meta certificate": the DERP server key inside the certificate chain.
 
-An extra self-signed Ed25519 certificate appended to the end of the chain (derp-disco-stun.md
-1.2): CN ``derpkey<64 hex>``, serial = the DERP protocol version (2), valid for 30 days either
-side of now. A client that negotiates TLS 1.3 (where the chain travels encrypted) and finds it
-knows the server key before the HTTP upgrade, sends ``Derp-Fast-Start: 1`` and skips waiting
-for the 101 and the ServerKey frame. Clients that do not look for it ignore an unused cert.
+An extra self-signed Ed25519 certificate appended to the end of the chain
+(docs/protocol/derp-disco-stun.md §1.2): CN ``derpkey<64 hex>``, serial = the DERP protocol version
+(2), valid for 30 days either side of now. A client that negotiates TLS 1.3 (where the chain travels
+encrypted) and finds it knows the server key before the HTTP upgrade, sends ``Derp-Fast-Start: 1``
+and skips waiting for the 101 and the ServerKey frame. Clients that do not look for it ignore an
+unused cert.
 """
 
 from __future__ import annotations

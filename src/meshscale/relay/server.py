@@ -179,7 +179,7 @@ class DERPServer:
     # ---- HTTP entry point ---------------------------------------------------------------
 
     async def handle_upgrade(self, req: Request, stream: UpgradeStream) -> Response | None:
-        """The /derp upgrade handler (derp-disco-stun.md 1.1)."""
+        """The /derp upgrade handler (docs/protocol/derp-disco-stun.md §1.1)."""
         if req.path in ("/derp/probe", "/derp/latency-check"):
             return Response(200, b"", [("Access-Control-Allow-Origin", "*")])
         upgrade = (req.headers.get("upgrade") or "").lower()

@@ -1,7 +1,8 @@
 """STUN server: answers binding requests on UDP (3478 by default), IPv4 and IPv6.
 
 Stateless: every valid Binding Request gets a Binding Success Response from the same socket,
-reflecting the source address (derp-disco-stun.md 3.2). Anything else is ignored and counted.
+reflecting the source address (docs/protocol/derp-disco-stun.md §3.2). Anything else is ignored and
+counted.
 """
 
 from __future__ import annotations

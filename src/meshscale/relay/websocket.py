@@ -1,5 +1,5 @@
-"""DERP over WebSocket (derp-disco-stun.md 1.3), the relay's side: recognise and accept the
-upgrade. The stream itself (``WebSocketStream``) and the client's side are in
+"""DERP over WebSocket (docs/protocol/derp-disco-stun.md §1.3), the relay's side: recognise and
+accept the upgrade. The stream itself (``WebSocketStream``) and the client's side are in
 ``meshscale.derphttp.websocket``.
 """
 

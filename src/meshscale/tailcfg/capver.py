@@ -1,6 +1,6 @@
 """Capability versions (tailscale tailcfg.CapabilityVersion).
 
-History of the numbers that matter to the server (spec section 1.2):
+History of the numbers that matter to the server (docs/protocol/control.md §1.2):
   39  NoiseCapabilityVersion: /key answers with the Noise public key
   68  Stream:true map requests are read-only for Hostinfo/Endpoints
   81  client understands MapResponse.PacketFilters

@@ -1,6 +1,6 @@
 """JSON codec for tailcfg dataclasses, following Go's encoding/json as tailscale uses it.
 
-Rules (spec section 0 and 4.7):
+Rules (docs/protocol/control.md §0 and 4.7):
 
 * Attribute names are the Go field names, which are the JSON keys. A class may rename keys
   through ``JSON_NAMES`` (for example ``OverTLSPublicKeyResponse`` uses lower camel case).

@@ -1,4 +1,4 @@
-"""DERPMap, DERPRegion, DERPNode (tailscale tailcfg/derpmap.go; spec section 6.1).
+"""DERPMap, DERPRegion, DERPNode (tailscale tailcfg/derpmap.go; docs/protocol/control.md §6.1).
 
 ``Regions`` is keyed by the region ID (a decimal string on the wire), and each key must
 equal its region's RegionID; ``validate`` checks that and that every region has a node.

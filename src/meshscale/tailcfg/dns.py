@@ -1,4 +1,5 @@
-"""DNSConfig, Resolver, DNSRecord (tailscale tailcfg.DNSConfig, types/dnstype; spec 6.2)."""
+"""DNSConfig, Resolver, DNSRecord (tailscale tailcfg.DNSConfig, types/dnstype;
+docs/protocol/control.md §6.2)."""
 
 from __future__ import annotations
 

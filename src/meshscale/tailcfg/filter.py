@@ -1,4 +1,4 @@
-"""FilterRule and friends: the packet filter sent in MapResponse (spec section 6.3)."""
+"""FilterRule and friends: the packet filter sent in MapResponse (docs/protocol/control.md §6.3)."""
 
 from __future__ import annotations
 

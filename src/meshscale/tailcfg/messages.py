@@ -1,9 +1,9 @@
 """Request and response bodies of the ts2021 endpoints (tailscale tailcfg/tailcfg.go).
 
 GET  /key                 -> OverTLSPublicKeyResponse
-POST /machine/register    RegisterRequest -> RegisterResponse      (spec section 3)
-POST /machine/map         MapRequest -> stream of MapResponse      (spec section 4)
-early payload             EarlyNoise                               (spec section 2.6)
+POST /machine/register    RegisterRequest -> RegisterResponse      (docs/protocol/control.md §3)
+POST /machine/map         MapRequest -> stream of MapResponse      (docs/protocol/control.md §4)
+early payload             EarlyNoise                               (docs/protocol/control.md §2.6)
 POST /machine/set-dns     SetDNSRequest
 """
 
@@ -22,7 +22,7 @@ from .filter import FilterRule
 from .hostinfo import Hostinfo
 from .node import Login, Node, PeerChange, User, UserProfile
 
-# RegisterRequest.Expiry on logout: time.Unix(123, 0) (spec section 3.6).
+# RegisterRequest.Expiry on logout: time.Unix(123, 0) (docs/protocol/control.md §3.6).
 LOGOUT_EXPIRY = datetime.fromisoformat("1970-01-01T00:02:03+00:00")
 
 
@@ -165,7 +165,8 @@ class MapResponse:
     Domain: str = ""
     CollectServices: bool | None = None  # opt.Bool: bare JSON bool
     PacketFilter: list[FilterRule] = field(default_factory=list)
-    # A None value deletes that named filter; "*": None clears all first (spec 6.3).
+    # A None value deletes that named filter; "*": None clears all first
+    # (docs/protocol/control.md §6.3).
     PacketFilters: dict[str, list[FilterRule] | None] = field(default_factory=dict)
     UserProfiles: list[UserProfile] = field(default_factory=list)
     Health: list[str] = field(default_factory=list)

@@ -1,5 +1,5 @@
 """Node, PeerChange and the user types (tailscale tailcfg.Node, PeerChange, User, Login,
-UserProfile; spec sections 4.4 and 4.5).
+UserProfile; docs/protocol/control.md §4.4 and 4.5).
 
 IDs are plain ints (Go int64 NodeID/UserID). ``Hostinfo`` on a Node is kept as raw JSON so
 that a peer's Hostinfo reaches other clients exactly as it was reported, including fields
@@ -18,7 +18,7 @@ NodeID = NewType("NodeID", int)
 UserID = NewType("UserID", int)
 StableNodeID = NewType("StableNodeID", str)
 
-# The legacy "DERP" string names a region as a magic IP:port (spec section 4.5).
+# The legacy "DERP" string names a region as a magic IP:port (docs/protocol/control.md §4.5).
 DERP_MAGIC_IP = "127.3.3.40"
 
 

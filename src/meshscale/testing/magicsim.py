@@ -7,7 +7,7 @@ every other node the new peer list, as a control server's map poll would).
 
 WireGuard is faked: a datagram is ``04 00 00 00 | sender node key | payload`` so the
 receiver can "decrypt" a datagram from an unknown address and attribute it, as
-wireguard-go does for magicsock (spec 6.2).
+wireguard-go does for magicsock (docs/protocol/derp-disco-stun.md §6.2).
 """
 
 from __future__ import annotations

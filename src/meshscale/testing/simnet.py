@@ -16,7 +16,7 @@ Topology::
                            FULL_CONE = endpoint-independent mapping and filtering
                            UDP_BLOCKED = drops every UDP packet (DERP still works)
 
-Run loop (trio's autojump, STYLE.md section 7): deliver every packet that is due;
+Run loop (trio's autojump, docs/style.md §7): deliver every packet that is due;
 when none is, jump the clock to the earliest of the next packet and every agent's
 ``get_timer()``. Every loop counts steps and raises SimStepLimit past its cap.
 

@@ -45,7 +45,7 @@ from meshscale.wgdev.uapi_server import (
 log = logging.getLogger(__name__)
 
 PROG: Final = "meshscale-wireguard"
-DEFAULT_MTU: Final = 1420  # bytes; spec section 8
+DEFAULT_MTU: Final = 1420  # bytes; docs/protocol/wireguard.md §8
 IFNAMSIZ: Final = 16  # bytes, including the terminating NUL (linux/if.h)
 _TUNGETIFF: Final = 0x800454D2  # _IOR('T', 210, unsigned int)
 

@@ -1,6 +1,6 @@
 """The data-plane engine: a WireGuard Device core driven by a TUN device and a bind.
 
-Three OS threads (spec wireguard-dataplane.md section 15):
+Three OS threads (docs/protocol/wireguard.md §15):
 
     TX       TUN read_batch -> Device.encrypt_packets -> bind.send (UDP GSO)
     RX       bind.receive (UDP GRO) -> Device.decrypt_transport -> TUN write_batch (TCP GRO)
@@ -114,7 +114,8 @@ class Engine:
             tun = TunDevice.from_fd(tun_fd, gro_verify=False)
         else:
             # WireGuard authenticated every packet, so GRO need not re-verify L4 checksums
-            # (the kernel implementation likewise trusts Poly1305; spec section 15 item 3).
+            # (the kernel implementation likewise trusts Poly1305; docs/protocol/wireguard.md §15
+            # item 3).
             tun = TunDevice.open(ifname, mtu=mtu, gro_verify=False)
         return cls(tun, UDPBind(), mtu=mtu)
 

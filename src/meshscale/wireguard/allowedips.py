@@ -1,4 +1,5 @@
-"""Cryptokey routing: longest-prefix match from inner addresses to peers (spec section 7).
+"""Cryptokey routing: longest-prefix match from inner addresses to peers
+(docs/protocol/wireguard.md §7).
 
 One table per address family. Instead of wireguard-go's trie we keep, per prefix length in
 use, a dict from masked network value to peer, and probe the lengths longest first: a device

@@ -32,7 +32,7 @@ UNDER_LOAD_AFTER_TIME = 1.0
 RATELIMIT_PACKETS_PER_SECOND = 20
 RATELIMIT_BURST = 5
 
-# Message types and exact sizes (section 2 of the spec).
+# Message types and exact sizes (docs/protocol/wireguard.md §2).
 MESSAGE_INITIATION = 1
 MESSAGE_RESPONSE = 2
 MESSAGE_COOKIE_REPLY = 3

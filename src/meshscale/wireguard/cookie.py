@@ -1,4 +1,4 @@
-"""MAC1, MAC2 and cookie replies: the DoS layer of the handshake (spec section 4).
+"""MAC1, MAC2 and cookie replies: the DoS layer of the handshake (docs/protocol/wireguard.md §4).
 
 mac1 = MAC(HASH("mac1----" || receiver's static public), msg[:mac1 offset]) on every handshake
 message, checked before any DH. mac2 = MAC(cookie, msg[:mac2 offset]) when the sender holds a

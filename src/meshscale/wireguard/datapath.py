@@ -1,4 +1,5 @@
-"""The transport hot path: seal TUN packets, open transport messages (spec sections 5.1-5.2).
+"""The transport hot path: seal TUN packets, open transport messages
+(docs/protocol/wireguard.md §5.1-5.2).
 
 Written for throughput: batches in, per-peer grouping, bound methods in locals, no per-packet
 logging or events, timers and counters updated once per peer per batch. Bad packets are

@@ -1,4 +1,4 @@
-"""WireGuard wire messages: layouts, builders and parsers (spec section 2).
+"""WireGuard wire messages: layouts, builders and parsers (docs/protocol/wireguard.md §2).
 
 All integers are little-endian; the first four bytes are read as one u32 type, so non-zero
 reserved bytes make an unknown type.

@@ -1,4 +1,5 @@
-"""The Noise_IKpsk2 handshake as WireGuard runs it (spec section 3; wireguard-go noise-protocol.go).
+"""The Noise_IKpsk2 handshake as WireGuard runs it (docs/protocol/wireguard.md §3; wireguard-go
+noise-protocol.go).
 
 Pure functions over explicit state. The device supplies ephemeral keys, indices and the
 wall clock, so every message can be reproduced from vectors.

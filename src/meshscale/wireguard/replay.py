@@ -1,4 +1,5 @@
-"""Sliding replay window over transport counters (RFC 6479 bitmap ring; spec section 5.3).
+"""Sliding replay window over transport counters (RFC 6479 bitmap ring;
+docs/protocol/wireguard.md §5.3).
 
 128 blocks of 64 bits; a counter more than 8128 behind the highest accepted is rejected.
 Checked only after a packet authenticated, so forgeries never move the window.

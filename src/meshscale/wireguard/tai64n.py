@@ -1,4 +1,4 @@
-"""TAI64N timestamps for handshake replay protection (spec section 5.4).
+"""TAI64N timestamps for handshake replay protection (docs/protocol/wireguard.md §5.4).
 
 12 bytes big-endian: seconds = 2^62 + 10 + Unix seconds, then nanoseconds rounded down to a
 multiple of 2^24 ns so that a timestamp does not leak a precise clock (wireguard-go tai64n.go).

@@ -4,7 +4,7 @@ Performs no I/O. ``UAPIParser`` is driven by bytes read from one connection (and
 yields typed requests; ``format_get`` and ``format_errno`` build the answers. The client side
 (in ``uapi_client``) lets tests and tools talk to any implementation, wireguard-go included.
 
-Wire format (spec wireguard-dataplane.md section 9; wireguard-go device/uapi.go; wireguard-tools
+Wire format (docs/protocol/wireguard.md §9; wireguard-go device/uapi.go; wireguard-tools
 src/ipc-uapi.h). Lines are ``key=value\\n``; an empty line ends a request or an answer::
 
     get=1\\n\\n                     ->  private_key=<hex>\\n listen_port=N\\n fwmark=N\\n

@@ -130,7 +130,8 @@ def test_full_resync_with_zero_peers_says_peers_removed() -> None:
     msg = b.build(sessions[0], NOW)
     assert msg is not None
     assert "Peers" not in msg
-    assert msg["PeersRemoved"] == [2, 3]  # Peers:[] could not say this (spec 4.3)
+    # Peers:[] could not say this (docs/protocol/control.md §4.3)
+    assert msg["PeersRemoved"] == [2, 3]
 
 
 def test_user_changed_sends_profiles() -> None:

@@ -1,5 +1,6 @@
 """batcher against a model client: whatever the order of changes and flushes, a client that
-applies the messages as tailscale's controlclient does (spec 4.3) ends with the server's view."""
+applies the messages as tailscale's controlclient does (docs/protocol/control.md §4.3) ends with the
+server's view."""
 
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ def test_single_use_key_admits_one_node(state: State) -> None:
 
 
 def test_restart_resends_used_key_without_consuming(state: State) -> None:
-    """Spec §3.3 item 5: same machine + node key + owner is a no-op re-registration."""
+    """docs/protocol/control.md §3.3 item 5: same machine + node key + owner is a no-op
+    re-registration."""
     u = state.create_user("alice")
     secret = state.create_preauth_key(u.id).secret
     first = state.register_with_preauth_key(secret, mk(1), nk(1), {"Hostname": "one"})

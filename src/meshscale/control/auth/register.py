@@ -1,9 +1,10 @@
-"""``POST /machine/register`` (spec section 3), and the ``/register/<id>`` page.
+"""``POST /machine/register`` (docs/protocol/control.md §3), and the ``/register/<id>`` page.
 
 Decision order for a RegisterRequest from the Noise peer ``M`` (machine key)::
 
     capver < 113                              -> HTTP 400 "unsupported client"
-    NodeKey bound to another machine          -> HTTP 401 (spec 3.7, Headscale PR #1058)
+    NodeKey bound to another machine          -> HTTP 401 (docs/protocol/control.md §3.7, Headscale
+                                              PR #1058)
     Followup set                              -> wait for the admin (long poll), or a new AuthURL
     Expiry set and in the past (logout)       -> expire the node (ephemeral: delete)   [before Auth]
     Expiry in the future on a known node      -> may only shorten
@@ -13,7 +14,7 @@ Decision order for a RegisterRequest from the Noise peer ``M`` (machine key)::
     M known, OldNodeKey == its current key    -> node-key rotation, same node
     otherwise                                 -> interactive: AuthURL <server_url>/register/<id>
 
-User-facing failures are HTTP 200 with ``Error`` set (spec 3.8).
+User-facing failures are HTTP 200 with ``Error`` set (docs/protocol/control.md §3.8).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a node sends over Noise: decoding it, and who it speaks for.
 
-``/machine/register`` and ``/machine/map`` start the same way (spec sections 3 and 4)::
+``/machine/register`` and ``/machine/map`` start the same way (docs/protocol/control.md §3 and 4)::
 
     body ─ decode_request(cls, req) ─> RegisterRequest | MapRequest   (400: bad JSON, or a
                                                                        capability version
@@ -58,7 +58,8 @@ def decode_request(cls: type[_Request], req: NoiseRequest) -> _Request | Respons
 def lookup_node(
     state: StateReader, machine_key: MachinePublic, node_key: NodePublic
 ) -> models.Node | None:
-    """The node ``node_key`` names, checked against the Noise peer (spec 3.7 and 7.2)."""
+    """The node ``node_key`` names, checked against the Noise peer (docs/protocol/control.md §3.7
+    and 7.2)."""
     node = state.get_node_by_node_key(node_key)
     if node is not None and node.machine_key != machine_key:
         raise NodeBindingError("node key is bound to a different machine key")

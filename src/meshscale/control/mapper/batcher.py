@@ -16,8 +16,8 @@ entry in each session's pending set, and all sessions that wake for the same cha
 one encoded delta (``_shared``). Full maps are built only for the session that needs one.
 
 A full map with zero peers must still remove what the client holds (``Peers: []`` means
-"no change", spec section 4.3): the batcher keeps a bounded log of removed node IDs for that,
-rather than a peer set per session (which would be O(nodes^2) memory).
+"no change", docs/protocol/control.md §4.3): the batcher keeps a bounded log of removed node IDs for
+that, rather than a peer set per session (which would be O(nodes^2) memory).
 """
 
 from __future__ import annotations

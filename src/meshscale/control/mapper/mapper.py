@@ -1,8 +1,8 @@
 """Building MapResponses: pure functions of the state snapshot and the receiving node.
 
-Headscale's hscontrol/mapper idea (STYLE.md section 11): the long poll (poll.py) is only the
+Headscale's hscontrol/mapper idea (docs/style.md §11): the long poll (poll.py) is only the
 driver; the batcher (batcher.py) decides *what* changed for whom; this module turns a
-snapshot into wire JSON (spec sections 4.3-4.5, 6):
+snapshot into wire JSON (docs/protocol/control.md §4.3-4.5, 6):
 
     full_map(self, peers, users,        first message: Node, DERPMap, Peers, PacketFilters,
              packet_filter=)            UserProfiles, DNSConfig, Domain, Debug, ...
@@ -66,8 +66,8 @@ def build_dns_config(
     override_local_dns: bool = False,
     prefixes: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
 ) -> DNSConfig:
-    """DNSConfig from configuration (spec section 6.2). Routes use [] (never null) for the
-    zones answered locally; nameservers become Resolvers only when overriding local DNS."""
+    """DNSConfig from configuration (docs/protocol/control.md §6.2). Routes use [] (never null) for
+    the zones answered locally; nameservers become Resolvers only when overriding local DNS."""
     resolvers = [Resolver(Addr=a) for a in nameservers]
     cfg = DNSConfig(Proxied=magic_dns)
     if override_local_dns:
@@ -137,7 +137,7 @@ def _prefixes(node: models.Node) -> list[str]:
 
 
 def tail_node(node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool = False) -> Node:
-    """A models.Node as tailcfg.Node (spec section 4.5)."""
+    """A models.Node as tailcfg.Node (docs/protocol/control.md §4.5)."""
     addrs = _prefixes(node)
     primary = [str(r) for r in node.primary_routes()]
     expired = node.is_expired(now)
@@ -163,7 +163,7 @@ def tail_node(node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool
         Expired=expired,
     )
     if not node.online and node.last_seen is not None:
-        n.LastSeen = node.last_seen  # only for offline peers (spec section 7.5)
+        n.LastSeen = node.last_seen  # only for offline peers (docs/protocol/control.md §7.5)
     if is_self:
         n.CapMap = dict(SELF_CAP_MAP)
     return n
@@ -246,7 +246,7 @@ def full_map(
     packet_filter: Sequence[FilterRule],
 ) -> dict[str, Any]:
     """The first message of a map stream, as JSON-ready values. ``peers`` and
-    ``packet_filter`` are the policy's answers for ``node`` (spec section 6.3)."""
+    ``packet_filter`` are the policy's answers for ``node`` (docs/protocol/control.md §6.3)."""
     cache = cache or NodeJSONCache()
     peer_json = [cache.peer(p, cfg, now) for p in sorted(peers, key=lambda p: p.id)]
     user_ids = {node.user_id, *(p.user_id for p in peers)}
@@ -269,7 +269,7 @@ def full_map(
 
 
 def peer_patch(node: models.Node, fields: frozenset[str]) -> PeerChange:
-    """A PeersChangedPatch entry for changes in PATCHABLE_FIELDS (spec section 4.4)."""
+    """A PeersChangedPatch entry for changes in PATCHABLE_FIELDS (docs/protocol/control.md §4.4)."""
     pc = PeerChange(NodeID=int(node.id))
     if "home_derp" in fields:
         pc.DERPRegion = home_derp(node)
@@ -304,8 +304,8 @@ def delta_map(
     if changed:
         out["PeersChanged"] = [cache.peer(p, cfg, now) for p in sorted(changed, key=lambda p: p.id)]
     # Pure online/offline flips travel in OnlineChange and PeerSeenChange (the client sets
-    # LastSeen from its own clock; we show LastSeen only for offline peers, spec 7.5);
-    # anything else patchable goes in PeersChangedPatch.
+    # LastSeen from its own clock; we show LastSeen only for offline peers,
+    # docs/protocol/control.md §7.5); anything else patchable goes in PeersChangedPatch.
     full_patches = []
     for n, f in sorted(patches, key=lambda t: t[0].id):
         if f <= ONLINE_FIELDS:

@@ -1,6 +1,6 @@
-"""``POST /machine/map``: the map long poll and lite updates (spec section 4).
+"""``POST /machine/map``: the map long poll and lite updates (docs/protocol/control.md §4).
 
-Request shapes (spec 4.1)::
+Request shapes (docs/protocol/control.md §4.1)::
 
     Stream  OmitPeers   what we do
     true    false       apply endpoints/hostinfo/disco key, mark online, register with the
@@ -9,8 +9,8 @@ Request shapes (spec 4.1)::
     false   true        "lite" update: apply, fan out to peers, 200 with an empty body
     false   false       one full map message, then end
 
-Body framing (spec 4.2): each message is ``u32 little-endian length | payload`` where the
-payload is a zstd frame of the JSON when the request asked for ``Compress: "zstd"``.
+Body framing (docs/protocol/control.md §4.2): each message is ``u32 little-endian length | payload``
+where the payload is a zstd frame of the JSON when the request asked for ``Compress: "zstd"``.
 Keep-alives go out after KEEPALIVE_INTERVAL (+ jitter) without another message; the client
 gives up after 120 s of silence.
 """
@@ -42,10 +42,12 @@ from meshscale.tailcfg import MapRequest
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_INTERVAL = 50.0  # seconds; the client's watchdog fires at 120 s (spec 4.2)
+# seconds; the client's watchdog fires at 120 s (docs/protocol/control.md §4.2)
+KEEPALIVE_INTERVAL = 50.0
 # Fraction of the interval added at random (Headscale: 0-9 s on 50 s) so streams do not align.
 KEEPALIVE_JITTER = 0.18
-OFFLINE_GRACE = 10.0  # seconds a node stays online after its last stream ends (spec 7.5)
+# seconds a node stays online after its last stream ends (docs/protocol/control.md §7.5)
+OFFLINE_GRACE = 10.0
 BATCH_DELAY = 0.005  # seconds to wait after a wake-up so bursts coalesce into one message
 # At scale a stream also keeps a minimum gap between its messages, growing with the number of
 # open streams: one change costs every stream a message (about 75 us of CPU each), so with a

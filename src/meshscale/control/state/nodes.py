@@ -1,7 +1,7 @@
 """Nodes: State's part for them (registration, client updates, admin edits, lookups).
 
-The machine key identifies a device (spec §3.7): one node per machine key, and a node
-keeps its id, addresses and given name through re-registration, node-key rotation and
+The machine key identifies a device (docs/protocol/control.md §3.7): one node per machine key, and a
+node keeps its id, addresses and given name through re-registration, node-key rotation and
 logout. Addresses are freed only when the node is deleted.
 
 The policy manager is asked here, before a write, whether a node may carry a tag or have
@@ -129,8 +129,8 @@ class Nodes:
     ) -> Node:
         """Admit a device for ``user_id``; returns the node (new or re-registered).
 
-        The machine key identifies the device (spec §3.7): a known machine keeps its id,
-        addresses and given name, and gets the new node key, Hostinfo and a fresh expiry.
+        The machine key identifies the device (docs/protocol/control.md §3.7): a known machine keeps
+        its id, addresses and given name, and gets the new node key, Hostinfo and a fresh expiry.
         A node key already bound to a *different* machine is refused (Conflict).
         """
         with self.core.write():
@@ -189,7 +189,7 @@ class Nodes:
         self, secret: str, machine_key: MachinePublic, node_key: NodePublic,
         hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
     ) -> Node:
-        """The pre-auth key path of /machine/register (spec §3.3).
+        """The pre-auth key path of /machine/register (docs/protocol/control.md §3.3).
 
         A machine already registered with the same node key and not expired is returned
         unchanged, without consuming or re-validating the key (it must still be a key that
@@ -274,8 +274,8 @@ class Nodes:
                 core.nodes[node_id] = replace(node, last_seen=core.clock())
 
     def logout(self, node_id: NodeID) -> Node | None:
-        """Client logout (spec §3.6): expire the node now; ephemeral nodes are deleted
-        (returns None then)."""
+        """Client logout (docs/protocol/control.md §3.6): expire the node now; ephemeral nodes are
+        deleted (returns None then)."""
         with self.core.write():
             node = self.core.get_node(node_id)
             if node.ephemeral:

@@ -1,4 +1,4 @@
-"""Interactive registrations (spec §3.4): State's part for pending logins.
+"""Interactive registrations (docs/protocol/control.md §3.4): State's part for pending logins.
 
 A client without an auth key gets ``AuthURL = <server_url>/register/<id>`` and then
 long-polls with ``Followup``; the protocol layer awaits ``PendingRegistration.wait()``.
@@ -42,7 +42,7 @@ class Registrations:
         self, machine_key: MachinePublic, node_key: NodePublic,
         hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
     ) -> PendingRegistration:
-        """Start an interactive registration (spec §3.4); in memory only.
+        """Start an interactive registration (docs/protocol/control.md §3.4); in memory only.
 
         The protocol layer answers ``AuthURL = <server_url>/register/<reg.id>`` and awaits
         ``reg.wait()`` on the followup. An older pending registration of the same machine

@@ -29,7 +29,8 @@ log = logging.getLogger("meshscale.controlclient")
 
 BACKOFF_MIN = 0.25  # seconds
 BACKOFF_MAX = 5.0  # seconds: a returning control server is found within this
-MAP_READ_TIMEOUT = 130.0  # seconds: keep-alives come at least every 120 s (spec 4.2)
+# seconds: keep-alives come at least every 120 s (docs/protocol/control.md §4.2)
+MAP_READ_TIMEOUT = 130.0
 DIAL_TIMEOUT = 10.0  # seconds for /key, the upgrade and the handshake
 
 

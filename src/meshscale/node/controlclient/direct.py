@@ -3,7 +3,8 @@
 The transport (``/key``, the ``/ts2021`` upgrade, Noise and HTTP/2) is
 ``meshscale.controlhttp``; ``Direct`` speaks the control protocol over it: RegisterRequests
 and MapRequests carrying what the backend reports (Hostinfo with NetInfo, endpoints and their
-types), and the zstd-framed map stream (spec 4.1) decoded as ``tailcfg.MapResponse``::
+types), and the zstd-framed map stream (docs/protocol/control.md §4.1) decoded as
+``tailcfg.MapResponse``::
 
     d = Direct("https://ctl.example.com", machine_key=..., node_key=..., disco_key=...,
                hostinfo=backend.hostinfo)
@@ -157,7 +158,7 @@ class Direct:
 
     async def fetch_key(self) -> MachinePublic:
         """``GET /key``: over https verified, since this key is what authenticates the
-        server to the Noise handshake (spec 1.1)."""
+        server to the Noise handshake (docs/protocol/control.md §1.1)."""
         return await fetch_key(self.host, self.port, tls=self.tls, version=self.version)
 
     async def connect(self) -> None:

@@ -1,7 +1,7 @@
 """NetworkMap: the node's view of the tailnet, built from a map stream's full message and
 deltas (tailscale control/controlclient/map.go, types/netmap). Pure: no I/O.
 
-Delta rules applied by ``apply`` (spec control-protocol.md section 4.3)::
+Delta rules applied by ``apply`` (docs/protocol/control.md §4.3)::
 
     Node              replaces our own node
     DERPMap           replaces the map unless its Regions are empty ("unchanged")

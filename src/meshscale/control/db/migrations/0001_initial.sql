@@ -69,7 +69,7 @@ CREATE TABLE nodes (
 -- The machine key (from the Noise handshake) identifies a device: one node per machine.
 CREATE UNIQUE INDEX nodes_machine_key ON nodes(machine_key);
 -- A node key is bound to exactly one node, so a lookup by node key is unambiguous
--- (spec section 3.7: a NodeKey is bound 1:1 to the machine key that registered it).
+-- (docs/protocol/control.md §3.7: a NodeKey is bound 1:1 to the machine key that registered it).
 CREATE UNIQUE INDEX nodes_node_key ON nodes(node_key);
 -- MagicDNS names must resolve to one node.
 CREATE UNIQUE INDEX nodes_given_name ON nodes(given_name);
