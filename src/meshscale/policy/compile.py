@@ -92,9 +92,12 @@ class CRule:
     src_ips: tuple[str, ...] | None = None  # cached SrcIPs (not for self rules)
 
 
-def resolve_users(policy: Policy, users: Iterable[PolicyUser]) -> dict[str, frozenset[int]]:
+def resolve_users(
+    policy: Policy, users: Iterable[PolicyUser], strict: bool = True
+) -> dict[str, frozenset[int]]:
     """Every user alias in the policy → the user ids it names (provider id, then email or
-    name; ``alice@`` is the name alice). Raises ValueError naming an ambiguous alias."""
+    name; ``alice@`` is the name alice). An unknown user names no one. ``strict``: raise
+    ValueError for an alias that matches several users (else it names no one)."""
     ulist = list(users)
     names: set[str] = {m for ms in policy.groups.values() for m in ms}
     for a in _all_aliases(policy):
@@ -109,7 +112,9 @@ def resolve_users(policy: Policy, users: Iterable[PolicyUser]) -> dict[str, froz
             if name.endswith("@"):
                 hit = [u.id for u in ulist if u.name == bare] or hit
         if len(set(hit)) > 1:
-            raise ValueError(f'user "{name}" matches {len(set(hit))} users')
+            if strict:
+                raise ValueError(f'user "{name}" matches {len(set(hit))} users')
+            hit = []
         out[name] = frozenset(hit)
     return out
 
@@ -132,10 +137,14 @@ class Compiled:
     """One policy resolved over the tailnet; see the module docstring."""
 
     def __init__(
-        self, policy: Policy, users: Iterable[PolicyUser], nodes: Iterable[NodeView]
+        self,
+        policy: Policy,
+        users: Iterable[PolicyUser],
+        nodes: Iterable[NodeView],
+        strict: bool = True,
     ) -> None:
         self.policy = policy
-        self.user_ids = resolve_users(policy, users)
+        self.user_ids = resolve_users(policy, users, strict)
         self.group_users = {
             g: frozenset(u for m in ms for u in self.user_ids.get(m, ()))
             for g, ms in policy.groups.items()

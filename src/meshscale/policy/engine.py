@@ -60,8 +60,10 @@ class PolicyEngine:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What the policy in force asks for that is not enforced (e.g. ssh)."""
-        return self.policy.warnings
+        """What the policy in force asks for that is not enforced (e.g. ssh), and user
+        references that name no known user (tolerated, as Headscale does)."""
+        unknown = sorted(n for n, ids in self._compiled.user_ids.items() if not ids)
+        return self.policy.warnings + tuple(f'user "{n}" matches no user' for n in unknown)
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -73,17 +75,14 @@ class PolicyEngine:
 
     def set_users(self, users: Iterable[PolicyUser]) -> PolicyChange:
         snaps = [_UserSnap(u) for u in users]
-        old = self._users
         self._users = snaps
-        try:
-            compiled = self._compile(self.policy, self._compiled.nodes.values())
-        except PolicyError:
-            self._users = old
-            raise
+        # A user list can make an alias ambiguous; that alias then names no one rather
+        # than failing a user write (set_policy refuses ambiguity).
+        compiled = self._compile(self.policy, self._compiled.nodes.values(), strict=False)
         return self._swap(self.text, self.policy, compiled)
 
     def set_nodes(self, nodes: Iterable[PolicyNode]) -> PolicyChange:
-        compiled = self._compile(self.policy, [NodeView.of(n) for n in nodes])
+        compiled = self._compile(self.policy, [NodeView.of(n) for n in nodes], strict=False)
         return self._swap(self.text, self.policy, compiled)
 
     def update_node(self, node: PolicyNode) -> PolicyChange:
@@ -149,9 +148,9 @@ class PolicyEngine:
             return False
         return self._compiled.matches(a, view)
 
-    def _compile(self, policy: Policy, nodes: Iterable[NodeView]) -> Compiled:
+    def _compile(self, policy: Policy, nodes: Iterable[NodeView], strict: bool = True) -> Compiled:
         try:
-            return Compiled(policy, self._users, list(nodes))
+            return Compiled(policy, self._users, list(nodes), strict)
         except ValueError as e:
             raise PolicyError(str(e)) from None
 

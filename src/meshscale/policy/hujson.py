@@ -184,7 +184,12 @@ class _Parser:
                     hexd = s[i + 2 : i + 6]
                     if len(hexd) != 4 or any(h not in "0123456789abcdefABCDEF" for h in hexd):
                         raise self.fail("bad \\u escape", i)
-                    parts.append(chr(int(hexd, 16)))
+                    code = int(hexd, 16)
+                    low = s[i + 8 : i + 12]
+                    if 0xD800 <= code < 0xDC00 and s[i + 6 : i + 8] == "\\u" and _is_low(low):
+                        code = 0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+                        i += 6  # a UTF-16 surrogate pair is one character
+                    parts.append(chr(code))
                     i += 6
                 elif e in _ESCAPES:
                     parts.append(_ESCAPES[e])
@@ -235,6 +240,13 @@ class _Parser:
                 raise self.fail("number out of range")
             return f
         return int(text)
+
+
+def _is_low(hexd: str) -> bool:
+    try:
+        return len(hexd) == 4 and 0xDC00 <= int(hexd, 16) <= 0xDFFF
+    except ValueError:
+        return False
 
 
 def parse(text: str | bytes) -> JNode:

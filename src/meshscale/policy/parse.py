@@ -32,6 +32,7 @@ PROTOCOLS: Final = {
     "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58, "sctp": 132, "fc": 133,
 }  # fmt: skip
 _PORTED: Final = frozenset({6, 17, 132})  # protocols that may name specific ports
+_PORTS_RE: Final = re.compile(r"[0-9*,\- ]+")
 _TAG_RE: Final = re.compile(r"tag:[A-Za-z][A-Za-z0-9-]*")
 _CAP_RE: Final = re.compile(r"[a-z0-9.-]+\.[a-z]{2,}/[A-Za-z0-9_./-]+")
 _TS_CAP_ALLOW: Final = frozenset(
@@ -203,7 +204,10 @@ class _Validator:
             alias_text, ports = addr, rest[1:]
         else:
             alias_text, colon, ports = text.rpartition(":")
-            if not colon or not alias_text:
+            if not colon or not alias_text or not _PORTS_RE.fullmatch(ports.strip()):
+                named = alias_text not in ("tag", "group", "autogroup")
+                if colon and named and re.fullmatch(r"[a-z]+", ports.strip()):
+                    raise _err(f'bad port "{ports}" (named ports are not supported)', node)
                 raise _err(f'destination "{text}" needs a port ("{text}:*" for all)', node)
         alias = self.alias(alias_text.strip(), node)
         self.check_dst(alias, node)
