@@ -7,11 +7,11 @@ import dataclasses
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.policy.tailnet import USERS, node
 
 from meshscale.control.models import Node
 from meshscale.policy import PolicyEngine
 from meshscale.tailcfg import to_json
-from tests.policy.tailnet import USERS, node
 
 POLICY = """{
   "groups": {"group:dev": ["dev@", "alice@example.com"]},
