@@ -166,6 +166,7 @@ class Compiled:
         self.routes: dict[int, tuple[IPPrefix, ...]] = {}  # nodes with served subnet routes
         self._filters: dict[int, tuple[FilterRule, ...]] = {}
         self._wild: tuple[str, ...] | None = None
+        self._self_ips: dict[int, dict[int, tuple[str, ...]]] = {}  # user → rule → SrcIPs
         for n in nodes:
             self._add(n)
 
@@ -270,6 +271,8 @@ class Compiled:
         new_ip, new_src = (self.ipsrc_of[node_id], self.src_of[node_id]) if new else ([], [])
         ips_moved = old is None or new is None or old.addrs != new.addrs
         users = {n.user_id for n in (old, new) if n is not None and not n.tagged}
+        for u in {n.user_id for n in (old, new) if n is not None}:
+            self._self_ips.pop(u, None)
         affected: set[int] = set()
         for i in set(old_ip) | set(new_ip) | set(old_src) | set(new_src):
             cr = self.rules[i]
@@ -334,22 +337,42 @@ class Compiled:
             self._wild = WILDCARD_SRC + tuple(sort_ips(routes))
         return self._wild
 
-    def _src_ips(self, cr: CRule, only: set[int] | None = None) -> tuple[str, ...]:
-        if only is None and cr.src_ips is not None:
+    def _src_ips(self, cr: CRule, user: int | None = None) -> tuple[str, ...]:
+        """SrcIPs of a rule; for an autogroup:self rule, those of ``user``'s devices."""
+        if user is None and cr.src_ips is not None:
             return cr.src_ips
-        ips: list[str] = []
+        if user is not None:
+            cached = self._self_ips.setdefault(user, {})
+            hit = cached.get(id(cr))
+            if hit is not None:
+                return hit
+        lit: list[str] = []
         for a in cr.rule.src:
-            if a.kind == "wildcard" and only is None:
-                ips.extend(self.wildcard_ips())
+            if a.kind == "wildcard" and user is None:
+                lit.extend(self.wildcard_ips())
             elif a.kind == "autogroup" and a.name == "danger-all":
-                ips.append("*")
+                lit.append("*")
             elif a.kind in ("prefix", "host") and a.prefix is not None:
-                ips.append(host_str(a.prefix))
-        members = cr.ip_nodes if only is None else cr.src_nodes & only
-        ips.extend(str(x) for m in members for x in self.nodes[m].addrs)
-        out = ("*",) if "*" in ips else tuple(sort_ips(ips))
-        if only is None:
+                lit.append(host_str(a.prefix))
+        if "*" in lit:
+            out: tuple[str, ...] = ("*",)
+        else:
+            if user is None:
+                members: Iterable[int] = cr.ip_nodes
+            else:
+                members = cr.src_nodes & self.user_nodes.get(user, set())
+            addrs = sorted(
+                {x for m in members for x in self.nodes[m].addrs}, key=lambda a: (a.version, a)
+            )
+            # Node addresses are already in order; only literals need parsing to sort.
+            keyed = [(_ip_key(s), s) for s in set(lit)]
+            keyed += [((a.version, int(a), ""), str(a)) for a in addrs]
+            keyed.sort(key=lambda k: k[0][:2])
+            out = tuple(dict.fromkeys(s for _, s in keyed))
+        if user is None:
             cr.src_ips = out
+        else:
+            self._self_ips[user][id(cr)] = out
         return out
 
     def _dst_entries(self, cr: CRule, n: NodeView) -> list[str]:
@@ -382,8 +405,7 @@ class Compiled:
         out: list[FilterRule] = []
         for i in self.dst_of[node_id]:
             cr = self.rules[i]
-            only = self.user_nodes.get(n.user_id, set()) if cr.self_dst else None
-            src = self._src_ips(cr, only)
+            src = self._src_ips(cr, n.user_id if cr.self_dst else None)
             if not src:
                 continue
             entries = self._dst_entries(cr, n)
