@@ -167,7 +167,7 @@ class Compiled:
         self._filters: dict[int, tuple[FilterRule, ...]] = {}
         self._wild: tuple[str, ...] | None = None
         self._self_ips: dict[int, dict[int, tuple[str, ...]]] = {}  # user → rule → SrcIPs
-        for n in nodes:
+        for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
             self._add(n)
 
     # ---- alias matching -----------------------------------------------------------------
@@ -277,7 +277,7 @@ class Compiled:
         for i in set(old_ip) | set(new_ip) | set(old_src) | set(new_src):
             cr = self.rules[i]
             if cr.self_dst:
-                if ips_moved or (i in old_src) != (i in new_src):
+                if ips_moved or len(users) > 1 or (i in old_src) != (i in new_src):
                     affected.update(m for u in users for m in self.user_nodes.get(u, ()))
             elif (i in old_ip or i in new_ip) and (ips_moved or (i in old_ip) != (i in new_ip)):
                 affected |= cr.dst_nodes
