@@ -63,17 +63,35 @@ class Pending:
 
 
 class MapSession:
-    """One streaming map poll. The batcher fills ``pending``; the poll task drains it."""
+    """One streaming map poll. The batcher fills ``pending``; the poll task drains it.
 
-    __slots__ = ("closed", "node_id", "pending", "started", "wake")
+    With ``push`` set (a synchronous writer of one framed message), deltas for a session
+    whose task is ``idle`` are written by the batcher's fan-out tick directly: one pass over
+    the sessions per change instead of a task wake-up, a timer and an h2 round per stream.
+    """
 
-    def __init__(self, node_id: models.NodeID) -> None:
+    __slots__ = (
+        "closed", "compress", "idle", "last_write", "node_id", "pending", "push", "started",
+        "unsent", "wake",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        node_id: models.NodeID,
+        push: Callable[[bytes], bool] | None = None,
+        compress: bool = False,
+    ) -> None:
         self.node_id = node_id
         self.pending = Pending()
         self.started = False  # the first (full) message went out
         self.wake = asyncio.Event()
         self.wake.set()
         self.closed = False  # the node was deleted: the stream must end
+        self.push = push
+        self.compress = compress
+        self.idle = False  # the poll task waits for a wake-up (nothing of its own in flight)
+        self.last_write = 0.0  # loop time of the last message written
+        self.unsent = b""  # a framed message the tick built but could not push: task sends it
 
     def close(self) -> None:
         self.closed = True
@@ -134,6 +152,25 @@ class Batcher:
         self.sync: Callable[[], None] | None = None  # drains queued events into handle()
         self.full_maps_built = 0
         self.deltas_built = 0
+        # The fan-out tick (enable_direct): sessions with a pending change and a push writer.
+        self._dirty: set[MapSession] = set()
+        self._tick: asyncio.TimerHandle | None = None
+        self._last_tick = 0.0
+        self._clock: Callable[[], datetime] | None = None
+        self._framer: Callable[[bytes, bool], bytes] | None = None
+        self._delay: Callable[[float, float], float] = lambda last, now: 0.0
+
+    def enable_direct(
+        self,
+        clock: Callable[[], datetime],
+        framer: Callable[[bytes, bool], bytes],
+        delay: Callable[[float, float], float],
+    ) -> None:
+        """Let one tick write deltas to sessions that have a ``push`` writer.
+
+        ``delay(last_tick, now)`` is how long after a change the tick runs (coalescing, and
+        the minimum gap between messages at scale)."""
+        self._clock, self._framer, self._delay = clock, framer, delay
 
     # ---- sessions ----------------------------------------------------------------------
 
@@ -148,6 +185,7 @@ class Batcher:
             self._count += 1
 
     def remove(self, session: MapSession) -> None:
+        self._dirty.discard(session)
         group = self._sessions.get(session.node_id)
         if group is not None and session in group:
             group.discard(session)
@@ -197,11 +235,11 @@ class Batcher:
                     if s.node_id == nid:
                         if fields - _SELF_IRRELEVANT:
                             s.pending.self_changed = True
-                            s.wake.set()
+                            self._touch(s)
                     elif patchable and nid not in s.pending.changed:
                         prev = s.pending.patched.get(nid, frozenset())
                         s.pending.patched[nid] = prev | fields
-                        s.wake.set()
+                        self._touch(s)
                     else:
                         self._mark_changed(s, nid)
             case models.NodeRemoved(node_id=nid):
@@ -215,30 +253,64 @@ class Batcher:
                     p.changed.discard(nid)
                     p.patched.pop(nid, None)
                     p.removed.add(nid)
-                    s.wake.set()
+                    self._touch(s)
             case models.UserChanged(user_id=uid):
                 for s in self._all():
                     s.pending.users.add(uid)
-                    s.wake.set()
+                    self._touch(s)
             case models.PolicyChanged(nodes=nids) if nids is not None:
                 for nid in nids:
                     for s in self._sessions.get(nid, ()):
                         s.pending.full = True
-                        s.wake.set()
+                        self._touch(s)
             case models.PolicyChanged() | models.DNSChanged() | models.ResyncRequired():
                 for s in self._all():
                     s.pending.full = True
-                    s.wake.set()
+                    self._touch(s)
             case _:
                 assert_never(event)
 
-    @staticmethod
-    def _mark_changed(s: MapSession, nid: int) -> None:
+    def _mark_changed(self, s: MapSession, nid: int) -> None:
         p = s.pending
         p.changed.add(nid)
         p.patched.pop(nid, None)
         p.removed.discard(nid)
-        s.wake.set()
+        self._touch(s)
+
+    def _touch(self, s: MapSession) -> None:
+        """``s`` has something pending: wake its task, or leave it to the fan-out tick."""
+        if s.push is None or self._clock is None:
+            s.wake.set()
+            return
+        self._dirty.add(s)
+        if self._tick is None:
+            loop = asyncio.get_running_loop()
+            delay = self._delay(self._last_tick, loop.time())
+            self._tick = loop.call_later(delay, self._fanout)
+
+    def _fanout(self) -> None:
+        """Write every dirty idle session's message; wake the others' tasks."""
+        if self.sync is not None:
+            self.sync()  # events already published go into this same pass
+        self._tick = None
+        dirty, self._dirty = self._dirty, set()
+        if not dirty or self._clock is None or self._framer is None:
+            return
+        now = self._clock()
+        t = self._last_tick = asyncio.get_running_loop().time()
+        for s in dirty:
+            if s.closed or not s.idle or s.push is None or s.unsent:
+                s.wake.set()
+                continue
+            msg = self.build(s, now)
+            if msg is None:
+                continue
+            data = self.encode(msg, s.compress, self._framer)
+            if s.push(data):
+                s.last_write = t
+            else:
+                s.unsent = data
+                s.wake.set()
 
     # ---- building ----------------------------------------------------------------------
 
