@@ -152,6 +152,7 @@ class Batcher:
         self.sync: Callable[[], None] | None = None  # drains queued events into handle()
         self.full_maps_built = 0
         self.deltas_built = 0
+        self.pushed = 0  # messages the fan-out tick wrote itself
         # The fan-out tick (enable_direct): sessions with a pending change and a push writer.
         self._dirty: set[MapSession] = set()
         self._tick: asyncio.TimerHandle | None = None
@@ -308,6 +309,7 @@ class Batcher:
             data = self.encode(msg, s.compress, self._framer)
             if s.push(data):
                 s.last_write = t
+                self.pushed += 1
             else:
                 s.unsent = data
                 s.wake.set()
