@@ -206,7 +206,9 @@ async def measure(
 ) -> dict[str, object]:
     rss0 = rss_kib(pid)
     b = Bench(port, MachinePublic.from_text(hello["key"]), hello["authkey"])
+    c_ramp, own_ramp = cpu_seconds(pid), time.process_time()
     ramp = await b.ramp(n, concurrency)
+    c_ramp, own_ramp = cpu_seconds(pid) - c_ramp, time.process_time() - own_ramp
     await b.drain(1.0)
     rss_idle = rss_kib(pid)
     ep_lat: list[float] = []
@@ -227,6 +229,8 @@ async def measure(
     return {
         "N": n,
         "ramp_s": round(ramp, 2),
+        "ramp_server_cpu_s": round(c_ramp, 2),
+        "ramp_clients_cpu_s": round(own_ramp, 2),
         "rss_start_mib": round(rss0 / 1024, 1),
         "rss_idle_mib": round(rss_idle / 1024, 1),
         "rss_per_stream_kib": round((rss_idle - rss0) / n, 1),
