@@ -534,10 +534,10 @@ def _oidc(r: Reader, sd: Path) -> OIDCConfig:
     )
     r.read.add("oidc.strip_email_domain")
     validate_oidc(cfg)
-    if cfg.enabled:
+    if cfg.enabled and not cfg.only_start_if_oidc_is_available:
         r.warnings.append(
-            "oidc: parsed but OIDC login is not implemented yet; interactive logins are "
-            "completed with `meshscale-control nodes register`"
+            "oidc.only_start_if_oidc_is_available: false has no effect: discovery runs at the "
+            "first login, and an unreachable provider gives that login a 502"
         )
     return cfg
 
