@@ -321,7 +321,7 @@ class Compiled:
             body = (r.src, cr.dst, r.protos, r.ports, r.caps, r.via, cr.self_dst)
             dsts, srcs = hash(frozenset(cr.dst_nodes)), hash(frozenset(cr.src_nodes))
             src_d.append((body, dsts, srcs if cr.self_dst else 0))
-            dst_d.append((body, srcs, self._src_ips(cr)))
+            dst_d.append((body, srcs, hash(self._src_ips(cr))))  # hash: O(1) compares
         return {
             nid: (
                 self.nodes[nid].user_id,
