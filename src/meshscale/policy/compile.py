@@ -31,6 +31,10 @@ INTERNET: Final = (
 )  # fmt: skip
 _DEFAULT_V4: Final = ipaddress.ip_network("0.0.0.0/0")
 _DEFAULT_V6: Final = ipaddress.ip_network("::/0")
+# The node key each autogroup selects (shared: no one in a single tailnet; nonroot: ssh).
+_AUTOGROUP_KEYS: Final[dict[str, object]] = {
+    "member": "member", "tagged": "tagged", "danger-all": "*", "internet": "exit", "self": "member",
+}  # fmt: skip
 _BY_ADDRESS: Final = frozenset({"user", "group", "tag", "autogroup"})
 ALLOW_ALL_RULE: Final = Rule((Alias("wildcard", "*"),), (Alias("wildcard", "*"),))
 
@@ -45,6 +49,7 @@ class NodeView:
     addrs: tuple[IPAddress, ...]
     routes: tuple[IPPrefix, ...]  # approved and announced, non-exit
     exit: bool  # an approved exit node
+    keyed: tuple[tuple[tuple[int, int], str], ...] = ()  # ((version, int), text) per address
 
     @staticmethod
     def of(node: PolicyNode) -> NodeView:
@@ -52,8 +57,9 @@ class NodeView:
         served = [r for r in node.approved_routes if r in announced]
         exit_ = _DEFAULT_V4 in served or _DEFAULT_V6 in served
         routes = tuple(r for r in served if r.prefixlen != 0)
-        addrs = tuple(sorted(node.addresses(), key=lambda a: (a.version, a)))
-        return NodeView(node.id, node.user_id, tuple(node.tags), addrs, routes, exit_)
+        addrs = tuple(sorted(node.addresses(), key=lambda a: (a.version, int(a))))
+        keyed = tuple(((a.version, int(a)), str(a)) for a in addrs)
+        return NodeView(node.id, node.user_id, tuple(node.tags), addrs, routes, exit_, keyed)
 
     @property
     def tagged(self) -> bool:
@@ -167,6 +173,7 @@ class Compiled:
         self._filters: dict[int, tuple[FilterRule, ...]] = {}
         self._wild: tuple[str, ...] | None = None
         self._self_ips: dict[int, dict[int, tuple[str, ...]]] = {}  # user → rule → SrcIPs
+        self._build_index()
         for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
             self._add(n)
 
@@ -193,20 +200,74 @@ class Compiled:
             "member": not n.tagged, "tagged": n.tagged, "danger-all": True, "internet": n.exit,
         }.get(a.name, False)  # fmt: skip
 
-    def _roles(self, n: NodeView) -> tuple[list[int], list[int], list[int]]:
-        src, dst, ipsrc = [], [], []
+    def _alias_keys(self, a: Alias) -> list[object] | None:
+        """The node keys (see :meth:`_node_keys`) an alias selects; None: test each node."""
+        k = a.kind
+        if k == "wildcard":
+            return ["*"]
+        if k == "user":
+            return [("u", u) for u in self.user_ids.get(a.name, ())]
+        if k == "group":
+            return [("u", u) for u in self.group_users.get(a.name, ())]
+        if k == "tag":
+            return [("t", a.name)]
+        if k == "autogroup":
+            key = _AUTOGROUP_KEYS.get(a.name)
+            return [key] if key else []
+        return None
+
+    @staticmethod
+    def _node_keys(n: NodeView) -> list[object]:
+        keys: list[object] = ["*", "exit"] if n.exit else ["*"]
+        if n.tagged:
+            return [*keys, "tagged", *(("t", t) for t in n.tags)]
+        return [*keys, "member", ("u", n.user_id)]
+
+    def _build_index(self) -> None:
+        """Rules by the node keys their aliases select, so a node's roles cost O(its keys)
+        rather than O(rules * aliases); prefix aliases and via rules are tested per node."""
+        self._si: dict[object, set[int]] = {}
+        self._ii: dict[object, set[int]] = {}
+        self._di: dict[object, set[int]] = {}
+        self._src_scan: list[int] = []
+        self._dst_scan: list[int] = []
         for i, cr in enumerate(self.rules):
-            hits = [a for a in cr.rule.src if self.matches(a, n)]
-            if hits:
-                src.append(i)
-                if any(a.kind in _BY_ADDRESS and a.name != "danger-all" for a in hits):
-                    ipsrc.append(i)
-            if cr.self_dst:
-                if not n.tagged:
-                    dst.append(i)
-            elif any(self._dst_matches(cr, a, n) for a in cr.dst):
-                dst.append(i)
-        return src, dst, ipsrc
+            for a in cr.rule.src:
+                keys = self._alias_keys(a)
+                if keys is None:
+                    self._src_scan.append(i)
+                    continue
+                for key in keys:
+                    self._si.setdefault(key, set()).add(i)
+                    if key != "*":  # listed by address, not only through `*`
+                        self._ii.setdefault(key, set()).add(i)
+            if cr.rule.via:
+                self._dst_scan.append(i)
+                continue
+            for a in cr.dst:
+                keys = self._alias_keys(a)
+                if keys is None:
+                    self._dst_scan.append(i)
+                    continue
+                for key in keys:
+                    self._di.setdefault(key, set()).add(i)
+
+    def _roles(self, n: NodeView) -> tuple[list[int], list[int], list[int]]:
+        src: set[int] = set()
+        dst: set[int] = set()
+        ipsrc: set[int] = set()
+        for key in self._node_keys(n):
+            src.update(self._si.get(key, ()))
+            ipsrc.update(self._ii.get(key, ()))
+            dst.update(self._di.get(key, ()))
+        for i in self._src_scan:
+            if i not in src and any(self.matches(a, n) for a in self.rules[i].rule.src):
+                src.add(i)
+        for i in self._dst_scan:
+            cr = self.rules[i]
+            if i not in dst and any(self._dst_matches(cr, a, n) for a in cr.dst):
+                dst.add(i)
+        return sorted(src), sorted(dst), sorted(ipsrc)
 
     def _dst_matches(self, cr: CRule, a: Alias, n: NodeView) -> bool:
         if not self.matches(a, n):
@@ -361,13 +422,10 @@ class Compiled:
                 members: Iterable[int] = cr.ip_nodes
             else:
                 members = cr.src_nodes & self.user_nodes.get(user, set())
-            addrs = sorted(
-                {x for m in members for x in self.nodes[m].addrs}, key=lambda a: (a.version, a)
-            )
-            # Node addresses are already in order; only literals need parsing to sort.
-            keyed = [(_ip_key(s), s) for s in set(lit)]
-            keyed += [((a.version, int(a), ""), str(a)) for a in addrs]
-            keyed.sort(key=lambda k: k[0][:2])
+            # Node addresses carry their sort keys; only literals need parsing.
+            keyed = [(_ip_key(s)[:2], s) for s in set(lit)]
+            keyed.extend(k for m in members for k in self.nodes[m].keyed)
+            keyed.sort()
             out = tuple(dict.fromkeys(s for _, s in keyed))
         if user is None:
             cr.src_ips = out
@@ -379,7 +437,7 @@ class Compiled:
         out: list[str] = []
         for a in cr.dst:
             if cr.self_dst or (a.kind in ("user", "group", "tag") and self.matches(a, n)):
-                out.extend(str(x) for x in n.addrs)
+                out.extend(s for _, s in n.keyed)
             elif not self._dst_matches(cr, a, n):
                 continue
             elif a.kind == "wildcard":
