@@ -109,14 +109,23 @@ def resolve_users(
     for a in _all_aliases(policy):
         if a.kind == "user":
             names.add(a.name)
+    by_provider: dict[str, list[int]] = {}
+    by_name: dict[str, list[int]] = {}
+    by_email_or_name: dict[str, list[int]] = {}
+    for u in ulist:
+        if u.provider_id:
+            by_provider.setdefault(u.provider_id, []).append(u.id)
+        by_name.setdefault(u.name, []).append(u.id)
+        for key in {u.email, u.name} - {""}:
+            by_email_or_name.setdefault(key, []).append(u.id)
     out: dict[str, frozenset[int]] = {}
     for name in names:
         bare = name[:-1] if name.endswith("@") else name
-        hit = [u.id for u in ulist if u.provider_id and u.provider_id == name]
+        hit = by_provider.get(name, [])
         if not hit:
-            hit = [u.id for u in ulist if u.email == bare or u.name == bare]
+            hit = by_email_or_name.get(bare, [])
             if name.endswith("@"):
-                hit = [u.id for u in ulist if u.name == bare] or hit
+                hit = by_name.get(bare, []) or hit
         if len(set(hit)) > 1:
             if strict:
                 raise ValueError(f'user "{name}" matches {len(set(hit))} users')
@@ -381,8 +390,9 @@ class Compiled:
             r = cr.rule
             body = (r.src, cr.dst, r.protos, r.ports, r.caps, r.via, cr.self_dst)
             dsts, srcs = hash(frozenset(cr.dst_nodes)), hash(frozenset(cr.src_nodes))
-            src_d.append((body, dsts, srcs if cr.self_dst else 0))
-            dst_d.append((body, srcs, hash(self._src_ips(cr))))  # hash: O(1) compares
+            # 64-bit hashes stand for the values, so comparing signatures is cheap.
+            src_d.append(hash((body, dsts, srcs if cr.self_dst else 0)))
+            dst_d.append(hash((body, srcs, self._src_ips(cr))))
         return {
             nid: (
                 self.nodes[nid].user_id,
