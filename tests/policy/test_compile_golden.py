@@ -254,3 +254,30 @@ def test_tag_ownership_and_route_approval() -> None:
     assert not e.may_approve_route(a, net("0.0.0.0/0"))  # routes never approve an exit
     assert e.may_approve_route(ci, net("0.0.0.0/0"))
     assert not e.may_approve_route(node(3, BOB), net("10.0.0.0/8"))
+
+
+def test_via_installs_only_on_routers_with_the_via_tag() -> None:
+    src = node(1, ALICE)
+    eu = node(2, BOB, tags=("tag:exit-eu",), routes=("0.0.0.0/0", "::/0", "10.5.0.0/16"),
+              approved=("0.0.0.0/0", "::/0", "10.5.0.0/16"))  # fmt: skip
+    us = node(3, BOB, tags=("tag:exit-us",), routes=("0.0.0.0/0", "::/0", "10.5.0.0/16"),
+              approved=("0.0.0.0/0", "::/0", "10.5.0.0/16"))  # fmt: skip
+    nodes = [src, eu, us]
+    text = """{"tagOwners": {"tag:exit-eu": ["bob@"], "tag:exit-us": ["bob@"]},
+      "grants": [{"src": ["alice@"], "dst": ["autogroup:internet", "10.5.1.0/24"], "ip": ["*"],
+                  "via": ["tag:exit-eu"]}]}"""
+    e = engine(text, nodes)
+    ips = [d.IP for d in e.filter_for(eu)[0].DstPorts]
+    assert len(ips) == 8 and ips[-1] == "10.5.1.0/24"
+    assert e.filter_for(us) == []
+    assert peers(e, src, nodes) == {2}
+
+
+def test_node_attrs_become_cap_map_keys() -> None:
+    a, b = node(1, ALICE), node(2, BOB, tags=("tag:x",))
+    text = """{"tagOwners": {"tag:x": []},
+      "nodeAttrs": [{"target": ["tag:x"], "attr": ["funnel", "magicdns-aaaa"]},
+                    {"target": ["*"], "attr": ["mullvad"]}]}"""
+    e = engine(text, [a, b])
+    assert e.cap_map_for(b) == {"funnel": None, "magicdns-aaaa": None, "mullvad": None}
+    assert e.cap_map_for(a) == {"mullvad": None}

@@ -35,7 +35,6 @@ _DEFAULT_V6: Final = ipaddress.ip_network("::/0")
 _AUTOGROUP_KEYS: Final[dict[str, object]] = {
     "member": "member", "tagged": "tagged", "danger-all": "*", "internet": "exit", "self": "member",
 }  # fmt: skip
-_BY_ADDRESS: Final = frozenset({"user", "group", "tag", "autogroup"})
 ALLOW_ALL_RULE: Final = Rule((Alias("wildcard", "*"),), (Alias("wildcard", "*"),))
 
 

@@ -106,6 +106,16 @@ class PolicyEngine:
     def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:
         return self._compiled.can_see(viewer.id, peer.id)
 
+    def cap_map_for(self, node: PolicyNode) -> dict[str, None]:
+        """The ``nodeAttrs`` attributes that target ``node``: keys of its self ``CapMap``,
+        each with a null value (docs/protocol/policy.md §1.7)."""
+        view = NodeView.of(node)
+        out: dict[str, None] = {}
+        for na in self.policy.node_attrs:
+            if any(self._compiled.matches(a, view) for a in na.target):
+                out.update(dict.fromkeys(na.attrs))
+        return out
+
     def may_tag(self, node: PolicyNode, tag: str) -> bool:
         """Whether the node's user (or one of its tags, transitively) owns ``tag`` in
         tagOwners. Without a policy every tag is allowed."""
