@@ -281,3 +281,15 @@ def test_node_attrs_become_cap_map_keys() -> None:
     e = engine(text, [a, b])
     assert e.cap_map_for(b) == {"funnel": None, "magicdns-aaaa": None, "mullvad": None}
     assert e.cap_map_for(a) == {"mullvad": None}
+
+
+def test_policy_tests_naming_no_device_are_skipped_with_a_warning() -> None:
+    text = """{"tagOwners": {"tag:db": []},
+      "acls": [{"action": "accept", "src": ["*"], "dst": ["tag:db:5432"]}],
+      "tests": [{"src": "dev@", "accept": ["tag:db:5432"]}]}"""
+    e = engine(text, [])  # first start: nothing registered yet
+    assert any("not run" in w for w in e.warnings)
+    dev1, db = node(1, DEV), node(10, DEV, tags=("tag:db",))
+    e.set_nodes([dev1, db])
+    e.set_policy(text)
+    assert not any("not run" in w for w in e.warnings)
