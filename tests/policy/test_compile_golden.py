@@ -293,3 +293,22 @@ def test_policy_tests_naming_no_device_are_skipped_with_a_warning() -> None:
     e.set_nodes([dev1, db])
     e.set_policy(text)
     assert not any("not run" in w for w in e.warnings)
+
+
+def test_reachable_routes_follow_what_the_viewer_may_reach() -> None:
+    net = ipaddress.ip_network
+    viewer, only_ip = node(1, ALICE), node(2, BOB)
+    served = ("10.0.0.0/8", "192.168.0.0/24", "0.0.0.0/0", "::/0")
+    router = node(3, DEV, tags=("tag:r",), routes=served, approved=served)
+    nodes = [viewer, only_ip, router]
+    text = """{"tagOwners": {"tag:r": []}, "acls": [
+      {"action": "accept", "src": ["alice@"], "dst": ["10.99.0.0/16:*", "autogroup:internet:*"]},
+      {"action": "accept", "src": ["bob@"], "dst": ["tag:r:22"]}]}"""
+    e = engine(text, nodes)
+    assert e.reachable_routes(viewer, router) == (
+        net("10.0.0.0/8"), net("0.0.0.0/0"), net("::/0")
+    )  # fmt: skip
+    assert e.reachable_routes(only_ip, router) == ()  # may reach the router's IP only
+    assert e.can_see(only_ip, router)
+    star = engine('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}', nodes)
+    assert star.reachable_routes(viewer, router) == (net("10.0.0.0/8"), net("192.168.0.0/24"))

@@ -366,6 +366,30 @@ class Compiled:
     def can_see(self, viewer: int, peer: int) -> bool:
         return self._reaches(viewer, peer) or self._reaches(peer, viewer)
 
+    def reachable_routes(self, viewer: int, router: int) -> tuple[IPPrefix, ...]:
+        """The router's served routes that ``viewer`` may reach (its AllowedIPs beyond the
+        router's own addresses, §5.3): subnet routes a rule's destination overlaps (``*``
+        covers all), and both /0s when the viewer is allowed autogroup:internet through it."""
+        n = self.nodes.get(router)
+        dst = self.dst_of.get(router)
+        if n is None or not dst:
+            return ()
+        out: dict[IPPrefix, None] = {}
+        for i in self.src_of.get(viewer, ()):
+            if i not in dst or self.rules[i].self_dst:
+                continue
+            for a in self.rules[i].dst:
+                if a.kind == "wildcard":
+                    out.update(dict.fromkeys(n.routes))
+                elif a.kind in ("prefix", "host") and a.prefix is not None:
+                    p = a.prefix
+                    out.update(
+                        (r, None) for r in n.routes if r.version == p.version and r.overlaps(p)
+                    )
+                elif a.kind == "autogroup" and a.name == "internet" and n.exit:
+                    out.update({_DEFAULT_V4: None, _DEFAULT_V6: None})
+        return tuple(out)
+
     def _reaches(self, a: int, b: int) -> bool:
         dst = self.dst_of.get(b)
         if not dst:

@@ -110,6 +110,11 @@ class PolicyEngine:
     def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:
         return self._compiled.can_see(viewer.id, peer.id)
 
+    def reachable_routes(self, viewer: PolicyNode, router: PolicyNode) -> tuple[IPPrefix, ...]:
+        """Which of ``router``'s approved routes belong in ``viewer``'s AllowedIPs for it
+        (before HA primary selection, which the caller applies)."""
+        return self._compiled.reachable_routes(viewer.id, router.id)
+
     def cap_map_for(self, node: PolicyNode) -> dict[str, None]:
         """The ``nodeAttrs`` attributes that target ``node``: keys of its self ``CapMap``,
         each with a null value (docs/protocol/policy.md §1.7)."""
