@@ -11,13 +11,17 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.control.test_main import Served, free_port, start_server, stop_server
 
-pytestmark = pytest.mark.slow
+import meshscale
+from meshscale.cli.main import main as node_main
+from meshscale.testing.fakebackend import FakeBackend, ThreadedLocalAPI
+
 FIELDS = json.loads((Path(__file__).parents[1] / "vectors/control/headscale-cli-json-fields.json")
                     .read_text())
 
@@ -37,6 +41,7 @@ def check_shape(obj: dict[str, Any], kind: str) -> None:
         check_shape(obj["user"], "user")
 
 
+@pytest.mark.slow
 def test_headscale_doc_commands(tmp_path: Path) -> None:
     from meshscale.testing.controlclient import ControlClient
 
@@ -122,3 +127,84 @@ def test_offline_commands() -> None:
     for argv in (["nodes", "bogus"], ["nodes", "list", "--bogus"], ["preauthkeys", "create"]):
         bad = ctl(*argv)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1, (argv, bad.stderr)
+
+
+# ---- the node CLI, against the local API (real unix socket, scripted backend) ------------
+
+
+@pytest.fixture
+def node_sock(tmp_path: Path) -> Iterator[tuple[FakeBackend, str]]:
+    be = FakeBackend()
+    be.state = "Running"
+    with ThreadedLocalAPI(be, tmp_path / "ms.sock"):
+        yield be, str(tmp_path / "ms.sock")
+
+
+def node(capsys: pytest.CaptureFixture[str], sock: str, *argv: str) -> tuple[int, str, str]:
+    code = node_main(["--socket", sock, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tailscale_doc_commands(node_sock: tuple[FakeBackend, str],
+                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    be, sock = node_sock
+    code, out, err = node(capsys, sock, "whois", "--json", "100.64.0.2")
+    assert code == 0, err
+    assert json.loads(out)["UserProfile"]["LoginName"] == "alice@example.com"
+    for spelling in ("-json", "--json", "-json=true", "--json=1"):
+        code, out, err = node(capsys, sock, "status", spelling)
+        assert code == 0 and json.loads(out)["BackendState"] == "Running", (spelling, err)
+    code, out, _ = node(capsys, sock, "status", "--json=false")
+    assert code == 0 and out.split()[0] == "100.64.0.1"
+    code, out, _ = node(capsys, sock, "status", "--self=false")
+    assert "100.64.0.1" not in out and "100.64.0.2" in out
+    code, out, _ = node(capsys, sock, "status", "--peers=false")
+    assert out.strip().split()[0] == "100.64.0.1" and len(out.strip().splitlines()) == 1
+    code, out, _ = node(capsys, sock, "status", "--active")
+    assert "100.64.0.4" not in out and "100.64.0.2" in out
+    assert node(capsys, sock, "ip", "-1")[1] == "100.64.0.1\n"
+    assert node(capsys, sock, "ip", "-4", "alpha")[1] == "100.64.0.2\n"
+    code, out, _ = node(capsys, sock, "ping", "--verbose", "alpha", "-c", "1")
+    assert code == 0 and "100.64.0.2" in out
+    with pytest.raises(SystemExit) as exc:
+        node_main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == meshscale.__version__
+    code, out, _ = node(capsys, sock, "version", "--json")
+    meta = json.loads(out)
+    assert meta["majorMinorPatch"] and meta["short"] == meshscale.__version__
+    assert isinstance(meta["cap"], int)
+    code, out, _ = node(capsys, sock, "version", "--daemon", "--json")
+    assert json.loads(out)["daemonLong"] == "0.1.0"
+
+    # set changes only what it names; up then demands the non-default flags (or --reset)
+    assert node(capsys, sock, "up", "--login-server=http://ctl:8080", "--authkey", "k",
+                "--timeout=1m30s")[0] == 0
+    be.calls.clear()
+    code, _, err = node(capsys, sock, "set", "--hostname=laptop")
+    assert code == 0, err
+    prefs, key, reset = be.calls[0][1]
+    assert (prefs.Hostname, prefs.ControlURL, key, reset) == ("laptop", "http://ctl:8080", "",
+                                                             False)  # fmt: skip
+    be._prefs = prefs
+    code, _, err = node(capsys, sock, "up", "--login-server=http://ctl:8080")
+    assert code == 2 and "--hostname=laptop" in err and err.count("\n") == 1
+    assert node(capsys, sock, "up", "--login-server=http://ctl:8080", "--reset")[0] == 0
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["frobnicate"], "invalid choice"),
+    (["status", "--bogus"], "unrecognized arguments: --bogus"),
+    (["ping", "--timeout"], "expected one argument"),
+    (["ping", "--timeout=soon", "alpha"], "invalid duration"),
+    (["status", "--json=maybe"], "invalid boolean value 'maybe' for -json"),
+    (["ip", "-4", "-6"], "not allowed"),
+    (["up", "--login-server=http://c", "--timeout=1x"], "invalid duration"),
+])  # fmt: skip
+def test_wrong_invocations(node_sock: tuple[FakeBackend, str], capsys: pytest.CaptureFixture[str],
+                           argv: list[str], needle: str) -> None:  # fmt: skip
+    be, sock = node_sock
+    code, _, err = node(capsys, sock, *argv)
+    assert code == 2 and err.count("\n") == 1 and needle in err, err
+    assert "usage: meshscale" in err, err  # the verb's usage on the same line
+    assert be.calls == []
