@@ -32,7 +32,7 @@ def peers(e: PolicyEngine, n: Node, nodes: list[Node]) -> set[int]:
 
 
 WORKED = """{
-  // the spec's worked example, §3.6
+  // docs/protocol/policy.md §3.6, the worked example
   "groups": {"group:dev": ["alice@example.com", "bob@example.com",],},
   "tagOwners": {"tag:db": ["alice@example.com"]},
   /* one rule */
