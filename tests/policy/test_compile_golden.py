@@ -9,7 +9,7 @@ import pytest
 from tests.policy.tailnet import ALICE, BOB, DEV, OTHER, USERS, node
 
 from meshscale.control.models import Node
-from meshscale.policy import EVERYONE, NO_CHANGE, PolicyEngine, PolicyError
+from meshscale.policy import EVERYONE, NO_CHANGE, PolicyEngine, PolicyError, PolicyManager
 from meshscale.tailcfg import to_json
 
 STAR = ["100.64.0.0-100.115.91.255", "100.115.94.0-100.127.255.255", "fd7a:115c:a1e0::/48"]
@@ -312,3 +312,8 @@ def test_reachable_routes_follow_what_the_viewer_may_reach() -> None:
     assert e.can_see(only_ip, router)
     star = engine('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}', nodes)
     assert star.reachable_routes(viewer, router) == (net("10.0.0.0/8"), net("192.168.0.0/24"))
+
+
+def test_engine_is_a_policy_manager() -> None:
+    manager: PolicyManager = PolicyEngine()  # mypy checks the protocol
+    assert manager.may_tag(node(1, ALICE), "tag:any")  # no policy: every tag allowed
