@@ -126,6 +126,9 @@ class Bench:
         async def one(i: int) -> None:
             async with sem:
                 await self.add_client(i)
+            if len(self.clients) % 1000 == 0:  # progress: the ramp at 10,000 takes minutes
+                took = time.perf_counter() - t0
+                print(f"{len(self.clients)} joined, {took:.0f} s", file=sys.stderr)
 
         await asyncio.gather(*(one(len(self.clients) + i) for i in range(n)))
         return time.perf_counter() - t0
