@@ -9,7 +9,7 @@ import pytest
 from tests.policy.tailnet import ALICE, BOB, DEV, OTHER, USERS, node
 
 from meshscale.control.models import Node
-from meshscale.policy import EVERYONE, NO_CHANGE, PolicyEngine, PolicyError
+from meshscale.policy import EVERYONE, NO_CHANGE, PolicyEngine, PolicyError, PolicyManager
 from meshscale.tailcfg import to_json
 
 STAR = ["100.64.0.0-100.115.91.255", "100.115.94.0-100.127.255.255", "fd7a:115c:a1e0::/48"]
@@ -32,7 +32,7 @@ def peers(e: PolicyEngine, n: Node, nodes: list[Node]) -> set[int]:
 
 
 WORKED = """{
-  // the spec's worked example, §3.6
+  // docs/protocol/policy.md §3.6, the worked example
   "groups": {"group:dev": ["alice@example.com", "bob@example.com",],},
   "tagOwners": {"tag:db": ["alice@example.com"]},
   /* one rule */
@@ -312,3 +312,8 @@ def test_reachable_routes_follow_what_the_viewer_may_reach() -> None:
     assert e.can_see(only_ip, router)
     star = engine('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}', nodes)
     assert star.reachable_routes(viewer, router) == (net("10.0.0.0/8"), net("192.168.0.0/24"))
+
+
+def test_engine_is_a_policy_manager() -> None:
+    manager: PolicyManager = PolicyEngine()  # mypy checks the protocol
+    assert manager.may_tag(node(1, ALICE), "tag:any")  # no policy: every tag allowed
