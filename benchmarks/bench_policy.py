@@ -16,6 +16,16 @@ and a policy of 100 rules (group → tag:ports, tag → tag, user → group, mem
     .venv/bin/python benchmarks/bench_policy.py --sizes 1000 --changes 20
 
 Not a test: run by hand and copy the figures.
+
+Figures of 2026-12-02 (2 shared cores, load ~3 from other work; --changes 20):
+
+    N       compile   all filters   tag change -> filters p50/p99   named   policy change (+filters)
+    1000     99 ms       197 ms           1.1 / 17.6 ms              9       203 ms, 110 nodes
+    10000   951 ms      2367 ms           1.5 /  7.2 ms              9      1343 ms, 561 nodes
+
+Full recompute / incremental tag change: 268x at 1000, 2184x at 10000. Peak RSS of the whole
+process (engine + tailnet records): 48 MiB at 1000, 225 MiB at 10000. A policy swap at 10000
+varied 0.85-1.4 s between runs (it compiles everything, then diffs per-node signatures).
 """
 
 from __future__ import annotations

@@ -161,3 +161,13 @@ def test_a_refused_policy_keeps_the_old_one() -> None:
     with pytest.raises(PolicyError):
         e.set_policy('{"acls": [{"action": "accept", "src": ["group:x"], "dst": ["*:*"]}]}')
     assert e.text == '{"acls": []}'
+
+
+def test_autogroup_shared_is_accepted_with_a_warning_and_names_no_one() -> None:
+    p = parse_policy(acl('"autogroup:shared"', '"*:*"'))
+    assert any("autogroup:shared at 1:" in w for w in p.warnings)
+    e = PolicyEngine()
+    e.set_users(USERS)
+    e.set_nodes([node(1, USERS[0])])
+    e.set_policy(acl('"autogroup:shared"', '"*:*"'))
+    assert e.filter_for(node(1, USERS[0])) == []

@@ -9,7 +9,7 @@ import pytest
 from tests.policy.tailnet import ALICE, BOB, DEV, OTHER, USERS, node
 
 from meshscale.control.models import Node
-from meshscale.policy import EVERYONE, NO_CHANGE, PolicyEngine, PolicyError
+from meshscale.policy import EVERYONE, NO_CHANGE, PolicyEngine, PolicyError, PolicyManager
 from meshscale.tailcfg import to_json
 
 STAR = ["100.64.0.0-100.115.91.255", "100.115.94.0-100.127.255.255", "fd7a:115c:a1e0::/48"]
@@ -32,7 +32,7 @@ def peers(e: PolicyEngine, n: Node, nodes: list[Node]) -> set[int]:
 
 
 WORKED = """{
-  // the spec's worked example, §3.6
+  // docs/protocol/policy.md §3.6, the worked example
   "groups": {"group:dev": ["alice@example.com", "bob@example.com",],},
   "tagOwners": {"tag:db": ["alice@example.com"]},
   /* one rule */
@@ -254,3 +254,66 @@ def test_tag_ownership_and_route_approval() -> None:
     assert not e.may_approve_route(a, net("0.0.0.0/0"))  # routes never approve an exit
     assert e.may_approve_route(ci, net("0.0.0.0/0"))
     assert not e.may_approve_route(node(3, BOB), net("10.0.0.0/8"))
+
+
+def test_via_installs_only_on_routers_with_the_via_tag() -> None:
+    src = node(1, ALICE)
+    eu = node(2, BOB, tags=("tag:exit-eu",), routes=("0.0.0.0/0", "::/0", "10.5.0.0/16"),
+              approved=("0.0.0.0/0", "::/0", "10.5.0.0/16"))  # fmt: skip
+    us = node(3, BOB, tags=("tag:exit-us",), routes=("0.0.0.0/0", "::/0", "10.5.0.0/16"),
+              approved=("0.0.0.0/0", "::/0", "10.5.0.0/16"))  # fmt: skip
+    nodes = [src, eu, us]
+    text = """{"tagOwners": {"tag:exit-eu": ["bob@"], "tag:exit-us": ["bob@"]},
+      "grants": [{"src": ["alice@"], "dst": ["autogroup:internet", "10.5.1.0/24"], "ip": ["*"],
+                  "via": ["tag:exit-eu"]}]}"""
+    e = engine(text, nodes)
+    ips = [d.IP for d in e.filter_for(eu)[0].DstPorts]
+    assert len(ips) == 8 and ips[-1] == "10.5.1.0/24"
+    assert e.filter_for(us) == []
+    assert peers(e, src, nodes) == {2}
+
+
+def test_node_attrs_become_cap_map_keys() -> None:
+    a, b = node(1, ALICE), node(2, BOB, tags=("tag:x",))
+    text = """{"tagOwners": {"tag:x": []},
+      "nodeAttrs": [{"target": ["tag:x"], "attr": ["funnel", "magicdns-aaaa"]},
+                    {"target": ["*"], "attr": ["mullvad"]}]}"""
+    e = engine(text, [a, b])
+    assert e.cap_map_for(b) == {"funnel": None, "magicdns-aaaa": None, "mullvad": None}
+    assert e.cap_map_for(a) == {"mullvad": None}
+
+
+def test_policy_tests_naming_no_device_are_skipped_with_a_warning() -> None:
+    text = """{"tagOwners": {"tag:db": []},
+      "acls": [{"action": "accept", "src": ["*"], "dst": ["tag:db:5432"]}],
+      "tests": [{"src": "dev@", "accept": ["tag:db:5432"]}]}"""
+    e = engine(text, [])  # first start: nothing registered yet
+    assert any("not run" in w for w in e.warnings)
+    dev1, db = node(1, DEV), node(10, DEV, tags=("tag:db",))
+    e.set_nodes([dev1, db])
+    e.set_policy(text)
+    assert not any("not run" in w for w in e.warnings)
+
+
+def test_reachable_routes_follow_what_the_viewer_may_reach() -> None:
+    net = ipaddress.ip_network
+    viewer, only_ip = node(1, ALICE), node(2, BOB)
+    served = ("10.0.0.0/8", "192.168.0.0/24", "0.0.0.0/0", "::/0")
+    router = node(3, DEV, tags=("tag:r",), routes=served, approved=served)
+    nodes = [viewer, only_ip, router]
+    text = """{"tagOwners": {"tag:r": []}, "acls": [
+      {"action": "accept", "src": ["alice@"], "dst": ["10.99.0.0/16:*", "autogroup:internet:*"]},
+      {"action": "accept", "src": ["bob@"], "dst": ["tag:r:22"]}]}"""
+    e = engine(text, nodes)
+    assert e.reachable_routes(viewer, router) == (
+        net("10.0.0.0/8"), net("0.0.0.0/0"), net("::/0")
+    )  # fmt: skip
+    assert e.reachable_routes(only_ip, router) == ()  # may reach the router's IP only
+    assert e.can_see(only_ip, router)
+    star = engine('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}', nodes)
+    assert star.reachable_routes(viewer, router) == (net("10.0.0.0/8"), net("192.168.0.0/24"))
+
+
+def test_engine_is_a_policy_manager() -> None:
+    manager: PolicyManager = PolicyEngine()  # mypy checks the protocol
+    assert manager.may_tag(node(1, ALICE), "tag:any")  # no policy: every tag allowed

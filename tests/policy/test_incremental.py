@@ -78,3 +78,10 @@ def test_incremental_equals_full_recompute(start: list[Node], events: list[Node 
                 assert i in change.nodes, (i, change)
         others = {p for p in before_s ^ after_s if changed_id not in p}
         assert not others, others
+    # A policy swap after those writes names every node whose filter or peers moved.
+    before_f, before_s = snapshot(e, nodes)
+    change = e.set_policy(POLICY.replace('"dev@", "alice@example.com"', '"bob@"'))
+    after_f, after_s = snapshot(e, nodes)
+    for i in nodes:
+        moved = before_f[i] != after_f[i] or any(i in p for p in before_s ^ after_s)
+        assert not moved or change.everyone or i in change.nodes, (i, change)

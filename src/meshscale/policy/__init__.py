@@ -18,6 +18,9 @@ docs/protocol/policy.md). Use it like this::
     engine.can_see(viewer, peer)     # traffic may flow either way
     engine.may_tag(node, "tag:db")   # tagOwners (users, groups, tag-owns-tag)
     engine.may_approve_route(node, prefix)  # autoApprovers (routes; exitNode for /0)
+    engine.reachable_routes(viewer, router)  # router's routes in viewer's AllowedIPs (§5.3)
+    engine.cap_map_for(node)         # nodeAttrs → {attr: None} for the node's self CapMap
+    engine.policy.randomize_client_port  # the validated Policy (model.Policy)
     engine.warnings                  # what the policy asks for but is not enforced (ssh)
 
 :func:`check_policy` validates a text (and its tests, against given users/nodes) without

@@ -31,7 +31,10 @@ INTERNET: Final = (
 )  # fmt: skip
 _DEFAULT_V4: Final = ipaddress.ip_network("0.0.0.0/0")
 _DEFAULT_V6: Final = ipaddress.ip_network("::/0")
-_BY_ADDRESS: Final = frozenset({"user", "group", "tag", "autogroup"})
+# The node key each autogroup selects (shared: no one in a single tailnet; nonroot: ssh).
+_AUTOGROUP_KEYS: Final[dict[str, object]] = {
+    "member": "member", "tagged": "tagged", "danger-all": "*", "internet": "exit", "self": "member",
+}  # fmt: skip
 ALLOW_ALL_RULE: Final = Rule((Alias("wildcard", "*"),), (Alias("wildcard", "*"),))
 
 
@@ -45,6 +48,7 @@ class NodeView:
     addrs: tuple[IPAddress, ...]
     routes: tuple[IPPrefix, ...]  # approved and announced, non-exit
     exit: bool  # an approved exit node
+    keyed: tuple[tuple[tuple[int, int], str], ...] = ()  # ((version, int), text) per address
 
     @staticmethod
     def of(node: PolicyNode) -> NodeView:
@@ -52,8 +56,9 @@ class NodeView:
         served = [r for r in node.approved_routes if r in announced]
         exit_ = _DEFAULT_V4 in served or _DEFAULT_V6 in served
         routes = tuple(r for r in served if r.prefixlen != 0)
-        addrs = tuple(sorted(node.addresses(), key=lambda a: (a.version, a)))
-        return NodeView(node.id, node.user_id, tuple(node.tags), addrs, routes, exit_)
+        addrs = tuple(sorted(node.addresses(), key=lambda a: (a.version, int(a))))
+        keyed = tuple(((a.version, int(a)), str(a)) for a in addrs)
+        return NodeView(node.id, node.user_id, tuple(node.tags), addrs, routes, exit_, keyed)
 
     @property
     def tagged(self) -> bool:
@@ -103,14 +108,23 @@ def resolve_users(
     for a in _all_aliases(policy):
         if a.kind == "user":
             names.add(a.name)
+    by_provider: dict[str, list[int]] = {}
+    by_name: dict[str, list[int]] = {}
+    by_email_or_name: dict[str, list[int]] = {}
+    for u in ulist:
+        if u.provider_id:
+            by_provider.setdefault(u.provider_id, []).append(u.id)
+        by_name.setdefault(u.name, []).append(u.id)
+        for key in {u.email, u.name} - {""}:
+            by_email_or_name.setdefault(key, []).append(u.id)
     out: dict[str, frozenset[int]] = {}
     for name in names:
         bare = name[:-1] if name.endswith("@") else name
-        hit = [u.id for u in ulist if u.provider_id and u.provider_id == name]
+        hit = by_provider.get(name, [])
         if not hit:
-            hit = [u.id for u in ulist if u.email == bare or u.name == bare]
+            hit = by_email_or_name.get(bare, [])
             if name.endswith("@"):
-                hit = [u.id for u in ulist if u.name == bare] or hit
+                hit = by_name.get(bare, []) or hit
         if len(set(hit)) > 1:
             if strict:
                 raise ValueError(f'user "{name}" matches {len(set(hit))} users')
@@ -167,6 +181,7 @@ class Compiled:
         self._filters: dict[int, tuple[FilterRule, ...]] = {}
         self._wild: tuple[str, ...] | None = None
         self._self_ips: dict[int, dict[int, tuple[str, ...]]] = {}  # user → rule → SrcIPs
+        self._build_index()
         for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
             self._add(n)
 
@@ -193,20 +208,74 @@ class Compiled:
             "member": not n.tagged, "tagged": n.tagged, "danger-all": True, "internet": n.exit,
         }.get(a.name, False)  # fmt: skip
 
-    def _roles(self, n: NodeView) -> tuple[list[int], list[int], list[int]]:
-        src, dst, ipsrc = [], [], []
+    def _alias_keys(self, a: Alias) -> list[object] | None:
+        """The node keys (see :meth:`_node_keys`) an alias selects; None: test each node."""
+        k = a.kind
+        if k == "wildcard":
+            return ["*"]
+        if k == "user":
+            return [("u", u) for u in self.user_ids.get(a.name, ())]
+        if k == "group":
+            return [("u", u) for u in self.group_users.get(a.name, ())]
+        if k == "tag":
+            return [("t", a.name)]
+        if k == "autogroup":
+            key = _AUTOGROUP_KEYS.get(a.name)
+            return [key] if key else []
+        return None
+
+    @staticmethod
+    def _node_keys(n: NodeView) -> list[object]:
+        keys: list[object] = ["*", "exit"] if n.exit else ["*"]
+        if n.tagged:
+            return [*keys, "tagged", *(("t", t) for t in n.tags)]
+        return [*keys, "member", ("u", n.user_id)]
+
+    def _build_index(self) -> None:
+        """Rules by the node keys their aliases select, so a node's roles cost O(its keys)
+        rather than O(rules * aliases); prefix aliases and via rules are tested per node."""
+        self._si: dict[object, set[int]] = {}
+        self._ii: dict[object, set[int]] = {}
+        self._di: dict[object, set[int]] = {}
+        self._src_scan: list[int] = []
+        self._dst_scan: list[int] = []
         for i, cr in enumerate(self.rules):
-            hits = [a for a in cr.rule.src if self.matches(a, n)]
-            if hits:
-                src.append(i)
-                if any(a.kind in _BY_ADDRESS and a.name != "danger-all" for a in hits):
-                    ipsrc.append(i)
-            if cr.self_dst:
-                if not n.tagged:
-                    dst.append(i)
-            elif any(self._dst_matches(cr, a, n) for a in cr.dst):
-                dst.append(i)
-        return src, dst, ipsrc
+            for a in cr.rule.src:
+                keys = self._alias_keys(a)
+                if keys is None:
+                    self._src_scan.append(i)
+                    continue
+                for key in keys:
+                    self._si.setdefault(key, set()).add(i)
+                    if key != "*":  # listed by address, not only through `*`
+                        self._ii.setdefault(key, set()).add(i)
+            if cr.rule.via:
+                self._dst_scan.append(i)
+                continue
+            for a in cr.dst:
+                keys = self._alias_keys(a)
+                if keys is None:
+                    self._dst_scan.append(i)
+                    continue
+                for key in keys:
+                    self._di.setdefault(key, set()).add(i)
+
+    def _roles(self, n: NodeView) -> tuple[list[int], list[int], list[int]]:
+        src: set[int] = set()
+        dst: set[int] = set()
+        ipsrc: set[int] = set()
+        for key in self._node_keys(n):
+            src.update(self._si.get(key, ()))
+            ipsrc.update(self._ii.get(key, ()))
+            dst.update(self._di.get(key, ()))
+        for i in self._src_scan:
+            if i not in src and any(self.matches(a, n) for a in self.rules[i].rule.src):
+                src.add(i)
+        for i in self._dst_scan:
+            cr = self.rules[i]
+            if i not in dst and any(self._dst_matches(cr, a, n) for a in cr.dst):
+                dst.add(i)
+        return sorted(src), sorted(dst), sorted(ipsrc)
 
     def _dst_matches(self, cr: CRule, a: Alias, n: NodeView) -> bool:
         if not self.matches(a, n):
@@ -297,6 +366,30 @@ class Compiled:
     def can_see(self, viewer: int, peer: int) -> bool:
         return self._reaches(viewer, peer) or self._reaches(peer, viewer)
 
+    def reachable_routes(self, viewer: int, router: int) -> tuple[IPPrefix, ...]:
+        """The router's served routes that ``viewer`` may reach (its AllowedIPs beyond the
+        router's own addresses, §5.3): subnet routes a rule's destination overlaps (``*``
+        covers all), and both /0s when the viewer is allowed autogroup:internet through it."""
+        n = self.nodes.get(router)
+        dst = self.dst_of.get(router)
+        if n is None or not dst:
+            return ()
+        out: dict[IPPrefix, None] = {}
+        for i in self.src_of.get(viewer, ()):
+            if i not in dst or self.rules[i].self_dst:
+                continue
+            for a in self.rules[i].dst:
+                if a.kind == "wildcard":
+                    out.update(dict.fromkeys(n.routes))
+                elif a.kind in ("prefix", "host") and a.prefix is not None:
+                    p = a.prefix
+                    out.update(
+                        (r, None) for r in n.routes if r.version == p.version and r.overlaps(p)
+                    )
+                elif a.kind == "autogroup" and a.name == "internet" and n.exit:
+                    out.update({_DEFAULT_V4: None, _DEFAULT_V6: None})
+        return tuple(out)
+
     def _reaches(self, a: int, b: int) -> bool:
         dst = self.dst_of.get(b)
         if not dst:
@@ -320,8 +413,9 @@ class Compiled:
             r = cr.rule
             body = (r.src, cr.dst, r.protos, r.ports, r.caps, r.via, cr.self_dst)
             dsts, srcs = hash(frozenset(cr.dst_nodes)), hash(frozenset(cr.src_nodes))
-            src_d.append((body, dsts, srcs if cr.self_dst else 0))
-            dst_d.append((body, srcs, self._src_ips(cr)))
+            # 64-bit hashes stand for the values, so comparing signatures is cheap.
+            src_d.append(hash((body, dsts, srcs if cr.self_dst else 0)))
+            dst_d.append(hash((body, srcs, self._src_ips(cr))))
         return {
             nid: (
                 self.nodes[nid].user_id,
@@ -361,13 +455,10 @@ class Compiled:
                 members: Iterable[int] = cr.ip_nodes
             else:
                 members = cr.src_nodes & self.user_nodes.get(user, set())
-            addrs = sorted(
-                {x for m in members for x in self.nodes[m].addrs}, key=lambda a: (a.version, a)
-            )
-            # Node addresses are already in order; only literals need parsing to sort.
-            keyed = [(_ip_key(s), s) for s in set(lit)]
-            keyed += [((a.version, int(a), ""), str(a)) for a in addrs]
-            keyed.sort(key=lambda k: k[0][:2])
+            # Node addresses carry their sort keys; only literals need parsing.
+            keyed = [(_ip_key(s)[:2], s) for s in set(lit)]
+            keyed.extend(k for m in members for k in self.nodes[m].keyed)
+            keyed.sort()
             out = tuple(dict.fromkeys(s for _, s in keyed))
         if user is None:
             cr.src_ips = out
@@ -379,7 +470,7 @@ class Compiled:
         out: list[str] = []
         for a in cr.dst:
             if cr.self_dst or (a.kind in ("user", "group", "tag") and self.matches(a, n)):
-                out.extend(str(x) for x in n.addrs)
+                out.extend(s for _, s in n.keyed)
             elif not self._dst_matches(cr, a, n):
                 continue
             elif a.kind == "wildcard":

@@ -44,7 +44,7 @@ def check_policy(text: str | bytes, users: Iterable[PolicyUser] = (),
         compiled = Compiled(policy, list(users), [NodeView.of(n) for n in nodes])
     except ValueError as e:
         raise PolicyError(str(e)) from None
-    run_tests(compiled)
+    run_tests(compiled)  # checks naming no device are skipped (see run_tests)
     return policy
 
 
@@ -57,21 +57,25 @@ class PolicyEngine:
         self.policy = Policy()
         self._users: list[_UserSnap] = []
         self._compiled = Compiled(self.policy, [], [])
+        self._test_warnings: tuple[str, ...] = ()
 
     @property
     def warnings(self) -> tuple[str, ...]:
         """What the policy in force asks for that is not enforced (e.g. ssh), and user
         references that name no known user (tolerated, as Headscale does)."""
         unknown = sorted(n for n, ids in self._compiled.user_ids.items() if not ids)
-        return self.policy.warnings + tuple(f'user "{n}" matches no user' for n in unknown)
+        users = tuple(f'user "{n}" matches no user' for n in unknown)
+        return self.policy.warnings + users + self._test_warnings
 
     # ---- inputs ---------------------------------------------------------------------------
 
     def set_policy(self, text: str | None) -> PolicyChange:
         policy = Policy() if text is None else parse_policy(text)
         compiled = self._compile(policy, self._compiled.nodes.values())
-        run_tests(compiled)
-        return self._swap(text, policy, compiled)
+        skipped = run_tests(compiled)
+        change = self._swap(text, policy, compiled)
+        self._test_warnings = tuple(skipped)
+        return change
 
     def set_users(self, users: Iterable[PolicyUser]) -> PolicyChange:
         snaps = [_UserSnap(u) for u in users]
@@ -105,6 +109,21 @@ class PolicyEngine:
 
     def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:
         return self._compiled.can_see(viewer.id, peer.id)
+
+    def reachable_routes(self, viewer: PolicyNode, router: PolicyNode) -> tuple[IPPrefix, ...]:
+        """Which of ``router``'s approved routes belong in ``viewer``'s AllowedIPs for it
+        (before HA primary selection, which the caller applies)."""
+        return self._compiled.reachable_routes(viewer.id, router.id)
+
+    def cap_map_for(self, node: PolicyNode) -> dict[str, None]:
+        """The ``nodeAttrs`` attributes that target ``node``: keys of its self ``CapMap``,
+        each with a null value (docs/protocol/policy.md §1.7)."""
+        view = NodeView.of(node)
+        out: dict[str, None] = {}
+        for na in self.policy.node_attrs:
+            if any(self._compiled.matches(a, view) for a in na.target):
+                out.update(dict.fromkeys(na.attrs))
+        return out
 
     def may_tag(self, node: PolicyNode, tag: str) -> bool:
         """Whether the node's user (or one of its tags, transitively) owns ``tag`` in
