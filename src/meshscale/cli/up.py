@@ -39,6 +39,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run)
 
 
+def check_reverts(current: dict[str, Any], args: argparse.Namespace) -> None:
+    """tailscale's rule: an ``up`` that mentions settings must mention every non-default one
+    (or pass --reset), so a forgotten flag never silently reverts a setting."""
+    mentioned = {"login-server": bool(args.login_server), "hostname": bool(args.hostname),
+                 "accept-dns": args.accept_dns is not None}
+    if not any(mentioned.values()):
+        return  # a bare `up` brings the node up with its settings
+    now = {"login-server": current.get("ControlURL") or "",
+           "hostname": current.get("Hostname") or "",
+           "accept-dns": "false" if current.get("CorpDNS") is False else ""}
+    missing = [f"--{k}={v}" for k, v in now.items() if v and not mentioned[k]]
+    if missing:
+        raise CLIError("changing settings via 'meshscale up' requires mentioning all non-default "
+                       f"flags; add {' '.join(missing)} or use --reset (or 'meshscale set')",
+                       code=2)
+
+
 def run(args: argparse.Namespace, client: LocalClient) -> int:
     if args.accept_dns:
         print("warning: meshscale does not manage DNS yet; --accept-dns has no effect",
@@ -53,6 +70,8 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         except OSError as exc:
             raise CLIError(f"--authkey: cannot read {auth_key[5:]}: {exc.strerror}") from exc
     current = client.get("prefs")
+    if not args.reset:
+        check_reverts(current, args)
     prefs: dict[str, Any] = {} if args.reset else dict(current)
     prefs["WantRunning"] = True
     if args.login_server or args.reset:
