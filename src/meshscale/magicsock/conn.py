@@ -193,7 +193,14 @@ class Conn:
         if not self.home_derp and self.netcheck.last_report is None:
             # A provisional home until the first netcheck picks the nearest: without it the
             # node cannot relay until STUN times out (seconds behind a UDP-blocking NAT).
-            self._set_home(0)
+            # The lowest region, drawn without the RNG so seeded runs keep their stream.
+            homes = sorted(
+                r.region_id
+                for r in derp_map.regions.values()
+                if r.nodes and not r.no_measure_no_home
+            )
+            if homes:
+                self._set_home(homes[0])
 
     def set_local_addresses(self, ips: Iterable[IPAddress], now: float) -> None:
         """Addresses of our interfaces, advertised with our port as EndpointLocal."""
