@@ -15,6 +15,10 @@ are upper bounds for the server. The server's CPU time per change (from /proc, 1
 the figure least disturbed by other load on the machine.
 Not a test: run by hand and copy the figures.
 
+Figures of 2026-12-02 (issue #14, the README has the table): N=3000 before / after the fan-out
+tick, same run: ramp 267 / 126 s, endpoint change -> all p50/p99 484/1291 and 924/1058 ms,
+server CPU per change 407 / 70 ms; with the 30 us/stream gap 503/594 ms.
+
 Figures of 2026-11-25 (2 shared cores, load ~5 from other work; --changes 3, 2 at 5000):
 
     N      ramp   server RSS idle   per stream   change -> all: p50 / p99   server CPU/change

@@ -30,7 +30,6 @@ UNSUPPORTED_UP_FLAGS = {
     "netfilter-mode": "netfilter modes",
     "advertise-connector": "app connectors",
     "stateful-filtering": "stateful filtering",
-    "force-reauth": "forced reauthentication",
     "qr": "QR codes",
     "unattended": "unattended mode",
     "nickname": "profile nicknames",

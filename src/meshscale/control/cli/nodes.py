@@ -110,6 +110,7 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
             c.add_argument("-r", "--routes", default="", help="comma-separated prefixes")
         elif verb == "expire":
             c.add_argument("-e", "--expiry", help="RFC 3339 time (default now)")
+            c.add_argument("--disable", action="store_true", help="the node key never expires")
 
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
@@ -130,8 +131,14 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         confirm(args, f"Delete node {nid}?")
         node_action(c, o, nid, "DELETE", "", f"Node {nid} deleted")
     elif verb == "expire":
-        body = {"expiry": args.expiry} if args.expiry else {}
-        node_action(c, o, nid, "POST", "/expire", f"Node {nid} expired", body)
+        if args.disable:
+            if args.expiry:
+                raise AdminError("--disable and --expiry exclude each other")
+            node_action(c, o, nid, "POST", "/expire", f"Node {nid} expiry disabled",
+                        {"disableExpiry": True})
+        else:
+            body = {"expiry": args.expiry} if args.expiry else {}
+            node_action(c, o, nid, "POST", "/expire", f"Node {nid} expired", body)
     elif verb == "rename":
         node_action(
             c,
