@@ -69,3 +69,11 @@ def test_outbound_udp_opens_the_reply_path_but_tcp_is_skipped():
     assert filter_inbound(f, LOCAL4, LOCAL6, [udp_back]) == []
     note_outbound(f, [udp_out, _v4(ME4, "100.64.0.1", 6, 0x10, 0, b"")])
     assert f.flows() == 1
+
+
+def test_drops_are_counted_per_reason():
+    f = Filter([], NETS)
+    drops: dict[str, int] = {}
+    udp_in = _v4("100.64.0.1", ME4, 17, 0, 0, b"")
+    assert filter_inbound(f, LOCAL4, LOCAL6, [udp_in, udp_in], drops) == []
+    assert sum(drops.values()) == 2 and len(drops) == 1

@@ -9,7 +9,7 @@ filter. Outbound, only UDP and SCTP flows are recorded (for their replies), so T
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import MutableMapping, Set
 
 from meshscale.packet.ip import IPPROTO_TCP as _TCP
 from meshscale.packet.ip import TCP_ACK as _ACK
@@ -23,9 +23,16 @@ def _not_pure_syn(flags: int) -> bool:
 
 
 def filter_inbound(
-    f: Filter, local4: Set[bytes], local6: Set[bytes], packets: list[bytes]
+    f: Filter,
+    local4: Set[bytes],
+    local6: Set[bytes],
+    packets: list[bytes],
+    drops: MutableMapping[str, int] | None = None,
 ) -> list[bytes]:
-    """The packets the filter accepts. ``local4``/``local6``: our addresses, packed."""
+    """The packets the filter accepts. ``local4``/``local6``: our addresses, packed.
+
+    ``drops``, when given, counts each dropped packet under the filter's reason.
+    """
     out: list[bytes] = []
     for p in packets:
         n = len(p)
@@ -42,8 +49,11 @@ def filter_inbound(
         ):  # fmt: skip
             out.append(p)
             continue
-        if f.run_in(p).accepted:
+        d = f.run_in(p)
+        if d.accepted:
             out.append(p)
+        elif drops is not None:
+            drops[d.reason] = drops.get(d.reason, 0) + 1
     return out
 
 

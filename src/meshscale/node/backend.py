@@ -90,6 +90,8 @@ class Backend:
         self._local4: frozenset[bytes] = frozenset()
         self._local6: frozenset[bytes] = frozenset()
         self._ready_task: asyncio.Task[None] | None = None
+        # Inbound packets the filter dropped, per reason (debug()["filter_drops"]).
+        self.filter_drops: dict[str, int] = {}
         engine.filter_in = self._filter_in
         engine.filter_out = self._filter_out
 
@@ -213,6 +215,7 @@ class Backend:
         return {
             "magicsock": ms,
             "device_drops": dict(self.engine.device.drops),
+            "filter_drops": dict(self.filter_drops),
             "engine_errors": dict(self.engine.errors),
             "magicsock_errors": dict(self.bind.errors),
             "home_derp": self.bind.core.home_derp,
@@ -440,7 +443,7 @@ class Backend:
         f = self._filter
         if f is None:
             return []
-        return filter_inbound(f, self._local4, self._local6, packets)
+        return filter_inbound(f, self._local4, self._local6, packets, self.filter_drops)
 
     def _filter_out(self, packets: list[bytes]) -> list[bytes]:
         f = self._filter
