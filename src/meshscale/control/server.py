@@ -28,7 +28,7 @@ from meshscale.control.config import ConfigError, ControlConfig, state_options
 from meshscale.control.db import StoreError, open_store
 from meshscale.control.derpmap import build_derp_map
 from meshscale.control.state import State
-from meshscale.control.verify import mount_verify
+from meshscale.control.verify import admits, mount_verify
 from meshscale.derp.info import ClientInfo
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.key import MachinePrivate, NodePrivate, NodePublic
@@ -218,7 +218,7 @@ class Server:
         assert state is not None
 
         async def verify(node_key: NodePublic, info: ClientInfo) -> bool:
-            return state.get_node_by_node_key(node_key) is not None
+            return admits(state, node_key)  # same rule as /verify: expired keys are refused
 
         self.derp = DERPServer(key, verify_client=verify if ds.verify_clients else None)
         mount_derp(router, self.derp)
