@@ -1,7 +1,7 @@
 """Control-server benchmark: N simulated clients holding map streams over the real protocol.
 
-Per N: the server (build_app on an in-memory State, plain HTTP on loopback) runs as a separate
-process; this process opens N clients (HTTP upgrade, Noise, HTTP/2), registers each with a
+Per N: the server (build_app on a State in an SQLite file, plain HTTP on loopback) runs as a
+separate process; this process opens N clients (HTTP upgrade, Noise, HTTP/2), registers each with a
 reusable pre-auth key and holds its map stream. Then, K times, one client posts a lite endpoint
 update and we time how long until every other client has received the resulting
 PeersChangedPatch (p50/p99/max over all receivers), plus the same for a node joining
@@ -14,6 +14,10 @@ All clients live in this one process, so latency includes their own decode time;
 are upper bounds for the server. The server's CPU time per change (from /proc, 10 ms ticks) is
 the figure least disturbed by other load on the machine.
 Not a test: run by hand and copy the figures.
+
+Figures of 2026-12-02 (issue #14, the README has the table): N=3000 before / after the fan-out
+tick, same run: ramp 267 / 126 s, endpoint change -> all p50/p99 484/1291 and 924/1058 ms,
+server CPU per change 407 / 70 ms; with the 30 us/stream gap 503/594 ms.
 
 Figures of 2026-11-25 (2 shared cores, load ~5 from other work; --changes 3, 2 at 5000):
 
@@ -41,6 +45,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,14 +76,14 @@ def rss_kib(pid: int) -> int:
 # ---- server side (runs in a child process) ----------------------------------------------
 
 
-async def serve(port: int, batch_delay: float) -> None:
+async def serve(port: int, batch_delay: float, db: str) -> None:
     from meshscale.control.app import AppSettings, build_app
     from meshscale.control.state import State
     from meshscale.io.http import HTTPServer
     from meshscale.key import MachinePrivate
     from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
 
-    state = State.open(":memory:")
+    state = State.open(db)  # the persistent store (a file), as deployed
     user = state.create_user("bench")
     secret = state.create_preauth_key(user.id, reusable=True).secret
     derp = DERPMap(Regions={900: DERPRegion(900, "b", "Bench", Nodes=[DERPNode("900a", 900, "d")])})
@@ -125,6 +130,9 @@ class Bench:
         async def one(i: int) -> None:
             async with sem:
                 await self.add_client(i)
+            if len(self.clients) % 1000 == 0:  # progress: the ramp at 10,000 takes minutes
+                took = time.perf_counter() - t0
+                print(f"{len(self.clients)} joined, {took:.0f} s", file=sys.stderr)
 
         await asyncio.gather(*(one(len(self.clients) + i) for i in range(n)))
         return time.perf_counter() - t0
@@ -205,7 +213,9 @@ async def measure(
 ) -> dict[str, object]:
     rss0 = rss_kib(pid)
     b = Bench(port, MachinePublic.from_text(hello["key"]), hello["authkey"])
+    c_ramp, own_ramp = cpu_seconds(pid), time.process_time()
     ramp = await b.ramp(n, concurrency)
+    c_ramp, own_ramp = cpu_seconds(pid) - c_ramp, time.process_time() - own_ramp
     await b.drain(1.0)
     rss_idle = rss_kib(pid)
     ep_lat: list[float] = []
@@ -226,6 +236,8 @@ async def measure(
     return {
         "N": n,
         "ramp_s": round(ramp, 2),
+        "ramp_server_cpu_s": round(c_ramp, 2),
+        "ramp_clients_cpu_s": round(own_ramp, 2),
         "rss_start_mib": round(rss0 / 1024, 1),
         "rss_idle_mib": round(rss_idle / 1024, 1),
         "rss_per_stream_kib": round((rss_idle - rss0) / n, 1),
@@ -241,20 +253,27 @@ async def measure(
     }
 
 
-def run_size(n: int, changes: int, batch_delay: float, concurrency: int) -> dict[str, object]:
+def run_size(
+    n: int, changes: int, batch_delay: float, concurrency: int, src: str | None
+) -> dict[str, object]:
+    """One server process (from ``src``, another tree's src/, when given) and N clients."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--batch-delay", str(batch_delay)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        hello = json.loads(proc.stdout.readline())
-        return asyncio.run(measure(port, proc.pid, hello, n, changes, concurrency))
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
+    with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
+        db = str(Path(tmp) / "state.db")
+        cmd = [sys.executable, __file__, "--serve", str(port), "--batch-delay", str(batch_delay)]
+        proc = subprocess.Popen([*cmd, "--db", db], stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            hello = json.loads(proc.stdout.readline())
+            out = asyncio.run(measure(port, proc.pid, hello, n, changes, concurrency))
+            out["server"] = src or "this tree"
+            return out
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def main() -> None:
@@ -264,19 +283,24 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=5)
     ap.add_argument("--batch-delay", type=float, default=0.005)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--baseline-src",
+        help="src/ directory of another tree (e.g. `git archive main src | tar -x -C DIR`): "
+        "each size also runs against a server from it, first",
+    )
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.batch_delay))
+        asyncio.run(serve(args.serve, args.batch_delay, args.db))
         return
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for n in args.sizes:
-        print(
-            json.dumps(run_size(n, args.changes, args.batch_delay, args.concurrency)),
-            flush=True,
-        )
+        for src in ([args.baseline_src] if args.baseline_src else []) + [None]:
+            out = run_size(n, args.changes, args.batch_delay, args.concurrency, src)
+            print(json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

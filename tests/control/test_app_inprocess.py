@@ -7,6 +7,7 @@ deltas when peers join, change endpoints, go offline and are deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -391,3 +392,42 @@ def test_settings_from_control_config(tmp_path) -> None:
     assert [r.Addr for r in dns.Resolvers] == ["192.0.2.53"]  # override_local_dns defaults on
     assert dns.ExtraRecords[0].Value == "100.64.0.9"
     assert "64.100.in-addr.arpa" in dns.Routes
+
+
+def test_fanout_tick_writes_deltas_in_order() -> None:
+    """With coalescing on, the batcher's tick writes deltas to idle streams itself (one
+    DATA frame each, no task wake-up); every stream still sees every change, in order."""
+
+    async def body() -> None:
+        async with control_env() as env:
+            env.app.map.batch_delay = 0.002
+            clients, streams = [], []
+            for i in range(4):
+                c = env.client(f"n{i}")
+                await c.connect()
+                assert (await c.register(env.key)).MachineAuthorized
+                s = await c.map_stream(endpoints=[f"192.0.2.{i + 1}:41641"])
+                await s.next()
+                clients.append(c)
+                streams.append(s)
+            await asyncio.sleep(0.2)
+            for s in streams:  # swallow the joins' deltas
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        await s.next(wait=0.2)
+            before = env.app.batcher.pushed
+            for k in range(3):
+                assert await clients[0].lite_update([f"198.51.100.{k + 1}:1"]) == 200
+                await asyncio.sleep(0.05)
+            for s in streams[1:]:
+                seen: list[list[str]] = []
+                while len(seen) < 3:
+                    msg = await s.next(wait=5)
+                    seen += [p["Endpoints"] for p in msg.get("PeersChangedPatch", [])
+                             if "Endpoints" in p]  # fmt: skip
+                assert seen == [[f"198.51.100.{k + 1}:1"] for k in range(3)]
+            assert env.app.batcher.pushed - before >= 9
+            for c in clients:
+                await c.close()
+
+    run(body)

@@ -124,3 +124,26 @@ def test_region_tries_nodes_in_order_and_map_change_reconnects() -> None:
                 await h.close(grace=0.5)
 
     asyncio.run(main())
+
+
+def test_packets_sent_while_connecting_go_out_once_connected() -> None:
+    """A WireGuard handshake sent before the relay connection is up must not be lost (its
+    retry comes 5 s later): the region holds it and sends it on connect."""
+
+    async def main() -> None:
+        derp = DERPServer(key(99))
+        http, url = await start(derp)
+        got: list[ClientEvent] = []
+        rc = RegionClient(key(1), url, got.append, rng=random.Random(0))
+        try:
+            assert rc.send(key(1).public(), b"early")  # not started: nothing connected yet
+            rc.start()
+            await asyncio.wait_for(rc.wait_connected(), 5)
+            await until(lambda: bool(got))
+            assert got == [F.RecvPacket(key(1).public_raw(), b"early")]
+        finally:
+            await rc.close()
+            await derp.close()
+            await http.close(grace=0.5)
+
+    asyncio.run(main())

@@ -210,7 +210,7 @@ def test_cookie_under_load() -> None:
 
 
 def test_padding_sizes_match_wireguard_go() -> None:
-    from meshscale.wireguard.datapath import padding
+    from meshscale.wireguard.transport import padding
 
     assert [n + padding(n, 1420) for n in (0, 84, 128, 1420, 1419, 1417)] == [
         0,

@@ -7,10 +7,13 @@ import ipaddress
 import re
 from typing import Any
 
+from .goflags import add_bool_flag, parse_bool
 from .localclient import CLIError
 
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+__all__ = ["add_bool_flag", "parse_bool"]
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # Flags of tailscale's `up` that belong to later work. They are refused, never ignored.
 UNSUPPORTED_UP_FLAGS = {
@@ -27,7 +30,6 @@ UNSUPPORTED_UP_FLAGS = {
     "netfilter-mode": "netfilter modes",
     "advertise-connector": "app connectors",
     "stateful-filtering": "stateful filtering",
-    "force-reauth": "forced reauthentication",
     "qr": "QR codes",
     "unattended": "unattended mode",
     "nickname": "profile nicknames",
@@ -35,35 +37,19 @@ UNSUPPORTED_UP_FLAGS = {
 
 
 def parse_duration(text: str) -> float:
-    """A Go duration as the upstream CLI takes it ("30s", "2m", "500ms"; bare seconds too)."""
+    """A Go duration (time.ParseDuration: "30s", "1m30s", "1.5h", "500ms"; bare seconds too)."""
     t = text.strip()
     try:
         v = float(t)
     except ValueError:
-        m = _DURATION_RE.match(t)
-        if m is None:
-            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (want e.g. 30s)") from None
-        v = float(m.group(1)) * _UNITS[m.group(2)]
+        parts = list(_DURATION_PART.finditer(t))
+        if not parts or "".join(m.group(0) for m in parts) != t.lstrip("+"):
+            msg = f"invalid duration {text!r} (want e.g. 1m30s)"
+            raise argparse.ArgumentTypeError(msg) from None
+        v = sum(float(m.group(1)) * _UNITS[m.group(2)] for m in parts)
     if v < 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
     return v
-
-
-def parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "t", "true", "yes"):
-        return True
-    if t in ("0", "f", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (want true or false)")
-
-
-def add_bool_flag(p: argparse.ArgumentParser, name: str, default: bool | None, help: str) -> None:
-    """``--name``, ``--name=true`` and ``--name=false``, as Go's flag package accepts."""
-    p.add_argument(
-        f"--{name}", nargs="?", const=True, default=default, type=parse_bool, metavar="BOOL",
-        help=help,
-    )  # fmt: skip
 
 
 def short_name(peer: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("-4", dest="v4", action="store_true", help="only the IPv4 address")
     g.add_argument("-6", dest="v6", action="store_true", help="only the IPv6 address")
+    g.add_argument("-1", dest="one", action="store_true", help="only the first address")
     p.add_argument("peer", nargs="?", help="a peer's name or IP instead of this node")
     p.set_defaults(run=run)
 
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         ips = [ip for ip in ips if ipaddress.ip_address(ip).version == 4][:1]
     elif args.v6:
         ips = [ip for ip in ips if ipaddress.ip_address(ip).version == 6][:1]
+    elif args.one:
+        ips = ips[:1]
     if not ips:
         raise CLIError("no matching IP address")
     for ip in ips:

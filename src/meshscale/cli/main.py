@@ -11,15 +11,19 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import down, ip, netcheck, ping, status, up, version, whois
+from meshscale import __version__
+
+from . import down, ip, netcheck, ping, setcmd, status, up, version, whois
+from .goflags import go_argv, usage
 from .localclient import DEFAULT_SOCKET, CLIError, LocalClient
 
-VERBS = (up, down, status, ip, ping, netcheck, whois, version)
+VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, version)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise CLIError(f"{message} (see '{self.prog} --help')", code=2)
+        # One line: the problem, then the verb's usage (Go's flag package prints both).
+        raise CLIError(f"{message} ({usage(self)}; see '{self.prog} --help')", code=2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("MESHSCALE_SOCKET", DEFAULT_SOCKET),
         help=f"path to meshscaled's socket (default {DEFAULT_SOCKET})",
     )
+    p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     for mod in VERBS:
         mod.register(sub)
@@ -38,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(go_argv(parser, sys.argv[1:] if argv is None else argv))
         if args.verb is None:
             parser.print_help()
             return 2

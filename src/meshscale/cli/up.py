@@ -24,7 +24,12 @@ class _Unsupported(argparse.Action):
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("up", help="connect to the tailnet, logging in if needed")
+    _add(sub.add_parser("up", help="connect to the tailnet, logging in if needed"))
+    # tailscale's `login`: the same flags as `up`; it always starts a fresh login.
+    _add(sub.add_parser("login", help="log in (again) to a control server"), login=True)
+
+
+def _add(p: argparse.ArgumentParser, login: bool = False) -> None:
     p.add_argument("--login-server", default="", metavar="URL", help="control server URL")
     p.add_argument("--authkey", "--auth-key", dest="authkey", default="", metavar="KEY",
                    help="node authorization key, or file:PATH to read it")  # fmt: skip
@@ -34,9 +39,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=parse_duration, default=0.0,
                    help="give up after this long (0 = wait forever), e.g. 30s")  # fmt: skip
     add_bool_flag(p, "json", False, "print the result as JSON")
+    add_bool_flag(p, "force-reauth", login, "log in again even if this node is logged in")
     for name in UNSUPPORTED_UP_FLAGS:
         p.add_argument(f"--{name}", nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
+
+
+def check_reverts(current: dict[str, Any], args: argparse.Namespace) -> None:
+    """tailscale's rule: an ``up`` that mentions settings must mention every non-default one
+    (or pass --reset), so a forgotten flag never silently reverts a setting."""
+    mentioned = {"login-server": bool(args.login_server), "hostname": bool(args.hostname),
+                 "accept-dns": args.accept_dns is not None}
+    if not any(mentioned.values()):
+        return  # a bare `up` brings the node up with its settings
+    now = {"login-server": current.get("ControlURL") or "",
+           "hostname": current.get("Hostname") or "",
+           "accept-dns": "false" if current.get("CorpDNS") is False else ""}
+    missing = [f"--{k}={v}" for k, v in now.items() if v and not mentioned[k]]
+    if missing:
+        raise CLIError("changing settings via 'meshscale up' requires mentioning all non-default "
+                       f"flags; add {' '.join(missing)} or use --reset (or 'meshscale set')",
+                       code=2)
 
 
 def run(args: argparse.Namespace, client: LocalClient) -> int:
@@ -53,6 +76,8 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         except OSError as exc:
             raise CLIError(f"--authkey: cannot read {auth_key[5:]}: {exc.strerror}") from exc
     current = client.get("prefs")
+    if not args.reset:
+        check_reverts(current, args)
     prefs: dict[str, Any] = {} if args.reset else dict(current)
     prefs["WantRunning"] = True
     if args.login_server or args.reset:
@@ -63,6 +88,9 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         prefs["CorpDNS"] = args.accept_dns
     if not prefs.get("ControlURL"):
         raise CLIError("no control server configured: pass --login-server=URL")
+    if args.force_reauth:
+        # Log out first: the node key is rotated and the login (URL or key) starts afresh.
+        client.post("logout", {})
     client.post("start", {"Prefs": prefs, "AuthKey": auth_key, "Reset": bool(args.reset)})
     deadline = time.monotonic() + args.timeout if args.timeout else None
     printed_url = ""

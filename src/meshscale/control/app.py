@@ -42,6 +42,7 @@ from typing import TypedDict, Unpack
 from urllib.parse import urlsplit
 
 from meshscale.control.auth import REGISTER_PATH, RegisterHandler, register_page
+from meshscale.control.auth.pages import OIDCPages, oidc_pages
 from meshscale.control.config import ControlConfig
 from meshscale.control.mapper import Batcher, MapHandler, SnapshotSource, mapper
 from meshscale.control.mapper.poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE
@@ -150,9 +151,11 @@ class ControlApp:
         *,
         clock: Callable[[], datetime] = utcnow,
         rand: Callable[[int], bytes] = os.urandom,
+        oidc: OIDCPages | None = None,
     ) -> None:
         derp_map.validate()
         self.state = state
+        self.oidc = oidc
         self.settings = settings
         self.derp_map = derp_map
         self.control_key = control_key
@@ -212,7 +215,10 @@ class ControlApp:
 
         router.add("GET", "/key", key_handler)
         router.add_upgrade("/ts2021", self.noise)
-        router.add_prefix("GET", REGISTER_PATH, register_page(self.state))
+        if self.oidc is not None:
+            self.oidc.mount(router)
+        else:
+            router.add_prefix("GET", REGISTER_PATH, register_page(self.state))
 
     async def dispatch(self, req: NoiseRequest) -> Response:
         self._ensure_pump()
@@ -307,4 +313,5 @@ def build_app(
     settings = config if isinstance(config, AppSettings) else AppSettings.from_config(config)
     if overrides:
         settings = replace(settings, **overrides)
-    return ControlApp(state, settings, derp_map, control_key, clock=clock, rand=rand)
+    oidc = oidc_pages(config, state) if isinstance(config, ControlConfig) else None
+    return ControlApp(state, settings, derp_map, control_key, clock=clock, rand=rand, oidc=oidc)

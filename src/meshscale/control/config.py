@@ -29,6 +29,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from meshscale.control.ipalloc import AllocationStrategy
+from meshscale.control.oidcconfig import OIDCConfig, validate_oidc
 from meshscale.control.state import StateOptions
 from meshscale.control.yamlkeys import (
     MISSING,
@@ -156,31 +157,6 @@ class DNSConfig:
 class PolicyConfig:
     mode: Literal["file", "database"]
     path: Path | None
-
-
-@dataclass(frozen=True, slots=True)
-class OIDCConfig:
-    """Parsed so Headscale configs load; meshscale does not run OIDC logins yet."""
-
-    issuer: str = ""
-    client_id: str = ""
-    client_secret: str = field(default="", repr=False)
-    client_secret_path: Path | None = None
-    scope: tuple[str, ...] = ("openid", "profile", "email")
-    extra_params: Mapping[str, str] = field(default_factory=dict)
-    allowed_domains: tuple[str, ...] = ()
-    allowed_users: tuple[str, ...] = ()
-    allowed_groups: tuple[str, ...] = ()
-    email_verified_required: bool = True
-    only_start_if_oidc_is_available: bool = True
-    use_expiry_from_token: bool = False
-    expiry: timedelta | None = None
-    pkce_enabled: bool = False
-    pkce_method: str = "S256"
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.issuer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,12 +530,14 @@ def _oidc(r: Reader, sd: Path) -> OIDCConfig:
         expiry=r.duration("oidc.expiry", expiry_text) if expiry_text else None,
         pkce_enabled=r.flag("oidc.pkce.enabled", False),
         pkce_method=r.text("oidc.pkce.method", "S256"),
+        groups_claim=r.text("oidc.groups_claim", "groups"),
     )
     r.read.add("oidc.strip_email_domain")
-    if cfg.enabled:
+    validate_oidc(cfg)
+    if cfg.enabled and not cfg.only_start_if_oidc_is_available:
         r.warnings.append(
-            "oidc: parsed but OIDC login is not implemented yet; interactive logins are "
-            "completed with `meshscale-control nodes register`"
+            "oidc.only_start_if_oidc_is_available: false has no effect: discovery runs at the "
+            "first login, and an unreachable provider gives that login a 502"
         )
     return cfg
 

@@ -36,12 +36,20 @@ from meshscale.control.cli import (
     OUTPUT_FORMATS,
     AdminClient,
     AdminError,
+    Output,
     Parser,
     UsageError,
     add_commands,
+    connect,
     run_admin,
 )
-from meshscale.control.cli.common import API_KEY_ENV, URL_ENV
+from meshscale.control.cli.common import API_KEY_ENV, URL_ENV, hoist_persistent
+from meshscale.control.cli.extra import (
+    OFFLINE_COMMANDS,
+    add_extra_commands,
+    run_health,
+    run_offline,
+)
 from meshscale.control.config import (
     CONFIG_ENV,
     ConfigError,
@@ -66,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help=f"API key for --url (or ${API_KEY_ENV})")
     p.add_argument("--socket", help="the server's unix socket (default from the config)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--force", action="store_true", help="answer yes to confirmation questions")
+    p.add_argument("--version", action="version", version=f"{PROG} {program_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     sub.add_parser("serve", help="run the control server")
@@ -76,9 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--noise-key", help="Headscale's noise_private.key (keeps the control key)")
     c.add_argument("--derp-key", help="Headscale's derp_server_private.key")
     sub.add_parser("configtest", help="check the configuration")
+    add_extra_commands(sub)
 
     add_commands(sub)
     return p
+
+
+def program_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("meshscale")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "(unknown version)"
 
 
 def load(args: argparse.Namespace) -> ControlConfig:
@@ -208,15 +228,13 @@ def import_headscale(cfg: ControlConfig, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(hoist_persistent(sys.argv[1:] if argv is None else argv))
     if args.command == "version":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            sys.stdout.write(f"meshscale-control {version('meshscale')}\n")
-        except PackageNotFoundError:  # pragma: no cover - running from a source tree
-            sys.stdout.write("meshscale-control (unknown version)\n")
+        sys.stdout.write(f"meshscale-control {program_version()}\n")
         return 0
+    if args.command in OFFLINE_COMMANDS:
+        return run_offline(args, parser)
     try:
         cfg = load(args)
     except ConfigError as exc:
@@ -235,13 +253,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "import-headscale":
             sys.stdout.write(import_headscale(cfg, args) + "\n")
+        elif args.command == "health":
+            run_health(connect(args, cfg), Output(args.output))
         else:
             run_admin(args, cfg)
     except UsageError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc} (see --help)\n")
+        if not Output(args.output).error(str(exc)):
+            sys.stderr.write(f"{PROG}: error: {exc} (see --help)\n")
         return 2
     except (AdminError, ValueError, StoreError) as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        if not Output(args.output).error(str(exc)):
+            sys.stderr.write(f"{PROG}: error: {exc}\n")
         return 1
     return 0
 

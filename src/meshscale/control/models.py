@@ -71,6 +71,9 @@ class User:
     email: str = ""
     provider_id: str | None = None  # None for local users; set for OIDC users
     created_at: datetime | None = None
+    oidc_issuer: str | None = None  # with oidc_subject: the identity of an OIDC user
+    oidc_subject: str | None = None
+    groups: tuple[str, ...] = ()  # the IdP's groups at the last sign-in
 
     @property
     def login_name(self) -> str:

@@ -55,6 +55,14 @@ class NoiseStream:
         if plaintext:
             self.raw.write(self.conn.send(plaintext))
 
+    def writable(self) -> bool:
+        """True when a write now would not queue past DRAIN_THRESHOLD (nor hit a closed
+        connection): the map fan-out writes synchronously only then."""
+        transport: asyncio.WriteTransport | None = getattr(self.raw, "transport", None)
+        if transport is None:
+            return False
+        return not transport.is_closing() and transport.get_write_buffer_size() < DRAIN_THRESHOLD
+
     async def drain(self) -> None:
         """Wait for the socket buffer to empty; a peer that stops reading for WRITE_TIMEOUT
         loses the connection (ConnectionError), so it cannot pin a session forever."""

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import random
 import ssl as ssl_module
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from ..derp.client import ClientEvent
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MAX = 5.0  # seconds
 IDLE_REGION_TIMEOUT = 60.0  # seconds without writes before a non-home region is closed
+HELD_WHILE_CONNECTING = 32  # packets kept for a region until its connection is up
 NODE_DIAL_TIMEOUT = 1.5  # seconds per region node (TCP + TLS) when the region has others
 
 
@@ -60,6 +62,7 @@ class RegionClient:
         self._rng = rng or random.Random()
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
+        self._held: deque[tuple[NodePublic | bytes, bytes]] = deque(maxlen=HELD_WHILE_CONNECTING)
 
     @property
     def url(self) -> str:
@@ -81,7 +84,12 @@ class RegionClient:
     def send(self, dst: NodePublic | bytes, packet: bytes) -> bool:
         self.last_write = asyncio.get_running_loop().time()
         c = self.client
-        return c is not None and c.connected and c.send(dst, packet)
+        if c is not None and c.connected:
+            return c.send(dst, packet)
+        # Still connecting: hold a few packets (a WireGuard handshake retries only after 5 s,
+        # so dropping the first one costs the first packet 5 s).
+        self._held.append((dst, packet))
+        return True
 
     async def _connect_any(self) -> DERPClient:
         dial = NODE_DIAL_TIMEOUT if len(self.urls) > 1 else None
@@ -110,6 +118,8 @@ class RegionClient:
                 if self.preferred:
                     client.note_preferred(True)
                 self._up.set()
+                while self._held:
+                    client.send(*self._held.popleft())
                 while True:
                     for ev in await client.recv_many():
                         self.on_event(ev)

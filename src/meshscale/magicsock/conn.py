@@ -190,6 +190,10 @@ class Conn:
             self.home_derp = 0
         if changed and self._restun_at is not None:
             self._restun(now, force_full=True)
+        if not self.home_derp and self.netcheck.last_report is None:
+            # A provisional home until the first netcheck picks the nearest: without it the
+            # node cannot relay until STUN times out (seconds behind a UDP-blocking NAT).
+            self._set_home(0)
 
     def set_local_addresses(self, ips: Iterable[IPAddress], now: float) -> None:
         """Addresses of our interfaces, advertised with our port as EndpointLocal."""
@@ -301,7 +305,10 @@ class Conn:
         if ep.has_actions():
             self._drain(ep, now)
         if udp is None and region == 0:
-            region = self._last_derp_region.get(peer, 0)
+            # A peer whose home DERP we do not know yet (its first netmap entry can precede
+            # its report) is tried via our own home: that relay forwards when the peer is
+            # connected there, and drops it otherwise, as if nothing had been sent.
+            region = self._last_derp_region.get(peer, 0) or self.home_derp
             if region == 0:
                 self._stats["send_no_udp_or_derp"] += len(datagrams)
                 return False

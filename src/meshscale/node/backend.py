@@ -51,6 +51,8 @@ log = logging.getLogger("meshscale.backend")
 
 LINK_POLL = 0.5  # seconds between checks of local addresses (roaming detection)
 TRAFFIC_POLL = 1.0  # seconds between samples of per-peer byte counters
+RELAY_READY_WAIT = 10.0  # seconds Running waits for the home DERP connection, at most
+RELAY_READY_POLL = 0.02  # seconds
 
 
 def _addr_text(a: AddrPort) -> str:
@@ -87,6 +89,7 @@ class Backend:
         self._filter_key: Any = None
         self._local4: frozenset[bytes] = frozenset()
         self._local6: frozenset[bytes] = frozenset()
+        self._ready_task: asyncio.Task[None] | None = None
         engine.filter_in = self._filter_in
         engine.filter_out = self._filter_out
 
@@ -100,7 +103,7 @@ class Backend:
             self._start_control("")
 
     async def close(self) -> None:
-        for task in (self._link_task, self._traffic_task):
+        for task in (self._link_task, self._traffic_task, self._ready_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -337,11 +340,43 @@ class Backend:
         self._apply_peers()
         self._apply_filter()
         if me is not None and me.MachineAuthorized:
-            self.state = S.RUNNING
-            self.auth_url = ""
-            self.health = [h for h in self.health if not h.startswith("login:")]
+            if self.state != S.RUNNING and not self._relay_ready():
+                # Running means usable: wait (bounded) for the home DERP connection, so the
+                # first packet to a relay-only peer does not hit a relay still connecting.
+                if self._ready_task is None or self._ready_task.done():
+                    self._ready_task = asyncio.get_running_loop().create_task(
+                        self._running_when_relay_ready()
+                    )
+                return
+            self._set_running()
         elif me is not None:
             self.state = S.NEEDS_MACHINE_AUTH
+
+    def _relay_ready(self) -> bool:
+        """The home DERP region is chosen and connected (or there is no DERP at all)."""
+        derp = self.bind.derp
+        if derp is None or self.bind.loop is None or not self.netmap.derp_map.Regions:
+            return True  # no relay configured, or the bind is not running (nothing to wait for)
+        rc = derp.regions.get(self.bind.core.home_derp)
+        return rc is not None and rc.client is not None and rc.client.connected
+
+    async def _running_when_relay_ready(self) -> None:
+        # Polled: the home region itself may still change (netcheck) while we wait.
+        for _ in range(int(RELAY_READY_WAIT / RELAY_READY_POLL)):
+            if self._relay_ready():
+                break
+            await asyncio.sleep(RELAY_READY_POLL)
+        if not self._relay_ready():
+            self.health = [*self.health, "no DERP relay connection: relayed peers unreachable"]
+            log.warning("home DERP not connected after %.0f s; running anyway", RELAY_READY_WAIT)
+        me = self.netmap.self_node
+        if self.state == S.STARTING and me is not None and me.MachineAuthorized:
+            self._set_running()
+
+    def _set_running(self) -> None:
+        self.state = S.RUNNING
+        self.auth_url = ""
+        self.health = [h for h in self.health if not h.startswith("login:")]
 
     def _clear_addresses(self) -> None:
         """Down or logged out: the interface stays, without tailnet addresses."""

@@ -1,9 +1,9 @@
 """The transport hot path: seal TUN packets, open transport messages
 (docs/protocol/wireguard.md §5.1-5.2).
 
-Written for throughput: batches in, per-peer grouping, bound methods in locals, no per-packet
-logging or events, timers and counters updated once per peer per batch. Bad packets are
-dropped and counted by reason in `drops`.
+Written for throughput: batches in, per-peer grouping, one seal call per peer per batch
+(transport.py), no per-packet logging or events, timers and counters updated once per peer per
+batch. Bad packets are dropped and counted by reason in `drops`.
 """
 
 from __future__ import annotations
@@ -13,32 +13,17 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-
 from .allowedips import AllowedIPs
 from .constants import MESSAGE_TRANSPORT, MIN_TRANSPORT_SIZE, REJECT_AFTER_TIME
-from .crypto import pack_nonce
 from .messages import TRANSPORT_HEADER
 from .peer import Endpoint, Keypair, Peer
 
 if TYPE_CHECKING:
     from collections import deque
 
-_ZEROS = bytes(16)
-_pack_header = TRANSPORT_HEADER.pack
 _unpack_header = TRANSPORT_HEADER.unpack_from
 
 Message = list[bytes]  # [16-byte header, ciphertext]: sent as one datagram, never joined here
-
-
-def padding(length: int, mtu: int) -> int:
-    """Zero bytes to append so the plaintext is a multiple of 16, capped at the MTU
-    (wireguard-go send.go calculatePaddingSize)."""
-    if not mtu:
-        return (-length) & 15
-    last = length % mtu if length > mtu else length
-    padded = min((last + 15) & ~15, mtu)
-    return padded - last
 
 
 class DataPath:
@@ -71,24 +56,9 @@ class DataPath:
         self, peer: Peer, kp: Keypair, packets: Sequence[bytes | memoryview], now: float
     ) -> list[Message]:
         """Encrypt packets under kp; returns [header, ciphertext] pairs. Updates counters."""
-        mtu = self.mtu
-        seal = kp.seal
-        counter = kp.send_counter
-        remote = kp.remote_index
-        out: list[Message] = []
-        append = out.append
-        nbytes = 0
-        n = kp.sent_hint
-        for pkt in packets:
-            n = next(counter)
-            length = len(pkt)
-            pad = (-length) & 15
-            if pad and length + pad > mtu:
-                pad = padding(length, mtu)
-            ct = seal(pack_nonce(n), bytes(pkt) + _ZEROS[:pad] if pad else pkt, None)
-            nbytes += len(ct) + 16
-            append([_pack_header(MESSAGE_TRANSPORT, remote, n), ct])
-        kp.sent_hint = n
+        out, nbytes, last = kp.sealer.seal_batch(packets, kp.remote_index, self.mtu)
+        if out:
+            kp.sent_hint = last
         peer.tx_bytes += nbytes
         return out
 
@@ -192,7 +162,7 @@ class DataPath:
                 else:
                     drops["short"] += 1
                 continue
-            mtype, index, counter = _unpack_header(data)
+            mtype, index, _ = _unpack_header(data)
             if mtype != MESSAGE_TRANSPORT:
                 others.append((data, ep))
                 continue
@@ -203,12 +173,11 @@ class DataPath:
             if kp is not cur_kp and now - kp.created >= REJECT_AFTER_TIME:
                 drops["expired_keypair"] += 1
                 continue
-            try:
-                pt = kp.open(pack_nonce(counter), data[16:], None)
-            except InvalidTag:
+            pt = kp.opener.open(data)  # AEAD, then the replay window (only if authentic)
+            if pt is None:
                 drops["auth"] += 1
                 continue
-            if not kp.replay.accept(counter):
+            if pt is False:
                 drops["replay"] += 1
                 continue
             if kp is not cur_kp:

@@ -7,17 +7,13 @@ data path is one attribute store.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .constants import MAX_STAGED_PACKETS
 from .cookie import CookieGenerator
 from .noise import InitiatorState, SessionKeys
-from .replay import ReplayFilter
+from .transport import OpenerLike, SealerLike, make_opener, make_sealer
 
 # Where a peer is reached: (IP text, IPv6 scope kept as "%zone"; port), or a synthetic
 # ("nodekey:<hex>", 0) that the node's bind maps to a real path (wireguard-go conn.Endpoint).
@@ -25,28 +21,24 @@ Endpoint = tuple[str, int]
 
 
 class Keypair:
-    """One session's transport keys. The TX side owns send_counter, the RX side owns replay."""
+    """One session's transport keys. The sealer owns the send counter, the opener the replay
+    window (transport.py)."""
 
     __slots__ = (
         "created",
         "is_initiator",
         "local_index",
-        "open",
+        "opener",
         "peer",
         "remote_index",
-        "replay",
-        "seal",
-        "send_counter",
+        "sealer",
         "sent_hint",
     )
 
     def __init__(self, keys: SessionKeys, peer: Peer, now: float) -> None:
-        self.seal = ChaCha20Poly1305(keys.send_key).encrypt
-        self.open = ChaCha20Poly1305(keys.receive_key).decrypt
-        # next() on itertools.count is atomic under the GIL: two threads never get one nonce.
-        self.send_counter: Iterator[int] = itertools.count()
+        self.sealer: SealerLike = make_sealer(keys.send_key)
+        self.opener: OpenerLike = make_opener(keys.receive_key)
         self.sent_hint = 0  # last counter used, updated per batch (for rekey-after-messages)
-        self.replay = ReplayFilter()
         self.created = now
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index

@@ -158,6 +158,7 @@ def test_stream_for_a_node_deleted_before_it_starts_is_an_error_not_an_empty_200
 
 def test_coalesce_delay_rate_limits_busy_streams_only() -> None:
     from meshscale.control.mapper.batcher import MapSession
+    from meshscale.control.mapper.poll import MESSAGE_GAP_PER_STREAM
     from meshscale.control.models import NodeID
 
     _, h, batcher = make(batch_delay=0.005)
@@ -165,6 +166,7 @@ def test_coalesce_delay_rate_limits_busy_streams_only() -> None:
         batcher.add(MapSession(NodeID(i + 10)))
     # Quiet stream: only the base delay. Busy stream (wrote 10 ms ago): waits out the gap.
     assert h.coalesce_delay(last_write=0.0, now=100.0) == 0.005
-    assert h.coalesce_delay(last_write=100.0, now=100.01) == pytest.approx(0.09)
+    gap = 1000 * MESSAGE_GAP_PER_STREAM
+    assert h.coalesce_delay(last_write=100.0, now=100.01) == pytest.approx(gap - 0.01)
     _, h0, _ = make(batch_delay=0.0)
     assert h0.coalesce_delay(last_write=100.0, now=100.0) == 0.0

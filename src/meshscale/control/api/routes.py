@@ -208,6 +208,14 @@ def register_node(c: Call) -> dict[str, Any]:
     return {"node": node_json(node, c.state)}
 
 
+def reject_registration(c: Call) -> dict[str, Any]:
+    key = c.query.get("key", "")
+    if not key:
+        raise BadRequest("missing key (the registration id from the AuthURL)")
+    c.state.cancel_registration(key.rsplit("/", 1)[-1])
+    return {}
+
+
 def list_registrations(c: Call) -> dict[str, Any]:
     return {
         "registrations": [
@@ -331,6 +339,8 @@ ROUTES: tuple[Route, ...] = (
        move_node, "NodeOne", body={"user": "string"}),
     _r("POST", f"{V1}/node/register", "registerNode", "Complete a pending registration",
        "Nodes", register_node, "NodeOne", query=("user", "key")),
+    _r("POST", f"{V1}/registration/reject", "rejectRegistration",
+       "Reject a pending registration", "Nodes", reject_registration, "Empty", query=("key",)),
     _r("GET", f"{V1}/registration", "listRegistrations", "List pending registrations",
        "Nodes", list_registrations, "RegistrationList"),
     _r("GET", f"{V1}/preauthkey", "listPreAuthKeys", "List pre-auth keys", "PreAuthKeys",

@@ -6,8 +6,8 @@ import argparse
 from typing import Final
 from urllib.parse import quote
 
-from meshscale.control.cli.client import AdminClient
-from meshscale.control.cli.common import Noun, Parser, Subparsers, expiration_from
+from meshscale.control.cli.client import AdminClient, AdminError
+from meshscale.control.cli.common import Noun, Parser, Subparsers, UsageError, expiration_from
 from meshscale.control.cli.output import Column, Output, when
 
 APIKEY_COLUMNS: Final[list[Column]] = [
@@ -48,7 +48,8 @@ def add_verbs(aps: Subparsers[Parser]) -> None:
     aps.add_parser("list", aliases=["ls"])
     for verb in ("expire", "delete"):
         c = aps.add_parser(verb)
-        c.add_argument("-p", "--prefix", required=True)
+        c.add_argument("-p", "--prefix")
+        c.add_argument("--id", help="the key's id (instead of --prefix)")
 
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
@@ -57,7 +58,19 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     elif verb == "list":
         apikeys_list(c, o)
     else:
-        apikeys_expire(c, o, args.prefix, delete=verb == "delete")
+        apikeys_expire(c, o, prefix_of(c, args.prefix, args.id), delete=verb == "delete")
+
+
+def prefix_of(c: AdminClient, prefix: str | None, key_id: str | None) -> str:
+    """The prefix --prefix names, or the one of the key --id names."""
+    if prefix:
+        return prefix
+    if not key_id:
+        raise UsageError("give --prefix PREFIX or --id ID")
+    for key in c.request("GET", "/api/v1/apikey")["apiKeys"]:
+        if str(key["id"]) == key_id:
+            return str(key["prefix"])
+    raise AdminError(f"no API key with id {key_id[:30]!r}")
 
 
 NOUN: Final = Noun("apikeys", ("apikey",), "manage API keys", add_verbs, run)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from meshscale.control.cli.client import AdminClient
 from meshscale.control.cli.output import Output
@@ -85,7 +85,59 @@ def connect(args: argparse.Namespace, cfg: ControlConfig) -> AdminClient:
         key = args.api_key or os.environ.get(API_KEY_ENV) or cfg.cli.api_key
         if not key:
             raise UsageError("--url needs --api-key (or $MESHSCALE_CONTROL_API_KEY)")
-        return AdminClient(url=url, api_key=key, insecure=cfg.cli.insecure,
-                           timeout=max(cfg.cli.timeout.total_seconds(), 1.0))
+        return AdminClient(
+            url=url,
+            api_key=key,
+            insecure=cfg.cli.insecure,
+            timeout=max(cfg.cli.timeout.total_seconds(), 1.0),
+        )
     sock = args.socket or str(cfg.unix_socket)
     return AdminClient(unix_socket=sock, timeout=max(cfg.cli.timeout.total_seconds(), 1.0))
+
+
+# Headscale's persistent flags (cobra): accepted anywhere on the line, like `nodes list -o json`.
+PERSISTENT_VALUED: Final = {
+    "-c": "--config",
+    "--config": "--config",
+    "-o": "--output",
+    "--output": "--output",
+}
+
+
+def hoist_persistent(argv: Sequence[str]) -> list[str]:
+    """``argv`` with -c/--config, -o/--output and --force moved before the command, so the
+    top-level parser takes them wherever they were typed (``--`` ends the search)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name, eq, value = arg.partition("=")
+        if arg == "--force":
+            front.append(arg)
+        elif name in PERSISTENT_VALUED and eq:
+            front.append(f"{PERSISTENT_VALUED[name]}={value}")
+        elif arg in PERSISTENT_VALUED and i + 1 < len(argv):
+            front += [PERSISTENT_VALUED[arg], argv[i + 1]]
+            i += 1
+        elif arg[:2] in ("-c", "-o") and len(arg) > 2 and not arg.startswith("--"):
+            front.append(f"{PERSISTENT_VALUED[arg[:2]]}={arg[2:]}")  # -ojson
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """Ask ``question`` at a terminal unless --force; refuse without one (scripts pass --force)."""
+    if getattr(args, "force", False):
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} -- not at a terminal: pass --force to confirm")
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+        raise UsageError("not confirmed (pass --force to skip the question)")

@@ -7,7 +7,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from meshscale.control.cli.client import AdminClient, AdminError
-from meshscale.control.cli.common import Noun, Parser, Subparsers, split
+from meshscale.control.cli.common import Noun, Parser, Subparsers, confirm, split
 from meshscale.control.cli.output import Column, Output, expired, when, yes
 
 NODE_COLUMNS: Final[list[Column]] = [
@@ -37,8 +37,29 @@ def nodes_list(c: AdminClient, o: Output, user: str | None) -> None:
 def nodes_register(c: AdminClient, o: Output, user: str, key: str) -> None:
     payload = c.request("POST", "/api/v1/node/register", query={"user": user, "key": key})
     node = payload["node"]
-    o.message(payload, f"Node {node['givenName']!r} registered (id {node['id']}, "
-                       f"{', '.join(node['ipAddresses'])})")
+    o.message(
+        payload,
+        f"Node {node['givenName']!r} registered (id {node['id']}, "
+        f"{', '.join(node['ipAddresses'])})",
+    )
+
+
+ROUTE_COLUMNS: Final[list[Column]] = [
+    ("ID", lambda n: n["id"]),
+    ("Hostname", lambda n: n["givenName"]),
+    ("Approved", lambda n: ", ".join(n["approvedRoutes"])),
+    ("Available", lambda n: ", ".join(n["availableRoutes"])),
+    ("Serving (Primary)", lambda n: ", ".join(n["subnetRoutes"])),
+]
+
+
+def nodes_routes(c: AdminClient, o: Output, node_id: str | None) -> None:
+    """Headscale's ``nodes list-routes``: the nodes that have routes, with them."""
+    nodes = c.request("GET", "/api/v1/node")["nodes"]
+    if node_id is not None:
+        nodes = [n for n in nodes if str(n["id"]) == node_id]
+    nodes = [n for n in nodes if n["approvedRoutes"] or n["availableRoutes"]]
+    o.table(nodes, nodes, ROUTE_COLUMNS)
 
 
 def nodes_pending(c: AdminClient, o: Output) -> None:
@@ -47,7 +68,12 @@ def nodes_pending(c: AdminClient, o: Output) -> None:
 
 
 def node_action(
-    c: AdminClient, o: Output, node_id: str, method: str, suffix: str, done: str,
+    c: AdminClient,
+    o: Output,
+    node_id: str,
+    method: str,
+    suffix: str,
+    done: str,
     body: dict[str, Any] | None = None,
 ) -> None:
     if not node_id.isdigit():
@@ -59,6 +85,8 @@ def node_action(
 def add_verbs(ns: Subparsers[Parser]) -> None:
     c = ns.add_parser("list", aliases=["ls"])
     c.add_argument("-u", "--user")
+    c = ns.add_parser("list-routes", aliases=["routes"], help="routes nodes announce/approve")
+    c.add_argument("-i", "--identifier", help="node id (default: every node)")
     ns.add_parser("pending", help="list registrations waiting for `nodes register`")
     c = ns.add_parser("register")
     c.add_argument("-u", "--user", required=True)
@@ -66,19 +94,23 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
     for verb in ("delete", "expire", "rename", "tag", "move", "approve-routes"):
         c = ns.add_parser(verb)
         c.add_argument("-i", "--identifier", required=True, help="node id")
-        if verb == "delete":
-            c.add_argument("--force", action="store_true")
-        elif verb == "rename":
+        if verb == "rename":
             c.add_argument("new_name")
         elif verb == "tag":
-            c.add_argument("-t", "--tags", action="append", default=[],
-                           help="tag:name (repeat or comma-separate; none clears)")
+            c.add_argument(
+                "-t",
+                "--tags",
+                action="append",
+                default=[],
+                help="tag:name (repeat or comma-separate; none clears)",
+            )
         elif verb == "move":
             c.add_argument("-u", "--user", required=True)
         elif verb == "approve-routes":
             c.add_argument("-r", "--routes", default="", help="comma-separated prefixes")
         elif verb == "expire":
             c.add_argument("-e", "--expiry", help="RFC 3339 time (default now)")
+            c.add_argument("--disable", action="store_true", help="the node key never expires")
 
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
@@ -88,27 +120,50 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     if verb == "register":
         nodes_register(c, o, args.user, args.key)
         return
+    if verb in ("list-routes", "routes"):
+        nodes_routes(c, o, args.identifier)
+        return
     if verb == "pending":
         nodes_pending(c, o)
         return
     nid = args.identifier
     if verb == "delete":
+        confirm(args, f"Delete node {nid}?")
         node_action(c, o, nid, "DELETE", "", f"Node {nid} deleted")
     elif verb == "expire":
-        body = {"expiry": args.expiry} if args.expiry else {}
-        node_action(c, o, nid, "POST", "/expire", f"Node {nid} expired", body)
+        if args.disable:
+            if args.expiry:
+                raise AdminError("--disable and --expiry exclude each other")
+            node_action(c, o, nid, "POST", "/expire", f"Node {nid} expiry disabled",
+                        {"disableExpiry": True})
+        else:
+            body = {"expiry": args.expiry} if args.expiry else {}
+            node_action(c, o, nid, "POST", "/expire", f"Node {nid} expired", body)
     elif verb == "rename":
-        node_action(c, o, nid, "POST", f"/rename/{quote(args.new_name, safe='')}",
-                    f"Node {nid} renamed to {args.new_name!r}")
+        node_action(
+            c,
+            o,
+            nid,
+            "POST",
+            f"/rename/{quote(args.new_name, safe='')}",
+            f"Node {nid} renamed to {args.new_name!r}",
+        )
     elif verb == "tag":
-        node_action(c, o, nid, "POST", "/tags", f"Node {nid} tagged",
-                    {"tags": split(args.tags)})
+        node_action(c, o, nid, "POST", "/tags", f"Node {nid} tagged", {"tags": split(args.tags)})
     elif verb == "move":
-        node_action(c, o, nid, "POST", "/user", f"Node {nid} moved to {args.user!r}",
-                    {"user": args.user})
+        node_action(
+            c, o, nid, "POST", "/user", f"Node {nid} moved to {args.user!r}", {"user": args.user}
+        )
     elif verb == "approve-routes":
-        node_action(c, o, nid, "POST", "/approve_routes", f"Routes of node {nid} set",
-                    {"routes": split([args.routes])})
+        node_action(
+            c,
+            o,
+            nid,
+            "POST",
+            "/approve_routes",
+            f"Routes of node {nid} set",
+            {"routes": split([args.routes])},
+        )
 
 
 NOUN: Final = Noun("nodes", ("node",), "manage nodes", add_verbs, run)

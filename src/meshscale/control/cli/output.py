@@ -12,6 +12,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from meshscale.control.cli.protoshape import go_json
+
 OUTPUT_FORMATS: Final = ("table", "json", "json-line", "yaml")
 
 # A table column: its heading, and how a row (a JSON object of the REST API) shows in it.
@@ -50,8 +52,10 @@ class Output:
 
     def data(self, payload: Any) -> bool:
         """Print ``payload`` in a machine format; False in table mode (caller prints)."""
+        if self.fmt in ("json", "json-line", "yaml"):
+            payload = go_json(payload)
         if self.fmt == "json":
-            self.out.write(json.dumps(payload, indent=2) + "\n")
+            self.out.write(json.dumps(payload, indent="\t") + "\n")
         elif self.fmt == "json-line":
             self.out.write(json.dumps(payload, separators=(",", ":")) + "\n")
         elif self.fmt == "yaml":
@@ -70,6 +74,10 @@ class Output:
         for row in rows:
             table.add_row(*(str(get(row)) for _, get in columns))
         Console(file=self.out, width=200, no_color=not self.out.isatty()).print(table)
+
+    def error(self, text: str) -> bool:
+        """Print an error as Headscale does under a machine format; False in table mode."""
+        return self.data({"error": text})
 
     def message(self, payload: Any, text: str) -> None:
         # Machine formats print the object itself ({"user": {...}} -> {...}).

@@ -1,4 +1,4 @@
-"""``meshscale-control preauthkeys``: create, list, expire."""
+"""``meshscale-control preauthkeys``: create, list, expire, delete."""
 
 from __future__ import annotations
 
@@ -35,11 +35,20 @@ def preauthkeys_list(c: AdminClient, o: Output, user: str | None) -> None:
 
 
 def preauthkeys_create(
-    c: AdminClient, o: Output, user: str, reusable: bool, ephemeral: bool,
-    expiration: str | None, tags: list[str],
+    c: AdminClient,
+    o: Output,
+    user: str,
+    reusable: bool,
+    ephemeral: bool,
+    expiration: str | None,
+    tags: list[str],
 ) -> None:
-    body: dict[str, Any] = {"user": user, "reusable": reusable, "ephemeral": ephemeral,
-                            "aclTags": tags}
+    body: dict[str, Any] = {
+        "user": user,
+        "reusable": reusable,
+        "ephemeral": ephemeral,
+        "aclTags": tags,
+    }
     exp = expiration_from(expiration or "1h")
     if exp is not None:
         body["expiration"] = exp
@@ -62,22 +71,28 @@ def add_verbs(ps: Subparsers[Parser]) -> None:
     c.add_argument("--tags", action="append", default=[], help="tag:name (comma-separated)")
     c = ps.add_parser("list", aliases=["ls"])
     c.add_argument("-u", "--user")
-    c = ps.add_parser("expire")
-    c.add_argument("key", nargs="?", help="the key (or its prefix)")
-    c.add_argument("--id")
-    c.add_argument("-u", "--user", help="accepted for Headscale parity")
+    for verb in ("expire", "delete"):
+        c = ps.add_parser(verb)
+        c.add_argument("key", nargs="?", help="the key (or its prefix)")
+        c.add_argument("--id")
+        c.add_argument("-u", "--user", help="accepted for Headscale parity")
 
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     if verb == "create":
-        preauthkeys_create(c, o, args.user, args.reusable, args.ephemeral,
-                           args.expiration, split(args.tags))
+        preauthkeys_create(
+            c, o, args.user, args.reusable, args.ephemeral, args.expiration, split(args.tags)
+        )
     elif verb == "list":
         preauthkeys_list(c, o, args.user)
     else:
         if not (args.id or args.key):
-            raise UsageError("preauthkeys expire needs --id ID or the KEY")
-        preauthkeys_expire(c, o, args.id, args.key)
+            raise UsageError(f"preauthkeys {verb} needs --id ID or the KEY")
+        if verb == "delete":
+            query = {"id": args.id} if args.id else {"key": args.key}
+            o.message(c.request("DELETE", "/api/v1/preauthkey", query=query), "Key deleted")
+        else:
+            preauthkeys_expire(c, o, args.id, args.key)
 
 
 NOUN: Final = Noun("preauthkeys", ("preauthkey",), "manage pre-auth keys", add_verbs, run)

@@ -7,7 +7,7 @@ from typing import Final
 from urllib.parse import quote
 
 from meshscale.control.cli.client import AdminClient, AdminError
-from meshscale.control.cli.common import Noun, Parser, Subparsers, pick
+from meshscale.control.cli.common import Noun, Parser, Subparsers, confirm, pick
 from meshscale.control.cli.output import Column, Output, when
 
 USER_COLUMNS: Final[list[Column]] = [
@@ -36,8 +36,9 @@ def user_id(c: AdminClient, ref: str) -> str:
 
 
 def users_create(c: AdminClient, o: Output, name: str, display: str, email: str) -> None:
-    payload = c.request("POST", "/api/v1/user",
-                        {"name": name, "displayName": display, "email": email})
+    payload = c.request(
+        "POST", "/api/v1/user", {"name": name, "displayName": display, "email": email}
+    )
     o.message(payload, f"User {payload['user']['name']!r} created (id {payload['user']['id']})")
 
 
@@ -71,7 +72,6 @@ def add_verbs(us: Subparsers[Parser]) -> None:
     c.add_argument("user", nargs="?", help="name or id")
     c.add_argument("-i", "--identifier")
     c.add_argument("-n", "--name")
-    c.add_argument("--force", action="store_true", help="accepted for Headscale parity")
 
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
@@ -84,7 +84,9 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         new = pick(args.new_name, args.new, what="new name (-r NAME)")
         users_rename(c, o, old, new)
     else:
-        users_delete(c, o, pick(args.identifier, args.name, args.user, what="user (-i or -n)"))
+        ref = pick(args.identifier, args.name, args.user, what="user (-i or -n)")
+        confirm(args, f"Delete user {ref!r}?")
+        users_delete(c, o, ref)
 
 
 NOUN: Final = Noun("users", ("user",), "manage users", add_verbs, run)

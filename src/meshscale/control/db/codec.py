@@ -61,6 +61,9 @@ def user_from_row(row: Row) -> User:
             email=str(row["email"] or ""),
             provider_id=row["provider_id"],
             created_at=ts_from_db(row["created_at"]),
+            oidc_issuer=row["oidc_issuer"],
+            oidc_subject=row["oidc_subject"],
+            groups=tuple(str(g) for g in _json_list(row["idp_groups"])),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"users row {row['id']}: {exc}") from exc
@@ -73,6 +76,9 @@ def user_to_row(user: User) -> dict[str, Any]:
         "email": user.email,
         "provider_id": user.provider_id,
         "created_at": ts_to_db(user.created_at),
+        "oidc_issuer": user.oidc_issuer,
+        "oidc_subject": user.oidc_subject,
+        "idp_groups": json.dumps(list(user.groups)),
     }
 
 

@@ -21,13 +21,19 @@ CREATE TABLE users (
   email text NOT NULL DEFAULT '',
   -- NULL for local users; the OIDC issuer+subject for users from an identity provider.
   provider_id text,
-  created_at text NOT NULL
+  created_at text NOT NULL,
+  -- OIDC users: issuer and subject verbatim (the identity; never the email).
+  oidc_issuer text,
+  oidc_subject text,
+  idp_groups text NOT NULL DEFAULT '[]'
 );
 -- A local user is identified by name: two local users can never share one. Users from
 -- an identity provider are identified by provider_id, so the same name may exist once
 -- locally and once per provider identity.
 CREATE UNIQUE INDEX users_local_name ON users(name) WHERE provider_id IS NULL;
 CREATE UNIQUE INDEX users_provider_id ON users(provider_id) WHERE provider_id IS NOT NULL;
+CREATE UNIQUE INDEX users_oidc_identity ON users(oidc_issuer, oidc_subject)
+  WHERE oidc_issuer IS NOT NULL;
 
 CREATE TABLE pre_auth_keys (
   id integer PRIMARY KEY AUTOINCREMENT,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, assert_never
@@ -37,6 +37,7 @@ from meshscale.tailcfg import FilterRule
 # Fields of the self node that do not change what the client shows about itself.
 _SELF_IRRELEVANT = frozenset({"last_seen", "online"})
 MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
+MAX_EPOCHS = 1024  # broadcast batches kept for sessions that fall behind
 REMOVED_LOG = 65536  # node IDs remembered as removed (for zero-peer full maps)
 
 # What a delta is built from (changed, patched, removed, users): sessions with equal keys
@@ -63,17 +64,36 @@ class Pending:
 
 
 class MapSession:
-    """One streaming map poll. The batcher fills ``pending``; the poll task drains it."""
+    """One streaming map poll. The batcher fills ``pending``; the poll task drains it.
 
-    __slots__ = ("closed", "node_id", "pending", "started", "wake")
+    With ``push`` set (a synchronous writer of one framed message), deltas for a session
+    whose task is ``idle`` are written by the batcher's fan-out tick directly: one pass over
+    the sessions per change instead of a task wake-up, a timer and an h2 round per stream.
+    """
 
-    def __init__(self, node_id: models.NodeID) -> None:
+    __slots__ = (
+        "bpos", "closed", "compress", "idle", "last_write", "node_id", "pending", "push",
+        "started", "unsent", "wake",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        node_id: models.NodeID,
+        push: Callable[[bytes], bool] | None = None,
+        compress: bool = False,
+    ) -> None:
         self.node_id = node_id
         self.pending = Pending()
         self.started = False  # the first (full) message went out
         self.wake = asyncio.Event()
         self.wake.set()
         self.closed = False  # the node was deleted: the stream must end
+        self.push = push
+        self.compress = compress
+        self.idle = False  # the poll task waits for a wake-up (nothing of its own in flight)
+        self.last_write = 0.0  # loop time of the last message written
+        self.unsent = b""  # a framed message the tick built but could not push: task sends it
+        self.bpos = 0  # index of the first broadcast batch not merged into this session yet
 
     def close(self) -> None:
         self.closed = True
@@ -134,6 +154,33 @@ class Batcher:
         self.sync: Callable[[], None] | None = None  # drains queued events into handle()
         self.full_maps_built = 0
         self.deltas_built = 0
+        self.pushed = 0  # messages the fan-out tick wrote itself
+        # The fan-out tick (enable_direct): sessions with a pending change and a push writer.
+        self._dirty: set[MapSession] = set()
+        self._tick: asyncio.TimerHandle | None = None
+        self._last_tick = 0.0
+        self._clock: Callable[[], datetime] | None = None
+        self._framer: Callable[[bytes, bool], bytes] | None = None
+        self._delay: Callable[[float, float], float] = lambda last, now: 0.0
+        # Peer changes every session sees (all but the node itself) go, in direct mode, into
+        # one shared batch per tick instead of N per-session sets per event: a ramp of N
+        # joins costs O(N) set updates per tick, not O(N) per event (O(N^2) in all).
+        self._epochs: list[Pending] = []  # closed batches, oldest first
+        self._epoch_base = 0  # absolute index of _epochs[0]
+        self._open = Pending(full=False)  # the batch being filled
+        self._merged: dict[int, tuple[Pending, _DeltaKey]] = {}  # union of _epochs[i:]
+
+    def enable_direct(
+        self,
+        clock: Callable[[], datetime],
+        framer: Callable[[bytes, bool], bytes],
+        delay: Callable[[float, float], float],
+    ) -> None:
+        """Let one tick write deltas to sessions that have a ``push`` writer.
+
+        ``delay(last_tick, now)`` is how long after a change the tick runs (coalescing, and
+        the minimum gap between messages at scale)."""
+        self._clock, self._framer, self._delay = clock, framer, delay
 
     # ---- sessions ----------------------------------------------------------------------
 
@@ -142,12 +189,14 @@ class Batcher:
         # so the new session does not receive them again right after its full map.
         if self.sync is not None:
             self.sync()
+        session.bpos = self._epoch_base + len(self._epochs)
         group = self._sessions.setdefault(session.node_id, set())
         if session not in group:
             group.add(session)
             self._count += 1
 
     def remove(self, session: MapSession) -> None:
+        self._dirty.discard(session)
         group = self._sessions.get(session.node_id)
         if group is not None and session in group:
             group.discard(session)
@@ -171,6 +220,10 @@ class Batcher:
         self._shared.clear()
         self._encoded.clear()
         match event:
+            case models.NodeAdded(node_id=nid) if self._clock is not None:
+                self.cache.drop(nid)
+                _apply_changed(self._open, nid)
+                self._schedule()
             case models.NodeAdded(node_id=nid):
                 self.cache.drop(nid)
                 for s in self._all():
@@ -193,17 +246,35 @@ class Batcher:
                 current = self.source.node(nid)
                 if patchable and current is not None:
                     self.cache.remember(current)
+                if self._clock is not None:
+                    if fields - _SELF_IRRELEVANT:
+                        for s in self._sessions.get(nid, ()):
+                            s.pending.self_changed = True
+                            self._touch(s)
+                    if patchable:
+                        _apply_patch(self._open, nid, fields)
+                    else:
+                        _apply_changed(self._open, nid)
+                    self._schedule()
+                    return
                 for s in self._all():
                     if s.node_id == nid:
                         if fields - _SELF_IRRELEVANT:
                             s.pending.self_changed = True
-                            s.wake.set()
+                            self._touch(s)
                     elif patchable and nid not in s.pending.changed:
                         prev = s.pending.patched.get(nid, frozenset())
                         s.pending.patched[nid] = prev | fields
-                        s.wake.set()
+                        self._touch(s)
                     else:
                         self._mark_changed(s, nid)
+            case models.NodeRemoved(node_id=nid) if self._clock is not None:
+                self.cache.drop(nid)
+                self._recently_removed.append(nid)
+                for s in list(self._sessions.get(nid, ())):
+                    s.close()
+                _apply_removed(self._open, nid)
+                self._schedule()
             case models.NodeRemoved(node_id=nid):
                 self.cache.drop(nid)
                 self._recently_removed.append(nid)
@@ -215,30 +286,76 @@ class Batcher:
                     p.changed.discard(nid)
                     p.patched.pop(nid, None)
                     p.removed.add(nid)
-                    s.wake.set()
+                    self._touch(s)
             case models.UserChanged(user_id=uid):
                 for s in self._all():
                     s.pending.users.add(uid)
-                    s.wake.set()
+                    self._touch(s)
             case models.PolicyChanged(nodes=nids) if nids is not None:
                 for nid in nids:
                     for s in self._sessions.get(nid, ()):
                         s.pending.full = True
-                        s.wake.set()
+                        self._touch(s)
             case models.PolicyChanged() | models.DNSChanged() | models.ResyncRequired():
                 for s in self._all():
                     s.pending.full = True
-                    s.wake.set()
+                    self._touch(s)
             case _:
                 assert_never(event)
 
-    @staticmethod
-    def _mark_changed(s: MapSession, nid: int) -> None:
-        p = s.pending
-        p.changed.add(nid)
-        p.patched.pop(nid, None)
-        p.removed.discard(nid)
-        s.wake.set()
+    def _mark_changed(self, s: MapSession, nid: int) -> None:
+        _apply_changed(s.pending, nid)
+        self._touch(s)
+
+    def _touch(self, s: MapSession) -> None:
+        """``s`` has something pending: wake its task, or leave it to the fan-out tick."""
+        if s.push is None or self._clock is None:
+            s.wake.set()
+            return
+        self._dirty.add(s)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._tick is None:
+            loop = asyncio.get_running_loop()
+            delay = self._delay(self._last_tick, loop.time())
+            self._tick = loop.call_later(delay, self._fanout)
+
+    def _fanout(self) -> None:
+        """Write every dirty idle session's message; wake the others' tasks."""
+        if self.sync is not None:
+            self.sync()  # events already published go into this same pass
+        self._tick = None
+        dirty, self._dirty = self._dirty, set()
+        if not self._open.empty():  # a broadcast batch: every session has something
+            self._epochs.append(self._open)
+            self._open = Pending(full=False)
+            self._merged.clear()
+            if len(self._epochs) > MAX_EPOCHS:  # sessions this far behind get a full map
+                drop = len(self._epochs) - MAX_EPOCHS // 2
+                del self._epochs[:drop]
+                self._epoch_base += drop
+            targets: Iterable[MapSession] = self._all()
+        else:
+            targets = dirty
+        if self._clock is None or self._framer is None:
+            return
+        now = self._clock()
+        t = self._last_tick = asyncio.get_running_loop().time()
+        for s in targets:
+            if s.closed or not s.idle or s.push is None or s.unsent:
+                s.wake.set()
+                continue
+            msg = self.build(s, now)
+            if msg is None:
+                continue
+            data = self.encode(msg, s.compress, self._framer)
+            if s.push(data):
+                s.last_write = t
+                self.pushed += 1
+            else:
+                s.unsent = data
+                s.wake.set()
 
     # ---- building ----------------------------------------------------------------------
 
@@ -246,6 +363,20 @@ class Batcher:
         """Drain ``session.pending`` into one message (None if nothing is to be sent)."""
         p = session.pending
         session.pending = Pending(full=False)
+        shared_key: _DeltaKey | None = None
+        end = self._epoch_base + len(self._epochs)
+        if session.bpos < end and not p.full:
+            if session.bpos < self._epoch_base:
+                p.full = True  # its batches were dropped: resync
+            else:
+                merged, mkey = self._merged_from(session.bpos)
+                nid = int(session.node_id)
+                mine = nid in merged.changed or nid in merged.patched or nid in merged.removed
+                if p.empty() and not mine:
+                    p, shared_key = merged, mkey  # read-only from here on
+                else:
+                    _merge(p, merged, skip=nid)
+        session.bpos = end
         if p.empty():
             return None
         cfg = self.cfg()
@@ -269,12 +400,7 @@ class Batcher:
             session.started = True
             self.full_maps_built += 1
             return msg
-        key: _DeltaKey = (
-            tuple(sorted(p.changed)),
-            tuple(sorted(p.patched.items())),
-            tuple(sorted(p.removed)),
-            tuple(sorted(p.users)),
-        )
+        key = shared_key if shared_key is not None else _delta_key(p)
         shared: dict[str, Any] | None = None if p.self_changed else self._shared.get(key)
         if shared is None:
             changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
@@ -305,6 +431,21 @@ class Batcher:
             self.deltas_built += 1
         return shared
 
+    def _merged_from(self, start: int) -> tuple[Pending, _DeltaKey]:
+        """The union of the broadcast batches from absolute index ``start`` on (shared by
+        every session at that index)."""
+        hit = self._merged.get(start)
+        if hit is None:
+            batches = self._epochs[start - self._epoch_base :]
+            if len(batches) == 1:
+                merged = batches[0]
+            else:
+                merged = Pending(full=False)
+                for b in batches:
+                    _merge(merged, b, skip=None)
+            hit = self._merged[start] = (merged, _delta_key(merged))
+        return hit
+
     def encode(
         self, msg: dict[str, Any], compress: bool, framer: Callable[[bytes, bool], bytes]
     ) -> bytes:
@@ -318,3 +459,45 @@ class Batcher:
         if any(msg is v for v in self._shared.values()):
             self._encoded[key] = (msg, out)
         return out
+
+
+def _delta_key(p: Pending) -> _DeltaKey:
+    return (
+        tuple(sorted(p.changed)),
+        tuple(sorted(p.patched.items())),
+        tuple(sorted(p.removed)),
+        tuple(sorted(p.users)),
+    )
+
+
+# What one event does to a pending set (per session, or a shared broadcast batch). A node ID
+# is in at most one of changed / patched; changed and removed exclude each other.
+def _apply_changed(p: Pending, nid: int) -> None:
+    p.changed.add(nid)
+    p.patched.pop(nid, None)
+    p.removed.discard(nid)
+
+
+def _apply_patch(p: Pending, nid: int, fields: frozenset[str]) -> None:
+    if nid not in p.changed:
+        p.patched[nid] = p.patched.get(nid, frozenset()) | fields
+
+
+def _apply_removed(p: Pending, nid: int) -> None:
+    p.changed.discard(nid)
+    p.patched.pop(nid, None)
+    p.removed.add(nid)
+
+
+def _merge(into: Pending, later: Pending, skip: int | None) -> None:
+    """Apply ``later`` (newer changes) on top of ``into``, leaving node ``skip`` out."""
+    for nid in later.removed:
+        if nid != skip:
+            _apply_removed(into, nid)
+    for nid in later.changed:
+        if nid != skip:
+            _apply_changed(into, nid)
+    for nid, f in later.patched.items():
+        if nid != skip:
+            _apply_patch(into, nid, f)
+    into.users |= later.users

@@ -50,11 +50,11 @@ KEEPALIVE_JITTER = 0.18
 OFFLINE_GRACE = 10.0
 BATCH_DELAY = 0.005  # seconds to wait after a wake-up so bursts coalesce into one message
 # At scale a stream also keeps a minimum gap between its messages, growing with the number of
-# open streams: one change costs every stream a message (about 75 us of CPU each), so with a
-# gap of 100 us per stream the fan-out uses at most about 3/4 of a core however fast changes
-# arrive (Headscale's batcher ticks for the same reason). The first change after a quiet
-# period still goes out after BATCH_DELAY only.
-MESSAGE_GAP_PER_STREAM = 100e-6  # seconds per open stream
+# open streams: one change costs every stream a message (about 20-25 us of CPU each since the
+# batcher's tick writes them), so with a gap of 30 us per stream the fan-out uses at most
+# about 3/4 of a core however fast changes arrive (Headscale's batcher ticks for the same
+# reason). The first change after a quiet period still goes out after BATCH_DELAY only.
+MESSAGE_GAP_PER_STREAM = 30e-6  # seconds per open stream
 MAX_MESSAGE_GAP = 1.0  # seconds
 MAX_ENDPOINTS = 64  # per node: a client reporting endless endpoints
 KEEPALIVE_JSON = b'{"KeepAlive":true}'
@@ -108,6 +108,7 @@ class MapHandler:
         self._offline_timers: dict[int, asyncio.TimerHandle] = {}
         self._keepalive_frames = {c: frame(KEEPALIVE_JSON, c) for c in (False, True)}
         self.streams_open = 0
+        batcher.enable_direct(clock, frame, self.fanout_delay)
 
     async def __call__(self, req: NoiseRequest) -> Response:
         mr = decode_request(MapRequest, req)
@@ -136,7 +137,7 @@ class MapHandler:
             if msg is None:  # the node vanished between lookup and build
                 return Response.text(404, "node not found\n")
             return Response(200, self.batcher.encode(msg, compress, frame))
-        return Response(200, self._stream(node.id, compress))
+        return Response(200, self._stream(node.id, compress, req.push))
 
     def _apply(self, node: models.Node, mr: MapRequest, body: bytes) -> models.Node:
         """Store what the client reports (Headscale applies this before the first map)."""
@@ -149,8 +150,11 @@ class MapHandler:
             node.id, hostinfo=hostinfo, endpoints=endpoints, disco_key=mr.DiscoKey
         )
 
-    async def _stream(self, node_id: models.NodeID, compress: bool) -> AsyncIterator[bytes]:
-        session = MapSession(node_id)
+    async def _stream(
+        self, node_id: models.NodeID, compress: bool, push: Callable[[bytes], bool] | None = None
+    ) -> AsyncIterator[bytes]:
+        # With ``push`` the batcher's tick writes deltas while this task idles (batcher.py).
+        session = MapSession(node_id, push, compress)
         self.batcher.add(session)
         self.streams_open += 1
         timer = self._offline_timers.pop(node_id, None)
@@ -158,7 +162,7 @@ class MapHandler:
             timer.cancel()
         loop = asyncio.get_running_loop()
         interval = self.keepalive_interval * (1 + KEEPALIVE_JITTER * self.jitter())
-        last_write = loop.time()
+        session.last_write = loop.time()
         keepalive_due = False
         sent = 0.0  # time of the first message; 0 while nothing went out
         handle: asyncio.TimerHandle | None = None
@@ -167,40 +171,49 @@ class MapHandler:
         # asks for a keep-alive or, if a message went out meanwhile, re-arms from that write.
         def on_timer() -> None:
             nonlocal keepalive_due, handle
-            due = last_write + interval
+            due = session.last_write + interval
             if loop.time() >= due - 0.001:
                 keepalive_due = True
                 session.wake.set()
                 due = loop.time() + interval
             handle = loop.call_at(due, on_timer)
 
-        handle = loop.call_at(last_write + interval, on_timer)
+        handle = loop.call_at(session.last_write + interval, on_timer)
         try:
             try:
                 self.state.set_online(node_id, True)
             except models.NotFound:
                 raise StreamAborted(404, "node not found\n") from None
             while not session.closed:
+                if session.unsent:  # built by the tick before anything now pending
+                    data, session.unsent = session.unsent, b""
+                    yield data
+                    data = b""
+                    session.last_write = loop.time()
                 msg = self.batcher.build(session, self.clock())
                 if msg is not None:
                     data = self.batcher.encode(msg, compress, frame)
                     msg = None  # do not pin the message while the stream idles
                     yield data
                     data = b""
-                    last_write = sent = loop.time()
+                    session.last_write = sent = loop.time()
                 elif not sent and session.closed:
                     raise StreamAborted(404, "node not found\n")
                 while not session.closed:
                     session.wake.clear()
-                    if not session.pending.empty():
+                    if not session.pending.empty() or session.unsent:
                         break
                     if keepalive_due:
                         keepalive_due = False
                         yield self._keepalive_frames[compress]
-                        last_write = loop.time()
+                        session.last_write = loop.time()
                         continue
-                    await session.wake.wait()
-                delay = self.coalesce_delay(last_write, loop.time())
+                    session.idle = True
+                    try:
+                        await session.wake.wait()
+                    finally:
+                        session.idle = False
+                delay = self.coalesce_delay(session.last_write, loop.time())
                 if delay > 0 and not session.closed:
                     await asyncio.sleep(delay)
         finally:
@@ -217,6 +230,13 @@ class MapHandler:
             return 0.0
         gap = min(MAX_MESSAGE_GAP, MESSAGE_GAP_PER_STREAM * self.batcher.session_count())
         return max(self.batch_delay, last_write + gap - now)
+
+    def fanout_delay(self, last_tick: float, now: float) -> float:
+        """How long the batcher's fan-out tick waits after a change (coalesce_delay for all
+        streams at once: one message per stream per gap however fast changes arrive)."""
+        if self.batch_delay <= 0:
+            return 0.0
+        return self.coalesce_delay(last_tick, now)
 
     def _schedule_offline(self, node_id: models.NodeID, loop: asyncio.AbstractEventLoop) -> None:
         def offline() -> None:

@@ -80,14 +80,16 @@ class Registrations:
             self.expire_registrations()
             return list(self._pending.values())
 
-    def complete_registration(self, reg_id: str, user_id: UserID) -> Node:
-        """Admit a pending registration for ``user_id`` (``nodes register --key``)."""
+    def complete_registration(
+        self, reg_id: str, user_id: UserID, method: RegisterMethod = RegisterMethod.CLI
+    ) -> Node:
+        """Admit a pending registration for ``user_id`` (``nodes register --key``, OIDC)."""
         with self.core.write():
             reg = self.get_registration(reg_id)
             if reg is None:
                 raise NotFound(f"registration {reg_id[:40]!r} not found or expired")
             node = self.nodes.register_locked(
-                reg.machine_key, reg.node_key, user_id, reg.hostinfo, RegisterMethod.CLI,
+                reg.machine_key, reg.node_key, user_id, reg.hostinfo, method,
                 None, reg.ephemeral, (),
             )
             del self._pending[reg.id]

@@ -101,6 +101,7 @@ class State:
         self.registrations = regs = Registrations(core, nodes)
         # The API. Each method lives in the part that owns its tables.
         self.create_user = users.create_user
+        self.sign_in_user = users.sign_in_user
         self.get_user = core.get_user
         self.get_user_by_name = users.get_user_by_name
         self.list_users = users.list_users

@@ -59,6 +59,45 @@ class Users:
             core.emit(UserChanged(user.id))
             return user
 
+    def sign_in_user(
+        self, issuer: str, subject: str, *, name: str, display_name: str = "", email: str = "",
+        groups: tuple[str, ...] = (),
+    ) -> User:
+        """The OIDC user (issuer, subject), created or with its profile refreshed.
+
+        Keyed by (issuer, subject) verbatim, never by email: two providers' users with the
+        same address are two users. ``name`` is only used when creating.
+        """
+        if not issuer or not subject:
+            raise InvalidArgument("OIDC sign-in needs an issuer and a subject")
+        core = self.core
+        with core.write():
+            found = [
+                u for u in core.users.values()
+                if u.oidc_issuer == issuer and u.oidc_subject == subject
+            ]
+            if found:
+                user = replace(found[0], display_name=display_name, email=email, groups=groups)
+                core.store.update_user(user)
+            else:
+                if not USER_NAME_RE.match(name):
+                    raise InvalidArgument(f"invalid user name {name[:70]!r}")
+                pid = f"{issuer.rstrip('/')}/{subject}"
+                user = User(
+                    UserID(0), name, display_name, email,
+                    provider_id=pid, created_at=core.clock(),
+                    oidc_issuer=issuer, oidc_subject=subject, groups=groups,
+                )
+                try:
+                    user = replace(user, id=core.store.insert_user(user))
+                except IntegrityError as exc:
+                    # provider_id is a display join; if it collides we refuse, never merge.
+                    raise Conflict(f"identity {pid[:80]!r} collides") from exc
+            core.users[user.id] = user
+            core.users_changed()
+            core.emit(UserChanged(user.id))
+            return user
+
     def get_user_by_name(self, name: str) -> User:
         """The local user called ``name`` (else the only user of that name)."""
         matches = [u for u in self.core.users.values() if u.name == name]

@@ -1,0 +1,17 @@
+"""Build the optional native AEAD loop (src/meshscale/wireguard/_aead.c); metadata is in
+pyproject.toml. optional=True: without a compiler or libssl-dev the install still succeeds and
+meshscale.wireguard.transport uses its pure-Python fallback."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "meshscale.wireguard._aead",
+            ["src/meshscale/wireguard/_aead.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,187 @@
+"""PolicyEngine: the policy-backed :class:`~meshscale.policy.manager.PolicyManager`.
+
+Holds the policy text in force, the users and nodes, and one
+:class:`~meshscale.policy.compile.Compiled`. ``set_policy`` validates, compiles against
+the current tailnet and runs the policy's ``tests`` before swapping anything in, so a
+refused policy leaves the old one in force (docs/protocol/policy.md §1.7). A policy swap
+reports only nodes whose filter or peer set moved; a node write reports only the nodes
+whose filter it changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from meshscale.policy.checks import run_tests
+from meshscale.policy.compile import Compiled, NodeView
+from meshscale.policy.manager import (
+    EVERYONE,
+    NO_CHANGE,
+    IPPrefix,
+    PolicyChange,
+    PolicyError,
+    PolicyNode,
+    PolicyUser,
+)
+from meshscale.policy.model import Alias, Policy
+from meshscale.policy.parse import parse_policy
+from meshscale.tailcfg import FilterRule
+
+
+class _UserSnap:
+    __slots__ = ("email", "id", "name", "provider_id")
+
+    def __init__(self, u: PolicyUser) -> None:
+        self.id, self.name, self.email, self.provider_id = u.id, u.name, u.email, u.provider_id
+
+
+def check_policy(text: str | bytes, users: Iterable[PolicyUser] = (),
+                 nodes: Iterable[PolicyNode] = ()) -> Policy:  # fmt: skip
+    """Validate ``text`` (and its ``tests``, against ``nodes``) without applying it; the
+    backend of ``policy check -f FILE``. Raises PolicyError."""
+    policy = parse_policy(text)
+    try:
+        compiled = Compiled(policy, list(users), [NodeView.of(n) for n in nodes])
+    except ValueError as e:
+        raise PolicyError(str(e)) from None
+    run_tests(compiled)  # checks naming no device are skipped (see run_tests)
+    return policy
+
+
+class PolicyEngine:
+    """A :class:`PolicyManager` that enforces a Tailscale-format policy. ``text`` None (or
+    never set) is "no policy": allow all, in the SaaS form (§2.1)."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.policy = Policy()
+        self._users: list[_UserSnap] = []
+        self._compiled = Compiled(self.policy, [], [])
+        self._test_warnings: tuple[str, ...] = ()
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the policy in force asks for that is not enforced (e.g. ssh), and user
+        references that name no known user (tolerated, as Headscale does)."""
+        unknown = sorted(n for n, ids in self._compiled.user_ids.items() if not ids)
+        users = tuple(f'user "{n}" matches no user' for n in unknown)
+        return self.policy.warnings + users + self._test_warnings
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def set_policy(self, text: str | None) -> PolicyChange:
+        policy = Policy() if text is None else parse_policy(text)
+        compiled = self._compile(policy, self._compiled.nodes.values())
+        skipped = run_tests(compiled)
+        change = self._swap(text, policy, compiled)
+        self._test_warnings = tuple(skipped)
+        return change
+
+    def set_users(self, users: Iterable[PolicyUser]) -> PolicyChange:
+        snaps = [_UserSnap(u) for u in users]
+        self._users = snaps
+        # A user list can make an alias ambiguous; that alias then names no one rather
+        # than failing a user write (set_policy refuses ambiguity).
+        compiled = self._compile(self.policy, self._compiled.nodes.values(), strict=False)
+        return self._swap(self.text, self.policy, compiled)
+
+    def set_nodes(self, nodes: Iterable[PolicyNode]) -> PolicyChange:
+        compiled = self._compile(self.policy, [NodeView.of(n) for n in nodes], strict=False)
+        return self._swap(self.text, self.policy, compiled)
+
+    def update_node(self, node: PolicyNode) -> PolicyChange:
+        return _change(self._compiled.update(NodeView.of(node), node.id))
+
+    def remove_node(self, node_id: int) -> PolicyChange:
+        return _change(self._compiled.update(None, node_id))
+
+    # ---- questions ------------------------------------------------------------------------
+
+    def filter_for(self, node: PolicyNode) -> list[FilterRule]:
+        c = self._compiled
+        if node.id not in c.nodes:  # not fed yet: answer for it without keeping it
+            c.update(NodeView.of(node), node.id)
+            try:
+                return c.filter_for(node.id)
+            finally:
+                c.update(None, node.id)
+        return c.filter_for(node.id)
+
+    def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:
+        return self._compiled.can_see(viewer.id, peer.id)
+
+    def reachable_routes(self, viewer: PolicyNode, router: PolicyNode) -> tuple[IPPrefix, ...]:
+        """Which of ``router``'s approved routes belong in ``viewer``'s AllowedIPs for it
+        (before HA primary selection, which the caller applies)."""
+        return self._compiled.reachable_routes(viewer.id, router.id)
+
+    def cap_map_for(self, node: PolicyNode) -> dict[str, None]:
+        """The ``nodeAttrs`` attributes that target ``node``: keys of its self ``CapMap``,
+        each with a null value (docs/protocol/policy.md §1.7)."""
+        view = NodeView.of(node)
+        out: dict[str, None] = {}
+        for na in self.policy.node_attrs:
+            if any(self._compiled.matches(a, view) for a in na.target):
+                out.update(dict.fromkeys(na.attrs))
+        return out
+
+    def may_tag(self, node: PolicyNode, tag: str) -> bool:
+        """Whether the node's user (or one of its tags, transitively) owns ``tag`` in
+        tagOwners. Without a policy every tag is allowed."""
+        if self.text is None:
+            return True
+        owners = self.policy.tag_owners
+        seen: set[str] = set()
+        todo = [tag]
+        view = NodeView.of(node)
+        while todo:
+            t = todo.pop()
+            if t in seen or t not in owners:
+                continue
+            seen.add(t)
+            for a in owners[t]:
+                if a.kind == "tag":
+                    if a.name in view.tags:
+                        return True
+                    todo.append(a.name)
+                elif self._owner_matches(a, view, untagged_only=True):
+                    return True
+        return False
+
+    def may_approve_route(self, node: PolicyNode, route: IPPrefix) -> bool:
+        """Whether autoApprovers approve ``route`` for ``node``. A /0 is approved only by
+        ``exitNode``, never by ``routes`` (§1.7)."""
+        view = NodeView.of(node)
+        if route.prefixlen == 0:
+            return any(self._owner_matches(a, view) for a in self.policy.exit_approvers)
+        for prefix, approvers in self.policy.route_approvers:
+            inside = prefix.version == route.version and route.subnet_of(prefix)  # type: ignore[arg-type]
+            if inside and any(self._owner_matches(a, view) for a in approvers):
+                return True
+        return False
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _owner_matches(self, a: Alias, view: NodeView, untagged_only: bool = False) -> bool:
+        if untagged_only and view.tagged:
+            return False
+        return self._compiled.matches(a, view)
+
+    def _compile(self, policy: Policy, nodes: Iterable[NodeView], strict: bool = True) -> Compiled:
+        try:
+            return Compiled(policy, self._users, list(nodes), strict)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
+
+    def _swap(self, text: str | None, policy: Policy, compiled: Compiled) -> PolicyChange:
+        old = self._compiled.signatures()
+        new = compiled.signatures()
+        self.text, self.policy, self._compiled = text, policy, compiled
+        changed = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
+        if changed and len(changed) == len(new) and len(new) > 1:
+            return EVERYONE
+        return PolicyChange(nodes=frozenset(changed)) if changed else NO_CHANGE
+
+
+def _change(nodes: set[int]) -> PolicyChange:
+    return PolicyChange(nodes=frozenset(nodes)) if nodes else NO_CHANGE

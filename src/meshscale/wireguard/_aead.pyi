@@ -1,0 +1,13 @@
+from collections.abc import Sequence
+from typing import Literal
+
+class Sealer:
+    next_counter: int
+    def __init__(self, key: bytes) -> None: ...
+    def seal_batch(
+        self, packets: Sequence[bytes | memoryview], receiver: int, mtu: int
+    ) -> tuple[list[list[bytes]], int, int]: ...
+
+class Opener:
+    def __init__(self, key: bytes) -> None: ...
+    def open(self, message: bytes | memoryview) -> bytes | Literal[False] | None: ...

@@ -1,0 +1,48 @@
+"""``meshscale up --force-reauth`` and ``meshscale login``: log out, then start a fresh login."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshscale.cli.main import main
+from meshscale.testing.fakebackend import FakeBackend, ThreadedLocalAPI
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    be = FakeBackend()
+    path = tmp_path / "ms.sock"
+    with ThreadedLocalAPI(be, path):
+        yield be, str(path)
+
+
+def run(capsys, sock, *argv):
+    code = main(["--socket", sock, *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_up_force_reauth_logs_out_before_starting(daemon, capsys):
+    be, sock = daemon
+    code, _, err = run(capsys, sock, "up", "--login-server=http://ctl", "--authkey=k",
+                       "--force-reauth", "--timeout=5s")  # fmt: skip
+    assert code == 0, err
+    assert [c[0] for c in be.calls] == ["logout", "start"]
+
+
+def test_plain_up_does_not_log_out(daemon, capsys):
+    be, sock = daemon
+    code, _, err = run(capsys, sock, "up", "--login-server=http://ctl", "--authkey=k",
+                       "--timeout=5s")  # fmt: skip
+    assert code == 0, err
+    assert [c[0] for c in be.calls] == ["start"]
+
+
+def test_login_is_up_with_a_fresh_login(daemon, capsys):
+    be, sock = daemon
+    code, _, err = run(capsys, sock, "login", "--login-server=http://ctl", "--authkey=k",
+                       "--timeout=5s")  # fmt: skip
+    assert code == 0, err
+    assert [c[0] for c in be.calls] == ["logout", "start"]
+    prefs, key, _ = be.calls[1][1]
+    assert (prefs.ControlURL, key) == ("http://ctl", "k")
