@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli.localapi import run as node
 from tests.control.test_main import Served, free_port, start_server, stop_server
 
 import meshscale
@@ -138,12 +139,6 @@ def node_sock(tmp_path: Path) -> Iterator[tuple[FakeBackend, str]]:
     be.state = "Running"
     with ThreadedLocalAPI(be, tmp_path / "ms.sock"):
         yield be, str(tmp_path / "ms.sock")
-
-
-def node(capsys: pytest.CaptureFixture[str], sock: str, *argv: str) -> tuple[int, str, str]:
-    code = node_main(["--socket", sock, *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_tailscale_doc_commands(node_sock: tuple[FakeBackend, str],

@@ -2,24 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from meshscale.cli.main import main
-from meshscale.testing.fakebackend import FakeBackend, ThreadedLocalAPI
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    be = FakeBackend()
-    path = tmp_path / "ms.sock"
-    with ThreadedLocalAPI(be, path):
-        yield be, str(path)
-
-
-def run(capsys, sock, *argv):
-    code = main(["--socket", sock, *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli.localapi import run
 
 
 def test_up_force_reauth_logs_out_before_starting(daemon, capsys):
