@@ -194,11 +194,7 @@ class Conn:
             # A provisional home until the first netcheck picks the nearest: without it the
             # node cannot relay until STUN times out (seconds behind a UDP-blocking NAT).
             # The lowest region, drawn without the RNG so seeded runs keep their stream.
-            homes = sorted(
-                r.region_id
-                for r in derp_map.regions.values()
-                if r.nodes and not r.no_measure_no_home
-            )
+            homes = self._home_candidates()
             if homes:
                 self._set_home(homes[0])
 
@@ -616,15 +612,19 @@ class Conn:
             if ep is not None:
                 self._send_call_me_maybe(ep, region)
 
+    def _home_candidates(self) -> list[int]:
+        """Regions that may be a home, sorted by id."""
+        return sorted(
+            r.region_id
+            for r in self.derp_map.regions.values()
+            if r.nodes and not r.no_measure_no_home
+        )
+
     def _set_home(self, preferred: int) -> None:
         if preferred == 0:
             if self.home_derp:
                 return  # no data: keep the current home (docs/protocol/derp-disco-stun.md §2.3)
-            candidates = sorted(
-                r.region_id
-                for r in self.derp_map.regions.values()
-                if r.nodes and not r.no_measure_no_home
-            )
+            candidates = self._home_candidates()
             if not candidates:
                 return
             preferred = candidates[int.from_bytes(self._rand(2), "big") % len(candidates)]
