@@ -96,6 +96,12 @@ def test_up_url_signed_in_with_chromium_ours_and_official(need_lab: None, tmp_pa
                                  "up", f"--login-server={net.control_url}", "--hostname=m",
                                  "--timeout=120s"], log_name="up-m")  # fmt: skip
             url = wait_url(up_m)
+            # The URL redirects straight to the provider; on https the state cookie is Secure.
+            head = m.host.run(["curl", "-s", "-o", "/dev/null", "-D", "-", "--cacert", str(ca),
+                               url], timeout=15).stdout  # fmt: skip
+            cookie = next(h for h in head.splitlines() if h.lower().startswith("set-cookie:"))
+            assert {"Secure", "HttpOnly", "SameSite=Lax"} <= {p.strip() for p in cookie.split(";")}
+            assert f"location: {ISSUER}/auth?" in head.lower(), head
             page = browse(m.host, url, "alice", ca)
             assert "Add m " in str(page["asked"]), page
             assert page["title"] == "meshscale: machine registered", page
