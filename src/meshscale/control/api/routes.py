@@ -8,6 +8,7 @@ status codes by :mod:`meshscale.control.api.server`) or :class:`BadRequest`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -290,17 +291,65 @@ def delete_api_key(c: Call) -> dict[str, Any]:
     return {}
 
 
+def _policy_json(c: Call) -> dict[str, Any]:
+    v = c.state.policy_version
+    return {"policy": c.state.policy or "", "updatedAt": ts(v.created_at) if v else None,
+            "version": v.version if v else None}
+
+
 def get_policy(c: Call) -> dict[str, Any]:
-    return {"policy": c.state.policy or ""}
+    return _policy_json(c)
+
+
+def _writable(c: Call) -> None:
+    if not c.policy_writable:
+        raise BadRequest(
+            "policy.mode is file: edit the policy file (it is reloaded on change and on "
+            "SIGHUP)"
+        )
 
 
 def set_policy(c: Call) -> dict[str, Any]:
-    if not c.policy_writable:
-        raise BadRequest(
-            "policy.mode is file: edit the policy file and send SIGHUP to the server"
-        )
-    c.state.set_policy(_str(c.body, "policy"))
-    return {"policy": c.state.policy or ""}
+    _writable(c)
+    c.state.set_policy(_str(c.body, "policy"), "api")
+    return _policy_json(c)
+
+
+_AT = re.compile(r" at (\d+):(\d+)")
+
+
+def check_policy(c: Call) -> dict[str, Any]:
+    """Validate without applying: 200 either way, the errors (with line and column where
+    the message names them) in the body; ``tests`` run against today's nodes."""
+    try:
+        warnings = c.state.check_policy(_str(c.body, "policy"))
+    except BadRequest:
+        raise
+    except InvalidArgument as exc:
+        msg = str(exc).removeprefix("policy: ")
+        m = _AT.search(msg)
+        err: dict[str, Any] = {"message": msg, "line": int(m[1]) if m else None,
+                               "column": int(m[2]) if m else None}
+        return {"valid": False, "errors": [err], "warnings": []}
+    return {"valid": True, "errors": [], "warnings": warnings}
+
+
+def policy_history(c: Call) -> dict[str, Any]:
+    limit = _id(c.query["limit"], "limit") if c.query.get("limit") else 100
+    return {"versions": [
+        {"version": v.version, "policy": v.data, "updatedAt": ts(v.created_at),
+         "source": v.source}
+        for v in c.state.policy_history(min(limit, 1000))
+    ]}
+
+
+def rollback_policy(c: Call) -> dict[str, Any]:
+    _writable(c)
+    raw = c.body.get("version")
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise BadRequest("version: want a version number")
+    c.state.rollback_policy(_id(str(raw), "version"))
+    return _policy_json(c)
 
 
 def _r(method: str, path: str, op: str, summary: str, tag: str, handler: Handler,
@@ -364,4 +413,11 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"{V1}/policy", "getPolicy", "Get policy", "Policy", get_policy, "Policy"),
     _r("PUT", f"{V1}/policy", "setPolicy", "Set policy", "Policy", set_policy, "Policy",
        body={"policy": "string"}),
+    _r("POST", f"{V1}/policy/check", "checkPolicy", "Check a policy without applying it",
+       "Policy", check_policy, "PolicyCheck", body={"policy": "string"}),
+    _r("GET", f"{V1}/policy/history", "listPolicyVersions", "List accepted policy versions",
+       "Policy", policy_history, "PolicyHistory", query=("limit",)),
+    _r("POST", f"{V1}/policy/rollback", "rollbackPolicy",
+       "Put an earlier policy version back in force (as a new version)", "Policy",
+       rollback_policy, "Policy", body={"version": "integer"}),
 )

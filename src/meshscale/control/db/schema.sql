@@ -104,3 +104,11 @@ CREATE TABLE policies (
   data text NOT NULL,
   updated_at text NOT NULL
 );
+
+-- Every accepted policy text, append-only; id is the version number.
+CREATE TABLE policy_versions (
+  id integer PRIMARY KEY AUTOINCREMENT,
+  data text NOT NULL,
+  created_at text NOT NULL,
+  source text NOT NULL DEFAULT ''
+);
