@@ -352,6 +352,20 @@ def rollback_policy(c: Call) -> dict[str, Any]:
     return _policy_json(c)
 
 
+def list_audit(c: Call) -> dict[str, Any]:
+    before = c.query.get("before")
+    limit = c.query.get("limit") or "100"
+    entries = c.state.audit.list(
+        limit=_id(limit, "limit"), before=_id(before, "before") if before else None,
+        actor=c.query.get("actor", ""), action=c.query.get("action", ""),
+    )  # fmt: skip
+    return {"entries": [
+        {"id": str(e.id), "at": ts(e.at), "actor": e.actor, "action": e.action,
+         "target": e.target, "detail": e.detail, "source": e.source}
+        for e in entries
+    ]}  # fmt: skip
+
+
 def _r(method: str, path: str, op: str, summary: str, tag: str, handler: Handler,
        response: str, *, body: dict[str, str] | None = None, query: tuple[str, ...] = (),
        public: bool = False) -> Route:  # fmt: skip
@@ -420,4 +434,6 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", f"{V1}/policy/rollback", "rollbackPolicy",
        "Put an earlier policy version back in force (as a new version)", "Policy",
        rollback_policy, "Policy", body={"version": "integer"}),
+    _r("GET", f"{V1}/audit", "listAudit", "List the audit log of admin changes, newest first",
+       "Audit", list_audit, "AuditList", query=("limit", "before", "actor", "action")),
 )

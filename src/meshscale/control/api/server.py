@@ -81,7 +81,8 @@ class API:
       state: the one State.
       trusted: skip API-key checks (the unix socket).
       policy_writable: accept PUT /api/v1/policy (policy.mode database).
-      audit: called with every change that succeeded (not with reads or failures).
+      audit: called with every change that succeeded (not with reads or failures);
+        default: recorded in State's audit log.
     """
 
     def __init__(
@@ -91,7 +92,7 @@ class API:
         self.state = state
         self.trusted = trusted
         self.policy_writable = policy_writable
-        self.audit = audit
+        self.audit = audit if audit is not None else self._record
         self._routes = [(r, r.path.strip("/").split("/")) for r in ROUTES]
         self._by_op = {r.operation_id: r for r in ROUTES}
         self._openapi = json.dumps(openapi_document()).encode()
@@ -159,6 +160,10 @@ class API:
             log.exception("api: %s %s failed", req.method, req.path)
             return error_response(500, 13, "internal error")
 
+    def _record(self, change: Change) -> None:
+        c = change
+        self.state.audit.record(c.actor, c.action, c.target, c.detail, c.source)
+
     def invoke(
         self, operation_id: str, params: dict[str, str] | None = None,
         query: dict[str, str] | None = None, body: dict[str, Any] | None = None, *,
@@ -174,7 +179,7 @@ class API:
         body: dict[str, Any], actor: str, source: str,
     ) -> dict[str, Any]:  # fmt: skip
         result = route.handler(Call(self.state, params, query, body, self.policy_writable))
-        if self.audit is not None and route.method != "GET" and not route.public:
+        if route.method != "GET" and not route.public:
             target = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
             detail: dict[str, Any] = {**query, **body}
             try:
