@@ -88,6 +88,9 @@ SCHEMAS: dict[str, Any] = {
         "target": {"type": "string"}, "detail": {"type": "object"},
         "source": {"type": "string"},
     }),
+    "Reach": _obj({"allowed": {"type": "boolean"}, "src": {"type": "string"},
+                   "dst": {"type": "string"}, "port": {"type": "integer"},
+                   "proto": {"type": "string"}}),
     "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
 }
 

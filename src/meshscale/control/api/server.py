@@ -36,6 +36,8 @@ from meshscale.io.http import Request, Response, Router
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/api/v1/"
+# POSTs that change nothing (so the audit log does not record them).
+READ_ONLY_OPERATIONS: Final = frozenset({"checkPolicy"})
 MAX_API_BODY: Final = 64 * 1024  # bytes: admin requests are small; bounds memory per call
 
 # (HTTP status, gRPC code) per error class; the first matching class wins.
@@ -179,7 +181,9 @@ class API:
         body: dict[str, Any], actor: str, source: str,
     ) -> dict[str, Any]:  # fmt: skip
         result = route.handler(Call(self.state, params, query, body, self.policy_writable))
-        if route.method != "GET" and not route.public:
+        if route.method != "GET" and not route.public and (
+            route.operation_id not in READ_ONLY_OPERATIONS
+        ):
             target = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
             detail: dict[str, Any] = {**query, **body}
             try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from meshscale.control.api import API
 from meshscale.control.config import ControlConfig
-from meshscale.control.console import actions, pages
+from meshscale.control.console import actions, pages, policypages
 from meshscale.control.console.app import PREFIX, Console, ConsoleSettings
 from meshscale.control.console.session import LoginLimiter, SessionStore
 from meshscale.control.state import State
@@ -25,6 +25,7 @@ def build(state: State, api: API, settings: ConsoleSettings, **kw: Any) -> Conso
     console = Console(state, api, settings, **kw)
     pages.register(console)
     actions.register(console)
+    policypages.register(console)
     return console
 
 
