@@ -10,6 +10,7 @@ the outside name, the corp.test name, the extra record and web's PTR; resolv.con
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -102,6 +103,13 @@ def test_magicdns_through_the_system_resolver(need_lab: None, tmp_path: Path) ->
             assert web_ip in q, q
             tcp = n1.host.run([sys.executable, "-c", TCP_QUERY, "web.lab.example"], timeout=15)
             assert tcp.stdout.strip() == web_ip, tcp.stdout + tcp.stderr
+            # Hostile input through the TUN: garbage, truncated and oversized queries, a
+            # compression loop; the resolver drops or answers them and keeps answering.
+            bad = n1.host.run([sys.executable, "-c", HOSTILE, "web.lab.example"], timeout=30,
+                              check=False)  # fmt: skip
+            assert bad.stdout.strip() == web_ip, bad.stdout + bad.stderr
+            counters = json.loads(n1.cli("dns", "status", "--json").stdout)["Stats"]
+            assert counters["malformed"] > 100 and counters["dropped_short"] > 0, counters
             status = n1.status()
             assert status["MagicDNSSuffix"] == "lab.example"
             assert status["CurrentTailnet"]["MagicDNSEnabled"] is True
@@ -139,4 +147,33 @@ def read(n):
 (n,) = struct.unpack("!H", read(2))
 m = dns.message.from_wire(read(n))
 print(m.answer[0][0].to_text())
+"""
+
+
+HOSTILE = """
+import os, socket, struct, sys
+import dns.message
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+good = dns.message.make_query(sys.argv[1], "A").to_wire()
+loop = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\\xc0\\x0c" + b"\\x00\\x01\\x00\\x01"
+for i in range(300):
+    u.sendto(os.urandom(i % 120), ("100.100.100.100", 53))
+    u.sendto(good[: i % len(good)], ("100.100.100.100", 53))
+u.sendto(loop, ("100.100.100.100", 53))
+u.sendto(b"\\x00" * 1200, ("100.100.100.100", 53))
+t = socket.create_connection(("100.100.100.100", 53), timeout=5)
+t.sendall(struct.pack("!H", 5000) + b"x" * 5000)  # oversized over TCP: closed
+try:
+    t.recv(10)
+except OSError:
+    pass
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the old one's buffer is full of FORMERRs
+u.settimeout(5)
+u.sendto(good, ("100.100.100.100", 53))
+while True:
+    data, _ = u.recvfrom(4096)
+    m = dns.message.from_wire(data)
+    if m.id == dns.message.from_wire(good).id and m.answer:
+        print(m.answer[0][0].to_text())
+        break
 """
