@@ -280,7 +280,14 @@ class Backend:
             Addrs=list(n.Endpoints), Created=n.Created, LastSeen=n.LastSeen, KeyExpiry=n.KeyExpiry,
             InNetworkMap=True,
         )  # fmt: skip
+        ps.Tags = list(n.Tags)
+        ps.PrimaryRoutes = list(n.PrimaryRoutes)
+        ps.PeerAPIURL = S.peerapi_urls(hi, ps.TailscaleIPs)
+        if self.state == S.RUNNING:
+            ps.TaildropTarget = S.TAILDROP_MISSING_CAP
         if is_self:
+            ps.CapMap = dict(n.CapMap)
+            ps.TaildropTarget = 0  # tailscale leaves it unset on Self
             ps.Online = True
             ps.Relay = self.bind.region_codes.get(self.bind.core.home_derp, "")
             ps.OS = ps.OS or "linux"
