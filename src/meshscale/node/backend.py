@@ -214,6 +214,8 @@ class Backend:
             "MappingVariesByDestIP": r.mapping_varies_by_dest_ip,
             "PreferredDERP": r.preferred_derp or self.bind.core.home_derp,
             "RegionLatency": {str(k): v for k, v in r.region_latency.items()},
+            "RegionV4Latency": {str(k): v for k, v in r.region_v4_latency.items()},
+            "RegionV6Latency": {str(k): v for k, v in r.region_v6_latency.items()},
             "RegionNames": names,
         }  # fmt: skip
 
