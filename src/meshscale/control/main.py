@@ -10,7 +10,7 @@
     preauthkeys create --user U [--reusable --ephemeral --expiration 24h --tags tag:x]
                 | list | expire
     apikeys create | list | expire | delete
-    policy get | set -f FILE                (policy.mode database)
+    policy get | set -f FILE | check -f FILE | history | rollback --version N
     import-headscale --db db.sqlite [--noise-key K --derp-key K]   (offline, empty state)
 
 This module is the entry point: the command line, logging, and the two commands that run
