@@ -46,6 +46,7 @@ from . import ipnstate as S
 from .controlclient import Auto, Keys, NetworkMap
 from .localapi import BackendError
 from .magicdns.manager import MagicDNS
+from .portmapper import PortMapperService
 from .prefs import Prefs
 from .store import LoginInfo, State, StateStore
 
@@ -96,6 +97,7 @@ class Backend:
         self._ready_task: asyncio.Task[None] | None = None
         # Inbound packets the filter dropped, per reason (debug()["filter_drops"]).
         self.filter_drops: dict[str, int] = {}
+        self.portmapper = PortMapperService(lambda: bind.core.local_port, bind.set_portmapped)
         engine.filter_in = self._filter_in
         engine.filter_out = self._filter_out
 
@@ -107,6 +109,7 @@ class Backend:
         self._traffic_task = loop.create_task(self._watch_traffic())
         if self.st.prefs.WantRunning and self.st.prefs.ControlURL:
             self._start_control("")
+            self.portmapper.start()
 
     async def close(self) -> None:
         for task in (self._link_task, self._traffic_task, self._ready_task):
@@ -114,6 +117,7 @@ class Backend:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.portmapper.stop(release=True)
         if self.auto is not None:
             await self.auto.stop()
 
@@ -152,10 +156,12 @@ class Backend:
         self.health = []
         self.auth_url = ""
         self._start_control(auth_key)
+        self.portmapper.start()
 
     async def down(self) -> None:
         self.st.prefs.WantRunning = False
         self.store.save(self.st)
+        await self.portmapper.stop(release=True)
         if self.auto is not None:
             await self.auto.stop()
             self.auto = None
@@ -204,9 +210,11 @@ class Backend:
 
     async def netcheck(self) -> dict[str, Any]:
         r = self.bind.report
+        have = self.portmapper.have() or {}  # UPnP/PMP/PCP; absent = not checked
         names = {str(k): v for k, v in self.bind.region_codes.items()}
         if r is None:
-            return {"UDP": False, "RegionNames": names, "PreferredDERP": self.bind.core.home_derp}
+            return {"UDP": False, "RegionNames": names, "PreferredDERP": self.bind.core.home_derp,
+                    **have}  # fmt: skip
         return {
             "UDP": r.udp, "IPv4": r.ipv4, "IPv6": r.ipv6,
             "GlobalV4": _addr_text(r.global_v4) if r.global_v4 else "",
@@ -217,6 +225,7 @@ class Backend:
             "RegionV4Latency": {str(k): v for k, v in r.region_v4_latency.items()},
             "RegionV6Latency": {str(k): v for k, v in r.region_v6_latency.items()},
             "RegionNames": names,
+            **have,
         }  # fmt: skip
 
     def debug(self) -> dict[str, Any]:
@@ -337,6 +346,9 @@ class Backend:
 
     def _hostinfo(self) -> Hostinfo:
         ni = net_info(self.bind.report, self.bind.core.home_derp)
+        if (have := self.portmapper.have()) is not None:
+            ni.UPnP, ni.PMP, ni.PCP = have["UPnP"], have["PMP"], have["PCP"]
+            ni.HavePortMap = self.portmapper.mapped is not None
         name = self.st.prefs.Hostname or socket.gethostname()
         return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni,
                         RequestTags=list(self.st.prefs.AdvertiseTags))
@@ -500,6 +512,7 @@ class Backend:
                 if not first:
                     log.info("network changed: %s", [str(i) for i in ips])
                     self.bind.note_network_change()
+                    self.portmapper.restart()
             await asyncio.sleep(LINK_POLL)
 
 
