@@ -133,7 +133,9 @@ class Server:
         except StoreError as exc:
             raise ConfigError(f"database: {exc}") from exc
         try:
-            self.state = state = State(store, state_options(cfg), policy=PolicyEngine())
+            # With OIDC sign-in, a policy group:NAME it does not define is the IdP's group NAME.
+            engine = PolicyEngine(idp_groups=cfg.oidc.enabled)
+            self.state = state = State(store, state_options(cfg), policy=engine)
         except PolicyError as exc:  # the stored policy no longer compiles: do not allow all
             store.close()
             raise ConfigError(f"the stored policy cannot be used: {exc}") from exc
