@@ -118,3 +118,17 @@ def test_openapi_documents_policy_extension() -> None:
     schemas = doc["components"]["schemas"]
     assert set(schemas["Policy"]["properties"]) == {"policy", "updatedAt", "version"}
     assert set(schemas["PolicyCheck"]["properties"]) == {"valid", "errors", "warnings"}
+
+
+def test_large_policies_fit_and_oversized_are_refused(state: State) -> None:
+    api = API(state, trusted=True)
+    hosts = ",\n".join(f'    "h{i}": "10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"'
+                       for i in range(4000))  # fmt: skip
+    big = '{\n  "hosts": {\n' + hosts + '\n  },\n  "acls": []\n}\n'
+    assert 100_000 < len(big) < 1_000_000
+    status, body = call(api, "PUT", "/api/v1/policy", {"policy": big})
+    assert status == 200, body
+    huge = {"policy": " " * (10 * 1024 * 1024)}
+    status, body = call(api, "PUT", "/api/v1/policy", huge)
+    assert status == 413 and "larger than" in body["message"]
+    assert state.policy == big
