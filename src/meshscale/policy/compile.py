@@ -369,6 +369,23 @@ class Compiled:
     def can_see(self, viewer: int, peer: int) -> bool:
         return self._reaches(viewer, peer) or self._reaches(peer, viewer)
 
+    def peer_ids(self, viewer: int) -> set[int]:
+        """Every node ``can_see(viewer, ·)`` holds for, from the rules' member sets: the
+        cost is the size of those sets (set unions), not one ``can_see`` per node."""
+        n = self.nodes.get(viewer)
+        if n is None:
+            return set()
+        out: set[int] = set()
+        mine = self.user_nodes.get(n.user_id, set()) if not n.tagged else set()
+        for i in self.src_of.get(viewer, ()):  # viewer -> them
+            cr = self.rules[i]
+            out |= (mine & cr.dst_nodes) if cr.self_dst else cr.dst_nodes
+        for i in self.dst_of.get(viewer, ()):  # them -> viewer
+            cr = self.rules[i]
+            out |= (mine & cr.src_nodes) if cr.self_dst else cr.src_nodes
+        out.discard(viewer)
+        return out
+
     def reachable_routes(self, viewer: int, router: int) -> tuple[IPPrefix, ...]:
         """The router's served routes that ``viewer`` may reach (its AllowedIPs beyond the
         router's own addresses, §5.3): subnet routes a rule's destination overlaps (``*``
@@ -395,16 +412,15 @@ class Compiled:
 
     def _reaches(self, a: int, b: int) -> bool:
         dst = self.dst_of.get(b)
-        if not dst:
+        src = self.src_of.get(a)
+        if not dst or not src:
             return False
-        for i in self.src_of.get(a, ()):
-            if i in dst:
-                cr = self.rules[i]
-                if not cr.self_dst:
-                    return True
-                na, nb = self.nodes[a], self.nodes[b]
-                if not na.tagged and na.user_id == nb.user_id:
-                    return True
+        for i in set(src).intersection(dst):
+            if not self.rules[i].self_dst:
+                return True
+            na, nb = self.nodes[a], self.nodes[b]
+            if not na.tagged and na.user_id == nb.user_id:
+                return True
         return False
 
     def signatures(self) -> dict[int, tuple[object, ...]]:

@@ -103,6 +103,10 @@ class Nodes:
         core = self.core
         with core.lock:
             me = core.get_node(node_id)
+            at_once = getattr(core.policy, "peer_ids", None)  # PolicyEngine: set unions
+            if at_once is not None:
+                ids: set[int] = at_once(me)
+                return [core.nodes[NodeID(i)] for i in sorted(ids) if NodeID(i) in core.nodes]
             peers = (
                 n for n in core.nodes.values() if n.id != node_id and core.policy.can_see(me, n)
             )
