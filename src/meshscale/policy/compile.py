@@ -428,13 +428,20 @@ class Compiled:
         # A source's peers depend on the rule's destinations; a destination's filter and
         # peers on the rule's sources (both, for autogroup:self rules).
         src_d, dst_d = [], []
+        # SrcIPs follow from the literal sources (in body), the `*` expansion, and the
+        # addresses of the nodes listed by address: stand for those by their ids plus one
+        # hash of every node's addresses (conservative: an address change anywhere moves
+        # every destination's signature), instead of building the strings.
+        addrs = hash(frozenset((i, n.addrs) for i, n in self.nodes.items()))
         for cr in self.rules:
             r = cr.rule
             body = (r.src, cr.dst, r.protos, r.ports, r.caps, r.via, cr.self_dst)
             dsts, srcs = hash(frozenset(cr.dst_nodes)), hash(frozenset(cr.src_nodes))
             # 64-bit hashes stand for the values, so comparing signatures is cheap.
             src_d.append(hash((body, dsts, srcs if cr.self_dst else 0)))
-            dst_d.append(hash((body, srcs, self._src_ips(cr))))
+            wild = self.wildcard_ips() if cr.wildcard_src else ()
+            ips = hash((frozenset(cr.ip_nodes), wild, addrs))
+            dst_d.append(hash((body, srcs, ips)))
         return {
             nid: (
                 self.nodes[nid].user_id,
