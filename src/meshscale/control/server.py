@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from meshscale.control.api import API
 from meshscale.control.app import ControlApp, build_app
 from meshscale.control.config import ConfigError, ControlConfig, state_options
+from meshscale.control.console import console_for
 from meshscale.control.db import StoreError, open_store
 from meshscale.control.derpmap import build_derp_map
 from meshscale.control.policyfile import PolicyFile
@@ -132,11 +133,14 @@ class Server:
 
         public = Router()
         writable = cfg.policy.mode == "database"
-        API(state, policy_writable=writable).mount(public)
+        api = API(state, policy_writable=writable)
+        api.mount(public)
         public.add("GET", "/health", _health)
         mount_verify(public, state)  # for standalone relays' --verify-client-url
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
+        assert self.app is not None
+        console_for(cfg, state, api, self.app.settings.dns_config()).mount(public)  # /admin
 
         server = HTTPServer(public, server_header=PROG)
         host = cfg.listen_addr.host or None

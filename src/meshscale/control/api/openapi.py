@@ -83,6 +83,15 @@ SCHEMAS: dict[str, Any] = {
     "PolicyCheck": _obj({"valid": {"type": "boolean"},
                          "errors": {"type": "array", "items": _ref("PolicyCheckError")},
                          "warnings": _STRS}),
+    "AuditEntry": _obj({
+        "id": _ID, "at": _TS, "actor": {"type": "string"}, "action": {"type": "string"},
+        "target": {"type": "string"}, "detail": {"type": "object"},
+        "source": {"type": "string"},
+    }),
+    "Reach": _obj({"allowed": {"type": "boolean"}, "src": {"type": "string"},
+                   "dst": {"type": "string"}, "port": {"type": "integer"},
+                   "proto": {"type": "string"}}),
+    "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
 }
 
 _ERRORS = {

@@ -24,6 +24,7 @@ from meshscale.control.api.serialize import (
 from meshscale.control.models import (
     PREAUTH_KEY_PREFIX,
     InvalidArgument,
+    Node,
     NodeID,
     NotFound,
     PreAuthKeyID,
@@ -31,6 +32,7 @@ from meshscale.control.models import (
     UserID,
 )
 from meshscale.control.state import State
+from meshscale.policy.checks import admits
 
 
 class BadRequest(InvalidArgument):
@@ -353,6 +355,53 @@ def rollback_policy(c: Call) -> dict[str, Any]:
     return _policy_json(c)
 
 
+_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132}
+
+
+def _node_ref(c: Call, ref: str, what: str) -> Node:
+    """A node by id, MagicDNS name or tailnet address."""
+    ref = ref.strip()
+    if not ref:
+        raise BadRequest(f"missing {what}")
+    for n in c.state.list_nodes():
+        if ref in (str(n.id), n.given_name, *(str(a) for a in n.addresses())):
+            return n
+    raise NotFound(f"{what}: no machine {ref[:60]!r}")
+
+
+def check_reach(c: Call) -> dict[str, Any]:
+    """Whether the policy in force lets machine ``src`` open a connection to ``dst`` on
+    ``port`` (``proto`` tcp by default): ``dst``'s packet filter is what decides."""
+    src = _node_ref(c, c.query.get("src", ""), "src")
+    dst = _node_ref(c, c.query.get("dst", ""), "dst")
+    port = _id(c.query.get("port"), "port")
+    proto = _PROTOS.get(c.query.get("proto", "tcp").lower())
+    if proto is None or port > 65535:
+        raise BadRequest("want proto tcp, udp, icmp or sctp and a port 0-65535")
+    rules = list(c.state.packet_filter(dst.id))
+    local = dst.addresses()
+    allowed = any(
+        admits(rules, s, d, proto, port, local)
+        for s in src.addresses() for d in local if s.version == d.version
+    )  # fmt: skip
+    return {"allowed": allowed, "src": src.given_name, "dst": dst.given_name, "port": port,
+            "proto": c.query.get("proto", "tcp").lower()}  # fmt: skip
+
+
+def list_audit(c: Call) -> dict[str, Any]:
+    before = c.query.get("before")
+    limit = c.query.get("limit") or "100"
+    entries = c.state.audit.list(
+        limit=_id(limit, "limit"), before=_id(before, "before") if before else None,
+        actor=c.query.get("actor", ""), action=c.query.get("action", ""),
+    )  # fmt: skip
+    return {"entries": [
+        {"id": str(e.id), "at": ts(e.at), "actor": e.actor, "action": e.action,
+         "target": e.target, "detail": e.detail, "source": e.source}
+        for e in entries
+    ]}  # fmt: skip
+
+
 def _r(method: str, path: str, op: str, summary: str, tag: str, handler: Handler,
        response: str, *, body: dict[str, str] | None = None, query: tuple[str, ...] = (),
        public: bool = False, max_body: int = 0) -> Route:  # fmt: skip
@@ -425,4 +474,9 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", f"{V1}/policy/rollback", "rollbackPolicy",
        "Put an earlier policy version back in force (as a new version)", "Policy",
        rollback_policy, "Policy", body={"version": "integer"}),
+    _r("GET", f"{V1}/policy/reach", "checkReach",
+       "Can machine src reach machine dst on a port under the policy in force?", "Policy",
+       check_reach, "Reach", query=("src", "dst", "port", "proto")),
+    _r("GET", f"{V1}/audit", "listAudit", "List the audit log of admin changes, newest first",
+       "Audit", list_audit, "AuditList", query=("limit", "before", "actor", "action")),
 )

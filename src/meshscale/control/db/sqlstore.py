@@ -16,10 +16,11 @@ from typing import Any
 
 from meshscale.control import models
 from meshscale.control.db import codec
+from meshscale.control.db.audit import AuditRows
 from meshscale.control.db.repository import IntegrityError, PolicyVersion, Snapshot, StoreError
 
 
-class SQLStore:
+class SQLStore(AuditRows):
     """:class:`~meshscale.control.db.repository.Store` over a DB-API style connection."""
 
     conn: Any

@@ -48,6 +48,7 @@ from meshscale.control.models import (
     NodeID,
     NotFound,
 )
+from meshscale.control.state.audit import AuditLog
 from meshscale.control.state.core import StateCore
 from meshscale.control.state.keys import Keys
 from meshscale.control.state.nodes import Nodes
@@ -157,6 +158,7 @@ class State:
         self.move_node = nodes.move_node
         self.approve_routes = nodes.approve_routes
         self.restore_node = nodes.restore_node
+        self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 
     @classmethod
     def open(
