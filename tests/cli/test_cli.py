@@ -129,3 +129,13 @@ def test_status_prints_health_after_the_table(daemon, capsys):
     code, out, _ = run(capsys, sock, "status")
     assert code == 0
     assert out.rstrip().endswith("# Health check:\n#     - control: connection refused")
+
+
+def test_up_advertise_tags_become_prefs(daemon, capsys):
+    be, sock = daemon
+    code, _out, err = run(capsys, sock, "up", "--login-server=http://ctl:8080", "--authkey", "k",
+                          "--advertise-tags=tag:db, tag:web", "--timeout=5s")  # fmt: skip
+    assert code == 0, err
+    assert be.calls[0][1][0].AdvertiseTags == ["tag:db", "tag:web"]
+    code, _out, err = run(capsys, sock, "up", "--login-server=http://c", "--advertise-tags=db")
+    assert code == 2 and "tags must start with 'tag:'" in err, err
