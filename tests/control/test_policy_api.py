@@ -4,6 +4,7 @@ rollback; refusals keep the policy in force and name line:column."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,15 @@ def test_large_policies_fit_and_oversized_are_refused(state: State) -> None:
     status, body = call(api, "PUT", "/api/v1/policy", huge)
     assert status == 413 and "larger than" in body["message"]
     assert state.policy == big
+
+
+def test_policy_and_version_survive_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    s = State.open(db, clock=lambda: T0, policy=PolicyEngine())
+    s.create_user("dev")
+    v = s.set_policy(GOOD)
+    s.close()
+    s = State.open(db, clock=lambda: T0, policy=PolicyEngine())
+    assert s.policy == GOOD and s.policy_version == v
+    assert [h.version for h in s.policy_history()] == [1]
+    s.close()
