@@ -40,6 +40,7 @@ _SELF_IRRELEVANT = frozenset({"last_seen", "online"})
 # (the peers' side is the per-viewer visibility filter of build()).
 _SELF_POLICY = frozenset({"ipv4", "ipv6", "user_id", "tags", "approved_routes"})
 MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
+MAX_VIEWER_SETS = 256  # per-node viewer sets kept while only patches arrive: memory bound
 MAX_EPOCHS = 1024  # broadcast batches kept for sessions that fall behind
 REMOVED_LOG = 65536  # node IDs remembered as removed (for zero-peer full maps)
 
@@ -166,8 +167,9 @@ class Batcher:
         # peer sets would cost O(nodes) memory per stream, O(nodes^2) in all.
         self._recently_removed: deque[int] = deque(maxlen=REMOVED_LOG)
         self._shared: dict[_DeltaKey, dict[str, Any]] = {}
-        # Who may see a changed node (the policy's answer, once per node per event batch;
-        # visibility is symmetric, so one peer set serves every viewer's check).
+        # Who may see a changed node (the policy's answer, once per node until an event
+        # that can change access; visibility is symmetric, so one peer set serves every
+        # viewer's check).
         self._viewers: dict[int, set[int] | None] = {}
         self._encoded: dict[tuple[int, bool, bool], tuple[dict[str, Any], bytes]] = {}
         self.events_handled = 0
@@ -239,7 +241,10 @@ class Batcher:
         self.events_handled += 1
         self._shared.clear()
         self._encoded.clear()
-        self._viewers.clear()
+        patch_only = isinstance(event, models.NodeChanged) and (
+            event.fields <= mapper.PATCHABLE_FIELDS)
+        if not patch_only or len(self._viewers) > MAX_VIEWER_SETS:
+            self._viewers.clear()  # (endpoints, online, DERP moves change no one's access)
         match event:
             case models.NodeAdded(node_id=nid) if self._clock is not None:
                 self.cache.drop(nid)
