@@ -124,10 +124,16 @@ class MapHandler:
             )
         if node is None:
             return Response.text(404, "node not found\n")
-        try:
-            node = self._apply(node, mr, req.body)
-        except models.StateError as exc:
-            return Response.text(400, f"{exc}\n")
+        if node.is_expired(self.clock()):
+            # Revoked (issue #12): nothing it reports is stored or fanned out; a stream
+            # still gets the one map telling it its key expired (batcher._revoked_map).
+            if not mr.Stream and mr.OmitPeers:
+                return Response.text(403, "node key expired: log in again\n")
+        else:
+            try:
+                node = self._apply(node, mr, req.body)
+            except models.StateError as exc:
+                return Response.text(400, f"{exc}\n")
         compress = mr.Compress == "zstd"
         if not mr.Stream:
             if mr.OmitPeers:
