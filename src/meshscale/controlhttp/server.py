@@ -40,6 +40,7 @@ from meshscale.tailcfg import (
     EarlyNoise,
     OverTLSPublicKeyResponse,
     dumps,
+    unsupported_client,
 )
 
 from .h2server import H2Server, NoiseHandler
@@ -146,7 +147,7 @@ class NoiseUpgrade:
         await stream.accept([("Upgrade", UPGRADE_PROTOCOL), ("Connection", "upgrade")])
         if version < MIN_SUPPORTED_CAPABILITY_VERSION:
             # The client reports the error frame's text ("server error: ...").
-            stream.write(encode_error(f"unsupported client version {version}"))
+            stream.write(encode_error(unsupported_client(version)))
             await stream.drain()
             return
         conn = Conn(tx, rx, machine_key, version)

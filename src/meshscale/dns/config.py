@@ -1,6 +1,6 @@
 """Resolver configuration built from the netmap: peers' MagicDNS names, ExtraRecords,
 split-DNS routes, default upstreams and search domains (tailcfg.DNSConfig;
-docs/protocol/control.md §6.2, shared spec dns-oidc-console.md §2.1)."""
+docs/protocol/control.md §6.2, docs/protocol/dns-oidc-console.md §2.1)."""
 
 from __future__ import annotations
 
