@@ -112,6 +112,9 @@ class Request:
     tls: bool = False
     http_version: str = "1.1"
     peer_uid: int | None = None
+    # The path as sent, still percent-encoded: for routers that split it into segments
+    # before decoding (so an encoded "/" or "%" inside a segment is decoded exactly once).
+    raw_path: str = ""
 
 
 def peer_uid(sock: Any) -> int | None:
@@ -434,6 +437,7 @@ class HTTPServer:
                 tls=tls,
                 http_version=req_ev.http_version.decode("ascii", "replace"),
                 peer_uid=uid,
+                raw_path=path_raw,
             )
             if upgrade_handler is not None:
                 return req, upgrade_handler, h.trailing_data[0]
