@@ -290,3 +290,24 @@ def test_connection_is_promoted_once_its_machine_key_registers() -> None:
             await server.close(grace=0.5)
 
     _run(go)
+
+
+def test_new_unauthenticated_connections_are_rate_limited() -> None:
+    async def go() -> None:
+        mk = MachinePrivate(random.randbytes(32))
+        limits = NoiseLimits(unauth_rate=1000, unauth_rate_per_source=2)  # burst 4
+        server, port, key, up = await _serve(limits, {mk.public()})
+        try:
+            for _ in range(4):
+                await (await _dial(port, key)).close()
+            with pytest.raises(ClientError, match="503"):
+                await _dial(port, key)
+            assert up.gate.refused == 1
+            node = await _dial(port, key, mk)  # nodes are not rate-limited
+            await node.close()
+            await asyncio.sleep(0.6)  # tokens come back at 2 per second
+            await (await _dial(port, key)).close()
+        finally:
+            await server.close(grace=0.5)
+
+    _run(go)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+MAX_BUCKETS = 4096  # rate-limit buckets kept (least recently used dropped)
 KiB = 1 << 10
 MiB = 1 << 20
 
@@ -55,6 +56,11 @@ class NoiseLimits:
     max_unauth_per_source: int = 64  # per IPv4 address or IPv6 /64
     max_buffered: int = 128 * MiB  # unfinished bodies, all connections
     max_buffered_unauth: int = 16 * MiB  # of which unauthenticated connections
+    # New unauthenticated connections per second (token buckets; burst = 2 s worth): each
+    # costs a Noise handshake and HTTP/2 setup on the one event loop, so this bounds the CPU
+    # a flood of fresh machine keys can take. Node connections are not rate-limited.
+    unauth_rate: float = 300.0  # server-wide
+    unauth_rate_per_source: float = 100.0
     max_frame: int = 16 * KiB  # HTTP/2 SETTINGS_MAX_FRAME_SIZE (the protocol's minimum)
     max_header_list: int = 16 * KiB  # decoded request headers, bytes
 
@@ -97,12 +103,25 @@ class NoiseGate:
     closed_idle: int = 0  # connections closed by a deadline
     rejected_bodies: int = 0  # streams refused by a body budget
     _per_source: dict[str, int] = field(default_factory=dict)
+    # token buckets: source ("" = server-wide) -> (tokens, at); sources LRU-bounded
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def _take(self, key: str, rate: float, now: float) -> bool:
+        burst = 2 * rate
+        tokens, at = self._buckets.pop(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        ok = tokens >= 1
+        self._buckets[key] = (tokens - 1 if ok else tokens, now)  # re-inserted: most recent
+        while len(self._buckets) > MAX_BUCKETS:
+            del self._buckets[next(iter(self._buckets))]
+        return ok
 
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
 
-    def admit(self, host: str | None, node: bool) -> Ticket | str:
-        """A ticket for a new connection, or why it is refused."""
+    def admit(self, host: str | None, node: bool, now: float = 0.0) -> Ticket | str:
+        """A ticket for a new connection, or why it is refused (``now``: monotonic
+        seconds, for the rate limits)."""
         lim = self.limits
         if self.connections >= lim.max_connections:
             self.refused += 1
@@ -115,6 +134,12 @@ class NoiseGate:
             if self._per_source.get(src, 0) >= lim.max_unauth_per_source:
                 self.refused += 1
                 return "too many unauthenticated connections from this address"
+            if not self._take(src, lim.unauth_rate_per_source, now):
+                self.refused += 1
+                return "too many new connections from this address"
+            if not self._take("", lim.unauth_rate, now):
+                self.refused += 1
+                return "too many new connections"
             self.unauth_connections += 1
             self._per_source[src] = self._per_source.get(src, 0) + 1
         self.connections += 1

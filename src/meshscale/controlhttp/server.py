@@ -122,7 +122,11 @@ class NoiseUpgrade:
             log.info("ts2021: handshake from %s failed: %s", req.client, exc)
             return Response.text(400, "handshake failed\n")
         # Caps before the upgrade: a refused client gets a plain 503 and nothing is held.
-        ticket = self.gate.admit(req.client[0] if req.client else None, self._classify(machine_key))
+        ticket = self.gate.admit(
+            req.client[0] if req.client else None,
+            self._classify(machine_key),
+            asyncio.get_running_loop().time(),
+        )
         if isinstance(ticket, str):
             log.info("ts2021: refused %s: %s", req.client, ticket)
             resp = Response.text(503, ticket + "\n")
