@@ -292,20 +292,25 @@ def test_connection_is_promoted_once_its_machine_key_registers() -> None:
     _run(go)
 
 
-def test_new_unauthenticated_connections_are_rate_limited() -> None:
+def test_new_unauthenticated_connections_are_paced_then_refused() -> None:
     async def go() -> None:
         mk = MachinePrivate(random.randbytes(32))
-        limits = NoiseLimits(unauth_rate=1000, unauth_rate_per_source=2)  # burst 4
+        limits = NoiseLimits(unauth_rate=1000, unauth_rate_per_source=10, max_pace=0.3)
         server, port, key, up = await _serve(limits, {mk.public()})
         try:
-            for _ in range(4):
-                await (await _dial(port, key)).close()
-            with pytest.raises(ClientError, match="503"):
-                await _dial(port, key)
-            assert up.gate.refused == 1
+            got = await asyncio.gather(*(_dial(port, key) for _ in range(10)),
+                                       return_exceptions=True)  # fmt: skip
+            ok = [c for c in got if isinstance(c, H2Client)]
+            refused = [e for e in got if isinstance(e, ClientError)]
+            assert len(ok) + len(refused) == 10
+            assert up.gate.paced >= 1  # over the rate: made to wait, still served
+            assert refused and up.gate.refused == len(refused)  # past max_pace: 503
+            assert all("503" in str(e) for e in refused)
+            for c in ok:
+                await c.close()
             node = await _dial(port, key, mk)  # nodes are not rate-limited
             await node.close()
-            await asyncio.sleep(0.6)  # tokens come back at 2 per second
+            await asyncio.sleep(0.5)  # tokens come back
             await (await _dial(port, key)).close()
         finally:
             await server.close(grace=0.5)

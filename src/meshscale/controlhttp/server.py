@@ -133,6 +133,8 @@ class NoiseUpgrade:
             resp.headers.append(("Retry-After", "30"))
             return resp
         try:
+            if ticket.pace:  # over the new-connection rate: spread the work out
+                await asyncio.sleep(ticket.pace)
             await self._serve(stream, resp_frame, machine_key, version, tx, rx, ticket)
         finally:
             self.gate.release(ticket)

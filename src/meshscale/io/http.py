@@ -69,6 +69,7 @@ REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its end: slowlo
 KEEPALIVE_TIMEOUT = 60.0  # seconds idle between requests: socket hoarding
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds: half-open TLS handshakes
 WRITE_TIMEOUT = 30.0  # seconds a response write may block: clients that never read
+LISTEN_BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
 
 
 class Headers:
@@ -308,6 +309,9 @@ class HTTPServer:
             ssl=ssl,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
             limit=READ_CHUNK,
+            # asyncio's default of 100 overflows under a connection burst: the kernel then
+            # drops SYNs and every client, /health probes too, waits 1 s to retransmit.
+            backlog=LISTEN_BACKLOG,
         )
         self._servers.append(srv)
         return srv
