@@ -23,7 +23,6 @@ UNSUPPORTED_UP_FLAGS = {
     "exit-node": "exit nodes",
     "exit-node-allow-lan-access": "exit nodes",
     "advertise-exit-node": "exit nodes",
-    "advertise-tags": "tags",
     "ssh": "meshscale SSH",
     "shields-up": "shields-up",
     "operator": "operator users",

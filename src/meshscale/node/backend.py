@@ -336,7 +336,8 @@ class Backend:
     def _hostinfo(self) -> Hostinfo:
         ni = net_info(self.bind.report, self.bind.core.home_derp)
         name = self.st.prefs.Hostname or socket.gethostname()
-        return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni)
+        return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni,
+                        RequestTags=list(self.st.prefs.AdvertiseTags))
 
     def _on_state(self, state: str, auth_url: str, error: str) -> None:
         if error:

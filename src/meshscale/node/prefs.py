@@ -6,7 +6,7 @@ upstream's JSON so ``meshscale debug prefs`` style output is familiar.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8080"
@@ -23,6 +23,7 @@ class Prefs:
     WantRunning: bool = False
     LoggedOut: bool = False
     CorpDNS: bool = True  # --accept-dns; no DNS is configured yet, the value is only kept
+    AdvertiseTags: list[str] = field(default_factory=list)  # sent as Hostinfo.RequestTags
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,5 +40,7 @@ class Prefs:
             want = type(getattr(out, f.name))
             if type(v) is not want:
                 raise PrefsError(f"prefs: {f.name} must be {want.__name__}")
+            if isinstance(v, list) and not all(isinstance(x, str) for x in v):
+                raise PrefsError(f"prefs: {f.name} must be a list of strings")
             setattr(out, f.name, v)
         return out

@@ -103,6 +103,7 @@ class StateCore:
         self.api_keys: dict[APIKeyID, APIKey] = {k.id: k for k in snap.api_keys}
         self.api_by_prefix: dict[str, APIKeyID] = {k.prefix: k.id for k in snap.api_keys}
         self.policy_text = snap.policy
+        self.policy_version = snap.policy_version
         self.policy.set_policy(snap.policy)
         self.policy.set_users(self.users.values())
         self.policy.set_nodes(self.nodes.values())
