@@ -75,9 +75,10 @@ def rss_kib(pid: int) -> int:
 # ---- server side (a child process) --------------------------------------------------------
 
 
-async def serve(port: int, db: str) -> None:
+async def serve(port: int, db: str, unauth_rate: float) -> None:
     from meshscale.control.app import AppSettings, build_app
     from meshscale.control.state import State
+    from meshscale.controlhttp import NoiseLimits
     from meshscale.io.http import HTTPServer, Request, Response
     from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
 
@@ -86,8 +87,9 @@ async def serve(port: int, db: str) -> None:
     secret = state.create_preauth_key(user.id, reusable=True).secret
     derp = DERPMap(Regions={900: DERPRegion(900, "b", "Bench", Nodes=[DERPNode("900a", 900, "d")])})
     key = MachinePrivate(os.urandom(32))
+    limits = NoiseLimits(unauth_rate=unauth_rate) if unauth_rate else NoiseLimits()
     app = build_app(state, AppSettings(server_url=f"http://127.0.0.1:{port}"), derp,
-                    control_key=key)  # fmt: skip
+                    control_key=key, limits=limits)  # fmt: skip
 
     lag = {"max_ms": 0.0}
 
@@ -396,9 +398,15 @@ def main() -> None:
     ap.add_argument("--junk", type=int, default=10000)
     ap.add_argument("--duration", type=float, default=30.0, help="minimum attack seconds")
     ap.add_argument("--rss-budget-mib", type=float, default=400.0)
+    ap.add_argument(
+        "--unauth-rate",
+        type=float,
+        default=0.0,
+        help="the server's NoiseLimits.unauth_rate (0: the default)",
+    )
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.db))
+        asyncio.run(serve(args.serve, args.db, args.unauth_rate))
         return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -408,7 +416,8 @@ def main() -> None:
         return
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-hardening-") as tmp:
-        cmd = [sys.executable, __file__, "--serve", str(port), "--db", str(Path(tmp) / "s.db")]
+        cmd = [sys.executable, __file__, "--serve", str(port), "--db", str(Path(tmp) / "s.db"),
+               "--unauth-rate", str(args.unauth_rate)]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None

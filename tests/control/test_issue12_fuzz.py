@@ -22,6 +22,8 @@ from meshscale.control.config import config_from_mapping
 from meshscale.control.server import Server
 from meshscale.testing.controlclient import ControlClient
 
+pytestmark = pytest.mark.slow
+
 T = TypeVar("T")
 
 

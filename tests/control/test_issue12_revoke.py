@@ -16,6 +16,8 @@ from meshscale.derphttp import DERPClient
 from meshscale.key import NodePrivate
 from meshscale.testing.controlclient import ControlClient, MapStream
 
+pytestmark = pytest.mark.slow
+
 
 async def _start(tmp_path: Path) -> Server:
     cfg = config_from_mapping(

@@ -26,6 +26,8 @@ from meshscale.io.http import HTTPServer, Response, Router
 from meshscale.key import MachinePrivate, MachinePublic
 from meshscale.tailcfg import CURRENT_CAPABILITY_VERSION
 
+pytestmark = pytest.mark.slow
+
 FAST = Budget(idle_timeout=0.4, body_timeout=0.4, max_streams=4, max_body=8192, max_buffered=16384)
 NODE = Budget(
     idle_timeout=0.4, body_timeout=5.0, max_streams=100, max_body=1 << 20, max_buffered=4 << 20

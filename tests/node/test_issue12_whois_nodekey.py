@@ -23,6 +23,8 @@ from meshscale.tailcfg import MapResponse, UserProfile
 from .test_backend import DM, _backend, _key, _node
 from .test_localapi import _request
 
+pytestmark = pytest.mark.slow
+
 
 def test_relay_verify_clients_admits_tailnet_peers_by_node_key(tmp_path: Path) -> None:
     async def go() -> None:

@@ -19,6 +19,8 @@ from meshscale.key import MachinePrivate
 from meshscale.node.controlclient.direct import MAX_MESSAGE, decompress_bounded
 from meshscale.testing.controlclient import ControlClient
 
+pytestmark = pytest.mark.slow
+
 BOMB_SIZE = 64 << 20
 
 
