@@ -155,7 +155,8 @@ class Server:
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
         assert self.app is not None
-        console_for(cfg, state, api, self.app.settings.dns_config()).mount(public)  # /admin
+        console_for(cfg, state, api, self.app.settings.dns_config(),
+                    self.app.derp_map).mount(public)  # /admin
 
         server = HTTPServer(public, server_header=PROG)
         host = cfg.listen_addr.host or None
