@@ -167,3 +167,13 @@ def test_netcheck_port_mapping_named_and_ordered_as_tailscale():
     assert port_mapping({"UPnP": True, "PMP": True, "PCP": True}) == "UPnP, NAT-PMP, PCP"
     assert port_mapping({"UPnP": False, "PMP": True, "PCP": False}) == "NAT-PMP"
     assert port_mapping({"UPnP": False, "PMP": False, "PCP": False}) == ""
+
+
+def test_up_advertise_tags_become_prefs(daemon, capsys):
+    be, sock = daemon
+    code, _out, err = run(capsys, sock, "up", "--login-server=http://ctl:8080", "--authkey", "k",
+                          "--advertise-tags=tag:db, tag:web", "--timeout=5s")  # fmt: skip
+    assert code == 0, err
+    assert be.calls[0][1][0].AdvertiseTags == ["tag:db", "tag:web"]
+    code, _out, err = run(capsys, sock, "up", "--login-server=http://c", "--advertise-tags=db")
+    assert code == 2 and "tags must start with 'tag:'" in err, err
