@@ -73,3 +73,38 @@ def test_meshscaled_behind_miniupnpd_advertises_its_mapping(need_lab: None, tmp_
         while "mapping removed" not in upnpd.log_text():
             assert time.monotonic() < deadline, upnpd.log_text()[-2000:]
             time.sleep(0.2)
+
+
+def test_mapping_lets_unsolicited_udp_through_the_hard_nat(need_lab: None) -> None:
+    """What a peer needs: a packet from the internet to the mapped address reaches the host."""
+    if shutil.which(MINIUPNPD) is None:
+        pytest.skip("miniupnpd-nftables is not installed (scripts/install)")
+    with Lab("pmpu") as lab:
+        stun = lab.add_public_host("stun")
+        gw = lab.add_nat("gw", NatKind.HARD)
+        node = lab.add_private_host("node", gw)
+        start_stun(stun)
+        upnpd = start_miniupnpd(gw, stun)
+        listen = node.spawn([sys.executable, "-c", LISTEN, str(WG_PORT)], log_name="listen")
+        argv = [sys.executable, "-m", "meshscale.lab.miniupnpd", "map", "--port", str(WG_PORT)]
+        mapper = node.spawn([*argv, "--hold", "8"], log_name="mapper")
+        deadline = time.monotonic() + 15
+        while "PCP MAP: added mapping" not in upnpd.log_text():
+            assert time.monotonic() < deadline and mapper.running, upnpd.log_text()[-2000:]
+            time.sleep(0.1)
+        send = f"import socket; socket.socket(2, 2).sendto(b'hello', ('{gw.public_ip}', {WG_PORT}))"
+        stun.run([sys.executable, "-c", send])
+        deadline = time.monotonic() + 5
+        while "GOT hello" not in listen.log_text():
+            assert time.monotonic() < deadline, listen.log_text()
+            time.sleep(0.1)
+
+
+LISTEN = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(20)
+data, addr = s.recvfrom(100)
+print("GOT", data.decode(), addr, flush=True)
+"""
