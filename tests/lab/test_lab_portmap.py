@@ -108,3 +108,33 @@ s.settimeout(20)
 data, addr = s.recvfrom(100)
 print("GOT", data.decode(), addr, flush=True)
 """
+
+
+def test_two_meshscaled_behind_two_hard_nats_go_direct_through_mappings(
+    need_lab: None, tmp_path: Path
+) -> None:
+    """Hard NAT to hard NAT is relayed without port mapping; with miniupnpd on both, direct."""
+    if shutil.which(MINIUPNPD) is None:
+        pytest.skip("miniupnpd-nftables is not installed (scripts/install)")
+    with Lab("pmp2") as lab:
+        net = MeshNet(lab, tmp_path / "net")
+        net.start_control()
+        assert net.ctl is not None
+        nodes = []
+        for name in ("a", "b"):
+            gw = lab.add_nat(f"r{name}", NatKind.HARD)
+            start_miniupnpd(gw, net.ctl)
+            nodes.append(net.add_node(name, lab.add_private_host(name, gw)))
+        for n in nodes:
+            n.up()
+        a, b = nodes
+        a.host.spawn(["ping", "-q", "-i", "0.2", "-c", "150", b.ip4()], log_name="ping-a-b")
+        deadline = time.monotonic() + 25
+        peer: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            peer = a.peer("b")
+            if peer.get("CurAddr"):
+                break
+            time.sleep(0.5)
+        # Through b's mapping: b's router's address with b's own WireGuard port.
+        assert peer.get("CurAddr") == f"{lab.hosts['rb'].ip}:{WG_PORT}", (peer, a.log()[-3000:])

@@ -106,7 +106,11 @@ def start_miniupnpd(router: Router, stun: Host, stun_port: int = STUN_PORT) -> P
     ns_nft(router.ns, own_traffic_ruleset(router.public_ip))
     conf = router.lab.workdir / f"miniupnpd-{router.name}.conf"
     conf.write_text(config(router, stun, stun_port))
-    p = router.spawn([MINIUPNPD, "-d", "-f", str(conf)], log_name=f"miniupnpd-{router.name}")
+    # Its own pidfile: the default /var/run/miniupnpd.pid would make a second lab router (or a
+    # parallel lab) exit with "already running".
+    pid = router.lab.workdir / f"miniupnpd-{router.name}.pid"
+    argv = [MINIUPNPD, "-d", "-f", str(conf), "-P", str(pid)]
+    p = router.spawn(argv, log_name=f"miniupnpd-{router.name}")
     _wait_log(p, "Listening for NAT-PMP/PCP", 15.0)
     if "Port forwarding is now disabled" in p.log_text():
         raise LabError(f"miniupnpd on {router.name} disabled port forwarding:\n{p.log_text()}")
