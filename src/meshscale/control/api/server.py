@@ -104,9 +104,16 @@ class API:
     def mount(self, router: Router) -> None:
         router.add_prefix("*", API_PREFIX, self.handle)
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | int:
-        """The route and its path parameters, or 404/405."""
-        parts = [unquote(p) for p in path.strip("/").split("/")]
+    def match(
+        self, method: str, path: str, raw_path: str = ""
+    ) -> tuple[Route, dict[str, str]] | int:
+        """The route and its path parameters, or 404/405. Segments are split from the
+        still-encoded ``raw_path`` when given and then decoded once: ``a%252Fb`` names
+        ``a%2Fb``, not ``a/b`` (``path`` was decoded already by the HTTP server)."""
+        if raw_path:
+            parts = [unquote(p) for p in raw_path.strip("/").split("/")]
+        else:
+            parts = path.strip("/").split("/")
         path_known = False
         for route, pattern in self._routes:
             if len(pattern) != len(parts):
@@ -130,7 +137,7 @@ class API:
             if req.method not in ("GET", "HEAD"):
                 return error_response(405, 12, "method not allowed")
             return Response(200, self._openapi, [], "application/json")
-        found = self.match(req.method, req.path)
+        found = self.match(req.method, req.path, req.raw_path)
         if isinstance(found, int):
             status = found
             return error_response(status, 5 if status == 404 else 12,
@@ -142,13 +149,14 @@ class API:
             if isinstance(denied, Response):
                 return denied
             actor = denied
-        if len(req.body) > MAX_API_BODY:
-            return error_response(413, 8, f"request body larger than {MAX_API_BODY} bytes")
+        limit = route.max_body or MAX_API_BODY
+        if len(req.body) > limit:
+            return error_response(413, 8, f"request body larger than {limit} bytes")
         body: Any = {}
         if req.body.strip():
             try:
                 body = json.loads(req.body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # incl. UnicodeDecodeError; deep nesting
                 return error_response(400, 3, "request body is not valid JSON")
             if not isinstance(body, dict):
                 return error_response(400, 3, "request body must be a JSON object")
