@@ -433,6 +433,40 @@ class Nodes:
             core.emit(NodeChanged(node_id, diff(old, new)))
             return new
 
+    def backfill_ips(self) -> list[str]:
+        """Headscale's ``nodes backfillips``: give every node an address from each configured
+        prefix it lacks one from (say, after ``prefixes.v6`` was added), and drop addresses
+        of a family no longer configured. Returns one line per change."""
+        core = self.core
+        changes: list[str] = []
+        with core.write():
+            pool4, pool6 = core.alloc.pool4, core.alloc.pool6
+            for old in sorted(core.nodes.values(), key=lambda n: n.id):
+                v4, v6 = old.ipv4, old.ipv6
+                if pool4 is not None and v4 is None:
+                    a4 = pool4.allocate()
+                    assert isinstance(a4, ipaddress.IPv4Address)
+                    v4 = a4
+                    changes.append(f"node {old.id} ({old.given_name}): assigned IPv4 {v4}")
+                elif pool4 is None and v4 is not None:
+                    changes.append(f"node {old.id} ({old.given_name}): removed IPv4 {v4}")
+                    v4 = None
+                if pool6 is not None and v6 is None:
+                    a6 = pool6.allocate()
+                    assert isinstance(a6, ipaddress.IPv6Address)
+                    v6 = a6
+                    changes.append(f"node {old.id} ({old.given_name}): assigned IPv6 {v6}")
+                elif pool6 is None and v6 is not None:
+                    changes.append(f"node {old.id} ({old.given_name}): removed IPv6 {v6}")
+                    v6 = None
+                if (v4, v6) == (old.ipv4, old.ipv6):
+                    continue
+                new = replace(old, ipv4=v4, ipv6=v6)
+                core.store.update_node(new)
+                core.put_node(new)
+                core.emit(NodeChanged(new.id, diff(old, new)))
+        return changes
+
     def _edit(self, node_id: NodeID, **changes: Unpack[_AdminEdit]) -> Node:
         with self.core.write():
             old = self.core.get_node(node_id)

@@ -158,6 +158,7 @@ class State:
         self.move_node = nodes.move_node
         self.approve_routes = nodes.approve_routes
         self.restore_node = nodes.restore_node
+        self.backfill_ips = nodes.backfill_ips
         self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 
     @classmethod
