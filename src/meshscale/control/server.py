@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from meshscale.control.api import API
 from meshscale.control.app import ControlApp, build_app
-from meshscale.control.config import ConfigError, ControlConfig, state_options
+from meshscale.control.config import (
+    ConfigError,
+    ControlConfig,
+    load_config,
+    parse_extra_records,
+    state_options,
+)
 from meshscale.control.console import console_for
 from meshscale.control.db import StoreError, open_store
 from meshscale.control.derpmap import build_derp_map
@@ -33,6 +41,8 @@ from meshscale.control.state import State
 from meshscale.control.verify import admits, mount_verify
 from meshscale.derp.info import ClientInfo
 from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.io.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshscale.io.metrics import Family, exposition
 from meshscale.key import MachinePrivate, NodePrivate, NodePublic
 from meshscale.policy import PolicyEngine, PolicyError
 from meshscale.relay.app import derp_region, mount_derp
@@ -43,6 +53,7 @@ from meshscale.tailcfg import DERPMap, DERPRegion, from_json
 
 log = logging.getLogger("meshscale.control")
 PROG = "meshscale-control"
+RECORDS_POLL = 1.0  # seconds between checks of dns.extra_records_path (Headscale: fsnotify)
 K = TypeVar("K", MachinePrivate, NodePrivate)
 REVOKE_INTERVAL = 0.5  # seconds between re-checks of embedded-relay clients' admission
 
@@ -109,6 +120,7 @@ class Server:
         self.bound: dict[str, tuple[str, int] | str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._embedded_region: DERPRegion | None = None
+        self._records_digest = b""
         self.policy_file: PolicyFile | None = None
 
     async def start(self) -> None:
@@ -124,7 +136,9 @@ class Server:
         except StoreError as exc:
             raise ConfigError(f"database: {exc}") from exc
         try:
-            self.state = state = State(store, state_options(cfg), policy=PolicyEngine())
+            # With OIDC sign-in, a policy group:NAME it does not define is the IdP's group NAME.
+            engine = PolicyEngine(idp_groups=cfg.oidc.enabled)
+            self.state = state = State(store, state_options(cfg), policy=engine)
         except PolicyError as exc:  # the stored policy no longer compiles: do not allow all
             store.close()
             raise ConfigError(f"the stored policy cannot be used: {exc}") from exc
@@ -141,7 +155,8 @@ class Server:
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
         assert self.app is not None
-        console_for(cfg, state, api, self.app.settings.dns_config()).mount(public)  # /admin
+        console_for(cfg, state, api, self.app.settings.dns_config(),
+                    self.app.derp_map).mount(public)  # /admin
 
         server = HTTPServer(public, server_header=PROG)
         host = cfg.listen_addr.host or None
@@ -284,23 +299,93 @@ class Server:
             log.warning("no DERP regions: clients will not reach the Running state")
         self.app = build_app(self.state, self.cfg, derp_map, control_key=key)
         self.app.mount(router)
+        if self.cfg.dns.extra_records_path is not None:
+            self._load_extra_records()
+            self._tasks.append(asyncio.create_task(self._watch_extra_records()))
+
+    # ---- DNS: extra_records_path (watched) and SIGHUP reload ----
+
+    def _load_extra_records(self) -> bool:
+        """Read dns.extra_records_path into the app if its contents changed; True if so.
+        An empty file is ignored (``[]`` clears), a bad one is logged and ignored."""
+        path = self.cfg.dns.extra_records_path
+        if path is None or self.app is None:
+            return False
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            if self._records_digest != b"missing":
+                log.warning("dns.extra_records_path: cannot read %s: %s", path, exc.strerror)
+                self._records_digest = b"missing"
+            return False
+        digest = hashlib.sha256(data).digest()
+        if digest == self._records_digest:
+            return False
+        self._records_digest = digest
+        try:
+            records = parse_extra_records(data.decode("utf-8", "replace"))
+        except ConfigError as exc:
+            log.error("%s (keeping the previous records)", exc)
+            return False
+        if records is None:
+            log.info("dns.extra_records_path: %s is empty; keeping the previous records", path)
+            return False
+        app = self.app
+        app.set_settings(
+            replace(app.settings, extra_records=tuple((r.name, r.type, r.value) for r in records))
+        )
+        log.info("dns: %d extra records from %s", len(records), path)
+        return True
+
+    async def _watch_extra_records(self) -> None:
+        while True:
+            await asyncio.sleep(RECORDS_POLL)
+            try:
+                self._load_extra_records()
+            except Exception:
+                log.exception("dns.extra_records_path: reload failed")
+
+    def reload_dns(self) -> None:
+        """SIGHUP: read the ``dns:`` section of the config file again and push it to every
+        node. Raises ConfigError (the running configuration is kept)."""
+        if self.cfg.source is None or self.app is None:
+            return
+        fresh = load_config(self.cfg.source, state_dir=self.cfg.state_dir).dns
+        if fresh.extra_records_path != self.cfg.dns.extra_records_path:
+            log.warning("dns.extra_records_path changes need a restart; keeping %s",
+                        self.cfg.dns.extra_records_path)  # fmt: skip
+            fresh = replace(fresh, extra_records_path=self.cfg.dns.extra_records_path)
+        self.cfg = replace(self.cfg, dns=fresh)
+        app = self.app
+        records = app.settings.extra_records if fresh.extra_records_path is not None else None
+        app.set_settings(app.settings.with_dns(fresh, records))
+        log.info("dns configuration reloaded from %s", self.cfg.source)
 
     async def _metrics(self, req: Request) -> Response:
         assert self.state is not None
         nodes = self.state.list_nodes()
-        lines = [
-            "# TYPE meshscale_control_nodes gauge",
-            f"meshscale_control_nodes {len(nodes)}",
-            "# TYPE meshscale_control_nodes_online gauge",
-            f"meshscale_control_nodes_online {sum(n.online for n in nodes)}",
-            "# TYPE meshscale_control_users gauge",
-            f"meshscale_control_users {len(self.state.list_users())}",
-        ]
-        text = "\n".join(lines) + "\n"
+        batcher = self.app.batcher if self.app is not None else None
+        families = [
+            Family("meshscale_control_nodes", "gauge", "Registered nodes.", [({}, len(nodes))]),
+            Family("meshscale_control_nodes_online", "gauge", "Nodes with a live map stream.",
+                   [({}, sum(n.online for n in nodes))]),
+            Family("meshscale_control_users", "gauge", "Users.",
+                   [({}, len(self.state.list_users()))]),
+        ]  # fmt: skip
+        if batcher is not None:
+            families += [
+                Family("meshscale_control_map_sessions", "gauge", "Open map streams.",
+                       [({}, batcher.session_count())]),
+                Family("meshscale_control_full_maps_total", "counter", "Full maps built.",
+                       [({}, batcher.full_maps_built)]),
+                Family("meshscale_control_deltas_total", "counter", "Map deltas built.",
+                       [({}, batcher.deltas_built)]),
+            ]  # fmt: skip
+        text = exposition(families)
         if self.derp is not None:
             with contextlib.suppress(Exception):
-                text += render(self.derp, self.stun)
-        return Response(200, text.encode(), [], "text/plain; version=0.0.4")
+                text += render(self.derp, self.stun).encode()
+        return Response(200, text, [], METRICS_CONTENT_TYPE)
 
     async def _maintenance(self) -> None:
         interval = max(self.cfg.node_update_check_interval.total_seconds(), 1.0)

@@ -214,6 +214,8 @@ class Backend:
             "MappingVariesByDestIP": r.mapping_varies_by_dest_ip,
             "PreferredDERP": r.preferred_derp or self.bind.core.home_derp,
             "RegionLatency": {str(k): v for k, v in r.region_latency.items()},
+            "RegionV4Latency": {str(k): v for k, v in r.region_v4_latency.items()},
+            "RegionV6Latency": {str(k): v for k, v in r.region_v6_latency.items()},
             "RegionNames": names,
         }  # fmt: skip
 
@@ -287,7 +289,14 @@ class Backend:
             Addrs=list(n.Endpoints), Created=n.Created, LastSeen=n.LastSeen, KeyExpiry=n.KeyExpiry,
             InNetworkMap=True,
         )  # fmt: skip
+        ps.Tags = list(n.Tags)
+        ps.PrimaryRoutes = list(n.PrimaryRoutes)
+        ps.PeerAPIURL = S.peerapi_urls(hi, ps.TailscaleIPs)
+        if self.state == S.RUNNING:
+            ps.TaildropTarget = S.TAILDROP_MISSING_CAP
         if is_self:
+            ps.CapMap = dict(n.CapMap)
+            ps.TaildropTarget = 0  # tailscale leaves it unset on Self
             ps.Online = True
             ps.Relay = self.bind.region_codes.get(self.bind.core.home_derp, "")
             ps.OS = ps.OS or "linux"
@@ -345,6 +354,8 @@ class Backend:
         self.auth_url = auth_url
         if state != S.STARTING or self.state != S.RUNNING:
             self.state = state
+        if state == S.NEEDS_LOGIN and self.magicdns is not None:
+            self.magicdns.clear()  # as tailscaled: no tailnet DNS while logged out
 
     def _on_login(self, login: Login) -> None:
         self.st.login = LoginInfo(login.LoginName, login.DisplayName, login.ID)

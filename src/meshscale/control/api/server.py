@@ -26,9 +26,11 @@ from meshscale.control.models import (
     Conflict,
     InvalidArgument,
     LimitExceeded,
+    NodeID,
     NotFound,
     PreAuthKeyError,
     StateError,
+    UserID,
 )
 from meshscale.control.state import State
 from meshscale.io.http import Request, Response, Router
@@ -147,8 +149,9 @@ class API:
             if isinstance(denied, Response):
                 return denied
             actor = denied
-        if len(req.body) > MAX_API_BODY:
-            return error_response(413, 8, f"request body larger than {MAX_API_BODY} bytes")
+        limit = route.max_body or MAX_API_BODY
+        if len(req.body) > limit:
+            return error_response(413, 8, f"request body larger than {limit} bytes")
         body: Any = {}
         if req.body.strip():
             try:
@@ -187,17 +190,37 @@ class API:
         self, route: Route, params: dict[str, str], query: dict[str, str],
         body: dict[str, Any], actor: str, source: str,
     ) -> dict[str, Any]:  # fmt: skip
-        result = route.handler(Call(self.state, params, query, body, self.policy_writable))
-        if route.method != "GET" and not route.public and (
+        audited = route.method != "GET" and not route.public and (
             route.operation_id not in READ_ONLY_OPERATIONS
-        ):
+        )
+        before = self._before(route, params) if audited else None
+        result = route.handler(Call(self.state, params, query, body, self.policy_writable))
+        if audited:
             target = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
             detail: dict[str, Any] = {**query, **body}
+            if before:
+                detail["before"] = before
             try:
                 self.audit(Change(actor, route.operation_id, target, detail, source))
             except Exception:  # the change is made; a failed record must not undo it
                 log.exception("audit: recording %s failed", route.operation_id)
         return result
+
+    def _before(self, route: Route, params: dict[str, str]) -> dict[str, Any] | None:
+        """What a node or user change is about to replace, for the audit record."""
+        ref = params.get("nodeId", "")
+        try:
+            if ref.isascii() and ref.isdigit():
+                n = self.state.get_node(NodeID(int(ref)))
+                return {"givenName": n.given_name, "tags": list(n.tags),
+                        "approvedRoutes": [str(r) for r in n.approved_routes],
+                        "expiry": n.expiry.isoformat() if n.expiry else None}  # fmt: skip
+            ref = params.get("oldId") or params.get("id") or ""
+            if route.path.startswith(API_PREFIX + "user/") and ref.isascii() and ref.isdigit():
+                return {"name": self.state.get_user(UserID(int(ref))).name}
+        except (StateError, ValueError):
+            return None
+        return None
 
     def _authenticate(self, req: Request) -> Response | str:
         """The actor ("apikey:<prefix>"), or the 401 to answer."""

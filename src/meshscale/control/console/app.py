@@ -74,6 +74,7 @@ class ConsoleSettings:
     oidc_enabled: bool = False
     dns: dict[str, Any] = field(default_factory=dict)  # the DNS settings view
     dns_preview: str = ""  # the DNSConfig nodes get, as JSON
+    facts: tuple[tuple[str, str], ...] = ()  # the read-only settings page: (name, value)
 
     @property
     def https(self) -> bool:
@@ -184,7 +185,7 @@ class Console:
         for pattern, page in table.items():
             want = pattern.split("/")
             if len(want) == len(parts) and all(
-                w == p or (w == "{id}" and p.isdigit() and len(p) < 19)
+                w == p or (w == "{id}" and p.isascii() and p.isdigit() and len(p) < 19)
                 for w, p in zip(want, parts, strict=True)
             ):
                 return page

@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 
 from meshscale.control.models import Node, User
 
@@ -63,25 +64,24 @@ class Query:
 
 
 def _int(text: str | None, default: int, lo: int, hi: int) -> int:
-    if text is None or not text.isdigit() or len(text) > 9:
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 9:
         return default
     return min(max(int(text), lo), hi)
 
 
-def _is_exit(node: Node) -> bool:
-    return bool(EXIT_ROUTES & set(node.announced_routes()))
-
-
-def _subnets(node: Node) -> bool:
-    return any(r not in EXIT_ROUTES for r in node.announced_routes())
-
-
-def _pending(node: Node) -> bool:
+def route_flags(node: Node) -> tuple[bool, bool, bool]:
+    """(exit node, subnet router, routes awaiting approval) from the announced routes."""
+    announced = node.announced_routes()
+    if not announced:
+        return False, False, False
     approved = set(node.approved_routes)
-    return any(r not in approved for r in node.announced_routes())
+    return (bool(EXIT_ROUTES & set(announced)), any(r not in EXIT_ROUTES for r in announced),
+            any(r not in approved for r in announced))  # fmt: skip
 
 
-def matches_filter(node: Node, filt: str, now: datetime) -> bool:
+def matches_filter(
+    node: Node, filt: str, now: datetime, flags: tuple[bool, bool, bool] | None = None
+) -> bool:
     if filt == "online":
         return node.online
     if filt == "offline":
@@ -94,12 +94,9 @@ def matches_filter(node: Node, filt: str, now: datetime) -> bool:
         return node.ephemeral
     if filt == "tagged":
         return bool(node.tags)
-    if filt == "subnet-router":
-        return _subnets(node)
-    if filt == "exit-node":
-        return _is_exit(node)
-    if filt == "routes-pending":
-        return _pending(node)
+    if filt in ("subnet-router", "exit-node", "routes-pending"):
+        exit_node, subnets, pending = flags if flags is not None else route_flags(node)
+        return {"exit-node": exit_node, "subnet-router": subnets, "routes-pending": pending}[filt]
     return True
 
 
@@ -127,20 +124,64 @@ class Page:
     pages: int
 
 
-def select(nodes: Iterable[Node], users: Mapping[int, User], query: Query, now: datetime) -> Page:
+class SearchIndex:
+    """Each node's search text, rebuilt only for nodes that changed since the last query
+    (State hands out a new frozen Node on every write, so identity tells)."""
+
+    def __init__(self) -> None:
+        self._text: dict[int, tuple[Node, str, str]] = {}
+        self._flags: dict[int, tuple[Node, tuple[bool, bool, bool]]] = {}
+
+    def flags(self, node: Node) -> tuple[bool, bool, bool]:
+        hit = self._flags.get(node.id)
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        flags = route_flags(node)
+        self._flags[node.id] = (node, flags)
+        return flags
+
+    def text(self, node: Node, owner: str) -> str:
+        hit = self._text.get(node.id)
+        if hit is not None and hit[0] is node and hit[1] == owner:
+            return hit[2]
+        text = haystack(node, owner)
+        self._text[node.id] = (node, owner, text)
+        return text
+
+    def matches(self, node: Node, owner: str, words: list[str]) -> bool:
+        text = self.text(node, owner)
+        return all(w in text for w in words)
+
+    def prune(self, nodes: list[Node]) -> None:
+        """Forget deleted nodes."""
+        for cache in (self._text, self._flags):
+            if len(cache) > len(nodes):
+                for gone in set(cache) - {n.id for n in nodes}:
+                    del cache[gone]
+
+
+def select(
+    nodes: Iterable[Node], users: Mapping[int, User], query: Query, now: datetime,
+    index: SearchIndex | None = None,
+) -> Page:  # fmt: skip
     """The nodes of one page of the list, after search and filter, sorted."""
     words = query.q.lower().split()
-    hits = [
-        n for n in nodes
-        if matches_filter(n, query.filter, now)
-        and all(w in haystack(n, owner_of(n, users)) for w in words)
-    ]  # fmt: skip
+    index = index if index is not None else SearchIndex()
+    every = list(nodes)
+    filt = query.filter
+    hits = every
+    if filt:
+        hits = [n for n in every if matches_filter(n, filt, now, index.flags(n))]
+    if words:
+        hits = [n for n in hits if index.matches(n, owner_of(n, users), words)]
+    if filt or words:
+        index.prune(every)
     if query.sort == "last-seen":
         hits.sort(key=lambda n: (not n.online, -(n.last_seen.timestamp() if n.last_seen else 0)))
     elif query.sort == "created":
         hits.sort(key=lambda n: n.created_at.timestamp() if n.created_at else 0, reverse=True)
     else:
-        hits.sort(key=lambda n: (n.given_name, n.id))
+        hits.sort(key=attrgetter("given_name"))  # unique: State keeps given names distinct
     pages = max(1, -(-len(hits) // query.per))
     page = min(query.page, pages)
     start = (page - 1) * query.per
@@ -153,11 +194,12 @@ def badges(node: Node, now: datetime) -> list[str]:
         out.append("tagged")
     if node.ephemeral:
         out.append("ephemeral")
-    if _is_exit(node):
+    exit_node, subnets, pending = route_flags(node)
+    if exit_node:
         out.append("exit node")
-    if _subnets(node):
+    if subnets:
         out.append("subnet router")
-    if _pending(node):
+    if pending:
         out.append("routes pending")
     if node.expiry is None:
         out.append("expiry disabled")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 NAV = (
     ("machines", "Machines"), ("users", "Users"), ("keys", "Pre-auth keys"),
     ("apikeys", "API keys"), ("policy", "Access controls"), ("dns", "DNS"), ("audit", "Logs"),
+    ("settings", "Settings"),
 )  # fmt: skip
 
 
@@ -40,6 +41,8 @@ def stamp(when: datetime | None) -> str:
 def register(c: Console) -> None:
     c.env.globals["nav"] = NAV
     c.env.globals["prefix"] = PREFIX
+
+    index = machines.SearchIndex()
 
     def fqdn(name: str) -> str:
         base = c.settings.base_domain
@@ -65,14 +68,15 @@ def register(c: Console) -> None:
         now = st.clock()
         query = machines.Query.parse(ctx.req.query)
         users = {int(u.id): u for u in st.list_users()}
-        page = machines.select(st.list_nodes(), users, query, now)  # type: ignore[arg-type]
+        page = machines.select(st.list_nodes(), users, query, now, index)  # type: ignore[arg-type]
         regs = [{"id": r.id, "hostname": str(r.hostinfo.get("Hostname") or ""),
                  "os": str(r.hostinfo.get("OS") or ""), "machine_key": r.machine_key.text()[:20],
                  "expires": stamp(r.expires_at)} for r in st.list_registrations()]  # fmt: skip
         return c.render(
             ctx, "machines.html", title="Machines", q=query,
             rows=[row(n, users, now) for n in page.nodes], page=page, filters=machines.FILTERS,
-            sorts=machines.SORTS, registrations=regs, users=sorted(u.name for u in users.values()),
+            sorts=machines.SORTS, registrations=regs,
+            users=sorted(u.name for u in users.values()) if regs else [],
             server_ms=f"{(time.perf_counter() - t0) * 1000:.1f}",
         )  # fmt: skip
 
@@ -126,6 +130,9 @@ def register(c: Console) -> None:
         return c.render(ctx, "dns.html", title="DNS", dns=c.settings.dns,
                         preview=c.settings.dns_preview)  # fmt: skip
 
+    async def settings_page(ctx: Ctx) -> Response:
+        return c.render(ctx, "settings.html", title="Settings", facts=c.settings.facts)
+
     async def logout(ctx: Ctx) -> Response:
         return c.logout(ctx)
 
@@ -133,6 +140,7 @@ def register(c: Console) -> None:
         f"{PREFIX}/machines": machines_page, f"{PREFIX}/machines/{{id}}": machine_page,
         f"{PREFIX}/users": users_page, f"{PREFIX}/keys": keys_page,
         f"{PREFIX}/apikeys": apikeys_page, f"{PREFIX}/dns": dns_page,
+        f"{PREFIX}/settings": settings_page,
     })  # fmt: skip
     c.post_pages[f"{PREFIX}/logout"] = logout
 

@@ -141,6 +141,7 @@ class State:
         self.peers_of = nodes.peers_of
         self.packet_filter = nodes.packet_filter
         self.can_see = nodes.can_see
+        self.viewers_of = nodes.viewers_of
 
         self.update_node = nodes.update_node
         self.update_endpoints = nodes.update_endpoints
@@ -239,7 +240,9 @@ class State:
         with self.core.lock:
             users, nodes = list(self.core.users.values()), list(self.core.nodes.values())
         try:
-            policy = check_policy(data, users, nodes)
+            # With OIDC on, the engine reads undefined group:NAMEs as IdP groups.
+            idp = bool(getattr(self.core.policy, "idp_groups", False))
+            policy = check_policy(data, users, nodes, idp_groups=idp)
         except PolicyError as exc:
             raise InvalidArgument(f"policy: {exc}") from exc
         return list(policy.warnings)
