@@ -41,6 +41,8 @@ from meshscale.control.state import State
 from meshscale.control.verify import admits, mount_verify
 from meshscale.derp.info import ClientInfo
 from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.io.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshscale.io.metrics import Family, exposition
 from meshscale.key import MachinePrivate, NodePrivate, NodePublic
 from meshscale.policy import PolicyEngine, PolicyError
 from meshscale.relay.app import derp_region, mount_derp
@@ -53,6 +55,7 @@ log = logging.getLogger("meshscale.control")
 PROG = "meshscale-control"
 RECORDS_POLL = 1.0  # seconds between checks of dns.extra_records_path (Headscale: fsnotify)
 K = TypeVar("K", MachinePrivate, NodePrivate)
+REVOKE_INTERVAL = 0.5  # seconds between re-checks of embedded-relay clients' admission
 
 
 def load_or_create_key(path: Path, cls: type[K]) -> K:
@@ -152,7 +155,8 @@ class Server:
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
         assert self.app is not None
-        console_for(cfg, state, api, self.app.settings.dns_config()).mount(public)  # /admin
+        console_for(cfg, state, api, self.app.settings.dns_config(),
+                    self.app.derp_map).mount(public)  # /admin
 
         server = HTTPServer(public, server_header=PROG)
         host = cfg.listen_addr.host or None
@@ -241,6 +245,8 @@ class Server:
 
         self.derp = DERPServer(key, verify_client=verify if ds.verify_clients else None)
         mount_derp(router, self.derp)
+        if ds.verify_clients:
+            self._tasks.append(asyncio.create_task(self._revoke_derp(self.derp, state)))
         stun_port = 3478
         if ds.stun_listen_addr is not None:
             self.stun = STUNServer()
@@ -257,6 +263,18 @@ class Server:
             self._embedded_region = from_json(DERPRegion, region)
             derp_map.Regions[ds.region_id] = self._embedded_region
         return derp_map
+
+    async def _revoke_derp(self, derp: DERPServer, state: State) -> None:
+        """Admission is checked at login; this drops relay clients whose node has since
+        expired or been deleted, within REVOKE_INTERVAL (issue #12)."""
+        while True:
+            await asyncio.sleep(REVOKE_INTERVAL)
+            try:
+                n = derp.revoke(lambda k: admits(state, k))
+                if n:
+                    log.info("derp: dropped %d client(s) no longer admitted", n)
+            except Exception:
+                log.exception("derp revocation sweep failed")
 
     async def build_derp_map(self) -> DERPMap:
         """The DERP map from the configured sources and the embedded region (derpmap.py)."""
@@ -346,19 +364,28 @@ class Server:
     async def _metrics(self, req: Request) -> Response:
         assert self.state is not None
         nodes = self.state.list_nodes()
-        lines = [
-            "# TYPE meshscale_control_nodes gauge",
-            f"meshscale_control_nodes {len(nodes)}",
-            "# TYPE meshscale_control_nodes_online gauge",
-            f"meshscale_control_nodes_online {sum(n.online for n in nodes)}",
-            "# TYPE meshscale_control_users gauge",
-            f"meshscale_control_users {len(self.state.list_users())}",
-        ]
-        text = "\n".join(lines) + "\n"
+        batcher = self.app.batcher if self.app is not None else None
+        families = [
+            Family("meshscale_control_nodes", "gauge", "Registered nodes.", [({}, len(nodes))]),
+            Family("meshscale_control_nodes_online", "gauge", "Nodes with a live map stream.",
+                   [({}, sum(n.online for n in nodes))]),
+            Family("meshscale_control_users", "gauge", "Users.",
+                   [({}, len(self.state.list_users()))]),
+        ]  # fmt: skip
+        if batcher is not None:
+            families += [
+                Family("meshscale_control_map_sessions", "gauge", "Open map streams.",
+                       [({}, batcher.session_count())]),
+                Family("meshscale_control_full_maps_total", "counter", "Full maps built.",
+                       [({}, batcher.full_maps_built)]),
+                Family("meshscale_control_deltas_total", "counter", "Map deltas built.",
+                       [({}, batcher.deltas_built)]),
+            ]  # fmt: skip
+        text = exposition(families)
         if self.derp is not None:
             with contextlib.suppress(Exception):
-                text += render(self.derp, self.stun)
-        return Response(200, text.encode(), [], "text/plain; version=0.0.4")
+                text += render(self.derp, self.stun).encode()
+        return Response(200, text, [], METRICS_CONTENT_TYPE)
 
     async def _maintenance(self) -> None:
         interval = max(self.cfg.node_update_check_interval.total_seconds(), 1.0)

@@ -7,6 +7,7 @@ Routes (all under ``/localapi/v0/``)::
     GET  netcheck          -> netcheck report JSON
     GET  whois?addr=IP     -> {"Node": {...}, "UserProfile": {...}}           (404 if unknown)
     GET  debug             -> counters of magicsock, the WireGuard device and the engine
+    GET  metrics           -> the same, and peer/traffic gauges, as Prometheus text
     GET  dns-status        -> MagicDNS configuration, OS mode, counters    (404 without DNS)
     GET  dns-query?name=N&type=T -> quad-100's answer {"Rcode", "Answers", "Resolvers"...}
     POST start             {"Prefs": {...}, "AuthKey": "...", "Reset": bool}  -> {"BackendState"}
@@ -32,6 +33,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.io.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshscale.io.metrics import Family, exposition
+from meshscale.key import NodePublic
 
 from .ipnstate import PingResult, Status
 from .prefs import Prefs, PrefsError
@@ -68,7 +72,8 @@ class LocalBackend(Protocol):
 
     async def netcheck(self) -> dict[str, Any]: ...
 
-    def whois(self, ip: str) -> dict[str, Any] | None: ...
+    def whois(self, addr: str) -> dict[str, Any] | None:
+        """The peer (or self) with IP ``addr``, or with node key ``addr`` ("nodekey:...")."""
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -80,6 +85,36 @@ def _error(status: int, message: str) -> Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+def node_metrics(st: Status, debug: dict[str, Any]) -> list[Family]:
+    """meshscaled's /metrics: backend state, peers, tunnel traffic and the debug counters."""
+    peers = list(st.Peer.values())
+    fams = [
+        Family("meshscaled_running", "gauge", "1 while the backend state is Running.",
+               [({}, float(st.BackendState == "Running"))]),
+        Family("meshscaled_peers", "gauge", "Peers in the network map, by path.",
+               [({"path": "direct"}, sum(1 for p in peers if p.CurAddr)),
+                ({"path": "relay"}, sum(1 for p in peers if not p.CurAddr))]),
+        Family("meshscaled_peer_rx_bytes_total", "counter", "Bytes received from peers.",
+               [({}, sum(p.RxBytes for p in peers))]),
+        Family("meshscaled_peer_tx_bytes_total", "counter", "Bytes sent to peers.",
+               [({}, sum(p.TxBytes for p in peers))]),
+    ]  # fmt: skip
+
+    def counters(name: str, help_: str, key: str) -> None:
+        table = debug.get(key)
+        if isinstance(table, dict) and table:
+            samples = [({"name": str(k)}, float(v)) for k, v in sorted(table.items())
+                       if isinstance(v, int | float) and not isinstance(v, bool)]  # fmt: skip
+            if samples:
+                fams.append(Family(name, "counter", help_, samples))
+
+    counters("meshscaled_magicsock_events_total", "magicsock counters by name.", "magicsock")
+    counters("meshscaled_device_drops_total", "WireGuard device drops by reason.", "device_drops")
+    counters("meshscaled_filter_drops_total", "Packet filter drops by reason.", "filter_drops")
+    counters("meshscaled_engine_errors_total", "Engine errors by kind.", "engine_errors")
+    return fams
 
 
 class LocalAPI:
@@ -94,6 +129,7 @@ class LocalAPI:
             ("GET", "netcheck"): self._netcheck,
             ("GET", "whois"): self._whois,
             ("GET", "debug"): self._debug,
+            ("GET", "metrics"): self._metrics,
             ("GET", "dns-status"): self._dns_status,
             ("GET", "dns-query"): self._dns_query,
             ("POST", "start"): self._start,
@@ -163,6 +199,12 @@ class LocalAPI:
         fn = getattr(self.backend, "debug", None)
         return _json(fn() if fn is not None else {})
 
+    async def _metrics(self, req: Request) -> Response:
+        fn = getattr(self.backend, "debug", None)
+        return Response(200, exposition(node_metrics(self.backend.status(),
+                                                     fn() if fn is not None else {})),
+                        content_type=METRICS_CONTENT_TYPE)  # fmt: skip
+
     def _magicdns(self) -> Any:
         dns = getattr(self.backend, "magicdns", None)
         if dns is None:
@@ -183,10 +225,18 @@ class LocalAPI:
             raise BackendError(f"dns-query: {exc}") from exc
 
     async def _whois(self, req: Request) -> Response:
-        addr = _parse_ip(req.query.get("addr", ""))
+        raw = req.query.get("addr", "")
+        if raw.startswith("nodekey:"):  # tailscaled answers node keys too (relay admission)
+            try:
+                addr = NodePublic.from_text(raw).text()
+            except ValueError as exc:
+                raise BackendError(f"invalid node key {raw[:80]!r}") from exc
+        else:
+            addr = _parse_ip(raw)
         who = self.backend.whois(addr)
         if who is None:
-            return _error(404, f"no peer found with IP {addr}")
+            what = "node key" if raw.startswith("nodekey:") else "IP"
+            return _error(404, f"no peer found with {what} {addr}")
         return _json(who)
 
     async def _start(self, req: Request) -> Response:
