@@ -38,6 +38,7 @@ def test_changes_are_recorded_reads_and_failures_are_not() -> None:
     entries = body["entries"]
     assert [e["action"] for e in entries] == ["renameUser", "createUser"]  # newest first
     assert entries[0]["target"] == "newName=alicia,oldId=1"
+    assert entries[0]["detail"]["before"] == {"name": "alice"}
     assert entries[1]["detail"] == {"name": "alice"}
     assert {e["actor"] for e in entries} == {f"apikey:{prefix}"}
     assert entries[0]["at"] == "2026-03-01T12:00:00Z"

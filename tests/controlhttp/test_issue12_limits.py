@@ -26,6 +26,8 @@ from meshscale.io.http import HTTPServer, Response, Router
 from meshscale.key import MachinePrivate, MachinePublic
 from meshscale.tailcfg import CURRENT_CAPABILITY_VERSION
 
+pytestmark = pytest.mark.slow
+
 FAST = Budget(idle_timeout=0.4, body_timeout=0.4, max_streams=4, max_body=8192, max_buffered=16384)
 NODE = Budget(
     idle_timeout=0.4, body_timeout=5.0, max_streams=100, max_body=1 << 20, max_buffered=4 << 20
@@ -286,6 +288,32 @@ def test_connection_is_promoted_once_its_machine_key_registers() -> None:
             assert up.gate.unauth_connections == 0
             assert up.gate.connections == 1
             await c.close()
+        finally:
+            await server.close(grace=0.5)
+
+    _run(go)
+
+
+def test_new_unauthenticated_connections_are_paced_then_refused() -> None:
+    async def go() -> None:
+        mk = MachinePrivate(random.randbytes(32))
+        limits = NoiseLimits(unauth_rate=1000, unauth_rate_per_source=10, max_pace=0.3)
+        server, port, key, up = await _serve(limits, {mk.public()})
+        try:
+            got = await asyncio.gather(*(_dial(port, key) for _ in range(10)),
+                                       return_exceptions=True)  # fmt: skip
+            ok = [c for c in got if isinstance(c, H2Client)]
+            refused = [e for e in got if isinstance(e, ClientError)]
+            assert len(ok) + len(refused) == 10
+            assert up.gate.paced >= 1  # over the rate: made to wait, still served
+            assert refused and up.gate.refused == len(refused)  # past max_pace: 503
+            assert all("503" in str(e) for e in refused)
+            for c in ok:
+                await c.close()
+            node = await _dial(port, key, mk)  # nodes are not rate-limited
+            await node.close()
+            await asyncio.sleep(0.5)  # tokens come back
+            await (await _dial(port, key)).close()
         finally:
             await server.close(grace=0.5)
 

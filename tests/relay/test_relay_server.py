@@ -94,6 +94,8 @@ def test_two_clients_exchange_packets_and_ping() -> None:
         text = render(node.derp)
         assert "derp_clients 2" in text
         assert "derp_packets_relayed_total 51" in text
+        assert "# TYPE derp_packets_relayed_total counter" in text
+        assert text.count("# HELP ") == text.count("# TYPE ") >= 10
         await a.close()
         await b.close()
 

@@ -71,7 +71,7 @@ def run_status(args: argparse.Namespace, client: LocalClient) -> int:
           f"({state}).")  # fmt: skip
     for h in dns.get("Health") or []:
         print(f"Health: {h}")
-    if args.all:
+    if getattr(args, "all", False):
         print()
         _list("Counters", [f"{k}: {v}" for k, v in sorted((dns.get("Stats") or {}).items())])
     return 0

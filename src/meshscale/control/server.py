@@ -55,6 +55,7 @@ log = logging.getLogger("meshscale.control")
 PROG = "meshscale-control"
 RECORDS_POLL = 1.0  # seconds between checks of dns.extra_records_path (Headscale: fsnotify)
 K = TypeVar("K", MachinePrivate, NodePrivate)
+REVOKE_INTERVAL = 0.5  # seconds between re-checks of embedded-relay clients' admission
 
 
 def load_or_create_key(path: Path, cls: type[K]) -> K:
@@ -154,7 +155,8 @@ class Server:
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
         assert self.app is not None
-        console_for(cfg, state, api, self.app.settings.dns_config()).mount(public)  # /admin
+        console_for(cfg, state, api, self.app.settings.dns_config(),
+                    self.app.derp_map).mount(public)  # /admin
 
         server = HTTPServer(public, server_header=PROG)
         host = cfg.listen_addr.host or None
@@ -243,6 +245,8 @@ class Server:
 
         self.derp = DERPServer(key, verify_client=verify if ds.verify_clients else None)
         mount_derp(router, self.derp)
+        if ds.verify_clients:
+            self._tasks.append(asyncio.create_task(self._revoke_derp(self.derp, state)))
         stun_port = 3478
         if ds.stun_listen_addr is not None:
             self.stun = STUNServer()
@@ -259,6 +263,18 @@ class Server:
             self._embedded_region = from_json(DERPRegion, region)
             derp_map.Regions[ds.region_id] = self._embedded_region
         return derp_map
+
+    async def _revoke_derp(self, derp: DERPServer, state: State) -> None:
+        """Admission is checked at login; this drops relay clients whose node has since
+        expired or been deleted, within REVOKE_INTERVAL (issue #12)."""
+        while True:
+            await asyncio.sleep(REVOKE_INTERVAL)
+            try:
+                n = derp.revoke(lambda k: admits(state, k))
+                if n:
+                    log.info("derp: dropped %d client(s) no longer admitted", n)
+            except Exception:
+                log.exception("derp revocation sweep failed")
 
     async def build_derp_map(self) -> DERPMap:
         """The DERP map from the configured sources and the embedded region (derpmap.py)."""

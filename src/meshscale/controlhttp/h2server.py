@@ -58,6 +58,8 @@ class NoiseRequest:
     # Writes one chunk of this request's streaming response body at once, from outside the
     # handler's task; False when it cannot go now (see H2Server.push_data).
     push: Callable[[bytes], bool] | None = None
+    # Where the connection comes from, as limits.source_of: an IPv4 address or IPv6 /64.
+    source: str = ""
 
 
 NoiseHandler = Callable[[NoiseRequest], Awaitable[Response]]
@@ -334,6 +336,7 @@ class H2Server:
                     machine_key=self.machine_key,
                     protocol_version=self.protocol_version,
                     push=functools.partial(self.push_data, s.stream_id),
+                    source=self.ticket.source,
                 )
                 try:
                     resp = await self.dispatch(req)

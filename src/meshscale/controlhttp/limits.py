@@ -21,6 +21,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+BURST_SECONDS = 0.25  # a rate bucket holds this many seconds of tokens
+MAX_BUCKETS = 4096  # rate-limit buckets kept (least recently used dropped)
 KiB = 1 << 10
 MiB = 1 << 20
 
@@ -55,6 +57,14 @@ class NoiseLimits:
     max_unauth_per_source: int = 64  # per IPv4 address or IPv6 /64
     max_buffered: int = 128 * MiB  # unfinished bodies, all connections
     max_buffered_unauth: int = 16 * MiB  # of which unauthenticated connections
+    # New unauthenticated connections per second (token buckets, burst = BURST_SECONDS
+    # worth): each costs a Noise handshake and HTTP/2 setup on the one event loop, so this
+    # bounds the CPU a flood of fresh machine keys can take. Over the rate a connection is
+    # paced (it waits for its token, up to max_pace seconds) and refused only past that, so
+    # a legitimate burst is slowed down, not failed. Node connections are not limited.
+    unauth_rate: float = 100.0  # server-wide
+    unauth_rate_per_source: float = 50.0
+    max_pace: float = 2.0  # seconds a connection may wait for its token
     max_frame: int = 16 * KiB  # HTTP/2 SETTINGS_MAX_FRAME_SIZE (the protocol's minimum)
     max_header_list: int = 16 * KiB  # decoded request headers, bytes
 
@@ -80,6 +90,7 @@ class Ticket:
 
     source: str
     node: bool
+    pace: float = 0.0  # seconds the connection must wait before it is served (rate limit)
     buffered: int = 0
     released: bool = False
 
@@ -94,15 +105,38 @@ class NoiseGate:
     buffered: int = 0
     buffered_unauth: int = 0
     refused: int = 0  # connections refused by a cap
+    paced: int = 0  # connections made to wait by the rate limit
     closed_idle: int = 0  # connections closed by a deadline
     rejected_bodies: int = 0  # streams refused by a body budget
     _per_source: dict[str, int] = field(default_factory=dict)
+    # token buckets: source ("" = server-wide) -> (tokens, at); sources LRU-bounded
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def _take(self, key: str, rate: float, now: float) -> float | None:
+        """Reserve a token: seconds to wait for it (0: now), or None (past max_pace, not
+        reserved). Tokens may go negative: that is the queue of paced connections."""
+        burst = max(1.0, BURST_SECONDS * rate)
+        tokens, at = self._buckets.pop(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate) - 1
+        wait = max(0.0, -tokens / rate)
+        if wait > self.limits.max_pace:
+            tokens += 1  # not reserved
+        self._buckets[key] = (tokens, now)  # re-inserted: most recently used
+        while len(self._buckets) > MAX_BUCKETS:
+            del self._buckets[next(iter(self._buckets))]
+        return None if wait > self.limits.max_pace else wait
+
+    def _give_back(self, key: str) -> None:
+        tokens, at = self._buckets.get(key, (0.0, 0.0))
+        if key in self._buckets:
+            self._buckets[key] = (tokens + 1, at)
 
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
 
-    def admit(self, host: str | None, node: bool) -> Ticket | str:
-        """A ticket for a new connection, or why it is refused."""
+    def admit(self, host: str | None, node: bool, now: float = 0.0) -> Ticket | str:
+        """A ticket for a new connection, or why it is refused (``now``: monotonic
+        seconds, for the rate limits)."""
         lim = self.limits
         if self.connections >= lim.max_connections:
             self.refused += 1
@@ -115,10 +149,24 @@ class NoiseGate:
             if self._per_source.get(src, 0) >= lim.max_unauth_per_source:
                 self.refused += 1
                 return "too many unauthenticated connections from this address"
+            w_src = self._take(src, lim.unauth_rate_per_source, now)
+            if w_src is None:
+                self.refused += 1
+                return "too many new connections from this address"
+            w_all = self._take("", lim.unauth_rate, now)
+            if w_all is None:
+                self._give_back(src)
+                self.refused += 1
+                return "too many new connections"
+            pace = max(w_src, w_all)
             self.unauth_connections += 1
             self._per_source[src] = self._per_source.get(src, 0) + 1
+        else:
+            pace = 0.0
         self.connections += 1
-        return Ticket(src, node)
+        if pace:
+            self.paced += 1
+        return Ticket(src, node, pace=pace)
 
     def promote(self, ticket: Ticket) -> None:
         """The connection's machine key registered: it becomes a node connection."""
@@ -174,6 +222,7 @@ class NoiseGate:
             "buffered_bytes": self.buffered,
             "buffered_unauth_bytes": self.buffered_unauth,
             "refused": self.refused,
+            "paced": self.paced,
             "closed_idle": self.closed_idle,
             "rejected_bodies": self.rejected_bodies,
             "sources": len(self._per_source),

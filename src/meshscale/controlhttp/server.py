@@ -122,13 +122,19 @@ class NoiseUpgrade:
             log.info("ts2021: handshake from %s failed: %s", req.client, exc)
             return Response.text(400, "handshake failed\n")
         # Caps before the upgrade: a refused client gets a plain 503 and nothing is held.
-        ticket = self.gate.admit(req.client[0] if req.client else None, self._classify(machine_key))
+        ticket = self.gate.admit(
+            req.client[0] if req.client else None,
+            self._classify(machine_key),
+            asyncio.get_running_loop().time(),
+        )
         if isinstance(ticket, str):
             log.info("ts2021: refused %s: %s", req.client, ticket)
             resp = Response.text(503, ticket + "\n")
             resp.headers.append(("Retry-After", "30"))
             return resp
         try:
+            if ticket.pace:  # over the new-connection rate: spread the work out
+                await asyncio.sleep(ticket.pace)
             await self._serve(stream, resp_frame, machine_key, version, tx, rx, ticket)
         finally:
             self.gate.release(ticket)

@@ -69,6 +69,7 @@ REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its end: slowlo
 KEEPALIVE_TIMEOUT = 60.0  # seconds idle between requests: socket hoarding
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds: half-open TLS handshakes
 WRITE_TIMEOUT = 30.0  # seconds a response write may block: clients that never read
+LISTEN_BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
 
 
 class Headers:
@@ -112,6 +113,9 @@ class Request:
     tls: bool = False
     http_version: str = "1.1"
     peer_uid: int | None = None
+    # The path as sent, still percent-encoded: for routers that split it into segments
+    # before decoding (so an encoded "/" or "%" inside a segment is decoded exactly once).
+    raw_path: str = ""
 
 
 def peer_uid(sock: Any) -> int | None:
@@ -305,6 +309,9 @@ class HTTPServer:
             ssl=ssl,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
             limit=READ_CHUNK,
+            # asyncio's default of 100 overflows under a connection burst: the kernel then
+            # drops SYNs and every client, /health probes too, waits 1 s to retransmit.
+            backlog=LISTEN_BACKLOG,
         )
         self._servers.append(srv)
         return srv
@@ -434,6 +441,7 @@ class HTTPServer:
                 tls=tls,
                 http_version=req_ev.http_version.decode("ascii", "replace"),
                 peer_uid=uid,
+                raw_path=path_raw,
             )
             if upgrade_handler is not None:
                 return req, upgrade_handler, h.trailing_data[0]

@@ -238,10 +238,17 @@ class Backend:
         }
 
     def whois(self, ip: str) -> dict[str, Any] | None:
-        node = self.netmap.peer_by_ip(ip)
+        """By IP, or by node key text ("nodekey:..."; derper --verify-clients asks so)."""
         me = self.netmap.self_node
-        if node is None and me is not None and ip in _ips(me.Addresses):
-            node = me
+        if ip.startswith("nodekey:"):
+            node = next((p for p in self.netmap.peers.values() if p.Key is not None
+                         and p.Key.text() == ip), None)  # fmt: skip
+            if node is None and me is not None and me.Key is not None and me.Key.text() == ip:
+                node = me
+        else:
+            node = self.netmap.peer_by_ip(ip)
+            if node is None and me is not None and ip in _ips(me.Addresses):
+                node = me
         if node is None:
             return None
         up = self.netmap.user_profiles.get(node.User)

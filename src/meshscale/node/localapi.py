@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.io.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshscale.io.metrics import Family, exposition
+from meshscale.key import NodePublic
 
 from .ipnstate import PingResult, Status
 from .prefs import Prefs, PrefsError
@@ -71,7 +72,8 @@ class LocalBackend(Protocol):
 
     async def netcheck(self) -> dict[str, Any]: ...
 
-    def whois(self, ip: str) -> dict[str, Any] | None: ...
+    def whois(self, addr: str) -> dict[str, Any] | None:
+        """The peer (or self) with IP ``addr``, or with node key ``addr`` ("nodekey:...")."""
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -223,10 +225,18 @@ class LocalAPI:
             raise BackendError(f"dns-query: {exc}") from exc
 
     async def _whois(self, req: Request) -> Response:
-        addr = _parse_ip(req.query.get("addr", ""))
+        raw = req.query.get("addr", "")
+        if raw.startswith("nodekey:"):  # tailscaled answers node keys too (relay admission)
+            try:
+                addr = NodePublic.from_text(raw).text()
+            except ValueError as exc:
+                raise BackendError(f"invalid node key {raw[:80]!r}") from exc
+        else:
+            addr = _parse_ip(raw)
         who = self.backend.whois(addr)
         if who is None:
-            return _error(404, f"no peer found with IP {addr}")
+            what = "node key" if raw.startswith("nodekey:") else "IP"
+            return _error(404, f"no peer found with {what} {addr}")
         return _json(who)
 
     async def _start(self, req: Request) -> Response:

@@ -34,7 +34,7 @@ from .metacert import load_chain_with_meta
 from .metrics import mount_metrics
 from .server import DERPServer
 from .stun_server import STUNServer
-from .verify import DEFAULT_TAILSCALED_SOCKET, LocalAPIVerifier, URLVerifier
+from .verify import DEFAULT_TAILSCALED_SOCKET, FAIL_OPEN_GRACE, LocalAPIVerifier, URLVerifier
 
 log = logging.getLogger("meshscale.derp")
 
@@ -73,7 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(p, "socket", default="", help="tailscaled socket for --verify-clients")
     _flag(p, "verify-client-url", default="", help="admission URL (POST, JSON)")
-    _flag(p, "verify-client-url-fail-open", type=_bool, nargs="?", const=True, default=True)
+    _flag(
+        p,
+        "verify-client-url-fail-open",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="admit when the URL is unreachable (derper's default), for at most the grace",
+    )
+    _flag(
+        p,
+        "verify-client-url-fail-open-grace",
+        type=float,
+        default=FAIL_OPEN_GRACE,
+        help="seconds after the URL last answered that fail-open still admits",
+    )
     _flag(p, "mesh-with", default="", help="comma-separated mesh peers (host or URL)")
     _flag(p, "mesh-psk-file", default="", help="file with the 64-hex-digit mesh key")
     _flag(
@@ -198,7 +213,11 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
     key = load_key(args.c)
     verifier: URLVerifier | LocalAPIVerifier | None = None
     if args.verify_client_url:
-        verifier = URLVerifier(args.verify_client_url, fail_open=args.verify_client_url_fail_open)
+        verifier = URLVerifier(
+            args.verify_client_url,
+            fail_open=args.verify_client_url_fail_open,
+            fail_open_grace=args.verify_client_url_fail_open_grace,
+        )
     elif args.verify_clients:
         verifier = LocalAPIVerifier(args.socket or DEFAULT_TAILSCALED_SOCKET)
     derp = DERPServer(

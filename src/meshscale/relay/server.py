@@ -157,6 +157,7 @@ class ServerCounters:
     fast_starts: int = 0
     websockets: int = 0
     home_clients: int = 0
+    revoked: int = 0  # connections closed because their key lost admission
 
     def fail(self, reason: str) -> None:
         self.login_failures[reason] = self.login_failures.get(reason, 0) + 1
@@ -477,6 +478,21 @@ class DERPServer:
             sink = self._sinks.get(cid)
             if sink is not None:
                 sink.close()
+
+    def revoke(self, admits: Callable[[NodePublic], bool]) -> int:
+        """Close every client connection (not mesh peers) whose key ``admits`` refuses now:
+        admission is checked at login, and this re-checks it for connections already in
+        (an expired or deleted node must lose the relay, issue #12). Returns how many."""
+        n = 0
+        for cid, conn in list(self.relay.conns.items()):
+            if conn.mesh or admits(NodePublic(conn.key)):
+                continue
+            sink = self._sinks.get(cid)
+            if sink is not None:
+                sink.close()
+                self.counters.revoked += 1
+                n += 1
+        return n
 
     def broadcast_health(self, problem: str) -> None:
         """Show ``problem`` as a health warning on every connected client ("" clears it)."""

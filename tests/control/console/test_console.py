@@ -229,6 +229,8 @@ def test_machine_actions(console: Console, state: State) -> None:
     }
     b.post(f"{base}/rename", {"csrf": token, "name": "edge"})
     assert state.get_node(nid).given_name == "edge"  # type: ignore[arg-type]
+    renamed = state.audit.list(limit=1)[0]
+    assert renamed.action == "renameNode" and renamed.detail["before"]["givenName"] == "router"
     r = b.post(f"{base}/rename", {"csrf": token, "name": "bad name!"})
     assert "error" in b.get(base).text or r.status == 303
     b.post(f"{base}/noexpiry", {"csrf": token})

@@ -87,3 +87,25 @@ def test_config_keys(tmp_path: Path) -> None:
     )
     assert cfg.console_admin_users == ("a@x.org",) and cfg.console_admin_groups == ("ops",)
     assert not any("console" in w for w in cfg.warnings)
+
+
+def test_settings_page_shows_config_without_secrets(tmp_path: Path) -> None:
+    from tests.control.console.browser import Browser as ConsoleBrowser
+
+    from meshscale.control.config import config_from_mapping
+    from meshscale.control.console import console_for
+    from meshscale.tailcfg import DNSConfig
+
+    cfg = config_from_mapping({
+        "server_url": "https://control.test",
+        "oidc": {"issuer": "https://idp.test", "client_id": "ms", "client_secret": "sekrit-123"},
+        "console": {"admin_groups": ["ops"]},
+    }, tmp_path)  # fmt: skip
+    state = State.open(":memory:")
+    console = console_for(cfg, state, API(state), DNSConfig())
+    b = ConsoleBrowser(console)
+    assert b.sign_in(state.create_api_key().secret).status == 303
+    page = b.get("/admin/settings").text
+    assert "https://idp.test" in page and "ops" in page and "policy.mode" in page
+    assert "sekrit" not in page
+    assert "/admin/oidc/start" in b.get("/admin/login").text  # OIDC sign-in offered

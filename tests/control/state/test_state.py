@@ -56,12 +56,15 @@ def nk(n: int) -> NodePublic:
 
 
 def make_state(
-    path: str | Path = ":memory:", clock: FakeClock | None = None, seed: int = 1,
+    path: str | Path = ":memory:",
+    clock: FakeClock | None = None,
+    seed: int = 1,
     options: StateOptions | None = None,
 ) -> State:
     rng = random.Random(seed)
-    return State.open(path, options, clock=clock or FakeClock(), rand=rng.randbytes,
-                      randbelow=rng.randrange)
+    return State.open(
+        path, options, clock=clock or FakeClock(), rand=rng.randbytes, randbelow=rng.randrange
+    )
 
 
 @pytest.fixture
@@ -232,8 +235,10 @@ def test_addresses_are_sequential_unique_and_kept(state: State) -> None:
     u = state.create_user("alice")
     a = state.register_node(mk(1), nk(1), u.id, {"Hostname": "a"})
     b = state.register_node(mk(2), nk(2), u.id, {"Hostname": "b"})
-    assert (a.ipv4, a.ipv6) == (ipaddress.IPv4Address("100.64.0.1"),
-                                ipaddress.IPv6Address("fd7a:115c:a1e0::1"))
+    assert (a.ipv4, a.ipv6) == (
+        ipaddress.IPv4Address("100.64.0.1"),
+        ipaddress.IPv6Address("fd7a:115c:a1e0::1"),
+    )
     assert b.ipv4 == ipaddress.IPv4Address("100.64.0.2")
     # Re-registration with a new node key keeps id, addresses and name.
     a2 = state.register_node(mk(1), nk(3), u.id, {"Hostname": "renamed-host"})
@@ -253,8 +258,10 @@ def test_node_key_bound_to_other_machine_is_refused(state: State) -> None:
 
 def test_given_names_are_unique_and_renamable(state: State) -> None:
     u = state.create_user("alice")
-    names = [state.register_node(mk(i), nk(i), u.id, {"Hostname": "My Laptop"}).given_name
-             for i in range(3)]
+    names = [
+        state.register_node(mk(i), nk(i), u.id, {"Hostname": "My Laptop"}).given_name
+        for i in range(3)
+    ]
     assert names == ["my-laptop", "my-laptop-1", "my-laptop-2"]
     n0 = state.get_node_by_given_name("my-laptop")
     assert n0 is not None
@@ -270,8 +277,9 @@ def test_given_names_are_unique_and_renamable(state: State) -> None:
 
 def test_admin_edits(state: State, clock: FakeClock) -> None:
     alice, bob = state.create_user("alice"), state.create_user("bob")
-    n = state.register_node(mk(1), nk(1), alice.id, {"Hostname": "r",
-                                                    "RoutableIPs": ["10.0.0.0/8", "junk"]})
+    n = state.register_node(
+        mk(1), nk(1), alice.id, {"Hostname": "r", "RoutableIPs": ["10.0.0.0/8", "junk"]}
+    )
     assert state.set_tags(n.id, ["tag:b", "tag:a"]).tags == ("tag:a", "tag:b")
     assert state.move_node(n.id, bob.id).user_id == bob.id
     with pytest.raises(NotFound):
@@ -364,8 +372,9 @@ def test_logout_expires_or_deletes_ephemeral(state: State, clock: FakeClock) -> 
 
 
 def test_ephemeral_gc(clock: FakeClock) -> None:
-    state = make_state(clock=clock, options=StateOptions(
-        ephemeral_inactivity_timeout=timedelta(minutes=5)))
+    state = make_state(
+        clock=clock, options=StateOptions(ephemeral_inactivity_timeout=timedelta(minutes=5))
+    )
     u = state.create_user("alice")
     e = state.register_node(mk(1), nk(1), u.id, ephemeral=True)
     keep = state.register_node(mk(2), nk(2), u.id)
@@ -381,8 +390,11 @@ def test_ephemeral_gc(clock: FakeClock) -> None:
 
 
 def test_random_allocation_stays_in_prefix() -> None:
-    opts = StateOptions(prefix_v4=ipaddress.IPv4Network("100.64.7.0/29"), prefix_v6=None,
-                        allocation=AllocationStrategy.RANDOM)
+    opts = StateOptions(
+        prefix_v4=ipaddress.IPv4Network("100.64.7.0/29"),
+        prefix_v6=None,
+        allocation=AllocationStrategy.RANDOM,
+    )
     state = make_state(options=opts)
     u = state.create_user("alice")
     nodes = [state.register_node(mk(i), nk(i), u.id) for i in range(6)]  # /29: 6 usable
@@ -541,16 +553,29 @@ def test_client_caused_failures_do_not_reload_the_snapshot(state: State) -> None
 
 
 def test_pending_registrations_are_bounded(state: State, clock: FakeClock) -> None:
-    from meshscale.control.models import LimitExceeded
+    """Issue #12 finding 3: a full table evicts its oldest entries (a flood cannot lock a
+    real user out), and one source holds at most MAX_PENDING_PER_SOURCE."""
+    from meshscale.control.models import RegistrationFailed
     from meshscale.control.state import MAX_PENDING_REGISTRATIONS
+    from meshscale.control.state.registrations import MAX_PENDING_PER_SOURCE
 
+    first = [state.begin_registration(mk(i), nk(i), source="203.0.113.9") for i in range(40)]
+    mine = state.list_registrations()
+    assert len(mine) == MAX_PENDING_PER_SOURCE
+    assert {r.id for r in mine} == {r.id for r in first[-MAX_PENDING_PER_SOURCE:]}
+    with pytest.raises(RegistrationFailed, match="too many from this address"):
+        asyncio.run(asyncio.wait_for(first[0].wait(), 1))
     for i in range(MAX_PENDING_REGISTRATIONS):
-        state.begin_registration(mk(i), nk(i))
-    with pytest.raises(LimitExceeded):
-        state.begin_registration(mk(60000), nk(60000))
+        state.begin_registration(mk(100 + i), nk(100 + i), source=f"src{i}")
+    assert len(state.list_registrations()) == MAX_PENDING_REGISTRATIONS
+    real = state.begin_registration(mk(60000), nk(60000), source="198.51.100.1")
+    regs = state.list_registrations()
+    assert len(regs) == MAX_PENDING_REGISTRATIONS
+    assert real.id in {r.id for r in regs}
+    assert first[-1].id not in {r.id for r in regs}  # the oldest went first
     state.begin_registration(mk(5), nk(5))  # a machine may restart its own login
     clock.advance(minutes=15)  # they expire, and room comes back
-    state.begin_registration(mk(60000), nk(60000))
+    state.begin_registration(mk(60001), nk(60001))
     assert len(state.list_registrations()) == 1
 
 

@@ -26,9 +26,11 @@ from meshscale.control.models import (
     Conflict,
     InvalidArgument,
     LimitExceeded,
+    NodeID,
     NotFound,
     PreAuthKeyError,
     StateError,
+    UserID,
 )
 from meshscale.control.state import State
 from meshscale.io.http import Request, Response, Router
@@ -102,9 +104,16 @@ class API:
     def mount(self, router: Router) -> None:
         router.add_prefix("*", API_PREFIX, self.handle)
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | int:
-        """The route and its path parameters, or 404/405."""
-        parts = [unquote(p) for p in path.strip("/").split("/")]
+    def match(
+        self, method: str, path: str, raw_path: str = ""
+    ) -> tuple[Route, dict[str, str]] | int:
+        """The route and its path parameters, or 404/405. Segments are split from the
+        still-encoded ``raw_path`` when given and then decoded once: ``a%252Fb`` names
+        ``a%2Fb``, not ``a/b`` (``path`` was decoded already by the HTTP server)."""
+        if raw_path:
+            parts = [unquote(p) for p in raw_path.strip("/").split("/")]
+        else:
+            parts = path.strip("/").split("/")
         path_known = False
         for route, pattern in self._routes:
             if len(pattern) != len(parts):
@@ -128,7 +137,7 @@ class API:
             if req.method not in ("GET", "HEAD"):
                 return error_response(405, 12, "method not allowed")
             return Response(200, self._openapi, [], "application/json")
-        found = self.match(req.method, req.path)
+        found = self.match(req.method, req.path, req.raw_path)
         if isinstance(found, int):
             status = found
             return error_response(status, 5 if status == 404 else 12,
@@ -147,7 +156,7 @@ class API:
         if req.body.strip():
             try:
                 body = json.loads(req.body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # incl. UnicodeDecodeError; deep nesting
                 return error_response(400, 3, "request body is not valid JSON")
             if not isinstance(body, dict):
                 return error_response(400, 3, "request body must be a JSON object")
@@ -181,17 +190,37 @@ class API:
         self, route: Route, params: dict[str, str], query: dict[str, str],
         body: dict[str, Any], actor: str, source: str,
     ) -> dict[str, Any]:  # fmt: skip
-        result = route.handler(Call(self.state, params, query, body, self.policy_writable))
-        if route.method != "GET" and not route.public and (
+        audited = route.method != "GET" and not route.public and (
             route.operation_id not in READ_ONLY_OPERATIONS
-        ):
+        )
+        before = self._before(route, params) if audited else None
+        result = route.handler(Call(self.state, params, query, body, self.policy_writable))
+        if audited:
             target = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
             detail: dict[str, Any] = {**query, **body}
+            if before:
+                detail["before"] = before
             try:
                 self.audit(Change(actor, route.operation_id, target, detail, source))
             except Exception:  # the change is made; a failed record must not undo it
                 log.exception("audit: recording %s failed", route.operation_id)
         return result
+
+    def _before(self, route: Route, params: dict[str, str]) -> dict[str, Any] | None:
+        """What a node or user change is about to replace, for the audit record."""
+        ref = params.get("nodeId", "")
+        try:
+            if ref.isascii() and ref.isdigit():
+                n = self.state.get_node(NodeID(int(ref)))
+                return {"givenName": n.given_name, "tags": list(n.tags),
+                        "approvedRoutes": [str(r) for r in n.approved_routes],
+                        "expiry": n.expiry.isoformat() if n.expiry else None}  # fmt: skip
+            ref = params.get("oldId") or params.get("id") or ""
+            if route.path.startswith(API_PREFIX + "user/") and ref.isascii() and ref.isdigit():
+                return {"name": self.state.get_user(UserID(int(ref))).name}
+        except (StateError, ValueError):
+            return None
+        return None
 
     def _authenticate(self, req: Request) -> Response | str:
         """The actor ("apikey:<prefix>"), or the 401 to answer."""

@@ -15,12 +15,20 @@ Decision order for a RegisterRequest from the Noise peer ``M`` (machine key)::
     otherwise                                 -> interactive: AuthURL <server_url>/register/<id>
 
 User-facing failures are HTTP 200 with ``Error`` set (docs/protocol/control.md §3.8).
+
+Flood control (issue #12 finding 3): every interactive registration a source (IPv4 address,
+IPv6 /64) starts takes a token from its bucket (INTERACTIVE_BURST, refilled at
+INTERACTIVE_RATE per second); a source with none left gets HTTP 429 before its body is
+parsed. Auth-key registrations take no token. State bounds the table itself
+(registrations.py: per-source quota, oldest evicted first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -28,9 +36,9 @@ from typing import Any
 from meshscale.control import models
 from meshscale.control.auth.request import (
     NodeBindingError,
-    decode_request,
+    decode_with_raw,
+    field_of,
     lookup_node,
-    raw_field,
     sanitize_hostinfo,
 )
 from meshscale.control.state import State, StateReader
@@ -40,6 +48,36 @@ from meshscale.key import MachinePublic, NodePublic
 from meshscale.tailcfg import Login, RegisterRequest, RegisterResponse, User, dumps
 
 REGISTER_PATH = "/register/"
+INTERACTIVE_BURST = 32  # interactive registrations a source may start at once
+INTERACTIVE_RATE = 0.5  # tokens per second refilled (one every 2 s)
+MAX_TRACKED_SOURCES = 4096  # buckets kept; the least recently used go first
+
+
+class SourceBuckets:
+    """Token buckets per source (sans-IO: ``now`` is passed in, in seconds)."""
+
+    def __init__(self, burst: float = INTERACTIVE_BURST, rate: float = INTERACTIVE_RATE) -> None:
+        self.burst = burst
+        self.rate = rate
+        self._b: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+        self.rejected = 0
+
+    def _level(self, source: str, now: float) -> float:
+        tokens, at = self._b.get(source, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def allows(self, source: str, now: float) -> bool:
+        """A token is available (not taken)."""
+        if self._level(source, now) >= 1:
+            return True
+        self.rejected += 1
+        return False
+
+    def take(self, source: str, now: float) -> None:
+        self._b[source] = (self._level(source, now) - 1, now)
+        self._b.move_to_end(source)
+        while len(self._b) > MAX_TRACKED_SOURCES:
+            self._b.popitem(last=False)
 
 
 class RegisterHandler:
@@ -51,20 +89,34 @@ class RegisterHandler:
       clock: wall-clock UTC datetime.
     """
 
-    def __init__(self, state: State, server_url: str, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        state: State,
+        server_url: str,
+        clock: Callable[[], datetime],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.state = state
         self.server_url = server_url.rstrip("/")
         self.clock = clock
+        self.monotonic = monotonic
+        self.buckets = SourceBuckets()
 
     async def __call__(self, req: NoiseRequest) -> Response:
-        rr = decode_request(RegisterRequest, req)
-        if isinstance(rr, Response):
-            return rr
+        if not self.buckets.allows(req.source, self.monotonic()):
+            # Cheap: before the body is parsed.
+            return Response.text(429, "too many registrations from this address; retry later\n",
+                                 [("Retry-After", "10")])  # fmt: skip
+        decoded = decode_with_raw(RegisterRequest, req)
+        if isinstance(decoded, Response):
+            return decoded
+        rr, raw = decoded
         if rr.NodeKey is None:
             return self._error("node key is required")
-        hostinfo = sanitize_hostinfo(raw_field(req.body, "Hostinfo")) or {}
+        hostinfo = sanitize_hostinfo(field_of(raw, "Hostinfo")) or {}
         try:
-            resp = await self._register(req.machine_key, rr, rr.NodeKey, hostinfo)
+            resp = await self._register(req.machine_key, rr, rr.NodeKey, hostinfo, req.source)
         except NodeBindingError:
             return Response.text(401, "node exists with a different machine key\n")
         except models.StateError as exc:
@@ -74,13 +126,32 @@ class RegisterHandler:
     def _error(self, msg: str) -> Response:
         return Response.json_bytes(dumps(RegisterResponse(Error=msg)))
 
+    def _begin(
+        self,
+        mkey: MachinePublic,
+        rr: RegisterRequest,
+        nkey: NodePublic,
+        hostinfo: dict[str, Any],
+        source: str,
+    ) -> RegisterResponse:
+        self.buckets.take(source, self.monotonic())
+        reg = self.state.begin_registration(
+            mkey, nkey, hostinfo, ephemeral=rr.Ephemeral, source=source
+        )
+        return RegisterResponse(AuthURL=self.auth_url(reg.id))
+
     async def _register(
-        self, mkey: MachinePublic, rr: RegisterRequest, nkey: NodePublic, hostinfo: dict[str, Any]
+        self,
+        mkey: MachinePublic,
+        rr: RegisterRequest,
+        nkey: NodePublic,
+        hostinfo: dict[str, Any],
+        source: str = "",
     ) -> RegisterResponse:
         now = self.clock()
         node = lookup_node(self.state, mkey, nkey)
         if rr.Followup:
-            return await self._followup(mkey, rr, nkey, hostinfo)
+            return await self._followup(mkey, rr, nkey, hostinfo, source)
         if rr.Expiry is not None and rr.Expiry <= now:
             if node is None:
                 return RegisterResponse(NodeKeyExpired=True)
@@ -114,14 +185,18 @@ class RegisterHandler:
                 tags=existing.tags,
             )  # fmt: skip
             return self._success(node)
-        reg = self.state.begin_registration(mkey, nkey, hostinfo, ephemeral=rr.Ephemeral)
-        return RegisterResponse(AuthURL=self.auth_url(reg.id))
+        return self._begin(mkey, rr, nkey, hostinfo, source)
 
     def auth_url(self, reg_id: str) -> str:
         return f"{self.server_url}{REGISTER_PATH}{reg_id}"
 
     async def _followup(
-        self, mkey: MachinePublic, rr: RegisterRequest, nkey: NodePublic, hostinfo: dict[str, Any]
+        self,
+        mkey: MachinePublic,
+        rr: RegisterRequest,
+        nkey: NodePublic,
+        hostinfo: dict[str, Any],
+        source: str,
     ) -> RegisterResponse:
         reg_id = rr.Followup.rsplit("/", 1)[-1]
         reg = self.state.get_registration(reg_id)
@@ -130,8 +205,7 @@ class RegisterHandler:
             done = lookup_node(self.state, mkey, nkey)
             if reg is None and done is not None and not done.is_expired(self.clock()):
                 return self._success(done)  # completed before this followup arrived
-            new = self.state.begin_registration(mkey, nkey, hostinfo, ephemeral=rr.Ephemeral)
-            return RegisterResponse(AuthURL=self.auth_url(new.id))
+            return self._begin(mkey, rr, nkey, hostinfo, source)
         try:
             node = await reg.wait()
         except models.RegistrationFailed as exc:

@@ -30,7 +30,6 @@ from meshscale.tailcfg import (
     ParseError,
     RegisterRequest,
     from_json,
-    loads,
     to_json,
     unsupported_client,
 )
@@ -47,13 +46,39 @@ class NodeBindingError(Exception):
 def decode_request(cls: type[_Request], req: NoiseRequest) -> _Request | Response:
     """The body as ``cls``, or the HTTP 400 that answers it (malformed, or a client older
     than MIN_SUPPORTED_CAPABILITY_VERSION)."""
+    out = decode_with_raw(cls, req)
+    return out if isinstance(out, Response) else out[0]
+
+
+def decode_with_raw(
+    cls: type[_Request], req: NoiseRequest
+) -> tuple[_Request, dict[str, Any]] | Response:
+    """``decode_request`` plus the parsed JSON object, so a handler that also needs raw
+    fields (Hostinfo) parses the body once: ~20 ms of CPU per 1 MiB on the event loop."""
     try:
-        msg = loads(cls, req.body)
+        data = json.loads(req.body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, nesting
+        return Response.text(400, f"bad {cls.__name__}: bad JSON: {exc}\n")
+    if not isinstance(data, dict):
+        return Response.text(400, f"bad {cls.__name__}: want a JSON object\n")
+    try:
+        msg = from_json(cls, data)
     except ParseError as exc:
         return Response.text(400, f"bad {cls.__name__}: {exc}\n")
     if msg.Version < MIN_SUPPORTED_CAPABILITY_VERSION:
         return Response.text(400, unsupported_client(msg.Version) + "\n")
-    return msg
+    return msg, data
+
+
+def field_of(data: dict[str, Any], name: str) -> Any:
+    """One top-level field of a parsed JSON object (Go matches keys case-insensitively)."""
+    if name in data:
+        return data[name]
+    lname = name.lower()
+    for k, v in data.items():
+        if k.lower() == lname:
+            return v
+    return None
 
 
 def lookup_node(
@@ -72,15 +97,11 @@ def raw_field(body: bytes, name: str) -> Any:
     case-insensitively). Hostinfo is stored raw so peers see every field the client sent."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
-    lname = name.lower()
-    for k, v in data.items():
-        if k.lower() == lname:
-            return v
-    return None
+    return field_of(data, name)
 
 
 def valid_addrport(text: str) -> bool:

@@ -19,7 +19,7 @@ from meshscale.control.console.app import PREFIX, Console, ConsoleSettings
 from meshscale.control.console.oidc import ConsoleOIDC
 from meshscale.control.console.session import LoginLimiter, SessionStore
 from meshscale.control.state import State
-from meshscale.tailcfg import DNSConfig, to_json
+from meshscale.tailcfg import DERPMap, DNSConfig, to_json
 
 
 def build(state: State, api: API, settings: ConsoleSettings, **kw: Any) -> Console:
@@ -31,7 +31,32 @@ def build(state: State, api: API, settings: ConsoleSettings, **kw: Any) -> Conso
     return console
 
 
-def console_for(cfg: ControlConfig, state: State, api: API, dns: DNSConfig) -> Console:
+def facts(cfg: ControlConfig, derp: DERPMap | None) -> tuple[tuple[str, str], ...]:
+    """The settings page: what the config file decides, never a secret."""
+    o = cfg.oidc
+    out = [
+        ("server_url", cfg.server_url), ("policy.mode", cfg.policy.mode),
+        ("node expiry", str(cfg.node_expiry) if cfg.node_expiry else "never"),
+        ("ephemeral node inactivity timeout", str(cfg.ephemeral_node_inactivity_timeout)),
+        ("database", cfg.database.type),
+        ("OIDC", f"issuer {o.issuer}, client {o.client_id}" if o.enabled else "off"),
+    ]  # fmt: skip
+    if o.enabled:
+        out += [("OIDC allowed domains", ", ".join(o.allowed_domains) or "any"),
+                ("OIDC allowed users", ", ".join(o.allowed_users) or "any"),
+                ("OIDC allowed groups", ", ".join(o.allowed_groups) or "any"),
+                ("OIDC PKCE", o.pkce_method if o.pkce_enabled else "off")]  # fmt: skip
+    admins = (*cfg.console_admin_users, *cfg.console_admin_groups)
+    out.append(("console admins (OIDC)", ", ".join(admins) or "none"))
+    for rid, region in sorted((derp.Regions if derp is not None else {}).items()):
+        hosts = ", ".join(n.HostName for n in region.Nodes)
+        out.append((f"DERP region {rid}", f"{region.RegionCode} ({region.RegionName}): {hosts}"))
+    return tuple(out)
+
+
+def console_for(
+    cfg: ControlConfig, state: State, api: API, dns: DNSConfig, derp: DERPMap | None = None
+) -> Console:
     """The console as ``meshscale-control serve`` runs it, from the server configuration."""
     d = cfg.dns
     view = {
@@ -46,6 +71,7 @@ def console_for(cfg: ControlConfig, state: State, api: API, dns: DNSConfig) -> C
         server_url=cfg.server_url, base_domain=d.base_domain,
         policy_writable=cfg.policy.mode == "database", oidc_enabled=cfg.oidc.enabled,
         dns=view, dns_preview=json.dumps(to_json(dns), indent=2, sort_keys=True),
+        facts=facts(cfg, derp),
     )  # fmt: skip
     oidc = None
     if cfg.oidc.enabled and (cfg.console_admin_users or cfg.console_admin_groups):

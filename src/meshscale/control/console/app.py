@@ -74,6 +74,7 @@ class ConsoleSettings:
     oidc_enabled: bool = False
     dns: dict[str, Any] = field(default_factory=dict)  # the DNS settings view
     dns_preview: str = ""  # the DNSConfig nodes get, as JSON
+    facts: tuple[tuple[str, str], ...] = ()  # the read-only settings page: (name, value)
 
     @property
     def https(self) -> bool:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 NAV = (
     ("machines", "Machines"), ("users", "Users"), ("keys", "Pre-auth keys"),
     ("apikeys", "API keys"), ("policy", "Access controls"), ("dns", "DNS"), ("audit", "Logs"),
+    ("settings", "Settings"),
 )  # fmt: skip
 
 
@@ -129,6 +130,9 @@ def register(c: Console) -> None:
         return c.render(ctx, "dns.html", title="DNS", dns=c.settings.dns,
                         preview=c.settings.dns_preview)  # fmt: skip
 
+    async def settings_page(ctx: Ctx) -> Response:
+        return c.render(ctx, "settings.html", title="Settings", facts=c.settings.facts)
+
     async def logout(ctx: Ctx) -> Response:
         return c.logout(ctx)
 
@@ -136,6 +140,7 @@ def register(c: Console) -> None:
         f"{PREFIX}/machines": machines_page, f"{PREFIX}/machines/{{id}}": machine_page,
         f"{PREFIX}/users": users_page, f"{PREFIX}/keys": keys_page,
         f"{PREFIX}/apikeys": apikeys_page, f"{PREFIX}/dns": dns_page,
+        f"{PREFIX}/settings": settings_page,
     })  # fmt: skip
     c.post_pages[f"{PREFIX}/logout"] = logout
 

@@ -77,7 +77,7 @@ class MapSession:
 
     __slots__ = (
         "bpos", "closed", "compress", "idle", "last_write", "legacy_derp", "node_id", "pending",
-        "push", "started", "unsent", "wake",
+        "push", "revoked", "started", "unsent", "wake",
     )  # fmt: skip
 
     def __init__(
@@ -101,6 +101,7 @@ class MapSession:
         self.last_write = 0.0  # loop time of the last message written
         self.unsent = b""  # a framed message the tick built but could not push: task sends it
         self.bpos = 0  # index of the first broadcast batch not merged into this session yet
+        self.revoked = False  # the node's key expired and it was told so: no peer news
 
     def close(self) -> None:
         self.closed = True
@@ -416,6 +417,11 @@ class Batcher:
         if me is None:
             session.close()
             return None
+        if me.is_expired(now):
+            return self._revoked_map(session, me, cfg, now)
+        if session.revoked:  # logged in again: everything anew (p may be shared: replace it)
+            session.revoked = False
+            p = Pending(full=True)
         if p.full:
             peers = self.source.peers_of(session.node_id)
             msg = mapper.full_map(
@@ -468,6 +474,25 @@ class Batcher:
             shared = delta
             self.deltas_built += 1
         return shared
+
+    def _revoked_map(
+        self, session: MapSession, me: models.Node, cfg: mapper.MapConfig, now: datetime
+    ) -> dict[str, Any] | None:
+        """An expired node gets one map saying so (Node.Expired, MachineAuthorized false),
+        no peers, no packet filter rules, and the removal of every peer it may hold; then
+        nothing until it logs in again (issue #12 finding 2)."""
+        if session.revoked:
+            return None
+        session.revoked = True
+        msg = mapper.full_map(me, [], self.source.users(), cfg, now, self.cache, packet_filter=[])
+        gone = {int(p.id) for p in self.source.peers_of(session.node_id)}
+        gone |= set(self._recently_removed)
+        gone.discard(int(session.node_id))
+        if gone and session.started:
+            msg["PeersRemoved"] = sorted(gone)
+        session.started = True
+        self.full_maps_built += 1
+        return msg
 
     def _visible(self, viewer: int, p: Pending) -> Pending:
         """``p`` as ``viewer`` may see it: changed peers the policy hides from it become

@@ -22,15 +22,16 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import Any
 
 import zstandard
 
 from meshscale.control import models
 from meshscale.control.auth.request import (
     NodeBindingError,
-    decode_request,
+    decode_with_raw,
+    field_of,
     lookup_node,
-    raw_field,
     sanitize_hostinfo,
     valid_addrport,
 )
@@ -111,9 +112,10 @@ class MapHandler:
         batcher.enable_direct(clock, frame, self.fanout_delay)
 
     async def __call__(self, req: NoiseRequest) -> Response:
-        mr = decode_request(MapRequest, req)
-        if isinstance(mr, Response):
-            return mr
+        decoded = decode_with_raw(MapRequest, req)
+        if isinstance(decoded, Response):
+            return decoded
+        mr, raw = decoded
         if mr.NodeKey is None:
             return Response.text(400, "node key is required\n")
         try:
@@ -124,10 +126,16 @@ class MapHandler:
             )
         if node is None:
             return Response.text(404, "node not found\n")
-        try:
-            node = self._apply(node, mr, req.body)
-        except models.StateError as exc:
-            return Response.text(400, f"{exc}\n")
+        if node.is_expired(self.clock()):
+            # Revoked (issue #12): nothing it reports is stored or fanned out; a stream
+            # still gets the one map telling it its key expired (batcher._revoked_map).
+            if not mr.Stream and mr.OmitPeers:
+                return Response.text(403, "node key expired: log in again\n")
+        else:
+            try:
+                node = self._apply(node, mr, raw)
+            except models.StateError as exc:
+                return Response.text(400, f"{exc}\n")
         compress = mr.Compress == "zstd"
         legacy = mr.Version < CAPVER_HOME_DERP
         if not mr.Stream:
@@ -140,9 +148,9 @@ class MapHandler:
             return Response(200, self.batcher.encode(msg, compress, frame, legacy_derp=legacy))
         return Response(200, self._stream(node.id, compress, req.push, legacy_derp=legacy))
 
-    def _apply(self, node: models.Node, mr: MapRequest, body: bytes) -> models.Node:
+    def _apply(self, node: models.Node, mr: MapRequest, raw: dict[str, Any]) -> models.Node:
         """Store what the client reports (Headscale applies this before the first map)."""
-        hostinfo = sanitize_hostinfo(raw_field(body, "Hostinfo"))
+        hostinfo = sanitize_hostinfo(field_of(raw, "Hostinfo"))
         # Peers parse every endpoint as netip.AddrPort: one bad string would break their maps.
         endpoints = (
             [e for e in mr.Endpoints if valid_addrport(e)][:MAX_ENDPOINTS] if mr.Endpoints else None

@@ -19,6 +19,7 @@ types), and the zstd-framed map stream (docs/protocol/control.md §4.1) decoded 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import struct
@@ -74,6 +75,26 @@ def parse_control_url(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def decompress_bounded(
+    dctx: zstandard.ZstdDecompressor, data: bytes, limit: int = MAX_MESSAGE
+) -> bytes:
+    """zstd frames -> at most ``limit`` bytes, or ClientError. Streaming, so the cap holds
+    even when a frame declares its content size (``decompress(max_output_size=...)``
+    believes the header: 16 KB could inflate to 512 MiB, issue #12 finding 5)."""
+    out = bytearray()
+    try:
+        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+            while True:
+                chunk = reader.read(min(1 << 20, limit + 1 - len(out)))
+                if not chunk:
+                    return bytes(out)
+                out += chunk
+                if len(out) > limit:
+                    raise ClientError(f"map message inflates past {limit} bytes")
+    except zstandard.ZstdError as exc:
+        raise ClientError(f"bad zstd map message: {exc}") from None
+
+
 class MapStream:
     """Messages of one streaming map response (u32 little-endian length, then zstd JSON),
     decoded to JSON dicts."""
@@ -97,8 +118,13 @@ class MapStream:
                         body = bytes(self._buf[4 : 4 + n])
                         del self._buf[: 4 + n]
                         if self._compressed:
-                            body = self._dctx.decompress(body, max_output_size=MAX_MESSAGE)
-                        msg: dict[str, Any] = json.loads(body)
+                            body = decompress_bounded(self._dctx, body)
+                        try:
+                            msg: dict[str, Any] = json.loads(body)
+                        except (ValueError, RecursionError) as exc:
+                            raise ClientError(f"bad map message: {exc}") from None
+                        if not isinstance(msg, dict):
+                            raise ClientError("map message is not a JSON object")
                         if msg == {"KeepAlive": True}:
                             self.keepalives += 1
                             if skip_keepalive:

@@ -166,8 +166,8 @@ class ResolvedManager:
             routes: Sequence[str] = (), default_route: bool = True) -> None:  # fmt: skip
         domains = [d.strip(".") for d in search if d.strip(".")]
         domains += ["~" + r.strip(".") for r in routes if r.strip(".")]
-        if default_route and not routes:
-            domains.append("~.")
+        if default_route:
+            domains.append("~.")  # quad-100 is the default resolver (override_local_dns)
         self._run("dns", self.ifname, *nameservers)
         self._run("domain", self.ifname, *domains)
         self._run("default-route", self.ifname, "yes" if default_route else "no")
