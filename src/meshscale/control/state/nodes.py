@@ -134,6 +134,15 @@ class Nodes:
                     if n.id != node_id and core.policy.can_see(n, node)}
             return ids
 
+    def self_caps(self, node_id: NodeID) -> dict[str, None]:
+        """The policy's nodeAttrs for ``node_id`` (keys of its self CapMap), if the manager
+        has them (PolicyEngine.cap_map_for)."""
+        core = self.core
+        with core.lock:
+            node = core.nodes.get(node_id)
+            caps = getattr(core.policy, "cap_map_for", None)
+            return {} if node is None or caps is None else dict(caps(node))
+
     def can_see(self, viewer_id: NodeID, peer_id: NodeID) -> bool:
         """Whether the policy lets ``viewer_id`` see ``peer_id`` (True if either is gone:
         the caller's removal logic handles that)."""

@@ -142,6 +142,7 @@ class State:
         self.packet_filter = nodes.packet_filter
         self.can_see = nodes.can_see
         self.viewers_of = nodes.viewers_of
+        self.self_caps = nodes.self_caps
 
         self.update_node = nodes.update_node
         self.update_endpoints = nodes.update_endpoints
