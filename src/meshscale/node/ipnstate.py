@@ -52,6 +52,7 @@ class PeerStatus:
     InMagicSock: bool = False
     InEngine: bool = False
     KeyExpiry: datetime | None = None
+    PrimaryRoutes: list[str] = field(default_factory=list)  # omitted when empty, as upstream
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -64,6 +65,9 @@ class PeerStatus:
                     out[name] = format_time(v)
             elif name in ("Addrs", "AllowedIPs") and not v:
                 out[name] = None
+            elif name == "PrimaryRoutes":
+                if v:
+                    out[name] = v
             else:
                 out[name] = v
         return out

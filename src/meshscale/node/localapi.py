@@ -8,6 +8,7 @@ Routes (all under ``/localapi/v0/``)::
     GET  whois?addr=IP     -> {"Node": {...}, "UserProfile": {...}}           (404 if unknown)
     GET  debug             -> counters of magicsock, the WireGuard device and the engine
     POST start             {"Prefs": {...}, "AuthKey": "...", "Reset": bool}  -> {"BackendState"}
+    POST prefs             {"Prefs": {...}} -> Prefs JSON (``set``: no new login)
     POST down              -> {}
     POST logout            -> {}
     POST ping?ip=IP        -> ipnstate.PingResult JSON
@@ -58,6 +59,8 @@ class LocalBackend(Protocol):
 
     async def start(self, prefs: Prefs, auth_key: str, reset: bool) -> None: ...
 
+    async def edit_prefs(self, prefs: Prefs) -> None: ...
+
     async def down(self) -> None: ...
 
     async def logout(self) -> None: ...
@@ -93,6 +96,7 @@ class LocalAPI:
             ("GET", "whois"): self._whois,
             ("GET", "debug"): self._debug,
             ("POST", "start"): self._start,
+            ("POST", "prefs"): self._edit_prefs,
             ("POST", "down"): self._down,
             ("POST", "logout"): self._logout,
             ("POST", "ping"): self._ping,
@@ -178,6 +182,15 @@ class LocalAPI:
             raise BackendError("AuthKey must be a string and Reset a boolean")
         await self.backend.start(prefs, auth_key, reset)
         return _json({"BackendState": self.backend.status().BackendState})
+
+    async def _edit_prefs(self, req: Request) -> Response:
+        body = self._body(req)
+        try:
+            prefs = Prefs.from_json(body.get("Prefs", {}))
+        except PrefsError as exc:
+            raise BackendError(str(exc)) from exc
+        await self.backend.edit_prefs(prefs)
+        return _json(self.backend.prefs().to_json())
 
     async def _down(self, req: Request) -> Response:
         await self.backend.down()

@@ -6,7 +6,7 @@ upstream's JSON so ``meshscale debug prefs`` style output is familiar.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8080"
@@ -23,6 +23,14 @@ class Prefs:
     WantRunning: bool = False
     LoggedOut: bool = False
     CorpDNS: bool = True  # --accept-dns; no DNS is configured yet, the value is only kept
+    # Routes (docs: docs/protocol/policy.md §5). AdvertiseRoutes holds both /0s for
+    # --advertise-exit-node, as upstream's prefs do.
+    AdvertiseRoutes: list[str] = field(default_factory=list)
+    RouteAll: bool = False  # --accept-routes (off by default on Linux)
+    ExitNodeID: str = ""  # the chosen exit node's StableID, resolved from ExitNodeIP
+    ExitNodeIP: str = ""  # --exit-node as given (an IP; the CLI resolves names)
+    ExitNodeAllowLANAccess: bool = False
+    NoSNAT: bool = False  # --snat-subnet-routes=false
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,7 +45,7 @@ class Prefs:
                 continue
             v = obj[f.name]
             want = type(getattr(out, f.name))
-            if type(v) is not want:
+            if type(v) is not want or (want is list and not all(type(i) is str for i in v)):
                 raise PrefsError(f"prefs: {f.name} must be {want.__name__}")
             setattr(out, f.name, v)
         return out
