@@ -262,6 +262,16 @@ class Nodes:
             core.emit(NodeChanged(node_id, frozenset({"online", "last_seen"})))
             return node
 
+    def set_route_standby(self, node_id: NodeID, standby: bool) -> None:
+        """A router's map stream has been gone past the route grace (True) or is back
+        (False): it stops or starts being an HA candidate (state/primary.py). Memory only."""
+        core = self.core
+        with core.write(durable=False):
+            old = core.nodes.get(node_id)
+            if old is None or old.route_standby == standby:
+                return
+            core.put_router_state(replace(old, route_standby=standby))
+
     def touch(self, node_id: NodeID) -> None:
         """Record activity (last_seen = now) in memory only: no write and no event.
 
