@@ -8,24 +8,27 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshscale.dns.cache import AnswerCache
 from meshscale.dns.config import from_netmap
-from meshscale.dns.resolver import Answer, Drop, Forward, Resolver
+from meshscale.dns.resolver import Answer, Drop, Forward, Resolver, fit_udp
 from meshscale.tailcfg.dns import DNSConfig, DNSRecord
 from meshscale.tailcfg.dns import Resolver as Upstream
 from meshscale.tailcfg.node import Node
 
 
-def make_resolver(cache: AnswerCache | None = None) -> Resolver:
+def make_resolver(cache: AnswerCache | None = None, *, aaaa: bool = False) -> Resolver:
     cfg = DNSConfig(
         Routes={"lab.example": [], "corp.test": [Upstream(Addr="10.9.0.53")]},
         Resolvers=[Upstream(Addr="10.9.0.1")],
         ExtraRecords=[DNSRecord(Name="extra.lab.example", Value="100.64.0.99")],
     )
     me = Node(Name="n1.lab.example.", Addresses=["100.64.0.1/32", "fd7a:115c:a1e0::1/128"])
+    if aaaa:
+        me.CapMap["magicdns-aaaa"] = None
     web = Node(Name="web.lab.example.", Addresses=["100.64.0.2/32"])
     return Resolver(from_netmap(cfg, me, [web]), cache)
 
@@ -41,7 +44,9 @@ def test_local_a_aaaa_and_nodata() -> None:
     a = ask(r, "N1.lab.example")
     assert a.rcode() == dns.rcode.NOERROR and a.flags & dns.flags.AA
     assert [rr.to_text() for rr in a.answer[0]] == ["100.64.0.1"]
-    aaaa = ask(r, "n1.lab.example", "AAAA")
+    # A node with an IPv4 address has no AAAA unless self has cap magicdns-aaaa (ts#1152).
+    assert not ask(r, "n1.lab.example", "AAAA").answer
+    aaaa = ask(make_resolver(aaaa=True), "n1.lab.example", "AAAA")
     assert [rr.to_text() for rr in aaaa.answer[0]] == ["fd7a:115c:a1e0::1"]
     nodata = ask(r, "web.lab.example", "AAAA")
     assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
@@ -139,3 +144,52 @@ def test_mutated_queries_never_crash(data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(wire)))
     out = make_resolver().handle(bytes(wire[:cut]))
     assert isinstance(out, Answer | Drop | Forward)
+
+
+def test_tailscaled_special_names() -> None:
+    r = make_resolver()
+    assert ask(r, "x.onion").rcode() == dns.rcode.NXDOMAIN
+    assert ask(r, "b._dns-sd._udp.local", "PTR").rcode() == dns.rcode.NXDOMAIN
+    assert r.stats["forward"] == 0
+    q100 = ask(r, "magicdns.localhost-tailscale-daemon")
+    assert [rr.to_text() for rr in q100.answer[0]] == ["100.100.100.100"]
+    ptr = ask(r, "100.100.100.100.in-addr.arpa", "PTR")
+    assert [rr.to_text() for rr in ptr.answer[0]] == ["magicdns.localhost-tailscale-daemon."]
+    assert ask(r, "web.lab.example", "SOA").rcode() == dns.rcode.NOTIMP
+    mx = ask(r, "web.lab.example", "MX")
+    assert mx.rcode() == dns.rcode.NOERROR and not mx.answer
+
+
+def test_proxied_adds_local_suffix_and_reverse_zones() -> None:
+    me = Node(Name="n1.tn.example.", Addresses=["100.64.0.1/32"])
+    cfg = from_netmap(DNSConfig(Proxied=True), me, [], os_resolvers=["192.0.2.53"])
+    assert cfg.routes["tn.example."] == [] and cfg.routes["64.100.in-addr.arpa."] == []
+    assert cfg.fallback == ["192.0.2.53"]  # no override: the OS's own nameservers
+    r = Resolver(cfg)
+    assert ask(r, "nope.tn.example").rcode() == dns.rcode.NXDOMAIN
+    assert ask(r, "9.9.70.100.in-addr.arpa", "PTR").rcode() == dns.rcode.NXDOMAIN
+    fwd = r.handle(dns.message.make_query("example.org", "A").to_wire())
+    assert isinstance(fwd, Forward) and fwd.upstreams == ("192.0.2.53",)
+
+
+def test_override_wins_over_os_resolvers_and_fallbacks_need_exit_node() -> None:
+    over = DNSConfig(Resolvers=[Upstream(Addr="10.9.0.1")])
+    assert from_netmap(over, None, [], os_resolvers=["192.0.2.53"]).fallback == ["10.9.0.1"]
+    fb = DNSConfig(FallbackResolvers=[Upstream(Addr="10.9.0.2")])
+    assert from_netmap(fb, None, []).fallback == []
+    assert from_netmap(fb, None, [], exit_node=True).fallback == ["10.9.0.2"]
+
+
+def test_large_local_answer_to_plain_udp_gets_tc() -> None:
+    q = dns.message.make_query("big.example", "A").to_wire()
+    big = dns.message.make_response(dns.message.make_query("big.example", "A"))
+    big.answer.append(
+        dns.rrset.from_text_list(
+            "big.example.", 60, "IN", "A", [f"10.0.{i // 256}.{i % 256}" for i in range(60)]
+        )
+    )
+    wire = big.to_wire()
+    assert len(wire) > 512
+    assert fit_udp(q, wire)[2] & 0x02
+    edns = dns.message.make_query("big.example", "A", use_edns=0, payload=4096).to_wire()
+    assert fit_udp(edns, wire) == wire

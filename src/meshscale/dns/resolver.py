@@ -21,9 +21,34 @@ import dns.rdatatype
 import dns.rrset
 
 from meshscale.dns.cache import AnswerCache, Key
-from meshscale.dns.config import ResolverConfig, fqdn
+from meshscale.dns.config import QUAD100_NAME, QUAD100_V4, QUAD100_V6, IPAddr, ResolverConfig, fqdn
 
 MAX_QUERY = 65535  # a DNS message over TCP can't be larger; anything bigger is garbage
+UDP_PLAIN_MAX = 512  # bytes of a UDP answer to a client that sent no EDNS
+_NOTIMP_TYPES = frozenset(
+    {dns.rdatatype.NS, dns.rdatatype.SOA, dns.rdatatype.AXFR, dns.rdatatype.HINFO}
+)
+
+
+def _is_bonjour(name: str) -> bool:
+    """DNS-SD browse names (b._dns-sd._udp.<domain> and kin): tailscaled answers NXDOMAIN."""
+    labels = name.split(".")
+    return len(labels) >= 3 and labels[1] == "_dns-sd" and labels[2] == "_udp"
+
+
+def fit_udp(query: bytes, answer: bytes) -> bytes:
+    """An answer for a UDP client: TC=1 when it is larger than the client can take (512
+    bytes, or its EDNS payload size). The body is not cut, as tailscaled does."""
+    limit = UDP_PLAIN_MAX
+    try:
+        msg = dns.message.from_wire(query)
+        if msg.edns >= 0:
+            limit = max(UDP_PLAIN_MAX, msg.payload)
+    except Exception:  # the query was already answered; a parse failure means no EDNS
+        pass
+    if len(answer) <= limit or len(answer) < 4:
+        return answer
+    return answer[:2] + bytes([answer[2] | 0x02]) + answer[3:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,29 +155,24 @@ class Resolver:
 
     def _resolve(self, msg: dns.message.Message, name: str, rdtype: int, query: bytes) -> Decision:
         cfg = self.config
-        ttl = cfg.ttl
+        if name.endswith(".onion.") or name == "onion." or _is_bonjour(name):
+            return self._reply(msg, dns.rcode.NXDOMAIN)  # never leaks to an upstream
+        if name == QUAD100_NAME:
+            return self._local(msg, name, rdtype, [QUAD100_V4, QUAD100_V6])
         addrs = cfg.hosts.get(name)
         if addrs is not None:
-            resp = dns.message.make_response(msg)
-            resp.flags |= dns.flags.AA | dns.flags.RA
-            want = {dns.rdatatype.A: 4, dns.rdatatype.AAAA: 6}
-            for rtype, ver in want.items():
-                if rdtype in (rtype, dns.rdatatype.ANY):
-                    vals = [str(a) for a in addrs if a.version == ver]
-                    if vals:
-                        resp.answer.append(dns.rrset.from_text_list(name, ttl, "IN", rtype, vals))
-            self.stats["local"] += 1
-            return Answer(resp.to_wire())  # no matching type: NOERROR/NODATA
+            return self._local(msg, name, rdtype, addrs)
         ptr = self._reverse.get(name)
         if ptr is not None:
             resp = dns.message.make_response(msg)
             resp.flags |= dns.flags.AA | dns.flags.RA
             if rdtype in (dns.rdatatype.PTR, dns.rdatatype.ANY):
-                resp.answer.append(dns.rrset.from_text_list(name, ttl, "IN", "PTR", [ptr]))
+                resp.answer.append(dns.rrset.from_text_list(name, cfg.ttl, "IN", "PTR", [ptr]))
             self.stats["local"] += 1
             return Answer(resp.to_wire())
         upstreams = self._route(name)
         if upstreams is None:
+            self.stats["no_upstream"] += 1
             return self._reply(msg, dns.rcode.SERVFAIL)
         if not upstreams:
             return self._reply(msg, dns.rcode.NXDOMAIN, authoritative=True)
@@ -163,6 +183,25 @@ class Resolver:
             return Answer(query[:2] + cached[2:])
         self.stats["forward"] += 1
         return Forward(tuple(upstreams), query, key)
+
+    def _local(
+        self, msg: dns.message.Message, name: str, rdtype: int, addrs: list[IPAddr]
+    ) -> Answer:
+        """A name in the host table: the first address of the asked family (tailscaled
+        does not round-robin), NOTIMP for zone types, NOERROR/NODATA for the rest."""
+        if rdtype in _NOTIMP_TYPES:
+            return self._reply(msg, dns.rcode.NOTIMP)
+        resp = dns.message.make_response(msg)
+        resp.flags |= dns.flags.AA | dns.flags.RA
+        for rtype, ver in ((dns.rdatatype.A, 4), (dns.rdatatype.AAAA, 6)):
+            if rdtype in (rtype, dns.rdatatype.ANY):
+                first = next((str(a) for a in addrs if a.version == ver), None)
+                if first is not None:
+                    resp.answer.append(
+                        dns.rrset.from_text_list(name, self.config.ttl, "IN", rtype, [first])
+                    )
+        self.stats["local"] += 1
+        return Answer(resp.to_wire())
 
     def _route(self, name: str) -> list[str] | None:
         """Longest matching split-DNS suffix; else the fallback resolvers; None = nowhere."""
@@ -176,4 +215,4 @@ class Resolver:
         return self.config.fallback or None
 
 
-__all__ = ["Answer", "Decision", "Drop", "Forward", "Resolver", "fqdn"]
+__all__ = ["Answer", "Decision", "Drop", "Forward", "Resolver", "fit_udp", "fqdn"]
