@@ -20,7 +20,14 @@ from meshscale.control.app import AppSettings, ControlApp, build_app
 from meshscale.control.state import State
 from meshscale.io.http import HTTPServer
 from meshscale.key import MachinePrivate
-from meshscale.tailcfg import LOGOUT_EXPIRY, DERPMap, DERPNode, DERPRegion
+from meshscale.tailcfg import (
+    LOGOUT_EXPIRY,
+    MIN_SUPPORTED_CAPABILITY_VERSION,
+    DERPMap,
+    DERPNode,
+    DERPRegion,
+    unsupported_client,
+)
 from meshscale.testing.controlclient import ClientError, ControlClient
 from meshscale.testing.controlclient import http_get as _http_get
 
@@ -288,12 +295,46 @@ def test_other_endpoints_and_old_clients() -> None:
             assert (await a.request("POST", "/machine/nope", b"{}"))[0] == 404
             assert (await a.request("GET", "/machine/map"))[0] == 405
             assert (await a.request("POST", "/machine/register", b"{nope"))[0] == 400
-            status, _ = await a.request("POST", "/machine/register", b'{"Version":100}')
+            status, raw = await a.request("POST", "/machine/register", b'{"Version":108}')
             assert status == 400
+            assert raw.decode().strip() == unsupported_client(108)
+            assert "v1.78 or newer" in raw.decode()
             await a.close()
-            old = env.client("old", version=100)
-            with pytest.raises(Exception, match="unsupported client"):
+            # Below the floor, the handshake's error frame names the minimum (the client
+            # shows it as its login error).
+            old = env.client("old", version=MIN_SUPPORTED_CAPABILITY_VERSION - 1)
+            with pytest.raises(Exception, match=r"needs Tailscale v1\.78 or newer"):
                 await old.connect()
+
+    run(body)
+
+
+def test_clients_before_home_derp_also_get_the_legacy_derp_string() -> None:
+    """v1.78 (capability version 109) reads a peer's home region only from "DERP"."""
+
+    async def body() -> None:
+        async with control_env() as env:
+            new = env.client("new")
+            old = env.client("old", version=MIN_SUPPORTED_CAPABILITY_VERSION)
+            for c in (new, old):
+                await c.connect()
+                assert (await c.register(env.key)).MachineAuthorized
+            s_new = await new.map_stream(preferred_derp=900)
+            await s_new.next()
+            s_old = await old.map_stream(preferred_derp=900)
+            first_old = await s_old.next()
+            assert first_old["Node"]["DERP"] == "127.3.3.40:900"
+            assert first_old["Peers"][0]["HomeDERP"] == 900
+            assert first_old["Peers"][0]["DERP"] == "127.3.3.40:900"
+            s_new2 = await new.map_stream(preferred_derp=900)  # a full map naming old
+            peer = (await s_new2.next())["Peers"][0]
+            assert peer["HomeDERP"] == 900 and "DERP" not in peer
+            # A client older than the floor is refused at map time as well.
+            body = b'{"Version":108,"NodeKey":"' + new.node_key.public().text().encode() + b'"}'
+            status, raw = await new.request("POST", "/machine/map", body)
+            assert status == 400 and b"v1.78" in raw
+            await new.close()
+            await old.close()
 
     run(body)
 

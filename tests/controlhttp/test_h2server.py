@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 async def _serve(dispatch, rng: random.Random) -> tuple[HTTPServer, int, MachinePrivate]:  # type: ignore[no-untyped-def]
     key = MachinePrivate(rng.randbytes(32))
     router = Router()
-    router.add_upgrade("/ts2021", NoiseUpgrade(key, dispatch, rand=rng.randbytes))
+    up = NoiseUpgrade(key, dispatch, rand=rng.randbytes, is_node=lambda mk: True)
+    router.add_upgrade("/ts2021", up)
     server = HTTPServer(router)
     srv = await server.start("127.0.0.1", 0)
     return server, srv.sockets[0].getsockname()[1], key

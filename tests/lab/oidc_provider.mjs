@@ -1,8 +1,9 @@
-// A lab identity provider: the real npm `oidc-provider`, users from argv[3] (JSON), loopback.
+// A lab identity provider: the real npm `oidc-provider`, users from argv[3] (JSON). Issuer
+// http://HOST:PORT, HOST = argv[5] (listening on all addresses, in a lab namespace) or loopback.
 import Provider from 'oidc-provider';
-const [port, usersJson, redirect] = [process.argv[2], process.argv[3], process.argv[4]];
+const [port, usersJson, redirect, host] = process.argv.slice(2);
 const users = JSON.parse(usersJson);
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = `http://${host || '127.0.0.1'}:${port}`;
 const provider = new Provider(issuer, {
   clients: [{ client_id: 'meshscale', client_secret: 'lab-secret', redirect_uris: [redirect],
               grant_types: ['authorization_code'], response_types: ['code'] }],
@@ -13,4 +14,4 @@ const provider = new Provider(issuer, {
   features: { devInteractions: { enabled: true } },
   cookies: { keys: ['lab-cookie-key'] },
 });
-provider.listen(Number(port), '127.0.0.1', () => console.log('ready ' + issuer));
+provider.listen(Number(port), host ? '0.0.0.0' : '127.0.0.1', () => console.log('ready ' + issuer));

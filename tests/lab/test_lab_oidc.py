@@ -11,8 +11,10 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urljoin
 
 import pytest
@@ -30,6 +32,8 @@ VERSION = "8.8.1"
 USERS = {
     "alice": {"email": "alice@example.net", "email_verified": True, "groups": ["ops"]},
     "mallory": {"email": "mallory@example.net", "email_verified": True, "groups": ["guests"]},
+    "carol": {"email": "carol@other.org", "email_verified": True, "groups": ["ops"]},
+    "dave": {"email": "dave@example.net", "email_verified": False, "groups": ["ops"]},
 }
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -64,69 +68,127 @@ def follow_forms(b: Browser, url: str, login: str) -> tuple[int, str, str]:
     return status, at, page
 
 
-def test_oidc_provider_sign_in_and_refusal(tmp_path: Path) -> None:
-    ensure_provider()
-    idp_port, ctl_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{ctl_port}"
+class RecordingBrowser(Browser):
+    """The cookie-jar browser, remembering every redirect target (to replay a callback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.visited: list[str] = []
+        seen = self.visited
+
+        class Record(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                                 newurl: str) -> Any:  # fmt: skip
+                seen.append(newurl)
+                return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self.jar), Record
+        )
+
+
+def start_provider(port: int, redirect: str) -> subprocess.Popen[str]:
     script = NPM_DIR / "oidc_provider.mjs"
     shutil.copy(Path(__file__).with_name("oidc_provider.mjs"), script)
     proc = subprocess.Popen(
-        ["node", str(script), str(idp_port), json.dumps(USERS), base + "/oidc/callback"],
+        ["node", str(script), str(port), json.dumps(USERS), redirect],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline()]
+    for _ in range(20):  # warnings come first; bounded
+        if lines[-1].startswith("ready") or not lines[-1]:
+            break
+        lines.append(proc.stdout.readline())
+    assert lines[-1].startswith("ready"), lines
+    return proc
+
+
+def test_oidc_provider_sign_in_and_refusal(tmp_path: Path) -> None:
+    """Two real providers, one control state: filters refuse with a 4xx page and register
+    nothing, a replayed callback is refused, the same email at two providers is two users."""
+    ensure_provider()
+    ports = [free_port() for _ in range(4)]  # idp1, ctl1, idp2, ctl2
+    bases = [f"http://127.0.0.1:{ports[1]}", f"http://127.0.0.1:{ports[3]}"]
+    procs = [start_provider(ports[0], bases[0] + "/oidc/callback")]
     try:
-        assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(1)]
-        for _ in range(20):  # warnings come first; bounded
-            if lines[-1].startswith("ready") or not lines[-1]:
-                break
-            lines.append(proc.stdout.readline())
-        assert lines[-1].startswith("ready"), lines
-        asyncio.run(_run(tmp_path, f"http://127.0.0.1:{idp_port}", base, ctl_port))
+        procs.append(start_provider(ports[2], bases[1] + "/oidc/callback"))
+        issuers = [f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[2]}"]
+        asyncio.run(_run(tmp_path, issuers, bases, [ports[1], ports[3]]))
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
-async def _run(tmp_path: Path, issuer: str, base: str, port: int) -> None:
+async def _run(tmp_path: Path, issuers: list[str], bases: list[str], ports: list[int]) -> None:
     rng = random.Random(1)
     state = State.open(tmp_path / "db.sqlite", None, clock=lambda: datetime.now(UTC),
                        rand=rng.randbytes, randbelow=rng.randrange)  # fmt: skip
-    cfg = OIDCConfig(issuer=issuer, client_id="meshscale", client_secret="lab-secret",
-                     scope=("openid", "email", "profile", "groups"), pkce_enabled=True,
-                     allowed_groups=("ops",))  # fmt: skip
-    router = Router()
-    OIDCPages(cfg, "lab-secret", base, state).mount(router)
-    http = HTTPServer(router)
-    await http.start("127.0.0.1", port)
+    servers = []
+    for i, (issuer, base, port) in enumerate(zip(issuers, bases, ports, strict=True)):
+        # The first control filters by group and domain; the second lets everyone in.
+        filters: dict[str, Any] = (
+            {"allowed_groups": ("ops",), "allowed_domains": ("example.net",)} if i == 0 else {}
+        )
+        cfg = OIDCConfig(issuer=issuer, client_id="meshscale", client_secret="lab-secret",
+                         scope=("openid", "email", "profile", "groups"), pkce_enabled=True,
+                         **filters)  # fmt: skip
+        router = Router()
+        OIDCPages(cfg, "lab-secret", base, state).mount(router)
+        http = HTTPServer(router)
+        await http.start("127.0.0.1", port)
+        servers.append(http)
     try:
-        await asyncio.to_thread(_browse, state, base)
+        await asyncio.to_thread(_browse, state, bases)
     finally:
-        await http.close(grace=0.1)
+        for http in servers:
+            await http.close(grace=0.1)
         state.close()
 
 
-def _browse(state: State, base: str) -> None:
-    t0 = time.monotonic()
-    mk = MachinePublic(b"\x01" * 32)
-    reg = state.begin_registration(mk, NodePublic(b"\x02" * 32), {"Hostname": "lab1"})
-    b = Browser()
-    status, at, page = follow_forms(b, f"{base}/register/{reg.id}", "alice")
-    assert status == 200 and "/register/confirm/" in at, (status, at, page[:400])
-    assert state.list_nodes() == []
+def _sign_in(state: State, base: str, login: str, n: int, b: Browser) -> tuple[int, str, str]:
+    reg = state.begin_registration(
+        MachinePublic(bytes([n]) * 32), NodePublic(bytes([n + 100]) * 32), {"Hostname": f"h{n}"}
+    )
+    before = len(state.list_nodes())
+    status, at, page = follow_forms(b, f"{base}/register/{reg.id}", login)
+    if status != 200 or "/register/confirm/" not in at:
+        return status, at, page
     token = re.search(r"name='meshscale_register_confirm' value='([^']+)'", page)
-    assert token
-    status, _, done = b.open(at, urlencode({"meshscale_register_confirm": token.group(1)}).encode())
+    assert token, page
+    assert len(state.list_nodes()) == before  # the callback itself registered nothing
+    return b.open(at, urlencode({"meshscale_register_confirm": token.group(1)}).encode())
+
+
+def _browse(state: State, bases: list[str]) -> None:
+    t0 = time.monotonic()
+    b = RecordingBrowser()
+    status, _, done = _sign_in(state, bases[0], "alice", 1, b)
     assert status == 200, done
     (node,) = state.list_nodes()
-    user = state.get_user(node.user_id)
-    assert (user.oidc_subject, user.email, user.groups) == ("alice", "alice@example.net", ("ops",))
-    # mallory is not in allowed_groups: 403, nothing registered.
-    reg2 = state.begin_registration(MachinePublic(b"\x03" * 32), NodePublic(b"\x04" * 32), {})
-    status, _, page = follow_forms(Browser(), f"{base}/register/{reg2.id}", "mallory")
-    assert status == 403, page[:400]
-    assert "allowed group" in page
-    assert len(state.list_nodes()) == 1
+    alice1 = state.get_user(node.user_id)
+    assert (alice1.oidc_subject, alice1.email, alice1.groups) == ("alice", "alice@example.net",
+                                                                  ("ops",))  # fmt: skip
+    # Replaying the used callback URL (code and state) is refused; nothing more is registered.
+    (callback,) = [u for u in b.visited if "/oidc/callback?" in u]
+    status, _, page = b.open(callback)
+    assert status == 410 and "already used" in page, (status, page[:400])
+    # Each filter refuses with a 4xx page that says why; nothing is registered.
+    for n, (login, want, why) in enumerate(
+        [("mallory", 403, "allowed group"), ("carol", 403, "domain is not allowed"),
+         ("dave", 403, "not verified")], start=2,
+    ):  # fmt: skip
+        status, _, page = _sign_in(state, bases[0], login, n, Browser())
+        assert (status, why in page) == (want, True), (login, status, page[:400])
+        assert len(state.list_nodes()) == 1
+    assert {u.name for u in state.list_users()} == {"alice"}
+    # alice at the second provider has the same email but is another user.
+    status, _, done = _sign_in(state, bases[1], "alice", 5, Browser())
+    assert status == 200, done
+    alice2 = state.get_user(next(n for n in state.list_nodes() if n.id != node.id).user_id)
+    assert alice2.id != alice1.id and alice2.email == alice1.email
+    assert alice2.oidc_issuer != alice1.oidc_issuer
     assert time.monotonic() - t0 < 60

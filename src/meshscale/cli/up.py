@@ -67,9 +67,6 @@ def check_reverts(current: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace, client: LocalClient) -> int:
-    if args.accept_dns:
-        print("warning: meshscale does not manage DNS yet; --accept-dns has no effect",
-              file=sys.stderr)  # fmt: skip
     if args.login_server and not args.login_server.startswith(("http://", "https://")):
         raise CLIError(f"--login-server must be an http:// or https:// URL: {args.login_server!r}")
     auth_key = args.authkey

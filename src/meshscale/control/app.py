@@ -48,7 +48,13 @@ from meshscale.control.mapper import Batcher, MapHandler, SnapshotSource, mapper
 from meshscale.control.mapper.poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE
 from meshscale.control.models import ChangeSubscription, DNSChanged, NodeChanged
 from meshscale.control.state import State
-from meshscale.controlhttp import NoiseHandler, NoiseRequest, NoiseUpgrade, key_response
+from meshscale.controlhttp import (
+    NoiseHandler,
+    NoiseLimits,
+    NoiseRequest,
+    NoiseUpgrade,
+    key_response,
+)
 from meshscale.io.http import Request, Response, Router
 from meshscale.key import MachinePrivate
 from meshscale.tailcfg import DERPMap, DNSConfig, DNSRecord, Resolver
@@ -152,6 +158,7 @@ class ControlApp:
         clock: Callable[[], datetime] = utcnow,
         rand: Callable[[int], bytes] = os.urandom,
         oidc: OIDCPages | None = None,
+        limits: NoiseLimits | None = None,
     ) -> None:
         derp_map.validate()
         self.state = state
@@ -175,7 +182,12 @@ class ControlApp:
             batch_delay=settings.batch_delay,
         )
         self.noise = NoiseUpgrade(
-            control_key, self.dispatch, rand=rand, send_early_payload=settings.send_early_payload
+            control_key,
+            self.dispatch,
+            rand=rand,
+            send_early_payload=settings.send_early_payload,
+            limits=limits,
+            is_node=lambda mk: state.get_node_by_machine_key(mk) is not None,
         )
         self._routes: dict[tuple[str, str], NoiseHandler] = {
             ("POST", "/machine/register"): self.register,
@@ -306,6 +318,7 @@ def build_app(
     control_key: MachinePrivate,
     clock: Callable[[], datetime] = utcnow,
     rand: Callable[[int], bytes] = os.urandom,
+    limits: NoiseLimits | None = None,
     **overrides: Unpack[Timers],
 ) -> ControlApp:
     """Everything the protocol side serves. ``config`` is a ControlConfig or AppSettings;
@@ -314,4 +327,6 @@ def build_app(
     if overrides:
         settings = replace(settings, **overrides)
     oidc = oidc_pages(config, state) if isinstance(config, ControlConfig) else None
-    return ControlApp(state, settings, derp_map, control_key, clock=clock, rand=rand, oidc=oidc)
+    return ControlApp(
+        state, settings, derp_map, control_key, clock=clock, rand=rand, oidc=oidc, limits=limits
+    )

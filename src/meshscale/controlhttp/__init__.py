@@ -7,6 +7,7 @@ for the node, ``NoiseUpgrade``, ``key_response`` and ``H2Server`` for the contro
 
 from .client import ClientError, H2Client, Reply, dial, fetch_key
 from .h2server import MAX_NOISE_BODY, H2Server, NoiseHandler, NoiseRequest, StreamAborted
+from .limits import Budget, NoiseGate, NoiseLimits
 from .noisestream import NoiseStream
 from .server import HANDSHAKE_HEADER, UPGRADE_PROTOCOL, NoiseUpgrade, key_response
 
@@ -14,10 +15,13 @@ __all__ = [
     "HANDSHAKE_HEADER",
     "MAX_NOISE_BODY",
     "UPGRADE_PROTOCOL",
+    "Budget",
     "ClientError",
     "H2Client",
     "H2Server",
+    "NoiseGate",
     "NoiseHandler",
+    "NoiseLimits",
     "NoiseRequest",
     "NoiseStream",
     "NoiseUpgrade",

@@ -40,9 +40,11 @@ from meshscale.tailcfg import (
     EarlyNoise,
     OverTLSPublicKeyResponse,
     dumps,
+    unsupported_client,
 )
 
 from .h2server import H2Server, NoiseHandler
+from .limits import NoiseGate, NoiseLimits, Ticket
 from .noisestream import NoiseStream
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,11 @@ class NoiseUpgrade:
       dispatch: serves the HTTP/2 requests of an established connection.
       rand: ``rand(n)`` random bytes (ephemeral keys, early-noise challenge).
       send_early_payload: write tailcfg.EarlyNoise before HTTP/2 (optional for clients).
+      limits: connection caps and per-connection budgets (limits.py); ``gate`` holds the
+        counters (``gate.stats()``).
+      is_node: whether a machine key belongs to a registered node: such connections get
+        the node budget, any other the much smaller unauthenticated one. Without it every
+        connection is unauthenticated until it is promoted by nothing: pass it.
     """
 
     def __init__(
@@ -80,12 +87,19 @@ class NoiseUpgrade:
         *,
         rand: Callable[[int], bytes] = os.urandom,
         send_early_payload: bool = True,
+        limits: NoiseLimits | None = None,
+        is_node: Callable[[MachinePublic], bool] | None = None,
     ) -> None:
         self.control_key = control_key
         self.dispatch = dispatch
         self.rand = rand
         self.send_early_payload = send_early_payload
+        self.gate = NoiseGate(limits or NoiseLimits())
+        self.is_node = is_node
         self.active = 0
+
+    def _classify(self, machine_key: MachinePublic) -> bool:
+        return self.is_node is not None and self.is_node(machine_key)
 
     async def __call__(self, req: Request, stream: UpgradeStream) -> Response | None:
         upgrade = (req.headers.get("upgrade") or "").lower()
@@ -107,12 +121,35 @@ class NoiseUpgrade:
         except ControlBaseError as exc:
             log.info("ts2021: handshake from %s failed: %s", req.client, exc)
             return Response.text(400, "handshake failed\n")
+        # Caps before the upgrade: a refused client gets a plain 503 and nothing is held.
+        ticket = self.gate.admit(req.client[0] if req.client else None, self._classify(machine_key))
+        if isinstance(ticket, str):
+            log.info("ts2021: refused %s: %s", req.client, ticket)
+            resp = Response.text(503, ticket + "\n")
+            resp.headers.append(("Retry-After", "30"))
+            return resp
+        try:
+            await self._serve(stream, resp_frame, machine_key, version, tx, rx, ticket)
+        finally:
+            self.gate.release(ticket)
+        return None
+
+    async def _serve(
+        self,
+        stream: UpgradeStream,
+        resp_frame: bytes,
+        machine_key: MachinePublic,
+        version: int,
+        tx: bytes,
+        rx: bytes,
+        ticket: Ticket,
+    ) -> None:
         await stream.accept([("Upgrade", UPGRADE_PROTOCOL), ("Connection", "upgrade")])
         if version < MIN_SUPPORTED_CAPABILITY_VERSION:
             # The client reports the error frame's text ("server error: ...").
-            stream.write(encode_error(f"unsupported client version {version}"))
+            stream.write(encode_error(unsupported_client(version)))
             await stream.drain()
-            return None
+            return
         conn = Conn(tx, rx, machine_key, version)
         out = resp_frame
         if self.send_early_payload:
@@ -121,7 +158,15 @@ class NoiseUpgrade:
         stream.write(out)  # corked: response and early payload in one write
         await stream.drain()
         noise = NoiseStream(stream, conn)
-        server = H2Server(noise, self.dispatch, machine_key, version)
+        server = H2Server(
+            noise,
+            self.dispatch,
+            machine_key,
+            version,
+            gate=self.gate,
+            ticket=ticket,
+            classify=lambda: self._classify(machine_key),
+        )
         self.active += 1
         try:
             await server.run()
@@ -129,4 +174,3 @@ class NoiseUpgrade:
             pass
         finally:
             self.active -= 1
-        return None

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 TAILSCALE_VERSION = "1.96.4"  # the official client pinned in scripts/fetch-clients
+OLDEST_TAILSCALE_VERSION = "1.78.1"  # the oldest one it pins (capability version 109)
 
 
 def clients_dir() -> Path:
@@ -21,14 +22,15 @@ def clients_dir() -> Path:
     return Path.cwd() / ".cache" / "clients"
 
 
-def client_path(name: str) -> Path:
-    """Path of one cached binary ("tailscale", "tailscaled", "caddy"); it may not exist."""
-    return clients_dir() / name
+def client_path(name: str, version: str | None = None) -> Path:
+    """Path of one cached binary ("tailscale", "tailscaled", "caddy"); it may not exist.
+    ``version`` names an older official release, cached in its own folder."""
+    return clients_dir() / version / name if version else clients_dir() / name
 
 
-def missing_clients(*names: str) -> list[str]:
+def missing_clients(*names: str, version: str | None = None) -> list[str]:
     """Which of the named binaries are absent or not executable."""
-    return [n for n in names if not os.access(client_path(n), os.X_OK)]
+    return [n for n in names if not os.access(client_path(n, version), os.X_OK)]
 
 
 def skip_reason(*clients: str) -> str | None:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +119,11 @@ class MeshNode:
 
 
 class MeshNet:
-    def __init__(self, lab: Lab, workdir: Path) -> None:
+    def __init__(
+        self, lab: Lab, workdir: Path, control_config: Mapping[str, Any] | None = None
+    ) -> None:
         self.lab = lab
+        self.control_config = control_config
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ca = LabCA(self.workdir / "ca")
@@ -142,8 +146,9 @@ class MeshNet:
         if self.control is None:
             host = self.lab.add_public_host("ctl")
             self.control = ControlServer(
-                host, self.ca, name=CONTROL_NAME, base_domain=BASE_DOMAIN, start=False
-            )
+                host, self.ca, name=CONTROL_NAME, base_domain=BASE_DOMAIN,
+                config=self.control_config, start=False,
+            )  # fmt: skip
         try:
             self.control.start()
             if not self.authkey:

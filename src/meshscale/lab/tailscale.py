@@ -61,6 +61,7 @@ class TailscaleNode:
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         start: bool = True,
+        version: str | None = None,
     ) -> None:
         self.host = host
         self.name = name
@@ -89,8 +90,8 @@ class TailscaleNode:
         if env:
             self.env.update(env)
         self.extra_args = list(extra_args)
-        self.tailscaled = str(client_path("tailscaled"))
-        self.tailscale = str(client_path("tailscale"))
+        self.tailscaled = str(client_path("tailscaled", version))  # version: an older release
+        self.tailscale = str(client_path("tailscale", version))
         self.proc: Proc | None = None
         if start:
             self.start()

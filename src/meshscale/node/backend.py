@@ -25,6 +25,7 @@ from typing import Any
 
 from meshscale import __version__
 from meshscale.disco import AddrPort
+from meshscale.dns.config import magic_dns_suffix
 from meshscale.filter import Filter, FilterError, filter_inbound, note_outbound
 from meshscale.key import DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import (
@@ -45,6 +46,7 @@ from . import ipnstate as S
 from . import routing
 from .controlclient import Auto, Keys, NetworkMap
 from .localapi import BackendError
+from .magicdns.manager import MagicDNS
 from .prefs import Prefs
 from .store import LoginInfo, State, StateStore
 
@@ -68,13 +70,15 @@ class Backend:
     """Implements localapi.LocalBackend over a real engine (see the module docstring)."""
 
     def __init__(
-        self, store: StateStore, state: State, *, engine: Engine, bind: MagicBind, router: Router
-    ) -> None:
+        self, store: StateStore, state: State, *, engine: Engine, bind: MagicBind, router: Router,
+        magicdns: MagicDNS | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.st = state
         self.engine = engine
         self.bind = bind
         self.router = router
+        self.magicdns = magicdns
         self.state = S.STOPPED if not state.prefs.WantRunning else S.STARTING
         self.auth_url = ""
         self.health: list[str] = []
@@ -191,6 +195,8 @@ class Backend:
         self.netmap = NetworkMap()
         self._apply_peers()
         self._clear_addresses()
+        if self.magicdns is not None:
+            self.magicdns.clear()
         self.state = S.STOPPED
 
     async def logout(self) -> None:
@@ -207,6 +213,8 @@ class Backend:
         self.netmap = NetworkMap()
         self._apply_peers()
         self._clear_addresses()
+        if self.magicdns is not None:
+            self.magicdns.clear()
         self.engine.uapi_set(SetRequest(private_key=self.st.node_key.raw))
         await self.bind.set_node_key(self.st.node_key)
         self.state = S.NEEDS_LOGIN
@@ -274,13 +282,17 @@ class Backend:
         st = S.Status(Version=__version__, BackendState=self.state, AuthURL=self.auth_url)
         st.HaveNodeKey = True
         st.Health = list(self.health)
+        if self.magicdns is not None:
+            st.Health += self.magicdns.health
         if self.auto is not None and self.auto.last_error and self.state == S.RUNNING:
             st.Health.append(f"control: {self.auto.last_error}")
         me = self.netmap.self_node
         if me is None or self.state in (S.STOPPED, S.NEEDS_LOGIN):
             return st
         st.TailscaleIPs = _ips(me.Addresses)
-        st.MagicDNSSuffix = self.netmap.domain
+        st.MagicDNSSuffix = magic_dns_suffix(me.Name) or self.netmap.domain
+        st.TailnetName = self.netmap.domain
+        st.MagicDNSEnabled = bool(self.netmap.dns is not None and self.netmap.dns.Proxied)
         st.Self = self._peer_status(me, is_self=True)
         now = time.monotonic()
         for p in self.netmap.peers.values():
@@ -398,6 +410,9 @@ class Backend:
                 log.error("configuring %s: %s", self.router.ifname, exc)
         self._apply_peers()
         self._apply_filter()
+        if self.magicdns is not None:
+            self.magicdns.set_netmap(nm.dns, nm.self_node, nm.peers.values(),
+                                     accept_dns=prefs.CorpDNS)  # fmt: skip
         self.health = [h for h in self.health if not h.startswith(routing.HEALTH_PREFIXES)]
         fwd = ip_forwarding_warning(any(r.version == 6 for r in routing.advertised(prefs)))
         self.health.extend(routing.health(prefs, nm, self._exit_id, fwd))

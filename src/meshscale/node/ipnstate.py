@@ -99,6 +99,8 @@ class Status:
     Self: PeerStatus | None = None
     Health: list[str] = field(default_factory=list)
     MagicDNSSuffix: str = ""
+    MagicDNSEnabled: bool = False
+    TailnetName: str = ""  # the netmap's Domain (CurrentTailnet.Name)
     Peer: dict[str, PeerStatus] = field(default_factory=dict)
     User: dict[int, UserProfile] = field(default_factory=dict)
 
@@ -114,8 +116,8 @@ class Status:
             "Health": self.Health or None,
             "MagicDNSSuffix": self.MagicDNSSuffix,
             "CurrentTailnet": (
-                {"Name": self.MagicDNSSuffix, "MagicDNSSuffix": self.MagicDNSSuffix,
-                 "MagicDNSEnabled": False}
+                {"Name": self.TailnetName or self.MagicDNSSuffix,
+                 "MagicDNSSuffix": self.MagicDNSSuffix, "MagicDNSEnabled": self.MagicDNSEnabled}
                 if self.MagicDNSSuffix else None
             ),
             "Peer": {k: p.to_json() for k, p in self.Peer.items()} or None,

@@ -7,6 +7,8 @@ Routes (all under ``/localapi/v0/``)::
     GET  netcheck          -> netcheck report JSON
     GET  whois?addr=IP     -> {"Node": {...}, "UserProfile": {...}}           (404 if unknown)
     GET  debug             -> counters of magicsock, the WireGuard device and the engine
+    GET  dns-status        -> MagicDNS configuration, OS mode, counters    (404 without DNS)
+    GET  dns-query?name=N&type=T -> quad-100's answer {"Rcode", "Answers", "Resolvers"...}
     POST start             {"Prefs": {...}, "AuthKey": "...", "Reset": bool}  -> {"BackendState"}
     POST prefs             {"Prefs": {...}} -> Prefs JSON (``set``: no new login)
     POST down              -> {}
@@ -95,6 +97,8 @@ class LocalAPI:
             ("GET", "netcheck"): self._netcheck,
             ("GET", "whois"): self._whois,
             ("GET", "debug"): self._debug,
+            ("GET", "dns-status"): self._dns_status,
+            ("GET", "dns-query"): self._dns_query,
             ("POST", "start"): self._start,
             ("POST", "prefs"): self._edit_prefs,
             ("POST", "down"): self._down,
@@ -162,6 +166,25 @@ class LocalAPI:
     async def _debug(self, req: Request) -> Response:
         fn = getattr(self.backend, "debug", None)
         return _json(fn() if fn is not None else {})
+
+    def _magicdns(self) -> Any:
+        dns = getattr(self.backend, "magicdns", None)
+        if dns is None:
+            raise BackendError("MagicDNS is not running in this daemon", 404)
+        return dns
+
+    async def _dns_status(self, req: Request) -> Response:
+        return _json(self._magicdns().status())
+
+    async def _dns_query(self, req: Request) -> Response:
+        dns = self._magicdns()
+        name = req.query.get("name", "")
+        if not name or len(name) > 255:
+            raise BackendError("dns-query: want name=NAME (and type=TYPE)")
+        try:
+            return _json(await dns.query(name, req.query.get("type", "A") or "A"))
+        except ValueError as exc:
+            raise BackendError(f"dns-query: {exc}") from exc
 
     async def _whois(self, req: Request) -> Response:
         addr = _parse_ip(req.query.get("addr", ""))

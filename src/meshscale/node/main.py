@@ -1,11 +1,13 @@
 """``meshscaled``: the node agent (tailscaled's main flags).
 
     meshscaled [--state FILE | --statedir DIR] [--socket PATH] [--tun NAME] [--port N]
-               [--verbose N]
+               [--verbose N] [--resolv-conf PATH]
 
 Loads (or creates) the node's keys and prefs, opens the TUN device, starts the WireGuard
 engine on the magicsock bind and serves the local API; if the prefs say so it reconnects to
-its control server at once. SIGINT/SIGTERM shut it down cleanly (the TUN device goes away).
+its control server at once. SIGINT/SIGTERM shut it down cleanly (the TUN device goes away,
+the system's resolv.conf is restored). Quad-100 (100.100.100.100, fd7a:115c:a1e0::53) answers
+DNS through the TUN; with the --accept-dns pref the system resolver is pointed at it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from meshscale.wireguard.uapi import SetRequest
 
 from .backend import Backend
 from .localapi import LocalAPI
+from .magicdns.manager import MagicDNS
+from .magicdns.osconfig import RESOLV_CONF
 from .store import StateError, StateStore
 
 log = logging.getLogger("meshscaled")
@@ -59,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tun", default=DEFAULT_TUN, help="TUN interface name")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="UDP port (0 = automatic)")
     p.add_argument("--verbose", type=int, default=0, help="log verbosity (0, 1 or 2)")
+    p.add_argument(
+        "--resolv-conf", default=str(RESOLV_CONF),
+        help="the resolv.conf managed with --accept-dns (default " + str(RESOLV_CONF) + ")",
+    )  # fmt: skip
     return p
 
 
@@ -94,9 +102,15 @@ async def run(args: argparse.Namespace) -> int:
     engine.uapi_set(SetRequest(private_key=st.node_key.raw, listen_port=args.port))
     bind.start(loop)
     api: LocalAPI | None = None
+    magicdns = MagicDNS(
+        store.path.parent, args.tun, loop, inject=engine.inject, resolv_conf=Path(args.resolv_conf)
+    )
+    magicdns.recover()  # a crashed run may have left our resolv.conf behind
+    engine.intercept = magicdns.quad100.intercept
     try:
         engine.start()
-        backend = Backend(store, st, engine=engine, bind=bind, router=router)
+        magicdns.start()
+        backend = Backend(store, st, engine=engine, bind=bind, router=router, magicdns=magicdns)
         api = LocalAPI(backend)
         await api.start(Path(args.socket))
         await backend.run()
@@ -115,6 +129,7 @@ async def run(args: argparse.Namespace) -> int:
             await api.close()
         if backend is not None:
             await backend.close()
+        await magicdns.close()  # the system's own DNS back before the interface goes
         await bind.stop()
         engine.close()
         with contextlib.suppress(OSError):

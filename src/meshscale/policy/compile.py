@@ -158,11 +158,14 @@ class Compiled:
         strict: bool = True,
     ) -> None:
         self.policy = policy
-        self.user_ids = resolve_users(policy, users, strict)
+        ulist = list(users)
+        self.user_ids = resolve_users(policy, ulist, strict)
         self.group_users = {
             g: frozenset(u for m in ms for u in self.user_ids.get(m, ()))
             for g, ms in policy.groups.items()
         }
+        for g in policy.idp_groups:  # group:NAME from the IdP: users whose groups hold NAME
+            self.group_users[g] = frozenset(u.id for u in ulist if g[6:] in u.groups)
         rules = ALLOW_ALL_RULE if policy.rules is None else None
         self.rules: list[CRule] = []
         for r in (rules,) if rules else policy.rules or ():

@@ -29,17 +29,24 @@ from meshscale.tailcfg import FilterRule
 
 
 class _UserSnap:
-    __slots__ = ("email", "id", "name", "provider_id")
+    __slots__ = ("email", "groups", "id", "name", "provider_id")
 
     def __init__(self, u: PolicyUser) -> None:
         self.id, self.name, self.email, self.provider_id = u.id, u.name, u.email, u.provider_id
+        self.groups = tuple(u.groups)
 
 
-def check_policy(text: str | bytes, users: Iterable[PolicyUser] = (),
-                 nodes: Iterable[PolicyNode] = ()) -> Policy:  # fmt: skip
+def check_policy(
+    text: str | bytes,
+    users: Iterable[PolicyUser] = (),
+    nodes: Iterable[PolicyNode] = (),
+    *,
+    idp_groups: bool = False,
+) -> Policy:
     """Validate ``text`` (and its ``tests``, against ``nodes``) without applying it; the
-    backend of ``policy check -f FILE``. Raises PolicyError."""
-    policy = parse_policy(text)
+    backend of ``policy check -f FILE``. Raises PolicyError. ``idp_groups``: see
+    :class:`PolicyEngine`."""
+    policy = parse_policy(text, idp_groups=idp_groups)
     try:
         compiled = Compiled(policy, list(users), [NodeView.of(n) for n in nodes])
     except ValueError as e:
@@ -52,7 +59,10 @@ class PolicyEngine:
     """A :class:`PolicyManager` that enforces a Tailscale-format policy. ``text`` None (or
     never set) is "no policy": allow all, in the SaaS form (§2.1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, idp_groups: bool = False) -> None:
+        # idp_groups (OIDC sign-in on): a group:NAME the policy does not define names the
+        # users whose IdP groups contain NAME; a group the policy defines wins.
+        self.idp_groups = idp_groups
         self.text: str | None = None
         self.policy = Policy()
         self._users: list[_UserSnap] = []
@@ -65,12 +75,25 @@ class PolicyEngine:
         references that name no known user (tolerated, as Headscale does)."""
         unknown = sorted(n for n, ids in self._compiled.user_ids.items() if not ids)
         users = tuple(f'user "{n}" matches no user' for n in unknown)
-        return self.policy.warnings + users + self._test_warnings
+        return self.policy.warnings + users + self._group_warnings() + self._test_warnings
+
+    def _group_warnings(self) -> tuple[str, ...]:
+        if not self.idp_groups:
+            return ()
+        known = {g for u in self._users for g in u.groups}
+        clash = [g for g in self.policy.groups if g[6:] in known]
+        empty = [g for g in self.policy.idp_groups if not self._compiled.group_users.get(g)]
+        return tuple(
+            [f'{g} is defined in the policy and is also an IdP group: the policy wins'
+             for g in clash]
+            + [f'{g} is not defined in the policy and no signed-in user has IdP group '
+               f'"{g[6:]}"' for g in empty]
+        )  # fmt: skip
 
     # ---- inputs ---------------------------------------------------------------------------
 
     def set_policy(self, text: str | None) -> PolicyChange:
-        policy = Policy() if text is None else parse_policy(text)
+        policy = Policy() if text is None else parse_policy(text, idp_groups=self.idp_groups)
         compiled = self._compile(policy, self._compiled.nodes.values())
         skipped = run_tests(compiled)
         change = self._swap(text, policy, compiled)

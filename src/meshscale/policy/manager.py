@@ -70,6 +70,10 @@ class PolicyUser(Protocol):
     def email(self) -> str: ...
     @property
     def provider_id(self) -> str | None: ...
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The identity provider's groups at the last sign-in (empty for local users)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

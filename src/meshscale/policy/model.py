@@ -96,3 +96,6 @@ class Policy:
     ssh: tuple[SSHRule, ...] = ()
     randomize_client_port: bool = False
     warnings: tuple[str, ...] = ()
+    # `group:NAME`s used but not defined here, parsed with idp_groups: the users whose IdP
+    # groups (PolicyUser.groups) contain NAME are their members.
+    idp_groups: tuple[str, ...] = ()

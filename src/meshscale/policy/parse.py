@@ -93,7 +93,9 @@ def parse_prefix(text: str, node: JNode, what: str = "CIDR") -> IPPrefix:
 
 
 class _Validator:
-    def __init__(self) -> None:
+    def __init__(self, idp_groups: bool = False) -> None:
+        self.idp_groups = idp_groups
+        self.idp_refs: dict[str, None] = {}  # undefined groups, in order of first use
         self.groups: dict[str, tuple[str, ...]] = {}
         self.tag_owners: dict[str, tuple[Alias, ...]] = {}
         self.hosts: dict[str, IPPrefix] = {}
@@ -119,7 +121,9 @@ class _Validator:
             return Alias("user", text, at=at)
         if text.startswith("group:"):
             if text not in self.groups:
-                raise _err(f'undefined group "{text}"', node)
+                if not self.idp_groups:
+                    raise _err(f'undefined group "{text}"', node)
+                self.idp_refs[text] = None  # an IdP group (sign-in claims)
             return Alias("group", text, at=at)
         if text.startswith("tag:"):
             if not _TAG_RE.fullmatch(text):
@@ -449,12 +453,15 @@ class _Validator:
             groups=self.groups, tag_owners=self.tag_owners, hosts=self.hosts,
             route_approvers=tuple(route_approvers), exit_approvers=exit_approvers,
             node_attrs=tuple(attrs), tests=tests, ssh=ssh, randomize_client_port=rcp,
-            warnings=tuple(self.warnings),
+            warnings=tuple(self.warnings), idp_groups=tuple(self.idp_refs),
         )  # fmt: skip
 
 
-def parse_policy(text: str | bytes) -> Policy:
-    """Validate a policy text. An empty (or all-whitespace/comment) text is ``{}``."""
+def parse_policy(text: str | bytes, *, idp_groups: bool = False) -> Policy:
+    """Validate a policy text. An empty (or all-whitespace/comment) text is ``{}``.
+
+    ``idp_groups``: a ``group:NAME`` the policy uses but does not define is not an error but
+    the identity provider's group NAME (:attr:`Policy.idp_groups`)."""
     if isinstance(text, bytes) and len(text) <= (1 << 20):
         try:
             text = text.decode("utf-8")
@@ -466,7 +473,7 @@ def parse_policy(text: str | bytes) -> Policy:
         if "unexpected end of input" in str(e) and _blank(text):
             return Policy()
         raise
-    return _Validator().policy(root)
+    return _Validator(idp_groups).policy(root)
 
 
 def _blank(text: str | bytes) -> bool:

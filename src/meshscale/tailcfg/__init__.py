@@ -7,8 +7,10 @@ from .capver import (
     CLIENT_VERSIONS,
     CURRENT_CAPABILITY_VERSION,
     MIN_SUPPORTED_CAPABILITY_VERSION,
+    MIN_SUPPORTED_CLIENT,
     NOISE_CAPABILITY_VERSION,
     CapabilityVersion,
+    unsupported_client,
 )
 from .codec import ParseError, dumps, format_time, from_json, loads, parse_time, to_json
 from .derpmap import DERPHomeParams, DERPMap, DERPNode, DERPRegion
@@ -50,6 +52,7 @@ __all__ = [
     "DERP_MAGIC_IP",
     "LOGOUT_EXPIRY",
     "MIN_SUPPORTED_CAPABILITY_VERSION",
+    "MIN_SUPPORTED_CLIENT",
     "NOISE_CAPABILITY_VERSION",
     "PORT_RANGE_ANY",
     "CapGrant",
@@ -94,4 +97,5 @@ __all__ = [
     "loads",
     "parse_time",
     "to_json",
+    "unsupported_client",
 ]

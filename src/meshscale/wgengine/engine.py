@@ -15,8 +15,9 @@ path (rate-limited, see ``POKE_INTERVAL``), and an idle interface wakes nobody.
 
 Seams for the node agent: `bind` is pluggable (`bind.Bind`; magicbind multiplexes disco and
 DERP on it), and `filter_in` / `filter_out` see every batch of inner packets after
-decryption / before encryption. The UAPI entry points (`uapi_get`, `uapi_set`) serve both
-meshscale-wireguard's socket and meshscaled's backend.
+decryption / before encryption; `intercept` takes packets for the node itself (quad-100)
+out of each TUN batch and `inject` writes its answers back. The UAPI entry points
+(`uapi_get`, `uapi_set`) serve both meshscale-wireguard's socket and meshscaled's backend.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ TX_BATCH = 128  # packets per TUN read batch (conn.IdealBatchSize)
 POKE_INTERVAL = 0.25
 
 PacketFilter = Callable[[list[bytes]], list[bytes]]
+Intercept = Callable[[Sequence[bytes | memoryview]], list[bytes | memoryview]]
 
 
 class Tun(Protocol):
@@ -100,6 +102,9 @@ class Engine:
         self.fwmark = 0
         self.filter_in: PacketFilter | None = None
         self.filter_out: PacketFilter | None = None
+        # Packets from the TUN that the node answers itself (quad-100 DNS): takes them out
+        # of the batch and returns the rest; answers come back through `inject`.
+        self.intercept: Intercept | None = None
         self._handshakes: queue.Queue[tuple[bytes, Endpoint]] = queue.Queue(HANDSHAKE_QUEUE_SIZE)
         self._under_load_until = 0.0
         self._closed = threading.Event()
@@ -170,6 +175,8 @@ class Engine:
 
     def _tx_batch(self, packets: list[bytes] | list[memoryview]) -> None:
         """Packets from the TUN: filter, seal, send; then tell the timer (TX thread)."""
+        if self.intercept is not None:
+            packets = self.intercept(packets)  # type: ignore[assignment]
         if self.filter_out is not None:
             packets = self.filter_out([bytes(p) for p in packets])
         send = self.bind.send
@@ -222,6 +229,15 @@ class Engine:
         # Receiving data may have armed a timer (passive keepalive, rekey on receive).
         self.timer.poke()
         return True
+
+    def inject(self, packets: Sequence[bytes]) -> None:
+        """Write packets the node itself originates (DNS answers) into the TUN; any thread."""
+        try:
+            self.tun.write_batch(packets)
+        except (TunClosedError, TunGoneError):
+            self.close()
+        except OSError:
+            self._count("tun_write")
 
     def _control(self) -> None:
         """Handshakes and timers: sleeps until the device's next deadline, a queued

@@ -192,3 +192,15 @@ def test_online_flips_use_online_change() -> None:
         "OnlineChange": {"4": False, "5": True},
         "PeerSeenChange": {"4": True, "5": False},
     }
+
+
+def test_legacy_derp_string_only_where_a_home_region_is_known() -> None:
+    import json
+
+    from meshscale.control.mapper.mapper import encode, with_legacy_derp
+
+    assert with_legacy_derp({"ID": 1, "HomeDERP": 0}) == {"ID": 1, "HomeDERP": 0}
+    assert with_legacy_derp({"ID": 1, "HomeDERP": 7})["DERP"] == "127.3.3.40:7"
+    msg = {"Node": {"ID": 1, "HomeDERP": 7}, "PeersChanged": [{"ID": 2, "HomeDERP": 9}]}
+    assert json.loads(encode(msg, legacy_derp=True))["PeersChanged"][0]["DERP"] == "127.3.3.40:9"
+    assert "DERP" not in json.loads(encode(msg))["Node"]

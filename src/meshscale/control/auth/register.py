@@ -2,7 +2,7 @@
 
 Decision order for a RegisterRequest from the Noise peer ``M`` (machine key)::
 
-    capver < 113                              -> HTTP 400 "unsupported client"
+    capver < 109 (v1.78)                      -> HTTP 400 "unsupported client ... v1.78"
     NodeKey bound to another machine          -> HTTP 401 (docs/protocol/control.md §3.7, Headscale
                                               PR #1058)
     Followup set                              -> wait for the admin (long poll), or a new AuthURL

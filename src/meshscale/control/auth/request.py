@@ -32,6 +32,7 @@ from meshscale.tailcfg import (
     from_json,
     loads,
     to_json,
+    unsupported_client,
 )
 
 MAX_ROUTES: Final = 1024  # RoutableIPs kept per Hostinfo: a client announcing endless routes
@@ -51,7 +52,7 @@ def decode_request(cls: type[_Request], req: NoiseRequest) -> _Request | Respons
     except ParseError as exc:
         return Response.text(400, f"bad {cls.__name__}: {exc}\n")
     if msg.Version < MIN_SUPPORTED_CAPABILITY_VERSION:
-        return Response.text(400, f"unsupported client capability version {msg.Version}\n")
+        return Response.text(400, unsupported_client(msg.Version) + "\n")
     return msg
 
 

@@ -72,8 +72,8 @@ class MapSession:
     """
 
     __slots__ = (
-        "bpos", "closed", "compress", "idle", "last_write", "node_id", "pending", "push",
-        "started", "unsent", "wake",
+        "bpos", "closed", "compress", "idle", "last_write", "legacy_derp", "node_id", "pending",
+        "push", "started", "unsent", "wake",
     )  # fmt: skip
 
     def __init__(
@@ -81,8 +81,11 @@ class MapSession:
         node_id: models.NodeID,
         push: Callable[[bytes], bool] | None = None,
         compress: bool = False,
+        *,
+        legacy_derp: bool = False,
     ) -> None:
         self.node_id = node_id
+        self.legacy_derp = legacy_derp  # the client predates Node.HomeDERP (mapper.encode)
         self.pending = Pending()
         self.started = False  # the first (full) message went out
         self.wake = asyncio.Event()
@@ -149,7 +152,7 @@ class Batcher:
         # peer sets would cost O(nodes) memory per stream, O(nodes^2) in all.
         self._recently_removed: deque[int] = deque(maxlen=REMOVED_LOG)
         self._shared: dict[_DeltaKey, dict[str, Any]] = {}
-        self._encoded: dict[tuple[int, bool], tuple[dict[str, Any], bytes]] = {}
+        self._encoded: dict[tuple[int, bool, bool], tuple[dict[str, Any], bytes]] = {}
         self.events_handled = 0
         self.sync: Callable[[], None] | None = None  # drains queued events into handle()
         self.full_maps_built = 0
@@ -349,7 +352,7 @@ class Batcher:
             msg = self.build(s, now)
             if msg is None:
                 continue
-            data = self.encode(msg, s.compress, self._framer)
+            data = self.encode(msg, s.compress, self._framer, legacy_derp=s.legacy_derp)
             if s.push(data):
                 s.last_write = t
                 self.pushed += 1
@@ -447,15 +450,21 @@ class Batcher:
         return hit
 
     def encode(
-        self, msg: dict[str, Any], compress: bool, framer: Callable[[bytes, bool], bytes]
+        self,
+        msg: dict[str, Any],
+        compress: bool,
+        framer: Callable[[bytes, bool], bytes],
+        *,
+        legacy_derp: bool = False,
     ) -> bytes:
         """``framer(json, compress)`` of ``msg``, shared by every session sending the same
-        delta object (one JSON encoding and one zstd compression per change)."""
-        key = (id(msg), compress)
+        delta object (one JSON encoding and one zstd compression per change and per client
+        generation: ``legacy_derp`` sessions get mapper.encode's older node shape)."""
+        key = (id(msg), compress, legacy_derp)
         hit = self._encoded.get(key)
         if hit is not None and hit[0] is msg:
             return hit[1]
-        out = framer(mapper.encode(msg, self.cache), compress)
+        out = framer(mapper.encode(msg, self.cache, legacy_derp=legacy_derp), compress)
         if any(msg is v for v in self._shared.values()):
             self._encoded[key] = (msg, out)
         return out

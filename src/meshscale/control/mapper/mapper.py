@@ -27,6 +27,7 @@ from typing import Any
 
 from meshscale.control import models
 from meshscale.tailcfg import (
+    DERP_MAGIC_IP,
     DERPMap,
     DNSConfig,
     FilterRule,
@@ -328,8 +329,31 @@ def delta_map(
 _SPLICED = ("Peers", "PeersChanged")
 
 
-def encode(message: dict[str, Any], cache: NodeJSONCache | None = None) -> bytes:
-    """Compact JSON bytes of a message built here; peer nodes come from ``cache`` bytes."""
+def with_legacy_derp(node: dict[str, Any]) -> dict[str, Any]:
+    """A node's JSON with the legacy ``"DERP": "127.3.3.40:<region>"`` beside ``HomeDERP``:
+    clients older than capability version 111 (v1.80) read only that string
+    (docs/protocol/control.md §4.5), and without it see every peer without a home region."""
+    region = node.get("HomeDERP")
+    if not region:
+        return node
+    return {**node, "DERP": f"{DERP_MAGIC_IP}:{region}"}
+
+
+def encode(
+    message: dict[str, Any], cache: NodeJSONCache | None = None, *, legacy_derp: bool = False
+) -> bytes:
+    """Compact JSON bytes of a message built here; peer nodes come from ``cache`` bytes.
+
+    ``legacy_derp`` (a client below CAPVER_HOME_DERP) adds the legacy DERP string to the
+    self node and every peer; those peers are encoded anew, not spliced from the cache."""
+    if legacy_derp:
+        message = dict(message)
+        if "Node" in message:
+            message["Node"] = with_legacy_derp(message["Node"])
+        for k in _SPLICED:
+            if k in message:
+                message[k] = [with_legacy_derp(d) for d in message[k]]
+        cache = None
     if cache is None or not any(k in message for k in _SPLICED):
         return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
     rest = {k: v for k, v in message.items() if k not in _SPLICED}

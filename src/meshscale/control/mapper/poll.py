@@ -38,7 +38,7 @@ from meshscale.control.mapper.batcher import Batcher, MapSession
 from meshscale.control.state import State
 from meshscale.controlhttp import NoiseRequest, StreamAborted
 from meshscale.io.http import Response
-from meshscale.tailcfg import MapRequest
+from meshscale.tailcfg import CAPVER_HOME_DERP, MapRequest
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ class MapHandler:
         except models.StateError as exc:
             return Response.text(400, f"{exc}\n")
         compress = mr.Compress == "zstd"
+        legacy = mr.Version < CAPVER_HOME_DERP
         if not mr.Stream:
             if mr.OmitPeers:
                 return Response(200, b"")
@@ -143,8 +144,8 @@ class MapHandler:
             msg = self.batcher.build(session, self.clock())
             if msg is None:  # the node vanished between lookup and build
                 return Response.text(404, "node not found\n")
-            return Response(200, self.batcher.encode(msg, compress, frame))
-        return Response(200, self._stream(node.id, compress, req.push))
+            return Response(200, self.batcher.encode(msg, compress, frame, legacy_derp=legacy))
+        return Response(200, self._stream(node.id, compress, req.push, legacy_derp=legacy))
 
     def _apply(self, node: models.Node, mr: MapRequest, body: bytes) -> models.Node:
         """Store what the client reports (Headscale applies this before the first map)."""
@@ -158,10 +159,15 @@ class MapHandler:
         )
 
     async def _stream(
-        self, node_id: models.NodeID, compress: bool, push: Callable[[bytes], bool] | None = None
+        self,
+        node_id: models.NodeID,
+        compress: bool,
+        push: Callable[[bytes], bool] | None = None,
+        *,
+        legacy_derp: bool = False,
     ) -> AsyncIterator[bytes]:
         # With ``push`` the batcher's tick writes deltas while this task idles (batcher.py).
-        session = MapSession(node_id, push, compress)
+        session = MapSession(node_id, push, compress, legacy_derp=legacy_derp)
         self.batcher.add(session)
         self.streams_open += 1
         timer = self._offline_timers.pop(node_id, None)
@@ -200,7 +206,7 @@ class MapHandler:
                     session.last_write = loop.time()
                 msg = self.batcher.build(session, self.clock())
                 if msg is not None:
-                    data = self.batcher.encode(msg, compress, frame)
+                    data = self.batcher.encode(msg, compress, frame, legacy_derp=legacy_derp)
                     msg = None  # do not pin the message while the stream idles
                     yield data
                     data = b""

@@ -1,0 +1,180 @@
+"""Bounds on what /ts2021 connections may hold (issue #12, finding 1): sans-IO accounting.
+
+Anyone can complete the Noise handshake with a self-made machine key, so an upgraded
+connection is classed by what the key proves:
+
+- **node**: the machine key belongs to a registered node (``classify`` says so). A node's
+  map long poll is the one legitimate idle use of a connection.
+- **unauthenticated**: any other key. It may register (or wait for an interactive login)
+  and little else, so it gets a much smaller budget, and such connections are capped per
+  source address (IPv6 per /64) and in total.
+
+``NoiseGate`` keeps the server's counters: connections by class and source, and body bytes
+buffered (requests whose body has not fully arrived) per connection and server-wide. The
+H2 driver asks it before each step (``admit``, ``reserve``) and gives back (``release``,
+``free``); ``stats()`` is what tests and /metrics read. Nothing here does I/O or keeps time:
+the deadlines in ``Budget`` are applied by the driver (h2server.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one connection of a class may hold."""
+
+    idle_timeout: float  # seconds without a request in progress or a byte read
+    body_timeout: float  # seconds from a request's headers to the end of its body
+    max_streams: int  # concurrent HTTP/2 request streams
+    max_body: int  # bytes per request body
+    max_buffered: int  # bytes of unfinished request bodies at once, all streams
+
+
+NODE_BUDGET = Budget(
+    idle_timeout=300.0, body_timeout=30.0, max_streams=100, max_body=1 * MiB, max_buffered=4 * MiB
+)
+UNAUTH_BUDGET = Budget(
+    idle_timeout=15.0, body_timeout=10.0, max_streams=4, max_body=64 * KiB, max_buffered=128 * KiB
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseLimits:
+    """Server-wide limits on upgraded connections (defaults sized for ~10k nodes)."""
+
+    node: Budget = NODE_BUDGET
+    unauth: Budget = UNAUTH_BUDGET
+    max_connections: int = 20_000  # upgraded connections of any class
+    max_unauth_connections: int = 1024
+    max_unauth_per_source: int = 64  # per IPv4 address or IPv6 /64
+    max_buffered: int = 128 * MiB  # unfinished bodies, all connections
+    max_buffered_unauth: int = 16 * MiB  # of which unauthenticated connections
+    max_frame: int = 16 * KiB  # HTTP/2 SETTINGS_MAX_FRAME_SIZE (the protocol's minimum)
+    max_header_list: int = 16 * KiB  # decoded request headers, bytes
+
+
+def source_of(host: str | None) -> str:
+    """The per-source key: the IPv4 address, the IPv6 /64, or the text as given."""
+    if not host:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted connection's share of the counters."""
+
+    source: str
+    node: bool
+    buffered: int = 0
+    released: bool = False
+
+
+@dataclass(slots=True)
+class NoiseGate:
+    """The server's counters; see the module docstring."""
+
+    limits: NoiseLimits = field(default_factory=NoiseLimits)
+    connections: int = 0
+    unauth_connections: int = 0
+    buffered: int = 0
+    buffered_unauth: int = 0
+    refused: int = 0  # connections refused by a cap
+    closed_idle: int = 0  # connections closed by a deadline
+    rejected_bodies: int = 0  # streams refused by a body budget
+    _per_source: dict[str, int] = field(default_factory=dict)
+
+    def budget(self, ticket: Ticket) -> Budget:
+        return self.limits.node if ticket.node else self.limits.unauth
+
+    def admit(self, host: str | None, node: bool) -> Ticket | str:
+        """A ticket for a new connection, or why it is refused."""
+        lim = self.limits
+        if self.connections >= lim.max_connections:
+            self.refused += 1
+            return "too many connections"
+        src = source_of(host)
+        if not node:
+            if self.unauth_connections >= lim.max_unauth_connections:
+                self.refused += 1
+                return "too many unauthenticated connections"
+            if self._per_source.get(src, 0) >= lim.max_unauth_per_source:
+                self.refused += 1
+                return "too many unauthenticated connections from this address"
+            self.unauth_connections += 1
+            self._per_source[src] = self._per_source.get(src, 0) + 1
+        self.connections += 1
+        return Ticket(src, node)
+
+    def promote(self, ticket: Ticket) -> None:
+        """The connection's machine key registered: it becomes a node connection."""
+        if ticket.node or ticket.released:
+            return
+        self._drop_unauth(ticket)
+        self.buffered_unauth -= ticket.buffered
+        ticket.node = True
+
+    def release(self, ticket: Ticket) -> None:
+        if ticket.released:
+            return
+        self.free(ticket, ticket.buffered)
+        if not ticket.node:
+            self._drop_unauth(ticket)
+        self.connections -= 1
+        ticket.released = True
+
+    def _drop_unauth(self, ticket: Ticket) -> None:
+        self.unauth_connections -= 1
+        left = self._per_source.get(ticket.source, 0) - 1
+        if left > 0:
+            self._per_source[ticket.source] = left
+        else:
+            self._per_source.pop(ticket.source, None)
+
+    def reserve(self, ticket: Ticket, n: int) -> bool:
+        """Room for ``n`` more bytes of unfinished body on this connection?"""
+        lim = self.limits
+        if ticket.buffered + n > self.budget(ticket).max_buffered:
+            return False
+        if self.buffered + n > lim.max_buffered:
+            return False
+        if not ticket.node and self.buffered_unauth + n > lim.max_buffered_unauth:
+            return False
+        ticket.buffered += n
+        self.buffered += n
+        if not ticket.node:
+            self.buffered_unauth += n
+        return True
+
+    def free(self, ticket: Ticket, n: int) -> None:
+        n = min(n, ticket.buffered)
+        ticket.buffered -= n
+        self.buffered -= n
+        if not ticket.node:
+            self.buffered_unauth -= n
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "connections": self.connections,
+            "unauth_connections": self.unauth_connections,
+            "buffered_bytes": self.buffered,
+            "buffered_unauth_bytes": self.buffered_unauth,
+            "refused": self.refused,
+            "closed_idle": self.closed_idle,
+            "rejected_bodies": self.rejected_bodies,
+            "sources": len(self._per_source),
+        }
