@@ -13,11 +13,11 @@ from typing import NoReturn
 
 from meshscale import __version__
 
-from . import dns, down, ip, netcheck, ping, setcmd, status, up, version, whois
+from . import dns, down, exitnode, ip, netcheck, ping, setcmd, status, up, version, whois
 from .goflags import go_argv, usage
 from .localclient import DEFAULT_SOCKET, CLIError, LocalClient
 
-VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, version)
+VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, exitnode, version)
 
 
 class _Parser(argparse.ArgumentParser):
