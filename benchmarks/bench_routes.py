@@ -50,7 +50,8 @@ def main() -> None:
             f"--advertise-routes={LAN_PREFIX}",
             "--advertise-exit-node",
         )
-        rid = next(n["id"] for n in net.control.nodes() if "r" in (n.get("givenName"), n.get("name")))
+        rows = net.control.nodes()
+        rid = next(n["id"] for n in rows if "r" in (n.get("givenName"), n.get("name")))
         net.control.admin("nodes", "approve-routes", "--identifier", str(rid), "--routes", APPROVE)
         c.up()
         wait_direct(c, r)
