@@ -198,6 +198,10 @@ def test_ha_subnet_routers_fail_over(need_lab: None, tmp_path: Path) -> None:
             t0 = time.monotonic()
             if primary == "ra":
                 rb.cli("down")
+                # down removed everything: table 52, the rules, the netfilter table
+                assert not rb.host.run(["ip", "route", "show", "table", "52"]).stdout.strip()
+                assert "lookup 52" not in rb.host.run(["ip", "rule"]).stdout
+                assert "meshscale" not in rb.host.run(["nft", "list", "tables"]).stdout
             else:
                 ra.down()
             first_ip = next(ip for ip, name in via.items() if name == primary)

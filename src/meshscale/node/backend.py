@@ -118,6 +118,9 @@ class Backend:
                     await task
         if self.auto is not None:
             await self.auto.stop()
+        # As tailscaled on exit: no policy rules or netfilter table outlive the daemon (the
+        # routes go with the TUN device).
+        self._clear_addresses()
 
     def _start_control(self, auth_key: str) -> None:
         keys = Keys(self.st.machine_key, self.st.node_key, self.st.disco_key)
