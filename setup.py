@@ -1,4 +1,5 @@
-"""Build the optional native AEAD loop (src/meshscale/wireguard/_aead.c); metadata is in
+"""Build the optional native AEAD loop (src/meshscale/wireguard/_aead.c) and TSO rows
+(src/meshscale/packet/_segment.c); metadata is in
 pyproject.toml. optional=True: without a compiler or libssl-dev the install still succeeds and
 meshscale.wireguard.transport uses its pure-Python fallback."""
 
@@ -12,6 +13,12 @@ setup(
             libraries=["crypto"],
             extra_compile_args=["-O2"],
             optional=True,
-        )
+        ),
+        Extension(
+            "meshscale.packet._segment",
+            ["src/meshscale/packet/_segment.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

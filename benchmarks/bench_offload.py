@@ -47,8 +47,9 @@ def best(fn: Callable[[], object], loops: int, repeat: int = 5) -> float:
     return min(times)
 
 
-def _splitter(arena: bytearray, frame_len: int) -> Callable[[], object]:
+def _splitter(arena: bytearray, frame_len: int, native: bool = True) -> Callable[[], object]:
     sp = Splitter(arena)
+    sp.native = sp.native and native  # False: the numpy/Python rows (the baseline)
     out: list[memoryview] = []
 
     def split() -> None:
@@ -64,8 +65,12 @@ def micro() -> dict[str, float]:
         frame = super_tcp(os.urandom(MSS * SEGMENTS), MSS, v6=v6, options=TS)
         arena = bytearray(len(frame) + split_room(len(frame)))
         arena[: len(frame)] = frame
-        split = _splitter(arena, len(frame))
-        r[f"split tcp{'6' if v6 else '4'} us/segment"] = best(split, 300) / SEGMENTS * 1e6
+        for native in (False, True):
+            split = _splitter(arena, len(frame), native)
+            rows = "C rows" if native else "numpy rows"
+            r[f"split tcp{'6' if v6 else '4'} {rows} us/segment"] = (
+                best(split, 300) / SEGMENTS * 1e6
+            )
         segs, _ = gso_split(frame)
         for verify in (True, False):
             c = Coalescer(verify_checksums=verify)
@@ -76,9 +81,11 @@ def micro() -> dict[str, float]:
         frame = super_tcp(os.urandom(MSS * nseg), MSS, options=TS)
         arena = bytearray(len(frame) + split_room(len(frame)))
         arena[: len(frame)] = frame
-        r[f"split tcp4 {nseg}-segment frame us/segment"] = (
-            best(_splitter(arena, len(frame)), 1000) / nseg * 1e6
-        )
+        for native in (False, True):
+            rows = "C rows" if native else "Python rows"
+            r[f"split tcp4 {nseg}-segment frame, {rows} us/segment"] = (
+                best(_splitter(arena, len(frame), native), 1000) / nseg * 1e6
+            )
     pkt = os.urandom(1388)
     r["ones_sum int.from_bytes 1388 B us"] = best(lambda: ones_sum(pkt), 20000) * 1e6
     segs, _ = gso_split(super_tcp(os.urandom(MSS * SEGMENTS), MSS, options=TS))

@@ -1,10 +1,15 @@
-"""Data-plane benchmark: meshscale-wireguard vs Debian wireguard-go, same lab, same run.
+"""Data-plane benchmark: meshscale-wireguard vs wireguard-go (Debian's, and upstream's when
+built), same lab, same run.
 
-Two public lab hosts joined through the lab bridge; a tunnel between them run by either
-implementation at both ends. Rounds alternate (wireguard-go, meshscale, wireguard-go, ...) so
-that drift in the machine's load hits both alike. Per round: iperf3 TCP throughput A -> B and
-ping RTT through the tunnel. Prints every figure, the medians and the ratios. Then the idle RSS
-of meshscale-wireguard with 1,000 configured peers.
+Two public lab hosts joined through the lab bridge; a tunnel between them run by one
+implementation at both ends. Rounds alternate (wireguard-go, upstream, meshscale, ...) so that
+drift in the machine's load hits all alike. Per round: iperf3 TCP throughput A -> B and ping RTT
+through the tunnel, plus CPU seconds per gigabyte (both daemons). Prints every figure, the
+medians and the ratios. Then the idle RSS of meshscale-wireguard with 1,000 configured peers.
+
+Upstream wireguard-go 0.0.20250522 (TUN TSO, UDP GSO/GRO) is built offline by the lab
+machine's build-upstream-wireguard-go.sh into /tmp/wggo-modern/wireguard-go (or set
+MESHSCALE_UPSTREAM_WIREGUARD_GO); without it the upstream rows are skipped.
 
     .venv/bin/python benchmarks/bench_wireguard.py [--rounds 3] [--seconds 10]
 
@@ -22,7 +27,13 @@ import time
 from pathlib import Path
 
 from meshscale.lab import Lab
-from meshscale.lab.wgpair import WGEnd, connect, start_end, wg_genkey
+from meshscale.lab.wgpair import (
+    WGEnd,
+    connect,
+    have_upstream_wireguard_go,
+    start_end,
+    wg_genkey,
+)
 
 
 def iperf(lab: Lab, a: WGEnd, b: WGEnd, seconds: int, reverse: bool = False) -> tuple[float, int]:
@@ -114,17 +125,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--peers", type=int, default=1000)
     args = ap.parse_args()
-    results: dict[str, list[dict[str, float]]] = {"wireguard-go": [], "meshscale": []}
+    impls = ["wireguard-go", "meshscale"]
+    if have_upstream_wireguard_go():
+        impls.insert(1, "wireguard-go-upstream")
+    else:
+        print("upstream wireguard-go not built: comparing with Debian's only")
+    results: dict[str, list[dict[str, float]]] = {impl: [] for impl in impls}
     with Lab(hint="bwg") as lab:
         lab.add_public_host("a")
         lab.add_public_host("b")
         for r in range(args.rounds):
-            for impl in ("wireguard-go", "meshscale"):
+            for impl in impls:
                 res = one_round(lab, impl, args.seconds)
                 results[impl].append(res)
                 print(
-                    f"round {r + 1} {impl:13s} {res['gbps']:.3f} Gbit/s  "
-                    f"retransmits {int(res['retransmits'])}  rtt {res['rtt_ms']:.3f} ms",
+                    f"round {r + 1} {impl:21s} {res['gbps']:.3f} Gbit/s  "
+                    f"retransmits {int(res['retransmits'])}  rtt {res['rtt_ms']:.3f} ms  "
+                    f"cpu {res['cpu_s_per_gb']:.2f} s/GB",
                     flush=True,
                 )
         med = {
@@ -134,17 +151,16 @@ def main() -> None:
         print()
         for impl, m in med.items():
             print(
-                f"median {impl:13s} {m['gbps']:.3f} Gbit/s  rtt {m['rtt_ms']:.3f} ms  "
+                f"median {impl:21s} {m['gbps']:.3f} Gbit/s  rtt {m['rtt_ms']:.3f} ms  "
                 f"cpu {m['cpu_s_per_gb']:.2f} s/GB"
             )
-        print(
-            f"throughput ratio meshscale / wireguard-go: "
-            f"{med['meshscale']['gbps'] / med['wireguard-go']['gbps']:.2f}x"
-        )
-        print(
-            f"RTT ratio meshscale / wireguard-go: "
-            f"{med['meshscale']['rtt_ms'] / med['wireguard-go']['rtt_ms']:.2f}x"
-        )
+        ours = med["meshscale"]
+        for ref in (i for i in impls if i != "meshscale"):
+            print(
+                f"meshscale / {ref}: throughput {ours['gbps'] / med[ref]['gbps']:.2f}x  "
+                f"RTT {ours['rtt_ms'] / med[ref]['rtt_ms']:.2f}x  "
+                f"CPU per GB {ours['cpu_s_per_gb'] / med[ref]['cpu_s_per_gb']:.2f}x"
+            )
         if args.peers:
             rss = idle_rss_with_peers(lab, args.peers)
             print(f"idle RSS of meshscale-wireguard with {args.peers} peers: {rss:.1f} MiB")

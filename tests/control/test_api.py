@@ -265,10 +265,12 @@ def test_any_request_gets_a_clean_answer(
 
 def test_policy_routes(state: State) -> None:
     api = API(state, trusted=True)
-    assert call(api, "GET", "/api/v1/policy") == (200, {"policy": ""})
+    assert call(api, "GET", "/api/v1/policy") == (
+        200, {"policy": "", "updatedAt": None, "version": None})
     sub = state.subscribe()
     assert call(api, "PUT", "/api/v1/policy", {"policy": '{"acls": []}'})[0] == 200
-    assert call(api, "GET", "/api/v1/policy")[1] == {"policy": '{"acls": []}'}
+    got = call(api, "GET", "/api/v1/policy")[1]
+    assert (got["policy"], got["version"]) == ('{"acls": []}', 1) and got["updatedAt"]
     assert [type(c).__name__ for c in sub.drain()] == ["PolicyChanged"]
     file_mode = API(state, trusted=True, policy_writable=False)
     status, body = call(file_mode, "PUT", "/api/v1/policy", {"policy": "{}"})

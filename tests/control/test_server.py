@@ -24,7 +24,7 @@ def free_port() -> int:
 def test_server_in_process_wiring(tmp_path: Path) -> None:
     """serve's wiring without a subprocess: unix socket (trusted), TCP (API key), /health,
     /metrics, /key, the embedded DERP probe, the DERP map, and policy reload."""
-    from meshscale.control.config import load_config
+    from meshscale.control.config import ConfigError, load_config
     from meshscale.control.server import Server
 
     policy = tmp_path / "policy.hujson"
@@ -77,7 +77,7 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
             port = server.bound["listen"][1]
             local = AdminClient(unix_socket=server.bound["unix"])
             got = await loop.run_in_executor(None, local.request, "GET", "/api/v1/policy")
-            assert got == {"policy": '{"acls": []}'}
+            assert got["policy"] == '{"acls": []}' and got["version"] == 1
             remote = AdminClient(url=f"http://127.0.0.1:{port}", api_key="hskey-api-nope")
             with pytest.raises(AdminError, match="invalid API key"):
                 await loop.run_in_executor(None, remote.request, "GET", "/api/v1/user")
@@ -91,12 +91,16 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
             region = server.app.derp_map.Regions[901]
             assert region.Nodes[0].HostName == "ctl.example.test"
             assert region.Nodes[0].STUNPort == server.bound["stun"][1]
-            policy.write_text('{"acls": [{"action": "accept"}]}')
+            new = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]}'
+            policy.write_text(new)
             assert server.state is not None
-            sub = server.state.subscribe()
-            assert server.reload_policy()
+            assert server.reload_policy() or server.state.policy == new  # (or the watcher)
             assert not server.reload_policy()  # unchanged
-            assert [type(c).__name__ for c in sub.drain()] == ["PolicyChanged"]
+            assert server.state.policy == new
+            policy.write_text('{"acls": [{"action": "accept"}]}')  # refused: old one stays
+            with pytest.raises(ConfigError, match=r'no "src" at 1:11'):
+                server.reload_policy()
+            assert server.state.policy == new
         finally:
             await server.close()
         return str(server.bound["unix"])

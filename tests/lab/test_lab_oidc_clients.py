@@ -30,6 +30,7 @@ USERS = {
               "preferred_username": "alice"},
     "bob": {"email": "bob@example.net", "email_verified": True, "groups": ["ops", "dev"],
             "preferred_username": "bob"},
+    "mallory": {"email": "mallory@example.net", "email_verified": True, "groups": ["guests"]},
 }  # fmt: skip
 URL_RE = re.compile(rf"https://{re.escape(CONTROL_NAME)}/register/\S+")
 PERSON_S = 30.0  # how long a person waits for a step (URL printed, `up` done) before giving up
@@ -116,6 +117,10 @@ def test_up_url_signed_in_with_chromium_ours_and_official(need_lab: None, tmp_pa
                                  "--accept-dns=false", "--timeout=120s"],
                                 env=t.env, log_name="up-t")  # fmt: skip
             url = wait_url(up_t)
+            # Someone outside allowed_groups gets a page saying why; the client keeps waiting.
+            page = browse(t.host, url, "mallory", ca)
+            assert page["title"] == "meshscale: sign-in refused", page
+            assert "allowed group" in str(page["text"]) and up_t.running
             page = browse(t.host, url, "bob", ca)
             assert "Add t " in str(page["asked"]), page
             assert page["title"] == "meshscale: machine registered", page

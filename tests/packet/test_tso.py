@@ -20,6 +20,7 @@ from meshscale.packet import (
     gso_split,
     parse_ip,
     split_room,
+    tso,
 )
 
 from .builders import l4_ok, partial, super_tcp, super_udp, tcp, udp
@@ -194,3 +195,35 @@ def test_ecn_cwr_only_on_first_segment(nseg: int) -> None:
     segs, _ = gso_split(bytes(frame))
     assert [TCPHeader.parse(s[20:]).flags for s in segs] == [0x90] + [0x10] * (nseg - 1)
     assert all(l4_ok(s) for s in segs)
+
+
+def _split_with(frame: bytes, native: bool, pad_mtu: int) -> tuple[bytes, list[bytes]]:
+    arena = bytearray(len(frame) + split_room(len(frame)))
+    arena[: len(frame)] = frame
+    sp = Splitter(arena)
+    sp.native = native
+    out: list[memoryview] = []
+    end = sp.split(0, len(frame), len(frame), out, pad_mtu)
+    return bytes(arena[:end]), [bytes(v) for v in out]
+
+
+@pytest.mark.skipif(tso._split_rows is None, reason="_segment.c not built")
+@given(
+    st.binary(min_size=1, max_size=9000),
+    st.integers(1, 1500),
+    st.booleans(),
+    st.sampled_from(["tcp", "udp", "tcp-ecn", "tcp-opts"]),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1420]),
+)
+def test_native_rows_are_byte_identical_to_numpy(
+    payload: bytes, gso: int, v6: bool, kind: str, seq: int, pad_mtu: int
+) -> None:
+    if kind == "udp":
+        frame = bytearray(super_udp(payload, gso, v6=v6))
+    else:
+        opts = TS_OPTION if kind == "tcp-opts" else b""
+        frame = bytearray(super_tcp(payload, gso, v6=v6, seq=seq, flags=0x99, options=opts))
+        if kind == "tcp-ecn":
+            frame[1] |= GSO_ECN
+    assert _split_with(bytes(frame), True, pad_mtu) == _split_with(bytes(frame), False, pad_mtu)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -35,6 +36,8 @@ def _add(p: argparse.ArgumentParser, login: bool = False) -> None:
     p.add_argument("--authkey", "--auth-key", dest="authkey", default="", metavar="KEY",
                    help="node authorization key, or file:PATH to read it")  # fmt: skip
     p.add_argument("--hostname", default="", help="hostname to use instead of the OS's")
+    p.add_argument("--advertise-tags", default=None, metavar="TAGS",
+                   help="comma-separated tags (tag:name) to request for this node")
     add_bool_flag(p, "accept-dns", None, "accept DNS configuration from the control server")
     add_bool_flag(p, "reset", False, "reset unspecified settings to their defaults")
     p.add_argument("--timeout", type=parse_duration, default=0.0,
@@ -52,18 +55,30 @@ def check_reverts(current: dict[str, Any], args: argparse.Namespace) -> None:
     (or pass --reset), so a forgotten flag never silently reverts a setting."""
     mentioned = {"login-server": bool(args.login_server), "hostname": bool(args.hostname),
                  "accept-dns": args.accept_dns is not None,
+                 "advertise-tags": args.advertise_tags is not None,
                  **routeflags.mentioned(args)}  # fmt: skip
     if not any(mentioned.values()):
         return  # a bare `up` brings the node up with its settings
     now = {"login-server": current.get("ControlURL") or "",
            "hostname": current.get("Hostname") or "",
            "accept-dns": "false" if current.get("CorpDNS") is False else "",
+           "advertise-tags": ",".join(current.get("AdvertiseTags") or []),
            **routeflags.current(current)}  # fmt: skip
     missing = [f"--{k}={v}" for k, v in now.items() if v and not mentioned[k]]
     if missing:
         raise CLIError("changing settings via 'meshscale up' requires mentioning all non-default "
                        f"flags; add {' '.join(missing)} or use --reset (or 'meshscale set')",
                        code=2)  # fmt: skip
+
+
+def _tags(text: str) -> list[str]:
+    """``--advertise-tags`` as a list; each must look like tag:name (as tailscale checks)."""
+    tags = [t.strip() for t in text.split(",") if t.strip()]
+    for t in tags:
+        if not re.fullmatch(r"tag:[A-Za-z][A-Za-z0-9-]*", t):
+            raise CLIError(f"tag {t!r}: tags must start with 'tag:' followed by a "
+                           "letter, then letters, digits or '-'", code=2)
+    return tags
 
 
 def run(args: argparse.Namespace, client: LocalClient) -> int:
@@ -87,6 +102,8 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         prefs["Hostname"] = args.hostname
     if args.accept_dns is not None:
         prefs["CorpDNS"] = args.accept_dns
+    if args.advertise_tags is not None or args.reset:
+        prefs["AdvertiseTags"] = _tags(args.advertise_tags or "")
     routeflags.apply(args, prefs, client, reset=bool(args.reset))
     if not prefs.get("ControlURL"):
         raise CLIError("no control server configured: pass --login-server=URL")

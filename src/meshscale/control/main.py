@@ -10,7 +10,7 @@
     preauthkeys create --user U [--reusable --ephemeral --expiration 24h --tags tag:x]
                 | list | expire
     apikeys create | list | expire | delete
-    policy get | set -f FILE                (policy.mode database)
+    policy get | set -f FILE | check -f FILE | history | rollback --version N
     import-headscale --db db.sqlite [--noise-key K --derp-key K]   (offline, empty state)
 
 This module is the entry point: the command line, logging, and the two commands that run
@@ -60,6 +60,7 @@ from meshscale.control.config import (
 from meshscale.control.db import StoreError, open_store
 from meshscale.control.server import PROG, Server
 from meshscale.control.state import State
+from meshscale.io import sdnotify
 from meshscale.key import MachinePrivate, NodePrivate
 
 log = logging.getLogger("meshscale.control")
@@ -130,8 +131,10 @@ def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> in
             await server.start()
             if ready is not None:
                 ready(server)
+            sdnotify.notify("READY=1\nSTATUS=serving")
             await stop.wait()
         finally:
+            sdnotify.notify("STOPPING=1")
             await server.close()
 
     try:

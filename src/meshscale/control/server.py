@@ -25,13 +25,16 @@ from urllib.parse import urlsplit
 from meshscale.control.api import API
 from meshscale.control.app import ControlApp, build_app
 from meshscale.control.config import ConfigError, ControlConfig, state_options
+from meshscale.control.console import console_for
 from meshscale.control.db import StoreError, open_store
 from meshscale.control.derpmap import build_derp_map
+from meshscale.control.policyfile import PolicyFile
 from meshscale.control.state import State
 from meshscale.control.verify import admits, mount_verify
 from meshscale.derp.info import ClientInfo
 from meshscale.io.http import HTTPServer, Request, Response, Router
 from meshscale.key import MachinePrivate, NodePrivate, NodePublic
+from meshscale.policy import PolicyEngine, PolicyError
 from meshscale.relay.app import derp_region, mount_derp
 from meshscale.relay.metrics import render
 from meshscale.relay.server import DERPServer
@@ -105,6 +108,7 @@ class Server:
         self.bound: dict[str, tuple[str, int] | str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._embedded_region: DERPRegion | None = None
+        self.policy_file: PolicyFile | None = None
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -118,16 +122,25 @@ class Server:
                                wal=db.write_ahead_log, wal_autocheckpoint=db.wal_autocheckpoint)
         except StoreError as exc:
             raise ConfigError(f"database: {exc}") from exc
-        self.state = state = State(store, state_options(cfg))
-        self.reload_policy()
+        try:
+            self.state = state = State(store, state_options(cfg), policy=PolicyEngine())
+        except PolicyError as exc:  # the stored policy no longer compiles: do not allow all
+            store.close()
+            raise ConfigError(f"the stored policy cannot be used: {exc}") from exc
+        if cfg.policy.mode == "file" and cfg.policy.path is not None:
+            self.policy_file = PolicyFile(cfg.policy.path, state)
+            self.policy_file.load()  # a bad file: refuse to start
 
         public = Router()
         writable = cfg.policy.mode == "database"
-        API(state, policy_writable=writable).mount(public)
+        api = API(state, policy_writable=writable)
+        api.mount(public)
         public.add("GET", "/health", _health)
         mount_verify(public, state)  # for standalone relays' --verify-client-url
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
+        assert self.app is not None
+        console_for(cfg, state, api, self.app.settings.dns_config()).mount(public)  # /admin
 
         server = HTTPServer(public, server_header=PROG)
         host = cfg.listen_addr.host or None
@@ -155,27 +168,21 @@ class Server:
         if self.app is not None:
             await self.app.start()
         self._tasks.append(asyncio.create_task(self._maintenance()))
+        if self.policy_file is not None:
+            self._tasks.append(asyncio.create_task(self.policy_file.watch()))
         if cfg.derp.urls and cfg.derp.auto_update_enabled:
             self._tasks.append(asyncio.create_task(self._refresh_derp_map()))
 
     def reload_policy(self) -> bool:
-        """Load ``policy.path`` (policy.mode file) into State; True if it changed.
+        """Reload ``policy.path`` (policy.mode file) on SIGHUP; True if it changed.
 
-        Called at start and on SIGHUP. State publishes PolicyChanged, and the map
-        batcher then sends every node new packet filters.
+        ConfigError if the file cannot be read or the policy is refused (the policy in
+        force stays). State publishes PolicyChanged for the nodes whose answers moved,
+        and the map batcher sends only them new maps.
         """
-        cfg, state = self.cfg, self.state
-        if state is None or cfg.policy.mode != "file" or cfg.policy.path is None:
+        if self.policy_file is None:
             return False
-        try:
-            text = cfg.policy.path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"config: policy.path: cannot read: {exc.strerror}") from exc
-        if text == state.policy:
-            return False
-        state.set_policy(text)
-        log.info("policy loaded from %s", cfg.policy.path)
-        return True
+        return self.policy_file.load()
 
     async def _check_socket_free(self) -> None:
         """Refuse to run beside a live server on the same socket (and state)."""

@@ -20,6 +20,9 @@ from meshscale.lab.lab import Host
 from meshscale.lab.proc import Proc
 
 UAPI_DIR = Path("/var/run/wireguard")
+# Where the lab machine's build-upstream-wireguard-go.sh leaves upstream wireguard-go (TUN TSO,
+# UDP GSO/GRO); MESHSCALE_UPSTREAM_WIREGUARD_GO overrides it.
+UPSTREAM_WIREGUARD_GO = Path("/tmp/wggo-modern/wireguard-go")
 START_TIMEOUT = 15.0  # seconds for a daemon to create its interface and socket
 
 
@@ -44,7 +47,7 @@ def wg_genkey() -> tuple[str, str]:
 @dataclass
 class WGEnd:
     host: Host
-    impl: str  # "meshscale" | "wireguard-go"
+    impl: str  # "meshscale" | "wireguard-go" | "wireguard-go-upstream"
     ifname: str
     proc: Proc
     private_key: str
@@ -89,8 +92,9 @@ def start_end(
     10.100.0.<index>/24 and fd00:100::<index>/64."""
     ifname = f"wg{impl[0]}{secrets.token_hex(3)}"
     env = dict(os.environ)
-    if impl == "wireguard-go":
-        argv = ["wireguard-go", "-f", ifname]
+    if impl in ("wireguard-go", "wireguard-go-upstream"):
+        binary = "wireguard-go" if impl == "wireguard-go" else str(upstream_wireguard_go())
+        argv = [binary, "-f", ifname]
         env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"
     elif impl == "meshscale":
         argv = [*meshscale_wireguard_argv(), "-f", ifname]
@@ -123,6 +127,15 @@ def connect(a: WGEnd, b: WGEnd, *, a_endpoint: bool = True, b_endpoint: bool = T
     """Make a and b peers of each other (each knows the other's endpoint if asked)."""
     a.set_peer(b, f"{b.host.ip}:{b.port}" if a_endpoint else None)
     b.set_peer(a, f"{a.host.ip}:{a.port}" if b_endpoint else None)
+
+
+def upstream_wireguard_go() -> Path:
+    return Path(os.environ.get("MESHSCALE_UPSTREAM_WIREGUARD_GO", str(UPSTREAM_WIREGUARD_GO)))
+
+
+def have_upstream_wireguard_go() -> bool:
+    """True when a locally built upstream wireguard-go is there to compare against."""
+    return os.access(upstream_wireguard_go(), os.X_OK)
 
 
 def have_wireguard_go() -> bool:

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from meshscale.io import netmark
+from meshscale import __version__
+from meshscale.io import netmark, sdnotify
 from meshscale.io.tun import TunDevice
 from meshscale.key import DiscoPrivate
 from meshscale.wgengine import Engine
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tun", default=DEFAULT_TUN, help="TUN interface name")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="UDP port (0 = automatic)")
     p.add_argument("--verbose", type=int, default=0, help="log verbosity (0, 1 or 2)")
+    # tailscaled --version prints the version alone on its first line.
+    p.add_argument("--version", "-version", action="version", version=__version__)
     p.add_argument(
         "--resolv-conf", default=str(RESOLV_CONF),
         help="the resolv.conf managed with --accept-dns (default " + str(RESOLV_CONF) + ")",
@@ -116,6 +119,7 @@ async def run(args: argparse.Namespace) -> int:
         await backend.run()
         log.info("meshscaled up: tun %s, UDP port %d, socket %s", args.tun, engine.listen_port,
                  args.socket)  # fmt: skip
+        sdnotify.notify("READY=1\nSTATUS=serving the local API on " + args.socket)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -125,6 +129,7 @@ async def run(args: argparse.Namespace) -> int:
         waiter.cancel()
         return 0
     finally:
+        sdnotify.notify("STOPPING=1")
         if api is not None:
             await api.close()
         if backend is not None:

@@ -23,6 +23,7 @@ class Prefs:
     WantRunning: bool = False
     LoggedOut: bool = False
     CorpDNS: bool = True  # --accept-dns; no DNS is configured yet, the value is only kept
+    AdvertiseTags: list[str] = field(default_factory=list)  # sent as Hostinfo.RequestTags
     # Routes (docs: docs/protocol/policy.md §5). AdvertiseRoutes holds both /0s for
     # --advertise-exit-node, as upstream's prefs do.
     AdvertiseRoutes: list[str] = field(default_factory=list)
@@ -45,7 +46,9 @@ class Prefs:
                 continue
             v = obj[f.name]
             want = type(getattr(out, f.name))
-            if type(v) is not want or (want is list and not all(type(i) is str for i in v)):
+            if type(v) is not want:
                 raise PrefsError(f"prefs: {f.name} must be {want.__name__}")
+            if isinstance(v, list) and not all(isinstance(x, str) for x in v):
+                raise PrefsError(f"prefs: {f.name} must be a list of strings")
             setattr(out, f.name, v)
         return out

@@ -15,11 +15,12 @@ only on the last TCP segment. Every segment gets a complete IP header checksum a
 checksum (pseudo-header + header + payload): peers without offloads hand our packets to a
 kernel that verifies them.
 
-The segments are built all at once with numpy, as rows of a matrix inside a caller-provided
-arena: one broadcast of the header template, one strided copy of the payload, one column write
-per changing field (IPv4 id, TCP seq) and two row-wise sums for the checksums. Each row's length
-is rounded up to a multiple of 16 and the tail is zeroed, so a row is also a zero-padded
-WireGuard plaintext (the padding never appears in the returned views).
+The segments are rows inside a caller-provided arena, written by `_segment.split_rows` (C,
+built at install; GIL released) or, without it, all at once with numpy: one broadcast of the
+header template, one strided copy of the payload, one column write per changing field (IPv4 id,
+TCP seq) and two row-wise sums for the checksums. Each row's length is rounded up to a multiple of
+16 and the tail is zeroed, so a row is also a zero-padded WireGuard plaintext (the padding never
+appears in the returned views).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ _ZEROS = bytes(_ROW_ALIGN)
 _ZERO_ROW = memoryview(bytes(65536 + _ROW_ALIGN))  # zero tail of a short last segment
 _SCALAR_MAX_SEGMENTS = 2  # at or below: per-segment Python instead of numpy (see split)
 
+try:  # the rows in C (_segment.c, built at install); the numpy rows below are the fallback
+    from ._segment import split_rows as _split_rows
+except ImportError:  # built without a compiler
+    _split_rows = None  # type: ignore[assignment]
+
 
 def split_room(frame_len: int, max_segments: int = MAX_SEGMENTS) -> int:
     """Arena bytes that splitting a frame of `frame_len` bytes may need past the out offset."""
@@ -82,6 +88,8 @@ class Splitter:
         self.arena = arena
         self.max_segments = max_segments
         self.stats = SplitStats()
+        # False selects the numpy/Python rows even when the C ones are built (tests compare).
+        self.native = _split_rows is not None
         self._mv = memoryview(arena)
         self._np = np.frombuffer(arena, dtype=np.uint8)
         self._idx = np.arange(max_segments, dtype=np.uint32)
@@ -201,7 +209,11 @@ class Splitter:
         else:
             struct.pack_into("!H", h, iph + 4, 8 + gso)
 
-        if nseg <= _SCALAR_MAX_SEGMENTS:
+        if _split_rows is not None and self.native and hl <= 255:
+            _split_rows(
+                self.arena, p, off, nseg, stride, hl, iph, gso, rem, proto, gso_type & GSO_ECN
+            )
+        elif nseg <= _SCALAR_MAX_SEGMENTS:
             # A few segments: plain Python beats numpy's fixed cost (about 20 us per frame).
             pbase = int.from_bytes(a[p + 12 : p + 20] if ver == 4 else a[p + 8 : p + 40], "big")
             ecn = gso_type & GSO_ECN

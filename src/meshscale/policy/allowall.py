@@ -57,6 +57,10 @@ class AllowAll:
         del node, tag
         return True
 
+    def knows_tag(self, tag: str) -> bool:
+        del tag
+        return True
+
     def may_approve_route(self, node: PolicyNode, route: IPPrefix) -> bool:
         del node, route
         return True

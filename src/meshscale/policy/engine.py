@@ -171,6 +171,11 @@ class PolicyEngine:
                     return True
         return False
 
+    def knows_tag(self, tag: str) -> bool:
+        """Whether ``tag`` is defined in tagOwners (any tag without a policy): what an
+        admin's tagging is checked against."""
+        return self.text is None or tag in self.policy.tag_owners
+
     def may_approve_route(self, node: PolicyNode, route: IPPrefix) -> bool:
         """Whether autoApprovers approve ``route`` for ``node``. A /0 is approved only by
         ``exitNode``, never by ``routes`` (§1.7)."""

@@ -7,8 +7,9 @@ questions, each about one node::
     filter_for(node)                the inbound packet filter ``node`` enforces
                                     (docs/protocol/policy.md §3)
     can_see(viewer, peer)           whether ``peer`` belongs in ``viewer``'s netmap
-    may_tag(node, tag)              whether ``node`` may carry ``tag`` (tagOwners,
+    may_tag(node, tag)              whether ``node`` may request ``tag`` (tagOwners,
                                     docs/protocol/policy.md §2.5)
+    knows_tag(tag)                  whether an admin may give ``tag`` (it is defined)
     may_approve_route(node, route)  whether ``route`` may be approved for ``node``
                                     (docs/protocol/policy.md §5)
 
@@ -136,7 +137,13 @@ class PolicyManager(Protocol):
         ...
 
     def may_tag(self, node: PolicyNode, tag: str) -> bool:
-        """Whether ``node`` may carry ``tag`` (asked before tags are given to a node)."""
+        """Whether ``node`` may take ``tag`` itself (``Hostinfo.RequestTags``: tagOwners
+        must name its user, or one of its tags)."""
+        ...
+
+    def knows_tag(self, tag: str) -> bool:
+        """Whether an admin may give ``tag`` to a node (``nodes tag``, a tagged pre-auth
+        key): the policy defines it in tagOwners (any tag without a policy)."""
         ...
 
     def may_approve_route(self, node: PolicyNode, route: IPPrefix) -> bool:

@@ -24,6 +24,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from .. import __version__
+from ..io import sdnotify
 from ..io.http import HTTPServer, Request, Response, Router
 from ..key import NodePrivate, NodePublic
 from .app import generate_204, mount_derp
@@ -52,6 +54,7 @@ def _bool(text: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshscale-derp", description=__doc__.split("\n")[0])
+    p.add_argument("-version", "--version", action="version", version=__version__)
     p.add_argument("-a", "--a", dest="a", default=":443", help="listen address (default :443)")
     _flag(p, "hostname", default="derp.example.com", help="TLS host name (cert file stem)")
     _flag(p, "certdir", default="", help="directory with <hostname>.crt and <hostname>.key")
@@ -257,7 +260,9 @@ async def serve(args: argparse.Namespace, ready: asyncio.Event | None = None) ->
                 loop.add_signal_handler(sig, stop.set)
         if ready is not None:
             ready.set()
+        sdnotify.notify("READY=1\nSTATUS=serving")
         await stop.wait()
+        sdnotify.notify("STOPPING=1")
     finally:
         await derp.close()
         for h in servers:

@@ -14,6 +14,7 @@ _FIELD_TYPES: dict[str, dict[str, Any]] = {
     "boolean": {"type": "boolean"},
     "timestamp": _TS,
     "strings": _STRS,
+    "integer": {"type": "integer"},
 }
 
 
@@ -70,7 +71,27 @@ SCHEMAS: dict[str, Any] = {
     "PreAuthKeyList": _obj({"preAuthKeys": {"type": "array", "items": _ref("PreAuthKey")}}),
     "ApiKeyCreated": _obj({"apiKey": {"type": "string"}}),
     "ApiKeyList": _obj({"apiKeys": {"type": "array", "items": _ref("ApiKey")}}),
-    "Policy": _obj({"policy": {"type": "string"}}),
+    "Policy": _obj({"policy": {"type": "string"}, "updatedAt": _TS,
+                    "version": {"type": "integer", "nullable": True}}),
+    "PolicyVersion": _obj({"version": {"type": "integer"}, "policy": {"type": "string"},
+                           "updatedAt": _TS,
+                           "source": {"type": "string"}}),
+    "PolicyHistory": _obj({"versions": {"type": "array", "items": _ref("PolicyVersion")}}),
+    "PolicyCheckError": _obj({"message": {"type": "string"},
+                              "line": {"type": "integer", "nullable": True},
+                              "column": {"type": "integer", "nullable": True}}),
+    "PolicyCheck": _obj({"valid": {"type": "boolean"},
+                         "errors": {"type": "array", "items": _ref("PolicyCheckError")},
+                         "warnings": _STRS}),
+    "AuditEntry": _obj({
+        "id": _ID, "at": _TS, "actor": {"type": "string"}, "action": {"type": "string"},
+        "target": {"type": "string"}, "detail": {"type": "object"},
+        "source": {"type": "string"},
+    }),
+    "Reach": _obj({"allowed": {"type": "boolean"}, "src": {"type": "string"},
+                   "dst": {"type": "string"}, "port": {"type": "integer"},
+                   "proto": {"type": "string"}}),
+    "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
 }
 
 _ERRORS = {

@@ -8,6 +8,7 @@ status codes by :mod:`meshscale.control.api.server`) or :class:`BadRequest`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from meshscale.control.api.serialize import (
 from meshscale.control.models import (
     PREAUTH_KEY_PREFIX,
     InvalidArgument,
+    Node,
     NodeID,
     NotFound,
     PreAuthKeyID,
@@ -30,6 +32,7 @@ from meshscale.control.models import (
     UserID,
 )
 from meshscale.control.state import State
+from meshscale.policy.checks import admits
 
 
 class BadRequest(InvalidArgument):
@@ -291,17 +294,112 @@ def delete_api_key(c: Call) -> dict[str, Any]:
     return {}
 
 
+def _policy_json(c: Call) -> dict[str, Any]:
+    v = c.state.policy_version
+    return {"policy": c.state.policy or "", "updatedAt": ts(v.created_at) if v else None,
+            "version": v.version if v else None}
+
+
 def get_policy(c: Call) -> dict[str, Any]:
-    return {"policy": c.state.policy or ""}
+    return _policy_json(c)
+
+
+def _writable(c: Call) -> None:
+    if not c.policy_writable:
+        raise BadRequest(
+            "policy.mode is file: edit the policy file (it is reloaded on change and on "
+            "SIGHUP)"
+        )
 
 
 def set_policy(c: Call) -> dict[str, Any]:
-    if not c.policy_writable:
-        raise BadRequest(
-            "policy.mode is file: edit the policy file and send SIGHUP to the server"
-        )
-    c.state.set_policy(_str(c.body, "policy"))
-    return {"policy": c.state.policy or ""}
+    _writable(c)
+    c.state.set_policy(_str(c.body, "policy"), "api")
+    return _policy_json(c)
+
+
+_AT = re.compile(r" at (\d+):(\d+)")
+
+
+def check_policy(c: Call) -> dict[str, Any]:
+    """Validate without applying: 200 either way, the errors (with line and column where
+    the message names them) in the body; ``tests`` run against today's nodes."""
+    try:
+        warnings = c.state.check_policy(_str(c.body, "policy"))
+    except BadRequest:
+        raise
+    except InvalidArgument as exc:
+        msg = str(exc).removeprefix("policy: ")
+        m = _AT.search(msg)
+        err: dict[str, Any] = {"message": msg, "line": int(m[1]) if m else None,
+                               "column": int(m[2]) if m else None}
+        return {"valid": False, "errors": [err], "warnings": []}
+    return {"valid": True, "errors": [], "warnings": warnings}
+
+
+def policy_history(c: Call) -> dict[str, Any]:
+    limit = _id(c.query["limit"], "limit") if c.query.get("limit") else 100
+    return {"versions": [
+        {"version": v.version, "policy": v.data, "updatedAt": ts(v.created_at),
+         "source": v.source}
+        for v in c.state.policy_history(min(limit, 1000))
+    ]}
+
+
+def rollback_policy(c: Call) -> dict[str, Any]:
+    _writable(c)
+    raw = c.body.get("version")
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise BadRequest("version: want a version number")
+    c.state.rollback_policy(_id(str(raw), "version"))
+    return _policy_json(c)
+
+
+_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132}
+
+
+def _node_ref(c: Call, ref: str, what: str) -> Node:
+    """A node by id, MagicDNS name or tailnet address."""
+    ref = ref.strip()
+    if not ref:
+        raise BadRequest(f"missing {what}")
+    for n in c.state.list_nodes():
+        if ref in (str(n.id), n.given_name, *(str(a) for a in n.addresses())):
+            return n
+    raise NotFound(f"{what}: no machine {ref[:60]!r}")
+
+
+def check_reach(c: Call) -> dict[str, Any]:
+    """Whether the policy in force lets machine ``src`` open a connection to ``dst`` on
+    ``port`` (``proto`` tcp by default): ``dst``'s packet filter is what decides."""
+    src = _node_ref(c, c.query.get("src", ""), "src")
+    dst = _node_ref(c, c.query.get("dst", ""), "dst")
+    port = _id(c.query.get("port"), "port")
+    proto = _PROTOS.get(c.query.get("proto", "tcp").lower())
+    if proto is None or port > 65535:
+        raise BadRequest("want proto tcp, udp, icmp or sctp and a port 0-65535")
+    rules = list(c.state.packet_filter(dst.id))
+    local = dst.addresses()
+    allowed = any(
+        admits(rules, s, d, proto, port, local)
+        for s in src.addresses() for d in local if s.version == d.version
+    )  # fmt: skip
+    return {"allowed": allowed, "src": src.given_name, "dst": dst.given_name, "port": port,
+            "proto": c.query.get("proto", "tcp").lower()}  # fmt: skip
+
+
+def list_audit(c: Call) -> dict[str, Any]:
+    before = c.query.get("before")
+    limit = c.query.get("limit") or "100"
+    entries = c.state.audit.list(
+        limit=_id(limit, "limit"), before=_id(before, "before") if before else None,
+        actor=c.query.get("actor", ""), action=c.query.get("action", ""),
+    )  # fmt: skip
+    return {"entries": [
+        {"id": str(e.id), "at": ts(e.at), "actor": e.actor, "action": e.action,
+         "target": e.target, "detail": e.detail, "source": e.source}
+        for e in entries
+    ]}  # fmt: skip
 
 
 def _r(method: str, path: str, op: str, summary: str, tag: str, handler: Handler,
@@ -365,4 +463,16 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"{V1}/policy", "getPolicy", "Get policy", "Policy", get_policy, "Policy"),
     _r("PUT", f"{V1}/policy", "setPolicy", "Set policy", "Policy", set_policy, "Policy",
        body={"policy": "string"}),
+    _r("POST", f"{V1}/policy/check", "checkPolicy", "Check a policy without applying it",
+       "Policy", check_policy, "PolicyCheck", body={"policy": "string"}),
+    _r("GET", f"{V1}/policy/history", "listPolicyVersions", "List accepted policy versions",
+       "Policy", policy_history, "PolicyHistory", query=("limit",)),
+    _r("POST", f"{V1}/policy/rollback", "rollbackPolicy",
+       "Put an earlier policy version back in force (as a new version)", "Policy",
+       rollback_policy, "Policy", body={"version": "integer"}),
+    _r("GET", f"{V1}/policy/reach", "checkReach",
+       "Can machine src reach machine dst on a port under the policy in force?", "Policy",
+       check_reach, "Reach", query=("src", "dst", "port", "proto")),
+    _r("GET", f"{V1}/audit", "listAudit", "List the audit log of admin changes, newest first",
+       "Audit", list_audit, "AuditList", query=("limit", "before", "actor", "action")),
 )

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -34,6 +36,8 @@ from meshscale.io.http import Request, Response, Router
 log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/api/v1/"
+# POSTs that change nothing (so the audit log does not record them).
+READ_ONLY_OPERATIONS: Final = frozenset({"checkPolicy"})
 MAX_API_BODY: Final = 64 * 1024  # bytes: admin requests are small; bounds memory per call
 
 # (HTTP status, gRPC code) per error class; the first matching class wins.
@@ -46,6 +50,20 @@ _ERROR_MAP: Final[tuple[tuple[type[Exception], int, int], ...]] = (
     (LimitExceeded, 503, 8),
     (StateError, 400, 9),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One admin change that succeeded, for the audit log: who, what, on what, from where."""
+
+    actor: str  # "apikey:<prefix>", "unix:uid=<n>", "console:<actor>"
+    action: str  # the operation id (setTags, createPreAuthKey, ...)
+    target: str  # the path parameters, "nodeId=3" (empty when none)
+    detail: dict[str, Any]  # the request's query and body fields (never a secret)
+    source: str  # the client's address, or "unix"
+
+
+AuditHook = Callable[[Change], None]
 
 
 def error_response(status: int, code: int, message: str) -> Response:
@@ -65,15 +83,20 @@ class API:
       state: the one State.
       trusted: skip API-key checks (the unix socket).
       policy_writable: accept PUT /api/v1/policy (policy.mode database).
+      audit: called with every change that succeeded (not with reads or failures);
+        default: recorded in State's audit log.
     """
 
     def __init__(
-        self, state: State, *, trusted: bool = False, policy_writable: bool = True
-    ) -> None:
+        self, state: State, *, trusted: bool = False, policy_writable: bool = True,
+        audit: AuditHook | None = None,
+    ) -> None:  # fmt: skip
         self.state = state
         self.trusted = trusted
         self.policy_writable = policy_writable
+        self.audit = audit if audit is not None else self._record
         self._routes = [(r, r.path.strip("/").split("/")) for r in ROUTES]
+        self._by_op = {r.operation_id: r for r in ROUTES}
         self._openapi = json.dumps(openapi_document()).encode()
 
     def mount(self, router: Router) -> None:
@@ -111,10 +134,12 @@ class API:
             return error_response(status, 5 if status == 404 else 12,
                                   "not found" if status == 404 else "method not allowed")
         route, params = found
+        actor = f"unix:uid={req.peer_uid}" if req.peer_uid is not None else "unix"
         if not (self.trusted or route.public):
             denied = self._authenticate(req)
-            if denied is not None:
+            if isinstance(denied, Response):
                 return denied
+            actor = denied
         if len(req.body) > MAX_API_BODY:
             return error_response(413, 8, f"request body larger than {MAX_API_BODY} bytes")
         body: Any = {}
@@ -125,9 +150,9 @@ class API:
                 return error_response(400, 3, "request body is not valid JSON")
             if not isinstance(body, dict):
                 return error_response(400, 3, "request body must be a JSON object")
+        source = req.client[0] if req.client else "unix"
         try:
-            call = Call(self.state, params, dict(req.query), body, self.policy_writable)
-            return json_response(route.handler(call))
+            return json_response(self._run(route, params, dict(req.query), body, actor, source))
         except StateError as exc:
             for cls, status, code in _ERROR_MAP:
                 if isinstance(exc, cls):
@@ -137,13 +162,44 @@ class API:
             log.exception("api: %s %s failed", req.method, req.path)
             return error_response(500, 13, "internal error")
 
-    def _authenticate(self, req: Request) -> Response | None:
+    def _record(self, change: Change) -> None:
+        c = change
+        self.state.audit.record(c.actor, c.action, c.target, c.detail, c.source)
+
+    def invoke(
+        self, operation_id: str, params: dict[str, str] | None = None,
+        query: dict[str, str] | None = None, body: dict[str, Any] | None = None, *,
+        actor: str, source: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Run one operation in-process, as a request to it would (the admin console's
+        way in: the same handlers, checks and audit records as /api/v1). Raises StateError."""
+        route = self._by_op[operation_id]
+        return self._run(route, params or {}, query or {}, body or {}, actor, source)
+
+    def _run(
+        self, route: Route, params: dict[str, str], query: dict[str, str],
+        body: dict[str, Any], actor: str, source: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        result = route.handler(Call(self.state, params, query, body, self.policy_writable))
+        if route.method != "GET" and not route.public and (
+            route.operation_id not in READ_ONLY_OPERATIONS
+        ):
+            target = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
+            detail: dict[str, Any] = {**query, **body}
+            try:
+                self.audit(Change(actor, route.operation_id, target, detail, source))
+            except Exception:  # the change is made; a failed record must not undo it
+                log.exception("audit: recording %s failed", route.operation_id)
+        return result
+
+    def _authenticate(self, req: Request) -> Response | str:
+        """The actor ("apikey:<prefix>"), or the 401 to answer."""
         header = req.headers.get("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return error_response(401, 16, "missing API key (Authorization: Bearer <key>)")
         try:
-            self.state.verify_api_key(token.strip())
+            key = self.state.verify_api_key(token.strip())
         except APIKeyError as exc:
             return error_response(401, 16, str(exc))
-        return None
+        return f"apikey:{key.prefix}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from meshscale.control.models import (
@@ -37,12 +38,23 @@ class IntegrityError(StoreError):
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """One accepted policy text; ``version`` counts up from 1 and is never reused."""
+
+    version: int
+    data: str
+    created_at: datetime
+    source: str = ""  # who wrote it: "api", "file", "rollback to N", "migrated"
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     users: list[User]
     nodes: list[Node]
     preauth_keys: list[PreAuthKey]
     api_keys: list[APIKey]
     policy: str | None
+    policy_version: PolicyVersion | None = None  # the newest version (its data is policy)
 
 
 class Store(Protocol):
@@ -83,4 +95,12 @@ class Store(Protocol):
     def delete_api_key(self, key_id: APIKeyID) -> None: ...
 
     # policy
-    def set_policy(self, data: str) -> None: ...
+    def set_policy(self, data: str, source: str = "") -> PolicyVersion:
+        """Make ``data`` the policy and append it to the history as a new version."""
+        ...
+
+    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
+        """The newest ``limit`` versions, newest first."""
+        ...
+
+    def policy_version(self, version: int) -> PolicyVersion | None: ...

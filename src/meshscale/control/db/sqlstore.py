@@ -16,10 +16,11 @@ from typing import Any
 
 from meshscale.control import models
 from meshscale.control.db import codec
-from meshscale.control.db.repository import IntegrityError, Snapshot, StoreError
+from meshscale.control.db.audit import AuditRows
+from meshscale.control.db.repository import IntegrityError, PolicyVersion, Snapshot, StoreError
 
 
-class SQLStore:
+class SQLStore(AuditRows):
     """:class:`~meshscale.control.db.repository.Store` over a DB-API style connection."""
 
     conn: Any
@@ -107,7 +108,10 @@ class SQLStore:
             ]
             apis = [codec.api_key_from_row(r) for r in self._exec("SELECT * FROM api_keys")]
             row = self._exec("SELECT data FROM policies WHERE id = 1").fetchone()
-        return Snapshot(users, nodes, paks, apis, None if row is None else str(row["data"]))
+            newest = self.policy_history(1)
+        text = None if row is None else str(row["data"])
+        version = newest[0] if newest and newest[0].data == text else None
+        return Snapshot(users, nodes, paks, apis, text, version)
 
     def insert_user(self, user: models.User) -> models.UserID:
         return models.UserID(self._insert("users", codec.user_to_row(user)))
@@ -156,10 +160,39 @@ class SQLStore:
     def delete_api_key(self, key_id: models.APIKeyID) -> None:
         self._delete("api_keys", key_id)
 
-    def set_policy(self, data: str) -> None:
+    def set_policy(self, data: str, source: str = "") -> PolicyVersion:
         p = self._param
-        self._exec(
-            f"INSERT INTO policies(id, data, updated_at) VALUES (1, {p('data')}, {p('at')}) "
-            "ON CONFLICT(id) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
-            {"data": data, "at": codec.ts_to_db(datetime.now(UTC))},
+        now = datetime.now(UTC).replace(microsecond=0)
+        at = codec.ts_to_db(now)
+        with self.transaction():
+            self._exec(
+                f"INSERT INTO policies(id, data, updated_at) VALUES (1, {p('data')}, {p('at')}) "
+                "ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+                "updated_at = excluded.updated_at",
+                {"data": data, "at": at},
+            )
+            vid = self._insert(
+                "policy_versions", {"data": data, "created_at": at, "source": source[:200]}
+            )
+        return PolicyVersion(vid, data, now, source[:200])
+
+    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
+        rows = self._exec(
+            "SELECT id, data, created_at, source FROM policy_versions "
+            f"ORDER BY id DESC LIMIT {max(0, int(limit))}"
         )
+        return [_policy_version(r) for r in rows]
+
+    def policy_version(self, version: int) -> PolicyVersion | None:
+        row = self._exec(
+            "SELECT id, data, created_at, source FROM policy_versions "
+            f"WHERE id = {self._param('id')}",
+            {"id": version},
+        ).fetchone()
+        return None if row is None else _policy_version(row)
+
+
+def _policy_version(row: Any) -> PolicyVersion:
+    at = codec.ts_from_db(str(row["created_at"]))
+    assert at is not None
+    return PolicyVersion(int(row["id"]), str(row["data"]), at, str(row["source"]))

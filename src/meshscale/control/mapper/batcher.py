@@ -36,6 +36,9 @@ from meshscale.tailcfg import FilterRule
 
 # Fields of the self node that do not change what the client shows about itself.
 _SELF_IRRELEVANT = frozenset({"last_seen", "online"})
+# Fields of a node that can change which peers it may see: its own sessions get a full map
+# (the peers' side is the per-viewer visibility filter of build()).
+_SELF_POLICY = frozenset({"ipv4", "ipv6", "user_id", "tags", "approved_routes"})
 MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
 MAX_EPOCHS = 1024  # broadcast batches kept for sessions that fall behind
 REMOVED_LOG = 65536  # node IDs remembered as removed (for zero-peer full maps)
@@ -110,6 +113,8 @@ class MapSource(Protocol):
     def peers_of(self, node_id: int) -> list[models.Node]: ...
     def users(self) -> dict[models.UserID, models.User]: ...
     def packet_filter(self, node_id: int) -> Sequence[FilterRule]: ...
+    def can_see(self, viewer_id: int, peer_id: int) -> bool: ...
+    def node_ids(self) -> list[int]: ...
 
 
 class SnapshotSource:
@@ -132,6 +137,12 @@ class SnapshotSource:
 
     def packet_filter(self, node_id: int) -> Sequence[FilterRule]:
         return self._state.packet_filter(models.NodeID(node_id))
+
+    def can_see(self, viewer_id: int, peer_id: int) -> bool:
+        return self._state.can_see(models.NodeID(viewer_id), models.NodeID(peer_id))
+
+    def node_ids(self) -> list[int]:
+        return [int(n.id) for n in self._state.list_nodes()]
 
 
 class Batcher:
@@ -253,6 +264,7 @@ class Batcher:
                     if fields - _SELF_IRRELEVANT:
                         for s in self._sessions.get(nid, ()):
                             s.pending.self_changed = True
+                            s.pending.full |= bool(fields & _SELF_POLICY)
                             self._touch(s)
                     if patchable:
                         _apply_patch(self._open, nid, fields)
@@ -264,6 +276,7 @@ class Batcher:
                     if s.node_id == nid:
                         if fields - _SELF_IRRELEVANT:
                             s.pending.self_changed = True
+                            s.pending.full |= bool(fields & _SELF_POLICY)
                             self._touch(s)
                     elif patchable and nid not in s.pending.changed:
                         prev = s.pending.patched.get(nid, frozenset())
@@ -395,14 +408,18 @@ class Batcher:
             )
             if not peers and session.started:
                 # An empty Peers means "no change", so a later full map with no peers must
-                # remove what the client holds: every peer removed recently (unknown IDs are
-                # ignored by clients). A policy engine hiding live peers must add their IDs.
-                gone = set(self._recently_removed) - {int(session.node_id)}
+                # remove what the client holds: every peer removed recently and every live
+                # node the policy hides (unknown IDs are ignored by clients).
+                gone = (set(self._recently_removed) | set(self.source.node_ids())) - {
+                    int(session.node_id)}
                 if gone:
                     msg["PeersRemoved"] = sorted(gone)
             session.started = True
             self.full_maps_built += 1
             return msg
+        seen = self._visible(int(session.node_id), p)
+        if seen is not p:
+            p, shared_key = seen, None
         key = shared_key if shared_key is not None else _delta_key(p)
         shared: dict[str, Any] | None = None if p.self_changed else self._shared.get(key)
         if shared is None:
@@ -433,6 +450,21 @@ class Batcher:
             shared = delta
             self.deltas_built += 1
         return shared
+
+    def _visible(self, viewer: int, p: Pending) -> Pending:
+        """``p`` as ``viewer`` may see it: changed peers the policy hides from it become
+        removals (they may have been visible before), patches of hidden peers are dropped.
+        ``p`` itself (it may be shared) when nothing is hidden."""
+        see = self.source.can_see
+        hid_c = {n for n in p.changed if n != viewer and not see(viewer, n)}
+        hid_p = {n for n in p.patched if n != viewer and not see(viewer, n)}
+        if not hid_c and not hid_p:
+            return p
+        return Pending(
+            full=p.full, self_changed=p.self_changed, changed=p.changed - hid_c,
+            patched={k: v for k, v in p.patched.items() if k not in hid_p},
+            removed=p.removed | hid_c, users=set(p.users),
+        )
 
     def _merged_from(self, start: int) -> tuple[Pending, _DeltaKey]:
         """The union of the broadcast batches from absolute index ``start`` on (shared by

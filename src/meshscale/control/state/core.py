@@ -110,6 +110,7 @@ class StateCore:
         self._routes_dirty = True
         self._reelect([])
         self.policy_text = snap.policy
+        self.policy_version = snap.policy_version
         self.policy.set_policy(snap.policy)
         self.policy.set_users(self.users.values())
         self.policy.set_nodes(self.nodes.values())

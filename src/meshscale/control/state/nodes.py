@@ -108,16 +108,52 @@ class Nodes:
             )
             return sorted(peers, key=lambda n: n.id)
 
+    def can_see(self, viewer_id: NodeID, peer_id: NodeID) -> bool:
+        """Whether the policy lets ``viewer_id`` see ``peer_id`` (True if either is gone:
+        the caller's removal logic handles that)."""
+        core = self.core
+        with core.lock:
+            me, peer = core.nodes.get(viewer_id), core.nodes.get(peer_id)
+            return me is None or peer is None or core.policy.can_see(me, peer)
+
     def packet_filter(self, node_id: NodeID) -> Sequence[FilterRule]:
         """The inbound packet filter of ``node_id``, from the policy."""
         with self.core.lock:
             return self.core.policy.filter_for(self.core.get_node(node_id))
 
     def _check_tags(self, node: Node, before: Iterable[str] = ()) -> None:
-        """Ask the policy about every tag ``node`` would newly carry."""
+        """Ask the policy about every tag an admin (``nodes tag``, a tagged pre-auth key)
+        would newly give ``node``: the policy must define it."""
         for tag in sorted(set(node.tags) - set(before)):
-            if not self.core.policy.may_tag(node, tag):
-                raise InvalidArgument(f"tag {tag!r} is not permitted for this node")
+            if not self.core.policy.knows_tag(tag):
+                raise InvalidArgument(
+                    f"tag {tag!r} is not permitted for this node: the policy does not define "
+                    "it in tagOwners"
+                )
+
+    def _requested_tags(self, node: Node, hostinfo: dict[str, Any]) -> Node:
+        """``node`` with the tags its Hostinfo.RequestTags (``up --advertise-tags``) asks
+        for, each checked against tagOwners for the node as it is (its user if untagged,
+        its tags otherwise). Refused as a whole, with the SaaS wording, if one is not
+        owned."""
+        raw = hostinfo.get("RequestTags") or []
+        if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+            raise InvalidArgument("Hostinfo.RequestTags: want a list of strings")
+        want = [t for t in dict.fromkeys(raw) if t not in node.tags]
+        if not want:
+            return node
+        try:
+            validate_tags(want)
+        except InvalidArgument:
+            bad = want
+        else:
+            bad = [t for t in want if not self.core.policy.may_tag(node, t)]
+        if bad:
+            raise InvalidArgument(
+                f"requested tags [{' '.join(bad)}] are invalid or not permitted (tagOwners "
+                "does not name this node's user or tags)"
+            )
+        return replace(node, tags=validate_tags((*node.tags, *want)))
 
     # ---- registration ------------------------------------------------------------------
 
@@ -163,6 +199,7 @@ class Nodes:
                 ephemeral=ephemeral, tags=tags or existing.tags,
             )
             self._check_tags(node, existing.tags)
+            node = self._requested_tags(node, hostinfo)
             core.store.update_node(node)
             core.put_node(node)
             changed = diff(existing, node)
@@ -175,6 +212,7 @@ class Nodes:
             hostinfo, (), now, expiry, tags, (), method, auth_key_id, ephemeral, now,
         )
         self._check_tags(node)
+        node = self._requested_tags(node, hostinfo)
         v4, v6 = core.alloc.allocate()  # last check before the write: it takes addresses
         node = replace(node, ipv4=v4, ipv6=v6)
         try:
@@ -334,15 +372,12 @@ class Nodes:
         return self._edit(node_id, user_id=user_id)
 
     def approve_routes(self, node_id: NodeID, routes: Iterable[str | IPPrefix]) -> Node:
-        """Replace the node's approved routes (an empty list withdraws approval)."""
+        """Replace the node's approved routes (an empty list withdraws approval). An
+        admin's approval is not checked against autoApprovers (the policy's
+        ``may_approve_route`` is for approving without an admin)."""
         parsed = parse_routes(routes)
         with self.core.write():
-            old = self.core.get_node(node_id)
-            for route in parsed:
-                if route not in old.approved_routes and not self.core.policy.may_approve_route(
-                    old, route
-                ):
-                    raise InvalidArgument(f"route {route} may not be approved for this node")
+            self.core.get_node(node_id)
             return self._edit(node_id, approved_routes=parsed)
 
     def restore_node(

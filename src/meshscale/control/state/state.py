@@ -39,21 +39,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from meshscale.control.db.repository import Store
+from meshscale.control.db.repository import PolicyVersion, Store
 from meshscale.control.models import (
     ChangeSubscription,
     DNSChanged,
     InvalidArgument,
     NodeChanged,
     NodeID,
+    NotFound,
 )
+from meshscale.control.state.audit import AuditLog
 from meshscale.control.state.core import StateCore
 from meshscale.control.state.keys import Keys
 from meshscale.control.state.nodes import Nodes
 from meshscale.control.state.options import StateOptions, utcnow
 from meshscale.control.state.registrations import Registrations
 from meshscale.control.state.users import Users
-from meshscale.policy import AllowAll, PolicyError, PolicyManager
+from meshscale.policy import AllowAll, PolicyError, PolicyManager, check_policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ class State:
         self.list_nodes = nodes.list_nodes
         self.peers_of = nodes.peers_of
         self.packet_filter = nodes.packet_filter
+        self.can_see = nodes.can_see
 
         self.update_node = nodes.update_node
         self.update_endpoints = nodes.update_endpoints
@@ -155,6 +158,7 @@ class State:
         self.move_node = nodes.move_node
         self.approve_routes = nodes.approve_routes
         self.restore_node = nodes.restore_node
+        self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 
     @classmethod
     def open(
@@ -193,18 +197,53 @@ class State:
         """The policy text (None: none was ever set)."""
         return self.core.policy_text
 
-    def set_policy(self, data: str) -> None:
-        """Store a new policy text; the policy manager checks it first (InvalidArgument if
-        it cannot be used, and nothing changes). Publishes PolicyChanged."""
+    @property
+    def policy_version(self) -> PolicyVersion | None:
+        """The version in force (None: no policy, or one stored before history existed)."""
+        return self.core.policy_version
+
+    def set_policy(self, data: str, source: str = "api") -> PolicyVersion:
+        """Store a new policy text as a new version; the policy manager checks it first
+        (InvalidArgument if it cannot be used or a ``tests`` entry fails, and nothing
+        changes: the policy in force stays). Publishes PolicyChanged for the nodes whose
+        answers moved."""
         core = self.core
         with core.write():
             try:
                 change = core.policy.set_policy(data)
             except PolicyError as exc:
                 raise InvalidArgument(f"policy: {exc}") from exc
-            core.store.set_policy(data)
+            # (A store failure rolls back, and write() reloads the manager from the store.)
+            version = core.store.set_policy(data, source)
             core.policy_text = data
+            core.policy_version = version
             core.policy_changed(change)
+            return version
+
+    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
+        """The newest ``limit`` accepted policy versions, newest first."""
+        with self.core.lock:
+            return self.core.store.policy_history(limit)
+
+    def rollback_policy(self, version: int) -> PolicyVersion:
+        """Put version ``version``'s text back in force, as a new version (history is
+        append-only). The text is checked again against today's tailnet."""
+        with self.core.lock:
+            old = self.core.store.policy_version(version)
+            if old is None:
+                raise NotFound(f"policy version {version} not found")
+            return self.set_policy(old.data, f"rollback to {version}")
+
+    def check_policy(self, data: str) -> list[str]:
+        """Validate ``data`` against today's users and nodes and run its ``tests``,
+        without applying it. Returns the warnings; raises InvalidArgument."""
+        with self.core.lock:
+            users, nodes = list(self.core.users.values()), list(self.core.nodes.values())
+        try:
+            policy = check_policy(data, users, nodes)
+        except PolicyError as exc:
+            raise InvalidArgument(f"policy: {exc}") from exc
+        return list(policy.warnings)
 
     def notify_dns_changed(self) -> None:
         """Tell subscribers the DNS configuration changed (config reload)."""

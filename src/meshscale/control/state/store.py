@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from meshscale.control.db.repository import Snapshot, Store
+from meshscale.control.db.repository import PolicyVersion, Snapshot, Store
 from meshscale.control.models import (
     APIKey,
     APIKeyID,
@@ -91,6 +91,12 @@ class CountingStore:
         self.writes += 1
         self.inner.delete_api_key(key_id)
 
-    def set_policy(self, data: str) -> None:
+    def set_policy(self, data: str, source: str = "") -> PolicyVersion:
         self.writes += 1
-        self.inner.set_policy(data)
+        return self.inner.set_policy(data, source)
+
+    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
+        return self.inner.policy_history(limit)
+
+    def policy_version(self, version: int) -> PolicyVersion | None:
+        return self.inner.policy_version(version)

@@ -1,0 +1,166 @@
+"""The machines list, sans-IO: search, filters, sort and paging over State's nodes.
+
+The query lives in the page URL (``?q=&filter=&sort=&page=``), as in Tailscale's console,
+so a filtered view can be bookmarked and reloaded. Only the page shown is turned into rows,
+which keeps a 10,000-node tailnet's page well under the 200 ms the issue sets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from meshscale.control.models import Node, User
+
+EXIT_ROUTES = frozenset({ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")})
+PER_PAGE = 50
+MAX_PER_PAGE = 500
+FILTERS: Mapping[str, str] = {
+    "": "all machines",
+    "online": "online",
+    "offline": "offline",
+    "expired": "key expired",
+    "expiry-disabled": "expiry disabled",
+    "ephemeral": "ephemeral",
+    "tagged": "tagged",
+    "subnet-router": "subnet router",
+    "exit-node": "exit node",
+    "routes-pending": "routes awaiting approval",
+}
+SORTS: Mapping[str, str] = {"name": "name", "last-seen": "last seen", "created": "created"}
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    q: str = ""
+    filter: str = ""
+    sort: str = "name"
+    page: int = 1
+    per: int = PER_PAGE
+
+    @classmethod
+    def parse(cls, args: Mapping[str, str]) -> Query:
+        """From the URL query; anything unknown or malformed falls back to the default."""
+        filt = args.get("filter", "")
+        sort = args.get("sort", "name")
+        return cls(
+            q=args.get("q", "").strip()[:200],
+            filter=filt if filt in FILTERS else "",
+            sort=sort if sort in SORTS else "name",
+            page=_int(args.get("page"), 1, 1, 1_000_000),
+            per=_int(args.get("per"), PER_PAGE, 1, MAX_PER_PAGE),
+        )
+
+    def args(self, **change: str | int) -> dict[str, str]:
+        """The URL query for this view with ``change`` applied (defaults left out)."""
+        out = {"q": self.q, "filter": self.filter, "sort": self.sort, "page": str(self.page),
+               "per": str(self.per)}  # fmt: skip
+        out.update({k: str(v) for k, v in change.items()})
+        defaults = {"q": "", "filter": "", "sort": "name", "page": "1", "per": str(PER_PAGE)}
+        return {k: v for k, v in out.items() if defaults.get(k) != v}
+
+
+def _int(text: str | None, default: int, lo: int, hi: int) -> int:
+    if text is None or not text.isdigit() or len(text) > 9:
+        return default
+    return min(max(int(text), lo), hi)
+
+
+def _is_exit(node: Node) -> bool:
+    return bool(EXIT_ROUTES & set(node.announced_routes()))
+
+
+def _subnets(node: Node) -> bool:
+    return any(r not in EXIT_ROUTES for r in node.announced_routes())
+
+
+def _pending(node: Node) -> bool:
+    approved = set(node.approved_routes)
+    return any(r not in approved for r in node.announced_routes())
+
+
+def matches_filter(node: Node, filt: str, now: datetime) -> bool:
+    if filt == "online":
+        return node.online
+    if filt == "offline":
+        return not node.online
+    if filt == "expired":
+        return node.is_expired(now)
+    if filt == "expiry-disabled":
+        return node.expiry is None
+    if filt == "ephemeral":
+        return node.ephemeral
+    if filt == "tagged":
+        return bool(node.tags)
+    if filt == "subnet-router":
+        return _subnets(node)
+    if filt == "exit-node":
+        return _is_exit(node)
+    if filt == "routes-pending":
+        return _pending(node)
+    return True
+
+
+def haystack(node: Node, owner: str) -> str:
+    """What a search matches: names, addresses, owner, tags, OS and client version."""
+    hi = node.hostinfo
+    parts = [node.given_name, node.hostname, owner, *node.tags,
+             str(hi.get("OS") or ""), str(hi.get("IPNVersion") or "")]  # fmt: skip
+    parts += [str(a) for a in node.addresses()]
+    return "\n".join(parts).lower()
+
+
+def owner_of(node: Node, users: Mapping[int, User]) -> str:
+    if node.tags:
+        return ", ".join(node.tags)
+    user = users.get(node.user_id)
+    return user.name if user is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    nodes: list[Node]
+    total: int  # matching the query, across all pages
+    page: int
+    pages: int
+
+
+def select(nodes: Iterable[Node], users: Mapping[int, User], query: Query, now: datetime) -> Page:
+    """The nodes of one page of the list, after search and filter, sorted."""
+    words = query.q.lower().split()
+    hits = [
+        n for n in nodes
+        if matches_filter(n, query.filter, now)
+        and all(w in haystack(n, owner_of(n, users)) for w in words)
+    ]  # fmt: skip
+    if query.sort == "last-seen":
+        hits.sort(key=lambda n: (not n.online, -(n.last_seen.timestamp() if n.last_seen else 0)))
+    elif query.sort == "created":
+        hits.sort(key=lambda n: n.created_at.timestamp() if n.created_at else 0, reverse=True)
+    else:
+        hits.sort(key=lambda n: (n.given_name, n.id))
+    pages = max(1, -(-len(hits) // query.per))
+    page = min(query.page, pages)
+    start = (page - 1) * query.per
+    return Page(hits[start : start + query.per], len(hits), page, pages)
+
+
+def badges(node: Node, now: datetime) -> list[str]:
+    out = []
+    if node.tags:
+        out.append("tagged")
+    if node.ephemeral:
+        out.append("ephemeral")
+    if _is_exit(node):
+        out.append("exit node")
+    if _subnets(node):
+        out.append("subnet router")
+    if _pending(node):
+        out.append("routes pending")
+    if node.expiry is None:
+        out.append("expiry disabled")
+    elif node.is_expired(now):
+        out.append("expired")
+    return out
