@@ -85,3 +85,40 @@ def test_election_is_stable_and_total(steps: list[tuple[int, bool]]) -> None:
             assert cur[LAN] == prev[LAN]  # no flapping while the primary is available
         elif up:
             assert cur[LAN] == min(up)
+
+
+AUTO = """{
+  "tagOwners": {"tag:router": ["alice@"]},
+  "autoApprovers": {"routes": {"198.51.0.0/16": ["tag:router"]}, "exitNode": ["alice@"]},
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+}"""
+
+
+def test_auto_approvers_approve_with_no_admin_step_and_only_add() -> None:
+    from meshscale.policy import PolicyEngine
+
+    from .test_state import FakeClock
+
+    state = State.open(":memory:", clock=FakeClock(), policy=PolicyEngine())
+    state.set_policy(AUTO)
+    alice = state.create_user("alice")
+    hi = {"Hostname": "r", "RequestTags": ["tag:router"],
+          "RoutableIPs": ["198.51.100.0/24", "10.0.0.0/8"]}  # fmt: skip
+    r = state.register_node(mk(1), nk(1), alice.id, hi)
+    assert [str(p) for p in r.approved_routes] == ["198.51.100.0/24"]  # 10/8: not covered
+    # routes["0.0.0.0/0"] never approves an exit node; exitNode does (alice's untagged node)
+    e = state.register_node(mk(2), nk(2), alice.id, {"Hostname": "e"})
+    state.update_hostinfo(e.id, {"Hostname": "e", "RoutableIPs": ["0.0.0.0/0", "::/0"]})
+    assert [str(p) for p in state.get_node(e.id).exit_routes()] == ["0.0.0.0/0", "::/0"]
+    state.set_online(r.id, True)
+    assert [str(p) for p in state.get_node(r.id).primary_routes()] == ["198.51.100.0/24"]
+    # withdrawing the advertisement keeps the approval (inert), nothing is removed
+    state.update_hostinfo(r.id, {**hi, "RoutableIPs": []})
+    assert [str(p) for p in state.get_node(r.id).approved_routes] == ["198.51.100.0/24"]
+
+
+def test_no_policy_approves_nothing_by_itself() -> None:
+    state = make_state()
+    u = state.create_user("alice")
+    n = state.register_node(mk(1), nk(1), u.id, {"Hostname": "r", "RoutableIPs": ["10.0.0.0/8"]})
+    assert n.approved_routes == ()
