@@ -247,3 +247,58 @@ def _bad_input_refused(node: MeshNode) -> None:
         assert res.returncode != 0 and needle in res.stderr, (flags[0][:60], res.stderr)
         assert res.stderr.count("\n") == 1, res.stderr
     assert snapshot() == before
+
+
+EXIT_POLICY = """{
+  // lab@ may use exit nodes; other@ may reach tailnet nodes but not the internet
+  "tagOwners": {"tag:exit": ["lab@"]},
+  "autoApprovers": {"exitNode": ["tag:exit"]},
+  "acls": [
+    {"action": "accept", "src": ["lab@"], "dst": ["autogroup:internet:*", "lab@:*", "tag:exit:*"]},
+    {"action": "accept", "src": ["other@"], "dst": ["tag:exit:*", "lab@:*"]},
+  ],
+}"""
+
+
+def test_policy_governs_exit_node_use_and_auto_approves(need_lab: None, tmp_path: Path) -> None:
+    with Lab(hint="rpo", workdir=tmp_path / "lab") as lab:
+        net = MeshNet(lab, tmp_path / "net", {"policy": {"mode": "database"}})
+        net.start_control()
+        ctl = net.control
+        assert ctl is not None
+        policy = tmp_path / "policy.hujson"
+        policy.write_text(EXIT_POLICY)
+        ctl.admin("policy", "set", "-f", str(policy))
+        www = lab.add_public_host("www")
+        serve_whoami(www)
+        natx, nata, natb = (lab.add_nat(n, NatKind.EASY) for n in ("natx", "nata", "natb"))
+        x = net.add_node("x", lab.add_private_host("x", natx))
+        a = net.add_node("a", lab.add_private_host("a", nata))
+        b = net.add_node("b", lab.add_private_host("b", natb))
+        enable_forwarding(x.host)
+        try:
+            x.cli("up", f"--login-server={net.control_url}",
+                  f"--authkey={ctl.authkey('lab', tags=('tag:exit',))}", "--hostname=x",
+                  "--advertise-exit-node", "--timeout=30s", timeout=45)  # fmt: skip
+            _up(a)
+            b.cli("up", f"--login-server={net.control_url}", f"--authkey={ctl.authkey('other')}",
+                  "--hostname=b", "--timeout=30s", timeout=45)  # fmt: skip
+            # autoApprovers: x's exit routes are approved with no admin step
+            row = next(n for n in ctl.nodes() if "x" in (n.get("givenName"), n.get("name")))
+            approved = row.get("approved_routes", row.get("approvedRoutes")) or []
+            assert {"0.0.0.0/0", "::/0"} <= set(approved), row
+            x_ip = x.ip4()
+            _wait("x offered as exit node to a", lambda: _offers_exit(a.status(), x_ip))
+            a.cli("set", f"--exit-node={x_ip}")
+            wait_whoami(a.host, str(www.ip), str(natx.ip), EXIT_SWITCH)
+            # other@ has no autogroup:internet: its traffic through x goes nowhere (x's filter)
+            # while x itself, allowed to other@, still answers.
+            if _offers_exit(b.status(), x_ip):
+                b.cli("set", f"--exit-node={x_ip}")
+                time.sleep(2)
+                assert fetch_whoami(b.host, str(www.ip)) == ""
+            assert b.host.run(["ping", "-c", "1", "-W", "3", x_ip], check=False).returncode == 0
+        except BaseException:
+            for m in (x, a, b):
+                print(f"--- meshscaled {m.name} ---\n" + m.log()[-2000:])
+            raise
