@@ -133,3 +133,31 @@ def test_status_prints_health_after_the_table(daemon, capsys):
     code, out, _ = run(capsys, sock, "status")
     assert code == 0
     assert out.rstrip().endswith("# Health check:\n#     - control: connection refused")
+
+
+# What tailscale 1.96.4's netcheck --format=json prints (less the omitempty GlobalV4Counters
+# and GlobalV6Counters), durations in nanoseconds.
+NETCHECK_KEYS = {
+    "Now", "UDP", "IPv6", "IPv4", "IPv6CanSend", "IPv4CanSend", "OSHasIPv6", "ICMPv4",
+    "MappingVariesByDestIP", "UPnP", "PMP", "PCP", "PreferredDERP",
+    "RegionLatency", "RegionV4Latency", "RegionV6Latency", "GlobalV4", "GlobalV6", "CaptivePortal",
+}  # fmt: skip
+
+
+def test_netcheck_format_json_in_tailscales_shape_and_units(daemon, capsys):
+    import json
+
+    be, sock = daemon
+    be.state = "Running"
+    code, out, _ = run(capsys, sock, "netcheck", "--format=json")
+    rep = json.loads(out)
+    assert code == 0 and set(rep) == NETCHECK_KEYS
+    assert rep["RegionLatency"] == {"900": 1_500_000}  # 1.5 ms as a Go duration
+    assert rep["UDP"] is True and rep["GlobalV4"] == "203.0.113.20:41641"
+    assert rep["PreferredDERP"] == 900 and rep["MappingVariesByDestIP"] is None
+    code, line, _ = run(capsys, sock, "netcheck", "-format", "json-line")
+    rep.pop("Now")
+    assert code == 0 and line.count("\n") == 1 and json.loads(line).keys() - {"Now"} == rep.keys()
+    assert set(json.loads(run(capsys, sock, "netcheck", "--json")[1])) == NETCHECK_KEYS
+    code, _, err = run(capsys, sock, "netcheck", "--format=xml")
+    assert code == 2 and err.count("\n") == 1 and "usage" in err

@@ -33,6 +33,8 @@ USERS = {
     "mallory": {"email": "mallory@example.net", "email_verified": True, "groups": ["guests"]},
 }  # fmt: skip
 URL_RE = re.compile(rf"https://{re.escape(CONTROL_NAME)}/register/\S+")
+# bob's IdP group "dev" is a policy group without being defined in the policy (hs#2366).
+POLICY = '{"acls": [{"action": "accept", "src": ["group:dev"], "dst": ["*:*"]}]}'
 PERSON_S = 30.0  # how long a person waits for a step (URL printed, `up` done) before giving up
 
 
@@ -85,7 +87,10 @@ def test_up_url_signed_in_with_chromium_ours_and_official(need_lab: None, tmp_pa
             "allowed_groups": ["ops"]}  # fmt: skip
     with Lab(hint="oic", workdir=tmp_path / "lab") as lab:
         start_idp(lab)
-        net = MeshNet(lab, tmp_path / "net", control_config={"oidc": oidc})
+        policy = tmp_path / "policy.hujson"
+        policy.write_text(POLICY)
+        net = MeshNet(lab, tmp_path / "net",
+                      control_config={"oidc": oidc, "policy": {"path": str(policy)}})  # fmt: skip
         net.start_control()
         assert net.control is not None and net.ca is not None
         ca = net.ca.cert_path
@@ -131,6 +136,13 @@ def test_up_url_signed_in_with_chromium_ours_and_official(need_lab: None, tmp_pa
 
             owners = {n["given_name"]: n["user"]["name"] for n in net.control.nodes()}
             assert owners == {"m": "alice", "t": "bob"}
+            # The policy: bob (IdP group dev) reaches alice's node; alice does not reach his.
+            ip_m, ip_t = m.ip4(), t.ip4()
+            t.wait_peers(1, timeout=PERSON_S)
+            ok = t.host.run(["ping", "-c", "3", "-W", "3", ip_m], check=False, timeout=20)
+            assert " 0% packet loss" in ok.stdout, ok.stdout
+            no = m.host.run(["ping", "-c", "2", "-W", "2", ip_t], check=False, timeout=20)
+            assert " 100% packet loss" in no.stdout, no.stdout
             print(f"browser sign-in seconds (ours, official): {seconds}")
         except BaseException:
             print("--- control ---\n" + net.control.log_text()[-3000:])

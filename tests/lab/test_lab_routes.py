@@ -29,7 +29,7 @@ from meshscale.lab.subnet import (
     wait_whoami,
 )
 
-pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow]
+pytestmark = [pytest.mark.lab, pytest.mark.interop, pytest.mark.slow, pytest.mark.timeout(300)]
 
 TS_ENV = {"TS_DEBUG_FIREWALL_MODE": "nftables"}  # the lab has nft, no iptables
 EXIT_SWITCH = 15.0  # seconds (the bound)

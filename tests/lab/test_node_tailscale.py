@@ -52,6 +52,20 @@ def test_meshscaled_and_tailscaled_ping_both_ways(need_lab: None, tmp_path: Path
             their_peer = next(iter(theirs["Peer"].values()))
             _same_shape(our_peer, their_peer, "Peer")
             assert set(ours["Peer"]) == {t.status_json()["Self"]["PublicKey"]}
+            # ... and the keys tailscale always prints, we print too.
+            for k in ("CertDomains", "ClientVersion"):
+                assert k in ours and k in theirs
+            for k in ("PeerAPIURL", "TaildropTarget", "NoFileSharingReason"):
+                assert k in our_peer and k in their_peer, k
+            # netcheck --format=json: tailscale's keys, latencies as integer nanoseconds.
+            our_nc = json.loads(m.cli("netcheck", "--format=json").stdout)
+            their_nc = json.loads(t.netcheck().stdout)
+            unprinted = set(their_nc) - set(our_nc)
+            assert set(our_nc) <= set(their_nc), json.dumps([our_nc, their_nc])
+            assert unprinted <= {"GlobalV4Counters", "GlobalV6Counters"}, unprinted
+            _same_shape(our_nc, their_nc, "netcheck")
+            for rep in (our_nc, their_nc):
+                assert all(isinstance(v, int) for v in rep["RegionLatency"].values()), rep
 
             res = t.ping(ip_m, args=["--c=5", "--until-direct=false", "--timeout=5s"], timeout=60)
             assert "pong from m" in res.stdout, res.stdout + res.stderr

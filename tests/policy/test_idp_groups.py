@@ -85,6 +85,8 @@ def test_a_group_the_policy_defines_wins_with_a_warning() -> None:
     assert e.warnings == (
         "group:ops is defined in the policy and is also an IdP group: the policy wins",
     )
+    # `policy check` (State.check_policy, the console editor) shows the same warning.
+    assert check_policy(text, [ALICE, CAROL], idp_groups=True).warnings == e.warnings
 
 
 def test_tagged_nodes_of_a_group_member_are_not_the_group() -> None:

@@ -98,3 +98,51 @@ def test_native_counters_unique_across_threads() -> None:
     for t in threads:
         t.join(timeout=30)
     assert sorted(seen) == list(range(3 * 200 * 8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    items=st.lists(
+        st.one_of(
+            st.tuples(st.just("msg"), st.integers(1, 2), st.integers(0, 9000), st.booleans()),
+            st.tuples(st.just("other"), st.integers(0, 40), st.just(0), st.just(False)),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    start=st.integers(0, 39),
+)
+def test_open_run_native_and_python_agree(
+    items: list[tuple[str, int, int, bool]], start: int
+) -> None:
+    """Runs stop at another index or a non-transport message; forgeries are None, replays
+    False; the authentic byte count and last index match open() one by one."""
+    batch: list[tuple[bytes | memoryview, object]] = []
+    for kind, receiver, counter, forge in items:
+        if kind == "other":
+            batch.append((bytes([1]) + bytes(receiver), ("ep", 0)))
+            continue
+        msg = bytearray(sodium_message(KEY, receiver, counter, b"pkt%d" % counter))
+        if forge:
+            msg[-1] ^= 1
+        batch.append((memoryview(bytes(msg)), ("ep", len(batch))))
+    start %= len(batch)
+    native, py = _aead.Opener(KEY), PyOpener(KEY)
+    if batch[start][0][0] != 4:
+        for opener in (native, py):
+            with pytest.raises(ValueError):
+                opener.open_run(batch, start)
+        return
+    got = native.open_run(batch, start)
+    assert got == py.open_run(batch, start)
+    results, end, nbytes, last = got
+    assert end == start + len(results)
+    one_by_one = PyOpener(KEY)
+    want = [one_by_one.open(m) for m, _ in batch[start:end]]
+    assert results == want
+    ok = [start + i for i, r in enumerate(want) if r is not None and r is not False]
+    assert last == (ok[-1] if ok else -1)
+    assert nbytes == sum(len(batch[i][0]) for i in ok)
+    if end < len(batch):
+        nxt = batch[end][0]
+        assert nxt[0] != 4 or nxt[4:8] != batch[start][0][4:8]

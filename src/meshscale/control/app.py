@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from meshscale.control.auth import REGISTER_PATH, RegisterHandler, register_page
 from meshscale.control.auth.pages import OIDCPages, oidc_pages
 from meshscale.control.config import ControlConfig
+from meshscale.control.config import DNSConfig as DNSSettings
 from meshscale.control.mapper import Batcher, MapHandler, SnapshotSource, mapper
 from meshscale.control.mapper.poll import BATCH_DELAY, KEEPALIVE_INTERVAL, OFFLINE_GRACE
 from meshscale.control.models import ChangeSubscription, DNSChanged, NodeChanged
@@ -126,6 +127,20 @@ class AppSettings:
         )
         return replace(s, **overrides)
 
+    def with_dns(
+        self, dns: DNSSettings, extra_records: tuple[tuple[str, str, str], ...] | None = None
+    ) -> AppSettings:
+        """These settings with the ``dns:`` section replaced (SIGHUP reload); the records
+        from extra_records_path when given."""
+        records = tuple((r.name, r.type, r.value) for r in dns.extra_records)
+        return replace(
+            self, base_domain=dns.base_domain, magic_dns=dns.magic_dns,
+            nameservers=tuple(dns.nameservers_global),
+            split_nameservers={k: tuple(v) for k, v in dns.nameservers_split.items()},
+            search_domains=tuple(dns.search_domains), override_local_dns=dns.override_local_dns,
+            extra_records=records if extra_records is None else extra_records,
+        )  # fmt: skip
+
     def dns_config(self) -> DNSConfig:
         cfg = mapper.build_dns_config(
             self.base_domain,
@@ -138,6 +153,15 @@ class AppSettings:
         for suffix, servers in self.split_nameservers.items():
             cfg.Routes[suffix] = [Resolver(Addr=a) for a in servers]
         cfg.ExtraRecords = [DNSRecord(Name=n, Type=t, Value=v) for n, t, v in self.extra_records]
+        if self.magic_dns:
+            # A record outside the base domain needs its own local route, or clients with
+            # native split DNS (systemd-resolved) never ask quad-100 for it (hs#1206). The
+            # route is the name itself, so its siblings still resolve upstream.
+            base = self.base_domain.strip(".").lower()
+            for name, _, _ in self.extra_records:
+                n = name.strip(".").lower()
+                if n and n != base and not n.endswith("." + base):
+                    cfg.Routes.setdefault(n, [])
         return cfg
 
 
@@ -212,6 +236,21 @@ class ControlApp:
             disable_log_tail=not self.settings.logtail_enabled,
         )
         return self._map_config
+
+    def current_dns(self) -> DNSConfig:
+        """The DNSConfig every node gets now."""
+        return self._dns
+
+    def set_settings(self, settings: AppSettings) -> None:
+        """New DNS settings (SIGHUP, extra_records_path changed): every session gets the
+        full DNSConfig in its next map (a DNSConfig always replaces the client's)."""
+        dns = settings.dns_config()
+        self.settings = settings
+        if dns == self._dns:
+            return
+        self._dns = dns
+        self._map_config = None
+        self.batcher.handle(DNSChanged())
 
     def set_derp_map(self, derp_map: DERPMap) -> None:
         """Replace the DERP map; every session gets a full map."""

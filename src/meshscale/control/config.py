@@ -19,6 +19,7 @@ in the file, and the default file names, resolve inside the state directory.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -151,6 +152,8 @@ class DNSConfig:
     nameservers_split: Mapping[str, tuple[str, ...]]
     search_domains: tuple[str, ...]
     extra_records: tuple[ExtraRecord, ...]
+    # Headscale's watched JSON file of DNSRecords; exclusive with extra_records.
+    extra_records_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +275,7 @@ def config_from_mapping(
     prefixes = _prefixes(r)
     database = _database(r, sd)
     derp = _derp(r, sd)
-    dns = _dns(r, parts.hostname or "")
+    dns = _dns(r, parts.hostname or "", sd)
 
     mode = r.text("policy.mode", "file")
     if mode not in ("file", "database"):
@@ -460,7 +463,7 @@ def _derp(r: Reader, sd: Path) -> DERPConfig:
     )
 
 
-def _dns(r: Reader, server_host: str) -> DNSConfig:
+def _dns(r: Reader, server_host: str, sd: Path) -> DNSConfig:
     magic = r.flag("dns.magic_dns", True)
     base = r.text("dns.base_domain", "meshscale.internal").strip(".").lower()
     if magic and not base:
@@ -483,21 +486,12 @@ def _dns(r: Reader, server_host: str) -> DNSConfig:
     records_raw = r.raw("dns.extra_records", [])
     if not isinstance(records_raw, list):
         raise ConfigError("config: dns.extra_records: want a list of {name, type, value}")
-    records: list[ExtraRecord] = []
-    for i, rec in enumerate(records_raw):
-        if not isinstance(rec, Mapping) or not {"name", "value"} <= set(rec):
-            raise ConfigError(f"config: dns.extra_records[{i}]: want name, type and value")
-        rtype = str(rec.get("type", "A")).upper()
-        if rtype not in ("A", "AAAA"):
-            raise ConfigError(f"config: dns.extra_records[{i}].type: want A or AAAA")
-        value = str(rec["value"])
-        try:
-            addr = ipaddress.ip_address(value)
-        except ValueError:
-            raise ConfigError(f"config: dns.extra_records[{i}].value: not an IP address") from None
-        if (addr.version == 4) != (rtype == "A"):
-            raise ConfigError(f"config: dns.extra_records[{i}]: {rtype} record with {value}")
-        records.append(ExtraRecord(str(rec["name"]), rtype, value))
+    records = _records(records_raw, "dns.extra_records", "name", "type", "value")
+    records_path = r.opt_path("dns.extra_records_path", sd)
+    if records_path is not None and records:
+        raise ConfigError(
+            "config: dns.extra_records and dns.extra_records_path are mutually exclusive"
+        )
     return DNSConfig(
         magic_dns=magic,
         base_domain=base,
@@ -506,7 +500,43 @@ def _dns(r: Reader, server_host: str) -> DNSConfig:
         nameservers_split=split,
         search_domains=r.strs("dns.search_domains"),
         extra_records=tuple(records),
+        extra_records_path=records_path,
     )
+
+
+def _records(raw: list[Any], where: str, kname: str, ktype: str, kvalue: str) -> list[ExtraRecord]:
+    records: list[ExtraRecord] = []
+    for i, rec in enumerate(raw):
+        if not isinstance(rec, Mapping) or not {kname, kvalue} <= set(rec):
+            raise ConfigError(f"config: {where}[{i}]: want {kname}, {ktype} and {kvalue}")
+        rtype = str(rec.get(ktype) or "A").upper()
+        if rtype not in ("A", "AAAA"):
+            raise ConfigError(f"config: {where}[{i}].{ktype}: want A or AAAA")
+        value = str(rec[kvalue])
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"config: {where}[{i}].{kvalue}: not an IP address") from None
+        if (addr.version == 4) != (rtype == "A"):
+            raise ConfigError(f"config: {where}[{i}]: {rtype} record with {value}")
+        records.append(ExtraRecord(str(rec[kname]), rtype, value))
+    return records
+
+
+def parse_extra_records(text: str, where: str = "dns.extra_records_path") -> tuple[
+        ExtraRecord, ...] | None:  # fmt: skip
+    """Headscale's extra_records_path format: a JSON array of {"Name", "Type", "Value"}.
+    None for an empty file (Headscale ignores it; ``[]`` clears). Raises ConfigError."""
+    if not text.strip():
+        return None
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not JSON: {exc}") from None
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: want a JSON array of records")
+    # De-duplicated, as Headscale's set; first occurrence keeps its place.
+    return tuple(dict.fromkeys(_records(raw, where, "Name", "Type", "Value")))
 
 
 def _oidc(r: Reader, sd: Path) -> OIDCConfig:

@@ -124,6 +124,10 @@ def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> in
                 server.reload_policy()
             except ConfigError as exc:  # keep serving the old policy
                 log.error("%s", exc)
+            try:
+                server.reload_dns()
+            except ConfigError as exc:  # keep serving the old DNS configuration
+                log.error("SIGHUP: %s", exc)
 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, on_hup)

@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from meshscale.control.api import API
 from meshscale.control.app import ControlApp, build_app
-from meshscale.control.config import ConfigError, ControlConfig, state_options
+from meshscale.control.config import (
+    ConfigError,
+    ControlConfig,
+    load_config,
+    parse_extra_records,
+    state_options,
+)
 from meshscale.control.console import console_for
 from meshscale.control.db import StoreError, open_store
 from meshscale.control.derpmap import build_derp_map
@@ -43,6 +51,7 @@ from meshscale.tailcfg import DERPMap, DERPRegion, from_json
 
 log = logging.getLogger("meshscale.control")
 PROG = "meshscale-control"
+RECORDS_POLL = 1.0  # seconds between checks of dns.extra_records_path (Headscale: fsnotify)
 K = TypeVar("K", MachinePrivate, NodePrivate)
 
 
@@ -108,6 +117,7 @@ class Server:
         self.bound: dict[str, tuple[str, int] | str] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._embedded_region: DERPRegion | None = None
+        self._records_digest = b""
         self.policy_file: PolicyFile | None = None
 
     async def start(self) -> None:
@@ -123,7 +133,9 @@ class Server:
         except StoreError as exc:
             raise ConfigError(f"database: {exc}") from exc
         try:
-            self.state = state = State(store, state_options(cfg), policy=PolicyEngine())
+            # With OIDC sign-in, a policy group:NAME it does not define is the IdP's group NAME.
+            engine = PolicyEngine(idp_groups=cfg.oidc.enabled)
+            self.state = state = State(store, state_options(cfg), policy=engine)
         except PolicyError as exc:  # the stored policy no longer compiles: do not allow all
             store.close()
             raise ConfigError(f"the stored policy cannot be used: {exc}") from exc
@@ -269,6 +281,67 @@ class Server:
             log.warning("no DERP regions: clients will not reach the Running state")
         self.app = build_app(self.state, self.cfg, derp_map, control_key=key)
         self.app.mount(router)
+        if self.cfg.dns.extra_records_path is not None:
+            self._load_extra_records()
+            self._tasks.append(asyncio.create_task(self._watch_extra_records()))
+
+    # ---- DNS: extra_records_path (watched) and SIGHUP reload ----
+
+    def _load_extra_records(self) -> bool:
+        """Read dns.extra_records_path into the app if its contents changed; True if so.
+        An empty file is ignored (``[]`` clears), a bad one is logged and ignored."""
+        path = self.cfg.dns.extra_records_path
+        if path is None or self.app is None:
+            return False
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            if self._records_digest != b"missing":
+                log.warning("dns.extra_records_path: cannot read %s: %s", path, exc.strerror)
+                self._records_digest = b"missing"
+            return False
+        digest = hashlib.sha256(data).digest()
+        if digest == self._records_digest:
+            return False
+        self._records_digest = digest
+        try:
+            records = parse_extra_records(data.decode("utf-8", "replace"))
+        except ConfigError as exc:
+            log.error("%s (keeping the previous records)", exc)
+            return False
+        if records is None:
+            log.info("dns.extra_records_path: %s is empty; keeping the previous records", path)
+            return False
+        app = self.app
+        app.set_settings(
+            replace(app.settings, extra_records=tuple((r.name, r.type, r.value) for r in records))
+        )
+        log.info("dns: %d extra records from %s", len(records), path)
+        return True
+
+    async def _watch_extra_records(self) -> None:
+        while True:
+            await asyncio.sleep(RECORDS_POLL)
+            try:
+                self._load_extra_records()
+            except Exception:
+                log.exception("dns.extra_records_path: reload failed")
+
+    def reload_dns(self) -> None:
+        """SIGHUP: read the ``dns:`` section of the config file again and push it to every
+        node. Raises ConfigError (the running configuration is kept)."""
+        if self.cfg.source is None or self.app is None:
+            return
+        fresh = load_config(self.cfg.source, state_dir=self.cfg.state_dir).dns
+        if fresh.extra_records_path != self.cfg.dns.extra_records_path:
+            log.warning("dns.extra_records_path changes need a restart; keeping %s",
+                        self.cfg.dns.extra_records_path)  # fmt: skip
+            fresh = replace(fresh, extra_records_path=self.cfg.dns.extra_records_path)
+        self.cfg = replace(self.cfg, dns=fresh)
+        app = self.app
+        records = app.settings.extra_records if fresh.extra_records_path is not None else None
+        app.set_settings(app.settings.with_dns(fresh, records))
+        log.info("dns configuration reloaded from %s", self.cfg.source)
 
     async def _metrics(self, req: Request) -> Response:
         assert self.state is not None

@@ -39,6 +39,8 @@ def _is_bonjour(name: str) -> bool:
 def fit_udp(query: bytes, answer: bytes) -> bytes:
     """An answer for a UDP client: TC=1 when it is larger than the client can take (512
     bytes, or its EDNS payload size). The body is not cut, as tailscaled does."""
+    if len(answer) <= UDP_PLAIN_MAX:
+        return answer  # fits every client: no need to read the query's EDNS size
     limit = UDP_PLAIN_MAX
     try:
         msg = dns.message.from_wire(query)

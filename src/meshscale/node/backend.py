@@ -250,6 +250,8 @@ class Backend:
             "MappingVariesByDestIP": r.mapping_varies_by_dest_ip,
             "PreferredDERP": r.preferred_derp or self.bind.core.home_derp,
             "RegionLatency": {str(k): v for k, v in r.region_latency.items()},
+            "RegionV4Latency": {str(k): v for k, v in r.region_v4_latency.items()},
+            "RegionV6Latency": {str(k): v for k, v in r.region_v6_latency.items()},
             "RegionNames": names,
         }  # fmt: skip
 
@@ -314,11 +316,18 @@ class Backend:
             DNSName=n.Name, OS=str(hi.get("OS") or ""), UserID=n.User,
             TailscaleIPs=_ips(n.Addresses), AllowedIPs=list(n.AllowedIPs or n.Addresses),
             Addrs=list(n.Endpoints), Created=n.Created, LastSeen=n.LastSeen, KeyExpiry=n.KeyExpiry,
-            InNetworkMap=True, PrimaryRoutes=list(n.PrimaryRoutes),
+            InNetworkMap=True,
         )  # fmt: skip
         ps.ExitNodeOption = not is_self and routing.offers_exit(n.AllowedIPs or [])
         ps.ExitNode = bool(self._exit_id) and self._exit_id in (n.StableID, str(n.ID))
+        ps.Tags = list(n.Tags)
+        ps.PrimaryRoutes = list(n.PrimaryRoutes)
+        ps.PeerAPIURL = S.peerapi_urls(hi, ps.TailscaleIPs)
+        if self.state == S.RUNNING:
+            ps.TaildropTarget = S.TAILDROP_MISSING_CAP
         if is_self:
+            ps.CapMap = dict(n.CapMap)
+            ps.TaildropTarget = 0  # tailscale leaves it unset on Self
             ps.Online = True
             ps.Relay = self.bind.region_codes.get(self.bind.core.home_derp, "")
             ps.OS = ps.OS or "linux"

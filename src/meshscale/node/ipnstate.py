@@ -22,7 +22,31 @@ STOPPED = "Stopped"
 STARTING = "Starting"
 RUNNING = "Running"
 
+# ipnstate.TaildropTargetStatus values we report: meshscale has no Taildrop, so a peer is
+# never a target; "missing capability" while running, "not running" otherwise.
+TAILDROP_IPN_NOT_RUNNING = 3
+TAILDROP_MISSING_CAP = 4
+
 ACTIVE_WINDOW = 120.0  # seconds: a peer with traffic this recent is "active" (status table)
+
+
+def peerapi_urls(hostinfo: dict[str, Any], ips: list[str]) -> list[str]:
+    """PeerStatus.PeerAPIURL: one http URL per tailnet address whose family the node's
+    Hostinfo.Services advertises a peer API for (``peerapi4`` / ``peerapi6``)."""
+    ports: dict[str, int] = {}
+    services = hostinfo.get("Services")
+    for svc in services if isinstance(services, list) else []:
+        if isinstance(svc, dict) and svc.get("Proto") in ("peerapi4", "peerapi6"):
+            port = svc.get("Port")
+            if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536:
+                ports[str(svc["Proto"])] = port
+    out = []
+    for ip in ips:
+        v6 = ":" in ip
+        port = ports.get("peerapi6" if v6 else "peerapi4")
+        if port:
+            out.append(f"http://[{ip}]:{port}" if v6 else f"http://{ip}:{port}")
+    return out
 
 
 @dataclass(slots=True)
@@ -52,22 +76,31 @@ class PeerStatus:
     InMagicSock: bool = False
     InEngine: bool = False
     KeyExpiry: datetime | None = None
-    PrimaryRoutes: list[str] = field(default_factory=list)  # omitted when empty, as upstream
+    # Printed always (null/0/"" when unknown), as tailscale does:
+    PeerAPIURL: list[str] = field(default_factory=list)
+    TaildropTarget: int = TAILDROP_IPN_NOT_RUNNING
+    NoFileSharingReason: str = ""
+    # Omitted when empty (Go's omitempty):
+    Tags: list[str] = field(default_factory=list)
+    PrimaryRoutes: list[str] = field(default_factory=list)
+    CapMap: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name in self.__slots__:
             v = getattr(self, name)
-            if name in ("Created", "LastWrite", "LastSeen", "LastHandshake"):
+            if name in ("Tags", "PrimaryRoutes", "CapMap"):
+                if v:
+                    out[name] = v
+            elif name == "PeerAPIURL":
+                out[name] = v or None
+            elif name in ("Created", "LastWrite", "LastSeen", "LastHandshake"):
                 out[name] = format_time(v)
             elif name == "KeyExpiry":
                 if v is not None:
                     out[name] = format_time(v)
             elif name in ("Addrs", "AllowedIPs") and not v:
                 out[name] = None
-            elif name == "PrimaryRoutes":
-                if v:
-                    out[name] = v
             else:
                 out[name] = v
         return out
@@ -103,6 +136,7 @@ class Status:
     TailnetName: str = ""  # the netmap's Domain (CurrentTailnet.Name)
     Peer: dict[str, PeerStatus] = field(default_factory=dict)
     User: dict[int, UserProfile] = field(default_factory=dict)
+    CertDomains: list[str] = field(default_factory=list)  # no HTTPS certificates: null
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +156,8 @@ class Status:
             ),
             "Peer": {k: p.to_json() for k, p in self.Peer.items()} or None,
             "User": {str(k): u.to_json() for k, u in self.User.items()} or None,
+            "CertDomains": self.CertDomains or None,
+            "ClientVersion": None,  # no update check: null, as tailscale without one
         }  # fmt: skip
 
 

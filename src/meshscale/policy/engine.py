@@ -10,6 +10,7 @@ whose filter it changed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from meshscale.policy.checks import run_tests
@@ -26,6 +27,21 @@ from meshscale.policy.manager import (
 from meshscale.policy.model import Alias, Policy
 from meshscale.policy.parse import parse_policy
 from meshscale.tailcfg import FilterRule
+
+
+def idp_group_warnings(
+    policy: Policy, users: Iterable[PolicyUser], compiled: Compiled
+) -> tuple[str, ...]:
+    """A policy group that is also an IdP group (the policy's wins), and an IdP group the
+    policy uses that no user has."""
+    known = {g for u in users for g in u.groups}
+    clash = [g for g in policy.groups if g[6:] in known]
+    empty = [g for g in policy.idp_groups if not compiled.group_users.get(g)]
+    return tuple(
+        [f"{g} is defined in the policy and is also an IdP group: the policy wins" for g in clash]
+        + [f'{g} is not defined in the policy and no signed-in user has IdP group "{g[6:]}"'
+           for g in empty]
+    )  # fmt: skip
 
 
 class _UserSnap:
@@ -45,13 +61,17 @@ def check_policy(
 ) -> Policy:
     """Validate ``text`` (and its ``tests``, against ``nodes``) without applying it; the
     backend of ``policy check -f FILE``. Raises PolicyError. ``idp_groups``: see
-    :class:`PolicyEngine`."""
+    :class:`PolicyEngine`; its warnings are added to the policy's."""
     policy = parse_policy(text, idp_groups=idp_groups)
+    ulist = list(users)
     try:
-        compiled = Compiled(policy, list(users), [NodeView.of(n) for n in nodes])
+        compiled = Compiled(policy, ulist, [NodeView.of(n) for n in nodes])
     except ValueError as e:
         raise PolicyError(str(e)) from None
     run_tests(compiled)  # checks naming no device are skipped (see run_tests)
+    if idp_groups:
+        extra = idp_group_warnings(policy, ulist, compiled)
+        policy = dataclasses.replace(policy, warnings=policy.warnings + extra)
     return policy
 
 
@@ -80,15 +100,7 @@ class PolicyEngine:
     def _group_warnings(self) -> tuple[str, ...]:
         if not self.idp_groups:
             return ()
-        known = {g for u in self._users for g in u.groups}
-        clash = [g for g in self.policy.groups if g[6:] in known]
-        empty = [g for g in self.policy.idp_groups if not self._compiled.group_users.get(g)]
-        return tuple(
-            [f'{g} is defined in the policy and is also an IdP group: the policy wins'
-             for g in clash]
-            + [f'{g} is not defined in the policy and no signed-in user has IdP group '
-               f'"{g[6:]}"' for g in empty]
-        )  # fmt: skip
+        return idp_group_warnings(self.policy, self._users, self._compiled)
 
     # ---- inputs ---------------------------------------------------------------------------
 

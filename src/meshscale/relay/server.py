@@ -55,7 +55,7 @@ VERIFY_TIMEOUT = 5.0  # seconds for the admission hook
 WRITE_TIMEOUT = 2.0  # seconds one write may block: clients that never read are closed
 MESH_WRITE_TIMEOUT = 30.0  # seconds, for mesh peers
 MESH_RETRY = 5.0  # seconds between mesh reconnects
-READ_CHUNK = 64 * 1024  # bytes
+READ_CHUNK = 64 * 1024  # bytes per read; below WRITE_HIGH_WATER, so one corked read never blocks
 # Bytes a client's transport may buffer before its frames wait in the core's bounded queue
 # instead; stops one slow reader from growing our memory without bound.
 WRITE_HIGH_WATER = 256 * 1024
@@ -71,6 +71,11 @@ class _Sink:
 
     No task per connection: frames are written by whoever routed them; a drain task exists
     only while the transport is backed up, and keep-alives come from a timer handle.
+
+    Writes are corked for one event-loop turn: ``write`` collects frame parts and the first one
+    schedules ``commit``, which hands them all to the transport at once. Routing a 64 KiB read
+    (about 50 full-size packets) then costs one send() per destination instead of one per
+    ``FLUSH_EVERY`` frames, with no added wait (the commit runs as soon as the read is done).
     """
 
     __slots__ = (
@@ -82,6 +87,9 @@ class _Sink:
         "drainer",
         "interval",
         "last_write",
+        "pending",
+        "pending_bytes",
+        "scheduled",
         "timer",
         "transport",
         "write_timeout",
@@ -107,10 +115,36 @@ class _Sink:
         self.last_write = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.drainer: asyncio.Task[None] | None = None
+        self.pending: list[bytes | memoryview] | None = None  # None when empty: idle clients
+        self.pending_bytes = 0
+        self.scheduled = False
 
     def write(self, parts: list[bytes | memoryview]) -> None:
-        self._write(parts)
-        self.last_write = asyncio.get_running_loop().time()
+        if self.pending is None:
+            self.pending = list(parts)
+        else:
+            self.pending += parts
+        self.pending_bytes += sum(map(len, parts))
+        loop = asyncio.get_running_loop()
+        self.last_write = loop.time()
+        if not self.scheduled:
+            self.scheduled = True
+            loop.call_soon(self.commit)
+
+    def commit(self) -> None:
+        """Hand the corked parts to the transport (one send when its buffer is empty)."""
+        self.scheduled = False
+        parts = self.pending
+        if not parts:
+            return
+        self.pending = None
+        self.pending_bytes = 0
+        if not self.dead and not self.transport.is_closing():
+            self._write(parts)
+
+    def buffered(self) -> int:
+        """Bytes written but not yet sent: corked plus held by the transport."""
+        return self.pending_bytes + self.transport.get_write_buffer_size()
 
 
 @dataclass(slots=True)
@@ -382,7 +416,7 @@ class DERPServer:
 
     def _check_blocked(self, cid: int, sink: _Sink) -> bool:
         """Start draining, with a deadline, once the transport holds too much."""
-        if sink.transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+        if sink.buffered() <= WRITE_HIGH_WATER:
             return False
         sink.blocked = True
         if sink.drainer is None:
@@ -393,6 +427,7 @@ class DERPServer:
         """Wait for a backed-up transport; a client that stops reading is closed."""
         try:
             async with asyncio.timeout(sink.write_timeout):
+                sink.commit()
                 await sink.drain()
         except TimeoutError:
             self.counters.write_timeouts += 1

@@ -218,6 +218,108 @@ static PyObject *opener_open(Ctx *self, PyObject *arg) {
     return pt;
 }
 
+#define MAX_RUN 256
+
+/* open_run(batch, start) -> (results, end, authentic_bytes, last_authentic)
+ * batch is a list of (message, endpoint) tuples; from batch[start], the run of transport
+ * messages (>= 32 bytes, type 4) with the receiver index of batch[start] is opened with the GIL
+ * released once, then passed through the replay window in order. results[i] is as open()
+ * returns for batch[start + i]; end is one past the run; authentic_bytes sums the wire sizes of
+ * the accepted messages and last_authentic is the batch index of the last one (-1 if none). */
+typedef struct { Py_buffer in; PyObject *pt; uint64_t counter; int ok; } OpenJob;
+
+static int transport_index(const Py_buffer *b, uint32_t *index) {
+    const unsigned char *p = b->buf;
+    if (b->len < HEADER + TAG || p[0] != 4 || p[1] || p[2] || p[3]) return 0;
+    *index = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+    return 1;
+}
+
+static PyObject *opener_open_run(Ctx *self, PyObject *args) {
+    PyObject *batch;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &batch, &start)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(batch);
+    if (start < 0 || start >= n) {
+        PyErr_SetString(PyExc_IndexError, "open_run: start out of range");
+        return NULL;
+    }
+    OpenJob jobs[MAX_RUN];
+    Py_ssize_t got = 0;
+    uint32_t want = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t j = start; j < n && got < MAX_RUN; j++) {
+        PyObject *item = PyList_GET_ITEM(batch, j);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) < 1) {
+            if (got) break;
+            PyErr_SetString(PyExc_TypeError, "open_run: batch items are (message, endpoint)");
+            return NULL;
+        }
+        OpenJob *jb = &jobs[got];
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &jb->in, PyBUF_SIMPLE) < 0) goto done;
+        uint32_t index;
+        if (!transport_index(&jb->in, &index) || (got && index != want)) {
+            PyBuffer_Release(&jb->in);
+            if (got) break;
+            PyErr_SetString(PyExc_ValueError, "open_run: batch[start] is not a transport message");
+            return NULL;
+        }
+        want = index;
+        const unsigned char *p = jb->in.buf;
+        uint64_t c = 0;
+        for (int i = 0; i < 8; i++) c |= (uint64_t)p[8 + i] << (8 * i);
+        jb->counter = c;
+        jb->pt = PyBytes_FromStringAndSize(NULL, jb->in.len - HEADER - TAG);
+        got++;
+        if (!jb->pt) goto done;
+    }
+    lock_nogil(self);
+    Py_BEGIN_ALLOW_THREADS
+    unsigned char nonce[12], tag[TAG];
+    int outl;
+    for (Py_ssize_t i = 0; i < got; i++) {
+        OpenJob *jb = &jobs[i];
+        const unsigned char *p = jb->in.buf;
+        Py_ssize_t plen = jb->in.len - HEADER - TAG;
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(jb->pt);
+        memcpy(tag, p + jb->in.len - TAG, TAG);
+        nonce_of(nonce, jb->counter);
+        jb->ok = EVP_DecryptInit_ex(self->ctx, NULL, NULL, NULL, nonce) == 1 &&
+                 EVP_DecryptUpdate(self->ctx, out, &outl, p + HEADER, (int)plen) == 1 &&
+                 EVP_CIPHER_CTX_ctrl(self->ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) == 1 &&
+                 EVP_DecryptFinal_ex(self->ctx, out + plen, &outl) == 1;
+    }
+    Py_END_ALLOW_THREADS
+    PyThread_release_lock(self->lock);
+    PyObject *results = PyList_New(got);
+    if (!results) goto done;
+    Py_ssize_t nbytes = 0, last = -1;
+    for (Py_ssize_t i = 0; i < got; i++) {
+        OpenJob *jb = &jobs[i];
+        PyObject *r;
+        if (!jb->ok) {
+            r = Py_None;
+            Py_INCREF(r);
+        } else if (!replay_accept(self, jb->counter)) {
+            r = Py_False;
+            Py_INCREF(r);
+        } else {
+            r = jb->pt;
+            jb->pt = NULL;
+            nbytes += jb->in.len;
+            last = start + i;
+        }
+        PyList_SET_ITEM(results, i, r);
+    }
+    result = Py_BuildValue("(Nnnn)", results, start + got, nbytes, last);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        PyBuffer_Release(&jobs[i].in);
+        Py_XDECREF(jobs[i].pt);
+    }
+    return result;
+}
+
 static PyObject *sealer_get_next(Ctx *self, void *c) { return PyLong_FromUnsignedLongLong(self->next); }
 
 static PyMethodDef sealer_methods[] = {
@@ -225,7 +327,10 @@ static PyMethodDef sealer_methods[] = {
     {NULL}};
 static PyGetSetDef sealer_getset[] = {{"next_counter", (getter)sealer_get_next, NULL, NULL, NULL}, {NULL}};
 static PyMethodDef opener_methods[] = {
-    {"open", (PyCFunction)opener_open, METH_O, "open(message) -> bytes | None | False"}, {NULL}};
+    {"open", (PyCFunction)opener_open, METH_O, "open(message) -> bytes | None | False"},
+    {"open_run", (PyCFunction)opener_open_run, METH_VARARGS,
+     "open_run(batch, start) -> (results, end, authentic_bytes, last_authentic)"},
+    {NULL}};
 
 static PyTypeObject SealerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "meshscale.wireguard._aead.Sealer",

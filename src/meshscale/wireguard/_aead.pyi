@@ -1,5 +1,5 @@
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 class Sealer:
     next_counter: int
@@ -11,3 +11,6 @@ class Sealer:
 class Opener:
     def __init__(self, key: bytes) -> None: ...
     def open(self, message: bytes | memoryview) -> bytes | Literal[False] | None: ...
+    def open_run(
+        self, batch: list[tuple[bytes | memoryview, Any]], start: int
+    ) -> tuple[list[bytes | Literal[False] | None], int, int, int]: ...

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -44,9 +44,20 @@ class SealerLike(Protocol):
         ...
 
 
+OpenResult = bytes | Literal[False] | None
+Batch = list[tuple[bytes | memoryview, Any]]
+
+
 class OpenerLike(Protocol):
-    def open(self, message: bytes | memoryview) -> bytes | Literal[False] | None:
+    def open(self, message: bytes | memoryview) -> OpenResult:
         """Plaintext; None if the tag fails; False if authentic but a replay / out of window."""
+        ...
+
+    def open_run(self, batch: Batch, start: int) -> tuple[list[OpenResult], int, int, int]:
+        """Open the run of transport messages in batch (of (message, endpoint) pairs) from
+        `start` that share batch[start]'s receiver index (at most MAX_RUN): (one open() result
+        each, end of the run, wire bytes of the authentic ones, batch index of the last
+        authentic one or -1)."""
         ...
 
 
@@ -93,6 +104,34 @@ class PyOpener:
         if not self._replay.accept(counter):
             return False
         return pt
+
+    def open_run(self, batch: Batch, start: int) -> tuple[list[OpenResult], int, int, int]:
+        want = _transport_index(batch[start][0])
+        if want is None:
+            raise ValueError("open_run: batch[start] is not a transport message")
+        results: list[OpenResult] = []
+        nbytes, last, end = 0, -1, start
+        stop = min(len(batch), start + MAX_RUN)
+        while end < stop:
+            msg = batch[end][0]
+            if _transport_index(msg) != want:
+                break
+            r = self.open(msg)
+            if r is not None and r is not False:
+                nbytes += len(msg)
+                last = end
+            results.append(r)
+            end += 1
+        return results, end, nbytes, last
+
+
+MAX_RUN = 256  # messages per open_run call (as _aead.c)
+
+
+def _transport_index(msg: bytes | memoryview) -> int | None:
+    if len(msg) < 32 or msg[0] != MESSAGE_TRANSPORT or msg[1] or msg[2] or msg[3]:
+        return None
+    return int.from_bytes(msg[4:8], "little")
 
 
 try:

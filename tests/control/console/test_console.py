@@ -168,6 +168,20 @@ def test_csrf_and_cross_site_posts_are_refused(console: Console, state: State) -
     assert b.get("/admin/users/1/delete").status == 404
 
 
+def test_origin_null_is_same_origin_only_with_fetch_metadata(
+    console: Console, state: State
+) -> None:
+    """Chromium sends ``Origin: null`` under Referrer-Policy: no-referrer."""
+    b = signed_in(console, state)
+    token = b.get("/admin/users").csrf()
+    assert b.post("/admin/users", {"name": "u1", "csrf": token}, origin="null").status == 303
+    refused = b.post("/admin/users", {"name": "u2", "csrf": token}, origin="null", site="none")
+    assert refused.status == 403
+    r = b.post("/admin/users", {"name": "u3", "csrf": token}, site="same-site")
+    assert r.status == 403
+    assert {"u1"} == {u.name for u in state.list_users()} & {"u1", "u2", "u3"}
+
+
 def test_login_form_needs_its_token_and_is_rate_limited(console: Console, state: State) -> None:
     b = Browser(console)
     key = state.create_api_key().secret

@@ -10,6 +10,8 @@ import pytest
 
 from meshscale.control.models import InvalidArgument
 from meshscale.control.state import State
+from meshscale.key import MachinePublic, NodePublic
+from meshscale.policy import PolicyEngine
 
 
 def open_state(path: Path) -> State:
@@ -73,3 +75,37 @@ def test_sign_in_needs_issuer_subject_and_a_valid_name(tmp_path: Path) -> None:
         state.sign_in_user("https://idp", "", name="u")
     with pytest.raises(InvalidArgument):
         state.sign_in_user("https://idp", "s", name="bad name!")
+
+
+def test_idp_groups_in_the_policy_follow_each_sign_in(tmp_path: Path) -> None:
+    """With OIDC on (PolicyEngine(idp_groups=True), as the server builds it), a policy
+    group:ops it does not define is the users whose last sign-in said "ops"."""
+    rng = random.Random(1)
+    state = State.open(
+        tmp_path / "db.sqlite",
+        None,
+        rand=rng.randbytes,
+        randbelow=rng.randrange,
+        policy=PolicyEngine(idp_groups=True),
+    )
+    carol = state.create_user("carol", email="carol@example.net")
+    alice = state.sign_in_user("https://idp", "a1", name="alice", groups=("guests",))
+    nodes = []
+    for i, user in enumerate((carol, alice), start=1):
+        secret = state.create_preauth_key(user.id).secret
+        mk, nk = MachinePublic(bytes([i]) * 32), NodePublic(bytes([i + 10]) * 32)
+        nodes.append(state.register_with_preauth_key(secret, mk, nk))
+    db, laptop = nodes
+    policy = '{"acls": [{"action": "accept", "src": ["group:ops"], "dst": ["carol@:*"]}]}'
+    assert state.check_policy(policy) == [
+        'group:ops is not defined in the policy and no signed-in user has IdP group "ops"'
+    ]
+    state.set_policy(policy)
+
+    def sources() -> set[str]:
+        return {ip for rule in state.packet_filter(db.id) for ip in rule.SrcIPs}
+
+    assert str(laptop.ipv4) not in sources()
+    state.sign_in_user("https://idp", "a1", name="alice", groups=("ops",))  # signs in again
+    assert str(laptop.ipv4) in sources()
+    state.close()

@@ -69,7 +69,7 @@ class Route:
 
 
 def _id(text: str | None, what: str) -> int:
-    if text is None or not text.isdigit() or len(text) > 19:
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise BadRequest(f"invalid {what}: want a decimal id, got {str(text)[:30]!r}")
     return int(text)
 

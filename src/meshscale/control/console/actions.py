@@ -92,7 +92,7 @@ def register(c: Console) -> None:
             "user": ctx.field("user"), "reusable": ctx.field("reusable") == "on",
             "ephemeral": ctx.field("ephemeral") == "on", "aclTags": _split(ctx.field("tags")),
         }  # fmt: skip
-        if not hours.isdigit() or not 0 < int(hours) <= 24 * 365:
+        if not (hours.isascii() and hours.isdigit()) or not 0 < int(hours) <= 24 * 365:
             return c.back(ctx, keys, "expiry: want 1 to 8760 hours")
         body["expiration"] = ts(c.state.clock() + timedelta(hours=int(hours)))
         resp, result = c.act(ctx, "createPreAuthKey", "pre-auth key created", keys, body=body)
@@ -108,7 +108,7 @@ def register(c: Console) -> None:
 
     async def create_apikey(ctx: Ctx) -> Response:
         days = ctx.field("days", "90").strip()
-        if not days.isdigit() or not 0 < int(days) <= 3650:
+        if not (days.isascii() and days.isdigit()) or not 0 < int(days) <= 3650:
             return c.back(ctx, apikeys, "expiry: want 1 to 3650 days")
         exp = ts(c.state.clock() + timedelta(days=int(days)))
         resp, result = c.act(ctx, "createApiKey", "API key created", apikeys,

@@ -184,7 +184,7 @@ class Console:
         for pattern, page in table.items():
             want = pattern.split("/")
             if len(want) == len(parts) and all(
-                w == p or (w == "{id}" and p.isdigit() and len(p) < 19)
+                w == p or (w == "{id}" and p.isascii() and p.isdigit() and len(p) < 19)
                 for w, p in zip(want, parts, strict=True)
             ):
                 return page

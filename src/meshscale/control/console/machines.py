@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 
 from meshscale.control.models import Node, User
 
@@ -63,7 +64,7 @@ class Query:
 
 
 def _int(text: str | None, default: int, lo: int, hi: int) -> int:
-    if text is None or not text.isdigit() or len(text) > 9:
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 9:
         return default
     return min(max(int(text), lo), hi)
 
@@ -127,20 +128,50 @@ class Page:
     pages: int
 
 
-def select(nodes: Iterable[Node], users: Mapping[int, User], query: Query, now: datetime) -> Page:
+class SearchIndex:
+    """Each node's search text, rebuilt only for nodes that changed since the last query
+    (State hands out a new frozen Node on every write, so identity tells)."""
+
+    def __init__(self) -> None:
+        self._text: dict[int, tuple[Node, str, str]] = {}
+
+    def text(self, node: Node, owner: str) -> str:
+        hit = self._text.get(node.id)
+        if hit is not None and hit[0] is node and hit[1] == owner:
+            return hit[2]
+        text = haystack(node, owner)
+        self._text[node.id] = (node, owner, text)
+        return text
+
+    def matches(self, node: Node, owner: str, words: list[str]) -> bool:
+        text = self.text(node, owner)
+        return all(w in text for w in words)
+
+    def prune(self, nodes: list[Node]) -> None:
+        """Forget deleted nodes."""
+        if len(self._text) > len(nodes):
+            for gone in set(self._text) - {n.id for n in nodes}:
+                del self._text[gone]
+
+
+def select(
+    nodes: Iterable[Node], users: Mapping[int, User], query: Query, now: datetime,
+    index: SearchIndex | None = None,
+) -> Page:  # fmt: skip
     """The nodes of one page of the list, after search and filter, sorted."""
     words = query.q.lower().split()
-    hits = [
-        n for n in nodes
-        if matches_filter(n, query.filter, now)
-        and all(w in haystack(n, owner_of(n, users)) for w in words)
-    ]  # fmt: skip
+    index = index if index is not None else SearchIndex()
+    every = list(nodes)
+    hits = [n for n in every if matches_filter(n, query.filter, now)] if query.filter else every
+    if words:
+        hits = [n for n in hits if index.matches(n, owner_of(n, users), words)]
+        index.prune(every)
     if query.sort == "last-seen":
         hits.sort(key=lambda n: (not n.online, -(n.last_seen.timestamp() if n.last_seen else 0)))
     elif query.sort == "created":
         hits.sort(key=lambda n: n.created_at.timestamp() if n.created_at else 0, reverse=True)
     else:
-        hits.sort(key=lambda n: (n.given_name, n.id))
+        hits.sort(key=attrgetter("given_name"))  # unique: State keeps given names distinct
     pages = max(1, -(-len(hits) // query.per))
     page = min(query.page, pages)
     start = (page - 1) * query.per

@@ -41,6 +41,8 @@ def register(c: Console) -> None:
     c.env.globals["nav"] = NAV
     c.env.globals["prefix"] = PREFIX
 
+    index = machines.SearchIndex()
+
     def fqdn(name: str) -> str:
         base = c.settings.base_domain
         return f"{name}.{base}" if base else name
@@ -65,14 +67,15 @@ def register(c: Console) -> None:
         now = st.clock()
         query = machines.Query.parse(ctx.req.query)
         users = {int(u.id): u for u in st.list_users()}
-        page = machines.select(st.list_nodes(), users, query, now)  # type: ignore[arg-type]
+        page = machines.select(st.list_nodes(), users, query, now, index)  # type: ignore[arg-type]
         regs = [{"id": r.id, "hostname": str(r.hostinfo.get("Hostname") or ""),
                  "os": str(r.hostinfo.get("OS") or ""), "machine_key": r.machine_key.text()[:20],
                  "expires": stamp(r.expires_at)} for r in st.list_registrations()]  # fmt: skip
         return c.render(
             ctx, "machines.html", title="Machines", q=query,
             rows=[row(n, users, now) for n in page.nodes], page=page, filters=machines.FILTERS,
-            sorts=machines.SORTS, registrations=regs, users=sorted(u.name for u in users.values()),
+            sorts=machines.SORTS, registrations=regs,
+            users=sorted(u.name for u in users.values()) if regs else [],
             server_ms=f"{(time.perf_counter() - t0) * 1000:.1f}",
         )  # fmt: skip
 

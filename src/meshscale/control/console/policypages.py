@@ -46,7 +46,7 @@ def register(c: Console) -> None:
         q = ctx.req.query
         diff: list[tuple[str, str]] = []
         want = q.get("diff", "")
-        if want.isdigit():
+        if want.isascii() and want.isdigit():
             old = next((v for v in history if str(v["version"]) == want), None)
             if old is not None:
                 diff = diff_lines(old["policy"], current["policy"], f"version {want}",
@@ -84,7 +84,7 @@ def register(c: Console) -> None:
 
     async def rollback(ctx: Ctx) -> Response:
         version = ctx.field("version")
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             return c.back(ctx, POLICY, "rollback: want a version number")
         return c.act(ctx, "rollbackPolicy", f"rolled back to version {version}", POLICY,
                      body={"version": int(version)})[0]  # fmt: skip
@@ -106,7 +106,7 @@ def register(c: Console) -> None:
     async def audit_page(ctx: Ctx) -> Response:
         q = ctx.req.query
         query = {"limit": "100"}
-        if q.get("before", "").isdigit():
+        if q.get("before", "").isascii() and q.get("before", "").isdigit():
             query["before"] = q["before"]
         if q.get("action"):
             query["action"] = q["action"][:100]

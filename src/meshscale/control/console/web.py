@@ -98,16 +98,24 @@ def origin_of(url: str) -> str:
 
 
 def same_origin(req: Request, server_url: str) -> bool:
-    """False for a request a browser marks as cross-site (``Sec-Fetch-Site``) or whose
-    ``Origin`` is neither the configured server's nor the one the browser addressed."""
+    """False for a state-changing request a browser marks as not same-origin.
+
+    ``Sec-Fetch-Site`` decides when present (every current browser sends it): only
+    ``same-origin`` passes. ``Origin`` must then be the configured server's, the one the
+    browser addressed, or ``null`` (what Chromium sends under ``Referrer-Policy:
+    no-referrer``). Without either header the caller is not a browser: the CSRF token alone
+    decides.
+    """
     site = req.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
     origin = req.headers.get("origin")
-    if origin is None:  # not a browser (browsers send Origin on every POST): token only
+    if site is not None and site != "same-origin":
+        return False
+    if origin is None:
         return True
     host = req.headers.get("host") or ""
     addressed = f"{'https' if req.tls else 'http'}://{host}"
+    if origin == "null":
+        return site == "same-origin"
     return origin in (origin_of(server_url), addressed)
 
 

@@ -240,7 +240,9 @@ class State:
         with self.core.lock:
             users, nodes = list(self.core.users.values()), list(self.core.nodes.values())
         try:
-            policy = check_policy(data, users, nodes)
+            # With OIDC on, the engine reads undefined group:NAMEs as IdP groups.
+            idp = bool(getattr(self.core.policy, "idp_groups", False))
+            policy = check_policy(data, users, nodes, idp_groups=idp)
         except PolicyError as exc:
             raise InvalidArgument(f"policy: {exc}") from exc
         return list(policy.warnings)

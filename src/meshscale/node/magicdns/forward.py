@@ -192,10 +192,12 @@ class Forwarder:
             raise failure or _Failed()
         finally:
             for left in (udp, tcp):
-                if left is not None and not left.done():
+                if left is None:
+                    continue
+                if not left.done():
                     left.cancel()
-                    with contextlib.suppress(BaseException):
-                        await left
+                with contextlib.suppress(BaseException):
+                    await left  # also marks a finished one's exception as retrieved
 
     async def _udp(self, fwd: Forward, up: Upstream) -> bytes:
         loop = asyncio.get_running_loop()

@@ -196,20 +196,38 @@ class MagicDNS:
         }
 
     async def query(self, name: str, rdtype: str) -> dict[str, Any]:
-        """Ask quad-100 as a client would (`meshscale dns query`)."""
+        """Ask quad-100 as a client would (`meshscale dns query`). A single-label name is
+        tried under each search domain first, as the system resolver would."""
         try:
-            q = dns.message.make_query(name, dns.rdatatype.from_text(rdtype.upper()))
-        except Exception as exc:  # bad name or type from the CLI
+            rtype = dns.rdatatype.from_text(rdtype.upper())
+        except Exception as exc:  # bad type from the CLI
+            raise ValueError(str(exc)) from exc
+        bare = name.rstrip(".")
+        names = [name]
+        if "." not in bare and not name.endswith("."):
+            names = [f"{bare}.{d}." for d in self.resolver.config.search] + [name]
+        res: dict[str, Any] = {}
+        for candidate in names:
+            res = await self._query_one(candidate, rtype)
+            if res["Rcode"] == "NOERROR" and res["Answers"]:
+                break
+        return res
+
+    async def _query_one(self, name: str, rtype: dns.rdatatype.RdataType) -> dict[str, Any]:
+        try:
+            q = dns.message.make_query(name, rtype)
+        except Exception as exc:  # bad name from the CLI
             raise ValueError(str(exc)) from exc
         self.forwarder.last_upstreams = ()
         start = time.monotonic()
         wire = await self.forwarder.query(q.to_wire(), tcp=True)
         took = time.monotonic() - start
+        tname = dns.rdatatype.to_text(rtype)
         if wire is None:
-            return {"Name": name, "Type": rdtype.upper(), "Rcode": "NOANSWER", "Answers": []}
+            return {"Name": name, "Type": tname, "Rcode": "NOANSWER", "Answers": []}
         msg = dns.message.from_wire(wire)
         return {
-            "Name": name, "Type": rdtype.upper(), "Rcode": dns.rcode.to_text(msg.rcode()),
+            "Name": name, "Type": tname, "Rcode": dns.rcode.to_text(msg.rcode()),
             "Authoritative": bool(msg.flags & dns.flags.AA),
             "Answers": [{"Name": rr.name.to_text(), "TTL": rr.ttl,
                          "Type": dns.rdatatype.to_text(rr.rdtype), "Value": rd.to_text()}

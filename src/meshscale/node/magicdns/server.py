@@ -37,7 +37,10 @@ class Quad100:
         self._loop = loop
         self.tcp = quad100.TCPServer(rand)
         self.stats: dict[str, int] = {}
-        self._queued = 0
+        # Packets handed to the loop: counted up by the TX thread, handled by the loop; each
+        # counter has one writer, so no lock is needed and neither can drift.
+        self._enqueued = 0
+        self._handled = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
 
@@ -66,17 +69,17 @@ class Quad100:
         for p in packets:
             if not match(p):
                 rest.append(p)
-            elif self._queued >= MAX_QUEUED:
+            elif self._enqueued - self._handled >= MAX_QUEUED:
                 self._count("dropped_queue_full")
             else:
-                self._queued += 1
+                self._enqueued += 1
                 self._loop.call_soon_threadsafe(self._on_packet, bytes(p))
         return rest
 
     # ---- loop ----
 
     def _on_packet(self, p: bytes) -> None:
-        self._queued -= 1
+        self._handled += 1
         proto = p[9] if p[0] >> 4 == 4 else p[6]
         if proto == IPPROTO_UDP:
             q = quad100.parse_udp(p)
