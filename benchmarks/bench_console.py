@@ -14,6 +14,12 @@ render, security headers) for:
     .venv/bin/python benchmarks/bench_console.py --sizes 1000 --rounds 20
 
 Not a test: run by hand and copy the figures. Goal: <= 200 ms server time at 10,000.
+
+Figures of 2026-12-02 (2 shared cores, load ~10 from other work; p50 / p99, first request):
+
+    N       page 1        search q=u7          filter routes-pending   last page    baseline
+    1000    15 / 161 ms   20 / 41 ms (54)      22 / 40 ms (27)         21 / 39 ms   251 ms
+    10000   30 / 49 ms    65 / 113 ms (559)    60 / 76 ms (406)        46 / 70 ms   2193 ms
 """
 
 from __future__ import annotations

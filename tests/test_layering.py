@@ -4,7 +4,7 @@ docs/architecture.md draws the layers; this test enforces them, in the manner of
 cmd/tailscaled/deps_test.go (a program's dependency list is checked, not trusted):
 
     cores       key packet wireguard stun disco derp controlbase tailcfg policy filter dns
-                magicsock. No I/O, no clock, no randomness; they import only cores.
+                magicsock portmap. No I/O, no clock, no randomness; they import only cores.
     libraries   io controlhttp derphttp wgengine: drivers shared by several programs. They
                 import cores and lower libraries, never a program.
     programs    wgdev relay control node cli: one per executable. A program imports cores,
@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "meshscale"
 
 CORES = frozenset(
     {"key", "packet", "wireguard", "stun", "disco", "derp", "controlbase", "tailcfg",
-     "policy", "filter", "dns", "magicsock"}
+     "policy", "filter", "dns", "magicsock", "portmap"}
 )  # fmt: skip
 # A library may import cores and the libraries listed for it.
 LIBRARY_DEPS: dict[str, frozenset[str]] = {

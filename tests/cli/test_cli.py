@@ -161,3 +161,13 @@ def test_netcheck_format_json_in_tailscales_shape_and_units(daemon, capsys):
     assert set(json.loads(run(capsys, sock, "netcheck", "--json")[1])) == NETCHECK_KEYS
     code, _, err = run(capsys, sock, "netcheck", "--format=xml")
     assert code == 2 and err.count("\n") == 1 and "usage" in err
+
+
+def test_up_advertise_tags_become_prefs(daemon, capsys):
+    be, sock = daemon
+    code, _out, err = run(capsys, sock, "up", "--login-server=http://ctl:8080", "--authkey", "k",
+                          "--advertise-tags=tag:db, tag:web", "--timeout=5s")  # fmt: skip
+    assert code == 0, err
+    assert be.calls[0][1][0].AdvertiseTags == ["tag:db", "tag:web"]
+    code, _out, err = run(capsys, sock, "up", "--login-server=http://c", "--advertise-tags=db")
+    assert code == 2 and "tags must start with 'tag:'" in err, err

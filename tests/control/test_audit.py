@@ -113,3 +113,27 @@ def test_cli_audit_list_and_served_console(
     status, body, _ = _get(f"{base}/admin/login")
     assert status == 200 and b'type="password"' in body
     assert _get(f"{base}/api/v1/node")[0] == 401
+
+
+def test_reach_endpoint() -> None:
+    from meshscale.key import MachinePublic, NodePublic
+    from meshscale.policy import PolicyEngine
+
+    state = State.open(":memory:", clock=lambda: T0, policy=PolicyEngine())
+    dev = state.create_user("dev")
+    for i, tags in ((1, ()), (2, ("tag:db",))):
+        state.register_node(MachinePublic(bytes([i]) * 32), NodePublic(bytes([i]) * 32), dev.id,
+                            {"Hostname": f"n{i}"}, tags=tags)  # fmt: skip
+    rule = '{"action": "accept", "src": ["dev@"], "dst": ["tag:db:5432"]}'
+    state.set_policy('{"tagOwners": {"tag:db": ["dev@"]}, "acls": [' + rule + "]}")
+    api = API(state, trusted=True)
+
+    def reach(**q: str) -> tuple[int, Any]:
+        return call(api, "GET", "/api/v1/policy/reach", query=q)
+
+    assert reach(src="n1", dst="n2", port="5432")[1]["allowed"] is True
+    assert reach(src="n1", dst="100.64.0.2", port="22")[1]["allowed"] is False
+    assert reach(src="1", dst="n2", port="5432", proto="udp")[1]["allowed"] is True
+    assert reach(src="n1", dst="nosuch", port="1")[0] == 404
+    assert reach(src="n1", dst="n2", port="70000")[0] == 400
+    assert reach(src="n1", dst="n2", port="1", proto="gre")[0] == 400

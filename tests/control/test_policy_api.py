@@ -4,6 +4,7 @@ rollback; refusals keep the policy in force and name line:column."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,29 @@ def test_openapi_documents_policy_extension() -> None:
     schemas = doc["components"]["schemas"]
     assert set(schemas["Policy"]["properties"]) == {"policy", "updatedAt", "version"}
     assert set(schemas["PolicyCheck"]["properties"]) == {"valid", "errors", "warnings"}
+
+
+def test_large_policies_fit_and_oversized_are_refused(state: State) -> None:
+    api = API(state, trusted=True)
+    hosts = ",\n".join(f'    "h{i}": "10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"'
+                       for i in range(4000))  # fmt: skip
+    big = '{\n  "hosts": {\n' + hosts + '\n  },\n  "acls": []\n}\n'
+    assert 100_000 < len(big) < 1_000_000
+    status, body = call(api, "PUT", "/api/v1/policy", {"policy": big})
+    assert status == 200, body
+    huge = {"policy": " " * (10 * 1024 * 1024)}
+    status, body = call(api, "PUT", "/api/v1/policy", huge)
+    assert status == 413 and "larger than" in body["message"]
+    assert state.policy == big
+
+
+def test_policy_and_version_survive_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "db.sqlite"
+    s = State.open(db, clock=lambda: T0, policy=PolicyEngine())
+    s.create_user("dev")
+    v = s.set_policy(GOOD)
+    s.close()
+    s = State.open(db, clock=lambda: T0, policy=PolicyEngine())
+    assert s.policy == GOOD and s.policy_version == v
+    assert [h.version for h in s.policy_history()] == [1]
+    s.close()

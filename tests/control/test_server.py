@@ -86,6 +86,14 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
             assert (await fetch(port, "/derp/probe")).startswith(b"HTTP/1.1 200")
             metrics = await fetch(server.bound["metrics"][1], "/metrics")
             assert b"meshscale_control_nodes 0" in metrics
+            # Prometheus text with HELP and TYPE for every family (control and embedded DERP).
+            from prometheus_client.parser import text_string_to_metric_families
+
+            text = metrics.decode().split("\r\n\r\n", 1)[-1]
+            fams = {f.name: f for f in text_string_to_metric_families(text)}
+            assert fams["meshscale_control_nodes"].documentation == "Registered nodes."
+            assert fams["meshscale_control_full_maps"].type == "counter"
+            assert text.count("# HELP ") == text.count("# TYPE ") >= 6
             assert sorted(server.app.derp_map.Regions) == [901, 902, 903]
             assert server.app.derp_map.Regions[902].Nodes[0].HostName == "derp2.example.test"
             region = server.app.derp_map.Regions[901]

@@ -157,3 +157,42 @@ def test_garbage_and_oversized_requests_are_refused(api_path):
             await api.close()
 
     asyncio.run(body())
+
+
+def test_metrics_prometheus_text_with_help_and_type(api_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from meshscale.node.localapi import node_metrics
+
+    async def body() -> bytes:
+        be = FakeBackend()
+        be.state = "Running"
+        api = await _serve(api_path, be)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(api_path))
+            writer.write(
+                b"GET /localapi/v0/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            raw = await reader.read()
+            writer.close()
+        finally:
+            await api.close()
+        return raw
+
+    raw = asyncio.run(body())
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0] and b"text/plain" in head
+    if b"chunked" in head.lower():
+        payload = _dechunk(payload)
+    text = payload.decode()
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["meshscaled_running"].samples[0].value == 1.0
+    assert {s.labels["path"] for s in fams["meshscaled_peers"].samples} == {"direct", "relay"}
+    assert fams["meshscaled_peer_rx_bytes"].type == "counter"
+    assert text.count("# HELP ") == text.count("# TYPE ") == len(fams)
+    # The daemon's debug counters become labelled counter families.
+    be = FakeBackend()
+    got = node_metrics(be.status(), {"magicsock": {"disco_pings_sent": 3}, "device_drops": {}})
+    ms = next(f for f in got if f.name == "meshscaled_magicsock_events_total")
+    assert ms.samples == [({"name": "disco_pings_sent"}, 3.0)]
+    assert not any(f.name == "meshscaled_device_drops_total" for f in got)  # empty: left out

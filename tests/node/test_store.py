@@ -69,8 +69,9 @@ def test_state_from_json_only_raises_state_error(obj):
 
 
 @given(st.dictionaries(st.sampled_from(["ControlURL", "Hostname", "WantRunning", "LoggedOut",
-                                        "CorpDNS", "Other"]),
-                       st.none() | st.booleans() | st.text(max_size=5)))  # fmt: skip
+                                        "CorpDNS", "AdvertiseTags", "Other"]),
+                       st.none() | st.booleans() | st.text(max_size=5)
+                       | st.lists(st.text(max_size=5) | st.integers(), max_size=2)))  # fmt: skip
 def test_prefs_from_json_only_raises_prefs_error(obj):
     try:
         p = Prefs.from_json(obj)

@@ -28,7 +28,9 @@ def wire(e: PolicyEngine, n: Node) -> list[object]:
 
 
 def peers(e: PolicyEngine, n: Node, nodes: list[Node]) -> set[int]:
-    return {p.id for p in nodes if p.id != n.id and e.can_see(n, p)}
+    seen = {p.id for p in nodes if p.id != n.id and e.can_see(n, p)}
+    assert e.peer_ids(n) == seen  # the at-once form (full maps) agrees
+    return seen
 
 
 WORKED = """{

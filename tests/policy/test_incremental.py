@@ -46,6 +46,8 @@ def snapshot(
 ) -> tuple[dict[int, object], set[tuple[int, int]]]:
     filters = {i: [to_json(r) for r in e.filter_for(n)] for i, n in nodes.items()}
     seen = {(a, b) for a in nodes for b in nodes if a != b and e.can_see(nodes[a], nodes[b])}
+    for a, n in nodes.items():  # the at-once peer set (full maps) agrees with can_see
+        assert e.peer_ids(n) == {b for x, b in seen if x == a}, a
     return filters, seen
 
 

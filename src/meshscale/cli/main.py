@@ -13,11 +13,24 @@ from typing import NoReturn
 
 from meshscale import __version__
 
-from . import dns, down, exitnode, ip, netcheck, ping, setcmd, status, up, version, whois
+from . import (
+    completion,
+    dns,
+    down,
+    exitnode,
+    ip,
+    netcheck,
+    ping,
+    setcmd,
+    status,
+    up,
+    version,
+    whois,
+)
 from .goflags import go_argv, usage
 from .localclient import DEFAULT_SOCKET, CLIError, LocalClient
 
-VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, exitnode, version)
+VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, exitnode, version, completion)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     for mod in VERBS:
         mod.register(sub)
+    p.set_defaults(root_parser=p)  # for `completion`, which lists the verbs
     return p
 
 

@@ -202,6 +202,9 @@ class ControlConfig:
     cli: CLIConfig
     source: Path | None = None  # the file this came from, None for pure defaults
     warnings: tuple[str, ...] = ()
+    # Admin console sign-in through OIDC: who is an admin (emails; IdP groups). Empty: nobody.
+    console_admin_users: tuple[str, ...] = ()
+    console_admin_groups: tuple[str, ...] = ()
 
     @property
     def tls_enabled(self) -> bool:
@@ -354,6 +357,8 @@ def config_from_mapping(
             insecure=r.flag("cli.insecure", False),
         ),
         source=source,
+        console_admin_users=r.strs("console.admin_users"),
+        console_admin_groups=r.strs("console.admin_groups"),
     )
     warnings = list(r.warnings)
     warnings.extend(f"{k}: unknown key, ignored" for k in r.unknown_keys(_UNSUPPORTED))

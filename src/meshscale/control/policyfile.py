@@ -70,7 +70,7 @@ class PolicyFile:
             log.error("%s", exc)
             return False
 
-    async def watch(self, interval: float = 0.5) -> None:
+    async def watch(self, interval: float = 0.25) -> None:
         """Reload whenever the file's stat signature changes (until cancelled)."""
         while True:
             await asyncio.sleep(interval)

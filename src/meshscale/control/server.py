@@ -41,6 +41,8 @@ from meshscale.control.state import State
 from meshscale.control.verify import admits, mount_verify
 from meshscale.derp.info import ClientInfo
 from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.io.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshscale.io.metrics import Family, exposition
 from meshscale.key import MachinePrivate, NodePrivate, NodePublic
 from meshscale.policy import PolicyEngine, PolicyError
 from meshscale.relay.app import derp_region, mount_derp
@@ -346,19 +348,28 @@ class Server:
     async def _metrics(self, req: Request) -> Response:
         assert self.state is not None
         nodes = self.state.list_nodes()
-        lines = [
-            "# TYPE meshscale_control_nodes gauge",
-            f"meshscale_control_nodes {len(nodes)}",
-            "# TYPE meshscale_control_nodes_online gauge",
-            f"meshscale_control_nodes_online {sum(n.online for n in nodes)}",
-            "# TYPE meshscale_control_users gauge",
-            f"meshscale_control_users {len(self.state.list_users())}",
-        ]
-        text = "\n".join(lines) + "\n"
+        batcher = self.app.batcher if self.app is not None else None
+        families = [
+            Family("meshscale_control_nodes", "gauge", "Registered nodes.", [({}, len(nodes))]),
+            Family("meshscale_control_nodes_online", "gauge", "Nodes with a live map stream.",
+                   [({}, sum(n.online for n in nodes))]),
+            Family("meshscale_control_users", "gauge", "Users.",
+                   [({}, len(self.state.list_users()))]),
+        ]  # fmt: skip
+        if batcher is not None:
+            families += [
+                Family("meshscale_control_map_sessions", "gauge", "Open map streams.",
+                       [({}, batcher.session_count())]),
+                Family("meshscale_control_full_maps_total", "counter", "Full maps built.",
+                       [({}, batcher.full_maps_built)]),
+                Family("meshscale_control_deltas_total", "counter", "Map deltas built.",
+                       [({}, batcher.deltas_built)]),
+            ]  # fmt: skip
+        text = exposition(families)
         if self.derp is not None:
             with contextlib.suppress(Exception):
-                text += render(self.derp, self.stun)
-        return Response(200, text.encode(), [], "text/plain; version=0.0.4")
+                text += render(self.derp, self.stun).encode()
+        return Response(200, text, [], METRICS_CONTENT_TYPE)
 
     async def _maintenance(self) -> None:
         interval = max(self.cfg.node_update_check_interval.total_seconds(), 1.0)

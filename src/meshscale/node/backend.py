@@ -386,6 +386,8 @@ class Backend:
         self.auth_url = auth_url
         if state != S.STARTING or self.state != S.RUNNING:
             self.state = state
+        if state == S.NEEDS_LOGIN and self.magicdns is not None:
+            self.magicdns.clear()  # as tailscaled: no tailnet DNS while logged out
 
     def _on_login(self, login: Login) -> None:
         self.st.login = LoginInfo(login.LoginName, login.DisplayName, login.ID)

@@ -7,6 +7,7 @@ Routes (all under ``/localapi/v0/``)::
     GET  netcheck          -> netcheck report JSON
     GET  whois?addr=IP     -> {"Node": {...}, "UserProfile": {...}}           (404 if unknown)
     GET  debug             -> counters of magicsock, the WireGuard device and the engine
+    GET  metrics           -> the same, and peer/traffic gauges, as Prometheus text
     GET  dns-status        -> MagicDNS configuration, OS mode, counters    (404 without DNS)
     GET  dns-query?name=N&type=T -> quad-100's answer {"Rcode", "Answers", "Resolvers"...}
     POST start             {"Prefs": {...}, "AuthKey": "...", "Reset": bool}  -> {"BackendState"}
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.io.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from meshscale.io.metrics import Family, exposition
 
 from .ipnstate import PingResult, Status
 from .prefs import Prefs, PrefsError
@@ -85,6 +88,36 @@ def _error(status: int, message: str) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def node_metrics(st: Status, debug: dict[str, Any]) -> list[Family]:
+    """meshscaled's /metrics: backend state, peers, tunnel traffic and the debug counters."""
+    peers = list(st.Peer.values())
+    fams = [
+        Family("meshscaled_running", "gauge", "1 while the backend state is Running.",
+               [({}, float(st.BackendState == "Running"))]),
+        Family("meshscaled_peers", "gauge", "Peers in the network map, by path.",
+               [({"path": "direct"}, sum(1 for p in peers if p.CurAddr)),
+                ({"path": "relay"}, sum(1 for p in peers if not p.CurAddr))]),
+        Family("meshscaled_peer_rx_bytes_total", "counter", "Bytes received from peers.",
+               [({}, sum(p.RxBytes for p in peers))]),
+        Family("meshscaled_peer_tx_bytes_total", "counter", "Bytes sent to peers.",
+               [({}, sum(p.TxBytes for p in peers))]),
+    ]  # fmt: skip
+
+    def counters(name: str, help_: str, key: str) -> None:
+        table = debug.get(key)
+        if isinstance(table, dict) and table:
+            samples = [({"name": str(k)}, float(v)) for k, v in sorted(table.items())
+                       if isinstance(v, int | float) and not isinstance(v, bool)]  # fmt: skip
+            if samples:
+                fams.append(Family(name, "counter", help_, samples))
+
+    counters("meshscaled_magicsock_events_total", "magicsock counters by name.", "magicsock")
+    counters("meshscaled_device_drops_total", "WireGuard device drops by reason.", "device_drops")
+    counters("meshscaled_filter_drops_total", "Packet filter drops by reason.", "filter_drops")
+    counters("meshscaled_engine_errors_total", "Engine errors by kind.", "engine_errors")
+    return fams
+
+
 class LocalAPI:
     """The local API over a LocalBackend, served by io.http on a unix socket."""
 
@@ -97,6 +130,7 @@ class LocalAPI:
             ("GET", "netcheck"): self._netcheck,
             ("GET", "whois"): self._whois,
             ("GET", "debug"): self._debug,
+            ("GET", "metrics"): self._metrics,
             ("GET", "dns-status"): self._dns_status,
             ("GET", "dns-query"): self._dns_query,
             ("POST", "start"): self._start,
@@ -166,6 +200,12 @@ class LocalAPI:
     async def _debug(self, req: Request) -> Response:
         fn = getattr(self.backend, "debug", None)
         return _json(fn() if fn is not None else {})
+
+    async def _metrics(self, req: Request) -> Response:
+        fn = getattr(self.backend, "debug", None)
+        return Response(200, exposition(node_metrics(self.backend.status(),
+                                                     fn() if fn is not None else {})),
+                        content_type=METRICS_CONTENT_TYPE)  # fmt: skip
 
     def _magicdns(self) -> Any:
         dns = getattr(self.backend, "magicdns", None)

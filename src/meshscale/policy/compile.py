@@ -369,6 +369,23 @@ class Compiled:
     def can_see(self, viewer: int, peer: int) -> bool:
         return self._reaches(viewer, peer) or self._reaches(peer, viewer)
 
+    def peer_ids(self, viewer: int) -> set[int]:
+        """Every node ``can_see(viewer, ·)`` holds for, from the rules' member sets: the
+        cost is the size of those sets (set unions), not one ``can_see`` per node."""
+        n = self.nodes.get(viewer)
+        if n is None:
+            return set()
+        out: set[int] = set()
+        mine = self.user_nodes.get(n.user_id, set()) if not n.tagged else set()
+        for i in self.src_of.get(viewer, ()):  # viewer -> them
+            cr = self.rules[i]
+            out |= (mine & cr.dst_nodes) if cr.self_dst else cr.dst_nodes
+        for i in self.dst_of.get(viewer, ()):  # them -> viewer
+            cr = self.rules[i]
+            out |= (mine & cr.src_nodes) if cr.self_dst else cr.src_nodes
+        out.discard(viewer)
+        return out
+
     def reachable_routes(self, viewer: int, router: int) -> tuple[IPPrefix, ...]:
         """The router's served routes that ``viewer`` may reach (its AllowedIPs beyond the
         router's own addresses, §5.3): subnet routes a rule's destination overlaps (``*``
@@ -395,16 +412,15 @@ class Compiled:
 
     def _reaches(self, a: int, b: int) -> bool:
         dst = self.dst_of.get(b)
-        if not dst:
+        src = self.src_of.get(a)
+        if not dst or not src:
             return False
-        for i in self.src_of.get(a, ()):
-            if i in dst:
-                cr = self.rules[i]
-                if not cr.self_dst:
-                    return True
-                na, nb = self.nodes[a], self.nodes[b]
-                if not na.tagged and na.user_id == nb.user_id:
-                    return True
+        for i in set(src).intersection(dst):
+            if not self.rules[i].self_dst:
+                return True
+            na, nb = self.nodes[a], self.nodes[b]
+            if not na.tagged and na.user_id == nb.user_id:
+                return True
         return False
 
     def signatures(self) -> dict[int, tuple[object, ...]]:
@@ -412,13 +428,20 @@ class Compiled:
         # A source's peers depend on the rule's destinations; a destination's filter and
         # peers on the rule's sources (both, for autogroup:self rules).
         src_d, dst_d = [], []
+        # SrcIPs follow from the literal sources (in body), the `*` expansion, and the
+        # addresses of the nodes listed by address: stand for those by their ids plus one
+        # hash of every node's addresses (conservative: an address change anywhere moves
+        # every destination's signature), instead of building the strings.
+        addrs = hash(frozenset((i, n.addrs) for i, n in self.nodes.items()))
         for cr in self.rules:
             r = cr.rule
             body = (r.src, cr.dst, r.protos, r.ports, r.caps, r.via, cr.self_dst)
             dsts, srcs = hash(frozenset(cr.dst_nodes)), hash(frozenset(cr.src_nodes))
             # 64-bit hashes stand for the values, so comparing signatures is cheap.
             src_d.append(hash((body, dsts, srcs if cr.self_dst else 0)))
-            dst_d.append(hash((body, srcs, self._src_ips(cr))))
+            wild = self.wildcard_ips() if cr.wildcard_src else ()
+            ips = hash((frozenset(cr.ip_nodes), wild, addrs))
+            dst_d.append(hash((body, srcs, ips)))
         return {
             nid: (
                 self.nodes[nid].user_id,

@@ -145,6 +145,13 @@ class PolicyEngine:
     def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:
         return self._compiled.can_see(viewer.id, peer.id)
 
+    def peer_ids(self, viewer: PolicyNode) -> set[int]:
+        """The ids of every node ``can_see(viewer, ·)`` holds for, computed at once (what a
+        full map needs: far cheaper than asking ``can_see`` per node)."""
+        if viewer.id not in self._compiled.nodes:
+            return set()
+        return self._compiled.peer_ids(viewer.id)
+
     def reachable_routes(self, viewer: PolicyNode, router: PolicyNode) -> tuple[IPPrefix, ...]:
         """Which of ``router``'s approved routes belong in ``viewer``'s AllowedIPs for it
         (before HA primary selection, which the caller applies)."""

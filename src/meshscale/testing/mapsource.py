@@ -55,9 +55,9 @@ class DictSource:
     def packet_filter(self, node_id: int) -> Sequence[FilterRule]:
         return AllowAll().filter_for(self.nodes[node_id])
 
-    def can_see(self, viewer_id: int, peer_id: int) -> bool:
-        del viewer_id, peer_id
-        return True
+    def viewers_of(self, node_id: int) -> set[int] | None:
+        del node_id
+        return None  # allow-all: everyone sees everyone
 
     def node_ids(self) -> list[int]:
         return sorted(self.nodes)

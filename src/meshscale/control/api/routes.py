@@ -63,6 +63,7 @@ class Route:
     body: dict[str, str] = field(default_factory=dict)  # request field -> schema type
     query: tuple[str, ...] = ()
     public: bool = False  # no API key needed (health and the OpenAPI document)
+    max_body: int = 0  # bytes of request body accepted (0: the API default)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -404,8 +405,12 @@ def list_audit(c: Call) -> dict[str, Any]:
 
 def _r(method: str, path: str, op: str, summary: str, tag: str, handler: Handler,
        response: str, *, body: dict[str, str] | None = None, query: tuple[str, ...] = (),
-       public: bool = False) -> Route:  # fmt: skip
-    return Route(method, path, op, summary, tag, handler, response, body or {}, query, public)
+       public: bool = False, max_body: int = 0) -> Route:  # fmt: skip
+    return Route(method, path, op, summary, tag, handler, response, body or {}, query, public,
+                 max_body)  # fmt: skip
+
+
+POLICY_BODY = 1024 * 1024  # a policy text may be up to 1 MiB (policy/hujson.py MAX_BYTES)
 
 
 V1 = "/api/v1"
@@ -462,9 +467,9 @@ ROUTES: tuple[Route, ...] = (
        delete_api_key, "Empty"),
     _r("GET", f"{V1}/policy", "getPolicy", "Get policy", "Policy", get_policy, "Policy"),
     _r("PUT", f"{V1}/policy", "setPolicy", "Set policy", "Policy", set_policy, "Policy",
-       body={"policy": "string"}),
+       body={"policy": "string"}, max_body=POLICY_BODY),
     _r("POST", f"{V1}/policy/check", "checkPolicy", "Check a policy without applying it",
-       "Policy", check_policy, "PolicyCheck", body={"policy": "string"}),
+       "Policy", check_policy, "PolicyCheck", body={"policy": "string"}, max_body=POLICY_BODY),
     _r("GET", f"{V1}/policy/history", "listPolicyVersions", "List accepted policy versions",
        "Policy", policy_history, "PolicyHistory", query=("limit",)),
     _r("POST", f"{V1}/policy/rollback", "rollbackPolicy",

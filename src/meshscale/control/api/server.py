@@ -140,8 +140,9 @@ class API:
             if isinstance(denied, Response):
                 return denied
             actor = denied
-        if len(req.body) > MAX_API_BODY:
-            return error_response(413, 8, f"request body larger than {MAX_API_BODY} bytes")
+        limit = route.max_body or MAX_API_BODY
+        if len(req.body) > limit:
+            return error_response(413, 8, f"request body larger than {limit} bytes")
         body: Any = {}
         if req.body.strip():
             try:

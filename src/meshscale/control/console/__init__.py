@@ -12,9 +12,11 @@ import json
 from typing import Any
 
 from meshscale.control.api import API
+from meshscale.control.auth.pages import oidc_pages
 from meshscale.control.config import ControlConfig
 from meshscale.control.console import actions, pages, policypages
 from meshscale.control.console.app import PREFIX, Console, ConsoleSettings
+from meshscale.control.console.oidc import ConsoleOIDC
 from meshscale.control.console.session import LoginLimiter, SessionStore
 from meshscale.control.state import State
 from meshscale.tailcfg import DNSConfig, to_json
@@ -45,7 +47,13 @@ def console_for(cfg: ControlConfig, state: State, api: API, dns: DNSConfig) -> C
         policy_writable=cfg.policy.mode == "database", oidc_enabled=cfg.oidc.enabled,
         dns=view, dns_preview=json.dumps(to_json(dns), indent=2, sort_keys=True),
     )  # fmt: skip
-    return build(state, api, settings)
+    oidc = None
+    if cfg.oidc.enabled and (cfg.console_admin_users or cfg.console_admin_groups):
+        pages = oidc_pages(cfg, state)
+        assert pages is not None
+        oidc = ConsoleOIDC(pages, cfg.server_url, cfg.console_admin_users,
+                           cfg.console_admin_groups)  # fmt: skip
+    return build(state, api, settings, oidc=oidc)
 
 
 __all__ = [

@@ -69,20 +69,19 @@ def _int(text: str | None, default: int, lo: int, hi: int) -> int:
     return min(max(int(text), lo), hi)
 
 
-def _is_exit(node: Node) -> bool:
-    return bool(EXIT_ROUTES & set(node.announced_routes()))
-
-
-def _subnets(node: Node) -> bool:
-    return any(r not in EXIT_ROUTES for r in node.announced_routes())
-
-
-def _pending(node: Node) -> bool:
+def route_flags(node: Node) -> tuple[bool, bool, bool]:
+    """(exit node, subnet router, routes awaiting approval) from the announced routes."""
+    announced = node.announced_routes()
+    if not announced:
+        return False, False, False
     approved = set(node.approved_routes)
-    return any(r not in approved for r in node.announced_routes())
+    return (bool(EXIT_ROUTES & set(announced)), any(r not in EXIT_ROUTES for r in announced),
+            any(r not in approved for r in announced))  # fmt: skip
 
 
-def matches_filter(node: Node, filt: str, now: datetime) -> bool:
+def matches_filter(
+    node: Node, filt: str, now: datetime, flags: tuple[bool, bool, bool] | None = None
+) -> bool:
     if filt == "online":
         return node.online
     if filt == "offline":
@@ -95,12 +94,9 @@ def matches_filter(node: Node, filt: str, now: datetime) -> bool:
         return node.ephemeral
     if filt == "tagged":
         return bool(node.tags)
-    if filt == "subnet-router":
-        return _subnets(node)
-    if filt == "exit-node":
-        return _is_exit(node)
-    if filt == "routes-pending":
-        return _pending(node)
+    if filt in ("subnet-router", "exit-node", "routes-pending"):
+        exit_node, subnets, pending = flags if flags is not None else route_flags(node)
+        return {"exit-node": exit_node, "subnet-router": subnets, "routes-pending": pending}[filt]
     return True
 
 
@@ -134,6 +130,15 @@ class SearchIndex:
 
     def __init__(self) -> None:
         self._text: dict[int, tuple[Node, str, str]] = {}
+        self._flags: dict[int, tuple[Node, tuple[bool, bool, bool]]] = {}
+
+    def flags(self, node: Node) -> tuple[bool, bool, bool]:
+        hit = self._flags.get(node.id)
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        flags = route_flags(node)
+        self._flags[node.id] = (node, flags)
+        return flags
 
     def text(self, node: Node, owner: str) -> str:
         hit = self._text.get(node.id)
@@ -149,9 +154,10 @@ class SearchIndex:
 
     def prune(self, nodes: list[Node]) -> None:
         """Forget deleted nodes."""
-        if len(self._text) > len(nodes):
-            for gone in set(self._text) - {n.id for n in nodes}:
-                del self._text[gone]
+        for cache in (self._text, self._flags):
+            if len(cache) > len(nodes):
+                for gone in set(cache) - {n.id for n in nodes}:
+                    del cache[gone]
 
 
 def select(
@@ -162,9 +168,13 @@ def select(
     words = query.q.lower().split()
     index = index if index is not None else SearchIndex()
     every = list(nodes)
-    hits = [n for n in every if matches_filter(n, query.filter, now)] if query.filter else every
+    filt = query.filter
+    hits = every
+    if filt:
+        hits = [n for n in every if matches_filter(n, filt, now, index.flags(n))]
     if words:
         hits = [n for n in hits if index.matches(n, owner_of(n, users), words)]
+    if filt or words:
         index.prune(every)
     if query.sort == "last-seen":
         hits.sort(key=lambda n: (not n.online, -(n.last_seen.timestamp() if n.last_seen else 0)))
@@ -184,11 +194,12 @@ def badges(node: Node, now: datetime) -> list[str]:
         out.append("tagged")
     if node.ephemeral:
         out.append("ephemeral")
-    if _is_exit(node):
+    exit_node, subnets, pending = route_flags(node)
+    if exit_node:
         out.append("exit node")
-    if _subnets(node):
+    if subnets:
         out.append("subnet router")
-    if _pending(node):
+    if pending:
         out.append("routes pending")
     if node.expiry is None:
         out.append("expiry disabled")

@@ -40,6 +40,7 @@ _SELF_IRRELEVANT = frozenset({"last_seen", "online"})
 # (the peers' side is the per-viewer visibility filter of build()).
 _SELF_POLICY = frozenset({"ipv4", "ipv6", "user_id", "tags", "approved_routes"})
 MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
+MAX_VIEWER_SETS = 256  # per-node viewer sets kept while only patches arrive: memory bound
 MAX_EPOCHS = 1024  # broadcast batches kept for sessions that fall behind
 REMOVED_LOG = 65536  # node IDs remembered as removed (for zero-peer full maps)
 
@@ -113,7 +114,10 @@ class MapSource(Protocol):
     def peers_of(self, node_id: int) -> list[models.Node]: ...
     def users(self) -> dict[models.UserID, models.User]: ...
     def packet_filter(self, node_id: int) -> Sequence[FilterRule]: ...
-    def can_see(self, viewer_id: int, peer_id: int) -> bool: ...
+    def viewers_of(self, node_id: int) -> set[int] | None:
+        """The nodes the policy lets see ``node_id`` (None: everyone may)."""
+        ...
+
     def node_ids(self) -> list[int]: ...
 
 
@@ -138,8 +142,8 @@ class SnapshotSource:
     def packet_filter(self, node_id: int) -> Sequence[FilterRule]:
         return self._state.packet_filter(models.NodeID(node_id))
 
-    def can_see(self, viewer_id: int, peer_id: int) -> bool:
-        return self._state.can_see(models.NodeID(viewer_id), models.NodeID(peer_id))
+    def viewers_of(self, node_id: int) -> set[int] | None:
+        return self._state.viewers_of(models.NodeID(node_id))
 
     def node_ids(self) -> list[int]:
         return [int(n.id) for n in self._state.list_nodes()]
@@ -163,6 +167,10 @@ class Batcher:
         # peer sets would cost O(nodes) memory per stream, O(nodes^2) in all.
         self._recently_removed: deque[int] = deque(maxlen=REMOVED_LOG)
         self._shared: dict[_DeltaKey, dict[str, Any]] = {}
+        # Who may see a changed node (the policy's answer, once per node until an event
+        # that can change access; visibility is symmetric, so one peer set serves every
+        # viewer's check).
+        self._viewers: dict[int, set[int] | None] = {}
         self._encoded: dict[tuple[int, bool, bool], tuple[dict[str, Any], bytes]] = {}
         self.events_handled = 0
         self.sync: Callable[[], None] | None = None  # drains queued events into handle()
@@ -233,6 +241,10 @@ class Batcher:
         self.events_handled += 1
         self._shared.clear()
         self._encoded.clear()
+        patch_only = isinstance(event, models.NodeChanged) and (
+            event.fields <= mapper.PATCHABLE_FIELDS)
+        if not patch_only or len(self._viewers) > MAX_VIEWER_SETS:
+            self._viewers.clear()  # (endpoints, online, DERP moves change no one's access)
         match event:
             case models.NodeAdded(node_id=nid) if self._clock is not None:
                 self.cache.drop(nid)
@@ -455,9 +467,8 @@ class Batcher:
         """``p`` as ``viewer`` may see it: changed peers the policy hides from it become
         removals (they may have been visible before), patches of hidden peers are dropped.
         ``p`` itself (it may be shared) when nothing is hidden."""
-        see = self.source.can_see
-        hid_c = {n for n in p.changed if n != viewer and not see(viewer, n)}
-        hid_p = {n for n in p.patched if n != viewer and not see(viewer, n)}
+        hid_c = {n for n in p.changed if n != viewer and not self._sees(viewer, n)}
+        hid_p = {n for n in p.patched if n != viewer and not self._sees(viewer, n)}
         if not hid_c and not hid_p:
             return p
         return Pending(
@@ -465,6 +476,12 @@ class Batcher:
             patched={k: v for k, v in p.patched.items() if k not in hid_p},
             removed=p.removed | hid_c, users=set(p.users),
         )
+
+    def _sees(self, viewer: int, nid: int) -> bool:
+        if nid not in self._viewers:
+            self._viewers[nid] = self.source.viewers_of(nid)
+        who = self._viewers[nid]
+        return who is None or viewer in who
 
     def _merged_from(self, start: int) -> tuple[Pending, _DeltaKey]:
         """The union of the broadcast batches from absolute index ``start`` on (shared by

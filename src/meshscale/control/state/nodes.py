@@ -104,10 +104,35 @@ class Nodes:
         core = self.core
         with core.lock:
             me = core.get_node(node_id)
+            ids = self._peer_ids(me)
+            if ids is not None:
+                return [core.nodes[NodeID(i)] for i in sorted(ids) if NodeID(i) in core.nodes]
             peers = (
                 n for n in core.nodes.values() if n.id != node_id and core.policy.can_see(me, n)
             )
             return sorted(peers, key=lambda n: n.id)
+
+    def _peer_ids(self, node: Node) -> set[int] | None:
+        """The policy's peer set of ``node`` at once, if the manager offers it
+        (PolicyEngine does: set unions instead of a can_see per node)."""
+        at_once = getattr(self.core.policy, "peer_ids", None)
+        return None if at_once is None else set(at_once(node))
+
+    def viewers_of(self, node_id: NodeID) -> set[int] | None:
+        """The nodes that may see ``node_id`` (visibility is symmetric): its peer set;
+        None when the manager cannot say at once (the caller then treats all as viewers)
+        or the node is gone (an empty set)."""
+        core = self.core
+        with core.lock:
+            node = core.nodes.get(node_id)
+            if node is None:
+                return set()
+            ids = self._peer_ids(node)
+            if ids is None:
+                return None if isinstance(core.policy, AllowAll) else {
+                    n.id for n in core.nodes.values()
+                    if n.id != node_id and core.policy.can_see(n, node)}
+            return ids
 
     def can_see(self, viewer_id: NodeID, peer_id: NodeID) -> bool:
         """Whether the policy lets ``viewer_id`` see ``peer_id`` (True if either is gone:

@@ -141,6 +141,7 @@ class State:
         self.peers_of = nodes.peers_of
         self.packet_filter = nodes.packet_filter
         self.can_see = nodes.can_see
+        self.viewers_of = nodes.viewers_of
 
         self.update_node = nodes.update_node
         self.update_endpoints = nodes.update_endpoints

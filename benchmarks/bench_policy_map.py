@@ -1,0 +1,127 @@
+"""Policy change → map messages, end to end in the control server (no network).
+
+State (SQLite in memory) with the real PolicyEngine, the map Batcher over it, and one
+MapSession per node (its first full map taken as sent). For N nodes with the 100-rule
+policy of bench_policy.py, reports:
+
+* tag change: ``nodes tag`` on one node (State.set_tags: store write + engine update), its
+  events through Batcher.handle, and a message built for every session with something
+  pending (full maps for the nodes whose answers moved, per-viewer deltas for the rest):
+  p50/p99 over K changes of the whole path, and how many full maps / deltas it took;
+* policy change: one user added to one group (State.set_policy) to every message built;
+* peak RSS of the process.
+
+The peer JSON cache is warmed first (every node encoded once), as in a running server.
+
+    .venv/bin/python benchmarks/bench_policy_map.py                  # N = 1000, 10000
+    .venv/bin/python benchmarks/bench_policy_map.py --sizes 1000 --changes 10
+
+Not a test: run by hand and copy the figures into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from bench_policy import policy
+
+from meshscale.control.mapper import mapper
+from meshscale.control.mapper.batcher import Batcher, MapSession, Pending, SnapshotSource
+from meshscale.control.state import State
+from meshscale.key import MachinePublic, NodePublic
+from meshscale.policy import PolicyEngine
+from meshscale.testing.mapsource import DERP
+
+CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
+NOW = datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def build_all(state: State, b: Batcher, sessions: list[MapSession]) -> tuple[int, int]:
+    """Feed published events to the batcher; build every pending message."""
+    for ev in sub.drain():
+        b.handle(ev)
+    fulls, deltas = b.full_maps_built, b.deltas_built
+    for s in sessions:
+        if not s.pending.empty() or s.bpos < b._epoch_base + len(b._epochs):
+            b.build(s, NOW)
+    return b.full_maps_built - fulls, b.deltas_built - deltas
+
+
+def ms(s: float) -> str:
+    return f"{s * 1000:.1f} ms"
+
+
+def run(n: int, changes: int) -> None:
+    global sub
+    t0 = time.perf_counter()
+    state = State.open(":memory:", policy=PolicyEngine())
+    users = [state.create_user(f"u{u}", email=f"u{u}@example.com") for u in range(max(1, n // 10))]
+    state.set_policy(policy(users))
+    for i in range(n):
+        key = (i + 1).to_bytes(4, "big") * 8
+        node = state.register_node(MachinePublic(key), NodePublic(key), users[i % len(users)].id,
+                                   {"Hostname": f"n{i}"})  # fmt: skip
+        if i % 10 == 0:
+            state.set_tags(node.id, [f"tag:t{i % 20}"])
+    sub = state.subscribe(max_queue=1 << 20)
+    b = Batcher(SnapshotSource(state), lambda: CFG)
+    sessions = []
+    for node in state.list_nodes():
+        s = MapSession(node.id)
+        b.add(s)
+        s.pending, s.started = Pending(full=False), True  # its full map went out
+        sessions.append(s)
+    for node in state.list_nodes():  # a running server's peer JSON cache is warm
+        b.cache.peer(node, CFG, NOW)
+    print(f"N={n}: tailnet built in {time.perf_counter() - t0:.1f} s")
+
+    nodes = state.list_nodes()
+    lat, shape = [], []
+    for k in range(changes):
+        target = nodes[(k * 7919 + 1) % n]
+        t0 = time.perf_counter()
+        state.set_tags(target.id, [*target.tags, f"tag:t{(k + 3) % 20}"])
+        fulls, deltas = build_all(state, b, sessions)
+        lat.append(time.perf_counter() - t0)
+        shape.append((fulls, deltas))
+        nodes = state.list_nodes()
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
+    fulls = statistics.median(f for f, _ in shape)
+    print(
+        f"  tag change -> all messages: p50 {ms(statistics.median(lat))} p99 {ms(q[98])}; "
+        f"full maps p50 {fulls:.0f}, deltas p50 {statistics.median(d for _, d in shape):.0f}"
+    )
+
+    t0 = time.perf_counter()
+    state.set_policy(policy(users, extra=f"{users[-1].name}@"))
+    t1 = time.perf_counter()
+    fulls, deltas = build_all(state, b, sessions)
+    t2 = time.perf_counter()
+    print(
+        f"  policy change (one user into one group): set_policy {ms(t1 - t0)}, all messages "
+        f"{ms(t2 - t0)}; full maps {fulls}, deltas {deltas}"
+    )
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak RSS {rss:.0f} MiB")
+    state.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--changes", type=int, default=20)
+    args = ap.parse_args()
+    for n in args.sizes:
+        run(n, args.changes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Console sign-in through the OIDC provider (when ``oidc.issuer`` is set).
+
+``GET /admin/oidc/start`` redirects to the provider (state, nonce, PKCE as configured: the
+same :class:`~meshscale.control.auth.oidc.LoginFlow` and token checks as node sign-in, with
+its own redirect URI ``<server_url>/admin/oidc/callback``, which the provider must list);
+the callback verifies the ID token and opens a console session only for an admin: an email
+in ``console.admin_users`` (verified by the provider) or a group in
+``console.admin_groups``. Nobody is an admin by default: the first admin is configured,
+not "whoever signs in first". The callback answers 303 to a code-free URL.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from meshscale.control.auth.idtoken import (
+    IdentityClaims,
+    LoginRefused,
+    load_jwks,
+    verify_id_token,
+)
+from meshscale.control.auth.pages import OIDCPages
+from meshscale.control.console import web
+from meshscale.control.console.app import PREFIX
+from meshscale.io.http import Request, Response
+
+if TYPE_CHECKING:
+    from meshscale.control.console.app import Console
+
+CALLBACK = f"{PREFIX}/oidc/callback"
+LOGIN_ID = "console"  # the LoginFlow's auth id for console sign-ins
+
+
+def is_admin(identity: IdentityClaims, users: tuple[str, ...], groups: tuple[str, ...]) -> bool:
+    email = identity.email.lower()
+    if email and identity.email_verified and email in {u.lower() for u in users}:
+        return True
+    return bool(set(identity.groups) & set(groups))
+
+
+class ConsoleOIDC:
+    """The two console OIDC routes over a dedicated :class:`OIDCPages` (its flow and token
+    exchange), see the module docstring."""
+
+    def __init__(self, pages: OIDCPages, server_url: str, admin_users: tuple[str, ...],
+                 admin_groups: tuple[str, ...]) -> None:  # fmt: skip
+        self.pages = pages
+        pages.flow.redirect_uri = server_url.rstrip("/") + CALLBACK
+        self.admin_users = admin_users
+        self.admin_groups = admin_groups
+
+    async def handle(self, console: Console, req: Request, path: str) -> Response:
+        if req.method not in ("GET", "HEAD"):
+            return Response.text(405, "method not allowed\n")
+        if path == f"{PREFIX}/oidc/start":
+            return await self.start()
+        if path == CALLBACK:
+            return await self.callback(console, req)
+        return Response.text(404, "not found\n")
+
+    async def start(self) -> Response:
+        try:
+            started = self.pages.flow.start(LOGIN_ID, await self.pages.discovery())
+        except LoginRefused as e:
+            return Response.text(e.status, f"sign-in unavailable: {e.reason}\n")
+        cookie = replace(started.cookie, path=CALLBACK)
+        return Response(302, b"", [("Location", started.url), ("Set-Cookie", cookie.header())])
+
+    async def callback(self, console: Console, req: Request) -> Response:
+        p = self.pages
+        try:
+            session, code = p.flow.take_session(req.query, web.cookies(req))
+            if session.auth_id != LOGIN_ID:
+                raise LoginRefused(400, "not a console sign-in")
+            disc = await p.discovery()
+            tokens = await p._exchange(code, session.verifier, disc)
+            id_token = tokens.get("id_token")
+            if not isinstance(id_token, str) or not id_token:
+                raise LoginRefused(400, "token response without id_token")
+            keys = load_jwks(json.dumps(await p._get_json(disc.jwks_uri)))
+            identity = verify_id_token(
+                id_token, keys, issuer=p.cfg.issuer, client_id=p.cfg.client_id,
+                nonce=session.nonce, groups_claim=p.cfg.groups_claim,
+            )  # fmt: skip
+            access = tokens.get("access_token")
+            if disc.userinfo_endpoint and isinstance(access, str) and access:
+                identity = await p._userinfo(identity, disc.userinfo_endpoint, access)
+        except LoginRefused as e:
+            return console.login_page(req, f"Sign-in refused: {e.reason}", e.status)
+        if not is_admin(identity, self.admin_users, self.admin_groups):
+            return console.login_page(req, "Sign-in refused: you are not a console admin.", 403)
+        who = identity.email or f"{identity.issuer}#{identity.subject}"
+        return console.start_session(req, f"oidc:{who}", None, f"{PREFIX}/machines")
