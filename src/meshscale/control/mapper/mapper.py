@@ -144,6 +144,7 @@ def tail_node(
     """A models.Node as tailcfg.Node (docs/protocol/control.md §4.5)."""
     addrs = _prefixes(node)
     primary = [str(r) for r in node.primary_routes()]
+    exits = [str(r) for r in node.exit_routes()]  # never in PrimaryRoutes (policy.md §5.3)
     expired = node.is_expired(now)
     n = Node(
         ID=int(node.id),
@@ -155,7 +156,7 @@ def tail_node(
         Machine=node.machine_key,
         DiscoKey=node.disco_key,
         Addresses=addrs,
-        AllowedIPs=addrs + primary,
+        AllowedIPs=addrs + primary + exits,
         Endpoints=list(node.endpoints),
         HomeDERP=home_derp(node),
         Hostinfo=node.hostinfo or {},

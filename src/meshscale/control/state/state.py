@@ -148,6 +148,7 @@ class State:
         self.update_endpoints = nodes.update_endpoints
         self.update_hostinfo = nodes.update_hostinfo
         self.set_online = nodes.set_online
+        self.set_route_standby = nodes.set_route_standby
         self.touch = nodes.touch
         self.logout = nodes.logout
 
