@@ -201,7 +201,8 @@ def set_tags(c: Call) -> dict[str, Any]:
 
 def approve_routes(c: Call) -> dict[str, Any]:
     node = c.state.approve_routes(_node_id(c), _strs(c.body, "routes"))
-    return {"node": node_json(node, c.state)}
+    # Re-read: the HA election ran at commit and may have made this node primary.
+    return {"node": node_json(c.state.get_node(node.id), c.state)}
 
 
 def move_node(c: Call) -> dict[str, Any]:
