@@ -66,6 +66,7 @@ def test_ip_whois_netcheck_down_logout(daemon, capsys):
     assert code == 0 and "alpha.lab.meshscale" in out and "alice@example.com" in out
     code, out, _ = run(capsys, sock, "netcheck")
     assert "IPv4: yes, 203.0.113.20:41641" in out and "Nearest DERP: lab" in out
+    assert "\t* PortMapping: not checked\n" in out
     assert run(capsys, sock, "down")[0] == 0
     assert be.state == "Stopped"
     code, _, err = run(capsys, sock, "status")
@@ -161,6 +162,15 @@ def test_netcheck_format_json_in_tailscales_shape_and_units(daemon, capsys):
     assert set(json.loads(run(capsys, sock, "netcheck", "--json")[1])) == NETCHECK_KEYS
     code, _, err = run(capsys, sock, "netcheck", "--format=xml")
     assert code == 2 and err.count("\n") == 1 and "usage" in err
+
+
+def test_netcheck_port_mapping_named_and_ordered_as_tailscale():
+    from meshscale.cli.netcheck import port_mapping
+
+    assert port_mapping({}) == "not checked"
+    assert port_mapping({"UPnP": True, "PMP": True, "PCP": True}) == "UPnP, NAT-PMP, PCP"
+    assert port_mapping({"UPnP": False, "PMP": True, "PCP": False}) == "NAT-PMP"
+    assert port_mapping({"UPnP": False, "PMP": False, "PCP": False}) == ""
 
 
 def test_up_advertise_tags_become_prefs(daemon, capsys):

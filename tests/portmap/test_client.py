@@ -146,6 +146,7 @@ def test_prefers_pcp_when_everything_answers() -> None:
     pm = run(FakeGateway(Protocol.PCP, Protocol.PMP, Protocol.UPNP))
     assert pm.mapping is not None and pm.mapping.protocol is Protocol.PCP
     assert pm.mapping.external == (EXT, 50000)
+    assert pm.have == dict.fromkeys(Protocol, True)  # later answers count after PCP won
 
 
 def test_falls_back_to_natpmp() -> None:

@@ -66,6 +66,15 @@ def report_json(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def port_mapping(r: dict[str, Any]) -> str:
+    """Which port-mapping protocols the gateway offered, named and ordered as tailscale's
+    netcheck prints them; "not checked" before the daemon's first probe ended."""
+    if not any(isinstance(r.get(k), bool) for k in ("UPnP", "PMP", "PCP")):
+        return "not checked"
+    names = (("UPnP", "UPnP"), ("PMP", "NAT-PMP"), ("PCP", "PCP"))
+    return ", ".join(label for key, label in names if r.get(key) is True)
+
+
 def run(args: argparse.Namespace, client: LocalClient) -> int:
     r = client.get("netcheck")
     fmt = "json" if args.json and not args.format else args.format
@@ -81,6 +90,7 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
     print(f"\t* IPv6: {'yes, ' + v6 if v6 else 'no'}")
     mv = r.get("MappingVariesByDestIP")
     print(f"\t* MappingVariesByDestIP: {'' if mv is None else str(mv).lower()}")
+    print(f"\t* PortMapping: {port_mapping(r)}")
     regions = r.get("RegionNames") or {}
     pref = r.get("PreferredDERP") or 0
     print(f"\t* Nearest DERP: {regions.get(str(pref), pref) if pref else 'unknown'}")

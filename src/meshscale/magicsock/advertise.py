@@ -1,7 +1,8 @@
 """Which endpoints a node advertises to control and in CallMeMaybe
 (docs/protocol/derp-disco-stun.md §5.1).
 
-STUN-mapped addresses (from the latest netcheck report), then local interface
+Port-mapped addresses (NAT-PMP, PCP or UPnP IGD on the gateway), then STUN-mapped
+addresses (from the latest netcheck report), then local interface
 addresses with the socket's port (loopback only when there is nothing else,
 IPv6 link-local never), then endpoints seen in the last 5 min 10 s that this
 round missed (at most 6 per IP), so that a flaky STUN answer does not make a
@@ -34,9 +35,11 @@ class EndpointAdvertiser:
         now: float,
         *,
         fresh: bool,
+        portmapped: Iterable[AddrPort] = (),
     ) -> tuple[AdvertisedEndpoint, ...]:
         """The list to advertise; ``fresh`` marks this round's addresses as just seen."""
-        eps = [AdvertisedEndpoint(a, EndpointType.STUN) for a in stun]
+        eps = [AdvertisedEndpoint(a, EndpointType.PORTMAPPED) for a in portmapped]
+        eps += [AdvertisedEndpoint(a, EndpointType.STUN) for a in stun]
         local = [
             ip
             for ip in local_ips

@@ -159,6 +159,7 @@ class Conn:
         self.endpoints: tuple[AdvertisedEndpoint, ...] = ()
         self._endpoints_at: float | None = None
         self._local_ips: tuple[IPAddress, ...] = ()
+        self._portmapped: tuple[AddrPort, ...] = ()
         self._advertiser = EndpointAdvertiser()
         self._peers: dict[NodePublic, PeerEndpoint] = {}
         self._by_disco: dict[DiscoPublic, list[NodePublic]] = {}
@@ -202,6 +203,13 @@ class Conn:
         """Addresses of our interfaces, advertised with our port as EndpointLocal."""
         self._local_ips = tuple(ips)
         self._recompute_endpoints(now, fresh=False)
+
+    def set_portmapped(self, addr: AddrPort | None, now: float) -> None:
+        """The gateway's mapping of our port (portmap), advertised first as EndpointPortmapped."""
+        mapped = (addr,) if addr is not None else ()
+        if mapped != self._portmapped:
+            self._portmapped = mapped
+            self._recompute_endpoints(now, fresh=False)
 
     def set_peers(self, peers: Iterable[PeerConfig], now: float) -> None:
         """Install the netmap's peers. Peers with a zero disco key are left out, as the
@@ -642,6 +650,7 @@ class Conn:
             self.local_port,
             now,
             fresh=fresh,
+            portmapped=self._portmapped,
         )
         if fresh:
             self._endpoints_at = now

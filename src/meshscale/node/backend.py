@@ -47,6 +47,7 @@ from . import routing
 from .controlclient import Auto, Keys, NetworkMap
 from .localapi import BackendError
 from .magicdns.manager import MagicDNS
+from .portmapper import PortMapperService
 from .prefs import Prefs
 from .store import LoginInfo, State, StateStore
 
@@ -98,6 +99,7 @@ class Backend:
         self._exit_id = ""  # StableID of the exit node in use ("" none)
         # Inbound packets the filter dropped, per reason (debug()["filter_drops"]).
         self.filter_drops: dict[str, int] = {}
+        self.portmapper = PortMapperService(lambda: bind.core.local_port, bind.set_portmapped)
         engine.filter_in = self._filter_in
         engine.filter_out = self._filter_out
 
@@ -109,6 +111,7 @@ class Backend:
         self._traffic_task = loop.create_task(self._watch_traffic())
         if self.st.prefs.WantRunning and self.st.prefs.ControlURL:
             self._start_control("")
+            self.portmapper.start()
 
     async def close(self) -> None:
         for task in (self._link_task, self._traffic_task, self._ready_task):
@@ -116,6 +119,7 @@ class Backend:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.portmapper.stop(release=True)
         if self.auto is not None:
             await self.auto.stop()
         # As tailscaled on exit: no policy rules or netfilter table outlive the daemon (the
@@ -158,6 +162,7 @@ class Backend:
         self.health = []
         self.auth_url = ""
         self._start_control(auth_key)
+        self.portmapper.start()
 
     def _check_route_prefs(self, prefs: Prefs) -> None:
         try:
@@ -192,6 +197,7 @@ class Backend:
     async def down(self) -> None:
         self.st.prefs.WantRunning = False
         self.store.save(self.st)
+        await self.portmapper.stop(release=True)
         if self.auto is not None:
             await self.auto.stop()
             self.auto = None
@@ -240,9 +246,11 @@ class Backend:
 
     async def netcheck(self) -> dict[str, Any]:
         r = self.bind.report
+        have = self.portmapper.have() or {}  # UPnP/PMP/PCP; absent = not checked
         names = {str(k): v for k, v in self.bind.region_codes.items()}
         if r is None:
-            return {"UDP": False, "RegionNames": names, "PreferredDERP": self.bind.core.home_derp}
+            return {"UDP": False, "RegionNames": names, "PreferredDERP": self.bind.core.home_derp,
+                    **have}  # fmt: skip
         return {
             "UDP": r.udp, "IPv4": r.ipv4, "IPv6": r.ipv6,
             "GlobalV4": _addr_text(r.global_v4) if r.global_v4 else "",
@@ -253,6 +261,7 @@ class Backend:
             "RegionV4Latency": {str(k): v for k, v in r.region_v4_latency.items()},
             "RegionV6Latency": {str(k): v for k, v in r.region_v6_latency.items()},
             "RegionNames": names,
+            **have,
         }  # fmt: skip
 
     def debug(self) -> dict[str, Any]:
@@ -382,6 +391,9 @@ class Backend:
 
     def _hostinfo(self) -> Hostinfo:
         ni = net_info(self.bind.report, self.bind.core.home_derp)
+        if (have := self.portmapper.have()) is not None:
+            ni.UPnP, ni.PMP, ni.PCP = have["UPnP"], have["PMP"], have["PCP"]
+            ni.HavePortMap = self.portmapper.mapped is not None
         name = self.st.prefs.Hostname or socket.gethostname()
         routes = [str(r) for r in routing.advertised(self.st.prefs)]
         return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni,
@@ -558,6 +570,7 @@ class Backend:
                 if not first:
                     log.info("network changed: %s", [str(i) for i in ips])
                     self.bind.note_network_change()
+                    self.portmapper.restart()
             await asyncio.sleep(LINK_POLL)
 
 

@@ -68,8 +68,7 @@ class PortMapper:
         self.local_port = local_port
         self.lifetime = lifetime
         self._nonce = nonce
-        # What the last probe learnt; None until it ends (netcheck's "not checked").
-        self.have: dict[Protocol, bool] | None = None
+        self._probe_done = False
         self.mapping: Mapping | None = None
         self.errors: dict[str, int] = {}
         self._seen: set[Protocol] = set()
@@ -86,6 +85,12 @@ class PortMapper:
         self._probing = False
         self._released = False
 
+    @property
+    def have(self) -> dict[Protocol, bool] | None:
+        """Which protocols the gateway answered; None until the first probe ended (netcheck's
+        "not checked"). Answers arriving after PCP ended the probe early still count."""
+        return {p: p in self._seen for p in Protocol} if self._probe_done else None
+
     # ---- user calls ----
 
     def start(self, now: float) -> None:
@@ -94,6 +99,8 @@ class PortMapper:
         self._probing = True
         self._seen.clear()
         self._tried.clear()
+        self._location = None
+        self._service = None
         self._trying = None
         gw = self.gateway
         self._udp_out.append((pcp.announce_request(self.client), (gw, pcp.PORT)))
@@ -214,7 +221,7 @@ class PortMapper:
         self.errors[what] = self.errors.get(what, 0) + 1
 
     def _on_ssdp(self, resp: upnp.SSDPResponse, now: float) -> None:
-        if self._location is None or self._service is None:
+        if self._location is None:  # the multicast and the unicast search both answer
             self._location = resp.location
             self._http_out.append(
                 HTTPRequest("description", resp.location, upnp.description_request(resp.location))
@@ -262,7 +269,7 @@ class PortMapper:
 
     def _end_probe(self, now: float) -> None:
         self._probing = False
-        self.have = {p: p in self._seen for p in Protocol}
+        self._probe_done = True
         self._next(now)
 
     def _next(self, now: float) -> None:

@@ -498,6 +498,13 @@ class MagicBind:
             self._flush_locked()
         self._rearm()
 
+    def set_portmapped(self, addr: AddrPort | None) -> None:
+        """Advertise the gateway's mapping of our port (None: there is none)."""
+        with self.lock:
+            self.core.set_portmapped(addr, self._clock())
+            self._flush_locked()
+        self._rearm()
+
     def note_network_change(self) -> None:
         """Our addresses changed (roaming): forget paths, re-STUN, and redial DERP at once,
         since its TCP connections may still be bound to an address we no longer have."""
