@@ -52,7 +52,7 @@ def measure(size: int) -> None:
             p.a.dev.encrypt_packets(batch, p.now)
 
     sealed = [
-        [(memoryview(h + c), p.a.ep) for h, c in p.a.dev.encrypt_packets(batch, p.now)[0][1]]
+        [(memoryview(b"".join(m)), p.a.ep) for m in p.a.dev.encrypt_packets(batch, p.now)[0][1]]
         for _ in range(ROUNDS * 5)
     ]
     it = iter(sealed)

@@ -161,3 +161,29 @@ def test_systemd_analyze_verifies_the_units(tmp_path: Path) -> None:
         if any(u in line for u in ("meshscaled", "meshscale-control", "meshscale-derp"))
     ]  # fmt: skip
     assert out.returncode == 0 and not problems, out.stderr
+
+
+def test_control_tells_systemd_when_ready_and_stopping(tmp_path: Path) -> None:
+    sock, path = _listener(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "server_url: http://127.0.0.1:1\nlisten_addr: 127.0.0.1:0\nunix_socket: ctl.sock\n"
+        "derp:\n  server:\n    enabled: false\n"
+    )
+    with sock:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "meshscale.control.main", "--state-dir", str(tmp_path),
+             "serve", "-c", str(config)],
+            env={**os.environ, "NOTIFY_SOCKET": path}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert sock.recv(4096).startswith(b"READY=1")
+            assert (tmp_path / "ctl.sock").exists()  # ready means serving: the socket is up
+            proc.send_signal(signal.SIGTERM)
+            assert sock.recv(4096) == b"STOPPING=1"
+            assert proc.wait(20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -78,8 +78,12 @@ def test_ip_whois_netcheck_down_logout(daemon, capsys):
 @pytest.mark.parametrize(
     ("argv", "code", "needle"),
     [
-        (["up", "--login-server=http://c", "--advertise-routes=10.0.0.0/8"], 2, "subnet routes"),
-        (["up", "--login-server=http://c", "--exit-node=100.64.0.2"], 2, "exit nodes"),
+        (["up", "--login-server=http://c", "--advertise-routes=10.0.0.1/8"], 2, "host bits"),
+        (["up", "--login-server=http://c", "--advertise-routes=10.0.0/8"], 2, "not an IP prefix"),
+        (["set", "--advertise-routes=10.0.0.0/8,10.1.0.0/16"], 2, "overlap"),
+        (["set", "--advertise-routes=100.64.0.0/24"], 2, "tailnet's own range"),
+        (["set", "--advertise-exit-node", "--exit-node=100.64.0.2"], 2, "at the same time"),
+        (["set", "--exit-node=nosuchpeer"], 2, "no peer found"),
         (["up", "--login-server=ftp://c"], 1, "--login-server must be"),
         (["up", "--timeout=soon"], 2, "invalid duration"),
         (["ping"], 2, "required"),

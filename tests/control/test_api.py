@@ -94,6 +94,9 @@ def test_preauth_key_and_node_routes(api: API, state: State) -> None:
     assert call(api, "POST", f"{path}/rename/build-1")[1]["node"]["givenName"] == "build-1"
     assert call(api, "POST", f"{path}/tags", {"tags": ["tag:x"]})[1]["node"]["tags"] == ["tag:x"]
     routes = call(api, "POST", f"{path}/approve_routes", {"routes": ["10.0.0.0/8"]})[1]
+    assert routes["node"]["subnetRoutes"] == []  # approved, but an offline router serves nothing
+    state.set_online(node.id, True)
+    routes = call(api, "POST", f"{path}/approve_routes", {"routes": ["10.0.0.0/8"]})[1]
     assert routes["node"]["subnetRoutes"] == ["10.0.0.0/8"]
     assert call(api, "POST", f"{path}/expire")[1]["node"]["expiry"] == "2026-03-01T12:00:00Z"
     assert call(api, "POST", f"{path}/expire", {"disableExpiry": True})[1]["node"]["expiry"] is None

@@ -117,7 +117,7 @@ def test_import_users_and_nodes(tmp_path: Path) -> None:
     router = nodes["router"]
     assert router.user_id == users[TAGGED_DEVICES_USER].id and router.tags == ("tag:router",)
     assert router.approved_routes == (ipaddress.ip_network("10.1.0.0/16"),)
-    assert router.primary_routes() == (ipaddress.ip_network("10.1.0.0/16"),)
+    assert router.served_routes() == (ipaddress.ip_network("10.1.0.0/16"),)
     assert router.ipv6 is None and router.endpoints == ()
     assert router.expiry == datetime(2026, 1, 1, tzinfo=UTC)
     assert nodes["ci"].ephemeral and nodes["ci"].given_name == "ci-runner-7"

@@ -131,11 +131,16 @@ def test_per_source_and_global_unauthenticated_caps() -> None:
                 await _dial(port, key)
             assert up.gate.stats()["unauth_connections"] == 3
             assert up.gate.refused == 1
-            node = await _dial(port, key, mk)  # a registered node still gets in
-            clients.append(node)
-            assert (await node.request("POST", "/x"))[0] == 200
+            # The full source is refused before the handshake (cheap), so a node sharing
+            # the address waits too (SECURITY.md) ...
+            with pytest.raises(ClientError, match="503"):
+                await _dial(port, key, mk)
             await clients.pop(0).close()
             await _until(lambda: up.gate.unauth_connections == 2)
+            node = await _dial(port, key, mk)  # ... and gets in once there is room,
+            clients.append(node)
+            assert (await node.request("POST", "/x"))[0] == 200
+            assert up.gate.unauth_connections == 2  # counted as a node, not against the cap
             clients.append(await _dial(port, key))  # room again
         finally:
             for c in clients:

@@ -113,7 +113,7 @@ def phase1(a: Admin, args: dict[str, Any]) -> dict[str, Any]:
     out["preauth_key"] = a.wait.until(
         ec.presence_of_element_located((By.ID, "secret-value"))).text  # fmt: skip
     a.shot("06-preauth-key")
-    for page in ("users", "apikeys", "dns"):
+    for page in ("users", "apikeys", "dns", "settings"):
         a.go(f"/admin/{page}")
         a.shot(f"07-{page}")
 

@@ -175,7 +175,7 @@ def test_console_in_chromium(need_lab: None, tmp_path: Path) -> None:
             assert {"registerNode", "setApprovedRoutes", "createPreAuthKey", "setPolicy",
                     "rollbackPolicy"} <= {e["action"] for e in audit}  # fmt: skip
             names = sorted(f.name for f in shots.glob("*.png"))
-            assert len(names) >= 14, names
+            assert len(names) >= 17, names
             print(f"console screenshots in {shots}: {names}")
             print(f"browser seconds: {one['seconds']} + {two['seconds']}")
         except BaseException:

@@ -128,9 +128,9 @@ class World:
 
     def remote_sends(self, packet: bytes) -> None:
         for _, msgs in self.remote.encrypt_packets([packet], self.now):
-            for h, c in msgs:
+            for parts in msgs:
                 if not self.drop_to_engine:
-                    self.wire.append((self.now + LATENCY, "engine", h + c))
+                    self.wire.append((self.now + LATENCY, "engine", b"".join(parts)))
         self._collect_remote()
 
     def run(self, engine: Engine, until: float) -> None:

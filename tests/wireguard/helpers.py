@@ -96,9 +96,10 @@ class Pair:
     def send(self, src: Side, packets: list[bytes]) -> None:
         for ep, msgs in src.dev.encrypt_packets(packets, self.now):
             dst = self.a if ep == self.a.ep else self.b
-            for h, c in msgs:
-                self.sent_sizes.append(len(h) + len(c))
-                self.wire.append((dst, h + c))
+            for parts in msgs:
+                datagram = b"".join(parts)
+                self.sent_sizes.append(len(datagram))
+                self.wire.append((dst, datagram))
         self.collect(src)
 
     def deliver(self, max_rounds: int = 20) -> int:

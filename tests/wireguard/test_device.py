@@ -68,7 +68,7 @@ def test_replayed_transport_packet_is_dropped() -> None:
     p.send(p.a, [pkt])
     p.deliver()
     ((_ep, msgs),) = p.a.dev.encrypt_packets([pkt], p.now)
-    datagram = msgs[0][0] + msgs[0][1]
+    datagram = b"".join(msgs[0])
     assert p.b.dev.receive_datagrams([(datagram, p.a.ep)], p.now) == [pkt]
     assert p.b.dev.receive_datagrams([(datagram, p.a.ep)], p.now) == []
     assert p.b.dev.drops["replay"] == 1
@@ -80,7 +80,7 @@ def test_tampered_and_truncated_packets_are_dropped() -> None:
     p.send(p.a, [pkt])
     p.deliver()
     ((_, msgs),) = p.a.dev.encrypt_packets([pkt], p.now)
-    datagram = bytearray(msgs[0][0] + msgs[0][1])
+    datagram = bytearray(b"".join(msgs[0]))
     datagram[20] ^= 1
     assert p.b.dev.receive_datagrams([(bytes(datagram), p.a.ep)], p.now) == []
     assert p.b.dev.drops["auth"] == 1
@@ -95,7 +95,7 @@ def test_source_address_check() -> None:
     kp = p.pa.current
     assert kp is not None
     msgs = p.a.dev.seal_for_peer(p.pa, kp, [spoofed], p.now)
-    assert p.b.dev.receive_datagrams([(msgs[0][0] + msgs[0][1], p.a.ep)], p.now) == []
+    assert p.b.dev.receive_datagrams([(b"".join(msgs[0]), p.a.ep)], p.now) == []
     assert p.b.dev.drops["source_check"] == 1
 
 
@@ -104,7 +104,7 @@ def test_roaming_updates_endpoint() -> None:
     p.send(p.a, [ipv4_packet("10.0.0.1", "10.0.0.2")])
     p.deliver()
     ((_, msgs),) = p.a.dev.encrypt_packets([ipv4_packet("10.0.0.1", "10.0.0.2")], p.now)
-    p.b.dev.receive_datagrams([(msgs[0][0] + msgs[0][1], ("198.51.100.7", 4444))], p.now)
+    p.b.dev.receive_datagrams([(b"".join(msgs[0]), ("198.51.100.7", 4444))], p.now)
     assert p.pb.endpoint == ("198.51.100.7", 4444)
 
 

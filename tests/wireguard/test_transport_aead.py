@@ -28,11 +28,11 @@ def test_python_sealer_matches_libsodium_with_wireguard_padding() -> None:
     pkts = [b"", b"a", b"x" * 16, b"y" * 1419, b"z" * 1420, b"w" * 1500]
     msgs, nbytes, last = PySealer(KEY).seal_batch(pkts, 0x01020304, 1420)
     padded = [b"", b"a" + bytes(15), b"x" * 16, b"y" * 1419 + b"\0", b"z" * 1420, b"w" * 1500]
-    assert [h + c for h, c in msgs] == [
+    assert [b"".join(m) for m in msgs] == [
         sodium_message(KEY, 0x01020304, i, p) for i, p in enumerate(padded)
     ]
     assert last == len(pkts) - 1
-    assert nbytes == sum(len(h + c) for h, c in msgs)
+    assert nbytes == sum(len(m[0]) for m in msgs)
 
 
 @settings(max_examples=60, deadline=None)
@@ -90,7 +90,7 @@ def test_native_counters_unique_across_threads() -> None:
         for _ in range(200):
             msgs, _, _ = sealer.seal_batch([b"x" * 1400] * 8, 1, 1420)
             with lock:
-                seen.extend(int.from_bytes(h[8:16], "little") for h, _ in msgs)
+                seen.extend(int.from_bytes(m[0][8:16], "little") for m in msgs)
 
     threads = [threading.Thread(target=work) for _ in range(3)]
     for t in threads:

@@ -17,12 +17,6 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0,
 
 # Flags of tailscale's `up` that belong to later work. They are refused, never ignored.
 UNSUPPORTED_UP_FLAGS = {
-    "advertise-routes": "subnet routes",
-    "accept-routes": "subnet routes",
-    "snat-subnet-routes": "subnet routes",
-    "exit-node": "exit nodes",
-    "exit-node-allow-lan-access": "exit nodes",
-    "advertise-exit-node": "exit nodes",
     "ssh": "meshscale SSH",
     "shields-up": "shields-up",
     "operator": "operator users",

@@ -13,11 +13,24 @@ from typing import NoReturn
 
 from meshscale import __version__
 
-from . import completion, dns, down, ip, netcheck, ping, setcmd, status, up, version, whois
+from . import (
+    completion,
+    dns,
+    down,
+    exitnode,
+    ip,
+    netcheck,
+    ping,
+    setcmd,
+    status,
+    up,
+    version,
+    whois,
+)
 from .goflags import go_argv, usage
 from .localclient import DEFAULT_SOCKET, CLIError, LocalClient
 
-VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, version, completion)
+VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, exitnode, version, completion)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -47,6 +47,10 @@ def connection(peer: dict[str, Any]) -> str:
     else:
         out = "active"
     tx, rx = int(peer.get("TxBytes") or 0), int(peer.get("RxBytes") or 0)
+    if peer.get("ExitNode"):
+        out += "; exit node"
+    elif peer.get("ExitNodeOption"):
+        out += "; offers exit node"
     if tx or rx:
         out += f", tx {tx} rx {rx}"
     return out

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from . import routeflags
 from .common import UNSUPPORTED_UP_FLAGS, add_bool_flag, parse_duration
 from .localclient import CLIError, LocalClient
 
@@ -43,6 +44,7 @@ def _add(p: argparse.ArgumentParser, login: bool = False) -> None:
                    help="give up after this long (0 = wait forever), e.g. 30s")  # fmt: skip
     add_bool_flag(p, "json", False, "print the result as JSON")
     add_bool_flag(p, "force-reauth", login, "log in again even if this node is logged in")
+    routeflags.add(p)
     for name in UNSUPPORTED_UP_FLAGS:
         p.add_argument(f"--{name}", nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
@@ -53,18 +55,20 @@ def check_reverts(current: dict[str, Any], args: argparse.Namespace) -> None:
     (or pass --reset), so a forgotten flag never silently reverts a setting."""
     mentioned = {"login-server": bool(args.login_server), "hostname": bool(args.hostname),
                  "accept-dns": args.accept_dns is not None,
-                 "advertise-tags": args.advertise_tags is not None}
+                 "advertise-tags": args.advertise_tags is not None,
+                 **routeflags.mentioned(args)}  # fmt: skip
     if not any(mentioned.values()):
         return  # a bare `up` brings the node up with its settings
     now = {"login-server": current.get("ControlURL") or "",
            "hostname": current.get("Hostname") or "",
            "accept-dns": "false" if current.get("CorpDNS") is False else "",
-           "advertise-tags": ",".join(current.get("AdvertiseTags") or [])}
+           "advertise-tags": ",".join(current.get("AdvertiseTags") or []),
+           **routeflags.current(current)}  # fmt: skip
     missing = [f"--{k}={v}" for k, v in now.items() if v and not mentioned[k]]
     if missing:
         raise CLIError("changing settings via 'meshscale up' requires mentioning all non-default "
                        f"flags; add {' '.join(missing)} or use --reset (or 'meshscale set')",
-                       code=2)
+                       code=2)  # fmt: skip
 
 
 def _tags(text: str) -> list[str]:
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
         prefs["CorpDNS"] = args.accept_dns
     if args.advertise_tags is not None or args.reset:
         prefs["AdvertiseTags"] = _tags(args.advertise_tags or "")
+    routeflags.apply(args, prefs, client, reset=bool(args.reset))
     if not prefs.get("ControlURL"):
         raise CLIError("no control server configured: pass --login-server=URL")
     if args.force_reauth:

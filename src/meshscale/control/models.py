@@ -103,6 +103,10 @@ class Node:
     ephemeral: bool = False
     created_at: datetime | None = None
     online: bool = False  # not persisted
+    # Memory only, kept by State: the non-exit prefixes this node is the HA primary for
+    # (state/primary.py), and whether its map stream has been gone past the route grace.
+    primary: tuple[IPPrefix, ...] = ()
+    route_standby: bool = False
 
     __hash__ = None  # type: ignore[assignment]  # hostinfo is a dict; nodes are not keys
 
@@ -130,10 +134,23 @@ class Node:
                     continue
         return tuple(out)
 
-    def primary_routes(self) -> tuple[IPPrefix, ...]:
-        """Announced routes an admin approved: the ones peers should route here."""
+    def served_routes(self) -> tuple[IPPrefix, ...]:
+        """Announced routes that are approved (approving one exit route approves both)."""
         approved = set(self.approved_routes)
-        return tuple(r for r in self.announced_routes() if r in approved)
+        announced = self.announced_routes()
+        if any(r.prefixlen == 0 for r in approved):
+            approved.update(r for r in announced if r.prefixlen == 0)
+        return tuple(r for r in announced if r in approved)
+
+    def primary_routes(self) -> tuple[IPPrefix, ...]:
+        """The non-exit prefixes this node is elected primary for and still serves."""
+        served = set(self.served_routes())
+        return tuple(r for r in self.primary if r in served)
+
+    def exit_routes(self) -> tuple[IPPrefix, ...]:
+        """Both /0s when this node is an approved exit node, else ()."""
+        exits = tuple(r for r in self.served_routes() if r.prefixlen == 0)
+        return exits if len(exits) == 2 else ()
 
 
 @dataclass(frozen=True, slots=True)

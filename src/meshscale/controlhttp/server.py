@@ -102,6 +102,11 @@ class NoiseUpgrade:
         return self.is_node is not None and self.is_node(machine_key)
 
     async def __call__(self, req: Request, stream: UpgradeStream) -> Response | None:
+        too_many = self.gate.precheck(
+            req.client[0] if req.client else None, asyncio.get_running_loop().time()
+        )
+        if too_many is not None:  # before the handshake: refusing must stay cheap
+            return Response.text(503, too_many + "\n", [("Retry-After", "30")])
         upgrade = (req.headers.get("upgrade") or "").lower()
         if not upgrade:
             return Response.text(400, "missing Upgrade header\n")

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import socket
 import ssl as ssl_module
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from . import netmark
 from .http import Headers
 from .stream import READ_CHUNK, RawStream
 
@@ -286,17 +288,42 @@ async def connect(
 ) -> HTTPConnection:
     """Dial host:port (over TLS with ``tls``, SNI ``server_hostname`` or host). ``authority``
     is the default Host header (host[:port] when not given)."""
-    reader, writer = await asyncio.open_connection(
-        host,
-        port,
-        ssl=tls,
-        server_hostname=(server_hostname or host) if tls is not None else None,
-        limit=READ_CHUNK,
-    )
+    sni = (server_hostname or host) if tls is not None else None
+    if netmark.socket_mark():
+        sock = await _marked_socket(host, port)
+        reader, writer = await asyncio.open_connection(
+            sock=sock, ssl=tls, server_hostname=sni, limit=READ_CHUNK
+        )
+    else:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=sni, limit=READ_CHUNK
+        )
     default = 443 if tls is not None else 80
     return HTTPConnection(
         reader, writer, authority or host_header(host, port, default), max_head=max_head
     )
+
+
+async def _marked_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket carrying the process mark (io.netmark), connected to host:port; tries
+    each address in turn, as open_connection does."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError | None = None
+    for family, type_, proto, _, addr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            netmark.apply(sock)
+            await loop.sock_connect(sock, addr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise last or OSError(f"cannot resolve {host}")
 
 
 async def connect_unix(

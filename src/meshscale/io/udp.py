@@ -33,6 +33,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import netmark
+
 __all__ = ["Address", "Bytes", "UDPClosedError", "UDPSocket", "UDPStats"]
 
 Address = tuple[str, int]
@@ -116,6 +118,7 @@ class UDPSocket:
                     sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)  # root only
                 except OSError:
                     sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+            netmark.apply(sock)
             sock.bind((host, port))
         except BaseException:
             sock.close()

@@ -39,10 +39,11 @@ from meshscale.magicsock.netcheck import net_info
 from meshscale.tailcfg import Hostinfo, Login, Node, to_json
 from meshscale.wgengine import Engine
 from meshscale.wgengine.magicbind import MagicBind, peer_endpoint
-from meshscale.wgengine.router import Config, NetlinkRouter, Router
+from meshscale.wgengine.router import Config, NetlinkRouter, Router, ip_forwarding_warning
 from meshscale.wireguard.uapi import PeerChange, SetRequest
 
 from . import ipnstate as S
+from . import routing
 from .controlclient import Auto, Keys, NetworkMap
 from .localapi import BackendError
 from .magicdns.manager import MagicDNS
@@ -95,6 +96,7 @@ class Backend:
         self._local4: frozenset[bytes] = frozenset()
         self._local6: frozenset[bytes] = frozenset()
         self._ready_task: asyncio.Task[None] | None = None
+        self._exit_id = ""  # StableID of the exit node in use ("" none)
         # Inbound packets the filter dropped, per reason (debug()["filter_drops"]).
         self.filter_drops: dict[str, int] = {}
         self.portmapper = PortMapperService(lambda: bind.core.local_port, bind.set_portmapped)
@@ -120,6 +122,9 @@ class Backend:
         await self.portmapper.stop(release=True)
         if self.auto is not None:
             await self.auto.stop()
+        # As tailscaled on exit: no policy rules or netfilter table outlive the daemon (the
+        # routes go with the TUN device).
+        self._clear_addresses()
 
     def _start_control(self, auth_key: str) -> None:
         keys = Keys(self.st.machine_key, self.st.node_key, self.st.disco_key)
@@ -146,6 +151,7 @@ class Backend:
             parse_control_url(prefs.ControlURL)
         except ControlURLError as exc:
             raise BackendError(str(exc)) from exc
+        self._check_route_prefs(prefs)
         if self.auto is not None:
             await self.auto.stop()
             self.auto = None
@@ -157,6 +163,36 @@ class Backend:
         self.auth_url = ""
         self._start_control(auth_key)
         self.portmapper.start()
+
+    def _check_route_prefs(self, prefs: Prefs) -> None:
+        try:
+            routing.check_prefs(prefs, self.netmap if self.netmap.self_node else None)
+        except routing.RoutingError as exc:
+            raise BackendError(str(exc)) from exc
+        prefs.AdvertiseRoutes = [str(r) for r in routing.advertised(prefs)]
+
+    async def edit_prefs(self, prefs: Prefs) -> None:
+        """``meshscale set``: change prefs without a new login. Route and exit-node changes
+        apply at once (Hostinfo goes to control in a lite update); a new control URL or a
+        stopped node goes through ``start``."""
+        cur = self.st.prefs
+        if prefs.ControlURL != cur.ControlURL or self.auto is None or not cur.WantRunning:
+            prefs.WantRunning = cur.WantRunning
+            if not cur.WantRunning:
+                self._check_route_prefs(prefs)
+                self.st.prefs = prefs
+                self.store.save(self.st)
+                return
+            await self.start(prefs, "", False)
+            return
+        self._check_route_prefs(prefs)
+        prefs.WantRunning, prefs.LoggedOut = cur.WantRunning, cur.LoggedOut
+        if not prefs.ExitNodeIP:
+            prefs.ExitNodeID = ""
+        self.st.prefs = prefs
+        self.store.save(self.st)
+        self.auto.update_hostinfo()
+        self._apply_netmap_config()
 
     async def down(self) -> None:
         self.st.prefs.WantRunning = False
@@ -298,6 +334,8 @@ class Backend:
             Addrs=list(n.Endpoints), Created=n.Created, LastSeen=n.LastSeen, KeyExpiry=n.KeyExpiry,
             InNetworkMap=True,
         )  # fmt: skip
+        ps.ExitNodeOption = not is_self and routing.offers_exit(n.AllowedIPs or [])
+        ps.ExitNode = bool(self._exit_id) and self._exit_id in (n.StableID, str(n.ID))
         ps.Tags = list(n.Tags)
         ps.PrimaryRoutes = list(n.PrimaryRoutes)
         ps.PeerAPIURL = S.peerapi_urls(hi, ps.TailscaleIPs)
@@ -357,8 +395,9 @@ class Backend:
             ni.UPnP, ni.PMP, ni.PCP = have["UPnP"], have["PMP"], have["PCP"]
             ni.HavePortMap = self.portmapper.mapped is not None
         name = self.st.prefs.Hostname or socket.gethostname()
+        routes = [str(r) for r in routing.advertised(self.st.prefs)]
         return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni,
-                        RequestTags=list(self.st.prefs.AdvertiseTags))
+                        RequestTags=list(self.st.prefs.AdvertiseTags), RoutableIPs=routes)
 
     def _on_state(self, state: str, auth_url: str, error: str) -> None:
         if error:
@@ -376,18 +415,8 @@ class Backend:
     def _on_netmap(self, nm: NetworkMap) -> None:
         self.netmap = nm
         me = nm.self_node
-        if me is not None:
-            try:
-                self.router.set(Config.for_addresses(me.Addresses))
-            except OSError as exc:
-                self.health = [f"router: {exc}"]
-                log.error("configuring %s: %s", self.router.ifname, exc)
         self.bind.set_derp_map(nm.derp_map)
-        self._apply_peers()
-        self._apply_filter()
-        if self.magicdns is not None:
-            self.magicdns.set_netmap(nm.dns, me, nm.peers.values(),
-                                     accept_dns=self.st.prefs.CorpDNS)  # fmt: skip
+        self._apply_netmap_config()
         if me is not None and me.MachineAuthorized:
             if self.state != S.RUNNING and not self._relay_ready():
                 # Running means usable: wait (bounded) for the home DERP connection, so the
@@ -400,6 +429,25 @@ class Backend:
             self._set_running()
         elif me is not None:
             self.state = S.NEEDS_MACHINE_AUTH
+
+    def _apply_netmap_config(self) -> None:
+        """Peers, OS routes and the filter for the netmap and prefs in force."""
+        prefs, nm = self.st.prefs, self.netmap
+        self._exit_id = routing.resolve_exit_node(prefs, nm)
+        if nm.self_node is not None:
+            try:
+                self.router.set(routing.router_config(prefs, nm, self._exit_id))
+            except OSError as exc:
+                self.health = [f"router: {exc}"]
+                log.error("configuring %s: %s", self.router.ifname, exc)
+        self._apply_peers()
+        self._apply_filter()
+        if self.magicdns is not None:
+            self.magicdns.set_netmap(nm.dns, nm.self_node, nm.peers.values(),
+                                     accept_dns=prefs.CorpDNS)  # fmt: skip
+        self.health = [h for h in self.health if not h.startswith(routing.HEALTH_PREFIXES)]
+        fwd = ip_forwarding_warning(any(r.version == 6 for r in routing.advertised(prefs)))
+        self.health.extend(routing.health(prefs, nm, self._exit_id, fwd))
 
     def _relay_ready(self) -> bool:
         """The home DERP region is chosen and connected (or there is no DERP at all)."""
@@ -441,7 +489,7 @@ class Backend:
         for p in self.netmap.peers.values():
             if p.Key is None:
                 continue
-            allowed = tuple(sorted(p.AllowedIPs if p.AllowedIPs is not None else p.Addresses))
+            allowed = routing.peer_allowed_ips(p, self.st.prefs, self._exit_id)
             want[p.Key] = allowed, p.DiscoKey
             if p.DiscoKey is not None and not p.DiscoKey.is_zero():
                 eps = tuple(_parse_ap(e) for e in p.Endpoints)
@@ -473,17 +521,18 @@ class Backend:
         me = self.netmap.self_node
         rules = self.netmap.filter_rules()
         local = _ips(me.Addresses) if me is not None else []
-        key = (tuple(str(to_json(r)) for r in rules), tuple(local))
+        nets = routing.filter_local_nets(self.st.prefs, local) if local else []
+        key = (tuple(str(to_json(r)) for r in rules), tuple(nets))
         if key == self._filter_key:
             return
         self._filter_key = key
         self._local4 = frozenset(ipaddress.ip_address(a).packed for a in local if "." in a)
         self._local6 = frozenset(ipaddress.ip_address(a).packed for a in local if ":" in a)
         try:
-            self._filter = Filter(rules, [ipaddress.ip_network(a) for a in local])
+            self._filter = Filter(rules, nets)
         except FilterError as exc:
             log.error("packet filter refused: %s", exc)
-            self._filter = Filter([], [ipaddress.ip_network(a) for a in local])
+            self._filter = Filter([], nets)
 
     def _filter_in(self, packets: list[bytes]) -> list[bytes]:
         f = self._filter

@@ -11,6 +11,7 @@ Routes (all under ``/localapi/v0/``)::
     GET  dns-status        -> MagicDNS configuration, OS mode, counters    (404 without DNS)
     GET  dns-query?name=N&type=T -> quad-100's answer {"Rcode", "Answers", "Resolvers"...}
     POST start             {"Prefs": {...}, "AuthKey": "...", "Reset": bool}  -> {"BackendState"}
+    POST prefs             {"Prefs": {...}} -> Prefs JSON (``set``: no new login)
     POST down              -> {}
     POST logout            -> {}
     POST ping?ip=IP        -> ipnstate.PingResult JSON
@@ -63,6 +64,8 @@ class LocalBackend(Protocol):
     def prefs(self) -> Prefs: ...
 
     async def start(self, prefs: Prefs, auth_key: str, reset: bool) -> None: ...
+
+    async def edit_prefs(self, prefs: Prefs) -> None: ...
 
     async def down(self) -> None: ...
 
@@ -133,6 +136,7 @@ class LocalAPI:
             ("GET", "dns-status"): self._dns_status,
             ("GET", "dns-query"): self._dns_query,
             ("POST", "start"): self._start,
+            ("POST", "prefs"): self._edit_prefs,
             ("POST", "down"): self._down,
             ("POST", "logout"): self._logout,
             ("POST", "ping"): self._ping,
@@ -251,6 +255,15 @@ class LocalAPI:
             raise BackendError("AuthKey must be a string and Reset a boolean")
         await self.backend.start(prefs, auth_key, reset)
         return _json({"BackendState": self.backend.status().BackendState})
+
+    async def _edit_prefs(self, req: Request) -> Response:
+        body = self._body(req)
+        try:
+            prefs = Prefs.from_json(body.get("Prefs", {}))
+        except PrefsError as exc:
+            raise BackendError(str(exc)) from exc
+        await self.backend.edit_prefs(prefs)
+        return _json(self.backend.prefs().to_json())
 
     async def _down(self, req: Request) -> Response:
         await self.backend.down()

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from meshscale import __version__
-from meshscale.io import sdnotify
+from meshscale.io import netmark, sdnotify
 from meshscale.io.tun import TunDevice
 from meshscale.key import DiscoPrivate
 from meshscale.wgengine import Engine
 from meshscale.wgengine.magicbind import MagicBind
 from meshscale.wgengine.router import TUN_MTU, NetlinkRouter
+from meshscale.wgengine.router.netlink import SOCKET_MARK
 from meshscale.wireguard.uapi import SetRequest
 
 from .backend import Backend
@@ -80,6 +81,9 @@ def state_path(args: argparse.Namespace) -> Path:
 
 async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
+    # Every socket we open from here on (control, DERP, WireGuard UDP) carries the mark the
+    # policy-routing rules exempt from the tunnel (wgengine.router, §5.7).
+    netmark.set_socket_mark(SOCKET_MARK)
     store = StateStore(state_path(args))
     st = store.load_or_create(os.urandom)
     # The disco key is per run, as tailscaled's: peers see it change and drop their stale

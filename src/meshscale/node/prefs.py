@@ -24,6 +24,14 @@ class Prefs:
     LoggedOut: bool = False
     CorpDNS: bool = True  # --accept-dns; no DNS is configured yet, the value is only kept
     AdvertiseTags: list[str] = field(default_factory=list)  # sent as Hostinfo.RequestTags
+    # Routes (docs: docs/protocol/policy.md §5). AdvertiseRoutes holds both /0s for
+    # --advertise-exit-node, as upstream's prefs do.
+    AdvertiseRoutes: list[str] = field(default_factory=list)
+    RouteAll: bool = False  # --accept-routes (off by default on Linux)
+    ExitNodeID: str = ""  # the chosen exit node's StableID, resolved from ExitNodeIP
+    ExitNodeIP: str = ""  # --exit-node as given (an IP; the CLI resolves names)
+    ExitNodeAllowLANAccess: bool = False
+    NoSNAT: bool = False  # --snat-subnet-routes=false
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

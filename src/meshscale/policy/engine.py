@@ -160,12 +160,7 @@ class PolicyEngine:
     def cap_map_for(self, node: PolicyNode) -> dict[str, None]:
         """The ``nodeAttrs`` attributes that target ``node``: keys of its self ``CapMap``,
         each with a null value (docs/protocol/policy.md §1.7)."""
-        view = NodeView.of(node)
-        out: dict[str, None] = {}
-        for na in self.policy.node_attrs:
-            if any(self._compiled.matches(a, view) for a in na.target):
-                out.update(dict.fromkeys(na.attrs))
-        return out
+        return _caps(self.policy, self._compiled, NodeView.of(node))
 
     def may_tag(self, node: PolicyNode, tag: str) -> bool:
         """Whether the node's user (or one of its tags, transitively) owns ``tag`` in
@@ -223,11 +218,26 @@ class PolicyEngine:
     def _swap(self, text: str | None, policy: Policy, compiled: Compiled) -> PolicyChange:
         old = self._compiled.signatures()
         new = compiled.signatures()
-        self.text, self.policy, self._compiled = text, policy, compiled
         changed = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
+        if self.policy.node_attrs or policy.node_attrs:  # a node's self CapMap moved
+            for nid, view in compiled.nodes.items():
+                prev = self._compiled.nodes.get(nid)
+                if prev is None or _caps(self.policy, self._compiled, prev) != _caps(
+                    policy, compiled, view
+                ):
+                    changed.add(nid)
+        self.text, self.policy, self._compiled = text, policy, compiled
         if changed and len(changed) == len(new) and len(new) > 1:
             return EVERYONE
         return PolicyChange(nodes=frozenset(changed)) if changed else NO_CHANGE
+
+
+def _caps(policy: Policy, compiled: Compiled, view: NodeView) -> dict[str, None]:
+    out: dict[str, None] = {}
+    for na in policy.node_attrs:
+        if any(compiled.matches(a, view) for a in na.target):
+            out.update(dict.fromkeys(na.attrs))
+    return out
 
 
 def _change(nodes: set[int]) -> PolicyChange:

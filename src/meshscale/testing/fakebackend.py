@@ -78,6 +78,10 @@ class FakeBackend:
             self.state = NEEDS_LOGIN
             self.auth_url = prefs.ControlURL + "/register/abc"
 
+    async def edit_prefs(self, prefs: Prefs) -> None:
+        # The fake has no control session to keep: `set` lands where `start` does.
+        await self.start(prefs, "", False)
+
     async def down(self) -> None:
         self.calls.append(("down", None))
         self._prefs.WantRunning = False

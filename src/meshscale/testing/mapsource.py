@@ -61,3 +61,7 @@ class DictSource:
 
     def node_ids(self) -> list[int]:
         return sorted(self.nodes)
+
+    def self_caps(self, node_id: int) -> dict[str, None]:
+        del node_id
+        return {}

@@ -93,7 +93,8 @@ static Py_ssize_t padded_len(Py_ssize_t len, Py_ssize_t mtu) {
 
 typedef struct { Py_buffer in; unsigned char *out; Py_ssize_t plen; uint64_t counter; } Job;
 
-/* seal_batch(packets, receiver, mtu) -> (messages, wire_bytes, last_counter) */
+/* seal_batch(packets, receiver, mtu) -> (messages, wire_bytes, last_counter); each message is
+ * a one-element list holding the whole datagram (header + ciphertext + tag). */
 static PyObject *sealer_seal_batch(Ctx *self, PyObject *args) {
     PyObject *seq;
     unsigned long receiver;
@@ -116,10 +117,11 @@ static PyObject *sealer_seal_batch(Ctx *self, PyObject *args) {
         Job *j = &jobs[got];
         if (PyObject_GetBuffer(items[got], &j->in, PyBUF_SIMPLE) < 0) goto done;
         j->plen = padded_len(j->in.len, mtu);
-        PyObject *ct = PyBytes_FromStringAndSize(NULL, j->plen + TAG);
+        /* The whole datagram in one object: header, then ciphertext and tag. */
+        PyObject *ct = PyBytes_FromStringAndSize(NULL, HEADER + j->plen + TAG);
         if (!ct) { PyBuffer_Release(&j->in); goto done; }
         PyList_SET_ITEM(cts, got, ct);
-        j->out = (unsigned char *)PyBytes_AS_STRING(ct);
+        j->out = (unsigned char *)PyBytes_AS_STRING(ct) + HEADER;
         wire += j->plen + TAG + HEADER;
     }
     uint64_t first = self->next;
@@ -145,16 +147,13 @@ static PyObject *sealer_seal_batch(Ctx *self, PyObject *args) {
     PyObject *msgs = PyList_New(n);
     if (!msgs) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *h = PyBytes_FromStringAndSize(NULL, HEADER);
-        if (!h) { Py_DECREF(msgs); goto done; }
-        put_header((unsigned char *)PyBytes_AS_STRING(h), (uint32_t)receiver, first + (uint64_t)i);
         PyObject *ct = PyList_GET_ITEM(cts, i);
+        put_header((unsigned char *)PyBytes_AS_STRING(ct), (uint32_t)receiver, first + (uint64_t)i);
         Py_INCREF(ct);
-        PyObject *pair = PyList_New(2);
-        if (!pair) { Py_DECREF(h); Py_DECREF(ct); Py_DECREF(msgs); goto done; }
-        PyList_SET_ITEM(pair, 0, h);
-        PyList_SET_ITEM(pair, 1, ct);
-        PyList_SET_ITEM(msgs, i, pair);
+        PyObject *one = PyList_New(1);
+        if (!one) { Py_DECREF(ct); Py_DECREF(msgs); goto done; }
+        PyList_SET_ITEM(one, 0, ct);
+        PyList_SET_ITEM(msgs, i, one);
     }
     result = Py_BuildValue("(NnK)", msgs, wire, (unsigned long long)(first + (uint64_t)n - (n ? 1 : 0)));
 done:

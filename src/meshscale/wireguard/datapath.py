@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _unpack_header = TRANSPORT_HEADER.unpack_from
 
-Message = list[bytes]  # [16-byte header, ciphertext]: sent as one datagram, never joined here
+Message = list[bytes]  # the buffers of one datagram (today one: header + ciphertext + tag)
 
 
 class DataPath:
@@ -55,7 +55,7 @@ class DataPath:
     def seal_for_peer(
         self, peer: Peer, kp: Keypair, packets: Sequence[bytes | memoryview], now: float
     ) -> list[Message]:
-        """Encrypt packets under kp; returns [header, ciphertext] pairs. Updates counters."""
+        """Encrypt packets under kp; returns one Message per packet. Updates counters."""
         out, nbytes, last = kp.sealer.seal_batch(packets, kp.remote_index, self.mtu)
         if out:
             kp.sent_hint = last
@@ -123,8 +123,8 @@ class DataPath:
         while peer.staged:
             staged.append(peer.staged.popleft())
         ep = peer.endpoint
-        for header, ct in self.seal_for_peer(peer, kp, staged, now):
-            self._out.append((ep, header + ct))
+        for parts in self.seal_for_peer(peer, kp, staged, now):
+            self._out.append((ep, b"".join(parts)))
         self._authenticated_sent(peer, now)
         self._data_sent(peer, now)
 

@@ -489,8 +489,8 @@ class Device(DataPath):
             return
         assert kp is not None
         out = self.seal_for_peer(peer, kp, [b""], now)
-        for header, ct in out:
-            self._send(peer.endpoint, header + ct)
+        for parts in out:
+            self._send(peer.endpoint, b"".join(parts))
         self._authenticated_sent(peer, now)
 
     def after_send(self, peer: Peer, kp: Keypair, now: float) -> None:

@@ -39,8 +39,8 @@ class SealerLike(Protocol):
     def seal_batch(
         self, packets: Sequence[bytes | memoryview], receiver: int, mtu: int
     ) -> tuple[list[list[bytes]], int, int]:
-        """Seal packets under consecutive counters: ([header, ciphertext] pairs, wire bytes,
-        last counter used)."""
+        """Seal packets under consecutive counters: ([datagram] per packet, wire bytes, last
+        counter used); a datagram is header + ciphertext + tag in one bytes object."""
         ...
 
 
@@ -84,7 +84,7 @@ class PySealer:
                 pad = padding(length, mtu)
             ct = seal(pack_nonce(n), bytes(pkt) + _ZEROS[:pad] if pad else pkt, None)
             nbytes += len(ct) + 16
-            append([_pack_header(MESSAGE_TRANSPORT, receiver, n), ct])
+            append([_pack_header(MESSAGE_TRANSPORT, receiver, n) + ct])
         return out, nbytes, n
 
 

@@ -78,7 +78,8 @@ def test_save_refuses_invalid_keeps_text_then_saves_and_rolls_back(
     assert "group:nosuch" in html.unescape(refused.text)
     assert html.escape(BAD) in refused.text or "group:nosuch" in refused.text
     assert state.policy is None
-    assert b.post("/admin/policy", {"csrf": token, "policy": DB_ONLY}).status == 303
+    crlf = DB_ONLY.replace("\n", "\r\n")  # what a browser sends for a textarea
+    assert b.post("/admin/policy", {"csrf": token, "policy": crlf}).status == 303
     assert state.policy == DB_ONLY
     assert "policy saved (version" in b.get("/admin/policy").text
     assert b.post("/admin/policy", {"csrf": token, "policy": '{"acls": []}'}).status == 303

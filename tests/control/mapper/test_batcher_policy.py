@@ -106,3 +106,24 @@ def test_tag_change_updates_the_tagged_node_and_its_viewers() -> None:
     dev1 = msgs["dev1"]
     assert dev1 is not None and w.db.id in dev1.get("PeersRemoved", [])
     assert msgs["other1"] is None or "PeersChanged" not in msgs["other1"]  # type: ignore[operator]
+
+
+def test_node_attrs_reach_the_self_cap_map_and_follow_policy_changes() -> None:
+    w = World()
+    w.pump()
+    attrs = POLICY.replace(
+        '"acls"', '"nodeAttrs": [{"target": ["tag:db"], "attr": ["funnel", "x-test"]}],\n  "acls"'
+    )
+    w.state.set_policy(attrs)
+    msgs = w.pump()
+    db = msgs["db"]
+    assert db is not None and db["Node"]["CapMap"]["x-test"] is None
+    assert "https://tailscale.com/cap/is-admin" in db["Node"]["CapMap"]
+    assert msgs["dev1"] is None and msgs["other1"] is None  # their CapMaps did not move
+    # A self update (hostinfo) keeps the attributes.
+    w.state.update_hostinfo(w.db.id, {"Hostname": "db", "OS": "linux"})
+    db = w.pump()["db"]
+    assert db is not None and "x-test" in db["Node"]["CapMap"]
+    w.state.set_policy(POLICY)
+    db = w.pump()["db"]
+    assert db is not None and "x-test" not in db["Node"]["CapMap"]

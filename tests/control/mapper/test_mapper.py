@@ -63,10 +63,21 @@ def test_offline_peer_has_last_seen_and_expired_self_is_unauthorized() -> None:
 
 def test_primary_routes_join_allowed_ips() -> None:
     r = ipaddress.ip_network("10.1.0.0/24")
-    n = node(6, hostinfo={"RoutableIPs": ["10.1.0.0/24", "10.2.0.0/24"]}, approved_routes=(r,))
+    n = node(6, hostinfo={"RoutableIPs": ["10.1.0.0/24", "10.2.0.0/24"]}, approved_routes=(r,),
+             primary=(r,))  # fmt: skip
     t = mapper.tail_node(n, CFG, NOW)
     assert t.PrimaryRoutes == ["10.1.0.0/24"]
     assert t.AllowedIPs[-1] == "10.1.0.0/24"
+    # An HA secondary (approved, not elected) carries no route (docs/protocol/policy.md §5.3).
+    t = mapper.tail_node(replace(n, primary=()), CFG, NOW)
+    assert t.PrimaryRoutes == [] and "10.1.0.0/24" not in t.AllowedIPs
+
+
+def test_exit_routes_in_allowed_ips_never_in_primary_routes() -> None:
+    both = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+    n = node(7, hostinfo={"RoutableIPs": ["0.0.0.0/0", "::/0"]}, approved_routes=both[:1])
+    t = mapper.tail_node(n, CFG, NOW)
+    assert t.PrimaryRoutes == [] and t.AllowedIPs[-2:] == ["0.0.0.0/0", "::/0"]
 
 
 def test_full_map_shape() -> None:

@@ -170,3 +170,37 @@ def test_coalesce_delay_rate_limits_busy_streams_only() -> None:
     assert h.coalesce_delay(last_write=100.0, now=100.01) == pytest.approx(gap - 0.01)
     _, h0, _ = make(batch_delay=0.0)
     assert h0.coalesce_delay(last_write=100.0, now=100.0) == 0.0
+
+
+@pytest.mark.slow
+def test_router_stream_gone_past_route_grace_loses_primary_brief_reconnect_keeps_it() -> None:
+    async def go() -> None:
+        state, h, _ = make(keepalive_interval=5, offline_grace=5, batch_delay=0.0,
+                           route_grace=0.1)  # fmt: skip
+        node = state.get_node_by_node_key(NK)
+        assert node is not None
+        lan = "198.51.100.0/24"
+        state.update_hostinfo(node.id, {"Hostname": "alpha", "RoutableIPs": [lan]})
+        state.approve_routes(node.id, [lan])
+
+        async def stream() -> object:
+            resp = await h(mreq(Stream=True))
+            assert not isinstance(resp.body, bytes)
+            it = resp.body.__aiter__()
+            await it.__anext__()
+            return it
+
+        it = await stream()
+        assert [str(r) for r in state.get_node(node.id).primary_routes()] == [lan]
+        await it.aclose()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.02)
+        it = await stream()  # back within the grace: nothing moved
+        await asyncio.sleep(0.2)
+        assert [str(r) for r in state.get_node(node.id).primary_routes()] == [lan]
+        await it.aclose()  # type: ignore[attr-defined]
+        await asyncio.sleep(0.3)  # gone past the grace: no longer a candidate, still "online"
+        n = state.get_node(node.id)
+        assert n.online and n.route_standby and n.primary_routes() == ()
+        h.close()
+
+    asyncio.run(go())

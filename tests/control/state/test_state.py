@@ -286,7 +286,7 @@ def test_admin_edits(state: State, clock: FakeClock) -> None:
         state.move_node(n.id, UserID(999))
     n = state.approve_routes(n.id, ["10.0.0.0/8", "192.168.0.0/16"])
     assert [str(r) for r in n.approved_routes] == ["10.0.0.0/8", "192.168.0.0/16"]
-    assert [str(r) for r in n.primary_routes()] == ["10.0.0.0/8"]
+    assert [str(r) for r in n.served_routes()] == ["10.0.0.0/8"]
     with pytest.raises(InvalidArgument):
         state.approve_routes(n.id, ["10.0.0.1/8"])
     assert state.expire_node(n.id).expiry == T0

@@ -65,6 +65,7 @@ SCHEMAS: dict[str, Any] = {
     "UserList": _obj({"users": {"type": "array", "items": _ref("User")}}),
     "NodeOne": _obj({"node": _ref("Node")}),
     "NodeList": _obj({"nodes": {"type": "array", "items": _ref("Node")}}),
+    "BackfillNodeIPs": _obj({"changes": _STRS}),
     "RegistrationList": _obj({"registrations": {"type": "array",
                                                 "items": _ref("Registration")}}),
     "PreAuthKeyOne": _obj({"preAuthKey": _ref("PreAuthKey")}),

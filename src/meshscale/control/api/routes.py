@@ -182,6 +182,13 @@ def expire_node(c: Call) -> dict[str, Any]:
     return {"node": node_json(node, c.state)}
 
 
+def backfill_node_ips(c: Call) -> dict[str, Any]:
+    """Headscale's POST /api/v1/node/backfillips?confirmed=true (it changes addresses)."""
+    if c.query.get("confirmed") not in ("true", "1"):
+        raise BadRequest("backfilling addresses must be confirmed (?confirmed=true)")
+    return {"changes": c.state.backfill_ips()}
+
+
 def rename_node(c: Call) -> dict[str, Any]:
     node = c.state.rename_node(_node_id(c), c.params["newName"])
     return {"node": node_json(node, c.state)}
@@ -194,7 +201,8 @@ def set_tags(c: Call) -> dict[str, Any]:
 
 def approve_routes(c: Call) -> dict[str, Any]:
     node = c.state.approve_routes(_node_id(c), _strs(c.body, "routes"))
-    return {"node": node_json(node, c.state)}
+    # Re-read: the HA election ran at commit and may have made this node primary.
+    return {"node": node_json(c.state.get_node(node.id), c.state)}
 
 
 def move_node(c: Call) -> dict[str, Any]:
@@ -427,6 +435,8 @@ ROUTES: tuple[Route, ...] = (
        "Empty"),
     _r("GET", f"{V1}/node", "listNodes", "List nodes", "Nodes", list_nodes, "NodeList",
        query=("user",)),
+    _r("POST", f"{V1}/node/backfillips", "backfillNodeIPs", "Backfill missing node addresses",
+       "Nodes", backfill_node_ips, "BackfillNodeIPs", query=("confirmed",)),
     _r("GET", f"{V1}/node/{{nodeId}}", "getNode", "Get node", "Nodes", get_node, "NodeOne"),
     _r("DELETE", f"{V1}/node/{{nodeId}}", "deleteNode", "Delete node", "Nodes", delete_node,
        "Empty"),

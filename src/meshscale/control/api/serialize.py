@@ -101,7 +101,7 @@ def node_json(node: Node, state: State) -> dict[str, Any]:
         "online": node.online,
         "approvedRoutes": [str(r) for r in node.approved_routes],
         "availableRoutes": [str(r) for r in node.announced_routes()],
-        "subnetRoutes": [str(r) for r in node.primary_routes()],
+        "subnetRoutes": [str(r) for r in (*node.primary_routes(), *node.exit_routes())],
         "tags": list(node.tags),
         "ephemeral": node.ephemeral,
     }

@@ -88,6 +88,7 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
     c = ns.add_parser("list-routes", aliases=["routes"], help="routes nodes announce/approve")
     c.add_argument("-i", "--identifier", help="node id (default: every node)")
     ns.add_parser("pending", help="list registrations waiting for `nodes register`")
+    ns.add_parser("backfillips", help="give nodes the addresses of newly configured prefixes")
     c = ns.add_parser("register")
     c.add_argument("-u", "--user", required=True)
     c.add_argument("-k", "--key", required=True, help="registration id (or the AuthURL)")
@@ -125,6 +126,11 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         return
     if verb == "pending":
         nodes_pending(c, o)
+        return
+    if verb == "backfillips":
+        confirm(args, "Backfill addresses from the configured prefixes for every node?")
+        payload = c.request("POST", "/api/v1/node/backfillips", query={"confirmed": "true"})
+        o.message(payload, "\n".join(payload["changes"]) or "no node needed new addresses")
         return
     nid = args.identifier
     if verb == "delete":

@@ -71,7 +71,7 @@ def register(c: Console) -> None:
         return page(ctx)
 
     async def save(ctx: Ctx) -> Response:
-        text = ctx.field("policy")
+        text = ctx.field("policy").replace("\r\n", "\n")  # browsers send textareas as CRLF
         try:
             checked = c.invoke(ctx, "checkPolicy", body={"policy": text})
             if not checked.get("valid"):

@@ -120,6 +120,7 @@ class MapSource(Protocol):
         ...
 
     def node_ids(self) -> list[int]: ...
+    def self_caps(self, node_id: int) -> dict[str, None]: ...
 
 
 class SnapshotSource:
@@ -148,6 +149,9 @@ class SnapshotSource:
 
     def node_ids(self) -> list[int]:
         return [int(n.id) for n in self._state.list_nodes()]
+
+    def self_caps(self, node_id: int) -> dict[str, None]:
+        return self._state.self_caps(models.NodeID(node_id))
 
 
 class Batcher:
@@ -423,6 +427,7 @@ class Batcher:
             msg = mapper.full_map(
                 me, peers, self.source.users(), cfg, now, self.cache,
                 packet_filter=self.source.packet_filter(session.node_id),
+                self_caps=self.source.self_caps(session.node_id),
             )
             if not peers and session.started:
                 # An empty Peers means "no change", so a later full map with no peers must
@@ -458,6 +463,7 @@ class Batcher:
                 now=now,
                 cache=self.cache,
                 new_users=[models.UserID(u) for u in p.users],
+                self_caps=self.source.self_caps(session.node_id) if p.self_changed else None,
             )
             if delta is None:
                 return None

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -137,10 +137,14 @@ def _prefixes(node: models.Node) -> list[str]:
     return [f"{a}/{a.max_prefixlen}" for a in node.addresses()]
 
 
-def tail_node(node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool = False) -> Node:
+def tail_node(
+    node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool = False,
+    self_caps: Mapping[str, None] | None = None,
+) -> Node:  # fmt: skip
     """A models.Node as tailcfg.Node (docs/protocol/control.md §4.5)."""
     addrs = _prefixes(node)
     primary = [str(r) for r in node.primary_routes()]
+    exits = [str(r) for r in node.exit_routes()]  # never in PrimaryRoutes (policy.md §5.3)
     expired = node.is_expired(now)
     n = Node(
         ID=int(node.id),
@@ -152,7 +156,7 @@ def tail_node(node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool
         Machine=node.machine_key,
         DiscoKey=node.disco_key,
         Addresses=addrs,
-        AllowedIPs=addrs + primary,
+        AllowedIPs=addrs + primary + exits,
         Endpoints=list(node.endpoints),
         HomeDERP=home_derp(node),
         Hostinfo=node.hostinfo or {},
@@ -165,8 +169,8 @@ def tail_node(node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool
     )
     if not node.online and node.last_seen is not None:
         n.LastSeen = node.last_seen  # only for offline peers (docs/protocol/control.md §7.5)
-    if is_self:
-        n.CapMap = dict(SELF_CAP_MAP)
+    if is_self:  # plus the policy's nodeAttrs for this node (null values)
+        n.CapMap = {**SELF_CAP_MAP, **(self_caps or {})}
     return n
 
 
@@ -245,6 +249,7 @@ def full_map(
     cache: NodeJSONCache | None = None,
     *,
     packet_filter: Sequence[FilterRule],
+    self_caps: Mapping[str, None] | None = None,
 ) -> dict[str, Any]:
     """The first message of a map stream, as JSON-ready values. ``peers`` and
     ``packet_filter`` are the policy's answers for ``node`` (docs/protocol/control.md §6.3)."""
@@ -252,7 +257,7 @@ def full_map(
     peer_json = [cache.peer(p, cfg, now) for p in sorted(peers, key=lambda p: p.id)]
     user_ids = {node.user_id, *(p.user_id for p in peers)}
     out: dict[str, Any] = {
-        "Node": to_json(tail_node(node, cfg, now, is_self=True)),
+        "Node": to_json(tail_node(node, cfg, now, is_self=True, self_caps=self_caps)),
         "DERPMap": to_json(cfg.derp_map),
         "Domain": cfg.domain,
         "CollectServices": False,
@@ -296,12 +301,13 @@ def delta_map(
     now: datetime,
     cache: NodeJSONCache | None = None,
     new_users: Iterable[models.UserID] = (),
+    self_caps: Mapping[str, None] | None = None,
 ) -> dict[str, Any] | None:
     """An incremental message; None when there is nothing to say."""
     cache = cache or NodeJSONCache()
     out: dict[str, Any] = {}
     if self_node is not None:
-        out["Node"] = to_json(tail_node(self_node, cfg, now, is_self=True))
+        out["Node"] = to_json(tail_node(self_node, cfg, now, is_self=True, self_caps=self_caps))
     if changed:
         out["PeersChanged"] = [cache.peer(p, cfg, now) for p in sorted(changed, key=lambda p: p.id)]
     # Pure online/offline flips travel in OnlineChange and PeerSeenChange (the client sets

@@ -49,6 +49,10 @@ KEEPALIVE_INTERVAL = 50.0
 KEEPALIVE_JITTER = 0.18
 # seconds a node stays online after its last stream ends (docs/protocol/control.md §7.5)
 OFFLINE_GRACE = 10.0
+# seconds a subnet router or exit node stays an HA candidate after its last stream ends
+# (docs/protocol/policy.md §5.6): a brief reconnect does not move its routes, a router
+# that went down fails over within ROUTE_GRACE plus one map fan-out (well inside 10 s).
+ROUTE_GRACE = 4.0
 BATCH_DELAY = 0.005  # seconds to wait after a wake-up so bursts coalesce into one message
 # At scale a stream also keeps a minimum gap between its messages, growing with the number of
 # open streams: one change costs every stream a message (about 20-25 us of CPU each since the
@@ -98,6 +102,7 @@ class MapHandler:
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         offline_grace: float = OFFLINE_GRACE,
         batch_delay: float = BATCH_DELAY,
+        route_grace: float = ROUTE_GRACE,
     ) -> None:
         self.state = state
         self.batcher = batcher
@@ -105,6 +110,8 @@ class MapHandler:
         self.jitter = jitter
         self.keepalive_interval = keepalive_interval
         self.offline_grace = offline_grace
+        self.route_grace = route_grace
+        self._standby_timers: dict[int, asyncio.TimerHandle] = {}
         self.batch_delay = batch_delay
         self._offline_timers: dict[int, asyncio.TimerHandle] = {}
         self._keepalive_frames = {c: frame(KEEPALIVE_JSON, c) for c in (False, True)}
@@ -196,6 +203,7 @@ class MapHandler:
         try:
             try:
                 self.state.set_online(node_id, True)
+                self._cancel_standby(node_id)
             except models.NotFound:
                 raise StreamAborted(404, "node not found\n") from None
             while not session.closed:
@@ -237,6 +245,7 @@ class MapHandler:
             self.streams_open -= 1
             if self.batcher.session_count(node_id) == 0:
                 self._schedule_offline(node_id, loop)
+                self._schedule_standby(node_id, loop)
 
     def coalesce_delay(self, last_write: float, now: float) -> float:
         """How long a woken session waits for more changes before building its message."""
@@ -251,6 +260,31 @@ class MapHandler:
         if self.batch_delay <= 0:
             return 0.0
         return self.coalesce_delay(last_tick, now)
+
+    def _cancel_standby(self, node_id: models.NodeID) -> None:
+        t = self._standby_timers.pop(node_id, None)
+        if t is not None:
+            t.cancel()
+        self.state.set_route_standby(node_id, False)
+
+    def _schedule_standby(self, node_id: models.NodeID, loop: asyncio.AbstractEventLoop) -> None:
+        """A router without a stream stops being an HA candidate after the route grace."""
+
+        def standby() -> None:
+            self._standby_timers.pop(node_id, None)
+            if self.batcher.session_count(node_id) == 0:
+                self.state.set_route_standby(node_id, True)
+
+        try:
+            node = self.state.get_node(node_id)
+        except models.NotFound:
+            return
+        if not node.hostinfo.get("RoutableIPs"):
+            return
+        old = self._standby_timers.pop(node_id, None)
+        if old is not None:
+            old.cancel()
+        self._standby_timers[node_id] = loop.call_later(self.route_grace, standby)
 
     def _schedule_offline(self, node_id: models.NodeID, loop: asyncio.AbstractEventLoop) -> None:
         def offline() -> None:
@@ -270,6 +304,7 @@ class MapHandler:
         self._offline_timers[node_id] = loop.call_later(self.offline_grace, offline)
 
     def close(self) -> None:
-        for t in self._offline_timers.values():
+        for t in [*self._offline_timers.values(), *self._standby_timers.values()]:
             t.cancel()
         self._offline_timers.clear()
+        self._standby_timers.clear()

@@ -35,7 +35,9 @@ from meshscale.control.models import (
     APIKeyID,
     Change,
     ChangeSubscription,
+    IPPrefix,
     Node,
+    NodeChanged,
     NodeID,
     NotFound,
     PolicyChanged,
@@ -45,6 +47,7 @@ from meshscale.control.models import (
     UserID,
 )
 from meshscale.control.state.options import StateOptions
+from meshscale.control.state.primary import elect, per_node
 from meshscale.control.state.store import CountingStore
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.policy import NO_CHANGE, PolicyChange, PolicyManager
@@ -78,6 +81,8 @@ class StateCore:
         self._events: list[Change] | None = None  # buffered inside write()
         self._policy_change: PolicyChange = NO_CHANGE  # gathered inside write()
         self.online: dict[NodeID, bool] = {}  # memory only; survives a reload
+        self.primaries: dict[IPPrefix, NodeID] = {}  # HA election (primary.py), memory only
+        self._routes_dirty = False
         self.load()
 
     # ---- tables ------------------------------------------------------------------------
@@ -102,6 +107,8 @@ class StateCore:
         self.pak_by_prefix: dict[str, PreAuthKeyID] = {k.prefix: k.id for k in snap.preauth_keys}
         self.api_keys: dict[APIKeyID, APIKey] = {k.id: k for k in snap.api_keys}
         self.api_by_prefix: dict[str, APIKeyID] = {k.prefix: k.id for k in snap.api_keys}
+        self._routes_dirty = True
+        self._reelect([])
         self.policy_text = snap.policy
         self.policy_version = snap.policy_version
         self.policy.set_policy(snap.policy)
@@ -137,11 +144,27 @@ class StateCore:
 
     def put_node(self, node: Node) -> None:
         """Store ``node`` (new or a new version) in the tables; inside ``write()``."""
+        old = self.nodes.get(node.id)
+        if (
+            node.primary
+            or node.hostinfo.get("RoutableIPs")
+            or (old is not None and (old.primary or old.hostinfo.get("RoutableIPs")))
+        ):
+            self._routes_dirty = True
+            node = replace(node, primary=old.primary if old is not None else ())
         self._index(node)
         self._policy_change |= self.policy.update_node(node)
 
+    def put_router_state(self, node: Node) -> None:
+        """Store a change of memory-only router state (``route_standby``) and re-elect at
+        commit; no policy input changes."""
+        self._routes_dirty = True
+        self._index(node)
+
     def drop_node(self, node: Node) -> None:
         """Remove ``node`` from the tables; inside ``write()``."""
+        if node.primary or node.hostinfo.get("RoutableIPs"):
+            self._routes_dirty = True
         self._unindex(node)
         self.online.pop(node.id, None)
         self._policy_change |= self.policy.remove_node(node.id)
@@ -200,6 +223,8 @@ class StateCore:
                         self.alloc = allocs_before
                 raise
             events, self._events = self._events, None
+            if self._routes_dirty:
+                self._reelect(events)
             change, self._policy_change = self._policy_change, NO_CHANGE
             if change:
                 nodes = None if change.everyone else frozenset(NodeID(n) for n in change.nodes)
@@ -208,6 +233,26 @@ class StateCore:
                 self.generation += 1
                 for sub in list(self._subs):
                     sub.put_many(events)
+
+    def _reelect(self, events: list[Change]) -> None:
+        """Re-run the HA election (primary.py); each node whose primaries moved gets a new
+        snapshot and one ``NodeChanged(fields={"primary"})`` (a full node for its peers)."""
+        self._routes_dirty = False
+        now = self.clock()
+        candidates = {
+            n.id: n.served_routes()
+            for n in self.nodes.values()
+            if n.online and not n.route_standby and not n.is_expired(now)
+            and n.hostinfo.get("RoutableIPs")
+        }  # fmt: skip
+        self.primaries = elect(self.primaries, candidates)
+        want = per_node(self.primaries)
+        for nid in set(want) | {n.id for n in self.nodes.values() if n.primary}:
+            node = self.nodes.get(nid)
+            if node is None or node.primary == want.get(nid, ()):
+                continue
+            self._index(replace(node, primary=want.get(nid, ())))
+            events.append(NodeChanged(nid, frozenset({"primary"})))
 
     def emit(self, event: Change) -> None:
         assert self._events is not None, "emit outside write()"

@@ -134,6 +134,15 @@ class Nodes:
                     if n.id != node_id and core.policy.can_see(n, node)}
             return ids
 
+    def self_caps(self, node_id: NodeID) -> dict[str, None]:
+        """The policy's nodeAttrs for ``node_id`` (keys of its self CapMap), if the manager
+        has them (PolicyEngine.cap_map_for)."""
+        core = self.core
+        with core.lock:
+            node = core.nodes.get(node_id)
+            caps = getattr(core.policy, "cap_map_for", None)
+            return {} if node is None or caps is None else dict(caps(node))
+
     def can_see(self, viewer_id: NodeID, peer_id: NodeID) -> bool:
         """Whether the policy lets ``viewer_id`` see ``peer_id`` (True if either is gone:
         the caller's removal logic handles that)."""
@@ -181,6 +190,24 @@ class Nodes:
             )
         return replace(node, tags=validate_tags((*node.tags, *want)))
 
+    def _auto_approved(self, node: Node) -> Node:
+        """``node`` with the advertised routes the policy's autoApprovers approve added
+        (docs/protocol/policy.md §5.2): only ever adds; approving one exit route approves
+        both (``served_routes``). Without a policy (AllowAll) nothing is approved here:
+        every route then waits for an admin, as in Headscale."""
+        policy = self.core.policy
+        if isinstance(policy, AllowAll):
+            return node
+        have = set(node.approved_routes)
+        add = [r for r in node.announced_routes()
+               if r not in have and policy.may_approve_route(node, r)]  # fmt: skip
+        if not add:
+            return node
+        try:
+            return replace(node, approved_routes=parse_routes([*node.approved_routes, *add]))
+        except InvalidArgument:  # more than MAX_ROUTES: leave them to an admin
+            return node
+
     # ---- registration ------------------------------------------------------------------
 
     def register_node(
@@ -225,7 +252,7 @@ class Nodes:
                 ephemeral=ephemeral, tags=tags or existing.tags,
             )
             self._check_tags(node, existing.tags)
-            node = self._requested_tags(node, hostinfo)
+            node = self._auto_approved(self._requested_tags(node, hostinfo))
             core.store.update_node(node)
             core.put_node(node)
             changed = diff(existing, node)
@@ -240,7 +267,7 @@ class Nodes:
         self._check_tags(node)
         node = self._requested_tags(node, hostinfo)
         v4, v6 = core.alloc.allocate()  # last check before the write: it takes addresses
-        node = replace(node, ipv4=v4, ipv6=v6)
+        node = self._auto_approved(replace(node, ipv4=v4, ipv6=v6))
         try:
             node = replace(node, id=core.store.insert_node(node))
         except IntegrityError as exc:
@@ -296,6 +323,8 @@ class Nodes:
                 check_hostinfo(hostinfo)
                 new = replace(new, hostinfo=hostinfo,
                               hostname=str(hostinfo.get("Hostname") or new.hostname))
+                if new.announced_routes():
+                    new = self._auto_approved(new)
             if endpoints is not None:
                 new = replace(new, endpoints=tuple(endpoints))
             if disco_key is not None:
@@ -325,6 +354,16 @@ class Nodes:
             core.put_node(node)
             core.emit(NodeChanged(node_id, frozenset({"online", "last_seen"})))
             return node
+
+    def set_route_standby(self, node_id: NodeID, standby: bool) -> None:
+        """A router's map stream has been gone past the route grace (True) or is back
+        (False): it stops or starts being an HA candidate (state/primary.py). Memory only."""
+        core = self.core
+        with core.write(durable=False):
+            old = core.nodes.get(node_id)
+            if old is None or old.route_standby == standby:
+                return
+            core.put_router_state(replace(old, route_standby=standby))
 
     def touch(self, node_id: NodeID) -> None:
         """Record activity (last_seen = now) in memory only: no write and no event.
@@ -432,6 +471,40 @@ class Nodes:
             core.put_node(new)
             core.emit(NodeChanged(node_id, diff(old, new)))
             return new
+
+    def backfill_ips(self) -> list[str]:
+        """Headscale's ``nodes backfillips``: give every node an address from each configured
+        prefix it lacks one from (say, after ``prefixes.v6`` was added), and drop addresses
+        of a family no longer configured. Returns one line per change."""
+        core = self.core
+        changes: list[str] = []
+        with core.write():
+            pool4, pool6 = core.alloc.pool4, core.alloc.pool6
+            for old in sorted(core.nodes.values(), key=lambda n: n.id):
+                v4, v6 = old.ipv4, old.ipv6
+                if pool4 is not None and v4 is None:
+                    a4 = pool4.allocate()
+                    assert isinstance(a4, ipaddress.IPv4Address)
+                    v4 = a4
+                    changes.append(f"node {old.id} ({old.given_name}): assigned IPv4 {v4}")
+                elif pool4 is None and v4 is not None:
+                    changes.append(f"node {old.id} ({old.given_name}): removed IPv4 {v4}")
+                    v4 = None
+                if pool6 is not None and v6 is None:
+                    a6 = pool6.allocate()
+                    assert isinstance(a6, ipaddress.IPv6Address)
+                    v6 = a6
+                    changes.append(f"node {old.id} ({old.given_name}): assigned IPv6 {v6}")
+                elif pool6 is None and v6 is not None:
+                    changes.append(f"node {old.id} ({old.given_name}): removed IPv6 {v6}")
+                    v6 = None
+                if (v4, v6) == (old.ipv4, old.ipv6):
+                    continue
+                new = replace(old, ipv4=v4, ipv6=v6)
+                core.store.update_node(new)
+                core.put_node(new)
+                core.emit(NodeChanged(new.id, diff(old, new)))
+        return changes
 
     def _edit(self, node_id: NodeID, **changes: Unpack[_AdminEdit]) -> Node:
         with self.core.write():

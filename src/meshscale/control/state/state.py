@@ -142,11 +142,13 @@ class State:
         self.packet_filter = nodes.packet_filter
         self.can_see = nodes.can_see
         self.viewers_of = nodes.viewers_of
+        self.self_caps = nodes.self_caps
 
         self.update_node = nodes.update_node
         self.update_endpoints = nodes.update_endpoints
         self.update_hostinfo = nodes.update_hostinfo
         self.set_online = nodes.set_online
+        self.set_route_standby = nodes.set_route_standby
         self.touch = nodes.touch
         self.logout = nodes.logout
 
@@ -158,6 +160,7 @@ class State:
         self.move_node = nodes.move_node
         self.approve_routes = nodes.approve_routes
         self.restore_node = nodes.restore_node
+        self.backfill_ips = nodes.backfill_ips
         self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 
     @classmethod

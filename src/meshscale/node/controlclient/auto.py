@@ -109,6 +109,10 @@ class Auto:
             self.endpoints, self.endpoint_types = list(endpoints), list(types)
         self._update_pending.set()
 
+    def update_hostinfo(self) -> None:
+        """Hostinfo changed (e.g. advertised routes): send it in a lite update."""
+        self._update_pending.set()
+
     # ---- internals ----
 
     def _new_direct(self) -> Direct:

@@ -1,10 +1,10 @@
 """What the OS must carry for the tailnet (tailscale wgengine/router.Config), and the seam.
 
 The backend turns the netmap into a ``Config``; a ``Router`` makes the TUN interface carry
-exactly that. Today a node has its Tailscale addresses and routes the whole tailnet
-(100.64.0.0/10, fd7a:115c:a1e0::/48) into the interface; subnet routes and exit nodes will
-add prefixes to ``routes`` here, and firewall rules beside it, without touching the backend's
-callers. Performs no I/O.
+exactly that: its Tailscale addresses, the routes into it (the whole tailnet, 100.64.0.0/10
+and fd7a:115c:a1e0::/48, plus accepted subnet routes and, with an exit node, both /0s), which
+LAN prefixes stay local, and, on a subnet router or exit node, the prefixes it forwards to
+(docs/protocol/policy.md §5.7). Performs no I/O.
 """
 
 from __future__ import annotations
@@ -31,6 +31,13 @@ class Config:
 
     local_addrs: tuple[IPAddress, ...] = ()
     routes: tuple[IPNetwork, ...] = ()
+    # Using routes: with an exit node in ``routes`` (both /0s), the directly attached LAN
+    # prefixes stay local ("throw" routes in the tailnet table) when this is set.
+    exit_lan_access: bool = False
+    # Being a router: the prefixes we serve (approved and advertised). Non-empty means
+    # forwarding from the TUN is accepted and, with ``snat``, masqueraded (nftables).
+    subnet_routes: tuple[IPNetwork, ...] = ()
+    snat: bool = True
 
     @classmethod
     def for_addresses(cls, addresses: Iterable[str]) -> Config:
