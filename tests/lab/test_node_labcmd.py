@@ -27,6 +27,10 @@ def test_scripts_lab_once_shows_direct_and_relay(need_lab: None) -> None:
     assert out.count("$ meshscale status") == 5
     assert "active; direct 203.0.113." in out and 'active; relay "lab"' in out
     assert "via DERP(lab)" in out and "pong from easy2" in out
+    # MagicDNS through the node's own resolver, the policy file in force, the console answering.
+    dns = out.split("MagicDNS", 1)[1].split("policy:", 1)[0]
+    assert "not found" not in dns and dns.count(" 100.64.") == 2, dns
+    assert "policy: " in out and "admin console: https://ctl.lab/admin (HTTP 303" in out
     assert took < 60, f"the demo took {took:.0f}s"
 
 

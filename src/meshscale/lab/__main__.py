@@ -4,8 +4,10 @@
 
 Starts our control server (``meshscale-control serve`` with its embedded DERP and STUN) and
 one meshscaled node per kind of network: public, two behind easy NATs, one behind a hard NAT,
-one behind a NAT that drops UDP. Brings them up, drives a little traffic, prints every node's
-``meshscale status`` and a ping matrix, then keeps running until Ctrl-C and tears everything
+one behind a NAT that drops UDP, under an access policy file (HuJSON; edit it and control
+reloads it). Brings them up, drives a little traffic, prints every node's ``meshscale status``,
+a ping matrix, MagicDNS names resolved through a node's own system resolver, and the admin
+console's URL with an API key to sign in, then keeps running until Ctrl-C and tears everything
 down. Needs root. It lives in the lab, not in the ``meshscale`` CLI: product code never
 imports the lab.
 """
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshscale.lab.lab import Lab
-from meshscale.lab.meshnet import MeshLabError, MeshNet
+from meshscale.lab.meshnet import BASE_DOMAIN, CONTROL_NAME, MeshLabError, MeshNet, MeshNode
 from meshscale.lab.nat import NatKind
 from meshscale.lab.netns import LabError
 
@@ -37,6 +39,19 @@ NODES = (
     ("hard", "hard"),
     ("udpblock", "udp_block"),
 )
+# The demo's policy: what a first tailnet policy looks like. Edit the file while the demo runs
+# (e.g. drop the second rule) and control reloads it within a second.
+POLICY = """// meshscale lab policy (Tailscale's format; comments and trailing commas are fine)
+{
+  "acls": [
+    // every node of the lab user reaches every other one, on every port
+    {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:member:*"]},
+  ],
+  "tests": [
+    {"src": "lab@", "accept": ["autogroup:member:22"]},
+  ],
+}
+"""
 WARMUP = 8.0  # seconds of traffic before the status tables: enough for direct paths
 
 
@@ -67,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     try:
         with Lab(hint="demo", workdir=workdir / "lab") as lab:
-            net = MeshNet(lab, workdir / "net")
+            policy = workdir / "policy.hujson"
+            policy.write_text(POLICY)
+            ctl_cfg = {"policy": {"mode": "file", "path": str(policy)}}
+            net = MeshNet(lab, workdir / "net", control_config=ctl_cfg)
             print("starting control server (ts2021 + DERP + STUN) ...", flush=True)
             net.start_control()
             nodes = []
@@ -102,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                     res = a.cli("ping", "-c", "1", "--until-direct=false", b.name, check=False)
                     line = (res.stdout.strip() or res.stderr.strip()).splitlines()[-1:]
                     print(f"  {a.name:9} -> {line[0] if line else '?'}")
+            _names_and_console(net, nodes, policy)
             if not args.once or args.workdir:
                 print(f"\nlogs: {workdir}")
             if not args.once:
@@ -119,6 +138,24 @@ def run(args: argparse.Namespace) -> int:
         if not args.workdir and args.once:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _names_and_console(net: MeshNet, nodes: list[MeshNode], policy: Path) -> None:
+    """MagicDNS through a node's ordinary resolver, the policy in force, the console URL."""
+    a, b = nodes[0], nodes[-1]
+    print(f"\nMagicDNS (getent on {a.name}, through its resolv.conf -> 100.100.100.100):")
+    for name in (b.name, f"{b.name}.{BASE_DOMAIN}"):
+        res = a.host.run(["getent", "hosts", name], check=False)
+        print(f"  {name:24} {res.stdout.split()[0] if res.returncode == 0 else 'not found'}")
+    assert net.control is not None
+    print(f"\npolicy: {policy} (edit it: control reloads within a second)")
+    key = net.control.admin("apikeys", "create", "--expiration", "24h").stdout.strip()
+    url = f"https://{CONTROL_NAME}/admin"
+    page = a.host.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                       str(net.ca.cert_path), url], check=False)  # fmt: skip
+    print(f"admin console: {url} (HTTP {page.stdout or '?'} from "
+          f"{a.name}); sign in with API key {key.splitlines()[-1] if key else '?'}")  # fmt: skip
+    print(f"  from the lab: ip netns exec {a.host.ns} curl --cacert {net.ca.cert_path} {url}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
