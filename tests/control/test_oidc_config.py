@@ -76,7 +76,7 @@ def test_secret_path_alone_is_enough(tmp_path: Path) -> None:
         ({"extra_params": ["a"]}, "oidc.extra_params"),
         ({"pkce": {"enabled": True, "method": "S512"}}, "oidc.pkce.method"),
         ({"pkce": {"enabled": "yes"}}, "oidc.pkce.enabled"),
-        ({"expiry": "180d"}, "oidc.expiry"),
+        ({"expiry": "-1h"}, "oidc.expiry"),
         ({"allowed_domains": ["a@example.net"]}, "oidc.allowed_domains"),
         ({"allowed_domains": [" "]}, "oidc.allowed_domains"),
         ({"allowed_users": ["bob"]}, "oidc.allowed_users"),

@@ -549,6 +549,13 @@ def _oidc(r: Reader, sd: Path) -> OIDCConfig:
     if not isinstance(extra, Mapping):
         raise ConfigError("config: oidc.extra_params: want a mapping")
     expiry_text = r.text("oidc.expiry", "")
+    if expiry_text:
+        # Headscale 0.29 made this key fatal; configs written for earlier releases still carry
+        # it, so it keeps its old meaning (expiry of OIDC-registered nodes) with a warning.
+        r.warnings.append(
+            "oidc.expiry: Headscale's pre-0.29 key, honoured for OIDC-registered nodes; "
+            "node.expiry is the current one"
+        )
     cfg = OIDCConfig(
         issuer=r.text("oidc.issuer", ""),
         client_id=r.text("oidc.client_id", ""),

@@ -85,9 +85,8 @@ def validate_oidc(cfg: OIDCConfig) -> None:
         raise ConfigError(
             f"config: oidc.pkce.method: want S256 or plain, got {cfg.pkce_method!r:.20}"
         )
-    if cfg.expiry is not None:
-        # Headscale v0.29 made this fatal; node.expiry replaced it.
-        raise ConfigError("config: oidc.expiry: removed in Headscale v0.29; use node.expiry")
+    if cfg.expiry is not None and cfg.expiry < timedelta(0):
+        raise ConfigError("config: oidc.expiry: want a duration >= 0 (0 = no expiry)")
     for key, values in (
         ("allowed_domains", cfg.allowed_domains),
         ("allowed_users", cfg.allowed_users),

@@ -14,7 +14,8 @@ What it takes to make miniupnpd work on a lab router:
   runs before the masquerade snats the router's own traffic to its own address, port kept.
 
 Also: ``python -m meshscale.lab.miniupnpd stun --port N`` (a STUN server) and
-``python -m meshscale.lab.miniupnpd map --port N`` (our port-mapping driver, once; JSON out).
+``python -m meshscale.lab.miniupnpd map --port N [--hold S]`` (our port-mapping driver, once:
+map, keep it S seconds, release; JSON out).
 """
 
 from __future__ import annotations
@@ -105,7 +106,11 @@ def start_miniupnpd(router: Router, stun: Host, stun_port: int = STUN_PORT) -> P
     ns_nft(router.ns, own_traffic_ruleset(router.public_ip))
     conf = router.lab.workdir / f"miniupnpd-{router.name}.conf"
     conf.write_text(config(router, stun, stun_port))
-    p = router.spawn([MINIUPNPD, "-d", "-f", str(conf)], log_name=f"miniupnpd-{router.name}")
+    # Its own pidfile: the default /var/run/miniupnpd.pid would make a second lab router (or a
+    # parallel lab) exit with "already running".
+    pid = router.lab.workdir / f"miniupnpd-{router.name}.pid"
+    argv = [MINIUPNPD, "-d", "-f", str(conf), "-P", str(pid)]
+    p = router.spawn(argv, log_name=f"miniupnpd-{router.name}")
     _wait_log(p, "Listening for NAT-PMP/PCP", 15.0)
     if "Port forwarding is now disabled" in p.log_text():
         raise LabError(f"miniupnpd on {router.name} disabled port forwarding:\n{p.log_text()}")
@@ -133,7 +138,7 @@ def _serve_stun(port: int) -> None:
         s.sendto(stun_codec.response(txid, ipaddress.ip_address(addr[0]), addr[1]), addr)
 
 
-async def _map_once(port: int, wait: float) -> dict[str, object]:
+async def _map_once(port: int, wait: float, hold: float) -> dict[str, object]:
     from meshscale.node.portmapper import PortMapperService
 
     got = asyncio.Event()
@@ -148,7 +153,7 @@ async def _map_once(port: int, wait: float) -> dict[str, object]:
     try:
         async with asyncio.timeout(wait):
             await got.wait()
-        await asyncio.sleep(1.0)  # let the slower protocols' probe answers arrive
+        await asyncio.sleep(max(1.0, hold))  # slower probe answers arrive; callers may use it
     except TimeoutError:
         pass
     core = svc.core
@@ -171,11 +176,12 @@ def main() -> None:
     m = sub.add_parser("map")
     m.add_argument("--port", type=int, required=True)
     m.add_argument("--wait", type=float, default=10.0)
+    m.add_argument("--hold", type=float, default=0.0, help="seconds to keep the mapping")
     args = ap.parse_args()
     if args.cmd == "stun":
         _serve_stun(args.port)
     else:
-        print(json.dumps(asyncio.run(_map_once(args.port, args.wait))), flush=True)
+        print(json.dumps(asyncio.run(_map_once(args.port, args.wait, args.hold))), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ hole-punching packet that reaches the router before its inside host has sent any
 taken by the router itself, and its conntrack entry (public ip:port <-> peer) would make the
 masquerade of the inside host's own packet to that peer pick another port: two easy NATs could
 then never punch through. Dropping the packet in prerouting, before conntrack confirms the new
-entry, leaves no entry behind.
+entry, leaves no entry behind. The drop runs just after dstnat so that a port forward (a
+port-mapping router's DNAT, lab/miniupnpd.py) still lets its packets in, as a home router does.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ table ip meshscale_nat
 delete table ip meshscale_nat
 table ip meshscale_nat {{
     chain prerouting {{
-        type filter hook prerouting priority -150; policy accept;
+        type filter hook prerouting priority -90; policy accept;
+        iifname "{wan}" ct status dnat accept
         iifname "{wan}" ct state new meta l4proto udp drop
     }}
     chain postrouting {{

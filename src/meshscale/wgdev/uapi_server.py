@@ -161,6 +161,10 @@ class UAPIServer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uapi-backend")
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        # Every connection task, also those refused or closed on arrival: wait_closed waits
+        # for all of them, so no transport outlives the server (its close needs loop turns).
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self._closing = False
         self._watch: asyncio.Task[None] | None = None
         self.socket_gone = asyncio.Event()
@@ -199,12 +203,18 @@ class UAPIServer:
         # start, see _closing and close their transports, then wait for every handler.
         for _ in range(CLOSE_TURNS):
             await asyncio.sleep(0)
-            tasks = [*self._handlers, *([self._watch] if self._watch else [])]
+            tasks = [*self._conn_tasks, *([self._watch] if self._watch else [])]
             for task in self._handlers:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if not self._handlers:
+            if not self._conn_tasks:
                 break
+        # A transport closed with unsent bytes waits for the selector to drain them; the loop
+        # may stop first. Abort what is left so every socket is closed by the time we return.
+        for writer in self._writers:
+            writer.transport.abort()
+        self._writers.clear()
+        await asyncio.sleep(0)
 
     async def _watch_socket_file(self) -> None:
         assert self.path is not None
@@ -217,6 +227,20 @@ class UAPIServer:
                 return
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conn_tasks.add(task)
+        self._writers.add(writer)
+        try:
+            await self._on_connect_tracked(reader, writer, task)
+        finally:
+            self._conn_tasks.discard(task)
+            if not self._closing:  # when closing, wait_closed aborts it (harmless if closed)
+                self._writers.discard(writer)
+
+    async def _on_connect_tracked(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
+    ) -> None:
         self._connections += 1
         if self._closing:
             writer.close()
@@ -227,9 +251,9 @@ class UAPIServer:
             self._rejected += 1
             log.error("UAPI: too many connections, closing a new one")
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
             return
-        task = asyncio.current_task()
-        assert task is not None
         self._handlers.add(task)
         try:
             await self._serve(reader, writer)

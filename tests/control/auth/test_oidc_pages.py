@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -249,3 +249,26 @@ def test_wrong_nonce_and_replayed_callback_are_refused(tmp_path: Path) -> None:
         assert lab.state.list_nodes() == []
 
     run(tmp_path, body)
+
+
+@pytest.mark.parametrize(("expiry", "want_days"), [(timedelta(days=3), 3), (timedelta(0), None)])
+def test_oidc_expiry_sets_the_node_expiry(
+    tmp_path: Path, expiry: timedelta, want_days: int | None
+) -> None:
+    # Headscale's pre-0.29 oidc.expiry: nodes registered through OIDC expire after it; 0 = never.
+    def body(lab: Lab) -> None:
+        lab.idp.user = ALICE
+        b = Browser()
+        reg_id, _, _, page = login(lab, 1, b)
+        status, done = confirm(lab, reg_id, page, b)
+        assert status == 200, done
+        (node,) = lab.state.list_nodes()
+        if want_days is None:
+            assert node.expiry is None
+        else:
+            assert node.expiry is not None
+            left = node.expiry - datetime.now(UTC)
+            want = timedelta(days=want_days)
+            assert want - timedelta(minutes=5) < left <= want
+
+    run(tmp_path, body, expiry=expiry)

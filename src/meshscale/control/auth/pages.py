@@ -230,6 +230,10 @@ class OIDCPages:
                 # Node expiry = the ID token's exp, as Headscale does.
                 at = datetime.fromtimestamp(ident.expires_at, UTC)
                 node = self.state.expire_node(node.id, at=at)
+            elif self.cfg.expiry is not None:
+                # oidc.expiry (pre-0.29 Headscale): 0 means none, stored as no expiry (hs#3111).
+                until = datetime.now(UTC) + self.cfg.expiry if self.cfg.expiry else None
+                node = self.state.set_expiry(node.id, until)
         except models.NotFound:
             return _page(410, "registration expired", "<p>Run the login again.</p>")
         except (models.Conflict, models.InvalidArgument) as e:
