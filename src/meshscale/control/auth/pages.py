@@ -13,11 +13,11 @@ import os
 import re
 import time
 from datetime import UTC, datetime
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from meshscale.control import models
+from meshscale.control.auth.cookies import request_cookies
 from meshscale.control.auth.idtoken import (
     IdentityClaims,
     LoginRefused,
@@ -31,6 +31,7 @@ from meshscale.control.auth.oidc import (
     CONFIRM_PATH,
     Discovery,
     LoginFlow,
+    LoginSession,
     parse_discovery,
 )
 from meshscale.control.config import ControlConfig
@@ -57,17 +58,6 @@ def _page(
 
 def _refused(e: LoginRefused) -> Response:
     return _page(e.status, "sign-in refused", f"<p>{html.escape(e.reason)}</p>")
-
-
-def _cookies(req: Request) -> dict[str, str]:
-    jar: dict[str, str] = {}
-    for header in req.headers.get_all("cookie"):
-        try:
-            parsed: SimpleCookie = SimpleCookie(header)
-        except CookieError:
-            continue
-        jar.update({k: m.value for k, m in parsed.items()})
-    return jar
 
 
 def user_name(identity: IdentityClaims) -> str:
@@ -146,22 +136,30 @@ class OIDCPages:
             raise LoginRefused(403, "invalid code")
         return data
 
+    async def verified_identity(self, session: LoginSession, code: str) -> IdentityClaims:
+        """Redeem ``code`` at the IdP and verify the ID token (plus userinfo, when offered).
+
+        Raises :class:`LoginRefused`; whether the identity may sign in is the caller's check.
+        """
+        disc = await self.discovery()
+        tokens = await self._exchange(code, session.verifier, disc)
+        id_token = tokens.get("id_token")
+        if not isinstance(id_token, str) or not id_token:
+            raise LoginRefused(400, "token response without id_token")
+        keys = load_jwks(json.dumps(await self._get_json(disc.jwks_uri)))
+        identity = verify_id_token(
+            id_token, keys, issuer=self.cfg.issuer, client_id=self.cfg.client_id,
+            nonce=session.nonce, groups_claim=self.cfg.groups_claim,
+        )  # fmt: skip
+        access = tokens.get("access_token")
+        if disc.userinfo_endpoint and isinstance(access, str) and access:
+            identity = await self._userinfo(identity, disc.userinfo_endpoint, access)
+        return identity
+
     async def callback(self, req: Request) -> Response:
         try:
-            session, code = self.flow.take_session(req.query, _cookies(req))
-            disc = await self.discovery()
-            tokens = await self._exchange(code, session.verifier, disc)
-            id_token = tokens.get("id_token")
-            if not isinstance(id_token, str) or not id_token:
-                raise LoginRefused(400, "token response without id_token")
-            keys = load_jwks(json.dumps(await self._get_json(disc.jwks_uri)))
-            identity = verify_id_token(
-                id_token, keys, issuer=self.cfg.issuer, client_id=self.cfg.client_id,
-                nonce=session.nonce, groups_claim=self.cfg.groups_claim,
-            )  # fmt: skip
-            access = tokens.get("access_token")
-            if disc.userinfo_endpoint and isinstance(access, str) and access:
-                identity = await self._userinfo(identity, disc.userinfo_endpoint, access)
+            session, code = self.flow.take_session(req.query, request_cookies(req))
+            identity = await self.verified_identity(session, code)
             check_allowed(identity, self.cfg)
         except LoginRefused as e:
             return _refused(e)
@@ -211,7 +209,7 @@ class OIDCPages:
         form = {k: v[0] for k, v in parse_qs(req.body.decode("utf-8", "replace")).items()}
         try:
             pending = self.flow.take_confirm(
-                reg_id, form.get(CONFIRM_COOKIE, ""), _cookies(req).get(CONFIRM_COOKIE, "")
+                reg_id, form.get(CONFIRM_COOKIE, ""), request_cookies(req).get(CONFIRM_COOKIE, "")
             )
         except LoginRefused as e:
             return _refused(e)

@@ -11,15 +11,12 @@ not "whoever signs in first". The callback answers 303 to a code-free URL.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from meshscale.control.auth.idtoken import (
     IdentityClaims,
     LoginRefused,
-    load_jwks,
-    verify_id_token,
 )
 from meshscale.control.auth.pages import OIDCPages
 from meshscale.control.console import web
@@ -74,19 +71,7 @@ class ConsoleOIDC:
             session, code = p.flow.take_session(req.query, web.cookies(req))
             if session.auth_id != LOGIN_ID:
                 raise LoginRefused(400, "not a console sign-in")
-            disc = await p.discovery()
-            tokens = await p._exchange(code, session.verifier, disc)
-            id_token = tokens.get("id_token")
-            if not isinstance(id_token, str) or not id_token:
-                raise LoginRefused(400, "token response without id_token")
-            keys = load_jwks(json.dumps(await p._get_json(disc.jwks_uri)))
-            identity = verify_id_token(
-                id_token, keys, issuer=p.cfg.issuer, client_id=p.cfg.client_id,
-                nonce=session.nonce, groups_claim=p.cfg.groups_claim,
-            )  # fmt: skip
-            access = tokens.get("access_token")
-            if disc.userinfo_endpoint and isinstance(access, str) and access:
-                identity = await p._userinfo(identity, disc.userinfo_endpoint, access)
+            identity = await p.verified_identity(session, code)
         except LoginRefused as e:
             return console.login_page(req, f"Sign-in refused: {e.reason}", e.status)
         if not is_admin(identity, self.admin_users, self.admin_groups):

@@ -10,10 +10,10 @@ forwarded header: a request that reached an https server over plain http still g
 from __future__ import annotations
 
 import json
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from meshscale.control.auth.cookies import request_cookies
 from meshscale.io.http import Request, Response
 
 CSP = (
@@ -37,14 +37,8 @@ def security_headers(https: bool) -> list[tuple[str, str]]:
 
 
 def cookies(req: Request) -> dict[str, str]:
-    jar: dict[str, str] = {}
-    for header in req.headers.get_all("cookie"):
-        try:
-            parsed: SimpleCookie = SimpleCookie(header)
-        except CookieError:
-            continue
-        jar.update({k: m.value for k, m in parsed.items()})
-    return jar
+    """The request's cookies (see :func:`meshscale.control.auth.cookies.request_cookies`)."""
+    return request_cookies(req)
 
 
 def set_cookie(name: str, value: str, *, https: bool, max_age: int | None = None) -> str:
