@@ -109,20 +109,28 @@ class Lab:
     base: str
 
 
+async def serve_router() -> tuple[Router, HTTPServer, str]:
+    """A real HTTP server on a free loopback port: its (empty) router, the server, its base URL."""
+    router = Router()
+    http = HTTPServer(router)
+    srv = await http.start("127.0.0.1", 0)
+    return router, http, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+
+async def serve_idp() -> tuple[LabIdP, HTTPServer]:
+    """The test IdP served over real HTTP, its issuer set to where it listens."""
+    idp = LabIdP()
+    router, http, idp.issuer = await serve_router()
+    idp.mount(router)
+    return idp, http
+
+
 async def start(tmp_path: Path, **cfg: Any) -> tuple[Lab, list[HTTPServer]]:
     rng = random.Random(1)
     state = State.open(tmp_path / "db.sqlite", None, clock=lambda: datetime.now(UTC),
                        rand=rng.randbytes, randbelow=rng.randrange)  # fmt: skip
-    idp = LabIdP()
-    idp_router = Router()
-    idp.mount(idp_router)
-    idp_http = HTTPServer(idp_router)
-    srv = await idp_http.start("127.0.0.1", 0)
-    idp.issuer = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
-    ctl_router = Router()
-    ctl_http = HTTPServer(ctl_router)
-    srv2 = await ctl_http.start("127.0.0.1", 0)
-    base = f"http://127.0.0.1:{srv2.sockets[0].getsockname()[1]}"
+    idp, idp_http = await serve_idp()
+    ctl_router, ctl_http, base = await serve_router()
     oidc = OIDCConfig(issuer=idp.issuer, client_id="meshscale", client_secret="s",
                       pkce_enabled=True, **cfg)  # fmt: skip
     OIDCPages(oidc, "s", base, state).mount(ctl_router)

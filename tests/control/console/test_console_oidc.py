@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.control.auth.test_oidc_pages import Browser, LabIdP
+from tests.control.auth.test_oidc_pages import Browser, LabIdP, serve_idp, serve_router
 
 from meshscale.control.api import API
 from meshscale.control.auth.pages import OIDCPages
@@ -17,7 +17,6 @@ from meshscale.control.console import ConsoleSettings, build
 from meshscale.control.console.oidc import ConsoleOIDC
 from meshscale.control.oidcconfig import OIDCConfig
 from meshscale.control.state import State
-from meshscale.io.http import HTTPServer, Router
 
 ALICE = {"sub": "alice-1", "email": "alice@example.net", "email_verified": True, "groups": []}
 BOB = {"sub": "bob-1", "email": "bob@example.net", "email_verified": True, "groups": ["ops"]}
@@ -29,16 +28,8 @@ def run(tmp_path: Path, body: Any) -> None:
         rng = random.Random(1)
         state = State.open(tmp_path / "db.sqlite", clock=lambda: datetime.now(UTC),
                            rand=rng.randbytes)  # fmt: skip
-        idp = LabIdP()
-        idp_router = Router()
-        idp.mount(idp_router)
-        idp_http = HTTPServer(idp_router)
-        srv = await idp_http.start("127.0.0.1", 0)
-        idp.issuer = f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
-        router = Router()
-        http = HTTPServer(router)
-        srv2 = await http.start("127.0.0.1", 0)
-        base = f"http://127.0.0.1:{srv2.sockets[0].getsockname()[1]}"
+        idp, idp_http = await serve_idp()
+        router, http, base = await serve_router()
         cfg = OIDCConfig(issuer=idp.issuer, client_id="meshscale", client_secret="s",
                          pkce_enabled=True)  # fmt: skip
         oidc = ConsoleOIDC(OIDCPages(cfg, "s", base, state), base,
