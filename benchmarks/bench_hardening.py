@@ -33,7 +33,6 @@ import json
 import os
 import random
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from procstat import cpu_seconds, free_port, rss_kib
 
 from meshscale.controlbase import ClientConn, ClientHandshake, EarlyPayloadReader
 from meshscale.controlhttp import H2Client, NoiseStream
@@ -50,26 +51,6 @@ from meshscale.tailcfg import CURRENT_CAPABILITY_VERSION
 from meshscale.testing.controlclient import ControlClient, MapStream, http_get
 
 TIME_CAP = 600.0  # seconds for the whole attack phase, whatever the counts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 # ---- server side (a child process) --------------------------------------------------------
