@@ -37,6 +37,7 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Callable
 
 from meshscale.control.models import Node, NodeID, User, UserID
 from meshscale.key import MachinePublic, NodePublic
@@ -139,17 +140,26 @@ def run(n: int, changes: int) -> None:
     t2 = time.perf_counter()
     print(f"  policy change (one user into one group): set_policy {ms(t1 - t0)}, "
           f"nodes named {named}, +their filters {ms(t2 - t0)}")  # fmt: skip
+    print_peak_rss()
+
+
+def print_peak_rss() -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"  peak RSS {rss:.0f} MiB")
 
 
-def main() -> None:
+def cli(run: Callable[[int, int], None]) -> None:
+    """``--sizes N...`` and ``--changes K``, then ``run(N, K)`` per size (also bench_policy_map)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--changes", type=int, default=20)
     args = ap.parse_args()
     for n in args.sizes:
         run(n, args.changes)
+
+
+def main() -> None:
+    cli(run)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ Not a test: run by hand and copy the figures into the README.
 
 from __future__ import annotations
 
-import argparse
 import os
-import resource
 import statistics
 import sys
 import time
@@ -31,7 +29,7 @@ from datetime import UTC, datetime
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from bench_policy import policy
+from bench_policy import cli, policy, print_peak_rss
 
 from meshscale.control.mapper import mapper
 from meshscale.control.mapper.batcher import Batcher, MapSession, Pending, SnapshotSource
@@ -109,18 +107,12 @@ def run(n: int, changes: int) -> None:
         f"  policy change (one user into one group): set_policy {ms(t1 - t0)}, all messages "
         f"{ms(t2 - t0)}; full maps {fulls}, deltas {deltas}"
     )
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  peak RSS {rss:.0f} MiB")
+    print_peak_rss()
     state.close()
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    ap.add_argument("--changes", type=int, default=20)
-    args = ap.parse_args()
-    for n in args.sizes:
-        run(n, args.changes)
+    cli(run)
 
 
 if __name__ == "__main__":
