@@ -143,6 +143,7 @@ class State:
         self.can_see = nodes.can_see
         self.viewers_of = nodes.viewers_of
         self.self_caps = nodes.self_caps
+        self.routes_view = nodes.routes_view
 
         self.update_node = nodes.update_node
         self.update_endpoints = nodes.update_endpoints
