@@ -220,6 +220,13 @@ class Nodes:
         except InvalidArgument:  # more than MAX_ROUTES: leave them to an admin
             return node
 
+    def auto_approve_all(self) -> None:
+        """Run autoApprovers over every node's advertised routes (after a policy change,
+        docs/protocol/policy.md §5.2): adds approvals only, never removes; inside a write."""
+        for old in list(self.core.nodes.values()):
+            if old.announced_routes():
+                self._commit(old, self._auto_approved(old))
+
     # ---- registration ------------------------------------------------------------------
 
     def register_node(

@@ -222,6 +222,7 @@ class State:
             core.policy_text = data
             core.policy_version = version
             core.policy_changed(change)
+            self.nodes.auto_approve_all()  # a new policy may approve advertised routes
             return version
 
     def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
