@@ -30,6 +30,8 @@ def test_scripts_lab_once_shows_direct_and_relay(need_lab: None) -> None:
     # MagicDNS through the node's own resolver, the policy file in force, the console answering.
     dns = out.split("MagicDNS", 1)[1].split("policy:", 1)[0]
     assert "not found" not in dns and dns.count(" 100.64.") == 2, dns
+    exits = out.split("$ meshscale exit-node list", 1)[1].split("MagicDNS", 1)[0]
+    assert " public " in exits, exits
     assert "policy: " in out and "admin console: https://ctl.lab/admin (HTTP 303" in out
     assert took < 60, f"the demo took {took:.0f}s"
 

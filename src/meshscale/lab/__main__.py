@@ -2,14 +2,14 @@
 
     python -m meshscale.lab [--nodes N] [--workdir DIR] [--once]
 
-Starts our control server (``meshscale-control serve`` with its embedded DERP and STUN) and
-one meshscaled node per kind of network: public, two behind easy NATs, one behind a hard NAT,
-one behind a NAT that drops UDP, under an access policy file (HuJSON; edit it and control
-reloads it). Brings them up, drives a little traffic, prints every node's ``meshscale status``,
-a ping matrix, MagicDNS names resolved through a node's own system resolver, and the admin
-console's URL with an API key to sign in, then keeps running until Ctrl-C and tears everything
-down. Needs root. It lives in the lab, not in the ``meshscale`` CLI: product code never
-imports the lab.
+Starts our control server (``meshscale-control serve`` with its embedded DERP and STUN) under
+an access policy file (HuJSON; edit it and control reloads it) and one meshscaled node per kind
+of network: public (offering itself as exit node), two behind easy NATs, one behind a hard NAT,
+one behind a NAT that drops UDP. Brings them up, drives a little traffic, prints every node's
+``meshscale status``, a ping matrix, the exit nodes on offer, MagicDNS names resolved through a
+node's own system resolver, and the admin console's URL with an API key to sign in, then keeps
+running until Ctrl-C and tears everything down. Needs root. It lives in the lab, not in the
+``meshscale`` CLI: product code never imports the lab.
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"starting meshscaled {name:9} ({where})", flush=True)
                 nodes.append(net.add_node(name, host, wait=False))
             net.up_all(nodes)
+            if nodes[0].name == "public":
+                _offer_exit_node(net, nodes[0])
             ips = {n.name: n.ip4() for n in nodes}
             print(f"all {len(nodes)} nodes Running after {time.monotonic() - t0:.1f}s; "
                   f"warming up paths for {WARMUP:g}s ...", flush=True)  # fmt: skip
@@ -140,9 +142,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offer_exit_node(net: MeshNet, node: MeshNode) -> None:
+    """The public node offers itself as exit node; the admin approves its /0 routes (approval
+    may come before the announcement: the routes serve once both are there)."""
+    assert net.control is not None
+    node.cli("set", "--advertise-exit-node")
+    row = next(r for r in net.control.nodes() if node.name in (r.get("givenName"), r.get("name")))
+    net.control.admin("nodes", "approve-routes", "--identifier", str(row["id"]),
+                      "--routes", "0.0.0.0/0,::/0")  # fmt: skip
+
+
 def _names_and_console(net: MeshNet, nodes: list[MeshNode], policy: Path) -> None:
     """MagicDNS through a node's ordinary resolver, the policy in force, the console URL."""
     a, b = nodes[0], nodes[-1]
+    if a.name == "public" and len(nodes) > 1:
+        user = nodes[1]
+        print(f"\n$ meshscale exit-node list    # on {user.name} (set --exit-node=public uses it)")
+        print(user.cli("exit-node", "list", check=False).stdout.rstrip())
     print(f"\nMagicDNS (getent on {a.name}, through its resolv.conf -> 100.100.100.100):")
     for name in (b.name, f"{b.name}.{BASE_DOMAIN}"):
         res = a.host.run(["getent", "hosts", name], check=False)
