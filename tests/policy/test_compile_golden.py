@@ -313,7 +313,10 @@ def test_reachable_routes_follow_what_the_viewer_may_reach() -> None:
     assert e.reachable_routes(only_ip, router) == ()  # may reach the router's IP only
     assert e.can_see(only_ip, router)
     star = engine('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}', nodes)
-    assert star.reachable_routes(viewer, router) == (net("10.0.0.0/8"), net("192.168.0.0/24"))
+    # ``*`` covers the internet too: an allow-all policy offers exit nodes, as Tailscale's does
+    assert star.reachable_routes(viewer, router) == (
+        net("10.0.0.0/8"), net("192.168.0.0/24"), net("0.0.0.0/0"), net("::/0")
+    )  # fmt: skip
 
 
 def test_engine_is_a_policy_manager() -> None:

@@ -399,8 +399,10 @@ class Compiled:
             if i not in dst or self.rules[i].self_dst:
                 continue
             for a in self.rules[i].dst:
-                if a.kind == "wildcard":
+                if a.kind == "wildcard":  # ``*`` covers the internet too (§5.3)
                     out.update(dict.fromkeys(n.routes))
+                    if n.exit:
+                        out.update({_DEFAULT_V4: None, _DEFAULT_V6: None})
                 elif a.kind in ("prefix", "host") and a.prefix is not None:
                     p = a.prefix
                     out.update(

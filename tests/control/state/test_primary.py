@@ -122,3 +122,30 @@ def test_no_policy_approves_nothing_by_itself() -> None:
     u = state.create_user("alice")
     n = state.register_node(mk(1), nk(1), u.id, {"Hostname": "r", "RoutableIPs": ["10.0.0.0/8"]})
     assert n.approved_routes == ()
+
+
+def test_a_policy_change_auto_approves_advertised_routes_and_never_unapproves() -> None:
+    from meshscale.policy import PolicyEngine
+
+    from .test_state import FakeClock
+
+    state = State.open(":memory:", clock=FakeClock(), policy=PolicyEngine())
+    state.set_policy('{"tagOwners": {"tag:router": ["alice@"]}, "acls": []}')
+    alice = state.create_user("alice")
+    hi = {"Hostname": "r", "RequestTags": ["tag:router"],
+          "RoutableIPs": ["198.51.100.0/24", "10.0.0.0/8"]}  # fmt: skip
+    r = state.register_node(mk(1), nk(1), alice.id, hi)
+    e = state.register_node(mk(2), nk(2), alice.id,
+                            {"Hostname": "e", "RoutableIPs": ["0.0.0.0/0", "::/0"]})  # fmt: skip
+    assert r.approved_routes == () and e.approved_routes == ()  # nothing auto-approves yet
+    state.approve_routes(r.id, ["10.0.0.0/8"])  # an admin's approval
+    state.set_online(r.id, True)
+    state.set_policy(AUTO)  # now autoApprovers cover 198.51.100.0/24 and alice's exit node
+    assert sorted(str(p) for p in state.get_node(r.id).approved_routes) == [
+        "10.0.0.0/8", "198.51.100.0/24"]  # fmt: skip
+    assert [str(p) for p in state.get_node(e.id).exit_routes()] == ["0.0.0.0/0", "::/0"]
+    assert "198.51.100.0/24" in [str(p) for p in state.get_node(r.id).primary_routes()]
+    state.set_policy('{"tagOwners": {"tag:router": ["alice@"]}, "acls": []}')  # back: no removal
+    assert sorted(str(p) for p in state.get_node(r.id).approved_routes) == [
+        "10.0.0.0/8", "198.51.100.0/24"]  # fmt: skip
+    assert [str(p) for p in state.get_node(e.id).exit_routes()] == ["0.0.0.0/0", "::/0"]

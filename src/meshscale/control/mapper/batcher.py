@@ -115,6 +115,10 @@ class MapSource(Protocol):
     def peers_of(self, node_id: int) -> list[models.Node]: ...
     def users(self) -> dict[models.UserID, models.User]: ...
     def packet_filter(self, node_id: int) -> Sequence[FilterRule]: ...
+    def routes_view(self, viewer_id: int, peer_id: int) -> mapper.RoutesView:
+        """Which of the peer's routes the viewer may see (None: all)."""
+        ...
+
     def viewers_of(self, node_id: int) -> set[int] | None:
         """The nodes the policy lets see ``node_id`` (None: everyone may)."""
         ...
@@ -146,6 +150,9 @@ class SnapshotSource:
 
     def viewers_of(self, node_id: int) -> set[int] | None:
         return self._state.viewers_of(models.NodeID(node_id))
+
+    def routes_view(self, viewer_id: int, peer_id: int) -> mapper.RoutesView:
+        return self._state.routes_view(models.NodeID(viewer_id), models.NodeID(peer_id))
 
     def node_ids(self) -> list[int]:
         return [int(n.id) for n in self._state.list_nodes()]
@@ -428,6 +435,7 @@ class Batcher:
                 me, peers, self.source.users(), cfg, now, self.cache,
                 packet_filter=self.source.packet_filter(session.node_id),
                 self_caps=self.source.self_caps(session.node_id),
+                routes_for=self._routes_for(session.node_id),
             )
             if not peers and session.started:
                 # An empty Peers means "no change", so a later full map with no peers must
@@ -444,9 +452,11 @@ class Batcher:
         if seen is not p:
             p, shared_key = seen, None
         key = shared_key if shared_key is not None else _delta_key(p)
-        shared: dict[str, Any] | None = None if p.self_changed else self._shared.get(key)
+        # A changed router's routes may differ per viewer (policy.md §5.3): not shared.
+        changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
+        own = p.self_changed or any(mapper.has_routes(n) for n in changed)
+        shared: dict[str, Any] | None = None if own else self._shared.get(key)
         if shared is None:
-            changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
             patches = [
                 (n, f)
                 for i, f in sorted(p.patched.items())
@@ -464,16 +474,21 @@ class Batcher:
                 cache=self.cache,
                 new_users=[models.UserID(u) for u in p.users],
                 self_caps=self.source.self_caps(session.node_id) if p.self_changed else None,
+                routes_for=self._routes_for(session.node_id),
             )
             if delta is None:
                 return None
-            if not p.self_changed:
+            if not own:
                 if len(self._shared) >= MAX_SHARED_CACHE:
                     self._shared.clear()
                 self._shared[key] = delta
             shared = delta
             self.deltas_built += 1
         return shared
+
+    def _routes_for(self, viewer: models.NodeID | int) -> mapper.RoutesFor:
+        """The viewer's route view of one peer (policy.md §5.3)."""
+        return lambda peer: self.source.routes_view(int(viewer), int(peer.id))
 
     def _revoked_map(
         self, session: MapSession, me: models.Node, cfg: mapper.MapConfig, now: datetime

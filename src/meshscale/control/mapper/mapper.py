@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -117,6 +117,32 @@ def home_derp(node: models.Node) -> int:
     return 0
 
 
+# The routes one viewer may see of a peer (None: all of them).
+RoutesView = frozenset[Any] | None
+RoutesFor = Callable[[models.Node], RoutesView]
+
+
+def has_routes(node: models.Node) -> bool:
+    """Whether the node serves any prefix beyond its addresses (then its JSON may differ
+    per viewer)."""
+    return bool(node.primary_routes() or node.exit_routes())
+
+
+def viewer_peer_json(
+    node: models.Node, cfg: MapConfig, now: datetime, cache: NodeJSONCache,
+    routes_for: RoutesFor | None,
+) -> dict[str, Any]:  # fmt: skip
+    """A peer's JSON for one viewer: the shared cached dict unless the viewer's route view
+    hides some of the peer's routes (docs/protocol/policy.md §5.3)."""
+    if routes_for is not None and has_routes(node):
+        view = routes_for(node)
+        if view is not None:
+            served = (*node.primary_routes(), *node.exit_routes())
+            if not all(r in view for r in served):
+                return to_json(tail_node(node, cfg, now, routes=view))
+    return cache.peer(node, cfg, now)
+
+
 def only_home_derp_changed(old: models.Node, new: models.Node) -> bool:
     """True when two Hostinfos differ only in NetInfo.PreferredDERP (to a non-zero region),
     which a PeerChange can carry instead of the whole node (a patch cannot say 0)."""
@@ -139,12 +165,16 @@ def _prefixes(node: models.Node) -> list[str]:
 
 def tail_node(
     node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool = False,
-    self_caps: Mapping[str, None] | None = None,
+    self_caps: Mapping[str, None] | None = None, routes: RoutesView = None,
 ) -> Node:  # fmt: skip
-    """A models.Node as tailcfg.Node (docs/protocol/control.md §4.5)."""
+    """A models.Node as tailcfg.Node (docs/protocol/control.md §4.5). ``routes``: the
+    prefixes the receiving viewer may have (None: all; docs/protocol/policy.md §5.3)."""
     addrs = _prefixes(node)
-    primary = [str(r) for r in node.primary_routes()]
-    exits = [str(r) for r in node.exit_routes()]  # never in PrimaryRoutes (policy.md §5.3)
+    primary = [str(r) for r in node.primary_routes() if routes is None or r in routes]
+    exit_routes = node.exit_routes()
+    if routes is not None and not all(r in routes for r in exit_routes):
+        exit_routes = ()
+    exits = [str(r) for r in exit_routes]  # never in PrimaryRoutes (policy.md §5.3)
     expired = node.is_expired(now)
     n = Node(
         ID=int(node.id),
@@ -250,11 +280,14 @@ def full_map(
     *,
     packet_filter: Sequence[FilterRule],
     self_caps: Mapping[str, None] | None = None,
+    routes_for: RoutesFor | None = None,
 ) -> dict[str, Any]:
     """The first message of a map stream, as JSON-ready values. ``peers`` and
     ``packet_filter`` are the policy's answers for ``node`` (docs/protocol/control.md §6.3)."""
     cache = cache or NodeJSONCache()
-    peer_json = [cache.peer(p, cfg, now) for p in sorted(peers, key=lambda p: p.id)]
+    peer_json = [
+        viewer_peer_json(p, cfg, now, cache, routes_for) for p in sorted(peers, key=lambda p: p.id)
+    ]
     user_ids = {node.user_id, *(p.user_id for p in peers)}
     out: dict[str, Any] = {
         "Node": to_json(tail_node(node, cfg, now, is_self=True, self_caps=self_caps)),
@@ -302,6 +335,7 @@ def delta_map(
     cache: NodeJSONCache | None = None,
     new_users: Iterable[models.UserID] = (),
     self_caps: Mapping[str, None] | None = None,
+    routes_for: RoutesFor | None = None,
 ) -> dict[str, Any] | None:
     """An incremental message; None when there is nothing to say."""
     cache = cache or NodeJSONCache()
@@ -309,7 +343,10 @@ def delta_map(
     if self_node is not None:
         out["Node"] = to_json(tail_node(self_node, cfg, now, is_self=True, self_caps=self_caps))
     if changed:
-        out["PeersChanged"] = [cache.peer(p, cfg, now) for p in sorted(changed, key=lambda p: p.id)]
+        out["PeersChanged"] = [
+            viewer_peer_json(p, cfg, now, cache, routes_for)
+            for p in sorted(changed, key=lambda p: p.id)
+        ]
     # Pure online/offline flips travel in OnlineChange and PeerSeenChange (the client sets
     # LastSeen from its own clock; we show LastSeen only for offline peers,
     # docs/protocol/control.md §7.5); anything else patchable goes in PeersChangedPatch.

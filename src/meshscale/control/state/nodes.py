@@ -143,6 +143,18 @@ class Nodes:
             caps = getattr(core.policy, "cap_map_for", None)
             return {} if node is None or caps is None else dict(caps(node))
 
+    def routes_view(self, viewer_id: NodeID, peer_id: NodeID) -> frozenset[Any] | None:
+        """Which of ``peer_id``'s routes ``viewer_id`` may have in its AllowedIPs
+        (docs/protocol/policy.md §5.3): those the policy lets it reach, plus those it
+        advertises itself (co-router visibility). None: all (no policy, or a node is gone)."""
+        core = self.core
+        with core.lock:
+            me, peer = core.nodes.get(viewer_id), core.nodes.get(peer_id)
+            reach = getattr(core.policy, "reachable_routes", None)
+            if me is None or peer is None or reach is None:
+                return None
+            return frozenset((*reach(me, peer), *me.announced_routes()))
+
     def can_see(self, viewer_id: NodeID, peer_id: NodeID) -> bool:
         """Whether the policy lets ``viewer_id`` see ``peer_id`` (True if either is gone:
         the caller's removal logic handles that)."""
@@ -207,6 +219,13 @@ class Nodes:
             return replace(node, approved_routes=parse_routes([*node.approved_routes, *add]))
         except InvalidArgument:  # more than MAX_ROUTES: leave them to an admin
             return node
+
+    def auto_approve_all(self) -> None:
+        """Run autoApprovers over every node's advertised routes (after a policy change,
+        docs/protocol/policy.md §5.2): adds approvals only, never removes; inside a write."""
+        for old in list(self.core.nodes.values()):
+            if old.announced_routes():
+                self._commit(old, self._auto_approved(old))
 
     # ---- registration ------------------------------------------------------------------
 

@@ -143,6 +143,7 @@ class State:
         self.can_see = nodes.can_see
         self.viewers_of = nodes.viewers_of
         self.self_caps = nodes.self_caps
+        self.routes_view = nodes.routes_view
 
         self.update_node = nodes.update_node
         self.update_endpoints = nodes.update_endpoints
@@ -221,6 +222,7 @@ class State:
             core.policy_text = data
             core.policy_version = version
             core.policy_changed(change)
+            self.nodes.auto_approve_all()  # a new policy may approve advertised routes
             return version
 
     def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
