@@ -23,13 +23,19 @@ import meshscale
 from meshscale.cli.main import main as node_main
 from meshscale.testing.fakebackend import FakeBackend, ThreadedLocalAPI
 
-FIELDS = json.loads((Path(__file__).parents[1] / "vectors/control/headscale-cli-json-fields.json")
-                    .read_text())
+FIELDS = json.loads(
+    (Path(__file__).parents[1] / "vectors/control/headscale-cli-json-fields.json").read_text()
+)
 
 
 def ctl(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "meshscale.control.main", *argv],
-                          capture_output=True, text=True, timeout=60, input=stdin)
+    return subprocess.run(
+        [sys.executable, "-m", "meshscale.control.main", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+    )
 
 
 def check_shape(obj: dict[str, Any], kind: str) -> None:
@@ -48,12 +54,14 @@ def test_headscale_doc_commands(tmp_path: Path) -> None:
 
     port = free_port()
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\n"
-                   f"unix_socket: {tmp_path}/ctl.sock\ndatabase:\n  type: sqlite\n"
-                   f"  sqlite:\n    path: {tmp_path}/db.sqlite\n"
-                   f"noise:\n  private_key_path: {tmp_path}/noise.key\n"
-                   "derp:\n  server:\n    enabled: true\n    stun_listen_addr: 127.0.0.1:0\n"
-                   "dns:\n  base_domain: tailnet.test\n")
+    cfg.write_text(
+        f"server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\n"
+        f"unix_socket: {tmp_path}/ctl.sock\ndatabase:\n  type: sqlite\n"
+        f"  sqlite:\n    path: {tmp_path}/db.sqlite\n"
+        f"noise:\n  private_key_path: {tmp_path}/noise.key\n"
+        "derp:\n  server:\n    enabled: true\n    stun_listen_addr: 127.0.0.1:0\n"
+        "dns:\n  base_domain: tailnet.test\n"
+    )
     # `headscale serve -c FILE`: the flag after the verb (the README's own quick start).
     (tmp_path / "config.yaml").rename(tmp_path / "c.yaml")
     (tmp_path / "config.yaml").symlink_to(tmp_path / "c.yaml")
@@ -64,8 +72,19 @@ def test_headscale_doc_commands(tmp_path: Path) -> None:
         users = json.loads(ctl("users", "list", "-o", "json", "-c", c).stdout)
         assert [u["name"] for u in users] == ["alice"]
         check_shape(users[0], "user")
-        out = ctl("preauthkeys", "create", "--user", "alice", "--reusable", "--expiration", "1h",
-                  "-o", "json", "-c", c)
+        out = ctl(
+            "preauthkeys",
+            "create",
+            "--user",
+            "alice",
+            "--reusable",
+            "--expiration",
+            "1h",
+            "-o",
+            "json",
+            "-c",
+            c,
+        )
         assert out.returncode == 0, out.stderr
         key = json.loads(out.stdout)
         check_shape(key, "preauthkey")
@@ -173,8 +192,18 @@ def test_tailscale_doc_commands(node_sock: tuple[FakeBackend, str],
     assert json.loads(out)["daemonLong"] == "0.1.0"
 
     # set changes only what it names; up then demands the non-default flags (or --reset)
-    assert node(capsys, sock, "up", "--login-server=http://ctl:8080", "--authkey", "k",
-                "--timeout=1m30s")[0] == 0
+    assert (
+        node(
+            capsys,
+            sock,
+            "up",
+            "--login-server=http://ctl:8080",
+            "--authkey",
+            "k",
+            "--timeout=1m30s",
+        )[0]
+        == 0
+    )
     be.calls.clear()
     code, _, err = node(capsys, sock, "set", "--hostname=laptop")
     assert code == 0, err

@@ -23,8 +23,13 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def call(
-    api: API, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
-    token: str | None = None, raw: bytes | None = None,
+    api: API,
+    method: str,
+    path: str,
+    body: Any = None,
+    query: dict[str, str] | None = None,
+    token: str | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, Any]:
     headers = [("authorization", f"Bearer {token}")] if token else []
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
@@ -48,8 +53,14 @@ def test_user_routes(api: API) -> None:
     status, body = call(api, "POST", "/api/v1/user", {"name": "alice", "email": "a@x.org"})
     assert status == 200
     assert body["user"] == {
-        "id": "1", "name": "alice", "createdAt": "2026-03-01T12:00:00Z", "displayName": "",
-        "email": "a@x.org", "providerId": "", "provider": "", "profilePicUrl": "",
+        "id": "1",
+        "name": "alice",
+        "createdAt": "2026-03-01T12:00:00Z",
+        "displayName": "",
+        "email": "a@x.org",
+        "providerId": "",
+        "provider": "",
+        "profilePicUrl": "",
     }
     assert call(api, "POST", "/api/v1/user", {"name": "alice"})[0] == 409
     assert call(api, "POST", "/api/v1/user/1/rename/alicia")[1]["user"]["name"] == "alicia"
@@ -63,10 +74,17 @@ def test_user_routes(api: API) -> None:
 
 def test_preauth_key_and_node_routes(api: API, state: State) -> None:
     call(api, "POST", "/api/v1/user", {"name": "alice"})
-    status, body = call(api, "POST", "/api/v1/preauthkey", {
-        "user": "alice", "reusable": True, "expiration": "2026-03-02T12:00:00Z",
-        "aclTags": ["tag:ci"],
-    })
+    status, body = call(
+        api,
+        "POST",
+        "/api/v1/preauthkey",
+        {
+            "user": "alice",
+            "reusable": True,
+            "expiration": "2026-03-02T12:00:00Z",
+            "aclTags": ["tag:ci"],
+        },
+    )
     assert status == 200, body
     pak = body["preAuthKey"]
     assert pak["key"].startswith("hskey-auth-") and not pak["key"].endswith("***")
@@ -75,9 +93,12 @@ def test_preauth_key_and_node_routes(api: API, state: State) -> None:
     assert pak["user"]["name"] == "alice"
     listed = call(api, "GET", "/api/v1/preauthkey", query={"user": "1"})[1]["preAuthKeys"]
     assert listed[0]["key"].endswith("-***")  # the full key is shown once only
-    node = state.register_with_preauth_key(pak["key"], MachinePublic(b"m" * 32),
-                                           NodePublic(b"n" * 32), {"Hostname": "ci-runner",
-                                                                   "RoutableIPs": ["10.0.0.0/8"]})
+    node = state.register_with_preauth_key(
+        pak["key"],
+        MachinePublic(b"m" * 32),
+        NodePublic(b"n" * 32),
+        {"Hostname": "ci-runner", "RoutableIPs": ["10.0.0.0/8"]},
+    )
     nodes = call(api, "GET", "/api/v1/node")[1]["nodes"]
     assert len(nodes) == 1
     n = nodes[0]
@@ -110,24 +131,30 @@ def test_preauth_key_and_node_routes(api: API, state: State) -> None:
 
 def test_register_pending_node(api: API, state: State) -> None:
     call(api, "POST", "/api/v1/user", {"name": "alice"})
-    reg = state.begin_registration(MachinePublic(b"m" * 32), NodePublic(b"n" * 32),
-                                   {"Hostname": "laptop"})
+    reg = state.begin_registration(
+        MachinePublic(b"m" * 32), NodePublic(b"n" * 32), {"Hostname": "laptop"}
+    )
     listed = call(api, "GET", "/api/v1/registration")[1]["registrations"]
     assert [r["id"] for r in listed] == [reg.id]
-    status, body = call(api, "POST", "/api/v1/node/register",
-                        query={"user": "alice", "key": f"http://x/register/{reg.id}"})
+    status, body = call(
+        api,
+        "POST",
+        "/api/v1/node/register",
+        query={"user": "alice", "key": f"http://x/register/{reg.id}"},
+    )
     assert status == 200, body
     assert body["node"]["registerMethod"] == "REGISTER_METHOD_CLI"
     assert reg.node is not None and reg.done
-    assert call(api, "POST", "/api/v1/node/register",
-                query={"user": "alice", "key": reg.id})[0] == 404
+    assert (
+        call(api, "POST", "/api/v1/node/register", query={"user": "alice", "key": reg.id})[0] == 404
+    )
 
 
 def test_api_key_routes(api: API) -> None:
     status, body = call(api, "POST", "/api/v1/apikey", {})
     assert status == 200 and body["apiKey"].startswith("hskey-api-")
     keys = call(api, "GET", "/api/v1/apikey")[1]["apiKeys"]
-    assert keys[0]["prefix"] == body["apiKey"][len("hskey-api-"):][:12]
+    assert keys[0]["prefix"] == body["apiKey"][len("hskey-api-") :][:12]
     assert call(api, "POST", "/api/v1/apikey/expire", {"prefix": keys[0]["prefix"]}) == (200, {})
     assert call(api, "DELETE", f"/api/v1/apikey/{keys[0]['prefix']}") == (200, {})
     assert call(api, "GET", "/api/v1/apikey")[1] == {"apiKeys": []}
@@ -206,7 +233,8 @@ def test_over_real_http(state: State) -> None:
                 body = b'{"name": "alice"}'
                 writer.write(
                     f"POST /api/v1/user HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {len(body)}"
-                    "\r\nConnection: close\r\n\r\n".encode() + body
+                    "\r\nConnection: close\r\n\r\n".encode()
+                    + body
                 )
                 out.append(await asyncio.wait_for(reader.read(), 5))
                 writer.close()
@@ -222,16 +250,55 @@ def test_over_real_http(state: State) -> None:
 
 
 _SEGMENTS = st.sampled_from(
-    ["user", "node", "preauthkey", "apikey", "1", "2", "0", "rename", "x", "expire", "tags",
-     "register", "approve_routes", "policy", "health", "%2F", "", "..", "99999999999999999999"]
+    [
+        "user",
+        "node",
+        "preauthkey",
+        "apikey",
+        "1",
+        "2",
+        "0",
+        "rename",
+        "x",
+        "expire",
+        "tags",
+        "register",
+        "approve_routes",
+        "policy",
+        "health",
+        "%2F",
+        "",
+        "..",
+        "99999999999999999999",
+    ]
 )
 _BODIES = st.one_of(
     st.binary(max_size=64),
     st.dictionaries(
-        st.sampled_from(["name", "user", "id", "key", "prefix", "tags", "routes", "expiration",
-                         "expiry", "reusable", "ephemeral", "aclTags", "disableExpiry"]),
-        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12),
-                  st.lists(st.text(max_size=12), max_size=3)),
+        st.sampled_from(
+            [
+                "name",
+                "user",
+                "id",
+                "key",
+                "prefix",
+                "tags",
+                "routes",
+                "expiration",
+                "expiry",
+                "reusable",
+                "ephemeral",
+                "aclTags",
+                "disableExpiry",
+            ]
+        ),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.text(max_size=12),
+            st.lists(st.text(max_size=12), max_size=3),
+        ),
         max_size=4,
     ).map(lambda d: json.dumps(d).encode()),
 )
@@ -243,8 +310,9 @@ _BODIES = st.one_of(
     st.sampled_from(["GET", "POST", "DELETE", "PUT", "PATCH"]),
     st.lists(_SEGMENTS, max_size=4),
     _BODIES,
-    st.dictionaries(st.sampled_from(["user", "id", "key", "name"]), st.text(max_size=8),
-                    max_size=2),
+    st.dictionaries(
+        st.sampled_from(["user", "id", "key", "name"]), st.text(max_size=8), max_size=2
+    ),
 )
 def test_any_request_gets_a_clean_answer(
     method: str, segments: list[str], body: bytes, query: dict[str, str]
@@ -252,8 +320,12 @@ def test_any_request_gets_a_clean_answer(
     state = State.open(":memory:", clock=lambda: T0)
     uid = state.create_user("alice").id
     state.create_preauth_key(uid)
-    state.register_node(MachinePublic(b"m" * 32), NodePublic(b"n" * 32), uid,
-                        {"Hostname": "x", "RoutableIPs": ["10.0.0.0/8"]})
+    state.register_node(
+        MachinePublic(b"m" * 32),
+        NodePublic(b"n" * 32),
+        uid,
+        {"Hostname": "x", "RoutableIPs": ["10.0.0.0/8"]},
+    )
     state.create_api_key()
     api = API(state, trusted=True)
     path = "/api/v1/" + "/".join(segments)
@@ -266,7 +338,9 @@ def test_any_request_gets_a_clean_answer(
 def test_policy_routes(state: State) -> None:
     api = API(state, trusted=True)
     assert call(api, "GET", "/api/v1/policy") == (
-        200, {"policy": "", "updatedAt": None, "version": None})
+        200,
+        {"policy": "", "updatedAt": None, "version": None},
+    )
     sub = state.subscribe()
     assert call(api, "PUT", "/api/v1/policy", {"policy": '{"acls": []}'})[0] == 200
     got = call(api, "GET", "/api/v1/policy")[1]

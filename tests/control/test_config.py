@@ -66,7 +66,9 @@ def test_headscale_shaped_file_loads() -> None:
     assert cfg.prefixes.allocation is AllocationStrategy.RANDOM
     d = cfg.derp
     assert (d.server.region_id, d.server.region_code, d.server.region_name) == (
-        950, "lab", "Lab relay",
+        950,
+        "lab",
+        "Lab relay",
     )
     assert d.server.stun_listen_addr == HostPort("0.0.0.0", 3479)
     assert d.server.ipv4 == ipaddress.IPv4Address("192.0.2.10")
@@ -142,8 +144,7 @@ def test_deprecated_ephemeral_key_still_works() -> None:
         ({"prefixes": {"v6": "100.64.0.0/10"}}, "prefixes.v6"),
         ({"prefixes": {"allocation": "clever"}}, "prefixes.allocation"),
         ({"prefixes": {"v4": "", "v6": ""}}, "prefixes"),
-        ({"database": {"type": "postgres", "postgres": {"ssl": "maybe"}}},
-         "database.postgres.ssl"),
+        ({"database": {"type": "postgres", "postgres": {"ssl": "maybe"}}}, "database.postgres.ssl"),
         ({"database": {"type": "postgres", "postgres": {"port": 0}}}, "database.postgres.port"),
         ({"database": {"type": "mysql"}}, "database.type"),
         ({"derp": {"server": {"enabled": "yes"}}}, "derp.server.enabled"),
@@ -152,19 +153,27 @@ def test_deprecated_ephemeral_key_still_works() -> None:
         ({"derp": {"urls": ["file:///x"]}}, "derp.urls"),
         ({"derp": {"update_frequency": "often"}}, "derp.update_frequency"),
         ({"dns": {"magic_dns": True, "base_domain": ""}}, "dns.base_domain"),
-        ({"server_url": "http://hs.ts.example", "dns": {"base_domain": "ts.example"}},
-         "dns.base_domain"),
+        (
+            {"server_url": "http://hs.ts.example", "dns": {"base_domain": "ts.example"}},
+            "dns.base_domain",
+        ),
         ({"dns": {"nameservers": {"global": [1]}}}, "dns.nameservers.global"),
         ({"dns": {"nameservers": {"split": ["x"]}}}, "dns.nameservers.split"),
-        ({"dns": {"extra_records": [{"name": "a", "type": "A", "value": "::1"}]}},
-         "dns.extra_records[0]"),
-        ({"dns": {"extra_records": [{"name": "a", "type": "MX", "value": "1.2.3.4"}]}},
-         "dns.extra_records[0].type"),
+        (
+            {"dns": {"extra_records": [{"name": "a", "type": "A", "value": "::1"}]}},
+            "dns.extra_records[0]",
+        ),
+        (
+            {"dns": {"extra_records": [{"name": "a", "type": "MX", "value": "1.2.3.4"}]}},
+            "dns.extra_records[0].type",
+        ),
         ({"tls_cert_path": "c.pem"}, "tls_cert_path/tls_key_path"),
         ({"policy": {"mode": "git"}}, "policy.mode"),
         ({"log": {"level": "chatty"}}, "log.level"),
-        ({"node": {"ephemeral": {"inactivity_timeout": "10s"}}},
-         "node.ephemeral.inactivity_timeout"),
+        (
+            {"node": {"ephemeral": {"inactivity_timeout": "10s"}}},
+            "node.ephemeral.inactivity_timeout",
+        ),
         ({"unix_socket_permission": "rwx"}, "unix_socket_permission"),
         ({"trusted_proxies": ["not-a-net"]}, "trusted_proxies"),
         ({"server_url": ["a"]}, "server_url"),
@@ -198,8 +207,15 @@ def test_empty_file_is_defaults(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("0", 0), ("90s", 90), ("30m", 1800), ("1h30m", 5400), ("1.5h", 5400), ("2d", 172800),
-     ("250ms", 0.25)],
+    [
+        ("0", 0),
+        ("90s", 90),
+        ("30m", 1800),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("2d", 172800),
+        ("250ms", 0.25),
+    ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text).total_seconds() == seconds
@@ -213,8 +229,12 @@ def test_parse_duration_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("text", "want"),
-    [(":8080", HostPort("", 8080)), ("127.0.0.1:1", HostPort("127.0.0.1", 1)),
-     ("[::1]:443", HostPort("::1", 443)), ("example.org:80", HostPort("example.org", 80))],
+    [
+        (":8080", HostPort("", 8080)),
+        ("127.0.0.1:1", HostPort("127.0.0.1", 1)),
+        ("[::1]:443", HostPort("::1", 443)),
+        ("example.org:80", HostPort("example.org", 80)),
+    ],
 )
 def test_parse_host_port(text: str, want: HostPort) -> None:
     assert parse_host_port(text) == want
@@ -250,9 +270,23 @@ def test_parse_yaml_only_raises_config_error(text: str) -> None:
 
 
 def test_postgres_settings_become_a_dsn() -> None:
-    cfg = config_from_mapping({"database": {"type": "postgres", "postgres": {
-        "host": "db.internal", "port": 5433, "name": "ctl", "user": "ms", "pass": "it's secret",
-        "ssl": True, "max_open_conns": 10}}}, SD)
+    cfg = config_from_mapping(
+        {
+            "database": {
+                "type": "postgres",
+                "postgres": {
+                    "host": "db.internal",
+                    "port": 5433,
+                    "name": "ctl",
+                    "user": "ms",
+                    "pass": "it's secret",
+                    "ssl": True,
+                    "max_open_conns": 10,
+                },
+            }
+        },
+        SD,
+    )
     assert cfg.database.type == "postgres"
     assert cfg.database.postgres_dsn == (
         "host=db.internal port=5433 dbname=ctl user=ms password='it\\'s secret' sslmode=require"

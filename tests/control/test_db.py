@@ -127,14 +127,23 @@ def test_models_round_trip() -> None:
     store = SQLiteStore(":memory:")
     uid = store.insert_user(User(UserID(0), "alice", "Alice", "a@example.org", None, T0))
     kid = store.insert_preauth_key(
-        PreAuthKey(PreAuthKeyID(0), uid, "0123456789ab", b"h" * 32, True, True, False, T0,
-                   ("tag:a",), T0)
+        PreAuthKey(
+            PreAuthKeyID(0), uid, "0123456789ab", b"h" * 32, True, True, False, T0, ("tag:a",), T0
+        )
     )
     node = _node(
-        1, uid, disco_key=DiscoPublic(b"\x07" * 32), hostinfo={"Hostname": "h", "OS": "linux"},
-        endpoints=("192.0.2.1:41641", "[2001:db8::1]:41641"), last_seen=T0, expiry=T0,
-        tags=("tag:a",), approved_routes=(ipaddress.ip_network("10.0.0.0/8"),),
-        register_method=RegisterMethod.AUTH_KEY, auth_key_id=kid, ephemeral=True,
+        1,
+        uid,
+        disco_key=DiscoPublic(b"\x07" * 32),
+        hostinfo={"Hostname": "h", "OS": "linux"},
+        endpoints=("192.0.2.1:41641", "[2001:db8::1]:41641"),
+        last_seen=T0,
+        expiry=T0,
+        tags=("tag:a",),
+        approved_routes=(ipaddress.ip_network("10.0.0.0/8"),),
+        register_method=RegisterMethod.AUTH_KEY,
+        auth_key_id=kid,
+        ephemeral=True,
     )
     nid = store.insert_node(node)
     aid = store.insert_api_key(APIKey(APIKeyID(0), "abcdefabcdef", b"x" * 32, T0, None, T0))
@@ -189,6 +198,7 @@ def test_local_user_names_are_unique_but_providers_may_reuse_them() -> None:
 
 def test_transaction_rolls_back_everything() -> None:
     store = SQLiteStore(":memory:")
+
     def clash() -> None:
         with store.transaction():
             store.insert_user(User(UserID(0), "alice", created_at=T0))
@@ -206,8 +216,7 @@ def test_consume_preauth_key_is_decided_by_the_database(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     a, b = SQLiteStore(path), SQLiteStore(path)
     uid = a.insert_user(User(UserID(0), "alice", created_at=T0))
-    kid = a.insert_preauth_key(PreAuthKey(PreAuthKeyID(0), uid, "p" * 12, b"h" * 32,
-                                          created_at=T0))
+    kid = a.insert_preauth_key(PreAuthKey(PreAuthKeyID(0), uid, "p" * 12, b"h" * 32, created_at=T0))
     results: list[bool] = []
     barrier = threading.Barrier(2)
 
@@ -293,7 +302,6 @@ def test_soft_transactions_skip_the_flush_and_restore_it(tmp_path: Path) -> None
     with store.transaction():
         assert sync() == 2
     store.close()
-
 
 
 def test_rollback_journal_when_wal_is_off(tmp_path: Path) -> None:

@@ -49,47 +49,198 @@ def build_headscale_db(path: Path) -> None:
         "deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
             (1, "alice", "Alice", "alice@example.org", None, "2025-05-01 10:00:00+00:00", None),
-            (2, "bob", "", "bob@example.org", "https://idp.example/1234",
-             "2025-05-02 10:00:00.123456789+00:00", None),
+            (
+                2,
+                "bob",
+                "",
+                "bob@example.org",
+                "https://idp.example/1234",
+                "2025-05-02 10:00:00.123456789+00:00",
+                None,
+            ),
             (3, "gone", "", "", None, "2025-05-03 10:00:00+00:00", "2025-06-01 00:00:00+00:00"),
         ],
     )
     conn.executemany(
         "INSERT INTO pre_auth_keys(id, prefix, hash, user_id, reusable, ephemeral, used, "
         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(1, "aaaaaaaaaaaa", b"$2a$10$bcrypt", 1, 1, 0, 1, "2025-05-01 10:00:00+00:00"),
-         (2, "bbbbbbbbbbbb", b"$2a$10$bcrypt", 1, 1, 1, 1, "2025-05-01 10:00:00+00:00")],
+        [
+            (1, "aaaaaaaaaaaa", b"$2a$10$bcrypt", 1, 1, 0, 1, "2025-05-01 10:00:00+00:00"),
+            (2, "bbbbbbbbbbbb", b"$2a$10$bcrypt", 1, 1, 1, 1, "2025-05-01 10:00:00+00:00"),
+        ],
     )
     rows = [
         # id, machine, node, disco, endpoints, host_info, ipv4, ipv6, hostname, given,
         # user, method, tags, auth key, last_seen, expiry, approved routes, deleted
-        (1, 1, 1, 1, '["192.0.2.1:41641"]', '{"Hostname": "laptop", "OS": "linux"}',
-         "100.64.0.7", "fd7a:115c:a1e0::7", "laptop", "laptop", 1, "authkey", "[]", 1,
-         "2025-06-01 12:00:00.5+00:00", "0001-01-01 00:00:00+00:00", "[]", None),
-        (2, 2, 2, 2, "null", '{"Hostname": "router", "RoutableIPs": ["10.1.0.0/16"]}',
-         "100.64.0.3", None, "router", "router", None, "authkey", '["tag:router"]', 1,
-         None, "2026-01-01 00:00:00+00:00", '["10.1.0.0/16"]', None),
-        (3, 3, 3, None, "[]", "{}", "100.64.0.9", "fd7a:115c:a1e0::9", "ci", "ci-runner-7",
-         1, "authkey", "[]", 2, None, None, "[]", None),
-        (4, 4, 4, None, "[]", "{}", "100.64.0.10", None, "bob-pc", "Bob PC!", 2, "oidc",
-         "[]", None, None, None, "[]", None),
-        (5, 5, 5, None, "[]", "{}", "100.64.0.11", None, "deleted", "deleted", 1, "cli",
-         "[]", None, None, None, "[]", "2025-06-01 00:00:00+00:00"),
-        (6, 6, 6, None, "[]", "{}", "100.64.0.12", None, "broken", "broken", 1, "cli",
-         "[]", None, None, None, "[]", None),
+        (
+            1,
+            1,
+            1,
+            1,
+            '["192.0.2.1:41641"]',
+            '{"Hostname": "laptop", "OS": "linux"}',
+            "100.64.0.7",
+            "fd7a:115c:a1e0::7",
+            "laptop",
+            "laptop",
+            1,
+            "authkey",
+            "[]",
+            1,
+            "2025-06-01 12:00:00.5+00:00",
+            "0001-01-01 00:00:00+00:00",
+            "[]",
+            None,
+        ),
+        (
+            2,
+            2,
+            2,
+            2,
+            "null",
+            '{"Hostname": "router", "RoutableIPs": ["10.1.0.0/16"]}',
+            "100.64.0.3",
+            None,
+            "router",
+            "router",
+            None,
+            "authkey",
+            '["tag:router"]',
+            1,
+            None,
+            "2026-01-01 00:00:00+00:00",
+            '["10.1.0.0/16"]',
+            None,
+        ),
+        (
+            3,
+            3,
+            3,
+            None,
+            "[]",
+            "{}",
+            "100.64.0.9",
+            "fd7a:115c:a1e0::9",
+            "ci",
+            "ci-runner-7",
+            1,
+            "authkey",
+            "[]",
+            2,
+            None,
+            None,
+            "[]",
+            None,
+        ),
+        (
+            4,
+            4,
+            4,
+            None,
+            "[]",
+            "{}",
+            "100.64.0.10",
+            None,
+            "bob-pc",
+            "Bob PC!",
+            2,
+            "oidc",
+            "[]",
+            None,
+            None,
+            None,
+            "[]",
+            None,
+        ),
+        (
+            5,
+            5,
+            5,
+            None,
+            "[]",
+            "{}",
+            "100.64.0.11",
+            None,
+            "deleted",
+            "deleted",
+            1,
+            "cli",
+            "[]",
+            None,
+            None,
+            None,
+            "[]",
+            "2025-06-01 00:00:00+00:00",
+        ),
+        (
+            6,
+            6,
+            6,
+            None,
+            "[]",
+            "{}",
+            "100.64.0.12",
+            None,
+            "broken",
+            "broken",
+            1,
+            "cli",
+            "[]",
+            None,
+            None,
+            None,
+            "[]",
+            None,
+        ),
     ]
     for r in rows:
-        (nid, m, n, d, endpoints, hostinfo, v4, v6, hostname, given, user, method, tags,
-         key, seen, expiry, routes, deleted) = r
+        (
+            nid,
+            m,
+            n,
+            d,
+            endpoints,
+            hostinfo,
+            v4,
+            v6,
+            hostname,
+            given,
+            user,
+            method,
+            tags,
+            key,
+            seen,
+            expiry,
+            routes,
+            deleted,
+        ) = r
         machine = hexkey("mkey", m) if nid != 6 else "mkey:not-hex"
         conn.execute(
             "INSERT INTO nodes(id, machine_key, node_key, disco_key, endpoints, host_info, "
             "ipv4, ipv6, hostname, given_name, user_id, register_method, tags, auth_key_id, "
             "last_seen, expiry, approved_routes, created_at, deleted_at) VALUES "
             "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (nid, machine, hexkey("nodekey", n + 100), hexkey("discokey", d) if d else None,
-             endpoints, hostinfo, v4, v6, hostname, given, user, method, tags, key, seen,
-             expiry, routes, "2025-05-10 08:00:00+00:00", deleted),
+            (
+                nid,
+                machine,
+                hexkey("nodekey", n + 100),
+                hexkey("discokey", d) if d else None,
+                endpoints,
+                hostinfo,
+                v4,
+                v6,
+                hostname,
+                given,
+                user,
+                method,
+                tags,
+                key,
+                seen,
+                expiry,
+                routes,
+                "2025-05-10 08:00:00+00:00",
+                deleted,
+            ),
         )
     conn.commit()
     conn.close()
@@ -124,8 +275,9 @@ def test_import_users_and_nodes(tmp_path: Path) -> None:
     assert nodes["bob-pc"].given_name == "bob-pc"  # "Bob PC!" is no label: sanitised
     assert nodes["bob-pc"].register_method is RegisterMethod.OIDC
     # The allocator knows the imported addresses: a new node gets a free one.
-    fresh = state.register_node(MachinePublic(b"\x42" * 32), NodePublic(b"\x43" * 32),
-                                users["alice"].id)
+    fresh = state.register_node(
+        MachinePublic(b"\x42" * 32), NodePublic(b"\x43" * 32), users["alice"].id
+    )
     assert fresh.ipv4 not in {n.ipv4 for n in nodes.values()}
     state.close()
     # What was imported is in the database, not only in memory.
@@ -158,8 +310,15 @@ def test_import_command_copies_the_control_key(
     key = MachinePrivate(b"\x07" * 32)
     noise.write_text(key.text() + "\n")
     sd = tmp_path / "state"
-    argv = ["--state-dir", str(sd), "import-headscale", "--db", str(tmp_path / "hs.sqlite"),
-            "--noise-key", str(noise)]
+    argv = [
+        "--state-dir",
+        str(sd),
+        "import-headscale",
+        "--db",
+        str(tmp_path / "hs.sqlite"),
+        "--noise-key",
+        str(noise),
+    ]
     assert main(argv) == 0
     out, _ = capsys.readouterr()
     assert out == "imported 2 users and 4 nodes, skipped 1; copied 1 key file(s)\n"

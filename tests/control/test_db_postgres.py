@@ -67,11 +67,31 @@ def postgres() -> Iterator[Callable[[], str]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = root / "data"
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres",
-                    "--no-sync", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            *as_user,
+            initdb,
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     opts = f"-c listen_addresses='' -c unix_socket_directories={root} -p {port} -c fsync=off"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"),
-                    "-w", "start"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     admin = f"host={root} port={port} user=postgres dbname=postgres"
     counter = itertools.count()
 
@@ -84,8 +104,11 @@ def postgres() -> Iterator[Callable[[], str]]:
     try:
         yield fresh
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -94,12 +117,16 @@ def structure(dsn: str) -> dict[str, Any]:
         cols = conn.execute(
             "SELECT table_name, column_name, data_type, is_nullable, column_default, "
             "is_identity FROM information_schema.columns WHERE table_schema = 'public' "
-            "ORDER BY table_name, ordinal_position").fetchall()
-        idx = conn.execute("SELECT indexname, indexdef FROM pg_indexes "
-                           "WHERE schemaname = 'public' ORDER BY indexname").fetchall()
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall()
+        idx = conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = 'public' ORDER BY indexname"
+        ).fetchall()
         cons = conn.execute(
             "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2").fetchall()
+            "WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2"
+        ).fetchall()
     return {"columns": cols, "indexes": idx, "constraints": cons}
 
 
@@ -127,24 +154,48 @@ def test_round_trip_and_unique_indexes(postgres: Callable[[], str]) -> None:
 
     store = PostgresStore(postgres())
     uid = store.insert_user(User(UserID(0), "alice", "Alice", "a@x.org", None, T0))
-    kid = store.insert_preauth_key(PreAuthKey(PreAuthKeyID(0), uid, "0123456789ab",
-                                              b"\x00\xffh" * 8, tags=("tag:a",), created_at=T0))
-    node = Node(NodeID(0), MachinePublic(b"\x01" * 32), NodePublic(b"\x02" * 32), uid, "h", "h",
-                ipaddress.IPv4Address("100.64.0.1"), ipaddress.IPv6Address("fd7a:115c:a1e0::1"),
-                hostinfo={"Hostname": "h", "RoutableIPs": ["10.0.0.0/8"]},
-                endpoints=("192.0.2.1:1",), auth_key_id=kid, created_at=T0, last_seen=T0)
+    kid = store.insert_preauth_key(
+        PreAuthKey(
+            PreAuthKeyID(0), uid, "0123456789ab", b"\x00\xffh" * 8, tags=("tag:a",), created_at=T0
+        )
+    )
+    node = Node(
+        NodeID(0),
+        MachinePublic(b"\x01" * 32),
+        NodePublic(b"\x02" * 32),
+        uid,
+        "h",
+        "h",
+        ipaddress.IPv4Address("100.64.0.1"),
+        ipaddress.IPv6Address("fd7a:115c:a1e0::1"),
+        hostinfo={"Hostname": "h", "RoutableIPs": ["10.0.0.0/8"]},
+        endpoints=("192.0.2.1:1",),
+        auth_key_id=kid,
+        created_at=T0,
+        last_seen=T0,
+    )
     nid = store.insert_node(node)
     store.set_policy("{}")
     store.set_policy('{"acls": []}')
     snap = store.load()
     assert snap.users[0].email == "a@x.org"
     assert snap.preauth_keys[0].hash == b"\x00\xffh" * 8
-    assert snap.nodes[0] == Node(**{**{f: getattr(node, f) for f in node.__dataclass_fields__},
-                                   "id": nid})
+    assert snap.nodes[0] == Node(
+        **{**{f: getattr(node, f) for f in node.__dataclass_fields__}, "id": nid}
+    )
     assert snap.policy == '{"acls": []}'
     with pytest.raises(IntegrityError):
-        store.insert_node(Node(NodeID(0), MachinePublic(b"\x03" * 32), NodePublic(b"\x04" * 32),
-                               uid, "h", "other", ipaddress.IPv4Address("100.64.0.1")))
+        store.insert_node(
+            Node(
+                NodeID(0),
+                MachinePublic(b"\x03" * 32),
+                NodePublic(b"\x04" * 32),
+                uid,
+                "h",
+                "other",
+                ipaddress.IPv4Address("100.64.0.1"),
+            )
+        )
     with pytest.raises(IntegrityError):
         store.insert_user(User(UserID(0), "alice", created_at=T0))
 
@@ -179,29 +230,39 @@ def test_two_servers_race_on_one_single_use_key(postgres: Callable[[], str]) -> 
     secrets = [setup.create_preauth_key(uid).secret for _ in range(5)]
     setup.close()
     # Disjoint address pools: the two States do not share memory (see the SQLite test).
-    a = State(PostgresStore(dsn), StateOptions(prefix_v4=IPv4Network("100.64.0.0/24"),
-                                               prefix_v6=None))
-    b = State(PostgresStore(dsn), StateOptions(prefix_v4=IPv4Network("100.64.1.0/24"),
-                                               prefix_v6=None))
+    a = State(
+        PostgresStore(dsn), StateOptions(prefix_v4=IPv4Network("100.64.0.0/24"), prefix_v6=None)
+    )
+    b = State(
+        PostgresStore(dsn), StateOptions(prefix_v4=IPv4Network("100.64.1.0/24"), prefix_v6=None)
+    )
     for round_, secret in enumerate(secrets):
         barrier = threading.Barrier(2)
         results: list[bool] = []
 
         def racer(
-            state: State, n: int, secret: str = secret, barrier: threading.Barrier = barrier,
+            state: State,
+            n: int,
+            secret: str = secret,
+            barrier: threading.Barrier = barrier,
             results: list[bool] = results,
         ) -> None:
             barrier.wait()
             try:
                 state.register_with_preauth_key(
-                    secret, MachinePublic(bytes([n]) * 32), NodePublic(bytes([n]) * 32),
-                    {"Hostname": f"n{n}"})
+                    secret,
+                    MachinePublic(bytes([n]) * 32),
+                    NodePublic(bytes([n]) * 32),
+                    {"Hostname": f"n{n}"},
+                )
                 results.append(True)
             except PreAuthKeyError:
                 results.append(False)
 
-        threads = [threading.Thread(target=racer, args=(s, 2 * round_ + i + 1))
-                   for i, s in enumerate((a, b))]
+        threads = [
+            threading.Thread(target=racer, args=(s, 2 * round_ + i + 1))
+            for i, s in enumerate((a, b))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -218,8 +279,9 @@ def test_state_on_postgres_survives_reopen(postgres: Callable[[], str]) -> None:
     s1 = State(PostgresStore(dsn))
     u = s1.create_user("alice")
     key = s1.create_preauth_key(u.id, reusable=True)
-    n = s1.register_with_preauth_key(key.secret, MachinePublic(b"m" * 32),
-                                     NodePublic(b"n" * 32), {"Hostname": "pg-node"})
+    n = s1.register_with_preauth_key(
+        key.secret, MachinePublic(b"m" * 32), NodePublic(b"n" * 32), {"Hostname": "pg-node"}
+    )
     s1.rename_node(n.id, "renamed")
     s1.close()
     s2 = State(PostgresStore(dsn))
@@ -237,13 +299,23 @@ def test_serve_with_postgres(postgres: Callable[[], str], tmp_path: Path) -> Non
     from meshscale.control.server import Server
 
     dsn = dict(p.split("=", 1) for p in postgres().split())
-    cfg = config_from_mapping({
-        "listen_addr": "127.0.0.1:0", "unix_socket": "ctl.sock",
-        "derp": {"server": {"enabled": False}},
-        "database": {"type": "postgres", "postgres": {
-            "host": dsn["host"], "port": int(dsn["port"]), "name": dsn["dbname"],
-            "user": "postgres"}},
-    }, tmp_path)
+    cfg = config_from_mapping(
+        {
+            "listen_addr": "127.0.0.1:0",
+            "unix_socket": "ctl.sock",
+            "derp": {"server": {"enabled": False}},
+            "database": {
+                "type": "postgres",
+                "postgres": {
+                    "host": dsn["host"],
+                    "port": int(dsn["port"]),
+                    "name": dsn["dbname"],
+                    "user": "postgres",
+                },
+            },
+        },
+        tmp_path,
+    )
 
     async def main() -> Any:
         server = Server(cfg)
@@ -251,8 +323,9 @@ def test_serve_with_postgres(postgres: Callable[[], str], tmp_path: Path) -> Non
         try:
             client = AdminClient(unix_socket=str(cfg.unix_socket))
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, client.request, "POST", "/api/v1/user",
-                                       {"name": "alice"})
+            await loop.run_in_executor(
+                None, client.request, "POST", "/api/v1/user", {"name": "alice"}
+            )
             return await loop.run_in_executor(None, client.request, "GET", "/api/v1/user")
         finally:
             await server.close()

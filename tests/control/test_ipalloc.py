@@ -38,7 +38,8 @@ def test_chromeos_range_and_v6_service_address_are_reserved() -> None:
 
 def test_used_addresses_are_skipped_and_released_ones_found_again() -> None:
     used: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [
-        ipaddress.IPv4Address("100.64.0.1"), ipaddress.IPv6Address("fd7a:115c:a1e0::1"),
+        ipaddress.IPv4Address("100.64.0.1"),
+        ipaddress.IPv6Address("fd7a:115c:a1e0::1"),
     ]
     alloc = IPAllocator(V4("100.64.0.0/29"), V6("fd7a:115c:a1e0::/124"), used=used)
     v4, v6 = alloc.allocate()

@@ -16,8 +16,16 @@ from .test_verify import ask
 
 @pytest.mark.parametrize(
     "body",
-    [b"[" * 3000, b'{"NodePublic": 5}', b"[1]", b'"x"', b"null", b'{"NodePublic": null}',
-     b"{" * 3000, b'{"NodePublic": ["nodekey:00"]}'],
+    [
+        b"[" * 3000,
+        b'{"NodePublic": 5}',
+        b"[1]",
+        b'"x"',
+        b"null",
+        b'{"NodePublic": null}',
+        b"{" * 3000,
+        b'{"NodePublic": ["nodekey:00"]}',
+    ],
 )
 def test_issue12_verify_hostile_body_is_400(body: bytes) -> None:
     status, _ = ask(make_state(), body)

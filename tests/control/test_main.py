@@ -45,9 +45,19 @@ class Served:
 def start_server(tmp: Path, port: int) -> subprocess.Popen[bytes]:
     log = (tmp / "server.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshscale.control.main", "-c", str(tmp / "config.yaml"),
-         "--state-dir", str(tmp), "serve"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "meshscale.control.main",
+            "-c",
+            str(tmp / "config.yaml"),
+            "--state-dir",
+            str(tmp),
+            "serve",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     log.close()
     deadline = time.monotonic() + 20
@@ -59,7 +69,8 @@ def start_server(tmp: Path, port: int) -> subprocess.Popen[bytes]:
                 pass
             # The unix socket answers (a stale one from a killed run refuses).
             AdminClient(unix_socket=str(tmp / "ctl.sock"), timeout=1).request(
-                "GET", "/api/v1/health")
+                "GET", "/api/v1/health"
+            )
             return proc
         except (OSError, AdminError):
             pass
@@ -134,8 +145,19 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     assert "name: robert" in out
 
     # pre-auth keys
-    key = run_json(capsys, served, "preauthkeys", "create", "-u", "alice", "--reusable",
-                   "--expiration", "24h", "--tags", "tag:ci")
+    key = run_json(
+        capsys,
+        served,
+        "preauthkeys",
+        "create",
+        "-u",
+        "alice",
+        "--reusable",
+        "--expiration",
+        "24h",
+        "--tags",
+        "tag:ci",
+    )
     assert key["key"].startswith("hskey-auth-") and key["acl_tags"] == ["tag:ci"]
     code, out, _ = run(capsys, *served.cli("preauthkeys", "list", "-u", "alice"))
     assert code == 0 and key["key"][:23] in out and key["key"] not in out
@@ -155,12 +177,13 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
         followup = asyncio.create_task(b.register(followup=first.AuthURL))
         await asyncio.sleep(0.2)
         loop = asyncio.get_running_loop()
-        code, out, _ = await loop.run_in_executor(None, run, capsys,
-                                                  *served.cli("nodes", "pending"))
+        code, out, _ = await loop.run_in_executor(
+            None, run, capsys, *served.cli("nodes", "pending")
+        )
         assert code == 0 and reg_id in out and "laptop" in out
         code, out, err = await loop.run_in_executor(
-            None, run, capsys, *served.cli("nodes", "register", "--user", "robert", "--key",
-                                           reg_id))
+            None, run, capsys, *served.cli("nodes", "register", "--user", "robert", "--key", reg_id)
+        )
         assert code == 0, err
         done = await asyncio.wait_for(followup, 10)
         assert done.MachineAuthorized and not done.AuthURL
@@ -188,12 +211,16 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, *served.cli("nodes", "rename", "-i", nid, "work-laptop"))[0] == 0
     assert run(capsys, *served.cli("nodes", "tag", "-i", nid, "-t", "tag:a,tag:b"))[0] == 0
     assert run(capsys, *served.cli("nodes", "move", "-i", nid, "-u", "alice"))[0] == 0
-    assert run(capsys, *served.cli("nodes", "approve-routes", "-i", nid, "-r",
-                                   "10.1.0.0/16"))[0] == 0
+    assert (
+        run(capsys, *served.cli("nodes", "approve-routes", "-i", nid, "-r", "10.1.0.0/16"))[0] == 0
+    )
     assert run(capsys, *served.cli("nodes", "expire", "-i", nid))[0] == 0
     node = run_json(capsys, served, "nodes", "list")[1]
     assert (node["given_name"], node["tags"], node["user"]["name"]) == (
-        "work-laptop", ["tag:a", "tag:b"], "alice")
+        "work-laptop",
+        ["tag:a", "tag:b"],
+        "alice",
+    )
     assert node["approved_routes"] == ["10.1.0.0/16"] and "expiry" in node
     code, _, err = run(capsys, *served.cli("users", "delete", "-n", "alice", "--force"))
     assert code == 1 and "still has nodes" in err
@@ -210,12 +237,13 @@ def test_cli_end_to_end(served: Served, capsys: pytest.CaptureFixture[str]) -> N
     url = f"http://127.0.0.1:{served.port}"
     code, out, _ = run(capsys, *served.cli("--url", url, "--api-key", secret, "users", "list"))
     assert code == 0 and "alice" in out
-    code, _, err = run(capsys, *served.cli("--url", url, "--api-key", secret[:-1] + "0",
-                                           "users", "list"))
+    code, _, err = run(
+        capsys, *served.cli("--url", url, "--api-key", secret[:-1] + "0", "users", "list")
+    )
     assert code == 1 and "invalid API key" in err
     code, _, err = run(capsys, *served.cli("--url", url, "users", "list"))
     assert code == 2 and "--api-key" in err
-    prefix = secret[len("hskey-api-"):][:12]
+    prefix = secret[len("hskey-api-") :][:12]
     assert run(capsys, *served.cli("apikeys", "expire", "-p", prefix))[0] == 0
     code, _, err = run(capsys, *served.cli("--url", url, "--api-key", secret, "users", "list"))
     assert code == 1 and "expired" in err
@@ -249,8 +277,13 @@ def test_state_survives_restart(served: Served, capsys: pytest.CaptureFixture[st
 def test_usage_errors_are_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for argv in (["nodes", "bogus"], ["preauthkeys", "create"], ["-o", "xml", "users", "list"],
-                 ["nodes", "delete"], []):
+    for argv in (
+        ["nodes", "bogus"],
+        ["preauthkeys", "create"],
+        ["-o", "xml", "users", "list"],
+        ["nodes", "delete"],
+        [],
+    ):
         code, _, err = run(capsys, "--state-dir", str(tmp_path), *argv)
         assert code == 2, argv
         assert err.count("\n") == 1, err
@@ -262,24 +295,24 @@ def test_usage_errors_are_one_line_exit_2(
     bad.write_text("prefixes:\n  allocation: clever\n")
     code, _, err = run(capsys, "-c", str(bad), "configtest")
     assert code == 2 and err == (
-        "meshscale-control: config: prefixes.allocation: want sequential or random, "
-        "got 'clever'\n"
+        "meshscale-control: config: prefixes.allocation: want sequential or random, got 'clever'\n"
     )
 
 
 def test_console_script_entry_point(tmp_path: Path) -> None:
     exe = shutil.which("meshscale-control", path=str(Path(sys.executable).parent))
     assert exe is not None
-    out = subprocess.run([exe, "--state-dir", str(tmp_path), "configtest"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [exe, "--state-dir", str(tmp_path), "configtest"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0 and "config OK (defaults)" in out.stdout
     out = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("meshscale-control 0.")
-    out = subprocess.run([exe, "users", "frobnicate"], capture_output=True, text=True,
-                         timeout=30)
+    out = subprocess.run([exe, "users", "frobnicate"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
-
-
 
 
 def test_sigkill_after_acknowledged_registration(
@@ -315,8 +348,20 @@ def test_json_log_format(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("log:\n  level: warn\n  format: json\nfoo: 1\n")
     out = subprocess.run(
-        [sys.executable, "-m", "meshscale.control.main", "-c", str(cfg), "--state-dir",
-         str(tmp_path), "configtest"], capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-m",
+            "meshscale.control.main",
+            "-c",
+            str(cfg),
+            "--state-dir",
+            str(tmp_path),
+            "configtest",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0
     line = json.loads(out.stderr.strip().splitlines()[0])
     assert line["level"] == "warn"
@@ -327,13 +372,20 @@ def test_startup_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     from meshscale.control.config import config_from_mapping
     from meshscale.control.main import run as run_server
 
-    base: dict[str, Any] = {"listen_addr": "127.0.0.1:0", "unix_socket": "ctl.sock",
-                            "derp": {"server": {"enabled": False}}}
+    base: dict[str, Any] = {
+        "listen_addr": "127.0.0.1:0",
+        "unix_socket": "ctl.sock",
+        "derp": {"server": {"enabled": False}},
+    }
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"tls_cert_path": "/nope/c.pem", "tls_key_path": "/nope/k.pem"},
-         "config: tls_cert_path/tls_key_path: cannot load /nope/c.pem"),
-        ({"policy": {"mode": "file", "path": "/nope/policy.hujson"}},
-         "config: policy.path: cannot read"),
+        (
+            {"tls_cert_path": "/nope/c.pem", "tls_key_path": "/nope/k.pem"},
+            "config: tls_cert_path/tls_key_path: cannot load /nope/c.pem",
+        ),
+        (
+            {"policy": {"mode": "file", "path": "/nope/policy.hujson"}},
+            "config: policy.path: cannot read",
+        ),
     ]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -346,8 +398,6 @@ def test_startup_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
             assert err.startswith(f"meshscale-control: {want}"), err
 
 
-
-
 def test_second_server_on_the_same_socket_is_refused(
     served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -355,8 +405,11 @@ def test_second_server_on_the_same_socket_is_refused(
     from meshscale.control.main import run as run_server
 
     other = tmp_path / "other.yaml"
-    other.write_text(served.config.read_text().replace(
-        f"listen_addr: 127.0.0.1:{served.port}", "listen_addr: 127.0.0.1:0"))
+    other.write_text(
+        served.config.read_text().replace(
+            f"listen_addr: 127.0.0.1:{served.port}", "listen_addr: 127.0.0.1:0"
+        )
+    )
     cfg = load_config(other, state_dir=served.dir)
     assert run_server(cfg) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]

@@ -34,8 +34,15 @@ def test_server_in_process_wiring(tmp_path: Path) -> None:
         "regions:\n  902:\n    regionid: 902\n    regioncode: file\n    nodes:\n"
         "      - name: 902a\n        regionid: 902\n        hostname: derp2.example.test\n"
     )
-    remote_map = {"Regions": {"903": {"RegionID": 903, "RegionCode": "url", "Nodes": [
-        {"Name": "903a", "RegionID": 903, "HostName": "derp3.example.test"}]}}}
+    remote_map = {
+        "Regions": {
+            "903": {
+                "RegionID": 903,
+                "RegionCode": "url",
+                "Nodes": [{"Name": "903a", "RegionID": 903, "HostName": "derp3.example.test"}],
+            }
+        }
+    }
     derp_port = free_port()
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(
@@ -140,7 +147,8 @@ def test_server_serves_tls(tmp_path: Path) -> None:
         try:
             ctx = ssl.create_default_context(cafile=str(ca.cert_path))
             reader, writer = await asyncio.open_connection(
-                "127.0.0.1", server.bound["listen"][1], ssl=ctx, server_hostname="ctl.test")
+                "127.0.0.1", server.bound["listen"][1], ssl=ctx, server_hostname="ctl.test"
+            )
             writer.write(b"GET /health HTTP/1.1\r\nHost: ctl.test\r\nConnection: close\r\n\r\n")
             data = await asyncio.wait_for(reader.read(), 5)
             writer.close()

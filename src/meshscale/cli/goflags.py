@@ -42,8 +42,9 @@ def add_bool_flag(p: argparse.ArgumentParser, name: str, default: bool | None, h
     """``-name``, ``--name``, ``--name=true`` and ``--name=false``, as Go's flag package takes."""
     dest = name.replace("-", "_")
     p.add_argument(f"--{name}", action=GoBool, dest=dest, default=default, help=help)
-    p.add_argument(f"--{name}{FALSE_SUFFIX}", action=GoBool, dest=dest, default=default,
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        f"--{name}{FALSE_SUFFIX}", action=GoBool, dest=dest, default=default, help=argparse.SUPPRESS
+    )
 
 
 def _options(p: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
@@ -93,8 +94,11 @@ def go_argv(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
                 try:
                     truth = parse_bool(value)
                 except argparse.ArgumentTypeError:
-                    raise CLIError(f"invalid boolean value {value!r} for -{name}: parse error "
-                                   f"({usage(current)})", code=2) from None
+                    raise CLIError(
+                        f"invalid boolean value {value!r} for -{name}: parse error "
+                        f"({usage(current)})",
+                        code=2,
+                    ) from None
                 out.append(f"--{name}" if truth else f"--{name}{FALSE_SUFFIX}")
             else:
                 out.append(f"--{body}" if name in names else arg)

@@ -18,8 +18,12 @@ from .localclient import LocalClient
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("netcheck", help="print an analysis of local network conditions")
-    p.add_argument("--format", choices=FORMATS, default="",
-                   help='output format: empty (for human-readable), "json" or "json-line"')
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="",
+        help='output format: empty (for human-readable), "json" or "json-line"',
+    )
     add_bool_flag(p, "json", False, "same as --format=json")
     p.set_defaults(run=run)
 

@@ -36,8 +36,12 @@ def _add(p: argparse.ArgumentParser, login: bool = False) -> None:
     p.add_argument("--authkey", "--auth-key", dest="authkey", default="", metavar="KEY",
                    help="node authorization key, or file:PATH to read it")  # fmt: skip
     p.add_argument("--hostname", default="", help="hostname to use instead of the OS's")
-    p.add_argument("--advertise-tags", default=None, metavar="TAGS",
-                   help="comma-separated tags (tag:name) to request for this node")
+    p.add_argument(
+        "--advertise-tags",
+        default=None,
+        metavar="TAGS",
+        help="comma-separated tags (tag:name) to request for this node",
+    )
     add_bool_flag(p, "accept-dns", None, "accept DNS configuration from the control server")
     add_bool_flag(p, "reset", False, "reset unspecified settings to their defaults")
     p.add_argument("--timeout", type=parse_duration, default=0.0,
@@ -76,8 +80,11 @@ def _tags(text: str) -> list[str]:
     tags = [t.strip() for t in text.split(",") if t.strip()]
     for t in tags:
         if not re.fullmatch(r"tag:[A-Za-z][A-Za-z0-9-]*", t):
-            raise CLIError(f"tag {t!r}: tags must start with 'tag:' followed by a "
-                           "letter, then letters, digits or '-'", code=2)
+            raise CLIError(
+                f"tag {t!r}: tags must start with 'tag:' followed by a "
+                "letter, then letters, digits or '-'",
+                code=2,
+            )
     return tags
 
 

@@ -24,8 +24,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def meta(daemon_long: str | None = None) -> dict[str, Any]:
     """tailscale's version.Meta field names (omitempty ones left out when empty)."""
     mmp = __version__.split("-", 1)[0].split("+", 1)[0]
-    out: dict[str, Any] = {"majorMinorPatch": mmp, "short": __version__, "long": __version__,
-                           "cap": CAPABILITY_VERSION}
+    out: dict[str, Any] = {
+        "majorMinorPatch": mmp,
+        "short": __version__,
+        "long": __version__,
+        "cap": CAPABILITY_VERSION,
+    }
     if "dev" in __version__:
         out["isDev"] = True
     if daemon_long:

@@ -417,8 +417,14 @@ def _postgres_dsn(r: Reader) -> str:
     ssl = r.raw("database.postgres.ssl", False)
     if isinstance(ssl, bool):
         parts["sslmode"] = "require" if ssl else "disable"
-    elif isinstance(ssl, str) and ssl in ("disable", "allow", "prefer", "require",
-                                          "verify-ca", "verify-full"):
+    elif isinstance(ssl, str) and ssl in (
+        "disable",
+        "allow",
+        "prefer",
+        "require",
+        "verify-ca",
+        "verify-full",
+    ):
         parts["sslmode"] = ssl
     else:
         raise ConfigError("config: database.postgres.ssl: want true, false or a libpq sslmode")
@@ -445,7 +451,8 @@ def _derp(r: Reader, sd: Path) -> DERPConfig:
         region_name=r.text("derp.server.region_name", "meshscale embedded DERP"),
         stun_listen_addr=(
             r.convert("derp.server.stun_listen_addr", parse_host_port, stun_text)
-            if stun_text else None
+            if stun_text
+            else None
         ),
         private_key_path=r.path("derp.server.private_key_path", "derp_server_private.key", sd),
         automatically_add_embedded_derp_region=r.flag(

@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the control server")
     sub.add_parser("version", help="print the version")
-    c = sub.add_parser("import-headscale",
-                       help="copy users and nodes from a Headscale SQLite database (offline)")
+    c = sub.add_parser(
+        "import-headscale", help="copy users and nodes from a Headscale SQLite database (offline)"
+    )
     c.add_argument("--db", required=True, help="Headscale's db.sqlite")
     c.add_argument("--noise-key", help="Headscale's noise_private.key (keeps the control key)")
     c.add_argument("--derp-key", help="Headscale's derp_server_private.key")
@@ -154,9 +155,14 @@ def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> in
 
 # Headscale's log.level names (zerolog) -> logging levels.
 _LOG_LEVELS = {
-    "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-    "warn": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL,
-    "panic": logging.CRITICAL, "disabled": logging.CRITICAL + 10,
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+    "disabled": logging.CRITICAL + 10,
 }
 
 
@@ -192,14 +198,15 @@ def import_headscale(cfg: ControlConfig, args: argparse.Namespace) -> str:
     from meshscale.control.db.headscale import import_headscale as run_import
 
     try:
-        AdminClient(unix_socket=str(cfg.unix_socket), timeout=1).request(
-            "GET", "/api/v1/health")
+        AdminClient(unix_socket=str(cfg.unix_socket), timeout=1).request("GET", "/api/v1/health")
     except AdminError:
         pass
     else:
         raise UsageError("the server is running: stop meshscale-control serve first")
-    copies = [(args.noise_key, cfg.noise.private_key_path, MachinePrivate),
-              (args.derp_key, cfg.derp.server.private_key_path, NodePrivate)]
+    copies = [
+        (args.noise_key, cfg.noise.private_key_path, MachinePrivate),
+        (args.derp_key, cfg.derp.server.private_key_path, NodePrivate),
+    ]
     keys: list[tuple[Path, str]] = []
     for src, dst, cls in copies:
         if not src:
@@ -215,8 +222,7 @@ def import_headscale(cfg: ControlConfig, args: argparse.Namespace) -> str:
     db = cfg.database
     if db.type == "sqlite":
         db.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = State(open_store(db.type, path=db.sqlite_path, dsn=db.postgres_dsn),
-                  state_options(cfg))
+    state = State(open_store(db.type, path=db.sqlite_path, dsn=db.postgres_dsn), state_options(cfg))
     try:
         report = run_import(state, args.db)
     finally:
@@ -229,9 +235,11 @@ def import_headscale(cfg: ControlConfig, args: argparse.Namespace) -> str:
                 f.write(text + "\n")
     for line in report.skipped:
         log.warning("import: skipped %s", line)
-    return (f"imported {report.users} users and {report.nodes} nodes"
-            + (f", skipped {len(report.skipped)}" if report.skipped else "")
-            + (f"; copied {len(keys)} key file(s)" if keys else ""))
+    return (
+        f"imported {report.users} users and {report.nodes} nodes"
+        + (f", skipped {len(report.skipped)}" if report.skipped else "")
+        + (f"; copied {len(keys)} key file(s)" if keys else "")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

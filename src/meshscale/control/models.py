@@ -376,8 +376,14 @@ class ResyncRequired:
     """The subscriber's queue overflowed and events were dropped: send full maps."""
 
 
-Change = NodeAdded | NodeChanged | NodeRemoved | UserChanged | PolicyChanged | DNSChanged | (
-    ResyncRequired
+Change = (
+    NodeAdded
+    | NodeChanged
+    | NodeRemoved
+    | UserChanged
+    | PolicyChanged
+    | DNSChanged
+    | (ResyncRequired)
 )
 
 

@@ -131,8 +131,13 @@ class Server:
         if db.type == "sqlite":
             db.sqlite_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            store = open_store(db.type, path=db.sqlite_path, dsn=db.postgres_dsn,
-                               wal=db.write_ahead_log, wal_autocheckpoint=db.wal_autocheckpoint)
+            store = open_store(
+                db.type,
+                path=db.sqlite_path,
+                dsn=db.postgres_dsn,
+                wal=db.write_ahead_log,
+                wal_autocheckpoint=db.wal_autocheckpoint,
+            )
         except StoreError as exc:
             raise ConfigError(f"database: {exc}") from exc
         try:
@@ -155,8 +160,9 @@ class Server:
         derp_map = await self._start_derp(public)
         self._mount_protocol(public, derp_map)
         assert self.app is not None
-        console_for(cfg, state, api, self.app.settings.dns_config(),
-                    self.app.derp_map).mount(public)  # /admin
+        console_for(cfg, state, api, self.app.settings.dns_config(), self.app.derp_map).mount(
+            public
+        )  # /admin
 
         server = HTTPServer(public, server_header=PROG)
         host = cfg.listen_addr.host or None
@@ -177,8 +183,9 @@ class Server:
             metrics = Router()
             metrics.add("GET", "/metrics", self._metrics)
             mserver = HTTPServer(metrics)
-            msrv = await mserver.start(cfg.metrics_listen_addr.host or None,
-                                       cfg.metrics_listen_addr.port)
+            msrv = await mserver.start(
+                cfg.metrics_listen_addr.host or None, cfg.metrics_listen_addr.port
+            )
             self.http.append(mserver)
             self.bound["metrics"] = _address(msrv)
         if self.app is not None:
@@ -250,15 +257,21 @@ class Server:
         stun_port = 3478
         if ds.stun_listen_addr is not None:
             self.stun = STUNServer()
-            bound = await self.stun.start(ds.stun_listen_addr.host or None,
-                                          ds.stun_listen_addr.port)
+            bound = await self.stun.start(
+                ds.stun_listen_addr.host or None, ds.stun_listen_addr.port
+            )
             self.bound["stun"] = bound[0]  # [(host, port), ...]: one per address family
             stun_port = int(bound[0][1])
         if ds.automatically_add_embedded_derp_region:
             region = derp_region(
-                ds.region_id, ds.region_code, ds.region_name, cfg.server_host,
-                _server_port(cfg), stun_port,
-                ipv4=str(ds.ipv4) if ds.ipv4 else "", ipv6=str(ds.ipv6) if ds.ipv6 else "",
+                ds.region_id,
+                ds.region_code,
+                ds.region_name,
+                cfg.server_host,
+                _server_port(cfg),
+                stun_port,
+                ipv4=str(ds.ipv4) if ds.ipv4 else "",
+                ipv6=str(ds.ipv6) if ds.ipv6 else "",
             )
             self._embedded_region = from_json(DERPRegion, region)
             derp_map.Regions[ds.region_id] = self._embedded_region

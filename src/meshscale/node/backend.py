@@ -396,8 +396,14 @@ class Backend:
             ni.HavePortMap = self.portmapper.mapped is not None
         name = self.st.prefs.Hostname or socket.gethostname()
         routes = [str(r) for r in routing.advertised(self.st.prefs)]
-        return Hostinfo(IPNVersion=__version__, OS="linux", Hostname=name, NetInfo=ni,
-                        RequestTags=list(self.st.prefs.AdvertiseTags), RoutableIPs=routes)
+        return Hostinfo(
+            IPNVersion=__version__,
+            OS="linux",
+            Hostname=name,
+            NetInfo=ni,
+            RequestTags=list(self.st.prefs.AdvertiseTags),
+            RoutableIPs=routes,
+        )
 
     def _on_state(self, state: str, auth_url: str, error: str) -> None:
         if error:

@@ -12,10 +12,27 @@ from meshscale.control.main import build_parser
 
 def test_parser_knows_headscale_verbs() -> None:
     parser = build_parser()
-    args = parser.parse_args(["preauthkeys", "create", "-u", "alice", "--reusable",
-                              "--ephemeral", "-e", "24h", "--tags", "tag:x"])
+    args = parser.parse_args(
+        [
+            "preauthkeys",
+            "create",
+            "-u",
+            "alice",
+            "--reusable",
+            "--ephemeral",
+            "-e",
+            "24h",
+            "--tags",
+            "tag:x",
+        ]
+    )
     assert (args.user, args.reusable, args.ephemeral, args.expiration, args.tags) == (
-        "alice", True, True, "24h", ["tag:x"])
+        "alice",
+        True,
+        True,
+        "24h",
+        ["tag:x"],
+    )
     args = parser.parse_args(["nodes", "register", "--user", "u", "--key", "k"])
     assert (args.user, args.key) == ("u", "k")
 
@@ -26,12 +43,14 @@ def test_client_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     from meshscale.control.main import load
 
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text("cli:\n  address: ctl.example:50443\n  api_key: hskey-api-x\n"
-                        "unix_socket: my.sock\n")
+    cfg_path.write_text(
+        "cli:\n  address: ctl.example:50443\n  api_key: hskey-api-x\nunix_socket: my.sock\n"
+    )
 
     def client(*argv: str) -> AdminClient:
-        args = parser().parse_args(["-c", str(cfg_path), "--state-dir", str(tmp_path), *argv,
-                                    "users", "list"])
+        args = parser().parse_args(
+            ["-c", str(cfg_path), "--state-dir", str(tmp_path), *argv, "users", "list"]
+        )
         return connect(args, load(args))
 
     monkeypatch.delenv("MESHSCALE_CONTROL_URL", raising=False)

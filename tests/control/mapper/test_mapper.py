@@ -170,8 +170,9 @@ def test_spliced_encoding_equals_plain_json() -> None:
     import json
 
     cache = mapper.NodeJSONCache()
-    msg = mapper.full_map(node(1), [node(2), node(3)], USERS, CFG, NOW, cache,
-                          packet_filter=ALLOW_ALL)
+    msg = mapper.full_map(
+        node(1), [node(2), node(3)], USERS, CFG, NOW, cache, packet_filter=ALLOW_ALL
+    )
     plain = json.loads(mapper.encode(msg))
     assert json.loads(mapper.encode(msg, cache)) == plain
     assert json.loads(mapper.encode(msg, cache)) == plain  # from cached bytes

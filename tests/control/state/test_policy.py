@@ -147,9 +147,7 @@ def test_answers_a_write_changes_for_others_are_published(
     assert events[-1] == PolicyChanged(frozenset({NodeID(7), NodeID(8)}))
 
 
-def test_a_policy_the_manager_refuses_changes_nothing(
-    state: State, policy: ScriptedPolicy
-) -> None:
+def test_a_policy_the_manager_refuses_changes_nothing(state: State, policy: ScriptedPolicy) -> None:
     state.set_policy('{"acls": []}')
     sub = state.subscribe()
     with pytest.raises(InvalidArgument, match="not a policy"):

@@ -84,7 +84,9 @@ class StateMachine(RuleBasedStateMachine):
         self.next_key += 1
         node = self.state.register_node(
             MachinePublic(machine.to_bytes(32, "big")),
-            NodePublic(self.next_key.to_bytes(32, "big")), uid, {"Hostname": hostname},
+            NodePublic(self.next_key.to_bytes(32, "big")),
+            uid,
+            {"Hostname": hostname},
         )
         self.model_nodes[machine] = (uid, self.next_key)
         self.first_addrs.setdefault(node.id, (node.ipv4, node.ipv6))
@@ -97,7 +99,8 @@ class StateMachine(RuleBasedStateMachine):
         secret = self.state.create_preauth_key(uid, reusable=pak).secret
         self.next_key += 1
         node = self.state.register_with_preauth_key(
-            secret, MachinePublic(machine.to_bytes(32, "big")),
+            secret,
+            MachinePublic(machine.to_bytes(32, "big")),
             NodePublic(self.next_key.to_bytes(32, "big")),
         )
         self.model_nodes[machine] = (uid, self.next_key)
@@ -188,7 +191,9 @@ class StateMachine(RuleBasedStateMachine):
 
 TestStateMachine = pytest.mark.slow(StateMachine.TestCase)
 TestStateMachine.settings = settings(
-    max_examples=40, stateful_step_count=25, deadline=None,
+    max_examples=40,
+    stateful_step_count=25,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -235,30 +240,39 @@ def test_two_servers_racing_on_one_single_use_key(tmp_path: Path) -> None:
     setup.close()
     # Two servers on one database do not share memory: give them disjoint address
     # pools so only the key decides (State is meant to be the one owner).
-    a = State.open(path, StateOptions(prefix_v4=ipaddress.IPv4Network("100.64.0.0/24"),
-                                      prefix_v6=None))
-    b = State.open(path, StateOptions(prefix_v4=ipaddress.IPv4Network("100.64.1.0/24"),
-                                      prefix_v6=None))
+    a = State.open(
+        path, StateOptions(prefix_v4=ipaddress.IPv4Network("100.64.0.0/24"), prefix_v6=None)
+    )
+    b = State.open(
+        path, StateOptions(prefix_v4=ipaddress.IPv4Network("100.64.1.0/24"), prefix_v6=None)
+    )
     for round_, secret in enumerate(secrets):
         barrier = threading.Barrier(2)
         results: list[bool] = []
 
         def racer(
-            state: State, n: int, secret: str = secret,
-            barrier: threading.Barrier = barrier, results: list[bool] = results,
+            state: State,
+            n: int,
+            secret: str = secret,
+            barrier: threading.Barrier = barrier,
+            results: list[bool] = results,
         ) -> None:
             barrier.wait()
             try:
                 state.register_with_preauth_key(
-                    secret, MachinePublic(bytes([n]) * 32), NodePublic(bytes([n]) * 32),
-                    {"Hostname": f"n{n}"}
+                    secret,
+                    MachinePublic(bytes([n]) * 32),
+                    NodePublic(bytes([n]) * 32),
+                    {"Hostname": f"n{n}"},
                 )
                 results.append(True)
             except PreAuthKeyError:
                 results.append(False)
 
-        ts = [threading.Thread(target=racer, args=(s, 2 * round_ + i + 1))
-              for i, s in enumerate((a, b))]
+        ts = [
+            threading.Thread(target=racer, args=(s, 2 * round_ + i + 1))
+            for i, s in enumerate((a, b))
+        ]
         for t in ts:
             t.start()
         for t in ts:
@@ -303,7 +317,9 @@ def test_sigkill_mid_registration_loses_nothing_acknowledged(tmp_path: Path) -> 
     secret = setup.create_preauth_key(uid, reusable=True).secret
     setup.close()
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path), secret], stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", _CHILD, str(path), secret],
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     acked: list[tuple[NodeID, str]] = []
@@ -328,7 +344,8 @@ def test_sigkill_mid_registration_loses_nothing_acknowledged(tmp_path: Path) -> 
     for i, (node_id, ipv4) in enumerate(acked, start=1):
         assert stored.get(node_id) == (ipv4, (f"192.0.2.1:{i}",))
     # The database is consistent after the crash: registration continues.
-    fresh = state.register_with_preauth_key(secret, MachinePublic(b"\xff" * 32),
-                                            NodePublic(b"\xff" * 32))
+    fresh = state.register_with_preauth_key(
+        secret, MachinePublic(b"\xff" * 32), NodePublic(b"\xff" * 32)
+    )
     assert fresh.ipv4 not in {n.ipv4 for n in state.list_nodes() if n.id != fresh.id}
     state.close()

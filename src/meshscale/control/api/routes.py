@@ -139,7 +139,8 @@ def list_users(c: Call) -> dict[str, Any]:
 
 def create_user(c: Call) -> dict[str, Any]:
     user = c.state.create_user(
-        _str(c.body, "name"), display_name=_str(c.body, "displayName"),
+        _str(c.body, "name"),
+        display_name=_str(c.body, "displayName"),
         email=_str(c.body, "email"),
     )
     return {"user": user_json(user)}
@@ -231,8 +232,13 @@ def reject_registration(c: Call) -> dict[str, Any]:
 def list_registrations(c: Call) -> dict[str, Any]:
     return {
         "registrations": [
-            {"id": r.id, "nodeKey": r.node_key.text(), "machineKey": r.machine_key.text(),
-             "hostname": str(r.hostinfo.get("Hostname") or ""), "expiration": ts(r.expires_at)}
+            {
+                "id": r.id,
+                "nodeKey": r.node_key.text(),
+                "machineKey": r.machine_key.text(),
+                "hostname": str(r.hostinfo.get("Hostname") or ""),
+                "expiration": ts(r.expires_at),
+            }
             for r in c.state.list_registrations()
         ]
     }
@@ -248,8 +254,11 @@ def list_preauth_keys(c: Call) -> dict[str, Any]:
 def create_preauth_key(c: Call) -> dict[str, Any]:
     user = _user(c.state, _str(c.body, "user"))
     new = c.state.create_preauth_key(
-        user.id, reusable=_bool(c.body, "reusable"), ephemeral=_bool(c.body, "ephemeral"),
-        expiration=_time(c.body, "expiration"), tags=_strs(c.body, "aclTags"),
+        user.id,
+        reusable=_bool(c.body, "reusable"),
+        ephemeral=_bool(c.body, "ephemeral"),
+        expiration=_time(c.body, "expiration"),
+        tags=_strs(c.body, "aclTags"),
     )
     return {"preAuthKey": preauth_key_json(new.key, c.state, full_key=new.secret)}
 
@@ -304,8 +313,11 @@ def delete_api_key(c: Call) -> dict[str, Any]:
 
 def _policy_json(c: Call) -> dict[str, Any]:
     v = c.state.policy_version
-    return {"policy": c.state.policy or "", "updatedAt": ts(v.created_at) if v else None,
-            "version": v.version if v else None}
+    return {
+        "policy": c.state.policy or "",
+        "updatedAt": ts(v.created_at) if v else None,
+        "version": v.version if v else None,
+    }
 
 
 def get_policy(c: Call) -> dict[str, Any]:
@@ -315,8 +327,7 @@ def get_policy(c: Call) -> dict[str, Any]:
 def _writable(c: Call) -> None:
     if not c.policy_writable:
         raise BadRequest(
-            "policy.mode is file: edit the policy file (it is reloaded on change and on "
-            "SIGHUP)"
+            "policy.mode is file: edit the policy file (it is reloaded on change and on SIGHUP)"
         )
 
 
@@ -339,19 +350,28 @@ def check_policy(c: Call) -> dict[str, Any]:
     except InvalidArgument as exc:
         msg = str(exc).removeprefix("policy: ")
         m = _AT.search(msg)
-        err: dict[str, Any] = {"message": msg, "line": int(m[1]) if m else None,
-                               "column": int(m[2]) if m else None}
+        err: dict[str, Any] = {
+            "message": msg,
+            "line": int(m[1]) if m else None,
+            "column": int(m[2]) if m else None,
+        }
         return {"valid": False, "errors": [err], "warnings": []}
     return {"valid": True, "errors": [], "warnings": warnings}
 
 
 def policy_history(c: Call) -> dict[str, Any]:
     limit = _id(c.query["limit"], "limit") if c.query.get("limit") else 100
-    return {"versions": [
-        {"version": v.version, "policy": v.data, "updatedAt": ts(v.created_at),
-         "source": v.source}
-        for v in c.state.policy_history(min(limit, 1000))
-    ]}
+    return {
+        "versions": [
+            {
+                "version": v.version,
+                "policy": v.data,
+                "updatedAt": ts(v.created_at),
+                "source": v.source,
+            }
+            for v in c.state.policy_history(min(limit, 1000))
+        ]
+    }
 
 
 def rollback_policy(c: Call) -> dict[str, Any]:
@@ -422,71 +442,290 @@ POLICY_BODY = 1024 * 1024  # a policy text may be up to 1 MiB (policy/hujson.py 
 
 V1 = "/api/v1"
 ROUTES: tuple[Route, ...] = (
-    _r("GET", f"{V1}/health", "health", "Health check", "Health", health, "Health",
-       public=True),
-    _r("GET", f"{V1}/user", "listUsers", "List users", "Users", list_users, "UserList",
-       query=("id", "name", "email")),
-    _r("POST", f"{V1}/user", "createUser", "Create user", "Users", create_user, "UserOne",
-       body={"name": "string", "displayName": "string", "email": "string",
-             "pictureUrl": "string"}),
-    _r("POST", f"{V1}/user/{{oldId}}/rename/{{newName}}", "renameUser", "Rename user",
-       "Users", rename_user, "UserOne"),
-    _r("DELETE", f"{V1}/user/{{id}}", "deleteUser", "Delete user", "Users", delete_user,
-       "Empty"),
-    _r("GET", f"{V1}/node", "listNodes", "List nodes", "Nodes", list_nodes, "NodeList",
-       query=("user",)),
-    _r("POST", f"{V1}/node/backfillips", "backfillNodeIPs", "Backfill missing node addresses",
-       "Nodes", backfill_node_ips, "BackfillNodeIPs", query=("confirmed",)),
+    _r("GET", f"{V1}/health", "health", "Health check", "Health", health, "Health", public=True),
+    _r(
+        "GET",
+        f"{V1}/user",
+        "listUsers",
+        "List users",
+        "Users",
+        list_users,
+        "UserList",
+        query=("id", "name", "email"),
+    ),
+    _r(
+        "POST",
+        f"{V1}/user",
+        "createUser",
+        "Create user",
+        "Users",
+        create_user,
+        "UserOne",
+        body={"name": "string", "displayName": "string", "email": "string", "pictureUrl": "string"},
+    ),
+    _r(
+        "POST",
+        f"{V1}/user/{{oldId}}/rename/{{newName}}",
+        "renameUser",
+        "Rename user",
+        "Users",
+        rename_user,
+        "UserOne",
+    ),
+    _r("DELETE", f"{V1}/user/{{id}}", "deleteUser", "Delete user", "Users", delete_user, "Empty"),
+    _r(
+        "GET",
+        f"{V1}/node",
+        "listNodes",
+        "List nodes",
+        "Nodes",
+        list_nodes,
+        "NodeList",
+        query=("user",),
+    ),
+    _r(
+        "POST",
+        f"{V1}/node/backfillips",
+        "backfillNodeIPs",
+        "Backfill missing node addresses",
+        "Nodes",
+        backfill_node_ips,
+        "BackfillNodeIPs",
+        query=("confirmed",),
+    ),
     _r("GET", f"{V1}/node/{{nodeId}}", "getNode", "Get node", "Nodes", get_node, "NodeOne"),
-    _r("DELETE", f"{V1}/node/{{nodeId}}", "deleteNode", "Delete node", "Nodes", delete_node,
-       "Empty"),
-    _r("POST", f"{V1}/node/{{nodeId}}/expire", "expireNode", "Expire node", "Nodes",
-       expire_node, "NodeOne", body={"expiry": "timestamp", "disableExpiry": "boolean"}),
-    _r("POST", f"{V1}/node/{{nodeId}}/rename/{{newName}}", "renameNode", "Rename node",
-       "Nodes", rename_node, "NodeOne"),
-    _r("POST", f"{V1}/node/{{nodeId}}/tags", "setTags", "Set tags", "Nodes", set_tags,
-       "NodeOne", body={"tags": "strings"}),
-    _r("POST", f"{V1}/node/{{nodeId}}/approve_routes", "setApprovedRoutes",
-       "Approve routes", "Nodes", approve_routes, "NodeOne", body={"routes": "strings"}),
-    _r("POST", f"{V1}/node/{{nodeId}}/user", "moveNode", "Move node to a user", "Nodes",
-       move_node, "NodeOne", body={"user": "string"}),
-    _r("POST", f"{V1}/node/register", "registerNode", "Complete a pending registration",
-       "Nodes", register_node, "NodeOne", query=("user", "key")),
-    _r("POST", f"{V1}/registration/reject", "rejectRegistration",
-       "Reject a pending registration", "Nodes", reject_registration, "Empty", query=("key",)),
-    _r("GET", f"{V1}/registration", "listRegistrations", "List pending registrations",
-       "Nodes", list_registrations, "RegistrationList"),
-    _r("GET", f"{V1}/preauthkey", "listPreAuthKeys", "List pre-auth keys", "PreAuthKeys",
-       list_preauth_keys, "PreAuthKeyList", query=("user",)),
-    _r("POST", f"{V1}/preauthkey", "createPreAuthKey", "Create pre-auth key", "PreAuthKeys",
-       create_preauth_key, "PreAuthKeyOne",
-       body={"user": "string", "reusable": "boolean", "ephemeral": "boolean",
-             "expiration": "timestamp", "aclTags": "strings"}),
-    _r("POST", f"{V1}/preauthkey/expire", "expirePreAuthKey", "Expire pre-auth key",
-       "PreAuthKeys", expire_preauth_key, "Empty", body={"id": "string", "key": "string"}),
-    _r("DELETE", f"{V1}/preauthkey", "deletePreAuthKey", "Delete pre-auth key",
-       "PreAuthKeys", delete_preauth_key, "Empty", query=("id", "key")),
-    _r("GET", f"{V1}/apikey", "listApiKeys", "List API keys", "ApiKeys", list_api_keys,
-       "ApiKeyList"),
-    _r("POST", f"{V1}/apikey", "createApiKey", "Create API key", "ApiKeys", create_api_key,
-       "ApiKeyCreated", body={"expiration": "timestamp"}),
-    _r("POST", f"{V1}/apikey/expire", "expireApiKey", "Expire API key", "ApiKeys",
-       expire_api_key, "Empty", body={"prefix": "string", "id": "string"}),
-    _r("DELETE", f"{V1}/apikey/{{prefix}}", "deleteApiKey", "Delete API key", "ApiKeys",
-       delete_api_key, "Empty"),
+    _r(
+        "DELETE",
+        f"{V1}/node/{{nodeId}}",
+        "deleteNode",
+        "Delete node",
+        "Nodes",
+        delete_node,
+        "Empty",
+    ),
+    _r(
+        "POST",
+        f"{V1}/node/{{nodeId}}/expire",
+        "expireNode",
+        "Expire node",
+        "Nodes",
+        expire_node,
+        "NodeOne",
+        body={"expiry": "timestamp", "disableExpiry": "boolean"},
+    ),
+    _r(
+        "POST",
+        f"{V1}/node/{{nodeId}}/rename/{{newName}}",
+        "renameNode",
+        "Rename node",
+        "Nodes",
+        rename_node,
+        "NodeOne",
+    ),
+    _r(
+        "POST",
+        f"{V1}/node/{{nodeId}}/tags",
+        "setTags",
+        "Set tags",
+        "Nodes",
+        set_tags,
+        "NodeOne",
+        body={"tags": "strings"},
+    ),
+    _r(
+        "POST",
+        f"{V1}/node/{{nodeId}}/approve_routes",
+        "setApprovedRoutes",
+        "Approve routes",
+        "Nodes",
+        approve_routes,
+        "NodeOne",
+        body={"routes": "strings"},
+    ),
+    _r(
+        "POST",
+        f"{V1}/node/{{nodeId}}/user",
+        "moveNode",
+        "Move node to a user",
+        "Nodes",
+        move_node,
+        "NodeOne",
+        body={"user": "string"},
+    ),
+    _r(
+        "POST",
+        f"{V1}/node/register",
+        "registerNode",
+        "Complete a pending registration",
+        "Nodes",
+        register_node,
+        "NodeOne",
+        query=("user", "key"),
+    ),
+    _r(
+        "POST",
+        f"{V1}/registration/reject",
+        "rejectRegistration",
+        "Reject a pending registration",
+        "Nodes",
+        reject_registration,
+        "Empty",
+        query=("key",),
+    ),
+    _r(
+        "GET",
+        f"{V1}/registration",
+        "listRegistrations",
+        "List pending registrations",
+        "Nodes",
+        list_registrations,
+        "RegistrationList",
+    ),
+    _r(
+        "GET",
+        f"{V1}/preauthkey",
+        "listPreAuthKeys",
+        "List pre-auth keys",
+        "PreAuthKeys",
+        list_preauth_keys,
+        "PreAuthKeyList",
+        query=("user",),
+    ),
+    _r(
+        "POST",
+        f"{V1}/preauthkey",
+        "createPreAuthKey",
+        "Create pre-auth key",
+        "PreAuthKeys",
+        create_preauth_key,
+        "PreAuthKeyOne",
+        body={
+            "user": "string",
+            "reusable": "boolean",
+            "ephemeral": "boolean",
+            "expiration": "timestamp",
+            "aclTags": "strings",
+        },
+    ),
+    _r(
+        "POST",
+        f"{V1}/preauthkey/expire",
+        "expirePreAuthKey",
+        "Expire pre-auth key",
+        "PreAuthKeys",
+        expire_preauth_key,
+        "Empty",
+        body={"id": "string", "key": "string"},
+    ),
+    _r(
+        "DELETE",
+        f"{V1}/preauthkey",
+        "deletePreAuthKey",
+        "Delete pre-auth key",
+        "PreAuthKeys",
+        delete_preauth_key,
+        "Empty",
+        query=("id", "key"),
+    ),
+    _r(
+        "GET",
+        f"{V1}/apikey",
+        "listApiKeys",
+        "List API keys",
+        "ApiKeys",
+        list_api_keys,
+        "ApiKeyList",
+    ),
+    _r(
+        "POST",
+        f"{V1}/apikey",
+        "createApiKey",
+        "Create API key",
+        "ApiKeys",
+        create_api_key,
+        "ApiKeyCreated",
+        body={"expiration": "timestamp"},
+    ),
+    _r(
+        "POST",
+        f"{V1}/apikey/expire",
+        "expireApiKey",
+        "Expire API key",
+        "ApiKeys",
+        expire_api_key,
+        "Empty",
+        body={"prefix": "string", "id": "string"},
+    ),
+    _r(
+        "DELETE",
+        f"{V1}/apikey/{{prefix}}",
+        "deleteApiKey",
+        "Delete API key",
+        "ApiKeys",
+        delete_api_key,
+        "Empty",
+    ),
     _r("GET", f"{V1}/policy", "getPolicy", "Get policy", "Policy", get_policy, "Policy"),
-    _r("PUT", f"{V1}/policy", "setPolicy", "Set policy", "Policy", set_policy, "Policy",
-       body={"policy": "string"}, max_body=POLICY_BODY),
-    _r("POST", f"{V1}/policy/check", "checkPolicy", "Check a policy without applying it",
-       "Policy", check_policy, "PolicyCheck", body={"policy": "string"}, max_body=POLICY_BODY),
-    _r("GET", f"{V1}/policy/history", "listPolicyVersions", "List accepted policy versions",
-       "Policy", policy_history, "PolicyHistory", query=("limit",)),
-    _r("POST", f"{V1}/policy/rollback", "rollbackPolicy",
-       "Put an earlier policy version back in force (as a new version)", "Policy",
-       rollback_policy, "Policy", body={"version": "integer"}),
-    _r("GET", f"{V1}/policy/reach", "checkReach",
-       "Can machine src reach machine dst on a port under the policy in force?", "Policy",
-       check_reach, "Reach", query=("src", "dst", "port", "proto")),
-    _r("GET", f"{V1}/audit", "listAudit", "List the audit log of admin changes, newest first",
-       "Audit", list_audit, "AuditList", query=("limit", "before", "actor", "action")),
+    _r(
+        "PUT",
+        f"{V1}/policy",
+        "setPolicy",
+        "Set policy",
+        "Policy",
+        set_policy,
+        "Policy",
+        body={"policy": "string"},
+        max_body=POLICY_BODY,
+    ),
+    _r(
+        "POST",
+        f"{V1}/policy/check",
+        "checkPolicy",
+        "Check a policy without applying it",
+        "Policy",
+        check_policy,
+        "PolicyCheck",
+        body={"policy": "string"},
+        max_body=POLICY_BODY,
+    ),
+    _r(
+        "GET",
+        f"{V1}/policy/history",
+        "listPolicyVersions",
+        "List accepted policy versions",
+        "Policy",
+        policy_history,
+        "PolicyHistory",
+        query=("limit",),
+    ),
+    _r(
+        "POST",
+        f"{V1}/policy/rollback",
+        "rollbackPolicy",
+        "Put an earlier policy version back in force (as a new version)",
+        "Policy",
+        rollback_policy,
+        "Policy",
+        body={"version": "integer"},
+    ),
+    _r(
+        "GET",
+        f"{V1}/policy/reach",
+        "checkReach",
+        "Can machine src reach machine dst on a port under the policy in force?",
+        "Policy",
+        check_reach,
+        "Reach",
+        query=("src", "dst", "port", "proto"),
+    ),
+    _r(
+        "GET",
+        f"{V1}/audit",
+        "listAudit",
+        "List the audit log of admin changes, newest first",
+        "Audit",
+        list_audit,
+        "AuditList",
+        query=("limit", "before", "actor", "action"),
+    ),
 )

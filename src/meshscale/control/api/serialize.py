@@ -51,9 +51,7 @@ def user_json(user: User | None) -> dict[str, Any] | None:
     }
 
 
-def preauth_key_json(
-    key: PreAuthKey, state: State, full_key: str | None = None
-) -> dict[str, Any]:
+def preauth_key_json(key: PreAuthKey, state: State, full_key: str | None = None) -> dict[str, Any]:
     return {
         "user": user_json(_user_or_none(state, key.user_id)),
         "id": str(key.id),

@@ -140,8 +140,11 @@ class API:
         found = self.match(req.method, req.path, req.raw_path)
         if isinstance(found, int):
             status = found
-            return error_response(status, 5 if status == 404 else 12,
-                                  "not found" if status == 404 else "method not allowed")
+            return error_response(
+                status,
+                5 if status == 404 else 12,
+                "not found" if status == 404 else "method not allowed",
+            )
         route, params = found
         actor = f"unix:uid={req.peer_uid}" if req.peer_uid is not None else "unix"
         if not (self.trusted or route.public):
@@ -190,8 +193,10 @@ class API:
         self, route: Route, params: dict[str, str], query: dict[str, str],
         body: dict[str, Any], actor: str, source: str,
     ) -> dict[str, Any]:  # fmt: skip
-        audited = route.method != "GET" and not route.public and (
-            route.operation_id not in READ_ONLY_OPERATIONS
+        audited = (
+            route.method != "GET"
+            and not route.public
+            and (route.operation_id not in READ_ONLY_OPERATIONS)
         )
         before = self._before(route, params) if audited else None
         result = route.handler(Call(self.state, params, query, body, self.policy_writable))

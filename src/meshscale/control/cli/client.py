@@ -24,8 +24,13 @@ class AdminClient:
     """Blocking REST client. ``url`` (http/https) with ``api_key``, or ``unix_socket``."""
 
     def __init__(
-        self, *, unix_socket: str | None = None, url: str | None = None,
-        api_key: str | None = None, timeout: float = 10.0, insecure: bool = False,
+        self,
+        *,
+        unix_socket: str | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        insecure: bool = False,
     ) -> None:
         if not unix_socket and not url:
             raise AdminError("no server: give --url or a unix socket")
@@ -36,7 +41,10 @@ class AdminClient:
         self.insecure = insecure
 
     def request(
-        self, method: str, path: str, body: dict[str, Any] | None = None,
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
         query: dict[str, str] | None = None,
     ) -> Any:
         target = path + ("?" + urlencode(query) if query else "")

@@ -140,8 +140,9 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         if args.disable:
             if args.expiry:
                 raise AdminError("--disable and --expiry exclude each other")
-            node_action(c, o, nid, "POST", "/expire", f"Node {nid} expiry disabled",
-                        {"disableExpiry": True})
+            node_action(
+                c, o, nid, "POST", "/expire", f"Node {nid} expiry disabled", {"disableExpiry": True}
+            )
         else:
             body = {"expiry": args.expiry} if args.expiry else {}
             node_action(c, o, nid, "POST", "/expire", f"Node {nid} expired", body)

@@ -9,7 +9,11 @@ from meshscale.control.db.sqlite import SQLiteStore, migrate, migrations, schema
 
 
 def open_store(
-    kind: str, *, path: str | Path | None = None, dsn: str | None = None, wal: bool = True,
+    kind: str,
+    *,
+    path: str | Path | None = None,
+    dsn: str | None = None,
+    wal: bool = True,
     wal_autocheckpoint: int = 1000,
 ) -> Store:
     """``sqlite`` (a file ``path``) or ``postgres`` (a libpq ``dsn``)."""

@@ -63,7 +63,7 @@ def _ts(value: Any) -> datetime | None:
     head, dot, rest = text.partition(".")
     if dot:
         digits = "".join(ch for ch in rest if ch.isdigit())
-        rest = digits[:6].ljust(6, "0") + rest[len(digits):]
+        rest = digits[:6].ljust(6, "0") + rest[len(digits) :]
         text = f"{head}.{rest}"
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
@@ -115,14 +115,18 @@ def _import(state: State, src: sqlite3.Connection) -> ImportReport:
         name = str(row["name"] or row["email"] or f"user-{row['id']}")
         provider = row["provider_identifier"] if "provider_identifier" in user_cols else None
         user = state.create_user(
-            name, display_name=str(row["display_name"] or ""), email=str(row["email"] or ""),
+            name,
+            display_name=str(row["display_name"] or ""),
+            email=str(row["email"] or ""),
             provider_id=str(provider) if provider else None,
         )
         users[int(row["id"])] = user.id
         report.users += 1
-    ephemeral_keys = {
-        int(r[0]) for r in src.execute("SELECT id FROM pre_auth_keys WHERE ephemeral")
-    } if "ephemeral" in _columns(src, "pre_auth_keys") else set()
+    ephemeral_keys = (
+        {int(r[0]) for r in src.execute("SELECT id FROM pre_auth_keys WHERE ephemeral")}
+        if "ephemeral" in _columns(src, "pre_auth_keys")
+        else set()
+    )
 
     node_cols = _columns(src, "nodes")
     live = " WHERE deleted_at IS NULL" if "deleted_at" in node_cols else ""
@@ -176,5 +180,6 @@ def _import_node(
         last_seen=_ts(row["last_seen"]),
         created_at=_ts(row["created_at"]),
         approved_routes=[str(r) for r in _json_list(row["approved_routes"])]
-        if "approved_routes" in cols else [],
+        if "approved_routes" in cols
+        else [],
     )

@@ -254,7 +254,8 @@ class Batcher:
         self._shared.clear()
         self._encoded.clear()
         patch_only = isinstance(event, models.NodeChanged) and (
-            event.fields <= mapper.PATCHABLE_FIELDS)
+            event.fields <= mapper.PATCHABLE_FIELDS
+        )
         if not patch_only or len(self._viewers) > MAX_VIEWER_SETS:
             self._viewers.clear()  # (endpoints, online, DERP moves change no one's access)
         match event:
@@ -432,7 +433,12 @@ class Batcher:
         if p.full:
             peers = self.source.peers_of(session.node_id)
             msg = mapper.full_map(
-                me, peers, self.source.users(), cfg, now, self.cache,
+                me,
+                peers,
+                self.source.users(),
+                cfg,
+                now,
+                self.cache,
                 packet_filter=self.source.packet_filter(session.node_id),
                 self_caps=self.source.self_caps(session.node_id),
                 routes_for=self._routes_for(session.node_id),
@@ -442,7 +448,8 @@ class Batcher:
                 # remove what the client holds: every peer removed recently and every live
                 # node the policy hides (unknown IDs are ignored by clients).
                 gone = (set(self._recently_removed) | set(self.source.node_ids())) - {
-                    int(session.node_id)}
+                    int(session.node_id)
+                }
                 if gone:
                     msg["PeersRemoved"] = sorted(gone)
             session.started = True
@@ -518,9 +525,12 @@ class Batcher:
         if not hid_c and not hid_p:
             return p
         return Pending(
-            full=p.full, self_changed=p.self_changed, changed=p.changed - hid_c,
+            full=p.full,
+            self_changed=p.self_changed,
+            changed=p.changed - hid_c,
             patched={k: v for k, v in p.patched.items() if k not in hid_p},
-            removed=p.removed | hid_c, users=set(p.users),
+            removed=p.removed | hid_c,
+            users=set(p.users),
         )
 
     def _sees(self, viewer: int, nid: int) -> bool:

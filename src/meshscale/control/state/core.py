@@ -66,8 +66,14 @@ class StateCore:
     """
 
     def __init__(
-        self, store: Store, options: StateOptions, *, clock: Callable[[], datetime],
-        rand: Callable[[int], bytes], randbelow: Callable[[int], int], policy: PolicyManager,
+        self,
+        store: Store,
+        options: StateOptions,
+        *,
+        clock: Callable[[], datetime],
+        rand: Callable[[int], bytes],
+        randbelow: Callable[[int], int],
+        policy: PolicyManager,
     ) -> None:
         self.store = CountingStore(store)
         self.options = options
@@ -96,7 +102,9 @@ class StateCore:
         self.by_node_key: dict[NodePublic, NodeID] = {}
         self.by_name: dict[str, NodeID] = {}
         self.alloc = IPAllocator(
-            self.options.prefix_v4, self.options.prefix_v6, self.options.allocation,
+            self.options.prefix_v4,
+            self.options.prefix_v6,
+            self.options.allocation,
             randbelow=self.randbelow,
         )
         for node in snap.nodes:

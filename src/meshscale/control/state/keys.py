@@ -87,8 +87,13 @@ class Keys:
     # ---- pre-auth keys -----------------------------------------------------------------
 
     def create_preauth_key(
-        self, user_id: UserID, *, reusable: bool = False, ephemeral: bool = False,
-        expiration: datetime | None = None, tags: Iterable[str] = (),
+        self,
+        user_id: UserID,
+        *,
+        reusable: bool = False,
+        ephemeral: bool = False,
+        expiration: datetime | None = None,
+        tags: Iterable[str] = (),
     ) -> NewPreAuthKey:
         """Create a key; the returned ``secret`` is the only copy of the full key.
 
@@ -102,8 +107,16 @@ class Keys:
             core.get_user(user_id)
             prefix, secret = self._new_secret(core.pak_by_prefix)
             key = PreAuthKey(
-                PreAuthKeyID(0), user_id, prefix, hash_secret(secret), reusable, ephemeral,
-                False, exp, tag_tuple, now,
+                PreAuthKeyID(0),
+                user_id,
+                prefix,
+                hash_secret(secret),
+                reusable,
+                ephemeral,
+                False,
+                exp,
+                tag_tuple,
+                now,
             )
             key = replace(key, id=core.store.insert_preauth_key(key))
             core.paks[key.id] = key
@@ -199,9 +212,12 @@ class Keys:
         with core.write():
             prefix, secret = self._new_secret(core.api_by_prefix)
             key = APIKey(
-                APIKeyID(0), prefix, hash_secret(secret),
+                APIKeyID(0),
+                prefix,
+                hash_secret(secret),
                 expiration if expiration is not None else now + DEFAULT_API_KEY_EXPIRATION,
-                None, now,
+                None,
+                now,
             )
             key = replace(key, id=core.store.insert_api_key(key))
             core.api_keys[key.id] = key

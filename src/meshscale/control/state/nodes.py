@@ -43,9 +43,24 @@ MAX_HOSTINFO_BYTES: Final = 64 * 1024  # a stored Hostinfo; larger ones are reje
 
 # The Node fields NodeChanged.fields may name.
 _DIFF_FIELDS: Final = (
-    "machine_key", "node_key", "disco_key", "ipv4", "ipv6", "hostname", "given_name",
-    "user_id", "hostinfo", "endpoints", "last_seen", "expiry", "tags", "approved_routes",
-    "register_method", "auth_key_id", "ephemeral", "online",
+    "machine_key",
+    "node_key",
+    "disco_key",
+    "ipv4",
+    "ipv6",
+    "hostname",
+    "given_name",
+    "user_id",
+    "hostinfo",
+    "endpoints",
+    "last_seen",
+    "expiry",
+    "tags",
+    "approved_routes",
+    "register_method",
+    "auth_key_id",
+    "ephemeral",
+    "online",
 )
 
 
@@ -129,9 +144,15 @@ class Nodes:
                 return set()
             ids = self._peer_ids(node)
             if ids is None:
-                return None if isinstance(core.policy, AllowAll) else {
-                    n.id for n in core.nodes.values()
-                    if n.id != node_id and core.policy.can_see(n, node)}
+                return (
+                    None
+                    if isinstance(core.policy, AllowAll)
+                    else {
+                        n.id
+                        for n in core.nodes.values()
+                        if n.id != node_id and core.policy.can_see(n, node)
+                    }
+                )
             return ids
 
     def self_caps(self, node_id: NodeID) -> dict[str, None]:
@@ -230,10 +251,16 @@ class Nodes:
     # ---- registration ------------------------------------------------------------------
 
     def register_node(
-        self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
-        hostinfo: dict[str, Any] | None = None, *,
-        method: RegisterMethod = RegisterMethod.CLI, auth_key_id: PreAuthKeyID | None = None,
-        ephemeral: bool = False, tags: Iterable[str] = (),
+        self,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        user_id: UserID,
+        hostinfo: dict[str, Any] | None = None,
+        *,
+        method: RegisterMethod = RegisterMethod.CLI,
+        auth_key_id: PreAuthKeyID | None = None,
+        ephemeral: bool = False,
+        tags: Iterable[str] = (),
     ) -> Node:
         """Admit a device for ``user_id``; returns the node (new or re-registered).
 
@@ -243,14 +270,26 @@ class Nodes:
         """
         with self.core.write():
             return self.register_locked(
-                machine_key, node_key, user_id, hostinfo or {}, method, auth_key_id,
-                ephemeral, validate_tags(tags),
+                machine_key,
+                node_key,
+                user_id,
+                hostinfo or {},
+                method,
+                auth_key_id,
+                ephemeral,
+                validate_tags(tags),
             )
 
     def register_locked(
-        self, machine_key: MachinePublic, node_key: NodePublic, user_id: UserID,
-        hostinfo: dict[str, Any], method: RegisterMethod, auth_key_id: PreAuthKeyID | None,
-        ephemeral: bool, tags: tuple[str, ...],
+        self,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        user_id: UserID,
+        hostinfo: dict[str, Any],
+        method: RegisterMethod,
+        auth_key_id: PreAuthKeyID | None,
+        ephemeral: bool,
+        tags: tuple[str, ...],
     ) -> Node:
         """``register_node`` inside a write the caller holds."""
         core = self.core
@@ -265,10 +304,16 @@ class Nodes:
         existing = core.node_by_machine_key(machine_key)
         if existing is not None:
             node = replace(
-                existing, node_key=node_key, user_id=user_id, hostinfo=hostinfo,
-                hostname=hostname or existing.hostname, expiry=expiry, register_method=method,
+                existing,
+                node_key=node_key,
+                user_id=user_id,
+                hostinfo=hostinfo,
+                hostname=hostname or existing.hostname,
+                expiry=expiry,
+                register_method=method,
                 auth_key_id=auth_key_id if auth_key_id is not None else existing.auth_key_id,
-                ephemeral=ephemeral, tags=tags or existing.tags,
+                ephemeral=ephemeral,
+                tags=tags or existing.tags,
             )
             self._check_tags(node, existing.tags)
             node = self._auto_approved(self._requested_tags(node, hostinfo))
@@ -280,8 +325,25 @@ class Nodes:
             return node
         given = unique_given_name(hostname or "node", lambda n: n in core.by_name)
         node = Node(
-            NodeID(0), machine_key, node_key, user_id, hostname, given, None, None, None,
-            hostinfo, (), now, expiry, tags, (), method, auth_key_id, ephemeral, now,
+            NodeID(0),
+            machine_key,
+            node_key,
+            user_id,
+            hostname,
+            given,
+            None,
+            None,
+            None,
+            hostinfo,
+            (),
+            now,
+            expiry,
+            tags,
+            (),
+            method,
+            auth_key_id,
+            ephemeral,
+            now,
         )
         self._check_tags(node)
         node = self._requested_tags(node, hostinfo)
@@ -296,8 +358,13 @@ class Nodes:
         return node
 
     def register_with_preauth_key(
-        self, secret: str, machine_key: MachinePublic, node_key: NodePublic,
-        hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False,
+        self,
+        secret: str,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        hostinfo: dict[str, Any] | None = None,
+        *,
+        ephemeral: bool = False,
     ) -> Node:
         """The pre-auth key path of /machine/register (docs/protocol/control.md §3.3).
 
@@ -314,22 +381,33 @@ class Nodes:
         with core.write():
             existing = core.node_by_machine_key(machine_key)
             if (
-                existing is not None and existing.node_key == node_key
+                existing is not None
+                and existing.node_key == node_key
                 and not existing.is_expired(core.clock())
             ):
                 self.keys.lookup_preauth_key(secret)  # prove possession of a real key
                 return existing
             key = self.keys.consume_preauth_key(secret)
             return self.register_locked(
-                machine_key, node_key, key.user_id, hostinfo or {}, RegisterMethod.AUTH_KEY,
-                key.id, key.ephemeral or ephemeral, key.tags,
+                machine_key,
+                node_key,
+                key.user_id,
+                hostinfo or {},
+                RegisterMethod.AUTH_KEY,
+                key.id,
+                key.ephemeral or ephemeral,
+                key.tags,
             )
 
     # ---- updates from the client -------------------------------------------------------
 
     def update_node(
-        self, node_id: NodeID, *, hostinfo: dict[str, Any] | None = None,
-        endpoints: Iterable[str] | None = None, disco_key: DiscoPublic | None = None,
+        self,
+        node_id: NodeID,
+        *,
+        hostinfo: dict[str, Any] | None = None,
+        endpoints: Iterable[str] | None = None,
+        disco_key: DiscoPublic | None = None,
     ) -> Node:
         """Apply what a MapRequest reports; publishes one NodeChanged naming what changed
         (nothing is written or published when nothing changed). Soft state: committed
@@ -340,8 +418,9 @@ class Nodes:
             new = old
             if hostinfo is not None:
                 check_hostinfo(hostinfo)
-                new = replace(new, hostinfo=hostinfo,
-                              hostname=str(hostinfo.get("Hostname") or new.hostname))
+                new = replace(
+                    new, hostinfo=hostinfo, hostname=str(hostinfo.get("Hostname") or new.hostname)
+                )
                 if new.announced_routes():
                     new = self._auto_approved(new)
             if endpoints is not None:
@@ -455,11 +534,17 @@ class Nodes:
             return self._edit(node_id, approved_routes=parsed)
 
     def restore_node(
-        self, node_id: NodeID, *, ipv4: ipaddress.IPv4Address | None,
-        ipv6: ipaddress.IPv6Address | None, hostname: str | None = None,
+        self,
+        node_id: NodeID,
+        *,
+        ipv4: ipaddress.IPv4Address | None,
+        ipv6: ipaddress.IPv6Address | None,
+        hostname: str | None = None,
         disco_key: DiscoPublic | None = None,
-        endpoints: Iterable[str] = (), expiry: datetime | None = None,
-        last_seen: datetime | None = None, created_at: datetime | None = None,
+        endpoints: Iterable[str] = (),
+        expiry: datetime | None = None,
+        last_seen: datetime | None = None,
+        created_at: datetime | None = None,
         approved_routes: Iterable[str | IPPrefix] = (),
     ) -> Node:
         """Set what an import carries verbatim, addresses included (db/headscale.py).
@@ -472,15 +557,27 @@ class Nodes:
         with core.write():
             old = core.get_node(node_id)
             for addr in (ipv4, ipv6):
-                holder = next((n.id for n in core.nodes.values()
-                               if addr is not None and addr in n.addresses()), None)
+                holder = next(
+                    (
+                        n.id
+                        for n in core.nodes.values()
+                        if addr is not None and addr in n.addresses()
+                    ),
+                    None,
+                )
                 if holder is not None and holder != node_id:
                     raise Conflict(f"address {addr} is held by node {holder}")
             new = replace(
-                old, ipv4=ipv4, ipv6=ipv6, hostname=hostname or old.hostname,
-                disco_key=disco_key, endpoints=tuple(endpoints),
-                expiry=expiry, last_seen=last_seen or old.last_seen,
-                created_at=created_at or old.created_at, approved_routes=routes,
+                old,
+                ipv4=ipv4,
+                ipv6=ipv6,
+                hostname=hostname or old.hostname,
+                disco_key=disco_key,
+                endpoints=tuple(endpoints),
+                expiry=expiry,
+                last_seen=last_seen or old.last_seen,
+                created_at=created_at or old.created_at,
+                approved_routes=routes,
             )
             core.store.update_node(new)
             for addr in old.addresses():

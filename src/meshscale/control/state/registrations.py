@@ -62,8 +62,13 @@ class Registrations:
             self.evicted += 1
 
     def begin_registration(
-        self, machine_key: MachinePublic, node_key: NodePublic,
-        hostinfo: dict[str, Any] | None = None, *, ephemeral: bool = False, source: str = "",
+        self,
+        machine_key: MachinePublic,
+        node_key: NodePublic,
+        hostinfo: dict[str, Any] | None = None,
+        *,
+        ephemeral: bool = False,
+        source: str = "",
     ) -> PendingRegistration:
         """Start an interactive registration (docs/protocol/control.md §3.4); in memory only.
 
@@ -81,7 +86,11 @@ class Registrations:
             self._make_room(source)
             reg_id = RegistrationID(core.rand(18).hex())
             reg = PendingRegistration(
-                reg_id, machine_key, node_key, hi, core.clock() + core.options.registration_ttl,
+                reg_id,
+                machine_key,
+                node_key,
+                hi,
+                core.clock() + core.options.registration_ttl,
                 ephemeral,
             )
             self._pending[reg_id] = reg
@@ -110,8 +119,14 @@ class Registrations:
             if reg is None:
                 raise NotFound(f"registration {reg_id[:40]!r} not found or expired")
             node = self.nodes.register_locked(
-                reg.machine_key, reg.node_key, user_id, reg.hostinfo, method,
-                None, reg.ephemeral, (),
+                reg.machine_key,
+                reg.node_key,
+                user_id,
+                reg.hostinfo,
+                method,
+                None,
+                reg.ephemeral,
+                (),
             )
             self._pending.pop(reg.id, None)
             self._source.pop(reg.id, None)

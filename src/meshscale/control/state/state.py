@@ -88,7 +88,11 @@ class State:
         policy: PolicyManager | None = None,
     ) -> None:
         self.core = core = StateCore(
-            store, options or StateOptions(), clock=clock, rand=rand, randbelow=randbelow,
+            store,
+            options or StateOptions(),
+            clock=clock,
+            rand=rand,
+            randbelow=randbelow,
             policy=policy or AllowAll(),
         )
         self.store = core.store
@@ -166,9 +170,14 @@ class State:
 
     @classmethod
     def open(
-        cls, path: str | Path, options: StateOptions | None = None, *,
-        clock: Callable[[], datetime] = utcnow, rand: Callable[[int], bytes] = os.urandom,
-        randbelow: Callable[[int], int] = secrets.randbelow, policy: PolicyManager | None = None,
+        cls,
+        path: str | Path,
+        options: StateOptions | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        rand: Callable[[int], bytes] = os.urandom,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+        policy: PolicyManager | None = None,
     ) -> State:
         """Open (creating and migrating if needed) an SQLite database at ``path``."""
         from meshscale.control.db.sqlite import SQLiteStore
@@ -273,15 +282,18 @@ class State:
             expired = self.registrations.expire_registrations()
             cutoff = now - core.options.ephemeral_inactivity_timeout
             stale = [
-                n.id for n in core.nodes.values()
-                if n.ephemeral and not n.online
+                n.id
+                for n in core.nodes.values()
+                if n.ephemeral
+                and not n.online
                 and (n.last_seen or n.created_at or cutoff) <= cutoff
             ]
             for nid in stale:
                 self.nodes.delete_node(nid)
             since = self._last_gc if self._last_gc is not None else now
             crossed = sorted(
-                n.id for n in core.nodes.values()
+                n.id
+                for n in core.nodes.values()
                 if n.expiry is not None and since < n.expiry <= now
             )
             self._last_gc = now

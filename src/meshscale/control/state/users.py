@@ -35,7 +35,11 @@ class Users:
         self.keys = keys
 
     def create_user(
-        self, name: str, *, display_name: str = "", email: str = "",
+        self,
+        name: str,
+        *,
+        display_name: str = "",
+        email: str = "",
         provider_id: str | None = None,
     ) -> User:
         if not USER_NAME_RE.match(name):
@@ -60,7 +64,13 @@ class Users:
             return user
 
     def sign_in_user(
-        self, issuer: str, subject: str, *, name: str, display_name: str = "", email: str = "",
+        self,
+        issuer: str,
+        subject: str,
+        *,
+        name: str,
+        display_name: str = "",
+        email: str = "",
         groups: tuple[str, ...] = (),
     ) -> User:
         """The OIDC user (issuer, subject), created or with its profile refreshed.
@@ -73,7 +83,8 @@ class Users:
         core = self.core
         with core.write():
             found = [
-                u for u in core.users.values()
+                u
+                for u in core.users.values()
                 if u.oidc_issuer == issuer and u.oidc_subject == subject
             ]
             if found:
@@ -84,9 +95,15 @@ class Users:
                     raise InvalidArgument(f"invalid user name {name[:70]!r}")
                 pid = f"{issuer.rstrip('/')}/{subject}"
                 user = User(
-                    UserID(0), name, display_name, email,
-                    provider_id=pid, created_at=core.clock(),
-                    oidc_issuer=issuer, oidc_subject=subject, groups=groups,
+                    UserID(0),
+                    name,
+                    display_name,
+                    email,
+                    provider_id=pid,
+                    created_at=core.clock(),
+                    oidc_issuer=issuer,
+                    oidc_subject=subject,
+                    groups=groups,
                 )
                 try:
                     user = replace(user, id=core.store.insert_user(user))
