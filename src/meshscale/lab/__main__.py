@@ -46,6 +46,8 @@ POLICY = """// meshscale lab policy (Tailscale's format; comments and trailing c
   "acls": [
     // every node of the lab user reaches every other one, on every port
     {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:member:*"]},
+    // and may use exit nodes: without this rule no exit node is offered to them
+    {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:internet:*"]},
   ],
   "tests": [
     {"src": "lab@", "accept": ["autogroup:member:22"]},
@@ -158,7 +160,16 @@ def _names_and_console(net: MeshNet, nodes: list[MeshNode], policy: Path) -> Non
     if a.name == "public" and len(nodes) > 1:
         user = nodes[1]
         print(f"\n$ meshscale exit-node list    # on {user.name} (set --exit-node=public uses it)")
-        print(user.cli("exit-node", "list", check=False).stdout.rstrip())
+        # The offer reaches easy1 once the announcement and the approval have both gone round
+        # the map streams: wait for it, bounded, rather than print a list that is about to change.
+        deadline = time.monotonic() + 10.0
+        out = ""
+        while time.monotonic() < deadline:
+            out = user.cli("exit-node", "list", check=False).stdout.rstrip()
+            if f" {a.name} " in out:
+                break
+            time.sleep(0.3)
+        print(out)
     print(f"\nMagicDNS (getent on {a.name}, through its resolv.conf -> 100.100.100.100):")
     for name in (b.name, f"{b.name}.{BASE_DOMAIN}"):
         res = a.host.run(["getent", "hosts", name], check=False)
