@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final, TypedDict, Unpack
 
 from meshscale.control.db.repository import IntegrityError
+from meshscale.control.ipalloc import IPAddress
 from meshscale.control.models import (
     Conflict,
     InvalidArgument,
@@ -595,28 +596,16 @@ class Nodes:
         core = self.core
         changes: list[str] = []
         with core.write():
-            pool4, pool6 = core.alloc.pool4, core.alloc.pool6
             for old in sorted(core.nodes.values(), key=lambda n: n.id):
-                v4, v6 = old.ipv4, old.ipv6
-                if pool4 is not None and v4 is None:
-                    a4 = pool4.allocate()
-                    assert isinstance(a4, ipaddress.IPv4Address)
-                    v4 = a4
-                    changes.append(f"node {old.id} ({old.given_name}): assigned IPv4 {v4}")
-                elif pool4 is None and v4 is not None:
-                    changes.append(f"node {old.id} ({old.given_name}): removed IPv4 {v4}")
-                    v4 = None
-                if pool6 is not None and v6 is None:
-                    a6 = pool6.allocate()
-                    assert isinstance(a6, ipaddress.IPv6Address)
-                    v6 = a6
-                    changes.append(f"node {old.id} ({old.given_name}): assigned IPv6 {v6}")
-                elif pool6 is None and v6 is not None:
-                    changes.append(f"node {old.id} ({old.given_name}): removed IPv6 {v6}")
-                    v6 = None
-                if (v4, v6) == (old.ipv4, old.ipv6):
+                who = f"node {old.id} ({old.given_name})"
+                p4, p6 = core.alloc.pool4, core.alloc.pool6
+                a4 = _backfilled(p4.allocate if p4 else None, old.ipv4, who, "IPv4", changes)
+                a6 = _backfilled(p6.allocate if p6 else None, old.ipv6, who, "IPv6", changes)
+                assert not isinstance(a4, ipaddress.IPv6Address)
+                assert not isinstance(a6, ipaddress.IPv4Address)
+                if (a4, a6) == (old.ipv4, old.ipv6):
                     continue
-                new = replace(old, ipv4=v4, ipv6=v6)
+                new = replace(old, ipv4=a4, ipv6=a6)
                 core.store.update_node(new)
                 core.put_node(new)
                 core.emit(NodeChanged(new.id, diff(old, new)))
@@ -635,3 +624,21 @@ class Nodes:
             self.core.put_node(new)
             self.core.emit(NodeChanged(new.id, changed))
         return new
+
+
+def _backfilled(
+    allocate: Callable[[], IPAddress] | None,
+    have: IPAddress | None,
+    who: str,
+    family: str,
+    changes: list[str],
+) -> IPAddress | None:
+    """One family of ``backfill_ips``: allocate when the prefix is configured and the node
+    has none, drop when it is no longer configured; note the change in ``changes``."""
+    if allocate is not None and have is None:
+        have = allocate()
+        changes.append(f"{who}: assigned {family} {have}")
+    elif allocate is None and have is not None:
+        changes.append(f"{who}: removed {family} {have}")
+        have = None
+    return have
