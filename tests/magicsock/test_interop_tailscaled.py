@@ -143,7 +143,13 @@ def test_official_client_accepts_our_call_me_maybe(tmp_path: Path) -> None:
             metrics: dict[str, int] = {}
             while time.monotonic() < deadline:
                 metrics = _metrics(t)
-                if metrics.get("magicsock_disco_recv_callmemaybe") and m.peer("t").get("CurAddr"):
+                # Wait for all three: our side can go direct (its ping answered) a moment
+                # before the official client has counted our pong to its own pings.
+                if (
+                    metrics.get("magicsock_disco_recv_callmemaybe")
+                    and metrics.get("magicsock_disco_recv_pong")
+                    and m.peer("t").get("CurAddr")
+                ):
                     break
                 time.sleep(0.5)
             assert metrics.get("magicsock_disco_recv_callmemaybe", 0) >= 1, metrics
