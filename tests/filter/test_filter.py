@@ -461,3 +461,34 @@ def test_outbound_keepalive_and_cap_icmp() -> None:
     f = Filter([r], LOCAL, has_cap=lambda ip, cap: str(ip) == PEER4 and cap == "ping")
     assert f.run_in(packet(PEER4, ME4, ICMP4, icmp=(8, 0))).reason == "icmp ok"
     assert not f.run_in(packet("100.64.0.9", ME4, ICMP4, icmp=(8, 0))).accepted
+
+
+JAILED4, JAILED6 = "100.64.0.9", "fd7a:115c:a1e0::9"
+
+
+def test_jailed_peer_cannot_open_flows_the_rules_allow() -> None:
+    """A node shared in from another tailnet (IsJailed) meets the shields-up filter: the
+    allow-all rules open nothing for it, while another peer is unaffected
+    (docs/protocol/policy.md §3.3 step 5, §6: TS-2024-005)."""
+    rules = [rule(["*"], [("*", 0, 65535)])]
+    f = Filter(rules, LOCAL, jailed=[f"{JAILED4}/32", f"{JAILED6}/128"])
+    assert f.run_in(packet(PEER4, ME4, TCP, flags=SYN, dport=8080)).accepted
+    for src, dst in ((JAILED4, ME4), (JAILED6, ME6)):
+        syn = f.run_in(packet(src, dst, TCP, flags=SYN, dport=8080))
+        assert (syn.accepted, syn.reason) == (False, "jailed peer")
+        assert not f.run_in(packet(src, dst, UDP, sport=5000, dport=53)).accepted
+    assert not f.run_in(packet(JAILED4, ME4, ICMP4, icmp=(8, 0))).accepted  # echo request
+    assert not f.run_in(packet(JAILED4, ME4, GRE)).accepted
+
+
+def test_jailed_peer_still_answers_our_flows() -> None:
+    f = Filter([], LOCAL, jailed=[f"{JAILED4}/32"])
+    # TCP replies (not a pure SYN), ICMP replies and errors, and UDP replies to a flow we
+    # opened pass: the recipient can use the shared node.
+    assert f.run_in(packet(JAILED4, ME4, TCP, flags=SYN | ACK, sport=8080)).accepted
+    assert f.run_in(packet(JAILED4, ME4, TCP, flags=ACK, sport=8080)).accepted
+    assert f.run_in(packet(JAILED4, ME4, ICMP4, icmp=(0, 0))).accepted
+    assert f.run_in(packet(JAILED4, ME4, ICMP4, icmp=(3, 1))).accepted
+    assert f.run_out(packet(ME4, JAILED4, UDP, sport=4000, dport=53)).accepted
+    assert f.run_in(packet(JAILED4, ME4, UDP, sport=53, dport=4000)).accepted
+    assert not f.run_in(packet(JAILED4, ME4, UDP, sport=53, dport=4001)).accepted

@@ -62,3 +62,11 @@ def test_router_config_uses_table_routes_and_serves_what_we_advertise() -> None:
 def test_bad_prefs_refused(prefs: Prefs, needle: str) -> None:
     with pytest.raises(RoutingError, match=needle):
         check_prefs(prefs, nm())
+
+
+def test_jailed_nets_are_a_shared_in_peers_prefixes_without_default_routes() -> None:
+    from meshscale.node.routing import jailed_nets
+
+    shared = Node(ID=4, Addresses=["100.64.0.4/32"], IsJailed=True,
+                  AllowedIPs=["100.64.0.4/32", "0.0.0.0/0", "::/0"])  # fmt: skip
+    assert jailed_nets([EXIT, ROUTER, shared]) == (ipaddress.ip_network("100.64.0.4/32"),)

@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _owner(status: dict[str, Any], peer: dict[str, Any]) -> str:
-    user = (status.get("User") or {}).get(str(peer.get("UserID", 0))) or {}
+    # A node shared in from another tailnet shows its sharer (tailscale cli/status.go).
+    uid = peer.get("AltSharerUserID") or peer.get("UserID", 0)
+    user = (status.get("User") or {}).get(str(uid)) or {}
     login = str(user.get("LoginName") or "")
     return login.split("@", 1)[0] + "@" if login else "-"
 

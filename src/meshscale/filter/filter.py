@@ -15,7 +15,10 @@ Inbound evaluation (docs/protocol/derp-disco-stun.md §7.2, tailscale wgengine/f
 Outbound packets are never filtered by rules; UDP/SCTP ones record their reverse
 5-tuple so that replies come back (section 7.3). A Filter with no rules denies
 every new inbound flow (shields up is the same); ``Filter.allow_all`` is the
-allow-all sentinel. Rules are compiled by ``rules``; packets are read by
+allow-all sentinel. Packets from a *jailed* peer's addresses (tailcfg ``Node.IsJailed``: a
+node shared in from another tailnet) are judged as under shields up, whatever the rules say,
+so that peer can answer our flows but never open one (docs/protocol/policy.md §3.3 step 5,
+§6). Rules are compiled by ``rules``; packets are read by
 ``meshscale.packet.parsed``; TSMP lives in ``meshscale.packet.tsmp``.
 
 Performs no I/O; the flow cache is the only state.
@@ -78,6 +81,19 @@ def _decide(response: Response, reason: str) -> Decision:
     return d
 
 
+_NO_MATCHES: list[Match] = []
+
+
+def _ranges(
+    nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network | str],
+) -> dict[int, list[Range]]:
+    out: dict[int, list[Range]] = {4: [], 6: []}
+    for n in nets:
+        net = ipaddress.ip_network(n, strict=False) if isinstance(n, str) else n
+        out[net.version].append((int(net.network_address), int(net.broadcast_address)))
+    return out
+
+
 CapTest = Callable[[object, str], bool]  # (source ip_address, capability) -> granted
 
 
@@ -91,6 +107,8 @@ class Filter:
     :param local_nets: our Tailscale addresses and advertised routes (as networks).
     :param has_cap: optional test for ``cap:`` sources.
     :param shields_up: refuse every new inbound flow whatever the rules say.
+    :param jailed: addresses of jailed peers: no new inbound flow from them, whatever the
+        rules say (replies to our flows still pass).
     """
 
     def __init__(
@@ -100,16 +118,15 @@ class Filter:
         *,
         has_cap: CapTest | None = None,
         shields_up: bool = False,
+        jailed: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network | str] = (),
     ) -> None:
         self.shields_up = shields_up
         if shields_up:
             # shields up: no new inbound flows at all (docs/protocol/derp-disco-stun.md §7.2 step 5)
             rules = []
         self._m = {4: compile_rules(rules, 4), 6: compile_rules(rules, 6)}
-        self._local: dict[int, list[Range]] = {4: [], 6: []}
-        for n in local_nets:
-            net = ipaddress.ip_network(n) if isinstance(n, str) else n
-            self._local[net.version].append((int(net.network_address), int(net.broadcast_address)))
+        self._local = _ranges(local_nets)
+        self._jailed = _ranges(jailed)
         self._has_cap = has_cap
         self._flows: OrderedDict[tuple[int, int, int, int, int], None] = OrderedDict()
 
@@ -138,7 +155,10 @@ class Filter:
                 break
         else:
             return _decide(Response.DROP, "destination not allowed")
-        ms = self._m[q.version]
+        jailed = self._jailed[q.version]
+        jail = bool(jailed) and any(lo <= q.src <= hi for lo, hi in jailed)
+        # A jailed source meets the shields-up filter: no rules at all (§3.3 step 5).
+        ms = _NO_MATCHES if jail else self._m[q.version]
         p = q.proto
         if p == (IPPROTO_ICMP if q.version == 4 else IPPROTO_ICMPV6):
             errors = ICMP4_ERRORS if p == IPPROTO_ICMP else ICMP6_ERRORS
@@ -165,7 +185,7 @@ class Filter:
             if self._match_all_ports(ms, q):
                 return _decide(Response.ACCEPT, "other-portless ok")
             return _decide(Response.DROP, f"unknown-protocol-{p}")
-        return _decide(Response.DROP, "no rules matched")
+        return _decide(Response.DROP, "jailed peer" if jail else "no rules matched")
 
     def run_out(self, packet: bytes | memoryview) -> Decision:
         """Decide on a packet we are sending; UDP/SCTP flows are remembered for replies."""

@@ -334,6 +334,7 @@ class Backend:
             Addrs=list(n.Endpoints), Created=n.Created, LastSeen=n.LastSeen, KeyExpiry=n.KeyExpiry,
             InNetworkMap=True,
         )  # fmt: skip
+        ps.AltSharerUserID = n.Sharer
         ps.ExitNodeOption = not is_self and routing.offers_exit(n.AllowedIPs or [])
         ps.ExitNode = bool(self._exit_id) and self._exit_id in (n.StableID, str(n.ID))
         ps.Tags = list(n.Tags)
@@ -528,17 +529,18 @@ class Backend:
         rules = self.netmap.filter_rules()
         local = _ips(me.Addresses) if me is not None else []
         nets = routing.filter_local_nets(self.st.prefs, local) if local else []
-        key = (tuple(str(to_json(r)) for r in rules), tuple(nets))
+        jailed = routing.jailed_nets(self.netmap.peers.values())
+        key = (tuple(str(to_json(r)) for r in rules), tuple(nets), jailed)
         if key == self._filter_key:
             return
         self._filter_key = key
         self._local4 = frozenset(ipaddress.ip_address(a).packed for a in local if "." in a)
         self._local6 = frozenset(ipaddress.ip_address(a).packed for a in local if ":" in a)
         try:
-            self._filter = Filter(rules, nets)
+            self._filter = Filter(rules, nets, jailed=jailed)
         except FilterError as exc:
             log.error("packet filter refused: %s", exc)
-            self._filter = Filter([], nets)
+            self._filter = Filter([], nets, jailed=jailed)
 
     def _filter_in(self, packets: list[bytes]) -> list[bytes]:
         f = self._filter

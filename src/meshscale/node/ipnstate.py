@@ -57,6 +57,7 @@ class PeerStatus:
     DNSName: str = ""
     OS: str = ""
     UserID: int = 0
+    AltSharerUserID: int = 0  # who shared this node in from another tailnet (omitempty)
     TailscaleIPs: list[str] = field(default_factory=list)
     AllowedIPs: list[str] = field(default_factory=list)
     Addrs: list[str] = field(default_factory=list)
@@ -89,7 +90,7 @@ class PeerStatus:
         out: dict[str, Any] = {}
         for name in self.__slots__:
             v = getattr(self, name)
-            if name in ("Tags", "PrimaryRoutes", "CapMap"):
+            if name in ("Tags", "PrimaryRoutes", "CapMap", "AltSharerUserID"):
                 if v:
                     out[name] = v
             elif name == "PeerAPIURL":

@@ -37,8 +37,8 @@ _ULA = ipaddress.ip_network("fd7a:115c:a1e0::/48")
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
-__all__ = ["RoutingError", "check_prefs", "health", "offers_exit", "peer_allowed_ips",
-           "resolve_exit_node", "router_config"]  # fmt: skip
+__all__ = ["RoutingError", "check_prefs", "health", "jailed_nets", "offers_exit",
+           "peer_allowed_ips", "resolve_exit_node", "router_config"]  # fmt: skip
 
 
 class RoutingError(ValueError):
@@ -113,6 +113,22 @@ def peer_allowed_ips(peer: Node, prefs: Prefs, exit_id: str) -> tuple[str, ...]:
     if is_exit:  # fill in whichever /0 control did not send
         out.extend(str(r) for r in EXIT_ROUTES if str(r) not in out)
     return tuple(sorted(set(out)))
+
+
+def jailed_nets(peers: Iterable[Node]) -> tuple[IPNetwork, ...]:
+    """The source prefixes of jailed peers (``IsJailed``: nodes shared in from another
+    tailnet), which the packet filter judges as under shields up (docs/protocol/policy.md
+    §3.3 step 5, §6). A /0 is left out: it would jail every other peer too (tailscale
+    looks the source up by longest prefix; a range check cannot)."""
+    out: set[IPNetwork] = set()
+    for p in peers:
+        if not p.IsJailed:
+            continue
+        for text in (*p.Addresses, *(p.AllowedIPs or ())):
+            net = _prefix(text)
+            if net is not None and net.prefixlen != 0:
+                out.add(net)
+    return tuple(sorted(out, key=lambda n: (n.version, n)))
 
 
 def advertised(prefs: Prefs) -> tuple[IPNetwork, ...]:
