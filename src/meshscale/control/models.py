@@ -136,6 +136,8 @@ class Node:
 
     def served_routes(self) -> tuple[IPPrefix, ...]:
         """Announced routes that are approved (approving one exit route approves both)."""
+        if not self.approved_routes:
+            return ()
         approved = set(self.approved_routes)
         announced = self.announced_routes()
         if any(r.prefixlen == 0 for r in approved):

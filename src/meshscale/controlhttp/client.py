@@ -108,9 +108,11 @@ async def dial(
     control_key: MachinePublic,
     version: int,
     rand: Callable[[int], bytes] = os.urandom,
+    local_addr: str | None = None,
 ) -> H2Client:
     """The ``/ts2021`` upgrade, the Noise handshake and the early payload; returns the
-    HTTP/2 connection, running. The caller bounds it in time."""
+    HTTP/2 connection, running. The caller bounds it in time. ``local_addr``: the source
+    address to bind (httpclient.connect)."""
     hs = ClientHandshake(machine_key, control_key, version, rand(32))
     noise = ClientConn(hs, control_key)
     conn = await httpclient.connect(
@@ -118,6 +120,7 @@ async def dial(
         port,
         tls=httpclient.tls_context(verify=False) if tls else None,
         authority=_authority(host, port),
+        local_addr=local_addr,
     )
     try:
         headers = [

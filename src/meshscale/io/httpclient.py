@@ -285,11 +285,18 @@ async def connect(
     server_hostname: str | None = None,
     authority: str | None = None,
     max_head: int = MAX_HEAD_BYTES,
+    local_addr: str | None = None,
 ) -> HTTPConnection:
     """Dial host:port (over TLS with ``tls``, SNI ``server_hostname`` or host). ``authority``
-    is the default Host header (host[:port] when not given)."""
+    is the default Host header (host[:port] when not given); ``local_addr`` the source
+    address to bind (tests and benchmarks: many clients from many loopback addresses)."""
     sni = (server_hostname or host) if tls is not None else None
-    if netmark.socket_mark():
+    if local_addr is not None:
+        reader, writer = await asyncio.open_connection(
+            host, port, ssl=tls, server_hostname=sni, limit=READ_CHUNK,
+            local_addr=(local_addr, 0),
+        )  # fmt: skip
+    elif netmark.socket_mark():
         sock = await _marked_socket(host, port)
         reader, writer = await asyncio.open_connection(
             sock=sock, ssl=tls, server_hostname=sni, limit=READ_CHUNK

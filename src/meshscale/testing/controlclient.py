@@ -48,6 +48,7 @@ class ControlClient(Direct):
         version: int = CURRENT_CAPABILITY_VERSION,
         hostname: str = "testnode",
         rand: Callable[[int], bytes] = os.urandom,
+        local_addr: str | None = None,
     ) -> None:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         super().__init__(
@@ -59,6 +60,7 @@ class ControlClient(Direct):
             control_key=control_key,
             version=version,
             rand=rand,
+            local_addr=local_addr,
         )
         self.hostname = hostname
 

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any, Protocol, assert_never
 
 from meshscale.control import models
-from meshscale.control.mapper import mapper
+from meshscale.control.mapper import fullmap, mapper
 from meshscale.control.state import StateReader
 from meshscale.tailcfg import FilterRule
 
@@ -173,6 +173,7 @@ class Batcher:
         self.source = source
         self.cfg = cfg
         self.cache = mapper.NodeJSONCache()
+        self.chunks = fullmap.PeerChunks()  # compressed pieces of full maps (fullmap.py)
         self._sessions: dict[int, set[MapSession]] = {}
         self._count = 0
         # Node IDs removed lately, for full maps that end up with zero peers. Per-session
@@ -569,6 +570,12 @@ class Batcher:
         hit = self._encoded.get(key)
         if hit is not None and hit[0] is msg:
             return hit[1]
+        if compress and not legacy_derp and len(msg.get("Peers", ())) >= fullmap.MIN_PEERS:
+            split = mapper.encode_split(msg, self.cache)  # a big full map: shared chunks
+            if split is not None:
+                head, peers, tail = split
+                body = self.chunks.payload(head, peers, tail, self.cache.encoded)
+                return fullmap.length_prefixed(body)
         out = framer(mapper.encode(msg, self.cache, legacy_derp=legacy_derp), compress)
         if any(msg is v for v in self._shared.values()):
             self._encoded[key] = (msg, out)

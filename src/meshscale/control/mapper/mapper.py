@@ -124,7 +124,9 @@ RoutesFor = Callable[[models.Node], RoutesView]
 
 def has_routes(node: models.Node) -> bool:
     """Whether the node serves any prefix beyond its addresses (then its JSON may differ
-    per viewer)."""
+    per viewer). Cheap for the usual node: routes are served only once some are approved."""
+    if not node.approved_routes:  # nothing served: no primary nor exit routes
+        return False
     return bool(node.primary_routes() or node.exit_routes())
 
 
@@ -236,6 +238,22 @@ class NodeJSONCache:
         self._known[node.id] = node
         return d
 
+    def peers(
+        self, nodes: Iterable[models.Node], cfg: MapConfig, now: datetime,
+        routes_for: RoutesFor | None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """``viewer_peer_json`` of each node, with the common case (cached, no expiry, no
+        routes) inlined: a full map of N peers is N of these."""
+        get = self._entries.get
+        out = []
+        for n in nodes:
+            hit = get(n.id)
+            if hit is not None and hit[0] is n and n.expiry is None and not n.approved_routes:
+                out.append(hit[1])
+            else:
+                out.append(viewer_peer_json(n, cfg, now, self, routes_for))
+        return out
+
     def encoded(self, d: dict[str, Any]) -> bytes:
         """The JSON bytes of a dict returned by ``peer`` (encoded once)."""
         hit = self._bytes.get(id(d))
@@ -285,9 +303,7 @@ def full_map(
     """The first message of a map stream, as JSON-ready values. ``peers`` and
     ``packet_filter`` are the policy's answers for ``node`` (docs/protocol/control.md §6.3)."""
     cache = cache or NodeJSONCache()
-    peer_json = [
-        viewer_peer_json(p, cfg, now, cache, routes_for) for p in sorted(peers, key=lambda p: p.id)
-    ]
+    peer_json = cache.peers(sorted(peers, key=lambda p: p.id), cfg, now, routes_for)
     user_ids = {node.user_id, *(p.user_id for p in peers)}
     out: dict[str, Any] = {
         "Node": to_json(tail_node(node, cfg, now, is_self=True, self_caps=self_caps)),
@@ -407,3 +423,18 @@ def encode(
     ]
     sep = b"" if head == b"{}" else b","
     return head[:-1] + sep + b",".join(parts) + b"}"
+
+
+def encode_split(
+    message: dict[str, Any], cache: NodeJSONCache
+) -> tuple[bytes, list[dict[str, Any]], bytes] | None:
+    """A full map as (head, peers, tail): ``head + b",".join(cache.encoded(p) for p in peers)
+    + tail`` is ``encode(message, cache)`` byte for byte (fullmap.py compresses the peers in
+    shared chunks). None for a message without Peers, or with PeersChanged too."""
+    peers = message.get("Peers")
+    if not isinstance(peers, list) or not peers or "PeersChanged" in message:
+        return None
+    rest = {k: v for k, v in message.items() if k != "Peers"}
+    head = json.dumps(rest, separators=(",", ":"), ensure_ascii=False).encode()
+    sep = b"" if head == b"{}" else b","
+    return head[:-1] + sep + b'"Peers":[', peers, b"]}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
@@ -36,6 +35,7 @@ from meshscale.control.auth.request import (
     valid_addrport,
 )
 from meshscale.control.mapper.batcher import Batcher, MapSession
+from meshscale.control.mapper.fullmap import length_prefixed
 from meshscale.control.state import State
 from meshscale.controlhttp import NoiseRequest, StreamAborted
 from meshscale.io.http import Response
@@ -80,7 +80,7 @@ def frame(payload_json: bytes, compress: bool) -> bytes:
         body = _compressor.compress(payload_json)
     else:
         body = payload_json
-    return struct.pack("<I", len(body)) + body
+    return length_prefixed(body)
 
 
 class MapHandler:

@@ -110,30 +110,41 @@ class MapStream:
         """The next message; raises TimeoutError after ``wait`` seconds."""
         async with asyncio.timeout(wait):
             while True:
-                if len(self._buf) >= 4:
-                    (n,) = struct.unpack_from("<I", self._buf)
-                    if n > MAX_MESSAGE:
-                        raise ClientError(f"map message of {n} bytes")
-                    if len(self._buf) >= 4 + n:
-                        body = bytes(self._buf[4 : 4 + n])
-                        del self._buf[: 4 + n]
-                        if self._compressed:
-                            body = decompress_bounded(self._dctx, body)
-                        try:
-                            msg: dict[str, Any] = json.loads(body)
-                        except (ValueError, RecursionError) as exc:
-                            raise ClientError(f"bad map message: {exc}") from None
-                        if not isinstance(msg, dict):
-                            raise ClientError("map message is not a JSON object")
-                        if msg == {"KeepAlive": True}:
-                            self.keepalives += 1
-                            if skip_keepalive:
-                                continue
-                        return msg
-                chunk = await self._reply.next_chunk()
-                if chunk is None:
-                    raise ClientError("map stream ended")
-                self._buf += chunk
+                body = await self._next_json()
+                try:
+                    msg: dict[str, Any] = json.loads(body)
+                except (ValueError, RecursionError) as exc:
+                    raise ClientError(f"bad map message: {exc}") from None
+                if not isinstance(msg, dict):
+                    raise ClientError("map message is not a JSON object")
+                if msg == {"KeepAlive": True}:
+                    self.keepalives += 1
+                    if skip_keepalive:
+                        continue
+                return msg
+
+    async def next_raw(self, wait: float = 10.0) -> bytes:
+        """The next message's JSON text, not parsed (keep-alives included); TimeoutError
+        after ``wait`` seconds. For benchmarks that must not spend their CPU on decoding."""
+        async with asyncio.timeout(wait):
+            return await self._next_json()
+
+    async def _next_json(self) -> bytes:
+        while True:
+            if len(self._buf) >= 4:
+                (n,) = struct.unpack_from("<I", self._buf)
+                if n > MAX_MESSAGE:
+                    raise ClientError(f"map message of {n} bytes")
+                if len(self._buf) >= 4 + n:
+                    body = bytes(self._buf[4 : 4 + n])
+                    del self._buf[: 4 + n]
+                    if self._compressed:
+                        body = decompress_bounded(self._dctx, body)
+                    return body
+            chunk = await self._reply.next_chunk()
+            if chunk is None:
+                raise ClientError("map stream ended")
+            self._buf += chunk
 
 
 class MapMessages:
@@ -166,8 +177,10 @@ class Direct:
         control_key: MachinePublic | None = None,
         version: int = CURRENT_CAPABILITY_VERSION,
         rand: Callable[[int], bytes] = os.urandom,
+        local_addr: str | None = None,
     ) -> None:
         self.host, self.port = parse_control_url(url)
+        self.local_addr = local_addr  # source address to dial from (None: the kernel's)
         self.tls = url.startswith("https://")
         self.machine_key = machine_key
         self.node_key = node_key
@@ -193,6 +206,7 @@ class Direct:
         self._conn = await dial(
             self.host, self.port, tls=self.tls, machine_key=self.machine_key,
             control_key=self.control_key, version=self.version, rand=self.rand,
+            local_addr=self.local_addr,
         )  # fmt: skip
         self.early_payload = self._conn.early_payload
         self.closed = self._conn.closed
