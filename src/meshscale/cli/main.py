@@ -23,6 +23,7 @@ from . import (
     ping,
     setcmd,
     status,
+    switch,
     up,
     version,
     whois,
@@ -30,7 +31,8 @@ from . import (
 from .goflags import go_argv, usage
 from .localclient import DEFAULT_SOCKET, CLIError, LocalClient
 
-VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, exitnode, version, completion)
+VERBS = (up, down, setcmd, switch, status, ip, ping, netcheck, whois, dns, exitnode, version,
+         completion)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
