@@ -62,10 +62,11 @@ def test_headscale_doc_commands(tmp_path: Path) -> None:
         "derp:\n  server:\n    enabled: true\n    stun_listen_addr: 127.0.0.1:0\n"
         "dns:\n  base_domain: tailnet.test\n"
     )
-    # `headscale serve -c FILE`: the flag after the verb (the README's own quick start).
-    (tmp_path / "config.yaml").rename(tmp_path / "c.yaml")
-    (tmp_path / "config.yaml").symlink_to(tmp_path / "c.yaml")
-    served = Served(tmp_path, cfg, port, start_server(tmp_path, port))
+    # `headscale serve -c FILE`: the flag after the verb (the README's own quick start), the
+    # file not named config.yaml so no default location could stand in for it.
+    cfg = cfg.rename(tmp_path / "c.yaml")
+    proc = start_server(tmp_path, port, ["--state-dir", str(tmp_path), "serve", "-c", str(cfg)])
+    served = Served(tmp_path, cfg, port, proc)
     try:
         c = str(cfg)
         assert ctl("users", "create", "alice", "-c", c).returncode == 0

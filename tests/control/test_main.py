@@ -42,19 +42,13 @@ class Served:
         return ["-c", str(self.config), "--state-dir", str(self.dir), *args]
 
 
-def start_server(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(tmp: Path, port: int, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """``meshscale-control -c tmp/config.yaml --state-dir tmp serve``, or ``argv`` after the
+    program name; returns once the server answers on TCP and on its unix socket."""
     log = (tmp / "server.log").open("ab")
+    words = argv or ["-c", str(tmp / "config.yaml"), "--state-dir", str(tmp), "serve"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshscale.control.main",
-            "-c",
-            str(tmp / "config.yaml"),
-            "--state-dir",
-            str(tmp),
-            "serve",
-        ],
+        [sys.executable, "-m", "meshscale.control.main", *words],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -78,3 +78,6 @@ class LocalClient:
 
     def post(self, endpoint: str, body: dict[str, Any] | None = None, **kw: Any) -> Any:
         return self.call("POST", endpoint, body=body, **kw)
+
+    def put(self, endpoint: str, body: dict[str, Any] | None = None) -> Any:
+        return self.call("PUT", endpoint, body=body)

@@ -15,6 +15,7 @@ from meshscale import __version__
 
 from . import (
     completion,
+    configure,
     dns,
     down,
     exitnode,
@@ -23,6 +24,7 @@ from . import (
     ping,
     setcmd,
     status,
+    switch,
     up,
     version,
     whois,
@@ -30,7 +32,8 @@ from . import (
 from .goflags import go_argv, usage
 from .localclient import DEFAULT_SOCKET, CLIError, LocalClient
 
-VERBS = (up, down, setcmd, status, ip, ping, netcheck, whois, dns, exitnode, version, completion)
+VERBS = (up, down, setcmd, switch, status, ip, ping, netcheck, whois, dns, exitnode, configure,
+         version, completion)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

@@ -27,8 +27,10 @@ class _Unsupported(argparse.Action):
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add(sub.add_parser("up", help="connect to the tailnet, logging in if needed"))
-    # tailscale's `login`: the same flags as `up`; it always starts a fresh login.
-    _add(sub.add_parser("login", help="log in (again) to a control server"), login=True)
+    # tailscale's `login`: the same flags as `up`, on a new empty login profile (the current
+    # one stays saved: `meshscale switch` goes back to it).
+    _add(sub.add_parser("login", help="log in to an account, adding a login profile"),
+         login=True)  # fmt: skip
 
 
 def _add(p: argparse.ArgumentParser, login: bool = False) -> None:
@@ -47,11 +49,11 @@ def _add(p: argparse.ArgumentParser, login: bool = False) -> None:
     p.add_argument("--timeout", type=parse_duration, default=0.0,
                    help="give up after this long (0 = wait forever), e.g. 30s")  # fmt: skip
     add_bool_flag(p, "json", False, "print the result as JSON")
-    add_bool_flag(p, "force-reauth", login, "log in again even if this node is logged in")
+    add_bool_flag(p, "force-reauth", False, "log in again even if this node is logged in")
     routeflags.add(p)
     for name in UNSUPPORTED_UP_FLAGS:
         p.add_argument(f"--{name}", nargs="?", action=_Unsupported, help=argparse.SUPPRESS)
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, new_profile=login)
 
 
 def check_reverts(current: dict[str, Any], args: argparse.Namespace) -> None:
@@ -98,8 +100,10 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
                 auth_key = f.read().strip()
         except OSError as exc:
             raise CLIError(f"--authkey: cannot read {auth_key[5:]}: {exc.strerror}") from exc
+    if args.new_profile:  # `login`: the flags given describe a new profile
+        client.put("profiles/")
     current = client.get("prefs")
-    if not args.reset:
+    if not args.reset and not args.new_profile:
         check_reverts(current, args)
     prefs: dict[str, Any] = {} if args.reset else dict(current)
     prefs["WantRunning"] = True

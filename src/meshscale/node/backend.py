@@ -43,7 +43,7 @@ from meshscale.wgengine.router import Config, NetlinkRouter, Router, ip_forwardi
 from meshscale.wireguard.uapi import PeerChange, SetRequest
 
 from . import ipnstate as S
-from . import routing
+from . import profiles, routing
 from .controlclient import Auto, Keys, NetworkMap
 from .localapi import BackendError
 from .magicdns.manager import MagicDNS
@@ -197,6 +197,11 @@ class Backend:
     async def down(self) -> None:
         self.st.prefs.WantRunning = False
         self.store.save(self.st)
+        await self._end_session()
+        self.state = S.STOPPED
+
+    async def _end_session(self) -> None:
+        """No control session, peers, addresses or tailnet DNS (down, logout, switch)."""
         await self.portmapper.stop(release=True)
         if self.auto is not None:
             await self.auto.stop()
@@ -206,9 +211,10 @@ class Backend:
         self._clear_addresses()
         if self.magicdns is not None:
             self.magicdns.clear()
-        self.state = S.STOPPED
 
     async def logout(self) -> None:
+        """Expire the login on the server and forget its profile; the node stays on an empty
+        profile that keeps the prefs (so ``meshscale up`` logs in again where it was)."""
         if self.auto is not None:
             await self.auto.logout()
             self.auto = None
@@ -218,15 +224,43 @@ class Backend:
         self.st.prefs.WantRunning = False
         self.st.prefs.LoggedOut = True
         self.st.login = LoginInfo()
+        profiles.forget_current(self.st)
         self.store.save(self.st)
-        self.netmap = NetworkMap()
-        self._apply_peers()
-        self._clear_addresses()
-        if self.magicdns is not None:
-            self.magicdns.clear()
+        await self._end_session()
+        await self._use_node_key()
+        self.state = S.NEEDS_LOGIN
+
+    async def _use_node_key(self) -> None:
         self.engine.uapi_set(SetRequest(private_key=self.st.node_key.raw))
         await self.bind.set_node_key(self.st.node_key)
-        self.state = S.NEEDS_LOGIN
+
+    # ---- login profiles (profiles.py) ----
+
+    def profiles(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(the current profile, every saved one) as tailscale's LoginProfile JSON."""
+        return profiles.login_profile(profiles.snapshot(self.st)), profiles.listing(self.st)
+
+    async def switch_profile(self, pid: str | None) -> None:
+        """Switch to saved profile ``pid``, or (None) to a new empty one, and connect if that
+        profile wants to run."""
+        if pid is not None and pid != self.st.current_profile and pid not in self.st.profiles:
+            raise BackendError(f"no profile with ID {pid[:32]!r}", 404)
+        if pid == self.st.current_profile:
+            return
+        await self._end_session()
+        if pid is None:
+            profiles.to_empty(self.st, os.urandom)
+        else:
+            profiles.switch(self.st, pid)
+        self.store.save(self.st)
+        await self._use_node_key()
+        self.health, self.auth_url = [], ""
+        prefs = self.st.prefs
+        if prefs.WantRunning and prefs.ControlURL and self.st.login.UserID:
+            self._start_control("")
+            self.portmapper.start()
+        else:
+            self.state = S.STOPPED if self.st.login.UserID else S.NEEDS_LOGIN
 
     async def ping(self, ip: str, wait: float) -> S.PingResult:
         peer = self.netmap.peer_by_ip(ip)
@@ -245,24 +279,9 @@ class Backend:
         )  # fmt: skip
 
     async def netcheck(self) -> dict[str, Any]:
-        r = self.bind.report
-        have = self.portmapper.have() or {}  # UPnP/PMP/PCP; absent = not checked
         names = {str(k): v for k, v in self.bind.region_codes.items()}
-        if r is None:
-            return {"UDP": False, "RegionNames": names, "PreferredDERP": self.bind.core.home_derp,
-                    **have}  # fmt: skip
-        return {
-            "UDP": r.udp, "IPv4": r.ipv4, "IPv6": r.ipv6,
-            "GlobalV4": _addr_text(r.global_v4) if r.global_v4 else "",
-            "GlobalV6": _addr_text(r.global_v6) if r.global_v6 else "",
-            "MappingVariesByDestIP": r.mapping_varies_by_dest_ip,
-            "PreferredDERP": r.preferred_derp or self.bind.core.home_derp,
-            "RegionLatency": {str(k): v for k, v in r.region_latency.items()},
-            "RegionV4Latency": {str(k): v for k, v in r.region_v4_latency.items()},
-            "RegionV6Latency": {str(k): v for k, v in r.region_v6_latency.items()},
-            "RegionNames": names,
-            **have,
-        }  # fmt: skip
+        return S.netcheck_json(self.bind.report, self.portmapper.have() or {}, names,
+                               self.bind.core.home_derp)  # fmt: skip
 
     def debug(self) -> dict[str, Any]:
         with self.bind.lock:
@@ -417,11 +436,18 @@ class Backend:
 
     def _on_login(self, login: Login) -> None:
         self.st.login = LoginInfo(login.LoginName, login.DisplayName, login.ID)
+        try:
+            profiles.on_login(self.st, os.urandom)
+        except profiles.ProfileError as exc:
+            self.health = [f"profiles: {exc}"]
         self.store.save(self.st)
 
     def _on_netmap(self, nm: NetworkMap) -> None:
         self.netmap = nm
         me = nm.self_node
+        if nm.domain and nm.domain != self.st.tailnet:
+            self.st.tailnet = nm.domain  # the profile list names the tailnet
+            self.store.save(self.st)
         self.bind.set_derp_map(nm.derp_map)
         self._apply_netmap_config()
         if me is not None and me.MachineAuthorized:

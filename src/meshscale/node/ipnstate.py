@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from meshscale.magicsock.netcheck import Report
 from meshscale.tailcfg import format_time
 
 # Backend states, named as upstream's ipn.State.
@@ -189,3 +190,27 @@ class PingResult:
                 elif name == "LatencySeconds" and isinstance(v, int):
                     out.LatencySeconds = float(v)
         return out
+
+
+def _hostport(a: Any) -> str:
+    return f"[{a.ip}]:{a.port}" if a.ip.version == 6 else f"{a.ip}:{a.port}"
+
+
+def netcheck_json(r: Report | None, have: dict[str, Any], names: dict[str, str],
+                  home_derp: int) -> dict[str, Any]:  # fmt: skip
+    """The local API's netcheck answer; ``have`` is the port mappers found (UPnP/PMP/PCP),
+    empty when not checked."""
+    if r is None:
+        return {"UDP": False, "RegionNames": names, "PreferredDERP": home_derp, **have}
+    return {
+        "UDP": r.udp, "IPv4": r.ipv4, "IPv6": r.ipv6,
+        "GlobalV4": _hostport(r.global_v4) if r.global_v4 else "",
+        "GlobalV6": _hostport(r.global_v6) if r.global_v6 else "",
+        "MappingVariesByDestIP": r.mapping_varies_by_dest_ip,
+        "PreferredDERP": r.preferred_derp or home_derp,
+        "RegionLatency": {str(k): v for k, v in r.region_latency.items()},
+        "RegionV4Latency": {str(k): v for k, v in r.region_v4_latency.items()},
+        "RegionV6Latency": {str(k): v for k, v in r.region_v6_latency.items()},
+        "RegionNames": names,
+        **have,
+    }  # fmt: skip

@@ -15,6 +15,10 @@ Routes (all under ``/localapi/v0/``)::
     POST down              -> {}
     POST logout            -> {}
     POST ping?ip=IP        -> ipnstate.PingResult JSON
+    GET  profiles/         -> [LoginProfile, ...]  every saved login profile (tailscale's shape)
+    GET  profiles/current  -> LoginProfile          (ID "" while not saved yet)
+    POST profiles/ID       -> LoginProfile          switch to profile ID   (404 if unknown)
+    PUT  profiles/         -> LoginProfile          switch to a new empty profile (login)
 
 Anyone who can open the socket may read; only root (uid 0, checked with SO_PEERCRED on the
 connection, never trusted from the request) may change state. Errors are
@@ -40,6 +44,7 @@ from meshscale.key import NodePublic
 
 from .ipnstate import PingResult, Status
 from .prefs import Prefs, PrefsError
+from .store import PROFILE_ID
 
 log = logging.getLogger("meshscale.localapi")
 
@@ -72,6 +77,12 @@ class LocalBackend(Protocol):
     async def logout(self) -> None: ...
 
     async def ping(self, ip: str, wait: float) -> PingResult: ...
+
+    def profiles(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(the current login profile, every saved one)."""
+
+    async def switch_profile(self, pid: str | None) -> None:
+        """To saved profile ``pid`` (BackendError 404 if unknown), or None: a new empty one."""
 
     async def netcheck(self) -> dict[str, Any]: ...
 
@@ -166,7 +177,10 @@ class LocalAPI:
             return _error(403, "access denied: only root may change meshscaled's state")
         endpoint = req.path.removeprefix(PREFIX) if req.path.startswith(PREFIX) else None
         method = "GET" if req.method == "HEAD" else req.method
-        handler = self._routes.get((method, endpoint or ""))
+        if endpoint is not None and endpoint.startswith("profiles/"):
+            handler: Handler | None = self._profiles
+        else:
+            handler = self._routes.get((method, endpoint or ""))
         if handler is None:
             if endpoint and any(e == endpoint for (_, e) in self._routes):
                 return _error(405, "Method Not Allowed")
@@ -272,6 +286,23 @@ class LocalAPI:
     async def _logout(self, req: Request) -> Response:
         await self.backend.logout()
         return _json({})
+
+    async def _profiles(self, req: Request) -> Response:
+        rest = req.path.removeprefix(PREFIX + "profiles/")
+        method = "GET" if req.method == "HEAD" else req.method
+        if method == "GET" and rest in ("", "current"):
+            current, saved = self.backend.profiles()
+            return _json(current if rest else saved)
+        if method == "PUT" and rest == "":
+            await self.backend.switch_profile(None)
+        elif method == "POST" and rest and rest != "current":
+            if not PROFILE_ID.fullmatch(rest):
+                raise BackendError(f"invalid profile ID {rest[:32]!r}")
+            await self.backend.switch_profile(rest)
+        else:
+            return _error(405 if rest in ("", "current") else 404, "Method Not Allowed"
+                          if rest in ("", "current") else "Not Found")  # fmt: skip
+        return _json(self.backend.profiles()[0])
 
     async def _ping(self, req: Request) -> Response:
         ip = _parse_ip(req.query.get("ip", ""))

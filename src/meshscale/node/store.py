@@ -5,7 +5,13 @@ Layout (JSON, mode 0600)::
     {"MachineKey": "privkey:<hex>", "NodeKey": "privkey:<hex>", "DiscoKey": "discoprivkey:<hex>",
      "OldNodeKey": "nodekey:<hex>" | absent,
      "Prefs": {...ipn.Prefs subset...},
-     "Login": {"LoginName": ..., "DisplayName": ..., "UserID": N}}
+     "Login": {"LoginName": ..., "DisplayName": ..., "UserID": N},
+     "Tailnet": "example.ts.net",
+     "CurrentProfile": "a1b2" | "" (not saved yet),
+     "Profiles": {"a1b2": {"NodeKey", "OldNodeKey"?, "Prefs", "Login", "Tailnet"}, ...}}
+
+The top level is the current login profile (profiles.py): a state file from before profiles
+existed loads as one unsaved profile. ``Profiles`` holds every saved one, the current included.
 
 Writes go to a temporary file in the same directory, are fsynced and then renamed over the old
 file, so a crash leaves either the old or the new state, never half of one. Keys are created
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +33,7 @@ from meshscale.key import DiscoPrivate, InvalidKeyError, MachinePrivate, NodePri
 
 from .prefs import Prefs, PrefsError
 
+PROFILE_ID = re.compile(r"[0-9a-f]{4,16}")
 MAX_STATE_BYTES = 1 << 20  # a state file larger than this is not ours (or corrupt)
 
 
@@ -41,6 +49,57 @@ class LoginInfo:
 
 
 @dataclass(slots=True)
+class Profile:
+    """One saved login (profiles.py): what differs between accounts on one device."""
+
+    ID: str
+    node_key: NodePrivate
+    old_node_key: NodePublic | None
+    prefs: Prefs
+    login: LoginInfo
+    tailnet: str = ""  # the tailnet's domain, from the netmap
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "NodeKey": self.node_key.text(),
+            "Prefs": self.prefs.to_json(),
+            "Login": _login_json(self.login),
+            "Tailnet": self.tailnet,
+        }
+        if self.old_node_key is not None:
+            out["OldNodeKey"] = self.old_node_key.text()
+        return out
+
+    @classmethod
+    def from_json(cls, pid: str, obj: Any) -> Profile:
+        if not isinstance(obj, dict) or not PROFILE_ID.fullmatch(pid):
+            raise StateError(f"state file: malformed profile {pid[:32]!r}")
+        try:
+            old = obj.get("OldNodeKey")
+            return cls(
+                pid, NodePrivate.from_text(_str(obj, "NodeKey")),
+                NodePublic.from_text(old) if isinstance(old, str) else None,
+                Prefs.from_json(obj.get("Prefs", {})), _login(obj.get("Login", {})),
+                str(obj.get("Tailnet", "")),
+            )  # fmt: skip
+        except (InvalidKeyError, PrefsError) as exc:
+            raise StateError(f"state file: profile {pid}: {exc}") from exc
+
+
+def _login_json(login: LoginInfo) -> dict[str, Any]:
+    return {"LoginName": login.LoginName, "DisplayName": login.DisplayName,
+            "UserID": login.UserID}  # fmt: skip
+
+
+def _login(obj: Any) -> LoginInfo:
+    if not isinstance(obj, dict):
+        return LoginInfo()
+    uid = obj.get("UserID")
+    return LoginInfo(str(obj.get("LoginName", "")), str(obj.get("DisplayName", "")),
+                     uid if isinstance(uid, int) and not isinstance(uid, bool) else 0)  # fmt: skip
+
+
+@dataclass(slots=True)
 class State:
     machine_key: MachinePrivate
     node_key: NodePrivate
@@ -48,6 +107,9 @@ class State:
     old_node_key: NodePublic | None = None
     prefs: Prefs = field(default_factory=Prefs)
     login: LoginInfo = field(default_factory=LoginInfo)
+    tailnet: str = ""
+    current_profile: str = ""  # "" while the current profile is not saved yet
+    profiles: dict[str, Profile] = field(default_factory=dict)  # saved, current one apart
 
     @classmethod
     def new(cls, rand: Callable[[int], bytes]) -> State:
@@ -63,14 +125,19 @@ class State:
             "NodeKey": self.node_key.text(),
             "DiscoKey": self.disco_key.text(),
             "Prefs": self.prefs.to_json(),
-            "Login": {
-                "LoginName": self.login.LoginName,
-                "DisplayName": self.login.DisplayName,
-                "UserID": self.login.UserID,
-            },
+            "Login": _login_json(self.login),
+            "Tailnet": self.tailnet,
+            "CurrentProfile": self.current_profile,
         }
         if self.old_node_key is not None:
             out["OldNodeKey"] = self.old_node_key.text()
+        saved = {pid: p.to_json() for pid, p in self.profiles.items()}
+        if self.current_profile:
+            saved[self.current_profile] = Profile(
+                self.current_profile, self.node_key, self.old_node_key, self.prefs, self.login,
+                self.tailnet,
+            ).to_json()  # fmt: skip
+        out["Profiles"] = saved
         return out
 
     @classmethod
@@ -88,13 +155,15 @@ class State:
             st.prefs = Prefs.from_json(obj.get("Prefs", {}))
         except (InvalidKeyError, PrefsError) as exc:
             raise StateError(f"state file: {exc}") from exc
-        login = obj.get("Login", {})
-        if isinstance(login, dict):
-            st.login = LoginInfo(
-                str(login.get("LoginName", "")),
-                str(login.get("DisplayName", "")),
-                int(login.get("UserID", 0)) if isinstance(login.get("UserID"), int) else 0,
-            )
+        st.login = _login(obj.get("Login", {}))
+        st.tailnet = str(obj.get("Tailnet", ""))
+        saved = obj.get("Profiles", {})
+        if not isinstance(saved, dict):
+            raise StateError("state file: Profiles must be an object")
+        st.profiles = {str(k): Profile.from_json(str(k), v) for k, v in saved.items()}
+        cur = obj.get("CurrentProfile", "")
+        st.current_profile = cur if isinstance(cur, str) and cur in st.profiles else ""
+        st.profiles.pop(st.current_profile, None)  # the top level is the current one
         return st
 
 

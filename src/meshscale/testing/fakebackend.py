@@ -101,6 +101,15 @@ class FakeBackend:
                               DERPRegionID=900, DERPRegionCode="lab")  # fmt: skip
         return PingResult(IP=ip, Err="timed out")
 
+    def profiles(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return {"ID": "", "Name": ""}, []
+
+    async def switch_profile(self, pid: str | None) -> None:
+        self.calls.append(("switch_profile", pid))
+        if pid is not None:
+            raise BackendError(f"no profile with ID {pid!r}", 404)
+        self._prefs, self.state = Prefs(), NEEDS_LOGIN
+
     async def netcheck(self) -> dict[str, Any]:
         return {"UDP": True, "GlobalV4": "203.0.113.20:41641", "PreferredDERP": 900,
                 "RegionLatency": {"900": 0.0015}, "RegionNames": {"900": "lab"}}  # fmt: skip
