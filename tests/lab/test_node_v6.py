@@ -11,7 +11,6 @@ the IPv6 endpoint.
 from __future__ import annotations
 
 import ipaddress
-import sys
 import time
 from pathlib import Path
 from typing import Any
