@@ -1,0 +1,79 @@
+"""Acceptance (issue #18 goal 3): meshscaled nodes go direct over IPv6 through stateful firewalls.
+
+Two nodes each sit behind a HARD (symmetric) IPv4 NAT whose LAN also has a routed IPv6 prefix
+behind a stateful firewall (lab/v6.py: replies in, unsolicited inbound dropped, no NAT66). Over
+IPv4 the pair could only relay; with IPv6 each learns its own global address (interface and
+STUN over IPv6 to the lab DERP's IPv6 address), advertises it to control, and disco pings from
+both sides open both firewalls, so the pair goes direct over IPv6. `meshscale status` shows
+the IPv6 endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshscale.lab import Lab, NatKind
+from meshscale.lab.meshnet import MeshNet, MeshNode
+from meshscale.lab.v6 import add_v6_host, enable_v6_lan, firewall_drops
+
+pytestmark = pytest.mark.lab
+
+DIRECT_DEADLINE = 20.0  # seconds of traffic before the direct path must show
+
+
+def _addr_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text.rpartition(":")[0].strip("[]"))
+
+
+def _wait_direct(a: MeshNode, b: MeshNode, deadline: float) -> dict[str, Any]:
+    peer: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        peer = a.peer(b.name)
+        if peer.get("CurAddr"):
+            break
+        time.sleep(0.5)
+    return peer
+
+
+def test_v6_direct_through_firewalls_behind_hard_v4_nats(need_lab: None, tmp_path: Path) -> None:
+    with Lab(hint="v6n", workdir=tmp_path / "lab") as lab:
+        net = MeshNet(lab, tmp_path / "net")
+        net.start_control()
+        hosts = {}
+        for name in ("v6a", "v6b"):
+            router = lab.add_nat(f"{name}r", NatKind.HARD)
+            enable_v6_lan(router)
+            hosts[name] = lab.add_private_host(name, behind=router)
+            add_v6_host(hosts[name])
+        nodes = {name: net.add_node(name, host, wait=False) for name, host in hosts.items()}
+        a, b = nodes["v6a"], nodes["v6b"]
+        try:
+            net.up_all([a, b])
+            ip_b = b.ip4()
+            a.host.spawn(["ping", "-q", "-i", "0.2", "-c", "150", ip_b], log_name="ping-a-b")
+            peer = _wait_direct(a, b, time.monotonic() + DIRECT_DEADLINE)
+            assert peer.get("CurAddr"), f"no direct path: {peer}"
+            cur = _addr_ip(peer["CurAddr"])
+            assert cur == hosts["v6b"].ip6, f"direct path is not b's IPv6 address: {peer}"
+            assert peer["Active"] and peer["TxBytes"] > 0 and peer["RxBytes"] > 0
+            # b advertised its IPv6 endpoint (local and STUN-mapped are the same: no NAT66).
+            assert any(_addr_ip(e) == hosts["v6b"].ip6 for e in peer["Addrs"]), peer
+            back = _wait_direct(b, a, time.monotonic() + 10)
+            assert back.get("CurAddr") and _addr_ip(back["CurAddr"]) == hosts["v6a"].ip6, back
+            # The firewalls are real: the first unsolicited ping into a LAN was dropped.
+            assert firewall_drops(hosts["v6a"].behind) + firewall_drops(hosts["v6b"].behind) > 0
+            table = a.cli("status").stdout
+            row = next(line for line in table.splitlines() if " v6b " in f" {line} ")
+            assert "direct" in row and f"[{hosts['v6b'].ip6}]" in row, table
+            # Our STUN over IPv6 found the global address (netcheck's GlobalV6).
+            nc = a.cli("netcheck").stdout
+            assert str(hosts["v6a"].ip6) in nc, nc
+        except BaseException:
+            for n in nodes.values():
+                print(f"--- {n.name} ---\n{n.log()[-3000:]}")
+            raise
