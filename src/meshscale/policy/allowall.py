@@ -64,3 +64,15 @@ class AllowAll:
     def may_approve_route(self, node: PolicyNode, route: IPPrefix) -> bool:
         del node, route
         return True
+
+    def set_guests(self, guests: Iterable[tuple[PolicyNode, Iterable[int]]]) -> PolicyChange:
+        del guests  # every guest reaches every node shared to it (docs/protocol/policy.md §6)
+        return NO_CHANGE
+
+    def set_shared_in(self, addrs: Iterable[object]) -> PolicyChange:
+        del addrs  # the allow-all filter is SrcIPs ["*"]: IsJailed alone keeps S out
+        return NO_CHANGE
+
+    def guest_reach(self, guest_id: int, node_id: int) -> bool:
+        del guest_id, node_id
+        return True
