@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from meshscale.policy.manager import (
     EVERYONE,
     NO_CHANGE,
+    IPAddress,
     IPPrefix,
     PolicyChange,
     PolicyNode,
@@ -69,7 +70,7 @@ class AllowAll:
         del guests  # every guest reaches every node shared to it (docs/protocol/policy.md §6)
         return NO_CHANGE
 
-    def set_shared_in(self, addrs: Iterable[object]) -> PolicyChange:
+    def set_shared_in(self, addrs: Iterable[IPAddress]) -> PolicyChange:
         del addrs  # the allow-all filter is SrcIPs ["*"]: IsJailed alone keeps S out
         return NO_CHANGE
 
