@@ -7,8 +7,8 @@ tailnet, without merging the two. The rules, and where each is enforced::
                        the share exists and the SHARER's policy lets R reach S: R is a
                        guest of S's tailnet, selected there by ``*``, autogroup:shared or
                        its address (PolicyEngine.guest_reach; the issue's text says the
-                       recipient's policy, the spec §6 item 2 says the sharer's: the spec
-                       is followed)
+                       recipient's policy, docs/protocol/policy.md §6 item 2 says the
+                       sharer's: the spec is followed)
     one way            S is sent to R with ``IsJailed`` (R's client drops flows S opens,
                        TS-2024-005), and the recipient tailnet's ``*`` no longer covers
                        S's addresses (set_shared_in); S's own filter admits R only
