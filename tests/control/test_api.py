@@ -349,3 +349,19 @@ def test_policy_routes(state: State) -> None:
     file_mode = API(state, trusted=True, policy_writable=False)
     status, body = call(file_mode, "PUT", "/api/v1/policy", {"policy": "{}"})
     assert status == 400 and "policy.mode is file" in body["message"]
+
+
+def test_share_routes_refuse_bad_input_cleanly(api: API, state: State) -> None:
+    """Node sharing over REST (issue #16 part 2): with one tailnet every share is refused
+    with a 400 naming why; unknown nodes/users are 404s, bad ids 400s, never a 500."""
+    alice = state.create_user("alice")
+    n = state.register_node(MachinePublic(b"\x01" * 32), NodePublic(b"\x02" * 32), alice.id)
+    status, body = call(api, "POST", f"/api/v1/node/{n.id}/share", {"user": "alice"})
+    assert status == 400 and "own tailnet" in body["message"]
+    assert call(api, "POST", "/api/v1/node/999/share", {"user": "alice"})[0] == 404
+    assert call(api, "POST", f"/api/v1/node/{n.id}/share", {"user": "nobody"})[0] == 404
+    assert call(api, "POST", "/api/v1/node/x/share", {"user": "alice"})[0] == 400
+    assert call(api, "POST", f"/api/v1/node/{n.id}/share", {"user": 3})[0] == 400
+    assert call(api, "POST", f"/api/v1/node/{n.id}/unshare", {"user": "alice"})[0] == 404
+    assert call(api, "GET", "/api/v1/share") == (200, {"shares": []})
+    assert call(api, "GET", "/api/v1/share", query={"node": "x"})[0] == 400

@@ -163,9 +163,10 @@ def test_a_refused_policy_keeps_the_old_one() -> None:
     assert e.text == '{"acls": []}'
 
 
-def test_autogroup_shared_is_accepted_with_a_warning_and_names_no_one() -> None:
+def test_autogroup_shared_is_accepted_and_names_no_one_without_guests() -> None:
+    # Node sharing is enforced now (tests/policy/test_sharing.py): no warning.
     p = parse_policy(acl('"autogroup:shared"', '"*:*"'))
-    assert any("autogroup:shared at 1:" in w for w in p.warnings)
+    assert not any("autogroup:shared" in w for w in p.warnings)
     e = PolicyEngine()
     e.set_users(USERS)
     e.set_nodes([node(1, USERS[0])])

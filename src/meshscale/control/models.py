@@ -156,6 +156,16 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Node ``node_id`` is shared with user ``user_id`` of another tailnet (node sharing,
+    docs/protocol/policy.md §6)."""
+
+    node_id: NodeID
+    user_id: UserID
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PreAuthKey:
     id: PreAuthKeyID
     user_id: UserID
@@ -484,3 +494,17 @@ class ChangeSubscription:
         if self._on_close is not None:
             self._on_close(self)
         self._wake()
+
+
+@dataclass(frozen=True, slots=True)
+class ShareView:
+    """How one viewer sees a peer of another tailnet (node sharing, docs/protocol/policy.md
+    §6). ``sharer`` > 0: the peer is shared *in* (tailcfg ``Sharer``, ``IsJailed``: the
+    viewer's client drops flows it opens, TS-2024-005). ``sharee``: the peer is a
+    recipient's device on the shared node's side (``Hostinfo.ShareeNode``). Either way only
+    the peer's own addresses travel (no subnet routes, no exit role, ts#10642), under
+    ``name``, the FQDN in the peer's own tailnet."""
+
+    name: str
+    sharer: int = 0
+    sharee: bool = False

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from meshscale.policy.manager import (
     EVERYONE,
     NO_CHANGE,
+    IPAddress,
     IPPrefix,
     PolicyChange,
     PolicyNode,
@@ -63,4 +64,16 @@ class AllowAll:
 
     def may_approve_route(self, node: PolicyNode, route: IPPrefix) -> bool:
         del node, route
+        return True
+
+    def set_guests(self, guests: Iterable[tuple[PolicyNode, Iterable[int]]]) -> PolicyChange:
+        del guests  # every guest reaches every node shared to it (docs/protocol/policy.md §6)
+        return NO_CHANGE
+
+    def set_shared_in(self, addrs: Iterable[IPAddress]) -> PolicyChange:
+        del addrs  # the allow-all filter is SrcIPs ["*"]: IsJailed alone keeps S out
+        return NO_CHANGE
+
+    def guest_reach(self, guest_id: int, node_id: int) -> bool:
+        del guest_id, node_id
         return True

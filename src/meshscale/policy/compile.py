@@ -18,6 +18,7 @@ from typing import Final
 
 from meshscale.policy.manager import IPAddress, PolicyNode, PolicyUser
 from meshscale.policy.model import Alias, IPPrefix, Policy, Rule
+from meshscale.policy.sharing import cut_ranges, names_shared
 from meshscale.tailcfg import CapGrant, FilterRule, NetPortRange, PortRange
 
 # `*` as a source (§2.2): CGNAT minus 100.115.92.0/23, and the Tailscale ULA.
@@ -184,6 +185,11 @@ class Compiled:
         self._filters: dict[int, tuple[FilterRule, ...]] = {}
         self._wild: tuple[str, ...] | None = None
         self._self_ips: dict[int, dict[int, tuple[str, ...]]] = {}  # user → rule → SrcIPs
+        # Node sharing (sharing.py), set by the engine: addresses of nodes shared in from
+        # other tailnets (cut out of `*`), and per shared node the addresses of its guests
+        # (the SrcIPs autogroup:shared adds to that node's filter).
+        self.shared_in: frozenset[IPAddress] = frozenset()
+        self.guest_ips: dict[int, tuple[str, ...]] = {}
         self._build_index()
         for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
             self._add(n)
@@ -456,7 +462,8 @@ class Compiled:
     def wildcard_ips(self) -> tuple[str, ...]:
         if self._wild is None:
             routes = {host_str(r) for rs in self.routes.values() for r in rs}
-            self._wild = WILDCARD_SRC + tuple(sort_ips(routes))
+            wild = cut_ranges(WILDCARD_SRC, self.shared_in) if self.shared_in else WILDCARD_SRC
+            self._wild = wild + tuple(sort_ips(routes))
         return self._wild
 
     def _src_ips(self, cr: CRule, user: int | None = None) -> tuple[str, ...]:
@@ -525,6 +532,9 @@ class Compiled:
         for i in self.dst_of[node_id]:
             cr = self.rules[i]
             src = self._src_ips(cr, n.user_id if cr.self_dst else None)
+            guests = self.guest_ips.get(node_id, ()) if names_shared(cr.rule) else ()
+            if guests and src != ("*",):
+                src = tuple(sort_ips((*src, *guests)))
             if not src:
                 continue
             entries = self._dst_entries(cr, n)

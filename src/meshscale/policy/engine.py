@@ -18,6 +18,7 @@ from meshscale.policy.compile import Compiled, NodeView
 from meshscale.policy.manager import (
     EVERYONE,
     NO_CHANGE,
+    IPAddress,
     IPPrefix,
     PolicyChange,
     PolicyError,
@@ -26,6 +27,7 @@ from meshscale.policy.manager import (
 )
 from meshscale.policy.model import Alias, Policy
 from meshscale.policy.parse import parse_policy
+from meshscale.policy.sharing import Guest, selects_guest
 from meshscale.tailcfg import FilterRule
 
 
@@ -88,6 +90,8 @@ class PolicyEngine:
         self._users: list[_UserSnap] = []
         self._compiled = Compiled(self.policy, [], [])
         self._test_warnings: tuple[str, ...] = ()
+        self._guests: dict[int, Guest] = {}  # nodes of other tailnets shared some of ours
+        self._shared_in: frozenset[IPAddress] = frozenset()
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -126,6 +130,56 @@ class PolicyEngine:
 
     def update_node(self, node: PolicyNode) -> PolicyChange:
         return _change(self._compiled.update(NodeView.of(node), node.id))
+
+    def set_guests(self, guests: Iterable[tuple[PolicyNode, Iterable[int]]]) -> PolicyChange:
+        """Node sharing (docs/protocol/policy.md §6, :mod:`.sharing`): the nodes of other
+        tailnets whose users were shared some of this tailnet's nodes, each with those
+        nodes' ids. Reports the shared nodes and guests whose answers moved."""
+        new: dict[int, Guest] = {}
+        for node, shared in guests:
+            ids = frozenset(int(i) for i in shared)
+            if ids:
+                new[node.id] = Guest(node.id, tuple(node.addresses()), ids)
+        old, self._guests = self._guests, new
+        moved = {g for g in old.keys() | new.keys() if old.get(g) != new.get(g)}
+        touched = {s for g in moved for x in (old.get(g), new.get(g)) if x for s in x.shared}
+        self._install_guests(self._compiled, touched)
+        return _change(moved | touched)
+
+    def set_shared_in(self, addrs: Iterable[IPAddress]) -> PolicyChange:
+        """The addresses of nodes shared *into* this tailnet, which ``*`` as a source must
+        no longer cover (§6 item 1). Every node whose filter holds ``*`` may change."""
+        new = frozenset(addrs)
+        if new == self._shared_in:
+            return NO_CHANGE
+        self._shared_in = new
+        c = self._compiled
+        c.shared_in, c._wild = new, None
+        hit = {n for cr in c.rules if cr.wildcard_src for n in cr.dst_nodes}
+        for cr in c.rules:
+            if cr.wildcard_src:
+                cr.src_ips = None
+        for n in hit:
+            c._filters.pop(n, None)
+        return _change(hit)
+
+    def guest_reach(self, guest_id: int, node_id: int) -> bool:
+        """Whether guest ``guest_id`` (see set_guests) may reach this tailnet's
+        ``node_id``: shared to its user, and some rule's sources select it with
+        ``node_id`` among the destinations (§6 item 2)."""
+        g = self._guests.get(guest_id)
+        c = self._compiled
+        if g is None or node_id not in g.shared or node_id not in c.nodes:
+            return False
+        for i in c.dst_of.get(node_id, ()):
+            cr = c.rules[i]
+            if not cr.self_dst and not cr.rule.caps and selects_guest(cr.rule, g):
+                return True
+        return False
+
+    def guests_of(self, node_id: int) -> set[int]:
+        """The guests that may reach ``node_id`` (they are in its netmap as sharees)."""
+        return {g for g in self._guests if self.guest_reach(g, node_id)}
 
     def remove_node(self, node_id: int) -> PolicyChange:
         return _change(self._compiled.update(None, node_id))
@@ -211,9 +265,24 @@ class PolicyEngine:
 
     def _compile(self, policy: Policy, nodes: Iterable[NodeView], strict: bool = True) -> Compiled:
         try:
-            return Compiled(policy, self._users, list(nodes), strict)
+            c = Compiled(policy, self._users, list(nodes), strict)
         except ValueError as e:
             raise PolicyError(str(e)) from None
+        c.shared_in = self._shared_in
+        self._install_guests(c, {s for g in self._guests.values() for s in g.shared})
+        return c
+
+    def _install_guests(self, c: Compiled, nodes: Iterable[int]) -> None:
+        """Set the guest SrcIPs (autogroup:shared) of ``nodes`` in ``c``; drop their
+        cached filters."""
+        for nid in nodes:
+            ips = sorted({str(a) for g in self._guests.values() if nid in g.shared
+                          for a in g.addrs})  # fmt: skip
+            if ips:
+                c.guest_ips[nid] = tuple(ips)
+            else:
+                c.guest_ips.pop(nid, None)
+            c._filters.pop(nid, None)
 
     def _swap(self, text: str | None, policy: Policy, compiled: Compiled) -> PolicyChange:
         old = self._compiled.signatures()
@@ -229,6 +298,9 @@ class PolicyEngine:
         self.text, self.policy, self._compiled = text, policy, compiled
         if changed and len(changed) == len(new) and len(new) > 1:
             return EVERYONE
+        if self._guests:  # who a guest reaches is not in the signatures
+            changed |= set(self._guests)
+            changed |= {s for g in self._guests.values() for s in g.shared}
         return PolicyChange(nodes=frozenset(changed)) if changed else NO_CHANGE
 
 

@@ -149,3 +149,18 @@ class PolicyManager(Protocol):
     def may_approve_route(self, node: PolicyNode, route: IPPrefix) -> bool:
         """Whether ``route`` may be approved for ``node`` (asked before it is approved)."""
         ...
+
+    # ---- node sharing (docs/protocol/policy.md §6; see meshscale.policy.sharing) ---------
+
+    def set_guests(self, guests: Iterable[tuple[PolicyNode, Iterable[int]]]) -> PolicyChange:
+        """Nodes of other tailnets, each with the ids of this tailnet's nodes shared to
+        its user."""
+        ...
+
+    def set_shared_in(self, addrs: Iterable[IPAddress]) -> PolicyChange:
+        """Addresses of nodes shared into this tailnet (``*`` must not cover them)."""
+        ...
+
+    def guest_reach(self, guest_id: int, node_id: int) -> bool:
+        """Whether guest ``guest_id`` may reach this tailnet's ``node_id``."""
+        ...

@@ -137,10 +137,6 @@ class _Validator:
             name = text.removeprefix("autogroup:")
             if name not in AUTOGROUPS:
                 raise _err(f'unknown autogroup "{text}"', node)
-            if name == "shared":
-                self.warnings.append(
-                    f"autogroup:shared at {at} names no one: node sharing is not implemented"
-                )
             return Alias("autogroup", name, at=at)
         if text in self.hosts:
             return Alias("host", text, self.hosts[text], at)

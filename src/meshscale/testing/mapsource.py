@@ -65,3 +65,7 @@ class DictSource:
     def self_caps(self, node_id: int) -> dict[str, None]:
         del node_id
         return {}
+
+    def share_view(self, viewer_id: int, peer_id: int) -> None:
+        del viewer_id, peer_id  # one tailnet: nothing is shared
+        return None

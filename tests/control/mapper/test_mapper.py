@@ -205,3 +205,32 @@ def test_legacy_derp_string_only_where_a_home_region_is_known() -> None:
     msg = {"Node": {"ID": 1, "HomeDERP": 7}, "PeersChanged": [{"ID": 2, "HomeDERP": 9}]}
     assert json.loads(encode(msg, legacy_derp=True))["PeersChanged"][0]["DERP"] == "127.3.3.40:9"
     assert "DERP" not in json.loads(encode(msg))["Node"]
+
+
+def test_shared_in_peer_has_only_its_addresses_sharer_jail_and_both_profiles() -> None:
+    """Node sharing (docs/protocol/policy.md §6, §7 item 15): a shared-in router and exit
+    node carries its own addresses only, Sharer, IsJailed, its own tailnet's FQDN; the
+    sharer's profile travels even though no peer is owned by it."""
+    both = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+    sub = ipaddress.ip_network("10.1.0.0/24")
+    s = node(8, user_id=UserID(7), hostinfo={"RoutableIPs": ["10.1.0.0/24", "0.0.0.0/0", "::/0"]},
+             approved_routes=(sub, *both), primary=(sub,))  # fmt: skip
+    view = mapper.ShareView("h8.other.example.", sharer=9)
+    users = {**USERS, UserID(7): User(UserID(7), "owner"), UserID(9): User(UserID(9), "sharer")}
+    msg = mapper.full_map(node(1), [s, node(2)], users, CFG, NOW, packet_filter=ALLOW_ALL,
+                          share_for=lambda p: view if p.id == 8 else None)  # fmt: skip
+    peer = next(p for p in msg["Peers"] if p["ID"] == 8)
+    assert peer["AllowedIPs"] == peer["Addresses"] == ["100.64.0.8/32", "fd7a:115c:a1e0::8/128"]
+    assert not peer.get("PrimaryRoutes")
+    assert (peer["Sharer"], peer["IsJailed"], peer["Name"]) == (9, True, "h8.other.example.")
+    other = next(p for p in msg["Peers"] if p["ID"] == 2)
+    assert "Sharer" not in other and "IsJailed" not in other
+    assert [u["ID"] for u in msg["UserProfiles"]] == [1, 7, 9]
+    # the sharer's side: the recipient's device is a ShareeNode, also without routes
+    t = mapper.tail_node(s, CFG, NOW, share=mapper.ShareView("", sharee=True))
+    assert t.Hostinfo["ShareeNode"] is True and t.Name == "h8.ts.example."
+    assert t.AllowedIPs == t.Addresses and not t.IsJailed and t.Sharer == 0
+    delta = mapper.delta_map(self_node=None, changed=[s], patches=[], removed=[], users=users,
+                             cfg=CFG, now=NOW, share_for=lambda p: view)  # fmt: skip
+    assert delta is not None and delta["PeersChanged"][0]["IsJailed"] is True
+    assert {u["ID"] for u in delta["UserProfiles"]} == {7, 9}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from meshscale.control.api.routes import ROUTES
+from meshscale.control.api.table import ROUTES
 
 _TS: dict[str, Any] = {"type": "string", "format": "date-time", "nullable": True}
 _STRS: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
@@ -173,6 +173,11 @@ SCHEMAS: dict[str, Any] = {
         }
     ),
     "AuditList": _obj({"entries": {"type": "array", "items": _ref("AuditEntry")}}),
+    "Share": _obj(
+        {"nodeId": _ID, "node": {"type": "string"}, "user": _ref("User"), "createdAt": _TS}
+    ),
+    "ShareOne": _obj({"share": _ref("Share")}),
+    "ShareList": _obj({"shares": {"type": "array", "items": _ref("Share")}}),
 }
 
 _ERRORS = {

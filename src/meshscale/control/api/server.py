@@ -19,7 +19,8 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from meshscale.control.api.openapi import openapi_document
-from meshscale.control.api.routes import ROUTES, Call, Route
+from meshscale.control.api.routes import Call, Route
+from meshscale.control.api.table import ROUTES
 from meshscale.control.models import (
     AddressExhausted,
     APIKeyError,

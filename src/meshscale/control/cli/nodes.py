@@ -62,6 +62,21 @@ def nodes_routes(c: AdminClient, o: Output, node_id: str | None) -> None:
     o.table(nodes, nodes, ROUTE_COLUMNS)
 
 
+SHARE_COLUMNS: Final[list[Column]] = [
+    ("Node ID", lambda s: s["nodeId"]),
+    ("Node", lambda s: s["node"]),
+    ("Shared with", lambda s: (s.get("user") or {}).get("name", "")),
+    ("Since", lambda s: when(s["createdAt"])),
+]
+
+
+def nodes_shares(c: AdminClient, o: Output, node_id: str | None, user: str | None) -> None:
+    """Node sharing (issue #16): which node is shared with which user of another tailnet."""
+    query = {k: v for k, v in (("node", node_id), ("user", user)) if v}
+    payload = c.request("GET", "/api/v1/share", query=query or None)
+    o.table(payload, payload["shares"], SHARE_COLUMNS)
+
+
 def nodes_pending(c: AdminClient, o: Output) -> None:
     payload = c.request("GET", "/api/v1/registration")
     o.table(payload, payload["registrations"], PENDING_COLUMNS)
@@ -92,7 +107,10 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
     c = ns.add_parser("register")
     c.add_argument("-u", "--user", required=True)
     c.add_argument("-k", "--key", required=True, help="registration id (or the AuthURL)")
-    for verb in ("delete", "expire", "rename", "tag", "move", "approve-routes"):
+    c = ns.add_parser("list-shares", aliases=["shares"], help="nodes shared across tailnets")
+    c.add_argument("-i", "--identifier", help="node id (default: every node)")
+    c.add_argument("-u", "--user", help="only shares to this user")
+    for verb in ("delete", "expire", "rename", "tag", "move", "approve-routes", "share", "unshare"):
         c = ns.add_parser(verb)
         c.add_argument("-i", "--identifier", required=True, help="node id")
         if verb == "rename":
@@ -105,8 +123,8 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
                 default=[],
                 help="tag:name (repeat or comma-separate; none clears)",
             )
-        elif verb == "move":
-            c.add_argument("-u", "--user", required=True)
+        elif verb in ("move", "share", "unshare"):
+            c.add_argument("-u", "--user", required=True, help="user name or id")
         elif verb == "approve-routes":
             c.add_argument("-r", "--routes", default="", help="comma-separated prefixes")
         elif verb == "expire":
@@ -126,6 +144,9 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         return
     if verb == "pending":
         nodes_pending(c, o)
+        return
+    if verb in ("list-shares", "shares"):
+        nodes_shares(c, o, args.identifier, args.user)
         return
     if verb == "backfillips":
         confirm(args, "Backfill addresses from the configured prefixes for every node?")
@@ -161,6 +182,9 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         node_action(
             c, o, nid, "POST", "/user", f"Node {nid} moved to {args.user!r}", {"user": args.user}
         )
+    elif verb in ("share", "unshare"):
+        done = f"Node {nid} {'shared with' if verb == 'share' else 'no longer shared with'}"
+        node_action(c, o, nid, "POST", f"/{verb}", f"{done} {args.user!r}", {"user": args.user})
     elif verb == "approve-routes":
         node_action(
             c,

@@ -13,7 +13,7 @@ the only compare-and-set: it must be atomic across connections and processes.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -24,6 +24,7 @@ from meshscale.control.models import (
     NodeID,
     PreAuthKey,
     PreAuthKeyID,
+    Share,
     User,
     UserID,
 )
@@ -55,6 +56,7 @@ class Snapshot:
     api_keys: list[APIKey]
     policy: str | None
     policy_version: PolicyVersion | None = None  # the newest version (its data is policy)
+    shares: list[Share] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -104,3 +106,9 @@ class Store(Protocol):
         ...
 
     def policy_version(self, version: int) -> PolicyVersion | None: ...
+
+    # node sharing (a row goes when its node or user does: ON DELETE CASCADE)
+    def insert_share(self, share: Share) -> None: ...
+    def delete_share(self, node_id: NodeID, user_id: UserID) -> bool:
+        """Remove one share; False if there was none."""
+        ...

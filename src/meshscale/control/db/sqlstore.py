@@ -109,9 +109,12 @@ class SQLStore(AuditRows):
             apis = [codec.api_key_from_row(r) for r in self._exec("SELECT * FROM api_keys")]
             row = self._exec("SELECT data FROM policies WHERE id = 1").fetchone()
             newest = self.policy_history(1)
+            # The shares table comes with migration 0007 (after the tailnets of 0006): until
+            # then there is one tailnet, and every share is refused before a write.
+            shares: list[models.Share] = []
         text = None if row is None else str(row["data"])
         version = newest[0] if newest and newest[0].data == text else None
-        return Snapshot(users, nodes, paks, apis, text, version)
+        return Snapshot(users, nodes, paks, apis, text, version, shares)
 
     def insert_user(self, user: models.User) -> models.UserID:
         return models.UserID(self._insert("users", codec.user_to_row(user)))
@@ -176,6 +179,22 @@ class SQLStore(AuditRows):
             )
         return PolicyVersion(vid, data, now, source[:200])
 
+    def insert_share(self, share: models.Share) -> None:
+        p = self._param
+        self._exec(
+            f"INSERT INTO shares(node_id, user_id, created_at) VALUES ({p('n')}, {p('u')}, "
+            f"{p('at')})",
+            {"n": share.node_id, "u": share.user_id, "at": codec.ts_to_db(share.created_at)},
+        )
+
+    def delete_share(self, node_id: models.NodeID, user_id: models.UserID) -> bool:
+        p = self._param
+        cur = self._exec(
+            f"DELETE FROM shares WHERE node_id = {p('n')} AND user_id = {p('u')}",
+            {"n": node_id, "u": user_id},
+        )
+        return bool(cur.rowcount == 1)
+
     def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
         rows = self._exec(
             "SELECT id, data, created_at, source FROM policy_versions "
@@ -190,6 +209,11 @@ class SQLStore(AuditRows):
             {"id": version},
         ).fetchone()
         return None if row is None else _policy_version(row)
+
+
+def _share(row: Any) -> models.Share:
+    nid, uid = models.NodeID(int(row["node_id"])), models.UserID(int(row["user_id"]))
+    return models.Share(nid, uid, codec.ts_from_db(str(row["created_at"])))
 
 
 def _policy_version(row: Any) -> PolicyVersion:

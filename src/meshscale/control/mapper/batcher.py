@@ -125,6 +125,9 @@ class MapSource(Protocol):
 
     def node_ids(self) -> list[int]: ...
     def self_caps(self, node_id: int) -> dict[str, None]: ...
+    def share_view(self, viewer_id: int, peer_id: int) -> mapper.ShareView | None:
+        """How the viewer sees a peer of another tailnet (None: same tailnet)."""
+        ...
 
 
 class SnapshotSource:
@@ -159,6 +162,9 @@ class SnapshotSource:
 
     def self_caps(self, node_id: int) -> dict[str, None]:
         return self._state.self_caps(models.NodeID(node_id))
+
+    def share_view(self, viewer_id: int, peer_id: int) -> mapper.ShareView | None:
+        return self._state.share_view(models.NodeID(viewer_id), models.NodeID(peer_id))
 
 
 class Batcher:
@@ -443,6 +449,7 @@ class Batcher:
                 packet_filter=self.source.packet_filter(session.node_id),
                 self_caps=self.source.self_caps(session.node_id),
                 routes_for=self._routes_for(session.node_id),
+                share_for=self._share_for(session.node_id),
             )
             if not peers and session.started:
                 # An empty Peers means "no change", so a later full map with no peers must
@@ -460,9 +467,15 @@ class Batcher:
         if seen is not p:
             p, shared_key = seen, None
         key = shared_key if shared_key is not None else _delta_key(p)
-        # A changed router's routes may differ per viewer (policy.md §5.3): not shared.
+        # A changed router's routes may differ per viewer (policy.md §5.3), and so does a
+        # peer of another tailnet (a shared node, §6): not shared.
         changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
-        own = p.self_changed or any(mapper.has_routes(n) for n in changed)
+        share_for = self._share_for(session.node_id)
+        own = (
+            p.self_changed
+            or any(mapper.has_routes(n) for n in changed)
+            or any(share_for(n) is not None for n in changed)
+        )
         shared: dict[str, Any] | None = None if own else self._shared.get(key)
         if shared is None:
             patches = [
@@ -483,6 +496,7 @@ class Batcher:
                 new_users=[models.UserID(u) for u in p.users],
                 self_caps=self.source.self_caps(session.node_id) if p.self_changed else None,
                 routes_for=self._routes_for(session.node_id),
+                share_for=share_for,
             )
             if delta is None:
                 return None
@@ -497,6 +511,10 @@ class Batcher:
     def _routes_for(self, viewer: models.NodeID | int) -> mapper.RoutesFor:
         """The viewer's route view of one peer (policy.md §5.3)."""
         return lambda peer: self.source.routes_view(int(viewer), int(peer.id))
+
+    def _share_for(self, viewer: models.NodeID | int) -> mapper.ShareFor:
+        """The viewer's view of a peer of another tailnet (policy.md §6)."""
+        return lambda peer: self.source.share_view(int(viewer), int(peer.id))
 
     def _revoked_map(
         self, session: MapSession, me: models.Node, cfg: mapper.MapConfig, now: datetime

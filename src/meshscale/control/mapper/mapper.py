@@ -122,6 +122,10 @@ RoutesView = frozenset[Any] | None
 RoutesFor = Callable[[models.Node], RoutesView]
 
 
+ShareView = models.ShareView
+ShareFor = Callable[[models.Node], ShareView | None]
+
+
 def has_routes(node: models.Node) -> bool:
     """Whether the node serves any prefix beyond its addresses (then its JSON may differ
     per viewer). Cheap for the usual node: routes are served only once some are approved."""
@@ -132,10 +136,14 @@ def has_routes(node: models.Node) -> bool:
 
 def viewer_peer_json(
     node: models.Node, cfg: MapConfig, now: datetime, cache: NodeJSONCache,
-    routes_for: RoutesFor | None,
+    routes_for: RoutesFor | None, share_for: ShareFor | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """A peer's JSON for one viewer: the shared cached dict unless the viewer's route view
-    hides some of the peer's routes (docs/protocol/policy.md §5.3)."""
+    hides some of the peer's routes (docs/protocol/policy.md §5.3) or the peer is of
+    another tailnet (a :class:`ShareView`)."""
+    share = share_for(node) if share_for is not None else None
+    if share is not None:
+        return to_json(tail_node(node, cfg, now, share=share))
     if routes_for is not None and has_routes(node):
         view = routes_for(node)
         if view is not None:
@@ -168,9 +176,13 @@ def _prefixes(node: models.Node) -> list[str]:
 def tail_node(
     node: models.Node, cfg: MapConfig, now: datetime, *, is_self: bool = False,
     self_caps: Mapping[str, None] | None = None, routes: RoutesView = None,
+    share: ShareView | None = None,
 ) -> Node:  # fmt: skip
     """A models.Node as tailcfg.Node (docs/protocol/control.md §4.5). ``routes``: the
-    prefixes the receiving viewer may have (None: all; docs/protocol/policy.md §5.3)."""
+    prefixes the receiving viewer may have (None: all; docs/protocol/policy.md §5.3).
+    ``share``: the peer is of another tailnet (see :class:`ShareView`)."""
+    if share is not None:
+        routes = frozenset()  # its own addresses only (policy.md §6 item 5)
     addrs = _prefixes(node)
     primary = [str(r) for r in node.primary_routes() if routes is None or r in routes]
     exit_routes = node.exit_routes()
@@ -201,6 +213,12 @@ def tail_node(
     )
     if not node.online and node.last_seen is not None:
         n.LastSeen = node.last_seen  # only for offline peers (docs/protocol/control.md §7.5)
+    if share is not None:
+        n.Name = share.name or n.Name
+        if share.sharer:
+            n.Sharer, n.IsJailed = share.sharer, True
+        if share.sharee:
+            n.Hostinfo = {**n.Hostinfo, "ShareeNode": True}
     if is_self:  # plus the policy's nodeAttrs for this node (null values)
         n.CapMap = {**SELF_CAP_MAP, **(self_caps or {})}
     return n
@@ -240,7 +258,7 @@ class NodeJSONCache:
 
     def peers(
         self, nodes: Iterable[models.Node], cfg: MapConfig, now: datetime,
-        routes_for: RoutesFor | None,
+        routes_for: RoutesFor | None, share_for: ShareFor | None = None,
     ) -> list[dict[str, Any]]:  # fmt: skip
         """``viewer_peer_json`` of each node, with the common case (cached, no expiry, no
         routes) inlined: a full map of N peers is N of these."""
@@ -248,10 +266,13 @@ class NodeJSONCache:
         out = []
         for n in nodes:
             hit = get(n.id)
-            if hit is not None and hit[0] is n and n.expiry is None and not n.approved_routes:
+            if (
+                hit is not None and hit[0] is n and n.expiry is None and not n.approved_routes
+                and (share_for is None or share_for(n) is None)
+            ):  # fmt: skip
                 out.append(hit[1])
             else:
-                out.append(viewer_peer_json(n, cfg, now, self, routes_for))
+                out.append(viewer_peer_json(n, cfg, now, self, routes_for, share_for))
         return out
 
     def encoded(self, d: dict[str, Any]) -> bytes:
@@ -284,6 +305,10 @@ class NodeJSONCache:
             self._bytes.pop(id(old[1]), None)
 
 
+def _sharers(peers: Iterable[dict[str, Any]]) -> set[models.UserID]:
+    return {models.UserID(int(d["Sharer"])) for d in peers if d.get("Sharer")}
+
+
 def _profiles(users: Iterable[models.User]) -> list[dict[str, Any]]:
     return [to_json(user_profile(u)) for u in sorted(users, key=lambda u: u.id)]
 
@@ -299,12 +324,14 @@ def full_map(
     packet_filter: Sequence[FilterRule],
     self_caps: Mapping[str, None] | None = None,
     routes_for: RoutesFor | None = None,
+    share_for: ShareFor | None = None,
 ) -> dict[str, Any]:
     """The first message of a map stream, as JSON-ready values. ``peers`` and
     ``packet_filter`` are the policy's answers for ``node`` (docs/protocol/control.md §6.3)."""
     cache = cache or NodeJSONCache()
-    peer_json = cache.peers(sorted(peers, key=lambda p: p.id), cfg, now, routes_for)
-    user_ids = {node.user_id, *(p.user_id for p in peers)}
+    peer_json = cache.peers(sorted(peers, key=lambda p: p.id), cfg, now, routes_for, share_for)
+    # A shared-in peer's owner and sharer both need a profile (policy.md §6).
+    user_ids = {node.user_id, *(p.user_id for p in peers), *_sharers(peer_json)}
     out: dict[str, Any] = {
         "Node": to_json(tail_node(node, cfg, now, is_self=True, self_caps=self_caps)),
         "DERPMap": to_json(cfg.derp_map),
@@ -352,6 +379,7 @@ def delta_map(
     new_users: Iterable[models.UserID] = (),
     self_caps: Mapping[str, None] | None = None,
     routes_for: RoutesFor | None = None,
+    share_for: ShareFor | None = None,
 ) -> dict[str, Any] | None:
     """An incremental message; None when there is nothing to say."""
     cache = cache or NodeJSONCache()
@@ -360,7 +388,7 @@ def delta_map(
         out["Node"] = to_json(tail_node(self_node, cfg, now, is_self=True, self_caps=self_caps))
     if changed:
         out["PeersChanged"] = [
-            viewer_peer_json(p, cfg, now, cache, routes_for)
+            viewer_peer_json(p, cfg, now, cache, routes_for, share_for)
             for p in sorted(changed, key=lambda p: p.id)
         ]
     # Pure online/offline flips travel in OnlineChange and PeerSeenChange (the client sets
@@ -378,7 +406,7 @@ def delta_map(
     gone = sorted(set(removed))
     if gone:
         out["PeersRemoved"] = gone
-    uids = set(new_users) | {p.user_id for p in changed}
+    uids = set(new_users) | {p.user_id for p in changed} | _sharers(out.get("PeersChanged", ()))
     if uids:
         out["UserProfiles"] = _profiles(users[u] for u in uids if u in users)
     return out or None

@@ -43,6 +43,7 @@ from meshscale.control.models import (
     PolicyChanged,
     PreAuthKey,
     PreAuthKeyID,
+    Share,
     User,
     UserID,
 )
@@ -89,6 +90,9 @@ class StateCore:
         self.online: dict[NodeID, bool] = {}  # memory only; survives a reload
         self.primaries: dict[IPPrefix, NodeID] = {}  # HA election (primary.py), memory only
         self._routes_dirty = False
+        self._guests_dirty = False  # node sharing: feed the managers at commit (shares.py)
+        self.guests_fed = False  # the managers hold guests (shares.py guest_feed)
+        self._guest_feed: Callable[[StateCore], PolicyChange] | None = None
         self.load()
 
     # ---- tables ------------------------------------------------------------------------
@@ -117,11 +121,17 @@ class StateCore:
         self.api_by_prefix: dict[str, APIKeyID] = {k.prefix: k.id for k in snap.api_keys}
         self._routes_dirty = True
         self._reelect([])
+        self.shares: dict[NodeID, dict[UserID, Share]] = {}
+        for sh in snap.shares:
+            if sh.node_id in self.nodes and sh.user_id in self.users:
+                self.shares.setdefault(sh.node_id, {})[sh.user_id] = sh
         self.policy_text = snap.policy
         self.policy_version = snap.policy_version
         self.policy.set_policy(snap.policy)
         self.policy.set_users(self.users.values())
         self.policy.set_nodes(self.nodes.values())
+        self._guests_dirty = False
+        self._feed_guests()
 
     def get_user(self, user_id: UserID) -> User:
         user = self.users.get(user_id)
@@ -162,6 +172,8 @@ class StateCore:
             node = replace(node, primary=old.primary if old is not None else ())
         self._index(node)
         self._policy_change |= self.policy.update_node(node)
+        if self.shares and (self._in_share(node) or (old is not None and self._in_share(old))):
+            self._guests_dirty = True
 
     def put_router_state(self, node: Node) -> None:
         """Store a change of memory-only router state (``route_standby``) and re-elect at
@@ -176,10 +188,62 @@ class StateCore:
         self._unindex(node)
         self.online.pop(node.id, None)
         self._policy_change |= self.policy.remove_node(node.id)
+        if self.shares and self._in_share(node):  # its share rows go by ON DELETE CASCADE
+            self.shares.pop(node.id, None)
+            self._guests_dirty = True
 
     def users_changed(self) -> None:
         """Tell the policy manager the user table changed; inside ``write()``."""
         self._policy_change |= self.policy.set_users(self.users.values())
+        for nid, by_user in list(self.shares.items()):  # a deleted user's shares went too
+            gone = [u for u in by_user if u not in self.users]
+            for u in gone:
+                del by_user[u]
+                self._guests_dirty = True
+            if not by_user:
+                del self.shares[nid]
+
+    # ---- node sharing (shares.py) ------------------------------------------------------
+
+    def _in_share(self, node: Node) -> bool:
+        return node.id in self.shares or any(node.user_id in u for u in self.shares.values())
+
+    def shares_changed(self, nodes: set[NodeID]) -> None:
+        """A share was added or removed; ``nodes`` (the shared node and the recipient's
+        devices) get new maps at commit, and the managers are fed; inside ``write()``."""
+        self._policy_change |= PolicyChange(nodes=frozenset(int(n) for n in nodes))
+        self._guests_dirty = True
+
+    def set_guest_feed(self, feed: Callable[[StateCore], PolicyChange]) -> None:
+        """Install the share part's feed of the managers (shares.py ``guest_feed``) and
+        run it once for what the store loaded."""
+        self._guest_feed = feed
+        with self.lock:
+            self._feed_guests()
+
+    def _feed_guests(self) -> PolicyChange:
+        return self._guest_feed(self) if self._guest_feed is not None else NO_CHANGE
+
+    def tailnet_of(self, node: Node) -> int:
+        """The tailnet a node belongs to (its user's)."""
+        return self.tailnet_of_user(node.user_id)
+
+    def tailnet_of_user(self, user_id: UserID) -> int:
+        del user_id
+        return 0  # one tailnet until the tailnet model lands (issue #16 part 1)
+
+    def tailnet_ids(self) -> list[int]:
+        return [0]
+
+    def policy_of(self, tailnet: int) -> PolicyManager:
+        """The policy manager that evaluates ``tailnet``'s policy."""
+        del tailnet
+        return self.policy
+
+    def fqdn_in_own_tailnet(self, node: Node) -> str:
+        """A node's MagicDNS name under its own tailnet's domain ("" : the viewer's)."""
+        del node
+        return ""
 
     def policy_changed(self, change: PolicyChange) -> None:
         """Publish ``change`` (the manager's answer to a new input) at commit."""
@@ -233,6 +297,9 @@ class StateCore:
             events, self._events = self._events, None
             if self._routes_dirty:
                 self._reelect(events)
+            if self._guests_dirty:
+                self._guests_dirty = False
+                self._policy_change |= self._feed_guests()
             change, self._policy_change = self._policy_change, NO_CHANGE
             if change:
                 nodes = None if change.everyone else frozenset(NodeID(n) for n in change.nodes)

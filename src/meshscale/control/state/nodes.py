@@ -35,6 +35,7 @@ from meshscale.control.models import (
 from meshscale.control.names import unique_given_name, validate_given_name, validate_tags
 from meshscale.control.state.core import StateCore
 from meshscale.control.state.keys import Keys
+from meshscale.control.state.shares import Shares
 from meshscale.key import DiscoPublic, MachinePublic, NodePublic
 from meshscale.policy import AllowAll
 from meshscale.tailcfg import FilterRule
@@ -103,9 +104,10 @@ def parse_routes(routes: Iterable[str | IPPrefix]) -> tuple[IPPrefix, ...]:
 class Nodes:
     """State's node methods, over the shared core (and the keys, for auth-key logins)."""
 
-    def __init__(self, core: StateCore, keys: Keys) -> None:
+    def __init__(self, core: StateCore, keys: Keys, shares: Shares) -> None:
         self.core = core
         self.keys = keys
+        self.shares = shares  # peers from other tailnets (node sharing)
 
     # ---- lookups and policy answers ----------------------------------------------------
 
@@ -123,16 +125,23 @@ class Nodes:
             ids = self._peer_ids(me)
             if ids is not None:
                 return [core.nodes[NodeID(i)] for i in sorted(ids) if NodeID(i) in core.nodes]
-            peers = (
+            peers = [
                 n for n in core.nodes.values() if n.id != node_id and core.policy.can_see(me, n)
-            )
+            ]
+            if core.shares:
+                peers = list({n.id: n for n in (*peers, *self.shares.shared_peers(me))}.values())
             return sorted(peers, key=lambda n: n.id)
 
     def _peer_ids(self, node: Node) -> set[int] | None:
         """The policy's peer set of ``node`` at once, if the manager offers it
         (PolicyEngine does: set unions instead of a can_see per node)."""
         at_once = getattr(self.core.policy, "peer_ids", None)
-        return None if at_once is None else set(at_once(node))
+        if at_once is None:
+            return None
+        ids = set(at_once(node))
+        if self.core.shares:  # plus the peers a share brings (shares.py)
+            ids.update(int(n.id) for n in self.shares.shared_peers(node))
+        return ids
 
     def viewers_of(self, node_id: NodeID) -> set[int] | None:
         """The nodes that may see ``node_id`` (visibility is symmetric): its peer set;
@@ -175,6 +184,8 @@ class Nodes:
             reach = getattr(core.policy, "reachable_routes", None)
             if me is None or peer is None or reach is None:
                 return None
+            if core.shares and core.tailnet_of(me) != core.tailnet_of(peer):
+                return frozenset()  # a shared node's routes are never shared (§6 item 5)
             return frozenset((*reach(me, peer), *me.announced_routes()))
 
     def can_see(self, viewer_id: NodeID, peer_id: NodeID) -> bool:
@@ -183,7 +194,11 @@ class Nodes:
         core = self.core
         with core.lock:
             me, peer = core.nodes.get(viewer_id), core.nodes.get(peer_id)
-            return me is None or peer is None or core.policy.can_see(me, peer)
+            if me is None or peer is None:
+                return True
+            if core.shares and core.tailnet_of(me) != core.tailnet_of(peer):
+                return self.shares.reaches(me, peer) or self.shares.reaches(peer, me)
+            return core.policy.can_see(me, peer)
 
     def packet_filter(self, node_id: NodeID) -> Sequence[FilterRule]:
         """The inbound packet filter of ``node_id``, from the policy."""

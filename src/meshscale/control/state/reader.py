@@ -11,7 +11,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from meshscale.control.models import Node, NodeID, PendingRegistration, User, UserID
+from meshscale.control.models import (
+    Node,
+    NodeID,
+    PendingRegistration,
+    ShareView,
+    User,
+    UserID,
+)
 from meshscale.key import NodePublic
 from meshscale.tailcfg import FilterRule
 
@@ -29,4 +36,5 @@ class StateReader(Protocol):
     def viewers_of(self, node_id: NodeID) -> set[int] | None: ...
     def routes_view(self, viewer_id: NodeID, peer_id: NodeID) -> frozenset[Any] | None: ...
     def self_caps(self, node_id: NodeID) -> dict[str, None]: ...
+    def share_view(self, viewer_id: NodeID, peer_id: NodeID) -> ShareView | None: ...
     def get_registration(self, reg_id: str) -> PendingRegistration | None: ...

@@ -7,12 +7,13 @@ returning (so an acknowledged registration survives ``kill -9``), and then publi
 change events to subscribers (the map batcher computes deltas from them).
 
 State is a composition: one :class:`~.core.StateCore` (lock, write block, change bus,
-tables, policy manager) shared by four parts, each written once::
+tables, policy manager) shared by five parts, each written once::
 
     Keys            pre-auth keys and API keys                (keys.py)
     Users           users; deleting one deletes its keys      (users.py)
     Nodes           registration, client updates, admin edits (nodes.py)
     Registrations   pending interactive logins                (registrations.py)
+    Shares          node sharing across tailnets              (shares.py)
 
 State's API is those parts' methods, bound as State attributes (see ``__init__``), plus
 what crosses parts: the policy text, DNS notices, garbage collection and closing.
@@ -54,6 +55,7 @@ from meshscale.control.state.keys import Keys
 from meshscale.control.state.nodes import Nodes
 from meshscale.control.state.options import StateOptions, utcnow
 from meshscale.control.state.registrations import Registrations
+from meshscale.control.state.shares import Shares, guest_feed
 from meshscale.control.state.users import Users
 from meshscale.policy import AllowAll, PolicyError, PolicyManager, check_policy
 
@@ -103,7 +105,9 @@ class State:
         self._last_gc: datetime | None = None
         self.keys = keys = Keys(core)
         self.users = users = Users(core, keys)
-        self.nodes = nodes = Nodes(core, keys)
+        self.shares = shares = Shares(core)
+        core.set_guest_feed(guest_feed)
+        self.nodes = nodes = Nodes(core, keys, shares)
         self.registrations = regs = Registrations(core, nodes)
         # The API. Each method lives in the part that owns its tables.
         self.create_user = users.create_user
@@ -165,6 +169,10 @@ class State:
         self.move_node = nodes.move_node
         self.approve_routes = nodes.approve_routes
         self.restore_node = nodes.restore_node
+        self.share_node = shares.share_node
+        self.unshare_node = shares.unshare_node
+        self.list_shares = shares.list_shares
+        self.share_view = shares.share_view
         self.backfill_ips = nodes.backfill_ips
         self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 

@@ -18,6 +18,7 @@ from meshscale.control.models import (
     NodeID,
     PreAuthKey,
     PreAuthKeyID,
+    Share,
     User,
     UserID,
 )
@@ -100,3 +101,11 @@ class CountingStore:
 
     def policy_version(self, version: int) -> PolicyVersion | None:
         return self.inner.policy_version(version)
+
+    def insert_share(self, share: Share) -> None:
+        self.writes += 1
+        self.inner.insert_share(share)
+
+    def delete_share(self, node_id: NodeID, user_id: UserID) -> bool:
+        self.writes += 1
+        return self.inner.delete_share(node_id, user_id)
