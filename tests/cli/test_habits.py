@@ -225,11 +225,17 @@ def test_tailscale_doc_commands(node_sock: tuple[FakeBackend, str],
     (["status", "--json=maybe"], "invalid boolean value 'maybe' for -json"),
     (["ip", "-4", "-6"], "not allowed"),
     (["up", "--login-server=http://c", "--timeout=1x"], "invalid duration"),
+    (["set", "--advertise-routes=10.0.0/8"], "not an IP prefix"),
+    (["up", "--login-server=http://c", "--advertise-routes=10.0.0.1/8"], "host bits"),
+    (["switch", "--bogus"], "unrecognized arguments: --bogus"),
+    (["switch"], "which profile"),
+    (["configure", "systary"], "invalid choice: 'systary'"),
 ])  # fmt: skip
 def test_wrong_invocations(node_sock: tuple[FakeBackend, str], capsys: pytest.CaptureFixture[str],
                            argv: list[str], needle: str) -> None:  # fmt: skip
     be, sock = node_sock
     code, _, err = node(capsys, sock, *argv)
     assert code == 2 and err.count("\n") == 1 and needle in err, err
-    assert "usage: meshscale" in err, err  # the verb's usage on the same line
+    verb = argv[0] if argv[0] != "frobnicate" else ""
+    assert f"usage: meshscale {verb}" in err, err  # the verb's usage on the same line
     assert be.calls == []

@@ -57,14 +57,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _verb_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser | None:
+    """The innermost parser the command line reached (``configure systray`` -> its own)."""
+    found: argparse.ArgumentParser | None = None
+    current, ns_keys = parser, ("verb", "what")
+    for key in ns_keys:
+        name = getattr(args, key, None)
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)),
+                   None)  # fmt: skip
+        if not isinstance(name, str) or sub is None or name not in sub.choices:
+            break
+        current = found = sub.choices[name]
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    args: argparse.Namespace | None = None
     try:
-        args = parser.parse_args(go_argv(parser, sys.argv[1:] if argv is None else argv))
+        args, extra = parser.parse_known_args(go_argv(parser, sys.argv[1:] if argv is None
+                                                      else argv))  # fmt: skip
+        verb = _verb_parser(parser, args)
+        if extra:  # named against the verb's usage, as Go's flag package does
+            (verb or parser).error(f"unrecognized arguments: {' '.join(extra)}")
         if args.verb is None:
             parser.print_help()
             return 2
-        return int(args.run(args, LocalClient(args.socket)))
+        try:
+            return int(args.run(args, LocalClient(args.socket)))
+        except CLIError as exc:
+            if exc.code == 2 and "usage: " not in str(exc) and verb is not None:
+                raise CLIError(f"{exc} ({usage(verb)})", code=2) from exc
+            raise
     except CLIError as exc:
         print(f"meshscale: {exc}", file=sys.stderr)
         return exc.code
