@@ -165,9 +165,11 @@ class TailscaleNode:
         try:
             return self.cli(*args, timeout=timeout + 15.0)
         except subprocess.CalledProcessError as e:
+            # CI output keeps a failure's head and tail: the CLI's own words go at both ends.
             raise LabError(
-                f"tailscale up ({self.name}) failed: {e.stderr}\n"
-                f"--- tailscaled log ---\n{self.log_text()[-4000:]}"
+                f"tailscale up ({self.name}) failed (exit {e.returncode}): {e.stderr.strip()}\n"
+                f"--- tailscaled log ---\n{self.log_text()[-4000:]}\n"
+                f"--- tailscale up said ---\n{e.stdout}{e.stderr}"
             ) from e
 
     def status_json(self) -> dict[str, Any]:
