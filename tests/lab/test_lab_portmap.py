@@ -10,14 +10,13 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshscale.lab import Lab, clients
-from meshscale.lab.meshnet import MeshNet
+from meshscale.lab.meshnet import MeshNet, wait_direct
 from meshscale.lab.miniupnpd import MINIUPNPD, start_miniupnpd, start_stun
 from meshscale.lab.nat import NatKind
 from meshscale.lab.tailscale import join_tailscaled
@@ -143,16 +142,6 @@ def test_two_meshscaled_behind_two_hard_nats_go_direct_through_mappings(
         assert peer.get("CurAddr") == f"{lab.hosts['rb'].ip}:{WG_PORT}", (peer, a.log()[-3000:])
 
 
-def _wait_direct(get_peer: Callable[[], dict[str, Any]], deadline: float) -> dict[str, Any]:
-    peer: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        peer = get_peer()
-        if peer.get("CurAddr"):
-            break
-        time.sleep(0.5)
-    return peer
-
-
 def test_official_clients_behind_miniupnpd_go_direct_with_each_other_and_ours(
     need_lab: None, tmp_path: Path
 ) -> None:
@@ -180,7 +169,7 @@ def test_official_clients_behind_miniupnpd_go_direct_with_each_other_and_ours(
         def t1_sees_t2() -> dict[str, Any]:
             return next((p for p in t1.peers() if p.get("HostName") == "t2"), {})
 
-        official = _wait_direct(t1_sees_t2, deadline)
-        mixed = _wait_direct(lambda: ours.peer("t1"), deadline)
+        official = wait_direct(t1_sees_t2, deadline)
+        mixed = wait_direct(lambda: ours.peer("t1"), deadline)
         assert str(official.get("CurAddr", "")).startswith(f"{lab.hosts['rt2'].ip}:"), official
         assert str(mixed.get("CurAddr", "")).startswith(f"{lab.hosts['rt1'].ip}:"), mixed

@@ -7,6 +7,7 @@ path in ``status --json`` within seconds of traffic; the UDP-blocked node only e
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from meshscale.lab import Lab, NatKind
-from meshscale.lab.meshnet import MeshNet, MeshNode
+from meshscale.lab.meshnet import MeshNet, MeshNode, wait_direct
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -32,16 +33,6 @@ def _tcp(src: MeshNode, dst_ip: str) -> str | None:
     if res.returncode != 0:
         return None
     return json.loads(res.stdout)["tcp"].get(f"{dst_ip}:{ECHO_PORT}")
-
-
-def _wait_path(a: MeshNode, b: MeshNode, deadline: float) -> dict:
-    peer: dict = {}
-    while time.monotonic() < deadline:
-        peer = a.peer(b.name)
-        if peer.get("CurAddr"):
-            break
-        time.sleep(0.5)
-    return peer
 
 
 def test_nat_matrix(need_lab: None, tmp_path: Path) -> None:
@@ -74,7 +65,7 @@ def test_nat_matrix(need_lab: None, tmp_path: Path) -> None:
                                     log_name=f"ping-{a}-{b}")  # fmt: skip
             deadline = time.monotonic() + DIRECT_DEADLINE
             for a, b in direct_pairs:
-                peer = _wait_path(nodes[a], nodes[b], deadline)
+                peer = wait_direct(functools.partial(nodes[a].peer, nodes[b].name), deadline)
                 assert peer.get("CurAddr"), f"{a}->{b} has no direct path: {peer}"
                 assert peer["Active"] and peer["TxBytes"] > 0 and peer["RxBytes"] > 0
             for a, b in (("h", "u"), ("p", "u")):

@@ -13,12 +13,11 @@ from __future__ import annotations
 import ipaddress
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from meshscale.lab import Lab, NatKind
-from meshscale.lab.meshnet import MeshNet, MeshNode
+from meshscale.lab.meshnet import MeshNet, wait_direct
 from meshscale.lab.v6 import add_v6_host, enable_v6_lan, firewall_drops
 
 pytestmark = pytest.mark.lab
@@ -28,16 +27,6 @@ DIRECT_DEADLINE = 20.0  # seconds of traffic before the direct path must show
 
 def _addr_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text.rpartition(":")[0].strip("[]"))
-
-
-def _wait_direct(a: MeshNode, b: MeshNode, deadline: float) -> dict[str, Any]:
-    peer: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        peer = a.peer(b.name)
-        if peer.get("CurAddr"):
-            break
-        time.sleep(0.5)
-    return peer
 
 
 def test_v6_direct_through_firewalls_behind_hard_v4_nats(need_lab: None, tmp_path: Path) -> None:
@@ -56,14 +45,14 @@ def test_v6_direct_through_firewalls_behind_hard_v4_nats(need_lab: None, tmp_pat
             net.up_all([a, b])
             ip_b = b.ip4()
             a.host.spawn(["ping", "-q", "-i", "0.2", "-c", "150", ip_b], log_name="ping-a-b")
-            peer = _wait_direct(a, b, time.monotonic() + DIRECT_DEADLINE)
+            peer = wait_direct(lambda: a.peer(b.name), time.monotonic() + DIRECT_DEADLINE)
             assert peer.get("CurAddr"), f"no direct path: {peer}"
             cur = _addr_ip(peer["CurAddr"])
             assert cur == hosts["v6b"].ip6, f"direct path is not b's IPv6 address: {peer}"
             assert peer["Active"] and peer["TxBytes"] > 0 and peer["RxBytes"] > 0
             # b advertised its IPv6 endpoint (local and STUN-mapped are the same: no NAT66).
             assert any(_addr_ip(e) == hosts["v6b"].ip6 for e in peer["Addrs"]), peer
-            back = _wait_direct(b, a, time.monotonic() + 10)
+            back = wait_direct(lambda: b.peer(a.name), time.monotonic() + 10)
             assert back.get("CurAddr") and _addr_ip(back["CurAddr"]) == hosts["v6a"].ip6, back
             # The firewalls are real: the first unsolicited ping into a LAN was dropped.
             assert firewall_drops(hosts["v6a"].behind) + firewall_drops(hosts["v6b"].behind) > 0

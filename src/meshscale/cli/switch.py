@@ -63,6 +63,15 @@ def find(saved: list[dict[str, Any]], name: str) -> dict[str, Any]:
     raise CLIError(f"no profile named {name!r} (see 'meshscale switch --list')")
 
 
+# What the switched-to profile settled in, as tailscale words it; any other state is still moving.
+SETTLED = {
+    "Running": "Success.",
+    "NeedsLogin": "Logged out.\nTo log in, run:\n  meshscale up",
+    "Stopped": "Stopped.\nTo connect, run:\n  meshscale up",
+    "NeedsMachineAuth": "Waiting for the node to be approved by an admin.",
+}
+
+
 def run(args: argparse.Namespace, client: LocalClient) -> int:
     if args.list:
         if args.profile is not None:
@@ -84,17 +93,8 @@ def run(args: argparse.Namespace, client: LocalClient) -> int:
     while True:
         st = client.get("status")
         state = st.get("BackendState")
-        if state == "Running":
-            print("Success.")
-            return 0
-        if state == "NeedsLogin":
-            print("Logged out.\nTo log in, run:\n  meshscale up")
-            return 0
-        if state == "Stopped":
-            print("Stopped.\nTo connect, run:\n  meshscale up")
-            return 0
-        if state == "NeedsMachineAuth":
-            print("Waiting for the node to be approved by an admin.")
+        if state in SETTLED:
+            print(SETTLED[state])
             return 0
         if time.monotonic() >= deadline:
             raise CLIError(f"timed out waiting for the switch to complete (state {state})")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,20 @@ class MeshNode:
             if p.get("HostName") == name:
                 return dict(p)
         raise MeshLabError(f"{self.name} has no peer {name}")
+
+
+def wait_direct(get_peer: Callable[[], dict[str, Any]], deadline: float) -> dict[str, Any]:
+    """Poll a peer's status entry until it shows a direct path (CurAddr) or `deadline` passes.
+
+    Returns the last entry seen either way, so the caller's assertion can show it.
+    """
+    peer: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        peer = get_peer()
+        if peer.get("CurAddr"):
+            break
+        time.sleep(0.5)
+    return peer
 
 
 class MeshNet:
