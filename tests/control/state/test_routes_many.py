@@ -1,0 +1,61 @@
+"""Subnet routes stay in every viewer's view past 256 nodes (docs/protocol/policy.md §5.3).
+
+Session 6 saw routes_view empty for every viewer at ~258 nodes. The cause was its harness,
+not the product: it made machine keys as ``bytes([i % 256]) * 32``, so node 257 re-used the
+router's machine key, which *re-registers the router* (same machine = same node) with a
+Hostinfo that advertises nothing, withdrawing its route. The first test here pins that the
+product is fine past 256 with distinct keys (and checks the node count, so a colliding key
+generator cannot pass silently); the second pins the re-registration semantics behind it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshscale.control.models import NodeID
+from meshscale.control.state import State
+from meshscale.key import NodePublic
+from meshscale.policy import PolicyEngine
+
+from .test_state import FakeClock, mk, nk
+
+ROUTE = "10.0.0.0/24"
+ACL = """{"acls": [
+  {"action": "accept", "src": ["alice@"], "dst": ["alice@:*", "10.0.0.0/24:*"]}
+]}"""
+
+
+def tailnet(n: int, policy: str | None) -> tuple[State, NodeID, list[NodeID]]:
+    rng = random.Random(1)
+    st = State.open(":memory:", clock=FakeClock(), rand=rng.randbytes,
+                    randbelow=rng.randrange, policy=PolicyEngine())  # fmt: skip
+    u = st.create_user("alice")
+    if policy is not None:
+        st.set_policy(policy)
+    router = st.register_node(mk(1), nk(1), u.id, {"Hostname": "r", "RoutableIPs": [ROUTE]})
+    st.approve_routes(router.id, [ROUTE])
+    others = [st.register_node(mk(i), nk(i), u.id, {"Hostname": f"n{i}"}).id
+              for i in range(2, n + 1)]  # fmt: skip
+    assert len(st.list_nodes()) == n, "colliding keys: nodes re-registered, not added"
+    return st, router.id, others
+
+
+@pytest.mark.parametrize("policy", [None, ACL], ids=["allow-all", "acl"])
+@pytest.mark.parametrize("n", [256, 258, 300])
+def test_every_viewer_sees_the_subnet_route(n: int, policy: str | None) -> None:
+    st, router, others = tailnet(n, policy)
+    empty = [v for v in others if ROUTE not in {str(p) for p in st.routes_view(v, router) or ()}]
+    assert empty == [], f"{len(empty)} of {len(others)} viewers miss {ROUTE}"
+
+
+def test_a_reused_machine_key_re_registers_the_router_and_withdraws_its_route() -> None:
+    """What the wrapping key generator did at node 257: the advertisement goes (Hostinfo
+    without RoutableIPs), the admin's approval stays (inert), no node is added."""
+    st, router, others = tailnet(3, None)
+    assert ROUTE in {str(p) for p in st.routes_view(others[0], router) or ()}
+    again = st.register_node(mk(1), NodePublic(b"\x09" * 32), st.get_node(router).user_id,
+                             {"Hostname": "n257"})  # fmt: skip
+    assert again.id == router and len(st.list_nodes()) == 3
+    assert st.routes_view(others[0], router) == frozenset()
+    assert [str(p) for p in st.get_node(router).approved_routes] == [ROUTE]
