@@ -10,17 +10,23 @@ generator cannot pass silently); the second pins the re-registration semantics b
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import pytest
 
+from meshscale.control.mapper import mapper
+from meshscale.control.mapper.batcher import Batcher, MapSession, SnapshotSource
 from meshscale.control.models import NodeID
 from meshscale.control.state import State
 from meshscale.key import NodePublic
 from meshscale.policy import PolicyEngine
+from meshscale.testing.mapsource import DERP
 
 from .test_state import FakeClock, mk, nk
 
 ROUTE = "10.0.0.0/24"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
 ACL = """{"acls": [
   {"action": "accept", "src": ["alice@"], "dst": ["alice@:*", "10.0.0.0/24:*"]}
 ]}"""
@@ -59,3 +65,20 @@ def test_a_reused_machine_key_re_registers_the_router_and_withdraws_its_route() 
     assert again.id == router and len(st.list_nodes()) == 3
     assert st.routes_view(others[0], router) == frozenset()
     assert [str(p) for p in st.get_node(router).approved_routes] == [ROUTE]
+
+
+@pytest.mark.parametrize("policy", [None, ACL], ids=["allow-all", "acl"])
+def test_full_maps_past_256_nodes_carry_the_route(policy: str | None) -> None:
+    """End to end through the batcher: viewers on either side of 256 get the route in the
+    router's AllowedIPs and PrimaryRoutes of their full map."""
+    st, router, others = tailnet(300, policy)
+    st.set_online(router, True)  # primary election needs it online
+    b = Batcher(SnapshotSource(st), lambda: CFG)
+    sessions = [MapSession(v) for v in (others[0], others[254], others[255], others[-1])]
+    for s in sessions:
+        b.add(s)
+    for s in sessions:
+        msg = b.build(s, T0)
+        assert msg is not None
+        (r,) = [p for p in msg["Peers"] if p["ID"] == router]
+        assert ROUTE in r["AllowedIPs"] and r["PrimaryRoutes"] == [ROUTE], s.node_id
