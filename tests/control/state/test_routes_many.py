@@ -1,11 +1,12 @@
 """Subnet routes stay in every viewer's view past 256 nodes (docs/protocol/policy.md §5.3).
 
-Session 6 saw routes_view empty for every viewer at ~258 nodes. The cause was its harness,
-not the product: it made machine keys as ``bytes([i % 256]) * 32``, so node 257 re-used the
-router's machine key, which *re-registers the router* (same machine = same node) with a
-Hostinfo that advertises nothing, withdrawing its route. The first test here pins that the
-product is fine past 256 with distinct keys (and checks the node count, so a colliding key
-generator cannot pass silently); the second pins the re-registration semantics behind it."""
+Session 6 saw routes_view empty for every viewer at ~258 nodes. That symptom is reproduced
+exactly (fine at 256, empty from 257) by a harness whose machine keys come from a byte-sized
+counter (``bytes([i % 256]) * 32``): node 257 re-uses the router's machine key, which
+*re-registers the router* (same machine = same node) with a Hostinfo advertising nothing, so
+its route is withdrawn. The product is fine past 256 with distinct keys: the first and third
+tests pin that (State, then full maps through the batcher; node counts are checked so a
+colliding key generator cannot pass silently); the second pins the re-registration rule."""
 
 from __future__ import annotations
 
