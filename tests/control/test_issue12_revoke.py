@@ -147,3 +147,38 @@ def test_embedded_derp_drops_revoked_node_within_a_second(tmp_path: Path, how: s
             await server.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_revoked_oidc_identity_is_told_and_peers_learn_it(tmp_path: Path) -> None:
+    """OIDC hardening: revoke_identity (what a refused returning sign-in calls) goes through
+    the same expiry path: the user's node gets the expired map, its peer learns it."""
+
+    async def go() -> None:
+        server = await _start(tmp_path)
+        state = server.state
+        assert state is not None
+        try:
+            alice = state.sign_in_user("https://idp.example", "alice-1", name="alice")
+            bob = state.create_user("bob")
+            ka = state.create_preauth_key(alice.id)
+            kb = state.create_preauth_key(bob.id)
+            a, sa = await _join(server, ka.secret, "a", "192.0.2.1:1")
+            b, sb = await _join(server, kb.secret, "b", "192.0.2.2:2")
+            await _quiet(sa, 0.3)
+            await _quiet(sb, 0.3)
+            node_a = state.get_node_by_node_key(a.node_key.public())
+            assert node_a is not None
+
+            assert state.revoke_identity("https://idp.example", "alice-1") == (node_a.id,)
+            told = (await _quiet(sa, 0.5))[0]
+            me = told["Node"]
+            assert isinstance(me, dict) and me["Expired"] is True
+            assert "Peers" not in told
+            seen = [p for m in await _quiet(sb, 0.5) for p in m.get("PeersChanged") or []]
+            assert [p["Expired"] for p in seen if p["ID"] == int(node_a.id)] == [True]
+            await a.close()
+            await b.close()
+        finally:
+            await server.close()
+
+    asyncio.run(asyncio.wait_for(go(), 60))

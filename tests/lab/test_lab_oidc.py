@@ -192,3 +192,53 @@ def _browse(state: State, bases: list[str]) -> None:
     assert alice2.id != alice1.id and alice2.email == alice1.email
     assert alice2.oidc_issuer != alice1.oidc_issuer
     assert time.monotonic() - t0 < 60
+
+
+def test_oidc_provider_returning_user_outside_the_allow_list_loses_nodes(tmp_path: Path) -> None:
+    """Issue #12: alice enrolls while in ``ops``; the control restarts with only ``admins``
+    allowed; her next sign-in at the real provider is refused and her node is expired."""
+    ensure_provider()
+    idp_port, ctl_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{ctl_port}"
+    proc = start_provider(idp_port, base + "/oidc/callback")
+    try:
+        asyncio.run(_run_revoke(tmp_path, f"http://127.0.0.1:{idp_port}", base, ctl_port))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def _run_revoke(tmp_path: Path, issuer: str, base: str, port: int) -> None:
+    rng = random.Random(2)
+    state = State.open(tmp_path / "db.sqlite", None, clock=lambda: datetime.now(UTC),
+                       rand=rng.randbytes, randbelow=rng.randrange)  # fmt: skip
+    try:
+        for step, groups in enumerate([("ops",), ("admins",)]):  # the edited config
+            cfg = OIDCConfig(issuer=issuer, client_id="meshscale", client_secret="lab-secret",
+                             scope=("openid", "email", "profile", "groups"), pkce_enabled=True,
+                             allowed_groups=groups)  # fmt: skip
+            router = Router()
+            OIDCPages(cfg, "lab-secret", base, state).mount(router)
+            http = HTTPServer(router)
+            await http.start("127.0.0.1", port)
+            try:
+                await asyncio.to_thread(_revoke_step, state, base, step)
+            finally:
+                await http.close(grace=0.1)
+    finally:
+        state.close()
+
+
+def _revoke_step(state: State, base: str, step: int) -> None:
+    status, _, page = _sign_in(state, base, "alice", 10 + step, Browser())
+    if step == 0:
+        assert status == 200, page
+        (node,) = state.list_nodes()
+        assert node.expiry is None
+        return
+    assert (status, "allowed group" in page) == (403, True), (status, page[:400])
+    (node,) = state.list_nodes()  # the refused login registered nothing...
+    assert node.is_expired(datetime.now(UTC))  # ...and alice's old node is expired
+    assert state.get_user(node.user_id).oidc_subject == "alice"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import os
 import re
 import time
@@ -41,6 +42,7 @@ from meshscale.control.yamlkeys import ConfigError
 from meshscale.io import httpclient
 from meshscale.io.http import Request, Response, Router
 
+log = logging.getLogger("meshscale.control.oidc")
 IDP_TIMEOUT_S = 30.0  # bounded: a hanging IdP must not hold the page forever
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{1,62}$")
 CONFIRM_COOKIE = "meshscale_register_confirm"
@@ -160,8 +162,12 @@ class OIDCPages:
         try:
             session, code = self.flow.take_session(req.query, request_cookies(req))
             identity = await self.verified_identity(session, code)
+        except LoginRefused as e:
+            return _refused(e)
+        try:
             check_allowed(identity, self.cfg)
         except LoginRefused as e:
+            self._revoke(identity, e.reason)
             return _refused(e)
         pending = self.flow.identity_verified(session.auth_id, identity)
         cookie = self.flow.confirm_cookie(pending)
@@ -170,6 +176,23 @@ class OIDCPages:
             303, b"", [("Location", CONFIRM_PATH + session.auth_id),
                        ("Set-Cookie", cookie.header())], None,
         )  # fmt: skip
+
+    def _revoke(self, identity: IdentityClaims, reason: str) -> None:
+        """A verified identity the allow-list now refuses loses its nodes (issue #12).
+
+        Only after the ID token verified: an unverified claim never touches a node.
+        """
+        try:
+            expired = self.state.revoke_identity(identity.issuer, identity.subject)
+        except Exception:  # the refusal page must still be answered, never a 500
+            log.exception("oidc: could not expire the nodes of a refused identity")
+            return
+        if expired:  # once: a later refusal finds them expired already
+            log.warning(
+                "oidc: %s/%s refused (%s); expired its %d node(s): %s",
+                identity.issuer.rstrip("/"), identity.subject[:80], reason, len(expired),
+                ", ".join(str(n) for n in expired),
+            )  # fmt: skip
 
     async def _userinfo(self, identity: IdentityClaims, url: str, access: str) -> IdentityClaims:
         try:

@@ -274,6 +274,36 @@ class State:
         with self.core.write():
             self.core.emit(DNSChanged())
 
+    # ---- identity revocation -----------------------------------------------------------
+
+    def revoke_identity(self, issuer: str, subject: str) -> tuple[NodeID, ...]:
+        """Expire, now, every still-valid untagged node of the OIDC user (issuer, subject).
+
+        For an identity the provider still vouches for but the allow-list no longer admits
+        (issue #12): its nodes go NeedsLogin and drop out of peers' maps through the same
+        expiry path as ``nodes expire``. Tagged nodes belong to their tags, not the user,
+        and are left alone (as in Tailscale). Returns the nodes expired by this call; an
+        unknown identity, or one whose nodes are already expired, gives ``()``.
+        """
+        core = self.core
+        with core.write():
+            now = core.clock()
+            owners = {
+                u.id
+                for u in core.users.values()
+                if issuer and subject and u.oidc_issuer == issuer and u.oidc_subject == subject
+            }
+            ids = tuple(
+                sorted(
+                    n.id
+                    for n in core.nodes.values()
+                    if n.user_id in owners and not n.tags and not n.is_expired(now)
+                )
+            )
+            for nid in ids:
+                self.nodes.expire_node(nid, at=now)
+            return ids
+
     # ---- maintenance -------------------------------------------------------------------
 
     def gc(self) -> GCResult:
