@@ -150,6 +150,33 @@ def test_offline_commands() -> None:
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1, (argv, bad.stderr)
 
 
+@pytest.mark.parametrize(("argv", "needle", "verb"), [
+    (["frobnicate"], "invalid choice: 'frobnicate'", ""),
+    (["nodes", "bogus"], "invalid choice: 'bogus'", "nodes"),
+    (["nodes", "list", "--bogus"], "unrecognized arguments: --bogus", "nodes list"),
+    (["-c", "x.yaml", "users", "list", "--bogus"], "unrecognized arguments: --bogus", "users list"),
+    (["preauthkeys", "create", "--user", "alice", "--expiration"], "expected one argument",
+     "preauthkeys create"),
+    (["preauthkeys", "create", "--user", "alice", "--expiration", "1x"],
+     "invalid duration '1x'", "preauthkeys create"),
+    (["apikeys", "create", "--expiration=1x"], "invalid duration '1x'", "apikeys create"),
+    (["nodes", "approve-routes", "-i", "1", "-r", "10.0.0.0/33"],
+     "invalid route '10.0.0.0/33'", "nodes approve-routes"),
+    (["nodes", "approve-routes", "-i", "1", "-r", "10.0.0.0/8,10.0.0.1/8"],
+     "invalid route '10.0.0.1/8'", "nodes approve-routes"),
+])  # fmt: skip
+def test_admin_wrong_invocations(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                 needle: str, verb: str) -> None:  # fmt: skip
+    """Refused while parsing (before any config or server): one line, the verb's usage, 2."""
+    from meshscale.control.main import main as ctl_main
+
+    with pytest.raises(SystemExit) as exc:
+        ctl_main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and needle in err, err
+    assert f"(usage: meshscale-control {verb}".replace("  ", " ") in err, err
+
+
 # ---- the node CLI, against the local API (real unix socket, scripted backend) ------------
 
 
