@@ -266,3 +266,17 @@ def test_wrong_invocations(node_sock: tuple[FakeBackend, str], capsys: pytest.Ca
     verb = argv[0] if argv[0] != "frobnicate" else ""
     assert f"usage: meshscale {verb}" in err, err  # the verb's usage on the same line
     assert be.calls == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["up", "--login-server=http://c", "--advertise-routes", "10.0.0.0/33"],
+    ["set", "--advertise-routes=10.0.0.1/8"],
+    ["up", "--login-server=http://c", "--timeout=1x"],
+    ["status", "--bogus"],
+])  # fmt: skip
+def test_wrong_invocations_need_no_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          argv: list[str]) -> None:  # fmt: skip
+    """Refused while parsing: a usage error, not 'failed to connect', with no daemon running."""
+    code, _, err = node(capsys, str(tmp_path / "absent.sock"), *argv)
+    assert code == 2 and err.count("\n") == 1 and f"usage: meshscale {argv[0]}" in err, err
+    assert "connect" not in err
