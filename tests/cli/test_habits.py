@@ -205,6 +205,11 @@ def test_tailscale_doc_commands(node_sock: tuple[FakeBackend, str],
     assert out.strip().split()[0] == "100.64.0.1" and len(out.strip().splitlines()) == 1
     code, out, _ = node(capsys, sock, "status", "--active")
     assert "100.64.0.4" not in out and "100.64.0.2" in out
+    # with --json too (tailscale: --peers=false -> "Peer": null, --active drops idle peers)
+    full = json.loads(node(capsys, sock, "status", "--json")[1])["Peer"]
+    assert json.loads(node(capsys, sock, "status", "--json", "--peers=false")[1])["Peer"] is None
+    active = json.loads(node(capsys, sock, "status", "--json", "--active")[1])["Peer"]
+    assert active and set(active) < set(full) and all(p["Active"] for p in active.values())
     assert node(capsys, sock, "ip", "-1")[1] == "100.64.0.1\n"
     assert node(capsys, sock, "ip", "-4", "alpha")[1] == "100.64.0.2\n"
     code, out, _ = node(capsys, sock, "ping", "--verbose", "alpha", "-c", "1")
