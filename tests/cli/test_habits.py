@@ -152,6 +152,8 @@ def test_offline_commands() -> None:
 
 @pytest.mark.parametrize(("argv", "needle", "verb"), [
     (["frobnicate"], "invalid choice: 'frobnicate'", ""),
+    (["--bogus"], "unrecognized arguments: --bogus", ""),
+    ([], "missing command", ""),
     (["nodes", "bogus"], "invalid choice: 'bogus'", "nodes"),
     (["nodes", "list", "--bogus"], "unrecognized arguments: --bogus", "nodes list"),
     (["-c", "x.yaml", "users", "list", "--bogus"], "unrecognized arguments: --bogus", "users list"),

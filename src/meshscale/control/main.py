@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--force", action="store_true", help="answer yes to confirmation questions")
     p.add_argument("--version", action="version", version=f"{PROG} {program_version()}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = p.add_subparsers(dest="command", parser_class=Parser)  # checked in main()
 
     sub.add_parser("serve", help="run the control server")
     sub.add_parser("version", help="print the version")
@@ -263,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = verb_parser(parser, args)
     if extra:  # named against the verb's own usage, not the root's
         verb.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:  # after the check above, so `--bogus` alone is named
+        parser.error("missing command")
     if args.command == "version":
         sys.stdout.write(f"meshscale-control {program_version()}\n")
         return 0
