@@ -150,6 +150,35 @@ def test_offline_commands() -> None:
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1, (argv, bad.stderr)
 
 
+@pytest.mark.parametrize(("argv", "needle", "verb"), [
+    (["frobnicate"], "invalid choice: 'frobnicate'", ""),
+    (["--bogus"], "unrecognized arguments: --bogus", ""),
+    ([], "missing command", ""),
+    (["nodes", "bogus"], "invalid choice: 'bogus'", "nodes"),
+    (["nodes", "list", "--bogus"], "unrecognized arguments: --bogus", "nodes list"),
+    (["-c", "x.yaml", "users", "list", "--bogus"], "unrecognized arguments: --bogus", "users list"),
+    (["preauthkeys", "create", "--user", "alice", "--expiration"], "expected one argument",
+     "preauthkeys create"),
+    (["preauthkeys", "create", "--user", "alice", "--expiration", "1x"],
+     "invalid duration '1x'", "preauthkeys create"),
+    (["apikeys", "create", "--expiration=1x"], "invalid duration '1x'", "apikeys create"),
+    (["nodes", "approve-routes", "-i", "1", "-r", "10.0.0.0/33"],
+     "invalid route '10.0.0.0/33'", "nodes approve-routes"),
+    (["nodes", "approve-routes", "-i", "1", "-r", "10.0.0.0/8,10.0.0.1/8"],
+     "invalid route '10.0.0.1/8'", "nodes approve-routes"),
+])  # fmt: skip
+def test_admin_wrong_invocations(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                 needle: str, verb: str) -> None:  # fmt: skip
+    """Refused while parsing (before any config or server): one line, the verb's usage, 2."""
+    from meshscale.control.main import main as ctl_main
+
+    with pytest.raises(SystemExit) as exc:
+        ctl_main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and needle in err, err
+    assert f"(usage: meshscale-control {verb}".replace("  ", " ") in err, err
+
+
 # ---- the node CLI, against the local API (real unix socket, scripted backend) ------------
 
 
@@ -178,6 +207,11 @@ def test_tailscale_doc_commands(node_sock: tuple[FakeBackend, str],
     assert out.strip().split()[0] == "100.64.0.1" and len(out.strip().splitlines()) == 1
     code, out, _ = node(capsys, sock, "status", "--active")
     assert "100.64.0.4" not in out and "100.64.0.2" in out
+    # with --json too (tailscale: --peers=false -> "Peer": null, --active drops idle peers)
+    full = json.loads(node(capsys, sock, "status", "--json")[1])["Peer"]
+    assert json.loads(node(capsys, sock, "status", "--json", "--peers=false")[1])["Peer"] is None
+    active = json.loads(node(capsys, sock, "status", "--json", "--active")[1])["Peer"]
+    assert active and set(active) < set(full) and all(p["Active"] for p in active.values())
     assert node(capsys, sock, "ip", "-1")[1] == "100.64.0.1\n"
     assert node(capsys, sock, "ip", "-4", "alpha")[1] == "100.64.0.2\n"
     code, out, _ = node(capsys, sock, "ping", "--verbose", "alpha", "-c", "1")
@@ -239,3 +273,17 @@ def test_wrong_invocations(node_sock: tuple[FakeBackend, str], capsys: pytest.Ca
     verb = argv[0] if argv[0] != "frobnicate" else ""
     assert f"usage: meshscale {verb}" in err, err  # the verb's usage on the same line
     assert be.calls == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["up", "--login-server=http://c", "--advertise-routes", "10.0.0.0/33"],
+    ["set", "--advertise-routes=10.0.0.1/8"],
+    ["up", "--login-server=http://c", "--timeout=1x"],
+    ["status", "--bogus"],
+])  # fmt: skip
+def test_wrong_invocations_need_no_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          argv: list[str]) -> None:  # fmt: skip
+    """Refused while parsing: a usage error, not 'failed to connect', with no daemon running."""
+    code, _, err = node(capsys, str(tmp_path / "absent.sock"), *argv)
+    assert code == 2 and err.count("\n") == 1 and f"usage: meshscale {argv[0]}" in err, err
+    assert "connect" not in err

@@ -27,8 +27,17 @@ FLAGS = ("advertise-routes", "advertise-exit-node", "accept-routes", "exit-node"
          "exit-node-allow-lan-access", "snat-subnet-routes")  # fmt: skip
 
 
+def _routes_arg(text: str) -> str:
+    """argparse type: refuse a malformed route list while parsing, before the daemon is asked."""
+    try:
+        calc_advertise_routes(text, False)
+    except RouteError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--advertise-routes", default=None, metavar="CIDR,...",
+    p.add_argument("--advertise-routes", default=None, metavar="CIDR,...", type=_routes_arg,
                    help="routes to advertise to other nodes (comma-separated)")  # fmt: skip
     add_bool_flag(p, "advertise-exit-node", None, "offer to be an exit node for internet traffic")
     add_bool_flag(p, "accept-routes", None, "accept routes advertised by other nodes")

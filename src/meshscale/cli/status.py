@@ -80,7 +80,11 @@ def rows(status: dict[str, Any], *, peers: bool = True, self_: bool = True,
 
 def run(args: argparse.Namespace, client: LocalClient) -> int:
     st = client.get("status")
-    if args.json:
+    if args.json:  # as tailscale: --peers=false asks for no peers, --active drops idle ones
+        if not args.peers:
+            st["Peer"] = None
+        elif args.active and st.get("Peer"):
+            st["Peer"] = {k: p for k, p in st["Peer"].items() if p.get("Active")}
         print(json.dumps(st, indent=2))
         return 0
     require_running(st)

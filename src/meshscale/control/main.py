@@ -43,7 +43,7 @@ from meshscale.control.cli import (
     connect,
     run_admin,
 )
-from meshscale.control.cli.common import API_KEY_ENV, URL_ENV, hoist_persistent
+from meshscale.control.cli.common import API_KEY_ENV, URL_ENV, hoist_persistent, usage
 from meshscale.control.cli.extra import (
     OFFLINE_COMMANDS,
     add_extra_commands,
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--force", action="store_true", help="answer yes to confirmation questions")
     p.add_argument("--version", action="version", version=f"{PROG} {program_version()}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    sub = p.add_subparsers(dest="command", parser_class=Parser)  # checked in main()
 
     sub.add_parser("serve", help="run the control server")
     sub.add_parser("version", help="print the version")
@@ -92,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     return p
+
+
+def verb_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The innermost parser the command line reached (``nodes list`` -> its own)."""
+    current = parser
+    for key in ("command", "verb"):
+        name = getattr(args, key, None)
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)),
+                   None)  # fmt: skip
+        if not isinstance(name, str) or sub is None or name not in sub.choices:
+            break
+        current = sub.choices[name]
+    return current
 
 
 def program_version() -> str:
@@ -244,7 +259,12 @@ def import_headscale(cfg: ControlConfig, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(hoist_persistent(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(hoist_persistent(sys.argv[1:] if argv is None else argv))
+    verb = verb_parser(parser, args)
+    if extra:  # named against the verb's own usage, not the root's
+        verb.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:  # after the check above, so `--bogus` alone is named
+        parser.error("missing command")
     if args.command == "version":
         sys.stdout.write(f"meshscale-control {program_version()}\n")
         return 0
@@ -274,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_admin(args, cfg)
     except UsageError as exc:
         if not Output(args.output).error(str(exc)):
-            sys.stderr.write(f"{PROG}: error: {exc} (see --help)\n")
+            sys.stderr.write(f"{PROG}: error: {exc} ({usage(verb)})\n")
         return 2
     except (AdminError, ValueError, StoreError) as exc:
         if not Output(args.output).error(str(exc)):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from meshscale.control.cli import AdminClient
+from meshscale.control.cli.commands import VERB_ALIASES
 from meshscale.control.main import build_parser
 
 
@@ -35,6 +36,26 @@ def test_parser_knows_headscale_verbs() -> None:
     )
     args = parser.parse_args(["nodes", "register", "--user", "u", "--key", "k"])
     assert (args.user, args.key) == ("u", "k")
+
+
+@pytest.mark.parametrize(("argv", "verb"), [
+    (["users", "c", "bob"], "create"),
+    (["users", "new", "bob"], "create"),
+    (["preauthkeys", "c", "-u", "a"], "create"),
+    (["preauthkeys", "new", "-u", "a"], "create"),
+    (["users", "del", "--name", "bob"], "delete"),
+    (["nodes", "del", "-i", "1"], "delete"),
+    (["nodes", "rm", "-i", "1"], "delete"),
+    (["preauthkeys", "revoke", "--id", "1"], "expire"),
+    (["apikeys", "revoke", "--id", "1"], "expire"),
+    (["nodes", "exp", "-i", "1"], "expire"),
+    (["users", "ls"], "list"),
+    (["apikeys", "show"], "list"),
+])  # fmt: skip
+def test_headscale_aliases_reach_their_verb(argv: list[str], verb: str) -> None:
+    """Headscale's cobra aliases parse with the verb's own flags and run the verb itself."""
+    args = build_parser().parse_args(argv)
+    assert VERB_ALIASES.get(args.verb, args.verb) == verb
 
 
 def test_client_selection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

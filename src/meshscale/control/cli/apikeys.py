@@ -7,7 +7,14 @@ from typing import Final
 from urllib.parse import quote
 
 from meshscale.control.cli.client import AdminClient, AdminError
-from meshscale.control.cli.common import Noun, Parser, Subparsers, UsageError, expiration_from
+from meshscale.control.cli.common import (
+    Noun,
+    Parser,
+    Subparsers,
+    UsageError,
+    duration_arg,
+    expiration_from,
+)
 from meshscale.control.cli.output import Column, Output, when
 
 APIKEY_COLUMNS: Final[list[Column]] = [
@@ -44,7 +51,7 @@ def apikeys_expire(c: AdminClient, o: Output, prefix: str, delete: bool = False)
 
 def add_verbs(aps: Subparsers[Parser]) -> None:
     c = aps.add_parser("create")
-    c.add_argument("-e", "--expiration", default="90d")
+    c.add_argument("-e", "--expiration", default="90d", type=duration_arg)
     aps.add_parser("list", aliases=["ls"])
     for verb in ("expire", "delete"):
         c = aps.add_parser(verb)

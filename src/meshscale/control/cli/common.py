@@ -4,6 +4,7 @@ parser class, argument helpers, and the choice of server (unix socket or ``--url
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,11 +27,35 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line and exit 2."""
+    """argparse whose errors are one line, end with this parser's own usage, and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.stderr.write(f"{self.prog}: error: {message} ({usage(self)})\n")
         raise SystemExit(2)
+
+
+def usage(parser: argparse.ArgumentParser) -> str:
+    """``usage: PROG VERB [...]; see 'PROG VERB --help'`` on one line."""
+    return f"{' '.join(parser.format_usage().split())}; see '{parser.prog} --help'"
+
+
+def duration_arg(text: str) -> str:
+    """argparse type: a duration (``1h``, ``90d``, ``0``), refused at parse time if malformed."""
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def prefixes_arg(text: str) -> str:
+    """argparse type: comma-separated IP prefixes (empty clears), each a valid CIDR."""
+    for item in split([text]):
+        try:
+            ipaddress.ip_network(item, strict=True)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid route {item[:60]!r}: {exc}") from exc
+    return text
 
 
 @dataclass(frozen=True, slots=True)

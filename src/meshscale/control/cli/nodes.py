@@ -7,7 +7,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from meshscale.control.cli.client import AdminClient, AdminError
-from meshscale.control.cli.common import Noun, Parser, Subparsers, confirm, split
+from meshscale.control.cli.common import Noun, Parser, Subparsers, confirm, prefixes_arg, split
 from meshscale.control.cli.output import Column, Output, expired, when, yes
 
 NODE_COLUMNS: Final[list[Column]] = [
@@ -126,7 +126,9 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
         elif verb in ("move", "share", "unshare"):
             c.add_argument("-u", "--user", required=True, help="user name or id")
         elif verb == "approve-routes":
-            c.add_argument("-r", "--routes", default="", help="comma-separated prefixes")
+            c.add_argument(
+                "-r", "--routes", default="", type=prefixes_arg, help="comma-separated prefixes"
+            )
         elif verb == "expire":
             c.add_argument("-e", "--expiry", help="RFC 3339 time (default now)")
             c.add_argument("--disable", action="store_true", help="the node key never expires")

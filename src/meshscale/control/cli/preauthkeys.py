@@ -11,6 +11,7 @@ from meshscale.control.cli.common import (
     Parser,
     Subparsers,
     UsageError,
+    duration_arg,
     expiration_from,
     split,
 )
@@ -67,7 +68,9 @@ def add_verbs(ps: Subparsers[Parser]) -> None:
     c.add_argument("-u", "--user", required=True)
     c.add_argument("--reusable", action="store_true")
     c.add_argument("--ephemeral", action="store_true")
-    c.add_argument("-e", "--expiration", default="1h", help="lifetime, e.g. 24h (0: never)")
+    c.add_argument(
+        "-e", "--expiration", default="1h", type=duration_arg, help="lifetime, e.g. 24h (0: never)"
+    )
     c.add_argument("--tags", action="append", default=[], help="tag:name (comma-separated)")
     c = ps.add_parser("list", aliases=["ls"])
     c.add_argument("-u", "--user")
