@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,33 @@ def ensure_provider() -> None:
                     f"oidc-provider@{VERSION}"], check=True, timeout=300)  # fmt: skip
 
 
+_HELD: dict[int, socket.socket] = {}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port, kept bound until `release` so no outgoing connection takes it
+    meanwhile (a closed probe socket lost its port that way: EADDRINUSE under CI load)."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    _HELD[port] = s
+    return port
+
+
+@pytest.fixture(autouse=True)
+def _release_all() -> Iterator[None]:
+    """A failed test must not leave reservations for a later test's GC to warn about."""
+    yield
+    for port in list(_HELD):
+        release(port)
+
+
+def release(port: int) -> None:
+    """Close the reservation just before the real server binds `port` (idempotent)."""
+    held = _HELD.pop(port, None)
+    if held is not None:
+        held.close()
 
 
 def follow_forms(b: Browser, url: str, login: str) -> tuple[int, str, str]:
@@ -90,6 +114,7 @@ class RecordingBrowser(Browser):
 def start_provider(port: int, redirect: str) -> subprocess.Popen[str]:
     script = NPM_DIR / "oidc_provider.mjs"
     shutil.copy(Path(__file__).with_name("oidc_provider.mjs"), script)
+    release(port)
     proc = subprocess.Popen(
         ["node", str(script), str(port), json.dumps(USERS), redirect],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -139,6 +164,7 @@ async def _run(tmp_path: Path, issuers: list[str], bases: list[str], ports: list
         router = Router()
         OIDCPages(cfg, "lab-secret", base, state).mount(router)
         http = HTTPServer(router)
+        release(port)
         await http.start("127.0.0.1", port)
         servers.append(http)
     try:
@@ -222,6 +248,7 @@ async def _run_revoke(tmp_path: Path, issuer: str, base: str, port: int) -> None
             router = Router()
             OIDCPages(cfg, "lab-secret", base, state).mount(router)
             http = HTTPServer(router)
+            release(port)
             await http.start("127.0.0.1", port)
             try:
                 await asyncio.to_thread(_revoke_step, state, base, step)
