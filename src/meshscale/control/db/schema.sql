@@ -131,6 +131,16 @@ CREATE TABLE policy_versions (
   tailnet_id integer NOT NULL DEFAULT 1 REFERENCES tailnets(id) ON DELETE CASCADE
 );
 
+-- Node node_id is shared with user user_id of another tailnet (node sharing,
+-- docs/protocol/policy.md §6); a row goes with its node or its user.
+CREATE TABLE shares (
+  node_id integer NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+  user_id integer NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  created_at text NOT NULL,
+  PRIMARY KEY (node_id, user_id)
+);
+CREATE INDEX shares_user_id ON shares(user_id);
+
 -- The audit log of admin changes (REST API, admin CLI, console): append-only.
 CREATE TABLE audit_log (
   id integer PRIMARY KEY AUTOINCREMENT,

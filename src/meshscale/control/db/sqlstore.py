@@ -113,9 +113,7 @@ class SQLStore(AuditRows):
                 tid, text = models.TailnetID(int(row["tailnet_id"])), str(row["data"])
                 newest = self.policy_history(1, tid)
                 policies[tid] = (text, newest[0] if newest and newest[0].data == text else None)
-            # The shares table comes with migration 0007 (after the tailnets of 0006): until
-            # then there is one tailnet, and every share is refused before a write.
-            shares: list[models.Share] = []
+            shares = [_share(r) for r in self._exec("SELECT * FROM shares")]
         default = policies.get(models.DEFAULT_TAILNET)
         policy, version = (None, None) if default is None else default
         return Snapshot(users, nodes, paks, apis, policy, version, shares, tailnets, policies)
