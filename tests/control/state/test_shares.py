@@ -28,14 +28,6 @@ from meshscale.control.state.core import StateCore
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.policy import PolicyEngine
 
-# The shares table of the pending migration 0007 (it must follow the tailnets' 0006, not yet
-# on any branch): created here so the share rules are tested before it lands.
-SHARES_DDL = (
-    "CREATE TABLE shares (node_id integer NOT NULL REFERENCES nodes(id) ON DELETE CASCADE, "
-    "user_id integer NOT NULL REFERENCES users(id) ON DELETE CASCADE, "
-    "created_at text NOT NULL, PRIMARY KEY (node_id, user_id))"
-)
-
 POLICY = """{
   "tagOwners": {"tag:ci": ["carol@"]},
   "acls": [
@@ -61,7 +53,6 @@ class World:
         self.st = State.open(":memory:", rand=rng.randbytes, randbelow=rng.randrange,
                              policy=PolicyEngine())  # fmt: skip
         st = self.st
-        st.store.inner.conn.execute(SHARES_DDL)  # type: ignore[attr-defined]
         self.alice = st.create_user("alice")
         self.carol = st.create_user("carol")
         self.carol2 = st.create_user("carol2")
