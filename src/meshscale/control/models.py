@@ -342,6 +342,11 @@ class InvalidArgument(StateError):
     pass
 
 
+class Forbidden(StateError):
+    """The caller may not do this at all (a tailnet-scoped API key asking for a
+    server-level operation); another tailnet's objects are NotFound instead."""
+
+
 class PreAuthKeyError(StateError):
     """The text mirrors Headscale's (``invalid authkey``, ``authkey expired``, ...),
     and is what RegisterResponse.Error carries."""
