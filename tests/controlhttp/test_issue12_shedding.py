@@ -6,6 +6,7 @@ sans-IO part."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 
@@ -40,11 +41,15 @@ def test_gate_sheds_unauthenticated_work_while_the_loop_lags() -> None:
     assert not isinstance(node, str) and node.node
     assert g.shed == 2
     assert g.stats()["shed"] == 2 and g.stats()["unauth_connections"] == 2
+    # The cheapest refusal: the held source's TCP connections are reset unread.
+    assert not g.accept("192.0.2.1", 101.0) and g.accept("192.0.2.77", 101.0)
+    assert g.shed_at_accept == 1 and g.shed == 3
     # shed_hold after the last late probe, unauthenticated work is admitted again.
     assert not g.shedding(106.0)
     assert g.precheck("192.0.2.1", 106.0) is None
     assert not isinstance(g.admit("192.0.2.9", False, 106.0), str)
-    assert g.shed == 2
+    assert g.accept("192.0.2.1", 106.0)
+    assert g.shed == 3
 
 
 def test_gate_does_not_shed_without_unauthenticated_load() -> None:
@@ -87,7 +92,7 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
         up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=lambda m: m in known)
         router = Router()
         router.add_upgrade("/ts2021", up)
-        server = HTTPServer(router)
+        server = HTTPServer(router, accept_filter=up.accept)
         port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
         up.start()
         clients: list[H2Client] = []
@@ -101,11 +106,16 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
                 await asyncio.sleep(0.01)
             assert up.gate.overloads == 1
             assert up.gate.stats()["max_lag_ms"] > 100
-            with pytest.raises(ClientError, match="503"):
-                await _dial(port, key)  # the loaded source: shed before the handshake
+            # The loaded source's new connections are reset before anything is read.
+            r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.1", 0))
+            w.write(b"GET /ts2021 HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(r.read(), 5) == b""
+            w.close()
+            assert server.refused_at_accept == 1 and up.gate.shed_at_accept == 1
             with pytest.raises(ClientError, match="503"):
                 await _dial(port, key, src="127.0.0.2")  # a fresh key: after it
-            assert up.gate.shed == 2
+            assert up.gate.shed == 2 and up.gate.shed_at_accept == 1
             node = await _dial(port, key, mk, "127.0.0.3")  # a registered node gets in
             clients.append(node)
             assert (await node.request("POST", "/x"))[0] == 200

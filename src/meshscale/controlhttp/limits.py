@@ -119,6 +119,7 @@ class NoiseGate:
     closed_idle: int = 0  # connections closed by a deadline
     rejected_bodies: int = 0  # streams refused by a body budget
     shed: int = 0  # connections refused because the server was overloaded
+    shed_at_accept: int = 0  # of which reset at accept, unread (accept)
     overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
     max_lag_ms: int = 0  # the worst loop lag observed
     _shed_until: float = 0.0
@@ -163,6 +164,16 @@ class NoiseGate:
             return True
         got = self._buckets.get(src)
         return got is not None and now - got[1] < self.limits.shed_hold
+
+    def accept(self, host: str | None, now: float) -> bool:
+        """Whether to read a new TCP connection from ``host`` at all: while shedding, a
+        suspect source's connections are reset at accept, before any parsing (counter
+        ``shed_at_accept``), since even a 503 costs an HTTP parse and a response."""
+        if not self.shedding(now) or not self._suspect(source_of(host), now):
+            return True
+        self.shed += 1
+        self.shed_at_accept += 1
+        return False
 
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
@@ -286,6 +297,7 @@ class NoiseGate:
             "closed_idle": self.closed_idle,
             "rejected_bodies": self.rejected_bodies,
             "shed": self.shed,
+            "shed_at_accept": self.shed_at_accept,
             "overloads": self.overloads,
             "max_lag_ms": self.max_lag_ms,
             "sources": len(self._per_source),

@@ -290,8 +290,13 @@ class HTTPServer:
         write_timeout: float = WRITE_TIMEOUT,
         server_header: str | None = None,
         error_response: Callable[[int, str], Response] | None = None,
+        accept_filter: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.router = router
+        # Called with the peer's address before anything is read: False resets the
+        # connection at once (the cheapest refusal, for a server shedding load).
+        self.accept_filter = accept_filter
+        self.refused_at_accept = 0
         self.error_response = error_response or _text_error
         self.max_header_bytes = max_header_bytes
         self.max_body = max_body
@@ -355,6 +360,13 @@ class HTTPServer:
         self._servers.clear()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.accept_filter is not None:
+            peer = writer.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else None
+            if not self.accept_filter(host):
+                self.refused_at_accept += 1
+                writer.transport.abort()
+                return
         conn = _Conn(asyncio.current_task())
         self._conns.add(conn)
         try:
