@@ -42,13 +42,14 @@ def test_gate_sheds_unauthenticated_work_while_the_loop_lags() -> None:
     assert g.shed == 2
     assert g.stats()["shed"] == 2 and g.stats()["unauth_connections"] == 2
     # The cheapest refusal: the held source's TCP connections are reset unread.
-    assert not g.accept("192.0.2.1", 101.0) and g.accept("192.0.2.77", 101.0)
+    assert g.accept("192.0.2.1", 101.0) == g.limits.shed_tarpit
+    assert g.accept("192.0.2.77", 101.0) is None
     assert g.shed_at_accept == 1 and g.shed == 3
     # shed_hold after the last late probe, unauthenticated work is admitted again.
     assert not g.shedding(106.0)
     assert g.precheck("192.0.2.1", 106.0) is None
     assert not isinstance(g.admit("192.0.2.9", False, 106.0), str)
-    assert g.accept("192.0.2.1", 106.0)
+    assert g.accept("192.0.2.1", 106.0) is None
     assert g.shed == 3
 
 
@@ -88,7 +89,7 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
         mk = MachinePrivate(random.randbytes(32))
         known: set[MachinePublic] = {mk.public()}
         key = MachinePrivate(random.Random(3).randbytes(32))
-        limits = NoiseLimits(shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1)
+        limits = NoiseLimits(shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1, shed_tarpit=0.3)
         up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=lambda m: m in known)
         router = Router()
         router.add_upgrade("/ts2021", up)
@@ -106,13 +107,18 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
                 await asyncio.sleep(0.01)
             assert up.gate.overloads == 1
             assert up.gate.stats()["max_lag_ms"] > 100
-            # The loaded source's new connections are reset before anything is read.
+            # The loaded source's new connections are held unread, then reset.
             r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.1", 0))
             w.write(b"GET /ts2021 HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(500):
+                if server.held:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.held == 1 and server.refused_at_accept == 1
             with contextlib.suppress(ConnectionError):
                 assert await asyncio.wait_for(r.read(), 5) == b""
             w.close()
-            assert server.refused_at_accept == 1 and up.gate.shed_at_accept == 1
+            assert server.held == 0 and up.gate.shed_at_accept == 1
             with pytest.raises(ClientError, match="503"):
                 await _dial(port, key, src="127.0.0.2")  # a fresh key: after it
             assert up.gate.shed == 2 and up.gate.shed_at_accept == 1

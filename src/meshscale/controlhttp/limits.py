@@ -77,6 +77,7 @@ class NoiseLimits:
     shed_lag: float = 0.1
     shed_hold: float = 5.0
     shed_min_unauth: int = 32
+    shed_tarpit: float = 2.0  # seconds a connection refused at accept is held, unread
 
 
 def source_of(host: str | None) -> str:
@@ -165,15 +166,16 @@ class NoiseGate:
         got = self._buckets.get(src)
         return got is not None and now - got[1] < self.limits.shed_hold
 
-    def accept(self, host: str | None, now: float) -> bool:
-        """Whether to read a new TCP connection from ``host`` at all: while shedding, a
-        suspect source's connections are reset at accept, before any parsing (counter
+    def accept(self, host: str | None, now: float) -> float | None:
+        """Whether to read a new TCP connection from ``host`` at all (None: read it), else
+        how long to hold it unread before resetting it (``shed_tarpit``): while shedding,
+        a suspect source's connections are refused at accept, before any parsing (counter
         ``shed_at_accept``), since even a 503 costs an HTTP parse and a response."""
         if not self.shedding(now) or not self._suspect(source_of(host), now):
-            return True
+            return None
         self.shed += 1
         self.shed_at_accept += 1
-        return False
+        return self.limits.shed_tarpit
 
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
