@@ -41,25 +41,36 @@ def test_gate_sheds_unauthenticated_work_while_the_loop_lags() -> None:
     assert not isinstance(node, str) and node.node
     assert g.shed == 2
     assert g.stats()["shed"] == 2 and g.stats()["unauth_connections"] == 2
+    # The source whose fresh key was just shed is now refused before the handshake.
+    assert g.precheck("192.0.2.9", 101.5) == "server busy" and g.shed == 3
     # The cheapest refusal: the held source's TCP connections are reset unread.
     assert g.accept("192.0.2.1", 101.0) == g.limits.shed_tarpit
     assert g.accept("192.0.2.77", 101.0) is None
-    assert g.shed_at_accept == 1 and g.shed == 3
+    assert g.shed_at_accept == 1 and g.shed == 4
     # shed_hold after the last late probe, unauthenticated work is admitted again.
     assert not g.shedding(106.0)
     assert g.precheck("192.0.2.1", 106.0) is None
     assert not isinstance(g.admit("192.0.2.9", False, 106.0), str)
     assert g.accept("192.0.2.1", 106.0) is None
-    assert g.shed == 3
+    assert g.shed == 4
 
 
 def test_gate_does_not_shed_without_unauthenticated_load() -> None:
-    """A loop that is slow for other reasons (busy machine, node logins) sheds nothing."""
+    """A loop that is slow for other reasons (busy machine, node logins) sheds nothing; an
+    episode, once started, lasts while the lag does."""
     g = NoiseGate(NoiseLimits(shed_min_unauth=2))
-    assert not isinstance(g.admit("192.0.2.1", False, 0.0), str)
+    t1 = g.admit("192.0.2.1", False, 0.0)
     g.observe_lag(2.0, 10.0)
     assert not g.shedding(10.0) and g.overloads == 0 and g.max_lag_ms == 2000
-    assert not isinstance(g.admit("192.0.2.2", False, 10.0), str)
+    t2 = g.admit("192.0.2.2", False, 10.0)
+    assert not isinstance(t1, str) and not isinstance(t2, str)
+    g.observe_lag(2.0, 11.0)  # now there is unauthenticated load: an episode starts
+    assert g.shedding(11.0) and g.overloads == 1
+    g.release(t1)
+    g.release(t2)
+    assert g.unauth_connections == 0
+    g.observe_lag(2.0, 15.0)
+    assert g.shedding(19.0) and g.overloads == 1
 
 
 def _block(seconds: float) -> None:

@@ -124,6 +124,9 @@ class NoiseGate:
     overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
     max_lag_ms: int = 0  # the worst loop lag observed
     _shed_until: float = 0.0
+    # source -> when it last tried an unauthenticated connection (LRU-bounded): who is
+    # suspect while shedding
+    _recent: dict[str, float] = field(default_factory=dict)
     _per_source: dict[str, int] = field(default_factory=dict)
     # token buckets: source ("" = server-wide) -> (tokens, at); sources LRU-bounded
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -150,9 +153,11 @@ class NoiseGate:
     def observe_lag(self, lag: float, now: float) -> None:
         """The driver saw the event loop run ``lag`` seconds late at ``now``."""
         self.max_lag_ms = max(self.max_lag_ms, int(lag * 1000))
-        if lag <= self.limits.shed_lag or self.unauth_connections < self.limits.shed_min_unauth:
+        if lag <= self.limits.shed_lag:
             return
-        if now >= self._shed_until:
+        if not self.shedding(now):  # a new episode needs unauthenticated load to shed
+            if self.unauth_connections < self.limits.shed_min_unauth:
+                return
             self.overloads += 1
         self._shed_until = now + self.limits.shed_hold
 
@@ -160,11 +165,17 @@ class NoiseGate:
         return now < self._shed_until
 
     def _suspect(self, src: str, now: float) -> bool:
-        """Holds unauthenticated connections, or opened one within shed_hold seconds."""
+        """Holds unauthenticated connections, or tried to open one within shed_hold s."""
         if self._per_source.get(src, 0) > 0:
             return True
-        got = self._buckets.get(src)
-        return got is not None and now - got[1] < self.limits.shed_hold
+        at = self._recent.get(src)
+        return at is not None and now - at < self.limits.shed_hold
+
+    def _saw_unauth(self, src: str, now: float) -> None:
+        self._recent.pop(src, None)
+        self._recent[src] = now  # re-inserted: most recently used
+        while len(self._recent) > MAX_BUCKETS:
+            del self._recent[next(iter(self._recent))]
 
     def accept(self, host: str | None, now: float) -> float | None:
         """Whether to read a new TCP connection from ``host`` at all (None: read it), else
@@ -213,6 +224,7 @@ class NoiseGate:
             return "too many connections"
         src = source_of(host)
         if not node:
+            self._saw_unauth(src, now)
             if self.shedding(now):
                 self.shed += 1
                 return "server busy"
