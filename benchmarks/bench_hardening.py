@@ -174,7 +174,7 @@ async def serve(port: int, db: str, unauth_rate: float, watchdog: str = "") -> N
 
     app.router.add("GET", "/health", health)
     app.router.add("GET", "/bench-stats", stats)
-    server = HTTPServer(app.router)
+    server = HTTPServer(app.router, accept_filter=app.noise.accept)
     await server.start("127.0.0.1", port)
     await app.start()
     lag_task = asyncio.ensure_future(lag_monitor())

@@ -393,3 +393,40 @@ def test_connection_burst_is_queued_by_the_kernel_and_accepted_in_batches() -> N
 
     steps = asyncio.run(main())
     assert 0 < max(steps) <= ACCEPT_BATCH
+
+
+def test_accept_filter_refuses_unread_and_bounds_the_connections_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused connection is held unread (a client retrying at once is slowed to its own
+    concurrency), at most MAX_HELD at a time; the others are reset at once."""
+    import meshscale.io.http as http
+
+    monkeypatch.setattr(http, "MAX_HELD", 2)
+    verdicts: dict[str, float | None] = {"127.0.0.1": None, "127.0.0.2": 30.0}
+
+    async def main() -> None:
+        server = HTTPServer(_router(), accept_filter=lambda host: verdicts.get(host or "", 0.0))
+        srv = await server.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        conns = []
+        try:
+            for _ in range(4):
+                src = ("127.0.0.2", 0)
+                conns.append(await asyncio.open_connection("127.0.0.1", port, local_addr=src))
+            for _ in range(500):
+                if server.refused_at_accept == 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.refused_at_accept == 4 and server.held == 2
+            r, w = await asyncio.open_connection("127.0.0.1", port)  # an accepted source
+            w.write(b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(r.read(), 5)).startswith(b"HTTP/1.1 200")
+            w.close()
+        finally:
+            await asyncio.wait_for(server.close(grace=1), 5)
+            assert server.held == 0  # close() ends the held ones
+            for _, w in conns:
+                w.close()
+
+    asyncio.run(main())

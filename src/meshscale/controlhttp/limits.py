@@ -77,6 +77,7 @@ class NoiseLimits:
     shed_lag: float = 0.1
     shed_hold: float = 5.0
     shed_min_unauth: int = 32
+    shed_tarpit: float = 2.0  # seconds a connection refused at accept is held, unread
 
 
 def source_of(host: str | None) -> str:
@@ -119,9 +120,13 @@ class NoiseGate:
     closed_idle: int = 0  # connections closed by a deadline
     rejected_bodies: int = 0  # streams refused by a body budget
     shed: int = 0  # connections refused because the server was overloaded
+    shed_at_accept: int = 0  # of which reset at accept, unread (accept)
     overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
     max_lag_ms: int = 0  # the worst loop lag observed
     _shed_until: float = 0.0
+    # source -> when it last tried an unauthenticated connection (LRU-bounded): who is
+    # suspect while shedding
+    _recent: dict[str, float] = field(default_factory=dict)
     _per_source: dict[str, int] = field(default_factory=dict)
     # token buckets: source ("" = server-wide) -> (tokens, at); sources LRU-bounded
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -148,9 +153,11 @@ class NoiseGate:
     def observe_lag(self, lag: float, now: float) -> None:
         """The driver saw the event loop run ``lag`` seconds late at ``now``."""
         self.max_lag_ms = max(self.max_lag_ms, int(lag * 1000))
-        if lag <= self.limits.shed_lag or self.unauth_connections < self.limits.shed_min_unauth:
+        if lag <= self.limits.shed_lag:
             return
-        if now >= self._shed_until:
+        if not self.shedding(now):  # a new episode needs unauthenticated load to shed
+            if self.unauth_connections < self.limits.shed_min_unauth:
+                return
             self.overloads += 1
         self._shed_until = now + self.limits.shed_hold
 
@@ -158,11 +165,28 @@ class NoiseGate:
         return now < self._shed_until
 
     def _suspect(self, src: str, now: float) -> bool:
-        """Holds unauthenticated connections, or opened one within shed_hold seconds."""
+        """Holds unauthenticated connections, or tried to open one within shed_hold s."""
         if self._per_source.get(src, 0) > 0:
             return True
-        got = self._buckets.get(src)
-        return got is not None and now - got[1] < self.limits.shed_hold
+        at = self._recent.get(src)
+        return at is not None and now - at < self.limits.shed_hold
+
+    def _saw_unauth(self, src: str, now: float) -> None:
+        self._recent.pop(src, None)
+        self._recent[src] = now  # re-inserted: most recently used
+        while len(self._recent) > MAX_BUCKETS:
+            del self._recent[next(iter(self._recent))]
+
+    def accept(self, host: str | None, now: float) -> float | None:
+        """Whether to read a new TCP connection from ``host`` at all (None: read it), else
+        how long to hold it unread before resetting it (``shed_tarpit``): while shedding,
+        a suspect source's connections are refused at accept, before any parsing (counter
+        ``shed_at_accept``), since even a 503 costs an HTTP parse and a response."""
+        if not self.shedding(now) or not self._suspect(source_of(host), now):
+            return None
+        self.shed += 1
+        self.shed_at_accept += 1
+        return self.limits.shed_tarpit
 
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
@@ -200,6 +224,7 @@ class NoiseGate:
             return "too many connections"
         src = source_of(host)
         if not node:
+            self._saw_unauth(src, now)
             if self.shedding(now):
                 self.shed += 1
                 return "server busy"
@@ -286,6 +311,7 @@ class NoiseGate:
             "closed_idle": self.closed_idle,
             "rejected_bodies": self.rejected_bodies,
             "shed": self.shed,
+            "shed_at_accept": self.shed_at_accept,
             "overloads": self.overloads,
             "max_lag_ms": self.max_lag_ms,
             "sources": len(self._per_source),

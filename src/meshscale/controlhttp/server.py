@@ -107,6 +107,11 @@ class NoiseUpgrade:
         if self._lag_task is None or self._lag_task.done():
             self._lag_task = asyncio.get_running_loop().create_task(self._watch_lag())
 
+    def accept(self, host: str | None) -> float | None:
+        """``HTTPServer(accept_filter=...)`` for the listener that serves /ts2021: while the
+        server sheds load, suspect sources are refused before anything is read."""
+        return self.gate.accept(host, asyncio.get_running_loop().time())
+
     async def close(self) -> None:
         if self._lag_task is not None:
             self._lag_task.cancel()
