@@ -107,8 +107,8 @@ def test_reader_gives_the_same_bytes_however_reads_split(
     sink: dict[int, list[bytes | memoryview]] = {}
 
     async def main() -> None:
-        done: asyncio.Future[DERPError | None] = asyncio.get_running_loop().create_future()
-        reader = DERPReader(asyncio.Protocol(), relay, ids[A], lambda: collect(relay, sink), done)
+        reader = DERPReader(asyncio.Protocol(), relay, ids[A], lambda: collect(relay, sink))
+        done = reader.done
         # Reads of the sizes the transport would do, capped at what was drawn.
         i = 0
         sizes = iter(cuts)
@@ -133,8 +133,8 @@ def test_oversized_frame_closes_before_its_payload_arrives() -> None:
     relay, ids = relay_with_conns(True)
 
     async def main() -> DERPError | None:
-        done: asyncio.Future[DERPError | None] = asyncio.get_running_loop().create_future()
-        reader = DERPReader(asyncio.Protocol(), relay, ids[A], lambda: None, done)
+        reader = DERPReader(asyncio.Protocol(), relay, ids[A], lambda: None)
+        done = reader.done
         reader.feed(F.send_packet(B, b"ok") + F.header(F.FrameType.SEND_PACKET, 1 << 30))
         return await asyncio.wait_for(done, 1)
 
@@ -154,8 +154,7 @@ def test_idle_reader_drops_its_buffer_and_small_packets_are_copies() -> None:
     sink: dict[int, list[bytes | memoryview]] = {}
 
     async def main() -> DERPReader:
-        done: asyncio.Future[DERPError | None] = asyncio.get_running_loop().create_future()
-        reader = DERPReader(asyncio.Protocol(), relay, ids[A], lambda: collect(relay, sink), done)
+        reader = DERPReader(asyncio.Protocol(), relay, ids[A], lambda: collect(relay, sink))
         reader.feed(F.send_packet(B, b"x" * 100) + F.send_packet(B, b"y" * VIEW_MIN))
         return reader
 

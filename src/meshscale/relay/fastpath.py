@@ -54,7 +54,6 @@ class DERPReader(PassThrough):
         relay: Relay,
         cid: ConnID,
         on_routed: Callable[[], None],
-        done: asyncio.Future[DERPError | None],
         max_frame: int = F.MAX_SERVER_FRAME,
     ) -> None:
         super().__init__(old)
@@ -62,8 +61,8 @@ class DERPReader(PassThrough):
         self._cid = cid
         self._on_routed = on_routed
         self._max_frame = max_frame
-        self._loop = done.get_loop()
-        self.done = done
+        self._loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[DERPError | None] = self._loop.create_future()
         self._view: memoryview | None = None
         self._start = 0  # first byte not yet consumed
         self._end = 0  # end of the bytes received
