@@ -72,6 +72,11 @@ def test_tailnet_admin_routes(w: World) -> None:
         "delete them first"  # fmt: skip
     assert w.ok("POST", "/api/v1/tailnet/acme/rename/acme2")["tailnet"]["name"] == "acme2"
     assert w.ok("POST", "/api/v1/tailnet/2/rename/acme")["tailnet"]["name"] == "acme"
+    got = w.ok("POST", "/api/v1/tailnet/acme/domain", {"baseDomain": "acme.example"})
+    assert got["tailnet"]["baseDomain"] == "acme.example"
+    status, body = call(w.admin, "POST", "/api/v1/tailnet/acme/domain", {"baseDomain": "a..b"})
+    assert status == 400 and "invalid base domain" in body["message"]
+    assert w.ok("POST", "/api/v1/tailnet/acme/domain", {})["tailnet"]["baseDomain"] == ""
     w.ok("POST", "/api/v1/tailnet", {"name": "empty"})
     assert w.ok("DELETE", "/api/v1/tailnet/empty") == {}
     assert call(w.admin, "DELETE", "/api/v1/tailnet/empty")[0] == 404
@@ -145,6 +150,7 @@ def test_scoped_key_sees_only_its_tailnet(w: World) -> None:
     for method, path, body in [
         ("POST", "/api/v1/tailnet", {"name": "x"}),
         ("POST", "/api/v1/tailnet/acme/rename/y", None),
+        ("POST", "/api/v1/tailnet/acme/domain", {"baseDomain": "x.example"}),
         ("DELETE", "/api/v1/tailnet/default", None),
         ("GET", "/api/v1/audit", None),
         ("POST", "/api/v1/node/backfillips", None),

@@ -40,6 +40,10 @@ def test_tailnets_cli(served: Served, capsys: pytest.CaptureFixture[str], tmp_pa
     code, _, err = run(capsys, *served.cli("tailnets", "create", "acme"))
     assert code == 1 and "already exists" in err
     ok("users", "create", "alice")
+    assert "base domain other.example" in ok("tailnets", "create", "other", "--base-domain",
+                                             "other.example")  # fmt: skip
+    assert "server's dns.base_domain" in ok("tailnets", "domain", "other")
+    ok("tailnets", "delete", "other", "--force")
     ok("users", "create", "bob", "--tailnet", "acme")
     ok("users", "create", "alice", "--tailnet", "acme")  # a name per tailnet
     rows = run_json(capsys, served, "tailnets", "list")

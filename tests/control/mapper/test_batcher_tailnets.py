@@ -85,3 +85,39 @@ def test_maps_hold_only_the_own_tailnet(engine: bool) -> None:
     # session knows which peer; clients ignore unknown ids): nothing else of a2 travels.
     other = msgs["b1"]
     assert other is None or set(other) <= {"PeersRemoved"}, other
+
+
+def test_a_tailnet_with_its_own_base_domain_names_its_nodes_under_it() -> None:
+    w = World(engine=True)
+    dns = mapper.build_dns_config("ts.example", magic_dns=True)
+    cfg = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP,
+                           dns_config=dns)  # fmt: skip
+    w.b = Batcher(SnapshotSource(w.state), lambda: cfg)
+    for name, sess in list(w.sessions.items()):
+        w.sessions[name] = MapSession(sess.node_id)
+        w.b.add(w.sessions[name])
+    acme = w.state.get_tailnet_by_name("acme").id
+    w.state.set_tailnet_base_domain(acme, "Acme.Example.")
+    b2 = w.node(w.bob.id, "bobbox-two")
+    first = w.pump()
+    b1 = first["b1"]
+    assert b1 is not None
+    assert b1["Node"]["Name"] == "bobbox-one.acme.example."
+    assert [p["Name"] for p in b1["Peers"]] == ["bobbox-two.acme.example."]
+    assert b1["DNSConfig"]["Domains"][0] == "acme.example"
+    assert (
+        "acme.example" in b1["DNSConfig"]["Routes"]
+        and "ts.example" not in b1["DNSConfig"]["Routes"]
+    )
+    a1 = first["a1"]
+    assert a1 is not None and a1["Node"]["Name"] == "alicebox-one.ts.example."
+    assert a1["DNSConfig"]["Domains"][0] == "ts.example"
+    # a change of b2 reaches b1 under acme's domain, not under the server's
+    w.state.update_hostinfo(b2.id, {"Hostname": "bobbox-two", "OS": "linux"})
+    msgs = w.pump()
+    assert [p["Name"] for p in msgs["b1"]["PeersChanged"]] == ["bobbox-two.acme.example."]  # type: ignore[index]
+    # unset: the server's again, for every map
+    w.state.set_tailnet_base_domain(acme, None)
+    again = w.pump()["b1"]
+    assert again is not None and again["Node"]["Name"] == "bobbox-one.ts.example."
+    assert [p["Name"] for p in again["Peers"]] == ["bobbox-two.ts.example."]

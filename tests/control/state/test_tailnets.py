@@ -261,3 +261,20 @@ def test_maps_only_ever_hold_the_own_tailnet_plus_shared_in_nodes(
     for t in tailnets:
         names = [n.given_name for n in all_nodes if n.tailnet_id == t]
         assert len(names) == len(set(names))
+
+
+def test_base_domain_is_validated_and_never_contains_the_server() -> None:
+    from meshscale.control.state import StateOptions
+
+    st_ = State.open(":memory:", StateOptions(server_host="hs.corp.example"))
+    acme = st_.create_tailnet("acme").id
+    assert st_.set_tailnet_base_domain(acme, "Acme.Example.").base_domain == "acme.example"
+    assert st_.tailnet_base_domain(NodeID(99)) is None
+    for bad in ("a..b", "-x.y", "x_y.z", "a" * 201, "é.x"):
+        with pytest.raises(InvalidArgument, match="invalid base domain"):
+            st_.set_tailnet_base_domain(acme, bad)
+    with pytest.raises(InvalidArgument, match="contains the server's host"):
+        st_.set_tailnet_base_domain(acme, "corp.example")
+    assert st_.set_tailnet_base_domain(acme, "").base_domain is None
+    with pytest.raises(NotFound):
+        st_.set_tailnet_base_domain(TailnetID(99), "x.example")

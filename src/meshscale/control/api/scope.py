@@ -41,7 +41,8 @@ from meshscale.tailcfg import FilterRule
 # Operations a scoped key may never run: they are about the server, not one tailnet.
 # Node sharing is one too: a share joins two tailnets, and a scoped key sees only one.
 SERVER_OPERATIONS: Final = frozenset({
-    "createTailnet", "renameTailnet", "deleteTailnet", "backfillNodeIPs", "listAudit",
+    "createTailnet", "renameTailnet", "deleteTailnet", "setTailnetDomain", "backfillNodeIPs",
+    "listAudit",
     "listRegistrations", "shareNode", "unshareNode", "listShares",
 })  # fmt: skip
 
