@@ -20,6 +20,7 @@ NODE_COLUMNS: Final[list[Column]] = [
     ("Online", lambda n: "online" if n["online"] else "offline"),
     ("Last seen", lambda n: when(n["lastSeen"])),
     ("Expired", lambda n: yes(expired(n["expiry"]))),
+    ("Tailnet", lambda n: str((n.get("user") or {}).get("tailnetId", ""))),
 ]
 PENDING_COLUMNS: Final[list[Column]] = [
     ("Key", lambda r: r["id"]),

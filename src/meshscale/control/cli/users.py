@@ -16,6 +16,7 @@ USER_COLUMNS: Final[list[Column]] = [
     ("Display name", lambda u: u["displayName"]),
     ("Email", lambda u: u["email"]),
     ("Created", lambda u: when(u["createdAt"])),
+    ("Tailnet", lambda u: str(u.get("tailnetId", ""))),
 ]
 
 
