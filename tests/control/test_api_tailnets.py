@@ -249,3 +249,14 @@ def test_move_and_register_resolve_names_in_the_right_tailnet(w: World) -> None:
     query = {"src": SECRET_NAME, "dst": "b1", "port": "22", "tailnet": "acme"}
     status, _ = call(w.admin, "GET", "/api/v1/policy/reach", None, query)
     assert status == 404
+
+
+def test_share_names_the_recipient_tailnet_when_a_name_is_in_several(w: World) -> None:
+    w.ok("POST", "/api/v1/user", {"name": "bob"})  # a bob in default too
+    status, body = call(w.admin, "POST", f"/api/v1/node/{w.a1}/share", {"user": "bob"})
+    assert status == 409 and "several tailnets" in body["message"]
+    got = w.ok("POST", f"/api/v1/node/{w.a1}/share", {"user": "bob", "tailnet": "acme"})
+    assert got["share"]["user"]["tailnetId"] == "2"
+    assert w.a1 in {p.id for p in w.state.peers_of(w.b1)}
+    w.ok("POST", f"/api/v1/node/{w.a1}/unshare", {"user": "bob", "tailnet": "acme"})
+    assert w.state.list_shares() == []

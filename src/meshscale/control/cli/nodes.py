@@ -132,6 +132,8 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
             )
         elif verb in ("move", "share", "unshare"):
             c.add_argument("-u", "--user", required=True, help="user name or id")
+            if verb != "move":
+                c.add_argument("--tailnet", help="the user's tailnet (when the name is in several)")
         elif verb == "approve-routes":
             c.add_argument(
                 "-r", "--routes", default="", type=prefixes_arg, help="comma-separated prefixes"
@@ -193,7 +195,8 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         )
     elif verb in ("share", "unshare"):
         done = f"Node {nid} {'shared with' if verb == 'share' else 'no longer shared with'}"
-        node_action(c, o, nid, "POST", f"/{verb}", f"{done} {args.user!r}", {"user": args.user})
+        body = {"user": args.user, **({"tailnet": args.tailnet} if args.tailnet else {})}
+        node_action(c, o, nid, "POST", f"/{verb}", f"{done} {args.user!r}", body)
     elif verb == "approve-routes":
         node_action(
             c,
