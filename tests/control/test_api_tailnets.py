@@ -72,6 +72,11 @@ def test_tailnet_admin_routes(w: World) -> None:
         "delete them first"  # fmt: skip
     assert w.ok("POST", "/api/v1/tailnet/acme/rename/acme2")["tailnet"]["name"] == "acme2"
     assert w.ok("POST", "/api/v1/tailnet/2/rename/acme")["tailnet"]["name"] == "acme"
+    got = w.ok("POST", "/api/v1/tailnet/acme/domain", {"baseDomain": "acme.example"})
+    assert got["tailnet"]["baseDomain"] == "acme.example"
+    status, body = call(w.admin, "POST", "/api/v1/tailnet/acme/domain", {"baseDomain": "a..b"})
+    assert status == 400 and "invalid base domain" in body["message"]
+    assert w.ok("POST", "/api/v1/tailnet/acme/domain", {})["tailnet"]["baseDomain"] == ""
     w.ok("POST", "/api/v1/tailnet", {"name": "empty"})
     assert w.ok("DELETE", "/api/v1/tailnet/empty") == {}
     assert call(w.admin, "DELETE", "/api/v1/tailnet/empty")[0] == 404
@@ -126,7 +131,6 @@ def test_scoped_key_sees_only_its_tailnet(w: World) -> None:
         ("POST", f"/api/v1/node/{a1}/approve_routes", {"routes": []}),
         ("POST", f"/api/v1/node/{a1}/user", {"user": "bob"}),
         ("POST", f"/api/v1/node/{w.b1}/user", {"user": aid}),
-        ("POST", f"/api/v1/node/{a1}/share", {"user": "bob"}),
         ("DELETE", f"/api/v1/user/{aid}", None),
         ("POST", f"/api/v1/user/{aid}/rename/x", None),
         ("POST", "/api/v1/preauthkey", {"user": "alice"}),
@@ -146,10 +150,14 @@ def test_scoped_key_sees_only_its_tailnet(w: World) -> None:
     for method, path, body in [
         ("POST", "/api/v1/tailnet", {"name": "x"}),
         ("POST", "/api/v1/tailnet/acme/rename/y", None),
+        ("POST", "/api/v1/tailnet/acme/domain", {"baseDomain": "x.example"}),
         ("DELETE", "/api/v1/tailnet/default", None),
         ("GET", "/api/v1/audit", None),
         ("POST", "/api/v1/node/backfillips", None),
         ("GET", "/api/v1/registration", None),
+        ("POST", f"/api/v1/node/{w.b1}/share", {"user": "alice"}),
+        ("POST", f"/api/v1/node/{w.b1}/unshare", {"user": "alice"}),
+        ("GET", "/api/v1/share", None),
     ]:
         status, got = a(method, path, body)
         assert status == 403 and got["code"] == 7, (method, path, got)
@@ -216,3 +224,39 @@ def test_fuzz_tailnet_user_node_selectors(
         node = w.state.get_node(w.a1)
         assert node.given_name == SECRET_NAME and node.user_id == int(w.alice["id"])
         assert w.state.policy is None
+
+
+def test_move_and_register_resolve_names_in_the_right_tailnet(w: World) -> None:
+    w.ok("POST", "/api/v1/user", {"name": "bob"})  # a second bob, in default
+    w.ok("POST", "/api/v1/user", {"name": "bert", "tailnet": "acme"})
+    # "bob" for a node of default is default's bob; acme's node can only go to acme's
+    moved = w.ok("POST", f"/api/v1/node/{w.a1}/user", {"user": "bob"})["node"]
+    assert moved["user"]["tailnetId"] == "1"
+    moved = w.ok("POST", f"/api/v1/node/{w.b1}/user", {"user": "bert"})["node"]
+    assert moved["user"]["name"] == "bert"
+    status, body = call(w.admin, "POST", f"/api/v1/node/{w.b1}/user", {"user": w.alice["id"]})
+    assert status == 404 and "not found in that tailnet" in body["message"]
+    # a pending registration completed for "bob" needs the tailnet
+    status, body = call(w.admin, "POST", "/api/v1/node/register", None,
+                        {"user": "bob", "key": "nosuch"})  # fmt: skip
+    assert status == 409 and "several tailnets" in body["message"]
+    status, _ = call(w.admin, "POST", "/api/v1/node/register", None,
+                     {"user": "bob", "key": "nosuch", "tailnet": "acme"})  # fmt: skip
+    assert status == 404  # the user is found; the registration is not
+    # reach checks name machines inside one tailnet
+    got = w.ok("GET", "/api/v1/policy/reach", src="b1", dst="b1", port="22", tailnet="acme")
+    assert got["src"] == "b1"
+    query = {"src": SECRET_NAME, "dst": "b1", "port": "22", "tailnet": "acme"}
+    status, _ = call(w.admin, "GET", "/api/v1/policy/reach", None, query)
+    assert status == 404
+
+
+def test_share_names_the_recipient_tailnet_when_a_name_is_in_several(w: World) -> None:
+    w.ok("POST", "/api/v1/user", {"name": "bob"})  # a bob in default too
+    status, body = call(w.admin, "POST", f"/api/v1/node/{w.a1}/share", {"user": "bob"})
+    assert status == 409 and "several tailnets" in body["message"]
+    got = w.ok("POST", f"/api/v1/node/{w.a1}/share", {"user": "bob", "tailnet": "acme"})
+    assert got["share"]["user"]["tailnetId"] == "2"
+    assert w.a1 in {p.id for p in w.state.peers_of(w.b1)}
+    w.ok("POST", f"/api/v1/node/{w.a1}/unshare", {"user": "bob", "tailnet": "acme"})
+    assert w.state.list_shares() == []

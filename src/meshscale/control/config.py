@@ -599,4 +599,5 @@ def state_options(cfg: ControlConfig) -> StateOptions:
         allocation=cfg.prefixes.allocation,
         ephemeral_inactivity_timeout=cfg.ephemeral_node_inactivity_timeout,
         node_expiry=cfg.node_expiry,
+        server_host=(urlsplit(cfg.server_url).hostname or "").lower(),
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshscale.control.api.routes import V1, Call, Route, _id, _r, _str, _user
+from meshscale.control.api.routes import V1, Call, Route, _id, _r, _str, _tailnet, _user
 from meshscale.control.api.serialize import ts, user_json
 from meshscale.control.models import NodeID, Share, UserID
 
@@ -26,12 +26,13 @@ def _node(c: Call) -> NodeID:
 
 
 def share_node(c: Call) -> dict[str, Any]:
-    user = _user(c.state, _str(c.body, "user"))
+    # "tailnet": the recipient's, when its name is used in several tailnets
+    user = _user(c.state, _str(c.body, "user"), _tailnet(c, c.body))
     return {"share": share_json(c.state.share_node(_node(c), user.id), c)}
 
 
 def unshare_node(c: Call) -> dict[str, Any]:
-    user = _user(c.state, _str(c.body, "user"))
+    user = _user(c.state, _str(c.body, "user"), _tailnet(c, c.body))
     c.state.unshare_node(_node(c), user.id)
     return {}
 
@@ -48,10 +49,10 @@ def list_shares(c: Call) -> dict[str, Any]:
 SHARE_ROUTES: tuple[Route, ...] = (
     _r("POST", f"{V1}/node/{{nodeId}}/share", "shareNode",
        "Share a node with a user of another tailnet", "Nodes", share_node, "ShareOne",
-       body={"user": "string"}),
+       body={"user": "string", "tailnet": "string"}),
     _r("POST", f"{V1}/node/{{nodeId}}/unshare", "unshareNode",
        "Stop sharing a node with a user", "Nodes", unshare_node, "Empty",
-       body={"user": "string"}),
+       body={"user": "string", "tailnet": "string"}),
     _r("GET", f"{V1}/share", "listShares", "List node shares", "Nodes", list_shares,
        "ShareList", query=("node", "user")),
 )  # fmt: skip

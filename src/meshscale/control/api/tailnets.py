@@ -51,6 +51,12 @@ def rename_tailnet(c: Call) -> dict[str, Any]:
     return {"tailnet": tailnet_json(t, c)}
 
 
+def set_base_domain(c: Call) -> dict[str, Any]:
+    """``baseDomain``: the tailnet's own MagicDNS base domain ("" : the server's)."""
+    t = c.state.set_tailnet_base_domain(_ref(c).id, _str(c.body, "baseDomain") or None)
+    return {"tailnet": tailnet_json(t, c)}
+
+
 def delete_tailnet(c: Call) -> dict[str, Any]:
     c.state.delete_tailnet(_ref(c).id)
     return {}
@@ -63,6 +69,9 @@ TAILNET_ROUTES: tuple[Route, ...] = (
        create_tailnet, "TailnetOne", body={"name": "string"}),
     _r("POST", f"{V1}/tailnet/{{tailnet}}/rename/{{newName}}", "renameTailnet",
        "Rename a tailnet", "Tailnets", rename_tailnet, "TailnetOne"),
+    _r("POST", f"{V1}/tailnet/{{tailnet}}/domain", "setTailnetDomain",
+       "Set a tailnet's MagicDNS base domain (empty: the server's)", "Tailnets",
+       set_base_domain, "TailnetOne", body={"baseDomain": "string"}),
     _r("DELETE", f"{V1}/tailnet/{{tailnet}}", "deleteTailnet",
        "Delete an empty tailnet (refused while it has users)", "Tailnets", delete_tailnet,
        "Empty"),

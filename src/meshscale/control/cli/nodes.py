@@ -20,6 +20,7 @@ NODE_COLUMNS: Final[list[Column]] = [
     ("Online", lambda n: "online" if n["online"] else "offline"),
     ("Last seen", lambda n: when(n["lastSeen"])),
     ("Expired", lambda n: yes(expired(n["expiry"]))),
+    ("Tailnet", lambda n: str((n.get("user") or {}).get("tailnetId", ""))),
 ]
 PENDING_COLUMNS: Final[list[Column]] = [
     ("Key", lambda r: r["id"]),
@@ -29,13 +30,17 @@ PENDING_COLUMNS: Final[list[Column]] = [
 ]
 
 
-def nodes_list(c: AdminClient, o: Output, user: str | None) -> None:
-    payload = c.request("GET", "/api/v1/node", query={"user": user} if user else None)
+def nodes_list(c: AdminClient, o: Output, user: str | None, tailnet: str | None = None) -> None:
+    query = {k: v for k, v in (("user", user), ("tailnet", tailnet)) if v}
+    payload = c.request("GET", "/api/v1/node", query=query or None)
     o.table(payload, payload["nodes"], NODE_COLUMNS)
 
 
-def nodes_register(c: AdminClient, o: Output, user: str, key: str) -> None:
-    payload = c.request("POST", "/api/v1/node/register", query={"user": user, "key": key})
+def nodes_register(
+    c: AdminClient, o: Output, user: str, key: str, tailnet: str | None = None
+) -> None:
+    query = {"user": user, "key": key, **({"tailnet": tailnet} if tailnet else {})}
+    payload = c.request("POST", "/api/v1/node/register", query=query)
     node = payload["node"]
     o.message(
         payload,
@@ -100,12 +105,14 @@ def node_action(
 def add_verbs(ns: Subparsers[Parser]) -> None:
     c = ns.add_parser("list", aliases=["ls"])
     c.add_argument("-u", "--user")
+    c.add_argument("--tailnet", help="only this tailnet's nodes")
     c = ns.add_parser("list-routes", aliases=["routes"], help="routes nodes announce/approve")
     c.add_argument("-i", "--identifier", help="node id (default: every node)")
     ns.add_parser("pending", help="list registrations waiting for `nodes register`")
     ns.add_parser("backfillips", help="give nodes the addresses of newly configured prefixes")
     c = ns.add_parser("register")
     c.add_argument("-u", "--user", required=True)
+    c.add_argument("--tailnet", help="the user's tailnet (when the name is in several)")
     c.add_argument("-k", "--key", required=True, help="registration id (or the AuthURL)")
     c = ns.add_parser("list-shares", aliases=["shares"], help="nodes shared across tailnets")
     c.add_argument("-i", "--identifier", help="node id (default: every node)")
@@ -125,6 +132,8 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
             )
         elif verb in ("move", "share", "unshare"):
             c.add_argument("-u", "--user", required=True, help="user name or id")
+            if verb != "move":
+                c.add_argument("--tailnet", help="the user's tailnet (when the name is in several)")
         elif verb == "approve-routes":
             c.add_argument(
                 "-r", "--routes", default="", type=prefixes_arg, help="comma-separated prefixes"
@@ -136,10 +145,10 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     if verb == "list":
-        nodes_list(c, o, args.user)
+        nodes_list(c, o, args.user, args.tailnet)
         return
     if verb == "register":
-        nodes_register(c, o, args.user, args.key)
+        nodes_register(c, o, args.user, args.key, args.tailnet)
         return
     if verb in ("list-routes", "routes"):
         nodes_routes(c, o, args.identifier)
@@ -186,7 +195,8 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         )
     elif verb in ("share", "unshare"):
         done = f"Node {nid} {'shared with' if verb == 'share' else 'no longer shared with'}"
-        node_action(c, o, nid, "POST", f"/{verb}", f"{done} {args.user!r}", {"user": args.user})
+        body = {"user": args.user, **({"tailnet": args.tailnet} if args.tailnet else {})}
+        node_action(c, o, nid, "POST", f"/{verb}", f"{done} {args.user!r}", body)
     elif verb == "approve-routes":
         node_action(
             c,

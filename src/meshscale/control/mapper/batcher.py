@@ -166,6 +166,10 @@ class SnapshotSource:
     def share_view(self, viewer_id: int, peer_id: int) -> mapper.ShareView | None:
         return self._state.share_view(models.NodeID(viewer_id), models.NodeID(peer_id))
 
+    def base_domain_of(self, node_id: int) -> str | None:
+        """The MagicDNS base domain of the node's tailnet, if it has its own."""
+        return self._state.tailnet_base_domain(models.NodeID(node_id))
+
 
 class Batcher:
     """Coalesces change events into per-session pending deltas.
@@ -345,6 +349,8 @@ class Batcher:
                         s.pending.full = True
                         self._touch(s)
             case models.PolicyChanged() | models.DNSChanged() | models.ResyncRequired():
+                if isinstance(event, models.DNSChanged):
+                    self.cache.clear_json()  # a (tailnet's) base domain may have changed
                 for s in self._all():
                     s.pending.full = True
                     self._touch(s)
@@ -432,6 +438,13 @@ class Batcher:
         if me is None:
             session.close()
             return None
+        # A tailnet with its own MagicDNS base domain (issue #16): its maps name nodes
+        # under it. Its peers are of that tailnet (or shared in: never cached JSON), so
+        # the per-node JSON cache stays right; its deltas are not shared with others.
+        domain_of = getattr(self.source, "base_domain_of", None)
+        domain = domain_of(int(session.node_id)) if domain_of is not None else None
+        if domain:
+            cfg = mapper.for_domain(cfg, domain)
         if me.is_expired(now):
             return self._revoked_map(session, me, cfg, now)
         if session.revoked:  # logged in again: everything anew (p may be shared: replace it)
@@ -473,6 +486,7 @@ class Batcher:
         share_for = self._share_for(session.node_id)
         own = (
             p.self_changed
+            or bool(domain)
             or any(mapper.has_routes(n) for n in changed)
             or any(share_for(n) is not None for n in changed)
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +56,22 @@ class MapConfig:
     derp_map: DERPMap
     dns_config: DNSConfig | None = None
     disable_log_tail: bool = True
+
+
+def for_domain(cfg: MapConfig, base_domain: str) -> MapConfig:
+    """``cfg`` for a tailnet with its own MagicDNS base domain (issue #16): node names and
+    the DNS route and search domain of the server's base domain become ``base_domain``'s."""
+    if not base_domain or base_domain == cfg.base_domain:
+        return cfg
+    dns = cfg.dns_config
+    if dns is not None:
+        old = cfg.base_domain
+        dns = replace(
+            dns,
+            Routes={(base_domain if k == old else k): v for k, v in dns.Routes.items()},
+            Domains=[base_domain if d == old else d for d in dns.Domains],
+        )
+    return replace(cfg, base_domain=base_domain, dns_config=dns)
 
 
 def build_dns_config(
@@ -240,6 +256,12 @@ class NodeJSONCache:
     _entries: dict[int, tuple[models.Node, dict[str, Any]]] = field(default_factory=dict)
     _bytes: dict[int, tuple[dict[str, Any], bytes]] = field(default_factory=dict)
     _known: dict[int, models.Node] = field(default_factory=dict)
+
+    def clear_json(self) -> None:
+        """Drop every cached JSON (a base domain changed: names in it are stale); the
+        node snapshots kept for diffs stay."""
+        self._entries.clear()
+        self._bytes.clear()
 
     def peer(self, node: models.Node, cfg: MapConfig, now: datetime) -> dict[str, Any]:
         hit = self._entries.get(node.id)

@@ -317,6 +317,14 @@ class StateCore:
         a reader: an empty AllowAll, which knows no node)."""
         return self.policies.get(TailnetID(tailnet)) or AllowAll()
 
+    def tailnet_base_domain(self, node_id: NodeID) -> str | None:
+        """The MagicDNS base domain of the node's tailnet if it has its own (None: the
+        server's dns.base_domain, or the node is gone)."""
+        with self.lock:
+            node = self.nodes.get(node_id)
+            tailnet = None if node is None else self.tailnets.get(node.tailnet_id)
+            return None if tailnet is None else tailnet.base_domain
+
     def fqdn_in_own_tailnet(self, node: Node) -> str:
         """A node's MagicDNS name under its own tailnet's base domain; "" when that
         tailnet has none (the viewer's, that is the server's dns.base_domain)."""

@@ -27,3 +27,6 @@ class StateOptions:
     ephemeral_inactivity_timeout: timedelta = timedelta(minutes=30)
     registration_ttl: timedelta = timedelta(minutes=15)  # a pending interactive login
     node_expiry: timedelta | None = None  # None: node keys never expire (node.expiry: 0)
+    # server_url's host: no tailnet's MagicDNS base domain may contain it (the clients
+    # would answer it locally and lose their control server), as dns.base_domain.
+    server_host: str = ""

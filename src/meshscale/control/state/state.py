@@ -125,6 +125,8 @@ class State:
         self.rename_tailnet = tailnets.rename_tailnet
         self.delete_tailnet = tailnets.delete_tailnet
         self.tailnet_of_user = core.tailnet_of_user
+        self.set_tailnet_base_domain = tailnets.set_base_domain
+        self.tailnet_base_domain = core.tailnet_base_domain
         # The API. Each method lives in the part that owns its tables.
         self.create_user = users.create_user
         self.sign_in_user = users.sign_in_user

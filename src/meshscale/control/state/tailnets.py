@@ -17,6 +17,7 @@ from meshscale.control.db.repository import IntegrityError
 from meshscale.control.models import (
     DEFAULT_TAILNET,
     Conflict,
+    DNSChanged,
     InvalidArgument,
     NotFound,
     Tailnet,
@@ -25,6 +26,18 @@ from meshscale.control.models import (
 from meshscale.control.state.core import StateCore
 
 TAILNET_NAME_RE: Final = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_DOMAIN: Final = 200  # characters of a base domain (names under it need room too)
+
+
+def validate_base_domain(domain: str) -> str:
+    """A MagicDNS base domain: dot-separated DNS labels, lowercase, no trailing dot."""
+    d = domain.strip().rstrip(".").lower() if isinstance(domain, str) else ""
+    if not d or len(d) > MAX_DOMAIN or not all(TAILNET_NAME_RE.match(x) for x in d.split(".")):
+        raise InvalidArgument(
+            f"invalid base domain {str(domain)[:70]!r}: dot-separated labels of a-z, 0-9 "
+            f"and '-', at most {MAX_DOMAIN} characters"
+        )
+    return d
 
 
 def validate_tailnet_name(name: str) -> str:
@@ -77,6 +90,24 @@ class Tailnets:
             tailnet = replace(tailnet, name=new_name)
             core.store.update_tailnet(tailnet)
             core.tailnets[tailnet.id] = tailnet
+            return tailnet
+
+    def set_base_domain(self, tailnet_id: TailnetID, domain: str | None) -> Tailnet:
+        """Give the tailnet its own MagicDNS base domain (None or "": the server's). Its
+        nodes get new maps naming them under it (a DNSChanged: every map is rebuilt)."""
+        value = validate_base_domain(domain) if domain else None
+        core = self.core
+        host = core.options.server_host
+        if value and host and (host == value or host.endswith("." + value)):
+            raise InvalidArgument(
+                f"base domain {value!r} contains the server's host {host!r}: clients would "
+                "answer it themselves and lose the control server"
+            )
+        with core.write():
+            tailnet = replace(core.get_tailnet(tailnet_id), base_domain=value)
+            core.store.update_tailnet(tailnet)
+            core.tailnets[tailnet.id] = tailnet
+            core.emit(DNSChanged())
             return tailnet
 
     def delete_tailnet(self, tailnet_id: TailnetID) -> None:
