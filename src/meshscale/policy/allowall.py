@@ -30,10 +30,8 @@ from meshscale.policy.manager import (
     PolicyNode,
     PolicyUser,
 )
-from meshscale.policy.sharing import cut_ranges
+from meshscale.policy.sharing import EVERY_ADDRESS, cut_ranges
 from meshscale.tailcfg import PORT_RANGE_ANY, FilterRule, NetPortRange
-
-_EVERY_ADDRESS = ("0.0.0.0/0", "::/0")  # what "*" stands for, as ranges that can be cut
 
 
 class AllowAll:
@@ -71,7 +69,7 @@ class AllowAll:
         if not self._shared_in and not guests:
             return [_rule(["*"], ["*"])]
         holes = {*self._shared_in, *(ipaddress.ip_address(g) for g in guests)}
-        rules = [_rule(list(cut_ranges(_EVERY_ADDRESS, holes)), ["*"])]
+        rules = [_rule(list(cut_ranges(EVERY_ADDRESS, holes)), ["*"])]
         own = [str(a) for a in node.addresses()]
         if guests and own:
             rules.append(_rule(list(guests), own))

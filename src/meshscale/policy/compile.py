@@ -18,7 +18,7 @@ from typing import Final
 
 from meshscale.policy.manager import IPAddress, PolicyNode, PolicyUser
 from meshscale.policy.model import Alias, IPPrefix, Policy, Rule
-from meshscale.policy.sharing import cut_ranges, names_shared
+from meshscale.policy.sharing import confine_guests, cut_ranges, names_shared
 from meshscale.tailcfg import CapGrant, FilterRule, NetPortRange, PortRange
 
 # `*` as a source (§2.2): CGNAT minus 100.115.92.0/23, and the Tailscale ULA.
@@ -563,7 +563,8 @@ class Compiled:
                 for e in entries
                 for lo, hi in cr.rule.ports
             )
-        return out
+        guests = self.guest_ips.get(node_id, ())
+        return confine_guests(out, guests, [str(a) for a in n.addrs]) if guests else out
 
 
 def _copy_rule(r: FilterRule) -> FilterRule:
