@@ -19,6 +19,7 @@ node serves TCP 8080; no policy anywhere. Checks are made on the netmaps the cli
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from meshscale.cli.localclient import LocalClient
 from meshscale.lab import Lab
 from meshscale.lab.lab import Host
 from meshscale.lab.meshnet import MeshNet, MeshNode
@@ -62,7 +64,10 @@ class World:
     def status(self, name: str) -> dict[str, Any]:
         if name in self.official:
             return self.official[name].status_json()
-        return self.ours[name].status()
+        # our LocalAPI straight over its unix socket (what `status --json` prints, without
+        # a CLI process per poll: the unshare timing below polls it)
+        out: dict[str, Any] = LocalClient(self.ours[name].socket, timeout=10).get("status")
+        return out
 
     def peers(self, name: str) -> dict[str, dict[str, Any]]:
         """The peers in ``name``'s netmap, by HostName."""
@@ -155,7 +160,7 @@ def world(lab_possible: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 ]  # fmt: skip
                 for f in ups:
                     f.result()
-            ids = {str(n["givenName"]): str(n["id"]) for n in ctl.nodes()}
+            ids = {str(n.get("given_name") or n["givenName"]): str(n["id"]) for n in ctl.nodes()}
             ctl.admin("nodes", "approve-routes", "--identifier", ids["a1"], "--routes", SUBNET)
             ctl.admin("nodes", "approve-routes", "--identifier", ids["a2"],
                       "--routes", "0.0.0.0/0,::/0")  # fmt: skip
@@ -212,16 +217,25 @@ def test_a_shared_node_reaches_the_recipient_only_as_a_node(world: World, shared
         _probes(w, allowed=[("b1", shared), ("b2", shared)],
                 denied=[(shared, "b1"), (shared, "b2"), (other, "b1")])  # fmt: skip
     finally:
-        t_cli = time.monotonic()  # from the admin command's start (its own ~0.3 s included)
+        t_cmd = time.monotonic()
         w.admin("nodes", "unshare", "--identifier", w.ids[shared], "--user", "bob")
-    gone: dict[str, float] = {}
-    while len(gone) < 2 and time.monotonic() - t_cli < UNSHARE_LIMIT:
-        for r in ("b1", "b2"):
-            if r not in gone and shared not in w.peers(r):
-                gone[r] = time.monotonic() - t_cli
-        time.sleep(0.05)
-    print(f"unshare {shared}: gone from the recipients' netmaps after {gone} s "
-          f"(limit {UNSHARE_LIMIT:g} s, goal 1 s)")  # fmt: skip
-    assert set(gone) == {"b1", "b2"}, f"{shared} still shared after {UNSHARE_LIMIT:g}s: {gone}"
+        t_done = time.monotonic()  # the command returns once the change is committed
+
+    def gone(r: str) -> float:
+        """Seconds from the unshare command's return until ``r``'s netmap has lost the
+        node, read at the end of the poll that saw it (an upper bound)."""
+        while shared in w.peers(r):
+            assert time.monotonic() - t_done < UNSHARE_LIMIT, f"{r} still has {shared}"
+            time.sleep(0.02)
+        return time.monotonic() - t_done
+
+    with ThreadPoolExecutor(2) as pool:
+        took = dict(zip(("b1", "b2"), pool.map(gone, ("b1", "b2")), strict=True))
+    print(
+        f"unshare {shared}: gone from b1 (official) {took['b1']:.2f}s, b2 (ours) "
+        f"{took['b2']:.2f}s after the command returned; the command took {t_done - t_cmd:.2f}s "
+        f"(limit {UNSHARE_LIMIT:g}s, goal 1s; load {os.getloadavg()[0]:.1f})"
+    )
+    assert max(took.values()) <= UNSHARE_LIMIT, took
     assert set(w.peers("b1")) == {"b2"} and set(w.peers("b2")) == {"b1"}
     _probes(w, allowed=[], denied=[("b1", shared)])

@@ -9,6 +9,9 @@ sharer's tailnet reach alice's devices on 8080 through autogroup:shared.
 from __future__ import annotations
 
 import random
+import time
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -198,3 +201,68 @@ def test_peer_sets_follow_the_share_table(ops: list[tuple[bool, str, str]]) -> N
                 assert (sid in w.peers(r)) == want
                 assert (r in w.peers(sid)) == want
                 assert (w.st.share_view(r, sid) is not None) == want
+
+
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+UNSHARE_GOAL = 1.0  # seconds: the issue's goal for a removed share to leave the maps
+
+
+def _gone(msg: dict[str, Any] | None, nid: NodeID) -> bool:
+    """Whether a map message removes ``nid``: a full map without it, or PeersRemoved."""
+    assert msg is not None, "no message for the session"
+    if "Peers" in msg:
+        return int(nid) not in [p["ID"] for p in msg["Peers"]]
+    return int(nid) in msg.get("PeersRemoved", [])
+
+
+def _removed_in_time(w: World, op: str) -> float:
+    """Seconds from ``op`` until the map sessions it concerns hold a message removing the
+    other side, through State's change events and the batcher (what the server's poll loop
+    sends): unshare (the recipient's device loses S, S loses the device), delete S (the
+    recipient's device loses it), delete the recipient user (after its device; S loses the
+    device, and no share or guest address of it is left)."""
+    from meshscale.control.mapper import mapper
+    from meshscale.control.mapper.batcher import Batcher, MapSession, SnapshotSource
+    from meshscale.testing.mapsource import DERP
+
+    st = w.st
+    c2 = w.node(w.carol2.id, "c2")
+    st.share_node(w.s, w.carol.id)
+    st.share_node(w.s, w.carol2.id)
+    cfg = mapper.MapConfig(base_domain="ts.example", domain="c.example", derp_map=DERP)
+    b = Batcher(SnapshotSource(st), lambda: cfg)
+    sessions = {nid: MapSession(nid) for nid in (w.r1, w.s)}
+    for s in sessions.values():
+        b.add(s)
+        first = b.build(s, NOW)
+        assert first is not None and not _gone(first, w.r1 if s.node_id == w.s else w.s)
+    c2_ips = {str(a) for a in st.get_node(c2).addresses()}
+    assert any(c2_ips & set(r.SrcIPs) for r in st.packet_filter(w.s))  # a guest of S
+    sub = st.subscribe()
+    t0 = time.monotonic()
+    if op == "unshare":
+        st.unshare_node(w.s, w.carol.id)
+        watch = [(w.r1, w.s), (w.s, w.r1)]
+    elif op == "delete node":
+        st.delete_node(w.s)
+        watch = [(w.r1, w.s)]
+    else:
+        st.delete_node(c2)
+        st.delete_user(w.carol2.id)
+        watch = [(w.s, c2)]
+    for ev in sub.drain():
+        b.handle(ev)
+    msgs = {viewer: b.build(sessions[viewer], NOW) for viewer, _ in watch}
+    took = time.monotonic() - t0
+    for viewer, peer in watch:
+        assert _gone(msgs[viewer], peer), (op, viewer, msgs[viewer])
+    if op == "delete user":
+        assert [x.user_id for x in st.list_shares()] == [w.carol.id]
+        assert not any(c2_ips & set(r.SrcIPs) for r in st.packet_filter(w.s))
+    return took
+
+
+@pytest.mark.parametrize("op", ["unshare", "delete node", "delete user"])
+def test_an_ended_share_leaves_the_maps_within_a_second(op: str) -> None:
+    took = _removed_in_time(World(), op)
+    assert took < UNSHARE_GOAL, f"{op}: {took:.3f}s"
