@@ -266,3 +266,34 @@ def _removed_in_time(w: World, op: str) -> float:
 def test_an_ended_share_leaves_the_maps_within_a_second(op: str) -> None:
     took = _removed_in_time(World(), op)
     assert took < UNSHARE_GOAL, f"{op}: {took:.3f}s"
+
+
+def test_a_route_approved_after_the_share_never_reaches_the_recipient() -> None:
+    """A shared node that becomes a subnet router and exit node later: the recipient's
+    next message (through the batcher) still carries its own addresses only, jailed."""
+    from meshscale.control.mapper import mapper
+    from meshscale.control.mapper.batcher import Batcher, MapSession, SnapshotSource
+    from meshscale.testing.mapsource import DERP
+
+    w = World()
+    st = w.st
+    st.share_node(w.s, w.carol.id)
+    cfg = mapper.MapConfig(base_domain="ts.example", domain="c.example", derp_map=DERP)
+    b = Batcher(SnapshotSource(st), lambda: cfg)
+    r1 = MapSession(w.r1)
+    b.add(r1)
+    assert b.build(r1, NOW) is not None
+    sub = st.subscribe()
+    routes = ["10.1.0.0/24", "0.0.0.0/0", "::/0"]
+    st.update_hostinfo(w.s, {"Hostname": "s", "RoutableIPs": routes})
+    st.approve_routes(w.s, routes)
+    st.set_online(w.s, True)
+    assert st.get_node(w.s).primary_routes()  # it does route, for its own tailnet
+    for ev in sub.drain():
+        b.handle(ev)
+    msg = b.build(r1, NOW)
+    assert msg is not None
+    (peer,) = [p for p in (*msg.get("Peers", ()), *msg.get("PeersChanged", ()))
+               if p["ID"] == int(w.s)]  # fmt: skip
+    assert peer["AllowedIPs"] == peer["Addresses"] and not peer.get("PrimaryRoutes"), peer
+    assert peer["IsJailed"] is True and "RoutableIPs" not in peer.get("Hostinfo", {})

@@ -215,10 +215,12 @@ def tail_node(
         n.LastSeen = node.last_seen  # only for offline peers (docs/protocol/control.md §7.5)
     if share is not None:
         n.Name = share.name or n.Name
+        # Nor the prefixes it advertises: another tailnet's networks stay its own (ts#10642).
+        n.Hostinfo = {k: v for k, v in n.Hostinfo.items() if k != "RoutableIPs"}
         if share.sharer:
             n.Sharer, n.IsJailed = share.sharer, True
         if share.sharee:
-            n.Hostinfo = {**n.Hostinfo, "ShareeNode": True}
+            n.Hostinfo["ShareeNode"] = True
     if is_self:  # plus the policy's nodeAttrs for this node (null values)
         n.CapMap = {**SELF_CAP_MAP, **(self_caps or {})}
     return n
