@@ -23,16 +23,21 @@ APIKEY_COLUMNS: Final[list[Column]] = [
     ("Expiration", lambda k: when(k["expiration"])),
     ("Created", lambda k: when(k["createdAt"])),
     ("Last seen", lambda k: when(k["lastSeen"])),
+    ("Tailnet", lambda k: str(k.get("tailnetId") or "(server admin)")),
 ]
 
 
-def apikeys_list(c: AdminClient, o: Output) -> None:
-    payload = c.request("GET", "/api/v1/apikey")
+def apikeys_list(c: AdminClient, o: Output, tailnet: str | None = None) -> None:
+    payload = c.request("GET", "/api/v1/apikey", query={"tailnet": tailnet} if tailnet else None)
     o.table(payload, payload["apiKeys"], APIKEY_COLUMNS)
 
 
-def apikeys_create(c: AdminClient, o: Output, expiration: str | None) -> None:
-    body = {}
+def apikeys_create(
+    c: AdminClient, o: Output, expiration: str | None, tailnet: str | None = None
+) -> None:
+    """``tailnet``: a key that sees and changes only that tailnet; none: a server admin
+    key."""
+    body = {"tailnet": tailnet} if tailnet else {}
     exp = expiration_from(expiration or "90d")
     if exp is not None:
         body["expiration"] = exp
@@ -52,7 +57,9 @@ def apikeys_expire(c: AdminClient, o: Output, prefix: str, delete: bool = False)
 def add_verbs(aps: Subparsers[Parser]) -> None:
     c = aps.add_parser("create")
     c.add_argument("-e", "--expiration", default="90d", type=duration_arg)
-    aps.add_parser("list", aliases=["ls"])
+    c.add_argument("--tailnet", help="scope the key to this tailnet (default: server admin)")
+    c = aps.add_parser("list", aliases=["ls"])
+    c.add_argument("--tailnet", help="only the keys scoped to this tailnet")
     for verb in ("expire", "delete"):
         c = aps.add_parser(verb)
         c.add_argument("-p", "--prefix")
@@ -61,9 +68,9 @@ def add_verbs(aps: Subparsers[Parser]) -> None:
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     if verb == "create":
-        apikeys_create(c, o, args.expiration)
+        apikeys_create(c, o, args.expiration, args.tailnet)
     elif verb == "list":
-        apikeys_list(c, o)
+        apikeys_list(c, o, args.tailnet)
     else:
         apikeys_expire(c, o, prefix_of(c, args.prefix, args.id), delete=verb == "delete")
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Final
 
-from meshscale.control.cli import apikeys, audit, auth, nodes, policy, preauthkeys, users
+from meshscale.control.cli import (
+    apikeys,
+    audit,
+    auth,
+    nodes,
+    policy,
+    preauthkeys,
+    tailnets,
+    users,
+)
 from meshscale.control.cli.common import Noun, Parser, Subparsers, connect
 from meshscale.control.cli.output import Output
 from meshscale.control.config import ControlConfig
 
 NOUNS: Final[tuple[Noun, ...]] = (users.NOUN, nodes.NOUN, preauthkeys.NOUN, policy.NOUN,
-                                  apikeys.NOUN, auth.NOUN, audit.NOUN)  # fmt: skip
+                                  apikeys.NOUN, auth.NOUN, audit.NOUN,
+                                  tailnets.NOUN)  # fmt: skip
 # Headscale's verb aliases (cobra Aliases), per verb.
 ALIASES: Final = {
     "list": ("ls", "show"),

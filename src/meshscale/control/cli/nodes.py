@@ -29,8 +29,9 @@ PENDING_COLUMNS: Final[list[Column]] = [
 ]
 
 
-def nodes_list(c: AdminClient, o: Output, user: str | None) -> None:
-    payload = c.request("GET", "/api/v1/node", query={"user": user} if user else None)
+def nodes_list(c: AdminClient, o: Output, user: str | None, tailnet: str | None = None) -> None:
+    query = {k: v for k, v in (("user", user), ("tailnet", tailnet)) if v}
+    payload = c.request("GET", "/api/v1/node", query=query or None)
     o.table(payload, payload["nodes"], NODE_COLUMNS)
 
 
@@ -100,6 +101,7 @@ def node_action(
 def add_verbs(ns: Subparsers[Parser]) -> None:
     c = ns.add_parser("list", aliases=["ls"])
     c.add_argument("-u", "--user")
+    c.add_argument("--tailnet", help="only this tailnet's nodes")
     c = ns.add_parser("list-routes", aliases=["routes"], help="routes nodes announce/approve")
     c.add_argument("-i", "--identifier", help="node id (default: every node)")
     ns.add_parser("pending", help="list registrations waiting for `nodes register`")
@@ -136,7 +138,7 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     if verb == "list":
-        nodes_list(c, o, args.user)
+        nodes_list(c, o, args.user, args.tailnet)
         return
     if verb == "register":
         nodes_register(c, o, args.user, args.key)

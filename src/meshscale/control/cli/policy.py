@@ -3,7 +3,8 @@
 ``set`` and ``rollback`` need ``policy.mode: database`` (in file mode, the file is the
 source of truth). ``check`` validates a file on the server, against today's users and
 nodes, running its ``tests``, and applies nothing; it exits non-zero if the policy would
-be refused.
+be refused. Each tailnet has its own policy: ``--tailnet NAME`` (default ``default``; with
+a tailnet-scoped API key, the key's own).
 """
 
 from __future__ import annotations
@@ -21,18 +22,23 @@ def _text(path: str) -> str:
     return sys.stdin.read() if path == "-" else read_file(path)
 
 
-def policy_get(c: AdminClient, o: Output) -> None:
-    payload = c.request("GET", "/api/v1/policy")
+def _q(tailnet: str | None, **more: str) -> dict[str, str] | None:
+    query = {**more, **({"tailnet": tailnet} if tailnet else {})}
+    return query or None
+
+
+def policy_get(c: AdminClient, o: Output, tailnet: str | None = None) -> None:
+    payload = c.request("GET", "/api/v1/policy", query=_q(tailnet))
     o.message(payload, payload["policy"])
 
 
-def policy_set(c: AdminClient, o: Output, path: str) -> None:
-    payload = c.request("PUT", "/api/v1/policy", {"policy": _text(path)})
+def policy_set(c: AdminClient, o: Output, path: str, tailnet: str | None = None) -> None:
+    payload = c.request("PUT", "/api/v1/policy", {"policy": _text(path)}, query=_q(tailnet))
     o.message(payload, f"Policy updated (version {payload.get('version')})")
 
 
-def policy_check(c: AdminClient, o: Output, path: str) -> None:
-    payload = c.request("POST", "/api/v1/policy/check", {"policy": _text(path)})
+def policy_check(c: AdminClient, o: Output, path: str, tailnet: str | None = None) -> None:
+    payload = c.request("POST", "/api/v1/policy/check", {"policy": _text(path)}, query=_q(tailnet))
     if not payload.get("valid"):
         errors: list[dict[str, Any]] = payload.get("errors") or [{"message": "invalid"}]
         raise ValueError(f"policy is invalid: {errors[0]['message']}")
@@ -40,8 +46,8 @@ def policy_check(c: AdminClient, o: Output, path: str) -> None:
     o.message(payload, "\n".join(lines))
 
 
-def policy_history(c: AdminClient, o: Output, limit: int) -> None:
-    payload = c.request("GET", f"/api/v1/policy/history?limit={limit}")
+def policy_history(c: AdminClient, o: Output, limit: int, tailnet: str | None = None) -> None:
+    payload = c.request("GET", "/api/v1/policy/history", query=_q(tailnet, limit=str(limit)))
     rows = [
         {k: v for k, v in r.items() if k != "policy"} | {"bytes": len(r["policy"])}
         for r in payload["versions"]
@@ -58,24 +64,29 @@ def policy_history(c: AdminClient, o: Output, limit: int) -> None:
     )
 
 
-def policy_rollback(c: AdminClient, o: Output, version: int) -> None:
-    payload = c.request("POST", "/api/v1/policy/rollback", {"version": version})
+def policy_rollback(c: AdminClient, o: Output, version: int, tailnet: str | None = None) -> None:
+    payload = c.request("POST", "/api/v1/policy/rollback", {"version": version}, query=_q(tailnet))
     o.message(
         payload, f"Policy rolled back to version {version} (now version {payload.get('version')})"
     )
 
 
 def add_verbs(pos: Subparsers[Parser]) -> None:
-    pos.add_parser("get", help="print the policy in force")
+    tailnet_help = "the tailnet whose policy this is (default: default)"
+    c = pos.add_parser("get", help="print the policy in force")
+    c.add_argument("--tailnet", help=tailnet_help)
     for verb, what in (
         ("set", "apply a policy file"),
         ("check", "validate a policy file without applying it"),
     ):
         c = pos.add_parser(verb, help=what)
         c.add_argument("-f", "--file", required=True, help="policy file (HuJSON), - for stdin")
+        c.add_argument("--tailnet", help=tailnet_help)
     c = pos.add_parser("history", help="list the accepted policy versions, newest first")
     c.add_argument("--limit", type=int, default=20)
+    c.add_argument("--tailnet", help=tailnet_help)
     c = pos.add_parser("rollback", help="put an earlier version back in force")
+    c.add_argument("--tailnet", help=tailnet_help)
     c.add_argument("version_arg", nargs="?", type=int, metavar="VERSION")
     c.add_argument(
         "--version", dest="policy_version", type=int, help="the version number (see policy history)"
@@ -84,18 +95,18 @@ def add_verbs(pos: Subparsers[Parser]) -> None:
 
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     if verb == "get":
-        policy_get(c, o)
+        policy_get(c, o, args.tailnet)
     elif verb == "set":
-        policy_set(c, o, args.file)
+        policy_set(c, o, args.file, args.tailnet)
     elif verb == "check":
-        policy_check(c, o, args.file)
+        policy_check(c, o, args.file, args.tailnet)
     elif verb == "history":
-        policy_history(c, o, max(1, min(args.limit, 1000)))
+        policy_history(c, o, max(1, min(args.limit, 1000)), args.tailnet)
     else:
         version = args.policy_version if args.policy_version is not None else args.version_arg
         if version is None:
             raise UsageError("missing --version (see policy history)")
-        policy_rollback(c, o, version)
+        policy_rollback(c, o, version, args.tailnet)
 
 
 NOUN: Final = Noun("policy", (), "get, set, check, history, rollback of the policy", add_verbs, run)

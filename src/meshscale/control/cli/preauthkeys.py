@@ -30,8 +30,11 @@ PREAUTH_COLUMNS: Final[list[Column]] = [
 ]
 
 
-def preauthkeys_list(c: AdminClient, o: Output, user: str | None) -> None:
-    payload = c.request("GET", "/api/v1/preauthkey", query={"user": user} if user else None)
+def preauthkeys_list(
+    c: AdminClient, o: Output, user: str | None, tailnet: str | None = None
+) -> None:
+    query = {k: v for k, v in (("user", user), ("tailnet", tailnet)) if v}
+    payload = c.request("GET", "/api/v1/preauthkey", query=query or None)
     o.table(payload, payload["preAuthKeys"], PREAUTH_COLUMNS)
 
 
@@ -43,13 +46,18 @@ def preauthkeys_create(
     ephemeral: bool,
     expiration: str | None,
     tags: list[str],
+    tailnet: str | None = None,
 ) -> None:
+    """The key admits nodes into the user's tailnet; ``tailnet`` only picks the user
+    when its name is in several."""
     body: dict[str, Any] = {
         "user": user,
         "reusable": reusable,
         "ephemeral": ephemeral,
         "aclTags": tags,
     }
+    if tailnet:
+        body["tailnet"] = tailnet
     exp = expiration_from(expiration or "1h")
     if exp is not None:
         body["expiration"] = exp
@@ -72,8 +80,10 @@ def add_verbs(ps: Subparsers[Parser]) -> None:
         "-e", "--expiration", default="1h", type=duration_arg, help="lifetime, e.g. 24h (0: never)"
     )
     c.add_argument("--tags", action="append", default=[], help="tag:name (comma-separated)")
+    c.add_argument("--tailnet", help="the user's tailnet (when the name is in several)")
     c = ps.add_parser("list", aliases=["ls"])
     c.add_argument("-u", "--user")
+    c.add_argument("--tailnet", help="only this tailnet's keys")
     for verb in ("expire", "delete"):
         c = ps.add_parser(verb)
         c.add_argument("key", nargs="?", help="the key (or its prefix)")
@@ -84,10 +94,17 @@ def add_verbs(ps: Subparsers[Parser]) -> None:
 def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
     if verb == "create":
         preauthkeys_create(
-            c, o, args.user, args.reusable, args.ephemeral, args.expiration, split(args.tags)
+            c,
+            o,
+            args.user,
+            args.reusable,
+            args.ephemeral,
+            args.expiration,
+            split(args.tags),
+            args.tailnet,
         )
     elif verb == "list":
-        preauthkeys_list(c, o, args.user)
+        preauthkeys_list(c, o, args.user, args.tailnet)
     else:
         if not (args.id or args.key):
             raise UsageError(f"preauthkeys {verb} needs --id ID or the KEY")

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 TIMESTAMP_FIELDS: Final = frozenset({"created_at", "last_seen", "expiry", "expiration"})
-ID_FIELDS: Final = frozenset({"id", "node_id", "user_id"})
+ID_FIELDS: Final = frozenset({"id", "node_id", "user_id", "tailnet_id"})
 REGISTER_METHODS: Final = {
     "REGISTER_METHOD_UNSPECIFIED": 0,
     "REGISTER_METHOD_AUTH_KEY": 1,
