@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from meshscale.control.models import (
     Conflict,
     InvalidArgument,
+    Node,
     NodeID,
     NotFound,
     PolicyChanged,
@@ -307,3 +308,44 @@ def test_a_share_survives_a_restart(tmp_path: Path) -> None:
         assert s not in {p.id for p in st.peers_of(r1)}
     finally:
         st.close()
+
+
+def test_without_a_policy_the_share_is_one_way_and_to_the_node_only() -> None:
+    """What the server runs with no policy (a PolicyEngine without text, allow-all): the
+    recipient's filter admits nothing the shared node opens (besides IsJailed), and the
+    shared router admits the recipient's device at its own addresses, not its subnet or
+    the internet behind it (ts#10642); its own tailnet keeps everything."""
+    from meshscale.filter import Filter
+
+    from ...packet.builders import ip_packet
+
+    rng = random.Random(2)
+    st = State.open(":memory:", rand=rng.randbytes, randbelow=rng.randrange,
+                    policy=PolicyEngine())  # fmt: skip
+    acme = st.create_tailnet("acme").id
+    alice, bob = st.create_user("alice"), st.create_user("bob", tailnet=acme)
+    keys = iter(range(1, 10))
+
+    def reg(user: UserID, name: str) -> Node:
+        i = next(keys)
+        return st.register_node(MachinePublic(bytes([i]) * 32), NodePublic(bytes([i, 9]) * 16),
+                                user, {"Hostname": name})  # fmt: skip
+
+    s, a2, b1 = reg(alice.id, "s"), reg(alice.id, "a2"), reg(bob.id, "b1")
+    routes = ["10.1.0.0/24", "0.0.0.0/0", "::/0"]
+    st.update_hostinfo(s.id, {"Hostname": "s", "RoutableIPs": routes})
+    st.approve_routes(s.id, routes)
+    st.share_node(s.id, bob.id)
+    ip = {n.given_name: str(n.ipv4) for n in (s, a2, b1)}
+
+    def admits(at: Node, src: str, dst: str, nets: list[str]) -> bool:
+        f = Filter(st.packet_filter(at.id), nets)
+        return f.run_in(ip_packet(src, dst, 6, dport=8080)).accepted
+
+    b1_nets = [f"{ip['b1']}/32"]
+    assert not admits(b1, ip["s"], ip["b1"], b1_nets)  # S cannot open to the recipient
+    s_nets = [f"{ip['s']}/32", *routes]
+    assert admits(s, ip["b1"], ip["s"], s_nets)  # the recipient reaches S itself
+    assert not admits(s, ip["b1"], "10.1.0.7", s_nets)  # not S's subnet
+    assert not admits(s, ip["b1"], "8.8.8.8", s_nets)  # nor the internet through S
+    assert admits(s, ip["a2"], "10.1.0.7", s_nets) and admits(s, ip["a2"], "8.8.8.8", s_nets)
