@@ -128,46 +128,66 @@ def world(lab_possible: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tmp = tmp_path_factory.mktemp("shr")
     with Lab(hint="shr", workdir=tmp / "lab") as lab:
         net = MeshNet(lab, tmp / "net")
-        net.start_control()
-        ctl = net.control
-        assert ctl is not None and net.ca is not None
         official: dict[str, TailscaleNode] = {}
         ours: dict[str, MeshNode] = {}
+        hosts = {name: lab.add_public_host(name) for name in ("a1", "a2", "b1", "b2")}
+        ctl = None
         try:
-            ctl.admin("tailnets", "create", "acme")
-            ctl.admin("users", "create", "bob", "--tailnet", "acme")
-            ctl.admin("users", "create", "alice")
-            keys = {"a": ctl.authkey("alice"), "b": ctl.authkey("bob")}
+            # Every daemon starts while control does (they need it only at `up`).
             for name in ("a1", "b1"):
-                official[name] = TailscaleNode(lab.add_public_host(name), name,
-                                               ca_cert=net.ca.cert_path, env=TS_ENV)  # fmt: skip
+                official[name] = TailscaleNode(hosts[name], name, ca_cert=net.ca.cert_path,
+                                               env=TS_ENV, start=False)  # fmt: skip
             for name in ("a2", "b2"):
-                ours[name] = net.add_node(name, lab.add_public_host(name))
-            enable_forwarding(official["a1"].host)
-            enable_forwarding(ours["a2"].host)
-            for name in ("a1", "a2", "b1", "b2"):
-                host = official[name].host if name in official else ours[name].host
+                ours[name] = net.add_node(name, hosts[name], wait=False)
+            with ThreadPoolExecutor(2) as pool:
+                started = [pool.submit(t.start) for t in official.values()]
+                net.start_control()
+                for f in started:
+                    f.result()
+            ctl = net.control
+            assert ctl is not None
+            for name, host in hosts.items():
                 host.spawn([sys.executable, "-m", "meshscale.lab.echo", "serve", "--tcp", "8080"],
                            log_name=f"echo-{name}")  # fmt: skip
+            enable_forwarding(hosts["a1"])
+            enable_forwarding(hosts["a2"])
+            # The admin CLI as the issue names it; independent calls at once (each is a
+            # process start, seconds on a loaded machine).
+            ctl.admin("tailnets", "create", "acme")
+            with ThreadPoolExecutor(2) as pool:
+                made = [pool.submit(ctl.admin, "users", "create", "bob", "--tailnet", "acme"),
+                        pool.submit(ctl.admin, "users", "create", "alice")]  # fmt: skip
+                for f in made:
+                    f.result()
+                a_key, b_key = pool.map(ctl.authkey, ("alice", "bob"))
+            for m in ours.values():
+                m.wait_started()
             with ThreadPoolExecutor(4) as pool:
                 ups = [
-                    pool.submit(official["a1"].up, net.control_url, keys["a"], hostname="a1",
+                    pool.submit(official["a1"].up, net.control_url, a_key, hostname="a1",
                                 timeout=40, extra_args=[f"--advertise-routes={SUBNET}"]),
-                    pool.submit(official["b1"].up, net.control_url, keys["b"], hostname="b1",
+                    pool.submit(official["b1"].up, net.control_url, b_key, hostname="b1",
                                 timeout=40),
-                    pool.submit(_our_up, ours["a2"], keys["a"], "--advertise-exit-node"),
-                    pool.submit(_our_up, ours["b2"], keys["b"]),
+                    pool.submit(_our_up, ours["a2"], a_key, "--advertise-exit-node"),
+                    pool.submit(_our_up, ours["b2"], b_key),
                 ]  # fmt: skip
                 for f in ups:
                     f.result()
-            ids = {str(n.get("given_name") or n["givenName"]): str(n["id"]) for n in ctl.nodes()}
-            ctl.admin("nodes", "approve-routes", "--identifier", ids["a1"], "--routes", SUBNET)
-            ctl.admin("nodes", "approve-routes", "--identifier", ids["a2"],
-                      "--routes", "0.0.0.0/0,::/0")  # fmt: skip
+                ids = {str(n.get("given_name") or n["givenName"]): str(n["id"])
+                       for n in ctl.nodes()}  # fmt: skip
+                approved = [
+                    pool.submit(ctl.admin, "nodes", "approve-routes", "--identifier", ids["a1"],
+                                "--routes", SUBNET),
+                    pool.submit(ctl.admin, "nodes", "approve-routes", "--identifier", ids["a2"],
+                                "--routes", "0.0.0.0/0,::/0"),
+                ]  # fmt: skip
+                for f in approved:
+                    f.result()
             ip = {n: t.ip4() for n, t in official.items()} | {n: m.ip4() for n, m in ours.items()}
             yield World(net, official, ours, ip, ids)
         except BaseException:
-            print("--- control ---\n" + ctl.log_text()[-4000:])
+            if ctl is not None:
+                print("--- control ---\n" + ctl.log_text()[-4000:])
             for name, m in ours.items():
                 print(f"--- meshscaled {name} ---\n" + m.log()[-2000:])
             for name, t in official.items():
@@ -211,6 +231,9 @@ def test_a_shared_node_reaches_the_recipient_only_as_a_node(world: World, shared
             peers = w.peers(r)
             assert set(peers) == {shared, *({"b1", "b2"} - {r})}, (r, peers)  # not `other`
             _own_addresses_only(peers[shared])
+            # named under its own tailnet (which, with no base domain of its own, is the
+            # server's dns.base_domain, as the recipient's)
+            assert str(peers[shared]["DNSName"]).startswith(f"{shared}."), peers[shared]
             users = {str(u.get("LoginName")) for u in (w.status(r).get("User") or {}).values()}
             assert any(u.startswith("alice") for u in users), (r, users)  # the owner's profile
         assert not {"b1", "b2"} & set(w.peers(other)), w.peers(other)  # not shared: apart
