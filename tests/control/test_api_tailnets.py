@@ -126,7 +126,6 @@ def test_scoped_key_sees_only_its_tailnet(w: World) -> None:
         ("POST", f"/api/v1/node/{a1}/approve_routes", {"routes": []}),
         ("POST", f"/api/v1/node/{a1}/user", {"user": "bob"}),
         ("POST", f"/api/v1/node/{w.b1}/user", {"user": aid}),
-        ("POST", f"/api/v1/node/{a1}/share", {"user": "bob"}),
         ("DELETE", f"/api/v1/user/{aid}", None),
         ("POST", f"/api/v1/user/{aid}/rename/x", None),
         ("POST", "/api/v1/preauthkey", {"user": "alice"}),
@@ -150,6 +149,9 @@ def test_scoped_key_sees_only_its_tailnet(w: World) -> None:
         ("GET", "/api/v1/audit", None),
         ("POST", "/api/v1/node/backfillips", None),
         ("GET", "/api/v1/registration", None),
+        ("POST", f"/api/v1/node/{w.b1}/share", {"user": "alice"}),
+        ("POST", f"/api/v1/node/{w.b1}/unshare", {"user": "alice"}),
+        ("GET", "/api/v1/share", None),
     ]:
         status, got = a(method, path, body)
         assert status == 403 and got["code"] == 7, (method, path, got)

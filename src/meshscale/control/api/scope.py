@@ -6,8 +6,8 @@ Another tailnet's users, nodes, pre-auth keys, API keys and policy are NotFound 
 if they did not exist; lists hold only the tailnet's own objects; new users and API keys
 land in it. Anything not defined here is Forbidden (403), so a State method a handler
 starts to use later fails closed until it is scoped here. Server-level operations
-(tailnets, audit log, address backfill, the list of pending registrations) are refused
-before a handler runs (``SERVER_OPERATIONS``).
+(tailnets, audit log, address backfill, the list of pending registrations, node sharing)
+are refused before a handler runs (``SERVER_OPERATIONS``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from meshscale.control.models import (
     PreAuthKey,
     PreAuthKeyID,
     RegisterMethod,
-    Share,
     Tailnet,
     TailnetID,
     User,
@@ -40,9 +39,10 @@ from meshscale.control.state import State
 from meshscale.tailcfg import FilterRule
 
 # Operations a scoped key may never run: they are about the server, not one tailnet.
+# Node sharing is one too: a share joins two tailnets, and a scoped key sees only one.
 SERVER_OPERATIONS: Final = frozenset({
     "createTailnet", "renameTailnet", "deleteTailnet", "backfillNodeIPs", "listAudit",
-    "listRegistrations",
+    "listRegistrations", "shareNode", "unshareNode", "listShares",
 })  # fmt: skip
 
 
@@ -290,25 +290,3 @@ class TailnetScope(State):
         self, version: int, tailnet: TailnetID | None = None
     ) -> PolicyVersion:
         return self.inner.rollback_policy(version, self._t(tailnet))
-
-    # ---- shares (of the scope's nodes, to the scope's users) ---------------------------
-
-    def share_node(self, node_id: NodeID, user_id: UserID) -> Share:
-        """A scoped key names only its own users, so sharing *into* another tailnet is a
-        server admin's act; it may share its node with a user it can see (refused by
-        State: same tailnet)."""
-        self._check_node(node_id)
-        self.get_user(user_id)
-        return self.inner.share_node(node_id, user_id)
-
-    def unshare_node(self, node_id: NodeID, user_id: UserID) -> None:
-        self._check_node(node_id)
-        self.inner.unshare_node(node_id, user_id)
-
-    def list_shares(
-        self, node_id: NodeID | None = None, user_id: UserID | None = None
-    ) -> list[Share]:
-        nodes = {n.id for n in self.list_nodes()}
-        users = {u.id for u in self.list_users()}
-        return [s for s in self.inner.list_shares(node_id, user_id)
-                if s.node_id in nodes or s.user_id in users]  # fmt: skip
