@@ -32,7 +32,7 @@ import pytest
 from meshscale.cli.localclient import LocalClient
 from meshscale.lab import Lab
 from meshscale.lab.lab import Host
-from meshscale.lab.meshnet import MeshNet, MeshNode
+from meshscale.lab.meshnet import BASE_DOMAIN, MeshNet, MeshNode
 from meshscale.lab.subnet import enable_forwarding
 from meshscale.lab.tailscale import TailscaleNode
 
@@ -231,9 +231,9 @@ def test_a_shared_node_reaches_the_recipient_only_as_a_node(world: World, shared
             peers = w.peers(r)
             assert set(peers) == {shared, *({"b1", "b2"} - {r})}, (r, peers)  # not `other`
             _own_addresses_only(peers[shared])
-            # named under its own tailnet (which, with no base domain of its own, is the
-            # server's dns.base_domain, as the recipient's)
-            assert str(peers[shared]["DNSName"]).startswith(f"{shared}."), peers[shared]
+            # named under its own tailnet, which has no base domain of its own: a label of
+            # its own under the server's (never the name of one of bob's devices)
+            assert peers[shared]["DNSName"] == f"{shared}.default.{BASE_DOMAIN}.", peers[shared]
             users = {str(u.get("LoginName")) for u in (w.status(r).get("User") or {}).values()}
             assert any(u.startswith("alice") for u in users), (r, users)  # the owner's profile
         assert not {"b1", "b2"} & set(w.peers(other)), w.peers(other)  # not shared: apart

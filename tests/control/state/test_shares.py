@@ -95,8 +95,8 @@ def test_share_makes_the_shared_node_and_the_recipients_devices_peers() -> None:
     assert st.viewers_of(w.s) == {w.a2, w.r1, w.r2}
     assert st.can_see(w.r1, w.s) and st.can_see(w.s, w.r1) and not st.can_see(w.ci, w.s)
     # how each side sees the other
-    assert st.share_view(w.r1, w.s) == ShareView("", sharer=int(w.alice.id))
-    assert st.share_view(w.s, w.r1) == ShareView("", sharee=True)
+    assert st.share_view(w.r1, w.s) == ShareView("", sharer=int(w.alice.id), zone="default")
+    assert st.share_view(w.s, w.r1) == ShareView("", sharee=True, zone="carols")
     assert st.share_view(w.r1, w.r2) is None and st.share_view(w.r1, w.a2) is None
     assert st.routes_view(w.r1, w.s) == frozenset()
     # the sharer's policy admits the recipient's devices on 8080; nothing admits S at R
@@ -298,7 +298,7 @@ def test_a_share_survives_a_restart(tmp_path: Path) -> None:
         assert [(x.node_id, x.user_id) for x in st.list_shares()] == [(s, carol)]
         assert s in {p.id for p in st.peers_of(r1)}
         assert r1 in {p.id for p in st.peers_of(s)}
-        assert st.share_view(r1, s) == ShareView("", sharer=int(w.alice.id))
+        assert st.share_view(r1, s) == ShareView("", sharer=int(w.alice.id), zone="default")
         st.unshare_node(s, carol)
     finally:
         st.close()
@@ -349,3 +349,44 @@ def test_without_a_policy_the_share_is_one_way_and_to_the_node_only() -> None:
     assert not admits(s, ip["b1"], "10.1.0.7", s_nets)  # not S's subnet
     assert not admits(s, ip["b1"], "8.8.8.8", s_nets)  # nor the internet through S
     assert admits(s, ip["a2"], "10.1.0.7", s_nets) and admits(s, ip["a2"], "8.8.8.8", s_nets)
+
+
+def test_a_shared_node_never_takes_the_name_of_a_recipients_device() -> None:
+    """Both tailnets without a base domain of their own and a device named "web" in each:
+    the shared-in one is named under its own tailnet (web.default.<base>), as Tailscale
+    names it under the sharer's domain, so MagicDNS "web" stays the recipient's own; the
+    same for the recipient's devices in the shared node's map."""
+    from meshscale.control.mapper import mapper
+    from meshscale.control.mapper.batcher import Batcher, MapSession, SnapshotSource
+    from meshscale.testing.mapsource import DERP
+
+    rng = random.Random(3)
+    st = State.open(":memory:", rand=rng.randbytes, randbelow=rng.randrange,
+                    policy=PolicyEngine())  # fmt: skip
+    acme = st.create_tailnet("acme").id
+    alice, bob = st.create_user("alice"), st.create_user("bob", tailnet=acme)
+    keys = iter(range(1, 10))
+
+    def reg(user: UserID, name: str) -> Node:
+        i = next(keys)
+        return st.register_node(MachinePublic(bytes([i]) * 32), NodePublic(bytes([i, 9]) * 16),
+                                user, {"Hostname": name})  # fmt: skip
+
+    web_a, web_b, a2 = reg(alice.id, "web"), reg(bob.id, "web"), reg(alice.id, "a2")
+    b2 = reg(bob.id, "a2")  # bob's "a2": the name of alice's other device
+    st.share_node(web_a.id, bob.id)
+    cfg = mapper.MapConfig(base_domain="ts.example", domain="c.example", derp_map=DERP)
+    b = Batcher(SnapshotSource(st), lambda: cfg)
+
+    def names(nid: NodeID) -> dict[int, str]:
+        s = MapSession(nid)
+        b.add(s)
+        msg = b.build(s, NOW)
+        assert msg is not None
+        return {p["ID"]: p["Name"] for p in msg["Peers"]}
+
+    assert names(web_b.id) == {int(web_a.id): "web.default.ts.example.",
+                               int(b2.id): "a2.ts.example."}  # fmt: skip
+    got = names(web_a.id)
+    assert got[int(a2.id)] == "a2.ts.example."
+    assert got[int(b2.id)] == "a2.acme.ts.example." and got[int(web_b.id)] == "web.acme.ts.example."
