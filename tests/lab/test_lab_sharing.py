@@ -237,6 +237,12 @@ def test_a_shared_node_reaches_the_recipient_only_as_a_node(world: World, shared
             users = {str(u.get("LoginName")) for u in (w.status(r).get("User") or {}).values()}
             assert any(u.startswith("alice") for u in users), (r, users)  # the owner's profile
         assert not {"b1", "b2"} & set(w.peers(other)), w.peers(other)  # not shared: apart
+        # and MagicDNS resolves it by that name, on both clients
+        name = f"{shared}.default.{BASE_DOMAIN}"
+        res = w.official["b1"].cli("dns", "query", name, check=False)
+        assert w.ip[shared] in res.stdout, res.stdout + res.stderr
+        res = w.ours["b2"].cli("dns", "query", name, check=False)
+        assert w.ip[shared] in res.stdout, res.stdout + res.stderr
         _probes(w, allowed=[("b1", shared), ("b2", shared)],
                 denied=[(shared, "b1"), (shared, "b2"), (other, "b1")])  # fmt: skip
     finally:
