@@ -231,3 +231,21 @@ def test_confine_guests_narrows_guests_only(
         assert after == (before and dst == "100.64.0.3"), (rules, confined)
     else:
         assert after == before, (rules, confined)
+
+
+def test_danger_all_on_the_recipient_side_leaves_out_a_shared_in_node_too() -> None:
+    """autogroup:danger-all is every address, but a node shared into the tailnet may still
+    not open flows to it (one way; besides IsJailed)."""
+    e = engine(acl('"autogroup:danger-all"', '"*:*"'))
+    assert e.filter_for(T)[0].SrcIPs == ["*"]
+    e.set_shared_in([ipaddress.ip_address("100.64.0.20")])
+    rules = e.filter_for(T)
+    nets = ["100.64.0.2/32"]
+    f = Filter(rules, nets)
+    assert not f.run_in(ip_packet("100.64.0.20", "100.64.0.2", 6, dport=22)).accepted
+    for src in ("100.64.0.19", "100.64.0.21", "8.8.8.8", "fd7a:115c:a1e0::14"):
+        dst = "100.64.0.2" if "." in src else "fd7a:115c:a1e0::2"
+        f = Filter(rules, [*nets, "fd7a:115c:a1e0::2/128"])
+        assert f.run_in(ip_packet(src, dst, 6, dport=22)).accepted, src
+    e.set_shared_in([])
+    assert e.filter_for(T)[0].SrcIPs == ["*"]
