@@ -218,3 +218,28 @@ def test_fuzz_tailnet_user_node_selectors(
         node = w.state.get_node(w.a1)
         assert node.given_name == SECRET_NAME and node.user_id == int(w.alice["id"])
         assert w.state.policy is None
+
+
+def test_move_and_register_resolve_names_in_the_right_tailnet(w: World) -> None:
+    w.ok("POST", "/api/v1/user", {"name": "bob"})  # a second bob, in default
+    w.ok("POST", "/api/v1/user", {"name": "bert", "tailnet": "acme"})
+    # "bob" for a node of default is default's bob; acme's node can only go to acme's
+    moved = w.ok("POST", f"/api/v1/node/{w.a1}/user", {"user": "bob"})["node"]
+    assert moved["user"]["tailnetId"] == "1"
+    moved = w.ok("POST", f"/api/v1/node/{w.b1}/user", {"user": "bert"})["node"]
+    assert moved["user"]["name"] == "bert"
+    status, body = call(w.admin, "POST", f"/api/v1/node/{w.b1}/user", {"user": w.alice["id"]})
+    assert status == 404 and "not found in that tailnet" in body["message"]
+    # a pending registration completed for "bob" needs the tailnet
+    status, body = call(w.admin, "POST", "/api/v1/node/register", None,
+                        {"user": "bob", "key": "nosuch"})  # fmt: skip
+    assert status == 409 and "several tailnets" in body["message"]
+    status, _ = call(w.admin, "POST", "/api/v1/node/register", None,
+                     {"user": "bob", "key": "nosuch", "tailnet": "acme"})  # fmt: skip
+    assert status == 404  # the user is found; the registration is not
+    # reach checks name machines inside one tailnet
+    got = w.ok("GET", "/api/v1/policy/reach", src="b1", dst="b1", port="22", tailnet="acme")
+    assert got["src"] == "b1"
+    query = {"src": SECRET_NAME, "dst": "b1", "port": "22", "tailnet": "acme"}
+    status, _ = call(w.admin, "GET", "/api/v1/policy/reach", None, query)
+    assert status == 404

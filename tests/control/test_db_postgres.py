@@ -360,3 +360,38 @@ def test_pre_tailnet_database_opens_as_tailnet_default(postgres: Callable[[], st
 
     assert store.insert_tailnet(Tailnet(TailnetID(0), "acme", None, T0)) == 2
     store.close()
+
+
+def test_tailnets_and_shares_on_postgres(postgres: Callable[[], str]) -> None:
+    """Per-tailnet names and policies, a share, and a tailnet's delete cascading to its
+    scoped API keys and policy, on PostgreSQL across a reopen."""
+    from meshscale.control.db.postgres import PostgresStore
+    from meshscale.policy import PolicyEngine
+
+    dsn = postgres()
+    s1 = State(PostgresStore(dsn), policy=PolicyEngine())
+    acme = s1.create_tailnet("acme").id
+    a, b = s1.create_user("alice"), s1.create_user("alice", tailnet=acme)
+    n1 = s1.register_node(MachinePublic(b"a" * 32), NodePublic(b"b" * 32), a.id, {"Hostname": "x"})
+    n2 = s1.register_node(MachinePublic(b"c" * 32), NodePublic(b"d" * 32), b.id, {"Hostname": "x"})
+    assert n1.given_name == n2.given_name == "x"
+    s1.set_policy("{}", tailnet=acme)
+    s1.set_policy('{"acls": []}', tailnet=acme)
+    s1.share_node(n1.id, b.id)
+    key = s1.create_api_key(tailnet=acme).key
+    s1.close()
+    s2 = State(PostgresStore(dsn), policy=PolicyEngine())
+    assert s2.policy_of(acme) == '{"acls": []}' and s2.policy is None
+    assert [v.data for v in s2.policy_history(tailnet=acme)] == ['{"acls": []}', "{}"]
+    assert [(x.node_id, x.user_id) for x in s2.list_shares()] == [(n1.id, b.id)]
+    assert n1.id in {p.id for p in s2.peers_of(n2.id)}
+    s2.delete_node(n2.id)
+    s2.delete_user(b.id)  # its share goes by ON DELETE CASCADE
+    s2.delete_tailnet(acme)
+    s2.close()
+    s3 = State(PostgresStore(dsn))
+    assert [t.name for t in s3.list_tailnets()] == ["default"]
+    assert s3.list_shares() == [] and s3.list_api_keys() == []
+    with pytest.raises(Exception, match="not found"):
+        s3.get_api_key(key.id)
+    s3.close()

@@ -6,6 +6,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meshscale.control.models import (
     DEFAULT_TAILNET,
@@ -201,3 +203,61 @@ def test_fqdn_in_own_tailnet_uses_its_base_domain_else_the_servers() -> None:
     assert st.core.fqdn_in_own_tailnet(node) == ""  # the server's dns.base_domain
     st.core.tailnets[acme.id] = type(acme)(acme.id, acme.name, "acme.example", None)
     assert st.core.fqdn_in_own_tailnet(node) == "b1.acme.example."
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["node", "delete", "share", "unshare", "policy", "rename"]),
+              st.integers(0, 2), st.integers(0, 7), st.integers(0, 2)),
+    max_size=25,
+)  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS, st.booleans())
+def test_maps_only_ever_hold_the_own_tailnet_plus_shared_in_nodes(
+    ops: list[tuple[str, int, int, int]], engine: bool
+) -> None:
+    """Property (issue #16: 'a node's map only ever contains its own tailnet's nodes plus
+    nodes shared into it'): after any sequence of node adds and deletes, shares, unshares,
+    policy changes and renames over three tailnets, every peer of a node is of its tailnet
+    or a share joins the two (the peer shared to the node's user, or the node shared to the
+    peer's user); visibility is symmetric and names stay unique per tailnet."""
+    w = World(policy=engine)
+    st_ = w.st
+    tailnets = [DEFAULT_TAILNET, st_.create_tailnet("t1").id, st_.create_tailnet("t2").id]
+    users = [st_.create_user(f"u{i}", tailnet=t).id for i, t in enumerate(tailnets)]
+    nodes: list[NodeID] = [w.node(u, "n") for u in users]
+    policies = ["{}", '{"acls": []}',
+                '{"acls": [{"action": "accept", "src": ["autogroup:shared"], "dst": ["*:*"]},'
+                '{"action": "accept", "src": ["autogroup:member"], "dst": ["*:*"]}]}']  # fmt: skip
+    for op, t, i, j in ops:
+        live = [n for n in nodes if n in {x.id for x in st_.list_nodes()}]
+        if op == "node":
+            nodes.append(w.node(users[t], "n"))
+        elif op == "delete" and live:
+            st_.delete_node(live[i % len(live)])
+        elif op in ("share", "unshare") and live:
+            node, user = st_.get_node(live[i % len(live)]), users[j]
+            shared = any(s.node_id == node.id and s.user_id == user for s in st_.list_shares())
+            if op == "share" and node.tailnet_id != tailnets[j] and not shared:
+                st_.share_node(node.id, user)
+            elif op == "unshare" and shared:
+                st_.unshare_node(node.id, user)
+        elif op == "policy":
+            st_.set_policy(policies[i % 3], tailnet=tailnets[t])
+        elif op == "rename" and live:
+            try:
+                st_.rename_node(live[i % len(live)], f"name{j}")
+            except Conflict:
+                pass
+    shares = {(s.node_id, s.user_id) for s in st_.list_shares()}
+    all_nodes = st_.list_nodes()
+    for n in all_nodes:
+        for p in st_.peers_of(n.id):
+            assert p.id != n.id
+            assert p.tailnet_id == n.tailnet_id or (p.id, n.user_id) in shares \
+                or (n.id, p.user_id) in shares, (n, p, shares)  # fmt: skip
+            assert n.id in {x.id for x in st_.peers_of(p.id)}, "visibility is symmetric"
+    for t in tailnets:
+        names = [n.given_name for n in all_nodes if n.tailnet_id == t]
+        assert len(names) == len(set(names))

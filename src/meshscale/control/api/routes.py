@@ -234,13 +234,14 @@ def approve_routes(c: Call) -> dict[str, Any]:
 
 
 def move_node(c: Call) -> dict[str, Any]:
-    user = _user(c.state, _str(c.body, "user"))
+    # A node moves only inside its tailnet: a user name is looked up there.
+    user = _user(c.state, _str(c.body, "user"), c.state.get_node(_node_id(c)).tailnet_id)
     node = c.state.move_node(_node_id(c), user.id)
     return {"node": node_json(node, c.state)}
 
 
 def register_node(c: Call) -> dict[str, Any]:
-    user = _user(c.state, c.query.get("user"))
+    user = _user(c.state, c.query.get("user"), _tailnet(c))
     key = c.query.get("key", "")
     if not key:
         raise BadRequest("missing key (the registration id from the AuthURL)")
@@ -424,7 +425,7 @@ def _node_ref(c: Call, ref: str, what: str) -> Node:
     ref = ref.strip()
     if not ref:
         raise BadRequest(f"missing {what}")
-    for n in c.state.list_nodes():
+    for n in c.state.list_nodes(tailnet=_tailnet(c)):
         if ref in (str(n.id), n.given_name, *(str(a) for a in n.addresses())):
             return n
     raise NotFound(f"{what}: no machine {ref[:60]!r}")
@@ -599,7 +600,7 @@ ROUTES: tuple[Route, ...] = (
         "Nodes",
         register_node,
         "NodeOne",
-        query=("user", "key"),
+        query=("user", "key", "tailnet"),
     ),
     _r(
         "POST",
@@ -769,7 +770,7 @@ ROUTES: tuple[Route, ...] = (
         "Policy",
         check_reach,
         "Reach",
-        query=("src", "dst", "port", "proto"),
+        query=("src", "dst", "port", "proto", "tailnet"),
     ),
     _r(
         "GET",

@@ -35,8 +35,11 @@ def nodes_list(c: AdminClient, o: Output, user: str | None, tailnet: str | None 
     o.table(payload, payload["nodes"], NODE_COLUMNS)
 
 
-def nodes_register(c: AdminClient, o: Output, user: str, key: str) -> None:
-    payload = c.request("POST", "/api/v1/node/register", query={"user": user, "key": key})
+def nodes_register(
+    c: AdminClient, o: Output, user: str, key: str, tailnet: str | None = None
+) -> None:
+    query = {"user": user, "key": key, **({"tailnet": tailnet} if tailnet else {})}
+    payload = c.request("POST", "/api/v1/node/register", query=query)
     node = payload["node"]
     o.message(
         payload,
@@ -108,6 +111,7 @@ def add_verbs(ns: Subparsers[Parser]) -> None:
     ns.add_parser("backfillips", help="give nodes the addresses of newly configured prefixes")
     c = ns.add_parser("register")
     c.add_argument("-u", "--user", required=True)
+    c.add_argument("--tailnet", help="the user's tailnet (when the name is in several)")
     c.add_argument("-k", "--key", required=True, help="registration id (or the AuthURL)")
     c = ns.add_parser("list-shares", aliases=["shares"], help="nodes shared across tailnets")
     c.add_argument("-i", "--identifier", help="node id (default: every node)")
@@ -141,7 +145,7 @@ def run(c: AdminClient, o: Output, args: argparse.Namespace, verb: str) -> None:
         nodes_list(c, o, args.user, args.tailnet)
         return
     if verb == "register":
-        nodes_register(c, o, args.user, args.key)
+        nodes_register(c, o, args.user, args.key, args.tailnet)
         return
     if verb in ("list-routes", "routes"):
         nodes_routes(c, o, args.identifier)

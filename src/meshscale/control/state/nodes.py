@@ -145,12 +145,14 @@ class Nodes:
         at_once = getattr(self.core.policy_of(node.tailnet_id), "peer_ids", None)
         if at_once is None:
             return None
-        nodes = self.core.nodes
-        # The manager knows only its tailnet's nodes; the filter keeps a guest it was fed
-        # (shares.py) from passing as a peer unless the share says so below.
-        mine = node.tailnet_id
-        ids = {i for i in at_once(node)
-               if (p := nodes.get(NodeID(i))) is not None and p.tailnet_id == mine}  # fmt: skip
+        ids = set(at_once(node))
+        if self.core.shares or self.core.guests_fed:
+            # The manager knows only its tailnet's nodes, and the guests it was fed
+            # (shares.py): the filter keeps a guest from passing as a plain peer; the
+            # shares say below which of them are.
+            nodes, mine = self.core.nodes, node.tailnet_id
+            ids = {i for i in ids
+                   if (p := nodes.get(NodeID(i))) is not None and p.tailnet_id == mine}  # fmt: skip
         if self.core.shares:  # plus the peers a share brings (shares.py)
             ids.update(int(n.id) for n in self.shares.shared_peers(node))
         return ids
@@ -280,7 +282,7 @@ class Nodes:
         a policy change, docs/protocol/policy.md §5.2): adds approvals only, never
         removes; inside a write."""
         for old in list(self.core.nodes.values()):
-            if old.announced_routes() and (tailnet is None or old.tailnet_id == tailnet):
+            if (tailnet is None or old.tailnet_id == tailnet) and old.announced_routes():
                 self._commit(old, self._auto_approved(old))
 
     # ---- registration ------------------------------------------------------------------
