@@ -390,3 +390,28 @@ def test_a_shared_node_never_takes_the_name_of_a_recipients_device() -> None:
     got = names(web_a.id)
     assert got[int(a2.id)] == "a2.ts.example."
     assert got[int(b2.id)] == "a2.acme.ts.example." and got[int(web_b.id)] == "web.acme.ts.example."
+
+
+def test_a_renamed_tailnet_renames_its_shared_node_in_the_recipients_map() -> None:
+    from meshscale.control.mapper import mapper
+    from meshscale.control.mapper.batcher import Batcher, MapSession, SnapshotSource
+    from meshscale.testing.mapsource import DERP
+
+    w = World()
+    st = w.st
+    st.share_node(w.s, w.carol.id)
+    cfg = mapper.MapConfig(base_domain="ts.example", domain="c.example", derp_map=DERP)
+    b = Batcher(SnapshotSource(st), lambda: cfg)
+    r1 = MapSession(w.r1)
+    b.add(r1)
+    first = b.build(r1, NOW)
+    assert first is not None
+    assert {p["Name"] for p in first["Peers"] if p["ID"] == int(w.s)} == {"s.default.ts.example."}
+    sub = st.subscribe()
+    st.rename_tailnet(st.get_node(w.s).tailnet_id, "home")
+    for ev in sub.drain():
+        b.handle(ev)
+    msg = b.build(r1, NOW)
+    assert msg is not None, "the recipient was not told"
+    peers = [*msg.get("Peers", ()), *msg.get("PeersChanged", ())]
+    assert {p["Name"] for p in peers if p["ID"] == int(w.s)} == {"s.home.ts.example."}
