@@ -18,7 +18,7 @@ from typing import Final
 
 from meshscale.policy.manager import IPAddress, PolicyNode, PolicyUser
 from meshscale.policy.model import Alias, IPPrefix, Policy, Rule
-from meshscale.policy.sharing import cut_ranges, names_shared
+from meshscale.policy.sharing import EVERY_ADDRESS, confine_guests, cut_ranges, names_shared
 from meshscale.tailcfg import CapGrant, FilterRule, NetPortRange, PortRange
 
 # `*` as a source (§2.2): CGNAT minus 100.115.92.0/23, and the Tailscale ULA.
@@ -186,7 +186,10 @@ class Compiled:
             others = tuple(d for d in r.dst if not (d.kind == "autogroup" and d.name == "self"))
             for dst, is_self in ((others, False), (selfs, True)):
                 if dst:
-                    wild = any(a.kind == "wildcard" for a in r.src)
+                    # (danger-all too: both change with the shared-in addresses, §6 item 1)
+                    wild = any(a.kind == "wildcard" or (a.kind == "autogroup"
+                                                        and a.name == "danger-all")
+                               for a in r.src)  # fmt: skip
                     self.rules.append(CRule(r, dst, is_self, set(), set(), wild, set()))
         self.nodes: dict[int, NodeView] = {}
         self.src_of: dict[int, list[int]] = {}  # node → rule indexes, in rule order
@@ -496,7 +499,8 @@ class Compiled:
             if a.kind == "wildcard" and user is None:
                 lit.extend(self.wildcard_ips())
             elif a.kind == "autogroup" and a.name == "danger-all":
-                lit.append("*")
+                # every address, but a node shared into this tailnet (one way, TS-2024-005)
+                lit.extend(cut_ranges(EVERY_ADDRESS, self.shared_in) if self.shared_in else ("*",))
             elif a.kind in ("prefix", "host") and a.prefix is not None:
                 lit.append(host_str(a.prefix))
         if "*" in lit:
@@ -579,7 +583,8 @@ class Compiled:
                 for e in entries
                 for lo, hi in cr.rule.ports
             )
-        return out
+        guests = self.guest_ips.get(node_id, ())
+        return confine_guests(out, guests, [str(a) for a in n.addrs]) if guests else out
 
 
 def _copy_rule(r: FilterRule) -> FilterRule:
