@@ -22,23 +22,13 @@ import pytest
 
 from meshscale.lab import Lab, NatKind
 from meshscale.lab.meshnet import MeshNet, MeshNode, wait_direct
-from meshscale.lab.miniupnpd import STUN_PORT, start_stun
+from meshscale.lab.miniupnpd import start_stun, stun_only_region
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(120)]
 
 BUDGET = 2048  # probes per attempt and side
 PORTS = 256
 DIRECT_WITHIN = 5.0  # seconds of traffic after up
-
-
-def _stun_region(path: Path, ip: str) -> Path:
-    region = {"regions": {"901": {
-        "RegionID": 901, "RegionCode": "stun2", "RegionName": "lab STUN only",
-        "Nodes": [{"Name": "901a", "RegionID": 901, "HostName": ip, "IPv4": ip,
-                   "STUNPort": STUN_PORT, "STUNOnly": True}],
-    }}}  # fmt: skip
-    path.write_text(json.dumps(region))
-    return path
 
 
 def _varies(node: MeshNode, want: bool, deadline: float) -> None:
@@ -60,7 +50,7 @@ def test_easy_hard_goes_direct_and_hard_hard_stays_quiet(need_lab: None, tmp_pat
     with Lab(hint="hn", workdir=tmp_path / "lab") as lab:
         stun = lab.add_public_host("stun")
         start_stun(stun)
-        region = _stun_region(tmp_path / "stun-region.json", str(stun.ip))
+        region = stun_only_region(tmp_path / "stun-region.json", str(stun.ip))
         net = MeshNet(lab, tmp_path / "net", control_config={"derp": {"paths": [str(region)]}})
         net.start_control()
         args = ["--hard-nat-probes", str(BUDGET), "--hard-nat-ports", str(PORTS)]
