@@ -20,6 +20,7 @@ Rules: an attempt starts only when our netcheck and the peer's (its Hostinfo.Net
 about MappingVariesByDestIP (never hard<->hard: the search space is 2^32 there), never while a
 direct path exists (it stops as soon as one does), sends at most ``budget.packets`` probes and
 lasts at most ``budget.seconds``; a peer gets one attempt per ``budget.cooldown``.
+The official client has no such search (docs/protocol/derp-disco-stun.md §5.8).
 """
 
 from __future__ import annotations
