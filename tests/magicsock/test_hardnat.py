@@ -223,3 +223,17 @@ def test_timer_never_spins() -> None:
     assert len(p.take_probes()) == 5
     nt = p.get_timer()
     assert nt is not None and nt > START_DELAY + 1
+
+
+def test_daemon_flags_make_the_budget_and_refuse_bad_values() -> None:
+    from meshscale.node.main import build_parser, check_args, hard_nat_budget
+
+    args = build_parser().parse_args([])
+    assert check_args(args) is None and hard_nat_budget(args) == ProbeBudget()
+    args = build_parser().parse_args(["--hard-nat-probes", "0"])
+    assert check_args(args) is None and not hard_nat_budget(args).enabled
+    args = build_parser().parse_args(["--hard-nat-probes=300", "--hard-nat-ports=16"])
+    assert hard_nat_budget(args) == ProbeBudget(packets=300, ports=16)
+    for bad in (["--hard-nat-ports=0"], ["--hard-nat-seconds=-1"], ["--hard-nat-probes=-5"]):
+        problem = check_args(build_parser().parse_args(bad))
+        assert problem is not None and problem.startswith("--hard-nat-"), (bad, problem)
