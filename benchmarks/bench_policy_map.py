@@ -8,7 +8,8 @@ policy of bench_policy.py, reports:
   events through Batcher.handle, and a message built for every session with something
   pending (full maps for the nodes whose answers moved, per-viewer deltas for the rest):
   p50/p99 over K changes of the whole path, and how many full maps / deltas it took;
-* policy change: one user added to one group (State.set_policy) to every message built;
+* policy change: one user added to one group, then removed again (State.set_policy), to
+  every message built: p50/p99 over K changes, and the set_policy part;
 * peak RSS of the process.
 
 The peer JSON cache is warmed first (every node encoded once), as in a running server.
@@ -98,14 +99,22 @@ def run(n: int, changes: int) -> None:
         f"full maps p50 {fulls:.0f}, deltas p50 {statistics.median(d for _, d in shape):.0f}"
     )
 
-    t0 = time.perf_counter()
-    state.set_policy(policy(users, extra=f"{users[-1].name}@"))
-    t1 = time.perf_counter()
-    fulls, deltas = build_all(state, b, sessions)
-    t2 = time.perf_counter()
+    lat, setp, shape = [], [], []
+    for k in range(changes):  # a user into group:g0, then out again (each a swap)
+        extra = f"{users[-1 - k // 2].name}@" if k % 2 == 0 else None
+        t0 = time.perf_counter()
+        state.set_policy(policy(users, extra=extra))
+        t1 = time.perf_counter()
+        shape.append(build_all(state, b, sessions))
+        lat.append(time.perf_counter() - t0)
+        setp.append(t1 - t0)
+    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
     print(
-        f"  policy change (one user into one group): set_policy {ms(t1 - t0)}, all messages "
-        f"{ms(t2 - t0)}; full maps {fulls}, deltas {deltas}"
+        f"  policy change (one user into / out of one group) -> all messages: p50 "
+        f"{ms(statistics.median(lat))} p99 {ms(q[98])}; set_policy p50 "
+        f"{ms(statistics.median(setp))} max {ms(max(setp))}; full maps p50 "
+        f"{statistics.median(f for f, _ in shape):.0f}, deltas p50 "
+        f"{statistics.median(d for _, d in shape):.0f}"
     )
     print_peak_rss()
     state.close()
