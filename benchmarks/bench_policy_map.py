@@ -9,7 +9,10 @@ policy of bench_policy.py, reports:
   pending (full maps for the nodes whose answers moved, per-viewer deltas for the rest):
   p50/p99 over K changes of the whole path, and how many full maps / deltas it took;
 * policy change: one user added to one group, then removed again (State.set_policy), to
-  every message built: p50/p99 over K changes, and the set_policy part;
+  every message built: p50/p99 over K changes, and the set_policy part; then the same
+  with set_policy recompiling everything and diffing per-node signatures (the path before
+  policy/incremental.py), as the baseline in the same run;
+* compile: the policy resolved over all N nodes from scratch, then every filter built;
 * peak RSS of the process.
 
 The peer JSON cache is warmed first (every node encoded once), as in a running server.
@@ -37,6 +40,7 @@ from meshscale.control.mapper.batcher import Batcher, MapSession, Pending, Snaps
 from meshscale.control.state import State
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.policy import PolicyEngine
+from meshscale.policy.compile import Compiled
 from meshscale.testing.mapsource import DERP
 
 CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
@@ -99,23 +103,38 @@ def run(n: int, changes: int) -> None:
         f"full maps p50 {fulls:.0f}, deltas p50 {statistics.median(d for _, d in shape):.0f}"
     )
 
-    lat, setp, shape = [], [], []
-    for k in range(changes):  # a user into group:g0, then out again (each a swap)
-        extra = f"{users[-1 - k // 2].name}@" if k % 2 == 0 else None
-        t0 = time.perf_counter()
-        state.set_policy(policy(users, extra=extra))
-        t1 = time.perf_counter()
-        shape.append(build_all(state, b, sessions))
-        lat.append(time.perf_counter() - t0)
-        setp.append(t1 - t0)
-    q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
-    print(
-        f"  policy change (one user into / out of one group) -> all messages: p50 "
-        f"{ms(statistics.median(lat))} p99 {ms(q[98])}; set_policy p50 "
-        f"{ms(statistics.median(setp))} max {ms(max(setp))}; full maps p50 "
-        f"{statistics.median(f for f, _ in shape):.0f}, deltas p50 "
-        f"{statistics.median(d for _, d in shape):.0f}"
-    )
+    engine = state.core.policy
+    assert isinstance(engine, PolicyEngine)
+    t0 = time.perf_counter()
+    fresh = Compiled(engine.policy, engine._users, engine._compiled.nodes.values())
+    t1 = time.perf_counter()
+    for nid in fresh.nodes:
+        fresh.filter_for(nid, copy=False)
+    print(f"  compile {ms(t1 - t0)}, then every filter {ms(time.perf_counter() - t1)}")
+    del fresh
+    for mode in ("derived", "full recompile"):
+        if mode != "derived":  # the baseline: set_policy as before policy/incremental.py
+            engine._derive = lambda p, strict=True: (  # type: ignore[method-assign]
+                engine._compile(p, engine._compiled.nodes.values(), strict),
+                None,
+            )
+        lat, setp, shape = [], [], []
+        for k in range(changes):  # a user into group:g0, then out again (each a swap)
+            extra = f"{users[-1 - k // 2].name}@" if k % 2 == 0 else None
+            t0 = time.perf_counter()
+            state.set_policy(policy(users, extra=extra))
+            t1 = time.perf_counter()
+            shape.append(build_all(state, b, sessions))
+            lat.append(time.perf_counter() - t0)
+            setp.append(t1 - t0)
+        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
+        print(
+            f"  policy change ({mode}; one user into / out of one group) -> all messages: "
+            f"p50 {ms(statistics.median(lat))} p99 {ms(q[98])}; set_policy p50 "
+            f"{ms(statistics.median(setp))} max {ms(max(setp))}; full maps p50 "
+            f"{statistics.median(f for f, _ in shape):.0f}, deltas p50 "
+            f"{statistics.median(d for _, d in shape):.0f}"
+        )
     print_peak_rss()
     state.close()
 
