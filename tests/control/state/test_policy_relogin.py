@@ -81,3 +81,15 @@ def test_relogin_after_expiry_with_a_new_tagged_key_takes_its_tags(state: State)
     relog = state.register_with_preauth_key(second, mk(2), nk(2), {"Hostname": "srv"})
     assert (relog.id, relog.tags) == (node.id, ("tag:db",))
     assert _reaches_db(state, laptop.id, node.id)  # the policy sees the new tag at once
+
+
+def test_users_by_id_is_shared_until_a_user_changes(state: State) -> None:
+    a = state.create_user("a")
+    first = state.users_by_id()
+    assert state.users_by_id() is first and list(first) == [a.id]  # no rebuild per map
+    b = state.create_user("b")
+    assert list(state.users_by_id()) == [a.id, b.id]
+    state.rename_user(a.id, "a2")
+    assert state.users_by_id()[a.id].name == "a2"
+    state.delete_user(b.id)
+    assert list(state.users_by_id()) == [a.id]

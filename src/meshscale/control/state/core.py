@@ -84,6 +84,7 @@ class StateCore:
         self.policy = policy
         self.lock = threading.RLock()
         self.generation = 0  # bumped on every published change
+        self.users_gen = 0  # bumped whenever the user table may have changed
         self._subs: list[ChangeSubscription] = []
         self._events: list[Change] | None = None  # buffered inside write()
         self._policy_change: PolicyChange = NO_CHANGE  # gathered inside write()
@@ -101,6 +102,7 @@ class StateCore:
         """(Re)build every table from the store, and the policy manager's view."""
         snap = self.store.load()
         self.users: dict[UserID, User] = {u.id: u for u in snap.users}
+        self.users_gen += 1
         self.nodes: dict[NodeID, Node] = {}
         self.by_machine: dict[MachinePublic, NodeID] = {}
         self.by_node_key: dict[NodePublic, NodeID] = {}
@@ -194,6 +196,7 @@ class StateCore:
 
     def users_changed(self) -> None:
         """Tell the policy manager the user table changed; inside ``write()``."""
+        self.users_gen += 1
         self._policy_change |= self.policy.set_users(self.users.values())
         for nid, by_user in list(self.shares.items()):  # a deleted user's shares went too
             gone = [u for u in by_user if u not in self.users]
