@@ -61,6 +61,7 @@ def test_user_routes(api: API) -> None:
         "providerId": "",
         "provider": "",
         "profilePicUrl": "",
+        "tailnetId": "1",  # meshscale: the tailnet the user belongs to (issue #16)
     }
     assert call(api, "POST", "/api/v1/user", {"name": "alice"})[0] == 409
     assert call(api, "POST", "/api/v1/user/1/rename/alicia")[1]["user"]["name"] == "alicia"

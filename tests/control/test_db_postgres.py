@@ -332,3 +332,31 @@ def test_serve_with_postgres(postgres: Callable[[], str], tmp_path: Path) -> Non
 
     assert [u["name"] for u in asyncio.run(main())["users"]] == ["alice"]
     assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_pre_tailnet_database_opens_as_tailnet_default(postgres: Callable[[], str]) -> None:
+    """Migration 0006 on PostgreSQL: the rows of a pre-0006 database end in ``default``."""
+    from tests.control.test_db_tailnets import PRE_0006_ROWS, STAMP, check_migrated
+
+    from meshscale.control.db.postgres import PostgresStore, to_postgres
+
+    dsn = postgres()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at text NOT NULL)"
+        )
+        for version, name, sql in migrations()[:5]:
+            for statement in split_statements(to_postgres(sql)):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s, %s)", (version, name, STAMP)
+            )
+        for statement in PRE_0006_ROWS:
+            conn.execute(statement.replace("'h'", "'\\x00'::bytea"))
+    store = PostgresStore(dsn)
+    check_migrated(store.load())
+    from meshscale.control.models import Tailnet, TailnetID
+
+    assert store.insert_tailnet(Tailnet(TailnetID(0), "acme", None, T0)) == 2
+    store.close()

@@ -44,9 +44,15 @@ UserID = NewType("UserID", int)
 NodeID = NewType("NodeID", int)
 PreAuthKeyID = NewType("PreAuthKeyID", int)
 APIKeyID = NewType("APIKeyID", int)
+TailnetID = NewType("TailnetID", int)
 RegistrationID = NewType("RegistrationID", str)
 
 IPPrefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The tailnet every server has (migration 0006): the single tailnet of a server that never
+# created another, and where users from an identity provider sign in.
+DEFAULT_TAILNET: Final = TailnetID(1)
+DEFAULT_TAILNET_NAME: Final = "default"
 
 # Key text formats (Headscale >= 0.27 shape: a public lookup prefix, then the secret).
 PREAUTH_KEY_PREFIX: Final = "hskey-auth-"
@@ -64,6 +70,17 @@ class RegisterMethod(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Tailnet:
+    """One tailnet of the server (issue #16): it owns users (and so nodes and pre-auth
+    keys), a policy and a MagicDNS base domain (None: the server's)."""
+
+    id: TailnetID
+    name: str
+    base_domain: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class User:
     id: UserID
     name: str
@@ -74,6 +91,7 @@ class User:
     oidc_issuer: str | None = None  # with oidc_subject: the identity of an OIDC user
     oidc_subject: str | None = None
     groups: tuple[str, ...] = ()  # the IdP's groups at the last sign-in
+    tailnet_id: TailnetID = DEFAULT_TAILNET
 
     @property
     def login_name(self) -> str:
@@ -102,6 +120,7 @@ class Node:
     auth_key_id: PreAuthKeyID | None = None
     ephemeral: bool = False
     created_at: datetime | None = None
+    tailnet_id: TailnetID = DEFAULT_TAILNET  # always its user's (State keeps them equal)
     online: bool = False  # not persisted
     # Memory only, kept by State: the non-exit prefixes this node is the HA primary for
     # (state/primary.py), and whether its map stream has been gone past the route grace.
@@ -177,6 +196,7 @@ class PreAuthKey:
     expiration: datetime | None = None
     tags: tuple[str, ...] = ()
     created_at: datetime | None = None
+    tailnet_id: TailnetID = DEFAULT_TAILNET  # its user's
 
     def display(self) -> str:
         """The redacted form shown in listings."""
@@ -202,6 +222,7 @@ class APIKey:
     expiration: datetime | None = None
     last_seen: datetime | None = None
     created_at: datetime | None = None
+    tailnet_id: TailnetID | None = None  # None: a server admin key; else scoped to one
 
     def display(self) -> str:
         return f"{API_KEY_PREFIX}{self.prefix}-***"
@@ -319,6 +340,11 @@ class Conflict(StateError):
 
 class InvalidArgument(StateError):
     pass
+
+
+class Forbidden(StateError):
+    """The caller may not do this at all (a tailnet-scoped API key asking for a
+    server-level operation); another tailnet's objects are NotFound instead."""
 
 
 class PreAuthKeyError(StateError):

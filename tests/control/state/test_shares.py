@@ -1,14 +1,14 @@
 """State: node sharing across tailnets (issue #16 part 2, docs/protocol/policy.md §6).
 
-The tailnet of a user is patched here (carol* users are tailnet 1, everyone else 0) so the
-share rules are tested on their own; one policy engine evaluates both tailnets, with a
-policy that keeps them apart (alice@ ↔ alice@, carol@ ↔ carol@) and lets guests of the
-sharer's tailnet reach alice's devices on 8080 through autogroup:shared.
+Two real tailnets: alice in ``default``, carol and carol2 in ``carols``. Each has its own
+policy engine and policy (alice@ ↔ alice@; carol@ ↔ carol@ and tag:ci); the sharer's
+lets guests reach alice's devices on 8080 through autogroup:shared.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,48 +24,33 @@ from meshscale.control.models import (
     UserID,
 )
 from meshscale.control.state import State
-from meshscale.control.state.core import StateCore
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.policy import PolicyEngine
 
-# The shares table of the pending migration 0007 (it must follow the tailnets' 0006, not yet
-# on any branch): created here so the share rules are tested before it lands.
-SHARES_DDL = (
-    "CREATE TABLE shares (node_id integer NOT NULL REFERENCES nodes(id) ON DELETE CASCADE, "
-    "user_id integer NOT NULL REFERENCES users(id) ON DELETE CASCADE, "
-    "created_at text NOT NULL, PRIMARY KEY (node_id, user_id))"
-)
-
 POLICY = """{
-  "tagOwners": {"tag:ci": ["carol@"]},
   "acls": [
     {"action": "accept", "src": ["alice@"], "dst": ["alice@:*"]},
-    {"action": "accept", "src": ["carol@"], "dst": ["carol@:*", "tag:ci:*"]},
     {"action": "accept", "src": ["autogroup:shared"], "dst": ["alice@:8080"]}
   ]
 }"""
-
-
-@pytest.fixture(autouse=True)
-def two_tailnets(monkeypatch: pytest.MonkeyPatch) -> None:
-    def tailnet_of_user(self: StateCore, user_id: UserID) -> int:
-        u = self.users.get(user_id)
-        return 1 if u is not None and u.name.startswith("carol") else 0
-
-    monkeypatch.setattr(StateCore, "tailnet_of_user", tailnet_of_user)
+CAROLS_POLICY = """{
+  "tagOwners": {"tag:ci": ["carol@"]},
+  "acls": [{"action": "accept", "src": ["carol@"], "dst": ["carol@:*", "tag:ci:*"]}]
+}"""
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, path: str = ":memory:") -> None:
         rng = random.Random(1)
-        self.st = State.open(":memory:", rand=rng.randbytes, randbelow=rng.randrange,
+        self.st = State.open(path, rand=rng.randbytes, randbelow=rng.randrange,
                              policy=PolicyEngine())  # fmt: skip
         st = self.st
-        st.store.inner.conn.execute(SHARES_DDL)  # type: ignore[attr-defined]
+        carols = st.create_tailnet("carols").id
         self.alice = st.create_user("alice")
-        self.carol = st.create_user("carol")
-        self.carol2 = st.create_user("carol2")
+        self.carol = st.create_user("carol", tailnet=carols)
+        self.carol2 = st.create_user("carol2", tailnet=carols)
         st.set_policy(POLICY)
+        st.set_policy(CAROLS_POLICY, tailnet=carols)
         self.n = 0
         self.s = self.node(self.alice.id, "s")  # the node to share
         self.a2 = self.node(self.alice.id, "a2")  # alice's other device: never shared
@@ -198,3 +183,28 @@ def test_peer_sets_follow_the_share_table(ops: list[tuple[bool, str, str]]) -> N
                 assert (sid in w.peers(r)) == want
                 assert (r in w.peers(sid)) == want
                 assert (w.st.share_view(r, sid) is not None) == want
+
+
+def test_a_share_survives_a_restart(tmp_path: Path) -> None:
+    """Shares are persisted (migration 0007): after a restart on the same database the
+    share is listed and the shared node is still in the recipient's map."""
+    path = str(tmp_path / "db.sqlite")
+    w = World(path)
+    w.st.share_node(w.s, w.carol.id)
+    s, r1, carol = w.s, w.r1, w.carol.id
+    w.st.close()
+    st = State.open(path, policy=PolicyEngine())
+    try:
+        assert [(x.node_id, x.user_id) for x in st.list_shares()] == [(s, carol)]
+        assert s in {p.id for p in st.peers_of(r1)}
+        assert r1 in {p.id for p in st.peers_of(s)}
+        assert st.share_view(r1, s) == ShareView("", sharer=int(w.alice.id))
+        st.unshare_node(s, carol)
+    finally:
+        st.close()
+    st = State.open(path, policy=PolicyEngine())
+    try:
+        assert st.list_shares() == []
+        assert s not in {p.id for p in st.peers_of(r1)}
+    finally:
+        st.close()

@@ -48,6 +48,7 @@ SCHEMAS: dict[str, Any] = {
             "providerId": {"type": "string"},
             "provider": {"type": "string"},
             "profilePicUrl": {"type": "string"},
+            "tailnetId": _ID,
         }
     ),
     "PreAuthKey": _obj(
@@ -70,6 +71,7 @@ SCHEMAS: dict[str, Any] = {
             "expiration": _TS,
             "createdAt": _TS,
             "lastSeen": _TS,
+            "tailnetId": {**_ID, "nullable": True},  # null: a server admin key
         }
     ),
     "Node": _obj(
@@ -178,11 +180,24 @@ SCHEMAS: dict[str, Any] = {
     ),
     "ShareOne": _obj({"share": _ref("Share")}),
     "ShareList": _obj({"shares": {"type": "array", "items": _ref("Share")}}),
+    "Tailnet": _obj(
+        {
+            "id": _ID,
+            "name": {"type": "string"},
+            "baseDomain": {"type": "string"},
+            "createdAt": _TS,
+            "users": {"type": "integer"},
+            "nodes": {"type": "integer"},
+        }
+    ),
+    "TailnetOne": _obj({"tailnet": _ref("Tailnet")}),
+    "TailnetList": _obj({"tailnets": {"type": "array", "items": _ref("Tailnet")}}),
 }
 
 _ERRORS = {
     "400": "Bad request",
     "401": "Missing or invalid API key",
+    "403": "Not allowed for a tailnet-scoped API key",
     "404": "Not found",
     "409": "Conflict",
 }

@@ -28,6 +28,7 @@ from meshscale.control.models import (
     NodeID,
     NotFound,
     PreAuthKeyID,
+    TailnetID,
     User,
     UserID,
 )
@@ -75,13 +76,36 @@ def _id(text: str | None, what: str) -> int:
     return int(text)
 
 
-def _user(state: State, ref: str | None) -> User:
-    """A user by id (digits) or by name."""
+def _user(state: State, ref: str | None, tailnet: TailnetID | None = None) -> User:
+    """A user by id (digits) or by name (in ``tailnet``, else in the one tailnet that
+    has a user of that name)."""
     if not ref:
         raise BadRequest("missing user")
     if ref.isdigit():
-        return state.get_user(UserID(int(ref)))
-    return state.get_user_by_name(ref)
+        user = state.get_user(UserID(int(ref)))
+        if tailnet is not None and user.tailnet_id != tailnet:
+            raise NotFound(f"user {ref} not found in that tailnet")
+        return user
+    return state.get_user_by_name(ref, tailnet)
+
+
+def _tailnet(c: Call, where: dict[str, Any] | None = None) -> TailnetID | None:
+    """The ``tailnet`` parameter (a name; from the query, or ``where``): None if absent."""
+    raw = (c.query if where is None else where).get("tailnet")
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise BadRequest("tailnet: want a tailnet name")
+    return c.state.get_tailnet_by_name(raw).id
+
+
+def _policy_tailnet(c: Call) -> TailnetID:
+    """The tailnet a policy call is about: ``?tailnet=NAME``, else the default one (for a
+    tailnet-scoped key: its own)."""
+    found = _tailnet(c)
+    if found is not None:
+        return found
+    return c.state.list_tailnets()[0].id
 
 
 def _str(body: dict[str, Any], key: str, default: str = "") -> str:
@@ -126,7 +150,7 @@ def health(c: Call) -> dict[str, Any]:
 
 
 def list_users(c: Call) -> dict[str, Any]:
-    users = c.state.list_users()
+    users = c.state.list_users(_tailnet(c))
     if c.query.get("id"):
         uid = _id(c.query["id"], "id")
         users = [u for u in users if u.id == uid]
@@ -138,10 +162,12 @@ def list_users(c: Call) -> dict[str, Any]:
 
 
 def create_user(c: Call) -> dict[str, Any]:
+    tailnet = _tailnet(c, c.body)
     user = c.state.create_user(
         _str(c.body, "name"),
         display_name=_str(c.body, "displayName"),
         email=_str(c.body, "email"),
+        tailnet=_policy_tailnet(c) if tailnet is None else tailnet,
     )
     return {"user": user_json(user)}
 
@@ -158,8 +184,9 @@ def delete_user(c: Call) -> dict[str, Any]:
 
 def list_nodes(c: Call) -> dict[str, Any]:
     ref = c.query.get("user")
-    uid = _user(c.state, ref).id if ref else None
-    return {"nodes": [node_json(n, c.state) for n in c.state.list_nodes(uid)]}
+    tailnet = _tailnet(c)
+    uid = _user(c.state, ref, tailnet).id if ref else None
+    return {"nodes": [node_json(n, c.state) for n in c.state.list_nodes(uid, tailnet)]}
 
 
 def _node_id(c: Call) -> NodeID:
@@ -246,13 +273,15 @@ def list_registrations(c: Call) -> dict[str, Any]:
 
 def list_preauth_keys(c: Call) -> dict[str, Any]:
     ref = c.query.get("user")
-    uid = _user(c.state, ref).id if ref else None
-    keys = c.state.list_preauth_keys(uid)
+    tailnet = _tailnet(c)
+    uid = _user(c.state, ref, tailnet).id if ref else None
+    keys = c.state.list_preauth_keys(uid, tailnet)
     return {"preAuthKeys": [preauth_key_json(k, c.state) for k in keys]}
 
 
 def create_preauth_key(c: Call) -> dict[str, Any]:
-    user = _user(c.state, _str(c.body, "user"))
+    # The key admits nodes into the user's tailnet; "tailnet" only picks the user.
+    user = _user(c.state, _str(c.body, "user"), _tailnet(c, c.body))
     new = c.state.create_preauth_key(
         user.id,
         reusable=_bool(c.body, "reusable"),
@@ -285,11 +314,14 @@ def delete_preauth_key(c: Call) -> dict[str, Any]:
 
 
 def list_api_keys(c: Call) -> dict[str, Any]:
-    return {"apiKeys": [api_key_json(k) for k in c.state.list_api_keys()]}
+    return {"apiKeys": [api_key_json(k) for k in c.state.list_api_keys(_tailnet(c))]}
 
 
 def create_api_key(c: Call) -> dict[str, Any]:
-    return {"apiKey": c.state.create_api_key(_time(c.body, "expiration")).secret}
+    """``tailnet``: a key scoped to that tailnet (a scoped caller's keys are always
+    scoped to its own); none: a server admin key."""
+    key = c.state.create_api_key(_time(c.body, "expiration"), _tailnet(c, c.body))
+    return {"apiKey": key.secret}
 
 
 def _api_key_ref(body: dict[str, Any]) -> Any:
@@ -312,9 +344,10 @@ def delete_api_key(c: Call) -> dict[str, Any]:
 
 
 def _policy_json(c: Call) -> dict[str, Any]:
-    v = c.state.policy_version
+    tailnet = _policy_tailnet(c)
+    v = c.state.policy_version_of(tailnet)
     return {
-        "policy": c.state.policy or "",
+        "policy": c.state.policy_of(tailnet) or "",
         "updatedAt": ts(v.created_at) if v else None,
         "version": v.version if v else None,
     }
@@ -333,7 +366,7 @@ def _writable(c: Call) -> None:
 
 def set_policy(c: Call) -> dict[str, Any]:
     _writable(c)
-    c.state.set_policy(_str(c.body, "policy"), "api")
+    c.state.set_policy(_str(c.body, "policy"), "api", _policy_tailnet(c))
     return _policy_json(c)
 
 
@@ -344,7 +377,7 @@ def check_policy(c: Call) -> dict[str, Any]:
     """Validate without applying: 200 either way, the errors (with line and column where
     the message names them) in the body; ``tests`` run against today's nodes."""
     try:
-        warnings = c.state.check_policy(_str(c.body, "policy"))
+        warnings = c.state.check_policy(_str(c.body, "policy"), _policy_tailnet(c))
     except BadRequest:
         raise
     except InvalidArgument as exc:
@@ -369,7 +402,7 @@ def policy_history(c: Call) -> dict[str, Any]:
                 "updatedAt": ts(v.created_at),
                 "source": v.source,
             }
-            for v in c.state.policy_history(min(limit, 1000))
+            for v in c.state.policy_history(min(limit, 1000), _policy_tailnet(c))
         ]
     }
 
@@ -379,7 +412,7 @@ def rollback_policy(c: Call) -> dict[str, Any]:
     raw = c.body.get("version")
     if isinstance(raw, bool) or not isinstance(raw, int | str):
         raise BadRequest("version: want a version number")
-    c.state.rollback_policy(_id(str(raw), "version"))
+    c.state.rollback_policy(_id(str(raw), "version"), _policy_tailnet(c))
     return _policy_json(c)
 
 
@@ -451,7 +484,7 @@ ROUTES: tuple[Route, ...] = (
         "Users",
         list_users,
         "UserList",
-        query=("id", "name", "email"),
+        query=("id", "name", "email", "tailnet"),
     ),
     _r(
         "POST",
@@ -461,7 +494,13 @@ ROUTES: tuple[Route, ...] = (
         "Users",
         create_user,
         "UserOne",
-        body={"name": "string", "displayName": "string", "email": "string", "pictureUrl": "string"},
+        body={
+            "name": "string",
+            "displayName": "string",
+            "email": "string",
+            "pictureUrl": "string",
+            "tailnet": "string",
+        },
     ),
     _r(
         "POST",
@@ -481,7 +520,7 @@ ROUTES: tuple[Route, ...] = (
         "Nodes",
         list_nodes,
         "NodeList",
-        query=("user",),
+        query=("user", "tailnet"),
     ),
     _r(
         "POST",
@@ -589,7 +628,7 @@ ROUTES: tuple[Route, ...] = (
         "PreAuthKeys",
         list_preauth_keys,
         "PreAuthKeyList",
-        query=("user",),
+        query=("user", "tailnet"),
     ),
     _r(
         "POST",
@@ -605,6 +644,7 @@ ROUTES: tuple[Route, ...] = (
             "ephemeral": "boolean",
             "expiration": "timestamp",
             "aclTags": "strings",
+            "tailnet": "string",
         },
     ),
     _r(
@@ -635,6 +675,7 @@ ROUTES: tuple[Route, ...] = (
         "ApiKeys",
         list_api_keys,
         "ApiKeyList",
+        query=("tailnet",),
     ),
     _r(
         "POST",
@@ -644,7 +685,7 @@ ROUTES: tuple[Route, ...] = (
         "ApiKeys",
         create_api_key,
         "ApiKeyCreated",
-        body={"expiration": "timestamp"},
+        body={"expiration": "timestamp", "tailnet": "string"},
     ),
     _r(
         "POST",
@@ -665,7 +706,16 @@ ROUTES: tuple[Route, ...] = (
         delete_api_key,
         "Empty",
     ),
-    _r("GET", f"{V1}/policy", "getPolicy", "Get policy", "Policy", get_policy, "Policy"),
+    _r(
+        "GET",
+        f"{V1}/policy",
+        "getPolicy",
+        "Get policy",
+        "Policy",
+        get_policy,
+        "Policy",
+        query=("tailnet",),
+    ),
     _r(
         "PUT",
         f"{V1}/policy",
@@ -675,6 +725,7 @@ ROUTES: tuple[Route, ...] = (
         set_policy,
         "Policy",
         body={"policy": "string"},
+        query=("tailnet",),
         max_body=POLICY_BODY,
     ),
     _r(
@@ -686,6 +737,7 @@ ROUTES: tuple[Route, ...] = (
         check_policy,
         "PolicyCheck",
         body={"policy": "string"},
+        query=("tailnet",),
         max_body=POLICY_BODY,
     ),
     _r(
@@ -696,7 +748,7 @@ ROUTES: tuple[Route, ...] = (
         "Policy",
         policy_history,
         "PolicyHistory",
-        query=("limit",),
+        query=("limit", "tailnet"),
     ),
     _r(
         "POST",
@@ -707,6 +759,7 @@ ROUTES: tuple[Route, ...] = (
         rollback_policy,
         "Policy",
         body={"version": "integer"},
+        query=("tailnet",),
     ),
     _r(
         "GET",

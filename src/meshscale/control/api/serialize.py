@@ -48,6 +48,7 @@ def user_json(user: User | None) -> dict[str, Any] | None:
         "providerId": user.provider_id or "",
         "provider": "oidc" if user.provider_id else "",
         "profilePicUrl": "",
+        "tailnetId": str(user.tailnet_id),
     }
 
 
@@ -72,6 +73,7 @@ def api_key_json(key: APIKey) -> dict[str, Any]:
         "expiration": ts(key.expiration),
         "createdAt": ts(key.created_at),
         "lastSeen": ts(key.last_seen),
+        "tailnetId": None if key.tailnet_id is None else str(key.tailnet_id),
     }
 
 

@@ -20,17 +20,20 @@ from urllib.parse import unquote
 
 from meshscale.control.api.openapi import openapi_document
 from meshscale.control.api.routes import Call, Route
+from meshscale.control.api.scope import SERVER_OPERATIONS, TailnetScope
 from meshscale.control.api.table import ROUTES
 from meshscale.control.models import (
     AddressExhausted,
     APIKeyError,
     Conflict,
+    Forbidden,
     InvalidArgument,
     LimitExceeded,
     NodeID,
     NotFound,
     PreAuthKeyError,
     StateError,
+    TailnetID,
     UserID,
 )
 from meshscale.control.state import State
@@ -46,6 +49,7 @@ MAX_API_BODY: Final = 64 * 1024  # bytes: admin requests are small; bounds memor
 # (HTTP status, gRPC code) per error class; the first matching class wins.
 _ERROR_MAP: Final[tuple[tuple[type[Exception], int, int], ...]] = (
     (NotFound, 404, 5),
+    (Forbidden, 403, 7),
     (Conflict, 409, 6),
     (PreAuthKeyError, 400, 3),
     (InvalidArgument, 400, 3),
@@ -148,11 +152,12 @@ class API:
             )
         route, params = found
         actor = f"unix:uid={req.peer_uid}" if req.peer_uid is not None else "unix"
+        scope: TailnetID | None = None
         if not (self.trusted or route.public):
             denied = self._authenticate(req)
             if isinstance(denied, Response):
                 return denied
-            actor = denied
+            actor, scope = denied
         limit = route.max_body or MAX_API_BODY
         if len(req.body) > limit:
             return error_response(413, 8, f"request body larger than {limit} bytes")
@@ -166,7 +171,9 @@ class API:
                 return error_response(400, 3, "request body must be a JSON object")
         source = req.client[0] if req.client else "unix"
         try:
-            return json_response(self._run(route, params, dict(req.query), body, actor, source))
+            return json_response(
+                self._run(route, params, dict(req.query), body, actor, source, scope)
+            )
         except StateError as exc:
             for cls, status, code in _ERROR_MAP:
                 if isinstance(exc, cls):
@@ -192,15 +199,25 @@ class API:
 
     def _run(
         self, route: Route, params: dict[str, str], query: dict[str, str],
-        body: dict[str, Any], actor: str, source: str,
+        body: dict[str, Any], actor: str, source: str, scope: TailnetID | None = None,
     ) -> dict[str, Any]:  # fmt: skip
+        """Run one operation; ``scope``: the caller's key is scoped to that tailnet (it
+        sees State through a TailnetScope; server-level operations are 403)."""
+        state: State = self.state
+        if scope is not None:
+            if route.operation_id in SERVER_OPERATIONS:
+                raise Forbidden(
+                    f"{route.operation_id} is for server admins; this API key is scoped to "
+                    "one tailnet"
+                )
+            state = TailnetScope(self.state, scope)
         audited = (
             route.method != "GET"
             and not route.public
             and (route.operation_id not in READ_ONLY_OPERATIONS)
         )
         before = self._before(route, params) if audited else None
-        result = route.handler(Call(self.state, params, query, body, self.policy_writable))
+        result = route.handler(Call(state, params, query, body, self.policy_writable))
         if audited:
             target = ",".join(f"{k}={v}" for k, v in sorted(params.items()))
             detail: dict[str, Any] = {**query, **body}
@@ -228,8 +245,8 @@ class API:
             return None
         return None
 
-    def _authenticate(self, req: Request) -> Response | str:
-        """The actor ("apikey:<prefix>"), or the 401 to answer."""
+    def _authenticate(self, req: Request) -> Response | tuple[str, TailnetID | None]:
+        """The actor ("apikey:<prefix>") and the key's tailnet scope, or the 401."""
         header = req.headers.get("authorization") or ""
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -238,4 +255,4 @@ class API:
             key = self.state.verify_api_key(token.strip())
         except APIKeyError as exc:
             return error_response(401, 16, str(exc))
-        return f"apikey:{key.prefix}"
+        return f"apikey:{key.prefix}", key.tailnet_id

@@ -254,6 +254,11 @@ class Console:
         except (APIKeyError, ValueError):
             log.info("console: refused sign-in from %s", source)
             return self.login_page(req, "That API key is not valid.", 401)
+        if key.tailnet_id is not None:  # the console acts as a server admin
+            log.info("console: refused a tailnet-scoped API key from %s", source)
+            return self.login_page(
+                req, "That API key is scoped to one tailnet; the console needs a server "
+                "admin key.", 403)  # fmt: skip
         return self.start_session(req, f"apikey:{key.prefix}", int(key.id), one("next"))
 
     # ---- helpers for pages -------------------------------------------------------------

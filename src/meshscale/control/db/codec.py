@@ -22,6 +22,8 @@ from meshscale.control.models import (
     PreAuthKey,
     PreAuthKeyID,
     RegisterMethod,
+    Tailnet,
+    TailnetID,
     User,
     UserID,
 )
@@ -64,6 +66,7 @@ def user_from_row(row: Row) -> User:
             oidc_issuer=row["oidc_issuer"],
             oidc_subject=row["oidc_subject"],
             groups=tuple(str(g) for g in _json_list(row["idp_groups"])),
+            tailnet_id=TailnetID(int(row["tailnet_id"])),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"users row {row['id']}: {exc}") from exc
@@ -79,6 +82,7 @@ def user_to_row(user: User) -> dict[str, Any]:
         "oidc_issuer": user.oidc_issuer,
         "oidc_subject": user.oidc_subject,
         "idp_groups": json.dumps(list(user.groups)),
+        "tailnet_id": user.tailnet_id,
     }
 
 
@@ -111,6 +115,7 @@ def node_from_row(row: Row) -> Node:
             auth_key_id=PreAuthKeyID(int(row["auth_key_id"])) if row["auth_key_id"] else None,
             ephemeral=bool(row["ephemeral"]),
             created_at=ts_from_db(row["created_at"]),
+            tailnet_id=TailnetID(int(row["tailnet_id"])),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"nodes row {row['id']}: {exc}") from exc
@@ -136,6 +141,7 @@ def node_to_row(node: Node) -> dict[str, Any]:
         "auth_key_id": node.auth_key_id,
         "ephemeral": int(node.ephemeral),
         "created_at": ts_to_db(node.created_at),
+        "tailnet_id": node.tailnet_id,
     }
 
 
@@ -152,6 +158,7 @@ def preauth_key_from_row(row: Row) -> PreAuthKey:
             expiration=ts_from_db(row["expiration"]),
             tags=tuple(str(t) for t in _json_list(row["tags"])),
             created_at=ts_from_db(row["created_at"]),
+            tailnet_id=TailnetID(int(row["tailnet_id"])),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"pre_auth_keys row {row['id']}: {exc}") from exc
@@ -168,6 +175,7 @@ def preauth_key_to_row(key: PreAuthKey) -> dict[str, Any]:
         "expiration": ts_to_db(key.expiration),
         "tags": json.dumps(list(key.tags)),
         "created_at": ts_to_db(key.created_at),
+        "tailnet_id": key.tailnet_id,
     }
 
 
@@ -180,6 +188,7 @@ def api_key_from_row(row: Row) -> APIKey:
             expiration=ts_from_db(row["expiration"]),
             last_seen=ts_from_db(row["last_seen"]),
             created_at=ts_from_db(row["created_at"]),
+            tailnet_id=None if row["tailnet_id"] is None else TailnetID(int(row["tailnet_id"])),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"api_keys row {row['id']}: {exc}") from exc
@@ -192,4 +201,25 @@ def api_key_to_row(key: APIKey) -> dict[str, Any]:
         "expiration": ts_to_db(key.expiration),
         "last_seen": ts_to_db(key.last_seen),
         "created_at": ts_to_db(key.created_at),
+        "tailnet_id": key.tailnet_id,
+    }
+
+
+def tailnet_from_row(row: Row) -> Tailnet:
+    try:
+        return Tailnet(
+            id=TailnetID(int(row["id"])),
+            name=str(row["name"]),
+            base_domain=None if row["base_domain"] is None else str(row["base_domain"]),
+            created_at=ts_from_db(row["created_at"]),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreError(f"tailnets row {row['id']}: {exc}") from exc
+
+
+def tailnet_to_row(tailnet: Tailnet) -> dict[str, Any]:
+    return {
+        "name": tailnet.name,
+        "base_domain": tailnet.base_domain,
+        "created_at": ts_to_db(tailnet.created_at),
     }

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from meshscale.control.models import (
+    DEFAULT_TAILNET,
     APIKey,
     APIKeyID,
     Node,
@@ -25,6 +26,8 @@ from meshscale.control.models import (
     PreAuthKey,
     PreAuthKeyID,
     Share,
+    Tailnet,
+    TailnetID,
     User,
     UserID,
 )
@@ -57,6 +60,10 @@ class Snapshot:
     policy: str | None
     policy_version: PolicyVersion | None = None  # the newest version (its data is policy)
     shares: list[Share] = field(default_factory=list)
+    tailnets: list[Tailnet] = field(default_factory=list)
+    # Every tailnet's policy text and newest version (policy and policy_version above are
+    # the default tailnet's); a tailnet without a row has no policy.
+    policies: dict[TailnetID, tuple[str, PolicyVersion | None]] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -96,16 +103,28 @@ class Store(Protocol):
     def update_api_key(self, key: APIKey) -> None: ...
     def delete_api_key(self, key_id: APIKeyID) -> None: ...
 
-    # policy
-    def set_policy(self, data: str, source: str = "") -> PolicyVersion:
-        """Make ``data`` the policy and append it to the history as a new version."""
+    # tailnets (delete: the caller checks it holds no user)
+    def insert_tailnet(self, tailnet: Tailnet) -> TailnetID: ...
+    def update_tailnet(self, tailnet: Tailnet) -> None: ...
+    def delete_tailnet(self, tailnet_id: TailnetID) -> None: ...
+
+    # policy (one per tailnet)
+    def set_policy(
+        self, data: str, source: str = "", tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> PolicyVersion:
+        """Make ``data`` the tailnet's policy and append it to the history as a new
+        version (version numbers are shared by every tailnet: they never repeat)."""
         ...
 
-    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
-        """The newest ``limit`` versions, newest first."""
+    def policy_history(
+        self, limit: int = 100, tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> list[PolicyVersion]:
+        """The tailnet's newest ``limit`` versions, newest first."""
         ...
 
-    def policy_version(self, version: int) -> PolicyVersion | None: ...
+    def policy_version(
+        self, version: int, tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> PolicyVersion | None: ...
 
     # node sharing (a row goes when its node or user does: ON DELETE CASCADE)
     def insert_share(self, share: Share) -> None: ...

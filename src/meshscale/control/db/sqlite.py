@@ -107,20 +107,38 @@ def migrate(conn: sqlite3.Connection, now: datetime | None = None) -> list[int]:
     applied = {int(r[0]) for r in conn.execute("SELECT version FROM schema_migrations")}
     done: list[int] = []
     stamp = codec.ts_to_db(now or datetime.now(UTC))
-    for version, name, sql in pending_migrations(applied):
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in split_statements(sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations(version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, stamp),
-            )
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
-            raise StoreError(f"migration {version:04d}_{name} failed: {exc}") from exc
-        done.append(version)
+    pending = pending_migrations(applied)
+    if not pending:
+        return done
+    # SQLite's way to change a schema (https://sqlite.org/lang_altertable.html): foreign
+    # keys off for the migration (it may add a REFERENCES column with a default), every
+    # reference checked before the commit, then the setting restored. The pragma is a
+    # no-op inside a transaction, so it is set around them.
+    fk_on = bool(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for version, name, sql in pending:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in split_statements(sql):
+                    conn.execute(statement)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise sqlite3.IntegrityError(
+                        f"{len(broken)} rows break a reference, e.g. {tuple(broken[0])}"
+                    )
+                conn.execute(
+                    "INSERT INTO schema_migrations(version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, stamp),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"migration {version:04d}_{name} failed: {exc}") from exc
+            done.append(version)
+    finally:
+        if fk_on:
+            conn.execute("PRAGMA foreign_keys = ON")
     return done
 
 

@@ -107,14 +107,25 @@ class SQLStore(AuditRows):
                 codec.preauth_key_from_row(r) for r in self._exec("SELECT * FROM pre_auth_keys")
             ]
             apis = [codec.api_key_from_row(r) for r in self._exec("SELECT * FROM api_keys")]
-            row = self._exec("SELECT data FROM policies WHERE id = 1").fetchone()
-            newest = self.policy_history(1)
-            # The shares table comes with migration 0007 (after the tailnets of 0006): until
-            # then there is one tailnet, and every share is refused before a write.
-            shares: list[models.Share] = []
-        text = None if row is None else str(row["data"])
-        version = newest[0] if newest and newest[0].data == text else None
-        return Snapshot(users, nodes, paks, apis, text, version, shares)
+            tailnets = [codec.tailnet_from_row(r) for r in self._exec("SELECT * FROM tailnets")]
+            policies: dict[models.TailnetID, tuple[str, PolicyVersion | None]] = {}
+            for row in self._exec("SELECT tailnet_id, data FROM policies"):
+                tid, text = models.TailnetID(int(row["tailnet_id"])), str(row["data"])
+                newest = self.policy_history(1, tid)
+                policies[tid] = (text, newest[0] if newest and newest[0].data == text else None)
+            shares = [_share(r) for r in self._exec("SELECT * FROM shares")]
+        default = policies.get(models.DEFAULT_TAILNET)
+        policy, version = (None, None) if default is None else default
+        return Snapshot(users, nodes, paks, apis, policy, version, shares, tailnets, policies)
+
+    def insert_tailnet(self, tailnet: models.Tailnet) -> models.TailnetID:
+        return models.TailnetID(self._insert("tailnets", codec.tailnet_to_row(tailnet)))
+
+    def update_tailnet(self, tailnet: models.Tailnet) -> None:
+        self._update("tailnets", tailnet.id, codec.tailnet_to_row(tailnet))
+
+    def delete_tailnet(self, tailnet_id: models.TailnetID) -> None:
+        self._delete("tailnets", tailnet_id)
 
     def insert_user(self, user: models.User) -> models.UserID:
         return models.UserID(self._insert("users", codec.user_to_row(user)))
@@ -163,19 +174,23 @@ class SQLStore(AuditRows):
     def delete_api_key(self, key_id: models.APIKeyID) -> None:
         self._delete("api_keys", key_id)
 
-    def set_policy(self, data: str, source: str = "") -> PolicyVersion:
+    def set_policy(
+        self, data: str, source: str = "", tailnet: models.TailnetID = models.DEFAULT_TAILNET
+    ) -> PolicyVersion:
         p = self._param
         now = datetime.now(UTC).replace(microsecond=0)
         at = codec.ts_to_db(now)
         with self.transaction():
             self._exec(
-                f"INSERT INTO policies(id, data, updated_at) VALUES (1, {p('data')}, {p('at')}) "
-                "ON CONFLICT(id) DO UPDATE SET data = excluded.data, "
+                "INSERT INTO policies(tailnet_id, data, updated_at) "
+                f"VALUES ({p('t')}, {p('data')}, {p('at')}) "
+                "ON CONFLICT(tailnet_id) DO UPDATE SET data = excluded.data, "
                 "updated_at = excluded.updated_at",
-                {"data": data, "at": at},
+                {"t": int(tailnet), "data": data, "at": at},
             )
             vid = self._insert(
-                "policy_versions", {"data": data, "created_at": at, "source": source[:200]}
+                "policy_versions",
+                {"data": data, "created_at": at, "source": source[:200], "tailnet_id": tailnet},
             )
         return PolicyVersion(vid, data, now, source[:200])
 
@@ -195,18 +210,25 @@ class SQLStore(AuditRows):
         )
         return bool(cur.rowcount == 1)
 
-    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
+    def policy_history(
+        self, limit: int = 100, tailnet: models.TailnetID = models.DEFAULT_TAILNET
+    ) -> list[PolicyVersion]:
         rows = self._exec(
             "SELECT id, data, created_at, source FROM policy_versions "
-            f"ORDER BY id DESC LIMIT {max(0, int(limit))}"
+            f"WHERE tailnet_id = {self._param('t')} "
+            f"ORDER BY id DESC LIMIT {max(0, int(limit))}",
+            {"t": int(tailnet)},
         )
         return [_policy_version(r) for r in rows]
 
-    def policy_version(self, version: int) -> PolicyVersion | None:
+    def policy_version(
+        self, version: int, tailnet: models.TailnetID = models.DEFAULT_TAILNET
+    ) -> PolicyVersion | None:
+        p = self._param
         row = self._exec(
             "SELECT id, data, created_at, source FROM policy_versions "
-            f"WHERE id = {self._param('id')}",
-            {"id": version},
+            f"WHERE id = {p('id')} AND tailnet_id = {p('t')}",
+            {"id": version, "t": int(tailnet)},
         ).fetchone()
         return None if row is None else _policy_version(row)
 

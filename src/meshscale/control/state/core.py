@@ -28,9 +28,11 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
-from meshscale.control.db.repository import Store
+from meshscale.control.db.repository import PolicyVersion, Store
 from meshscale.control.ipalloc import IPAllocator
 from meshscale.control.models import (
+    DEFAULT_TAILNET,
+    DEFAULT_TAILNET_NAME,
     APIKey,
     APIKeyID,
     Change,
@@ -44,6 +46,8 @@ from meshscale.control.models import (
     PreAuthKey,
     PreAuthKeyID,
     Share,
+    Tailnet,
+    TailnetID,
     User,
     UserID,
 )
@@ -51,7 +55,19 @@ from meshscale.control.state.options import StateOptions
 from meshscale.control.state.primary import elect, per_node
 from meshscale.control.state.store import CountingStore
 from meshscale.key import MachinePublic, NodePublic
-from meshscale.policy import NO_CHANGE, PolicyChange, PolicyManager
+from meshscale.policy import NO_CHANGE, AllowAll, PolicyChange, PolicyEngine, PolicyManager
+
+
+def same_kind(policy: PolicyManager) -> Callable[[], PolicyManager]:
+    """A factory of managers like ``policy`` (one per tailnet; PolicyEngine keeps its
+    ``idp_groups`` setting)."""
+    if isinstance(policy, PolicyEngine):
+        idp = policy.idp_groups
+        return lambda: PolicyEngine(idp_groups=idp)
+    if isinstance(policy, AllowAll):
+        return AllowAll
+    kind = type(policy)
+    return lambda: kind()
 
 
 class StateCore:
@@ -63,7 +79,9 @@ class StateCore:
       clock: returns the current UTC-aware datetime.
       rand: ``rand(n)`` returns n random bytes.
       randbelow: ``randbelow(n)`` for random address allocation.
-      policy: the policy manager; fed every node, user and policy write.
+      policy: the default tailnet's policy manager; fed every node, user and policy
+        write of that tailnet.
+      policy_factory: makes the manager of every other tailnet (default: same_kind).
     """
 
     def __init__(
@@ -75,13 +93,15 @@ class StateCore:
         rand: Callable[[int], bytes],
         randbelow: Callable[[int], int],
         policy: PolicyManager,
+        policy_factory: Callable[[], PolicyManager] | None = None,
     ) -> None:
         self.store = CountingStore(store)
+        self.policy_factory = policy_factory or same_kind(policy)
+        self.policies: dict[TailnetID, PolicyManager] = {DEFAULT_TAILNET: policy}
         self.options = options
         self.clock = clock
         self.rand = rand
         self.randbelow = randbelow
-        self.policy = policy
         self.lock = threading.RLock()
         self.generation = 0  # bumped on every published change
         self.users_gen = 0  # bumped whenever the user table may have changed
@@ -101,12 +121,15 @@ class StateCore:
     def load(self) -> None:
         """(Re)build every table from the store, and the policy manager's view."""
         snap = self.store.load()
+        self.tailnets: dict[TailnetID, Tailnet] = {t.id: t for t in snap.tailnets}
+        if DEFAULT_TAILNET not in self.tailnets:  # a store that predates tailnets (a fake)
+            self.tailnets[DEFAULT_TAILNET] = Tailnet(DEFAULT_TAILNET, DEFAULT_TAILNET_NAME)
         self.users: dict[UserID, User] = {u.id: u for u in snap.users}
         self.users_gen += 1
         self.nodes: dict[NodeID, Node] = {}
         self.by_machine: dict[MachinePublic, NodeID] = {}
         self.by_node_key: dict[NodePublic, NodeID] = {}
-        self.by_name: dict[str, NodeID] = {}
+        self.by_name: dict[tuple[TailnetID, str], NodeID] = {}
         self.alloc = IPAllocator(
             self.options.prefix_v4,
             self.options.prefix_v6,
@@ -127,13 +150,56 @@ class StateCore:
         for sh in snap.shares:
             if sh.node_id in self.nodes and sh.user_id in self.users:
                 self.shares.setdefault(sh.node_id, {})[sh.user_id] = sh
-        self.policy_text = snap.policy
-        self.policy_version = snap.policy_version
-        self.policy.set_policy(snap.policy)
-        self.policy.set_users(self.users.values())
-        self.policy.set_nodes(self.nodes.values())
+        # One policy per tailnet: text, newest version, and the manager that evaluates it
+        # over that tailnet's users and nodes only.
+        self.policy_texts: dict[TailnetID, tuple[str | None, PolicyVersion | None]] = {
+            t: snap.policies.get(t, (None, None)) for t in self.tailnets
+        }
+        if snap.policy is not None and not snap.policies:  # a store without per-tailnet rows
+            self.policy_texts[DEFAULT_TAILNET] = (snap.policy, snap.policy_version)
+        for t in [t for t in self.policies if t not in self.tailnets]:
+            del self.policies[t]
+        for t in self.tailnets:
+            manager = self.policies.get(t)
+            if manager is None:
+                manager = self.policies[t] = self.policy_factory()
+            manager.set_policy(self.policy_texts[t][0])
+            manager.set_users(u for u in self.users.values() if u.tailnet_id == t)
+            manager.set_nodes(n for n in self.nodes.values() if n.tailnet_id == t)
         self._guests_dirty = False
         self._feed_guests()
+
+    @property
+    def policy_text(self) -> str | None:
+        """The default tailnet's policy text."""
+        return self.policy_texts[DEFAULT_TAILNET][0]
+
+    @property
+    def policy_version(self) -> PolicyVersion | None:
+        return self.policy_texts[DEFAULT_TAILNET][1]
+
+    def get_tailnet(self, tailnet_id: TailnetID) -> Tailnet:
+        tailnet = self.tailnets.get(tailnet_id)
+        if tailnet is None:
+            raise NotFound(f"tailnet {tailnet_id} not found")
+        return tailnet
+
+    def add_tailnet(self, tailnet: Tailnet) -> None:
+        """A new tailnet's tables and (empty) policy manager; inside ``write()``."""
+        self.tailnets[tailnet.id] = tailnet
+        self.policy_texts[tailnet.id] = (None, None)
+        manager = self.policies[tailnet.id] = self.policy_factory()
+        manager.set_policy(None)
+        manager.set_users(())
+        manager.set_nodes(())
+
+    def remove_tailnet(self, tailnet_id: TailnetID) -> None:
+        """Forget an (empty) tailnet; inside ``write()``."""
+        self.tailnets.pop(tailnet_id, None)
+        self.policy_texts.pop(tailnet_id, None)
+        self.policies.pop(tailnet_id, None)
+        for key_id in [k.id for k in self.api_keys.values() if k.tailnet_id == tailnet_id]:
+            self.api_by_prefix.pop(self.api_keys.pop(key_id).prefix, None)  # ON DELETE CASCADE
 
     def get_user(self, user_id: UserID) -> User:
         user = self.users.get(user_id)
@@ -157,9 +223,10 @@ class StateCore:
             nid = self.by_node_key.get(node_key)
             return self.nodes.get(nid) if nid is not None else None
 
-    def node_by_name(self, name: str) -> Node | None:
+    def node_by_name(self, name: str, tailnet: TailnetID = DEFAULT_TAILNET) -> Node | None:
+        """The node of ``tailnet`` whose MagicDNS name is ``name``."""
         with self.lock:
-            nid = self.by_name.get(name)
+            nid = self.by_name.get((tailnet, name))
             return self.nodes.get(nid) if nid is not None else None
 
     def put_node(self, node: Node) -> None:
@@ -173,7 +240,9 @@ class StateCore:
             self._routes_dirty = True
             node = replace(node, primary=old.primary if old is not None else ())
         self._index(node)
-        self._policy_change |= self.policy.update_node(node)
+        if old is not None and old.tailnet_id != node.tailnet_id:
+            self._policy_change |= self.policy_of(old.tailnet_id).remove_node(node.id)
+        self._policy_change |= self.policy_of(node.tailnet_id).update_node(node)
         if self.shares and (self._in_share(node) or (old is not None and self._in_share(old))):
             self._guests_dirty = True
 
@@ -189,15 +258,18 @@ class StateCore:
             self._routes_dirty = True
         self._unindex(node)
         self.online.pop(node.id, None)
-        self._policy_change |= self.policy.remove_node(node.id)
+        self._policy_change |= self.policy_of(node.tailnet_id).remove_node(node.id)
         if self.shares and self._in_share(node):  # its share rows go by ON DELETE CASCADE
             self.shares.pop(node.id, None)
             self._guests_dirty = True
 
-    def users_changed(self) -> None:
-        """Tell the policy manager the user table changed; inside ``write()``."""
+    def users_changed(self, tailnet: TailnetID | None = None) -> None:
+        """Tell the policy managers (of ``tailnet``, else every one) the user table
+        changed; inside ``write()``."""
         self.users_gen += 1
-        self._policy_change |= self.policy.set_users(self.users.values())
+        for t in self.tailnets if tailnet is None else (tailnet,):
+            users = (u for u in self.users.values() if u.tailnet_id == t)
+            self._policy_change |= self.policy_of(t).set_users(users)
         for nid, by_user in list(self.shares.items()):  # a deleted user's shares went too
             gone = [u for u in by_user if u not in self.users]
             for u in gone:
@@ -227,26 +299,34 @@ class StateCore:
     def _feed_guests(self) -> PolicyChange:
         return self._guest_feed(self) if self._guest_feed is not None else NO_CHANGE
 
-    def tailnet_of(self, node: Node) -> int:
-        """The tailnet a node belongs to (its user's)."""
-        return self.tailnet_of_user(node.user_id)
+    def tailnet_of(self, node: Node) -> TailnetID:
+        """The tailnet a node belongs to (its user's; State keeps the two equal)."""
+        return node.tailnet_id
 
-    def tailnet_of_user(self, user_id: UserID) -> int:
-        del user_id
-        return 0  # one tailnet until the tailnet model lands (issue #16 part 1)
+    def tailnet_of_user(self, user_id: UserID) -> TailnetID:
+        user = self.users.get(user_id)
+        return DEFAULT_TAILNET if user is None else user.tailnet_id
 
-    def tailnet_ids(self) -> list[int]:
-        return [0]
+    def tailnet_ids(self) -> list[TailnetID]:
+        return sorted(self.tailnets)
+
+    @property
+    def policy(self) -> PolicyManager:
+        """The default tailnet's policy manager."""
+        return self.policies[DEFAULT_TAILNET]
 
     def policy_of(self, tailnet: int) -> PolicyManager:
-        """The policy manager that evaluates ``tailnet``'s policy."""
-        del tailnet
-        return self.policy
+        """The policy manager that evaluates ``tailnet``'s policy (a tailnet deleted under
+        a reader: an empty AllowAll, which knows no node)."""
+        return self.policies.get(TailnetID(tailnet)) or AllowAll()
 
     def fqdn_in_own_tailnet(self, node: Node) -> str:
-        """A node's MagicDNS name under its own tailnet's domain ("" : the viewer's)."""
-        del node
-        return ""
+        """A node's MagicDNS name under its own tailnet's base domain; "" when that
+        tailnet has none (the viewer's, that is the server's dns.base_domain)."""
+        tailnet = self.tailnets.get(node.tailnet_id)
+        if tailnet is None or not tailnet.base_domain:
+            return ""
+        return f"{node.given_name}.{tailnet.base_domain}."
 
     def policy_changed(self, change: PolicyChange) -> None:
         """Publish ``change`` (the manager's answer to a new input) at commit."""
@@ -259,13 +339,13 @@ class StateCore:
         self.nodes[node.id] = node
         self.by_machine[node.machine_key] = node.id
         self.by_node_key[node.node_key] = node.id
-        self.by_name[node.given_name] = node.id
+        self.by_name[(node.tailnet_id, node.given_name)] = node.id
 
     def _unindex(self, node: Node) -> None:
         self.nodes.pop(node.id, None)
         self.by_machine.pop(node.machine_key, None)
         self.by_node_key.pop(node.node_key, None)
-        self.by_name.pop(node.given_name, None)
+        self.by_name.pop((node.tailnet_id, node.given_name), None)
 
     # ---- the write block ---------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from meshscale.control.models import (
     PreAuthKey,
     PreAuthKeyError,
     PreAuthKeyID,
+    TailnetID,
     UserID,
 )
 from meshscale.control.names import validate_tags
@@ -104,7 +105,7 @@ class Keys:
         now = core.clock()
         exp = expiration if expiration is not None else now + DEFAULT_PREAUTH_KEY_EXPIRATION
         with core.write():
-            core.get_user(user_id)
+            user = core.get_user(user_id)
             prefix, secret = self._new_secret(core.pak_by_prefix)
             key = PreAuthKey(
                 PreAuthKeyID(0),
@@ -117,6 +118,7 @@ class Keys:
                 exp,
                 tag_tuple,
                 now,
+                user.tailnet_id,  # a key admits nodes into its user's tailnet
             )
             key = replace(key, id=core.store.insert_preauth_key(key))
             core.paks[key.id] = key
@@ -130,9 +132,13 @@ class Keys:
                 return prefix, self.core.rand(KEY_SECRET_LENGTH // 2).hex()
         raise Conflict("could not find a free key prefix")  # pragma: no cover
 
-    def list_preauth_keys(self, user_id: UserID | None = None) -> list[PreAuthKey]:
+    def list_preauth_keys(
+        self, user_id: UserID | None = None, tailnet: TailnetID | None = None
+    ) -> list[PreAuthKey]:
         with self.core.lock:
-            keys = [k for k in self.core.paks.values() if user_id is None or k.user_id == user_id]
+            keys = [k for k in self.core.paks.values()
+                    if (user_id is None or k.user_id == user_id)
+                    and (tailnet is None or k.tailnet_id == tailnet)]  # fmt: skip
             return sorted(keys, key=lambda k: k.id)
 
     def get_preauth_key(self, key_id: PreAuthKeyID) -> PreAuthKey:
@@ -205,11 +211,16 @@ class Keys:
 
     # ---- API keys ----------------------------------------------------------------------
 
-    def create_api_key(self, expiration: datetime | None = None) -> NewAPIKey:
-        """Create an API key (default lifetime 90 days); ``secret`` is shown once."""
+    def create_api_key(
+        self, expiration: datetime | None = None, tailnet: TailnetID | None = None
+    ) -> NewAPIKey:
+        """Create an API key (default lifetime 90 days); ``secret`` is shown once.
+        ``tailnet``: the key sees and changes only that tailnet (None: a server admin)."""
         core = self.core
         now = core.clock()
         with core.write():
+            if tailnet is not None:
+                core.get_tailnet(tailnet)
             prefix, secret = self._new_secret(core.api_by_prefix)
             key = APIKey(
                 APIKeyID(0),
@@ -218,15 +229,19 @@ class Keys:
                 expiration if expiration is not None else now + DEFAULT_API_KEY_EXPIRATION,
                 None,
                 now,
+                tailnet,
             )
             key = replace(key, id=core.store.insert_api_key(key))
             core.api_keys[key.id] = key
             core.api_by_prefix[prefix] = key.id
             return NewAPIKey(key, f"{API_KEY_PREFIX}{prefix}-{secret}")
 
-    def list_api_keys(self) -> list[APIKey]:
+    def list_api_keys(self, tailnet: TailnetID | None = None) -> list[APIKey]:
+        """Every API key, or those scoped to ``tailnet``."""
         with self.core.lock:
-            return sorted(self.core.api_keys.values(), key=lambda k: k.id)
+            keys = self.core.api_keys.values()
+            return sorted((k for k in keys if tailnet is None or k.tailnet_id == tailnet),
+                          key=lambda k: k.id)  # fmt: skip
 
     def get_api_key(self, key_id_or_prefix: APIKeyID | str) -> APIKey:
         """By id, or by prefix (bare, ``hskey-api-<prefix>`` or ``...-***``)."""

@@ -30,6 +30,7 @@ from meshscale.control.models import (
     NodeRemoved,
     PreAuthKeyID,
     RegisterMethod,
+    TailnetID,
     UserID,
 )
 from meshscale.control.names import unique_given_name, validate_given_name, validate_tags
@@ -111,23 +112,29 @@ class Nodes:
 
     # ---- lookups and policy answers ----------------------------------------------------
 
-    def list_nodes(self, user_id: UserID | None = None) -> list[Node]:
-        """All nodes (or one user's), sorted by id."""
+    def list_nodes(
+        self, user_id: UserID | None = None, tailnet: TailnetID | None = None
+    ) -> list[Node]:
+        """All nodes (or one user's, or one tailnet's), sorted by id."""
         with self.core.lock:
-            nodes = [n for n in self.core.nodes.values() if user_id is None or n.user_id == user_id]
+            nodes = [n for n in self.core.nodes.values()
+                     if (user_id is None or n.user_id == user_id)
+                     and (tailnet is None or n.tailnet_id == tailnet)]  # fmt: skip
             return sorted(nodes, key=lambda n: n.id)
 
     def peers_of(self, node_id: NodeID) -> list[Node]:
-        """The nodes the policy lets ``node_id`` see, sorted by id."""
+        """The nodes the policy lets ``node_id`` see, sorted by id: of its own tailnet
+        (its tailnet's policy decides), plus those a share brings (shares.py)."""
         core = self.core
         with core.lock:
             me = core.get_node(node_id)
             ids = self._peer_ids(me)
             if ids is not None:
                 return [core.nodes[NodeID(i)] for i in sorted(ids) if NodeID(i) in core.nodes]
-            peers = [
-                n for n in core.nodes.values() if n.id != node_id and core.policy.can_see(me, n)
-            ]
+            policy = core.policy_of(me.tailnet_id)
+            peers = [n for n in core.nodes.values()
+                     if n.id != node_id and n.tailnet_id == me.tailnet_id
+                     and policy.can_see(me, n)]  # fmt: skip
             if core.shares:
                 peers = list({n.id: n for n in (*peers, *self.shares.shared_peers(me))}.values())
             return sorted(peers, key=lambda n: n.id)
@@ -135,10 +142,15 @@ class Nodes:
     def _peer_ids(self, node: Node) -> set[int] | None:
         """The policy's peer set of ``node`` at once, if the manager offers it
         (PolicyEngine does: set unions instead of a can_see per node)."""
-        at_once = getattr(self.core.policy, "peer_ids", None)
+        at_once = getattr(self.core.policy_of(node.tailnet_id), "peer_ids", None)
         if at_once is None:
             return None
-        ids = set(at_once(node))
+        nodes = self.core.nodes
+        # The manager knows only its tailnet's nodes; the filter keeps a guest it was fed
+        # (shares.py) from passing as a peer unless the share says so below.
+        mine = node.tailnet_id
+        ids = {i for i in at_once(node)
+               if (p := nodes.get(NodeID(i))) is not None and p.tailnet_id == mine}  # fmt: skip
         if self.core.shares:  # plus the peers a share brings (shares.py)
             ids.update(int(n.id) for n in self.shares.shared_peers(node))
         return ids
@@ -154,15 +166,15 @@ class Nodes:
                 return set()
             ids = self._peer_ids(node)
             if ids is None:
-                return (
-                    None
-                    if isinstance(core.policy, AllowAll)
-                    else {
-                        n.id
-                        for n in core.nodes.values()
-                        if n.id != node_id and core.policy.can_see(n, node)
-                    }
-                )
+                policy = core.policy_of(node.tailnet_id)
+                if isinstance(policy, AllowAll) and len(core.tailnets) == 1:
+                    return None
+                viewers: set[int] = {n.id for n in core.nodes.values()
+                           if n.id != node_id and n.tailnet_id == node.tailnet_id
+                           and policy.can_see(n, node)}  # fmt: skip
+                if core.shares:
+                    viewers.update(int(n.id) for n in self.shares.shared_peers(node))
+                return viewers
             return ids
 
     def self_caps(self, node_id: NodeID) -> dict[str, None]:
@@ -171,8 +183,10 @@ class Nodes:
         core = self.core
         with core.lock:
             node = core.nodes.get(node_id)
-            caps = getattr(core.policy, "cap_map_for", None)
-            return {} if node is None or caps is None else dict(caps(node))
+            if node is None:
+                return {}
+            caps = getattr(core.policy_of(node.tailnet_id), "cap_map_for", None)
+            return {} if caps is None else dict(caps(node))
 
     def routes_view(self, viewer_id: NodeID, peer_id: NodeID) -> frozenset[Any] | None:
         """Which of ``peer_id``'s routes ``viewer_id`` may have in its AllowedIPs
@@ -181,11 +195,13 @@ class Nodes:
         core = self.core
         with core.lock:
             me, peer = core.nodes.get(viewer_id), core.nodes.get(peer_id)
-            reach = getattr(core.policy, "reachable_routes", None)
-            if me is None or peer is None or reach is None:
+            if me is None or peer is None:
                 return None
-            if core.shares and core.tailnet_of(me) != core.tailnet_of(peer):
+            if core.tailnet_of(me) != core.tailnet_of(peer):
                 return frozenset()  # a shared node's routes are never shared (§6 item 5)
+            reach = getattr(core.policy_of(me.tailnet_id), "reachable_routes", None)
+            if reach is None:
+                return None
             return frozenset((*reach(me, peer), *me.announced_routes()))
 
     def can_see(self, viewer_id: NodeID, peer_id: NodeID) -> bool:
@@ -196,20 +212,21 @@ class Nodes:
             me, peer = core.nodes.get(viewer_id), core.nodes.get(peer_id)
             if me is None or peer is None:
                 return True
-            if core.shares and core.tailnet_of(me) != core.tailnet_of(peer):
+            if core.tailnet_of(me) != core.tailnet_of(peer):
                 return self.shares.reaches(me, peer) or self.shares.reaches(peer, me)
-            return core.policy.can_see(me, peer)
+            return core.policy_of(me.tailnet_id).can_see(me, peer)
 
     def packet_filter(self, node_id: NodeID) -> Sequence[FilterRule]:
-        """The inbound packet filter of ``node_id``, from the policy."""
+        """The inbound packet filter of ``node_id``, from its tailnet's policy."""
         with self.core.lock:
-            return self.core.policy.filter_for(self.core.get_node(node_id))
+            node = self.core.get_node(node_id)
+            return self.core.policy_of(node.tailnet_id).filter_for(node)
 
     def _check_tags(self, node: Node, before: Iterable[str] = ()) -> None:
         """Ask the policy about every tag an admin (``nodes tag``, a tagged pre-auth key)
         would newly give ``node``: the policy must define it."""
         for tag in sorted(set(node.tags) - set(before)):
-            if not self.core.policy.knows_tag(tag):
+            if not self.core.policy_of(node.tailnet_id).knows_tag(tag):
                 raise InvalidArgument(
                     f"tag {tag!r} is not permitted for this node: the policy does not define "
                     "it in tagOwners"
@@ -231,7 +248,8 @@ class Nodes:
         except InvalidArgument:
             bad = want
         else:
-            bad = [t for t in want if not self.core.policy.may_tag(node, t)]
+            policy = self.core.policy_of(node.tailnet_id)
+            bad = [t for t in want if not policy.may_tag(node, t)]
         if bad:
             raise InvalidArgument(
                 f"requested tags [{' '.join(bad)}] are invalid or not permitted (tagOwners "
@@ -244,7 +262,7 @@ class Nodes:
         (docs/protocol/policy.md §5.2): only ever adds; approving one exit route approves
         both (``served_routes``). Without a policy (AllowAll) nothing is approved here:
         every route then waits for an admin, as in Headscale."""
-        policy = self.core.policy
+        policy = self.core.policy_of(node.tailnet_id)
         if isinstance(policy, AllowAll):
             return node
         have = set(node.approved_routes)
@@ -257,11 +275,12 @@ class Nodes:
         except InvalidArgument:  # more than MAX_ROUTES: leave them to an admin
             return node
 
-    def auto_approve_all(self) -> None:
-        """Run autoApprovers over every node's advertised routes (after a policy change,
-        docs/protocol/policy.md §5.2): adds approvals only, never removes; inside a write."""
+    def auto_approve_all(self, tailnet: TailnetID | None = None) -> None:
+        """Run autoApprovers over every node's (of ``tailnet``'s) advertised routes (after
+        a policy change, docs/protocol/policy.md §5.2): adds approvals only, never
+        removes; inside a write."""
         for old in list(self.core.nodes.values()):
-            if old.announced_routes():
+            if old.announced_routes() and (tailnet is None or old.tailnet_id == tailnet):
                 self._commit(old, self._auto_approved(old))
 
     # ---- registration ------------------------------------------------------------------
@@ -309,7 +328,7 @@ class Nodes:
     ) -> Node:
         """``register_node`` inside a write the caller holds."""
         core = self.core
-        core.get_user(user_id)
+        user = core.get_user(user_id)
         check_hostinfo(hostinfo)
         bound = core.node_by_node_key(node_key)
         if bound is not None and bound.machine_key != machine_key:
@@ -318,6 +337,12 @@ class Nodes:
         expiry = now + core.options.node_expiry if core.options.node_expiry else None
         hostname = str(hostinfo.get("Hostname") or "")
         existing = core.node_by_machine_key(machine_key)
+        if existing is not None and existing.tailnet_id != user.tailnet_id:
+            raise Conflict(
+                f"this machine is node {existing.id} of tailnet "
+                f"{core.get_tailnet(existing.tailnet_id).name!r}; an admin must delete it "
+                "there before it can join another tailnet"
+            )
         if existing is not None:
             node = replace(
                 existing,
@@ -339,7 +364,8 @@ class Nodes:
             if changed:
                 core.emit(NodeChanged(node.id, changed))
             return node
-        given = unique_given_name(hostname or "node", lambda n: n in core.by_name)
+        tailnet = user.tailnet_id
+        given = unique_given_name(hostname or "node", lambda n: (tailnet, n) in core.by_name)
         node = Node(
             NodeID(0),
             machine_key,
@@ -361,6 +387,7 @@ class Nodes:
             ephemeral,
             now,
         )
+        node = replace(node, tailnet_id=tailnet)
         self._check_tags(node)
         node = self._requested_tags(node, hostinfo)
         v4, v6 = core.alloc.allocate()  # last check before the write: it takes addresses
@@ -524,7 +551,8 @@ class Nodes:
         """Set the MagicDNS name; it must be a valid label no other node uses."""
         validate_given_name(new_name)
         with self.core.write():
-            other = self.core.by_name.get(new_name)
+            node = self.core.get_node(node_id)
+            other = self.core.by_name.get((node.tailnet_id, new_name))
             if other is not None and other != node_id:
                 raise Conflict(f"name {new_name!r} is used by node {other}")
             return self._edit(node_id, given_name=new_name)
@@ -537,8 +565,17 @@ class Nodes:
             return self._edit(node_id, tags=tag_tuple)
 
     def move_node(self, node_id: NodeID, user_id: UserID) -> Node:
-        self.core.get_user(user_id)
-        return self._edit(node_id, user_id=user_id)
+        """Give the node to another user of its tailnet (a tailnet's nodes stay in it:
+        its name, policy and shares are the tailnet's)."""
+        with self.core.write():
+            user = self.core.get_user(user_id)
+            node = self.core.get_node(node_id)
+            if user.tailnet_id != node.tailnet_id:
+                raise InvalidArgument(
+                    f"user {user_id} is in another tailnet: a node moves only between users "
+                    "of its own tailnet"
+                )
+            return self._edit(node_id, user_id=user_id)
 
     def approve_routes(self, node_id: NodeID, routes: Iterable[str | IPPrefix]) -> Node:
         """Replace the node's approved routes (an empty list withdraws approval). An

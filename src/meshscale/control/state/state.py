@@ -14,6 +14,7 @@ tables, policy manager) shared by five parts, each written once::
     Nodes           registration, client updates, admin edits (nodes.py)
     Registrations   pending interactive logins                (registrations.py)
     Shares          node sharing across tailnets              (shares.py)
+    Tailnets        several tailnets on one server            (tailnets.py)
 
 State's API is those parts' methods, bound as State attributes (see ``__init__``), plus
 what crosses parts: the policy text, DNS notices, garbage collection and closing.
@@ -42,12 +43,14 @@ from pathlib import Path
 
 from meshscale.control.db.repository import PolicyVersion, Store
 from meshscale.control.models import (
+    DEFAULT_TAILNET,
     ChangeSubscription,
     DNSChanged,
     InvalidArgument,
     NodeChanged,
     NodeID,
     NotFound,
+    TailnetID,
 )
 from meshscale.control.state.audit import AuditLog
 from meshscale.control.state.core import StateCore
@@ -56,6 +59,7 @@ from meshscale.control.state.nodes import Nodes
 from meshscale.control.state.options import StateOptions, utcnow
 from meshscale.control.state.registrations import Registrations
 from meshscale.control.state.shares import Shares, guest_feed
+from meshscale.control.state.tailnets import Tailnets
 from meshscale.control.state.users import Users
 from meshscale.policy import AllowAll, PolicyError, PolicyManager, check_policy
 
@@ -76,7 +80,9 @@ class State:
       clock: returns the current UTC-aware datetime.
       rand: ``rand(n)`` returns n random bytes (key secrets, registration ids).
       randbelow: ``randbelow(n)`` for random address allocation.
-      policy: the policy manager (default :class:`~meshscale.policy.AllowAll`).
+      policy: the default tailnet's policy manager (default
+        :class:`~meshscale.policy.AllowAll`); every other tailnet gets its own from
+        ``policy_factory`` (default: one like ``policy``).
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class State:
         rand: Callable[[int], bytes] = os.urandom,
         randbelow: Callable[[int], int] = secrets.randbelow,
         policy: PolicyManager | None = None,
+        policy_factory: Callable[[], PolicyManager] | None = None,
     ) -> None:
         self.core = core = StateCore(
             store,
@@ -96,6 +103,7 @@ class State:
             rand=rand,
             randbelow=randbelow,
             policy=policy or AllowAll(),
+            policy_factory=policy_factory,
         )
         self.store = core.store
         self.options = core.options
@@ -109,6 +117,14 @@ class State:
         core.set_guest_feed(guest_feed)
         self.nodes = nodes = Nodes(core, keys, shares)
         self.registrations = regs = Registrations(core, nodes)
+        self.tailnets = tailnets = Tailnets(core)
+        self.create_tailnet = tailnets.create_tailnet
+        self.list_tailnets = tailnets.list_tailnets
+        self.get_tailnet = core.get_tailnet
+        self.get_tailnet_by_name = tailnets.get_tailnet_by_name
+        self.rename_tailnet = tailnets.rename_tailnet
+        self.delete_tailnet = tailnets.delete_tailnet
+        self.tailnet_of_user = core.tailnet_of_user
         # The API. Each method lives in the part that owns its tables.
         self.create_user = users.create_user
         self.sign_in_user = users.sign_in_user
@@ -224,44 +240,63 @@ class State:
         """The version in force (None: no policy, or one stored before history existed)."""
         return self.core.policy_version
 
-    def set_policy(self, data: str, source: str = "api") -> PolicyVersion:
-        """Store a new policy text as a new version; the policy manager checks it first
-        (InvalidArgument if it cannot be used or a ``tests`` entry fails, and nothing
-        changes: the policy in force stays). Publishes PolicyChanged for the nodes whose
-        answers moved."""
+    def policy_of(self, tailnet: TailnetID = DEFAULT_TAILNET) -> str | None:
+        """A tailnet's policy text (None: none was ever set)."""
+        with self.core.lock:
+            self.core.get_tailnet(tailnet)
+            return self.core.policy_texts[tailnet][0]
+
+    def policy_version_of(self, tailnet: TailnetID = DEFAULT_TAILNET) -> PolicyVersion | None:
+        with self.core.lock:
+            self.core.get_tailnet(tailnet)
+            return self.core.policy_texts[tailnet][1]
+
+    def set_policy(
+        self, data: str, source: str = "api", tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> PolicyVersion:
+        """Store a new policy text for ``tailnet`` as a new version; its policy manager
+        checks it first (InvalidArgument if it cannot be used or a ``tests`` entry fails,
+        and nothing changes: the policy in force stays). Publishes PolicyChanged for the
+        nodes whose answers moved."""
         core = self.core
         with core.write():
+            core.get_tailnet(tailnet)
             try:
-                change = core.policy.set_policy(data)
+                change = core.policy_of(tailnet).set_policy(data)
             except PolicyError as exc:
                 raise InvalidArgument(f"policy: {exc}") from exc
             # (A store failure rolls back, and write() reloads the manager from the store.)
-            version = core.store.set_policy(data, source)
-            core.policy_text = data
-            core.policy_version = version
+            version = core.store.set_policy(data, source, tailnet)
+            core.policy_texts[tailnet] = (data, version)
             core.policy_changed(change)
-            self.nodes.auto_approve_all()  # a new policy may approve advertised routes
+            self.nodes.auto_approve_all(tailnet)  # a new policy may approve advertised routes
             return version
 
-    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
-        """The newest ``limit`` accepted policy versions, newest first."""
+    def policy_history(
+        self, limit: int = 100, tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> list[PolicyVersion]:
+        """The newest ``limit`` accepted policy versions of ``tailnet``, newest first."""
         with self.core.lock:
-            return self.core.store.policy_history(limit)
+            self.core.get_tailnet(tailnet)
+            return self.core.store.policy_history(limit, tailnet)
 
-    def rollback_policy(self, version: int) -> PolicyVersion:
+    def rollback_policy(self, version: int, tailnet: TailnetID = DEFAULT_TAILNET) -> PolicyVersion:
         """Put version ``version``'s text back in force, as a new version (history is
         append-only). The text is checked again against today's tailnet."""
         with self.core.lock:
-            old = self.core.store.policy_version(version)
+            self.core.get_tailnet(tailnet)
+            old = self.core.store.policy_version(version, tailnet)
             if old is None:
                 raise NotFound(f"policy version {version} not found")
-            return self.set_policy(old.data, f"rollback to {version}")
+            return self.set_policy(old.data, f"rollback to {version}", tailnet)
 
-    def check_policy(self, data: str) -> list[str]:
-        """Validate ``data`` against today's users and nodes and run its ``tests``,
+    def check_policy(self, data: str, tailnet: TailnetID = DEFAULT_TAILNET) -> list[str]:
+        """Validate ``data`` against the tailnet's users and nodes and run its ``tests``,
         without applying it. Returns the warnings; raises InvalidArgument."""
         with self.core.lock:
-            users, nodes = list(self.core.users.values()), list(self.core.nodes.values())
+            self.core.get_tailnet(tailnet)
+            users = [u for u in self.core.users.values() if u.tailnet_id == tailnet]
+            nodes = [n for n in self.core.nodes.values() if n.tailnet_id == tailnet]
         try:
             # With OIDC on, the engine reads undefined group:NAMEs as IdP groups.
             idp = bool(getattr(self.core.policy, "idp_groups", False))

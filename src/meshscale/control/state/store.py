@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 
 from meshscale.control.db.repository import PolicyVersion, Snapshot, Store
 from meshscale.control.models import (
+    DEFAULT_TAILNET,
     APIKey,
     APIKeyID,
     Node,
@@ -19,6 +20,8 @@ from meshscale.control.models import (
     PreAuthKey,
     PreAuthKeyID,
     Share,
+    Tailnet,
+    TailnetID,
     User,
     UserID,
 )
@@ -92,15 +95,33 @@ class CountingStore:
         self.writes += 1
         self.inner.delete_api_key(key_id)
 
-    def set_policy(self, data: str, source: str = "") -> PolicyVersion:
+    def insert_tailnet(self, tailnet: Tailnet) -> TailnetID:
         self.writes += 1
-        return self.inner.set_policy(data, source)
+        return self.inner.insert_tailnet(tailnet)
 
-    def policy_history(self, limit: int = 100) -> list[PolicyVersion]:
-        return self.inner.policy_history(limit)
+    def update_tailnet(self, tailnet: Tailnet) -> None:
+        self.writes += 1
+        self.inner.update_tailnet(tailnet)
 
-    def policy_version(self, version: int) -> PolicyVersion | None:
-        return self.inner.policy_version(version)
+    def delete_tailnet(self, tailnet_id: TailnetID) -> None:
+        self.writes += 1
+        self.inner.delete_tailnet(tailnet_id)
+
+    def set_policy(
+        self, data: str, source: str = "", tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> PolicyVersion:
+        self.writes += 1
+        return self.inner.set_policy(data, source, tailnet)
+
+    def policy_history(
+        self, limit: int = 100, tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> list[PolicyVersion]:
+        return self.inner.policy_history(limit, tailnet)
+
+    def policy_version(
+        self, version: int, tailnet: TailnetID = DEFAULT_TAILNET
+    ) -> PolicyVersion | None:
+        return self.inner.policy_version(version, tailnet)
 
     def insert_share(self, share: Share) -> None:
         self.writes += 1

@@ -1,9 +1,10 @@
 """Users: State's part for them.
 
-A local user is identified by its name, which is unique among local users. A user from an
-identity provider is identified by ``provider_id``; its name may repeat a local one
-(the schema's partial unique indexes say the same). A user who owns nodes cannot be
-deleted. Its pre-auth keys go with it.
+A user belongs to one tailnet (issue #16; default: ``default``). A local user is
+identified by its name, which is unique among the local users of its tailnet. A user from
+an identity provider is identified by ``provider_id`` and signs in to the default tailnet;
+its name may repeat a local one (the schema's partial unique indexes say the same). A
+user who owns nodes cannot be deleted. Its pre-auth keys go with it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Final
 
 from meshscale.control.db.repository import IntegrityError
 from meshscale.control.models import (
+    DEFAULT_TAILNET,
     Conflict,
     InvalidArgument,
     NotFound,
+    TailnetID,
     User,
     UserChanged,
     UserID,
@@ -42,7 +45,9 @@ class Users:
         display_name: str = "",
         email: str = "",
         provider_id: str | None = None,
+        tailnet: TailnetID = DEFAULT_TAILNET,
     ) -> User:
+        """A new user of ``tailnet``."""
         if not USER_NAME_RE.match(name):
             raise InvalidArgument(
                 f"invalid user name {name[:70]!r}: 1-63 of letters, digits and ._@+- "
@@ -50,17 +55,20 @@ class Users:
             )
         core = self.core
         with core.write():
+            where = core.get_tailnet(tailnet)
             if provider_id is None and any(
-                u.name == name and u.provider_id is None for u in core.users.values()
+                u.name == name and u.provider_id is None and u.tailnet_id == tailnet
+                for u in core.users.values()
             ):
-                raise Conflict(f"user {name!r} already exists")
-            user = User(UserID(0), name, display_name, email, provider_id, core.clock())
+                raise Conflict(f"user {name!r} already exists in tailnet {where.name!r}")
+            user = User(UserID(0), name, display_name, email, provider_id, core.clock(),
+                        tailnet_id=tailnet)  # fmt: skip
             try:
                 user = replace(user, id=core.store.insert_user(user))
             except IntegrityError as exc:
                 raise Conflict(f"user {name!r} already exists") from exc
             core.users[user.id] = user
-            core.users_changed()
+            core.users_changed(tailnet)
             core.emit(UserChanged(user.id))
             return user
 
@@ -116,9 +124,15 @@ class Users:
             core.emit(UserChanged(user.id))
             return user
 
-    def get_user_by_name(self, name: str) -> User:
-        """The local user called ``name`` (else the only user of that name)."""
-        matches = [u for u in self.core.users.values() if u.name == name]
+    def get_user_by_name(self, name: str, tailnet: TailnetID | None = None) -> User:
+        """The local user called ``name`` (else the only user of that name), in
+        ``tailnet`` or, with None, in the one tailnet that has such a user."""
+        with self.core.lock:
+            matches = [u for u in self.core.users.values()
+                       if u.name == name
+                       and (tailnet is None or u.tailnet_id == tailnet)]  # fmt: skip
+        if len({u.tailnet_id for u in matches}) > 1:
+            raise Conflict(f"user name {name!r} exists in several tailnets; name the tailnet")
         local = [u for u in matches if u.provider_id is None]
         if local:
             return local[0]
@@ -128,9 +142,12 @@ class Users:
             raise NotFound(f"user {name!r} not found")
         raise Conflict(f"user name {name!r} is ambiguous; use the user id")
 
-    def list_users(self) -> list[User]:
+    def list_users(self, tailnet: TailnetID | None = None) -> list[User]:
+        """Every user, or those of ``tailnet``, by id."""
         with self.core.lock:
-            return sorted(self.core.users.values(), key=lambda u: u.id)
+            users = self.core.users.values()
+            return sorted((u for u in users if tailnet is None or u.tailnet_id == tailnet),
+                          key=lambda u: u.id)  # fmt: skip
 
     def users_by_id(self) -> dict[UserID, User]:
         """Every user by id, shared between callers until the user table changes (each
@@ -150,8 +167,9 @@ class Users:
             user = core.get_user(user_id)
             if user.provider_id is None and any(
                 u.name == new_name and u.provider_id is None and u.id != user_id
+                and u.tailnet_id == user.tailnet_id
                 for u in core.users.values()
-            ):
+            ):  # fmt: skip
                 raise Conflict(f"user {new_name!r} already exists")
             user = replace(user, name=new_name)
             core.store.update_user(user)
