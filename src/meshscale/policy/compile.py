@@ -538,12 +538,14 @@ class Compiled:
                 out.extend(str(x) for x in n.addrs)
         return list(dict.fromkeys(out))
 
-    def filter_for(self, node_id: int) -> list[FilterRule]:
+    def filter_for(self, node_id: int, copy: bool = True) -> list[FilterRule]:
+        """The node's filter: fresh objects, or (``copy`` False) the cached rules themselves,
+        which the caller must not modify (copying is most of a warm full map's filter cost)."""
         cached = self._filters.get(node_id)
         if cached is None:
             cached = tuple(self._build(node_id))
             self._filters[node_id] = cached
-        return [_copy_rule(r) for r in cached]
+        return [_copy_rule(r) for r in cached] if copy else list(cached)
 
     def _build(self, node_id: int) -> list[FilterRule]:
         n = self.nodes[node_id]

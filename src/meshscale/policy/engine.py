@@ -188,6 +188,8 @@ class PolicyEngine:
     # ---- questions ------------------------------------------------------------------------
 
     def filter_for(self, node: PolicyNode) -> list[FilterRule]:
+        """A new list of the node's rules. The rules are shared with the engine's cache
+        (they are serialised per map, never edited): do not modify them; copy first."""
         c = self._compiled
         if node.id not in c.nodes:  # not fed yet: answer for it without keeping it
             c.update(NodeView.of(node), node.id)
@@ -195,7 +197,7 @@ class PolicyEngine:
                 return c.filter_for(node.id)
             finally:
                 c.update(None, node.id)
-        return c.filter_for(node.id)
+        return c.filter_for(node.id, copy=False)
 
     def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:
         return self._compiled.can_see(viewer.id, peer.id)
