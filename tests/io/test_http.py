@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,37 @@ def test_error_response_hook_shapes_the_servers_own_answers() -> None:
     assert missing.startswith(b"HTTP/1.1 404") and missing.endswith(b'{"error": "not found"}')
     assert boom.startswith(b"HTTP/1.1 500") and b"internal server error" in boom
     assert b"application/json" in garbage
+
+
+def test_connection_burst_is_queued_by_the_kernel_and_accepted_in_batches() -> None:
+    """A burst of 300 connections (issue #12 load test): the kernel queues all of them (a
+    short listen backlog would drop SYNs, and a /health probe then waits 1 s to retransmit),
+    but the server takes at most ACCEPT_BATCH per event-loop pass, so established
+    connections' work is not queued behind the whole burst."""
+    from meshscale.io.http import ACCEPT_BATCH
+
+    async def main() -> list[int]:
+        server = HTTPServer(_router())
+        srv = await server.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(300):  # the loop is not running: only the kernel accepts these
+                s = socket.create_connection(("127.0.0.1", port), timeout=2.0)
+                socks.append(s)
+            seen, steps = [0], []
+            for _ in range(2000):
+                await asyncio.sleep(0)  # one pass of the event loop
+                steps.append(server.connections - seen[-1])
+                seen.append(server.connections)
+                if server.connections == 300:
+                    break
+            assert server.connections == 300
+            return steps
+        finally:
+            for s in socks:
+                s.close()
+            await server.close(grace=1)
+
+    steps = asyncio.run(main())
+    assert 0 < max(steps) <= ACCEPT_BATCH

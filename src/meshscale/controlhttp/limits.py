@@ -67,6 +67,16 @@ class NoiseLimits:
     max_pace: float = 2.0  # seconds a connection may wait for its token
     max_frame: int = 16 * KiB  # HTTP/2 SETTINGS_MAX_FRAME_SIZE (the protocol's minimum)
     max_header_list: int = 16 * KiB  # decoded request headers, bytes
+    # Overload shedding: the one event loop also carries every node's map stream, so when
+    # it runs late by more than shed_lag seconds (the driver measures it, observe_lag), new
+    # unauthenticated work is refused for shed_hold seconds: fresh machine keys after the
+    # handshake, and before it any source that holds or recently opened unauthenticated
+    # connections. Registered nodes' connections are still admitted. Only while at least
+    # shed_min_unauth unauthenticated connections are held: a loop slow for other reasons
+    # (a busy machine, a burst of node logins) is not helped by refusing them.
+    shed_lag: float = 0.1
+    shed_hold: float = 5.0
+    shed_min_unauth: int = 32
 
 
 def source_of(host: str | None) -> str:
@@ -108,6 +118,10 @@ class NoiseGate:
     paced: int = 0  # connections made to wait by the rate limit
     closed_idle: int = 0  # connections closed by a deadline
     rejected_bodies: int = 0  # streams refused by a body budget
+    shed: int = 0  # connections refused because the server was overloaded
+    overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
+    max_lag_ms: int = 0  # the worst loop lag observed
+    _shed_until: float = 0.0
     _per_source: dict[str, int] = field(default_factory=dict)
     # token buckets: source ("" = server-wide) -> (tokens, at); sources LRU-bounded
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -131,6 +145,25 @@ class NoiseGate:
         if key in self._buckets:
             self._buckets[key] = (tokens + 1, at)
 
+    def observe_lag(self, lag: float, now: float) -> None:
+        """The driver saw the event loop run ``lag`` seconds late at ``now``."""
+        self.max_lag_ms = max(self.max_lag_ms, int(lag * 1000))
+        if lag <= self.limits.shed_lag or self.unauth_connections < self.limits.shed_min_unauth:
+            return
+        if now >= self._shed_until:
+            self.overloads += 1
+        self._shed_until = now + self.limits.shed_hold
+
+    def shedding(self, now: float) -> bool:
+        return now < self._shed_until
+
+    def _suspect(self, src: str, now: float) -> bool:
+        """Holds unauthenticated connections, or opened one within shed_hold seconds."""
+        if self._per_source.get(src, 0) > 0:
+            return True
+        got = self._buckets.get(src)
+        return got is not None and now - got[1] < self.limits.shed_hold
+
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
 
@@ -153,6 +186,9 @@ class NoiseGate:
         if -tokens / rate > lim.max_pace:
             self.refused += 1
             return "too many new connections from this address"
+        if self.shedding(now) and self._suspect(src, now):
+            self.shed += 1
+            return "server busy"
         return None
 
     def admit(self, host: str | None, node: bool, now: float = 0.0) -> Ticket | str:
@@ -164,6 +200,9 @@ class NoiseGate:
             return "too many connections"
         src = source_of(host)
         if not node:
+            if self.shedding(now):
+                self.shed += 1
+                return "server busy"
             if self.unauth_connections >= lim.max_unauth_connections:
                 self.refused += 1
                 return "too many unauthenticated connections"
@@ -246,5 +285,8 @@ class NoiseGate:
             "paced": self.paced,
             "closed_idle": self.closed_idle,
             "rejected_bodies": self.rejected_bodies,
+            "shed": self.shed,
+            "overloads": self.overloads,
+            "max_lag_ms": self.max_lag_ms,
             "sources": len(self._per_source),
         }

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl as ssl_module
 import struct
@@ -70,6 +71,10 @@ KEEPALIVE_TIMEOUT = 60.0  # seconds idle between requests: socket hoarding
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds: half-open TLS handshakes
 WRITE_TIMEOUT = 30.0  # seconds a response write may block: clients that never read
 LISTEN_BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
+# Connections accepted per event-loop pass. asyncio accepts up to its ``backlog`` argument
+# at once, so a 1,000-connection burst would put 1,000 new tasks ahead of every established
+# connection's work in one pass; the kernel queue (LISTEN_BACKLOG) holds the rest.
+ACCEPT_BATCH = 16
 
 
 class Headers:
@@ -309,10 +314,13 @@ class HTTPServer:
             ssl=ssl,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
             limit=READ_CHUNK,
-            # asyncio's default of 100 overflows under a connection burst: the kernel then
-            # drops SYNs and every client, /health probes too, waits 1 s to retransmit.
-            backlog=LISTEN_BACKLOG,
+            backlog=ACCEPT_BATCH,  # asyncio's accept batch; the kernel queue is set below
         )
+        # A short kernel queue overflows under a connection burst: the kernel then drops
+        # SYNs and every client, /health probes too, waits 1 s to retransmit.
+        for sock in srv.sockets:
+            with socket.socket(fileno=os.dup(sock.fileno())) as same:
+                same.listen(LISTEN_BACKLOG)
         self._servers.append(srv)
         return srv
 

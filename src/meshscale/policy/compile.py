@@ -158,8 +158,20 @@ class Compiled:
         nodes: Iterable[NodeView],
         strict: bool = True,
     ) -> None:
+        self._setup(policy, list(users), strict)
+        for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
+            self._add(n)
+
+    @classmethod
+    def blank(cls, policy: Policy, users: list[PolicyUser], strict: bool) -> Compiled:
+        """``policy`` resolved against ``users`` with no nodes yet (see :mod:`.incremental`,
+        which fills in the rest from a previous Compiled)."""
+        c = cls.__new__(cls)
+        c._setup(policy, users, strict)
+        return c
+
+    def _setup(self, policy: Policy, ulist: list[PolicyUser], strict: bool) -> None:
         self.policy = policy
-        ulist = list(users)
         self.user_ids = resolve_users(policy, ulist, strict)
         self.group_users = {
             g: frozenset(u for m in ms for u in self.user_ids.get(m, ()))
@@ -193,9 +205,8 @@ class Compiled:
         # (the SrcIPs autogroup:shared adds to that node's filter).
         self.shared_in: frozenset[IPAddress] = frozenset()
         self.guest_ips: dict[int, tuple[str, ...]] = {}
+        self.key_nodes: dict[object, set[int]] = {}  # node key (_node_keys) → node ids
         self._build_index()
-        for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
-            self._add(n)
 
     # ---- alias matching -----------------------------------------------------------------
 
@@ -272,11 +283,11 @@ class Compiled:
                 for key in keys:
                     self._di.setdefault(key, set()).add(i)
 
-    def _roles(self, n: NodeView) -> tuple[list[int], list[int], list[int]]:
+    def _roles(self, n: NodeView, keys: list[object]) -> tuple[list[int], list[int], list[int]]:
         src: set[int] = set()
         dst: set[int] = set()
         ipsrc: set[int] = set()
-        for key in self._node_keys(n):
+        for key in keys:
             src.update(self._si.get(key, ()))
             ipsrc.update(self._ii.get(key, ()))
             dst.update(self._di.get(key, ()))
@@ -304,7 +315,10 @@ class Compiled:
 
     def _add(self, n: NodeView) -> None:
         self.nodes[n.id] = n
-        src, dst, ipsrc = self._roles(n)
+        keys = self._node_keys(n)
+        for key in keys:
+            self.key_nodes.setdefault(key, set()).add(n.id)
+        src, dst, ipsrc = self._roles(n, keys)
         self.src_of[n.id], self.dst_of[n.id], self.ipsrc_of[n.id] = src, dst, ipsrc
         for i in src:
             self.rules[i].src_nodes.add(n.id)
@@ -325,6 +339,8 @@ class Compiled:
         n = self.nodes.pop(node_id, None)
         if n is None:
             return None
+        for key in self._node_keys(n):
+            self.key_nodes[key].discard(node_id)
         for i in self.src_of.pop(node_id):
             self.rules[i].src_nodes.discard(node_id)
         for i in self.ipsrc_of.pop(node_id):

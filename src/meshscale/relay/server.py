@@ -40,7 +40,9 @@ from ..derp.relay import Relay
 from ..derphttp import DERPClient
 from ..derphttp.websocket import ByteStream
 from ..io.http import Request, Response, UpgradeStream
+from ..io.stream import RawStream
 from ..key import NodePrivate, NodePublic
+from .fastpath import DERPReader
 from .websocket import accept_websocket, wants_derp_websocket
 
 log = logging.getLogger(__name__)
@@ -345,6 +347,34 @@ class DERPServer:
         fb.max_frame = F.MAX_SERVER_FRAME
         loop = asyncio.get_running_loop()
         relay = self.relay
+        if not sink.blocked:
+            relay.set_direct(cid, True)
+        if isinstance(stream, RawStream):
+            done: asyncio.Future[DERPError | None] = loop.create_future()
+            reader: list[DERPReader] = []
+
+            def make(old: asyncio.BaseProtocol) -> DERPReader:
+                reader.append(DERPReader(old, relay, cid, self._flush_ready, done))
+                return reader[0]
+
+            pending = fb.take_pending()
+            taken = stream.take_over(make)
+            if taken is not None:
+                del fb
+                try:
+                    reader[0].feed(pending + taken[0])
+                    if taken[1]:
+                        reader[0].eof_received()
+                    err = await done
+                    if err is not None:
+                        self.counters.protocol_errors += 1
+                        log.debug("derp: closing %s: %s", NodePublic(key).short(), err)
+                finally:
+                    await self._stop_sink(cid)
+                    relay.remove_conn(cid)
+                    self._flush_ready()
+                return
+            fb.feed(pending)
         try:
             # Frames that arrived with ClientInfo are already in fb.
             while True:
@@ -420,6 +450,7 @@ class DERPServer:
         if sink.buffered() <= WRITE_HIGH_WATER:
             return False
         sink.blocked = True
+        self.relay.set_direct(cid, False)  # packets wait in the bounded queue meanwhile
         if sink.drainer is None:
             sink.drainer = asyncio.create_task(self._drain(cid, sink))
         return True
@@ -465,10 +496,16 @@ class DERPServer:
             return
         if sink.blocked:
             return  # the drain task flushes once the transport has room
-        while len(q):
+        # Direct output first: it is older than anything the queue took while blocked.
+        out = self.relay.take_out(cid)
+        if out:
+            sink.write(out)
+            self._check_blocked(cid, sink)
+        while len(q) and not sink.blocked:
             sink.write(q.pop_batch(256))
-            if self._check_blocked(cid, sink):
-                break
+            self._check_blocked(cid, sink)
+        if not sink.blocked:
+            self.relay.set_direct(cid, True)
         self.relay.pong_sent(cid)
 
     def _flush_ready(self) -> None:
