@@ -87,7 +87,7 @@ def test_easy_hard_goes_direct_and_hard_hard_stays_quiet(need_lab: None, tmp_pat
             assert h1.peer("h2")["CurAddr"] == "" and h2.peer("h1")["CurAddr"] == ""
             p2 = _probes(h2)
             assert p2["Attempts"] == 0 and p2["Sent"] == 0, p2
-            time.sleep(4)
+            time.sleep(3)
             assert _probes(h2) == p2
             later = _probes(h1)
             assert later["Sent"] == ph["Sent"] and later["Attempts"] == ph["Attempts"], later
