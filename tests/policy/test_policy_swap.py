@@ -183,14 +183,17 @@ def apply(w: World, edit: tuple[Any, ...]) -> str:
     return "policy"
 
 
-@settings(max_examples=200, deadline=None)
-@given(
+INPUTS = (
     st.lists(NODE, min_size=1, max_size=8),
     GROUPS,
     st.lists(RULE, min_size=1, max_size=6),
     st.lists(EDIT, min_size=1, max_size=8),
     st.lists(st.lists(st.sampled_from(ATTR_TARGETS), min_size=1, max_size=2), max_size=2),
 )
+
+
+@settings(max_examples=200, deadline=None)
+@given(*INPUTS)
 def test_swap_equals_from_scratch(
     start: list[Node],
     groups: dict[str, list[str]],
@@ -241,6 +244,19 @@ def test_swap_equals_from_scratch(
                               if i in k and target not in k)  # fmt: skip
             if f_moved or p_moved or r_moved:
                 assert change.everyone or i in change.nodes, (edit, i, f_moved, p_moved)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, deadline=None)
+@given(*INPUTS)
+def test_swap_equals_from_scratch_slow(
+    start: list[Node],
+    groups: dict[str, list[str]],
+    rules: list[tuple[str, dict[str, Any]]],
+    edits: list[tuple[Any, ...]],
+    attrs: list[list[str]],
+) -> None:
+    test_swap_equals_from_scratch.hypothesis.inner_test(start, groups, rules, edits, attrs)
 
 
 def _policy(g0: list[str], extra: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]
