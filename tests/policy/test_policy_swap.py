@@ -32,6 +32,7 @@ SELF_SRC = ["group:g0", "group:g1", "dev@", "autogroup:member", "alice@example.c
 DST = ["tag:a", "tag:b", "group:g0", "group:g1", "bob@", "autogroup:member",
        "autogroup:tagged", "*", "lan", "h3"]  # fmt: skip
 PORTS = ["22", "80,443", "*", "1000-2000"]
+ATTR_TARGETS = ["group:g0", "group:g1", "dev@", "tag:a", "*", "autogroup:member"]
 
 NODE = st.builds(
     lambda i, u, tags, route: node(i, USERS[u], tags=tags, routes=route, approved=route),
@@ -91,6 +92,8 @@ EDIT = st.one_of(
     st.tuples(st.just("retag"), st.integers(1, 8),
               st.sampled_from([(), ("tag:a",), ("tag:b",), ("tag:c", "tag:b")])),
     st.tuples(st.just("users"), st.integers(0, 3)),
+    st.tuples(st.just("attrs"), st.lists(st.lists(st.sampled_from(ATTR_TARGETS), min_size=1,
+                                                  max_size=2), max_size=2)),
 )  # fmt: skip
 
 
@@ -101,6 +104,7 @@ class World:
     grants: list[dict[str, Any]]
     nodes: dict[int, Node]
     users: list[User]
+    attr_targets: list[list[str]] = dataclasses.field(default_factory=list)
 
     def text(self) -> str:
         return json.dumps({
@@ -110,6 +114,7 @@ class World:
             "hosts": {"lan": "10.1.0.0/16", "h3": "100.64.0.3/32"},
             "acls": self.acls,
             "grants": self.grants,
+            "nodeAttrs": [{"target": t, "attr": ["funnel"]} for t in self.attr_targets],
         })  # fmt: skip
 
     def rules(self) -> list[tuple[str, dict[str, Any]]]:
@@ -120,7 +125,8 @@ class World:
         self.grants = [r for k, r in rules if k == "grants"]
 
 
-Snap = tuple[dict[int, object], dict[int, set[int]], dict[tuple[int, int], object]]
+Snap = tuple[dict[int, object], dict[int, set[int]], dict[tuple[int, int], object],
+             dict[int, object]]  # fmt: skip
 
 
 def snapshot(e: PolicyEngine, nodes: dict[int, Node]) -> Snap:
@@ -130,7 +136,8 @@ def snapshot(e: PolicyEngine, nodes: dict[int, Node]) -> Snap:
         assert peers[a] == {b for b, m in nodes.items() if b != a and e.can_see(n, m)}, a
     routes = {(a, b): e.reachable_routes(nodes[a], nodes[b])
               for a in nodes for b in nodes if a != b and nodes[b].approved_routes}  # fmt: skip
-    return filters, peers, routes
+    caps = {i: e.cap_map_for(n) for i, n in nodes.items()}
+    return filters, peers, routes, caps
 
 
 def fresh(w: World) -> PolicyEngine:
@@ -166,6 +173,8 @@ def apply(w: World, edit: tuple[Any, ...]) -> str:
         if edit[1] in w.nodes:
             w.nodes[edit[1]] = dataclasses.replace(w.nodes[edit[1]], tags=edit[2])
         return "node"
+    elif op == "attrs":
+        w.attr_targets = edit[1]
     elif op == "users":
         gone = USERS[edit[1]]
         w.users = [u for u in USERS if u != gone] if gone in w.users else list(USERS)
@@ -174,20 +183,25 @@ def apply(w: World, edit: tuple[Any, ...]) -> str:
     return "policy"
 
 
-@settings(max_examples=200, deadline=None)
-@given(
+INPUTS = (
     st.lists(NODE, min_size=1, max_size=8),
     GROUPS,
     st.lists(RULE, min_size=1, max_size=6),
     st.lists(EDIT, min_size=1, max_size=8),
+    st.lists(st.lists(st.sampled_from(ATTR_TARGETS), min_size=1, max_size=2), max_size=2),
 )
+
+
+@settings(max_examples=200, deadline=None)
+@given(*INPUTS)
 def test_swap_equals_from_scratch(
     start: list[Node],
     groups: dict[str, list[str]],
     rules: list[tuple[str, dict[str, Any]]],
     edits: list[tuple[Any, ...]],
+    attrs: list[list[str]],
 ) -> None:
-    w = World(groups, [], [], {n.id: n for n in start}, list(USERS))
+    w = World(groups, [], [], {n.id: n for n in start}, list(USERS), attrs)
     w.set_rules(rules)
     try:
         e = fresh(w)
@@ -195,7 +209,7 @@ def test_swap_equals_from_scratch(
         return  # an invalid start (e.g. a grant that no rule shape allows): nothing to derive
     for edit in edits:
         before = snapshot(e, w.nodes)
-        saved = copy.deepcopy((w.groups, w.acls, w.grants))
+        saved = copy.deepcopy((w.groups, w.acls, w.grants, w.attr_targets))
         what = apply(w, edit)
         target = edit[1]
         if what == "policy":
@@ -205,7 +219,7 @@ def test_swap_equals_from_scratch(
                 with pytest.raises(PolicyError):
                     e.set_policy(w.text())
                 assert snapshot(e, w.nodes) == before  # the old policy stays in force
-                w.groups, w.acls, w.grants = saved
+                w.groups, w.acls, w.grants, w.attr_targets = saved
                 continue
             change = e.set_policy(w.text())
         elif what == "users":
@@ -220,7 +234,7 @@ def test_swap_equals_from_scratch(
         assert after == snapshot(ref, w.nodes), edit
         for i in w.nodes:
             f_moved = before[0][i] != after[0][i]
-            p_moved = before[1][i] != after[1][i]
+            p_moved = before[1][i] != after[1][i] or before[3][i] != after[3][i]
             r_moved = any(before[2][k] != after[2][k] for k in after[2] if i in k)
             if what == "node":  # the retagged node itself, and who sees it, are implied
                 if i == target:
@@ -230,6 +244,19 @@ def test_swap_equals_from_scratch(
                               if i in k and target not in k)  # fmt: skip
             if f_moved or p_moved or r_moved:
                 assert change.everyone or i in change.nodes, (edit, i, f_moved, p_moved)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, deadline=None)
+@given(*INPUTS)
+def test_swap_equals_from_scratch_slow(
+    start: list[Node],
+    groups: dict[str, list[str]],
+    rules: list[tuple[str, dict[str, Any]]],
+    edits: list[tuple[Any, ...]],
+    attrs: list[list[str]],
+) -> None:
+    test_swap_equals_from_scratch.hypothesis.inner_test(start, groups, rules, edits, attrs)
 
 
 def _policy(g0: list[str], extra: list[dict[str, Any]] = ()) -> str:  # type: ignore[assignment]

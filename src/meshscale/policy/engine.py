@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from meshscale.policy.checks import run_tests
 from meshscale.policy.compile import Compiled, NodeView
-from meshscale.policy.incremental import derive
+from meshscale.policy.incremental import caps_kept, derive
 from meshscale.policy.manager import (
     EVERYONE,
     NO_CHANGE,
@@ -307,7 +307,9 @@ class PolicyEngine:
             changed = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
         else:
             changed = set(moved)
-        if self.policy.node_attrs or policy.node_attrs:  # a node's self CapMap moved
+        if (self.policy.node_attrs or policy.node_attrs) and (
+            moved is None or not caps_kept(self._compiled, compiled)
+        ):  # a node's self CapMap may have moved
             for nid, view in compiled.nodes.items():
                 prev = self._compiled.nodes.get(nid)
                 if prev is None or _caps(self.policy, self._compiled, prev) != _caps(

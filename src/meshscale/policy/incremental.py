@@ -39,6 +39,17 @@ def _names_moved(cr: CRule, users: set[str], groups: set[str]) -> bool:
     return False
 
 
+def caps_kept(old: Compiled, new: Compiled) -> bool:
+    """Whether every node's ``nodeAttrs`` answer is surely the same under ``new`` as under
+    ``old`` (same nodes): equal entries whose targets name no user or group that moved."""
+    if old.policy.node_attrs != new.policy.node_attrs or old.nodes.keys() != new.nodes.keys():
+        return False
+    users = _moved(old.user_ids, new.user_ids)
+    groups = _moved(old.group_users, new.group_users)
+    names = {("user", u) for u in users} | {("group", g) for g in groups}
+    return not any((a.kind, a.name) in names for na in new.policy.node_attrs for a in na.target)
+
+
 def members(c: Compiled, cr: CRule) -> tuple[set[int], set[int], set[int]]:
     """A rule's (source, destination, by-address source) nodes among ``c.nodes``: the
     same sets as adding every node one by one (:meth:`Compiled._roles`)."""
