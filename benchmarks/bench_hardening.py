@@ -33,10 +33,13 @@ import json
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,85 @@ TIME_CAP = 600.0  # seconds for the whole attack phase, whatever the counts
 # ---- server side (a child process) --------------------------------------------------------
 
 
-async def serve(port: int, db: str, unauth_rate: float) -> None:
+class Watchdog:
+    """Samples the event loop thread's stack while the loop has not run its heartbeat for
+    more than ``stall`` seconds: what blocks it. ``report()``: stacks by sampled seconds."""
+
+    def __init__(self, stall: float = 0.1, every: float = 0.02) -> None:
+        self.stall, self.every = stall, every
+        self.beat = time.monotonic()
+        self.samples: dict[str, float] = {}
+        self.stalls = 0
+        self._ident = threading.get_ident()
+        self._cpu_clock = time.pthread_getcpuclockid(self._ident)
+        self.worst: list[tuple[float, float, int]] = []  # (stall s, loop CPU s in it, ready)
+        self.slow: dict[str, list[float]] = {}  # callback -> [count, total s, max s]
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def time_callbacks(self, over: float = 0.02) -> None:
+        """Time every callback the loop runs; keep those over ``over`` seconds."""
+        run = asyncio.events.Handle._run
+        slow = self.slow
+
+        def timed(h: asyncio.Handle) -> None:
+            t0 = time.perf_counter()
+            run(h)
+            dt = time.perf_counter() - t0
+            if dt > over:
+                cb = getattr(h, "_callback", None)
+                owner = getattr(cb, "__self__", None)
+                coro = getattr(owner, "get_coro", lambda: None)()
+                name = getattr(coro, "__qualname__", None) or repr(cb)[:80]
+                e = slow.setdefault(name, [0, 0.0, 0.0])
+                e[0] += 1
+                e[1] += dt
+                e[2] = max(e[2], dt)
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+    async def heartbeat(self) -> None:
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        stalled, cpu0, ready, worst = False, 0.0, 0, 0.0
+        while True:
+            time.sleep(self.every)
+            late = time.monotonic() - self.beat
+            if late <= self.stall:
+                if stalled:
+                    cpu = time.clock_gettime(self._cpu_clock) - cpu0
+                    self.worst.append((round(worst, 3), round(cpu, 3), ready))
+                    self.worst = sorted(self.worst, reverse=True)[:20]
+                stalled = False
+                continue
+            if not stalled:
+                self.stalls += 1
+                stalled, cpu0, ready = True, time.clock_gettime(self._cpu_clock), 0
+            worst = late
+            if self._loop is not None:
+                ready = max(ready, len(getattr(self._loop, "_ready", ())))
+            frame = sys._current_frames().get(self._ident)
+            if frame is None:
+                continue
+            stack = [f"{Path(f.filename).name}:{f.lineno}:{f.name}"
+                     for f in traceback.extract_stack(frame)[-14:]]  # fmt: skip
+            key = " < ".join(reversed(stack))
+            self.samples[key] = self.samples.get(key, 0.0) + self.every
+
+    def report(self, top: int = 25) -> dict[str, Any]:
+        items = sorted(self.samples.items(), key=lambda kv: -kv[1])[:top]
+        slow = sorted(self.slow.items(), key=lambda kv: -kv[1][1])[:top]
+        return {"stalls": self.stalls, "worst": self.worst,
+                "slow_callbacks": [[n, round(t, 2), round(m, 3), k] for k, (n, t, m) in slow],
+                "top": [[round(v, 2), k] for k, v in items]}  # fmt: skip
+
+
+async def serve(port: int, db: str, unauth_rate: float, watchdog: str = "") -> None:
     from meshscale.control.app import AppSettings, build_app
     from meshscale.control.state import State
     from meshscale.controlhttp import NoiseLimits
@@ -93,13 +174,26 @@ async def serve(port: int, db: str, unauth_rate: float) -> None:
 
     app.router.add("GET", "/health", health)
     app.router.add("GET", "/bench-stats", stats)
-    server = HTTPServer(app.router)
+    server = HTTPServer(app.router, accept_filter=app.noise.accept)
     await server.start("127.0.0.1", port)
     await app.start()
     lag_task = asyncio.ensure_future(lag_monitor())
+    dog = Watchdog() if watchdog else None
+    if dog is not None:
+        beat = asyncio.ensure_future(dog.heartbeat())
+        dog._loop = asyncio.get_running_loop()
+        dog.time_callbacks()
+        dog.start()
+
+        def dump(*_: object) -> None:
+            Path(watchdog).write_text(json.dumps(dog.report(), indent=1))
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
     print(json.dumps({"key": key.public().text(), "authkey": secret}), flush=True)
     await asyncio.Event().wait()
     lag_task.cancel()
+    if dog is not None:
+        beat.cancel()
 
 
 # ---- attackers ------------------------------------------------------------------------------
@@ -380,6 +474,11 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=30.0, help="minimum attack seconds")
     ap.add_argument("--rss-budget-mib", type=float, default=400.0)
     ap.add_argument(
+        "--watchdog",
+        default="",
+        help="write the server's stalled-loop stacks (JSON) to this file at the end",
+    )
+    ap.add_argument(
         "--unauth-rate",
         type=float,
         default=0.0,
@@ -387,7 +486,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.db, args.unauth_rate))
+        asyncio.run(serve(args.serve, args.db, args.unauth_rate, args.watchdog))
         return
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -398,13 +497,16 @@ def main() -> None:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-hardening-") as tmp:
         cmd = [sys.executable, __file__, "--serve", str(port), "--db", str(Path(tmp) / "s.db"),
-               "--unauth-rate", str(args.unauth_rate)]  # fmt: skip
+               "--unauth-rate", str(args.unauth_rate), "--watchdog", args.watchdog]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None
             hello = json.loads(proc.stdout.readline())
             out = asyncio.run(measure(port, proc.pid, hello, args))
         finally:
+            if args.watchdog and proc.poll() is None:
+                proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
             proc.terminate()
             proc.wait(10)
     out["pass"] = (

@@ -8,7 +8,13 @@ policy of bench_policy.py, reports:
   events through Batcher.handle, and a message built for every session with something
   pending (full maps for the nodes whose answers moved, per-viewer deltas for the rest):
   p50/p99 over K changes of the whole path, and how many full maps / deltas it took;
-* policy change: one user added to one group (State.set_policy) to every message built;
+* policy change: one user added to one group, then removed again (State.set_policy), to
+  every message built: p50/p99 over K changes, and the set_policy part; then the same
+  with set_policy recompiling everything and diffing per-node signatures (the path before
+  policy/incremental.py), as the baseline in the same run;
+* compile: the policy resolved over all N nodes from scratch, then every filter built;
+* the time spent in the garbage collector (the tailnet is frozen out of it once built, as
+  meshscale-control does once started; ``--no-gc-freeze`` to compare);
 * peak RSS of the process.
 
 The peer JSON cache is warmed first (every node encoded once), as in a running server.
@@ -21,6 +27,7 @@ Not a test: run by hand and copy the figures into the README.
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import sys
@@ -36,6 +43,7 @@ from meshscale.control.mapper.batcher import Batcher, MapSession, Pending, Snaps
 from meshscale.control.state import State
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.policy import PolicyEngine
+from meshscale.policy.compile import Compiled
 from meshscale.testing.mapsource import DERP
 
 CFG = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP)
@@ -51,6 +59,28 @@ def build_all(state: State, b: Batcher, sessions: list[MapSession]) -> tuple[int
         if not s.pending.empty() or s.bpos < b._epoch_base + len(b._epochs):
             b.build(s, NOW)
     return b.full_maps_built - fulls, b.deltas_built - deltas
+
+
+FREEZE = "--no-gc-freeze" not in sys.argv
+if not FREEZE:
+    sys.argv.remove("--no-gc-freeze")
+gc_time = [0.0]  # seconds spent in the cyclic garbage collector (gc.callbacks)
+_gc_start = [0.0]
+
+
+gc_gens = [0.0, 0.0, 0.0]
+
+
+def _gc_watch(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_start[0] = time.perf_counter()
+    else:
+        d = time.perf_counter() - _gc_start[0]
+        gc_time[0] += d
+        gc_gens[info["generation"]] += d
+
+
+gc.callbacks.append(_gc_watch)
 
 
 def ms(s: float) -> str:
@@ -80,6 +110,9 @@ def run(n: int, changes: int) -> None:
     for node in state.list_nodes():  # a running server's peer JSON cache is warm
         b.cache.peer(node, CFG, NOW)
     print(f"N={n}: tailnet built in {time.perf_counter() - t0:.1f} s")
+    if FREEZE:  # as meshscale-control does once started (control/main.py)
+        gc.collect()
+        gc.freeze()
 
     nodes = state.list_nodes()
     lat, shape = [], []
@@ -98,17 +131,45 @@ def run(n: int, changes: int) -> None:
         f"full maps p50 {fulls:.0f}, deltas p50 {statistics.median(d for _, d in shape):.0f}"
     )
 
+    engine = state.core.policy
+    assert isinstance(engine, PolicyEngine)
+    for mode in ("derived", "full recompile"):
+        if mode != "derived":  # the baseline: set_policy as before policy/incremental.py
+            engine._derive = lambda p, strict=True: (  # type: ignore[method-assign]
+                engine._compile(p, engine._compiled.nodes.values(), strict),
+                None,
+            )
+        lat, setp, shape = [], [], []
+        gc_time[0] = 0.0
+        gc_gens[:] = [0.0, 0.0, 0.0]
+        for k in range(changes):  # a user into group:g0, then out again (each a swap)
+            extra = f"{users[-1 - k // 2].name}@" if k % 2 == 0 else None
+            t0 = time.perf_counter()
+            state.set_policy(policy(users, extra=extra))
+            t1 = time.perf_counter()
+            shape.append(build_all(state, b, sessions))
+            lat.append(time.perf_counter() - t0)
+            setp.append(t1 - t0)
+        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else lat * 99
+        print(
+            f"  policy change ({mode}; one user into / out of one group) -> all messages: "
+            f"p50 {ms(statistics.median(lat))} p99 {ms(q[98])}; set_policy p50 "
+            f"{ms(statistics.median(setp))} max {ms(max(setp))}; full maps p50 "
+            f"{statistics.median(f for f, _ in shape):.0f}, deltas p50 "
+            f"{statistics.median(d for _, d in shape):.0f}; GC pauses {ms(gc_time[0])} in all "
+            f"(by generation {' / '.join(ms(g).strip() for g in gc_gens)}); "
+            "each: " + " ".join(f"{x * 1000:.0f}" for x in lat)
+        )
     t0 = time.perf_counter()
-    state.set_policy(policy(users, extra=f"{users[-1].name}@"))
+    fresh = Compiled(engine.policy, engine._users, engine._compiled.nodes.values())
     t1 = time.perf_counter()
-    fulls, deltas = build_all(state, b, sessions)
-    t2 = time.perf_counter()
-    print(
-        f"  policy change (one user into one group): set_policy {ms(t1 - t0)}, all messages "
-        f"{ms(t2 - t0)}; full maps {fulls}, deltas {deltas}"
-    )
+    for nid in fresh.nodes:
+        fresh.filter_for(nid, copy=False)
+    print(f"  compile {ms(t1 - t0)}, then every filter {ms(time.perf_counter() - t1)}")
+    del fresh
     print_peak_rss()
     state.close()
+    gc.unfreeze()
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,74 @@ def test_error_response_hook_shapes_the_servers_own_answers() -> None:
     assert missing.startswith(b"HTTP/1.1 404") and missing.endswith(b'{"error": "not found"}')
     assert boom.startswith(b"HTTP/1.1 500") and b"internal server error" in boom
     assert b"application/json" in garbage
+
+
+def test_connection_burst_is_queued_by_the_kernel_and_accepted_in_batches() -> None:
+    """A burst of 300 connections (issue #12 load test): the kernel queues all of them (a
+    short listen backlog would drop SYNs, and a /health probe then waits 1 s to retransmit),
+    but the server takes at most ACCEPT_BATCH per event-loop pass, so established
+    connections' work is not queued behind the whole burst."""
+    from meshscale.io.http import ACCEPT_BATCH
+
+    async def main() -> list[int]:
+        server = HTTPServer(_router())
+        srv = await server.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(300):  # the loop is not running: only the kernel accepts these
+                s = socket.create_connection(("127.0.0.1", port), timeout=2.0)
+                socks.append(s)
+            seen, steps = [0], []
+            for _ in range(2000):
+                await asyncio.sleep(0)  # one pass of the event loop
+                steps.append(server.connections - seen[-1])
+                seen.append(server.connections)
+                if server.connections == 300:
+                    break
+            assert server.connections == 300
+            return steps
+        finally:
+            for s in socks:
+                s.close()
+            await server.close(grace=1)
+
+    steps = asyncio.run(main())
+    assert 0 < max(steps) <= ACCEPT_BATCH
+
+
+def test_accept_filter_refuses_unread_and_bounds_the_connections_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused connection is held unread (a client retrying at once is slowed to its own
+    concurrency), at most MAX_HELD at a time; the others are reset at once."""
+    import meshscale.io.http as http
+
+    monkeypatch.setattr(http, "MAX_HELD", 2)
+    verdicts: dict[str, float | None] = {"127.0.0.1": None, "127.0.0.2": 30.0}
+
+    async def main() -> None:
+        server = HTTPServer(_router(), accept_filter=lambda host: verdicts.get(host or "", 0.0))
+        srv = await server.start("127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        conns = []
+        try:
+            for _ in range(4):
+                src = ("127.0.0.2", 0)
+                conns.append(await asyncio.open_connection("127.0.0.1", port, local_addr=src))
+            for _ in range(500):
+                if server.refused_at_accept == 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.refused_at_accept == 4 and server.held == 2
+            r, w = await asyncio.open_connection("127.0.0.1", port)  # an accepted source
+            w.write(b"GET /echo HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(r.read(), 5)).startswith(b"HTTP/1.1 200")
+            w.close()
+        finally:
+            await asyncio.wait_for(server.close(grace=1), 5)
+            assert server.held == 0  # close() ends the held ones
+            for _, w in conns:
+                w.close()
+
+    asyncio.run(main())

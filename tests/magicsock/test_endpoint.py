@@ -282,3 +282,50 @@ def test_sent_pings_are_bounded() -> None:
         ep.handle_call_me_maybe(CallMeMaybe(()), float(k) * 0.1)
         ep.take_actions()
     assert len(ep._sent) == MAX_SENT_PINGS  # 600 pings were wanted
+
+
+# Dual stack (issue #18 goal 3): a peer with a direct IPv4 and a direct IPv6 path. Upstream's
+# betterAddr gives IPv6 +10 points, so it wins on near-equal latency (up to ~10 % slower) and
+# loses when clearly slower -- whichever pong comes back first.
+@pytest.mark.parametrize(
+    ("v4_lat", "v6_lat", "winner"),
+    [
+        (0.020, 0.020, V6),  # equal: IPv6
+        (0.020, 0.0218, V6),  # 9 % slower: still IPv6 (10 points vs 9)
+        (0.020, 0.0225, PUB1),  # 12 % slower: IPv4 (10 points vs 12)
+        (0.020, 0.040, PUB1),  # twice as slow: IPv4
+        (0.040, 0.020, V6),  # IPv6 faster: IPv6
+    ],
+)
+@pytest.mark.parametrize("v6_first", [True, False])
+def test_dual_stack_picks_by_latency_with_v6_bonus(v4_lat, v6_lat, winner, v6_first) -> None:
+    ep = make(endpoints=(PUB1, V6))
+    ep.note_send(0.0)
+    sent = {p.dst: p for p in pings(ep)}
+    assert set(sent) == {PUB1, V6}
+    order = [(V6, v6_lat), (PUB1, v4_lat)]
+    for dst, lat in order if v6_first else order[::-1]:
+        ep.handle_pong(Pong(sent[dst].tx_id, dst), dst, lat)
+    assert ep.best == winner
+    assert ep.addr_for_send(0.05) == (winner, 0)
+
+
+def test_dual_stack_switches_family_when_the_other_gets_faster() -> None:
+    """A slow (> 5 ms) best path is re-probed every minute; the now-faster family takes over."""
+    ep = make(endpoints=(PUB1, V6))
+    lat = {PUB1: 0.010, V6: 0.030}
+    t = 0.0
+    ep.note_send(t)
+    pong_all(ep, pings(ep), t, lat)
+    assert ep.best == PUB1
+    lat = {PUB1: 0.050, V6: 0.030}  # the IPv4 path got slow (and the heartbeat shows it)
+    switched_at = None
+    while t < 75.0 and switched_at is None:
+        t += HEARTBEAT_INTERVAL
+        ep.note_send(t)
+        ep.handle_timer(t)
+        pong_all(ep, pings(ep), t, lat)
+        if ep.best == V6:
+            switched_at = t
+    assert switched_at is not None and 57.0 <= switched_at <= 63.0, switched_at
+    assert ep.best_latency == pytest.approx(0.030)

@@ -498,3 +498,13 @@ def test_https_fallback_deadline_and_failures() -> None:
     r = nc.next_report()
     assert r is not None
     assert r.region_latency == {}
+
+
+def test_stun_only_region_is_measured_but_never_home() -> None:
+    """A region of STUN-only nodes relays nothing: it counts for latency and for
+    MappingVariesByDestIP (hard-NAT probing needs two STUN addresses) but is never home."""
+    r = rep({900: 0.030, 901: 0.001}, started=100.0)
+    assert choose_preferred_derp([r], r, 0, {}, None, 100.0, homes={900}) == 900
+    assert choose_preferred_derp([r], r, 0, {}, None, 100.0) == 901
+    only = rep({901: 0.001}, started=100.0)
+    assert choose_preferred_derp([only], only, 0, {}, None, 100.0, homes={900}) == 0

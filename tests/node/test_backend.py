@@ -18,8 +18,10 @@ from meshscale.tailcfg import (
     DERPRegion,
     FilterRule,
     MapResponse,
+    NetPortRange,
     Node,
     PeerChange,
+    PortRange,
     UserProfile,
 )
 from meshscale.wgengine.magicbind import MagicBind, peer_endpoint
@@ -166,3 +168,33 @@ def test_ping_unknown_ip_is_404(tmp_path):
     with pytest.raises(BackendError) as info:
         asyncio.run(be.ping("100.64.0.9", 1.0))
     assert info.value.status == 404
+
+
+def test_a_jailed_peer_cannot_open_flows_whatever_the_filter_says(tmp_path):
+    """TS-2024-005 in our node: a peer shared in from another tailnet comes with IsJailed;
+    meshscaled's packet filter drops every flow it opens, even under an allow-all filter,
+    and still lets it answer ours; a patch keeps the jail, a share that ends lifts it."""
+    from tests.packet.builders import ip_packet
+
+    be, _, _ = _backend(tmp_path)
+    nm = NetworkMap()
+    nm.apply(MapResponse(Node=_node(1), DERPMap=DM, Peers=[_node(2), _node(3, IsJailed=True,
+                                                                           Sharer=7)],
+                         UserProfiles=[UserProfile(ID=1, LoginName="lab@x")],
+                         PacketFilters={"base": [FilterRule(SrcIPs=["*"], DstPorts=[
+                             NetPortRange(IP="*", Ports=PortRange(0, 65535))])]}))  # fmt: skip
+    be._on_netmap(nm)
+    syn2, syn3 = (ip_packet(f"100.64.0.{i}", "100.64.0.1", 6, dport=8080) for i in (2, 3))
+    reply3 = ip_packet("100.64.0.3", "100.64.0.1", 6, sport=8080, dport=40000, flags=0x12)
+    udp3 = ip_packet("100.64.0.3", "100.64.0.1", 17, sport=53, dport=40000)
+    assert be._filter_in([syn2, syn3, reply3]) == [syn2, reply3]
+    assert be._filter_in([udp3]) == []
+    be._filter_out([ip_packet("100.64.0.1", "100.64.0.3", 17, sport=40000, dport=53)])
+    assert be._filter_in([udp3]) == [udp3]  # the answer to our own query
+
+    nm.apply(MapResponse(PeersChangedPatch=[PeerChange(NodeID=3, Endpoints=["203.0.113.9:1"])]))
+    be._on_netmap(nm)
+    assert be._filter_in([syn3]) == []
+    nm.apply(MapResponse(PeersChanged=[_node(3)]))  # no longer jailed
+    be._on_netmap(nm)
+    assert be._filter_in([syn3]) == [syn3]

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.policy.tailnet import ALICE, BOB, node
 
 from meshscale.control.models import User, UserID
+from meshscale.filter import Filter
 from meshscale.policy import PolicyEngine, parse_policy
 from meshscale.policy.compile import WILDCARD_SRC
-from meshscale.policy.sharing import cut_ranges
+from meshscale.policy.sharing import confine_guests, cut_ranges
+from meshscale.tailcfg import FilterRule, NetPortRange, PortRange
+
+from ..packet.builders import ip_packet
 
 CAROL = User(UserID(9), "carol")  # a user of another tailnet
 S, T = node(1, ALICE), node(2, BOB, tags=("tag:db",))
@@ -161,3 +166,86 @@ def test_guest_reach_is_share_and_a_selecting_rule(
             want = s in guests.get(g, set()) and selected
             assert e.guest_reach(g, s) == want
             assert (g in e.guests_of(s)) == want
+
+
+# ---- a shared router does not route for its guests (ts#10642) ------------------------------
+
+ROUTER = node(3, ALICE, routes=("10.1.0.0/16", "0.0.0.0/0", "::/0"),
+              approved=("10.1.0.0/16", "0.0.0.0/0", "::/0"))  # fmt: skip
+ROUTER_NETS = ["100.64.0.3/32", "fd7a:115c:a1e0::3/128", "10.1.0.0/16", "0.0.0.0/0", "::/0"]
+
+
+def _admits(rules: list[FilterRule], src: str, dst: str, port: int = 8080) -> bool:
+    proto = 6
+    return Filter(rules, ROUTER_NETS).run_in(ip_packet(src, dst, proto, dport=port)).accepted
+
+
+@pytest.mark.parametrize("rule", [
+    acl('"*"', '"*:*"'),
+    acl('"autogroup:shared"', '"*:*"'),
+    acl('"autogroup:shared"', '"10.1.0.0/16:*", "alice@:*", "autogroup:internet:*"'),
+    acl('"100.64.0.0/10"', '"*:*"'),
+])  # fmt: skip
+def test_a_shared_router_admits_its_guests_at_its_own_addresses_only(rule: str) -> None:
+    """Whatever destination the sharer's rule names (``*``, the router's subnet, the
+    internet), a guest's packet is admitted at the shared node's own addresses and nowhere
+    behind it; the tailnet's own nodes keep what the rule gives them."""
+    e = PolicyEngine()
+    e.set_users([ALICE, BOB])
+    e.set_nodes([ROUTER, T])
+    e.set_policy(text(rule + ", " + acl('"bob@", "tag:db"', '"*:*"')))
+    e.set_guests([(R, [ROUTER.id])])
+    rules = e.filter_for(ROUTER)
+    assert e.guest_reach(R.id, ROUTER.id)
+    assert _admits(rules, "100.64.0.20", "100.64.0.3")
+    assert _admits(rules, "fd7a:115c:a1e0::14", "fd7a:115c:a1e0::3") == ("/10" not in rule)
+    for dst in ("10.1.2.3", "8.8.8.8"):
+        assert not _admits(rules, "100.64.0.20", dst), (dst, rules)
+    assert not _admits(rules, "fd7a:115c:a1e0::14", "2001:db8::1")
+    assert _admits(rules, "100.64.0.2", "10.1.2.3") and _admits(rules, "100.64.0.2", "8.8.8.8")
+
+
+ADDRS = ["100.64.0.3", "100.64.0.20", "100.64.0.21", "100.64.0.2", "10.1.2.3", "8.8.8.8"]
+SRCS = st.lists(st.sampled_from(["*", "100.64.0.0/10", "100.64.0.20", "100.64.0.2",
+                                 "100.64.0.10-100.64.0.30", "10.0.0.0/8"]),
+                min_size=1, max_size=3, unique=True)  # fmt: skip
+DSTS = st.lists(st.tuples(st.sampled_from(["*", "100.64.0.3", "10.1.0.0/16", "100.64.0.0/10",
+                                           "0.0.0.0/0"]),
+                          st.sampled_from([(0, 65535), (8080, 8080), (22, 22)])),
+                min_size=1, max_size=3)  # fmt: skip
+RULES = st.lists(st.tuples(SRCS, DSTS), max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(RULES, st.sampled_from(ADDRS), st.sampled_from(ADDRS), st.sampled_from([22, 8080]))
+def test_confine_guests_narrows_guests_only(
+    raw: list[tuple[list[str], list[tuple[str, tuple[int, int]]]]], src: str, dst: str, port: int
+) -> None:
+    """Property: after confine_guests a guest (100.64.0.20) is admitted iff it was before and
+    the destination is the shared node's own address; every other source is judged as before."""
+    rules = [FilterRule(SrcIPs=s, DstPorts=[NetPortRange(IP=ip, Ports=PortRange(*p))
+                                            for ip, p in d]) for s, d in raw]  # fmt: skip
+    confined = confine_guests(rules, ["100.64.0.20"], ["100.64.0.3"])
+    before, after = _admits(rules, src, dst, port), _admits(confined, src, dst, port)
+    if src == "100.64.0.20":
+        assert after == (before and dst == "100.64.0.3"), (rules, confined)
+    else:
+        assert after == before, (rules, confined)
+
+
+def test_danger_all_on_the_recipient_side_leaves_out_a_shared_in_node_too() -> None:
+    """autogroup:danger-all is every address, but a node shared into the tailnet may still
+    not open flows to it (one way; besides IsJailed)."""
+    e = engine(acl('"autogroup:danger-all"', '"*:*"'))
+    assert e.filter_for(T)[0].SrcIPs == ["*"]
+    e.set_shared_in([ipaddress.ip_address("100.64.0.20")])
+    rules = e.filter_for(T)
+    nets = ["100.64.0.2/32"]
+    f = Filter(rules, nets)
+    assert not f.run_in(ip_packet("100.64.0.20", "100.64.0.2", 6, dport=22)).accepted
+    for src in ("100.64.0.19", "100.64.0.21", "8.8.8.8", "fd7a:115c:a1e0::14"):
+        dst = "100.64.0.2" if "." in src else "fd7a:115c:a1e0::2"
+        f = Filter(rules, [*nets, "fd7a:115c:a1e0::2/128"])
+        assert f.run_in(ip_packet(src, dst, 6, dport=22)).accepted, src
+    e.set_shared_in([])
+    assert e.filter_for(T)[0].SrcIPs == ["*"]

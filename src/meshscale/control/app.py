@@ -286,6 +286,7 @@ class ControlApp:
 
     async def start(self) -> None:
         self._ensure_pump()
+        self.noise.start()
 
     def _ensure_pump(self) -> None:
         if self._pump is None or self._pump.done():
@@ -333,6 +334,7 @@ class ControlApp:
 
     async def close(self) -> None:
         self.map.close()
+        await self.noise.close()
         if self._expiry_task is not None:
             self._expiry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -149,6 +150,11 @@ def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> in
             loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await server.start()
+            # The tailnet just loaded (State tables, compiled policy, caches) lives as long
+            # as the process: keep it out of the collector's full passes, which otherwise
+            # walk every one of its objects (0.3-1 s at 10,000 nodes, each policy change).
+            gc.collect()
+            gc.freeze()
             if ready is not None:
                 ready(server)
             sdnotify.notify("READY=1\nSTATUS=serving")

@@ -529,8 +529,12 @@ class ShareView:
     viewer's client drops flows it opens, TS-2024-005). ``sharee``: the peer is a
     recipient's device on the shared node's side (``Hostinfo.ShareeNode``). Either way only
     the peer's own addresses travel (no subnet routes, no exit role, ts#10642), under
-    ``name``, the FQDN in the peer's own tailnet."""
+    ``name``, the FQDN in the peer's own tailnet; when that tailnet has no base domain of
+    its own, under ``zone`` (its name) below the server's: ``host.zone.base.``, as Tailscale
+    names a shared-in node under its own tailnet's domain. So a peer of another tailnet
+    never takes the name of one of the viewer's own devices."""
 
     name: str
     sharer: int = 0
     sharee: bool = False
+    zone: str = ""

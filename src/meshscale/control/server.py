@@ -164,7 +164,7 @@ class Server:
             public
         )  # /admin
 
-        server = HTTPServer(public, server_header=PROG)
+        server = HTTPServer(public, server_header=PROG, accept_filter=self.app.noise.accept)
         host = cfg.listen_addr.host or None
         srv = await server.start(host, cfg.listen_addr.port, ssl=_tls_context(cfg))
         self.http.append(server)

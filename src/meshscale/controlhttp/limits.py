@@ -67,6 +67,17 @@ class NoiseLimits:
     max_pace: float = 2.0  # seconds a connection may wait for its token
     max_frame: int = 16 * KiB  # HTTP/2 SETTINGS_MAX_FRAME_SIZE (the protocol's minimum)
     max_header_list: int = 16 * KiB  # decoded request headers, bytes
+    # Overload shedding: the one event loop also carries every node's map stream, so when
+    # it runs late by more than shed_lag seconds (the driver measures it, observe_lag), new
+    # unauthenticated work is refused for shed_hold seconds: fresh machine keys after the
+    # handshake, and before it any source that holds or recently opened unauthenticated
+    # connections. Registered nodes' connections are still admitted. Only while at least
+    # shed_min_unauth unauthenticated connections are held: a loop slow for other reasons
+    # (a busy machine, a burst of node logins) is not helped by refusing them.
+    shed_lag: float = 0.1
+    shed_hold: float = 5.0
+    shed_min_unauth: int = 32
+    shed_tarpit: float = 2.0  # seconds a connection refused at accept is held, unread
 
 
 def source_of(host: str | None) -> str:
@@ -108,6 +119,14 @@ class NoiseGate:
     paced: int = 0  # connections made to wait by the rate limit
     closed_idle: int = 0  # connections closed by a deadline
     rejected_bodies: int = 0  # streams refused by a body budget
+    shed: int = 0  # connections refused because the server was overloaded
+    shed_at_accept: int = 0  # of which reset at accept, unread (accept)
+    overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
+    max_lag_ms: int = 0  # the worst loop lag observed
+    _shed_until: float = 0.0
+    # source -> when it last tried an unauthenticated connection (LRU-bounded): who is
+    # suspect while shedding
+    _recent: dict[str, float] = field(default_factory=dict)
     _per_source: dict[str, int] = field(default_factory=dict)
     # token buckets: source ("" = server-wide) -> (tokens, at); sources LRU-bounded
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -131,6 +150,44 @@ class NoiseGate:
         if key in self._buckets:
             self._buckets[key] = (tokens + 1, at)
 
+    def observe_lag(self, lag: float, now: float) -> None:
+        """The driver saw the event loop run ``lag`` seconds late at ``now``."""
+        self.max_lag_ms = max(self.max_lag_ms, int(lag * 1000))
+        if lag <= self.limits.shed_lag:
+            return
+        if not self.shedding(now):  # a new episode needs unauthenticated load to shed
+            if self.unauth_connections < self.limits.shed_min_unauth:
+                return
+            self.overloads += 1
+        self._shed_until = now + self.limits.shed_hold
+
+    def shedding(self, now: float) -> bool:
+        return now < self._shed_until
+
+    def _suspect(self, src: str, now: float) -> bool:
+        """Holds unauthenticated connections, or tried to open one within shed_hold s."""
+        if self._per_source.get(src, 0) > 0:
+            return True
+        at = self._recent.get(src)
+        return at is not None and now - at < self.limits.shed_hold
+
+    def _saw_unauth(self, src: str, now: float) -> None:
+        self._recent.pop(src, None)
+        self._recent[src] = now  # re-inserted: most recently used
+        while len(self._recent) > MAX_BUCKETS:
+            del self._recent[next(iter(self._recent))]
+
+    def accept(self, host: str | None, now: float) -> float | None:
+        """Whether to read a new TCP connection from ``host`` at all (None: read it), else
+        how long to hold it unread before resetting it (``shed_tarpit``): while shedding,
+        a suspect source's connections are refused at accept, before any parsing (counter
+        ``shed_at_accept``), since even a 503 costs an HTTP parse and a response."""
+        if not self.shedding(now) or not self._suspect(source_of(host), now):
+            return None
+        self.shed += 1
+        self.shed_at_accept += 1
+        return self.limits.shed_tarpit
+
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
 
@@ -153,6 +210,9 @@ class NoiseGate:
         if -tokens / rate > lim.max_pace:
             self.refused += 1
             return "too many new connections from this address"
+        if self.shedding(now) and self._suspect(src, now):
+            self.shed += 1
+            return "server busy"
         return None
 
     def admit(self, host: str | None, node: bool, now: float = 0.0) -> Ticket | str:
@@ -164,6 +224,10 @@ class NoiseGate:
             return "too many connections"
         src = source_of(host)
         if not node:
+            self._saw_unauth(src, now)
+            if self.shedding(now):
+                self.shed += 1
+                return "server busy"
             if self.unauth_connections >= lim.max_unauth_connections:
                 self.refused += 1
                 return "too many unauthenticated connections"
@@ -246,5 +310,9 @@ class NoiseGate:
             "paced": self.paced,
             "closed_idle": self.closed_idle,
             "rejected_bodies": self.rejected_bodies,
+            "shed": self.shed,
+            "shed_at_accept": self.shed_at_accept,
+            "overloads": self.overloads,
+            "max_lag_ms": self.max_lag_ms,
             "sources": len(self._per_source),
         }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 UPGRADE_PROTOCOL = "tailscale-control-protocol"
 HANDSHAKE_HEADER = "X-Tailscale-Handshake"
 MAX_HANDSHAKE_HEADER = 200  # base64 characters; the initiation is 136: header abuse
+LAG_PROBE = 0.05  # seconds between event-loop lag probes (overload shedding, limits.py)
 
 
 def key_response(control_key: MachinePublic, version_query: str | None) -> Response:
@@ -97,6 +99,33 @@ class NoiseUpgrade:
         self.gate = NoiseGate(limits or NoiseLimits())
         self.is_node = is_node
         self.active = 0
+        self._lag_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start measuring the event loop's lag for overload shedding (NoiseLimits.shed_lag);
+        without it the gate never sheds."""
+        if self._lag_task is None or self._lag_task.done():
+            self._lag_task = asyncio.get_running_loop().create_task(self._watch_lag())
+
+    def accept(self, host: str | None) -> float | None:
+        """``HTTPServer(accept_filter=...)`` for the listener that serves /ts2021: while the
+        server sheds load, suspect sources are refused before anything is read."""
+        return self.gate.accept(host, asyncio.get_running_loop().time())
+
+    async def close(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+            self._lag_task = None
+
+    async def _watch_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(LAG_PROBE)
+            now = loop.time()
+            self.gate.observe_lag(now - t0 - LAG_PROBE, now)
 
     def _classify(self, machine_key: MachinePublic) -> bool:
         return self.is_node is not None and self.is_node(machine_key)

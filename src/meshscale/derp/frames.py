@@ -76,6 +76,7 @@ class PeerPresentFlags(IntEnum):
 
 
 _HDR = struct.Struct("!BI")
+HEADER = _HDR  # type (u8), payload length (u32 BE)
 
 
 def header(ftype: int, length: int) -> bytes:
@@ -202,6 +203,13 @@ class FrameBuffer:
 
     def __len__(self) -> int:
         return len(self._buf) - self._pos
+
+    def take_pending(self) -> bytes:
+        """The bytes fed but not yet returned as frames; the buffer is empty afterwards."""
+        out = bytes(self._buf[self._pos :])
+        self._buf = bytearray()
+        self._pos = 0
+        return out
 
     def frames(self) -> Generator[tuple[int, bytes], None, None]:
         """Complete frames; ``feed`` only between iterations, never during one."""

@@ -21,6 +21,15 @@ every new connection and PeerGone when the last connection of a key goes.
 Queues: data and disco packets each get ``queue_depth`` slots (32, as derper); when full the
 oldest packet is dropped (head drop), so a slow reader only ever loses its own packets and
 never stalls the sender. Control frames (pongs, PeerGone, PeerPresent) have their own bound.
+
+Direct output (the fast path): a driver whose transport for a connection has room calls
+``set_direct(cid, True)``; packets for it then go to an unbounded list taken by ``take_out``
+(header and packet parts, no queue), and the driver promises to take it after every
+``handle_buffer``/``handle_frame`` call. Once the transport backs up the driver turns direct
+output off, and packets wait in the bounded queue again. ``handle_buffer`` parses and routes
+every complete frame of a read buffer in one call, forwarding a SendPacket by writing a new
+RecvPacket header in front of a view of the payload (no copy of packets of ``VIEW_MIN``
+bytes or more; smaller ones are copied so that a view never pins a large read buffer).
 """
 
 from __future__ import annotations
@@ -42,6 +51,14 @@ QUEUE_DEPTH = 32  # packets per data/disco queue: a slow reader costs at most th
 CTRL_QUEUE_DEPTH = 256
 NOT_HERE_BURST = 3.0  # PeerGone(NotHere) token bucket: stops reflection floods
 NOT_HERE_RATE = 1.0  # per second
+# Packets at least this long are forwarded as views of the read buffer; shorter ones are
+# copied (cheap), so a queued view pins at most READ/VIEW_MIN times its own size.
+VIEW_MIN = 1024  # bytes
+_HDR = F.HEADER
+_SEND = int(F.FrameType.SEND_PACKET)
+_RECV = int(F.FrameType.RECV_PACKET)
+_KEY_LEN = F.KEY_LEN
+_MAX_SEND = F.KEY_LEN + F.MAX_PACKET_SIZE
 
 ConnID = int
 Addr = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]
@@ -136,6 +153,8 @@ class Conn:
     pong_pending: bool = False
     not_here_tokens: float = NOT_HERE_BURST
     not_here_at: float = 0.0
+    direct: bool = False  # packets go to ``out`` (the driver's transport has room)
+    out: list[Packet] | None = None
 
     @property
     def flags(self) -> int:
@@ -274,6 +293,9 @@ class Relay:
             return
         self._ready.discard(cid)
         pending = conn.queue.clear()
+        if conn.out:
+            pending += len(conn.out) // 2
+            conn.out = None
         if pending:
             self.stats.drop("conn_closed", pending)
         self.watchers.discard(cid)
@@ -347,6 +369,109 @@ class Relay:
             case _:
                 pass  # client Pongs, KeepAlives and unknown types are skipped (1.5)
 
+    def handle_buffer(
+        self, cid: ConnID, buf: memoryview, start: int, end: int, now: float, max_frame: int
+    ) -> tuple[int, bool]:
+        """Act on every complete frame in ``buf[start:end]`` (see the module docstring).
+
+        Returns (offset of the first unconsumed byte, whether a view of ``buf`` was handed
+        out: the caller must then never overwrite ``buf[:offset]``). A header announcing more
+        than ``max_frame`` bytes raises FrameError before its payload is awaited; other bad
+        frames raise as in ``handle_frame``. Frames before a bad one have been acted on.
+        """
+        conn = self.conns[cid]
+        src_key = conn.key
+        by_key = self.by_key
+        conns = self.conns
+        unpack = _HDR.unpack_from
+        pos = start
+        exported = False
+        activated = False
+        relayed = nbytes = 0
+        last: Conn | None = None
+        last_key = b""
+        hdr_len = -1  # RecvPacket header (and source key) of the last length seen
+        hdr = b""
+        try:
+            while end - pos >= 5:
+                ftype, length = unpack(buf, pos)
+                if length > max_frame:
+                    raise FrameError(f"frame type {ftype:#x} of {length} bytes exceeds {max_frame}")
+                p = pos + 5
+                fend = p + length
+                if fend > end:
+                    break
+                pos = fend
+                if ftype != _SEND:
+                    last = None
+                    self.handle_frame(cid, ftype, buf[p:fend].tobytes(), now)
+                    continue
+                if not _KEY_LEN <= length <= _MAX_SEND:
+                    raise FrameError("bad SendPacket length")
+                if not activated:  # a duplicate that writes becomes the active one
+                    activated = True
+                    ids = by_key[src_key]
+                    if ids[-1] != cid:
+                        ids.remove(cid)
+                        ids.append(cid)
+                k = p + _KEY_LEN
+                n = length - _KEY_LEN
+                packet: Packet
+                if n >= VIEW_MIN:
+                    packet = buf[k:fend]
+                    exported = True
+                else:
+                    packet = buf[k:fend].tobytes()
+                if last is None or buf[p:k] != last_key:
+                    dst_key = buf[p:k].tobytes()
+                    dids = by_key.get(dst_key)
+                    if not dids:
+                        last = None
+                        self._route(conn, dst_key, bytes(packet), now)
+                        continue
+                    last_key = dst_key
+                    last = dst = conns[dids[-1]]
+                    heard = self.sent_to.get(src_key)
+                    if heard is None:
+                        heard = self.sent_to[src_key] = {}
+                    heard[dst_key] = dst.id
+                else:
+                    dst = last
+                if dst.direct:
+                    out = dst.out
+                    if out is None:
+                        out = dst.out = []
+                        self._ready.add(dst.id)
+                    if length != hdr_len:
+                        hdr_len = length
+                        hdr = _HDR.pack(_RECV, length) + src_key
+                    out.append(hdr)
+                    out.append(packet)
+                else:
+                    if isinstance(packet, memoryview):
+                        packet = packet.tobytes()  # queued: never pin the read buffer
+                    self._queue_packet(src_key, dst, packet)
+                relayed += 1
+                nbytes += n
+        finally:
+            self.stats.packets_relayed += relayed
+            self.stats.bytes_relayed += nbytes
+        return pos, exported
+
+    def set_direct(self, cid: ConnID, on: bool) -> None:
+        """Turn direct output for a connection on (its transport has room) or off."""
+        conn = self.conns.get(cid)
+        if conn is not None:
+            conn.direct = on
+
+    def take_out(self, cid: ConnID) -> list[Packet] | None:
+        """The frame parts routed to a direct connection since the last call."""
+        conn = self.conns.get(cid)
+        if conn is None:
+            return None
+        out, conn.out = conn.out, None
+        return out
+
     def pong_sent(self, cid: ConnID) -> None:
         """The driver wrote the pending pong; another ping may be answered."""
         conn = self.conns.get(cid)
@@ -387,12 +512,24 @@ class Relay:
             return
         self._unknown_dest(via, dst, packet, now)
 
-    def _deliver(self, src_key: bytes, dst: Conn, packet: Packet) -> None:
+    def _queue_packet(self, src_key: bytes, dst: Conn, packet: Packet) -> None:
         n = len(packet)
         hdr = F.recv_packet_header(src_key, n)
         disco = n >= F.DISCO_MIN_LEN and packet[:6] == F.DISCO_MAGIC
         if dst.queue.push_packet((hdr, packet), disco):
             self.stats.drop("queue_head")
+        self._ready.add(dst.id)
+
+    def _deliver(self, src_key: bytes, dst: Conn, packet: Packet) -> None:
+        n = len(packet)
+        if dst.direct:
+            out = dst.out
+            if out is None:
+                out = dst.out = []
+            out.append(F.recv_packet_header(src_key, n))
+            out.append(packet)
+        else:
+            self._queue_packet(src_key, dst, packet)
         stats = self.stats
         stats.packets_relayed += 1
         stats.bytes_relayed += n

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl as ssl_module
 import struct
@@ -70,6 +71,11 @@ KEEPALIVE_TIMEOUT = 60.0  # seconds idle between requests: socket hoarding
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds: half-open TLS handshakes
 WRITE_TIMEOUT = 30.0  # seconds a response write may block: clients that never read
 LISTEN_BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
+# Connections accepted per event-loop pass. asyncio accepts up to its ``backlog`` argument
+# at once, so a 1,000-connection burst would put 1,000 new tasks ahead of every established
+# connection's work in one pass; the kernel queue (LISTEN_BACKLOG) holds the rest.
+ACCEPT_BATCH = 16
+MAX_HELD = 1024  # connections refused by accept_filter held before their reset
 
 
 class Headers:
@@ -285,8 +291,17 @@ class HTTPServer:
         write_timeout: float = WRITE_TIMEOUT,
         server_header: str | None = None,
         error_response: Callable[[int, str], Response] | None = None,
+        accept_filter: Callable[[str | None], float | None] | None = None,
     ) -> None:
         self.router = router
+        # Called with the peer's address before anything is read: None serves it; a number
+        # refuses it unread (the cheapest refusal, for a server shedding load): the
+        # connection is held that many seconds, paused, then reset, so a client that
+        # retries at once cannot make the server refuse faster than its own concurrency
+        # allows. At most MAX_HELD are held; the rest are reset at once.
+        self.accept_filter = accept_filter
+        self.refused_at_accept = 0
+        self.held = 0  # refused connections being held
         self.error_response = error_response or _text_error
         self.max_header_bytes = max_header_bytes
         self.max_body = max_body
@@ -309,10 +324,13 @@ class HTTPServer:
             ssl=ssl,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
             limit=READ_CHUNK,
-            # asyncio's default of 100 overflows under a connection burst: the kernel then
-            # drops SYNs and every client, /health probes too, waits 1 s to retransmit.
-            backlog=LISTEN_BACKLOG,
+            backlog=ACCEPT_BATCH,  # asyncio's accept batch; the kernel queue is set below
         )
+        # A short kernel queue overflows under a connection burst: the kernel then drops
+        # SYNs and every client, /health probes too, waits 1 s to retransmit.
+        for sock in srv.sockets:
+            with socket.socket(fileno=os.dup(sock.fileno())) as same:
+                same.listen(LISTEN_BACKLOG)
         self._servers.append(srv)
         return srv
 
@@ -347,6 +365,13 @@ class HTTPServer:
         self._servers.clear()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.accept_filter is not None:
+            peer = writer.get_extra_info("peername")
+            hold = self.accept_filter(str(peer[0]) if isinstance(peer, tuple) and peer else None)
+            if hold is not None:
+                self.refused_at_accept += 1
+                await self._hold_and_reset(writer, hold)
+                return
         conn = _Conn(asyncio.current_task())
         self._conns.add(conn)
         try:
@@ -366,6 +391,23 @@ class HTTPServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _hold_and_reset(self, writer: asyncio.StreamWriter, hold: float) -> None:
+        if hold > 0 and self.held < MAX_HELD and not self._closing:
+            transport = writer.transport
+            if isinstance(transport, asyncio.ReadTransport):
+                transport.pause_reading()
+            conn = _Conn(asyncio.current_task())  # idle: close() cancels it
+            self._conns.add(conn)
+            self.held += 1
+            try:
+                await asyncio.sleep(hold)
+            except asyncio.CancelledError:
+                pass
+            finally:
+                self.held -= 1
+                self._conns.discard(conn)
+        writer.transport.abort()
 
     async def _next_event(
         self, h: h11.Connection, reader: asyncio.StreamReader

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 READ_CHUNK = 64 * 1024  # bytes per socket read
@@ -81,3 +81,50 @@ class RawStream:
     @property
     def transport(self) -> asyncio.WriteTransport:
         return self._writer.transport
+
+    def take_over(
+        self, make: Callable[[asyncio.BaseProtocol], asyncio.BaseProtocol]
+    ) -> tuple[bytes, bool] | None:
+        """Hand the transport to ``make(old_protocol)``, which then gets every byte received
+        and must pass flow control and the connection's end on to ``old_protocol`` (see
+        ``PassThrough``). Returns (bytes received but not yet read, whether EOF was seen), or
+        None, with nothing changed, when this stream cannot be taken over.
+
+        After this, ``read`` must not be called; ``write``, ``drain`` and ``close`` still work.
+        """
+        reader = self._reader
+        buf = getattr(reader, "_buffer", None)  # asyncio has no public "what is buffered"
+        eof = getattr(reader, "_eof", None)
+        if not isinstance(buf, bytearray) or not isinstance(eof, bool):
+            return None
+        transport = self._writer.transport
+        if reader.exception() is not None or transport.is_closing():
+            return None
+        if not isinstance(transport, asyncio.Transport):
+            return None
+        pending = self._buffered + bytes(buf)
+        self._buffered = b""
+        buf.clear()
+        transport.set_protocol(make(transport.get_protocol()))
+        if not eof and not transport.is_reading():
+            transport.resume_reading()  # the reader may have paused it (its buffer was full)
+        return pending, eof
+
+
+class PassThrough(asyncio.BufferedProtocol):
+    """Base for protocols installed by ``RawStream.take_over``: flow control and the end of
+    the connection still reach the streams' protocol, so ``drain`` and ``close`` keep working."""
+
+    __slots__ = ("_old",)
+
+    def __init__(self, old: asyncio.BaseProtocol) -> None:
+        self._old = old
+
+    def pause_writing(self) -> None:
+        self._old.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._old.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._old.connection_lost(exc)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,9 @@ class MeshLabError(RuntimeError):
 
 
 class MeshNode:
-    def __init__(self, net: MeshNet, name: str, host: Host) -> None:
+    def __init__(self, net: MeshNet, name: str, host: Host, args: Sequence[str] = ()) -> None:
         self.net = net
+        self.args = tuple(args)  # extra meshscaled flags
         self.name = name
         self.host = host
         self.dir = net.workdir / name
@@ -63,6 +64,7 @@ class MeshNode:
             str(port),
             "--verbose",
             "1",
+            *self.args,
         ]
         env = {"SSL_CERT_FILE": str(self.net.ca.cert_path)}
         self.proc = self.host.spawn(argv, env=env, log_name=f"meshscaled-{self.name}")
@@ -180,8 +182,10 @@ class MeshNet:
         if self.control is not None:
             self.control.stop()
 
-    def add_node(self, name: str, host: Host, *, wait: bool = True) -> MeshNode:
-        node = MeshNode(self, name, host)
+    def add_node(
+        self, name: str, host: Host, *, wait: bool = True, args: Sequence[str] = ()
+    ) -> MeshNode:
+        node = MeshNode(self, name, host, args)
         self.nodes[name] = node
         node.start(wait=wait)
         return node

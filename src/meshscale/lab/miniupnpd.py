@@ -26,6 +26,7 @@ import ipaddress
 import json
 import socket
 import time
+from pathlib import Path
 
 from meshscale import stun as stun_codec
 
@@ -186,3 +187,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def stun_only_region(path: Path, ip: str, region_id: int = 901, port: int = STUN_PORT) -> Path:
+    """Write a DERP map file (control's ``derp.paths``) with one STUN-only region at ``ip``.
+
+    With the control server's own region that makes two STUN addresses, so netcheck can see
+    a hard NAT's mapping vary by destination (MappingVariesByDestIP), as with a real DERP
+    map's many regions. A STUN-only region is never chosen as home (it relays nothing).
+    """
+    node = {"Name": f"{region_id}a", "RegionID": region_id, "HostName": ip, "IPv4": ip,
+            "STUNPort": port, "STUNOnly": True}  # fmt: skip
+    region = {"RegionID": region_id, "RegionCode": f"stun{region_id}",
+              "RegionName": "lab STUN only", "Nodes": [node]}  # fmt: skip
+    path.write_text(json.dumps({"regions": {str(region_id): region}}))
+    return path

@@ -69,6 +69,7 @@ from meshscale.magicsock.events import (
     PeerPathChanged,
     PingResult,
 )
+from meshscale.magicsock.hardnat import ProbeBudget, ProbePlanner, choose_role
 from meshscale.magicsock.netcheck import Netcheck, STUNCodec
 
 ENDPOINTS_FRESH_ENOUGH = 27.0  # seconds: older endpoints are re-STUNed before a CallMeMaybe
@@ -91,6 +92,7 @@ class PeerConfig:
     disco_key: DiscoPublic
     endpoints: tuple[AddrPort, ...] = ()
     home_derp: int = 0
+    mapping_varies: bool | None = None  # its Hostinfo.NetInfo.MappingVariesByDestIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,9 @@ class Conn:
     :param stun_codec: STUN request builder and response parser (default: meshscale.stun).
     :param https_fallback: measure regions over HTTPS when STUN gets no answer (the
         driver then serves ``https_probes_to_send`` / ``receive_https_latency``).
+    :param hard_nat: the hard-NAT probe budget (magicsock.hardnat; default on, packets=0 off).
+        Its extra sockets: keep ``aux_sockets()`` open, send ``aux_datagrams_to_send()`` from
+        them, feed what they receive to ``receive_datagram(..., sock=id)``.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class Conn:
         local_port: int,
         stun_codec: STUNCodec | None = None,
         https_fallback: bool = False,
+        hard_nat: ProbeBudget | None = None,
     ) -> None:
         self.node_key = node_key
         self._disco = disco_private
@@ -176,6 +182,10 @@ class Conn:
         self._wg_in: list[tuple[bytes, WireGuardSource]] = []
         self._events: list[Event] = []
         self._stats: Counter[str] = Counter()
+        self.hardnat = ProbePlanner(hard_nat or ProbeBudget(), rand)
+        self._peer_varies: dict[NodePublic, bool | None] = {}
+        self._via: dict[AddrPort, int] = {}  # destinations sent from an extra socket
+        self._aux_out: list[tuple[int, bytes, AddrPort]] = []
 
     # ---- configuration ----
 
@@ -231,6 +241,10 @@ class Conn:
             ep.home_derp = cfg.home_derp
             ep.set_endpoints(cfg.endpoints, now)
             self._drain(ep, now)
+            if self._peer_varies.get(key) != cfg.mapping_varies:
+                self._peer_varies[key] = cfg.mapping_varies
+                if ep.last_send is not None and now - ep.last_send < 5.0:
+                    self._maybe_probe_hard_nat(ep, now)  # the peer's NAT kind just arrived
 
     def note_disco_key(self, peer: NodePublic, disco_key: DiscoPublic, now: float) -> None:
         """A peer announced its disco key inside the tunnel (TSMP 'a',
@@ -258,6 +272,8 @@ class Conn:
         for ep in self._peers.values():
             ep.note_connectivity_change()
             self._drain(ep, now)
+            self.hardnat.forget(ep.node_key)
+        self._via = {}
         self._addr_src.clear()
         self._endpoints_at = None
         self._restun(now, force_full=True)
@@ -331,8 +347,15 @@ class Conn:
             self._sent_derp += len(datagrams)
         return True
 
-    def receive_datagram(self, data: bytes, src: AddrPort, now: float) -> None:
-        """A datagram from the shared UDP socket; ``src`` must be unmapped (IPv4 as IPv4)."""
+    def receive_datagram(self, data: bytes, src: AddrPort, now: float, sock: int = 0) -> None:
+        """A datagram from the shared UDP socket (or extra socket ``sock``, hard-NAT probing);
+        ``src`` must be unmapped (IPv4 as IPv4)."""
+        if sock:
+            if disco.looks_like_disco(data):
+                self._receive_disco(data, src, None, 0, now, sock)
+            elif not looks_like_stun(data):
+                self._wg_in.append((data, self._addr_src.get(src) or WireGuardSource(None, src, 0)))
+            return
         # docs/protocol/derp-disco-stun.md §4.4: WireGuard's byte 1 is 0 (STUN needs 0x01) and its
         # byte 0 is 1-4 (disco starts with 0x54), so the common case is decided on two bytes.
         if len(data) >= 2 and data[1] != 0x01 and data[0] != 0x54:
@@ -382,7 +405,11 @@ class Conn:
     # ---- timer ----
 
     def get_timer(self) -> float | None:
-        times = [t for t in (self.netcheck.get_timer(), self._restun_at) if t is not None]
+        times = [
+            t
+            for t in (self.netcheck.get_timer(), self._restun_at, self.hardnat.get_timer())
+            if t is not None
+        ]
         times += [t for ep in self._peers.values() if (t := ep.get_timer()) is not None]
         return min(times) if times else None
 
@@ -394,6 +421,9 @@ class Conn:
             if (t := ep.get_timer()) is not None and t <= now:
                 ep.handle_timer(now)
                 self._drain(ep, now)
+        if (t := self.hardnat.get_timer()) is not None and t <= now:
+            self.hardnat.handle_timer(now)
+            self._flush_probes()
         if self._restun_at is not None and self._restun_at <= now:
             active = any(
                 ep.last_send is not None and now - ep.last_send <= SESSION_ACTIVE_TIMEOUT
@@ -411,7 +441,24 @@ class Conn:
         """UDP datagrams (WireGuard, disco, STUN) to send from the shared socket."""
         self._udp_out += self.netcheck.datagrams_to_send()
         out, self._udp_out = self._udp_out, []
+        if self._via:  # hard-NAT probing found these peers through an extra socket
+            via, main = self._via, []
+            for d, dst in out:
+                if (s := via.get(dst)) is not None:
+                    self._aux_out.append((s, d, dst))
+                else:
+                    main.append((d, dst))
+            return main
         return out
+
+    def aux_datagrams_to_send(self) -> list[tuple[int, bytes, AddrPort]]:
+        """(extra socket id, datagram, destination): call after ``datagrams_to_send``."""
+        out, self._aux_out = self._aux_out, []
+        return out
+
+    def aux_sockets(self) -> frozenset[int]:
+        """Extra sockets (hard-NAT probing) the driver must keep open; close any others."""
+        return self.hardnat.sockets()
 
     def derp_to_send(self) -> list[tuple[int, NodePublic, bytes]]:
         """(region, destination node key, payload) for DERP SendPacket frames."""
@@ -434,6 +481,10 @@ class Conn:
 
     def statistics(self) -> ConnStats:
         counters = dict(self._stats)
+        hn = self.hardnat.stats
+        for name in ("attempts", "sent", "successes", "gave_up", "stopped"):
+            if v := getattr(hn, name):
+                counters[f"hardnat_{name}"] = v
         if self._sent_udp:
             counters["send_udp"] = self._sent_udp
         if self._sent_derp:
@@ -472,6 +523,7 @@ class Conn:
         derp_src: NodePublic | None,
         region: int,
         now: float,
+        sock: int = 0,
     ) -> None:
         sender = disco.source(data)
         keys = self._by_disco.get(sender)
@@ -492,6 +544,8 @@ class Conn:
             return
         self._stats[f"disco_rx_{'derp' if src is None else 'udp'}_{type(msg).__name__}"] += 1
         peers = [self._peers[k] for k in keys]
+        if sock and src is not None:
+            self._note_aux(sock, peers, src, now)
         match msg:
             case disco.Ping():
                 self._handle_ping(msg, peers, src, derp_src, region, now)
@@ -502,6 +556,12 @@ class Conn:
                             self._bind(src, ep.node_key)
                         self._drain(ep, now)
                         break
+                else:
+                    found = self.hardnat.note_pong(msg.tx_id, now) if src is not None else None
+                    hit = next((ep for ep in peers if ep.node_key == found), None)
+                    if hit is not None and src is not None:
+                        hit.note_probe_success(src, now)  # a spray probe got through
+                        self._drain(hit, now)
             case disco.CallMeMaybe():
                 target = self._peers.get(derp_src) if derp_src is not None else None
                 if src is not None or target is None or target.disco_key != sender:
@@ -509,6 +569,7 @@ class Conn:
                     return
                 target.handle_call_me_maybe(msg, now)
                 self._drain(target, now)
+                self._maybe_probe_hard_nat(target, now)
             case _:
                 self._stats["drop_disco_unhandled"] += 1  # peer relays are not offered
 
@@ -564,12 +625,51 @@ class Conn:
                     self._send_disco_derp(ep, disco.Ping(tx_id, self.node_key), region)
                 case SendCallMeMaybe(region):
                     self._queue_call_me_maybe(ep, region, now)
+                    self._maybe_probe_hard_nat(ep, now)
                 case UserPingDone(ping_id, latency, addr, region):
                     self._emit(PingResult(ep.node_key, ping_id, latency, addr, region))
                 case BestAddrChanged(addr, latency):
                     if addr is not None:
                         self._bind(addr, ep.node_key)
+                        self.hardnat.note_direct(ep.node_key, addr)
                     self._emit(PeerPathChanged(ep.node_key, addr, latency))
+
+    # ---- hard-NAT probing (magicsock.hardnat) ----
+
+    def _maybe_probe_hard_nat(self, ep: PeerEndpoint, now: float) -> None:
+        """Discovery is running for ``ep``: start a birthday-paradox attempt if one side is
+        hard and the other easy and there is no direct path yet."""
+        hn = self.hardnat
+        if not hn.budget.enabled or ep.best is not None or hn.running(ep.node_key):
+            return
+        report = self.netcheck.last_report
+        ours = report.mapping_varies_by_dest_ip if report is not None else None
+        role = choose_role(ours, self._peer_varies.get(ep.node_key))
+        if role is not None and hn.start(ep.node_key, role, ep.candidates(), now):
+            self._flush_probes()
+
+    def _flush_probes(self) -> None:
+        for p in self.hardnat.take_probes():
+            ep = self._peers.get(p.peer)
+            box = self._box(ep.disco_key) if ep is not None else None
+            if box is None:
+                continue
+            data = box.seal(disco.Ping(p.tx_id, self.node_key), self._rand(disco.NONCE_LEN))
+            if p.sock:
+                self._aux_out.append((p.sock, data, p.dst))
+            else:
+                self._udp_out.append((data, p.dst))
+
+    def _note_aux(self, sock: int, peers: list[PeerEndpoint], src: AddrPort, now: float) -> None:
+        """A disco message came in on extra socket ``sock``: that socket reaches ``src``."""
+        for ep in peers:
+            first = src not in self._via
+            if self.hardnat.note_received(sock, ep.node_key, src, now):
+                self._via = self.hardnat.routes()
+                if first:
+                    ep.note_probe_success(src, now)  # ping it now, through that socket
+                    self._drain(ep, now)
+                return
 
     def _queue_call_me_maybe(self, ep: PeerEndpoint, region: int, now: float) -> None:
         fresh = (
@@ -668,3 +768,6 @@ class Conn:
         for addr in [a for a, w in self._addr_src.items() if w.peer == key]:
             del self._addr_src[addr]
         self._pending_cmm.pop(key, None)
+        self._peer_varies.pop(key, None)
+        self.hardnat.forget(key)
+        self._via = self.hardnat.routes()

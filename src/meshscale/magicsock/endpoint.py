@@ -307,6 +307,22 @@ class PeerEndpoint:
             self.trust_until = now + TRUST_UDP_ADDR_DURATION
         return True
 
+    def note_probe_success(self, addr: AddrPort, now: float) -> None:
+        """Hard-NAT probing found ``addr`` open (magicsock.hardnat): keep it as a candidate
+        (like a ping source: it expires 45 s after the peer's last ping from it) and ping it
+        now, outside the 5 s discovery interval."""
+        c = self._eps.get(addr)
+        if c is None:
+            if len(self._eps) >= 2 * MAX_CANDIDATES:
+                return
+            c = self._eps[addr] = _Candidate(last_got_ping=now)
+        elif c.last_got_ping is not None:
+            c.last_got_ping = now
+        self._start_ping(addr, now, heartbeat=False)
+        self.last_send = now if self.last_send is None else self.last_send
+        if self.heartbeat_at is None:
+            self.heartbeat_at = now + HEARTBEAT_INTERVAL
+
     def handle_call_me_maybe(self, msg: CallMeMaybe, now: float) -> None:
         """The peer sent its endpoints via DERP: replace the previous CallMeMaybe set, ping all."""
         wanted = {ep for ep in msg.my_number if not (ep.ip.version == 6 and ep.ip.is_link_local)}

@@ -22,7 +22,7 @@ their own and are left to the driver.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -351,6 +351,7 @@ class Netcheck:
             run.derp_map.region_score,
             self._last_derp_frame.get(prev),
             now,
+            homes={r.region_id for r in run.derp_map.regions.values() if _has_derp(r)},
         )
         report = _with_preferred(report, preferred)
         self._history[-1] = report
@@ -386,12 +387,16 @@ def choose_preferred_derp(
     region_score: Mapping[int, float],
     prev_last_heard: float | None,
     now: float,
+    *,
+    homes: Collection[int] | None = None,
 ) -> int:
     """Home region selection with hysteresis (docs/protocol/derp-disco-stun.md §3.6).
 
     :param history: recent reports (within the history age), ``report`` included.
     :param prev: the previous home region, 0 for none.
     :param prev_last_heard: when a DERP frame last arrived from ``prev``.
+    :param homes: regions that can be a home (have a DERP server; None: all). A region of
+        STUN-only nodes is measured, and counts for MappingVariesByDestIP, but relays nothing.
     """
 
     def scored(region: int, latency: float) -> float:
@@ -404,6 +409,8 @@ def choose_preferred_derp(
             best_recent[region] = min(lat, best_recent.get(region, lat))
     preferred, best_any, old_cur = 0, 0.0, 0.0
     for region, lat in sorted(report.region_latency.items()):
+        if homes is not None and region not in homes:
+            continue
         if region == prev:
             old_cur = scored(region, lat)
         best = scored(region, best_recent[region])
@@ -428,6 +435,10 @@ def choose_preferred_derp(
     ):
         preferred = prev
     return preferred
+
+
+def _has_derp(region: FrozenDERPRegion) -> bool:
+    return any(not n.stun_only for n in region.nodes)
 
 
 def _measurable(dm: FrozenDERPMap) -> list[FrozenDERPRegion]:

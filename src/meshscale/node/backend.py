@@ -63,6 +63,13 @@ def _addr_text(a: AddrPort) -> str:
     return f"[{a.ip}]:{a.port}" if a.ip.version == 6 else f"{a.ip}:{a.port}"
 
 
+def _mapping_varies(hostinfo: Any) -> bool | None:
+    """A peer's Hostinfo.NetInfo.MappingVariesByDestIP (None if unknown or malformed)."""
+    ni = hostinfo.get("NetInfo") if isinstance(hostinfo, dict) else None
+    v = ni.get("MappingVariesByDestIP") if isinstance(ni, dict) else None
+    return v if isinstance(v, bool) else None
+
+
 def _ips(addresses: list[str]) -> list[str]:
     return [a.split("/", 1)[0] for a in addresses]
 
@@ -334,6 +341,15 @@ class Backend:
         st.TailnetName = self.netmap.domain
         st.MagicDNSEnabled = bool(self.netmap.dns is not None and self.netmap.dns.Proxied)
         st.Self = self._peer_status(me, is_self=True)
+        with self.bind.lock:
+            hn = self.bind.core.hardnat
+            b, c = hn.budget, hn.stats
+            st.HardNATProbes = {
+                "Enabled": b.enabled, "BudgetPackets": b.packets, "BudgetSeconds": b.seconds,
+                "Ports": b.ports, "Attempts": c.attempts, "Sent": c.sent,
+                "Successes": c.successes, "GaveUp": c.gave_up, "Stopped": c.stopped,
+                "SocketsOpen": len(hn.sockets()),
+            }  # fmt: skip
         now = time.monotonic()
         for p in self.netmap.peers.values():
             if p.Key is None:
@@ -526,9 +542,10 @@ class Backend:
             want[p.Key] = allowed, p.DiscoKey
             if p.DiscoKey is not None and not p.DiscoKey.is_zero():
                 eps = tuple(_parse_ap(e) for e in p.Endpoints)
-                configs.append(
-                    PeerConfig(p.Key, p.DiscoKey, tuple(e for e in eps if e), p.HomeDERP)
-                )
+                configs.append(PeerConfig(
+                    p.Key, p.DiscoKey, tuple(e for e in eps if e), p.HomeDERP,
+                    _mapping_varies(p.Hostinfo),
+                ))  # fmt: skip
         changes: list[PeerChange] = [
             PeerChange(public_key=k.raw, remove=True) for k in self._peer_cfg if k not in want
         ]

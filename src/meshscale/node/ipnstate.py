@@ -139,8 +139,16 @@ class Status:
     Peer: dict[str, PeerStatus] = field(default_factory=dict)
     User: dict[int, UserProfile] = field(default_factory=dict)
     CertDomains: list[str] = field(default_factory=list)  # no HTTPS certificates: null
+    # meshscale's own: hard-NAT probe counters (magicsock.hardnat), omitted when not running
+    HardNATProbes: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
+        out = self._tailscale_json()
+        if self.HardNATProbes is not None:
+            out["HardNATProbes"] = self.HardNATProbes
+        return out
+
+    def _tailscale_json(self) -> dict[str, Any]:
         return {
             "Version": self.Version,
             "TUN": self.TUN,

@@ -27,6 +27,7 @@ from meshscale import __version__
 from meshscale.io import netmark, sdnotify
 from meshscale.io.tun import TunDevice
 from meshscale.key import DiscoPrivate
+from meshscale.magicsock.hardnat import ProbeBudget
 from meshscale.wgengine import Engine
 from meshscale.wgengine.magicbind import MagicBind
 from meshscale.wgengine.router import TUN_MTU, NetlinkRouter
@@ -70,7 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolv-conf", default=str(RESOLV_CONF),
         help="the resolv.conf managed with --accept-dns (default " + str(RESOLV_CONF) + ")",
     )  # fmt: skip
+    hn = ProbeBudget()
+    p.add_argument(
+        "--hard-nat-probes", type=int, default=hn.packets, metavar="PACKETS",
+        help="hard-NAT (birthday) probing: most probes per attempt and peer (0 = off, default "
+        f"{hn.packets})",
+    )  # fmt: skip
+    p.add_argument(
+        "--hard-nat-ports", type=int, default=hn.ports, metavar="N",
+        help=f"hard-NAT probing: extra sockets opened behind a hard NAT (default {hn.ports})",
+    )  # fmt: skip
+    p.add_argument(
+        "--hard-nat-seconds", type=float, default=hn.seconds, metavar="S",
+        help=f"hard-NAT probing: longest attempt (default {hn.seconds:g})",
+    )  # fmt: skip
     return p
+
+
+def hard_nat_budget(args: argparse.Namespace) -> ProbeBudget:
+    """The probe budget from the flags (ValueError if out of range; check_args tells)."""
+    return ProbeBudget(
+        packets=args.hard_nat_probes, ports=args.hard_nat_ports, seconds=args.hard_nat_seconds
+    )
 
 
 def state_path(args: argparse.Namespace) -> Path:
@@ -99,7 +121,10 @@ async def run(args: argparse.Namespace) -> int:
         if backend is not None:
             backend.on_magicsock_event(ev)  # type: ignore[arg-type]
 
-    bind = MagicBind(st.node_key, st.disco_key, on_event=on_event)
+    budget = hard_nat_budget(args)
+    if not budget.enabled:
+        log.info("hard-NAT probing is off (--hard-nat-probes=0)")
+    bind = MagicBind(st.node_key, st.disco_key, on_event=on_event, hard_nat=budget)
     engine = Engine(tun, bind, mtu=TUN_MTU)
     bind.device = engine.device
     engine.uapi_set(SetRequest(private_key=st.node_key.raw, listen_port=args.port))
@@ -151,6 +176,10 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"--state: only file paths are supported, not {args.state.split(':', 1)[0]}:"
     if not 0 <= args.port <= 65535:
         return f"--port: {args.port} is not a UDP port"
+    try:
+        hard_nat_budget(args)
+    except ValueError as exc:
+        return f"--hard-nat-*: {exc}"
     return None
 
 

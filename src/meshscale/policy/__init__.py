@@ -14,7 +14,7 @@ docs/protocol/policy.md). Use it like this::
                                      # or if a `tests` entry fails
     engine.update_node(node)         # → PolicyChange: nodes whose *filter* changed
     engine.remove_node(node_id)      #   (who sees the node itself: ask can_see)
-    engine.filter_for(node)          # list[FilterRule] (fresh objects)
+    engine.filter_for(node)          # list[FilterRule] (shared rules: do not modify)
     engine.can_see(viewer, peer)     # traffic may flow either way
     engine.may_tag(node, "tag:db")   # tagOwners (users, groups, tag-owns-tag)
     engine.may_approve_route(node, prefix)  # autoApprovers (routes; exitNode for /0)

@@ -18,7 +18,7 @@ from typing import Final
 
 from meshscale.policy.manager import IPAddress, PolicyNode, PolicyUser
 from meshscale.policy.model import Alias, IPPrefix, Policy, Rule
-from meshscale.policy.sharing import cut_ranges, names_shared
+from meshscale.policy.sharing import EVERY_ADDRESS, confine_guests, cut_ranges, names_shared
 from meshscale.tailcfg import CapGrant, FilterRule, NetPortRange, PortRange
 
 # `*` as a source (§2.2): CGNAT minus 100.115.92.0/23, and the Tailscale ULA.
@@ -158,8 +158,20 @@ class Compiled:
         nodes: Iterable[NodeView],
         strict: bool = True,
     ) -> None:
+        self._setup(policy, list(users), strict)
+        for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
+            self._add(n)
+
+    @classmethod
+    def blank(cls, policy: Policy, users: list[PolicyUser], strict: bool) -> Compiled:
+        """``policy`` resolved against ``users`` with no nodes yet (see :mod:`.incremental`,
+        which fills in the rest from a previous Compiled)."""
+        c = cls.__new__(cls)
+        c._setup(policy, users, strict)
+        return c
+
+    def _setup(self, policy: Policy, ulist: list[PolicyUser], strict: bool) -> None:
         self.policy = policy
-        ulist = list(users)
         self.user_ids = resolve_users(policy, ulist, strict)
         self.group_users = {
             g: frozenset(u for m in ms for u in self.user_ids.get(m, ()))
@@ -174,7 +186,10 @@ class Compiled:
             others = tuple(d for d in r.dst if not (d.kind == "autogroup" and d.name == "self"))
             for dst, is_self in ((others, False), (selfs, True)):
                 if dst:
-                    wild = any(a.kind == "wildcard" for a in r.src)
+                    # (danger-all too: both change with the shared-in addresses, §6 item 1)
+                    wild = any(a.kind == "wildcard" or (a.kind == "autogroup"
+                                                        and a.name == "danger-all")
+                               for a in r.src)  # fmt: skip
                     self.rules.append(CRule(r, dst, is_self, set(), set(), wild, set()))
         self.nodes: dict[int, NodeView] = {}
         self.src_of: dict[int, list[int]] = {}  # node → rule indexes, in rule order
@@ -190,9 +205,8 @@ class Compiled:
         # (the SrcIPs autogroup:shared adds to that node's filter).
         self.shared_in: frozenset[IPAddress] = frozenset()
         self.guest_ips: dict[int, tuple[str, ...]] = {}
+        self.key_nodes: dict[object, set[int]] = {}  # node key (_node_keys) → node ids
         self._build_index()
-        for n in {n.id: n for n in nodes}.values():  # the last write of an id wins
-            self._add(n)
 
     # ---- alias matching -----------------------------------------------------------------
 
@@ -269,11 +283,11 @@ class Compiled:
                 for key in keys:
                     self._di.setdefault(key, set()).add(i)
 
-    def _roles(self, n: NodeView) -> tuple[list[int], list[int], list[int]]:
+    def _roles(self, n: NodeView, keys: list[object]) -> tuple[list[int], list[int], list[int]]:
         src: set[int] = set()
         dst: set[int] = set()
         ipsrc: set[int] = set()
-        for key in self._node_keys(n):
+        for key in keys:
             src.update(self._si.get(key, ()))
             ipsrc.update(self._ii.get(key, ()))
             dst.update(self._di.get(key, ()))
@@ -301,7 +315,10 @@ class Compiled:
 
     def _add(self, n: NodeView) -> None:
         self.nodes[n.id] = n
-        src, dst, ipsrc = self._roles(n)
+        keys = self._node_keys(n)
+        for key in keys:
+            self.key_nodes.setdefault(key, set()).add(n.id)
+        src, dst, ipsrc = self._roles(n, keys)
         self.src_of[n.id], self.dst_of[n.id], self.ipsrc_of[n.id] = src, dst, ipsrc
         for i in src:
             self.rules[i].src_nodes.add(n.id)
@@ -322,6 +339,8 @@ class Compiled:
         n = self.nodes.pop(node_id, None)
         if n is None:
             return None
+        for key in self._node_keys(n):
+            self.key_nodes[key].discard(node_id)
         for i in self.src_of.pop(node_id):
             self.rules[i].src_nodes.discard(node_id)
         for i in self.ipsrc_of.pop(node_id):
@@ -480,7 +499,8 @@ class Compiled:
             if a.kind == "wildcard" and user is None:
                 lit.extend(self.wildcard_ips())
             elif a.kind == "autogroup" and a.name == "danger-all":
-                lit.append("*")
+                # every address, but a node shared into this tailnet (one way, TS-2024-005)
+                lit.extend(cut_ranges(EVERY_ADDRESS, self.shared_in) if self.shared_in else ("*",))
             elif a.kind in ("prefix", "host") and a.prefix is not None:
                 lit.append(host_str(a.prefix))
         if "*" in lit:
@@ -518,12 +538,14 @@ class Compiled:
                 out.extend(str(x) for x in n.addrs)
         return list(dict.fromkeys(out))
 
-    def filter_for(self, node_id: int) -> list[FilterRule]:
+    def filter_for(self, node_id: int, copy: bool = True) -> list[FilterRule]:
+        """The node's filter: fresh objects, or (``copy`` False) the cached rules themselves,
+        which the caller must not modify (copying is most of a warm full map's filter cost)."""
         cached = self._filters.get(node_id)
         if cached is None:
             cached = tuple(self._build(node_id))
             self._filters[node_id] = cached
-        return [_copy_rule(r) for r in cached]
+        return [_copy_rule(r) for r in cached] if copy else list(cached)
 
     def _build(self, node_id: int) -> list[FilterRule]:
         n = self.nodes[node_id]
@@ -563,7 +585,8 @@ class Compiled:
                 for e in entries
                 for lo, hi in cr.rule.ports
             )
-        return out
+        guests = self.guest_ips.get(node_id, ())
+        return confine_guests(out, guests, [str(a) for a in n.addrs]) if guests else out
 
 
 def _copy_rule(r: FilterRule) -> FilterRule:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from meshscale.policy.checks import run_tests
 from meshscale.policy.compile import Compiled, NodeView
+from meshscale.policy.incremental import derive
 from meshscale.policy.manager import (
     EVERYONE,
     NO_CHANGE,
@@ -110,9 +111,9 @@ class PolicyEngine:
 
     def set_policy(self, text: str | None) -> PolicyChange:
         policy = Policy() if text is None else parse_policy(text, idp_groups=self.idp_groups)
-        compiled = self._compile(policy, self._compiled.nodes.values())
+        compiled, changed = self._derive(policy)
         skipped = run_tests(compiled)
-        change = self._swap(text, policy, compiled)
+        change = self._swap(text, policy, compiled, changed)
         self._test_warnings = tuple(skipped)
         return change
 
@@ -121,8 +122,8 @@ class PolicyEngine:
         self._users = snaps
         # A user list can make an alias ambiguous; that alias then names no one rather
         # than failing a user write (set_policy refuses ambiguity).
-        compiled = self._compile(self.policy, self._compiled.nodes.values(), strict=False)
-        return self._swap(self.text, self.policy, compiled)
+        compiled, changed = self._derive(self.policy, strict=False)
+        return self._swap(self.text, self.policy, compiled, changed)
 
     def set_nodes(self, nodes: Iterable[PolicyNode]) -> PolicyChange:
         compiled = self._compile(self.policy, [NodeView.of(n) for n in nodes], strict=False)
@@ -187,6 +188,8 @@ class PolicyEngine:
     # ---- questions ------------------------------------------------------------------------
 
     def filter_for(self, node: PolicyNode) -> list[FilterRule]:
+        """A new list of the node's rules. The rules are shared with the engine's cache
+        (they are serialised per map, never edited): do not modify them; copy first."""
         c = self._compiled
         if node.id not in c.nodes:  # not fed yet: answer for it without keeping it
             c.update(NodeView.of(node), node.id)
@@ -194,7 +197,7 @@ class PolicyEngine:
                 return c.filter_for(node.id)
             finally:
                 c.update(None, node.id)
-        return c.filter_for(node.id)
+        return c.filter_for(node.id, copy=False)
 
     def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:
         return self._compiled.can_see(viewer.id, peer.id)
@@ -272,6 +275,16 @@ class PolicyEngine:
         self._install_guests(c, {s for g in self._guests.values() for s in g.shared})
         return c
 
+    def _derive(self, policy: Policy, strict: bool = True) -> tuple[Compiled, set[int]]:
+        """``policy`` over today's nodes and users, derived from the Compiled in force
+        (:mod:`.incremental`), and the nodes whose filter or peers may have moved."""
+        try:
+            c, changed = derive(self._compiled, policy, list(self._users), strict)
+        except ValueError as e:
+            raise PolicyError(str(e)) from None
+        self._install_guests(c, {s for g in self._guests.values() for s in g.shared})
+        return c, changed
+
     def _install_guests(self, c: Compiled, nodes: Iterable[int]) -> None:
         """Set the guest SrcIPs (autogroup:shared) of ``nodes`` in ``c``; drop their
         cached filters."""
@@ -284,10 +297,16 @@ class PolicyEngine:
                 c.guest_ips.pop(nid, None)
             c._filters.pop(nid, None)
 
-    def _swap(self, text: str | None, policy: Policy, compiled: Compiled) -> PolicyChange:
-        old = self._compiled.signatures()
-        new = compiled.signatures()
-        changed = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
+    def _swap(
+        self, text: str | None, policy: Policy, compiled: Compiled, moved: set[int] | None = None
+    ) -> PolicyChange:
+        """Put ``compiled`` in force; ``moved``: the nodes whose filter or peers may have
+        moved, if known (else found by comparing every node's signature)."""
+        if moved is None:
+            old, new = self._compiled.signatures(), compiled.signatures()
+            changed = {n for n in old.keys() | new.keys() if old.get(n) != new.get(n)}
+        else:
+            changed = set(moved)
         if self.policy.node_attrs or policy.node_attrs:  # a node's self CapMap moved
             for nid, view in compiled.nodes.items():
                 prev = self._compiled.nodes.get(nid)
@@ -296,7 +315,7 @@ class PolicyEngine:
                 ):
                     changed.add(nid)
         self.text, self.policy, self._compiled = text, policy, compiled
-        if changed and len(changed) == len(new) and len(new) > 1:
+        if changed and len(changed) == len(compiled.nodes) and len(compiled.nodes) > 1:
             return EVERYONE
         if self._guests:  # who a guest reaches is not in the signatures
             changed |= set(self._guests)

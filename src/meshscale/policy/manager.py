@@ -129,7 +129,8 @@ class PolicyManager(Protocol):
     # ---- questions ----------------------------------------------------------------------
 
     def filter_for(self, node: PolicyNode) -> Sequence[FilterRule]:
-        """The inbound packet filter for ``node``: the rules whose destinations touch it."""
+        """The inbound packet filter for ``node``: the rules whose destinations touch it.
+        The rules may be shared with the manager's cache: callers must not modify them."""
         ...
 
     def can_see(self, viewer: PolicyNode, peer: PolicyNode) -> bool:

@@ -398,10 +398,19 @@ class _Validator:
                     raise _err(f'bad tag "{name}"', val)
                 self.tag_owners[name] = ()
             for name, val in t.value.items():
-                owners = [self.alias(text, n) for text, n in _strs(val, name)]
-                for a, (_, n) in zip(owners, _strs(val, name), strict=True):
+                owners = []
+                for text, n in _strs(val, name):
+                    if text == "autogroup:admin":  # as Tailscale accepts (Headscale refuses)
+                        self.warnings.append(
+                            f"tagOwners {name}: autogroup:admin at {n.at} matches no user (there"
+                            " are no user roles): only an admin can apply the tag (nodes tag, a"
+                            " tagged pre-auth key); a node cannot request it"
+                        )
+                        continue
+                    a = self.alias(text, n)
                     if a.kind not in ("user", "group", "tag"):
-                        raise _err(f'tag owners must be users, groups or tags, not "{a}"', n)
+                        raise _err(f'tag owners must be users, groups or tags, not "{text}"', n)
+                    owners.append(a)
                 self.tag_owners[name] = tuple(owners)
         rules: list[Rule] | None = None
         if "acls" in f:

@@ -10,19 +10,23 @@ S (§6 item 2). Nothing here lets S reach R: the recipient's side is one-way
 
 The ``*`` sent as a source to a recipient's devices (CGNAT and the ULA) still covers a
 shared-in node's addresses, so :func:`cut_ranges` takes them out of it (§6 item 1, the
-second half of "do both").
+second half of "do both"). On the shared node's side, :func:`confine_guests` keeps its
+guests to its own addresses: it never routes for them (ts#10642).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from meshscale.policy.manager import IPAddress
 from meshscale.policy.model import Rule
+from meshscale.tailcfg import FilterRule, NetPortRange
 
 _GUEST_AUTOGROUPS = frozenset({"shared", "danger-all"})
+EVERY_ADDRESS: Final = ("0.0.0.0/0", "::/0")  # what "*" stands for, as ranges that can be cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +96,50 @@ def cut_ranges(ranges: Iterable[str], addrs: Iterable[IPAddress]) -> tuple[str, 
         if lo <= hi:
             out.extend(_fmt(version, lo, hi))
     return tuple(out)
+
+
+def _covers(ranges: Iterable[str], addr: IPAddress) -> bool:
+    for text in ranges:
+        if text == "*":
+            return True
+        version, lo, hi = _bounds(text)
+        if version == addr.version and lo <= int(addr) <= hi:
+            return True
+    return False
+
+
+def confine_guests(
+    rules: list[FilterRule], guests: Sequence[str], own: Sequence[str]
+) -> list[FilterRule]:
+    """A shared node's packet filter with its guests (``guests``: their addresses) admitted
+    at its own addresses (``own``) only: a shared subnet router or exit node does not route
+    for them, whatever the sharer's rule says as destination (``*``, a route, a range;
+    ts#10642, docs/protocol/policy.md §6 item 5 on the packet side). Each rule whose sources
+    cover a guest and whose destinations reach beyond ``own`` is split in two: the sources
+    without the guests keep every destination; the guests get the destinations that hold
+    one of ``own``, narrowed to it, with the same ports. Capability grants are kept."""
+    if not guests:
+        return rules
+    addrs = [ipaddress.ip_address(g) for g in guests]
+    mine = set(own)
+    out: list[FilterRule] = []
+    for r in rules:
+        inside = [g for g in addrs if _covers(r.SrcIPs, g)]
+        if r.CapGrant or not inside or all(d.IP in mine for d in r.DstPorts):
+            out.append(r)
+            continue
+        src = [x for s in r.SrcIPs for x in (EVERY_ADDRESS if s == "*" else (s,))]
+        rest = list(cut_ranges(src, inside))
+        if rest:
+            out.append(FilterRule(SrcIPs=rest, DstPorts=r.DstPorts, IPProto=list(r.IPProto)))
+        narrowed: dict[tuple[str, int, int], NetPortRange] = {}
+        for d in r.DstPorts:
+            for o in own:
+                if d.IP == "*" or _covers((d.IP,), ipaddress.ip_address(o)):
+                    narrowed.setdefault((o, d.Ports.First, d.Ports.Last),
+                                        NetPortRange(IP=o, Ports=d.Ports))  # fmt: skip
+        if narrowed:
+            guest_src = [str(g) for g in inside]
+            dst = list(narrowed.values())
+            out.append(FilterRule(SrcIPs=guest_src, DstPorts=dst, IPProto=list(r.IPProto)))
+    return out

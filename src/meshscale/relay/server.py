@@ -1,12 +1,15 @@
-"""The DERP relay driver: login, one reader and one writer task per client, mesh links.
+"""The DERP relay driver: login, a read callback per client, mesh links.
 
 A driver with no protocol decisions: the routing core ``meshscale.derp.relay.Relay`` decides
-where frames go; this module moves bytes between the upgraded streams and the core's queues.
+where frames go; this module moves bytes between the upgraded streams and the core.
 
-Per client connection, one task::
+Per client connection, after login::
 
-    reader:  stream.read -> FrameBuffer -> Relay.handle_frame -> every 16 frames, write the
-             ready queues straight to their transports (one send per batch)
+    reader:  the transport reads into a DERPReader (fastpath.py; no task, no stream reader)
+             -> Relay.handle_buffer routes every frame of the read -> the routed frames
+             (direct output, or the bounded queues) are written to their transports, one
+             send per destination per event-loop turn (sink.py). WebSocket streams keep a
+             read loop: stream.read -> FrameBuffer -> Relay.handle_frame.
     drain:   a task that exists only while a transport holds > 256 KiB; it waits (2 s
              deadline) and flushes the queue the core kept meanwhile
     timer:   KeepAlive after 60 s (+ jitter) without a write
@@ -40,7 +43,10 @@ from ..derp.relay import Relay
 from ..derphttp import DERPClient
 from ..derphttp.websocket import ByteStream
 from ..io.http import Request, Response, UpgradeStream
+from ..io.stream import RawStream
 from ..key import NodePrivate, NodePublic
+from .fastpath import DERPReader
+from .sink import Sink as _Sink
 from .websocket import accept_websocket, wants_derp_websocket
 
 log = logging.getLogger(__name__)
@@ -64,87 +70,6 @@ WRITE_HIGH_WATER = 256 * 1024
 # never head-dropped at a destination that is keeping up.
 FLUSH_EVERY = 16
 KEEP_ALIVE_FRAME = F.keep_alive()
-
-
-class _Sink:
-    """Where one connection's frames go: a stream (client) or a mesh link (forwarder).
-
-    No task per connection: frames are written by whoever routed them; a drain task exists
-    only while the transport is backed up, and keep-alives come from a timer handle.
-
-    Writes are corked for one event-loop turn: ``write`` collects frame parts and the first one
-    schedules ``commit``, which hands them all to the transport at once. Routing a 64 KiB read
-    (about 50 full-size packets) then costs one send() per destination instead of one per
-    ``FLUSH_EVERY`` frames, with no added wait (the commit runs as soon as the read is done).
-    """
-
-    __slots__ = (
-        "_write",
-        "blocked",
-        "close",
-        "dead",
-        "drain",
-        "drainer",
-        "interval",
-        "last_write",
-        "pending",
-        "pending_bytes",
-        "scheduled",
-        "timer",
-        "transport",
-        "write_timeout",
-    )
-
-    def __init__(
-        self,
-        write: Callable[[list[bytes | memoryview]], None],
-        transport: asyncio.WriteTransport,
-        drain: Callable[[], Awaitable[None]],
-        close: Callable[[], None],
-        write_timeout: float,
-        interval: float | None,
-    ) -> None:
-        self._write = write
-        self.transport = transport
-        self.drain = drain
-        self.close = close
-        self.write_timeout = write_timeout
-        self.interval = interval  # keep-alive period, None for none
-        self.blocked = False
-        self.dead = False
-        self.last_write = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-        self.drainer: asyncio.Task[None] | None = None
-        self.pending: list[bytes | memoryview] | None = None  # None when empty: idle clients
-        self.pending_bytes = 0
-        self.scheduled = False
-
-    def write(self, parts: list[bytes | memoryview]) -> None:
-        if self.pending is None:
-            self.pending = list(parts)
-        else:
-            self.pending += parts
-        self.pending_bytes += sum(map(len, parts))
-        loop = asyncio.get_running_loop()
-        self.last_write = loop.time()
-        if not self.scheduled:
-            self.scheduled = True
-            loop.call_soon(self.commit)
-
-    def commit(self) -> None:
-        """Hand the corked parts to the transport (one send when its buffer is empty)."""
-        self.scheduled = False
-        parts = self.pending
-        if not parts:
-            return
-        self.pending = None
-        self.pending_bytes = 0
-        if not self.dead and not self.transport.is_closing():
-            self._write(parts)
-
-    def buffered(self) -> int:
-        """Bytes written but not yet sent: corked plus held by the transport."""
-        return self.pending_bytes + self.transport.get_write_buffer_size()
 
 
 @dataclass(slots=True)
@@ -296,7 +221,37 @@ class DERPServer:
         remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
         not_ideal: bool,
     ) -> None:
+        # This frame lives as long as the connection: keep its locals few (idle memory).
         fb = F.FrameBuffer(F.MAX_LOGIN_FRAME)
+        login = await self._login(stream, remote, fb)
+        if login is None:
+            return
+        key, mesh, prober = login
+        del login
+        cid = self._register(stream, key, mesh, prober, not_ideal, remote)
+        try:
+            reader = self._take_over(stream, cid, fb) if isinstance(stream, RawStream) else None
+            if reader is None:
+                await self._read_loop(stream, cid, key, fb)
+                return
+            del fb
+            err = await reader.done
+            if err is not None:
+                self.counters.protocol_errors += 1
+                log.debug("derp: closing %s: %s", NodePublic(key).short(), err)
+        finally:
+            await self._stop_sink(cid)
+            self.relay.remove_conn(cid)
+            self._flush_ready()
+
+    async def _login(
+        self,
+        stream: ByteStream,
+        remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
+        fb: F.FrameBuffer,
+    ) -> tuple[bytes, bool, bool] | None:
+        """ServerKey, ClientInfo, admission: (client key, mesh peer, prober) or None."""
+        key = b""
         try:
             async with asyncio.timeout(self.login_timeout):
                 stream.write(self.relay.server_key_frame())
@@ -310,20 +265,32 @@ class DERPServer:
                     await self._verify(key, info, remote)
         except TimeoutError:
             self.counters.fail("timeout")
-            return
+            return None
         except AdmissionError as exc:
             self.counters.fail(exc.reason)
             log.info("derp: refused %s: %s", NodePublic(key).short(), exc.reason)
-            return
+            return None
         except (DERPError, ValueError) as exc:
             self.counters.fail("handshake")
             log.debug("derp: login failed: %s", exc)
-            return
+            return None
         except (ConnectionError, asyncio.IncompleteReadError):
             self.counters.fail("eof")
-            return
+            return None
+        return key, mesh, info.is_prober
+
+    def _register(
+        self,
+        stream: ByteStream,
+        key: bytes,
+        mesh: bool,
+        prober: bool,
+        not_ideal: bool,
+        remote: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None,
+    ) -> int:
+        """Add the logged-in connection to the core, give it a sink, send ServerInfo."""
         conn = self.relay.add_conn(
-            key, mesh=mesh, prober=info.is_prober, not_ideal=not_ideal, remote=remote
+            key, mesh=mesh, prober=prober, not_ideal=not_ideal, remote=remote
         )
         self.counters.logins += 1
         cid = conn.id
@@ -342,9 +309,36 @@ class DERPServer:
         self._check_blocked(cid, sink)
         self._arm_keepalive(cid, sink)
         self._flush_ready()
+        if not sink.blocked:
+            self.relay.set_direct(cid, True)
+        return cid
+
+    def _take_over(self, stream: RawStream, cid: int, fb: F.FrameBuffer) -> DERPReader | None:
+        """Read the connection with a DERPReader from now on (None: the stream said no;
+        then ``fb`` still holds every byte received so far)."""
+        readers: list[DERPReader] = []
+
+        def make(old: asyncio.BaseProtocol) -> DERPReader:
+            readers.append(DERPReader(old, self.relay, cid, self._flush_ready))
+            return readers[0]
+
+        pending = fb.take_pending()
+        taken = stream.take_over(make)
+        if taken is None:
+            fb.feed(pending)
+            return None
+        reader = readers[0]
+        reader.feed(pending + taken[0])  # frames that arrived with ClientInfo come first
+        if taken[1]:
+            reader.eof_received()
+        return reader
+
+    async def _read_loop(self, stream: ByteStream, cid: int, key: bytes, fb: F.FrameBuffer) -> None:
+        """The generic read side (WebSocket streams): FrameBuffer and handle_frame."""
         fb.max_frame = F.MAX_SERVER_FRAME
         loop = asyncio.get_running_loop()
         relay = self.relay
+        sink = self._sinks[cid]
         try:
             # Frames that arrived with ClientInfo are already in fb.
             while True:
@@ -369,10 +363,6 @@ class DERPServer:
             log.debug("derp: closing %s: %s", NodePublic(key).short(), exc)
         except (ConnectionError, OSError):
             pass
-        finally:
-            await self._stop_sink(cid)
-            relay.remove_conn(cid)
-            self._flush_ready()
 
     async def _verify(
         self,
@@ -420,6 +410,7 @@ class DERPServer:
         if sink.buffered() <= WRITE_HIGH_WATER:
             return False
         sink.blocked = True
+        self.relay.set_direct(cid, False)  # packets wait in the bounded queue meanwhile
         if sink.drainer is None:
             sink.drainer = asyncio.create_task(self._drain(cid, sink))
         return True
@@ -465,10 +456,16 @@ class DERPServer:
             return
         if sink.blocked:
             return  # the drain task flushes once the transport has room
-        while len(q):
+        # Direct output first: it is older than anything the queue took while blocked.
+        out = self.relay.take_out(cid)
+        if out:
+            sink.write(out)
+            self._check_blocked(cid, sink)
+        while len(q) and not sink.blocked:
             sink.write(q.pop_batch(256))
-            if self._check_blocked(cid, sink):
-                break
+            self._check_blocked(cid, sink)
+        if not sink.blocked:
+            self.relay.set_direct(cid, True)
         self.relay.pong_sent(cid)
 
     def _flush_ready(self) -> None:

@@ -23,6 +23,7 @@ import ipaddress
 import logging
 import os
 import select
+import socket
 import ssl
 import threading
 import time
@@ -35,10 +36,12 @@ from meshscale.derp import frames as F
 from meshscale.derp.client import ClientEvent
 from meshscale.derphttp import DERPRegions
 from meshscale.disco import AddrPort
+from meshscale.io import netmark
 from meshscale.io.timer import LoopTimer
 from meshscale.io.udp import UDPSocket
 from meshscale.key import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic
 from meshscale.magicsock import Conn, Event, FrozenDERPMap, PeerConfig, PingResult, Report
+from meshscale.magicsock.hardnat import ProbeBudget
 from meshscale.tailcfg import DERPMap, to_json
 from meshscale.wireguard import Device, Endpoint
 
@@ -102,14 +105,21 @@ class MagicBind:
         on_event: Callable[[Event], None],
         rand: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.monotonic,
+        hard_nat: ProbeBudget | None = None,
     ) -> None:
-        """``clock``: monotonic seconds, the event loop's (``loop.time()``) in production."""
+        """``clock``: monotonic seconds, the event loop's (``loop.time()``) in production;
+        ``hard_nat``: the hard-NAT probe budget (None: the default, on)."""
         self.node_key = node_key
         self.disco_key = disco_key
         self.on_event = on_event
         self.rand = rand
         self._clock = clock
-        self.core = Conn(node_key.public(), disco_key, rand=rand, local_port=0)
+        self.hard_nat = hard_nat
+        self.core = Conn(node_key.public(), disco_key, rand=rand, local_port=0, hard_nat=hard_nat)
+        # Hard-NAT probing's extra sockets (core ids -> plain non-blocking sockets); the RX
+        # thread reads the immutable view.
+        self._aux: dict[int, socket.socket] = {}
+        self._aux_view: tuple[tuple[int, socket.socket], ...] = ()
         self.lock = threading.RLock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.device: Device | None = None  # the engine's, for receiver-index lookups
@@ -189,14 +199,20 @@ class MagicBind:
                 select.select([self._wake_r], [], [], 0.5)
                 self._drain_wake()
                 continue
+            aux = self._aux_view
             try:
-                ready, _, _ = select.select([sock.fileno(), self._wake_r], [], [], 0.5)
-            except (OSError, ValueError):
+                fds = [sock.fileno(), self._wake_r, *(s.fileno() for _, s in aux)]
+                ready, _, _ = select.select(fds, [], [], 0.5)
+            except (OSError, ValueError):  # also an extra socket closed under us
                 ready = []
                 if self._closed or sock is not self._sock:
                     raise BindClosed from None
             if self._wake_r in ready:
                 self._drain_wake()
+            if aux and len(ready) > (self._wake_r in ready) + (sock.fileno() in ready):
+                out = self._receive_aux(aux, ready)
+                if out:
+                    return out
             if sock.fileno() not in ready:
                 continue
             try:
@@ -220,11 +236,66 @@ class MagicBind:
         self._wake()
         if self._sock is not None:
             self._sock.close()
+        with self.lock:
+            self._sync_aux(frozenset(), [])
+
+    # ---- hard-NAT probing's extra sockets ----
+
+    def _receive_aux(
+        self, aux: tuple[tuple[int, socket.socket], ...], ready: list[int]
+    ) -> list[tuple[bytes | memoryview, Endpoint]]:
+        out: list[tuple[bytes | memoryview, Endpoint]] = []
+        for sid, s in aux:
+            try:
+                if s.fileno() not in ready:
+                    continue
+            except OSError:
+                continue
+            batch: list[tuple[memoryview, tuple[str, int]]] = []
+            for _ in range(RX_BATCH):
+                try:
+                    data, addr = s.recvfrom(65535)
+                except OSError:  # drained (EAGAIN), or closed under us
+                    break
+                batch.append((memoryview(data), addr))
+            if batch:
+                try:
+                    out += self._classify(batch, sid)
+                except Exception:
+                    self.errors["classify"] = self.errors.get("classify", 0) + 1
+        return out
+
+    def _sync_aux(self, want: frozenset[int], out: list[tuple[int, bytes, AddrPort]]) -> None:
+        """Open/close extra sockets to match the core's set, then send their datagrams
+        (lock held)."""
+        changed = False
+        for sid in [sid for sid in self._aux if sid not in want]:
+            self._aux.pop(sid).close()
+            changed = True
+        for sid, data, dst in out:
+            s = self._aux.get(sid)
+            if s is None and sid in want:
+                try:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    netmark.apply(s)
+                    s.bind(("0.0.0.0", 0))
+                    s.setblocking(False)
+                except OSError:  # out of descriptors or ports: fewer probes, not a failure
+                    self.errors["aux_socket"] = self.errors.get("aux_socket", 0) + 1
+                    continue
+                self._aux[sid] = s
+                changed = True
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.sendto(data, (str(dst.ip), dst.port))
+        if changed:
+            self._aux_view = tuple(self._aux.items())
+            self._wake()  # the RX thread selects on the new set
 
     # ---- RX helpers ----
 
     def _classify(
-        self, batch: list[tuple[memoryview, tuple[str, int]]]
+        self, batch: list[tuple[memoryview, tuple[str, int]]], sock: int = 0
     ) -> list[tuple[bytes | memoryview, Endpoint]]:
         now = self._clock()
         out: list[tuple[bytes | memoryview, Endpoint]] = []
@@ -261,7 +332,7 @@ class MagicBind:
                     if len(srcs) >= MAX_SRC_CACHE:
                         srcs.clear()
                     srcs[addr] = src
-                self.core.receive_datagram(data, src, now)
+                self.core.receive_datagram(data, src, now, sock)
                 if disco.looks_like_disco(data):
                     self._maybe_probe(data, now)
             for data, wsrc in self.core.received_wireguard():
@@ -347,6 +418,11 @@ class MagicBind:
                 except OSError:
                     pass
                 i = j
+        aux = self.core.aux_datagrams_to_send()
+        if aux or self._aux:
+            want = self.core.aux_sockets()
+            if aux or want != self._aux.keys():
+                self._sync_aux(want, aux)
         derp = self.core.derp_to_send()
         if derp and self.loop is not None:
             self._derp_out += derp
@@ -480,7 +556,8 @@ class MagicBind:
         with self.lock:
             port = self.core.local_port
             self.node_key = key
-            self.core = Conn(key.public(), self.disco_key, rand=self.rand, local_port=port)
+            self.core = Conn(key.public(), self.disco_key, rand=self.rand, local_port=port,
+                             hard_nat=self.hard_nat)  # fmt: skip
             self.core.start(self._clock())
             self._flush_locked()
         self._rearm()

@@ -213,7 +213,8 @@ def test_shared_in_peer_has_only_its_addresses_sharer_jail_and_both_profiles() -
     sharer's profile travels even though no peer is owned by it."""
     both = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
     sub = ipaddress.ip_network("10.1.0.0/24")
-    s = node(8, user_id=UserID(7), hostinfo={"RoutableIPs": ["10.1.0.0/24", "0.0.0.0/0", "::/0"]},
+    s = node(8, user_id=UserID(7), hostinfo={"Hostname": "h8",
+             "RoutableIPs": ["10.1.0.0/24", "0.0.0.0/0", "::/0"]},
              approved_routes=(sub, *both), primary=(sub,))  # fmt: skip
     view = mapper.ShareView("h8.other.example.", sharer=9)
     users = {**USERS, UserID(7): User(UserID(7), "owner"), UserID(9): User(UserID(9), "sharer")}
@@ -222,6 +223,9 @@ def test_shared_in_peer_has_only_its_addresses_sharer_jail_and_both_profiles() -
     peer = next(p for p in msg["Peers"] if p["ID"] == 8)
     assert peer["AllowedIPs"] == peer["Addresses"] == ["100.64.0.8/32", "fd7a:115c:a1e0::8/128"]
     assert not peer.get("PrimaryRoutes")
+    # not even the prefixes it advertises: the sharer's networks are not the recipient's
+    # business (ts#10642); the rest of its Hostinfo travels
+    assert peer["Hostinfo"] == {"Hostname": "h8"} and s.hostinfo["RoutableIPs"]
     assert (peer["Sharer"], peer["IsJailed"], peer["Name"]) == (9, True, "h8.other.example.")
     other = next(p for p in msg["Peers"] if p["ID"] == 2)
     assert "Sharer" not in other and "IsJailed" not in other
@@ -229,6 +233,7 @@ def test_shared_in_peer_has_only_its_addresses_sharer_jail_and_both_profiles() -
     # the sharer's side: the recipient's device is a ShareeNode, also without routes
     t = mapper.tail_node(s, CFG, NOW, share=mapper.ShareView("", sharee=True))
     assert t.Hostinfo["ShareeNode"] is True and t.Name == "h8.ts.example."
+    assert "RoutableIPs" not in t.Hostinfo
     assert t.AllowedIPs == t.Addresses and not t.IsJailed and t.Sharer == 0
     delta = mapper.delta_map(self_node=None, changed=[s], patches=[], removed=[], users=users,
                              cfg=CFG, now=NOW, share_for=lambda p: view)  # fmt: skip

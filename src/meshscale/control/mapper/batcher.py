@@ -146,7 +146,7 @@ class SnapshotSource:
         return self._state.peers_of(models.NodeID(node_id))
 
     def users(self) -> dict[models.UserID, models.User]:
-        return {u.id: u for u in self._state.list_users()}
+        return self._state.users_by_id()  # shared until a user changes; read only
 
     def packet_filter(self, node_id: int) -> Sequence[FilterRule]:
         return self._state.packet_filter(models.NodeID(node_id))

@@ -230,11 +230,18 @@ def tail_node(
     if not node.online and node.last_seen is not None:
         n.LastSeen = node.last_seen  # only for offline peers (docs/protocol/control.md §7.5)
     if share is not None:
-        n.Name = share.name or n.Name
+        if share.name:
+            n.Name = share.name
+        elif share.zone:  # its tailnet has no domain of its own: a label of its own
+            n.Name = fqdn(
+                node, f"{share.zone}.{cfg.base_domain}" if cfg.base_domain else share.zone
+            )
+        # Nor the prefixes it advertises: another tailnet's networks stay its own (ts#10642).
+        n.Hostinfo = {k: v for k, v in n.Hostinfo.items() if k != "RoutableIPs"}
         if share.sharer:
             n.Sharer, n.IsJailed = share.sharer, True
         if share.sharee:
-            n.Hostinfo = {**n.Hostinfo, "ShareeNode": True}
+            n.Hostinfo["ShareeNode"] = True
     if is_self:  # plus the policy's nodeAttrs for this node (null values)
         n.CapMap = {**SELF_CAP_MAP, **(self_caps or {})}
     return n

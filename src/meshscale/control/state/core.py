@@ -104,6 +104,7 @@ class StateCore:
         self.randbelow = randbelow
         self.lock = threading.RLock()
         self.generation = 0  # bumped on every published change
+        self.users_gen = 0  # bumped whenever the user table may have changed
         self._subs: list[ChangeSubscription] = []
         self._events: list[Change] | None = None  # buffered inside write()
         self._policy_change: PolicyChange = NO_CHANGE  # gathered inside write()
@@ -124,6 +125,7 @@ class StateCore:
         if DEFAULT_TAILNET not in self.tailnets:  # a store that predates tailnets (a fake)
             self.tailnets[DEFAULT_TAILNET] = Tailnet(DEFAULT_TAILNET, DEFAULT_TAILNET_NAME)
         self.users: dict[UserID, User] = {u.id: u for u in snap.users}
+        self.users_gen += 1
         self.nodes: dict[NodeID, Node] = {}
         self.by_machine: dict[MachinePublic, NodeID] = {}
         self.by_node_key: dict[NodePublic, NodeID] = {}
@@ -264,6 +266,7 @@ class StateCore:
     def users_changed(self, tailnet: TailnetID | None = None) -> None:
         """Tell the policy managers (of ``tailnet``, else every one) the user table
         changed; inside ``write()``."""
+        self.users_gen += 1
         for t in self.tailnets if tailnet is None else (tailnet,):
             users = (u for u in self.users.values() if u.tailnet_id == t)
             self._policy_change |= self.policy_of(t).set_users(users)

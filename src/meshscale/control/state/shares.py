@@ -148,10 +148,12 @@ class Shares:
             if v is None or p is None or core.tailnet_of(v) == core.tailnet_of(p):
                 return None
             name = core.fqdn_in_own_tailnet(p)
+            own = core.tailnets.get(p.tailnet_id)
+            zone = "" if name or own is None else own.name  # host.zone.<server's domain>
             if self.reaches(v, p):  # p is shared in to v
-                return ShareView(name, sharer=int(p.user_id))
+                return ShareView(name, sharer=int(p.user_id), zone=zone)
             if self.reaches(p, v):  # v is shared, p a recipient's device
-                return ShareView(name, sharee=True)
+                return ShareView(name, sharee=True, zone=zone)
             return None
 
 

@@ -133,6 +133,7 @@ class State:
         self.get_user = core.get_user
         self.get_user_by_name = users.get_user_by_name
         self.list_users = users.list_users
+        self.users_by_id = users.users_by_id
         self.rename_user = users.rename_user
         self.delete_user = users.delete_user
 

@@ -90,6 +90,10 @@ class Tailnets:
             tailnet = replace(tailnet, name=new_name)
             core.store.update_tailnet(tailnet)
             core.tailnets[tailnet.id] = tailnet
+            if core.shares:  # other tailnets' maps may name its nodes host.NAME.<base>
+                users = {u for by_user in core.shares.values() for u in by_user}
+                core.shares_changed({*core.shares, *(n.id for n in core.nodes.values()
+                                                     if n.user_id in users)})  # fmt: skip
             return tailnet
 
     def set_base_domain(self, tailnet_id: TailnetID, domain: str | None) -> Tailnet:

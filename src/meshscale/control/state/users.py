@@ -36,6 +36,7 @@ class Users:
     def __init__(self, core: StateCore, keys: Keys) -> None:
         self.core = core
         self.keys = keys
+        self._by_id: tuple[int, dict[UserID, User]] | None = None
 
     def create_user(
         self,
@@ -147,6 +148,16 @@ class Users:
             users = self.core.users.values()
             return sorted((u for u in users if tailnet is None or u.tailnet_id == tailnet),
                           key=lambda u: u.id)  # fmt: skip
+
+    def users_by_id(self) -> dict[UserID, User]:
+        """Every user by id, shared between callers until the user table changes (each
+        full map reads it): do not modify it."""
+        core = self.core
+        with core.lock:
+            cached = self._by_id
+            if cached is None or cached[0] != core.users_gen:
+                cached = self._by_id = (core.users_gen, dict(sorted(core.users.items())))
+            return cached[1]
 
     def rename_user(self, user_id: UserID, new_name: str) -> User:
         if not USER_NAME_RE.match(new_name):

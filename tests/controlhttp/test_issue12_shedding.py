@@ -1,0 +1,147 @@
+"""Issue #12 load test follow-up: when the one event loop runs late while unauthenticated
+connections are held, new unauthenticated work is shed so registered nodes' map streams keep
+the loop. Asserted on the server's own counters (``NoiseGate``), with explicit clocks in the
+sans-IO part."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+import pytest
+
+from meshscale.controlhttp import ClientError, H2Client, NoiseLimits, NoiseUpgrade, dial
+from meshscale.controlhttp.limits import NoiseGate
+from meshscale.io.http import HTTPServer, Response, Router
+from meshscale.key import MachinePrivate, MachinePublic
+from meshscale.tailcfg import CURRENT_CAPABILITY_VERSION
+
+pytestmark = pytest.mark.slow
+
+
+def test_gate_sheds_unauthenticated_work_while_the_loop_lags() -> None:
+    g = NoiseGate(NoiseLimits(shed_lag=0.1, shed_hold=5.0, shed_min_unauth=2))
+    held = [g.admit("192.0.2.1", False, 0.0), g.admit("192.0.2.1", False, 0.0)]
+    assert all(not isinstance(t, str) for t in held)
+    g.observe_lag(0.09, 100.0)  # under the threshold: nothing
+    assert not g.shedding(100.0) and g.overloads == 0
+    g.observe_lag(0.5, 100.0)
+    assert g.shedding(100.0) and g.overloads == 1 and g.max_lag_ms == 500
+    g.observe_lag(0.3, 101.0)  # the same episode, extended
+    assert g.overloads == 1
+    # A source holding unauthenticated connections is refused before its handshake ...
+    assert g.precheck("192.0.2.1", 101.0) == "server busy"
+    # ... one that opened one a moment ago too; an unknown source gets to the handshake,
+    assert g.precheck("192.0.2.9", 101.0) is None
+    # ... where a key that is not a registered node's is refused, and a node's admitted.
+    assert g.admit("192.0.2.9", False, 101.0) == "server busy"
+    node = g.admit("192.0.2.9", True, 101.0)
+    assert not isinstance(node, str) and node.node
+    assert g.shed == 2
+    assert g.stats()["shed"] == 2 and g.stats()["unauth_connections"] == 2
+    # The source whose fresh key was just shed is now refused before the handshake.
+    assert g.precheck("192.0.2.9", 101.5) == "server busy" and g.shed == 3
+    # The cheapest refusal: the held source's TCP connections are reset unread.
+    assert g.accept("192.0.2.1", 101.0) == g.limits.shed_tarpit
+    assert g.accept("192.0.2.77", 101.0) is None
+    assert g.shed_at_accept == 1 and g.shed == 4
+    # shed_hold after the last late probe, unauthenticated work is admitted again.
+    assert not g.shedding(106.0)
+    assert g.precheck("192.0.2.1", 106.0) is None
+    assert not isinstance(g.admit("192.0.2.9", False, 106.0), str)
+    assert g.accept("192.0.2.1", 106.0) is None
+    assert g.shed == 4
+
+
+def test_gate_does_not_shed_without_unauthenticated_load() -> None:
+    """A loop that is slow for other reasons (busy machine, node logins) sheds nothing; an
+    episode, once started, lasts while the lag does."""
+    g = NoiseGate(NoiseLimits(shed_min_unauth=2))
+    t1 = g.admit("192.0.2.1", False, 0.0)
+    g.observe_lag(2.0, 10.0)
+    assert not g.shedding(10.0) and g.overloads == 0 and g.max_lag_ms == 2000
+    t2 = g.admit("192.0.2.2", False, 10.0)
+    assert not isinstance(t1, str) and not isinstance(t2, str)
+    g.observe_lag(2.0, 11.0)  # now there is unauthenticated load: an episode starts
+    assert g.shedding(11.0) and g.overloads == 1
+    g.release(t1)
+    g.release(t2)
+    assert g.unauth_connections == 0
+    g.observe_lag(2.0, 15.0)
+    assert g.shedding(19.0) and g.overloads == 1
+
+
+def _block(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+async def _dispatch(req: object) -> Response:
+    return Response.text(200, "ok")
+
+
+async def _dial(
+    port: int, key: MachinePrivate, mk: MachinePrivate | None = None, src: str = "127.0.0.1"
+) -> H2Client:
+    return await dial(
+        "127.0.0.1",
+        port,
+        tls=False,
+        machine_key=mk or MachinePrivate(random.randbytes(32)),
+        control_key=key.public(),
+        version=CURRENT_CAPABILITY_VERSION,
+        local_addr=src,
+    )
+
+
+def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -> None:
+    async def go() -> None:
+        mk = MachinePrivate(random.randbytes(32))
+        known: set[MachinePublic] = {mk.public()}
+        key = MachinePrivate(random.Random(3).randbytes(32))
+        limits = NoiseLimits(shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1, shed_tarpit=0.3)
+        up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=lambda m: m in known)
+        router = Router()
+        router.add_upgrade("/ts2021", up)
+        server = HTTPServer(router, accept_filter=up.accept)
+        port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
+        up.start()
+        clients: list[H2Client] = []
+        try:
+            clients.append(await _dial(port, key))  # the unauthenticated load
+            assert up.gate.overloads == 0
+            _block(0.4)  # attacker work that blocks the loop
+            for _ in range(500):
+                if up.gate.overloads:
+                    break
+                await asyncio.sleep(0.01)
+            assert up.gate.overloads == 1
+            assert up.gate.stats()["max_lag_ms"] > 100
+            # The loaded source's new connections are held unread, then reset.
+            r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.1", 0))
+            w.write(b"GET /ts2021 HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(500):
+                if server.held:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.held == 1 and server.refused_at_accept == 1
+            with contextlib.suppress(ConnectionError):
+                assert await asyncio.wait_for(r.read(), 5) == b""
+            w.close()
+            assert server.held == 0 and up.gate.shed_at_accept == 1
+            with pytest.raises(ClientError, match="503"):
+                await _dial(port, key, src="127.0.0.2")  # a fresh key: after it
+            assert up.gate.shed == 2 and up.gate.shed_at_accept == 1
+            node = await _dial(port, key, mk, "127.0.0.3")  # a registered node gets in
+            clients.append(node)
+            assert (await node.request("POST", "/x"))[0] == 200
+            assert (await clients[0].request("POST", "/x"))[0] == 200  # held ones are served
+            assert up.gate.shed == 2 and up.gate.connections == 2
+        finally:
+            for c in clients:
+                await c.close()
+            await up.close()
+            await server.close(grace=0.5)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
