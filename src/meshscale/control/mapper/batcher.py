@@ -170,6 +170,10 @@ class SnapshotSource:
         """The MagicDNS base domain of the node's tailnet, if it has its own."""
         return self._state.tailnet_base_domain(models.NodeID(node_id))
 
+    def shared_domains_of(self, node_id: int) -> tuple[str, ...]:
+        """Other tailnets' base domains the node's shared-in peers are named under."""
+        return self._state.shared_domains(models.NodeID(node_id))
+
 
 class Batcher:
     """Coalesces change events into per-session pending deltas.
@@ -445,6 +449,10 @@ class Batcher:
         domain = domain_of(int(session.node_id)) if domain_of is not None else None
         if domain:
             cfg = mapper.for_domain(cfg, domain)
+        shared_domains = getattr(self.source, "shared_domains_of", None)
+        extra = shared_domains(int(session.node_id)) if shared_domains is not None else ()
+        if extra:
+            cfg = mapper.with_routes(cfg, extra)
         if me.is_expired(now):
             return self._revoked_map(session, me, cfg, now)
         if session.revoked:  # logged in again: everything anew (p may be shared: replace it)
