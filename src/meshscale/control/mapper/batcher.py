@@ -449,16 +449,18 @@ class Batcher:
         domain = domain_of(int(session.node_id)) if domain_of is not None else None
         if domain:
             cfg = mapper.for_domain(cfg, domain)
-        shared_domains = getattr(self.source, "shared_domains_of", None)
-        extra = shared_domains(int(session.node_id)) if shared_domains is not None else ()
-        if extra:
-            cfg = mapper.with_routes(cfg, extra)
         if me.is_expired(now):
             return self._revoked_map(session, me, cfg, now)
         if session.revoked:  # logged in again: everything anew (p may be shared: replace it)
             session.revoked = False
             p = Pending(full=True)
         if p.full:
+            # DNSConfig travels in full maps only: there, also route the domains of
+            # other tailnets whose nodes are shared in (a share change is a full map).
+            shared_domains = getattr(self.source, "shared_domains_of", None)
+            extra = shared_domains(int(session.node_id)) if shared_domains is not None else ()
+            if extra:
+                cfg = mapper.with_routes(cfg, extra)
             peers = self.source.peers_of(session.node_id)
             msg = mapper.full_map(
                 me,
