@@ -186,6 +186,10 @@ class Batcher:
     def __init__(self, source: MapSource, cfg: Callable[[], mapper.MapConfig]) -> None:
         self.source = source
         self.cfg = cfg
+        # Tailnets (issue #16), if the source knows them: a tailnet's own base domain.
+        self._domain_of: Callable[[int], str | None] | None = getattr(
+            source, "base_domain_of", None
+        )
         self.cache = mapper.NodeJSONCache()
         self.chunks = fullmap.PeerChunks()  # compressed pieces of full maps (fullmap.py)
         self._sessions: dict[int, set[MapSession]] = {}
@@ -445,7 +449,7 @@ class Batcher:
         # A tailnet with its own MagicDNS base domain (issue #16): its maps name nodes
         # under it. Its peers are of that tailnet (or shared in: never cached JSON), so
         # the per-node JSON cache stays right; its deltas are not shared with others.
-        domain_of = getattr(self.source, "base_domain_of", None)
+        domain_of = self._domain_of
         domain = domain_of(int(session.node_id)) if domain_of is not None else None
         if domain:
             cfg = mapper.for_domain(cfg, domain)
