@@ -283,3 +283,12 @@ def test_paging_keeps_query(console: Console, state: State) -> None:
     assert nxt is not None and "q=n0" in nxt.group(1).replace("&amp;", "&")
     second = b.get(nxt.group(1).replace("&amp;", "&"))
     assert "page 2 of 2" in second.text
+
+
+def test_a_tailnet_scoped_api_key_cannot_sign_in(console: Console, state: State) -> None:
+    """The console acts as a server admin (issue #16 part 3): a key scoped to one tailnet
+    is refused, and no session starts."""
+    acme = state.create_tailnet("acme").id
+    r = Browser(console).sign_in(state.create_api_key(tailnet=acme).secret)
+    assert r.status == 403 and "scoped to one tailnet" in r.text
+    assert len(console.sessions) == 0

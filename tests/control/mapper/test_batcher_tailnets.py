@@ -121,3 +121,29 @@ def test_a_tailnet_with_its_own_base_domain_names_its_nodes_under_it() -> None:
     again = w.pump()["b1"]
     assert again is not None and again["Node"]["Name"] == "bobbox-one.ts.example."
     assert [p["Name"] for p in again["Peers"]] == ["bobbox-two.ts.example."]
+
+
+def test_a_node_shared_in_from_a_tailnet_with_its_own_domain_is_routed_to_magicdns() -> None:
+    """The recipient's DNS config also routes the sharer's base domain to quad-100, or the
+    OS would never ask it for the shared node's name."""
+    w = World(engine=False)
+    dns = mapper.build_dns_config("ts.example", magic_dns=True)
+    cfg = mapper.MapConfig(base_domain="ts.example", domain="control.example", derp_map=DERP,
+                           dns_config=dns)  # fmt: skip
+    w.b = Batcher(SnapshotSource(w.state), lambda: cfg)
+    for name, sess in list(w.sessions.items()):
+        w.sessions[name] = MapSession(sess.node_id)
+        w.b.add(w.sessions[name])
+    acme = w.state.get_tailnet_by_name("acme").id
+    w.state.set_tailnet_base_domain(acme, "acme.example")
+    before = w.pump()["a1"]
+    assert before is not None and "acme.example" not in before["DNSConfig"]["Routes"]
+    w.state.share_node(w.b1.id, w.alice.id)
+    a1 = w.pump()["a1"]
+    assert a1 is not None
+    assert [p["Name"] for p in a1["Peers"] if p["ID"] == w.b1.id] == ["bobbox-one.acme.example."]
+    assert set(a1["DNSConfig"]["Routes"]) >= {"ts.example", "acme.example"}
+    assert a1["DNSConfig"]["Domains"][0] == "ts.example"
+    w.state.unshare_node(w.b1.id, w.alice.id)
+    after = w.pump()["a1"]
+    assert after is not None and "acme.example" not in after["DNSConfig"]["Routes"]

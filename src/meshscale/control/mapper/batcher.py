@@ -170,6 +170,10 @@ class SnapshotSource:
         """The MagicDNS base domain of the node's tailnet, if it has its own."""
         return self._state.tailnet_base_domain(models.NodeID(node_id))
 
+    def shared_domains_of(self, node_id: int) -> tuple[str, ...]:
+        """Other tailnets' base domains the node's shared-in peers are named under."""
+        return self._state.shared_domains(models.NodeID(node_id))
+
 
 class Batcher:
     """Coalesces change events into per-session pending deltas.
@@ -182,6 +186,10 @@ class Batcher:
     def __init__(self, source: MapSource, cfg: Callable[[], mapper.MapConfig]) -> None:
         self.source = source
         self.cfg = cfg
+        # Tailnets (issue #16), if the source knows them: a tailnet's own base domain.
+        self._domain_of: Callable[[int], str | None] | None = getattr(
+            source, "base_domain_of", None
+        )
         self.cache = mapper.NodeJSONCache()
         self.chunks = fullmap.PeerChunks()  # compressed pieces of full maps (fullmap.py)
         self._sessions: dict[int, set[MapSession]] = {}
@@ -441,7 +449,7 @@ class Batcher:
         # A tailnet with its own MagicDNS base domain (issue #16): its maps name nodes
         # under it. Its peers are of that tailnet (or shared in: never cached JSON), so
         # the per-node JSON cache stays right; its deltas are not shared with others.
-        domain_of = getattr(self.source, "base_domain_of", None)
+        domain_of = self._domain_of
         domain = domain_of(int(session.node_id)) if domain_of is not None else None
         if domain:
             cfg = mapper.for_domain(cfg, domain)
@@ -451,6 +459,12 @@ class Batcher:
             session.revoked = False
             p = Pending(full=True)
         if p.full:
+            # DNSConfig travels in full maps only: there, also route the domains of
+            # other tailnets whose nodes are shared in (a share change is a full map).
+            shared_domains = getattr(self.source, "shared_domains_of", None)
+            extra = shared_domains(int(session.node_id)) if shared_domains is not None else ()
+            if extra:
+                cfg = mapper.with_routes(cfg, extra)
             peers = self.source.peers_of(session.node_id)
             msg = mapper.full_map(
                 me,

@@ -74,6 +74,19 @@ def for_domain(cfg: MapConfig, base_domain: str) -> MapConfig:
     return replace(cfg, base_domain=base_domain, dns_config=dns)
 
 
+def with_routes(cfg: MapConfig, domains: Iterable[str]) -> MapConfig:
+    """``cfg`` whose MagicDNS also answers ``domains`` (the base domains of other tailnets'
+    nodes shared into this viewer): only when MagicDNS routes its own base domain."""
+    dns = cfg.dns_config
+    if dns is None or cfg.base_domain not in dns.Routes:
+        return cfg
+    add: dict[str, list[Resolver]] = {d: [] for d in domains if d not in dns.Routes}
+    if not add:
+        return cfg
+    routes = {**dns.Routes, **add}
+    return replace(cfg, dns_config=replace(dns, Routes=routes))
+
+
 def build_dns_config(
     base_domain: str,
     *,

@@ -124,6 +124,7 @@ class StateCore:
         self.tailnets: dict[TailnetID, Tailnet] = {t.id: t for t in snap.tailnets}
         if DEFAULT_TAILNET not in self.tailnets:  # a store that predates tailnets (a fake)
             self.tailnets[DEFAULT_TAILNET] = Tailnet(DEFAULT_TAILNET, DEFAULT_TAILNET_NAME)
+        self.tailnets_changed()
         self.users: dict[UserID, User] = {u.id: u for u in snap.users}
         self.users_gen += 1
         self.nodes: dict[NodeID, Node] = {}
@@ -188,6 +189,7 @@ class StateCore:
         """A new tailnet's tables and (empty) policy manager; inside ``write()``."""
         self.tailnets[tailnet.id] = tailnet
         self.policy_texts[tailnet.id] = (None, None)
+        self.tailnets_changed()
         manager = self.policies[tailnet.id] = self.policy_factory()
         manager.set_policy(None)
         manager.set_users(())
@@ -196,6 +198,7 @@ class StateCore:
     def remove_tailnet(self, tailnet_id: TailnetID) -> None:
         """Forget an (empty) tailnet; inside ``write()``."""
         self.tailnets.pop(tailnet_id, None)
+        self.tailnets_changed()
         self.policy_texts.pop(tailnet_id, None)
         self.policies.pop(tailnet_id, None)
         for key_id in [k.id for k in self.api_keys.values() if k.tailnet_id == tailnet_id]:
@@ -323,10 +326,21 @@ class StateCore:
     def tailnet_base_domain(self, node_id: NodeID) -> str | None:
         """The MagicDNS base domain of the node's tailnet if it has its own (None: the
         server's dns.base_domain, or the node is gone)."""
+        if not self.any_base_domain:  # every map asks: the usual answer costs no lock
+            return None
         with self.lock:
             node = self.nodes.get(node_id)
             tailnet = None if node is None else self.tailnets.get(node.tailnet_id)
             return None if tailnet is None else tailnet.base_domain
+
+    @property
+    def any_base_domain(self) -> bool:
+        """Some tailnet has a MagicDNS base domain of its own."""
+        return self._any_base_domain
+
+    def tailnets_changed(self) -> None:
+        """Recount what the maps read of the tailnets; after any tailnet write."""
+        self._any_base_domain = any(t.base_domain for t in self.tailnets.values())
 
     def fqdn_in_own_tailnet(self, node: Node) -> str:
         """A node's MagicDNS name under its own tailnet's base domain; "" when that

@@ -137,6 +137,22 @@ class Shares:
             and core.policy_of(core.tailnet_of(s)).guest_reach(r.id, s.id)
         )
 
+    def shared_domains(self, viewer_id: NodeID) -> tuple[str, ...]:
+        """The MagicDNS base domains of the tailnets whose nodes ``viewer_id`` has as
+        shared-in peers, other than its own: its DNS config must route them to quad-100
+        too, or the OS never asks for those names."""
+        core = self.core
+        with core.lock:
+            v = core.nodes.get(viewer_id)
+            if not core.shares or v is None:
+                return ()
+            out = set()
+            for p in self.shared_peers(v):
+                t = core.tailnets.get(p.tailnet_id)
+                if t is not None and t.base_domain and p.tailnet_id != v.tailnet_id:
+                    out.add(t.base_domain)
+            return tuple(sorted(out))
+
     def share_view(self, viewer_id: NodeID, peer_id: NodeID) -> ShareView | None:
         """How ``viewer_id`` sees ``peer_id`` if they are of different tailnets (the
         mapper's per-viewer node JSON), else None."""

@@ -192,6 +192,7 @@ class State:
         self.unshare_node = shares.unshare_node
         self.list_shares = shares.list_shares
         self.share_view = shares.share_view
+        self.shared_domains = shares.shared_domains
         self.backfill_ips = nodes.backfill_ips
         self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 

@@ -111,6 +111,7 @@ class Tailnets:
             tailnet = replace(core.get_tailnet(tailnet_id), base_domain=value)
             core.store.update_tailnet(tailnet)
             core.tailnets[tailnet.id] = tailnet
+            core.tailnets_changed()
             core.emit(DNSChanged())
             return tailnet
 
