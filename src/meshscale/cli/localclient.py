@@ -10,8 +10,6 @@ import json
 from typing import Any
 from urllib.parse import urlencode
 
-from meshscale.io import httpclient
-
 DEFAULT_SOCKET = "/var/run/meshscale/meshscaled.sock"
 MAX_RESPONSE = 16 << 20  # bytes: a status with thousands of peers stays far below this
 
@@ -38,6 +36,10 @@ class LocalClient:
         body: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
+        # Imported per call, not at the top: asyncio and h11 cost ~0.2 s that `version`
+        # and `--help` do not need.
+        from meshscale.io import httpclient
+
         path = "/localapi/v0/" + endpoint
         if query:
             path += "?" + urlencode(query)

@@ -8,7 +8,6 @@ import platform
 from typing import Any
 
 from meshscale import __version__
-from meshscale.tailcfg import CURRENT_CAPABILITY_VERSION as CAPABILITY_VERSION
 
 from .goflags import add_bool_flag
 from .localclient import CLIError, LocalClient
@@ -23,12 +22,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def meta(daemon_long: str | None = None) -> dict[str, Any]:
     """tailscale's version.Meta field names (omitempty ones left out when empty)."""
+    # Here, not at the top: the tailcfg package pulls in the key types and cryptography.
+    from meshscale.tailcfg.capver import CURRENT_CAPABILITY_VERSION
+
     mmp = __version__.split("-", 1)[0].split("+", 1)[0]
     out: dict[str, Any] = {
         "majorMinorPatch": mmp,
         "short": __version__,
         "long": __version__,
-        "cap": CAPABILITY_VERSION,
+        "cap": CURRENT_CAPABILITY_VERSION,
     }
     if "dev" in __version__:
         out["isDev"] = True

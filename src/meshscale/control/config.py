@@ -26,12 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
 
 from meshscale.control.ipalloc import AllocationStrategy
 from meshscale.control.oidcconfig import OIDCConfig, validate_oidc
-from meshscale.control.state import StateOptions
 from meshscale.control.yamlkeys import (
     MISSING,
     ConfigError,
@@ -41,6 +40,9 @@ from meshscale.control.yamlkeys import (
     parse_host_port,
     parse_yaml,
 )
+
+if TYPE_CHECKING:  # the state package is the server's: the admin CLI loads this module
+    from meshscale.control.state import StateOptions
 
 __all__ = [
     "CLIConfig",
@@ -593,6 +595,8 @@ def _oidc(r: Reader, sd: Path) -> OIDCConfig:
 
 def state_options(cfg: ControlConfig) -> StateOptions:
     """The StateOptions for this configuration."""
+    from meshscale.control.state import StateOptions
+
     return StateOptions(
         prefix_v4=cfg.prefixes.v4,
         prefix_v6=cfg.prefixes.v6,

@@ -21,8 +21,6 @@ from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Final
 
-from meshscale.control.models import AddressExhausted
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 RESERVED_ADDRESSES: Final = frozenset(
@@ -86,6 +84,10 @@ class _Pool:
                 self.cursor = value
                 return ipaddress.ip_address(value)
             value += 1
+        # Imported here: the CLI loads this module (config's AllocationStrategy), and models
+        # pulls in the key types, cryptography and asyncio.
+        from meshscale.control.models import AddressExhausted
+
         raise AddressExhausted(f"no free address left in {self.prefix}")
 
 
@@ -129,6 +131,8 @@ class IPAllocator:
     def allocate(self) -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv6Address | None]:
         """One address per configured prefix. Raises AddressExhausted (and allocates
         nothing) if either prefix is full."""
+        from meshscale.control.models import AddressExhausted  # (see _Pool.allocate)
+
         v4: ipaddress.IPv4Address | None = None
         v6: ipaddress.IPv6Address | None = None
         if self.pool4 is not None:

@@ -22,7 +22,6 @@ SIGTERM, and the offline ``import-headscale``). The admin verbs are in
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import json
@@ -32,6 +31,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from meshscale.control.cli import (
     OUTPUT_FORMATS,
@@ -51,18 +51,15 @@ from meshscale.control.cli.extra import (
     run_health,
     run_offline,
 )
-from meshscale.control.config import (
-    CONFIG_ENV,
-    ConfigError,
-    ControlConfig,
-    load_config,
-    state_options,
-)
-from meshscale.control.db import StoreError, open_store
-from meshscale.control.server import PROG, Server
-from meshscale.control.state import State
-from meshscale.io import sdnotify
-from meshscale.key import MachinePrivate, NodePrivate
+from meshscale.control.config import CONFIG_ENV, ConfigError, ControlConfig, load_config
+
+if TYPE_CHECKING:
+    from meshscale.control.server import Server
+
+# The server (state, db, app, policy, DERP, metrics) is imported by the verbs that run it
+# (serve, import-headscale), not here: the admin verbs only talk to its REST API, and
+# tests/control/test_cli_imports.py holds them to that.
+PROG: Final = "meshscale-control"
 
 log = logging.getLogger("meshscale.control")
 
@@ -127,6 +124,10 @@ def load(args: argparse.Namespace) -> ControlConfig:
 
 def run(cfg: ControlConfig, ready: Callable[[Server], None] | None = None) -> int:
     """Run ``serve`` until SIGINT/SIGTERM. Returns the exit code."""
+    import asyncio
+
+    from meshscale.control.server import Server
+    from meshscale.io import sdnotify
 
     async def main() -> None:
         server = Server(cfg)
@@ -216,7 +217,11 @@ def setup_logging(cfg: ControlConfig, *, verbose: bool = False) -> None:
 
 def import_headscale(cfg: ControlConfig, args: argparse.Namespace) -> str:
     """``import-headscale``: offline, into an empty state. Returns the summary line."""
+    from meshscale.control.config import state_options
+    from meshscale.control.db import open_store
     from meshscale.control.db.headscale import import_headscale as run_import
+    from meshscale.control.state import State
+    from meshscale.key import MachinePrivate, NodePrivate
 
     try:
         AdminClient(unix_socket=str(cfg.unix_socket), timeout=1).request("GET", "/api/v1/health")
@@ -293,7 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(cfg)
     try:
         if args.command == "import-headscale":
-            sys.stdout.write(import_headscale(cfg, args) + "\n")
+            from meshscale.control.db import StoreError
+
+            try:
+                sys.stdout.write(import_headscale(cfg, args) + "\n")
+            except StoreError as exc:
+                return failed(args, exc)
         elif args.command == "health":
             run_health(connect(args, cfg), Output(args.output))
         else:
@@ -302,11 +312,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Output(args.output).error(str(exc)):
             sys.stderr.write(f"{PROG}: error: {exc} ({usage(verb)})\n")
         return 2
-    except (AdminError, ValueError, StoreError) as exc:
-        if not Output(args.output).error(str(exc)):
-            sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 1
+    except (AdminError, ValueError) as exc:
+        return failed(args, exc)
     return 0
+
+
+def failed(args: argparse.Namespace, exc: Exception) -> int:
+    """Report a failed verb (as JSON under a machine format) and return its exit code, 1."""
+    if not Output(args.output).error(str(exc)):
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+    return 1
 
 
 if __name__ == "__main__":

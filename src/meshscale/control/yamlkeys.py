@@ -15,8 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
 
 class ConfigError(ValueError):
     """The configuration cannot be used. The message is one line naming the key."""
@@ -183,6 +181,8 @@ def _kind(value: Any) -> str:
 
 
 def parse_yaml(raw: bytes | str, name: str = "<config>") -> Mapping[str, Any]:
+    import yaml  # here: a CLI run without a config file (`version`, `--help`) skips PyYAML
+
     try:
         loaded = yaml.safe_load(raw)
     except yaml.YAMLError as exc:

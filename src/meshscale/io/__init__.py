@@ -4,11 +4,45 @@ server in io.http, the one client in io.httpclient, the raw stream after an upgr
 Data-plane I/O is batched and blocking, for dedicated threads: `TunDevice.read_batch` /
 `write_batch` and `UDPSocket.recv_batch` / `send_batch`. `LoopTimer` / `ThreadTimer` keep
 one timer at a core's next deadline.
+
+The names below are imported on first use (PEP 562): a program that wants only
+``meshscale.io.httpclient`` (the CLIs) does not load the TUN and UDP drivers behind them.
 """
 
-from .timer import POKE_INTERVAL, LoopTimer, ThreadTimer
-from .tun import TunClosedError, TunDevice, TunError, TunGoneError, TunStats
-from .udp import Address, UDPClosedError, UDPSocket, UDPStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .timer import POKE_INTERVAL, LoopTimer, ThreadTimer
+    from .tun import TunClosedError, TunDevice, TunError, TunGoneError, TunStats
+    from .udp import Address, UDPClosedError, UDPSocket, UDPStats
+
+_HOME = {
+    "POKE_INTERVAL": "timer",
+    "LoopTimer": "timer",
+    "ThreadTimer": "timer",
+    "TunClosedError": "tun",
+    "TunDevice": "tun",
+    "TunError": "tun",
+    "TunGoneError": "tun",
+    "TunStats": "tun",
+    "Address": "udp",
+    "UDPClosedError": "udp",
+    "UDPSocket": "udp",
+    "UDPStats": "udp",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "POKE_INTERVAL",

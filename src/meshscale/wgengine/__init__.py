@@ -8,8 +8,35 @@ magicbind  MagicBind: magicsock's multiplexer of UDP, disco, STUN and DERP, the 
 router/    Config and the netlink Router: addresses and routes of the TUN interface
 """
 
-from .bind import RX_BATCH, Bind, BindClosed
-from .engine import Engine, PacketFilter, Tun
-from .udpbind import UDPBind
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .bind import RX_BATCH, Bind, BindClosed
+    from .engine import Engine, PacketFilter, Tun
+    from .udpbind import UDPBind
+
+# Imported on first use (PEP 562): router.routes (the CLI's) needs no WireGuard device.
+_HOME = {
+    "RX_BATCH": "bind",
+    "Bind": "bind",
+    "BindClosed": "bind",
+    "Engine": "engine",
+    "PacketFilter": "engine",
+    "Tun": "engine",
+    "UDPBind": "udpbind",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["RX_BATCH", "Bind", "BindClosed", "Engine", "PacketFilter", "Tun", "UDPBind"]

@@ -11,8 +11,6 @@ import json
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
-from meshscale.io import httpclient
-
 MAX_RESPONSE_BYTES: Final = 16 << 20  # a listing larger than this is refused, not buffered
 
 
@@ -47,6 +45,10 @@ class AdminClient:
         body: dict[str, Any] | None = None,
         query: dict[str, str] | None = None,
     ) -> Any:
+        # Imported per call, not at the top: asyncio and h11 cost ~0.2 s that `version`
+        # and `--help` do not need.
+        from meshscale.io import httpclient
+
         target = path + ("?" + urlencode(query) if query else "")
         headers = [("Accept", "application/json")]
         data = b""

@@ -11,7 +11,6 @@ from typing import Final
 from meshscale.control.cli.client import AdminClient
 from meshscale.control.cli.common import Parser, Subparsers
 from meshscale.control.cli.output import Output
-from meshscale.key import MachinePrivate
 
 OFFLINE_COMMANDS: Final = frozenset({"generate", "gen", "completion"})
 SHELLS: Final = ("bash", "zsh", "fish")
@@ -78,6 +77,8 @@ def completion(shell: str, prog: str, table: dict[str, list[str]]) -> str:
 def run_offline(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     o = Output(args.output)
     if args.command in ("generate", "gen"):
+        from meshscale.key import MachinePrivate  # (cryptography: only for this verb)
+
         key = MachinePrivate.generate(os.urandom(32)).text()
         if not o.data({"private_key": key}):
             sys.stdout.write(key + "\n")

@@ -8,10 +8,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
-import yaml
-from rich.console import Console
-from rich.table import Table
-
 from meshscale.control.cli.protoshape import go_json
 
 OUTPUT_FORMATS: Final = ("table", "json", "json-line", "yaml")
@@ -59,6 +55,8 @@ class Output:
         elif self.fmt == "json-line":
             self.out.write(json.dumps(payload, separators=(",", ":")) + "\n")
         elif self.fmt == "yaml":
+            import yaml  # here, like rich below: `version` and `--help` need neither
+
             self.out.write(yaml.safe_dump(payload, sort_keys=False))
         else:
             return False
@@ -68,6 +66,9 @@ class Output:
         # Machine formats print the list itself, as Headscale's CLI does.
         if self.data(list(rows)):
             return
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(box=None, header_style="bold", pad_edge=False)
         for name, _ in columns:
             table.add_column(name, overflow="fold")

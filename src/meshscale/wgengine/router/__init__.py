@@ -7,8 +7,35 @@ nft      the subnet router / exit node netfilter table (libnftables)
 routes   advertised-route validation (pure)
 """
 
-from .config import TAILNET_ROUTES, TUN_MTU, Config, Router
-from .netlink import NetlinkRouter, RouterError, ip_forwarding_warning
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import TAILNET_ROUTES, TUN_MTU, Config, Router
+    from .netlink import NetlinkRouter, RouterError, ip_forwarding_warning
+
+# Imported on first use (PEP 562): the CLI's route checks (routes) need no pyroute2.
+_HOME = {
+    "TAILNET_ROUTES": "config",
+    "TUN_MTU": "config",
+    "Config": "config",
+    "Router": "config",
+    "NetlinkRouter": "netlink",
+    "RouterError": "netlink",
+    "ip_forwarding_warning": "netlink",
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value: object = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "TAILNET_ROUTES",
