@@ -55,3 +55,13 @@ def test_go_json_shape() -> None:
         "register_method": 2,
         "user": {"id": 1, "name": "alice", "created_at": {"seconds": 1767225600}},
     }
+
+
+def test_go_json_prints_tailnet_only_beyond_default() -> None:
+    # A one-tailnet server's `-o json` stays exactly Headscale's shape; other tailnets are named.
+    assert go_json({"id": "3", "name": "a", "tailnetId": "1"}) == {"id": 3, "name": "a"}
+    assert go_json({"id": "3", "name": "b", "tailnetId": "2"}) == {
+        "id": 3,
+        "name": "b",
+        "tailnet_id": 2,
+    }

@@ -16,6 +16,7 @@ from typing import Any, Final
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 TIMESTAMP_FIELDS: Final = frozenset({"created_at", "last_seen", "expiry", "expiration"})
 ID_FIELDS: Final = frozenset({"id", "node_id", "user_id", "tailnet_id"})
+DEFAULT_TAILNET: Final = 1  # migration 0006's `default`; meshscale's only field beyond Headscale's
 REGISTER_METHODS: Final = {
     "REGISTER_METHOD_UNSPECIFIED": 0,
     "REGISTER_METHOD_AUTH_KEY": 1,
@@ -64,6 +65,8 @@ def go_json(value: Any) -> Any:
             item = REGISTER_METHODS.get(item, 0)
         else:
             item = go_json(item)
+        if name == "tailnet_id" and item == DEFAULT_TAILNET:
+            continue  # a one-tailnet server prints exactly Headscale's shape
         if not _empty(item) or item is True:
             out[name] = item
     return out
