@@ -460,6 +460,7 @@ class DERPServer:
         """A sender stopped reading in front of a packet for ``cid``: wake it on drain."""
         sink = self._sinks.get(cid)
         if sink is None or not sink.blocked or sink.dead:
+            self.relay.release_hold(cid)  # nothing to wait for: never stall on it again
             asyncio.get_running_loop().call_soon(reader.unstall)
             return
         if sink.waiters is None:
