@@ -160,10 +160,13 @@ class DERPServer:
         if wants_derp_websocket(req):
             self.counters.websockets += 1
             ws = await accept_websocket(req, stream)
+            del req  # the connection may live for days: keep no request (idle memory)
             await self.serve_stream(ws, remote, not_ideal=not_ideal)
             return None
         # Very old clients sent "Upgrade: WebSocket" but spoke raw DERP (1.3).
-        if req.headers.get("derp-fast-start") == "1":
+        fast_start = req.headers.get("derp-fast-start") == "1"
+        del req
+        if fast_start:
             self.counters.fast_starts += 1  # the client took our key from the meta cert
             await stream.accept(write_response=False)
         else:
