@@ -83,7 +83,7 @@ def test_handle_buffer_routes_like_handle_frame(frames: list[bytes], direct: boo
     relay, ids = relay_with_conns(direct)
     sink: dict[int, list[bytes | memoryview]] = {}
     buf = memoryview(bytearray(stream))
-    pos, _ = relay.handle_buffer(ids[A], buf, 0, len(buf), 0.0, F.MAX_SERVER_FRAME)
+    pos, _, _ = relay.handle_buffer(ids[A], buf, 0, len(buf), 0.0, F.MAX_SERVER_FRAME)
     collect(relay, sink)
     assert pos == len(stream)
     assert {cid: b"".join(p) for cid, p in sink.items()} == reference(stream, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
@@ -242,6 +243,43 @@ def test_slow_reader_does_not_stall_others() -> None:
         await b.close()
 
     run(body, DERPServer(key(99), write_timeout=0.5), timeout=20)
+
+
+def test_slow_but_reading_receiver_holds_the_sender_instead_of_dropping() -> None:
+    """A receiver that reads, slowly: the relay stops reading the sender while the
+    receiver's socket is backed up (TCP pushes back), so nothing is head-dropped."""
+    n, big = 300, bytes(30000)  # 9 MB: more than the kernel buffers absorb
+
+    async def body(node: Node) -> int:
+        r, w = await raw_login(node, key(3), rcvbuf=4096)
+        a = await connected(node, key(1))
+        got = 0
+
+        async def slow_reader() -> None:
+            nonlocal got
+            fb = F.FrameBuffer(F.MAX_CLIENT_FRAME)
+            while got < n:
+                data = await r.read(32768)
+                if not data:
+                    return
+                fb.feed(data)
+                got += sum(t == F.FrameType.RECV_PACKET for t, _ in fb.frames())
+                await asyncio.sleep(0.005)
+
+        task = asyncio.create_task(slow_reader())
+        for _ in range(n):
+            a.send(key(3).public(), big)
+            await a.drain()
+        with contextlib.suppress(TimeoutError):  # packets were dropped: got < n
+            await asyncio.wait_for(task, 20)
+        w.close()
+        await a.close()
+        return got
+
+    server = DERPServer(key(99), queue_depth=4, max_stall=5.0)
+    assert run(body, server, timeout=30) == n
+    assert server.relay.stats.drops.get("queue_head", 0) == 0
+    assert server.counters.write_timeouts == 0
 
 
 @pytest.mark.parametrize(

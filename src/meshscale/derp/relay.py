@@ -30,6 +30,12 @@ output off, and packets wait in the bounded queue again. ``handle_buffer`` parse
 every complete frame of a read buffer in one call, forwarding a SendPacket by writing a new
 RecvPacket header in front of a view of the payload (no copy of packets of ``VIEW_MIN``
 bytes or more; smaller ones are copied so that a view never pins a large read buffer).
+
+Holding senders (bounded backpressure): turning direct output off also marks the connection
+``hold``; ``handle_buffer(..., hold=True)`` then stops in front of a packet for it and names
+it, so the driver can stop reading that sender until the destination drains, instead of
+dropping. The driver clears ``hold`` (``release_hold``) when it will not wait any longer;
+packets for the connection are then queued and head-dropped as above.
 """
 
 from __future__ import annotations
@@ -154,6 +160,7 @@ class Conn:
     not_here_tokens: float = NOT_HERE_BURST
     not_here_at: float = 0.0
     direct: bool = False  # packets go to ``out`` (the driver's transport has room)
+    hold: bool = False  # not direct, and the driver may hold senders until it drains
     out: list[Packet] | None = None
 
     @property
@@ -370,12 +377,21 @@ class Relay:
                 pass  # client Pongs, KeepAlives and unknown types are skipped (1.5)
 
     def handle_buffer(
-        self, cid: ConnID, buf: memoryview, start: int, end: int, now: float, max_frame: int
-    ) -> tuple[int, bool]:
+        self,
+        cid: ConnID,
+        buf: memoryview,
+        start: int,
+        end: int,
+        now: float,
+        max_frame: int,
+        hold: bool = False,
+    ) -> tuple[int, bool, ConnID]:
         """Act on every complete frame in ``buf[start:end]`` (see the module docstring).
 
         Returns (offset of the first unconsumed byte, whether a view of ``buf`` was handed
-        out: the caller must then never overwrite ``buf[:offset]``). A header announcing more
+        out: the caller must then never overwrite ``buf[:offset]``, and the connection whose
+        ``hold`` stopped the walk in front of a packet for it, else 0; only with ``hold``).
+        A header announcing more
         than ``max_frame`` bytes raises FrameError before its payload is awaited; other bad
         frames raise as in ``handle_frame``. Frames before a bad one have been acted on.
         """
@@ -401,6 +417,7 @@ class Relay:
                 fend = p + length
                 if fend > end:
                     break
+                fstart = pos
                 pos = fend
                 if ftype != _SEND:
                     last = None
@@ -437,6 +454,9 @@ class Relay:
                     heard[dst_key] = dst.id
                 else:
                     dst = last
+                if hold and dst.hold and not dst.direct:
+                    pos = fstart
+                    return pos, exported, dst.id
                 if dst.direct:
                     out = dst.out
                     if out is None:
@@ -456,13 +476,21 @@ class Relay:
         finally:
             self.stats.packets_relayed += relayed
             self.stats.bytes_relayed += nbytes
-        return pos, exported
+        return pos, exported, 0
 
     def set_direct(self, cid: ConnID, on: bool) -> None:
-        """Turn direct output for a connection on (its transport has room) or off."""
+        """Turn direct output for a connection on (its transport has room) or off (and
+        ``hold`` on: senders may wait for it)."""
         conn = self.conns.get(cid)
         if conn is not None:
             conn.direct = on
+            conn.hold = not on
+
+    def release_hold(self, cid: ConnID) -> None:
+        """Senders no longer wait for this connection: its packets queue (and drop)."""
+        conn = self.conns.get(cid)
+        if conn is not None:
+            conn.hold = False
 
     def take_out(self, cid: ConnID) -> list[Packet] | None:
         """The frame parts routed to a direct connection since the last call."""

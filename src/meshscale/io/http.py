@@ -378,8 +378,11 @@ class HTTPServer:
             upgrade = await self._serve(conn, reader, writer)
             if upgrade is not None:
                 # _serve has returned, so its h11 state is garbage now: a long-lived upgraded
-                # connection keeps only what the handler needs.
-                await self._run_upgrade(conn, reader, writer, *upgrade)
+                # connection keeps only what the handler needs (the handler may even drop the
+                # request: no frame of ours holds it while the handler runs).
+                box = [upgrade]
+                del upgrade
+                await self._run_upgrade(conn, reader, writer, box)
         except TimeoutError:
             writer.transport.abort()  # a write deadline passed: the buffer will never drain
         except (asyncio.CancelledError, ConnectionError, ssl_module.SSLError):
@@ -541,28 +544,30 @@ class HTTPServer:
         conn: _Conn,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        req: Request,
-        handler: UpgradeHandler,
-        buffered: bytes,
+        box: list[tuple[Request, UpgradeHandler, bytes]],
     ) -> None:
+        req, handler, buffered = box.pop()
         conn.upgraded = True
         stream = UpgradeStream(reader, writer, buffered, req.headers.get("upgrade") or "")
+        path, head = req.path, req.method == "HEAD"
+        reqs = [req]
+        del req, buffered
         try:
-            resp = await handler(req, stream)
+            resp = await handler(reqs.pop(), stream)
         except (asyncio.CancelledError, ConnectionError):
             raise
         except Exception:
-            log.exception("http: upgrade handler for %s failed", req.path)
+            log.exception("http: upgrade handler for %s failed", path)
             resp = None if stream.accepted else self.error_response(500, "internal server error")
         if resp is not None and not stream.accepted:
             resp.headers = [*resp.headers, ("Connection", "close")]
             # A fresh h11 state that has just read a request of the same method.
             h = h11.Connection(h11.SERVER)
-            method = "HEAD" if req.method == "HEAD" else "GET"
+            method = "HEAD" if head else "GET"
             h.receive_data(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             while h.next_event() is not h11.NEED_DATA and h.their_state is not h11.DONE:
                 pass
-            await self._send_response(h, writer, resp, req.method == "HEAD")
+            await self._send_response(h, writer, resp, head)
 
     async def _send_error(
         self, h: h11.Connection, writer: asyncio.StreamWriter, status: int, text: str

@@ -45,7 +45,7 @@ from ..derphttp.websocket import ByteStream
 from ..io.http import Request, Response, UpgradeStream
 from ..io.stream import RawStream
 from ..key import NodePrivate, NodePublic
-from .fastpath import DERPReader
+from .fastpath import MAX_STALL, DERPReader
 from .sink import Sink as _Sink
 from .websocket import accept_websocket, wants_derp_websocket
 
@@ -105,6 +105,7 @@ class DERPServer:
         rand: Callable[[int], bytes] = os.urandom,
         accept_limit: float = math.inf,
         accept_burst: int = 1 << 62,
+        max_stall: float = MAX_STALL,
     ) -> None:
         """
         :param private: the server key.
@@ -114,6 +115,8 @@ class DERPServer:
         :param accept_limit: new connections per second (token bucket, derper's
             --accept-connection-limit); over-limit connections are closed at once.
         :param accept_burst: the bucket's size (--accept-connection-burst).
+        :param max_stall: seconds a sender's reading may wait for one backed-up
+            destination before packets for it are head-dropped (fastpath.py).
         """
         self.relay = Relay(private, mesh_key=mesh_key, queue_depth=queue_depth)
         self.private = private
@@ -124,6 +127,7 @@ class DERPServer:
         self.key_header_prefix = key_header_prefix
         self.counters = ServerCounters()
         self._rand = rand
+        self.max_stall = max_stall
         self.accept_limit = accept_limit
         self.accept_burst = accept_burst
         self._accept_tokens = float(min(accept_burst, 1 << 62))
@@ -156,10 +160,13 @@ class DERPServer:
         if wants_derp_websocket(req):
             self.counters.websockets += 1
             ws = await accept_websocket(req, stream)
+            del req  # the connection may live for days: keep no request (idle memory)
             await self.serve_stream(ws, remote, not_ideal=not_ideal)
             return None
         # Very old clients sent "Upgrade: WebSocket" but spoke raw DERP (1.3).
-        if req.headers.get("derp-fast-start") == "1":
+        fast_start = req.headers.get("derp-fast-start") == "1"
+        del req
+        if fast_start:
             self.counters.fast_starts += 1  # the client took our key from the meta cert
             await stream.accept(write_response=False)
         else:
@@ -319,9 +326,21 @@ class DERPServer:
         readers: list[DERPReader] = []
 
         def make(old: asyncio.BaseProtocol) -> DERPReader:
-            readers.append(DERPReader(old, self.relay, cid, self._flush_ready))
-            return readers[0]
+            r = DERPReader(
+                old,
+                self.relay,
+                cid,
+                self._flush_ready,
+                transport,
+                self._on_stall,
+                max_stall=self.max_stall,
+            )
+            readers.append(r)
+            return r
 
+        if not isinstance(stream.transport, asyncio.ReadTransport):
+            return None
+        transport: asyncio.ReadTransport = stream.transport
         pending = fb.take_pending()
         taken = stream.take_over(make)
         if taken is None:
@@ -426,15 +445,38 @@ class DERPServer:
             self.relay.stats.drop("write_timeout")
             sink.dead = True
             sink.close()
+            self._wake(cid, sink)
             return
         except (ConnectionError, OSError):
             sink.dead = True
             sink.close()
+            self._wake(cid, sink)
             return
         finally:
             sink.drainer = None
         sink.blocked = False
         self._flush(cid)
+        if not sink.blocked:
+            self._wake(cid, sink)
+
+    def _on_stall(self, cid: int, reader: DERPReader) -> None:
+        """A sender stopped reading in front of a packet for ``cid``: wake it on drain."""
+        sink = self._sinks.get(cid)
+        if sink is None or not sink.blocked or sink.dead:
+            self.relay.release_hold(cid)  # nothing to wait for: never stall on it again
+            asyncio.get_running_loop().call_soon(reader.unstall)
+            return
+        if sink.waiters is None:
+            sink.waiters = []
+        sink.waiters.append(reader.unstall)
+
+    def _wake(self, cid: int, sink: _Sink) -> None:
+        """Senders waiting for ``cid`` read on (if it died, they stop waiting for it)."""
+        if sink.dead:
+            self.relay.release_hold(cid)
+        waiters, sink.waiters = sink.waiters, None
+        for wake in waiters or ():
+            wake()
 
     async def _stop_sink(self, cid: int) -> None:
         sink = self._sinks.pop(cid, None)
@@ -442,6 +484,8 @@ class DERPServer:
             return
         if sink.timer is not None:
             sink.timer.cancel()
+        sink.dead = True
+        self._wake(cid, sink)
         task = sink.drainer
         if task is not None and task is not asyncio.current_task():
             task.cancel()

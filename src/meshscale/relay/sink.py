@@ -32,6 +32,7 @@ class Sink:
         "scheduled",
         "timer",
         "transport",
+        "waiters",
         "write_timeout",
     )
 
@@ -58,6 +59,8 @@ class Sink:
         self.pending: list[bytes | memoryview] | None = None  # None when empty: idle clients
         self.pending_bytes = 0
         self.scheduled = False
+        # Readers of senders that stopped in front of a packet for us, woken on drain.
+        self.waiters: list[Callable[[], None]] | None = None
 
     def write(self, parts: list[bytes | memoryview]) -> None:
         if self.pending is None:
