@@ -17,6 +17,12 @@ then, at once:
 
     .venv/bin/python benchmarks/bench_hardening.py                       # 200 / 1000 / 10000
     .venv/bin/python benchmarks/bench_hardening.py --nodes 50 --unauth 200 --junk 1000
+    .venv/bin/python benchmarks/bench_hardening.py --watchdog /tmp/wd.json   # profile
+
+``--watchdog FILE`` makes the server time every event-loop callback (those over 20 ms are
+kept by name) and sample its loop thread's stack whenever the loop has not run a 20 ms
+heartbeat for 100 ms, with the thread's CPU time in each such stall (a stall with little
+CPU is the machine's doing, not the server's); the report goes to FILE at the end.
 
 Prints one JSON object; the README keeps the figures. Exit status 1 when a budget is missed
 (RSS over --rss-budget-mib, a change delayed past 1 s, or a failed /health).

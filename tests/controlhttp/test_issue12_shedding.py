@@ -145,3 +145,21 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
             await server.close(grace=0.5)
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_a_flood_that_returns_meets_longer_holds() -> None:
+    g = NoiseGate(NoiseLimits(shed_hold=5.0, shed_hold_max=20.0, shed_min_unauth=1))
+    assert not isinstance(g.admit("192.0.2.1", False, 0.0), str)
+    ends = []
+    now = 10.0
+    for _ in range(5):  # lag again the moment each episode ends
+        g.observe_lag(1.0, now)
+        assert g.shedding(now)
+        while g.shedding(now):
+            now += 0.5
+        ends.append(now)
+    holds = [b - a for a, b in zip([10.0, *ends], ends, strict=False)]
+    assert [round(h) for h in holds] == [5, 10, 20, 20, 20]
+    assert g.overloads == 5 and g.stats()["shed_hold_ms"] == 20000
+    g.observe_lag(1.0, now + 21.0)  # a later episode starts from shed_hold again
+    assert g.stats()["shed_hold_ms"] == 5000 and g.overloads == 6

@@ -76,6 +76,10 @@ class NoiseLimits:
     # (a busy machine, a burst of node logins) is not helped by refusing them.
     shed_lag: float = 0.1
     shed_hold: float = 5.0
+    # An episode that starts within shed_hold_max seconds of the last one's end holds twice
+    # as long as that one did (up to shed_hold_max): a flood that returns the moment
+    # shedding stops meets longer pauses instead of a spike every shed_hold seconds.
+    shed_hold_max: float = 60.0
     shed_min_unauth: int = 32
     shed_tarpit: float = 2.0  # seconds a connection refused at accept is held, unread
 
@@ -124,6 +128,7 @@ class NoiseGate:
     overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
     max_lag_ms: int = 0  # the worst loop lag observed
     _shed_until: float = 0.0
+    _hold: float = 0.0  # the current episode's hold (0: none yet)
     # source -> when it last tried an unauthenticated connection (LRU-bounded): who is
     # suspect while shedding
     _recent: dict[str, float] = field(default_factory=dict)
@@ -155,11 +160,14 @@ class NoiseGate:
         self.max_lag_ms = max(self.max_lag_ms, int(lag * 1000))
         if lag <= self.limits.shed_lag:
             return
+        lim = self.limits
         if not self.shedding(now):  # a new episode needs unauthenticated load to shed
-            if self.unauth_connections < self.limits.shed_min_unauth:
+            if self.unauth_connections < lim.shed_min_unauth:
                 return
             self.overloads += 1
-        self._shed_until = now + self.limits.shed_hold
+            recent = self._hold and now - self._shed_until < lim.shed_hold_max
+            self._hold = min(lim.shed_hold_max, 2 * self._hold) if recent else lim.shed_hold
+        self._shed_until = now + self._hold
 
     def shedding(self, now: float) -> bool:
         return now < self._shed_until
@@ -314,5 +322,6 @@ class NoiseGate:
             "shed_at_accept": self.shed_at_accept,
             "overloads": self.overloads,
             "max_lag_ms": self.max_lag_ms,
+            "shed_hold_ms": int(self._hold * 1000),
             "sources": len(self._per_source),
         }
