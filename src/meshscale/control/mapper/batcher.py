@@ -531,6 +531,8 @@ class Batcher:
         seen = self._visible(session, p)
         if seen is not p:
             p, shared_key = seen, None
+            if p.empty():  # all of it was another tailnet's: nothing to say
+                return None
         key = shared_key if shared_key is not None else _delta_key(p)
         # A changed router's routes may differ per viewer (policy.md §5.3), and so does a
         # peer of another tailnet (a shared node, §6): not shared.
