@@ -388,7 +388,11 @@ class NodeChanged:
 
 @dataclass(frozen=True, slots=True)
 class NodeRemoved:
+    """``tailnet_id``: the removed node's tailnet (the batcher sends the removal only to
+    sessions that could see it; None from sources without tailnets: any session)."""
+
     node_id: NodeID
+    tailnet_id: TailnetID | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

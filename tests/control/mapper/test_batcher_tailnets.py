@@ -4,7 +4,9 @@ node, a change and a removal in one tailnet reach only that tailnet's sessions."
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from meshscale.control.mapper import mapper
 from meshscale.control.mapper.batcher import Batcher, MapSession, SnapshotSource
-from meshscale.control.models import ChangeSubscription, Node, UserID
+from meshscale.control.models import ChangeSubscription, DNSChanged, Node, UserID
 from meshscale.control.state import State
 from meshscale.key import MachinePublic, NodePublic
 from meshscale.policy import PolicyEngine
@@ -81,10 +83,8 @@ def test_maps_hold_only_the_own_tailnet(engine: bool) -> None:
     msgs = w.pump()
     assert msgs["a1"] is not None
     assert w.a2.id in (msgs["a1"].get("PeersRemoved") or [])
-    # Known limit: a removal is broadcast as a bare id (the batcher does not track which
-    # session knows which peer; clients ignore unknown ids): nothing else of a2 travels.
-    other = msgs["b1"]
-    assert other is None or set(other) <= {"PeersRemoved"}, other
+    # another tailnet's sessions do not even learn that the id existed
+    assert msgs["b1"] is None, msgs["b1"]
 
 
 def test_a_tailnet_with_its_own_base_domain_names_its_nodes_under_it() -> None:
@@ -147,3 +147,105 @@ def test_a_node_shared_in_from_a_tailnet_with_its_own_domain_is_routed_to_magicd
     w.state.unshare_node(w.b1.id, w.alice.id)
     after = w.pump()["a1"]
     assert after is not None and "acme.example" not in after["DNSConfig"]["Routes"]
+
+
+def names(msg: dict[str, Any] | None, nid: int) -> bool:
+    """Whether ``msg`` mentions node id ``nid`` anywhere a peer id travels."""
+    if msg is None:
+        return False
+    keys = ("Peers", "PeersChanged", "PeersChangedPatch")
+    listed = {p.get("ID", p.get("NodeID")) for k in keys for p in msg.get(k) or []}
+    flags = {int(k) for k in ("OnlineChange", "PeerSeenChange") for k in msg.get(k) or {}}
+    return nid in listed | flags | set(msg.get("PeersRemoved") or [])
+
+
+def dropped(msg: dict[str, Any] | None, nid: int) -> bool:
+    """Whether ``msg`` takes peer ``nid`` away (PeersRemoved, or a full map without it)."""
+    if msg is None:
+        return False
+    taken = nid in (msg.get("PeersRemoved") or [])
+    return taken or (bool(msg.get("Peers")) and nid not in ids(msg))
+
+
+@pytest.mark.parametrize("engine", [False, True])
+def test_a_removal_reaches_only_the_sessions_that_could_see_the_node(engine: bool) -> None:
+    w = World(engine)
+    w.pump()
+    b2 = w.node(w.bob.id, "bobbox-two")
+    w.pump()
+    # a change of another tailnet's node is no removal for sessions that never saw it
+    w.state.update_hostinfo(w.b1.id, {"Hostname": "bobbox-one", "OS": "linux"})
+    w.state.update_endpoints(w.b1.id, ["192.0.2.1:41641"])
+    msgs = w.pump()
+    assert msgs["a1"] is None and msgs["a2"] is None, msgs
+    w.state.delete_node(b2.id)
+    msgs = w.pump()
+    assert msgs["b1"] is not None and msgs["b1"].get("PeersRemoved") == [b2.id]
+    assert msgs["a1"] is None and msgs["a2"] is None, msgs
+    w.state.delete_node(w.a2.id)
+    msgs = w.pump()
+    assert msgs["a1"] is not None and msgs["a1"].get("PeersRemoved") == [w.a2.id]
+    assert not names(msgs["b1"], w.a2.id), msgs["b1"]
+
+
+def test_a_full_map_without_peers_removes_only_what_the_session_could_hold() -> None:
+    w = World(engine=False)
+    w.pump()
+    gone = w.node(w.bob.id, "bobbox-two")
+    w.pump()
+    w.state.delete_node(gone.id)
+    w.state.delete_node(w.a2.id)
+    w.pump()
+    w.b.handle(DNSChanged())  # every session gets a full map again; b1's has no peers
+    msgs = w.pump()
+    b1 = msgs["b1"]
+    assert b1 is not None and "Peers" not in b1
+    assert gone.id in b1.get("PeersRemoved", []), b1
+    for other in (w.a1.id, w.a2.id):
+        assert not names(b1, other), b1
+
+
+@pytest.mark.parametrize("engine", [False, True])
+def test_a_shared_node_removal_reaches_the_recipient_and_back(engine: bool) -> None:
+    w = World(engine)
+    w.state.share_node(w.b1.id, w.alice.id)
+    first = w.pump()
+    assert w.b1.id in ids(first["a1"])
+    assert w.a1.id in ids(first["b1"]), first["b1"]
+    # a recipient's device goes away: the shared node's session hears of it
+    w.state.delete_node(w.a2.id)
+    msgs = w.pump()
+    assert dropped(msgs["b1"], w.a2.id), msgs
+    # the shared node goes away: the recipient's sessions hear of it
+    w.state.delete_node(w.b1.id)
+    msgs = w.pump()
+    assert dropped(msgs["a1"], w.b1.id), msgs  # (a2 is gone)
+
+
+def test_the_fanout_tick_sends_a_removal_only_to_the_own_tailnet() -> None:
+    """The direct path (one shared batch per tick, poll.py) filters the same way."""
+    w = World(engine=False)
+    w.b = Batcher(SnapshotSource(w.state), lambda: CFG)
+    out: dict[str, list[dict[str, Any]]] = {}
+
+    def writer(name: str) -> Callable[[bytes], bool]:
+        out[name] = []
+        return lambda data: out[name].append(json.loads(data)) is None
+
+    async def run() -> None:
+        w.b.enable_direct(lambda: T0, lambda data, _compress: data, lambda _l, _n: 0.0)
+        for name, sess in list(w.sessions.items()):
+            w.sessions[name] = MapSession(sess.node_id, push=writer(name))
+            w.b.add(w.sessions[name])
+        for sess in w.sessions.values():
+            assert w.b.build(sess, T0) is not None  # the poll task's first full map
+            sess.idle = True
+        w.state.delete_node(w.a2.id)
+        for ev in w.sub.drain():
+            w.b.handle(ev)
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert [m.get("PeersRemoved") for m in out["a1"]] == [[w.a2.id]], out
+    assert out["b1"] == [], out

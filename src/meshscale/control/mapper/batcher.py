@@ -18,12 +18,16 @@ one encoded delta (``_shared``). Full maps are built only for the session that n
 A full map with zero peers must still remove what the client holds (``Peers: []`` means
 "no change", docs/protocol/control.md §4.3): the batcher keeps a bounded log of removed node IDs for
 that, rather than a peer set per session (which would be O(nodes^2) memory).
+
+A removal reaches only the sessions that could hold the peer (issue #16: another tailnet's
+streams must not learn that a node ID existed): those of the peer's tailnet (the removal
+event carries it: the node is gone from State by then), and those it was sent to across
+tailnets by a share (``MapSession.foreign``: the few shared peers' IDs, not a peer set).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -76,8 +80,8 @@ class MapSession:
     """
 
     __slots__ = (
-        "bpos", "closed", "compress", "idle", "last_write", "legacy_derp", "node_id", "pending",
-        "push", "revoked", "started", "unsent", "wake",
+        "bpos", "closed", "compress", "foreign", "idle", "last_write", "legacy_derp", "node_id",
+        "pending", "push", "revoked", "started", "tailnet", "unsent", "wake",
     )  # fmt: skip
 
     def __init__(
@@ -102,6 +106,8 @@ class MapSession:
         self.unsent = b""  # a framed message the tick built but could not push: task sends it
         self.bpos = 0  # index of the first broadcast batch not merged into this session yet
         self.revoked = False  # the node's key expired and it was told so: no peer news
+        self.tailnet: int | None = None  # the node's tailnet (set by every build)
+        self.foreign: set[int] = set()  # IDs of peers of other tailnets it was sent (shares)
 
     def close(self) -> None:
         self.closed = True
@@ -196,7 +202,9 @@ class Batcher:
         self._count = 0
         # Node IDs removed lately, for full maps that end up with zero peers. Per-session
         # peer sets would cost O(nodes) memory per stream, O(nodes^2) in all.
-        self._recently_removed: deque[int] = deque(maxlen=REMOVED_LOG)
+        # (node ID -> its tailnet, None if the source has none; oldest first)
+        self._recently_removed: dict[int, int | None] = {}
+        self._tailnets: dict[int, int | None] = {}  # live nodes' tailnets, per event
         self._shared: dict[_DeltaKey, dict[str, Any]] = {}
         # Who may see a changed node (the policy's answer, once per node until an event
         # that can change access; visibility is symmetric, so one peer set serves every
@@ -277,6 +285,7 @@ class Batcher:
         )
         if not patch_only or len(self._viewers) > MAX_VIEWER_SETS:
             self._viewers.clear()  # (endpoints, online, DERP moves change no one's access)
+            self._tailnets.clear()
         match event:
             case models.NodeAdded(node_id=nid) if self._clock is not None:
                 self.cache.drop(nid)
@@ -330,14 +339,14 @@ class Batcher:
                         self._mark_changed(s, nid)
             case models.NodeRemoved(node_id=nid) if self._clock is not None:
                 self.cache.drop(nid)
-                self._recently_removed.append(nid)
+                self._note_removed(nid, event.tailnet_id)
                 for s in list(self._sessions.get(nid, ())):
                     s.close()
                 _apply_removed(self._open, nid)
                 self._schedule()
             case models.NodeRemoved(node_id=nid):
                 self.cache.drop(nid)
-                self._recently_removed.append(nid)
+                self._note_removed(nid, event.tailnet_id)
                 for s in self._all():
                     if s.node_id == nid:
                         s.close()
@@ -364,6 +373,32 @@ class Batcher:
                     self._touch(s)
             case _:
                 assert_never(event)
+
+    def _note_removed(self, nid: int, tailnet: int | None) -> None:
+        log = self._recently_removed
+        log.pop(nid, None)
+        log[nid] = tailnet
+        if len(log) > REMOVED_LOG:
+            del log[next(iter(log))]
+
+    def _tailnet_of(self, nid: int) -> tuple[bool, int | None]:
+        """(known, tailnet) of a live or lately removed node (tailnet None: any)."""
+        if nid not in self._tailnets:
+            n = self.source.node(nid)
+            if n is not None:
+                self._tailnets[nid] = int(n.tailnet_id)
+            elif nid in self._recently_removed:
+                return True, self._recently_removed[nid]
+            else:
+                return False, None
+        return True, self._tailnets[nid]
+
+    def _could_see(self, s: MapSession, nid: int) -> bool:
+        """Whether session ``s`` may hold peer ``nid`` (and so may hear of its removal)."""
+        if nid in s.foreign:
+            return True
+        known, tailnet = self._tailnet_of(nid)
+        return known and (tailnet is None or tailnet == s.tailnet)
 
     def _mark_changed(self, s: MapSession, nid: int) -> None:
         _apply_changed(s.pending, nid)
@@ -453,6 +488,7 @@ class Batcher:
         domain = domain_of(int(session.node_id)) if domain_of is not None else None
         if domain:
             cfg = mapper.for_domain(cfg, domain)
+        session.tailnet = int(me.tailnet_id)
         if me.is_expired(now):
             return self._revoked_map(session, me, cfg, now)
         if session.revoked:  # logged in again: everything anew (p may be shared: replace it)
@@ -482,22 +518,29 @@ class Batcher:
                 # An empty Peers means "no change", so a later full map with no peers must
                 # remove what the client holds: every peer removed recently and every live
                 # node the policy hides (unknown IDs are ignored by clients).
-                gone = (set(self._recently_removed) | set(self.source.node_ids())) - {
-                    int(session.node_id)
-                }
+                # Of the session's own tailnet only, and what a share brought in.
+                ids = set(self._recently_removed) | set(self.source.node_ids())
+                gone = {i for i in ids if self._could_see(session, i)}
+                gone.discard(int(session.node_id))
                 if gone:
                     msg["PeersRemoved"] = sorted(gone)
+            session.foreign = {int(n.id) for n in peers if n.tailnet_id != me.tailnet_id}
             session.started = True
             self.full_maps_built += 1
             return msg
-        seen = self._visible(int(session.node_id), p)
+        seen = self._visible(session, p)
         if seen is not p:
             p, shared_key = seen, None
+            if p.empty():  # all of it was another tailnet's: nothing to say
+                return None
         key = shared_key if shared_key is not None else _delta_key(p)
         # A changed router's routes may differ per viewer (policy.md §5.3), and so does a
         # peer of another tailnet (a shared node, §6): not shared.
         changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
         share_for = self._share_for(session.node_id)
+        if session.foreign or any(n.tailnet_id != me.tailnet_id for n in changed):
+            session.foreign -= p.removed | p.changed
+            session.foreign |= {int(n.id) for n in changed if n.tailnet_id != me.tailnet_id}
         own = (
             p.self_changed
             or bool(domain)
@@ -555,7 +598,9 @@ class Batcher:
         session.revoked = True
         msg = mapper.full_map(me, [], self.source.users(), cfg, now, self.cache, packet_filter=[])
         gone = {int(p.id) for p in self.source.peers_of(session.node_id)}
-        gone |= set(self._recently_removed)
+        gone |= {i for i in self._recently_removed if self._could_see(session, i)}
+        gone |= session.foreign
+        session.foreign = set()
         gone.discard(int(session.node_id))
         if gone and session.started:
             msg["PeersRemoved"] = sorted(gone)
@@ -563,20 +608,23 @@ class Batcher:
         self.full_maps_built += 1
         return msg
 
-    def _visible(self, viewer: int, p: Pending) -> Pending:
-        """``p`` as ``viewer`` may see it: changed peers the policy hides from it become
-        removals (they may have been visible before), patches of hidden peers are dropped.
-        ``p`` itself (it may be shared) when nothing is hidden."""
+    def _visible(self, session: MapSession, p: Pending) -> Pending:
+        """``p`` as the session's node may see it: changed peers the policy hides from it
+        become removals (they may have been visible before), patches of hidden peers are
+        dropped, and removals of peers it could never hold are dropped (another tailnet's,
+        not shared with it). ``p`` itself (it may be shared) when nothing is hidden."""
+        viewer = int(session.node_id)
         hid_c = {n for n in p.changed if n != viewer and not self._sees(viewer, n)}
         hid_p = {n for n in p.patched if n != viewer and not self._sees(viewer, n)}
-        if not hid_c and not hid_p:
+        drop = {n for n in p.removed | hid_c if not self._could_see(session, n)}
+        if not hid_c and not hid_p and not drop:
             return p
         return Pending(
             full=p.full,
             self_changed=p.self_changed,
             changed=p.changed - hid_c,
             patched={k: v for k, v in p.patched.items() if k not in hid_p},
-            removed=p.removed | hid_c,
+            removed=(p.removed | hid_c) - drop,
             users=set(p.users),
         )
 

@@ -547,7 +547,7 @@ class Nodes:
             core.drop_node(node)
             for addr in node.addresses():
                 core.alloc.release(addr)
-            core.emit(NodeRemoved(node_id))
+            core.emit(NodeRemoved(node_id, node.tailnet_id))
 
     def rename_node(self, node_id: NodeID, new_name: str) -> Node:
         """Set the MagicDNS name; it must be a valid label no other node uses."""
