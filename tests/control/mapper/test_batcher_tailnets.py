@@ -249,3 +249,21 @@ def test_the_fanout_tick_sends_a_removal_only_to_the_own_tailnet() -> None:
     asyncio.run(run())
     assert [m.get("PeersRemoved") for m in out["a1"]] == [[w.a2.id]], out
     assert out["b1"] == [], out
+
+
+def test_a_user_change_reaches_only_the_sessions_that_may_show_the_user() -> None:
+    w = World(engine=False)
+    w.pump()
+    w.state.rename_user(w.bob.id, "robert")
+    msgs = w.pump()
+    assert msgs["a1"] is None and msgs["a2"] is None, msgs
+    assert [u["LoginName"] for u in msgs["b1"]["UserProfiles"]] == ["robert"]  # type: ignore[index]
+    # a share brings the owner's profile in: its changes follow
+    w.state.share_node(w.b1.id, w.alice.id)
+    w.pump()
+    w.state.rename_user(w.bob.id, "bobby")
+    msgs = w.pump()
+    assert [u["LoginName"] for u in msgs["a1"]["UserProfiles"]] == ["bobby"]  # type: ignore[index]
+    w.state.rename_user(w.alice.id, "alicia")
+    msgs = w.pump()
+    assert msgs["a1"] is not None and msgs["b1"] is not None  # b1 shows a1 and a2 (sharees)

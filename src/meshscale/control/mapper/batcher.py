@@ -400,6 +400,19 @@ class Batcher:
         known, tailnet = self._tailnet_of(nid)
         return known and (tailnet is None or tailnet == s.tailnet)
 
+    def _knows_user(self, s: MapSession, uid: int) -> bool:
+        """Whether session ``s`` may get user ``uid``'s profile: a user of its tailnet, or
+        the owner or sharer of a peer a share brought in (another tailnet's are not news)."""
+        user = self.source.users().get(models.UserID(uid))
+        if user is None or user.tailnet_id == s.tailnet:
+            return user is not None
+        for nid in s.foreign:
+            peer = self.source.node(nid)
+            view = self.source.share_view(int(s.node_id), nid)
+            if (peer is not None and peer.user_id == uid) or (view and view.sharer == uid):
+                return True
+        return False
+
     def _mark_changed(self, s: MapSession, nid: int) -> None:
         _apply_changed(s.pending, nid)
         self._touch(s)
@@ -617,7 +630,8 @@ class Batcher:
         hid_c = {n for n in p.changed if n != viewer and not self._sees(viewer, n)}
         hid_p = {n for n in p.patched if n != viewer and not self._sees(viewer, n)}
         drop = {n for n in p.removed | hid_c if not self._could_see(session, n)}
-        if not hid_c and not hid_p and not drop:
+        hid_u = {u for u in p.users if not self._knows_user(session, u)}
+        if not hid_c and not hid_p and not drop and not hid_u:
             return p
         return Pending(
             full=p.full,
@@ -625,7 +639,7 @@ class Batcher:
             changed=p.changed - hid_c,
             patched={k: v for k, v in p.patched.items() if k not in hid_p},
             removed=(p.removed | hid_c) - drop,
-            users=set(p.users),
+            users=p.users - hid_u,
         )
 
     def _sees(self, viewer: int, nid: int) -> bool:
