@@ -189,6 +189,7 @@ class State:
         self.unshare_node = shares.unshare_node
         self.list_shares = shares.list_shares
         self.share_view = shares.share_view
+        self.has_shares = shares.has_shares
         self.backfill_ips = nodes.backfill_ips
         self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 
