@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import io
 import json
 import os
@@ -48,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import zstandard
@@ -67,7 +70,12 @@ async def serve(port: int, batch_delay: float, db: str, open_gate: bool) -> None
     from meshscale.key import MachinePrivate
     from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
 
-    state = State.open(db)  # the persistent store (a file), as deployed
+    if db.startswith("postgres:"):  # a DSN on a throw-away cluster (--postgres)
+        from meshscale.control.db.postgres import PostgresStore
+
+        state = State(PostgresStore(db.removeprefix("postgres:")))
+    else:
+        state = State.open(db)  # the persistent store (a file), as deployed
     user = state.create_user("bench")
     secret = state.create_preauth_key(user.id, reusable=True).secret
     derp = DERPMap(Regions={900: DERPRegion(900, "b", "Bench", Nodes=[DERPNode("900a", 900, "d")])})
@@ -312,17 +320,55 @@ async def measure(
     }
 
 
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throw-away PostgreSQL server (initdb in a temporary directory, Unix socket only,
+    fsync off as in tests/control/test_db_postgres.py); yields a DSN of a fresh database."""
+    import shutil
+
+    def find(name: str) -> str:
+        found = shutil.which(name) or next(
+            (str(d / name) for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"))[::-1]
+             if (d / name).exists()), None,
+        )  # fmt: skip
+        if found is None:
+            raise SystemExit(f"--postgres: {name} is not installed")
+        return found
+
+    initdb, pg_ctl = find("initdb"), find("pg_ctl")
+    root = Path(tempfile.mkdtemp(prefix="bench-control-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = root / "data"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=120)
+    run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
+    opts = f"-c listen_addresses='' -c unix_socket_directories={root} -p {port} -c fsync=off"
+    run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"])
+    try:
+        yield f"host={root} port={port} user=postgres dbname=postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run_size(
     n: int, changes: int, batch_delay: float, concurrency: int, src: str | None,
-    open_gate: bool = False,
+    open_gate: bool = False, postgres: bool = False,
 ) -> dict[str, object]:  # fmt: skip
     """One server process (from ``src``, another tree's src/, when given) and N clients."""
     port = free_port()
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
-    with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-control-"))
         db = str(Path(tmp) / "state.db")
+        if postgres:
+            db = "postgres:" + stack.enter_context(postgres_cluster())
         cmd = [sys.executable, __file__, "--serve", str(port), "--batch-delay", str(batch_delay)]
         if open_gate:
             cmd.append("--open-gate")
@@ -333,6 +379,7 @@ def run_size(
             out = asyncio.run(measure(port, proc.pid, hello, n, changes, concurrency))
             out["server"] = src or "this tree"
             out["open_gate"] = open_gate
+            out["store"] = "postgresql" if postgres else "sqlite"
             return out
         finally:
             proc.terminate()
@@ -358,6 +405,11 @@ def main() -> None:
         help="src/ directory of another tree (e.g. `git archive main src | tar -x -C DIR`): "
         "each size also runs against a server from it, first",
     )
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the server's store on a throw-away PostgreSQL cluster (initdb) instead of SQLite",
+    )
     args = ap.parse_args()
     if args.serve:
         asyncio.run(serve(args.serve, args.batch_delay, args.db, args.open_gate))
@@ -368,7 +420,10 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for n in args.sizes:
         for src in ([args.baseline_src] if args.baseline_src else []) + [None]:
-            out = run_size(n, args.changes, args.batch_delay, args.concurrency, src, args.open_gate)
+            out = run_size(
+                n, args.changes, args.batch_delay, args.concurrency, src, args.open_gate,
+                args.postgres,
+            )  # fmt: skip
             print(json.dumps(out), flush=True)
 
 
