@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
+import io
 import json
 import os
 import re
@@ -47,24 +50,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import zstandard
 from procstat import cpu_seconds, free_port, rss_kib
 
 from meshscale.key import MachinePublic
-from meshscale.testing.controlclient import ControlClient, MapStream
+from meshscale.node.controlclient.direct import decompress_bounded
+from meshscale.testing.controlclient import ClientError, ControlClient, MapStream
 
 # ---- server side (runs in a child process) ----------------------------------------------
 
 
-async def serve(port: int, batch_delay: float, db: str) -> None:
+async def serve(port: int, batch_delay: float, db: str, open_gate: bool) -> None:
     from meshscale.control.app import AppSettings, build_app
     from meshscale.control.state import State
     from meshscale.io.http import HTTPServer
     from meshscale.key import MachinePrivate
     from meshscale.tailcfg import DERPMap, DERPNode, DERPRegion
 
-    state = State.open(db)  # the persistent store (a file), as deployed
+    if db.startswith("postgres:"):  # a DSN on a throw-away cluster (--postgres)
+        from meshscale.control.db.postgres import PostgresStore
+
+        state = State(PostgresStore(db.removeprefix("postgres:")))
+    else:
+        state = State.open(db)  # the persistent store (a file), as deployed
     user = state.create_user("bench")
     secret = state.create_preauth_key(user.id, reusable=True).secret
     derp = DERPMap(Regions={900: DERPRegion(900, "b", "Bench", Nodes=[DERPNode("900a", 900, "d")])})
@@ -72,7 +83,12 @@ async def serve(port: int, batch_delay: float, db: str) -> None:
     settings = AppSettings(
         server_url=f"http://127.0.0.1:{port}", base_domain="bench.ts", batch_delay=batch_delay
     )
-    app = build_app(state, settings, derp, control_key=key)
+    limits = None
+    if open_gate:  # measure the server's join work, not its admission control (#12)
+        from meshscale.controlhttp import NoiseLimits
+
+        limits = NoiseLimits(unauth_rate=1e6, unauth_rate_per_source=1e6, shed_lag=1e9)
+    app = build_app(state, settings, derp, control_key=key, limits=limits)
     server = HTTPServer(app.router, keepalive_timeout=3600)
     await server.start("127.0.0.1", port)
     await app.start()
@@ -91,17 +107,29 @@ def source_addr(i: int) -> str:
 
 
 _FIRST_ID = re.compile(rb'^\{"Node":\{"ID":(\d+)[,}]')
+_DCTX = zstandard.ZstdDecompressor()
+HEAD = 4096  # bytes of a full map decompressed to find the self node's ID
 
 
-def node_id(full_map: bytes) -> int:
-    """The self node's ID from a full map's JSON: read from its start (our server writes
-    Node first and ID first in it) instead of parsing O(N) peers in this process, which
-    would make the benchmark measure its own clients."""
-    m = _FIRST_ID.match(full_map)
+def node_id(frame: bytes) -> int:
+    """The self node's ID from a full map as sent (zstd): only its first zstd frame is
+    decompressed, and only its first HEAD bytes (our server writes Node first and ID first
+    in it, and a large map's first frame is just that head), instead of decompressing and
+    parsing O(N) peers in this process, which would make the benchmark measure its own
+    clients. Falls back to the whole message when the start does not match."""
+    with _DCTX.stream_reader(io.BytesIO(frame), read_across_frames=False) as r:
+        head = r.read(HEAD)
+    m = _FIRST_ID.match(head)
     if m is not None:
         return int(m.group(1))
-    msg = json.loads(full_map)
+    msg = json.loads(decompress_bounded(_DCTX, frame))
     return int(msg["Node"]["ID"])
+
+
+def is_refusal(exc: ClientError) -> bool:
+    """A 503 before the upgrade: the server's admission control (pacing, load shedding)
+    asking the client to come back; real clients retry, so the bench does too."""
+    return "HTTP 503" in str(exc)
 
 
 class Bench:
@@ -112,21 +140,47 @@ class Bench:
         self.clients: list[ControlClient] = []
         self.streams: list[MapStream] = []
         self.node_ids: list[int] = []
+        self.retries = 0  # upgrades refused with 503 and retried
+        self._sinks: list[asyncio.Task[None]] = []
+
+    @staticmethod
+    async def _sink(s: MapStream) -> None:
+        """Empty a stream's messages as they come, without decompressing them (between
+        measurements; otherwise they pile up in this process's memory)."""
+        while True:
+            await s.next_frame(wait=1e9)
+
+    def stop_sinks(self) -> None:
+        for t in self._sinks:
+            t.cancel()
+        self._sinks.clear()
+
+    def start_sinks(self) -> None:
+        self._sinks = [asyncio.ensure_future(self._sink(s)) for s in self.streams]
 
     async def add_client(self, i: int) -> None:
         c = ControlClient(
             "127.0.0.1", self.port, control_key=self.control_key, hostname=f"n{i}",
             local_addr=source_addr(i),
         )  # fmt: skip
-        await c.connect()
+        for attempt in range(60):
+            try:
+                await c.connect()
+                break
+            except ClientError as exc:
+                if not is_refusal(exc) or attempt == 59:
+                    raise
+                self.retries += 1
+                await asyncio.sleep(0.1 + 0.05 * attempt)
         resp = await c.register(self.authkey)
         if resp.Error:
             raise RuntimeError(resp.Error)
         s = await c.map_stream(endpoints=[f"192.0.2.{i % 250 + 1}:{10000 + i}"])
-        first = await s.next_raw(wait=120)
+        first = await s.next_frame(wait=120)
         self.clients.append(c)
         self.streams.append(s)
         self.node_ids.append(node_id(first))
+        self._sinks.append(asyncio.ensure_future(self._sink(s)))
 
     async def ramp(self, n: int, concurrency: int) -> float:
         t0 = time.perf_counter()
@@ -148,20 +202,24 @@ class Bench:
         async def one(s: MapStream) -> None:
             while True:
                 try:
-                    await s.next_raw(wait=seconds)  # not parsed: only emptied
+                    await s.next_frame(wait=seconds)  # not decompressed: only emptied
                 except TimeoutError:
                     return
 
         await asyncio.gather(*(one(s) for s in self.streams))
 
-    async def wait_all(self, pred: object, skip: int | None, wait: float) -> list[float]:
+    async def wait_all(
+        self, needle: bytes, pred: object, skip: int | None, wait: float
+    ) -> list[float]:
+        """Per stream (but ``skip``), seconds until a message satisfying ``pred`` arrived.
+        Messages are decompressed, and parsed only when they contain ``needle``."""
         t0 = time.perf_counter()
         out: list[float] = []
 
         async def one(s: MapStream) -> None:
             while True:
-                msg = await s.next(wait=wait)
-                if pred(msg):  # type: ignore[operator]
+                body = decompress_bounded(_DCTX, await s.next_frame(wait=wait))
+                if needle in body and pred(json.loads(body)):  # type: ignore[operator]
                     out.append(time.perf_counter() - t0)
                     return
 
@@ -179,7 +237,7 @@ class Bench:
                 for p in msg.get("PeersChangedPatch", [])  # type: ignore[union-attr]
             )
 
-        waiter = asyncio.ensure_future(self.wait_all(seen, idx, wait))
+        waiter = asyncio.ensure_future(self.wait_all(ep.encode(), seen, idx, wait))
         await asyncio.sleep(0)
         status = await self.clients[idx].lite_update([ep])
         assert status == 200
@@ -194,7 +252,7 @@ class Bench:
                 for p in msg.get("PeersChanged", [])  # type: ignore[union-attr]
             )
 
-        waiter = asyncio.ensure_future(self.wait_all(seen, None, wait))
+        waiter = asyncio.ensure_future(self.wait_all(name.encode(), seen, None, wait))
         await asyncio.sleep(0)
         c = ControlClient("127.0.0.1", self.port, control_key=self.control_key, hostname=name)
         await c.connect()
@@ -205,6 +263,7 @@ class Bench:
             await c.close()
 
     async def close(self) -> None:
+        self.stop_sinks()
         await asyncio.gather(*(c.close() for c in self.clients))
 
 
@@ -221,7 +280,9 @@ async def measure(
     c_ramp, own_ramp = cpu_seconds(pid), time.process_time()
     ramp = await b.ramp(n, concurrency)
     c_ramp, own_ramp = cpu_seconds(pid) - c_ramp, time.process_time() - own_ramp
-    await b.drain(1.0)
+    await asyncio.sleep(1.0)  # the sinks empty what the ramp left in flight
+    b.stop_sinks()
+    await b.drain(0.5)
     rss_idle = rss_kib(pid)
     ep_lat: list[float] = []
     join_lat: list[float] = []
@@ -243,6 +304,7 @@ async def measure(
         "ramp_s": round(ramp, 2),
         "ramp_server_cpu_s": round(c_ramp, 2),
         "ramp_clients_cpu_s": round(own_ramp, 2),
+        "ramp_retries_503": b.retries,
         "rss_start_mib": round(rss0 / 1024, 1),
         "rss_idle_mib": round(rss_idle / 1024, 1),
         "rss_per_stream_kib": round((rss_idle - rss0) / n, 1),
@@ -258,23 +320,66 @@ async def measure(
     }
 
 
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[str]:
+    """A throw-away PostgreSQL server (initdb in a temporary directory, Unix socket only,
+    fsync off as in tests/control/test_db_postgres.py); yields a DSN of a fresh database."""
+    import shutil
+
+    def find(name: str) -> str:
+        found = shutil.which(name) or next(
+            (str(d / name) for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"))[::-1]
+             if (d / name).exists()), None,
+        )  # fmt: skip
+        if found is None:
+            raise SystemExit(f"--postgres: {name} is not installed")
+        return found
+
+    initdb, pg_ctl = find("initdb"), find("pg_ctl")
+    root = Path(tempfile.mkdtemp(prefix="bench-control-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = free_port()
+    data = root / "data"
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=120)
+    run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
+    opts = f"-c listen_addresses='' -c unix_socket_directories={root} -p {port} -c fsync=off"
+    run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"])
+    try:
+        yield f"host={root} port={port} user=postgres dbname=postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def run_size(
-    n: int, changes: int, batch_delay: float, concurrency: int, src: str | None
-) -> dict[str, object]:
+    n: int, changes: int, batch_delay: float, concurrency: int, src: str | None,
+    open_gate: bool = False, postgres: bool = False,
+) -> dict[str, object]:  # fmt: skip
     """One server process (from ``src``, another tree's src/, when given) and N clients."""
     port = free_port()
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
-    with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-control-"))
         db = str(Path(tmp) / "state.db")
+        if postgres:
+            db = "postgres:" + stack.enter_context(postgres_cluster())
         cmd = [sys.executable, __file__, "--serve", str(port), "--batch-delay", str(batch_delay)]
+        if open_gate:
+            cmd.append("--open-gate")
         proc = subprocess.Popen([*cmd, "--db", db], stdout=subprocess.PIPE, text=True, env=env)
         try:
             assert proc.stdout is not None
             hello = json.loads(proc.stdout.readline())
             out = asyncio.run(measure(port, proc.pid, hello, n, changes, concurrency))
             out["server"] = src or "this tree"
+            out["open_gate"] = open_gate
+            out["store"] = "postgresql" if postgres else "sqlite"
             return out
         finally:
             proc.terminate()
@@ -290,13 +395,24 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument(
+        "--open-gate",
+        action="store_true",
+        help="server without the new-connection rate limits and load shedding (issue #12), "
+        "so the ramp measures join work; by default the bench retries their 503s",
+    )
+    ap.add_argument(
         "--baseline-src",
         help="src/ directory of another tree (e.g. `git archive main src | tar -x -C DIR`): "
         "each size also runs against a server from it, first",
     )
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the server's store on a throw-away PostgreSQL cluster (initdb) instead of SQLite",
+    )
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.batch_delay, args.db))
+        asyncio.run(serve(args.serve, args.batch_delay, args.db, args.open_gate))
         return
     import resource
 
@@ -304,7 +420,10 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     for n in args.sizes:
         for src in ([args.baseline_src] if args.baseline_src else []) + [None]:
-            out = run_size(n, args.changes, args.batch_delay, args.concurrency, src)
+            out = run_size(
+                n, args.changes, args.batch_delay, args.concurrency, src, args.open_gate,
+                args.postgres,
+            )  # fmt: skip
             print(json.dumps(out), flush=True)
 
 

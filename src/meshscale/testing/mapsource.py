@@ -66,6 +66,9 @@ class DictSource:
         del node_id
         return {}
 
+    def has_shares(self) -> bool:
+        return False
+
     def share_view(self, viewer_id: int, peer_id: int) -> None:
         del viewer_id, peer_id  # one tailnet: nothing is shared
         return None

@@ -155,3 +155,56 @@ def test_viewers_with_different_route_views_never_share_a_router_chunk(
         assert seen[i % 2 == 1] == extra
     assert seen[True] == routes and seen[False] == []
     assert b.chunks.hits > 0
+
+
+# Random node sets and changes: a full map from the warm caches (cached per-node JSON bytes
+# and shared compressed chunks, issue #14 goal 4) must equal one built from scratch.
+op = st.one_of(
+    st.tuples(st.just("change"), st.integers(1, 700), st.integers(0, 9)),
+    st.tuples(st.just("add"), st.integers(1, 700), st.integers(0, 9)),
+    st.tuples(st.just("remove"), st.integers(1, 700), st.integers(0, 9)),
+    st.tuples(st.just("build"), st.integers(1, 700), st.integers(0, 9)),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    ids=st.sets(st.integers(1, 700), min_size=fullmap.MIN_PEERS + 2, max_size=420),
+    ops=st.lists(op, min_size=1, max_size=12),
+)
+def test_cached_full_map_equals_a_freshly_built_one(
+    ids: set[int], ops: list[tuple[str, int, int]]
+) -> None:
+    src = DictSource([numbered_node(i) for i in ids])
+    warm = Batcher(src, lambda: CFG)  # type: ignore[arg-type]
+
+    def check(viewer: int) -> None:
+        if viewer not in src.nodes:
+            return
+        got = []
+        for b in (warm, Batcher(src, lambda: CFG)):  # type: ignore[arg-type]
+            s = MapSession(NodeID(viewer), compress=True)
+            b.add(s)
+            msg = b.build(s, NOW)
+            assert msg is not None
+            got.append(message_json(b.encode(msg, True, frame)))
+            b.remove(s)
+        assert got[0] == got[1]
+        assert viewer not in [p["ID"] for p in json.loads(got[0])["Peers"]]
+
+    check(min(ids))
+    for kind, i, v in ops:
+        if kind == "change" and i in src.nodes:  # a new node snapshot (endpoint, name)
+            src.nodes[i] = numbered_node(
+                i, endpoints=(f"192.0.2.{v + 1}:{41641 + v}",), given_name=f"h{i}-{v}"
+            )
+        elif kind == "add":
+            src.nodes[i] = numbered_node(i)
+        elif kind == "remove" and len(src.nodes) > 1:
+            src.nodes.pop(i, None)
+        check(i if kind == "build" else min(src.nodes))
+    # A second build with nothing changed in between reuses the warm chunks (when the map
+    # is still big enough to be cut into chunks at all).
+    check(min(src.nodes))
+    if len(src.nodes) > fullmap.MIN_PEERS + 1:
+        assert warm.chunks.hits > 0

@@ -135,6 +135,10 @@ class MapSource(Protocol):
         """How the viewer sees a peer of another tailnet (None: same tailnet)."""
         ...
 
+    def has_shares(self) -> bool:
+        """Whether share_view can return anything but None (any node shared at all)."""
+        ...
+
 
 class SnapshotSource:
     """The MapSource over State: nodes, users, and the policy's peers and filter."""
@@ -179,6 +183,9 @@ class SnapshotSource:
     def shared_domains_of(self, node_id: int) -> tuple[str, ...]:
         """Other tailnets' base domains the node's shared-in peers are named under."""
         return self._state.shared_domains(models.NodeID(node_id))
+
+    def has_shares(self) -> bool:
+        return self._state.has_shares()
 
 
 class Batcher:
@@ -525,7 +532,7 @@ class Batcher:
                 packet_filter=self.source.packet_filter(session.node_id),
                 self_caps=self.source.self_caps(session.node_id),
                 routes_for=self._routes_for(session.node_id),
-                share_for=self._share_for(session.node_id),
+                share_for=self._share_for(session.node_id) if self.source.has_shares() else None,
             )
             if not peers and session.started:
                 # An empty Peers means "no change", so a later full map with no peers must
@@ -558,7 +565,7 @@ class Batcher:
             p.self_changed
             or bool(domain)
             or any(mapper.has_routes(n) for n in changed)
-            or any(share_for(n) is not None for n in changed)
+            or (self.source.has_shares() and any(share_for(n) is not None for n in changed))
         )
         shared: dict[str, Any] | None = None if own else self._shared.get(key)
         if shared is None:

@@ -153,6 +153,10 @@ class Shares:
                     out.add(t.base_domain)
             return tuple(sorted(out))
 
+    def has_shares(self) -> bool:
+        """Whether any node is shared at all (when not, no viewer needs share_view)."""
+        return bool(self.core.shares)
+
     def share_view(self, viewer_id: NodeID, peer_id: NodeID) -> ShareView | None:
         """How ``viewer_id`` sees ``peer_id`` if they are of different tailnets (the
         mapper's per-viewer node JSON), else None."""

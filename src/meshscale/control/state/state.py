@@ -193,6 +193,7 @@ class State:
         self.list_shares = shares.list_shares
         self.share_view = shares.share_view
         self.shared_domains = shares.shared_domains
+        self.has_shares = shares.has_shares
         self.backfill_ips = nodes.backfill_ips
         self.audit = AuditLog(core)  # admin changes: who, what, when, from where
 

@@ -129,7 +129,18 @@ class MapStream:
         async with asyncio.timeout(wait):
             return await self._next_json()
 
+    async def next_frame(self, wait: float = 10.0) -> bytes:
+        """The next message's payload as sent (still zstd-compressed on a compressed stream),
+        keep-alives included; TimeoutError after ``wait`` seconds. For benchmarks that read
+        many streams and decompress only the messages they time."""
+        async with asyncio.timeout(wait):
+            return await self._next_frame()
+
     async def _next_json(self) -> bytes:
+        body = await self._next_frame()
+        return decompress_bounded(self._dctx, body) if self._compressed else body
+
+    async def _next_frame(self) -> bytes:
         while True:
             if len(self._buf) >= 4:
                 (n,) = struct.unpack_from("<I", self._buf)
@@ -138,8 +149,6 @@ class MapStream:
                 if len(self._buf) >= 4 + n:
                     body = bytes(self._buf[4 : 4 + n])
                     del self._buf[: 4 + n]
-                    if self._compressed:
-                        body = decompress_bounded(self._dctx, body)
                     return body
             chunk = await self._reply.next_chunk()
             if chunk is None:
