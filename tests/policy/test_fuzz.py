@@ -220,3 +220,10 @@ def test_validator_fuzz_slow(mutations: list[tuple[int, int, int]]) -> None:
 def test_seeds_are_valid() -> None:
     for text in SEEDS:
         parse_policy(text)
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "[1\u00b2]", '{"a": \u0661}', "-\u00b3"])
+def test_unicode_digits_are_not_numbers(text: str) -> None:
+    # Found by the slow fuzz in CI: str.isdigit() accepts "²", then int() raised ValueError.
+    with pytest.raises(PolicyError):
+        parse(text)

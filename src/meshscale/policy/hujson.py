@@ -17,6 +17,8 @@ from typing import Final
 
 from meshscale.policy.manager import PolicyError
 
+_DIGITS = frozenset("0123456789")  # str.isdigit() also takes "²" and other Unicode digits
+
 MAX_BYTES: Final = 1 << 20
 MAX_DEPTH: Final = 64
 
@@ -119,7 +121,7 @@ class _Parser:
             if self.s.startswith(word, self.i):
                 self.advance_to(self.i + len(word))
                 return JNode(val, line, col)
-        if c == "-" or c.isdigit():
+        if c == "-" or c in _DIGITS:
             return JNode(self.number(), line, col)
         raise self.fail(f"unexpected character {c!r}")
 
@@ -207,7 +209,7 @@ class _Parser:
         if s[j] == "-":
             j += 1
         k = j
-        while j < n and s[j].isdigit():
+        while j < n and s[j] in _DIGITS:
             j += 1
         if j == k or (s[k] == "0" and j - k > 1):
             raise self.fail("bad number")
@@ -216,7 +218,7 @@ class _Parser:
             is_float = True
             j += 1
             k = j
-            while j < n and s[j].isdigit():
+            while j < n and s[j] in _DIGITS:
                 j += 1
             if j == k:
                 raise self.fail("bad number")
@@ -226,7 +228,7 @@ class _Parser:
             if j < n and s[j] in "+-":
                 j += 1
             k = j
-            while j < n and s[j].isdigit():
+            while j < n and s[j] in _DIGITS:
                 j += 1
             if j == k:
                 raise self.fail("bad number")
