@@ -53,6 +53,7 @@ READ_SIZE: Final = 64 * 1024  # bytes per read
 # newest is closed at once, so a stuck or hostile client cannot exhaust the daemon's fds.
 MAX_CONNECTIONS: Final = 64
 CLOSE_TURNS: Final = 8  # loop turns wait_closed gives late-accepted connections to close
+MIN_CLOSE_TURNS: Final = 4  # ... and at least this many, whatever it sees
 SOCKET_CHECK_INTERVAL: Final = 1.0  # seconds between checks that our socket file still exists
 
 
@@ -201,13 +202,15 @@ class UAPIServer:
         # A connection accepted just before close() gets its handler task on a later loop
         # turn (asyncio.Server.close does not drop accepted connections on 3.11): let those
         # start, see _closing and close their transports, then wait for every handler.
-        for _ in range(CLOSE_TURNS):
-            await asyncio.sleep(0)
+        # An accept still in asyncio's accept coroutine has no task yet, so an empty set on
+        # the first turns proves nothing: always give it MIN_CLOSE_TURNS (one a short sleep).
+        for turn in range(CLOSE_TURNS):
+            await asyncio.sleep(0.005 if turn == MIN_CLOSE_TURNS - 1 else 0)
             tasks = [*self._conn_tasks, *([self._watch] if self._watch else [])]
             for task in self._handlers:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if not self._conn_tasks:
+            if not self._conn_tasks and turn >= MIN_CLOSE_TURNS - 1:
                 break
         # A transport closed with unsent bytes waits for the selector to drain them; the loop
         # may stop first. Abort what is left so every socket is closed by the time we return.
