@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "meshscale"
 
 CORES = frozenset(
     {"key", "packet", "wireguard", "stun", "disco", "derp", "controlbase", "tailcfg",
-     "policy", "filter", "dns", "magicsock", "portmap"}
+     "policy", "filter", "dns", "magicsock", "portmap", "lazy"}
 )  # fmt: skip
 # A library may import cores and the libraries listed for it.
 LIBRARY_DEPS: dict[str, frozenset[str]] = {

@@ -11,8 +11,9 @@ The names below are imported on first use (PEP 562): a program that wants only
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from meshscale.lazy import lazy_names
 
 if TYPE_CHECKING:
     from .timer import POKE_INTERVAL, LoopTimer, ThreadTimer
@@ -34,14 +35,7 @@ _HOME = {
     "UDPStats": "udp",
 }
 
-
-def __getattr__(name: str) -> object:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value: object = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOME, globals())
 
 
 __all__ = [

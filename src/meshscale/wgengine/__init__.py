@@ -10,8 +10,9 @@ router/    Config and the netlink Router: addresses and routes of the TUN interf
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from meshscale.lazy import lazy_names
 
 if TYPE_CHECKING:
     from .bind import RX_BATCH, Bind, BindClosed
@@ -29,14 +30,7 @@ _HOME = {
     "UDPBind": "udpbind",
 }
 
-
-def __getattr__(name: str) -> object:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value: object = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOME, globals())
 
 
 __all__ = ["RX_BATCH", "Bind", "BindClosed", "Engine", "PacketFilter", "Tun", "UDPBind"]

@@ -9,8 +9,9 @@ routes   advertised-route validation (pure)
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from meshscale.lazy import lazy_names
 
 if TYPE_CHECKING:
     from .config import TAILNET_ROUTES, TUN_MTU, Config, Router
@@ -27,14 +28,7 @@ _HOME = {
     "ip_forwarding_warning": "netlink",
 }
 
-
-def __getattr__(name: str) -> object:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value: object = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOME, globals())
 
 
 __all__ = [
