@@ -48,7 +48,7 @@ class CipherState:
         self._n += 1
         return nonce
 
-    def encrypt(self, plaintext: bytes | memoryview) -> bytes:
+    def encrypt(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         return self._aead.encrypt(self._nonce(), plaintext, None)
 
     def decrypt(self, ciphertext: bytes) -> bytes:
@@ -77,6 +77,10 @@ class Conn:
 
     def send(self, data: bytes | bytearray | memoryview) -> bytes:
         """Encrypt ``data`` into as many records as needed; returns the wire bytes."""
+        if 0 < len(data) <= MAX_PLAINTEXT_SIZE:  # one record (a map delta): no buffer, no view
+            ct = self._tx.encrypt(data)
+            self.records_sent += 1
+            return encode_record_header(len(ct)) + ct
         view = memoryview(data)
         out = bytearray()
         for off in range(0, len(view), MAX_PLAINTEXT_SIZE):

@@ -126,16 +126,16 @@ class H2Server:
         n = len(data)
         if self._closed or sid not in self._open_bodies or not n:
             return False
-        try:
-            if n > min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size):
-                return False
-        except h2.exceptions.StreamClosedError:
+        conn = self.h2
+        st = conn.streams.get(sid)  # (h2's local_flow_control_window, without its lookups)
+        if st is None or st.closed:
             return False
-        if not self.stream.writable():
+        window = min(conn.outbound_flow_control_window, st.outbound_flow_control_window)
+        if n > min(window, conn.max_outbound_frame_size) or not self.stream.writable():
             return False
         self.flush()  # whatever h2 has queued goes first
-        self.h2.outbound_flow_control_window -= n
-        self.h2.streams[sid].outbound_flow_control_window -= n
+        conn.outbound_flow_control_window -= n
+        st.outbound_flow_control_window -= n
         self.stream.write(n.to_bytes(3, "big") + b"\x00\x00" + sid.to_bytes(4, "big") + data)
         return True
 

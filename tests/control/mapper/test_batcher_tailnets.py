@@ -233,7 +233,7 @@ def test_the_fanout_tick_sends_a_removal_only_to_the_own_tailnet() -> None:
         return lambda data: out[name].append(json.loads(data)) is None
 
     async def run() -> None:
-        w.b.enable_direct(lambda: T0, lambda data, _compress: data, lambda _l, _n: 0.0)
+        w.b.enable_direct(lambda: T0, lambda data, _compress: data, lambda _l, _n, _c: 0.0)
         for name, sess in list(w.sessions.items()):
             w.sessions[name] = MapSession(sess.node_id, push=writer(name))
             w.b.add(w.sessions[name])

@@ -172,6 +172,21 @@ def test_coalesce_delay_rate_limits_busy_streams_only() -> None:
     assert h0.coalesce_delay(last_write=100.0, now=100.0) == 0.0
 
 
+def test_fanout_delay_follows_the_measured_tick_cost() -> None:
+    from meshscale.control.mapper.poll import FANOUT_SPACING, MAX_MESSAGE_GAP
+
+    _, h, _ = make(batch_delay=0.005)
+    # A cheap tick: only the base delay. A 0.1 s tick that started 0.05 s ago: the next one
+    # waits until FANOUT_SPACING ticks' worth after that start. Capped by MAX_MESSAGE_GAP.
+    assert h.fanout_delay(last_tick=100.0, now=100.0, cost=0.0) == 0.005
+    want = 100.0 + FANOUT_SPACING * 0.1 - 100.05
+    assert h.fanout_delay(last_tick=100.0, now=100.05, cost=0.1) == pytest.approx(want)
+    assert h.fanout_delay(last_tick=100.0, now=100.0, cost=60.0) == MAX_MESSAGE_GAP
+    assert h.fanout_delay(last_tick=0.0, now=100.0, cost=0.1) == 0.005  # quiet: base only
+    _, h0, _ = make(batch_delay=0.0)
+    assert h0.fanout_delay(last_tick=100.0, now=100.0, cost=0.1) == 0.0
+
+
 @pytest.mark.slow
 def test_router_stream_gone_past_route_grace_loses_primary_brief_reconnect_keeps_it() -> None:
     async def go() -> None:

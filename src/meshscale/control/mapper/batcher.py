@@ -227,9 +227,17 @@ class Batcher:
         self._dirty: set[MapSession] = set()
         self._tick: asyncio.TimerHandle | None = None
         self._last_tick = 0.0
+        self.last_cost = 0.0  # seconds the last fan-out tick took (the tick spacing's input)
         self._clock: Callable[[], datetime] | None = None
         self._framer: Callable[[bytes, bool], bytes] | None = None
-        self._delay: Callable[[float, float], float] = lambda last, now: 0.0
+        self._delay: Callable[[float, float, float], float] = lambda last, now, cost: 0.0
+        # The session-independent parts of a shared delta, per delta key: the changed
+        # nodes, whether any has routes, their tailnets. And what a session of a tailnet
+        # without shares sees of it (_visible), per (key, tailnet), when no changed peer is
+        # hidden by the policy from anyone. Without these a fan-out of a batch of B joins
+        # to S sessions costs O(S*B) lookups, as much as the deltas themselves.
+        self._facts: dict[_DeltaKey, _Facts] = {}
+        self._seen: dict[tuple[_DeltaKey, int | None], Pending] = {}
         # Peer changes every session sees (all but the node itself) go, in direct mode, into
         # one shared batch per tick instead of N per-session sets per event: a ramp of N
         # joins costs O(N) set updates per tick, not O(N) per event (O(N^2) in all).
@@ -242,12 +250,14 @@ class Batcher:
         self,
         clock: Callable[[], datetime],
         framer: Callable[[bytes, bool], bytes],
-        delay: Callable[[float, float], float],
+        delay: Callable[[float, float, float], float],
     ) -> None:
         """Let one tick write deltas to sessions that have a ``push`` writer.
 
-        ``delay(last_tick, now)`` is how long after a change the tick runs (coalescing, and
-        the minimum gap between messages at scale)."""
+        ``delay(last_tick, now, cost)`` is how long after a change the tick runs
+        (coalescing, and the minimum gap between ticks at scale); ``cost`` is how long the
+        last tick took, so the spacing can follow what a fan-out really costs: everything
+        that arrives meanwhile goes into the next tick."""
         self._clock, self._framer, self._delay = clock, framer, delay
 
     # ---- sessions ----------------------------------------------------------------------
@@ -287,6 +297,8 @@ class Batcher:
         self.events_handled += 1
         self._shared.clear()
         self._encoded.clear()
+        self._facts.clear()
+        self._seen.clear()
         patch_only = isinstance(event, models.NodeChanged) and (
             event.fields <= mapper.PATCHABLE_FIELDS
         )
@@ -435,7 +447,7 @@ class Batcher:
     def _schedule(self) -> None:
         if self._tick is None:
             loop = asyncio.get_running_loop()
-            delay = self._delay(self._last_tick, loop.time())
+            delay = self._delay(self._last_tick, loop.time(), self.last_cost)
             self._tick = loop.call_later(delay, self._fanout)
 
     def _fanout(self) -> None:
@@ -458,7 +470,15 @@ class Batcher:
         if self._clock is None or self._framer is None:
             return
         now = self._clock()
-        t = self._last_tick = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        t = self._last_tick = loop.time()
+        try:
+            self._write_all(targets, now, t)
+        finally:
+            self.last_cost = loop.time() - t
+
+    def _write_all(self, targets: Iterable[MapSession], now: datetime, t: float) -> None:
+        assert self._framer is not None
         for s in targets:
             if s.closed or not s.idle or s.push is None or s.unsent:
                 s.wake.set()
@@ -548,23 +568,24 @@ class Batcher:
             session.started = True
             self.full_maps_built += 1
             return msg
-        seen = self._visible(session, p)
+        seen = self._visible(session, p, shared_key)
         if seen is not p:
             p, shared_key = seen, None
             if p.empty():  # all of it was another tailnet's: nothing to say
                 return None
         key = shared_key if shared_key is not None else _delta_key(p)
+        facts = self._facts_of(key, p)
         # A changed router's routes may differ per viewer (policy.md §5.3), and so does a
         # peer of another tailnet (a shared node, §6): not shared.
-        changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
+        changed = facts.changed
         share_for = self._share_for(session.node_id)
-        if session.foreign or any(n.tailnet_id != me.tailnet_id for n in changed):
+        if session.foreign or not facts.tailnets <= {me.tailnet_id}:
             session.foreign -= p.removed | p.changed
             session.foreign |= {int(n.id) for n in changed if n.tailnet_id != me.tailnet_id}
         own = (
             p.self_changed
             or bool(domain)
-            or any(mapper.has_routes(n) for n in changed)
+            or facts.routes
             or (self.source.has_shares() and any(share_for(n) is not None for n in changed))
         )
         shared: dict[str, Any] | None = None if own else self._shared.get(key)
@@ -628,11 +649,45 @@ class Batcher:
         self.full_maps_built += 1
         return msg
 
-    def _visible(self, session: MapSession, p: Pending) -> Pending:
+    def _facts_of(self, key: _DeltaKey, p: Pending) -> _Facts:
+        """The session-independent parts of the delta ``p`` (whose key is ``key``)."""
+        hit = self._facts.get(key)
+        if hit is None:
+            changed = [n for i in sorted(p.changed) if (n := self.source.node(i)) is not None]
+            opened = all(self._sees_all(n) for n in p.changed) and all(
+                self._sees_all(n) for n in p.patched
+            )
+            hit = self._facts[key] = _Facts(
+                changed=changed,
+                tailnets=frozenset(int(n.tailnet_id) for n in changed),
+                routes=any(mapper.has_routes(n) for n in changed),
+                open=opened,
+            )
+        return hit
+
+    def _visible(self, session: MapSession, p: Pending, key: _DeltaKey | None = None) -> Pending:
         """``p`` as the session's node may see it: changed peers the policy hides from it
         become removals (they may have been visible before), patches of hidden peers are
         dropped, and removals of peers it could never hold are dropped (another tailnet's,
-        not shared with it). ``p`` itself (it may be shared) when nothing is hidden."""
+        not shared with it). ``p`` itself (it may be shared) when nothing is hidden.
+
+        With ``key`` (``p`` is a shared delta) the answer is kept per tailnet when it cannot
+        depend on the viewer: no peer of ``p`` is hidden from anyone and the session holds
+        no shared-in peers (then only its tailnet decides removals and user profiles)."""
+        memo: tuple[_DeltaKey, int | None] | None = None
+        if key is not None and not session.foreign and self._facts_of(key, p).open:
+            memo = (key, session.tailnet)
+            hit = self._seen.get(memo)
+            if hit is not None:
+                return hit
+        out = self._visible_now(session, p)
+        if memo is not None:
+            if len(self._seen) >= MAX_SHARED_CACHE:
+                self._seen.clear()
+            self._seen[memo] = out
+        return out
+
+    def _visible_now(self, session: MapSession, p: Pending) -> Pending:
         viewer = int(session.node_id)
         hid_c = {n for n in p.changed if n != viewer and not self._sees(viewer, n)}
         hid_p = {n for n in p.patched if n != viewer and not self._sees(viewer, n)}
@@ -648,6 +703,12 @@ class Batcher:
             removed=(p.removed | hid_c) - drop,
             users=p.users - hid_u,
         )
+
+    def _sees_all(self, nid: int) -> bool:
+        """Whether the policy lets every node see ``nid``."""
+        if nid not in self._viewers:
+            self._viewers[nid] = self.source.viewers_of(nid)
+        return self._viewers[nid] is None
 
     def _sees(self, viewer: int, nid: int) -> bool:
         if nid not in self._viewers:
@@ -695,6 +756,14 @@ class Batcher:
         if any(msg is v for v in self._shared.values()):
             self._encoded[key] = (msg, out)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    changed: list[models.Node]  # the changed peers still alive, by ID
+    tailnets: frozenset[int]  # theirs
+    routes: bool  # any of them serves routes (its JSON may differ per viewer)
+    open: bool  # the policy hides none of the changed or patched peers from anyone
 
 
 def _delta_key(p: Pending) -> _DeltaKey:
