@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any, Protocol, assert_never
 
 from meshscale.control import models
-from meshscale.control.mapper import fullmap, mapper
+from meshscale.control.mapper import fullmap, mapper, snapshot
 from meshscale.control.state import StateReader
 from meshscale.tailcfg import FilterRule
 
@@ -205,6 +205,8 @@ class Batcher:
         )
         self.cache = mapper.NodeJSONCache()
         self.chunks = fullmap.PeerChunks()  # compressed pieces of full maps (fullmap.py)
+        # Every node's peer JSON by ID range, for viewers that see everyone (snapshot.py).
+        self.snap = snapshot.Snapshot(self.chunks.compress, fullmap.CHUNK)
         self._sessions: dict[int, set[MapSession]] = {}
         self._count = 0
         # Node IDs removed lately, for full maps that end up with zero peers. Per-session
@@ -299,6 +301,15 @@ class Batcher:
         self._encoded.clear()
         self._facts.clear()
         self._seen.clear()
+        match event:  # what the full-map snapshot must rebuild
+            case models.NodeAdded(node_id=nid):
+                self.snap.added(nid)
+            case models.NodeChanged(node_id=nid):
+                self.snap.changed(nid)
+            case models.NodeRemoved(node_id=nid):
+                self.snap.removed(nid)
+            case _:
+                self.snap.clear()
         patch_only = isinstance(event, models.NodeChanged) and (
             event.fields <= mapper.PATCHABLE_FIELDS
         )
@@ -541,6 +552,17 @@ class Batcher:
             extra = shared_domains(int(session.node_id)) if shared_domains is not None else ()
             if extra:
                 cfg = mapper.with_routes(cfg, extra)
+            snap = None if domain or extra else self._snapshot_peers(me, cfg, now)
+            if snap is not None:
+                msg = mapper.full_map(
+                    me, (), self.source.users(), cfg, now, self.cache,
+                    packet_filter=self.source.packet_filter(session.node_id),
+                    self_caps=self.source.self_caps(session.node_id), snapshot=snap,
+                )  # fmt: skip
+                session.foreign = set()
+                session.started = True
+                self.full_maps_built += 1
+                return msg
             peers = self.source.peers_of(session.node_id)
             msg = mapper.full_map(
                 me,
@@ -619,6 +641,21 @@ class Batcher:
             shared = delta
             self.deltas_built += 1
         return shared
+
+    def _snapshot_peers(
+        self, me: models.Node, cfg: mapper.MapConfig, now: datetime
+    ) -> tuple[snapshot.SnapshotPeers, set[int]] | None:
+        """A full map's peers from the snapshot, when the viewer sees every node and every
+        node it (then its peers are all nodes but itself) and the map is big enough."""
+        if self.source.has_shares() or self.source.viewers_of(int(me.id)) is not None:
+            return None
+        if self.sync is not None:
+            self.sync()  # nodes State already published are in the snapshot too
+        if self.snap.count(self.source.node_ids) <= fullmap.MIN_PEERS:
+            return None
+        return self.snap.peers(
+            int(me.id), self.source.node, self.source.node_ids, cfg, now, self.cache
+        )
 
     def _routes_for(self, viewer: models.NodeID | int) -> mapper.RoutesFor:
         """The viewer's route view of one peer (policy.md §5.3)."""
@@ -750,7 +787,10 @@ class Batcher:
             split = mapper.encode_split(msg, self.cache)  # a big full map: shared chunks
             if split is not None:
                 head, peers, tail = split
-                body = self.chunks.payload(head, peers, tail, self.cache.encoded)
+                if isinstance(peers, snapshot.SnapshotPeers):
+                    body = self.snap.payload(head, peers, tail, self.cache.encoded)
+                else:
+                    body = self.chunks.payload(head, peers, tail, self.cache.encoded)
                 return fullmap.length_prefixed(body)
         out = framer(mapper.encode(msg, self.cache, legacy_derp=legacy_derp), compress)
         if any(msg is v for v in self._shared.values()):

@@ -367,13 +367,22 @@ def full_map(
     self_caps: Mapping[str, None] | None = None,
     routes_for: RoutesFor | None = None,
     share_for: ShareFor | None = None,
+    snapshot: tuple[list[dict[str, Any]], Iterable[int]] | None = None,
 ) -> dict[str, Any]:
     """The first message of a map stream, as JSON-ready values. ``peers`` and
-    ``packet_filter`` are the policy's answers for ``node`` (docs/protocol/control.md §6.3)."""
+    ``packet_filter`` are the policy's answers for ``node`` (docs/protocol/control.md §6.3).
+
+    ``snapshot``: the peers' JSON already built (snapshot.py: every node but this one, none
+    shared) and their users' IDs, instead of ``peers``."""
     cache = cache or NodeJSONCache()
-    peer_json = cache.peers(sorted(peers, key=lambda p: p.id), cfg, now, routes_for, share_for)
-    # A shared-in peer's owner and sharer both need a profile (policy.md §6).
-    user_ids = {node.user_id, *(p.user_id for p in peers), *_sharers(peer_json)}
+    user_ids: set[models.UserID]
+    if snapshot is not None:
+        peer_json = snapshot[0]
+        user_ids = {node.user_id, *(models.UserID(u) for u in snapshot[1])}
+    else:
+        peer_json = cache.peers(sorted(peers, key=lambda p: p.id), cfg, now, routes_for, share_for)
+        # A shared-in peer's owner and sharer both need a profile (policy.md §6).
+        user_ids = {node.user_id, *(p.user_id for p in peers), *_sharers(peer_json)}
     out: dict[str, Any] = {
         "Node": to_json(tail_node(node, cfg, now, is_self=True, self_caps=self_caps)),
         "DERPMap": to_json(cfg.derp_map),
