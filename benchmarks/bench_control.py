@@ -141,6 +141,7 @@ class Bench:
         self.streams: list[MapStream] = []
         self.node_ids: list[int] = []
         self.retries = 0  # upgrades refused with 503 and retried
+        self.server_pid: int | None = None  # for the ramp's progress lines
         self._sinks: list[asyncio.Task[None]] = []
 
     @staticmethod
@@ -191,7 +192,11 @@ class Bench:
                 await self.add_client(i)
             if len(self.clients) % 1000 == 0:  # progress: the ramp at 10,000 takes minutes
                 took = time.perf_counter() - t0
-                print(f"{len(self.clients)} joined, {took:.0f} s", file=sys.stderr)
+                extra = ""
+                if self.server_pid is not None:  # a capped ramp still says what it cost
+                    pid = self.server_pid
+                    extra = f", server CPU {cpu_seconds(pid):.0f} s, RSS {rss_kib(pid) >> 10} MiB"
+                print(f"{len(self.clients)} joined, {took:.0f} s{extra}", file=sys.stderr)
 
         await asyncio.gather(*(one(len(self.clients) + i) for i in range(n)))
         return time.perf_counter() - t0
@@ -277,6 +282,7 @@ async def measure(
 ) -> dict[str, object]:
     rss0 = rss_kib(pid)
     b = Bench(port, MachinePublic.from_text(hello["key"]), hello["authkey"])
+    b.server_pid = pid
     c_ramp, own_ramp = cpu_seconds(pid), time.process_time()
     ramp = await b.ramp(n, concurrency)
     c_ramp, own_ramp = cpu_seconds(pid) - c_ramp, time.process_time() - own_ramp
