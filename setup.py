@@ -1,5 +1,6 @@
 """Build the optional native AEAD loop (src/meshscale/wireguard/_aead.c) and TSO rows
-(src/meshscale/packet/_segment.c); metadata is in
+(src/meshscale/packet/_segment.c) and the DERP relay's in-place frame rewrite
+(src/meshscale/derp/_runs.c); metadata is in
 pyproject.toml. optional=True: without a compiler or libssl-dev the install still succeeds and
 meshscale.wireguard.transport uses its pure-Python fallback."""
 
@@ -17,6 +18,12 @@ setup(
         Extension(
             "meshscale.packet._segment",
             ["src/meshscale/packet/_segment.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
+            "meshscale.derp._runs",
+            ["src/meshscale/derp/_runs.c"],
             extra_compile_args=["-O2"],
             optional=True,
         ),

@@ -149,17 +149,30 @@ def test_short_send_packet_is_a_frame_error() -> None:
         relay.handle_buffer(ids[A], buf, 0, len(buf), 0.0, F.MAX_SERVER_FRAME)
 
 
-def test_idle_reader_drops_its_buffer_and_small_packets_are_copies() -> None:
+def test_idle_reader_drops_its_buffer_and_small_runs_are_copies() -> None:
     relay, ids = relay_with_conns(True)
     sink: dict[int, list[bytes | memoryview]] = {}
+    stream = (
+        F.send_packet(B, b"x" * 100)
+        + F.send_packet(C, b"z" * 10)
+        + F.send_packet(B, b"y" * VIEW_MIN)
+        + F.send_packet(B, b"w" * 10)
+    )
 
     async def main() -> DERPReader:
         reader = DERPReader(asyncio.Protocol(), relay, ids[A], lambda: collect(relay, sink))
-        reader.feed(F.send_packet(B, b"x" * 100) + F.send_packet(B, b"y" * VIEW_MIN))
+        reader.feed(stream)
         return reader
 
     reader = asyncio.run(main())
     assert reader._view is None  # nothing pending: an idle client holds no read buffer
+    # One part per run of frames to one destination: a short run is a copy (it never pins
+    # the read buffer), a long one a view of the frames rewritten in place.
     parts = sink[ids[B]]
-    assert isinstance(parts[1], bytes) and isinstance(parts[3], memoryview)
-    assert b"".join(parts) == F.recv_packet(A, b"x" * 100) + F.recv_packet(A, b"y" * VIEW_MIN)
+    assert [type(p) for p in parts] == [bytes, memoryview]
+    assert b"".join(parts) == (
+        F.recv_packet(A, b"x" * 100)
+        + F.recv_packet(A, b"y" * VIEW_MIN)
+        + F.recv_packet(A, b"w" * 10)
+    )
+    assert sink[ids[C]] == [F.recv_packet(A, b"z" * 10)]

@@ -27,9 +27,10 @@ Direct output (the fast path): a driver whose transport for a connection has roo
 (header and packet parts, no queue), and the driver promises to take it after every
 ``handle_buffer``/``handle_frame`` call. Once the transport backs up the driver turns direct
 output off, and packets wait in the bounded queue again. ``handle_buffer`` parses and routes
-every complete frame of a read buffer in one call, forwarding a SendPacket by writing a new
-RecvPacket header in front of a view of the payload (no copy of packets of ``VIEW_MIN``
-bytes or more; smaller ones are copied so that a view never pins a large read buffer).
+every complete frame of a read buffer in one call, forwarding SendPackets by rewriting them
+into RecvPackets in the buffer itself (runs.py: same size, only type and key differ); each run
+of consecutive frames to one destination becomes one part: a view of the buffer when it is
+``VIEW_MIN`` bytes or more, else a copy, so that a view never pins a large read buffer.
 
 Holding senders (bounded backpressure): turning direct output off also marks the connection
 ``hold``; ``handle_buffer(..., hold=True)`` then stops in front of a packet for it and names
@@ -50,6 +51,7 @@ from ..key import NodePrivate
 from . import frames as F
 from .errors import AdmissionError, FrameError, HandshakeError
 from .info import ClientInfo, ServerInfo, open_client_info, server_info_payload
+from .runs import rewrite_run
 
 QUEUE_DEPTH = 32  # packets per data/disco queue: a slow reader costs at most this much memory
 # Control frames per regular client; a mesh watcher's is unbounded because its initial
@@ -57,8 +59,8 @@ QUEUE_DEPTH = 32  # packets per data/disco queue: a slow reader costs at most th
 CTRL_QUEUE_DEPTH = 256
 NOT_HERE_BURST = 3.0  # PeerGone(NotHere) token bucket: stops reflection floods
 NOT_HERE_RATE = 1.0  # per second
-# Packets at least this long are forwarded as views of the read buffer; shorter ones are
-# copied (cheap), so a queued view pins at most READ/VIEW_MIN times its own size.
+# Runs of frames at least this long are forwarded as views of the read buffer; shorter ones
+# are copied (cheap), so a view pins at most READ/VIEW_MIN times its own size.
 VIEW_MIN = 1024  # bytes
 _HDR = F.HEADER
 _SEND = int(F.FrameType.SEND_PACKET)
@@ -400,14 +402,14 @@ class Relay:
         by_key = self.by_key
         conns = self.conns
         unpack = _HDR.unpack_from
+        rewrite = rewrite_run
+        run_max = min(max_frame, _MAX_SEND)
         pos = start
         exported = False
         activated = False
         relayed = nbytes = 0
         last: Conn | None = None
         last_key = b""
-        hdr_len = -1  # RecvPacket header (and source key) of the last length seen
-        hdr = b""
         try:
             while end - pos >= 5:
                 ftype, length = unpack(buf, pos)
@@ -432,19 +434,12 @@ class Relay:
                         ids.remove(cid)
                         ids.append(cid)
                 k = p + _KEY_LEN
-                n = length - _KEY_LEN
-                packet: Packet
-                if n >= VIEW_MIN:
-                    packet = buf[k:fend]
-                    exported = True
-                else:
-                    packet = buf[k:fend].tobytes()
                 if last is None or buf[p:k] != last_key:
                     dst_key = buf[p:k].tobytes()
                     dids = by_key.get(dst_key)
                     if not dids:
                         last = None
-                        self._route(conn, dst_key, bytes(packet), now)
+                        self._route(conn, dst_key, buf[k:fend].tobytes(), now)
                         continue
                     last_key = dst_key
                     last = dst = conns[dids[-1]]
@@ -458,21 +453,25 @@ class Relay:
                     pos = fstart
                     return pos, exported, dst.id
                 if dst.direct:
+                    # This frame and the ones after it to the same destination become
+                    # RecvPackets where they lie (runs.py): one part for the whole run.
+                    pos, n, nb = rewrite(buf, fstart, end, last_key, src_key, run_max)
                     out = dst.out
                     if out is None:
                         out = dst.out = []
                         self._ready.add(dst.id)
-                    if length != hdr_len:
-                        hdr_len = length
-                        hdr = _HDR.pack(_RECV, length) + src_key
-                    out.append(hdr)
-                    out.append(packet)
+                    if pos - fstart >= VIEW_MIN:
+                        out.append(buf[fstart:pos])
+                        exported = True
+                    else:
+                        out.append(buf[fstart:pos].tobytes())
+                    relayed += n
+                    nbytes += nb
                 else:
-                    if isinstance(packet, memoryview):
-                        packet = packet.tobytes()  # queued: never pin the read buffer
-                    self._queue_packet(src_key, dst, packet)
-                relayed += 1
-                nbytes += n
+                    # Queued: a copy, never a view that pins the read buffer.
+                    self._queue_packet(src_key, dst, buf[k:fend].tobytes())
+                    relayed += 1
+                    nbytes += length - _KEY_LEN
         finally:
             self.stats.packets_relayed += relayed
             self.stats.bytes_relayed += nbytes

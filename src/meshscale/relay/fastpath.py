@@ -5,8 +5,9 @@ After login the driver hands the connection's transport to a ``DERPReader``
 (``asyncio.BufferedProtocol``), and every complete frame of each read is routed in one call
 to the core (``Relay.handle_buffer``), inside the event loop's read callback: no task
 wake-up, no copy into a stream buffer and out again, no per-frame slicing into ``bytes``.
-Forwarded packets of 1 KiB or more are views of the read buffer, so a buffer is never
-overwritten once a view of it was handed out; a fresh one is allocated instead.
+SendPackets become RecvPackets in place (derp/runs.py), and a run of them to one destination
+of 1 KiB or more is forwarded as a view of the read buffer, so a buffer is never overwritten
+once a view of it was handed out; a fresh one is allocated instead.
 
 Backpressure: a packet for a destination whose transport is backed up stops the walk in front
 of it; the reader stops reading (``pause_reading``, so TCP pushes back on the sender) until

@@ -310,6 +310,8 @@ class DERPServer:
             stream.abort,
             MESH_WRITE_TIMEOUT if mesh else self.write_timeout,
             interval,
+            # Raw streams write one part as is (no join); WebSocket ones frame every write.
+            stream.write if isinstance(stream, RawStream) else None,
         )
         self._sinks[cid] = sink
         sink.write([self.relay.server_info_frame(key, self._rand(24))])

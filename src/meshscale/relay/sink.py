@@ -16,10 +16,15 @@ class Sink:
     schedules ``commit``, which hands them all to the transport at once. Routing a 64 KiB read
     (about 50 full-size packets) then costs one send() per destination instead of one per
     ``FLUSH_EVERY`` frames, with no added wait (the commit runs as soon as the read is done).
+
+    A single corked part (the common case: one run of frames from one sender's read, see
+    derp/runs.py) goes to ``write_one`` when given, so that the transport sends straight from
+    the read buffer instead of joining the parts into a new bytes first.
     """
 
     __slots__ = (
         "_write",
+        "_write_one",
         "blocked",
         "close",
         "dead",
@@ -44,8 +49,10 @@ class Sink:
         close: Callable[[], None],
         write_timeout: float,
         interval: float | None,
+        write_one: Callable[[bytes | memoryview], None] | None = None,
     ) -> None:
         self._write = write
+        self._write_one = write_one
         self.transport = transport
         self.drain = drain
         self.close = close
@@ -83,7 +90,10 @@ class Sink:
         self.pending = None
         self.pending_bytes = 0
         if not self.dead and not self.transport.is_closing():
-            self._write(parts)
+            if len(parts) == 1 and self._write_one is not None:
+                self._write_one(parts[0])
+            else:
+                self._write(parts)
 
     def buffered(self) -> int:
         """Bytes written but not yet sent: corked plus held by the transport."""
