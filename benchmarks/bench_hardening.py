@@ -168,8 +168,19 @@ async def serve(port: int, db: str, unauth_rate: float, watchdog: str = "") -> N
             await asyncio.sleep(0.1)
             lag["max_ms"] = max(lag["max_ms"], (loop.time() - t0 - 0.1) * 1000)
 
+    # client port -> [[accepted, handled], ...] (monotonic; a port is reused over a run)
+    seen: dict[int, list[list[float]]] = {}
+
     async def health(req: Request) -> Response:
+        if req.client is not None:
+            runs = seen.setdefault(req.client[1], [[0.0, 0.0]])
+            if runs[-1][1]:
+                runs.append([0.0, 0.0])
+            runs[-1][1] = time.monotonic()
         return Response.json_bytes(b'{"status":"pass"}')
+
+    async def health_log(req: Request) -> Response:
+        return Response.json_bytes(json.dumps(seen).encode())
 
     async def stats(req: Request) -> Response:
         out: dict[str, Any] = dict(app.noise.gate.stats())
@@ -180,7 +191,17 @@ async def serve(port: int, db: str, unauth_rate: float, watchdog: str = "") -> N
 
     app.router.add("GET", "/health", health)
     app.router.add("GET", "/bench-stats", stats)
+    app.router.add("GET", "/bench-health-log", health_log)
     server = HTTPServer(app.router, accept_filter=app.noise.accept)
+    on_connect = server._on_connect
+
+    async def timed_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer[0] == "127.0.0.1" and len(seen) < 100_000:
+            seen.setdefault(int(peer[1]), []).append([time.monotonic(), 0.0])
+        await on_connect(reader, writer)
+
+    server._on_connect = timed_connect  # type: ignore[method-assign]
     await server.start("127.0.0.1", port)
     await app.start()
     lag_task = asyncio.ensure_future(lag_monitor())
@@ -250,6 +271,9 @@ class Tally:
     change_ms: list[float] = field(default_factory=list)
     rss_max_kib: int = 0
     gate_max: dict[str, int] = field(default_factory=dict)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    own_lag: list[tuple[float, float]] = field(default_factory=list)
+    backlog: list[tuple[float, int, int]] = field(default_factory=list)  # t, queue, overflows
 
 
 async def hold_unauth(i: int, port: int, ck: MachinePublic, t: Tally, stop: asyncio.Event) -> None:
@@ -384,6 +408,35 @@ async def endpoint_change(nodes: list[tuple[ControlClient, MapStream, int]], k: 
     return max(g if isinstance(g, float) else 10.0 for g in got)
 
 
+def listen_queue(port: int) -> tuple[int, int]:
+    """(connections in the listener's accept queue, TcpExt ListenOverflows so far)."""
+    q = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+            q = int(f[4].split(":")[1], 16)
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    names, vals = lines[0].split(), lines[1].split()
+    return q, int(vals[names.index("ListenOverflows")])
+
+
+async def health_probe(port: int, probe: dict[str, Any]) -> int:
+    """One plain ``GET /health`` on a fresh connection (as http_get does); the status.
+    Records in ``probe`` when the connection was established and the answer came
+    (monotonic, the clock the server's log uses too) and the local port."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        probe["connected"] = time.monotonic()
+        probe["lport"] = writer.get_extra_info("sockname")[1]
+        writer.write(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     "Connection: close\r\n\r\n".encode())  # fmt: skip
+        head = await reader.readuntil(b"\r\n\r\n")
+        probe["answered"] = time.monotonic()
+        return int(head.split(b" ", 2)[1])
+    finally:
+        writer.close()
+
+
 # ---- the run ----------------------------------------------------------------------------------
 
 
@@ -403,6 +456,8 @@ async def measure(
         while not stop.is_set():
             t.rss_max_kib = max(t.rss_max_kib, rss_kib(pid))
             with contextlib.suppress(Exception):
+                t.backlog.append((time.monotonic(), *listen_queue(port)))
+            with contextlib.suppress(Exception):
                 _, raw = await http_get("127.0.0.1", port, "/bench-stats")
                 for k, v in json.loads(raw).items():
                     t.gate_max[k] = max(t.gate_max.get(k, 0), int(v))
@@ -410,19 +465,32 @@ async def measure(
 
     async def health() -> None:
         while not stop.is_set():
-            h0 = time.perf_counter()
+            h0 = time.monotonic()
+            probe: dict[str, Any] = {"t": h0}
             try:
                 async with asyncio.timeout(1.0):
-                    status, _ = await http_get("127.0.0.1", port, "/health")
+                    status = await health_probe(port, probe)
                 ok = status == 200
-            except Exception:  # counted, whatever it is
+            except Exception as exc:  # counted, whatever it is
+                probe["error"] = type(exc).__name__
                 ok = False
-            t.health_max_ms = max(t.health_max_ms, (time.perf_counter() - h0) * 1000)
+            probe["total"] = time.monotonic() - h0
+            t.health_max_ms = max(t.health_max_ms, probe["total"] * 1000)
+            t.probes.append(probe)
             if ok:
                 t.health_ok += 1
             else:
                 t.health_fail += 1
             await asyncio.sleep(0.2)
+
+    async def own_lag() -> None:  # this process's loop: is the prober itself late?
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            l0 = loop.time()
+            await asyncio.sleep(0.05)
+            late = loop.time() - l0 - 0.05
+            if late > 0.1:
+                t.own_lag.append((time.monotonic() - late, late))
 
     async def changes() -> None:
         k = 0
@@ -431,12 +499,13 @@ async def measure(
             k += 1
             await asyncio.sleep(1.0)
 
-    bg = [asyncio.ensure_future(x) for x in (monitor(), health(), changes())]
+    bg = [asyncio.ensure_future(x) for x in (monitor(), health(), changes(), own_lag())]
     # The attacker runs in its own process, so its CPU does not delay this one's timing.
     cmd = [sys.executable, __file__, "--attack", str(port), "--key", hello["key"],
            "--unauth", str(args.unauth), "--junk", str(args.junk),
            "--duration", str(args.duration)]  # fmt: skip
     cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+    attack0 = time.monotonic()
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(TIME_CAP + 60):
@@ -450,8 +519,40 @@ async def measure(
         100 * (cpu_seconds(pid) - cpu0) / (time.perf_counter() - wall0), 1
     )
     attacked["loadavg_1m"] = os.getloadavg()[0]
+    attack1 = time.monotonic()
     stop.set()
     await asyncio.gather(*bg, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        _, raw_log = await http_get("127.0.0.1", port, "/bench-health-log")
+        seen = json.loads(raw_log)
+        for pr in t.probes:
+            later = [a_h for a_h in seen.get(str(pr.get("lport")), []) if a_h[0] >= pr["t"]]
+            if later:
+                pr["accepted"], pr["handled"] = min(later)
+    slow = [pr for pr in t.probes if pr["total"] > 0.5 or "error" in pr]
+
+    def rel(pr: dict[str, Any]) -> dict[str, Any]:
+        out = {"at_s": round(pr["t"] - attack0, 2)}
+        for k in ("connected", "accepted", "handled", "answered"):
+            if pr.get(k):
+                out[k + "_ms"] = round((pr[k] - pr["t"]) * 1000)
+        out["total_ms"] = round(pr["total"] * 1000)
+        if "error" in pr:
+            out["error"] = pr["error"]
+        return out
+
+    attacked["attack_window_s"] = [0.0, round(attack1 - attack0, 1)]
+    if t.backlog:
+        attacked["accept_queue_max"] = max(q for _, q, _ in t.backlog)
+        attacked["listen_overflows"] = t.backlog[-1][2] - t.backlog[0][2]
+        attacked["accept_queue_series"] = [
+            [round(a - attack0, 1), q, o - t.backlog[0][2]]
+            for a, q, o in t.backlog
+            if q > 16 or o != t.backlog[0][2]
+        ][:60]
+    attacked["health_slow"] = [rel(pr) for pr in slow][:40]
+    attacked["bench_loop_late"] = [[round(a - attack0, 2), round(d * 1000)]
+                                   for a, d in t.own_lag][:40]  # fmt: skip
     for c, _, _ in nodes:
         await c.close()
     return {

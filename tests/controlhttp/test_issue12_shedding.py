@@ -163,3 +163,49 @@ def test_a_flood_that_returns_meets_longer_holds() -> None:
     assert g.overloads == 5 and g.stats()["shed_hold_ms"] == 20000
     g.observe_lag(1.0, now + 21.0)  # a later episode starts from shed_hold again
     assert g.stats()["shed_hold_ms"] == 5000 and g.overloads == 6
+
+
+def test_nodes_that_joined_leave_their_address_unsuspected() -> None:
+    """The bench's /health probe came from the address the 200 nodes had just joined from:
+    each join's connection was unauthenticated until it registered, and marked the address
+    suspect for shed_hold s, so while shedding the probe was held unread at accept. A
+    connection that registers leaves no mark; one that ends unregistered does."""
+    g = NoiseGate(NoiseLimits(shed_hold=5.0, shed_min_unauth=1))
+    joins = [g.admit("192.0.2.1", False, 0.0) for _ in range(3)]
+    for t in joins:
+        assert not isinstance(t, str)
+        g.promote(t)  # its machine key registered
+    junk = g.admit("192.0.2.2", False, 0.0)
+    assert not isinstance(junk, str)
+    g.observe_lag(1.0, 1.0)
+    assert g.shedding(1.0)
+    assert g.accept("192.0.2.1", 1.0) is None  # the nodes' address: not suspect
+    assert g.accept("192.0.2.2", 1.0) is not None  # holds an unauthenticated connection
+    for t in joins:
+        g.release(t, 2.0)
+    g.release(junk, 2.0)  # ended without registering: suspect for shed_hold s
+    assert g.accept("192.0.2.1", 2.5) is None
+    assert g.accept("192.0.2.2", 2.5) is not None
+    assert g.precheck("192.0.2.2", 2.5) == "server busy"
+    assert g.shed_at_accept == 2
+
+
+def test_a_suspect_source_over_the_server_wide_rate_is_refused_before_parsing() -> None:
+    """1,000 fresh keys at once: once a source holds a connection, its further ones are
+    refused at accept (unread) while the server-wide bucket would refuse them anyway after
+    the handshake; a source that is not suspect still gets to the handshake."""
+    g = NoiseGate(NoiseLimits(unauth_rate=10.0, unauth_rate_per_source=1000.0, max_pace=1.0))
+    admitted = 0
+    for _ in range(40):
+        if g.accept("192.0.2.1", 0.0) is not None or g.precheck("192.0.2.1", 0.0):
+            continue
+        if not isinstance(g.admit("192.0.2.1", False, 0.0), str):
+            admitted += 1
+    # a burst of 2.5 tokens (10/s * 0.25 s): 2 at once, 10 paced (up to max_pace), then
+    # refused early
+    assert admitted == 12 and g.paced == 10
+    assert g.refused_early == 40 - 12 and g.refused == g.refused_early
+    assert g.stats()["refused_early"] == 28
+    assert g.accept("192.0.2.9", 0.0) is None and g.precheck("192.0.2.9", 0.0) is None
+    # A second later the bucket has room again: the source gets to the handshake.
+    assert g.accept("192.0.2.1", 2.0) is None and g.precheck("192.0.2.1", 2.0) is None

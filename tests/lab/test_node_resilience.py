@@ -101,6 +101,7 @@ def test_control_outage_restart_and_roaming(need_lab: None, tmp_path: Path) -> N
             bhost.run(["ip", "addr", "add", f"{new}/24", "dev", "eth0"])
             bhost.run(["ip", "route", "replace", "default", "via", str(router.lan_ip)])
             took = _until(lambda: _tcp(a, ip_b, timeout=1.0), ROAM_RECOVERY + 10)
+            print(f"roaming recovery: {took}")
             assert took is not None and took <= ROAM_RECOVERY, f"roaming took {took}"
             pinger.stop()
         except BaseException:

@@ -95,3 +95,25 @@ def test_peer_restart_with_new_disco_key_starts_over() -> None:
     # a's old pongs/box for b are gone; the path is rebuilt with the new key.
     assert net.run_until(lambda: a.direct_to(b.node_key) and b.direct_to(a.node_key), 20.0)
     assert a.conn.statistics().counters.get("drop_disco_unknown_sender", 0) == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+def test_peer_moving_behind_its_nat_is_reached_again_within_a_second(seed: int) -> None:
+    """The lab's roaming case: b (easy NAT) gets a new LAN address, so its NAT gives it a
+    new mapping. a keeps sending (every 0.5 s); b only answered, so it goes quiet.
+    b's network change starts discovery at once; its CallMeMaybe (new endpoint listed) ends
+    a's trust in the dead mapping, so a's traffic reaches b (over DERP, then direct) within
+    a second, not when the trust from the last heartbeat pong runs out (up to 6.5 s)."""
+    net, a, b = setup_direct("public", "easy", seed=seed)
+    b.stop_flows()
+    net.run(10.0 + seed * 0.45)  # roam at a different point of the 3 s heartbeat cycle
+    old = a.conn.peer_status(b.node_key, net.clock.now())
+    assert old is not None and old.best is not None
+    t0 = net.clock.now()
+    nat = b.host.nat
+    assert nat is not None
+    b.roam(net.add_host("h2-moved", "10.2.0.200", nat=nat))
+    assert net.run_until(lambda: bool(b.received_from(a.node_key, since=t0)), 1.0)
+    assert net.run_until(lambda: a.direct_to(b.node_key), 2.0)
+    st = a.conn.peer_status(b.node_key, net.clock.now())
+    assert st is not None and st.best != old.best

@@ -40,7 +40,7 @@ from meshscale.control.policyfile import PolicyFile
 from meshscale.control.state import State
 from meshscale.control.verify import admits, mount_verify
 from meshscale.derp.info import ClientInfo
-from meshscale.io.http import HTTPServer, Request, Response, Router
+from meshscale.io.http import HTTPServer, Listener, Request, Response, Router
 from meshscale.io.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from meshscale.io.metrics import Family, exposition
 from meshscale.key import MachinePrivate, NodePrivate, NodePublic
@@ -94,7 +94,7 @@ def _tls_context(cfg: ControlConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def _address(server: asyncio.Server) -> tuple[str, int]:
+def _address(server: Listener) -> tuple[str, int]:
     host, port = server.sockets[0].getsockname()[:2]
     return str(host), int(port)
 

@@ -125,12 +125,16 @@ class NoiseGate:
     rejected_bodies: int = 0  # streams refused by a body budget
     shed: int = 0  # connections refused because the server was overloaded
     shed_at_accept: int = 0  # of which reset at accept, unread (accept)
+    refused_early: int = 0  # of ``refused``: a suspect source over the server-wide rate,
+    # before its handshake (precheck) or at accept, unread (accept)
     overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
     max_lag_ms: int = 0  # the worst loop lag observed
     _shed_until: float = 0.0
     _hold: float = 0.0  # the current episode's hold (0: none yet)
-    # source -> when it last tried an unauthenticated connection (LRU-bounded): who is
-    # suspect while shedding
+    # source -> when an unauthenticated connection of its was last refused or ended without
+    # becoming a node's (LRU-bounded): who is suspect while shedding. One that registers
+    # leaves no mark, so nodes that just joined do not make their address (and a /health
+    # probe from it) suspect.
     _recent: dict[str, float] = field(default_factory=dict)
     _per_source: dict[str, int] = field(default_factory=dict)
     # token buckets: source ("" = server-wide) -> (tokens, at); sources LRU-bounded
@@ -173,7 +177,8 @@ class NoiseGate:
         return now < self._shed_until
 
     def _suspect(self, src: str, now: float) -> bool:
-        """Holds unauthenticated connections, or tried to open one within shed_hold s."""
+        """Holds unauthenticated connections, or had one refused or end unregistered within
+        shed_hold s."""
         if self._per_source.get(src, 0) > 0:
             return True
         at = self._recent.get(src)
@@ -187,14 +192,26 @@ class NoiseGate:
 
     def accept(self, host: str | None, now: float) -> float | None:
         """Whether to read a new TCP connection from ``host`` at all (None: read it), else
-        how long to hold it unread before resetting it (``shed_tarpit``): while shedding,
-        a suspect source's connections are refused at accept, before any parsing (counter
-        ``shed_at_accept``), since even a 503 costs an HTTP parse and a response."""
-        if not self.shedding(now) or not self._suspect(source_of(host), now):
+        how long to hold it unread before resetting it (``shed_tarpit``): a suspect
+        source's connections are refused at accept, before any parsing, while shedding
+        (counter ``shed_at_accept``) and while the server-wide new-connection rate is
+        exhausted past max_pace (``refused_early``), since even a 503 costs an HTTP parse
+        and a response."""
+        src = source_of(host)
+        if not self._suspect(src, now):
             return None
-        self.shed += 1
-        self.shed_at_accept += 1
-        return self.limits.shed_tarpit
+        if self.shedding(now):
+            self.shed += 1
+            self.shed_at_accept += 1
+            return self.limits.shed_tarpit
+        # Over the server-wide new-connection rate precheck would refuse it after parsing
+        # the request; refusing it here costs no parse, no response and no task, which is
+        # what a burst of fresh keys (before the lag probe can react) needs.
+        if self._over_pace("", self.limits.unauth_rate, now):
+            self.refused += 1
+            self.refused_early += 1
+            return self.limits.shed_tarpit
+        return None
 
     def budget(self, ticket: Ticket) -> Budget:
         return self.limits.node if ticket.node else self.limits.unauth
@@ -212,16 +229,29 @@ class NoiseGate:
         if self._per_source.get(src, 0) >= lim.max_unauth_per_source:
             self.refused += 1
             return "too many unauthenticated connections from this address"
-        rate = lim.unauth_rate_per_source
-        tokens, at = self._buckets.get(src, (max(1.0, BURST_SECONDS * rate), now))
-        tokens = min(max(1.0, BURST_SECONDS * rate), tokens + (now - at) * rate) - 1
-        if -tokens / rate > lim.max_pace:
+        if self._over_pace(src, lim.unauth_rate_per_source, now):
             self.refused += 1
             return "too many new connections from this address"
-        if self.shedding(now) and self._suspect(src, now):
+        suspect = self._suspect(src, now)
+        if suspect and self.shedding(now):
             self.shed += 1
             return "server busy"
+        # The server-wide rate too, but only for a source that is already suspect: its key
+        # would be refused after the handshake unless it is a node's, and a burst of fresh
+        # keys (1,000 connections at once) would otherwise cost a handshake each, queued
+        # ahead of every other connection's work, before the lag probe can react.
+        if suspect and self._over_pace("", lim.unauth_rate, now):
+            self.refused += 1
+            self.refused_early += 1
+            return "too many new connections"
         return None
+
+    def _over_pace(self, key: str, rate: float, now: float) -> bool:
+        """Would ``_take`` refuse (a token further away than max_pace)? Reserves nothing."""
+        burst = max(1.0, BURST_SECONDS * rate)
+        tokens, at = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate) - 1
+        return -tokens / rate > self.limits.max_pace
 
     def admit(self, host: str | None, node: bool, now: float = 0.0) -> Ticket | str:
         """A ticket for a new connection, or why it is refused (``now``: monotonic
@@ -232,24 +262,29 @@ class NoiseGate:
             return "too many connections"
         src = source_of(host)
         if not node:
-            self._saw_unauth(src, now)
+            why = ""
             if self.shedding(now):
                 self.shed += 1
-                return "server busy"
-            if self.unauth_connections >= lim.max_unauth_connections:
+                why = "server busy"
+            elif self.unauth_connections >= lim.max_unauth_connections:
                 self.refused += 1
-                return "too many unauthenticated connections"
-            if self._per_source.get(src, 0) >= lim.max_unauth_per_source:
+                why = "too many unauthenticated connections"
+            elif self._per_source.get(src, 0) >= lim.max_unauth_per_source:
                 self.refused += 1
-                return "too many unauthenticated connections from this address"
+                why = "too many unauthenticated connections from this address"
+            if why:
+                self._saw_unauth(src, now)
+                return why
             w_src = self._take(src, lim.unauth_rate_per_source, now)
             if w_src is None:
                 self.refused += 1
+                self._saw_unauth(src, now)
                 return "too many new connections from this address"
             w_all = self._take("", lim.unauth_rate, now)
             if w_all is None:
                 self._give_back(src)
                 self.refused += 1
+                self._saw_unauth(src, now)
                 return "too many new connections"
             pace = max(w_src, w_all)
             self.unauth_connections += 1
@@ -269,12 +304,16 @@ class NoiseGate:
         self.buffered_unauth -= ticket.buffered
         ticket.node = True
 
-    def release(self, ticket: Ticket) -> None:
+    def release(self, ticket: Ticket, now: float | None = None) -> None:
+        """The connection ended (``now``: monotonic seconds; one that never registered
+        marks its source suspect for shed_hold s)."""
         if ticket.released:
             return
         self.free(ticket, ticket.buffered)
         if not ticket.node:
             self._drop_unauth(ticket)
+            if now is not None:
+                self._saw_unauth(ticket.source, now)
         self.connections -= 1
         ticket.released = True
 
@@ -320,6 +359,7 @@ class NoiseGate:
             "rejected_bodies": self.rejected_bodies,
             "shed": self.shed,
             "shed_at_accept": self.shed_at_accept,
+            "refused_early": self.refused_early,
             "overloads": self.overloads,
             "max_lag_ms": self.max_lag_ms,
             "shed_hold_ms": int(self._hold * 1000),

@@ -171,7 +171,7 @@ class NoiseUpgrade:
                 await asyncio.sleep(ticket.pace)
             await self._serve(stream, resp_frame, machine_key, version, tx, rx, ticket)
         finally:
-            self.gate.release(ticket)
+            self.gate.release(ticket, asyncio.get_running_loop().time())
         return None
 
     async def _serve(

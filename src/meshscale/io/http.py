@@ -7,7 +7,7 @@ Usage::
     router.add_prefix("GET", "/api/v1/", api_handler)     # longest prefix wins
     router.add_upgrade("/ts2021", ts2021_handler)         # HTTP Upgrade (101) endpoints
     server = HTTPServer(router)
-    await server.start("127.0.0.1", 8080, ssl=None)       # -> asyncio.Server
+    await server.start("127.0.0.1", 8080, ssl=None)       # -> Listener (.sockets)
     await server.start_unix("/run/x.sock")                # unix socket listener
     ...
     await server.close()
@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import ssl as ssl_module
 import struct
@@ -59,6 +58,10 @@ from urllib.parse import parse_qsl, unquote
 
 import h11
 
+from .accept import ACCEPT_BATCH as ACCEPT_BATCH  # re-exported: the bounds live there
+from .accept import MAX_HELD as MAX_HELD
+from .accept import AcceptFilter, Acceptor, bind
+from .accept import Listener as Listener
 from .stream import READ_CHUNK, RawStream
 
 log = logging.getLogger(__name__)
@@ -71,11 +74,6 @@ KEEPALIVE_TIMEOUT = 60.0  # seconds idle between requests: socket hoarding
 TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds: half-open TLS handshakes
 WRITE_TIMEOUT = 30.0  # seconds a response write may block: clients that never read
 LISTEN_BACKLOG = 1024  # pending connections the kernel queues (capped by net.core.somaxconn)
-# Connections accepted per event-loop pass. asyncio accepts up to its ``backlog`` argument
-# at once, so a 1,000-connection burst would put 1,000 new tasks ahead of every established
-# connection's work in one pass; the kernel queue (LISTEN_BACKLOG) holds the rest.
-ACCEPT_BATCH = 16
-MAX_HELD = 1024  # connections refused by accept_filter held before their reset
 
 
 class Headers:
@@ -291,17 +289,18 @@ class HTTPServer:
         write_timeout: float = WRITE_TIMEOUT,
         server_header: str | None = None,
         error_response: Callable[[int, str], Response] | None = None,
-        accept_filter: Callable[[str | None], float | None] | None = None,
+        accept_filter: AcceptFilter | None = None,
     ) -> None:
         self.router = router
-        # Called with the peer's address before anything is read: None serves it; a number
-        # refuses it unread (the cheapest refusal, for a server shedding load): the
-        # connection is held that many seconds, paused, then reset, so a client that
+        # Called with the peer's address on a TCP listener, before anything is read: None
+        # serves it; a number refuses it unread (the cheapest refusal, for a server shedding
+        # load): the connection is held that many seconds, then reset, so a client that
         # retries at once cannot make the server refuse faster than its own concurrency
-        # allows. At most MAX_HELD are held; the rest are reset at once.
+        # allows. At most MAX_HELD are held; the rest are reset at once (io/accept.py).
         self.accept_filter = accept_filter
-        self.refused_at_accept = 0
-        self.held = 0  # refused connections being held
+        self._acceptor = Acceptor(self._start_conn, accept_filter)
+        self._tls: dict[socket.socket, ssl_module.SSLContext | None] = {}
+        self._starting: set[asyncio.Task[None]] = set()
         self.error_response = error_response or _text_error
         self.max_header_bytes = max_header_bytes
         self.max_body = max_body
@@ -315,24 +314,47 @@ class HTTPServer:
 
     async def start(
         self, host: str | None, port: int, ssl: ssl_module.SSLContext | None = None
-    ) -> asyncio.Server:
+    ) -> Listener:
         """Listen on host:port (host None = all addresses); may be called for several ports."""
-        srv = await asyncio.start_server(
-            self._on_connect,
-            host,
-            port,
-            ssl=ssl,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
-            limit=READ_CHUNK,
-            backlog=ACCEPT_BATCH,  # asyncio's accept batch; the kernel queue is set below
+        socks = await bind(host, port, LISTEN_BACKLOG)
+        for sock in socks:
+            self._tls[sock] = ssl
+            self._acceptor.listen(sock)
+        return Listener(socks)
+
+    def _start_conn(self, sock: socket.socket, listener: socket.socket) -> None:
+        """The acceptor's hand-over: a transport and _on_connect for an admitted socket."""
+        task = asyncio.get_running_loop().create_task(
+            self._connect_accepted(sock, self._tls.get(listener))
         )
-        # A short kernel queue overflows under a connection burst: the kernel then drops
-        # SYNs and every client, /health probes too, waits 1 s to retransmit.
-        for sock in srv.sockets:
-            with socket.socket(fileno=os.dup(sock.fileno())) as same:
-                same.listen(LISTEN_BACKLOG)
-        self._servers.append(srv)
-        return srv
+        self._starting.add(task)
+        task.add_done_callback(self._starting.discard)
+
+    async def _connect_accepted(
+        self, sock: socket.socket, ssl: ssl_module.SSLContext | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, self._on_connect, loop=loop)
+        try:
+            await loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=ssl,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl is not None else None,
+            )
+        except (OSError, ssl_module.SSLError, TimeoutError, asyncio.CancelledError):
+            sock.close()  # a failed TLS handshake, or a peer already gone
+
+    @property
+    def refused_at_accept(self) -> int:
+        """TCP connections refused by accept_filter."""
+        return self._acceptor.refused
+
+    @property
+    def held(self) -> int:
+        """Refused connections being held before their reset."""
+        return self._acceptor.held
 
     async def start_unix(self, path: str) -> asyncio.Server:
         """Listen on a unix socket (the caller sets its permissions)."""
@@ -347,6 +369,9 @@ class HTTPServer:
     async def close(self, grace: float = 5.0) -> None:
         """Stop listening and shut connections down (see the module docstring)."""
         self._closing = True
+        self._acceptor.close()
+        for t in list(self._starting):
+            t.cancel()
         for srv in self._servers:
             srv.close()
         for c in list(self._conns):
@@ -365,13 +390,6 @@ class HTTPServer:
         self._servers.clear()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.accept_filter is not None:
-            peer = writer.get_extra_info("peername")
-            hold = self.accept_filter(str(peer[0]) if isinstance(peer, tuple) and peer else None)
-            if hold is not None:
-                self.refused_at_accept += 1
-                await self._hold_and_reset(writer, hold)
-                return
         conn = _Conn(asyncio.current_task())
         self._conns.add(conn)
         try:
@@ -394,23 +412,6 @@ class HTTPServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _hold_and_reset(self, writer: asyncio.StreamWriter, hold: float) -> None:
-        if hold > 0 and self.held < MAX_HELD and not self._closing:
-            transport = writer.transport
-            if isinstance(transport, asyncio.ReadTransport):
-                transport.pause_reading()
-            conn = _Conn(asyncio.current_task())  # idle: close() cancels it
-            self._conns.add(conn)
-            self.held += 1
-            try:
-                await asyncio.sleep(hold)
-            except asyncio.CancelledError:
-                pass
-            finally:
-                self.held -= 1
-                self._conns.discard(conn)
-        writer.transport.abort()
 
     async def _next_event(
         self, h: h11.Connection, reader: asyncio.StreamReader

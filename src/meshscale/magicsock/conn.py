@@ -269,14 +269,16 @@ class Conn:
         (docs/protocol/derp-disco-stun.md §5.7)."""
         if local_port is not None:
             self.local_port = local_port
-        for ep in self._peers.values():
-            ep.note_connectivity_change()
-            self._drain(ep, now)
-            self.hardnat.forget(ep.node_key)
         self._via = {}
         self._addr_src.clear()
         self._endpoints_at = None
+        # The re-STUN starts first: the CallMeMaybes of active sessions below then wait for
+        # its report and carry our new endpoints, not the ones we just lost.
         self._restun(now, force_full=True)
+        for ep in self._peers.values():
+            self.hardnat.forget(ep.node_key)
+            ep.note_connectivity_change(now)
+            self._drain(ep, now)
 
     def note_wireguard_source(self, peer: NodePublic, addr: AddrPort) -> None:
         """WireGuard decrypted a datagram from ``addr`` as ``peer``: attribute that source."""

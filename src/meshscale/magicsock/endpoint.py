@@ -324,13 +324,26 @@ class PeerEndpoint:
             self.heartbeat_at = now + HEARTBEAT_INTERVAL
 
     def handle_call_me_maybe(self, msg: CallMeMaybe, now: float) -> None:
-        """The peer sent its endpoints via DERP: replace the previous CallMeMaybe set, ping all."""
+        """The peer sent its endpoints via DERP: replace the previous CallMeMaybe set, ping all.
+
+        An endpoint of the previous set that is missing now is deleted even if the netmap
+        still lists it (the next netmap brings it back), and a best address among them is
+        dropped, as upstream's handleCallMeMaybe does.
+
+        meshscale also stops trusting the best address when the set gained an endpoint: the
+        peer's network changed (it roamed; its old endpoints stay listed for 5 min, so the
+        deletion above does not fire), and the peer sends a CallMeMaybe only while it has no
+        trusted path to us. Data then goes over DERP as well until a pong answers, and the
+        first candidate to answer becomes the best, instead of our sending to a dead address
+        alone until the trust from its last pong (up to 6.5 s) runs out. A best that still
+        works answers within a round trip and is trusted again.
+        """
         wanted = {ep for ep in msg.my_number if not (ep.ip.version == 6 and ep.ip.is_link_local)}
-        for ep, c in list(self._eps.items()):
-            if c.call_me_maybe_at is not None and ep not in wanted:
-                c.call_me_maybe_at = None
-                if c.expired(now):
-                    self._delete(ep)
+        previous = {ep for ep, c in self._eps.items() if c.call_me_maybe_at is not None}
+        for ep in previous - wanted:
+            self._delete(ep)
+        if wanted - previous:
+            self.trust_until = float("-inf")
         for ep in wanted:
             self._eps.setdefault(ep, _Candidate()).call_me_maybe_at = now
         for c in self._eps.values():
@@ -339,12 +352,22 @@ class PeerEndpoint:
 
     # ---- resets ----
 
-    def note_connectivity_change(self) -> None:
+    def note_connectivity_change(self, now: float | None = None) -> None:
         """Our network changed: forget the best path and all probe history
-        (docs/protocol/derp-disco-stun.md §5.7)."""
+        (docs/protocol/derp-disco-stun.md §5.7).
+
+        With ``now``, a session active in the last 45 s also starts discovery at once (pings
+        to every candidate and a CallMeMaybe) instead of at its next heartbeat, up to 3 s
+        later: the peer keeps sending to our old address until it hears from us.
+        """
         self._clear_best()
         for c in self._eps.values():
             c.clear()
+        active = self.last_send is not None and (
+            now is not None and now - self.last_send <= SESSION_ACTIVE_TIMEOUT
+        )
+        if active and now is not None:
+            self._send_pings(now, call_me_maybe=True)
 
     def note_bad_endpoint(self, addr: AddrPort) -> None:
         """A send to ``addr`` failed in a way that says the path is gone."""

@@ -23,6 +23,7 @@ class Sink:
     """
 
     __slots__ = (
+        "_loop",
         "_write",
         "_write_one",
         "blocked",
@@ -53,6 +54,9 @@ class Sink:
     ) -> None:
         self._write = write
         self._write_one = write_one
+        # Made inside the loop that runs it; kept, as get_running_loop() per write shows in
+        # profiles (it checks the pid).
+        self._loop = asyncio.get_running_loop()
         self.transport = transport
         self.drain = drain
         self.close = close
@@ -75,7 +79,7 @@ class Sink:
         else:
             self.pending += parts
         self.pending_bytes += sum(map(len, parts))
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self.last_write = loop.time()
         if not self.scheduled:
             self.scheduled = True

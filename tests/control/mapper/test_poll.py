@@ -176,13 +176,21 @@ def test_fanout_delay_follows_the_measured_tick_cost() -> None:
     from meshscale.control.mapper.poll import FANOUT_SPACING, MAX_MESSAGE_GAP
 
     _, h, _ = make(batch_delay=0.005)
-    # A cheap tick: only the base delay. A 0.1 s tick that started 0.05 s ago: the next one
-    # waits until FANOUT_SPACING ticks' worth after that start. Capped by MAX_MESSAGE_GAP.
-    assert h.fanout_delay(last_tick=100.0, now=100.0, cost=0.0) == 0.005
-    want = 100.0 + FANOUT_SPACING * 0.1 - 100.05
-    assert h.fanout_delay(last_tick=100.0, now=100.05, cost=0.1) == pytest.approx(want)
-    assert h.fanout_delay(last_tick=100.0, now=100.0, cost=60.0) == MAX_MESSAGE_GAP
-    assert h.fanout_delay(last_tick=0.0, now=100.0, cost=0.1) == 0.005  # quiet: base only
+    # No tick yet: only the base delay.
+    assert h.fanout_delay(last_tick=0.0, now=100.0, cost=0.0) == 0.005
+    # After a quiet spell, a 0.1 s tick at 100.0: a change right after it goes at once.
+    assert h.fanout_delay(last_tick=100.0, now=100.2, cost=0.1) == 0.005
+    # Changes without end (each tick costs 0.1 s): the ticks settle at one per
+    # FANOUT_SPACING ticks' worth of time, so the fan-out takes 1/FANOUT_SPACING of the loop.
+    t, starts = 100.2, []
+    for _ in range(40):
+        starts.append(t)
+        t += 0.1 + h.fanout_delay(last_tick=t, now=t + 0.1, cost=0.1)
+    period = (starts[-1] - starts[-11]) / 10
+    assert period == pytest.approx(FANOUT_SPACING * 0.1, rel=0.05)
+    # An expensive tick: the wait is capped.
+    t += 1.0
+    assert h.fanout_delay(last_tick=t, now=t + 60.0, cost=60.0) == MAX_MESSAGE_GAP
     _, h0, _ = make(batch_delay=0.0)
     assert h0.fanout_delay(last_tick=100.0, now=100.0, cost=0.1) == 0.0
 
