@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_gate_sheds_unauthenticated_work_while_the_loop_lags() -> None:
-    g = NoiseGate(NoiseLimits(shed_lag=0.1, shed_hold=5.0, shed_min_unauth=2))
+    # no allowance for fresh sources (shed_admit_rate): see the test after this one
+    g = NoiseGate(NoiseLimits(shed_lag=0.1, shed_hold=5.0, shed_min_unauth=2, shed_admit_rate=0))
     held = [g.admit("192.0.2.1", False, 0.0), g.admit("192.0.2.1", False, 0.0)]
     assert all(not isinstance(t, str) for t in held)
     g.observe_lag(0.09, 100.0)  # under the threshold: nothing
@@ -53,6 +54,52 @@ def test_gate_sheds_unauthenticated_work_while_the_loop_lags() -> None:
     assert not isinstance(g.admit("192.0.2.9", False, 106.0), str)
     assert g.accept("192.0.2.1", 106.0) is None
     assert g.shed == 4
+
+
+def test_a_burst_of_fresh_sources_is_paced_not_refused_while_shedding() -> None:
+    """bench_control at N=300 (a pre-auth join per address, 32 at once): the joins' own
+    load started an episode and every join was refused once. While shedding, a source that
+    is not suspect still gets in at shed_admit_rate (paced up to max_pace); a suspect one
+    does not, and a refusal by another cap keeps no allowance token."""
+    g = NoiseGate(NoiseLimits(shed_min_unauth=2, shed_admit_rate=10.0, max_pace=2.0))
+    for _ in range(2):
+        assert not isinstance(g.admit("192.0.2.1", False, 0.0), str)
+    g.observe_lag(0.5, 100.0)
+    assert g.shedding(100.0)
+    got = [g.admit(f"198.51.100.{i}", False, 100.0) for i in range(1, 41)]
+    tickets = [t for t in got if not isinstance(t, str)]
+    # a burst of 2.5 tokens: 2 at once, then one per 0.1 s up to 2 s away (20), then 503
+    assert len(tickets) == 22 and [t.pace for t in tickets[:3]] == [0.0, 0.0, 0.05]
+    assert max(t.pace for t in tickets) <= 2.0 and g.paced == 20
+    assert got[22:] == ["server busy"] * 18
+    assert g.shed_admitted == 22 and g.shed == 18 and g.stats()["shed_admitted"] == 22
+    # the flooding source and the refused ones are suspect: no allowance for them
+    assert g.admit("192.0.2.1", False, 103.0) == "server busy"
+    assert g.admit("198.51.100.40", False, 103.0) == "server busy"
+    # a second later the allowance has refilled for a source never seen
+    assert not isinstance(g.admit("203.0.113.1", False, 103.0), str)
+    assert g.shed_admitted == 23 and g.shed == 20
+    # registered nodes never take from it
+    node = g.admit("198.51.100.40", True, 103.0)
+    assert not isinstance(node, str) and node.pace == 0.0
+
+
+def test_a_fresh_source_refused_by_a_cap_keeps_no_allowance_token() -> None:
+    g = NoiseGate(NoiseLimits(shed_min_unauth=1, max_unauth_connections=3, shed_admit_rate=10.0))
+    held = [g.admit("192.0.2.1", False, 0.0) for _ in range(3)]
+    g.observe_lag(0.5, 1.0)
+    assert g.admit("198.51.100.1", False, 1.0) == "too many unauthenticated connections"
+    assert g.shed_admitted == 0 and g.shed == 0 and g.refused == 1
+    paces = []
+    for i, t in enumerate(held[:2]):
+        assert not isinstance(t, str)
+        g.release(t, 1.0)
+        ticket = g.admit(f"198.51.100.{2 + i}", False, 1.0)
+        assert not isinstance(ticket, str)
+        paces.append(ticket.pace)
+    assert paces == [0.0, 0.0]  # 2 of the 2.5 burst tokens: the refused one took none
+    assert g.shed_admitted == 2
+    assert g.admit("198.51.100.1", False, 1.0) == "server busy"  # refused: now suspect
 
 
 def test_gate_does_not_shed_without_unauthenticated_load() -> None:
@@ -100,7 +147,9 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
         mk = MachinePrivate(random.randbytes(32))
         known: set[MachinePublic] = {mk.public()}
         key = MachinePrivate(random.Random(3).randbytes(32))
-        limits = NoiseLimits(shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1, shed_tarpit=0.3)
+        limits = NoiseLimits(
+            shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1, shed_tarpit=0.3, shed_admit_rate=0
+        )
         up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=lambda m: m in known)
         router = Router()
         router.add_upgrade("/ts2021", up)
@@ -209,3 +258,39 @@ def test_a_suspect_source_over_the_server_wide_rate_is_refused_before_parsing() 
     assert g.accept("192.0.2.9", 0.0) is None and g.precheck("192.0.2.9", 0.0) is None
     # A second later the bucket has room again: the source gets to the handshake.
     assert g.accept("192.0.2.1", 2.0) is None and g.precheck("192.0.2.1", 2.0) is None
+
+
+def test_while_shedding_a_fresh_source_gets_in_and_the_loaded_one_does_not() -> None:
+    async def go() -> None:
+        key = MachinePrivate(random.Random(4).randbytes(32))
+        limits = NoiseLimits(shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1, shed_tarpit=0.3)
+        up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=lambda m: False)
+        router = Router()
+        router.add_upgrade("/ts2021", up)
+        server = HTTPServer(router, accept_filter=up.accept)
+        port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
+        up.start()
+        clients: list[H2Client] = []
+        try:
+            clients.append(await _dial(port, key))  # the load, from 127.0.0.1
+            _block(0.4)
+            for _ in range(500):
+                if up.gate.overloads:
+                    break
+                await asyncio.sleep(0.01)
+            assert up.gate.shedding(asyncio.get_running_loop().time())
+            with pytest.raises(ConnectionError):  # held unread at accept, then reset
+                await _dial(port, key, src="127.0.0.1")
+            assert up.gate.shed_at_accept == 1
+            fresh = await _dial(port, key, src="127.0.0.4")  # a new node's first connection
+            clients.append(fresh)
+            assert (await fresh.request("POST", "/machine/register"))[0] == 200
+            assert up.gate.shed_admitted == 1 and up.gate.shed >= 1
+            assert up.gate.unauth_connections == 2
+        finally:
+            for c in clients:
+                await c.close()
+            await up.close()
+            await server.close(grace=0.5)
+
+    asyncio.run(asyncio.wait_for(go(), 30))

@@ -22,6 +22,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 BURST_SECONDS = 0.25  # a rate bucket holds this many seconds of tokens
+SHED_BUCKET = "\0shed"  # the bucket of shed_admit_rate (no source has this key)
 MAX_BUCKETS = 4096  # rate-limit buckets kept (least recently used dropped)
 KiB = 1 << 10
 MiB = 1 << 20
@@ -82,6 +83,13 @@ class NoiseLimits:
     shed_hold_max: float = 60.0
     shed_min_unauth: int = 32
     shed_tarpit: float = 2.0  # seconds a connection refused at accept is held, unread
+    # While shedding, a fresh key from a source that is not suspect (no unauthenticated
+    # connection held, none refused or ended unregistered within shed_hold s) still gets
+    # in at this many per second server-wide (paced like unauth_rate, refused past
+    # max_pace): a burst of new nodes joining with a pre-auth key, each from its own
+    # address, is slowed rather than refused, and a flood needs a fresh address per
+    # connection to use it (counter ``shed_admitted``; 0 turns it off).
+    shed_admit_rate: float = 10.0
 
 
 def source_of(host: str | None) -> str:
@@ -125,6 +133,7 @@ class NoiseGate:
     rejected_bodies: int = 0  # streams refused by a body budget
     shed: int = 0  # connections refused because the server was overloaded
     shed_at_accept: int = 0  # of which reset at accept, unread (accept)
+    shed_admitted: int = 0  # fresh keys admitted while shedding (shed_admit_rate)
     refused_early: int = 0  # of ``refused``: a suspect source over the server-wide rate,
     # before its handshake (precheck) or at accept, unread (accept)
     overloads: int = 0  # times the loop lag went over limits.shed_lag (episodes)
@@ -246,6 +255,13 @@ class NoiseGate:
             return "too many new connections"
         return None
 
+    def _shed_token(self, src: str, now: float) -> float | None:
+        """While shedding: seconds a fresh key from ``src`` waits for a shed_admit_rate
+        token, or None (a suspect source, or the allowance is exhausted past max_pace)."""
+        if self._suspect(src, now) or self.limits.shed_admit_rate <= 0:
+            return None
+        return self._take(SHED_BUCKET, self.limits.shed_admit_rate, now)
+
     def _over_pace(self, key: str, rate: float, now: float) -> bool:
         """Would ``_take`` refuse (a token further away than max_pace)? Reserves nothing."""
         burst = max(1.0, BURST_SECONDS * rate)
@@ -261,40 +277,47 @@ class NoiseGate:
             self.refused += 1
             return "too many connections"
         src = source_of(host)
+        pace = 0.0
         if not node:
-            why = ""
-            if self.shedding(now):
-                self.shed += 1
-                why = "server busy"
-            elif self.unauth_connections >= lim.max_unauth_connections:
-                self.refused += 1
-                why = "too many unauthenticated connections"
-            elif self._per_source.get(src, 0) >= lim.max_unauth_per_source:
-                self.refused += 1
-                why = "too many unauthenticated connections from this address"
-            if why:
+            admitted = self._admit_unauth(src, now)
+            if isinstance(admitted, str):
                 self._saw_unauth(src, now)
-                return why
-            w_src = self._take(src, lim.unauth_rate_per_source, now)
-            if w_src is None:
-                self.refused += 1
-                self._saw_unauth(src, now)
-                return "too many new connections from this address"
-            w_all = self._take("", lim.unauth_rate, now)
-            if w_all is None:
-                self._give_back(src)
-                self.refused += 1
-                self._saw_unauth(src, now)
-                return "too many new connections"
-            pace = max(w_src, w_all)
+                return admitted
+            pace = admitted
             self.unauth_connections += 1
             self._per_source[src] = self._per_source.get(src, 0) + 1
-        else:
-            pace = 0.0
         self.connections += 1
         if pace:
             self.paced += 1
         return Ticket(src, node, pace=pace)
+
+    def _admit_unauth(self, src: str, now: float) -> float | str:
+        """The caps and rates for an unauthenticated connection: seconds it must wait
+        (pace), or why it is refused (counted; no token kept)."""
+        lim = self.limits
+        shedding = self.shedding(now)
+        w_shed = self._shed_token(src, now) if shedding else 0.0
+        if w_shed is None:
+            self.shed += 1
+            return "server busy"
+        why, w_src, w_all = "", None, None
+        if self.unauth_connections >= lim.max_unauth_connections:
+            why = "too many unauthenticated connections"
+        elif self._per_source.get(src, 0) >= lim.max_unauth_per_source:
+            why = "too many unauthenticated connections from this address"
+        elif (w_src := self._take(src, lim.unauth_rate_per_source, now)) is None:
+            why = "too many new connections from this address"
+        elif (w_all := self._take("", lim.unauth_rate, now)) is None:
+            self._give_back(src)
+            why = "too many new connections"
+        if why or w_src is None or w_all is None:
+            self.refused += 1
+            if shedding:
+                self._give_back(SHED_BUCKET)
+            return why
+        if shedding:
+            self.shed_admitted += 1
+        return max(w_shed, w_src, w_all)
 
     def promote(self, ticket: Ticket) -> None:
         """The connection's machine key registered: it becomes a node connection."""
@@ -359,6 +382,7 @@ class NoiseGate:
             "rejected_bodies": self.rejected_bodies,
             "shed": self.shed,
             "shed_at_accept": self.shed_at_accept,
+            "shed_admitted": self.shed_admitted,
             "refused_early": self.refused_early,
             "overloads": self.overloads,
             "max_lag_ms": self.max_lag_ms,
