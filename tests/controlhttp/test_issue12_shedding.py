@@ -84,6 +84,31 @@ def test_a_burst_of_fresh_sources_is_paced_not_refused_while_shedding() -> None:
     assert not isinstance(node, str) and node.pace == 0.0
 
 
+def test_a_flooding_source_does_not_take_the_allowance_when_its_suspicion_lapses() -> None:
+    """bench_hardening with the allowance keyed on suspicion: a junk source, refused at
+    accept (which leaves no mark) for shed_hold s after its last registration, was no
+    longer suspect, got the allowance, registered again: 3,438 junk keys admitted in one
+    run. The allowance is for sources not seen within shed_hold_max s."""
+    g = NoiseGate(NoiseLimits(shed_min_unauth=1, shed_hold=5.0, shed_hold_max=60.0))
+    load = g.admit("192.0.2.1", False, 0.0)
+    junk = g.admit("198.51.100.7", False, 0.0)
+    assert not isinstance(load, str) and not isinstance(junk, str)
+    g.release(junk, 1.0)  # ended unregistered: marked
+    for now in (1.0, 3.0, 5.0, 7.0):
+        g.observe_lag(0.5, now)
+        assert g.shedding(now)
+    assert g.accept("198.51.100.7", 3.0) is not None  # suspect: refused at accept
+    # past shed_hold it is not suspect: it reaches the handshake, but no allowance
+    assert g.accept("198.51.100.7", 7.0) is None and g.precheck("198.51.100.7", 7.0) is None
+    assert g.admit("198.51.100.7", False, 7.0) == "server busy"
+    assert g.shed_admitted == 0
+    assert not isinstance(g.admit("203.0.113.9", False, 7.0), str)  # a new source does
+    assert g.shed_admitted == 1
+    g.observe_lag(0.5, 70.0)
+    assert not isinstance(g.admit("198.51.100.7", False, 70.0), str)  # long quiet: new again
+    assert g.shed_admitted == 2
+
+
 def test_a_fresh_source_refused_by_a_cap_keeps_no_allowance_token() -> None:
     g = NoiseGate(NoiseLimits(shed_min_unauth=1, max_unauth_connections=3, shed_admit_rate=10.0))
     held = [g.admit("192.0.2.1", False, 0.0) for _ in range(3)]

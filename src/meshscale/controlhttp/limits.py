@@ -83,8 +83,8 @@ class NoiseLimits:
     shed_hold_max: float = 60.0
     shed_min_unauth: int = 32
     shed_tarpit: float = 2.0  # seconds a connection refused at accept is held, unread
-    # While shedding, a fresh key from a source that is not suspect (no unauthenticated
-    # connection held, none refused or ended unregistered within shed_hold s) still gets
+    # While shedding, a fresh key from a new source (no unauthenticated connection held,
+    # none refused or ended unregistered within shed_hold_max s) still gets
     # in at this many per second server-wide (paced like unauth_rate, refused past
     # max_pace): a burst of new nodes joining with a pre-auth key, each from its own
     # address, is slowed rather than refused, and a flood needs a fresh address per
@@ -257,8 +257,15 @@ class NoiseGate:
 
     def _shed_token(self, src: str, now: float) -> float | None:
         """While shedding: seconds a fresh key from ``src`` waits for a shed_admit_rate
-        token, or None (a suspect source, or the allowance is exhausted past max_pace)."""
-        if self._suspect(src, now) or self.limits.shed_admit_rate <= 0:
+        token, or None: the allowance is exhausted past max_pace, or the source is not new.
+        Not new means it holds unauthenticated connections or had one refused or end
+        unregistered within shed_hold_max s, not shed_hold: a flooding source is suspect
+        only shed_hold s after its last mark (its refusals at accept leave none), and would
+        otherwise take the allowance every shed_hold s (bench_hardening: 3,438 junk keys)."""
+        lim = self.limits
+        at = self._recent.get(src)
+        seen = at is not None and now - at < lim.shed_hold_max
+        if seen or self._per_source.get(src, 0) > 0 or lim.shed_admit_rate <= 0:
             return None
         return self._take(SHED_BUCKET, self.limits.shed_admit_rate, now)
 
