@@ -557,12 +557,13 @@ class Batcher:
     def build(self, session: MapSession, now: datetime) -> dict[str, Any] | None:
         """Drain ``session.pending`` into one message (None if nothing is to be sent)."""
         p = session.pending
-        session.pending = Pending(full=False)
+        if not p.empty():  # (an empty one stays: a fan-out tick to 10,000 sessions that
+            session.pending = Pending(full=False)  # have nothing of their own allocates none)
         shared_key: _DeltaKey | None = None
         end = self._epoch_base + len(self._epochs)
         if session.bpos < end and not p.full:
             if session.bpos < self._epoch_base:
-                p.full = True  # its batches were dropped: resync
+                p = Pending(full=True)  # its batches were dropped: resync
             else:
                 merged, mkey = self._merged_from(session.bpos)
                 nid = int(session.node_id)
@@ -570,6 +571,8 @@ class Batcher:
                 if p.empty() and not mine:
                     p, shared_key = merged, mkey  # read-only from here on
                 else:
+                    if p is session.pending:
+                        p = Pending(full=False)
                     _merge(p, merged, skip=nid)
         session.bpos = end
         if p.empty():
