@@ -46,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import io
 import json
 import os
@@ -197,6 +198,9 @@ class Bench:
             async with sem:
                 await self.add_client(i)
             if len(self.clients) % PROGRESS_STEP == 0:
+                # The clients so far are long-lived: out of the collector's way (a full
+                # collection over thousands of connections' objects stalled this process).
+                gc.freeze()
                 progress(len(self.clients))
 
         await asyncio.gather(*(one(self.first + i) for i in range(n)))
