@@ -131,3 +131,26 @@ def test_close_wakes_reader_and_is_final(pair: tuple[TunDevice, socket.socket]) 
         dev.read_batch()
     with pytest.raises(TunClosedError):
         dev.write_batch([])
+
+
+def test_lone_packet_after_idle_is_returned_without_draining(
+    pair: tuple[TunDevice, socket.socket],
+) -> None:
+    dev, kernel = pair
+    for i in range(3):
+        kernel.send(frame(dev, tcp(bytes([i]) * 100, seq=i)))
+    # A fresh device counts as drained: the first packet comes alone, one read ...
+    assert [bytes(v) for v in dev.read_batch(lone=True)] == [tcp(b"\0" * 100, seq=0)]
+    assert dev.statistics().reads == 1
+    # ... the rest of the burst in one batch, ending on the read that finds the queue empty.
+    assert len(dev.read_batch(lone=True)) == 2
+    kernel.send(frame(dev, udp(b"x" * 44)))
+    assert [bytes(v) for v in dev.read_batch(lone=True, pad=True)] == [udp(b"x" * 44) + bytes(8)]
+    if dev.offload:
+        # A super-packet after idle is split whole: it is a batch, not a lone packet.
+        kernel.send(super_tcp(b"b" * 9000, 1380))
+        assert len(dev.read_batch(lone=True)) == 7
+    # Without lone a burst after idle comes in one batch.
+    for i in range(3):
+        kernel.send(frame(dev, tcp(bytes([i]) * 100, seq=i)))
+    assert len(dev.read_batch()) == 3

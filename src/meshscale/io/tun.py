@@ -156,6 +156,8 @@ class TunDevice:
         self._gro = Coalescer(udp=uso, verify_checksums=gro_verify)
         self._room = READ_SIZE + split_room(READ_SIZE) + _ALIGN if vnet_hdr else 65536
         self._reads = self._packets_read = self._read_dropped = 0
+        # The last read_batch emptied the queue: the next lone packet goes out at once.
+        self._drained = True
         self._writes = self._packets_written = self._write_dropped = 0
 
     # ---- setup -------------------------------------------------------------------------
@@ -277,7 +279,7 @@ class TunDevice:
     # ---- data path ---------------------------------------------------------------------
 
     def read_batch(
-        self, max_packets: int = DEFAULT_BATCH, *, pad: bool = False
+        self, max_packets: int = DEFAULT_BATCH, *, pad: bool = False, lone: bool = False
     ) -> list[memoryview]:
         """Block until at least one packet is available, then drain up to `max_packets`.
 
@@ -289,6 +291,10 @@ class TunDevice:
         pad: extend each view with zero bytes to WireGuard's padded plaintext length,
         min(roundup16(len), mtu), ready to encrypt without a copy. The IP header still gives
         the packet's own length.
+
+        lone (for latency): when the previous call drained the queue (the device was idle) and
+        the first frame is one plain packet, return it alone, without the read that would only
+        find the queue empty; a burst is then batched from its second read on.
         """
         with self._rlock:
             if self._closed:
@@ -326,10 +332,15 @@ class TunDevice:
                     pos += n
                 pos = (pos + _ALIGN - 1) & -_ALIGN
                 if len(out) >= max_packets or pos > limit:
+                    self._drained = False
+                    break
+                if lone and self._drained and reads == 1 and len(out) == 1:
+                    self._drained = False  # a lone packet after idle: no draining read
                     break
                 try:
                     n = readv(fd, [amv[pos : pos + size]])
                 except BlockingIOError:
+                    self._drained = True
                     break
                 except OSError as e:
                     if out:  # deliver what we have; the error repeats on the next call

@@ -45,6 +45,7 @@ from meshscale.wireguard.uapi import (
     UAPIError,
 )
 
+from . import trace
 from .bind import Bind, BindClosed
 from .udpbind import UDPBind
 
@@ -64,7 +65,9 @@ class Tun(Protocol):
     name: str
     mtu: int
 
-    def read_batch(self, max_packets: int = ..., *, pad: bool = ...) -> list[memoryview]: ...
+    def read_batch(
+        self, max_packets: int = ..., *, pad: bool = ..., lone: bool = ...
+    ) -> list[memoryview]: ...
 
     def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
 
@@ -129,6 +132,9 @@ class Engine:
     def start(self) -> None:
         with self.lock:
             self.listen_port = self.bind.open(self.listen_port)
+        trace_dir = os.environ.get(trace.ENV)
+        if trace_dir:  # bench-only stage stamps (wgengine/trace.py)
+            trace.install(self, trace_dir)
         for name, target in (("tx", self._tx_loop), ("rx", self._rx_loop), ("ctl", self._control)):
             t = threading.Thread(target=target, name=f"wg-{name}", daemon=True)
             t.start()
@@ -162,8 +168,9 @@ class Engine:
         while not self._closed.is_set():
             try:
                 # pad=True: packets arrive zero-padded to WireGuard's length, so sealing
-                # needs no copy (the IP header still carries the real length).
-                packets: list[bytes] | list[memoryview] = read(TX_BATCH, pad=True)
+                # needs no copy (the IP header still carries the real length). lone=True: a
+                # packet after idle is sealed and sent before looking for more (latency).
+                packets: list[bytes] | list[memoryview] = read(TX_BATCH, pad=True, lone=True)
             except (TunClosedError, TunGoneError) as exc:
                 log.info("TUN device closed or gone: %s", exc)
                 self.close()
@@ -214,6 +221,13 @@ class Engine:
                 except queue.Full:
                     self.device.drops["handshake_queue_full"] += 1
             self.timer.wake()
+        if self.device._out:
+            self._flush()
+        # Receiving data may have armed a timer (passive keepalive, rekey on receive).
+        self.timer.poke()
+        # The TUN write comes last: the kernel answers a ping inside it and wakes the TX
+        # thread, which then waits for the GIL until this thread blocks in its next receive,
+        # so nothing but the loop itself should run in between.
         if packets:
             if self.filter_in is not None:
                 packets = self.filter_in(packets)
@@ -224,10 +238,6 @@ class Engine:
                 return False
             except OSError:
                 self._count("tun_write")
-        if self.device._out:
-            self._flush()
-        # Receiving data may have armed a timer (passive keepalive, rekey on receive).
-        self.timer.poke()
         return True
 
     def inject(self, packets: Sequence[bytes]) -> None:
