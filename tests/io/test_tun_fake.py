@@ -15,6 +15,7 @@ import pytest
 
 from meshscale.io.tun import READ_SIZE, TunClosedError, TunDevice
 from meshscale.packet import ZERO_HDR, VirtioNetHdr, gso_split, parse_ip
+from meshscale.packet.gro import coalesce
 
 from ..packet.builders import kernel_receive, l4_ok, super_tcp, super_udp, tcp, udp
 
@@ -154,3 +155,21 @@ def test_lone_packet_after_idle_is_returned_without_draining(
     for i in range(3):
         kernel.send(frame(dev, tcp(bytes([i]) * 100, seq=i)))
     assert len(dev.read_batch()) == 3
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_lone_write_is_what_the_coalescer_writes(
+    pair: tuple[TunDevice, socket.socket], v6: bool
+) -> None:
+    dev, kernel = pair
+    for pkt in (tcp(b"p" * 37, seq=9, v6=v6), udp(b"q" * 300, v6=v6), udp(b"r")):
+        padded = pkt + bytes((-len(pkt)) & 15)  # as WireGuard delivers it, padding left on
+        assert dev.write_batch([padded]) == 1
+        got = kernel.recv(70000, socket.MSG_DONTWAIT)
+        if dev.offload:
+            want = coalesce([padded], udp=True)
+            assert got == b"".join(bytes(b) for b in want[0])
+            assert got == ZERO_HDR + (pkt if len(pkt) >= 40 else padded)
+        else:
+            assert got == padded
+    assert dev.statistics().packets_written == 3
