@@ -173,3 +173,55 @@ def test_lone_write_is_what_the_coalescer_writes(
         else:
             assert got == padded
     assert dev.statistics().packets_written == 3
+
+
+def test_read_ready_leaves_packets_to_a_busy_reader(pair: tuple[TunDevice, socket.socket]) -> None:
+    dev, kernel = pair
+    kernel.send(frame(dev, tcp(b"a" * 10, seq=1)))
+    assert dev.read_ready() == []  # no reader asleep on an empty queue: it stays queued
+    assert [bytes(v) for v in dev.read_batch()] == [tcp(b"a" * 10, seq=1)]
+
+
+def _read_into(dev: TunDevice, got: list[bytes]) -> None:
+    got.extend(bytes(v) for v in dev.read_batch())
+
+
+def test_read_ready_takes_a_frame_while_the_reader_sleeps(
+    pair: tuple[TunDevice, socket.socket],
+) -> None:
+    dev, kernel = pair
+    pkt, end = tcp(b"b" * 20, seq=2), udp(b"end")
+    wins = 0
+    for _ in range(20):
+        got: list[bytes] = []
+        reader = threading.Thread(target=_read_into, args=(dev, got))
+        reader.start()
+        deadline = time.monotonic() + 5
+        while not dev._idle_reader and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        assert dev._idle_reader
+        kernel.send(frame(dev, pkt))
+        # Whoever wins the race (read_ready here, or the woken reader), it arrives once.
+        taken = [bytes(v) for v in dev.read_ready(pad=True)]
+        if taken:
+            wins += 1
+            assert taken == [pkt + bytes((-len(pkt)) & 15)]
+            kernel.send(frame(dev, end))  # the reader lost the race: wake it
+            reader.join(5)
+            assert got == [end]
+        else:
+            reader.join(5)
+            assert got == [pkt]
+        assert not reader.is_alive()
+    assert dev.statistics().packets_read == 20 + wins
+
+
+def test_read_ready_splits_a_super_packet(pair: tuple[TunDevice, socket.socket]) -> None:
+    dev, kernel = pair
+    # A plain TUN has no super-packets: there a frame is just one packet.
+    f = super_tcp(b"s" * 9000, 1380) if dev.offload else tcp(b"s" * 1380, seq=5)
+    kernel.send(f)
+    dev._idle_reader = True  # as if a reader slept in read_batch
+    want = gso_split(f)[0] if dev.offload else [f]
+    assert [bytes(v) for v in dev.read_ready()] == want
+    assert dev.read_ready() == []  # nothing more queued

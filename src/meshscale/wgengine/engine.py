@@ -4,6 +4,8 @@ Three OS threads (docs/protocol/wireguard.md §15):
 
     TX       TUN read_batch -> Device.encrypt_packets -> bind.send (UDP GSO)
     RX       bind.receive (UDP GRO) -> Device.decrypt_transport -> TUN write_batch (TCP GRO)
+             after writing a lone packet, the kernel's answer queued by that write (a ping
+             reply) is sealed and sent from RX too, while TX sleeps: no thread wake-up for it
              handshake messages -> bounded queue -> control
     control  handshakes (100-230 us of DH each, kept off the data path), timers, UAPI
 
@@ -108,6 +110,8 @@ class Engine:
         # Packets from the TUN that the node answers itself (quad-100 DNS): takes them out
         # of the batch and returns the rest; answers come back through `inject`.
         self.intercept: Intercept | None = None
+        # TunDevice.read_ready: the RX thread sends the kernel's immediate answers itself.
+        self._read_ready: Callable[..., list[memoryview]] | None = getattr(tun, "read_ready", None)
         self._handshakes: queue.Queue[tuple[bytes, Endpoint]] = queue.Queue(HANDSHAKE_QUEUE_SIZE)
         self._under_load_until = 0.0
         self._closed = threading.Event()
@@ -233,6 +237,12 @@ class Engine:
                 packets = self.filter_in(packets)
             try:
                 self.tun.write_batch(packets)
+                if len(packets) == 1 and self._read_ready is not None:
+                    # The kernel answers a lone packet (ping, ACK) inside that write: seal
+                    # and send the answer from here rather than wake the TX thread for it.
+                    answer = self._read_ready(pad=True)
+                    if answer:
+                        self._tx_batch(answer)
             except (TunClosedError, TunGoneError):
                 self.close()
                 return False

@@ -7,6 +7,8 @@ check at all. Each lone-packet batch (one packet in) appends one line to DIR/tra
     tx <read returned> <sealed> <sent> <done>       (time.time_ns, comparable across daemons)
     rx <recv returned> <opened> <written> <done>
 
+(an answer the RX thread takes with read_ready and sends itself is a tx line inside the rx one)
+
 benchmarks/bench_wireguard.py --trace merges the two daemons' files into one ping's timeline.
 """
 
@@ -57,36 +59,45 @@ def install(engine: Engine, directory: str) -> None:
         rx_stamp[0] = now()
         return out
 
+    read_ready = engine._read_ready
+
+    def traced_read_ready(*, pad: bool = False) -> list[memoryview]:
+        assert read_ready is not None
+        out = read_ready(pad=pad)
+        tx_stamp[0] = now()
+        return out
+
     send = engine.bind.send
-    marks: list[int] = []
+    smarks: list[int] = []  # around the send (TX, or RX sending an answer)
+    wmarks: list[int] = []  # around the TUN write (RX)
 
     def traced_send(ep: Endpoint, msgs: list[list[bytes]]) -> None:
-        marks.append(now())
+        smarks.append(now())
         send(ep, msgs)
-        marks.append(now())
+        smarks.append(now())
 
     write = engine.tun.write_batch
 
     def traced_write(packets: Sequence[bytes | bytearray | memoryview]) -> int:
-        marks.append(now())
+        wmarks.append(now())
         n = write(packets)
-        marks.append(now())
+        wmarks.append(now())
         return n
 
     tx_batch: Callable[[list[bytes] | list[memoryview]], None] = engine._tx_batch
     rx_batch = engine._rx_batch
 
     def traced_tx(packets: list[bytes] | list[memoryview]) -> None:
-        marks.clear()
+        smarks.clear()
         tx_batch(packets)
-        if len(packets) == 1 and len(marks) == 2:
-            emit(f"tx {tx_stamp[0]} {marks[0]} {marks[1]} {now()}\n")
+        if len(packets) == 1 and len(smarks) == 2:
+            emit(f"tx {tx_stamp[0]} {smarks[0]} {smarks[1]} {now()}\n")
 
     def traced_rx(batch: Sequence[tuple[bytes | memoryview, Endpoint]]) -> bool:
-        marks.clear()
+        wmarks.clear()
         ok = rx_batch(batch)
-        if len(batch) == 1 and len(marks) == 2:
-            emit(f"rx {rx_stamp[0]} {marks[0]} {marks[1]} {now()}\n")
+        if len(batch) == 1 and len(wmarks) == 2:
+            emit(f"rx {rx_stamp[0]} {wmarks[0]} {wmarks[1]} {now()}\n")
         return ok
 
     engine.tun.read_batch = read_batch  # type: ignore[method-assign]
@@ -95,6 +106,8 @@ def install(engine: Engine, directory: str) -> None:
     engine.tun.write_batch = traced_write  # type: ignore[method-assign]
     engine._tx_batch = traced_tx  # type: ignore[method-assign]
     engine._rx_batch = traced_rx  # type: ignore[method-assign]
+    if read_ready is not None:
+        engine._read_ready = traced_read_ready
     # Keep the last lines when the engine closes.
     close = engine.close
 
