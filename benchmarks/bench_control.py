@@ -10,8 +10,13 @@ PeersChangedPatch (p50/p99/max over all receivers), plus the same for a node joi
     .venv/bin/python benchmarks/bench_control.py                    # N = 100, 1000
     .venv/bin/python benchmarks/bench_control.py --sizes 100 1000 3000 --changes 5
 
-All clients live in this one process, so latency includes their own decode time; the figures
-are upper bounds for the server. The server's CPU time per change (from /proc, 10 ms ticks) is
+The clients live in ``--procs`` worker processes (default 1), driven by this one over pipes
+(JSON lines); arrival times are CLOCK_MONOTONIC (perf_counter), the same in every process.
+Latency includes the clients' own decode time; the figures are upper bounds for the server.
+
+    .venv/bin/python benchmarks/bench_control.py --sizes 10000 --open-gate --procs 2
+
+The server's CPU time per change (from /proc, 10 ms ticks) is
 the figure least disturbed by other load on the machine.
 Not a test: run by hand and copy the figures.
 
@@ -41,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import io
 import json
 import os
@@ -50,8 +56,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import zstandard
 from procstat import cpu_seconds, free_port, rss_kib
@@ -133,31 +140,32 @@ def is_refusal(exc: ClientError) -> bool:
 
 
 class Bench:
-    def __init__(self, port: int, control_key: MachinePublic, authkey: str) -> None:
+    """One worker's share of the clients: ``first`` is the global index of its first one
+    (source addresses and host names are by global index)."""
+
+    def __init__(self, port: int, control_key: MachinePublic, authkey: str, first: int) -> None:
         self.port = port
         self.control_key = control_key
         self.authkey = authkey
+        self.first = first
         self.clients: list[ControlClient] = []
         self.streams: list[MapStream] = []
         self.node_ids: list[int] = []
         self.retries = 0  # upgrades refused with 503 and retried
-        self.server_pid: int | None = None  # for the ramp's progress lines
-        self._sinks: list[asyncio.Task[None]] = []
-
-    @staticmethod
-    async def _sink(s: MapStream) -> None:
-        """Empty a stream's messages as they come, without decompressing them (between
-        measurements; otherwise they pile up in this process's memory)."""
-        while True:
-            await s.next_frame(wait=1e9)
+        self._waiter: asyncio.Future[list[float]] | None = None
 
     def stop_sinks(self) -> None:
-        for t in self._sinks:
-            t.cancel()
-        self._sinks.clear()
+        """Read messages again (measurements)."""
+        for s in self.streams:
+            s.drop_messages(False)
 
     def start_sinks(self) -> None:
-        self._sinks = [asyncio.ensure_future(self._sink(s)) for s in self.streams]
+        """Between measurements every stream's messages are discarded as they arrive, in
+        the connection's reader (MapStream.drop_messages), so they neither pile up in this
+        process's memory nor cost it a task wake-up each: at 10,000 streams every fan-out
+        tick is 10,000 messages here, and the bench process was the ramp's bottleneck."""
+        for s in self.streams:
+            s.drop_messages(True)
 
     async def add_client(self, i: int) -> None:
         c = ControlClient(
@@ -181,25 +189,22 @@ class Bench:
         self.clients.append(c)
         self.streams.append(s)
         self.node_ids.append(node_id(first))
-        self._sinks.append(asyncio.ensure_future(self._sink(s)))
+        s.drop_messages(True)
 
-    async def ramp(self, n: int, concurrency: int) -> float:
-        t0 = time.perf_counter()
+    async def ramp(self, n: int, concurrency: int, progress: Callable[[int], None]) -> None:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> None:
             async with sem:
                 await self.add_client(i)
-            if len(self.clients) % 1000 == 0:  # progress: the ramp at 10,000 takes minutes
-                took = time.perf_counter() - t0
-                extra = ""
-                if self.server_pid is not None:  # a capped ramp still says what it cost
-                    pid = self.server_pid
-                    extra = f", server CPU {cpu_seconds(pid):.0f} s, RSS {rss_kib(pid) >> 10} MiB"
-                print(f"{len(self.clients)} joined, {took:.0f} s{extra}", file=sys.stderr)
+            if len(self.clients) % PROGRESS_STEP == 0:
+                # The clients so far are long-lived: out of the collector's way (a full
+                # collection over thousands of connections' objects stalled this process).
+                gc.freeze()
+                progress(len(self.clients))
 
-        await asyncio.gather(*(one(len(self.clients) + i) for i in range(n)))
-        return time.perf_counter() - t0
+        await asyncio.gather(*(one(self.first + i) for i in range(n)))
+        progress(len(self.clients))
 
     async def drain(self, seconds: float) -> None:
         """Swallow deltas still in flight from the ramp-up."""
@@ -214,62 +219,163 @@ class Bench:
         await asyncio.gather(*(one(s) for s in self.streams))
 
     async def wait_all(
-        self, needle: bytes, pred: object, skip: int | None, wait: float
+        self, needle: bytes, pred: Callable[[dict[str, Any]], bool], skip: int | None, wait: float
     ) -> list[float]:
-        """Per stream (but ``skip``), seconds until a message satisfying ``pred`` arrived.
-        Messages are decompressed, and parsed only when they contain ``needle``."""
-        t0 = time.perf_counter()
+        """Per stream (but ``skip``), the time (perf_counter: CLOCK_MONOTONIC, the same in
+        every process) a message satisfying ``pred`` arrived. Messages are decompressed,
+        and parsed only when they contain ``needle``."""
         out: list[float] = []
 
         async def one(s: MapStream) -> None:
             while True:
                 body = decompress_bounded(_DCTX, await s.next_frame(wait=wait))
-                if needle in body and pred(json.loads(body)):  # type: ignore[operator]
-                    out.append(time.perf_counter() - t0)
+                if needle in body and pred(json.loads(body)):
+                    out.append(time.perf_counter())
                     return
 
         await asyncio.gather(*(one(s) for i, s in enumerate(self.streams) if i != skip))
         return out
 
-    async def endpoint_change(self, k: int, wait: float) -> list[float]:
-        idx = k % len(self.clients)
-        nid = self.node_ids[idx]
-        ep = f"198.51.100.{k % 250 + 1}:{20000 + k}"
+    def watch(self, cmd: dict[str, Any]) -> None:
+        """Start waiting for the change ``cmd`` describes on every stream of this worker."""
+        if cmd["kind"] == "endpoint":
+            nid, ep = cmd["nid"], cmd["ep"]
 
-        def seen(msg: dict[str, object]) -> bool:
-            return any(
-                p.get("NodeID") == nid and p.get("Endpoints") == [ep]
-                for p in msg.get("PeersChangedPatch", [])  # type: ignore[union-attr]
-            )
+            def seen(msg: dict[str, Any]) -> bool:
+                return any(
+                    p.get("NodeID") == nid and p.get("Endpoints") == [ep]
+                    for p in msg.get("PeersChangedPatch", [])
+                )
 
-        waiter = asyncio.ensure_future(self.wait_all(ep.encode(), seen, idx, wait))
-        await asyncio.sleep(0)
+            needle = ep.encode()
+        else:
+            name = cmd["name"]
+
+            def seen(msg: dict[str, Any]) -> bool:
+                return any(
+                    str(p.get("Name", "")).startswith(name) for p in msg.get("PeersChanged", [])
+                )
+
+            needle = name.encode()
+        self._waiter = asyncio.ensure_future(self.wait_all(needle, seen, cmd.get("skip"), 120))
+
+    async def post(self, idx: int, ep: str) -> float:
+        """Client ``idx`` (of this worker) posts a lite endpoint update; returns when it
+        was sent (perf_counter)."""
+        t0 = time.perf_counter()
         status = await self.clients[idx].lite_update([ep])
         assert status == 200
-        return await waiter
-
-    async def join(self, k: int, wait: float) -> list[float]:
-        name = f"joiner{k}"
-
-        def seen(msg: dict[str, object]) -> bool:
-            return any(
-                str(p.get("Name", "")).startswith(name)
-                for p in msg.get("PeersChanged", [])  # type: ignore[union-attr]
-            )
-
-        waiter = asyncio.ensure_future(self.wait_all(name.encode(), seen, None, wait))
-        await asyncio.sleep(0)
-        c = ControlClient("127.0.0.1", self.port, control_key=self.control_key, hostname=name)
-        await c.connect()
-        await c.register(self.authkey)
-        try:
-            return await waiter
-        finally:
-            await c.close()
+        return t0
 
     async def close(self) -> None:
         self.stop_sinks()
         await asyncio.gather(*(c.close() for c in self.clients))
+
+
+PROGRESS_STEP = 250  # joins between a worker's progress reports
+
+
+async def worker(port: int, key: str, authkey: str, first: int, n: int, concurrency: int) -> None:
+    """A bench worker process: ``n`` clients from global index ``first``, driven by JSON
+    commands on stdin, answering one JSON line each on stdout."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    b = Bench(port, MachinePublic.from_text(key), authkey, first)
+
+    def send(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "ramp":
+            await b.ramp(n, concurrency, lambda k: send({"joined": k}))
+            send({"cpu": time.process_time(), "retries": b.retries})
+        elif op == "settle":
+            await asyncio.sleep(1.0)  # the sinks empty what the ramp left in flight
+            b.stop_sinks()
+            await b.drain(0.5)
+            send({})
+        elif op == "nid":
+            send({"nid": b.node_ids[cmd["idx"]]})
+        elif op == "watch":
+            b.watch(cmd)
+            await asyncio.sleep(0)
+            send({})
+        elif op == "post":
+            send({"t0": await b.post(cmd["idx"], cmd["ep"])})
+        elif op == "result":
+            assert b._waiter is not None
+            send({"at": await b._waiter})
+        elif op == "drain":
+            await b.drain(cmd["seconds"])
+            send({})
+        elif op == "close":
+            await b.close()
+            send({"cpu": time.process_time()})
+            return
+
+
+class Workers:
+    """The bench's worker processes, each holding a share of the N clients."""
+
+    def __init__(self, cmd: list[str], shares: list[tuple[int, int]], concurrency: int) -> None:
+        each = max(1, concurrency // len(shares))
+        self.shares = shares
+        self.procs = [
+            subprocess.Popen(
+                [*cmd, "--worker", str(first), str(n), str(each)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for first, n in shares
+        ]
+        self.joined = [0] * len(shares)
+
+    def send(self, w: int, cmd: dict[str, Any]) -> None:
+        p = self.procs[w]
+        assert p.stdin is not None
+        p.stdin.write(json.dumps(cmd) + "\n")
+        p.stdin.flush()
+
+    async def recv(self, w: int) -> dict[str, Any]:
+        p = self.procs[w]
+        assert p.stdout is not None
+        line = await asyncio.to_thread(p.stdout.readline)
+        if not line:
+            raise RuntimeError(f"bench worker {w} exited")
+        out: dict[str, Any] = json.loads(line)
+        return out
+
+    async def ask(self, w: int, cmd: dict[str, Any]) -> dict[str, Any]:
+        self.send(w, cmd)
+        return await self.recv(w)
+
+    async def all(self, cmd: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+        cmds = cmd if isinstance(cmd, list) else [cmd] * len(self.procs)
+        for w, c in enumerate(cmds):
+            self.send(w, c)
+        return list(await asyncio.gather(*(self.recv(w) for w in range(len(self.procs)))))
+
+    def owner(self, idx: int) -> tuple[int, int]:
+        """(worker, its local index) of global client ``idx``."""
+        for w, (first, n) in enumerate(self.shares):
+            if first <= idx < first + n:
+                return w, idx - first
+        raise IndexError(idx)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -278,39 +384,84 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def measure(
-    port: int, pid: int, hello: dict[str, str], n: int, changes: int, concurrency: int
+    port: int, pid: int, hello: dict[str, str], n: int, changes: int, concurrency: int, procs: int
 ) -> dict[str, object]:
     rss0 = rss_kib(pid)
-    b = Bench(port, MachinePublic.from_text(hello["key"]), hello["authkey"])
-    b.server_pid = pid
-    c_ramp, own_ramp = cpu_seconds(pid), time.process_time()
-    ramp = await b.ramp(n, concurrency)
-    c_ramp, own_ramp = cpu_seconds(pid) - c_ramp, time.process_time() - own_ramp
-    await asyncio.sleep(1.0)  # the sinks empty what the ramp left in flight
-    b.stop_sinks()
-    await b.drain(0.5)
+    k = max(1, min(procs, n))
+    shares = [(w * n // k, (w + 1) * n // k - w * n // k) for w in range(k)]
+    cmd = [sys.executable, __file__, "--port", str(port), "--key", hello["key"],
+           "--authkey", hello["authkey"]]  # fmt: skip
+    ws = Workers(cmd, shares, concurrency)
+    try:
+        return await _measure(ws, port, pid, hello, n, changes, rss0)
+    finally:
+        ws.stop()
+
+
+async def _measure(
+    ws: Workers, port: int, pid: int, hello: dict[str, str], n: int, changes: int, rss0: int
+) -> dict[str, object]:
+    t0 = time.perf_counter()
+    c_ramp = cpu_seconds(pid)
+    for w in range(len(ws.procs)):
+        ws.send(w, {"op": "ramp"})
+
+    async def follow(w: int) -> dict[str, Any]:
+        while "joined" in (msg := await ws.recv(w)):
+            before = sum(ws.joined) // 1000
+            ws.joined[w] = msg["joined"]
+            if sum(ws.joined) // 1000 > before:  # the ramp at 10,000 takes minutes
+                print(
+                    f"{sum(ws.joined)} joined, {time.perf_counter() - t0:.0f} s, server CPU "
+                    f"{cpu_seconds(pid):.0f} s, RSS {rss_kib(pid) >> 10} MiB",
+                    file=sys.stderr,
+                )
+        return msg
+
+    done = await asyncio.gather(*(follow(w) for w in range(len(ws.procs))))
+    ramp = time.perf_counter() - t0
+    c_ramp = cpu_seconds(pid) - c_ramp
+    await ws.all({"op": "settle"})
     rss_idle = rss_kib(pid)
     ep_lat: list[float] = []
     join_lat: list[float] = []
     ep_cpu = join_cpu = 0.0
-    for k in range(changes):
+    key = MachinePublic.from_text(hello["key"])
+    for i in range(changes):
+        idx = i % n
+        ow, local = ws.owner(idx)
+        nid = (await ws.ask(ow, {"op": "nid", "idx": local}))["nid"]
+        ep = f"198.51.100.{i % 250 + 1}:{20000 + i}"
+        watch = {"op": "watch", "kind": "endpoint", "nid": nid, "ep": ep}
+        await ws.all([dict(watch, skip=local) if w == ow else watch for w in range(len(ws.procs))])
         c0 = cpu_seconds(pid)
-        ep_lat += await b.endpoint_change(k, wait=120)
+        t_post = (await ws.ask(ow, {"op": "post", "idx": local, "ep": ep}))["t0"]
+        ep_lat += [a - t_post for r in await ws.all({"op": "result"}) for a in r["at"]]
         c1 = cpu_seconds(pid)
-        await b.drain(0.2)
+        await ws.all({"op": "drain", "seconds": 0.2})
+        name = f"joiner{i}"
+        await ws.all({"op": "watch", "kind": "join", "name": name})
         c2 = cpu_seconds(pid)
-        join_lat += await b.join(k, wait=120)
+        t_join = time.perf_counter()
+        c = ControlClient("127.0.0.1", port, control_key=key, hostname=name)
+        await c.connect()
+        await c.register(hello["authkey"])
+        try:
+            join_lat += [a - t_join for r in await ws.all({"op": "result"}) for a in r["at"]]
+        finally:
+            await c.close()
         c3 = cpu_seconds(pid)
-        await b.drain(0.2)
+        await ws.all({"op": "drain", "seconds": 0.2})
         ep_cpu += c1 - c0
         join_cpu += c3 - c2
-    await b.close()
+    closed = await ws.all({"op": "close"})
     return {
         "N": n,
+        "procs": len(ws.procs),
         "ramp_s": round(ramp, 2),
         "ramp_server_cpu_s": round(c_ramp, 2),
-        "ramp_clients_cpu_s": round(own_ramp, 2),
-        "ramp_retries_503": b.retries,
+        "ramp_clients_cpu_s": round(sum(d["cpu"] for d in done), 2),
+        "ramp_retries_503": sum(d["retries"] for d in done),
         "rss_start_mib": round(rss0 / 1024, 1),
         "rss_idle_mib": round(rss_idle / 1024, 1),
         "rss_per_stream_kib": round((rss_idle - rss0) / n, 1),
@@ -321,6 +472,7 @@ async def measure(
         "join_p99_ms": round(pct(join_lat, 99), 1),
         "server_cpu_ms_per_endpoint_change": round(ep_cpu / changes * 1000, 1),
         "server_cpu_ms_per_join": round(join_cpu / changes * 1000, 1),
+        "clients_cpu_s": round(sum(d["cpu"] for d in closed), 2),
         "samples": len(ep_lat) + len(join_lat),
         "median_all_ms": round(statistics.median(ep_lat + join_lat) * 1000, 1),
     }
@@ -363,7 +515,7 @@ def postgres_cluster() -> Iterator[str]:
 
 def run_size(
     n: int, changes: int, batch_delay: float, concurrency: int, src: str | None,
-    open_gate: bool = False, postgres: bool = False,
+    open_gate: bool = False, postgres: bool = False, procs: int = 1,
 ) -> dict[str, object]:  # fmt: skip
     """One server process (from ``src``, another tree's src/, when given) and N clients."""
     port = free_port()
@@ -382,7 +534,7 @@ def run_size(
         try:
             assert proc.stdout is not None
             hello = json.loads(proc.stdout.readline())
-            out = asyncio.run(measure(port, proc.pid, hello, n, changes, concurrency))
+            out = asyncio.run(measure(port, proc.pid, hello, n, changes, concurrency, procs))
             out["server"] = src or "this tree"
             out["open_gate"] = open_gate
             out["store"] = "postgresql" if postgres else "sqlite"
@@ -400,6 +552,17 @@ def main() -> None:
     ap.add_argument("--batch-delay", type=float, default=0.005)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--db", help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--procs",
+        type=int,
+        default=1,
+        help="bench worker processes the N clients are spread over (each client is still a "
+        "full protocol client; the concurrency is split between them)",
+    )
+    ap.add_argument("--worker", type=int, nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--key", help=argparse.SUPPRESS)
+    ap.add_argument("--authkey", help=argparse.SUPPRESS)
     ap.add_argument(
         "--open-gate",
         action="store_true",
@@ -420,6 +583,10 @@ def main() -> None:
     if args.serve:
         asyncio.run(serve(args.serve, args.batch_delay, args.db, args.open_gate))
         return
+    if args.worker:
+        first, count, conc = args.worker
+        asyncio.run(worker(args.port, args.key, args.authkey, first, count, conc))
+        return
     import resource
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -428,7 +595,7 @@ def main() -> None:
         for src in ([args.baseline_src] if args.baseline_src else []) + [None]:
             out = run_size(
                 n, args.changes, args.batch_delay, args.concurrency, src, args.open_gate,
-                args.postgres,
+                args.postgres, args.procs,
             )  # fmt: skip
             print(json.dumps(out), flush=True)
 

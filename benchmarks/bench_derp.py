@@ -48,6 +48,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def self_cpu() -> float:
+    """User + system CPU time of this process (the bench's clients) so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def raise_nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else 1 << 20
@@ -242,12 +248,21 @@ async def amain(args: argparse.Namespace) -> None:
             # Rounds alternate the baseline and the relayed run, so a change in the machine's
             # load (shared cores) hits both alike; the summary is over the rounds.
             for rnd in range(args.rounds):
+                # The bench's own CPU (its clients' share) is printed for both runs: if the
+                # bench were busier per packet when relaying, the ratio would measure it.
+                b0, t0 = self_cpu(), time.perf_counter()
                 rpps, rmbs = await raw_tcp(size, args.seconds)
-                print(f"size {size:5d} B  raw TCP        {rpps:9.0f} pkt/s {rmbs:8.1f} MB/s")
+                bcpu, wall = self_cpu() - b0, time.perf_counter() - t0
+                print(
+                    f"size {size:5d} B  raw TCP        {rpps:9.0f} pkt/s {rmbs:8.1f} MB/s"
+                    f"  bench CPU {1e6 * bcpu / max(rpps * wall, 1):5.2f} us/pkt"
+                    f" ({bcpu / wall:.2f} core)"
+                )
                 for lean in (False, True) if rnd == 0 else (True,):
-                    cpu0 = cpu_seconds(relay.pid)
+                    cpu0, b0, t0 = cpu_seconds(relay.pid), self_cpu(), time.perf_counter()
                     pps, mbs, sent, recv = await relayed(url, size, args.seconds, lean)
                     cpu = cpu_seconds(relay.pid) - cpu0
+                    bcpu, wall = self_cpu() - b0, time.perf_counter() - t0
                     loss = 100 * (1 - recv / sent) if sent else 0.0
                     label = "relayed (lean)" if lean else "relayed (lib) "
                     if lean:
@@ -255,7 +270,9 @@ async def amain(args: argparse.Namespace) -> None:
                     print(
                         f"size {size:5d} B  {label} {pps:9.0f} pkt/s {mbs:8.1f} MB/s"
                         f"  {100 * mbs / rmbs:5.1f}% of raw  loss {loss:4.1f}%"
-                        f"  relay CPU {1e6 * cpu / max(recv, 1):5.1f} us/pkt"
+                        f"  relay CPU {1e6 * cpu / max(recv, 1):5.2f} us/pkt"
+                        f" ({cpu / wall:.2f} core)  bench CPU {1e6 * bcpu / max(recv, 1):5.2f}"
+                        f" us/pkt ({bcpu / wall:.2f} core)"
                     )
             if len(ratios) > 1:
                 print(

@@ -110,7 +110,7 @@ class MachinePublic(_Public):
 class _Private:
     """A Curve25519 private key. Compares in constant time; never prints its bytes."""
 
-    __slots__ = ("_pub", "_raw")
+    __slots__ = ("_key", "_pub", "_raw")
     PREFIX: ClassVar[str] = "privkey"
     PUBLIC: ClassVar[type[_Public]] = _Public
 
@@ -118,7 +118,10 @@ class _Private:
         if len(raw) != KEY_SIZE:
             raise InvalidKeyError(f"private key: want {KEY_SIZE} bytes")
         self._raw = clamp(raw)
-        self._pub = X25519PrivateKey.from_private_bytes(self._raw).public_key().public_bytes_raw()
+        # Kept for shared(): the control server's key does two X25519 per handshake, and
+        # rebuilding the key object each time cost as much again.
+        self._key = X25519PrivateKey.from_private_bytes(self._raw)
+        self._pub = self._key.public_key().public_bytes_raw()
 
     @classmethod
     def generate(cls, random32: bytes) -> Self:
@@ -148,9 +151,7 @@ class _Private:
     def shared(self, peer_public: bytes) -> bytes:
         """X25519 with a peer's public key; all-zero results (low-order points) raise."""
         try:
-            out = X25519PrivateKey.from_private_bytes(self._raw).exchange(
-                X25519PublicKey.from_public_bytes(peer_public)
-            )
+            out = self._key.exchange(X25519PublicKey.from_public_bytes(peer_public))
         except ValueError as exc:  # cryptography refuses low-order points itself
             raise InvalidKeyError("X25519 with a low-order or malformed public key") from exc
         if not any(out):

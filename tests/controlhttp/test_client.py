@@ -117,3 +117,49 @@ def test_issue_8_short_status_line_is_a_client_error_not_index_error() -> None:
                 await c.fetch_key()
 
     asyncio.run(asyncio.wait_for(body(), 5))
+
+
+def test_a_large_response_needs_no_stream_window_updates() -> None:
+    """Our stream window is STREAM_WINDOW (as Go's transport): a 1 MiB map arrives in one
+    flight. With h2's default 64 KiB the client sent a WINDOW_UPDATE every 32 KiB and the
+    server waited a round trip for each (the 10,000-node ramp of issue #14)."""
+    import hyperframe.frame
+
+    from meshscale.controlhttp.client import STREAM_WINDOW
+
+    big = bytes(range(256)) * 4096  # 1 MiB
+
+    async def dispatch(req: NoiseRequest) -> Response:
+        return Response(200, big)
+
+    async def body() -> None:
+        router = Router()
+        router.add_upgrade("/ts2021", NoiseUpgrade(KEY, dispatch, rand=random.Random(2).randbytes))
+        server = HTTPServer(router)
+        port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
+        try:
+            conn = await dial(
+                "127.0.0.1", port, tls=False, machine_key=CLIENT, control_key=KEY.public(),
+                version=130, rand=random.Random(3).randbytes,
+            )  # fmt: skip
+            sent = bytearray()
+            write = conn._stream.write
+            conn._stream.write = lambda data: (sent.extend(data), write(data))[1]  # type: ignore[method-assign]
+            try:
+                assert await conn.request("GET", "/big") == (200, big)
+            finally:
+                await conn.close()
+        finally:
+            await server.close(grace=0.5)
+        updates = []
+        pos = 0
+        while pos + 9 <= len(sent):
+            f, length = hyperframe.frame.Frame.parse_frame_header(memoryview(sent[pos : pos + 9]))
+            if isinstance(f, hyperframe.frame.WindowUpdateFrame) and f.stream_id:
+                updates.append(f.stream_id)
+            pos += 9 + length
+        assert pos == len(sent)
+        assert updates == []
+        assert 2 * len(big) <= STREAM_WINDOW
+
+    asyncio.run(asyncio.wait_for(body(), 10))

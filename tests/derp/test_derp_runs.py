@@ -82,3 +82,19 @@ def test_c_walk_checks_the_range() -> None:
         runs.rewrite_run(buf, 0, 11, DST, SRC, 100)
     with pytest.raises(ValueError):
         runs.rewrite_run(buf, 5, 4, DST, SRC, 100)
+
+
+@pytest.mark.parametrize("n", [0, 1, 4096, 256 * 1024])
+def test_read_buffer_is_a_writable_bytearray_of_the_size_asked(n: int) -> None:
+    buf = runs.read_buffer(n)
+    assert type(buf) is bytearray
+    assert len(buf) == n
+    view = memoryview(buf)
+    view[:] = b"\x07" * n  # recv_into writes through a view like this
+    assert buf == b"\x07" * n
+
+
+@pytest.mark.skipif(not runs.HAVE_C, reason="the C module was not built")
+def test_c_read_buffer_refuses_a_negative_size() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        runs.read_buffer(-1)

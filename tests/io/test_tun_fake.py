@@ -15,6 +15,7 @@ import pytest
 
 from meshscale.io.tun import READ_SIZE, TunClosedError, TunDevice
 from meshscale.packet import ZERO_HDR, VirtioNetHdr, gso_split, parse_ip
+from meshscale.packet.gro import coalesce
 
 from ..packet.builders import kernel_receive, l4_ok, super_tcp, super_udp, tcp, udp
 
@@ -131,3 +132,96 @@ def test_close_wakes_reader_and_is_final(pair: tuple[TunDevice, socket.socket]) 
         dev.read_batch()
     with pytest.raises(TunClosedError):
         dev.write_batch([])
+
+
+def test_lone_packet_after_idle_is_returned_without_draining(
+    pair: tuple[TunDevice, socket.socket],
+) -> None:
+    dev, kernel = pair
+    for i in range(3):
+        kernel.send(frame(dev, tcp(bytes([i]) * 100, seq=i)))
+    # A fresh device counts as drained: the first packet comes alone, one read ...
+    assert [bytes(v) for v in dev.read_batch(lone=True)] == [tcp(b"\0" * 100, seq=0)]
+    assert dev.statistics().reads == 1
+    # ... the rest of the burst in one batch, ending on the read that finds the queue empty.
+    assert len(dev.read_batch(lone=True)) == 2
+    kernel.send(frame(dev, udp(b"x" * 44)))
+    assert [bytes(v) for v in dev.read_batch(lone=True, pad=True)] == [udp(b"x" * 44) + bytes(8)]
+    if dev.offload:
+        # A super-packet after idle is split whole: it is a batch, not a lone packet.
+        kernel.send(super_tcp(b"b" * 9000, 1380))
+        assert len(dev.read_batch(lone=True)) == 7
+    # Without lone a burst after idle comes in one batch.
+    for i in range(3):
+        kernel.send(frame(dev, tcp(bytes([i]) * 100, seq=i)))
+    assert len(dev.read_batch()) == 3
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["v4", "v6"])
+def test_lone_write_is_what_the_coalescer_writes(
+    pair: tuple[TunDevice, socket.socket], v6: bool
+) -> None:
+    dev, kernel = pair
+    for pkt in (tcp(b"p" * 37, seq=9, v6=v6), udp(b"q" * 300, v6=v6), udp(b"r")):
+        padded = pkt + bytes((-len(pkt)) & 15)  # as WireGuard delivers it, padding left on
+        assert dev.write_batch([padded]) == 1
+        got = kernel.recv(70000, socket.MSG_DONTWAIT)
+        if dev.offload:
+            want = coalesce([padded], udp=True)
+            assert got == b"".join(bytes(b) for b in want[0])
+            assert got == ZERO_HDR + (pkt if len(pkt) >= 40 else padded)
+        else:
+            assert got == padded
+    assert dev.statistics().packets_written == 3
+
+
+def test_read_ready_leaves_packets_to_a_busy_reader(pair: tuple[TunDevice, socket.socket]) -> None:
+    dev, kernel = pair
+    kernel.send(frame(dev, tcp(b"a" * 10, seq=1)))
+    assert dev.read_ready() == []  # no reader asleep on an empty queue: it stays queued
+    assert [bytes(v) for v in dev.read_batch()] == [tcp(b"a" * 10, seq=1)]
+
+
+def _read_into(dev: TunDevice, got: list[bytes]) -> None:
+    got.extend(bytes(v) for v in dev.read_batch())
+
+
+def test_read_ready_takes_a_frame_while_the_reader_sleeps(
+    pair: tuple[TunDevice, socket.socket],
+) -> None:
+    dev, kernel = pair
+    pkt, end = tcp(b"b" * 20, seq=2), udp(b"end")
+    wins = 0
+    for _ in range(20):
+        got: list[bytes] = []
+        reader = threading.Thread(target=_read_into, args=(dev, got))
+        reader.start()
+        deadline = time.monotonic() + 5
+        while not dev._idle_reader and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        assert dev._idle_reader
+        kernel.send(frame(dev, pkt))
+        # Whoever wins the race (read_ready here, or the woken reader), it arrives once.
+        taken = [bytes(v) for v in dev.read_ready(pad=True)]
+        if taken:
+            wins += 1
+            assert taken == [pkt + bytes((-len(pkt)) & 15)]
+            kernel.send(frame(dev, end))  # the reader lost the race: wake it
+            reader.join(5)
+            assert got == [end]
+        else:
+            reader.join(5)
+            assert got == [pkt]
+        assert not reader.is_alive()
+    assert dev.statistics().packets_read == 20 + wins
+
+
+def test_read_ready_splits_a_super_packet(pair: tuple[TunDevice, socket.socket]) -> None:
+    dev, kernel = pair
+    # A plain TUN has no super-packets: there a frame is just one packet.
+    f = super_tcp(b"s" * 9000, 1380) if dev.offload else tcp(b"s" * 1380, seq=5)
+    kernel.send(f)
+    dev._idle_reader = True  # as if a reader slept in read_batch
+    want = gso_split(f)[0] if dev.offload else [f]
+    assert [bytes(v) for v in dev.read_ready()] == want
+    assert dev.read_ready() == []  # nothing more queued

@@ -148,3 +148,34 @@ def test_set_mark() -> None:
         s.set_mark(0x51820)
         with socket.socket(fileno=os.dup(s.fileno())) as view:
             assert view.getsockopt(socket.SOL_SOCKET, 36) == 0x51820
+
+
+def test_lone_datagram_after_idle_comes_alone_then_the_burst_batches() -> None:
+    with UDPSocket.bind("127.0.0.1", 0) as rx, UDPSocket.bind("127.0.0.1", 0) as tx:
+        tx.gso = False  # separate datagrams, so GRO cannot glue them
+        dst = rx.getsockname()
+        assert tx.send_batch(dst, [[b"a" * 10], [b"b" * 20], [b"c" * 30]]) == 3
+        # Fresh socket counts as drained: the first datagram comes alone ...
+        assert [bytes(d) for d, _ in rx.recv_batch(lone=True)] == [b"a" * 10]
+        # ... and the rest of the burst in one batch, which drains the queue.
+        assert [bytes(d) for d, _ in rx.recv_batch(lone=True)] == [b"b" * 20, b"c" * 30]
+        assert tx.send_batch(dst, [[b"d"]]) == 1
+        assert [bytes(d) for d, _ in rx.recv_batch(lone=True)] == [b"d"]
+        # A GRO-coalesced receive is a batch, not a lone datagram: split whole.
+        tx.gso = True
+        assert tx.send_batch(dst, messages(3, 100)) == 3
+        assert len(rx.recv_batch(lone=True)) == 3
+        # Without lone, a burst after idle comes in one batch.
+        tx.gso = False
+        assert tx.send_batch(dst, messages(3, 100)) == 3
+        assert len(rx.recv_batch()) == 3
+        assert rx.statistics().received == 10
+
+
+def test_lone_send_counts_like_a_batch() -> None:
+    with UDPSocket.bind("127.0.0.1", 0) as rx, UDPSocket.bind("127.0.0.1", 0) as tx:
+        assert tx.send_batch(rx.getsockname(), [[b"hdr", b"payload"]]) == 1
+        assert [d for d, _ in receive(rx, 1)] == [b"hdrpayload"]
+        assert tx.send_batch(("::1", 9), [[b"x"]]) == 0  # unreachable from IPv4: counted
+        st = tx.statistics()
+        assert (st.sent, st.send_calls, st.send_dropped) == (1, 2, 1)

@@ -175,7 +175,9 @@ class FakeTun:
     def __init__(self) -> None:
         self.written: list[bytes] = []
 
-    def read_batch(self, max_packets: int = 128, *, pad: bool = False) -> list[memoryview]:
+    def read_batch(
+        self, max_packets: int = 128, *, pad: bool = False, lone: bool = False
+    ) -> list[memoryview]:
         raise AssertionError("no TX thread in these tests")
 
     def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int:

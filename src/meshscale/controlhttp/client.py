@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 
 from meshscale.controlbase import ClientConn, ClientHandshake, EarlyPayloadReader
 from meshscale.io import httpclient
@@ -47,6 +48,11 @@ MAX_KEY_RESPONSE = 64 * 1024  # bytes: what the official client reads of /key
 # Our receive window for the whole connection: map responses of a large tailnet arrive
 # without waiting for window updates.
 CONNECTION_WINDOW = 1 << 24  # bytes
+# Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE), as Go's HTTP/2 transport in
+# tailscaled advertises (4 MiB): with h2's default of 64 KiB a full map of a 10,000-node
+# tailnet (about 1 MiB compressed) took some 30 WINDOW_UPDATE round trips, each waiting on
+# both event loops, and the map stream's small deltas made us write an update every few.
+STREAM_WINDOW = 1 << 22  # bytes
 
 
 class ClientError(Exception):
@@ -61,6 +67,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     got_headers: asyncio.Event = field(default_factory=asyncio.Event)
     data: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    # When set, body chunks are handed to it as they are read instead of queued (a reader
+    # that consumes synchronously: no task wake-up per chunk). The end still goes to data.
+    sink: Callable[[bytes], None] | None = None
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body; None once the stream ended (or the connection)."""
@@ -172,6 +181,10 @@ class H2Client:
     def start_connection(self, initial: bytes) -> None:
         """Send our preface and settings, feed the plaintext that came with the handshake,
         and start reading."""
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW},
+        )
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(CONNECTION_WINDOW)
         self._flush()
@@ -197,7 +210,10 @@ class H2Client:
                     self._h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
                 r = self._replies.get(ev.stream_id)
                 if r is not None and ev.data:
-                    r.data.put_nowait(ev.data)
+                    if r.sink is not None:
+                        r.sink(ev.data)
+                    else:
+                        r.data.put_nowait(ev.data)
             elif isinstance(ev, h2.events.StreamEnded | h2.events.StreamReset):
                 r = self._replies.pop(ev.stream_id, None)
                 if r is not None:

@@ -33,6 +33,9 @@ class NoiseStream:
         self.raw = raw
         self.conn = conn
         self._pending = b""
+        # The transport under raw, looked up once (writable() runs once per stream and
+        # fan-out tick: the property chain cost as much as the encryption).
+        self._transport: asyncio.WriteTransport | None = getattr(raw, "transport", None)
 
     def push_front(self, plaintext: bytes) -> None:
         """Plaintext already decrypted (records that arrived with the handshake)."""
@@ -58,7 +61,7 @@ class NoiseStream:
     def writable(self) -> bool:
         """True when a write now would not queue past DRAIN_THRESHOLD (nor hit a closed
         connection): the map fan-out writes synchronously only then."""
-        transport: asyncio.WriteTransport | None = getattr(self.raw, "transport", None)
+        transport = self._transport
         if transport is None:
             return False
         return not transport.is_closing() and transport.get_write_buffer_size() < DRAIN_THRESHOLD

@@ -58,11 +58,17 @@ def rewrite_run_py(
 
 
 rewrite_run: RewriteRun
+# A read buffer of n bytes. The C one is not zeroed (_runs.c says why that is safe); the
+# fallback is a plain bytearray.
+read_buffer: Callable[[int], bytearray]
 try:  # the walk in C (_runs.c, built at install); the Python one above is the fallback
+    from ._runs import read_buffer as _c_read_buffer
     from ._runs import rewrite_run as _c_rewrite_run
 except ImportError:  # built without a compiler
     rewrite_run = rewrite_run_py
+    read_buffer = bytearray
     HAVE_C = False
 else:
     rewrite_run = _c_rewrite_run
+    read_buffer = _c_read_buffer
     HAVE_C = True

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from ..packet.gro import Coalescer, Packet
 from ..packet.tso import Splitter, split_room
-from ..packet.virtio import VIRTIO_NET_HDR_LEN
+from ..packet.virtio import VIRTIO_NET_HDR_LEN, ZERO_HDR
 
 __all__ = [
     "TunClosedError",
@@ -156,6 +156,13 @@ class TunDevice:
         self._gro = Coalescer(udp=uso, verify_checksums=gro_verify)
         self._room = READ_SIZE + split_room(READ_SIZE) + _ALIGN if vnet_hdr else 65536
         self._reads = self._packets_read = self._read_dropped = 0
+        # The last read_batch emptied the queue: the next lone packet goes out at once.
+        self._drained = True
+        # A reader sleeps in poll() with the queue empty: read_ready() may take a frame.
+        self._idle_reader = False
+        self._slock = threading.Lock()
+        self._side: bytearray | None = None  # read_ready's arena, made on first use
+        self._side_splitter: Splitter | None = None
         self._writes = self._packets_written = self._write_dropped = 0
 
     # ---- setup -------------------------------------------------------------------------
@@ -243,11 +250,14 @@ class TunDevice:
 
     def statistics(self) -> TunStats:
         sp, gro = self._splitter.stats, self._gro.stats
+        side = self._side_splitter.stats if self._side_splitter is not None else None
         return TunStats(
             reads=self._reads,
             packets_read=self._packets_read,
-            super_packets=sp.super_packets,
-            read_dropped=self._read_dropped + sum(sp.dropped.values()),
+            super_packets=sp.super_packets + (side.super_packets if side else 0),
+            read_dropped=self._read_dropped
+            + sum(sp.dropped.values())
+            + (sum(side.dropped.values()) if side else 0),
             writes=self._writes,
             packets_written=self._packets_written,
             coalesced=gro.coalesced,
@@ -277,7 +287,7 @@ class TunDevice:
     # ---- data path ---------------------------------------------------------------------
 
     def read_batch(
-        self, max_packets: int = DEFAULT_BATCH, *, pad: bool = False
+        self, max_packets: int = DEFAULT_BATCH, *, pad: bool = False, lone: bool = False
     ) -> list[memoryview]:
         """Block until at least one packet is available, then drain up to `max_packets`.
 
@@ -289,6 +299,10 @@ class TunDevice:
         pad: extend each view with zero bytes to WireGuard's padded plaintext length,
         min(roundup16(len), mtu), ready to encrypt without a copy. The IP header still gives
         the packet's own length.
+
+        lone (for latency): when the previous call drained the queue (the device was idle) and
+        the first frame is one plain packet, return it alone, without the read that would only
+        find the queue empty; a burst is then batched from its second read on.
         """
         with self._rlock:
             if self._closed:
@@ -326,10 +340,15 @@ class TunDevice:
                     pos += n
                 pos = (pos + _ALIGN - 1) & -_ALIGN
                 if len(out) >= max_packets or pos > limit:
+                    self._drained = False
+                    break
+                if lone and self._drained and reads == 1 and len(out) == 1:
+                    self._drained = False  # a lone packet after idle: no draining read
                     break
                 try:
                     n = readv(fd, [amv[pos : pos + size]])
                 except BlockingIOError:
+                    self._drained = True
                     break
                 except OSError as e:
                     if out:  # deliver what we have; the error repeats on the next call
@@ -339,6 +358,44 @@ class TunDevice:
             self._read_dropped += dropped
             self._packets_read += len(out)
             return out
+
+    def read_ready(self, *, pad: bool = False) -> list[memoryview]:
+        """The packets of one frame already queued, without blocking; [] if none, or if no
+        reader sleeps in read_batch on an empty queue (then that reader gets them in order).
+
+        For a thread that just wrote a packet the kernel answers at once (a ping, a TCP ACK):
+        the answer is queued before the write returns, and taking it here saves waking the
+        reader thread. Views point into a buffer of this method's own, reused by its next call.
+        """
+        if not self._idle_reader or self._closed or not self._slock.acquire(blocking=False):
+            return []
+        try:
+            if self._side is None:
+                self._side = bytearray(max(self._room, READ_SIZE) + _ALIGN)
+                self._side_splitter = Splitter(self._side)
+            amv = memoryview(self._side)
+            try:
+                n = os.readv(self._fd, [amv[:READ_SIZE]])
+            except OSError:  # EAGAIN: the reader got it first; errors surface in read_batch
+                return []
+            out: list[memoryview] = []
+            self._reads += 1
+            pad_mtu = self.mtu if pad else 0
+            if n >= READ_SIZE:
+                self._read_dropped += 1
+            elif self.offload:
+                assert self._side_splitter is not None
+                self._side_splitter.split(0, n, n, out, pad_mtu)
+            else:
+                if pad_mtu and n <= pad_mtu:
+                    padded = min((n + 15) & -16, pad_mtu)
+                    amv[n:padded] = _ZEROS[: padded - n]
+                    n = padded
+                out.append(amv[:n])
+            self._packets_read += len(out)
+            return out
+        finally:
+            self._slock.release()
 
     def write_batch(self, packets: Sequence[Packet]) -> int:
         """Write IP packets to the kernel, coalescing TCP (and UDP) flows when offloading.
@@ -351,7 +408,16 @@ class TunDevice:
                 raise TunClosedError(errno.EBADF, "TUN device closed")
             fd = self._fd
             lost = 0
-            if self.offload:
+            if self.offload and len(packets) == 1:
+                # A lone packet (latency): nothing to coalesce; the coalescer would only cut
+                # WireGuard padding and wrap it in a plain vnet header, as this does.
+                try:
+                    os.writev(fd, [ZERO_HDR, _trim(packets[0])])
+                except OSError as e:
+                    self._write_failed(e)
+                    lost = 1
+                self._writes += 1
+            elif self.offload:
                 entries = self._gro.coalesce(packets)
                 writev = os.writev
                 for iov in entries:
@@ -378,11 +444,15 @@ class TunDevice:
 
     def _wait(self) -> None:
         # Sleep until the TUN is readable (or in error) or close() wrote to the wake pipe.
-        while True:
-            for fd, _ in self._poll.poll():
-                if fd == self._wake_r or self._closed:
-                    raise TunClosedError(errno.EBADF, "TUN device closed")
-                return
+        self._idle_reader = True
+        try:
+            while True:
+                for fd, _ in self._poll.poll():
+                    if fd == self._wake_r or self._closed:
+                        raise TunClosedError(errno.EBADF, "TUN device closed")
+                    return
+        finally:
+            self._idle_reader = False
 
     def _read_failed(self, e: OSError) -> None:
         if self._closed:
@@ -402,6 +472,21 @@ class TunDevice:
             return socket.if_nametoindex(self.name) != self.ifindex
         except OSError:
             return True
+
+
+def _trim(p: Packet) -> Packet:
+    """The packet without bytes past its IP length (WireGuard padding), as packet.gro cuts."""
+    n = len(p)
+    if n >= 40:
+        if p[0] == 0x45:
+            tot = (p[2] << 8) | p[3]
+            if 40 <= tot < n:
+                return p[:tot]
+        elif p[0] >> 4 == 6 and n >= 60:
+            tot = ((p[4] << 8) | p[5]) + 40
+            if 60 <= tot < n:
+                return p[:tot]
+    return p
 
 
 def _create(name: str, flags: int) -> tuple[int, str]:

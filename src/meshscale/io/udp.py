@@ -96,6 +96,8 @@ class UDPSocket:
         self._dest: dict[Address, tuple[str, int]] = {}
         self._sent = self._send_calls = self._send_dropped = 0
         self._received = self._recv_calls = self._recv_dropped = 0
+        # The last recv_batch emptied the queue: the next lone datagram is returned at once.
+        self._drained = True
 
     @classmethod
     def bind(cls, host: str = "::", port: int = 0) -> UDPSocket:
@@ -188,6 +190,17 @@ class UDPSocket:
             dst = self._resolve(addr)
             sendmsg = self._sock.sendmsg
             total = len(messages)
+            if total == 1:  # a lone datagram (latency): no GSO grouping to set up
+                try:
+                    sendmsg(messages[0], (), 0, dst)
+                    sent = 1
+                except OSError as e:
+                    self._check_closed(e)
+                    sent = 0
+                self._sent += sent
+                self._send_calls += 1
+                self._send_dropped += 1 - sent
+                return sent
             sent = calls = 0
             i = 0
             if self.gso:
@@ -256,12 +269,18 @@ class UDPSocket:
 
     # ---- receive -----------------------------------------------------------------------
 
-    def recv_batch(self, max_msgs: int = DEFAULT_RECV_BATCH) -> list[tuple[memoryview, Address]]:
+    def recv_batch(
+        self, max_msgs: int = DEFAULT_RECV_BATCH, *, lone: bool = False
+    ) -> list[tuple[memoryview, Address]]:
         """Block for the first datagram, then drain without blocking up to ~`max_msgs`.
 
         Returns (datagram, sender) pairs; GRO-coalesced datagrams are cut at the segment size.
         The views point into a buffer reused by the next recv_batch: copy what must outlive
         it. Raises UDPClosedError after close().
+
+        lone (for latency): when the previous call drained the queue and the first receive is
+        one plain (not coalesced) datagram, return it alone, without the receive that would
+        only find the queue empty; a burst is then batched from its second receive on.
         """
         with self._rlock:
             if self._closed:
@@ -278,6 +297,7 @@ class UDPSocket:
                         [amv[pos : pos + RECV_SIZE]], _ANC_SIZE, flags
                     )
                 except BlockingIOError:
+                    self._drained = True
                     break
                 except OSError as e:
                     self._check_closed(e)
@@ -308,6 +328,10 @@ class UDPSocket:
                     out.append((amv[pos:end], peer))
                 pos = (end + _ALIGN - 1) & -_ALIGN
                 if len(out) >= max_msgs or pos > limit:
+                    self._drained = False
+                    break
+                if lone and self._drained and len(out) == 1 and calls == 1:
+                    self._drained = False  # a lone datagram after idle: no draining receive
                     break
             self._received += len(out)
             self._recv_calls += calls

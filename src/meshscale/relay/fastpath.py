@@ -30,6 +30,7 @@ from collections.abc import Callable
 from ..derp import frames as F
 from ..derp.errors import DERPError
 from ..derp.relay import ConnID, Relay
+from ..derp.runs import read_buffer
 from ..io.stream import PassThrough
 
 MIN_READ = 4 * 1024  # bytes: the first buffer of a connection (idle clients send little)
@@ -101,12 +102,12 @@ class DERPReader(PassThrough):
     def get_buffer(self, sizehint: int) -> memoryview:
         view = self._view
         if view is None:
-            view = self._view = memoryview(bytearray(self._size))
+            view = self._view = memoryview(read_buffer(self._size))
             self._start = self._end = 0
             self._exported = False
         elif self._end == len(view):  # only while stalled: a transport that reads anyway
             tail = view[self._start : self._end].tobytes()
-            view = self._view = memoryview(bytearray(len(tail) + MIN_READ))
+            view = self._view = memoryview(read_buffer(len(tail) + MIN_READ))
             view[: len(tail)] = tail
             self._start, self._end, self._exported = 0, len(tail), False
         self._avail = len(view) - self._end
@@ -204,7 +205,7 @@ class DERPReader(PassThrough):
         tail = view[pos:end].tobytes()
         new_size = max(self._size, need)
         if self._exported or new_size > size:
-            view = self._view = memoryview(bytearray(new_size))
+            view = self._view = memoryview(read_buffer(new_size))
             self._exported = False
         view[:rem] = tail
         self._start = 0

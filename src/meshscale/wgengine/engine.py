@@ -4,6 +4,8 @@ Three OS threads (docs/protocol/wireguard.md §15):
 
     TX       TUN read_batch -> Device.encrypt_packets -> bind.send (UDP GSO)
     RX       bind.receive (UDP GRO) -> Device.decrypt_transport -> TUN write_batch (TCP GRO)
+             after writing a lone packet, the kernel's answer queued by that write (a ping
+             reply) is sealed and sent from RX too, while TX sleeps: no thread wake-up for it
              handshake messages -> bounded queue -> control
     control  handshakes (100-230 us of DH each, kept off the data path), timers, UAPI
 
@@ -45,6 +47,7 @@ from meshscale.wireguard.uapi import (
     UAPIError,
 )
 
+from . import trace
 from .bind import Bind, BindClosed
 from .udpbind import UDPBind
 
@@ -64,7 +67,9 @@ class Tun(Protocol):
     name: str
     mtu: int
 
-    def read_batch(self, max_packets: int = ..., *, pad: bool = ...) -> list[memoryview]: ...
+    def read_batch(
+        self, max_packets: int = ..., *, pad: bool = ..., lone: bool = ...
+    ) -> list[memoryview]: ...
 
     def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
 
@@ -105,6 +110,8 @@ class Engine:
         # Packets from the TUN that the node answers itself (quad-100 DNS): takes them out
         # of the batch and returns the rest; answers come back through `inject`.
         self.intercept: Intercept | None = None
+        # TunDevice.read_ready: the RX thread sends the kernel's immediate answers itself.
+        self._read_ready: Callable[..., list[memoryview]] | None = getattr(tun, "read_ready", None)
         self._handshakes: queue.Queue[tuple[bytes, Endpoint]] = queue.Queue(HANDSHAKE_QUEUE_SIZE)
         self._under_load_until = 0.0
         self._closed = threading.Event()
@@ -129,6 +136,9 @@ class Engine:
     def start(self) -> None:
         with self.lock:
             self.listen_port = self.bind.open(self.listen_port)
+        trace_dir = os.environ.get(trace.ENV)
+        if trace_dir:  # bench-only stage stamps (wgengine/trace.py)
+            trace.install(self, trace_dir)
         for name, target in (("tx", self._tx_loop), ("rx", self._rx_loop), ("ctl", self._control)):
             t = threading.Thread(target=target, name=f"wg-{name}", daemon=True)
             t.start()
@@ -162,8 +172,9 @@ class Engine:
         while not self._closed.is_set():
             try:
                 # pad=True: packets arrive zero-padded to WireGuard's length, so sealing
-                # needs no copy (the IP header still carries the real length).
-                packets: list[bytes] | list[memoryview] = read(TX_BATCH, pad=True)
+                # needs no copy (the IP header still carries the real length). lone=True: a
+                # packet after idle is sealed and sent before looking for more (latency).
+                packets: list[bytes] | list[memoryview] = read(TX_BATCH, pad=True, lone=True)
             except (TunClosedError, TunGoneError) as exc:
                 log.info("TUN device closed or gone: %s", exc)
                 self.close()
@@ -214,20 +225,29 @@ class Engine:
                 except queue.Full:
                     self.device.drops["handshake_queue_full"] += 1
             self.timer.wake()
+        if self.device._out:
+            self._flush()
+        # Receiving data may have armed a timer (passive keepalive, rekey on receive).
+        self.timer.poke()
+        # The TUN write comes last: the kernel answers a ping inside it and wakes the TX
+        # thread, which then waits for the GIL until this thread blocks in its next receive,
+        # so nothing but the loop itself should run in between.
         if packets:
             if self.filter_in is not None:
                 packets = self.filter_in(packets)
             try:
                 self.tun.write_batch(packets)
+                if len(packets) == 1 and self._read_ready is not None:
+                    # The kernel answers a lone packet (ping, ACK) inside that write: seal
+                    # and send the answer from here rather than wake the TX thread for it.
+                    answer = self._read_ready(pad=True)
+                    if answer:
+                        self._tx_batch(answer)
             except (TunClosedError, TunGoneError):
                 self.close()
                 return False
             except OSError:
                 self._count("tun_write")
-        if self.device._out:
-            self._flush()
-        # Receiving data may have armed a timer (passive keepalive, rekey on receive).
-        self.timer.poke()
         return True
 
     def inject(self, packets: Sequence[bytes]) -> None:

@@ -59,7 +59,7 @@ class UDPBind:
         if sock is None or self._closed:
             raise BindClosed
         try:
-            batch = sock.recv_batch(RX_BATCH)
+            batch = sock.recv_batch(RX_BATCH, lone=True)  # a lone datagram goes up at once
         except OSError as exc:
             if self._closed or sock is not self._sock:
                 raise BindClosed from exc

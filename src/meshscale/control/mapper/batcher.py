@@ -47,6 +47,12 @@ MAX_SHARED_CACHE = 64  # encoded deltas kept between events: memory bound
 MAX_VIEWER_SETS = 256  # per-node viewer sets kept while only patches arrive: memory bound
 MAX_EPOCHS = 1024  # broadcast batches kept for sessions that fall behind
 REMOVED_LOG = 65536  # node IDs remembered as removed (for zero-peer full maps)
+# Sessions one fan-out pass writes per loop turn. A pass to 10,000 streams costs ~0.25 s;
+# in one piece it held the loop that long, so every round trip of a join in progress (TCP,
+# upgrade, Noise, register, map request: five or so) could wait a whole pass, and a ramp's
+# joins were bound by latency with the CPU half idle (issue #14 goal 4). At ~25 us a
+# session a slice is ~10-15 ms.
+FANOUT_SLICE = 512
 
 # What a delta is built from (changed, patched, removed, users): sessions with equal keys
 # share one message.
@@ -230,6 +236,10 @@ class Batcher:
         self._tick: asyncio.TimerHandle | None = None
         self._last_tick = 0.0
         self.last_cost = 0.0  # seconds the last fan-out tick took (the tick spacing's input)
+        self.fanout_slice = FANOUT_SLICE
+        self._pass: _Pass | None = None  # the tick being written, slice by slice
+        self._slice: asyncio.Handle | None = None  # its next slice
+        self._rearm = False  # a change came while a pass was being written: tick after it
         self._clock: Callable[[], datetime] | None = None
         self._framer: Callable[[bytes, bool], bytes] | None = None
         self._delay: Callable[[float, float, float], float] = lambda last, now, cost: 0.0
@@ -456,16 +466,23 @@ class Batcher:
         self._schedule()
 
     def _schedule(self) -> None:
+        if self._pass is not None:  # the next tick is spaced from the end of this one
+            self._rearm = True
+            return
         if self._tick is None:
             loop = asyncio.get_running_loop()
             delay = self._delay(self._last_tick, loop.time(), self.last_cost)
             self._tick = loop.call_later(delay, self._fanout)
 
     def _fanout(self) -> None:
-        """Write every dirty idle session's message; wake the others' tasks."""
+        """Write every dirty idle session's message; wake the others' tasks. The pass is
+        written ``fanout_slice`` sessions per loop turn (_write_slice)."""
         if self.sync is not None:
             self.sync()  # events already published go into this same pass
         self._tick = None
+        if self._pass is not None:  # (not reached: _schedule waits for the pass)
+            self._rearm = True
+            return
         dirty, self._dirty = self._dirty, set()
         if not self._open.empty():  # a broadcast batch: every session has something
             self._epochs.append(self._open)
@@ -481,16 +498,46 @@ class Batcher:
         if self._clock is None or self._framer is None:
             return
         now = self._clock()
+        t = self._last_tick = asyncio.get_running_loop().time()
+        self._pass = _Pass(list(targets), 0, now, t)
+        self._write_slice()
+
+    def _write_slice(self) -> None:
+        """Write the next slice of the pass in progress; the rest goes in later loop turns.
+        Events meanwhile go into the next batch (or the sessions' pending sets), so the
+        sessions of later slices are written the same batches as the first ones."""
+        ps = self._pass
+        if self._slice is not None:
+            self._slice.cancel()
+            self._slice = None
+        if ps is None:
+            return
         loop = asyncio.get_running_loop()
-        t = self._last_tick = loop.time()
+        t0 = loop.time()
+        end = ps.pos + max(1, self.fanout_slice)
         try:
-            self._write_all(targets, now, t)
+            self._write_all(ps.targets[ps.pos : end], ps.now, ps.t)
+        except BaseException:
+            self._pass = None
+            raise
         finally:
-            self.last_cost = loop.time() - t
+            ps.spent += loop.time() - t0
+        ps.pos = end
+        if end < len(ps.targets):
+            self._slice = loop.call_soon(self._write_slice)
+            return
+        self._pass = None
+        self.last_cost = ps.spent
+        if self._rearm:
+            self._rearm = False
+            self._schedule()
 
     def _write_all(self, targets: Iterable[MapSession], now: datetime, t: float) -> None:
         assert self._framer is not None
+        sessions = self._sessions
         for s in targets:
+            if s not in sessions.get(s.node_id, ()):
+                continue  # its stream ended while the pass was being written
             if s.closed or not s.idle or s.push is None or s.unsent:
                 s.wake.set()
                 continue
@@ -510,12 +557,13 @@ class Batcher:
     def build(self, session: MapSession, now: datetime) -> dict[str, Any] | None:
         """Drain ``session.pending`` into one message (None if nothing is to be sent)."""
         p = session.pending
-        session.pending = Pending(full=False)
+        if not p.empty():  # (an empty one stays: a fan-out tick to 10,000 sessions that
+            session.pending = Pending(full=False)  # have nothing of their own allocates none)
         shared_key: _DeltaKey | None = None
         end = self._epoch_base + len(self._epochs)
         if session.bpos < end and not p.full:
             if session.bpos < self._epoch_base:
-                p.full = True  # its batches were dropped: resync
+                p = Pending(full=True)  # its batches were dropped: resync
             else:
                 merged, mkey = self._merged_from(session.bpos)
                 nid = int(session.node_id)
@@ -523,6 +571,8 @@ class Batcher:
                 if p.empty() and not mine:
                     p, shared_key = merged, mkey  # read-only from here on
                 else:
+                    if p is session.pending:
+                        p = Pending(full=False)
                     _merge(p, merged, skip=nid)
         session.bpos = end
         if p.empty():
@@ -796,6 +846,15 @@ class Batcher:
         if any(msg is v for v in self._shared.values()):
             self._encoded[key] = (msg, out)
         return out
+
+
+@dataclass(slots=True)
+class _Pass:
+    targets: list[MapSession]  # the sessions this fan-out tick writes
+    pos: int  # how many of them are done
+    now: datetime  # the tick's wall clock (expiry checks)
+    t: float  # the tick's loop time (last_write)
+    spent: float = 0.0  # seconds of loop time its slices took so far
 
 
 @dataclass(frozen=True, slots=True)

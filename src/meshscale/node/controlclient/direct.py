@@ -105,6 +105,38 @@ class MapStream:
         self._compressed = compressed
         self._dctx = zstandard.ZstdDecompressor()
         self.keepalives = 0
+        self.dropped = 0  # messages discarded unread while dropping (drop_messages)
+
+    def drop_messages(self, on: bool) -> None:
+        """While ``on``, whole messages are discarded as they arrive, synchronously in the
+        connection's reader (no task per message); a message split across the switch is
+        kept whole for the next read. For benchmarks that hold thousands of streams open
+        between measurements."""
+        if not on:
+            self._reply.sink = None
+            return
+        q = self._reply.data
+        while not q.empty():  # chunks already queued come first
+            chunk = q.get_nowait()
+            if chunk is None:  # the stream ended: let the next read say so
+                q.put_nowait(None)
+                break
+            self._buf += chunk
+        self._reply.sink = self._drop
+        self._drop(b"")
+
+    def _drop(self, chunk: bytes) -> None:
+        buf = self._buf
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= 4:
+            (n,) = struct.unpack_from("<I", buf, pos)
+            if n > MAX_MESSAGE or len(buf) - pos < 4 + n:
+                break  # (an oversized one is refused by the next read)
+            pos += 4 + n
+            self.dropped += 1
+        if pos:
+            del buf[:pos]
 
     async def next(self, wait: float = 10.0, skip_keepalive: bool = True) -> dict[str, Any]:
         """The next message; raises TimeoutError after ``wait`` seconds."""
