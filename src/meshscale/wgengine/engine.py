@@ -47,7 +47,6 @@ from meshscale.wireguard.uapi import (
     UAPIError,
 )
 
-from . import trace
 from .bind import Bind, BindClosed
 from .udpbind import UDPBind
 
@@ -136,9 +135,6 @@ class Engine:
     def start(self) -> None:
         with self.lock:
             self.listen_port = self.bind.open(self.listen_port)
-        trace_dir = os.environ.get(trace.ENV)
-        if trace_dir:  # bench-only stage stamps (wgengine/trace.py)
-            trace.install(self, trace_dir)
         for name, target in (("tx", self._tx_loop), ("rx", self._rx_loop), ("ctl", self._control)):
             t = threading.Thread(target=target, name=f"wg-{name}", daemon=True)
             t.start()

@@ -1,8 +1,9 @@
 """Bench-only stage stamps on the data path: MESHSCALE_WG_TRACE=DIR.
 
-`install(engine)` (called by Engine.start only when the variable is set) wraps the engine's
-TUN read, bind receive and batch handlers on the instance, so the default path carries no
-check at all. Each lone-packet batch (one packet in) appends one line to DIR/trace-PID.txt:
+`from_env(engine)` (called by the programs before Engine.start; it installs only when the
+variable is set) wraps the engine's TUN read, bind receive and batch handlers on the
+instance, so the default path carries no check at all. Each lone-packet batch (one packet
+in) appends one line to DIR/trace-PID.txt:
 
     tx <read returned> <sealed> <sent> <done>       (time.time_ns, comparable across daemons)
     rx <recv returned> <opened> <written> <done>
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
 
 ENV = "MESHSCALE_WG_TRACE"
 _FLUSH_EVERY = 64  # lines buffered between writes (the write is off the measured stages)
+
+
+def from_env(engine: Engine) -> None:
+    directory = os.environ.get(ENV)
+    if directory:
+        install(engine, directory)
 
 
 def install(engine: Engine, directory: str) -> None:
