@@ -31,6 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from meshscale.io.timer import ThreadTimer
@@ -61,6 +62,14 @@ POKE_INTERVAL = 0.25
 
 PacketFilter = Callable[[list[bytes]], list[bytes]]
 Intercept = Callable[[Sequence[bytes | memoryview]], list[bytes | memoryview]]
+
+
+def _is_echo(p: bytes | memoryview) -> bool:
+    """An ICMP echo request (IPv4 type 8 / IPv6 type 128) without IPv4 options."""
+    n = len(p)
+    if n >= 28 and p[0] == 0x45:
+        return p[9] == 1 and p[20] == 8
+    return n >= 48 and p[0] >> 4 == 6 and p[6] == 58 and p[40] == 128
 
 
 class Tun(Protocol):
@@ -111,7 +120,9 @@ class Engine:
         # of the batch and returns the rest; answers come back through `inject`.
         self.intercept: Intercept | None = None
         # TunDevice.read_ready: the RX thread sends the kernel's immediate answers itself.
-        self._read_ready: Callable[..., list[memoryview]] | None = getattr(tun, "read_ready", None)
+        self._read_ready: Callable[..., AbstractContextManager[list[memoryview]]] | None = getattr(
+            tun, "read_ready", None
+        )
         self._handshakes: queue.Queue[tuple[bytes, Endpoint]] = queue.Queue(HANDSHAKE_QUEUE_SIZE)
         self._under_load_until = 0.0
         self._closed = threading.Event()
@@ -237,12 +248,13 @@ class Engine:
                 packets = self.filter_in(packets)
             try:
                 self.tun.write_batch(packets)
-                if len(packets) == 1 and self._read_ready is not None:
-                    # The kernel answers a lone packet (ping, ACK) inside that write: seal
-                    # and send the answer from here rather than wake the TX thread for it.
-                    answer = self._read_ready(pad=True)
-                    if answer:
-                        self._tx_batch(answer)
+                if len(packets) == 1 and self._read_ready is not None and _is_echo(packets[0]):
+                    # The kernel answers a ping inside that write: seal and send the answer
+                    # from here rather than wake the TX thread for it. Only pings: a TCP ACK
+                    # may release a burst of data, which belongs to the TX thread's batches.
+                    with self._read_ready(pad=True) as answer:
+                        if answer:
+                            self._tx_batch(answer)
             except (TunClosedError, TunGoneError):
                 self.close()
                 return False

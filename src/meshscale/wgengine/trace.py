@@ -14,9 +14,10 @@ benchmarks/bench_wireguard.py --trace merges the two daemons' files into one pin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,11 +62,12 @@ def install(engine: Engine, directory: str) -> None:
 
     read_ready = engine._read_ready
 
-    def traced_read_ready(*, pad: bool = False) -> list[memoryview]:
+    @contextlib.contextmanager
+    def traced_read_ready(*, pad: bool = False) -> Iterator[list[memoryview]]:
         assert read_ready is not None
-        out = read_ready(pad=pad)
-        tx_stamp[0] = now()
-        return out
+        with read_ready(pad=pad) as out:
+            tx_stamp[0] = now()
+            yield out
 
     send = engine.bind.send
     smarks: list[int] = []  # around the send (TX, or RX sending an answer)
