@@ -18,19 +18,42 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from meshscale.wireguard import Endpoint
+from meshscale.wireguard import Endpoint
 
-    from .engine import Engine
+from .bind import Bind
 
 ENV = "MESHSCALE_WG_TRACE"
 _FLUSH_EVERY = 64  # lines buffered between writes (the write is off the measured stages)
 
 
-def install(engine: Engine, directory: str) -> None:
+class _Tun(Protocol):
+    def read_batch(
+        self, max_packets: int = ..., *, pad: bool = ..., lone: bool = ...
+    ) -> list[memoryview]: ...
+
+    def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
+
+
+class Traceable(Protocol):
+    """What install() wraps: wgengine.Engine (named structurally: engine.py imports us)."""
+
+    @property
+    def tun(self) -> _Tun: ...
+    @property
+    def bind(self) -> Bind: ...
+
+    _read_ready: Callable[..., AbstractContextManager[list[memoryview]]] | None
+
+    def _tx_batch(self, packets: list[bytes] | list[memoryview]) -> None: ...
+    def _rx_batch(self, batch: Sequence[tuple[bytes | memoryview, Endpoint]]) -> bool: ...
+    def close(self) -> None: ...
+
+
+def install(engine: Traceable, directory: str) -> None:
     path = Path(directory) / f"trace-{os.getpid()}.txt"
     lines: list[str] = []
     now = time.time_ns
