@@ -4,8 +4,8 @@ Three OS threads (docs/protocol/wireguard.md §15):
 
     TX       TUN read_batch -> Device.encrypt_packets -> bind.send (UDP GSO)
     RX       bind.receive (UDP GRO) -> Device.decrypt_transport -> TUN write_batch (TCP GRO)
-             after writing a lone packet, the kernel's answer queued by that write (a ping
-             reply) is sealed and sent from RX too, while TX sleeps: no thread wake-up for it
+             after writing a lone ping, the kernel's reply queued by that write is sealed
+             and sent from RX too, while TX sleeps: no thread wake-up for it
              handshake messages -> bounded queue -> control
     control  handshakes (100-230 us of DH each, kept off the data path), timers, UAPI
 
@@ -240,9 +240,9 @@ class Engine:
             self._flush()
         # Receiving data may have armed a timer (passive keepalive, rekey on receive).
         self.timer.poke()
-        # The TUN write comes last: the kernel answers a ping inside it and wakes the TX
-        # thread, which then waits for the GIL until this thread blocks in its next receive,
-        # so nothing but the loop itself should run in between.
+        # The TUN write comes last: what the kernel sends back from inside it (an ACK's
+        # burst, a reply) wakes the TX thread, which then waits for the GIL until this
+        # thread blocks again, so as little as possible should run after the write.
         if packets:
             if self.filter_in is not None:
                 packets = self.filter_in(packets)
