@@ -20,6 +20,10 @@ The server's CPU time per change (from /proc, 10 ms ticks) is
 the figure least disturbed by other load on the machine.
 Not a test: run by hand and copy the figures.
 
+Figures of 2026-12-04 (issue #14 goal 4, SQLite, --open-gate --procs 2, load 1.2-2.6): N=10,000
+ramp 113 s with --concurrency 128 (103 s at 32 with FANOUT_SPACING 3), idle RSS ~540 MiB,
+endpoint change -> all p99 421-700 ms. The README has the table.
+
 Figures of 2026-12-02 (issue #14, the README has the table): N=3000 before / after the fan-out
 tick, same run: ramp 267 / 126 s, endpoint change -> all p50/p99 484/1291 and 924/1058 ms,
 server CPU per change 407 / 70 ms; with the 30 us/stream gap 503/594 ms.

@@ -9,6 +9,9 @@ The relay runs as a separate process (``meshscale-derp -dev``), as in production
 run in this process. The raw-TCP baseline sends the same payloads, with the same 5-byte
 framing, from one socket to another in this process, in the same run (the same asyncio
 stream reader and writer, read size, bursts and frame counter as the relayed lean clients).
+Each run also prints the bench process's own CPU per packet: both runs are usually bounded by
+this process (one core), so a ratio below 1 partly measures its extra cost per packet when the
+bytes come from another process (another core's cache, epoll wake-ups) rather than the relay.
 """
 
 from __future__ import annotations

@@ -178,7 +178,8 @@ def test_lone_write_is_what_the_coalescer_writes(
 def test_read_ready_leaves_packets_to_a_busy_reader(pair: tuple[TunDevice, socket.socket]) -> None:
     dev, kernel = pair
     kernel.send(frame(dev, tcp(b"a" * 10, seq=1)))
-    assert dev.read_ready() == []  # no reader asleep on an empty queue: it stays queued
+    with dev.read_ready() as got:
+        assert got == []  # no reader asleep on an empty queue: it stays queued
     assert [bytes(v) for v in dev.read_batch()] == [tcp(b"a" * 10, seq=1)]
 
 
@@ -202,7 +203,8 @@ def test_read_ready_takes_a_frame_while_the_reader_sleeps(
         assert dev._idle_reader
         kernel.send(frame(dev, pkt))
         # Whoever wins the race (read_ready here, or the woken reader), it arrives once.
-        taken = [bytes(v) for v in dev.read_ready(pad=True)]
+        with dev.read_ready(pad=True) as views:
+            taken = [bytes(v) for v in views]
         if taken:
             wins += 1
             assert taken == [pkt + bytes((-len(pkt)) & 15)]
@@ -223,5 +225,30 @@ def test_read_ready_splits_a_super_packet(pair: tuple[TunDevice, socket.socket])
     kernel.send(f)
     dev._idle_reader = True  # as if a reader slept in read_batch
     want = gso_split(f)[0] if dev.offload else [f]
-    assert [bytes(v) for v in dev.read_ready()] == want
-    assert dev.read_ready() == []  # nothing more queued
+    with dev.read_ready() as views:
+        assert [bytes(v) for v in views] == want
+    with dev.read_ready() as views:
+        assert views == []  # nothing more queued
+
+
+def test_a_reader_woken_during_read_ready_waits_for_its_end(
+    pair: tuple[TunDevice, socket.socket],
+) -> None:
+    dev, kernel = pair
+    got: list[bytes] = []
+    reader = threading.Thread(target=_read_into, args=(dev, got))
+    reader.start()
+    deadline = time.monotonic() + 5
+    while not dev._idle_reader and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    first, second = tcp(b"1" * 20, seq=1), tcp(b"2" * 20, seq=2)
+    with dev.read_ready() as views:
+        kernel.send(frame(dev, first))
+        kernel.send(frame(dev, second))
+        # Inside the with, the woken reader may not read (its packets could overtake ours).
+        time.sleep(0.05)
+        assert got == []
+    reader.join(5)
+    assert not reader.is_alive()
+    # read_ready looked before the frames came: it took none, and the reader got both.
+    assert views == [] and got == [first, second]

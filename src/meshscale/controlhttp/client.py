@@ -50,8 +50,8 @@ MAX_KEY_RESPONSE = 64 * 1024  # bytes: what the official client reads of /key
 CONNECTION_WINDOW = 1 << 24  # bytes
 # Our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE), as Go's HTTP/2 transport in
 # tailscaled advertises (4 MiB): with h2's default of 64 KiB a full map of a 10,000-node
-# tailnet (about 1 MiB compressed) took some 30 WINDOW_UPDATE round trips, each waiting on
-# both event loops, and the map stream's small deltas made us write an update every few.
+# tailnet (about 250 KiB compressed) took 4-8 WINDOW_UPDATE round trips, each waiting on
+# both event loops, and every 32 KiB of the map stream's deltas cost another update.
 STREAM_WINDOW = 1 << 22  # bytes
 
 

@@ -36,7 +36,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ..packet.gro import Coalescer, Packet
@@ -359,43 +359,50 @@ class TunDevice:
             self._packets_read += len(out)
             return out
 
-    def read_ready(self, *, pad: bool = False) -> list[memoryview]:
+    @contextlib.contextmanager
+    def read_ready(self, *, pad: bool = False) -> Iterator[list[memoryview]]:
         """The packets of one frame already queued, without blocking; [] if none, or if no
         reader sleeps in read_batch on an empty queue (then that reader gets them in order).
 
-        For a thread that just wrote a packet the kernel answers at once (a ping, a TCP ACK):
-        the answer is queued before the write returns, and taking it here saves waking the
-        reader thread. Views point into a buffer of this method's own, reused by its next call.
+        For a thread that just wrote a packet the kernel answers at once (a ping): the answer
+        is queued before the write returns, and taking it here saves waking the reader thread.
+        Send the packets inside the ``with``: a reader woken meanwhile waits for its end before
+        it reads, so nothing it reads can overtake them. Views point into a buffer of this
+        method's own, reused by its next call.
         """
         if not self._idle_reader or self._closed or not self._slock.acquire(blocking=False):
-            return []
+            yield []
+            return
         try:
-            if self._side is None:
-                self._side = bytearray(max(self._room, READ_SIZE) + _ALIGN)
-                self._side_splitter = Splitter(self._side)
-            amv = memoryview(self._side)
-            try:
-                n = os.readv(self._fd, [amv[:READ_SIZE]])
-            except OSError:  # EAGAIN: the reader got it first; errors surface in read_batch
-                return []
-            out: list[memoryview] = []
-            self._reads += 1
-            pad_mtu = self.mtu if pad else 0
-            if n >= READ_SIZE:
-                self._read_dropped += 1
-            elif self.offload:
-                assert self._side_splitter is not None
-                self._side_splitter.split(0, n, n, out, pad_mtu)
-            else:
-                if pad_mtu and n <= pad_mtu:
-                    padded = min((n + 15) & -16, pad_mtu)
-                    amv[n:padded] = _ZEROS[: padded - n]
-                    n = padded
-                out.append(amv[:n])
-            self._packets_read += len(out)
-            return out
+            yield self._read_side(pad) if self._idle_reader else []
         finally:
             self._slock.release()
+
+    def _read_side(self, pad: bool) -> list[memoryview]:
+        if self._side is None:
+            self._side = bytearray(max(self._room, READ_SIZE) + _ALIGN)
+            self._side_splitter = Splitter(self._side)
+        amv = memoryview(self._side)
+        try:
+            n = os.readv(self._fd, [amv[:READ_SIZE]])
+        except OSError:  # EAGAIN: the reader got it first; errors surface in read_batch
+            return []
+        out: list[memoryview] = []
+        self._reads += 1
+        pad_mtu = self.mtu if pad else 0
+        if n >= READ_SIZE:
+            self._read_dropped += 1
+        elif self.offload:
+            assert self._side_splitter is not None
+            self._side_splitter.split(0, n, n, out, pad_mtu)
+        else:
+            if pad_mtu and n <= pad_mtu:
+                padded = min((n + 15) & -16, pad_mtu)
+                amv[n:padded] = _ZEROS[: padded - n]
+                n = padded
+            out.append(amv[:n])
+        self._packets_read += len(out)
+        return out
 
     def write_batch(self, packets: Sequence[Packet]) -> int:
         """Write IP packets to the kernel, coalescing TCP (and UDP) flows when offloading.
@@ -452,7 +459,10 @@ class TunDevice:
                         raise TunClosedError(errno.EBADF, "TUN device closed")
                     return
         finally:
-            self._idle_reader = False
+            # Wait out a read_ready in progress: what it took goes out before anything read
+            # here next.
+            with self._slock:
+                self._idle_reader = False
 
     def _read_failed(self, e: OSError) -> None:
         if self._closed:

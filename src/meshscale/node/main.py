@@ -28,7 +28,7 @@ from meshscale.io import netmark, sdnotify
 from meshscale.io.tun import TunDevice
 from meshscale.key import DiscoPrivate
 from meshscale.magicsock.hardnat import ProbeBudget
-from meshscale.wgengine import Engine, trace
+from meshscale.wgengine import Engine
 from meshscale.wgengine.magicbind import MagicBind
 from meshscale.wgengine.router import TUN_MTU, NetlinkRouter
 from meshscale.wgengine.router.netlink import SOCKET_MARK
@@ -136,7 +136,6 @@ async def run(args: argparse.Namespace) -> int:
     magicdns.recover()  # a crashed run may have left our resolv.conf behind
     engine.intercept = magicdns.quad100.intercept
     try:
-        trace.from_env(engine)  # bench-only stage stamps
         engine.start()
         magicdns.start()
         backend = Backend(store, st, engine=engine, bind=bind, router=router, magicdns=magicdns)

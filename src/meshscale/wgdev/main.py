@@ -113,15 +113,9 @@ def _tun_name(fd: int) -> str | None:
 
 def _default_engine_factory() -> EngineFactory:
     # Imported here so that this module (and --help) works without the data plane.
-    from meshscale.wgengine import trace
     from meshscale.wgengine.engine import Engine
 
-    def create(ifname: str, *, tun_fd: int | None, mtu: int) -> DeviceEngine:
-        engine = Engine.create(ifname, tun_fd=tun_fd, mtu=mtu)
-        trace.from_env(engine)  # bench-only stage stamps (MESHSCALE_WG_TRACE)
-        return engine
-
-    return create
+    return Engine.create
 
 
 def main(

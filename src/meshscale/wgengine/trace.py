@@ -1,9 +1,8 @@
 """Bench-only stage stamps on the data path: MESHSCALE_WG_TRACE=DIR.
 
-`from_env(engine)` (called by the programs before Engine.start; it installs only when the
-variable is set) wraps the engine's TUN read, bind receive and batch handlers on the
-instance, so the default path carries no check at all. Each lone-packet batch (one packet
-in) appends one line to DIR/trace-PID.txt:
+`install(engine)` (called by Engine.start only when the variable is set) wraps the engine's
+TUN read, bind receive and batch handlers on the instance, so the default path carries no
+check at all. Each lone-packet batch (one packet in) appends one line to DIR/trace-PID.txt:
 
     tx <read returned> <sealed> <sent> <done>       (time.time_ns, comparable across daemons)
     rx <recv returned> <opened> <written> <done>
@@ -15,28 +14,46 @@ benchmarks/bench_wireguard.py --trace merges the two daemons' files into one pin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from meshscale.wireguard import Endpoint
+from meshscale.wireguard import Endpoint
 
-    from .engine import Engine
+from .bind import Bind
 
 ENV = "MESHSCALE_WG_TRACE"
 _FLUSH_EVERY = 64  # lines buffered between writes (the write is off the measured stages)
 
 
-def from_env(engine: Engine) -> None:
-    directory = os.environ.get(ENV)
-    if directory:
-        install(engine, directory)
+class _Tun(Protocol):
+    def read_batch(
+        self, max_packets: int = ..., *, pad: bool = ..., lone: bool = ...
+    ) -> list[memoryview]: ...
+
+    def write_batch(self, packets: Sequence[bytes | bytearray | memoryview]) -> int: ...
 
 
-def install(engine: Engine, directory: str) -> None:
+class Traceable(Protocol):
+    """What install() wraps: wgengine.Engine (named structurally: engine.py imports us)."""
+
+    @property
+    def tun(self) -> _Tun: ...
+    @property
+    def bind(self) -> Bind: ...
+
+    _read_ready: Callable[..., AbstractContextManager[list[memoryview]]] | None
+
+    def _tx_batch(self, packets: list[bytes] | list[memoryview]) -> None: ...
+    def _rx_batch(self, batch: Sequence[tuple[bytes | memoryview, Endpoint]]) -> bool: ...
+    def close(self) -> None: ...
+
+
+def install(engine: Traceable, directory: str) -> None:
     path = Path(directory) / f"trace-{os.getpid()}.txt"
     lines: list[str] = []
     now = time.time_ns
@@ -68,11 +85,12 @@ def install(engine: Engine, directory: str) -> None:
 
     read_ready = engine._read_ready
 
-    def traced_read_ready(*, pad: bool = False) -> list[memoryview]:
+    @contextlib.contextmanager
+    def traced_read_ready(*, pad: bool = False) -> Iterator[list[memoryview]]:
         assert read_ready is not None
-        out = read_ready(pad=pad)
-        tx_stamp[0] = now()
-        return out
+        with read_ready(pad=pad) as out:
+            tx_stamp[0] = now()
+            yield out
 
     send = engine.bind.send
     smarks: list[int] = []  # around the send (TX, or RX sending an answer)
