@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -167,6 +168,36 @@ async def _dial(
     )
 
 
+@contextlib.asynccontextmanager
+async def _overloaded(
+    key: MachinePrivate, limits: NoiseLimits, is_node: Callable[[MachinePublic], bool]
+) -> AsyncIterator[tuple[NoiseUpgrade, HTTPServer, int, list[H2Client]]]:
+    """A /ts2021 server holding one unauthenticated connection (from 127.0.0.1) whose loop
+    was just blocked long enough to start shedding; closed with its clients on exit."""
+    up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=is_node)
+    router = Router()
+    router.add_upgrade("/ts2021", up)
+    server = HTTPServer(router, accept_filter=up.accept)
+    port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
+    up.start()
+    clients: list[H2Client] = []
+    try:
+        clients.append(await _dial(port, key))  # the unauthenticated load
+        assert up.gate.overloads == 0
+        _block(0.4)  # attacker work that blocks the loop
+        for _ in range(500):
+            if up.gate.overloads:
+                break
+            await asyncio.sleep(0.01)
+        assert up.gate.overloads == 1
+        yield up, server, port, clients
+    finally:
+        for c in clients:
+            await c.close()
+        await up.close()
+        await server.close(grace=0.5)
+
+
 def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -> None:
     async def go() -> None:
         mk = MachinePrivate(random.randbytes(32))
@@ -175,22 +206,7 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
         limits = NoiseLimits(
             shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1, shed_tarpit=0.3, shed_admit_rate=0
         )
-        up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=lambda m: m in known)
-        router = Router()
-        router.add_upgrade("/ts2021", up)
-        server = HTTPServer(router, accept_filter=up.accept)
-        port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
-        up.start()
-        clients: list[H2Client] = []
-        try:
-            clients.append(await _dial(port, key))  # the unauthenticated load
-            assert up.gate.overloads == 0
-            _block(0.4)  # attacker work that blocks the loop
-            for _ in range(500):
-                if up.gate.overloads:
-                    break
-                await asyncio.sleep(0.01)
-            assert up.gate.overloads == 1
+        async with _overloaded(key, limits, lambda m: m in known) as (up, server, port, clients):
             assert up.gate.stats()["max_lag_ms"] > 100
             # The loaded source's new connections are held unread, then reset.
             r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.1", 0))
@@ -212,11 +228,6 @@ def test_blocked_loop_sheds_new_unauthenticated_connections_but_admits_nodes() -
             assert (await node.request("POST", "/x"))[0] == 200
             assert (await clients[0].request("POST", "/x"))[0] == 200  # held ones are served
             assert up.gate.shed == 2 and up.gate.connections == 2
-        finally:
-            for c in clients:
-                await c.close()
-            await up.close()
-            await server.close(grace=0.5)
 
     asyncio.run(asyncio.wait_for(go(), 30))
 
@@ -289,20 +300,7 @@ def test_while_shedding_a_fresh_source_gets_in_and_the_loaded_one_does_not() -> 
     async def go() -> None:
         key = MachinePrivate(random.Random(4).randbytes(32))
         limits = NoiseLimits(shed_lag=0.1, shed_hold=60.0, shed_min_unauth=1, shed_tarpit=0.3)
-        up = NoiseUpgrade(key, _dispatch, limits=limits, is_node=lambda m: False)
-        router = Router()
-        router.add_upgrade("/ts2021", up)
-        server = HTTPServer(router, accept_filter=up.accept)
-        port = (await server.start("127.0.0.1", 0)).sockets[0].getsockname()[1]
-        up.start()
-        clients: list[H2Client] = []
-        try:
-            clients.append(await _dial(port, key))  # the load, from 127.0.0.1
-            _block(0.4)
-            for _ in range(500):
-                if up.gate.overloads:
-                    break
-                await asyncio.sleep(0.01)
+        async with _overloaded(key, limits, lambda m: False) as (up, _server, port, clients):
             assert up.gate.shedding(asyncio.get_running_loop().time())
             with pytest.raises(ConnectionError):  # held unread at accept, then reset
                 await _dial(port, key, src="127.0.0.1")
@@ -312,10 +310,5 @@ def test_while_shedding_a_fresh_source_gets_in_and_the_loaded_one_does_not() -> 
             assert (await fresh.request("POST", "/machine/register"))[0] == 200
             assert up.gate.shed_admitted == 1 and up.gate.shed >= 1
             assert up.gate.unauth_connections == 2
-        finally:
-            for c in clients:
-                await c.close()
-            await up.close()
-            await server.close(grace=0.5)
 
     asyncio.run(asyncio.wait_for(go(), 30))
