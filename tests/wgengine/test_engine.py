@@ -268,16 +268,3 @@ def test_persistent_keepalive_every_interval_while_idle() -> None:
     assert all(abs(g - 25.0) < 1e-6 for g in gaps), gaps
     # A handful of wakes for the handshake, then one per keepalive (the tick: 800).
     assert engine.timer.wakeups <= len(keepalives) + 8
-
-
-def test_only_echo_requests_ask_for_the_kernels_answer() -> None:
-    from meshscale.wgengine.engine import _is_echo
-
-    from ..packet.builders import tcp, udp
-
-    icmp4 = bytes.fromhex("45000054000040004001") + bytes(10) + bytes([8]) + bytes(63)
-    icmp6 = bytes([0x60]) + bytes(5) + bytes([58]) + bytes(33) + bytes([128]) + bytes(63)
-    assert _is_echo(icmp4) and _is_echo(icmp6)
-    reply4 = icmp4[:20] + bytes([0]) + icmp4[21:]
-    reply6 = icmp6[:40] + bytes([129]) + icmp6[41:]
-    assert not any(_is_echo(p) for p in (reply4, reply6, tcp(b"x", seq=1), udp(b"y" * 30)))

@@ -36,7 +36,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..packet.gro import Coalescer, Packet
@@ -158,11 +158,6 @@ class TunDevice:
         self._reads = self._packets_read = self._read_dropped = 0
         # The last read_batch emptied the queue: the next lone packet goes out at once.
         self._drained = True
-        # A reader sleeps in poll() with the queue empty: read_ready() may take a frame.
-        self._idle_reader = False
-        self._slock = threading.Lock()
-        self._side: bytearray | None = None  # read_ready's arena, made on first use
-        self._side_splitter: Splitter | None = None
         self._writes = self._packets_written = self._write_dropped = 0
 
     # ---- setup -------------------------------------------------------------------------
@@ -250,14 +245,11 @@ class TunDevice:
 
     def statistics(self) -> TunStats:
         sp, gro = self._splitter.stats, self._gro.stats
-        side = self._side_splitter.stats if self._side_splitter is not None else None
         return TunStats(
             reads=self._reads,
             packets_read=self._packets_read,
-            super_packets=sp.super_packets + (side.super_packets if side else 0),
-            read_dropped=self._read_dropped
-            + sum(sp.dropped.values())
-            + (sum(side.dropped.values()) if side else 0),
+            super_packets=sp.super_packets,
+            read_dropped=self._read_dropped + sum(sp.dropped.values()),
             writes=self._writes,
             packets_written=self._packets_written,
             coalesced=gro.coalesced,
@@ -359,51 +351,6 @@ class TunDevice:
             self._packets_read += len(out)
             return out
 
-    @contextlib.contextmanager
-    def read_ready(self, *, pad: bool = False) -> Iterator[list[memoryview]]:
-        """The packets of one frame already queued, without blocking; [] if none, or if no
-        reader sleeps in read_batch on an empty queue (then that reader gets them in order).
-
-        For a thread that just wrote a packet the kernel answers at once (a ping): the answer
-        is queued before the write returns, and taking it here saves waking the reader thread.
-        Send the packets inside the ``with``: a reader woken meanwhile waits for its end before
-        it reads, so nothing it reads can overtake them. Views point into a buffer of this
-        method's own, reused by its next call.
-        """
-        if not self._idle_reader or self._closed or not self._slock.acquire(blocking=False):
-            yield []
-            return
-        try:
-            yield self._read_side(pad) if self._idle_reader else []
-        finally:
-            self._slock.release()
-
-    def _read_side(self, pad: bool) -> list[memoryview]:
-        if self._side is None:
-            self._side = bytearray(max(self._room, READ_SIZE) + _ALIGN)
-            self._side_splitter = Splitter(self._side)
-        amv = memoryview(self._side)
-        try:
-            n = os.readv(self._fd, [amv[:READ_SIZE]])
-        except OSError:  # EAGAIN: the reader got it first; errors surface in read_batch
-            return []
-        out: list[memoryview] = []
-        self._reads += 1
-        pad_mtu = self.mtu if pad else 0
-        if n >= READ_SIZE:
-            self._read_dropped += 1
-        elif self.offload:
-            assert self._side_splitter is not None
-            self._side_splitter.split(0, n, n, out, pad_mtu)
-        else:
-            if pad_mtu and n <= pad_mtu:
-                padded = min((n + 15) & -16, pad_mtu)
-                amv[n:padded] = _ZEROS[: padded - n]
-                n = padded
-            out.append(amv[:n])
-        self._packets_read += len(out)
-        return out
-
     def write_batch(self, packets: Sequence[Packet]) -> int:
         """Write IP packets to the kernel, coalescing TCP (and UDP) flows when offloading.
 
@@ -451,18 +398,11 @@ class TunDevice:
 
     def _wait(self) -> None:
         # Sleep until the TUN is readable (or in error) or close() wrote to the wake pipe.
-        self._idle_reader = True
-        try:
-            while True:
-                for fd, _ in self._poll.poll():
-                    if fd == self._wake_r or self._closed:
-                        raise TunClosedError(errno.EBADF, "TUN device closed")
-                    return
-        finally:
-            # Wait out a read_ready in progress: what it took goes out before anything read
-            # here next.
-            with self._slock:
-                self._idle_reader = False
+        while True:
+            for fd, _ in self._poll.poll():
+                if fd == self._wake_r or self._closed:
+                    raise TunClosedError(errno.EBADF, "TUN device closed")
+                return
 
     def _read_failed(self, e: OSError) -> None:
         if self._closed:

@@ -4,8 +4,6 @@ Three OS threads (docs/protocol/wireguard.md §15):
 
     TX       TUN read_batch -> Device.encrypt_packets -> bind.send (UDP GSO)
     RX       bind.receive (UDP GRO) -> Device.decrypt_transport -> TUN write_batch (TCP GRO)
-             after writing a lone ping, the kernel's reply queued by that write is sealed
-             and sent from RX too, while TX sleeps: no thread wake-up for it
              handshake messages -> bounded queue -> control
     control  handshakes (100-230 us of DH each, kept off the data path), timers, UAPI
 
@@ -31,7 +29,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from typing import Protocol
 
 from meshscale.io.timer import ThreadTimer
@@ -62,14 +59,6 @@ POKE_INTERVAL = 0.25
 
 PacketFilter = Callable[[list[bytes]], list[bytes]]
 Intercept = Callable[[Sequence[bytes | memoryview]], list[bytes | memoryview]]
-
-
-def _is_echo(p: bytes | memoryview) -> bool:
-    """An ICMP echo request (IPv4 type 8 / IPv6 type 128) without IPv4 options."""
-    n = len(p)
-    if n >= 28 and p[0] == 0x45:
-        return p[9] == 1 and p[20] == 8
-    return n >= 48 and p[0] >> 4 == 6 and p[6] == 58 and p[40] == 128
 
 
 class Tun(Protocol):
@@ -119,10 +108,6 @@ class Engine:
         # Packets from the TUN that the node answers itself (quad-100 DNS): takes them out
         # of the batch and returns the rest; answers come back through `inject`.
         self.intercept: Intercept | None = None
-        # TunDevice.read_ready: the RX thread sends the kernel's immediate answers itself.
-        self._read_ready: Callable[..., AbstractContextManager[list[memoryview]]] | None = getattr(
-            tun, "read_ready", None
-        )
         self._handshakes: queue.Queue[tuple[bytes, Endpoint]] = queue.Queue(HANDSHAKE_QUEUE_SIZE)
         self._under_load_until = 0.0
         self._closed = threading.Event()
@@ -240,21 +225,14 @@ class Engine:
             self._flush()
         # Receiving data may have armed a timer (passive keepalive, rekey on receive).
         self.timer.poke()
-        # The TUN write comes last: what the kernel sends back from inside it (an ACK's
-        # burst, a reply) wakes the TX thread, which then waits for the GIL until this
+        # The TUN write comes last: what the kernel sends back from inside it (a ping reply,
+        # an ACK's burst) wakes the TX thread, which then waits for the GIL until this
         # thread blocks again, so as little as possible should run after the write.
         if packets:
             if self.filter_in is not None:
                 packets = self.filter_in(packets)
             try:
                 self.tun.write_batch(packets)
-                if len(packets) == 1 and self._read_ready is not None and _is_echo(packets[0]):
-                    # The kernel answers a ping inside that write: seal and send the answer
-                    # from here rather than wake the TX thread for it. Only pings: a TCP ACK
-                    # may release a burst of data, which belongs to the TX thread's batches.
-                    with self._read_ready(pad=True) as answer:
-                        if answer:
-                            self._tx_batch(answer)
             except (TunClosedError, TunGoneError):
                 self.close()
                 return False

@@ -7,18 +7,14 @@ check at all. Each lone-packet batch (one packet in) appends one line to DIR/tra
     tx <read returned> <sealed> <sent> <done>       (time.time_ns, comparable across daemons)
     rx <recv returned> <opened> <written> <done>
 
-(an answer the RX thread takes with read_ready and sends itself is a tx line inside the rx one)
-
 benchmarks/bench_wireguard.py --trace merges the two daemons' files into one ping's timeline.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -45,8 +41,6 @@ class Traceable(Protocol):
     def tun(self) -> _Tun: ...
     @property
     def bind(self) -> Bind: ...
-
-    _read_ready: Callable[..., AbstractContextManager[list[memoryview]]] | None
 
     def _tx_batch(self, packets: list[bytes] | list[memoryview]) -> None: ...
     def _rx_batch(self, batch: Sequence[tuple[bytes | memoryview, Endpoint]]) -> bool: ...
@@ -83,46 +77,36 @@ def install(engine: Traceable, directory: str) -> None:
         rx_stamp[0] = now()
         return out
 
-    read_ready = engine._read_ready
-
-    @contextlib.contextmanager
-    def traced_read_ready(*, pad: bool = False) -> Iterator[list[memoryview]]:
-        assert read_ready is not None
-        with read_ready(pad=pad) as out:
-            tx_stamp[0] = now()
-            yield out
-
     send = engine.bind.send
-    smarks: list[int] = []  # around the send (TX, or RX sending an answer)
-    wmarks: list[int] = []  # around the TUN write (RX)
+    marks: list[int] = []
 
     def traced_send(ep: Endpoint, msgs: list[list[bytes]]) -> None:
-        smarks.append(now())
+        marks.append(now())
         send(ep, msgs)
-        smarks.append(now())
+        marks.append(now())
 
     write = engine.tun.write_batch
 
     def traced_write(packets: Sequence[bytes | bytearray | memoryview]) -> int:
-        wmarks.append(now())
+        marks.append(now())
         n = write(packets)
-        wmarks.append(now())
+        marks.append(now())
         return n
 
     tx_batch: Callable[[list[bytes] | list[memoryview]], None] = engine._tx_batch
     rx_batch = engine._rx_batch
 
     def traced_tx(packets: list[bytes] | list[memoryview]) -> None:
-        smarks.clear()
+        marks.clear()
         tx_batch(packets)
-        if len(packets) == 1 and len(smarks) == 2:
-            emit(f"tx {tx_stamp[0]} {smarks[0]} {smarks[1]} {now()}\n")
+        if len(packets) == 1 and len(marks) == 2:
+            emit(f"tx {tx_stamp[0]} {marks[0]} {marks[1]} {now()}\n")
 
     def traced_rx(batch: Sequence[tuple[bytes | memoryview, Endpoint]]) -> bool:
-        wmarks.clear()
+        marks.clear()
         ok = rx_batch(batch)
-        if len(batch) == 1 and len(wmarks) == 2:
-            emit(f"rx {rx_stamp[0]} {wmarks[0]} {wmarks[1]} {now()}\n")
+        if len(batch) == 1 and len(marks) == 2:
+            emit(f"rx {rx_stamp[0]} {marks[0]} {marks[1]} {now()}\n")
         return ok
 
     engine.tun.read_batch = read_batch  # type: ignore[method-assign]
@@ -131,8 +115,6 @@ def install(engine: Traceable, directory: str) -> None:
     engine.tun.write_batch = traced_write  # type: ignore[method-assign]
     engine._tx_batch = traced_tx  # type: ignore[method-assign]
     engine._rx_batch = traced_rx  # type: ignore[method-assign]
-    if read_ready is not None:
-        engine._read_ready = traced_read_ready
     # Keep the last lines when the engine closes.
     close = engine.close
 
