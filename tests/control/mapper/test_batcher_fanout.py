@@ -98,6 +98,17 @@ ops = st.lists(
 )
 
 
+def edit(src: DictSource, b: Batcher, kind: str, nid: int, arg: int) -> None:
+    """An endpoint change or a rename of node ``nid`` (steps the fan-out properties share)."""
+    n = src.nodes[nid]
+    if kind == "endpoints":
+        src.nodes[nid] = replace(n, endpoints=(f"192.0.2.1:{arg}",))
+        b.handle(NodeChanged(NodeID(nid), frozenset({"endpoints"})))
+    else:
+        src.nodes[nid] = replace(n, given_name=f"r{arg}")
+        b.handle(NodeChanged(NodeID(nid), frozenset({"given_name"})))
+
+
 def run(
     cls: type[Batcher], program: list[tuple[str, int, int]], two: bool = False
 ) -> dict[int, list[Any]]:
@@ -123,12 +134,8 @@ def run(
             elif kind == "remove" and n is not None and nid not in VIEWERS:
                 del src.nodes[nid]
                 b.handle(NodeRemoved(NodeID(nid), tailnet_id=n.tailnet_id))
-            elif kind == "endpoints" and n is not None:
-                src.nodes[nid] = replace(n, endpoints=(f"192.0.2.1:{arg}",))
-                b.handle(NodeChanged(NodeID(nid), frozenset({"endpoints"})))
-            elif kind == "rename" and n is not None:
-                src.nodes[nid] = replace(n, given_name=f"r{arg}")
-                b.handle(NodeChanged(NodeID(nid), frozenset({"given_name"})))
+            elif kind in ("endpoints", "rename") and n is not None:
+                edit(src, b, kind, nid, arg)
             elif kind == "hide" and n is not None:
                 (src.hidden.add if arg else src.hidden.discard)(nid)
                 src.nodes[nid] = replace(n, given_name=f"{n.given_name}x")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,9 +14,10 @@ from hypothesis import strategies as st
 
 from meshscale.control.mapper import mapper
 from meshscale.control.mapper.batcher import Batcher, MapSession
-from meshscale.control.models import DNSChanged, Node, NodeAdded, NodeChanged, NodeID, NodeRemoved
+from meshscale.control.models import DNSChanged, Node, NodeAdded, NodeID, NodeRemoved
 from meshscale.testing.mapsource import DERP, NOW, DictSource, numbered_node
 
+from .test_batcher_fanout import edit
 from .test_batcher_model import ModelClient
 
 CFG = mapper.MapConfig(base_domain="ts.example", domain="c", derp_map=DERP)
@@ -75,12 +75,8 @@ def run(program: list[tuple[str, int, int]], size: int) -> tuple[dict[int, Model
             elif kind == "remove" and n is not None and nid not in VIEWERS:
                 del src.nodes[nid]
                 b.handle(NodeRemoved(NodeID(nid)))
-            elif kind == "endpoints" and n is not None:
-                src.nodes[nid] = replace(n, endpoints=(f"192.0.2.1:{arg}",))
-                b.handle(NodeChanged(NodeID(nid), frozenset({"endpoints"})))
-            elif kind == "rename" and n is not None:
-                src.nodes[nid] = replace(n, given_name=f"r{arg}")
-                b.handle(NodeChanged(NodeID(nid), frozenset({"given_name"})))
+            elif kind in ("endpoints", "rename") and n is not None:
+                edit(src, b, kind, nid, arg)
             elif kind == "resync":
                 b.handle(DNSChanged())
             elif kind == "end" and nid in sessions:
