@@ -39,7 +39,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..packet.gro import Coalescer, Packet
+from ..packet.gro import Coalescer, Packet, trim_padding
 from ..packet.tso import Splitter, split_room
 from ..packet.virtio import VIRTIO_NET_HDR_LEN, ZERO_HDR
 
@@ -366,7 +366,7 @@ class TunDevice:
                 # A lone packet (latency): nothing to coalesce; the coalescer would only cut
                 # WireGuard padding and wrap it in a plain vnet header, as this does.
                 try:
-                    os.writev(fd, [ZERO_HDR, _trim(packets[0])])
+                    os.writev(fd, [ZERO_HDR, trim_padding(packets[0])])
                 except OSError as e:
                     self._write_failed(e)
                     lost = 1
@@ -422,21 +422,6 @@ class TunDevice:
             return socket.if_nametoindex(self.name) != self.ifindex
         except OSError:
             return True
-
-
-def _trim(p: Packet) -> Packet:
-    """The packet without bytes past its IP length (WireGuard padding), as packet.gro cuts."""
-    n = len(p)
-    if n >= 40:
-        if p[0] == 0x45:
-            tot = (p[2] << 8) | p[3]
-            if 40 <= tot < n:
-                return p[:tot]
-        elif p[0] >> 4 == 6 and n >= 60:
-            tot = ((p[4] << 8) | p[5]) + 40
-            if 60 <= tot < n:
-                return p[:tot]
-    return p
 
 
 def _create(name: str, flags: int) -> tuple[int, str]:

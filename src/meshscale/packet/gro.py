@@ -42,7 +42,7 @@ from typing_extensions import Buffer
 
 from .virtio import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, HDR_STRUCT, ZERO_HDR
 
-__all__ = ["Coalescer", "GROStats", "Packet", "coalesce"]
+__all__ = ["Coalescer", "GROStats", "Packet", "coalesce", "trim_padding"]
 
 # Byte-indexable packet buffers (memoryviews must have format "B").
 Packet = bytes | bytearray | memoryview
@@ -336,6 +336,23 @@ def _finish(item: _Item) -> None:
     # Payload slices: a copy for bytes (cheaper than creating a view), a view for memoryviews.
     item.iov[:] = [HDR_STRUCT.pack(F_NEEDS_CSUM, gso_type, hl, item.gso, iph, coff), h]
     item.iov += [p[hl:] for p in item.pkts]
+
+
+def trim_padding(p: Packet) -> Packet:
+    """The packet without bytes past its IP length (WireGuard padding): the rule
+    Coalescer._group applies inline, with the header fields it has already unpacked, for a
+    packet written alone (io/tun.py's lone write)."""
+    n = len(p)
+    if n >= 40:
+        if p[0] == 0x45:
+            tot = (p[2] << 8) | p[3]
+            if 40 <= tot < n:
+                return p[:tot]
+        elif p[0] >> 4 == 6 and n >= 60:
+            tot = ((p[4] << 8) | p[5]) + 40
+            if 60 <= tot < n:
+                return p[:tot]
+    return p
 
 
 def coalesce(

@@ -480,7 +480,7 @@ class Batcher:
         if self.sync is not None:
             self.sync()  # events already published go into this same pass
         self._tick = None
-        if self._pass is not None:  # (not reached: _schedule waits for the pass)
+        if self._pass is not None:  # a direct call during a pass (_schedule waits for it)
             self._rearm = True
             return
         dirty, self._dirty = self._dirty, set()
